@@ -1,0 +1,303 @@
+"""The Tensor's arithmetic: ``+ - * / @``, unary minus, ``**`` by a constant, ``sum``, ``mean``,
+``reshape``, ``transpose``, ``exp``, ``log`` and indexing by slices, each with a gradient that
+undoes broadcasting. Written once over the array module of the data (NumPy or CuPy).
+"""
+from __future__ import annotations
+
+import numbers
+
+from gpucnn.autograd import Function, Tensor, as_tensor
+
+
+def _unbroadcast(g, shape):
+    """Sum ``g`` down to ``shape`` (the inverse of NumPy broadcasting)."""
+    if tuple(g.shape) == tuple(shape):
+        return g
+    extra = g.ndim - len(shape)
+    if extra > 0:
+        g = g.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g
+
+
+class Add(Function):
+    def forward(self, a, b):
+        self.sa, self.sb = a.shape, b.shape
+        return a + b
+
+    def backward(self, g):
+        return _unbroadcast(g, self.sa), _unbroadcast(g, self.sb)
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        self.sa, self.sb = a.shape, b.shape
+        return a - b
+
+    def backward(self, g):
+        return _unbroadcast(g, self.sa), _unbroadcast(-g, self.sb)
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, g):
+        return _unbroadcast(g * self.b, self.a.shape), _unbroadcast(g * self.a, self.b.shape)
+
+
+class Div(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a / b
+
+    def backward(self, g):
+        ga = g / self.b
+        return _unbroadcast(ga, self.a.shape), _unbroadcast(-ga * self.a / self.b, self.b.shape)
+
+
+class ScalarOp(Function):
+    """``x op c`` for a Python number ``c`` (no gradient for ``c``, no dtype change)."""
+
+    def forward(self, x, c, op):
+        self.c, self.op = c, op
+        if op == "add":
+            return x + c
+        if op == "mul":
+            return x * c
+        if op == "rsub":
+            return c - x
+        if op == "rdiv":
+            self.x = x
+            self.y = c / x
+            return self.y
+        self.x = x  # pow
+        return x ** c
+
+    def backward(self, g):
+        op, c = self.op, self.c
+        if op == "add":
+            return g
+        if op == "mul":
+            return g * c
+        if op == "rsub":
+            return -g
+        if op == "rdiv":
+            return -g * self.y / self.x
+        return g * (c * self.x ** (c - 1))
+
+
+class Neg(Function):
+    def forward(self, x):
+        return -x
+
+    def backward(self, g):
+        return -g
+
+
+class MatMul(Function):
+    def forward(self, a, b):
+        if a.ndim < 1 or b.ndim < 1:
+            raise ValueError("matmul: both operands need at least one dimension")
+        if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+            raise ValueError(f"matmul: inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)}")
+        self.a, self.b = a, b
+        return a @ b
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        if a.ndim == 1 and b.ndim == 1:
+            return g * b, g * a
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = g
+        if a.ndim == 1:
+            g2 = g2[..., None, :]
+        if b.ndim == 1:
+            g2 = g2[..., None]
+        ga = g2 @ b2.swapaxes(-1, -2)
+        gb = a2.swapaxes(-1, -2) @ g2
+        if a.ndim == 1:
+            ga = ga[..., 0, :]
+        if b.ndim == 1:
+            gb = gb[..., 0]
+        return _unbroadcast(ga, a.shape), _unbroadcast(gb, b.shape)
+
+
+def _axes(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    axis = (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(a % ndim for a in axis)
+
+
+class Sum(Function):
+    def forward(self, x, axis=None, keepdims=False, mean=False):
+        self.shape, self.axes, self.keepdims = x.shape, _axes(axis, x.ndim), keepdims
+        self.scale = None
+        if mean:
+            n = 1
+            for a in self.axes:
+                n *= x.shape[a]
+            self.scale = 1.0 / max(n, 1)
+            return x.mean(axis=axis, keepdims=keepdims)
+        return x.sum(axis=axis, keepdims=keepdims)
+
+    def backward(self, g):
+        if not self.keepdims:
+            shape = list(self.shape)
+            for a in self.axes:
+                shape[a] = 1
+            g = g.reshape(shape)
+        if self.scale is not None:
+            g = g * self.scale
+        xp = _xp(g)
+        return xp.broadcast_to(g, self.shape)
+
+
+class Reshape(Function):
+    def forward(self, x, shape):
+        self.shape = x.shape
+        return x.reshape(shape)
+
+    def backward(self, g):
+        return g.reshape(self.shape)
+
+
+class Transpose(Function):
+    def forward(self, x, axes):
+        self.axes = axes
+        return x.transpose(axes)
+
+    def backward(self, g):
+        if self.axes is None:
+            return g.transpose()
+        inv = [0] * len(self.axes)
+        for i, a in enumerate(self.axes):
+            inv[a] = i
+        return g.transpose(inv)
+
+
+class Exp(Function):
+    def forward(self, x):
+        self.y = _xp(x).exp(x)
+        return self.y
+
+    def backward(self, g):
+        return g * self.y
+
+
+class Log(Function):
+    def forward(self, x):
+        self.x = x
+        return _xp(x).log(x)
+
+    def backward(self, g):
+        return g / self.x
+
+
+class GetItem(Function):
+    def forward(self, x, index):
+        self.shape, self.dtype, self.index = x.shape, x.dtype, index
+        return x[index]
+
+    def backward(self, g):
+        xp = _xp(g)
+        dx = xp.zeros(self.shape, dtype=g.dtype)
+        parts = self.index if isinstance(self.index, tuple) else (self.index,)
+        if all(p is None or p is Ellipsis or isinstance(p, (int, slice)) for p in parts):
+            dx[self.index] = g  # basic indexing never selects a cell twice
+        elif xp.__name__ == "numpy":
+            xp.add.at(dx, self.index, g)
+        else:
+            import cupyx
+
+            cupyx.scatter_add(dx, self.index, g)
+        return dx
+
+
+def _xp(a):
+    mod = type(a).__module__
+    if mod.startswith("cupy"):
+        import sys
+
+        return sys.modules["cupy"]
+    import numpy
+
+    return numpy
+
+
+def _binary(op, rop=None):
+    def method(self, other):
+        if isinstance(other, numbers.Number) and not isinstance(other, bool):
+            if op is Add:
+                return ScalarOp.apply(self, c=other, op="add")
+            if op is Sub:
+                return ScalarOp.apply(self, c=-other, op="add")
+            if op is Mul:
+                return ScalarOp.apply(self, c=other, op="mul")
+            if op is Div:
+                return ScalarOp.apply(self, c=1.0 / other, op="mul")
+        return op.apply(self, as_tensor(other, self))
+
+    def rmethod(self, other):
+        if isinstance(other, numbers.Number) and not isinstance(other, bool):
+            if op is Add:
+                return ScalarOp.apply(self, c=other, op="add")
+            if op is Mul:
+                return ScalarOp.apply(self, c=other, op="mul")
+            if op is Sub:
+                return ScalarOp.apply(self, c=other, op="rsub")
+            if op is Div:
+                return ScalarOp.apply(self, c=other, op="rdiv")
+        return op.apply(as_tensor(other, self), self)
+
+    return method, rmethod
+
+
+def attach(T):
+    """Install the operators and methods on the Tensor class."""
+    for name, op in (("add", Add), ("sub", Sub), ("mul", Mul), ("truediv", Div)):
+        m, r = _binary(op)
+        setattr(T, f"__{name}__", m)
+        setattr(T, f"__r{name}__", r)
+    T.__matmul__ = lambda a, b: MatMul.apply(a, as_tensor(b, a))
+    T.__rmatmul__ = lambda a, b: MatMul.apply(as_tensor(b, a), a)
+    T.__neg__ = lambda a: Neg.apply(a)
+
+    def __pow__(a, c):
+        if not isinstance(c, numbers.Number) or isinstance(c, bool):
+            raise TypeError(f"Tensor ** : the exponent must be a Python number, got {type(c).__name__}")
+        return ScalarOp.apply(a, c=c, op="pow")
+
+    T.__pow__ = __pow__
+    T.sum = lambda a, axis=None, keepdims=False: Sum.apply(a, axis=axis, keepdims=keepdims)
+    T.mean = lambda a, axis=None, keepdims=False: Sum.apply(a, axis=axis, keepdims=keepdims, mean=True)
+
+    def reshape(a, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return Reshape.apply(a, shape=shape)
+
+    def transpose(a, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return Transpose.apply(a, axes=axes or None)
+
+    T.reshape = reshape
+    T.transpose = transpose
+    T.T = property(lambda a: Transpose.apply(a, axes=None))
+    T.exp = lambda a: Exp.apply(a)
+    T.log = lambda a: Log.apply(a)
+    T.__getitem__ = lambda a, index: GetItem.apply(a, index=_check_index(index))
+
+
+def _check_index(index):
+    parts = index if isinstance(index, tuple) else (index,)
+    for p in parts:
+        if isinstance(p, Tensor):
+            raise TypeError("Tensor indexing: index with ints, slices, None or Ellipsis, not a Tensor")
+    return index

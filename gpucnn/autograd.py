@@ -1,0 +1,265 @@
+"""``Tensor`` and a minimal define-by-run reverse-mode autograd.
+
+A ``Tensor`` wraps an array of the active backend (a NumPy array, or a CuPy array on a GPU). Every
+differentiable op is a ``Function`` subclass with a ``forward`` on arrays and a ``backward`` that
+maps the output gradient to one gradient per input; ``Function.apply`` runs the forward and, when a
+gradient is needed and recording is on, links the output to its inputs. ``Tensor.backward`` walks
+that graph once in reverse topological order, accumulates into the ``.grad`` of the leaves, and
+frees the graph as it goes.
+
+>>> import gpucnn
+>>> x = gpucnn.Tensor([1.0, 2.0, 3.0], requires_grad=True)
+>>> (x * x).sum().backward()
+>>> x.grad.numpy()
+array([2., 4., 6.], dtype=float32)
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from gpucnn import backend
+
+_grad_mode = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    return getattr(_grad_mode, "enabled", True)
+
+
+class no_grad:
+    """Context manager (and decorator) under which no graph is recorded."""
+
+    def __enter__(self):
+        self._prev = is_grad_enabled()
+        _grad_mode.enabled = False
+
+    def __exit__(self, *exc):
+        _grad_mode.enabled = self._prev
+        return False
+
+    def __call__(self, fn):
+        def wrapper(*a, **k):
+            with no_grad():
+                return fn(*a, **k)
+
+        wrapper.__name__ = fn.__name__
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+
+def _to_array(data, dtype=None):
+    """An array of the active backend from ``data`` (float32 unless a float64 array is given)."""
+    ks = backend.kernels()
+    if isinstance(data, Tensor):
+        data = data.data
+    if dtype is not None:
+        return ks.asarray(data).astype(dtype, copy=False)
+    if isinstance(data, (list, tuple, int, float, np.number)) or isinstance(data, bool):
+        return ks.asarray(np.asarray(data, dtype=np.float32))
+    arr = ks.asarray(data)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize < 4:
+        arr = arr.astype(np.float32)
+    return arr
+
+
+class Tensor:
+    """An array with an optional gradient.
+
+    ``Tensor(data, requires_grad=False, dtype=None)``: ``data`` is an array or nested list; lists and
+    Python numbers become float32, float arrays keep float32/float64, integer arrays stay integer
+    (labels). On the ``cuda`` backend host data is copied to the device once, here.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "name", "__weakref__")
+    __array_priority__ = 1000  # numpy scalars and arrays defer to Tensor's operators
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None, name: str | None = None):
+        self.data = _to_array(data, dtype)
+        if requires_grad and self.data.dtype.kind != "f":
+            raise TypeError(
+                f"Tensor: only floating tensors can require gradients, got dtype {self.data.dtype}")
+        self.requires_grad = bool(requires_grad)
+        self.grad = None
+        self._ctx = None
+        self.name = name
+
+    @classmethod
+    def _wrap(cls, data, requires_grad=False):
+        t = cls.__new__(cls)
+        t.data = data
+        t.requires_grad = requires_grad
+        t.grad = None
+        t._ctx = None
+        t.name = None
+        return t
+
+    # -- array-like properties ---------------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    def __len__(self):
+        return self.data.shape[0]
+
+    def numpy(self) -> np.ndarray:
+        """The data as a host NumPy array (a copy from the GPU; the array itself on the CPU)."""
+        return backend.kernels().to_host(self.data)
+
+    def item(self) -> float:
+        return self.numpy().item()
+
+    def __float__(self):
+        return float(self.item())
+
+    def detach(self) -> "Tensor":
+        """The same data, cut from the graph."""
+        return Tensor._wrap(self.data, False)
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._ctx is None
+
+    def __repr__(self):
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({np.array2string(self.numpy(), precision=4, threshold=20)}, dtype={self.dtype}{extra})"
+
+    # -- backward ----------------------------------------------------------------------------
+    def backward(self, grad=None) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` and free the graph.
+
+        ``grad`` defaults to 1 for a one-element tensor and is required otherwise.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward: this tensor does not require grad (no graph was recorded "
+                               "to it: are its inputs requires_grad=False, or was it made under no_grad?)")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward: an implicit gradient needs a one-element tensor, "
+                                   f"got shape {self.shape}; pass backward(grad) explicitly")
+            g = backend.xp().ones(self.data.shape, dtype=self.data.dtype)
+        else:
+            g = grad.data if isinstance(grad, Tensor) else _to_array(grad, self.data.dtype)
+            if tuple(g.shape) != self.shape:
+                raise ValueError(f"backward: gradient shape {tuple(g.shape)} does not match the "
+                                 f"tensor's shape {self.shape}")
+        _run_backward(self, g)
+
+    # operators are attached at the bottom of this module, from gpucnn._math
+
+
+def _topo_order(root: Tensor):
+    """Tensors reachable from ``root`` through recorded ops, outputs before their inputs."""
+    order, seen = [], set()
+    stack = [(root, False)]
+    while stack:
+        t, done = stack.pop()
+        if done:
+            order.append(t)
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        stack.append((t, True))
+        ctx = t._ctx
+        if ctx is not None:
+            if ctx.parents is None:
+                raise RuntimeError(
+                    "backward: the graph through this tensor was already freed by an earlier "
+                    "backward(); recompute the forward pass to differentiate again")
+            for p in ctx.parents:
+                if p.requires_grad and id(p) not in seen:
+                    stack.append((p, False))
+    order.reverse()
+    return order
+
+
+def _run_backward(root: Tensor, g) -> None:
+    order = _topo_order(root)
+    grads = {id(root): g}
+    for t in order:
+        g = grads.pop(id(t), None)
+        ctx = t._ctx
+        if ctx is None:  # a leaf
+            if g is not None:
+                if t.grad is None:
+                    t.grad = Tensor._wrap(g)
+                else:
+                    t.grad.data = t.grad.data + g
+            continue
+        parents = ctx.parents
+        if g is not None:
+            pgrads = ctx.backward(g)
+            if not isinstance(pgrads, tuple):
+                pgrads = (pgrads,)
+            for p, pg in zip(parents, pgrads):
+                if pg is None or not p.requires_grad:
+                    continue
+                if tuple(pg.shape) != p.shape:
+                    raise RuntimeError(f"{type(ctx).__name__}.backward returned a gradient of shape "
+                                       f"{tuple(pg.shape)} for an input of shape {p.shape}")
+                k = id(p)
+                prev = grads.get(k)
+                grads[k] = pg if prev is None else prev + pg
+        ctx.parents = None  # free the graph: inputs and saved arrays go
+        ctx.release()
+
+
+class Function:
+    """One differentiable op: ``forward`` on arrays, ``backward`` from the output gradient.
+
+    Subclasses keep what backward needs on ``self`` (save only that). ``backward`` returns one
+    gradient per tensor input (``None`` where there is none).
+    """
+
+    parents = ()
+
+    def forward(self, *arrays):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, g):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Drop saved arrays after backward."""
+        self.__dict__.clear()
+
+    @classmethod
+    def apply(cls, *inputs, **kwargs) -> Tensor:
+        """Run the op on tensors (``inputs``) with non-differentiable ``kwargs``."""
+        fn = cls()
+        out = fn.forward(*[t.data for t in inputs], **kwargs)
+        if is_grad_enabled() and any(t.requires_grad for t in inputs):
+            fn.parents = inputs
+            res = Tensor._wrap(out, True)
+            res._ctx = fn
+            return res
+        return Tensor._wrap(out, False)
+
+
+def as_tensor(x, like: Tensor | None = None) -> Tensor:
+    """``x`` if it is a Tensor, else a constant Tensor (of ``like``'s dtype when given)."""
+    if isinstance(x, Tensor):
+        return x
+    return Tensor(x, dtype=like.dtype if like is not None and like.dtype.kind == "f" else None)
+
+
+from gpucnn import _math  # noqa: E402  (operators need Tensor and Function defined above)
+
+_math.attach(Tensor)

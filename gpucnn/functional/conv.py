@@ -1,0 +1,127 @@
+"""Convolution and transposed convolution, forward and backward in one place."""
+from __future__ import annotations
+
+from gpucnn import backend
+from gpucnn.autograd import Function
+from gpucnn.functional import _check
+from gpucnn.kernels import ACTIVATIONS
+from gpucnn.kernels._geometry import check_padding, pair, transpose_out_1d, window_2d
+
+
+class Conv2D(Function):
+    """``y = act(conv(x, w) + b)``; the activation runs in the kernel's epilogue."""
+
+    def forward(self, x, w, b=None, stride=(1, 1), pad=(0, 0, 0, 0), act="linear"):
+        ks = backend.kernels()
+        y = ks.conv2d_forward(x, w, b, stride, pad, act)
+        self.x, self.w, self.stride, self.pad, self.act = x, w, stride, pad, act
+        self.y = y if act != "linear" else None
+        return y
+
+    def backward(self, g):
+        ks = backend.kernels()
+        if self.act != "linear":
+            g = ks.act_backward(g, self.y, self.act)
+        x, w = self.x, self.w
+        px, pw = self.parents[0], self.parents[1]
+        dx = ks.conv2d_backward_input(g, w, x.shape, self.stride, self.pad) if px.requires_grad else None
+        dw = ks.conv2d_backward_weight(x, g, w.shape, self.stride, self.pad) if pw.requires_grad else None
+        if len(self.parents) == 3:
+            return dx, dw, ks.bias_grad(g) if self.parents[2].requires_grad else None
+        return dx, dw
+
+
+class Conv2DTranspose(Function):
+    """``y = conv2d_backward_input(x, w) + b``: the adjoint of a ``conv2d`` with the same kernel."""
+
+    def forward(self, x, w, b=None, out_shape=None, stride=(1, 1), pad=(0, 0, 0, 0)):
+        ks = backend.kernels()
+        y = ks.conv2d_backward_input(x, w, out_shape, stride, pad)
+        if b is not None:
+            y += b
+        self.x, self.w, self.stride, self.pad = x, w, stride, pad
+        return y
+
+    def backward(self, g):
+        ks = backend.kernels()
+        x, w = self.x, self.w
+        px, pw = self.parents[0], self.parents[1]
+        dx = ks.conv2d_forward(g, w, None, self.stride, self.pad, "linear") if px.requires_grad else None
+        dw = ks.conv2d_backward_weight(g, x, w.shape, self.stride, self.pad) if pw.requires_grad else None
+        if len(self.parents) == 3:
+            return dx, dw, ks.bias_grad(g) if self.parents[2].requires_grad else None
+        return dx, dw
+
+
+def _activation_name(activation, op):
+    if activation is None:
+        return "linear"
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: a fused activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def conv2d(x, w, b=None, strides=1, padding="valid", activation=None):
+    """2-D convolution (cross-correlation) of channels-last images.
+
+    ``x`` ``(N, H, W, C_in)``, ``w`` ``(KH, KW, C_in, C_out)``, ``b`` ``(C_out,)`` or None;
+    ``strides`` an int or a pair; ``padding`` ``"valid"`` or ``"same"`` (TensorFlow: the odd
+    padding pixel goes to the bottom/right); ``activation`` one of ``linear relu tanh sigmoid``
+    fused into the kernel. Returns ``(N, Ho, Wo, C_out)``.
+
+    The guide's Figure 6: a 2x2 kernel [[1, 0], [0, 1]] with bias 1 over the patch [[1, 2], [0, 7]]:
+
+    >>> import numpy as np, gpucnn.functional as F
+    >>> x = np.array([[1, 2], [0, 7]], np.float32).reshape(1, 2, 2, 1)
+    >>> w = np.array([[1, 0], [0, 1]], np.float32).reshape(2, 2, 1, 1)
+    >>> F.conv2d(x, w, np.ones(1, np.float32)).numpy().ravel()
+    array([9.], dtype=float32)
+    """
+    op = "conv2d"
+    x = _check.image(x, op, "x")
+    w = _check.tensor(w, op, "w")
+    _check.rank(w, 4, op, "w", "(KH, KW, C_in, C_out)")
+    _check.same_dtype(x, w, op, "x", "w")
+    kh, kw, cin, cout = w.shape
+    if x.shape[3] != cin:
+        raise ValueError(f"{op}: input has {x.shape[3]} channels but the kernel expects {cin} "
+                         f"(x {x.shape}, w {w.shape})")
+    sh, sw = pair(strides, "strides", op)
+    padding = check_padding(padding, op)
+    _, _, pad = window_2d(x.shape[1], x.shape[2], kh, kw, sh, sw, padding, op)
+    act = _activation_name(activation, op)
+    b = _check.bias(b, cout, x, op)
+    inputs = (x, w) if b is None else (x, w, b)
+    return Conv2D.apply(*inputs, stride=(sh, sw), pad=pad, act=act)
+
+
+def conv2d_transpose(x, w, b=None, strides=1, padding="valid"):
+    """Transposed convolution (Keras ``Conv2DTranspose``), the gradient of ``conv2d`` w.r.t. its input.
+
+    ``x`` ``(N, H, W, C_in)``, ``w`` ``(KH, KW, C_out, C_in)`` (Keras layout), ``b`` ``(C_out,)``.
+    Output ``(N, Ho, Wo, C_out)`` with ``Ho = H * sh`` for ``same`` and
+    ``(H - 1) * sh + max(KH, sh)`` for ``valid``.
+
+    >>> import numpy as np, gpucnn.functional as F
+    >>> F.conv2d_transpose(np.ones((1, 2, 2, 1), np.float32), np.ones((2, 2, 1, 1), np.float32),
+    ...                    strides=2).shape
+    (1, 4, 4, 1)
+    """
+    op = "conv2d_transpose"
+    x = _check.image(x, op, "x")
+    w = _check.tensor(w, op, "w")
+    _check.rank(w, 4, op, "w", "(KH, KW, C_out, C_in)")
+    _check.same_dtype(x, w, op, "x", "w")
+    kh, kw, cout, cin = w.shape
+    if x.shape[3] != cin:
+        raise ValueError(f"{op}: input has {x.shape[3]} channels but the kernel expects {cin} "
+                         f"(x {x.shape}, w {w.shape} as (KH, KW, C_out, C_in))")
+    sh, sw = pair(strides, "strides", op)
+    padding = check_padding(padding, op)
+    n, h, wd, _ = x.shape
+    ho, wo = transpose_out_1d(h, kh, sh, padding), transpose_out_1d(wd, kw, sw, padding)
+    hc, wc, pad = window_2d(ho, wo, kh, kw, sh, sw, padding, op)
+    assert (hc, wc) == (h, wd), (hc, wc, h, wd)
+    b = _check.bias(b, cout, x, op)
+    inputs = (x, w) if b is None else (x, w, b)
+    return Conv2DTranspose.apply(*inputs, out_shape=(n, ho, wo, cout), stride=(sh, sw), pad=pad)

@@ -1,0 +1,93 @@
+"""Fully connected layers, flattening and dropout."""
+from __future__ import annotations
+
+from gpucnn import backend
+from gpucnn import random as _random
+from gpucnn.autograd import Function
+from gpucnn.functional import _check
+from gpucnn.functional.conv import _activation_name
+
+
+class Dense(Function):
+    """``y = act(x @ w + b)`` with the bias and activation applied in place."""
+
+    def forward(self, x, w, b=None, act="linear"):
+        y = x @ w
+        if b is not None:
+            y += b
+        self.x, self.w, self.act = x, w, act
+        if act != "linear":
+            y = backend.kernels().act_forward(y, act)
+            self.y = y
+        return y
+
+    def backward(self, g):
+        ks = backend.kernels()
+        if self.act != "linear":
+            g = ks.act_backward(g, self.y, self.act)
+        px, pw = self.parents[0], self.parents[1]
+        dx = g @ self.w.T if px.requires_grad else None
+        dw = self.x.T @ g if pw.requires_grad else None
+        if len(self.parents) == 3:
+            return dx, dw, ks.bias_grad(g) if self.parents[2].requires_grad else None
+        return dx, dw
+
+
+def dense(x, w, b=None, activation=None):
+    """``act(x @ w + b)`` for ``x`` ``(N, in)``, ``w`` ``(in, out)``, ``b`` ``(out,)``.
+
+    >>> import numpy as np, gpucnn.functional as F
+    >>> F.dense(np.ones((1, 2), np.float32), np.ones((2, 3), np.float32)).numpy()
+    array([[2., 2., 2.]], dtype=float32)
+    """
+    op = "dense"
+    x = _check.tensor(x, op, "x")
+    w = _check.tensor(w, op, "w")
+    _check.rank(x, 2, op, "x", "(N, features)")
+    _check.rank(w, 2, op, "w", "(in, out)")
+    _check.floating(x, op, "x")
+    _check.same_dtype(x, w, op, "x", "w")
+    if x.shape[1] != w.shape[0]:
+        raise ValueError(f"{op}: input has {x.shape[1]} features but the kernel expects "
+                         f"{w.shape[0]} (x {x.shape}, w {w.shape})")
+    b = _check.bias(b, w.shape[1], x, op)
+    act = _activation_name(activation, op)
+    inputs = (x, w) if b is None else (x, w, b)
+    return Dense.apply(*inputs, act=act)
+
+
+def flatten(x):
+    """``(N, ...)`` to ``(N, prod(...))``, C order (Keras ``Flatten`` on channels-last data)."""
+    x = _check.tensor(x, "flatten", "x")
+    if x.ndim < 1:
+        raise ValueError(f"flatten: x needs a batch axis, got shape {x.shape}")
+    n = x.shape[0]
+    return x.reshape(n, -1 if n else 0)
+
+
+class Dropout(Function):
+    def forward(self, x, rate=0.5, seed=0, counter=0):
+        self.mask = backend.kernels().dropout_mask(x.shape, rate, seed, counter, x.dtype)
+        return x * self.mask
+
+    def backward(self, g):
+        return g * self.mask
+
+
+def dropout(x, rate, training=True, seed=None):
+    """Zero each element with probability ``rate`` and scale the rest by ``1 / (1 - rate)``.
+
+    Masks come from a counter-based hash computed where the data lives: ``seed=None`` takes the
+    next key of the generator that ``gpucnn.manual_seed`` resets; an int ``seed`` gives the same mask
+    at every call. With ``training=False`` (inference) the input is returned unchanged.
+    """
+    x = _check.tensor(x, "dropout", "x")
+    _check.floating(x, "dropout", "x")
+    rate = _check.rate(rate, "dropout")
+    if not training or rate == 0.0:
+        return x
+    if seed is None:
+        seed, counter = _random.next_dropout_key()
+    else:
+        seed, counter = int(seed) & 0xFFFFFFFF, 0
+    return Dropout.apply(x, rate=rate, seed=seed, counter=counter)

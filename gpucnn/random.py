@@ -1,0 +1,36 @@
+"""Seeding: one host generator for initialisation and shuffling, one counter for dropout.
+
+``manual_seed(n)`` resets both, so that weight initialisation, the order of batches and every
+dropout mask repeat on a backend. Dropout masks come from a counter-based hash
+(``gpucnn.kernels._rng``) computed where the data lives: each call takes the next counter.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_state = {"seed": None, "gen": np.random.default_rng(), "dropout_seed": None, "counter": 0}
+
+
+def manual_seed(seed: int) -> None:
+    """Make initialisation, shuffling and dropout reproducible from ``seed``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"manual_seed: seed must be an int, got {type(seed).__name__}")
+    seed = int(seed)
+    _state["seed"] = seed
+    _state["gen"] = np.random.default_rng(seed)
+    _state["dropout_seed"] = seed & 0xFFFFFFFF
+    _state["counter"] = 0
+
+
+def generator() -> np.random.Generator:
+    """The host generator used for weight initialisation and shuffling."""
+    return _state["gen"]
+
+
+def next_dropout_key() -> tuple[int, int]:
+    """``(seed, counter)`` for the next dropout mask; the counter advances by one per call."""
+    if _state["dropout_seed"] is None:
+        _state["dropout_seed"] = int(_state["gen"].integers(0, 2**32))
+    c = _state["counter"]
+    _state["counter"] = (c + 1) & 0xFFFFFFFF
+    return _state["dropout_seed"], c

@@ -1,0 +1,65 @@
+"""Output sizes and padding of windows (conv, pool), shared by every kernel set and by functional.
+
+All padding follows TensorFlow/Keras:
+- ``valid``: no padding, ``out = (in - k) // s + 1`` (an error if the window does not fit).
+- ``same``: ``out = ceil(in / s)``, total padding ``max((out - 1) * s + k - in, 0)``,
+  the odd pixel going to the bottom/right.
+
+A padding of one spatial axis is a pair ``(before, after)``; of an image a 4-tuple
+``(top, bottom, left, right)``.
+"""
+from __future__ import annotations
+
+PADDINGS = ("valid", "same")
+
+
+def pair(v, name: str, op: str) -> tuple[int, int]:
+    """An int or a pair of ints, as Keras takes ``kernel_size``, ``strides`` and ``pool_size``."""
+    if isinstance(v, bool):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+    if isinstance(v, int):
+        v = (v, v)
+    try:
+        a, b = v
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from None
+    for e in (a, b):
+        if isinstance(e, bool) or not isinstance(e, int):
+            raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+    if a < 1 or b < 1:
+        raise ValueError(f"{op}: {name} must be >= 1, got {v!r}")
+    return int(a), int(b)
+
+
+def check_padding(padding, op: str) -> str:
+    p = padding.lower() if isinstance(padding, str) else padding
+    if p not in PADDINGS:
+        raise ValueError(f"{op}: padding must be 'valid' or 'same', got {padding!r}")
+    return p
+
+
+def window_1d(size: int, k: int, s: int, padding: str, op: str = "window", axis: str = "H"):
+    """``(out, pad_before, pad_after)`` of one spatial axis."""
+    if padding == "same":
+        out = -(-size // s)
+        total = max((out - 1) * s + k - size, 0)
+        return out, total // 2, total - total // 2
+    if k > size:
+        raise ValueError(
+            f"{op}: window {k} is larger than the input {axis}={size} with padding='valid' "
+            f"(expected {axis} >= {k}; use padding='same' or a smaller window)")
+    return (size - k) // s + 1, 0, 0
+
+
+def window_2d(h: int, w: int, kh: int, kw: int, sh: int, sw: int, padding: str, op: str = "window"):
+    """``(ho, wo, (pt, pb, pl, pr))`` of a 2-D window over an ``h x w`` image."""
+    ho, pt, pb = window_1d(h, kh, sh, padding, op, "H")
+    wo, pl, pr = window_1d(w, kw, sw, padding, op, "W")
+    return ho, wo, (pt, pb, pl, pr)
+
+
+def transpose_out_1d(size: int, k: int, s: int, padding: str) -> int:
+    """Keras ``Conv2DTranspose`` output size along one axis."""
+    if padding == "same":
+        return size * s
+    return (size - 1) * s + max(k, s)

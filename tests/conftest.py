@@ -1,0 +1,27 @@
+"""Test-session setup.
+
+Numba reads NUMBA_ENABLE_CUDASIM once, when it is first imported, so it is set here, before any
+test module imports gpucnn or numba. With no GPU (CI, developer machines) every CUDA kernel then
+runs in Numba's simulator on NumPy arrays. On a machine with a real GPU, set
+GPUCNN_TEST_REAL_GPU=1 to run the same tests on the hardware instead.
+
+The PTX compile test needs Numba's real compiler, which the simulator replaces; it runs in a
+subprocess with the variable removed.
+"""
+import os
+
+if os.environ.get("GPUCNN_TEST_REAL_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+os.environ.pop("GPUCNN_BACKEND", None)  # tests choose their backend explicitly
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rng():
+    """A fresh generator per test, seeded from the test's name so failures reproduce."""
+    import zlib
+
+    name = os.environ.get("PYTEST_CURRENT_TEST", "gpucnn")
+    return np.random.default_rng(zlib.crc32(name.encode()))
