@@ -1,0 +1,231 @@
+"""gpucnn.functional on the NumPy backend: float64 finite-difference gradient checks for every op and
+loss, the guide's worked examples, and the errors for bad input."""
+import numpy as np
+import pytest
+
+import gpucnn
+import gpucnn.functional as F
+from _gradcheck import gradcheck
+
+
+@pytest.fixture(autouse=True)
+def _numpy_backend():
+    gpucnn.set_backend("numpy")
+
+
+# (N, H, W, C_in, C_out, KH, KW, stride, padding)
+CONV_CASES = [
+    (1, 5, 5, 1, 2, 3, 3, 1, "valid"),
+    (2, 6, 7, 2, 3, 2, 2, 1, "same"),
+    (2, 7, 6, 3, 2, 4, 3, 2, "same"),
+    (1, 9, 8, 2, 2, 5, 5, 3, "valid"),
+    (3, 8, 5, 2, 1, 1, 1, 2, "same"),
+    (2, 6, 6, 1, 2, 4, 4, 3, "same"),
+    (1, 7, 9, 2, 3, 3, 2, (2, 3), "valid"),
+    (2, 5, 4, 3, 2, 5, 2, 1, "same"),
+]
+
+
+def _ids(cases):
+    return ["x".join(map(str, c)) for c in cases]
+
+
+@pytest.mark.parametrize("n,h,w,ci,co,kh,kw,s,pad", CONV_CASES, ids=_ids(CONV_CASES))
+def test_conv2d_gradients(n, h, w, ci, co, kh, kw, s, pad, rng):
+    gradcheck(lambda x, k, b: F.conv2d(x, k, b, strides=s, padding=pad),
+              rng.standard_normal((n, h, w, ci)), rng.standard_normal((kh, kw, ci, co)),
+              rng.standard_normal(co))
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
+def test_conv2d_fused_activation_gradients(act, rng):
+    gradcheck(lambda x, k, b: F.conv2d(x, k, b, strides=2, padding="same", activation=act),
+              rng.standard_normal((2, 5, 6, 2)), rng.standard_normal((3, 3, 2, 3)),
+              rng.standard_normal(3))
+
+
+@pytest.mark.parametrize("n,h,w,ci,co,kh,kw,s,pad", CONV_CASES, ids=_ids(CONV_CASES))
+def test_conv2d_transpose_gradients(n, h, w, ci, co, kh, kw, s, pad, rng):
+    h, w = max(h // 2, 1), max(w // 2, 1)
+    gradcheck(lambda x, k, b: F.conv2d_transpose(x, k, b, strides=s, padding=pad),
+              rng.standard_normal((n, h, w, ci)), rng.standard_normal((kh, kw, co, ci)),
+              rng.standard_normal(co))
+
+
+@pytest.mark.parametrize("h,k,s,pad,expected", [
+    (4, 3, 2, "valid", 9), (4, 3, 2, "same", 8), (3, 2, 3, "valid", 9), (5, 1, 1, "valid", 5),
+    (3, 5, 1, "same", 3), (3, 4, 2, "valid", 8),
+])
+def test_conv2d_transpose_output_size_follows_keras(h, k, s, pad, expected):
+    y = F.conv2d_transpose(np.ones((1, h, h, 1), np.float32), np.ones((k, k, 2, 1), np.float32),
+                           strides=s, padding=pad)
+    assert y.shape == (1, expected, expected, 2)
+
+
+def test_conv2d_transpose_is_the_adjoint_of_conv2d(rng):
+    # <conv(x), y> == <x, conv_transpose(y)> for the same kernel, strides and padding
+    x = rng.standard_normal((2, 7, 6, 3))
+    w = rng.standard_normal((3, 2, 3, 4))
+    y = F.conv2d(x, w, strides=2, padding="same").numpy()
+    d = rng.standard_normal(y.shape)
+    xt = F.conv2d_transpose(d, w, strides=2, padding="same").numpy()
+    assert xt.shape == x.shape
+    np.testing.assert_allclose((y * d).sum(), (x * xt).sum(), rtol=1e-10)
+
+
+POOL_CASES = [
+    (2, 4, 4, 2, 2, None, "valid"), (1, 5, 7, 3, 3, 2, "valid"), (2, 5, 5, 2, 2, None, "same"),
+    (1, 7, 6, 1, 3, 2, "same"), (2, 6, 5, 2, (2, 3), (1, 2), "same"), (1, 3, 3, 1, 3, 1, "same"),
+]
+
+
+@pytest.mark.parametrize("fn", [F.max_pool2d, F.avg_pool2d], ids=["max", "avg"])
+@pytest.mark.parametrize("n,h,w,c,p,s,pad", POOL_CASES, ids=_ids(POOL_CASES))
+def test_pool_gradients(fn, n, h, w, c, p, s, pad, rng):
+    gradcheck(lambda x: fn(x, pool_size=p, strides=s, padding=pad), rng.standard_normal((n, h, w, c)))
+
+
+@pytest.mark.parametrize("fn", [F.relu, F.tanh, F.sigmoid, F.softmax, F.log_softmax,
+                                lambda x: F.softmax(x, axis=1), lambda x: F.log_softmax(x, axis=0)],
+                         ids=["relu", "tanh", "sigmoid", "softmax", "log_softmax", "softmax1", "lsm0"])
+def test_activation_gradients(fn, rng):
+    gradcheck(fn, rng.standard_normal((3, 4, 5)) * 2)
+
+
+def test_dense_flatten_gradients(rng):
+    gradcheck(lambda x, w, b: F.dense(F.flatten(x), w, b, activation="tanh"),
+              rng.standard_normal((3, 2, 2, 2)), rng.standard_normal((8, 5)), rng.standard_normal(5))
+    gradcheck(lambda x, w: F.dense(x, w), rng.standard_normal((1, 4)), rng.standard_normal((4, 3)))
+
+
+def test_dropout_gradient_uses_the_forward_mask(rng):
+    gradcheck(lambda x: F.dropout(x, 0.4, seed=7), rng.standard_normal((4, 6)))
+
+
+def test_dropout_is_identity_in_inference_and_scales_in_training():
+    x = np.ones((200, 50), np.float32)
+    assert F.dropout(x, 0.5, training=False).numpy() is not None
+    np.testing.assert_array_equal(F.dropout(x, 0.5, training=False).numpy(), x)
+    y = F.dropout(x, 0.25).numpy()
+    assert set(np.unique(y)) <= {0.0, np.float32(1 / 0.75)}
+    assert abs((y == 0).mean() - 0.25) < 0.02
+    gpucnn.manual_seed(3)
+    a = F.dropout(x, 0.5).numpy()
+    gpucnn.manual_seed(3)
+    b = F.dropout(x, 0.5).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, F.dropout(x, 0.5).numpy())
+
+
+@pytest.mark.parametrize("logits", [False, True])
+def test_loss_gradients(logits, rng):
+    n, k = 4, 5
+    labels = rng.integers(0, k, n)
+    onehot = np.eye(k)[labels]
+    soft = rng.random((n, k))
+    soft /= soft.sum(1, keepdims=True)
+    z = rng.standard_normal((n, k))
+    prep = (lambda t: t) if logits else F.softmax
+    gradcheck(lambda t: F.sparse_categorical_crossentropy(labels, prep(t), from_logits=logits), z)
+    gradcheck(lambda t: F.categorical_crossentropy(onehot, prep(t), from_logits=logits), z)
+    gradcheck(lambda t: F.categorical_crossentropy(soft, prep(t), from_logits=logits), z)
+    bt = rng.random((n, 3))
+    prepb = (lambda t: t) if logits else F.sigmoid
+    gradcheck(lambda t: F.binary_crossentropy(bt, prepb(t), from_logits=logits), rng.standard_normal((n, 3)))
+
+
+def test_mse_gradient_and_value(rng):
+    t = rng.standard_normal((3, 4))
+    gradcheck(lambda p: F.mse(t, p), rng.standard_normal((3, 4)))
+    assert float(F.mse([[1.0, 2.0]], [[1.0, 4.0]])) == 2.0
+
+
+def test_loss_values_against_direct_formulas(rng):
+    n, k = 6, 4
+    z = rng.standard_normal((n, k))
+    labels = rng.integers(0, k, n)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    ce = -np.log(p[np.arange(n), labels]).mean()
+    assert np.isclose(float(F.sparse_categorical_crossentropy(labels, z, from_logits=True)), ce)
+    assert np.isclose(float(F.sparse_categorical_crossentropy(labels, p)), ce)
+    assert np.isclose(float(F.categorical_crossentropy(np.eye(k)[labels], p)), ce)
+    y = rng.random((n, 3))
+    s = 1 / (1 + np.exp(-z[:, :3]))
+    bce = -(y * np.log(s) + (1 - y) * np.log(1 - s)).mean()
+    assert np.isclose(float(F.binary_crossentropy(y, z[:, :3], from_logits=True)), bce)
+    assert np.isclose(float(F.binary_crossentropy(y, s)), bce)
+
+
+def test_softmax_and_losses_are_stable_for_huge_logits():
+    z = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], np.float32)
+    for y in (F.softmax(z).numpy(), F.log_softmax(z).numpy()):
+        assert np.isfinite(y).all()
+    np.testing.assert_allclose(F.softmax(z).numpy()[1], [1 / 3] * 3, rtol=1e-6)
+    assert np.isfinite(float(F.sparse_categorical_crossentropy([1, 0], z, from_logits=True)))
+    assert np.isfinite(float(F.binary_crossentropy(np.ones((2, 3), np.float32), z, from_logits=True)))
+    x = gpucnn.Tensor(z, requires_grad=True)
+    F.sparse_categorical_crossentropy([1, 0], x, from_logits=True).backward()
+    assert np.isfinite(x.grad.numpy()).all()
+
+
+# -- the guide's worked examples ---------------------------------------------------------------
+
+def test_guide_figure6_convolution_gives_9():
+    x = np.array([[1, 2], [0, 7]], np.float32).reshape(1, 2, 2, 1)
+    w = np.array([[1, 0], [0, 1]], np.float32).reshape(2, 2, 1, 1)
+    assert F.conv2d(x, w, np.ones(1, np.float32)).numpy().item() == 9.0
+
+
+def test_guide_figure7_relu_on_a_feature_map():
+    # a 3x3 image convolved with the 2x2 kernel of Figure 6 (bias 1), then ReLU
+    x = np.array([[1, 2, -3], [0, 7, -5], [-4, -6, 1]], np.float32).reshape(1, 3, 3, 1)
+    w = np.array([[1, 0], [0, 1]], np.float32).reshape(2, 2, 1, 1)
+    z = F.conv2d(x, w, np.ones(1, np.float32)).numpy()[0, :, :, 0]
+    np.testing.assert_array_equal(z, [[9, -2], [-5, 9]])
+    np.testing.assert_array_equal(F.relu(z).numpy(), [[9, 0], [0, 9]])
+    fused = F.conv2d(x, w, np.ones(1, np.float32), activation="relu").numpy()[0, :, :, 0]
+    np.testing.assert_array_equal(fused, [[9, 0], [0, 9]])
+
+
+def test_guide_figures_10_11_pooling_a_4x4_map():
+    m = np.array([[1, 3, 2, 1], [4, 6, 5, 0], [7, 2, 9, 8], [1, 0, 3, 4]], np.float32).reshape(1, 4, 4, 1)
+    np.testing.assert_array_equal(F.max_pool2d(m, 2).numpy()[0, :, :, 0], [[6, 5], [7, 9]])
+    np.testing.assert_array_equal(F.avg_pool2d(m, 2).numpy()[0, :, :, 0], [[3.5, 2], [2.5, 6]])
+
+
+def test_same_pooling_ignores_padded_cells():
+    x = -np.ones((1, 3, 3, 1), np.float32)  # all negative: a zero pad cell must never win
+    np.testing.assert_array_equal(F.max_pool2d(x, 2, padding="same").numpy(), -np.ones((1, 2, 2, 1)))
+    np.testing.assert_array_equal(F.avg_pool2d(x, 2, padding="same").numpy(), -np.ones((1, 2, 2, 1)))
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+X = np.zeros((2, 8, 8, 3), np.float32) + 0.5
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: F.conv2d(X, np.ones((3, 3, 1, 4), np.float32)), ValueError, r"conv2d: input has 3 channels but the kernel expects 1"),
+    (lambda: F.conv2d(X, np.ones((9, 9, 3, 4), np.float32)), ValueError, r"conv2d: window 9 is larger than the input H=8"),
+    (lambda: F.conv2d(X, np.ones((3, 3, 3, 4), np.float32), strides=0), ValueError, r"conv2d: strides must be >= 1"),
+    (lambda: F.conv2d(X.astype(np.uint8), np.ones((3, 3, 3, 4), np.uint8)), TypeError, r"conv2d: x must be a float32.*uint8"),
+    (lambda: F.conv2d(X[0], np.ones((3, 3, 3, 4), np.float32)), ValueError, r"conv2d: x must have rank 4 \(N, H, W, C\), got shape \(8, 8, 3\)"),
+    (lambda: F.conv2d(X, np.ones((3, 3, 3, 4), np.float32), padding="full"), ValueError, r"conv2d: padding must be 'valid' or 'same', got 'full'"),
+    (lambda: F.conv2d(X, np.ones((3, 3, 3, 4), np.float32), np.ones(3, np.float32)), ValueError, r"conv2d: bias must have shape \(4,\), got \(3,\)"),
+    (lambda: F.conv2d(X, np.ones((3, 3, 3, 4), np.float64)), TypeError, r"conv2d: x has dtype float32 but w has dtype float64"),
+    (lambda: F.conv2d_transpose(X, np.ones((3, 3, 4, 2), np.float32)), ValueError, r"conv2d_transpose: input has 3 channels but the kernel expects 2"),
+    (lambda: F.max_pool2d(X, 9), ValueError, r"max_pool2d: window 9 is larger than the input H=8"),
+    (lambda: F.avg_pool2d(X, (2, 2), strides=(0, 1)), ValueError, r"avg_pool2d: strides must be >= 1"),
+    (lambda: F.max_pool2d(X, 2.5), TypeError, r"max_pool2d: pool_size must be an int or a pair"),
+    (lambda: F.dense(np.ones((2, 5), np.float32), np.ones((4, 3), np.float32)), ValueError, r"dense: input has 5 features but the kernel expects 4"),
+    (lambda: F.dropout(X, 1.0), ValueError, r"dropout: rate must be a number in \[0, 1\), got 1.0"),
+    (lambda: F.sparse_categorical_crossentropy([0, 10], np.ones((2, 10), np.float32)), ValueError, r"sparse_categorical_crossentropy: labels must lie in \[0, 10\) for 10 classes, got values in \[0, 10\]"),
+    (lambda: F.sparse_categorical_crossentropy([-1, 0], np.ones((2, 10), np.float32)), ValueError, r"labels must lie in \[0, 10\)"),
+    (lambda: F.sparse_categorical_crossentropy(np.array([0.0, 1.0]), np.ones((2, 10), np.float32)), TypeError, r"labels must be integer class indices, got dtype float64"),
+    (lambda: F.sparse_categorical_crossentropy([0, 1, 2], np.ones((2, 10), np.float32)), ValueError, r"labels must have shape \(2,\)"),
+    (lambda: F.mse(np.ones((2, 3)), np.ones((3, 2), np.float32)), ValueError, r"mse: y_true has shape \(2, 3\) but y_pred has shape \(3, 2\)"),
+    (lambda: F.softmax(np.ones((2, 3), np.float32), axis=2), ValueError, r"softmax: axis must be an int in \[-2, 2\)"),
+])
+def test_bad_input_gives_a_clear_error(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

@@ -1,0 +1,62 @@
+"""kernels/ installs as gpucnn.kernels (never as a bare top-level `kernels`), in a wheel and in the
+editable install the test suite runs from."""
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _source_modules():
+    mods = set()
+    for top, prefix in (("gpucnn", "gpucnn"), ("kernels", "gpucnn/kernels")):
+        for p in (ROOT / top).rglob("*.py"):
+            if "__pycache__" in p.parts:
+                continue
+            mods.add(f"{prefix}/{p.relative_to(ROOT / top).as_posix()}")
+    return mods
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (whl,) = out.glob("gpucnn-*.whl")
+    with zipfile.ZipFile(whl) as z:
+        return set(z.namelist())
+
+
+def test_wheel_maps_kernels_into_gpucnn(wheel):
+    assert "gpucnn/kernels/__init__.py" in wheel
+    assert "gpucnn/kernels/numpy_set/__init__.py" in wheel
+    assert "gpucnn/kernels/cuda_set/__init__.py" in wheel
+    assert not [n for n in wheel if n.startswith("kernels/")], "a bare top-level kernels package"
+
+
+def test_wheel_holds_every_source_module(wheel):
+    missing = sorted(_source_modules() - wheel)
+    assert not missing, f"modules left out of the wheel (add their package to pyproject.toml): {missing}"
+
+
+def test_editable_install_resolves_gpucnn_kernels_outside_the_repository(tmp_path):
+    code = ("import importlib.util, gpucnn.kernels as k; print(k.__file__); "
+            "print(importlib.util.find_spec('kernels'))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    path, spec = r.stdout.splitlines()
+    assert pathlib.Path(path).resolve() == ROOT / "kernels" / "__init__.py"
+    assert spec == "None", "a bare `kernels` module is importable from site-packages"
+
+
+def test_gpucnn_kernels_is_one_module_from_the_repository_root():
+    import gpucnn.kernels
+
+    assert importlib.util.find_spec("gpucnn.kernels").origin == gpucnn.kernels.__file__
