@@ -1,0 +1,495 @@
+"""gpucnn.datasets: MNIST (real test split + generated IDX files), digits, CIFAR-10, split.
+
+Generated files are written here with struct/gzip/tarfile, independently of the loaders; the
+real MNIST test split is found through GPUCNN_MNIST_DIR (CI sets it) and never copied.
+"""
+import gzip
+import hashlib
+import io
+import os
+import struct
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpucnn import datasets
+from gpucnn.datasets import ChecksumError, DataFileError, DataNotFoundError
+from gpucnn.datasets import _cifar, _files, _mnist
+
+MNIST_TEST = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_TRAIN = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+REAL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def idx_bytes(array, magic):
+    """IDX bytes of a uint8 array: the magic, big-endian uint32 dims, the values."""
+    array = np.asarray(array, dtype=np.uint8)
+    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_mnist(folder, stems, n, rng, gz=True, labels=None):
+    """Random 28x28 images and labels as an IDX pair in ``folder``; returns (images, labels)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n, dtype=np.uint8) if labels is None else labels
+    for stem, blob in zip(stems, (idx_bytes(images, 2051), idx_bytes(labels, 2049))):
+        if gz:
+            (folder / (stem + ".gz")).write_bytes(gzip.compress(blob))
+        else:
+            (folder / stem).write_bytes(blob)
+    return images, labels
+
+
+def real_mnist_dir():
+    """The shared MNIST test split: skip when GPUCNN_MNIST_DIR is unset, fail when it is wrong."""
+    folder = os.environ.get("GPUCNN_MNIST_DIR")
+    if not folder:
+        pytest.skip("GPUCNN_MNIST_DIR is not set (CI sets it to the shared MNIST test split)")
+    folder = Path(folder)
+    if not all((folder / (s + ".gz")).is_file() for s in MNIST_TEST):  # set but wrong: a failure
+        pytest.fail(f"GPUCNN_MNIST_DIR={folder} does not hold t10k-images-idx3-ubyte.gz and "
+                    f"t10k-labels-idx1-ubyte.gz")
+    return folder
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a URL fails the test."""
+    def refuse(url, *a, **k):
+        raise AssertionError(f"unexpected download of {url}")
+    monkeypatch.setattr(_files, "urlopen", refuse)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty home folder and no GPUCNN_DATA, so the default lookup touches nothing real."""
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("HOME", str(h))
+    monkeypatch.delenv("GPUCNN_DATA", raising=False)
+    return h
+
+
+def leftovers(folder):
+    return sorted(p.name for p in Path(folder).rglob("*") if p.name.endswith(".part"))
+
+
+# ----------------------------------------------------------------------------- real MNIST
+
+def test_real_mnist_test_split(no_network):
+    folder = real_mnist_dir()
+    x, y = datasets.mnist(folder, split="test")
+    assert x.shape == (10000, 28, 28, 1) and x.dtype == np.float32
+    assert y.shape == (10000,) and y.dtype == np.int64
+    assert np.bincount(y, minlength=10).tolist() == REAL_COUNTS
+    assert y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]   # the well-known first test digits
+    assert x.min() == 0.0 and x.max() == 1.0
+    assert 0.10 < x.mean() < 0.16                               # MNIST's mean intensity ~0.13
+    # pixels against a plain parse of the decompressed file
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz") as f:
+        raw = f.read()
+    for i in (0, 4321, 9999):
+        start = 16 + i * 784
+        expected = [[raw[start + r * 28 + c] / 255 for c in range(28)] for r in range(28)]
+        np.testing.assert_allclose(x[i, :, :, 0], expected, rtol=0, atol=1e-7)
+
+
+def test_real_mnist_padding_and_uint8(no_network):
+    folder = real_mnist_dir()
+    x8, _ = datasets.mnist(folder, split="test", normalize=False)
+    xp, _ = datasets.mnist(folder, split="test", pad_to_32=True)
+    assert x8.dtype == np.uint8 and x8.max() == 255
+    assert xp.shape == (10000, 32, 32, 1)
+    np.testing.assert_array_equal(xp[:, 2:30, 2:30], x8 / np.float32(255))
+    border = np.ones((32, 32), bool)
+    border[2:30, 2:30] = False
+    assert not xp[:, border].any()
+
+
+def test_real_mnist_both_splits_missing_train_says_where(no_network):
+    folder = real_mnist_dir()
+    with pytest.raises(DataNotFoundError) as e:
+        datasets.mnist(folder, download=False)
+    msg = str(e.value)
+    assert "train-images-idx3-ubyte.gz" in msg and "train-labels-idx1-ubyte.gz" in msg
+    assert str(folder) in msg and "t10k" not in msg and "\n" not in msg
+
+
+def test_real_mnist_truncated_copies_refused(tmp_path):
+    folder = real_mnist_dir()
+    gz = (folder / "t10k-images-idx3-ubyte.gz").read_bytes()
+    raw = gzip.decompress(gz)
+    labels = (folder / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    cases = {
+        "raw_cut": (MNIST_TEST[0], raw[: len(raw) - 784]),          # one image short
+        "gz_of_cut": (MNIST_TEST[0] + ".gz", gzip.compress(raw[:5000])),
+        "gz_cut": (MNIST_TEST[0] + ".gz", gz[: len(gz) // 2]),       # broken gzip stream
+    }
+    for case, (name, blob) in cases.items():
+        d = tmp_path / case
+        d.mkdir()
+        (d / name).write_bytes(blob)
+        (d / (MNIST_TEST[1] + ".gz")).write_bytes(labels)
+        with pytest.raises(DataFileError, match="t10k-images-idx3-ubyte") as e:
+            datasets.mnist(d, download=False, split="test")
+        assert "truncated" in str(e.value) or "gzip" in str(e.value), case
+
+
+# ----------------------------------------------------------------------------- generated MNIST
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_reads_gzip_and_raw(tmp_path, rng, gz, no_network):
+    images, labels = write_mnist(tmp_path, MNIST_TEST, 7, rng, gz=gz)
+    x, y = datasets.mnist(str(tmp_path), split="test")
+    assert x.shape == (7, 28, 28, 1) and x.dtype == np.float32
+    np.testing.assert_allclose(x[..., 0], images / 255.0, rtol=0, atol=1e-7)
+    assert y.tolist() == labels.tolist()
+
+
+def test_mnist_both_splits(tmp_path, rng, no_network):
+    tr = write_mnist(tmp_path, MNIST_TRAIN, 5, rng)
+    te = write_mnist(tmp_path, MNIST_TEST, 3, rng, gz=False)
+    (xa, ya), (xb, yb) = datasets.mnist(tmp_path)
+    assert xa.shape == (5, 28, 28, 1) and xb.shape == (3, 28, 28, 1)
+    assert ya.tolist() == tr[1].tolist() and yb.tolist() == te[1].tolist()
+
+
+def test_mnist_wrong_magic_refused(tmp_path, rng):
+    write_mnist(tmp_path, MNIST_TEST, 4, rng, gz=False)
+    img, lbl = (tmp_path / s for s in MNIST_TEST)
+    a, b = img.read_bytes(), lbl.read_bytes()
+    img.write_bytes(b)                                   # files swapped: labels named as images
+    lbl.write_bytes(a)
+    with pytest.raises(DataFileError, match=r"t10k-images.*magic number 2049, expected 2051"):
+        datasets.mnist(tmp_path, split="test", download=False)
+    img.write_bytes(b"\x00\x00\x08\x04" + a[4:])         # right type byte, wrong dimension count
+    with pytest.raises(DataFileError, match="magic number 2052, expected 2051"):
+        datasets.mnist(tmp_path, split="test", download=False)
+
+
+@pytest.mark.parametrize("case", ["short", "long", "header", "dims", "count", "label"])
+def test_mnist_bad_files_refused(tmp_path, rng, case):
+    images = rng.integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=6, dtype=np.uint8)
+    img, lbl = idx_bytes(images, 2051), idx_bytes(labels, 2049)
+    bad, pattern = {
+        "short": ("images", img[:-1]),
+        "long": ("images", img + b"\x00"),
+        "header": ("labels", lbl[:6]),
+        "dims": ("images", idx_bytes(images[:, :, :27], 2051)),
+        "count": ("labels", idx_bytes(labels[:5], 2049)),
+        "label": ("labels", idx_bytes(np.r_[labels[:5], 10], 2049)),
+    }[case], {
+        "short": r"t10k-images.*truncated", "long": r"t10k-images.*extra bytes",
+        "header": r"t10k-labels.*truncated", "dims": r"t10k-images.*\(N, 28, 28\)",
+        "count": r"t10k-labels.*5 labels for the 6 images", "label": r"t10k-labels.*label 10",
+    }[case]
+    files = {"images": img, "labels": lbl}
+    files[bad[0]] = bad[1]
+    (tmp_path / MNIST_TEST[0]).write_bytes(files["images"])
+    (tmp_path / MNIST_TEST[1]).write_bytes(files["labels"])
+    with pytest.raises(DataFileError, match=pattern):
+        datasets.mnist(tmp_path, split="test", download=False)
+
+
+def test_mnist_lookup_order(tmp_path, rng, home, monkeypatch, no_network):
+    _, in_home = write_mnist(home / ".gpucnn" / "datasets" / "mnist", MNIST_TEST, 3, rng)
+    assert datasets.mnist(split="test")[1].tolist() == in_home.tolist()
+    _, in_env = write_mnist(tmp_path / "data" / "mnist", MNIST_TEST, 4, rng)
+    monkeypatch.setenv("GPUCNN_DATA", str(tmp_path / "data"))
+    assert datasets.mnist(split="test")[1].tolist() == in_env.tolist()
+
+
+def test_mnist_offline_message(tmp_path, home, monkeypatch):
+    monkeypatch.setattr(_mnist, "MNIST_MIRRORS", ((tmp_path / "no-mirror").as_uri() + "/",))
+    with pytest.raises(DataNotFoundError) as e:
+        datasets.mnist()
+    msg = str(e.value)
+    folder = home / ".gpucnn" / "datasets" / "mnist"
+    for stem in MNIST_TRAIN + MNIST_TEST:
+        assert stem + ".gz" in msg
+    assert f"into {folder}" in msg and "GPUCNN_DATA" in msg and "\n" not in msg
+    assert "no-mirror" in msg                             # the reason the download failed
+    assert leftovers(home) == []
+    with pytest.raises(DataNotFoundError, match=r"download=False.*t10k-images-idx3-ubyte\.gz"):
+        datasets.mnist(tmp_path / "empty", download=False, split="test")
+
+
+def serve_mnist(server, rng, monkeypatch, n=5, break_sha=False):
+    """Gzip IDX files in ``server`` (a file:// mirror) and their checksums in MNIST_REMOTE."""
+    images, labels = write_mnist(server, MNIST_TEST, n, rng)
+    remote = dict(_mnist.MNIST_REMOTE)
+    for stem in MNIST_TEST:
+        blob = (server / (stem + ".gz")).read_bytes()
+        sha = hashlib.sha256(blob).hexdigest()
+        if break_sha and stem == MNIST_TEST[0]:
+            sha = sha[::-1]
+        remote[stem] = _files.RemoteFile(stem + ".gz", sha, len(blob))
+    monkeypatch.setattr(_mnist, "MNIST_REMOTE", remote)
+    return images, labels
+
+
+def test_mnist_download_verified_and_atomic(tmp_path, rng, monkeypatch):
+    images, labels = serve_mnist(tmp_path / "server", rng, monkeypatch)
+    dead = (tmp_path / "dead").as_uri() + "/"
+    monkeypatch.setattr(_mnist, "MNIST_MIRRORS", (dead, (tmp_path / "server").as_uri() + "/"))
+    target = tmp_path / "target"
+    x, y = datasets.mnist(target, split="test")
+    np.testing.assert_allclose(x[..., 0], images / 255.0, rtol=0, atol=1e-7)
+    assert y.tolist() == labels.tolist()
+    assert sorted(p.name for p in target.iterdir()) == sorted(s + ".gz" for s in MNIST_TEST)
+
+
+def test_mnist_download_bad_checksum_refused(tmp_path, rng, monkeypatch):
+    serve_mnist(tmp_path / "server", rng, monkeypatch, break_sha=True)
+    monkeypatch.setattr(_mnist, "MNIST_MIRRORS", ((tmp_path / "server").as_uri() + "/",))
+    target = tmp_path / "target"
+    with pytest.raises(ChecksumError, match="t10k-images-idx3-ubyte.gz.*SHA-256"):
+        datasets.mnist(target, split="test")
+    assert list(target.iterdir()) == []                  # nothing half-written, nothing kept
+
+
+def test_mnist_download_size_mismatch_refused(tmp_path, rng, monkeypatch):
+    serve_mnist(tmp_path / "server", rng, monkeypatch)
+    remote = dict(_mnist.MNIST_REMOTE)
+    r = remote[MNIST_TEST[1]]
+    remote[MNIST_TEST[1]] = r._replace(size=r.size - 1)  # the mirror sends one byte more
+    monkeypatch.setattr(_mnist, "MNIST_REMOTE", remote)
+    monkeypatch.setattr(_mnist, "MNIST_MIRRORS", ((tmp_path / "server").as_uri() + "/",))
+    with pytest.raises(ChecksumError, match="more than the expected"):
+        datasets.mnist(tmp_path / "target", split="test")
+    assert leftovers(tmp_path / "target") == []
+
+
+@pytest.mark.parametrize("error", [OSError("connection reset"), KeyboardInterrupt()])
+def test_mnist_interrupted_download_leaves_nothing(tmp_path, rng, monkeypatch, error):
+    serve_mnist(tmp_path / "server", rng, monkeypatch)
+    monkeypatch.setattr(_mnist, "MNIST_MIRRORS", ("https://mirror.invalid/",))
+
+    class Broken(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell():
+                raise error
+            return super().read(100)
+
+    monkeypatch.setattr(_files, "urlopen", lambda url, timeout: Broken(b"\x1f\x8b" * 500))
+    target = tmp_path / "target"
+    expected = DataNotFoundError if isinstance(error, OSError) else KeyboardInterrupt
+    with pytest.raises(expected):
+        datasets.mnist(target, split="test")
+    assert list(target.iterdir()) == []
+
+
+def test_mnist_only_downloads_what_is_missing(tmp_path, rng, monkeypatch):
+    images, labels = serve_mnist(tmp_path / "server", rng, monkeypatch)
+    monkeypatch.setattr(_mnist, "MNIST_MIRRORS", ((tmp_path / "server").as_uri() + "/",))
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / MNIST_TEST[0]).write_bytes(idx_bytes(images, 2051))   # images already there, raw
+    opened = []
+    real_open = _files.urlopen
+    monkeypatch.setattr(_files, "urlopen", lambda url, timeout: opened.append(url) or
+                        real_open(url, timeout=timeout))
+    x, y = datasets.mnist(target, split="test")
+    assert [u.rsplit("/", 1)[1] for u in opened] == [MNIST_TEST[1] + ".gz"]
+    assert y.tolist() == labels.tolist()
+
+
+def test_mnist_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="split must be None, 'train' or 'test', got 'val'"):
+        datasets.mnist(tmp_path, split="val")
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike, got int"):
+        datasets.mnist(3)
+
+
+# ----------------------------------------------------------------------------- digits
+
+def bilinear_reference(img, size):
+    """Plain-loop bilinear resize on pixel centres, clamped at the borders."""
+    n = img.shape[0]
+    out = np.zeros((size, size))
+    for i in range(size):
+        for j in range(size):
+            sy = min(max((i + 0.5) * n / size - 0.5, 0), n - 1)
+            sx = min(max((j + 0.5) * n / size - 0.5, 0), n - 1)
+            y0, x0 = int(sy), int(sx)
+            y1, x1 = min(y0 + 1, n - 1), min(x0 + 1, n - 1)
+            ty, tx = sy - y0, sx - x0
+            out[i, j] = ((1 - ty) * (1 - tx) * img[y0, x0] + (1 - ty) * tx * img[y0, x1]
+                         + ty * (1 - tx) * img[y1, x0] + ty * tx * img[y1, x1])
+    return out
+
+
+def test_digits():
+    sk = pytest.importorskip("sklearn.datasets")
+    raw = sk.load_digits()
+    x, y = datasets.digits()
+    assert x.shape == (1797, 32, 32, 1) and x.dtype == np.float32
+    assert y.dtype == np.int64 and y.tolist() == raw.target.tolist()
+    assert np.bincount(y).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    assert x.min() == 0.0 and x.max() == 1.0
+    for i in (0, 1000, 1796):
+        np.testing.assert_allclose(x[i, :, :, 0], bilinear_reference(raw.images[i] / 16, 32),
+                                   rtol=0, atol=1e-6)
+    x8, _ = datasets.digits(size=8)
+    np.testing.assert_allclose(x8[..., 0], raw.images / 16, rtol=0, atol=1e-7)
+    x13, _ = datasets.digits(size=13)
+    np.testing.assert_allclose(x13[5, :, :, 0], bilinear_reference(raw.images[5] / 16, 13),
+                               rtol=0, atol=1e-6)
+
+
+def test_digits_without_sklearn(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(ImportError, match="pip install scikit-learn"):
+        datasets.digits()
+
+
+def test_digits_bad_size():
+    with pytest.raises(ValueError, match="size must be an int >= 1, got 0"):
+        datasets.digits(size=0)
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+def cifar_records(rng, n):
+    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+    pixels = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    return labels, pixels, np.concatenate([labels[:, None], pixels], axis=1).tobytes()
+
+
+def write_cifar(folder, rng, n=3):
+    """Five train batches of n records and a test batch of n+1; returns the (labels, pixels)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        labels, pixels, blob = cifar_records(rng, n + (name == "test_batch.bin"))
+        (folder / name).write_bytes(blob)
+        out[name] = (labels, pixels)
+    return out
+
+
+def check_cifar_pixels(x, labels, pixels):
+    """x[n, r, c, ch] against the record byte 1 + ch * 1024 + r * 32 + c, by plain indexing."""
+    for n in range(len(labels)):
+        for r, c in ((0, 0), (5, 31), (31, 7), (17, 17)):
+            for ch in range(3):
+                assert x[n, r, c, ch] == np.float32(pixels[n, ch * 1024 + r * 32 + c] / 255)
+
+
+def test_cifar10_binary(tmp_path, rng, no_network):
+    files = write_cifar(tmp_path, rng)
+    (xa, ya), (xb, yb) = datasets.cifar10(tmp_path)
+    assert xa.shape == (15, 32, 32, 3) and xb.shape == (4, 32, 32, 3)
+    assert xa.dtype == np.float32 and ya.dtype == np.int64
+    train_labels = np.concatenate([files[f"data_batch_{i}.bin"][0] for i in range(1, 6)])
+    train_pixels = np.concatenate([files[f"data_batch_{i}.bin"][1] for i in range(1, 6)])
+    assert ya.tolist() == train_labels.tolist()
+    check_cifar_pixels(xa, train_labels, train_pixels)
+    check_cifar_pixels(xb, *files["test_batch.bin"])
+    x8, _ = datasets.cifar10(tmp_path, split="test", normalize=False)
+    assert x8.dtype == np.uint8 and x8.flags.c_contiguous
+    assert len(datasets.CIFAR10_CLASSES) == 10
+
+
+def test_cifar10_subfolder_and_env(tmp_path, rng, home, monkeypatch, no_network):
+    files = write_cifar(tmp_path / "d" / "cifar10" / "cifar-10-batches-bin", rng)
+    monkeypatch.setenv("GPUCNN_DATA", str(tmp_path / "d"))
+    x, y = datasets.cifar10(split="test")
+    assert y.tolist() == files["test_batch.bin"][0].tolist()
+
+
+def test_cifar10_bad_files(tmp_path, rng):
+    write_cifar(tmp_path, rng)
+    batch = tmp_path / "test_batch.bin"
+    good = batch.read_bytes()
+    batch.write_bytes(good[:-1])
+    with pytest.raises(DataFileError, match=r"test_batch\.bin.*not a whole number of 3,073-byte"):
+        datasets.cifar10(tmp_path, split="test", download=False)
+    batch.write_bytes(b"\x80" + good[1:])               # 0x80 starts a pickle, never a label
+    with pytest.raises(DataFileError, match=r"test_batch\.bin: label byte 128.*pickled"):
+        datasets.cifar10(tmp_path, split="test", download=False)
+
+
+def test_cifar10_missing_message(tmp_path, home):
+    with pytest.raises(DataNotFoundError) as e:
+        datasets.cifar10(download=False, split="train")
+    msg = str(e.value)
+    for i in range(1, 6):
+        assert f"data_batch_{i}.bin" in msg
+    assert str(home / ".gpucnn" / "datasets" / "cifar10") in msg
+    assert "cifar-10-binary.tar.gz" in msg and "\n" not in msg
+
+
+def make_cifar_archive(path, rng):
+    """A small cifar-10-binary.tar.gz of the real layout; returns the test (labels, pixels)."""
+    src = path.parent / "src"
+    files = write_cifar(src, rng, n=2)
+    (src / "batches.meta.txt").write_text("\n".join(datasets.CIFAR10_CLASSES) + "\n")
+    with tarfile.open(path, "w:gz") as tar:
+        for f in sorted(src.iterdir()):
+            tar.add(f, arcname=f"cifar-10-batches-bin/{f.name}")
+    blob = path.read_bytes()
+    return files["test_batch.bin"], _files.RemoteFile(path.name, hashlib.sha256(blob).hexdigest(),
+                                                      len(blob))
+
+
+def test_cifar10_download_and_extract(tmp_path, rng, monkeypatch):
+    archive = tmp_path / "server" / "cifar-10-binary.tar.gz"
+    archive.parent.mkdir()
+    (labels, pixels), remote = make_cifar_archive(archive, rng)
+    monkeypatch.setattr(_cifar, "CIFAR10_ARCHIVE", remote)
+    monkeypatch.setattr(_cifar, "CIFAR10_URLS", (archive.as_uri(),))
+    target = tmp_path / "target"
+    x, y = datasets.cifar10(target, split="test")
+    assert y.tolist() == labels.tolist()
+    check_cifar_pixels(x, labels, pixels)
+    assert "cifar-10-binary.tar.gz" not in {p.name for p in target.iterdir()}
+    assert leftovers(target) == [] and (target / "data_batch_5.bin").is_file()
+
+    monkeypatch.setattr(_cifar, "CIFAR10_ARCHIVE", remote._replace(sha256="0" * 64))
+    with pytest.raises(ChecksumError, match="cifar-10-binary.tar.gz"):
+        datasets.cifar10(tmp_path / "target2")
+    assert list((tmp_path / "target2").iterdir()) == []
+
+
+def test_cifar10_local_archive(tmp_path, rng, monkeypatch, no_network):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (labels, _), remote = make_cifar_archive(folder / "cifar-10-binary.tar.gz", rng)
+    monkeypatch.setattr(_cifar, "CIFAR10_ARCHIVE", remote._replace(sha256="f" * 64))
+    with pytest.raises(DataFileError, match="SHA-256"):
+        datasets.cifar10(folder, split="test")
+    monkeypatch.setattr(_cifar, "CIFAR10_ARCHIVE", remote)
+    assert datasets.cifar10(folder, split="test")[1].tolist() == labels.tolist()
+
+
+# ----------------------------------------------------------------------------- split
+
+def test_split(rng):
+    n = int(rng.integers(20, 50))
+    x = np.arange(n)[:, None] * np.ones((1, 3))
+    y = np.arange(n)
+    (xt, yt), (xv, yv) = datasets.split(x, y, 0.25, seed=3)
+    assert len(yv) == round(0.25 * n) and len(yt) + len(yv) == n
+    assert sorted(np.r_[yt, yv].tolist()) == list(range(n))         # disjoint and complete
+    np.testing.assert_array_equal(xt[:, 0], yt)                        # pairs stay together
+    np.testing.assert_array_equal(xv[:, 2], yv)
+    again = datasets.split(x, y, 0.25, seed=3)
+    np.testing.assert_array_equal(again[1][1], yv)
+    other = datasets.split(x, y, 0.25, seed=4)
+    assert other[1][1].tolist() != yv.tolist()
+
+
+@pytest.mark.parametrize("args, pattern", [
+    ((np.zeros((4, 2)), np.zeros(5), 0.5), "same number of samples"),
+    ((np.zeros((4, 2)), np.zeros(4), 1.0), "fraction must be between 0 and 1"),
+    ((np.zeros((4, 2)), np.zeros(4), 0.05), "0 held out"),
+])
+def test_split_bad_arguments(args, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        datasets.split(*args)
