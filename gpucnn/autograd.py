@@ -217,8 +217,8 @@ def _run_backward(root: Tensor, g) -> None:
                 k = id(p)
                 prev = grads.get(k)
                 grads[k] = pg if prev is None else prev + pg
-        ctx.parents = None  # free the graph: inputs and saved arrays go
-        ctx.release()
+        ctx.release()  # free the graph: saved arrays and inputs go
+        ctx.parents = None  # marks the node as freed
 
 
 class Function:
