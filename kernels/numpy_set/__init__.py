@@ -1,0 +1,40 @@
+"""The NumPy kernel set: every name of the kernel contract (see ``gpucnn.kernels``) on NumPy
+arrays, with the heavy lifting in BLAS matrix products. Runs on any CPU."""
+from __future__ import annotations
+
+import numpy
+
+from .activation import act_backward, act_forward
+from .conv import bias_grad, conv2d_backward_input, conv2d_backward_weight, conv2d_forward
+from .dropout import dropout_mask
+from .optim import adam_update, rmsprop_update, sgd_update
+from .pool import avg_pool_backward, avg_pool_forward, max_pool_backward, max_pool_forward
+from .softmax import (log_softmax_backward, log_softmax_forward, softmax_backward,
+                      softmax_forward, softmax_xent_backward, softmax_xent_forward)
+
+xp = numpy
+
+
+def to_host(a):
+    """``a`` as a NumPy array (a CuPy array is copied to the host; a NumPy array is returned as is)."""
+    get = getattr(a, "get", None)
+    if get is not None and not isinstance(a, numpy.ndarray) and hasattr(a, "__cuda_array_interface__"):
+        return get()
+    return numpy.asarray(a)
+
+
+def asarray(a):
+    """An array of this set (NumPy) from any array-like; no copy when ``a`` already is one."""
+    return to_host(a)
+
+
+__all__ = [
+    "xp", "asarray", "to_host",
+    "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "bias_grad",
+    "max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward",
+    "act_forward", "act_backward",
+    "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
+    "softmax_xent_forward", "softmax_xent_backward",
+    "dropout_mask",
+    "sgd_update", "adam_update", "rmsprop_update",
+]

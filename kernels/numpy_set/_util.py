@@ -1,0 +1,70 @@
+"""Helpers shared by the NumPy kernels: cheap shape checks, padding, strided window views."""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+# Bytes of one im2col block: small enough to stay in a core's L2 cache while its GEMM reads it.
+# Measured on a 2 MiB-L2 EPYC: 256 KiB blocks ran the LeNet-5 convolutions 2-3x faster than
+# one whole-batch im2col matrix.
+COL_BLOCK_BYTES = 256 * 1024
+
+
+def fail(op: str, what: str, expected, got):
+    raise ValueError(f"{op}: {what} expected {expected}, got {got}")
+
+
+def check_float(op: str, name: str, a) -> None:
+    if not isinstance(a, np.ndarray) or a.dtype.kind != "f":
+        got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"{op}: {name} must be a floating NumPy array, got {got}")
+
+
+def check_ndim(op: str, name: str, a, ndim: int, layout: str) -> None:
+    if a.ndim != ndim:
+        fail(op, f"{name} of shape {layout}", f"{ndim} dimensions", f"shape {tuple(a.shape)}")
+
+
+def as_dtype(a, dtype):
+    """``a`` as a C-contiguous array of ``dtype`` (no copy when it already is one)."""
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def pad_hw(x, pad, value=0.0):
+    """``x`` (N, H, W, C) padded by ``pad = (top, bottom, left, right)``; ``x`` itself if no padding."""
+    pt, pb, pl, pr = pad
+    if not (pt or pb or pl or pr):
+        return x
+    n, h, w, c = x.shape
+    out = np.empty((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype)
+    if pt:
+        out[:, :pt] = value
+    if pb:
+        out[:, h + pt:] = value
+    if pl:
+        out[:, pt:h + pt, :pl] = value
+    if pr:
+        out[:, pt:h + pt, w + pl:] = value
+    out[:, pt:h + pt, pl:w + pl] = x
+    return out
+
+
+def out_size(op: str, size: int, k: int, s: int, before: int, after: int, axis: str) -> int:
+    """Number of windows of ``k`` at stride ``s`` over a padded axis; a ValueError if none fits."""
+    padded = size + before + after
+    if padded < k:
+        fail(op, f"padded input {axis} (window {k})", f">= {k}", padded)
+    return (padded - k) // s + 1
+
+
+def windows(xp, kh, kw, sh, sw, ho, wo):
+    """Read-only view ``(N, ho, wo, kh, kw, C)`` of the windows of a padded NHWC array."""
+    s0, s1, s2, s3 = xp.strides
+    n, _, _, c = xp.shape
+    return as_strided(xp, (n, ho, wo, kh, kw, c), (s0, s1 * sh, s2 * sw, s1, s2, s3),
+                      writeable=False)
+
+
+def offset_view(a, i, j, sh, sw, ho, wo):
+    """The ``(N, ho, wo, C)`` view of ``a`` read by window offset ``(i, j)`` at stride ``(sh, sw)``."""
+    return a[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :]

@@ -1,0 +1,104 @@
+"""Softmax, log-softmax and fused softmax + cross-entropy along the last axis of ``(rows, K)``.
+
+Every forward subtracts the row maximum first, so logits of any finite magnitude give no
+overflow: ``softmax(x) = exp(x - m) / sum(exp(x - m))``, ``log_softmax(x) = x - m - log(sum(exp(x - m)))``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._util import check_float, check_ndim, fail
+
+__all__ = ["softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
+           "softmax_xent_forward", "softmax_xent_backward"]
+
+
+def _check_pair(op, a, b, names=("dy", "y")):
+    check_float(op, names[0], a)
+    check_ndim(op, names[0], a, 2, "(rows, K)")
+    if b.shape != a.shape:
+        fail(op, f"{names[1]} shape (that of {names[0]})", a.shape, tuple(b.shape))
+
+
+def _shifted(op, x):
+    check_float(op, "x", x)
+    check_ndim(op, "x", x, 2, "(rows, K)")
+    return np.subtract(x, x.max(axis=1, keepdims=True))
+
+
+def softmax_forward(x):
+    """``y[r] = exp(x[r] - max x[r]) / sum(...)`` for x ``(rows, K)``."""
+    y = _shifted("softmax_forward", x)
+    np.exp(y, out=y)
+    y /= y.sum(axis=1, keepdims=True)
+    return y
+
+
+def softmax_backward(dy, y):
+    """``dx = y * (dy - sum(dy * y))``, the sum over each row."""
+    _check_pair("softmax_backward", dy, y)
+    dx = np.subtract(dy, np.einsum("rk,rk->r", dy, y)[:, None])
+    dx *= y
+    return dx
+
+
+def log_softmax_forward(x):
+    """``y[r] = x[r] - max x[r] - log(sum(exp(x[r] - max x[r])))``."""
+    y = _shifted("log_softmax_forward", x)
+    y -= np.log(np.exp(y).sum(axis=1, keepdims=True))
+    return y
+
+
+def log_softmax_backward(dy, y):
+    """``dx = dy - exp(y) * sum(dy)``, the sum over each row."""
+    _check_pair("log_softmax_backward", dy, y)
+    dx = np.exp(y)
+    dx *= -dy.sum(axis=1, keepdims=True)
+    dx += dy
+    return dx
+
+
+def _labels(op, labels, rows, k):
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{op}: labels must be integers, got dtype {labels.dtype}")
+    if labels.shape != (rows,):
+        fail(op, "labels shape", (rows,), labels.shape)
+    valid = labels < k
+    if labels.dtype.kind == "i":
+        valid &= labels >= 0
+    return np.where(valid, labels, 0), valid
+
+
+def softmax_xent_forward(z, labels):
+    """``(loss, p)`` for logits z ``(rows, K)`` and integer labels ``(rows,)``:
+    ``loss[r] = logsumexp(z[r]) - z[r, labels[r]]`` (NaN where the label is outside [0, K)),
+    ``p = softmax(z)``."""
+    op = "softmax_xent_forward"
+    p = _shifted(op, z)
+    rows, k = p.shape
+    lab, valid = _labels(op, labels, rows, k)
+    picked = p[np.arange(rows), lab]
+    np.exp(p, out=p)
+    s = p.sum(axis=1)
+    loss = np.log(s)
+    loss -= picked
+    loss[~valid] = np.nan
+    p /= s[:, None]
+    return loss, p
+
+
+def softmax_xent_backward(p, labels, g):
+    """``dz = (p - onehot(labels)) * g[:, None]``; an out-of-range label has an all-zero one-hot."""
+    op = "softmax_xent_backward"
+    check_float(op, "p", p)
+    check_ndim(op, "p", p, 2, "(rows, K)")
+    rows, k = p.shape
+    g = np.asarray(g, dtype=p.dtype)
+    if g.shape != (rows,):
+        fail(op, "g shape", (rows,), g.shape)
+    lab, valid = _labels(op, labels, rows, k)
+    dz = p * g[:, None]
+    r = np.flatnonzero(valid)
+    dz[r, lab[r]] -= g[r]
+    return dz

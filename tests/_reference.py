@@ -1,0 +1,169 @@
+"""Plain-loop references for the kernel tests (any kernel set): slow, obvious, and independent of
+the kernels' algorithms (no padding arrays, no im2col, no strided views).
+
+Layouts as in the kernel contract: images (N, H, W, C), conv kernels (KH, KW, C_in, C_out),
+``stride = (sh, sw)``, ``pad = (top, bottom, left, right)``. Every result is float64.
+A window cell ``(p*sh - top + i, q*sw - left + j)`` outside the image is padding: it adds nothing
+to a convolution, never wins a max and is not counted in a mean.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def ref_pads(h, w, kh, kw, sh, sw, padding):
+    """Keras/TensorFlow padding ``(top, bottom, left, right)`` for 'valid' or 'same'."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    th = max((math.ceil(h / sh) - 1) * sh + kh - h, 0)
+    tw = max((math.ceil(w / sw) - 1) * sw + kw - w, 0)
+    return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+
+
+def ref_out_size(size, k, s, before, after):
+    return (size + before + after - k) // s + 1
+
+
+def _cells(h, w, p, q, kh, kw, sh, sw, pad):
+    """Yield ``(i, j, r, c)``: window offset and the real input cell it reads at output (p, q)."""
+    for i in range(kh):
+        r = p * sh - pad[0] + i
+        if not 0 <= r < h:
+            continue
+        for j in range(kw):
+            c = q * sw - pad[2] + j
+            if 0 <= c < w:
+                yield i, j, r, c
+
+
+def ref_conv2d(x, w, b, stride, pad, act="linear"):
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    n, h, wd, _ = x.shape
+    kh, kw, _, co = w.shape
+    ho = ref_out_size(h, kh, stride[0], pad[0], pad[1])
+    wo = ref_out_size(wd, kw, stride[1], pad[2], pad[3])
+    y = np.zeros((n, ho, wo, co))
+    for s in range(n):
+        for p in range(ho):
+            for q in range(wo):
+                acc = np.zeros(co) if b is None else np.array(b, np.float64)
+                for i, j, r, c in _cells(h, wd, p, q, kh, kw, *stride, pad):
+                    for ci in range(x.shape[3]):
+                        acc = acc + x[s, r, c, ci] * w[i, j, ci]
+                y[s, p, q] = acc
+    return ref_act(y, act)
+
+
+def ref_conv2d_backward_input(dy, w, x_shape, stride, pad):
+    dy, w = np.asarray(dy, np.float64), np.asarray(w, np.float64)
+    n, h, wd, _ = x_shape
+    kh, kw, _, _ = w.shape
+    dx = np.zeros(x_shape)
+    for s in range(n):
+        for p in range(dy.shape[1]):
+            for q in range(dy.shape[2]):
+                for i, j, r, c in _cells(h, wd, p, q, kh, kw, *stride, pad):
+                    dx[s, r, c] += w[i, j] @ dy[s, p, q]
+    return dx
+
+
+def ref_conv2d_backward_weight(x, dy, w_shape, stride, pad):
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    n, h, wd, _ = x.shape
+    kh, kw, _, _ = w_shape
+    dw = np.zeros(w_shape)
+    for s in range(n):
+        for p in range(dy.shape[1]):
+            for q in range(dy.shape[2]):
+                for i, j, r, c in _cells(h, wd, p, q, kh, kw, *stride, pad):
+                    dw[i, j] += np.outer(x[s, r, c], dy[s, p, q])
+    return dw
+
+
+def _pool_loop(x, pool, stride, pad, reduce):
+    x = np.asarray(x, np.float64)
+    n, h, w, ch = x.shape
+    ho = ref_out_size(h, pool[0], stride[0], pad[0], pad[1])
+    wo = ref_out_size(w, pool[1], stride[1], pad[2], pad[3])
+    out = np.zeros((n, ho, wo, ch))
+    idx = np.zeros((n, ho, wo, ch), np.int64)
+    for s in range(n):
+        for p in range(ho):
+            for q in range(wo):
+                cells = [(r, c) for _, _, r, c in _cells(h, w, p, q, *pool, *stride, pad)]
+                for k in range(ch):
+                    out[s, p, q, k], idx[s, p, q, k] = reduce([x[s, r, c, k] for r, c in cells],
+                                                              [r * w + c for r, c in cells])
+    return out, idx
+
+
+def _first_max(values, flat):
+    best = 0
+    for t in range(1, len(values)):
+        if values[t] > values[best]:
+            best = t
+    return values[best], flat[best]
+
+
+def ref_max_pool(x, pool, stride, pad):
+    """``(y, idx)``: the max over the real cells of each window (first one in row-major order
+    among equals) and its flat index ``h * W + w``."""
+    return _pool_loop(x, pool, stride, pad, _first_max)
+
+
+def ref_avg_pool(x, pool, stride, pad):
+    """The mean over the real cells of each window (Keras ``same``: padding not counted)."""
+    return _pool_loop(x, pool, stride, pad, lambda v, f: (sum(v) / len(v), 0))[0]
+
+
+def ref_max_pool_backward(dy, idx, x_shape):
+    dy = np.asarray(dy, np.float64)
+    n, h, w, ch = x_shape
+    dx = np.zeros(x_shape)
+    for s, p, q, k in np.ndindex(*dy.shape):
+        f = int(idx[s, p, q, k])
+        dx[s, f // w, f % w, k] += dy[s, p, q, k]
+    return dx
+
+
+def ref_avg_pool_backward(dy, x_shape, pool, stride, pad):
+    dy = np.asarray(dy, np.float64)
+    n, h, w, ch = x_shape
+    dx = np.zeros(x_shape)
+    for s, p, q in np.ndindex(*dy.shape[:3]):
+        cells = [(r, c) for _, _, r, c in _cells(h, w, p, q, *pool, *stride, pad)]
+        for r, c in cells:
+            dx[s, r, c] += dy[s, p, q] / len(cells)
+    return dx
+
+
+def ref_act(z, act):
+    z = np.asarray(z, np.float64)
+    if act == "linear":
+        return z.copy()
+    if act == "relu":
+        return np.where(z > 0, z, 0.0)
+    if act == "tanh":
+        return np.tanh(z)
+    if act == "sigmoid":
+        return np.array([1.0 / (1.0 + math.exp(-v)) if v > -700 else 0.0 for v in z.ravel()]
+                        ).reshape(z.shape)
+    raise ValueError(act)
+
+
+def finite_diff(f, x, dy, indices, eps=1e-6):
+    """Central differences of ``sum(f(x) * dy)`` with respect to ``x`` at the flat ``indices``
+    (float64 ``x``, modified and restored in place)."""
+    flat = x.reshape(-1)
+    out = np.empty(len(indices))
+    for k, i in enumerate(indices):
+        keep = flat[i]
+        flat[i] = keep + eps
+        up = float(np.sum(np.asarray(f(x), np.float64) * dy))
+        flat[i] = keep - eps
+        down = float(np.sum(np.asarray(f(x), np.float64) * dy))
+        flat[i] = keep
+        out[k] = (up - down) / (2 * eps)
+    return out

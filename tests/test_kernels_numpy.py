@@ -1,0 +1,477 @@
+"""The NumPy kernel set against plain-loop references (tests/_reference.py), finite differences
+in float64, direct formulas and hand-computed optimizer steps."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from _reference import (finite_diff, ref_act, ref_avg_pool, ref_avg_pool_backward, ref_conv2d,
+                        ref_conv2d_backward_input, ref_conv2d_backward_weight, ref_max_pool,
+                        ref_max_pool_backward, ref_pads)
+from gpucnn.kernels import CONTRACT, load_set
+from gpucnn.kernels._rng import uniform_np
+from gpucnn.kernels.numpy_set import conv as conv_module
+
+K = load_set("numpy")
+F32 = dict(rtol=2e-5, atol=2e-5)
+F64 = dict(rtol=1e-10, atol=1e-10)
+
+
+def _pads(x_shape, k, stride, padding):
+    return ref_pads(x_shape[1], x_shape[2], k[0], k[1], stride[0], stride[1], padding)
+
+
+def _sample(rng, size, n=8):
+    return rng.choice(size, size=min(n, size), replace=False)
+
+
+# ---------------------------------------------------------------- contract and array module
+
+def test_contract_names_and_array_module():
+    assert [name for name in CONTRACT if not hasattr(K, name)] == []
+    assert K.xp is np
+    a = np.arange(6.0)
+    assert K.asarray(a) is a and K.to_host(a) is a
+    assert isinstance(K.asarray([1.0, 2.0]), np.ndarray)
+
+
+# ---------------------------------------------------------------- convolution
+
+# (N, H, W, C_in, KH, KW, C_out, stride, padding, act)
+CONV_CASES = [
+    (1, 3, 3, 1, 2, 2, 1, (1, 1), "valid", "linear"),
+    (2, 7, 6, 3, 3, 3, 4, (1, 1), "same", "relu"),
+    (3, 8, 9, 2, 2, 2, 3, (1, 1), "same", "tanh"),          # even kernel, same
+    (2, 9, 7, 2, 4, 4, 3, (2, 2), "same", "sigmoid"),
+    (1, 10, 11, 3, 5, 5, 2, (2, 2), "valid", "linear"),
+    (2, 11, 8, 2, 3, 2, 3, (3, 3), "same", "relu"),          # non-square kernel
+    (2, 7, 7, 2, 2, 2, 2, (3, 3), "valid", "linear"),        # rows/cols no window reads
+    (1, 6, 9, 4, 1, 1, 5, (1, 1), "valid", "tanh"),          # 1x1: x is its own im2col
+    (2, 6, 9, 4, 1, 1, 5, (2, 3), "valid", "linear"),
+    (2, 5, 8, 3, 5, 3, 2, (1, 2), "same", "sigmoid"),        # non-square stride
+    (1, 4, 4, 2, 5, 5, 2, (1, 1), "same", "relu"),           # kernel larger than the image
+    (3, 5, 5, 6, 5, 5, 4, (1, 1), "valid", "tanh"),          # C5-like: 1x1 output
+]
+CONV_IDS = [f"{c[1]}x{c[2]}x{c[3]}-k{c[4]}x{c[5]}-s{c[7][0]}{c[7][1]}-{c[8]}-{c[9]}" for c in CONV_CASES]
+
+
+def _conv_case(rng, case, dtype):
+    n, h, w, c, kh, kw, co, stride, padding, act = case
+    x = rng.standard_normal((n, h, w, c)).astype(dtype)
+    wt = (rng.standard_normal((kh, kw, c, co)) / math.sqrt(kh * kw * c)).astype(dtype)
+    b = rng.standard_normal(co).astype(dtype)
+    return x, wt, b, stride, _pads(x.shape, (kh, kw), stride, padding), act
+
+
+def test_guide_figure6_gives_9():
+    x = np.array([[1, 2, 5], [0, 7, 3], [4, 4, 4]], np.float32).reshape(1, 3, 3, 1)
+    w = np.array([[1, 0], [0, 1]], np.float32).reshape(2, 2, 1, 1)
+    y = K.conv2d_forward(x, w, np.ones(1, np.float32), (1, 1), (0, 0, 0, 0), "linear")
+    assert y.shape == (1, 2, 2, 1) and y.dtype == np.float32
+    assert y[0, 0, 0, 0] == 9.0                          # (1*1 + 0*2 + 0*0 + 1*7) + 1
+    np.testing.assert_array_equal(y[0, :, :, 0], [[9, 6], [5, 12]])
+
+
+@pytest.mark.parametrize("block_bytes", [None, 600], ids=["default-blocks", "tiny-blocks"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv2d_forward_matches_loops(rng, case, block_bytes, monkeypatch):
+    if block_bytes:                                       # many images per block -> row bands
+        monkeypatch.setattr(conv_module, "COL_BLOCK_BYTES", block_bytes)
+    x, w, b, stride, pad, act = _conv_case(rng, case, np.float64)
+    want = ref_conv2d(x, w, b, stride, pad, act)
+    np.testing.assert_allclose(K.conv2d_forward(x, w, b, stride, pad, act), want, **F64)
+    y32 = K.conv2d_forward(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32),
+                           stride, pad, act)
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, want, **F32)
+    nob = K.conv2d_forward(x, w, None, stride, pad, "linear")
+    np.testing.assert_allclose(nob, ref_conv2d(x, w, None, stride, pad), **F64)
+
+
+@pytest.mark.parametrize("block_bytes", [None, 600], ids=["default-blocks", "tiny-blocks"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv2d_backward_matches_loops(rng, case, block_bytes, monkeypatch):
+    if block_bytes:
+        monkeypatch.setattr(conv_module, "COL_BLOCK_BYTES", block_bytes)
+    x, w, _, stride, pad, _ = _conv_case(rng, case, np.float64)
+    y = ref_conv2d(x, w, None, stride, pad)
+    dy = rng.standard_normal(y.shape)
+    dx = K.conv2d_backward_input(dy, w, x.shape, stride, pad)
+    dw = K.conv2d_backward_weight(x, dy, w.shape, stride, pad)
+    assert dx.shape == x.shape and dw.shape == w.shape
+    np.testing.assert_allclose(dx, ref_conv2d_backward_input(dy, w, x.shape, stride, pad), **F64)
+    np.testing.assert_allclose(dw, ref_conv2d_backward_weight(x, dy, w.shape, stride, pad), **F64)
+    np.testing.assert_allclose(K.bias_grad(dy), dy.sum(axis=(0, 1, 2)), **F64)
+    f32 = [a.astype(np.float32) for a in (x, w, dy)]
+    dx32 = K.conv2d_backward_input(f32[2], f32[1], x.shape, stride, pad)
+    dw32 = K.conv2d_backward_weight(f32[0], f32[2], w.shape, stride, pad)
+    assert dx32.dtype == dw32.dtype == K.bias_grad(f32[2]).dtype == np.float32
+    np.testing.assert_allclose(dx32, dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw32, dw, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", CONV_CASES[1:7], ids=CONV_IDS[1:7])
+def test_conv2d_gradients_finite_differences(rng, case):
+    x, w, b, stride, pad, _ = _conv_case(rng, case, np.float64)
+    dy = rng.standard_normal(K.conv2d_forward(x, w, b, stride, pad, "linear").shape)
+    dx = K.conv2d_backward_input(dy, w, x.shape, stride, pad)
+    dw = K.conv2d_backward_weight(x, dy, w.shape, stride, pad)
+    ix, iw = _sample(rng, x.size), _sample(rng, w.size)
+    num_dx = finite_diff(lambda a: K.conv2d_forward(a, w, b, stride, pad, "linear"), x, dy, ix)
+    num_dw = finite_diff(lambda a: K.conv2d_forward(x, a, b, stride, pad, "linear"), w, dy, iw)
+    np.testing.assert_allclose(dx.ravel()[ix], num_dx, rtol=1e-7, atol=1e-8, err_msg="dx")
+    np.testing.assert_allclose(dw.ravel()[iw], num_dw, rtol=1e-7, atol=1e-8, err_msg="dw")
+    num_db = finite_diff(lambda a: K.conv2d_forward(x, w, a, stride, pad, "linear"), b, dy,
+                         range(b.size))
+    np.testing.assert_allclose(K.bias_grad(dy), num_db, rtol=1e-7, atol=1e-8, err_msg="db")
+
+
+def test_conv2d_uncovered_input_cells_get_zero_gradient(rng):
+    x = rng.standard_normal((2, 7, 8, 3))
+    w = rng.standard_normal((2, 2, 3, 4))
+    dy = rng.standard_normal((2, 2, 3, 4))      # 2x2 windows at stride 3: rows 2, 5, 6, cols 2, 5 unread
+    dx = K.conv2d_backward_input(dy, w, x.shape, (3, 3), (0, 0, 0, 0))
+    assert np.all(dx[:, [2, 5, 6]] == 0) and np.all(dx[:, :, [2, 5]] == 0)
+    assert np.all(dx[:, [0, 1, 3, 4]][:, :, [0, 1, 3, 4, 6, 7]] != 0)
+
+
+@pytest.mark.parametrize("stride,padding,k", [((2, 2), "same", (3, 3)), ((2, 2), "valid", (4, 4)),
+                                              ((3, 2), "valid", (2, 3)), ((1, 1), "same", (2, 2))])
+def test_transposed_conv_is_the_adjoint(rng, stride, padding, k):
+    """<conv(x), z> == <x, backward_input(z)>: backward_input is the transposed convolution."""
+    x = rng.standard_normal((2, 9, 8, 3))
+    w = rng.standard_normal((*k, 3, 5))
+    pad = _pads(x.shape, k, stride, padding)
+    y = K.conv2d_forward(x, w, None, stride, pad, "linear")
+    z = rng.standard_normal(y.shape)
+    t = K.conv2d_backward_input(z, w, x.shape, stride, pad)
+    assert math.isclose(float(np.sum(y * z)), float(np.sum(x * t)), rel_tol=1e-10)
+
+
+def test_conv2d_float32_stays_float32_with_mixed_inputs(rng):
+    x = rng.standard_normal((2, 6, 6, 2)).astype(np.float32)
+    w, b = rng.standard_normal((3, 3, 2, 4)), rng.standard_normal(4)      # float64 params
+    y = K.conv2d_forward(x, w, b, (1, 1), (1, 1, 1, 1), "sigmoid")
+    assert y.dtype == np.float32
+    assert K.conv2d_backward_weight(x, y, w.shape, (1, 1), (1, 1, 1, 1)).dtype == np.float32
+    assert K.conv2d_backward_input(y, w, x.shape, (1, 1), (1, 1, 1, 1)).dtype == np.float32
+
+
+def test_conv2d_shape_errors_name_the_function(rng):
+    x = rng.standard_normal((1, 5, 5, 3))
+    with pytest.raises(ValueError, match="conv2d_forward.*input channels"):
+        K.conv2d_forward(x, rng.standard_normal((3, 3, 2, 4)), None, (1, 1), (0, 0, 0, 0), "relu")
+    with pytest.raises(ValueError, match="conv2d_forward"):
+        K.conv2d_forward(x, rng.standard_normal((6, 6, 3, 4)), None, (1, 1), (0, 0, 0, 0), "relu")
+    with pytest.raises(ValueError, match="conv2d_forward.*b of shape"):
+        K.conv2d_forward(x, rng.standard_normal((3, 3, 3, 4)), np.ones(3), (1, 1), (0, 0, 0, 0),
+                         "relu")
+    with pytest.raises(ValueError, match="conv2d_backward_weight.*dy shape"):
+        K.conv2d_backward_weight(x, np.ones((1, 2, 2, 4)), (3, 3, 3, 4), (1, 1), (0, 0, 0, 0))
+    with pytest.raises(ValueError, match="conv2d_backward_input"):
+        K.conv2d_backward_input(np.ones((1, 3, 3, 5)), rng.standard_normal((3, 3, 3, 4)),
+                                x.shape, (1, 1), (0, 0, 0, 0))
+
+
+# ---------------------------------------------------------------- pooling
+
+# (shape, pool, stride, padding)
+POOL_CASES = [
+    ((2, 8, 8, 3), (2, 2), (2, 2), "valid"),           # LeNet-5 S2: windows tile the image
+    ((2, 9, 9, 2), (3, 3), (2, 2), "valid"),           # AlexNet: overlapping
+    ((1, 8, 7, 2), (3, 3), (2, 2), "same"),
+    ((2, 5, 6, 1), (2, 2), (1, 1), "same"),
+    ((2, 7, 7, 2), (2, 3), (1, 2), "same"),            # non-square window and stride
+    ((1, 5, 7, 3), (2, 2), (2, 2), "same"),            # odd sizes: the padding goes bottom/right
+    ((1, 7, 8, 2), (3, 3), (3, 3), "valid"),           # cells no window reads
+    ((1, 5, 5, 2), (1, 1), (2, 2), "valid"),
+]
+POOL_IDS = [f"{s[1]}x{s[2]}-p{p[0]}{p[1]}-s{t[0]}{t[1]}-{m}" for s, p, t, m in POOL_CASES]
+
+
+@pytest.mark.parametrize("shape,pool,stride,padding", POOL_CASES, ids=POOL_IDS)
+def test_max_pool_matches_loops(rng, shape, pool, stride, padding):
+    x = rng.standard_normal(shape)
+    pad = _pads(shape, pool, stride, padding)
+    want_y, want_idx = ref_max_pool(x, pool, stride, pad)
+    for dtype in (np.float64, np.float32):
+        y, idx = K.max_pool_forward(x.astype(dtype), pool, stride, pad)
+        assert y.dtype == dtype and idx.dtype == np.int32
+        np.testing.assert_array_equal(y, want_y.astype(dtype))
+        np.testing.assert_array_equal(idx, want_idx)
+    dy = rng.standard_normal(y.shape)
+    dx = K.max_pool_backward(dy, idx, shape)
+    np.testing.assert_allclose(dx, ref_max_pool_backward(dy, want_idx, shape), **F64)
+    ix = _sample(rng, x.size)
+    num = finite_diff(lambda a: K.max_pool_forward(a, pool, stride, pad)[0], x, dy, ix)
+    np.testing.assert_allclose(dx.ravel()[ix], num, rtol=1e-7, atol=1e-8)
+    dx32 = K.max_pool_backward(dy.astype(np.float32), idx, shape)
+    assert dx32.dtype == np.float32
+
+
+@pytest.mark.parametrize("shape,pool,stride,padding", POOL_CASES, ids=POOL_IDS)
+def test_avg_pool_matches_loops(rng, shape, pool, stride, padding):
+    x = rng.standard_normal(shape)
+    pad = _pads(shape, pool, stride, padding)
+    y = K.avg_pool_forward(x, pool, stride, pad)
+    np.testing.assert_allclose(y, ref_avg_pool(x, pool, stride, pad), **F64)
+    y32 = K.avg_pool_forward(x.astype(np.float32), pool, stride, pad)
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, y, **F32)
+    dy = rng.standard_normal(y.shape)
+    dx = K.avg_pool_backward(dy, shape, pool, stride, pad)
+    np.testing.assert_allclose(dx, ref_avg_pool_backward(dy, shape, pool, stride, pad), **F64)
+    ix = _sample(rng, x.size)
+    num = finite_diff(lambda a: K.avg_pool_forward(a, pool, stride, pad), x, dy, ix)
+    np.testing.assert_allclose(dx.ravel()[ix], num, rtol=1e-7, atol=1e-8)
+    assert K.avg_pool_backward(dy.astype(np.float32), shape, pool, stride, pad).dtype == np.float32
+
+
+def test_max_pool_ties_keep_the_first_cell_and_overlaps_accumulate(rng):
+    x = rng.integers(0, 3, size=(2, 9, 9, 2)).astype(np.float32)   # many ties
+    y, idx = K.max_pool_forward(x, (3, 3), (2, 2), (0, 0, 0, 0))
+    want_y, want_idx = ref_max_pool(x, (3, 3), (2, 2), (0, 0, 0, 0))
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(idx, want_idx)
+    dx = K.max_pool_backward(np.ones_like(y), idx, x.shape)
+    assert dx.max() > 1                                  # a shared winner collected several
+    np.testing.assert_array_equal(dx, ref_max_pool_backward(np.ones(y.shape), idx, x.shape))
+
+
+def test_max_pool_padding_never_wins(rng):
+    x = -np.abs(rng.standard_normal((1, 5, 5, 2))) - 1.0   # all negative, padding is -inf
+    x[0, 0, :, 0] = -np.inf                                  # a whole window of real -inf cells
+    x[0, :, 0, 0] = -np.inf
+    y, idx = K.max_pool_forward(x, (3, 3), (2, 2), (1, 1, 1, 1))
+    want_y, want_idx = ref_max_pool(x, (3, 3), (2, 2), (1, 1, 1, 1))
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(idx, want_idx)
+    assert idx.min() >= 0 and idx.max() < 25
+    assert np.isfinite(K.avg_pool_forward(x[..., 1:], (3, 3), (2, 2), (1, 1, 1, 1))).all()
+
+
+def test_guide_pooling_2x2_examples():
+    x = np.array([[1, 3, 2, 1], [4, 6, 5, 0], [3, 2, 1, 2], [1, 2, 3, 4]], np.float32)
+    y, idx = K.max_pool_forward(x.reshape(1, 4, 4, 1), (2, 2), (2, 2), (0, 0, 0, 0))
+    np.testing.assert_array_equal(y[0, :, :, 0], [[6, 5], [3, 4]])
+    np.testing.assert_array_equal(idx[0, :, :, 0], [[5, 6], [8, 15]])
+    a = K.avg_pool_forward(x.reshape(1, 4, 4, 1), (2, 2), (2, 2), (0, 0, 0, 0))
+    np.testing.assert_allclose(a[0, :, :, 0], [[3.5, 2.0], [2.0, 2.5]])
+
+
+def test_pool_errors_name_the_function():
+    with pytest.raises(ValueError, match="max_pool_forward.*padding"):
+        K.max_pool_forward(np.ones((1, 4, 4, 1)), (2, 2), (1, 1), (2, 0, 0, 0))
+    with pytest.raises(ValueError, match="avg_pool_backward.*dy shape"):
+        K.avg_pool_backward(np.ones((1, 3, 3, 1)), (1, 4, 4, 1), (2, 2), (2, 2), (0, 0, 0, 0))
+
+
+# ---------------------------------------------------------------- activations
+
+ACTS = ["linear", "relu", "tanh", "sigmoid"]
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_activation_forward_backward(rng, act):
+    x = rng.standard_normal((4, 3, 5)) * 3
+    y = K.act_forward(x, act)
+    np.testing.assert_allclose(y, ref_act(x, act), rtol=1e-14, atol=1e-15)
+    assert y is not x and K.act_forward(x.astype(np.float32), act).dtype == np.float32
+    dy = rng.standard_normal(x.shape)
+    dx = K.act_backward(dy, y, act)
+    ix = _sample(rng, x.size, 12)
+    num = finite_diff(lambda a: K.act_forward(a, act), x, dy, ix)
+    np.testing.assert_allclose(dx.ravel()[ix], num, rtol=1e-6, atol=1e-8)
+    dx32 = K.act_backward(dy.astype(np.float32), y.astype(np.float32), act)
+    assert dx32.dtype == np.float32
+    np.testing.assert_allclose(dx32, dx, **F32)
+
+
+def test_sigmoid_is_stable_in_both_tails():
+    x = np.array([-1e4, -100, -50, -20, -1, 0, 1, 20, 50, 100, 1e4], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = K.act_forward(x, "sigmoid")
+    assert y.dtype == np.float32 and np.all(np.isfinite(y))
+    assert y[0] == 0 and y[-1] == 1 and y[5] == 0.5
+    for v, got in zip(x[2:4], y[2:4]):            # tail (normal floats): relative accuracy kept
+        assert math.isclose(got, 1 / (1 + math.exp(-float(v))), rel_tol=1e-6)
+
+
+def test_activation_rejects_unknown_name():
+    with pytest.raises(ValueError, match="act_forward.*'swish'"):
+        K.act_forward(np.ones(3), "swish")
+
+
+# ---------------------------------------------------------------- softmax family
+
+def _direct_softmax(x):
+    e = np.exp(x)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_softmax_and_log_softmax_forward(rng):
+    x = rng.standard_normal((5, 7)) * 4
+    np.testing.assert_allclose(K.softmax_forward(x), _direct_softmax(x), rtol=1e-13)
+    np.testing.assert_allclose(K.log_softmax_forward(x), np.log(_direct_softmax(x)), rtol=1e-12)
+    big = np.array([[1e4, 1e4 - 1, -1e4], [-1e4, -1e4, -1e4]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s, ls = K.softmax_forward(big), K.log_softmax_forward(big)
+        loss, p = K.softmax_xent_forward(big, np.array([1, 2]))
+    e = math.exp(-1)
+    np.testing.assert_allclose(s, [[1 / (1 + e), e / (1 + e), 0], [1 / 3] * 3], rtol=1e-6)
+    np.testing.assert_allclose(ls[0, :2], [-math.log1p(e), -1 - math.log1p(e)], rtol=1e-6)
+    assert ls[0, 2] < -1e4 and np.isfinite(ls).all()
+    np.testing.assert_allclose(loss, [1 + math.log1p(e), math.log(3)], rtol=1e-6)
+    assert s.dtype == ls.dtype == loss.dtype == p.dtype == np.float32
+
+
+def test_softmax_and_log_softmax_backward(rng):
+    x = rng.standard_normal((4, 6))
+    dy = rng.standard_normal(x.shape)
+    ix = _sample(rng, x.size, 10)
+    y = K.softmax_forward(x)
+    dx = K.softmax_backward(dy, y)
+    np.testing.assert_allclose(dx, y * (dy - (dy * y).sum(1, keepdims=True)), **F64)
+    np.testing.assert_allclose(dx.ravel()[ix], finite_diff(K.softmax_forward, x, dy, ix),
+                               rtol=1e-6, atol=1e-9)
+    ly = K.log_softmax_forward(x)
+    ldx = K.log_softmax_backward(dy, ly)
+    np.testing.assert_allclose(ldx.ravel()[ix], finite_diff(K.log_softmax_forward, x, dy, ix),
+                               rtol=1e-6, atol=1e-9)
+    assert K.softmax_backward(dy.astype(np.float32), y.astype(np.float32)).dtype == np.float32
+
+
+def test_softmax_xent_forward_backward(rng):
+    z = rng.standard_normal((6, 5)) * 2
+    labels = rng.integers(0, 5, size=6)
+    loss, p = K.softmax_xent_forward(z, labels)
+    np.testing.assert_allclose(p, _direct_softmax(z), rtol=1e-13)
+    want = [-math.log(_direct_softmax(z)[r, labels[r]]) for r in range(6)]
+    np.testing.assert_allclose(loss, want, rtol=1e-12)
+    g = rng.random(6)
+    dz = K.softmax_xent_backward(p, labels, g)
+    ix = _sample(rng, z.size, 12)
+    num = finite_diff(lambda a: K.softmax_xent_forward(a, labels)[0], z, g, ix)
+    np.testing.assert_allclose(dz.ravel()[ix], num, rtol=1e-6, atol=1e-9)
+    assert K.softmax_xent_backward(p.astype(np.float32), labels, g).dtype == np.float32
+
+
+def test_softmax_xent_out_of_range_label_gives_nan_row(rng):
+    z = rng.standard_normal((4, 3)).astype(np.float32)
+    labels = np.array([0, -1, 3, 2])
+    loss, p = K.softmax_xent_forward(z, labels)
+    assert np.isnan(loss[1]) and np.isnan(loss[2]) and np.isfinite(loss[[0, 3]]).all()
+    dz = K.softmax_xent_backward(p, labels, np.ones(4, np.float32))
+    np.testing.assert_allclose(dz[[1, 2]], p[[1, 2]])               # one-hot of nothing
+    np.testing.assert_allclose(dz[0], p[0] - [1, 0, 0], rtol=1e-6)
+
+
+def test_softmax_errors_name_the_function():
+    with pytest.raises(ValueError, match="softmax_forward.*2 dimensions"):
+        K.softmax_forward(np.ones(4))
+    with pytest.raises(TypeError, match="softmax_xent_forward.*labels"):
+        K.softmax_xent_forward(np.ones((2, 3)), np.array([0.0, 1.0]))
+
+
+# ---------------------------------------------------------------- dropout
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.8])
+def test_dropout_mask_follows_the_shared_hash(rate):
+    shape = (4, 25, 33)
+    mask = K.dropout_mask(shape, rate, 1234, 7, np.float32)
+    assert mask.shape == shape and mask.dtype == np.float32
+    u = uniform_np(1234, 7, math.prod(shape)).reshape(shape)
+    np.testing.assert_array_equal(mask, np.where(u >= rate, np.float32(1 / (1 - rate)), 0))
+    big = K.dropout_mask((200_000,), rate, 99, 0, np.float64)
+    kept = np.count_nonzero(big) / big.size
+    assert abs(kept - (1 - rate)) < 4 * math.sqrt(rate * (1 - rate) / big.size)
+    assert not np.array_equal(K.dropout_mask(shape, rate, 1234, 8, np.float32), mask)
+    np.testing.assert_array_equal(K.dropout_mask(shape, rate, 1234, 7, np.float32), mask)
+
+
+def test_dropout_mask_rate_zero_and_errors():
+    np.testing.assert_array_equal(K.dropout_mask((3, 4), 0.0, 1, 2, np.float32), np.ones((3, 4)))
+    with pytest.raises(ValueError, match="dropout_mask.*rate"):
+        K.dropout_mask((3,), 1.0, 1, 2, np.float32)
+
+
+# ---------------------------------------------------------------- optimizers
+
+def _arrays(rng, dtype, n=5):
+    return [rng.standard_normal(n).astype(dtype) for _ in range(4)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 0.0),
+                                                  (0.9, True, 0.0), (0.8, True, 0.01),
+                                                  (0.0, False, 0.1)])
+def test_sgd_update_by_hand(rng, dtype, momentum, nesterov, wd):
+    p, g, v, _ = _arrays(rng, dtype)
+    p0, g0, v0 = p.astype(float), g.copy(), v.astype(float)
+    lr = np.float64(0.05)                                 # a NumPy scalar must not upcast p
+    for _ in range(2):
+        K.sgd_update(p, g, v if momentum else None, lr, momentum, nesterov, wd)
+        for i in range(p.size):
+            gi = float(g0[i]) + wd * p0[i]
+            if momentum == 0:
+                p0[i] -= 0.05 * gi
+                continue
+            v0[i] = momentum * v0[i] - 0.05 * gi
+            p0[i] += momentum * v0[i] - 0.05 * gi if nesterov else v0[i]
+    tol = F64 if dtype == np.float64 else F32
+    assert p.dtype == dtype and v.dtype == dtype
+    np.testing.assert_allclose(p, p0, **tol)
+    if momentum:
+        np.testing.assert_allclose(v, v0, **tol)
+    np.testing.assert_array_equal(g, g0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_adam_update_by_hand(rng, dtype, wd):
+    p, g, _, _ = _arrays(rng, dtype)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    p0, g0 = p.astype(float), g.copy()
+    m0, v0 = [0.0] * p.size, [0.0] * p.size
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-7
+    for t in (1, 2, 3):
+        K.adam_update(p, g, m, v, lr, b1, b2, eps, t, wd)
+        for i in range(p.size):
+            gi = float(g0[i])
+            p0[i] -= lr * wd * p0[i]
+            m0[i] = b1 * m0[i] + (1 - b1) * gi
+            v0[i] = b2 * v0[i] + (1 - b2) * gi * gi
+            p0[i] -= lr * (m0[i] / (1 - b1 ** t)) / (math.sqrt(v0[i] / (1 - b2 ** t)) + eps)
+    tol = F64 if dtype == np.float64 else F32
+    assert p.dtype == m.dtype == v.dtype == dtype
+    np.testing.assert_allclose(p, p0, **tol)
+    np.testing.assert_allclose(m, m0, **tol)
+    np.testing.assert_allclose(v, v0, **tol)
+    np.testing.assert_array_equal(g, g0)
+    with pytest.raises(ValueError, match="adam_update.*t"):
+        K.adam_update(p, g, m, v, lr, b1, b2, eps, 0, wd)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("wd", [0.0, 0.05])
+def test_rmsprop_update_by_hand(rng, dtype, wd):
+    p, g, _, _ = _arrays(rng, dtype)
+    s = np.abs(rng.standard_normal(p.size)).astype(dtype)
+    p0, g0, s0 = p.astype(float), g.copy(), s.astype(float)
+    lr, rho, eps = 0.01, 0.9, 1e-7
+    for _ in range(2):
+        K.rmsprop_update(p, g, s, lr, rho, eps, wd)
+        for i in range(p.size):
+            gi = float(g0[i]) + wd * p0[i]
+            s0[i] = rho * s0[i] + (1 - rho) * gi * gi
+            p0[i] -= lr * gi / (math.sqrt(s0[i]) + eps)
+    tol = F64 if dtype == np.float64 else F32
+    assert p.dtype == s.dtype == dtype
+    np.testing.assert_allclose(p, p0, **tol)
+    np.testing.assert_allclose(s, s0, **tol)
+    np.testing.assert_array_equal(g, g0)
+    with pytest.raises(ValueError, match="rmsprop_update.*s shape"):
+        K.rmsprop_update(p, g, s[:2], lr, rho, eps, wd)
