@@ -1,0 +1,330 @@
+"""Kernel registry, array helpers and the launch paths of the cuda set.
+
+Every ``@cuda.jit`` kernel of the set is made by a *factory* registered with
+``@kernel_factory(variants)``: the factory takes compile-time parameters (dtype, tile or block
+sizes) and returns a ``KernelSpec``, i.e. the kernel's Python function plus its explicit Numba
+argument types. ``all_kernels()`` lists every kernel the launchers use with the default
+parameters; the PTX test compiles that list, so a new kernel cannot be forgotten (a test also
+checks that no module of the set calls ``cuda.jit`` on a kernel outside a factory).
+
+Three launch paths, chosen once per process:
+
+- ``sim``: Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), NumPy arrays.
+- ``raw`` (default on a GPU): the kernel is compiled once per signature by Numba, its cubin is
+  loaded with CuPy (``cupy.cuda.function.Module``) and launched through CuPy's launcher on
+  CuPy's current stream with the arguments flattened by hand to Numba's kernel ABI. This costs
+  a few microseconds of host time per launch instead of Numba's ~200 (numba issue 3003).
+- ``numba``: Numba's own dispatcher with the explicit signature, arrays wrapped with
+  ``cuda.as_cuda_array(sync=False)``, on an external stream wrapping CuPy's current stream.
+  ``GPUCNN_CUDA_LAUNCH=numba`` selects it (a cross-check of the ``raw`` path, used by
+  ``python -m gpucnn.gpucheck``).
+
+No path synchronises the host.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import warnings
+from typing import Callable, NamedTuple
+
+import numpy as np
+from numba import types
+from numba.np import numpy_support
+
+from ._runtime import SIMULATOR, cp, numba_cuda as cuda
+
+#: The array module outputs live in: NumPy in the simulator (and when CuPy is missing, so
+#: that the set can be imported to compile PTX on a machine without a GPU), CuPy on a GPU.
+xp = cp if (cp is not None and not SIMULATOR) else np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+NB_FLOAT = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division, for grid sizes."""
+    return -(-int(a) // int(b))
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------
+
+class KernelSpec(NamedTuple):
+    """One compiled-once kernel: a Python function (not yet jitted) and its argument types."""
+
+    name: str                 # unique, with its compile-time parameters, e.g. "act_fwd[float32]"
+    pyfunc: Callable
+    argtypes: tuple           # Numba types, one per kernel argument
+
+    @property
+    def sig(self):
+        return types.void(*self.argtypes)
+
+
+_FACTORIES: list = []
+
+
+def kernel_factory(variants: Callable[[], list]):
+    """Register a kernel factory; ``variants()`` gives the keyword sets the launchers use."""
+    def deco(fn):
+        cached = functools.lru_cache(maxsize=None)(fn)
+        _FACTORIES.append((f"{fn.__module__}.{fn.__name__}", cached, variants))
+        return cached
+    return deco
+
+
+def all_kernels() -> list[KernelSpec]:
+    """Every kernel of the set with the launchers' default compile-time parameters."""
+    from . import activation, conv, dropout, optim, pool, reduce, softmax  # noqa: F401 (register)
+
+    out, seen = [], set()
+    for _, factory, variants in _FACTORIES:
+        for kw in variants():
+            spec = factory(**kw)
+            if spec.name not in seen:
+                seen.add(spec.name)
+                out.append(spec)
+    return out
+
+
+def arr(dtype, ndim: int):
+    """The Numba type of a C-contiguous array argument."""
+    nb = dtype if isinstance(dtype, types.Type) else numpy_support.from_dtype(np.dtype(dtype))
+    return types.Array(nb, ndim, "C")
+
+
+def float_variants():
+    return [{"dtype": "float32"}, {"dtype": "float64"}]
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays
+# ---------------------------------------------------------------------------------------------
+
+def asarray(a, dtype=None):
+    """An array of this set (no copy when it already is one with that dtype)."""
+    if xp is np:
+        if cp is not None and isinstance(a, cp.ndarray):  # pragma: no cover - GPU only
+            a = cp.asnumpy(a)
+        return np.asarray(a, dtype=dtype)
+    return cp.asarray(a, dtype=dtype)
+
+
+def to_host(a):
+    """A NumPy array (copies from the device when needed)."""
+    if cp is not None and isinstance(a, cp.ndarray):
+        return cp.asnumpy(a)
+    return np.asarray(a)
+
+
+def float_dtype(op: str, a) -> np.dtype:
+    """The dtype of a floating input; TypeError for anything but float32/float64."""
+    dt = np.dtype(getattr(a, "dtype", np.float64))
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: the cuda kernels take float32 or float64 arrays, got {dt}")
+    return dt
+
+
+def contig(a, dtype=None):
+    """A C-contiguous array of this set with ``dtype`` (a copy only when needed)."""
+    a = asarray(a)
+    if dtype is not None and a.dtype != dtype:
+        a = a.astype(dtype)
+    return xp.ascontiguousarray(a)
+
+
+#: Tests set this to prefill every output with NaN (float) or a negative sentinel (int), so that
+#: an element a kernel forgets to write cannot pass as a value.
+POISON = False
+
+
+def empty(shape, dtype):
+    """Allocate an output of this set (every launcher allocates through here)."""
+    a = xp.empty(shape, dtype=dtype)
+    if POISON:
+        a.fill(np.nan if np.dtype(dtype).kind == "f" else -7)
+    return a
+
+
+def check_rank(op: str, name: str, a, ndim: int, layout: str):
+    if a.ndim != ndim:
+        raise ValueError(f"{op}: {name} must be {ndim}-D {layout}, got shape {tuple(a.shape)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Launching
+# ---------------------------------------------------------------------------------------------
+
+def _default_path() -> str:
+    if SIMULATOR:
+        return "sim"
+    want = os.environ.get("GPUCNN_CUDA_LAUNCH", "raw").strip().lower() or "raw"
+    if want not in ("raw", "numba"):
+        raise ValueError(f"GPUCNN_CUDA_LAUNCH must be 'raw' or 'numba', got {want!r}")
+    return want
+
+
+_state = {"path": None}
+_lock = threading.Lock()
+
+
+def launch_path() -> str:
+    """'sim', 'raw' or 'numba': how kernels are launched in this process."""
+    if _state["path"] is None:
+        _state["path"] = _default_path()
+    return _state["path"]
+
+
+def set_launch_path(path: str) -> str:
+    """Switch between the 'raw' and 'numba' launch paths on a GPU (for checks and timings)."""
+    if SIMULATOR:
+        if path != "sim":
+            raise ValueError("set_launch_path: only 'sim' is possible under NUMBA_ENABLE_CUDASIM=1")
+    elif path not in ("raw", "numba"):
+        raise ValueError(f"set_launch_path: expected 'raw' or 'numba', got {path!r}")
+    _state["path"] = path
+    return path
+
+
+def _scalar(ty, v):
+    """A Python/NumPy scalar converted to the exact NumPy type of the kernel argument."""
+    return np.dtype(str(ty)).type(v)
+
+
+@functools.lru_cache(maxsize=None)
+def _sim_kernel(spec: KernelSpec):
+    return cuda.jit(spec.pyfunc)
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_kernel(spec: KernelSpec):
+    return cuda.jit(spec.sig)(spec.pyfunc)
+
+
+def flat_param_types(argtypes) -> list[str]:
+    """The kernel's PTX parameter list as Numba lowers it (the ABI the raw path fills in).
+
+    An array argument becomes ``meminfo, parent, nitems, itemsize, data, shape[ndim],
+    strides[ndim]`` (pointers and int64s, strides in bytes); a scalar is passed by value.
+    Returns PTX parameter types ('u64', 'u32', 'f32', 'f64').
+    """
+    out = []
+    for ty in argtypes:
+        if isinstance(ty, types.Array):
+            out += ["u64"] * (5 + 2 * ty.ndim)
+        elif isinstance(ty, types.Integer):
+            out.append("u64" if ty.bitwidth == 64 else "u32")
+        elif ty == types.float32:
+            out.append("f32")
+        elif ty == types.float64:
+            out.append("f64")
+        else:  # pragma: no cover - the set only uses arrays, ints and floats
+            raise NotImplementedError(f"kernel argument type {ty}")
+    return out
+
+
+def flatten_args(argtypes, args) -> list:
+    """The raw path's argument list: each array expanded to Numba's array struct."""
+    flat = []
+    for ty, a in zip(argtypes, args):
+        if isinstance(ty, types.Array):
+            if a.dtype != np.dtype(str(ty.dtype)) or a.ndim != ty.ndim or not a.flags.c_contiguous:
+                raise TypeError(f"kernel argument: expected a C-contiguous {ty}, got "
+                                f"{a.dtype} {a.ndim}-D (contiguous={a.flags.c_contiguous})")
+            flat += [np.uint64(0), np.uint64(0), np.int64(a.size), np.int64(a.itemsize),
+                     np.uint64(_data_ptr(a))]
+            flat += [np.int64(s) for s in a.shape]
+            flat += [np.int64(s) for s in a.strides]
+        else:
+            flat.append(_scalar(ty, a))
+    return flat
+
+
+def _data_ptr(a) -> int:
+    if cp is not None and isinstance(a, cp.ndarray):
+        return a.data.ptr
+    return a.ctypes.data  # host arrays: only used by the ABI test, never launched
+
+
+class _RawKernel:
+    """A Numba-compiled cubin loaded into CuPy and launched through CuPy."""
+
+    def __init__(self, spec: KernelSpec):
+        kern = _numba_kernel(spec).compile(spec.sig)
+        lib = kern._codelibrary
+        self.cubin = bytes(lib.get_cubin())
+        self.entry = getattr(lib, "_entry_name", None) or kern.entry_name
+        self.module = cp.cuda.function.Module()
+        self.module.load(self.cubin)
+        self.func = self.module.get_function(self.entry)
+        self.argtypes = spec.argtypes
+
+    def __call__(self, grid, block, args):
+        self.func(grid, block, flatten_args(self.argtypes, args))
+
+
+_raw_cache: dict = {}
+_raw_failed: dict = {}
+
+
+def _raw_kernel(spec: KernelSpec):
+    k = _raw_cache.get(spec)
+    if k is None:
+        with _lock:
+            k = _raw_cache.get(spec)
+            if k is None:
+                k = _raw_cache[spec] = _RawKernel(spec)
+    return k
+
+
+_streams: dict = {}
+
+
+def _numba_stream():
+    ptr = cp.cuda.get_current_stream().ptr
+    s = _streams.get(ptr)
+    if s is None:
+        s = _streams[ptr] = cuda.external_stream(ptr) if ptr else cuda.default_stream()
+    return s
+
+
+def _wrap(ty, a):
+    if isinstance(ty, types.Array):
+        return cuda.as_cuda_array(a, sync=False)
+    return _scalar(ty, a)
+
+
+def launch(spec: KernelSpec, grid, block, *args):
+    """Launch ``spec`` on ``grid`` x ``block`` (tuples) with ``args`` (arrays of this set and
+    Python scalars, converted to the kernel's declared scalar types)."""
+    grid = tuple(int(g) for g in grid)
+    block = tuple(int(b) for b in block)
+    if min(grid) <= 0:
+        return  # an empty output: nothing to launch
+    if len(args) != len(spec.argtypes):
+        raise TypeError(f"{spec.name}: {len(spec.argtypes)} arguments expected, got {len(args)}")
+    path = launch_path()
+    if path == "sim":
+        conv = [a if isinstance(t, types.Array) else _scalar(t, a)
+                for t, a in zip(spec.argtypes, args)]
+        _sim_kernel(spec)[grid, block](*conv)
+    elif path == "raw":
+        if spec in _raw_failed:
+            path = "numba"
+        else:
+            try:
+                k = _raw_kernel(spec)
+            except Exception as e:  # pragma: no cover - GPU only
+                _raw_failed[spec] = e
+                warnings.warn(f"gpucnn: loading {spec.name} through CuPy failed "
+                              f"({type(e).__name__}: {e}); using Numba's launcher for it",
+                              RuntimeWarning, stacklevel=2)
+                path = "numba"
+            else:
+                k(grid, block, args)
+    if path == "numba":
+        wrapped = [_wrap(t, a) for t, a in zip(spec.argtypes, args)]
+        _numba_kernel(spec)[grid, block, _numba_stream()](*wrapped)

@@ -1,0 +1,123 @@
+"""Elementwise activations ReLU, tanh, sigmoid (and linear), forward and backward.
+
+The device functions ``act_fwd``/``act_bwd`` of ``act_device_fns(dtype)`` are shared with the
+convolution epilogue. ``act`` travels to the kernels as an int code (``ACT_CODE``), so one
+kernel serves every activation.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import types
+
+from .. import ACTIVATIONS
+from ._launch import (empty, NB_FLOAT, KernelSpec, arr, cdiv, contig, float_dtype, float_variants, kernel_factory,
+                      launch, xp)
+from ._runtime import numba_cuda as cuda
+
+#: Threads per block of the elementwise kernels (tests shrink it for the simulator).
+EW_BLOCK = 256
+
+ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # linear 0, relu 1, tanh 2, sigmoid 3
+LINEAR, RELU, TANH, SIGMOID = (ACT_CODE[a] for a in ("linear", "relu", "tanh", "sigmoid"))
+
+
+def act_code(op: str, act) -> int:
+    if act not in ACT_CODE:
+        raise ValueError(f"{op}: act must be one of {ACTIVATIONS}, got {act!r}")
+    return ACT_CODE[act]
+
+
+@functools.lru_cache(maxsize=None)
+def act_device_fns(dtype: str):
+    """``(act_fwd(v, code), act_bwd(dy, y, code))`` device functions computing in ``dtype``."""
+    dt = NB_FLOAT[np.dtype(dtype)]
+
+    @cuda.jit(device=True, inline=True)
+    def act_fwd(v, code):
+        zero = dt(0)
+        one = dt(1)
+        if code == RELU:
+            return v if v > zero else zero
+        if code == TANH:
+            return dt(math.tanh(v))
+        if code == SIGMOID:
+            # exp of a non-positive number only: no overflow for large |v|
+            if v >= zero:
+                return one / (one + dt(math.exp(-v)))
+            e = dt(math.exp(v))
+            return e / (one + e)
+        return v
+
+    @cuda.jit(device=True, inline=True)
+    def act_bwd(dy, y, code):
+        zero = dt(0)
+        one = dt(1)
+        if code == RELU:
+            return dy if y > zero else zero
+        if code == TANH:
+            return dy * (one - y * y)
+        if code == SIGMOID:
+            return dy * y * (one - y)
+        return dy
+
+    return act_fwd, act_bwd
+
+
+@kernel_factory(float_variants)
+def act_fwd_kernel(dtype):
+    act_fwd, _ = act_device_fns(dtype)
+
+    def act_forward_k(x, y, code):
+        """y[i] = act(x[i]) over flat C-contiguous arrays of equal size; one thread per element,
+        one global read and one write each."""
+        i = cuda.grid(1)
+        if i < x.size:
+            y[i] = act_fwd(x[i], code)
+
+    a = arr(dtype, 1)
+    return KernelSpec(f"act_fwd[{dtype}]", act_forward_k, (a, a, types.int32))
+
+
+@kernel_factory(float_variants)
+def act_bwd_kernel(dtype):
+    _, act_bwd = act_device_fns(dtype)
+
+    def act_backward_k(dy, y, dx, code):
+        """dx[i] = act'(from y[i]) * dy[i] over flat C-contiguous arrays; one thread per element."""
+        i = cuda.grid(1)
+        if i < dy.size:
+            dx[i] = act_bwd(dy[i], y[i], code)
+
+    a = arr(dtype, 1)
+    return KernelSpec(f"act_bwd[{dtype}]", act_backward_k, (a, a, a, types.int32))
+
+
+def act_forward(x, act):
+    """``act(x)`` elementwise, any shape."""
+    code = act_code("act_forward", act)
+    dt = float_dtype("act_forward", x)
+    x = contig(x, dt)
+    y = empty(x.shape, x.dtype)
+    n = x.size
+    launch(act_fwd_kernel(dt.name), (cdiv(n, EW_BLOCK),), (EW_BLOCK,),
+           x.reshape(-1), y.reshape(-1), code)
+    return y
+
+
+def act_backward(dy, y, act):
+    """The gradient of ``act`` from its forward output ``y``: ``dx = act'(y) * dy``."""
+    code = act_code("act_backward", act)
+    dt = float_dtype("act_backward", dy)
+    dy = contig(dy, dt)
+    y = contig(y, dt)
+    if dy.shape != y.shape:
+        raise ValueError(f"act_backward: dy {tuple(dy.shape)} and y {tuple(y.shape)} must have "
+                         "the same shape")
+    dx = empty(dy.shape, dy.dtype)
+    n = dy.size
+    launch(act_bwd_kernel(dt.name), (cdiv(n, EW_BLOCK),), (EW_BLOCK,),
+           dy.reshape(-1), y.reshape(-1), dx.reshape(-1), code)
+    return dx

@@ -1,0 +1,417 @@
+"""Convolution as a tiled implicit GEMM: forward (bias + activation in the epilogue), gradient
+with respect to the input (also the transposed convolution), gradient with respect to the
+kernel (split-K over batch and space, then a deterministic column sum), and the bias gradient.
+
+One kernel factory, ``igemm_kernel(mode, tile, dtype)``, serves the three GEMMs; only the tile
+loaders and the epilogue differ by ``mode`` (a compile-time constant):
+
+=============  ====================  ==================  ==========================  ========
+mode           rows (M)              columns (N)         reduction (K)               A tile
+=============  ====================  ==================  ==========================  ========
+FWD            (n, oh, ow) of y      c_out               (kh, kw, c_in)              x patch
+BWD_INPUT      (n, ih, iw) of dx     c_in                (kh, kw, c_out)             dy patch
+BWD_WEIGHT     (kh, kw, c_in) of dw  c_out               (n, oh, ow), split over z   x patch
+=============  ====================  ==================  ==========================  ========
+
+A block computes a ``BM x BN`` output tile with ``(BN/TN) x (BM/TM)`` threads; each thread
+holds a ``TM x TN`` register block of outputs. Per step of ``BK`` along the reduction the block
+stages an ``A`` tile (``BK x BM``, gathered from the NHWC image with zero padding: the implicit
+im2col) and a ``B`` tile (``BK x BN``, from the kernel or from dy) in shared memory. A thread's
+outputs are interleaved (row ``ty + i * BM/TM``, column ``tx + j * BN/TN``), so a warp reads
+consecutive shared-memory words and writes consecutive output channels.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import types
+
+from ._launch import (empty, NB_FLOAT, KernelSpec, arr, cdiv, check_rank, contig, float_dtype,
+                      kernel_factory, launch, xp)
+from ._runtime import numba_cuda as cuda
+from .activation import act_code, act_device_fns
+from .reduce import column_sum
+
+FWD, BWD_INPUT, BWD_WEIGHT = 0, 1, 2
+MODE_NAMES = ("fwd", "bwd_input", "bwd_weight")
+
+
+class Tile(NamedTuple):
+    """Block tile ``bm x bn``, reduction step ``bk``, per-thread register block ``tm x tn``."""
+
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+
+    @property
+    def block(self) -> tuple[int, int]:
+        """The thread block ``(bn // tn, bm // tm)``: x along columns, y along rows."""
+        return self.bn // self.tn, self.bm // self.tm
+
+    @property
+    def threads(self) -> int:
+        return (self.bn // self.tn) * (self.bm // self.tm)
+
+    def check(self):
+        nt = self.threads
+        ok = (self.bm % self.tm == 0 and self.bn % self.tn == 0 and nt % self.bk == 0
+              and nt % self.bm == 0 and (self.bk * self.bm) % nt == 0
+              and (self.bk * self.bn) % nt == 0)
+        if not ok:
+            raise ValueError(f"conv tile {self}: need tm | bm, tn | bn, and the {nt} threads to "
+                             "divide bk, bm, bk*bm and bk*bn")
+        return self
+
+
+#: The tiles the launchers choose from (``choose_tile``): a square 64x64 tile with 4x4 register
+#: blocks for layers with many output columns, and a tall 128x16 tile for narrow ones (LeNet's
+#: 6 and 16 channels). 256 threads each. Tests replace these with small tiles.
+TILE_WIDE = Tile(64, 64, 16, 4, 4)
+TILE_NARROW = Tile(128, 16, 16, 4, 2)
+
+#: Split-K of the weight gradient: aim for about this many blocks in the grid, with at least
+#: ``MIN_SPLIT_STEPS`` reduction steps of ``bk`` per split.
+TARGET_BLOCKS = 528
+MIN_SPLIT_STEPS = 4
+MAX_GRID_YZ = 65535
+
+
+def choose_tile(ncols: int) -> Tile:
+    return TILE_NARROW if ncols <= TILE_NARROW.bn else TILE_WIDE
+
+
+def _variants():
+    return [{"mode": m, "tile": t, "dtype": d}
+            for m in (FWD, BWD_INPUT, BWD_WEIGHT) for t in (TILE_WIDE, TILE_NARROW)
+            for d in ("float32", "float64")]
+
+
+@kernel_factory(_variants)
+def igemm_kernel(mode: int, tile: Tile, dtype: str):
+    tile = Tile(*tile).check()
+    dt = NB_FLOAT[np.dtype(dtype)]
+    i64 = types.int64
+    act_fwd, _ = act_device_fns(dtype)
+    MODE = mode
+    BM, BN, BK, TM, TN = tile
+    TX, TY = tile.block
+    NT = tile.threads
+    A_LOADS = BK * BM // NT      # A-tile elements each thread stages per step
+    B_LOADS = BK * BN // NT      # B-tile elements each thread stages per step
+    A_ROW_STEP = NT // BK        # modes FWD/BWD_INPUT: a thread's A rows are this far apart
+    A_RED_STEP = NT // BM        # mode BWD_WEIGHT: a thread's A reduction indices this far apart
+
+    def igemm_k(src, wmat, bias, out, mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias, chunk):
+        """Implicit-GEMM convolution tile (see the module docstring for the three modes).
+
+        FWD:        src x (N, H, W, Cin); wmat w (KH*KW*Cin, Cout); bias (Cout,) or a dummy
+                    with has_bias=0; out y (N*Ho*Wo, Cout); (mh, mw) = (Ho, Wo).
+        BWD_INPUT:  src dy (N, Ho, Wo, Cout); wmat w (KH*KW*Cin, Cout); out dx (N*H*W, Cin);
+                    (mh, mw) = (H, W).
+        BWD_WEIGHT: src x (N, H, W, Cin); wmat dy (N*Ho*Wo, Cout); out partial dw
+                    (S*KH*KW*Cin, Cout), split s = blockIdx.z summing reduction rows
+                    [s*chunk, (s+1)*chunk); (mh, mw) = (Ho, Wo).
+        All arrays C-contiguous (NHWC / HWIO). Grid (ceil(M/BM), ceil(N/BN), S), block
+        (BN/TN, BM/TM). Padding cells read as zero; every output is written once, by the thread
+        owning it, after the whole reduction.
+        """
+        As = cuda.shared.array((BK, BM + 1), dt)   # +1 column: no bank conflicts on stores
+        Bs = cuda.shared.array((BK, BN + 1), dt)
+        acc = cuda.local.array((TM, TN), dt)
+        a_reg = cuda.local.array(TM, dt)
+        b_reg = cuda.local.array(TN, dt)
+        row_n = cuda.local.array(A_LOADS, i64)
+        row_h = cuda.local.array(A_LOADS, i64)
+        row_w = cuda.local.array(A_LOADS, i64)
+
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * TX + tx
+        m0 = cuda.blockIdx.x * BM
+        n0 = cuda.blockIdx.y * BN
+        split = cuda.blockIdx.z
+        zero = dt(0)
+
+        # --- the GEMM's extents -------------------------------------------------------------
+        ncols = out.shape[1]
+        cin = src.shape[3]           # FWD / BWD_WEIGHT: channels of x
+        cred = src.shape[3]          # BWD_INPUT: the reduction's channels are dy's (Cout)
+        if MODE == BWD_INPUT:
+            cin = out.shape[1]
+        if MODE == BWD_WEIGHT:
+            mrows = kh * kw * cin
+            kbeg = split * chunk
+            kend = min(wmat.shape[0], kbeg + chunk)
+        elif MODE == BWD_INPUT:
+            mrows = out.shape[0]
+            kbeg = split * 0
+            kend = kh * kw * cred
+        else:
+            mrows = out.shape[0]
+            kbeg = split * 0
+            kend = wmat.shape[0]
+
+        # --- per-thread A-tile coordinates that do not change along the reduction -----------
+        a_kk = tid % BK              # FWD/BWD_INPUT: the thread's column in the A tile
+        a_mm = tid % BM              # BWD_WEIGHT: the thread's row in the A tile
+        wr_ky = i64(0)
+        wr_kx = i64(0)
+        wr_ci = i64(0)
+        if MODE == BWD_WEIGHT:
+            m = m0 + a_mm            # a row of dw: (ky, kx, ci)
+            wr_ci = m % cin
+            wr_kx = (m // cin) % kw
+            wr_ky = m // (cin * kw)
+            if m >= mrows:
+                wr_ky = -(1 << 40)   # off every image: loads read zero
+        else:
+            for i in range(A_LOADS):
+                m = m0 + tid // BK + i * A_ROW_STEP
+                q = m % mw
+                t = m // mw
+                p = t % mh
+                row_n[i] = t // mh if m < mrows else -1
+                if MODE == FWD:
+                    row_h[i] = p * sh - pt   # top-left corner of the window in x
+                    row_w[i] = q * sw - pl
+                else:
+                    row_h[i] = p + pt        # padded coordinate of the dx pixel
+                    row_w[i] = q + pl
+
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = zero
+
+        for k0 in range(kbeg, kend, BK):
+            # --- stage the A tile As[kk, mm] ------------------------------------------------
+            if MODE == FWD:
+                k = k0 + a_kk
+                ci = k % cin
+                kx = (k // cin) % kw
+                ky = k // (cin * kw)
+                for i in range(A_LOADS):
+                    v = zero
+                    n = row_n[i]
+                    ih = row_h[i] + ky
+                    iw = row_w[i] + kx
+                    if (k < kend and n >= 0 and ih >= 0 and ih < src.shape[1] and iw >= 0
+                            and iw < src.shape[2]):
+                        v = src[n, ih, iw, ci]
+                    As[a_kk, tid // BK + i * A_ROW_STEP] = v
+            elif MODE == BWD_INPUT:
+                k = k0 + a_kk
+                co = k % cred
+                kx = (k // cred) % kw
+                ky = k // (cred * kw)
+                for i in range(A_LOADS):
+                    v = zero
+                    n = row_n[i]
+                    th = row_h[i] - ky
+                    tw = row_w[i] - kx
+                    if k < kend and n >= 0 and th >= 0 and tw >= 0:
+                        if th % sh == 0 and tw % sw == 0:
+                            oh = th // sh
+                            ow = tw // sw
+                            if oh < src.shape[1] and ow < src.shape[2]:
+                                v = src[n, oh, ow, co]
+                    As[a_kk, tid // BK + i * A_ROW_STEP] = v
+            else:
+                for i in range(A_LOADS):
+                    kk = tid // BM + i * A_RED_STEP
+                    r = k0 + kk
+                    v = zero
+                    if r < kend:
+                        ow = r % mw
+                        t = r // mw
+                        ih = (t % mh) * sh - pt + wr_ky
+                        iw = ow * sw - pl + wr_kx
+                        if ih >= 0 and ih < src.shape[1] and iw >= 0 and iw < src.shape[2]:
+                            v = src[t // mh, ih, iw, wr_ci]
+                    As[kk, a_mm] = v
+            # --- stage the B tile Bs[kk, nn] ------------------------------------------------
+            for i in range(B_LOADS):
+                lin = tid + i * NT
+                v = zero
+                if MODE == BWD_INPUT:
+                    kk = lin % BK            # consecutive threads: consecutive c_out in w
+                    nn = lin // BK
+                    k = k0 + kk
+                    ci = n0 + nn
+                    if k < kend and ci < ncols:
+                        v = wmat[(k // cred) * cin + ci, k % cred]
+                else:
+                    kk = lin // BN           # consecutive threads: consecutive columns
+                    nn = lin % BN
+                    k = k0 + kk
+                    c = n0 + nn
+                    if k < kend and c < ncols:
+                        v = wmat[k, c]
+                Bs[kk, nn] = v
+            cuda.syncthreads()  # both tiles are fully staged before any thread multiplies
+
+            for kk in range(BK):
+                for i in range(TM):
+                    a_reg[i] = As[kk, ty + i * TY]
+                for j in range(TN):
+                    b_reg[j] = Bs[kk, tx + j * TX]
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] += a_reg[i] * b_reg[j]
+            cuda.syncthreads()  # every thread is done reading the tiles before they are restaged
+
+        # --- epilogue: one global write per output ------------------------------------------
+        for i in range(TM):
+            m = m0 + ty + i * TY
+            if m < mrows:
+                for j in range(TN):
+                    c = n0 + tx + j * TX
+                    if c < ncols:
+                        v = acc[i, j]
+                        if MODE == FWD:
+                            if has_bias != 0:
+                                v += bias[c]
+                            out[m, c] = act_fwd(v, act)
+                        elif MODE == BWD_WEIGHT:
+                            out[split * mrows + m, c] = v
+                        else:
+                            out[m, c] = v
+
+    a1, a2, a4 = arr(dtype, 1), arr(dtype, 2), arr(dtype, 4)
+    name = f"igemm_{MODE_NAMES[mode]}[{dtype},{BM}x{BN}x{BK}/{TM}x{TN}]"
+    return KernelSpec(name, igemm_k, (a4, a2, a1, a2) + (i64,) * 11)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+def _geometry(op, stride, pad):
+    try:
+        sh, sw = (int(v) for v in stride)
+        pt, pb, pl, pr = (int(v) for v in pad)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: stride must be (sh, sw) and pad (top, bottom, left, right), "
+                        f"got stride={stride!r}, pad={pad!r}") from None
+    if sh < 1 or sw < 1 or min(pt, pb, pl, pr) < 0:
+        raise ValueError(f"{op}: expected stride >= 1 and pad >= 0, got stride={stride!r}, "
+                         f"pad={pad!r}")
+    return sh, sw, pt, pb, pl, pr
+
+
+def _out_size(op, h, w, kh, kw, sh, sw, pt, pb, pl, pr):
+    ho = (h + pt + pb - kh) // sh + 1
+    wo = (w + pl + pr - kw) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"{op}: a {kh}x{kw} window does not fit an {h}x{w} input with padding "
+                         f"{(pt, pb, pl, pr)} (expected H + pads >= KH and W + pads >= KW)")
+    return ho, wo
+
+
+def _launch_igemm(mode, tile, src, wmat, bias, out, mh, mw, kh, kw, sh, sw, pt, pl, act,
+                  has_bias, grid_m, grid_n, splits=1, chunk=0):
+    launch(igemm_kernel(mode, tile, src.dtype.name), (cdiv(grid_m, tile.bm),
+           cdiv(grid_n, tile.bn), splits), tile.block,
+           src, wmat, bias, out, mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias, chunk)
+
+
+def conv2d_forward(x, w, b, stride, pad, act):
+    """``y = act(conv(x, w) + b)``: x (N, H, W, Cin), w (KH, KW, Cin, Cout) -> (N, Ho, Wo, Cout)."""
+    op = "conv2d_forward"
+    code = act_code(op, act)
+    dt = float_dtype(op, x)
+    x, w = contig(x, dt), contig(w, dt)
+    check_rank(op, "x", x, 4, "(N, H, W, C_in)")
+    check_rank(op, "w", w, 4, "(KH, KW, C_in, C_out)")
+    n, h, wd, cin = x.shape
+    kh, kw, wcin, cout = w.shape
+    if wcin != cin:
+        raise ValueError(f"{op}: x has {cin} channels but w {tuple(w.shape)} expects {wcin}")
+    sh, sw, pt, pb, pl, pr = _geometry(op, stride, pad)
+    ho, wo = _out_size(op, h, wd, kh, kw, sh, sw, pt, pb, pl, pr)
+    if b is None:
+        bias, has_bias = xp.zeros((1,), dtype=dt), 0
+    else:
+        bias, has_bias = contig(b, dt), 1
+        if bias.shape != (cout,):
+            raise ValueError(f"{op}: b must have shape ({cout},), got {tuple(bias.shape)}")
+    y = empty((n, ho, wo, cout), dt)
+    m = n * ho * wo
+    tile = choose_tile(cout)
+    _launch_igemm(FWD, tile, x, w.reshape(kh * kw * cin, cout), bias, y.reshape(m, cout),
+                  ho, wo, kh, kw, sh, sw, pt, pl, code, has_bias, m, cout)
+    return y
+
+
+def conv2d_backward_input(dy, w, x_shape, stride, pad):
+    """dx of shape ``x_shape`` from dy (N, Ho, Wo, Cout) and w (KH, KW, Cin, Cout); also the
+    transposed convolution of dy."""
+    op = "conv2d_backward_input"
+    dt = float_dtype(op, dy)
+    dy, w = contig(dy, dt), contig(w, dt)
+    check_rank(op, "dy", dy, 4, "(N, Ho, Wo, C_out)")
+    check_rank(op, "w", w, 4, "(KH, KW, C_in, C_out)")
+    n, h, wd, cin = (int(v) for v in x_shape)
+    kh, kw, wcin, cout = w.shape
+    sh, sw, pt, pb, pl, pr = _geometry(op, stride, pad)
+    ho, wo = _out_size(op, h, wd, kh, kw, sh, sw, pt, pb, pl, pr)
+    if wcin != cin or tuple(dy.shape) != (n, ho, wo, cout):
+        raise ValueError(f"{op}: dy {tuple(dy.shape)} and w {tuple(w.shape)} do not match "
+                         f"x_shape {tuple(x_shape)} (expected dy {(n, ho, wo, cout)}, w "
+                         f"(KH, KW, {cin}, C_out))")
+    dx = empty((n, h, wd, cin), dt)
+    tile = choose_tile(cin)
+    _launch_igemm(BWD_INPUT, tile, dy, w.reshape(kh * kw * cin, cout), xp.zeros((1,), dtype=dt),
+                  dx.reshape(n * h * wd, cin), h, wd, kh, kw, sh, sw, pt, pl, 0, 0,
+                  n * h * wd, cin)
+    return dx
+
+
+def _splits(tile, rows, ncols, red):
+    """Split-K count and chunk (a multiple of bk) for the weight gradient."""
+    tiles = cdiv(rows, tile.bm) * cdiv(ncols, tile.bn)
+    max_splits = max(1, cdiv(red, tile.bk * MIN_SPLIT_STEPS))
+    splits = max(1, min(cdiv(TARGET_BLOCKS, tiles), max_splits, MAX_GRID_YZ))
+    chunk = cdiv(cdiv(red, splits), tile.bk) * tile.bk
+    return cdiv(red, chunk), chunk
+
+
+def conv2d_backward_weight(x, dy, w_shape, stride, pad):
+    """dw of shape ``w_shape`` (KH, KW, Cin, Cout): the sum over batch and space of x patches
+    times dy, reduced on the device (split-K partials, then a column sum)."""
+    op = "conv2d_backward_weight"
+    dt = float_dtype(op, x)
+    x, dy = contig(x, dt), contig(dy, dt)
+    check_rank(op, "x", x, 4, "(N, H, W, C_in)")
+    check_rank(op, "dy", dy, 4, "(N, Ho, Wo, C_out)")
+    kh, kw, cin, cout = (int(v) for v in w_shape)
+    n, h, wd, xcin = x.shape
+    sh, sw, pt, pb, pl, pr = _geometry(op, stride, pad)
+    ho, wo = _out_size(op, h, wd, kh, kw, sh, sw, pt, pb, pl, pr)
+    if xcin != cin or tuple(dy.shape) != (n, ho, wo, cout):
+        raise ValueError(f"{op}: x {tuple(x.shape)} and dy {tuple(dy.shape)} do not match "
+                         f"w_shape {tuple(w_shape)} (expected dy {(n, ho, wo, cout)})")
+    krows, red = kh * kw * cin, n * ho * wo
+    tile = choose_tile(cout)
+    if red == 0:
+        return xp.zeros((kh, kw, cin, cout), dtype=dt)
+    splits, chunk = _splits(tile, krows, cout, red)
+    part = empty((splits * krows, cout), dt)
+    _launch_igemm(BWD_WEIGHT, tile, x, dy.reshape(red, cout), xp.zeros((1,), dtype=dt), part,
+                  ho, wo, kh, kw, sh, sw, pt, pl, 0, 0, krows, cout, splits, chunk)
+    if splits == 1:
+        return part.reshape(kh, kw, cin, cout)
+    return column_sum(part.reshape(splits, krows * cout)).reshape(kh, kw, cin, cout)
+
+
+def bias_grad(dy):
+    """db: dy summed over every axis but the last."""
+    op = "bias_grad"
+    dt = float_dtype(op, dy)
+    dy = contig(dy, dt)
+    if dy.ndim < 1:
+        raise ValueError(f"{op}: dy must have at least one axis, got shape {tuple(dy.shape)}")
+    c = dy.shape[-1]
+    return column_sum(dy.reshape(-1, c) if c else dy.reshape(0, 0))

@@ -1,0 +1,82 @@
+"""Dropout masks from the counter-based hash of ``_rng.py``, generated on the device.
+
+The device hash works on uint64 values holding 32-bit words and masks after every multiply,
+exactly like ``_rng.random_u32_np``: the mask is bit-identical to the NumPy set's for the same
+``seed`` and ``counter``. The keep test ``u * 2**-32 >= rate`` is done in float64 on both sides.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import types
+
+from .._rng import GOLDEN, M1, M2, M3, MASK32
+from ._launch import empty, NB_FLOAT, KernelSpec, arr, cdiv, float_variants, kernel_factory, launch, xp
+from ._runtime import numba_cuda as cuda
+
+#: Threads per block; one thread per mask element.
+DROPOUT_BLOCK = 256
+
+u64 = types.uint64
+_MASK, _GOLDEN, _M1, _M2, _M3 = (u64(v) for v in (MASK32, GOLDEN, M1, M2, M3))
+_S16, _S13 = u64(16), u64(13)
+
+
+@cuda.jit(device=True, inline=True)
+def fmix32(h):
+    """murmur3's finaliser of a 32-bit word held in a uint64."""
+    h = h ^ (h >> _S16)
+    h = (h * _M1) & _MASK
+    h = h ^ (h >> _S13)
+    h = (h * _M2) & _MASK
+    h = h ^ (h >> _S16)
+    return h
+
+
+@cuda.jit(device=True, inline=True)
+def random_u32(seed, counter, i):
+    """The device twin of ``_rng.random_u32_np`` (all arguments uint64 holding 32-bit words)."""
+    h = (i * _GOLDEN) & _MASK
+    h = fmix32(h ^ seed)
+    h = (h + counter * _M3) & _MASK
+    return fmix32(h ^ seed)
+
+
+@kernel_factory(float_variants)
+def dropout_kernel(dtype):
+    dt = NB_FLOAT[np.dtype(dtype)]
+
+    def dropout_k(mask, seed, counter, rate, scale):
+        """mask[i] = scale if random_u32(seed, counter, i) * 2**-32 >= rate else 0, over a flat
+        C-contiguous array; one thread per element. seed and counter are 32-bit words."""
+        i = cuda.grid(1)
+        if i < mask.size:
+            u = random_u32(seed, counter, u64(i) & _MASK)
+            if types.float64(u) * (1.0 / 4294967296.0) >= rate:
+                mask[i] = scale
+            else:
+                mask[i] = dt(0)
+
+    return KernelSpec(f"dropout[{dtype}]", dropout_k,
+                      (arr(dtype, 1), u64, u64, types.float64, NB_FLOAT[np.dtype(dtype)]))
+
+
+def dropout_mask(shape, rate, seed, counter, dtype=np.float32):
+    """A mask of ``shape``: 0 or ``1 / (1 - rate)`` per element, identical to the NumPy set's."""
+    op = "dropout_mask"
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"{op}: dtype must be float32 or float64, got {dt}")
+    rate = float(rate)
+    if not (0.0 <= rate < 1.0) or math.isnan(rate):
+        raise ValueError(f"{op}: rate must be in [0, 1), got {rate}")
+    shape = tuple(int(s) for s in (shape if np.iterable(shape) else (shape,)))
+    mask = empty(shape, dt)
+    n = mask.size
+    if n >= 2**32:
+        raise ValueError(f"{op}: at most 2**32 elements, got {n}")
+    launch(dropout_kernel(dt.name), (cdiv(n, DROPOUT_BLOCK),), (DROPOUT_BLOCK,),
+           mask.reshape(-1), int(seed) & MASK32, int(counter) & MASK32, rate,
+           dt.type(1.0 / (1.0 - rate)))
+    return mask

@@ -1,0 +1,81 @@
+"""Column sums of a 2-D array on the device: the bias gradient, and the final reduction of the
+split-K partial weight gradients. Deterministic: fixed summation order, no atomics.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._launch import empty, NB_FLOAT, KernelSpec, arr, cdiv, float_variants, kernel_factory, launch, xp
+from ._runtime import numba_cuda as cuda
+
+#: Block shape (columns, row lanes) of the column-sum kernel; row lanes a power of two.
+COLSUM_BLOCK = (32, 8)
+#: Rows one block reduces in the first pass; more rows than this are split over grid.y and
+#: summed by a second pass.
+COLSUM_ROWS = 1024
+MAX_GRID_Y = 65535
+
+
+def _variants():
+    return [{"dtype": d, "block": COLSUM_BLOCK} for d in ("float32", "float64")]
+
+
+@kernel_factory(_variants)
+def colsum_kernel(dtype, block):
+    dt = NB_FLOAT[np.dtype(dtype)]
+    CB, RB = block
+    if RB & (RB - 1):
+        raise ValueError(f"colsum: row lanes must be a power of two, got {RB}")
+
+    def colsum_k(a, out):
+        """out[s, c] = sum of a[r, c] over the rows r of split s (splits = out.shape[0], each
+        ceil(R / splits) consecutive rows). a (R, C) and out (S, C) C-contiguous.
+        Block (CB, RB): threadIdx.x picks the column (coalesced reads), threadIdx.y a row lane;
+        grid (ceil(C / CB), S). One global write per output, by row lane 0."""
+        red = cuda.shared.array((RB, CB), dt)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        c = cuda.blockIdx.x * CB + tx
+        s = cuda.blockIdx.y
+        nrows = a.shape[0]
+        ncols = a.shape[1]
+        per = (nrows + out.shape[0] - 1) // out.shape[0]
+        r_end = min(nrows, (s + 1) * per)
+        acc = dt(0)
+        if c < ncols:
+            for r in range(s * per + ty, r_end, RB):
+                acc += a[r, c]
+        red[ty, tx] = acc
+        cuda.syncthreads()  # every lane's partial sum is in `red` before the tree reads it
+        step = RB // 2
+        while step > 0:
+            if ty < step:
+                red[ty, tx] += red[ty + step, tx]
+            cuda.syncthreads()  # this level of the tree is complete before the next reads it
+            step //= 2
+        if ty == 0 and c < ncols:
+            out[s, c] = red[0, tx]
+
+    a2 = arr(dtype, 2)
+    return KernelSpec(f"colsum[{dtype},{CB}x{RB}]", colsum_k, (a2, a2))
+
+
+def _colsum_pass(a2, splits):
+    out = empty((splits, a2.shape[1]), a2.dtype)
+    cb, rb = COLSUM_BLOCK
+    launch(colsum_kernel(a2.dtype.name, COLSUM_BLOCK), (cdiv(a2.shape[1], cb), splits), (cb, rb),
+           a2, out)
+    return out
+
+
+def column_sum(a2):
+    """``a2.sum(axis=0)`` of a C-contiguous 2-D device array, as a 1-D array."""
+    nrows, ncols = a2.shape
+    if nrows == 0:
+        return xp.zeros((ncols,), dtype=a2.dtype)
+    while nrows > COLSUM_ROWS:
+        splits = min(MAX_GRID_Y, cdiv(nrows, COLSUM_ROWS))
+        a2 = _colsum_pass(a2, splits)
+        nrows = splits
+    return _colsum_pass(a2, 1).reshape(ncols)
+

@@ -1,0 +1,391 @@
+"""The cuda kernel set against the NumPy set, in Numba's CUDA simulator (or on a real GPU with
+GPUCNN_TEST_REAL_GPU=1): one parametrised table over every contract function, on small random
+shapes with the edge cases (odd sizes, stride > 1, 'same' with even kernels, overlapping pools,
+batch 1, several tiles and split-K partitions). float32: relative error < 1e-5 forward and
+< 1e-4 for gradients; every output is poisoned with NaN before the kernel writes it.
+
+The NumPy set is itself tested against plain loops and finite differences
+(tests/test_kernels_numpy.py), so it is an independent oracle here.
+"""
+import sys
+
+import numpy as np
+import pytest
+
+from gpucnn.kernels import CONTRACT, load_set
+from gpucnn.kernels._geometry import window_2d
+from gpucnn.kernels.cuda_set import (_launch, activation, conv, dropout, optim, pool, reduce,
+                                     softmax)
+
+C = load_set("cuda")
+N = load_set("numpy")
+FWD, GRAD = 1e-5, 1e-4
+SIM = _launch.launch_path() == "sim"
+
+# Small tiles and blocks: the simulator runs every CUDA thread as a Python thread. The two conv
+# tiles still exercise both shapes of register block, several tiles per grid and split-K.
+SMALL = {
+    (conv, "TILE_WIDE"): conv.Tile(8, 8, 4, 2, 2),
+    (conv, "TILE_NARROW"): conv.Tile(8, 4, 4, 2, 1),
+    (conv, "TARGET_BLOCKS"): 6,
+    (conv, "MIN_SPLIT_STEPS"): 1,
+    (activation, "EW_BLOCK"): 32,
+    (reduce, "COLSUM_BLOCK"): (4, 2),
+    (reduce, "COLSUM_ROWS"): 8,
+    (pool, "POOL_BLOCK"): 32,
+    (softmax, "SOFTMAX_BLOCK"): 8,
+    (softmax, "XENT_BWD_BLOCK"): 32,
+    (dropout, "DROPOUT_BLOCK"): 32,
+    (optim, "OPTIM_BLOCK"): 32,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def small_launches():
+    """Small tiles in the simulator, poisoned outputs everywhere, and a short GIL switch interval
+    (the simulator's block manager busy-polls its threads: 5e-5 s runs it ~7x faster)."""
+    saved = {key: getattr(*key) for key in SMALL}
+    interval = sys.getswitchinterval()
+    if SIM:
+        for (mod, name), value in SMALL.items():
+            setattr(mod, name, value)
+        sys.setswitchinterval(5e-5)
+    _launch.POISON = True
+    yield
+    _launch.POISON = False
+    sys.setswitchinterval(interval)
+    for (mod, name), value in saved.items():
+        setattr(mod, name, value)
+
+
+def rel_err(got, want):
+    got = np.asarray(C.to_host(got), np.float64)
+    want = np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan), "NaN at different places (an unwritten output?)"
+    if nan.all():
+        return 0.0
+    scale = max(np.abs(want[~nan]).max(), 1e-30)
+    return float(np.abs(got[~nan] - want[~nan]).max() / scale)
+
+
+def f32(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- the parity table
+# Each case: (id, contract name, builder(rng) -> args, tolerance). The builders return NumPy
+# arrays; the cuda set gets them through its asarray (no-op in the simulator).
+
+def _conv_cases():
+    # (x shape, (kh, kw, cout), stride, padding, act, bias)
+    geoms = [
+        ((2, 7, 5, 3), (3, 3, 4), (1, 1), "valid", "relu", True),      # odd sizes
+        ((1, 6, 5, 2), (4, 4, 3), (1, 1), "same", "tanh", True),       # even kernel, same
+        ((2, 9, 8, 2), (3, 3, 5), (2, 3), "same", "sigmoid", False),   # stride > 1, same
+        ((1, 5, 6, 3), (2, 2, 11), (2, 2), "same", "linear", True),    # wide tile, 2 column tiles
+        ((2, 4, 5, 6), (1, 1, 3), (1, 1), "valid", "relu", True),      # 1x1
+        ((1, 13, 11, 2), (5, 5, 3), (4, 4), "valid", "linear", True),  # big stride (AlexNet C1)
+    ]
+    cases = []
+    for xs, (kh, kw, co), stride, padding, act, bias in geoms:
+        _, _, pad = window_2d(xs[1], xs[2], kh, kw, *stride, padding)
+        ho = (xs[1] + pad[0] + pad[1] - kh) // stride[0] + 1
+        wo = (xs[2] + pad[2] + pad[3] - kw) // stride[1] + 1
+        ws, ys = (kh, kw, xs[3], co), (xs[0], ho, wo, co)
+        tag = f"{'x'.join(map(str, xs))}-k{kh}x{kw}x{co}-s{stride[0]}{stride[1]}-{padding}"
+
+        def fwd(rng, xs=xs, ws=ws, co=co, stride=stride, pad=pad, act=act, bias=bias):
+            return (f32(rng, *xs), f32(rng, *ws), f32(rng, co) if bias else None, stride, pad, act)
+
+        def bwd_in(rng, xs=xs, ws=ws, ys=ys, stride=stride, pad=pad):
+            return (f32(rng, *ys), f32(rng, *ws), xs, stride, pad)
+
+        def bwd_w(rng, xs=xs, ws=ws, ys=ys, stride=stride, pad=pad):
+            return (f32(rng, *xs), f32(rng, *ys), ws, stride, pad)
+
+        cases += [(f"fwd-{act}-{tag}", "conv2d_forward", fwd, FWD),
+                  (f"dx-{tag}", "conv2d_backward_input", bwd_in, GRAD),
+                  (f"dw-{tag}", "conv2d_backward_weight", bwd_w, GRAD)]
+    cases += [("db-4d", "bias_grad", lambda rng: (f32(rng, 2, 5, 3, 7),), GRAD),
+              ("db-2d-long", "bias_grad", lambda rng: (f32(rng, 37, 3),), GRAD),
+              ("db-1row", "bias_grad", lambda rng: (f32(rng, 1, 5),), GRAD)]
+    return cases
+
+
+def _pool_cases():
+    # (x shape, pool, stride, padding)
+    geoms = [
+        ((2, 7, 5, 3), (2, 2), (2, 2), "valid"),   # odd sizes: the last row/column unread
+        ((1, 9, 7, 2), (3, 3), (2, 2), "valid"),   # overlapping (AlexNet)
+        ((2, 6, 7, 2), (3, 3), (2, 2), "same"),    # overlapping, padded
+        ((1, 5, 6, 3), (2, 2), (1, 1), "same"),    # even window, same
+        ((1, 7, 7, 1), (3, 2), (2, 3), "same"),    # non-square window and stride
+    ]
+    cases = []
+    for xs, pl, st, padding in geoms:
+        _, _, pad = window_2d(xs[1], xs[2], *pl, *st, padding)
+        ho = (xs[1] + pad[0] + pad[1] - pl[0]) // st[0] + 1
+        wo = (xs[2] + pad[2] + pad[3] - pl[1]) // st[1] + 1
+        ys = (xs[0], ho, wo, xs[3])
+        tag = f"{'x'.join(map(str, xs))}-p{pl[0]}{pl[1]}-s{st[0]}{st[1]}-{padding}"
+
+        def fwd(rng, xs=xs, pl=pl, st=st, pad=pad):
+            return (f32(rng, *xs), pl, st, pad)
+
+        def max_bwd(rng, xs=xs, ys=ys, pl=pl, st=st, pad=pad):
+            _, idx = N.max_pool_forward(f32(rng, *xs), pl, st, pad)
+            return (f32(rng, *ys), idx, xs)
+
+        def avg_bwd(rng, xs=xs, ys=ys, pl=pl, st=st, pad=pad):
+            return (f32(rng, *ys), xs, pl, st, pad)
+
+        cases += [(f"max-{tag}", "max_pool_forward", fwd, FWD),
+                  (f"max-bwd-{tag}", "max_pool_backward", max_bwd, GRAD),
+                  (f"avg-{tag}", "avg_pool_forward", fwd, FWD),
+                  (f"avg-bwd-{tag}", "avg_pool_backward", avg_bwd, GRAD)]
+    return cases
+
+
+def _act_cases():
+    cases = []
+    for act in ("linear", "relu", "tanh", "sigmoid"):
+        def fwd(rng, act=act):
+            return (3 * f32(rng, 3, 5, 7), act)
+
+        def bwd(rng, act=act):
+            return (f32(rng, 3, 5, 7), N.act_forward(3 * f32(rng, 3, 5, 7), act), act)
+
+        cases += [(f"act-{act}", "act_forward", fwd, FWD),
+                  (f"act-bwd-{act}", "act_backward", bwd, GRAD)]
+    cases.append(("act-sigmoid-extreme", "act_forward",
+                  lambda rng: (np.array([-200.0, -30.0, 0.0, 30.0, 200.0], np.float32),
+                               "sigmoid"), FWD))
+    return cases
+
+
+def _labels(rng, rows, k):
+    return rng.integers(0, k, rows)
+
+
+def _softmax_cases():
+    cases = []
+    for rows, k in ((5, 13), (3, 1), (2, 37)):   # K below, at and above the block size
+        tag = f"{rows}x{k}"
+
+        def x(rng, rows=rows, k=k):
+            return (4 * f32(rng, rows, k),)
+
+        def sm_bwd(rng, rows=rows, k=k):
+            return (f32(rng, rows, k), N.softmax_forward(f32(rng, rows, k)))
+
+        def lsm_bwd(rng, rows=rows, k=k):
+            return (f32(rng, rows, k), N.log_softmax_forward(f32(rng, rows, k)))
+
+        def xent(rng, rows=rows, k=k):
+            return (4 * f32(rng, rows, k), _labels(rng, rows, k))
+
+        def xent_bwd(rng, rows=rows, k=k):
+            return (N.softmax_forward(f32(rng, rows, k)), _labels(rng, rows, k),
+                    rng.random(rows).astype(np.float32))
+
+        cases += [(f"softmax-{tag}", "softmax_forward", x, FWD),
+                  (f"softmax-bwd-{tag}", "softmax_backward", sm_bwd, GRAD),
+                  (f"logsoftmax-{tag}", "log_softmax_forward", x, FWD),
+                  (f"logsoftmax-bwd-{tag}", "log_softmax_backward", lsm_bwd, GRAD),
+                  (f"xent-{tag}", "softmax_xent_forward", xent, FWD),
+                  (f"xent-bwd-{tag}", "softmax_xent_backward", xent_bwd, GRAD)]
+    cases += [
+        ("softmax-large-logits", "softmax_forward",
+         lambda rng: (np.array([[1000.0, 999.0, -1000.0], [-5e3, -5e3, -5e3]], np.float32),), FWD),
+        ("xent-bad-labels-nan", "softmax_xent_forward",
+         lambda rng: (f32(rng, 4, 5), np.array([0, 5, -1, 4])), FWD),
+        ("xent-bwd-bad-labels", "softmax_xent_backward",
+         lambda rng: (N.softmax_forward(f32(rng, 3, 4)), np.array([7, 1, -2]),
+                      np.ones(3, np.float32)), GRAD),
+    ]
+    return cases
+
+
+def _dropout_cases():
+    return [(f"dropout-{rate}-{shape}", "dropout_mask",
+             lambda rng, shape=shape, rate=rate: (shape, rate, int(rng.integers(2**32)),
+                                                  int(rng.integers(100)), np.float32), 0.0)
+            for shape, rate in (((3, 5, 7), 0.3), ((2, 33), 0.9), ((11,), 0.0))]
+
+
+def _optim_cases():
+    def sgd(momentum, nesterov, wd):
+        def build(rng):
+            v = f32(rng, 4, 9) if momentum else None
+            return (f32(rng, 4, 9), f32(rng, 4, 9), v, 0.05, momentum, nesterov, wd)
+        return build
+
+    def adam(t, wd):
+        def build(rng):
+            return (f32(rng, 3, 7), f32(rng, 3, 7), 0.1 * f32(rng, 3, 7),
+                    rng.random((3, 7)).astype(np.float32), 1e-2, 0.9, 0.999, 1e-7, t, wd)
+        return build
+
+    def rms(wd):
+        def build(rng):
+            return (f32(rng, 5, 6), f32(rng, 5, 6), rng.random((5, 6)).astype(np.float32),
+                    1e-2, 0.9, 1e-7, wd)
+        return build
+
+    return [("sgd-plain", "sgd_update", sgd(0.0, False, 0.0), FWD),
+            ("sgd-momentum-wd", "sgd_update", sgd(0.9, False, 1e-2), FWD),
+            ("sgd-nesterov", "sgd_update", sgd(0.9, True, 0.0), FWD),
+            ("adam-t1", "adam_update", adam(1, 0.0), FWD),
+            ("adam-t7-wd", "adam_update", adam(7, 1e-2), FWD),
+            ("rmsprop", "rmsprop_update", rms(0.0), FWD),
+            ("rmsprop-wd", "rmsprop_update", rms(1e-3), FWD)]
+
+
+CASES = (_conv_cases() + _pool_cases() + _act_cases() + _softmax_cases() + _dropout_cases()
+         + _optim_cases())
+IN_PLACE = {"sgd_update": (0, 2), "adam_update": (0, 2, 3), "rmsprop_update": (0, 2)}
+
+
+def _to_set(a):
+    return C.asarray(a) if isinstance(a, np.ndarray) else a
+
+
+@pytest.mark.parametrize("name,fn,build,tol", CASES, ids=[c[0] for c in CASES])
+def test_cuda_matches_numpy(name, fn, build, tol, rng):
+    args = build(rng)
+    if fn in IN_PLACE:
+        c_args = [_to_set(a.copy()) if isinstance(a, np.ndarray) else a for a in args]
+        n_args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        assert getattr(C, fn)(*c_args) is None
+        getattr(N, fn)(*n_args)
+        for i in IN_PLACE[fn]:
+            if n_args[i] is not None:
+                assert rel_err(c_args[i], n_args[i]) < tol, f"{name}: argument {i}"
+        assert np.array_equal(C.to_host(c_args[1]), args[1]), f"{name}: g was modified"
+        return
+    got = getattr(C, fn)(*[_to_set(a) for a in args])
+    want = getattr(N, fn)(*args)
+    if not isinstance(want, tuple):
+        got, want = (got,), (want,)
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert C.to_host(g).dtype == w.dtype, f"{name}: output {i} dtype"
+        if w.dtype.kind in "iu" or tol == 0.0:
+            assert np.array_equal(C.to_host(g), w), f"{name}: output {i} differs"
+        else:
+            err = rel_err(g, w)
+            assert err < tol, f"{name}: output {i} relative error {err:.2e} >= {tol:.0e}"
+
+
+# --------------------------------------------------------------------------- beyond the table
+
+def test_contract_complete_and_array_module():
+    assert [name for name in CONTRACT if not hasattr(C, name)] == []
+    a = C.asarray(np.arange(3.0))
+    assert C.asarray(a) is a
+    assert isinstance(C.to_host(a), np.ndarray)
+    if SIM:
+        assert C.xp is np
+
+
+@pytest.mark.parametrize("fn,build", [
+    ("conv2d_forward", lambda rng: (f32(rng, 2, 6, 5, 3).astype(np.float64),
+                                    f32(rng, 3, 2, 3, 4).astype(np.float64), None,
+                                    (2, 1), (1, 1, 0, 1), "tanh")),
+    ("conv2d_backward_weight", lambda rng: (f32(rng, 1, 5, 5, 2).astype(np.float64),
+                                            f32(rng, 1, 3, 3, 3).astype(np.float64),
+                                            (3, 3, 2, 3), (1, 1), (0, 0, 0, 0))),
+    ("softmax_xent_forward", lambda rng: (f32(rng, 3, 10).astype(np.float64),
+                                          np.array([1, 0, 9]))),
+    ("avg_pool_backward", lambda rng: (f32(rng, 1, 2, 2, 2).astype(np.float64), (1, 5, 5, 2),
+                                       (3, 3), (2, 2), (0, 0, 0, 0))),
+])
+def test_float64(fn, build, rng):
+    args = build(rng)
+    got = getattr(C, fn)(*[_to_set(a) for a in args])
+    want = getattr(N, fn)(*args)
+    got, want = (got, want) if isinstance(want, tuple) else ((got,), (want,))
+    for g, w in zip(got, want):
+        assert C.to_host(g).dtype == np.float64
+        assert rel_err(g, w) < 1e-12
+
+
+def test_unsupported_dtype_is_a_type_error():
+    x = np.ones((1, 3, 3, 1), np.float16)
+    with pytest.raises(TypeError, match="conv2d_forward: .*float32 or float64.*float16"):
+        C.conv2d_forward(x, x.reshape(3, 3, 1, 1), None, (1, 1), (0, 0, 0, 0), "linear")
+    with pytest.raises(TypeError, match="act_forward"):
+        C.act_forward(np.arange(4), "relu")
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: C.conv2d_forward(np.ones((1, 4, 4, 2), np.float32), np.ones((3, 3, 3, 1), np.float32),
+                              None, (1, 1), (0, 0, 0, 0), "linear"),
+     "conv2d_forward: x has 2 channels but w .* expects 3"),
+    (lambda: C.conv2d_forward(np.ones((1, 2, 2, 1), np.float32), np.ones((3, 3, 1, 1), np.float32),
+                              None, (1, 1), (0, 0, 0, 0), "linear"),
+     "conv2d_forward: a 3x3 window does not fit"),
+    (lambda: C.conv2d_forward(np.ones((1, 4, 4, 1), np.float32), np.ones((3, 3, 1, 1), np.float32),
+                              None, (1, 1), (0, 0, 0, 0), "swish"),
+     "conv2d_forward: act must be one of"),
+    (lambda: C.conv2d_backward_input(np.ones((1, 3, 3, 1), np.float32),
+                                     np.ones((3, 3, 1, 1), np.float32), (1, 4, 4, 1), (1, 1),
+                                     (0, 0, 0, 0)),
+     r"conv2d_backward_input: dy \(1, 3, 3, 1\) .*expected dy \(1, 2, 2, 1\)"),
+    (lambda: C.max_pool_forward(np.ones((4, 4), np.float32), (2, 2), (2, 2), (0, 0, 0, 0)),
+     r"max_pool_forward: x must be 4-D \(N, H, W, C\), got shape \(4, 4\)"),
+    (lambda: C.softmax_xent_forward(np.ones((2, 3), np.float32), np.array([0, 1, 2])),
+     r"softmax_xent_forward: labels must have shape \(2,\), got \(3,\)"),
+    (lambda: C.dropout_mask((2, 2), 1.0, 0, 0, np.float32), r"dropout_mask: rate must be in \[0, 1\)"),
+    (lambda: C.sgd_update(np.ones(3, np.float32), np.ones(3, np.float32), None, 0.1, 0.9, False, 0),
+     "sgd_update: v expected an array"),
+    (lambda: C.adam_update(*(np.ones(3, np.float32),) * 4, 0.1, 0.9, 0.99, 1e-7, 0, 0),
+     "adam_update: t expected the 1-based step"),
+])
+def test_bad_input_names_the_op(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+def test_in_place_update_of_a_non_contiguous_parameter(rng):
+    p = f32(rng, 6, 4)
+    g = f32(rng, 3, 4)
+    view_c, view_n = C.asarray(p.copy())[::2], p.copy()[::2]
+    C.sgd_update(view_c, g, None, 0.1, 0.0, False, 0.0)
+    N.sgd_update(view_n, g, None, 0.1, 0.0, False, 0.0)
+    assert rel_err(view_c, view_n) < FWD
+
+
+def test_weight_gradient_split_k_partitions(rng, monkeypatch):
+    """dw with one split and with as many splits as reduction steps agree with the NumPy set."""
+    x, dy = f32(rng, 2, 6, 5, 2), f32(rng, 2, 4, 3, 3)
+    want = N.conv2d_backward_weight(x, dy, (3, 3, 2, 3), (1, 1), (0, 0, 0, 0))
+    for target in (1, 10_000):
+        monkeypatch.setattr(conv, "TARGET_BLOCKS", target)
+        got = C.conv2d_backward_weight(x, dy, (3, 3, 2, 3), (1, 1), (0, 0, 0, 0))
+        assert rel_err(got, want) < GRAD, f"TARGET_BLOCKS={target}"
+
+
+def test_dropout_mask_is_the_shared_hash(rng):
+    """Independently of the NumPy set: the kept elements are exactly uniform >= rate."""
+    from gpucnn.kernels._rng import uniform_np
+
+    seed, counter, rate = int(rng.integers(2**32)), 12345, 0.4
+    mask = C.to_host(C.dropout_mask((7, 9), rate, seed, counter, np.float32))
+    keep = uniform_np(seed, counter, 63).reshape(7, 9) >= rate
+    assert np.array_equal(mask != 0, keep)
+    assert np.all(mask[keep] == np.float32(1 / 0.6))
+    other = C.to_host(C.dropout_mask((7, 9), rate, seed, counter + 1, np.float32))
+    assert not np.array_equal(mask, other)
+
+
+def test_empty_batch_launches_nothing():
+    y = C.conv2d_forward(np.ones((0, 4, 4, 1), np.float32), np.ones((3, 3, 1, 2), np.float32),
+                         None, (1, 1), (0, 0, 0, 0), "relu")
+    assert y.shape == (0, 2, 2, 2)
+    dw = C.conv2d_backward_weight(np.ones((0, 4, 4, 1), np.float32),
+                                  np.ones((0, 2, 2, 2), np.float32), (3, 3, 1, 2), (1, 1),
+                                  (0, 0, 0, 0))
+    assert np.array_equal(C.to_host(dw), np.zeros((3, 3, 1, 2), np.float32))
