@@ -35,7 +35,7 @@ def act_device_fns(dtype: str):
     """``(act_fwd(v, code), act_bwd(dy, y, code))`` device functions computing in ``dtype``."""
     dt = NB_FLOAT[np.dtype(dtype)]
 
-    @cuda.jit(device=True, inline=True)
+    @cuda.jit(device=True, inline="always")
     def act_fwd(v, code):
         zero = dt(0)
         one = dt(1)
@@ -51,7 +51,7 @@ def act_device_fns(dtype: str):
             return e / (one + e)
         return v
 
-    @cuda.jit(device=True, inline=True)
+    @cuda.jit(device=True, inline="always")
     def act_bwd(dy, y, code):
         zero = dt(0)
         one = dt(1)

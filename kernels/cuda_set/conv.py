@@ -103,6 +103,7 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
     B_LOADS = BK * BN // NT      # B-tile elements each thread stages per step
     A_ROW_STEP = NT // BK        # modes FWD/BWD_INPUT: a thread's A rows are this far apart
     A_RED_STEP = NT // BM        # mode BWD_WEIGHT: a thread's A reduction indices this far apart
+    BM_PAD, BN_PAD = BM + 1, BN + 1   # shared rows padded by one word: no bank conflicts
 
     def igemm_k(src, wmat, bias, out, mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias, chunk):
         """Implicit-GEMM convolution tile (see the module docstring for the three modes).
@@ -118,8 +119,8 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
         (BN/TN, BM/TM). Padding cells read as zero; every output is written once, by the thread
         owning it, after the whole reduction.
         """
-        As = cuda.shared.array((BK, BM + 1), dt)   # +1 column: no bank conflicts on stores
-        Bs = cuda.shared.array((BK, BN + 1), dt)
+        As = cuda.shared.array((BK, BM_PAD), dt)
+        Bs = cuda.shared.array((BK, BN_PAD), dt)
         acc = cuda.local.array((TM, TN), dt)
         a_reg = cuda.local.array(TM, dt)
         b_reg = cuda.local.array(TN, dt)

@@ -23,7 +23,7 @@ _MASK, _GOLDEN, _M1, _M2, _M3 = (u64(v) for v in (MASK32, GOLDEN, M1, M2, M3))
 _S16, _S13 = u64(16), u64(13)
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True, inline="always")
 def fmix32(h):
     """murmur3's finaliser of a 32-bit word held in a uint64."""
     h = h ^ (h >> _S16)
@@ -34,7 +34,7 @@ def fmix32(h):
     return h
 
 
-@cuda.jit(device=True, inline=True)
+@cuda.jit(device=True, inline="always")
 def random_u32(seed, counter, i):
     """The device twin of ``_rng.random_u32_np`` (all arguments uint64 holding 32-bit words)."""
     h = (i * _GOLDEN) & _MASK

@@ -31,7 +31,7 @@ def _block_reducers(dtype: str, block: int):
     if block & (block - 1):
         raise ValueError(f"softmax: block size must be a power of two, got {block}")
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, inline="always")
     def block_max(red, t, v):
         red[t] = v
         cuda.syncthreads()  # every thread's value is in `red` before the tree reads it
@@ -45,7 +45,7 @@ def _block_reducers(dtype: str, block: int):
         cuda.syncthreads()  # everyone has read red[0] before `red` is reused
         return r
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, inline="always")
     def block_sum(red, t, v):
         red[t] = v
         cuda.syncthreads()  # every thread's value is in `red` before the tree reads it
