@@ -1,0 +1,77 @@
+"""A small batch iterator shared by ``Model.fit`` and the examples.
+
+``Batches(x, y, batch_size=32, shuffle=True, seed=None)`` yields ``(x_batch, y_batch)`` (or
+``x_batch`` alone when ``y`` is None) for one pass over the data; iterating again starts a new
+epoch with a new order. Arrays stay where they are: NumPy arrays give NumPy batches, arrays of the
+``cuda`` backend give device batches. When shuffling, the data is gathered into the new order once
+per epoch (one gather on the device, no per-batch index copies) and the batches are slices of it.
+The last batch holds the remainder unless ``drop_remainder=True``.
+
+The order comes from ``gpucnn.random.generator()`` (reset by ``gpucnn.manual_seed``), or from a
+generator of its own when ``seed`` is an int.
+
+>>> import numpy as np
+>>> from gpucnn.data import Batches
+>>> b = Batches(np.arange(10.0), np.arange(10), batch_size=4, shuffle=False)
+>>> len(b), [len(xb) for xb, yb in b]
+(3, [4, 4, 2])
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gpucnn import backend
+from gpucnn import random as _random
+
+
+def batch_bounds(n: int, batch_size: int, drop_remainder: bool = False) -> list:
+    """``[(start, stop), ...]`` covering ``range(n)`` in steps of ``batch_size``."""
+    stop = n - n % batch_size if drop_remainder else n
+    return [(i, min(i + batch_size, n)) for i in range(0, stop, batch_size)]
+
+
+def _take(a, perm_host):
+    """``a[perm]`` with the index on the array's own device."""
+    if isinstance(a, np.ndarray):
+        return a[perm_host]
+    return a[backend.kernels().asarray(perm_host)]
+
+
+class Batches:
+    """Batches of ``x`` (and ``y``) for one epoch per iteration; see the module docstring."""
+
+    def __init__(self, x, y=None, batch_size=32, shuffle=True, seed=None, drop_remainder=False):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"Batches: batch_size must be a positive int, got {batch_size!r}")
+        n = len(x)
+        if y is not None and len(y) != n:
+            raise ValueError(f"Batches: x and y must have the same length, got {n} and {len(y)}")
+        if n == 0:
+            raise ValueError("Batches: the dataset is empty (0 samples)")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"Batches: seed must be an int or None, got {seed!r}")
+        self.x, self.y, self.n = x, y, n
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_remainder = bool(drop_remainder)
+        self._gen = np.random.default_rng(seed) if seed is not None else None
+        self.bounds = batch_bounds(n, self.batch_size, self.drop_remainder)
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def epoch_arrays(self):
+        """``(x, y)`` in this epoch's order (a shuffled copy, or the arrays themselves)."""
+        if not self.shuffle:
+            return self.x, self.y
+        gen = self._gen if self._gen is not None else _random.generator()
+        perm = gen.permutation(self.n)
+        return _take(self.x, perm), (None if self.y is None else _take(self.y, perm))
+
+    def __iter__(self):
+        x, y = self.epoch_arrays()
+        for a, b in self.bounds:
+            yield x[a:b] if y is None else (x[a:b], y[a:b])
+
+
+__all__ = ["Batches", "batch_bounds"]

@@ -1,0 +1,143 @@
+"""``Conv2D`` and ``Conv2DTranspose`` (Keras arguments, channels-last ``(N, H, W, C)`` images).
+
+>>> import numpy as np, gpucnn
+>>> from gpucnn import layers
+>>> gpucnn.manual_seed(0)
+>>> C1 = layers.Conv2D(filters=6, kernel_size=(5, 5), activation="tanh", name="C1")
+>>> C1(np.zeros((2, 32, 32, 1), np.float32)).shape, C1.kernel.shape
+((2, 28, 28, 6), (5, 5, 1, 6))
+"""
+from __future__ import annotations
+
+import gpucnn.functional as F
+from gpucnn import initializers
+from gpucnn.kernels._geometry import check_padding, pair, transpose_out_1d, window_2d
+from gpucnn.layers import _activations
+from gpucnn.layers.base import Layer
+
+
+def _positive_int(v, what, owner):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{owner}: {what} must be a positive int, got {v!r}")
+    return v
+
+
+def _channels_last(data_format, owner):
+    if data_format not in (None, "channels_last"):
+        raise ValueError(f"{owner}: only data_format='channels_last' (N, H, W, C) is supported, "
+                         f"got {data_format!r}")
+
+
+def _no_dilation(dilation_rate, owner):
+    if pair(dilation_rate, "dilation_rate", owner) != (1, 1):
+        raise ValueError(f"{owner}: dilation_rate other than 1 is not supported, got {dilation_rate!r}")
+
+
+class _Conv(Layer):
+    def __init__(self, filters, kernel_size, strides, padding, data_format, dilation_rate,
+                 activation, use_bias, kernel_initializer, bias_initializer, **kwargs):
+        super().__init__(**kwargs)
+        owner = type(self).__name__
+        self.filters = _positive_int(filters, "filters", owner)
+        self.kernel_size = pair(kernel_size, "kernel_size", owner)
+        self.strides = pair(strides, "strides", owner)
+        self.padding = check_padding(padding, owner)
+        _channels_last(data_format, owner)
+        _no_dilation(dilation_rate, owner)
+        self._act = _activations.get(activation, owner)
+        self.activation = activation
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel = None
+        self.bias = None
+
+    def _check_input(self, shape):
+        if len(shape) != 4:
+            self._expect("(batch, height, width, channels) (rank 4, channels last)", shape)
+        if self.kernel is not None and shape[3] != self._c_in():
+            self._expect(f"(batch, height, width, {self._c_in()}): {self._c_in()} channels", shape)
+
+    def _final_activation(self):
+        return self._act.name
+
+
+class Conv2D(_Conv):
+    """2-D convolution: ``filters`` kernels of ``kernel_size`` over channels-last images.
+
+    Kernel ``(KH, KW, C_in, filters)``, bias ``(filters,)``. ``relu``/``tanh``/``sigmoid`` run
+    fused in the convolution kernel; ``softmax`` and callables run after it.
+    """
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
+                 dilation_rate=(1, 1), activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+        super().__init__(filters, kernel_size, strides, padding, data_format, dilation_rate,
+                         activation, use_bias, kernel_initializer, bias_initializer, **kwargs)
+
+    def _c_in(self):
+        return self.kernel.shape[2]
+
+    def build(self, input_shape):
+        kh, kw = self.kernel_size
+        self.kernel = self.add_weight((kh, kw, input_shape[-1], self.filters),
+                                      self.kernel_initializer, name="kernel")
+        if self.use_bias:
+            self.bias = self.add_weight((self.filters,), self.bias_initializer, name="bias")
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 4 or None in input_shape[1:3]:
+            return None
+        ho, wo, _ = window_2d(input_shape[1], input_shape[2], *self.kernel_size, *self.strides,
+                              self.padding, "Conv2D")
+        return (input_shape[0], ho, wo, self.filters)
+
+    def call(self, x, training=False):
+        y = F.conv2d(x, self.kernel, self.bias, self.strides, self.padding, self._act.fused)
+        after = self._act.after
+        return y if after is None else after(y)
+
+    def _call_logits(self, x, training):
+        return F.conv2d(x, self.kernel, self.bias, self.strides, self.padding)
+
+
+class Conv2DTranspose(_Conv):
+    """Transposed convolution (the decoder's upsampling), Keras ``Conv2DTranspose``.
+
+    Kernel ``(KH, KW, filters, C_in)`` (Keras layout). Output ``H * stride`` for ``same``,
+    ``(H - 1) * stride + max(KH, stride)`` for ``valid``.
+    """
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", output_padding=None,
+                 data_format=None, dilation_rate=(1, 1), activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+        super().__init__(filters, kernel_size, strides, padding, data_format, dilation_rate,
+                         activation, use_bias, kernel_initializer, bias_initializer, **kwargs)
+        if output_padding is not None:
+            raise ValueError(f"Conv2DTranspose: output_padding is not supported, got {output_padding!r}")
+
+    def _c_in(self):
+        return self.kernel.shape[3]
+
+    def build(self, input_shape):
+        kh, kw = self.kernel_size
+        self.kernel = self.add_weight((kh, kw, self.filters, input_shape[-1]),
+                                      self.kernel_initializer, name="kernel")
+        if self.use_bias:
+            self.bias = self.add_weight((self.filters,), self.bias_initializer, name="bias")
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 4 or None in input_shape[1:3]:
+            return None
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        return (input_shape[0], transpose_out_1d(input_shape[1], kh, sh, self.padding),
+                transpose_out_1d(input_shape[2], kw, sw, self.padding), self.filters)
+
+    def call(self, x, training=False):
+        return self._act.apply(self._call_logits(x, training))
+
+    def _call_logits(self, x, training):
+        return F.conv2d_transpose(x, self.kernel, self.bias, self.strides, self.padding)
+
+
+__all__ = ["Conv2D", "Conv2DTranspose"]

@@ -1,0 +1,190 @@
+"""``Model``: a network of layers with Keras' training API (``compile``, ``fit``, ``evaluate``,
+``predict``), ``summary()`` and weights on disk.
+
+Subclass it for a custom network: assign layers (or other models) to attributes in ``__init__``
+and write ``call(self, x, training=False)`` (``forward`` is accepted too)::
+
+    class Autoencoder(models.Model):
+        def __init__(self):
+            super().__init__(name="autoencoder")
+            self.encoder = models.Sequential([layers.Conv2D(8, 3, strides=2, padding="same",
+                                                            activation="relu")], name="encoder")
+            self.decoder = models.Sequential([layers.Conv2DTranspose(1, 3, strides=2, padding="same",
+                                                                     activation="sigmoid")], name="decoder")
+
+        def call(self, x, training=False):
+            return self.decoder(self.encoder(x, training), training)
+
+Weights are named by their path: ``"C1/kernel"`` in a ``Sequential``, ``"encoder/conv2d/kernel"``
+inside a sub-model. Layer names are unique within their parent; unnamed layers get Keras' default
+names (``conv2d``, ``conv2d_1``, ...).
+"""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from gpucnn import backend, io
+from gpucnn.autograd import Tensor, no_grad
+from gpucnn.layers.base import Layer
+from gpucnn.models import summary as _summary
+from gpucnn.models.training import TrainingMixin
+
+
+class Model(TrainingMixin, Layer):
+    """Base class of ``Sequential`` and of custom networks (see the module docstring)."""
+
+    _wrap_build = False
+    _is_model = True
+
+    def __init__(self, *args, name=None, **kwargs):
+        if args:
+            raise TypeError("Model(inputs, outputs) (Keras' functional API) is not supported: subclass "
+                            "Model and define call(self, x, training=False), or use Sequential([...])")
+        super().__init__(name=name, **kwargs)
+        self.stop_training = False
+        self.history = None
+        self.optimizer = None
+        self.loss = None
+        self.compiled_metrics = []
+        self._takes_training = None
+
+    @property
+    def layers(self) -> list:
+        """The direct sublayers, in the order they were assigned."""
+        return self._sublayers()
+
+    def get_layer(self, name=None, index=None):
+        """A direct sublayer by name or position."""
+        if index is not None:
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"model '{self.name}' has no layer named {name!r}; it has "
+                         f"{[la.name for la in self.layers]}")
+
+    # -- calling ---------------------------------------------------------------------------------
+    def call(self, x, training=False):
+        fwd = getattr(self, "forward", None)
+        if fwd is None:
+            raise NotImplementedError(f"{type(self).__name__} must define call(self, x, training=False) "
+                                      "(or forward)")
+        if self._takes_training is None:
+            params = inspect.signature(fwd).parameters
+            self._takes_training = "training" in params or any(
+                p.kind is p.VAR_KEYWORD for p in params.values())
+        return fwd(x, training=training) if self._takes_training else fwd(x)
+
+    def _build_from(self, input_shape):
+        if type(self).build is not Model.build:  # a build() written by the user
+            self.build(input_shape)
+        self.built = True
+
+    def build(self, input_shape):
+        """Build every layer by running the model once on zeros of ``input_shape`` (batch 1)."""
+        self._shape_pass(tuple(input_shape))
+
+    def _shape_pass(self, shape):
+        s = (None,) + tuple(shape[1:])
+        if s[1:] != self._in_shape or self._out_shape is None:
+            if None in s[1:]:
+                raise ValueError(f"model '{self.name}': cannot build for input shape {s}: every axis "
+                                 "but the batch must be known")
+            with no_grad():
+                self(Tensor(backend.xp().zeros((1,) + s[1:], dtype=self.dtype)), training=False)
+        return self._out_shape
+
+    def compute_output_shape(self, input_shape):
+        return self._shape_pass(input_shape)
+
+    def _require_built(self, what: str):
+        if not self.built:
+            raise ValueError(f"model '{self.name}' has not been built yet, so {what} is not possible: "
+                             "build it with model.build((None, *input_shape)), call it on a batch of "
+                             "data, or give its first layer an input_shape")
+
+    def count_params(self) -> int:
+        self._require_built("count_params()")
+        return int(sum(t.size for t in self.weights))
+
+    # -- summary -----------------------------------------------------------------------------------
+    def summary(self, line_length=None, positions=None, print_fn=None):
+        """Print the Keras table (layer name and type, output shape, parameters, totals).
+
+        ``print_fn`` (default ``print``) is called once per line. Returns the table as a string
+        when ``print_fn`` is given, None otherwise (Keras prints and returns nothing).
+        """
+        self._require_built("summary()")
+        lines = _summary.summary_lines(self, line_length, positions)
+        if print_fn is None:
+            print("\n".join(lines))
+            return None
+        for line in lines:
+            print_fn(line)
+        return "\n".join(lines)
+
+    # -- weights -------------------------------------------------------------------------------------
+    def _weight_table(self) -> list:
+        """``[(path, Tensor)]`` for every weight, in layer order."""
+        out = [(short, t) for short, t, _ in self._weights]
+        for c in self._sublayers():
+            out.extend((path, t) for path, t, _ in c._named_weights(""))
+        return out
+
+    def get_weights(self) -> list:
+        """Host copies of every weight, in ``model.weights`` order."""
+        ks = backend.kernels()
+        return [np.array(ks.to_host(t.data), copy=True) for t in self.weights]
+
+    def set_weights(self, weights) -> None:
+        """Set every weight from host arrays (as ``get_weights`` returns); all are checked first."""
+        own = self.weights
+        weights = list(weights)
+        if len(weights) != len(own):
+            raise ValueError(f"set_weights: model '{self.name}' has {len(own)} weights, got "
+                             f"{len(weights)} arrays")
+        arrays = [np.asarray(w) for w in weights]
+        bad = [f"weight {i} ({t.name}): model {t.shape}, given {a.shape}"
+               for i, (t, a) in enumerate(zip(own, arrays)) if tuple(a.shape) != t.shape]
+        if bad:
+            raise ValueError("set_weights: shapes do not match; nothing was set:\n  " + "\n  ".join(bad))
+        for t, a in zip(own, arrays):
+            _assign(t, a.astype(t.dtype, copy=False))
+
+    def save_weights(self, filepath, overwrite=True) -> None:
+        """Write every weight to ``filepath`` as a ``.npz`` archive (see ``gpucnn.io``), atomically."""
+        self._require_built("save_weights()")
+        import os
+
+        if not overwrite and os.path.exists(filepath):
+            raise FileExistsError(f"save_weights: {filepath!r} exists and overwrite=False")
+        ks = backend.kernels()
+        table = self._weight_table()
+        arrays = {path: ks.to_host(t.data) for path, t in table}
+        if len(arrays) != len(table):
+            raise ValueError(f"save_weights: model '{self.name}' has weights with the same path; "
+                             "give its layers unique names")
+        io.save_arrays(filepath, arrays)
+
+    def load_weights(self, filepath) -> None:
+        """Read weights saved by ``save_weights``. Names, shapes and dtypes are checked for every
+        weight before any is assigned: a file that does not match leaves the model unchanged."""
+        self._require_built("load_weights()")
+        arrays = io.load_arrays(filepath)
+        table = self._weight_table()
+        io.check_arrays(f"load_weights({str(filepath)!r})",
+                        {path: (t.shape, t.dtype) for path, t in table}, arrays)
+        for path, t in table:
+            _assign(t, arrays[path])
+
+
+def _assign(t: Tensor, host_array) -> None:
+    """Copy ``host_array`` into the weight ``t`` (in place when it lives on the active backend)."""
+    new = backend.kernels().asarray(host_array)
+    if type(new) is type(t.data) and new.shape == t.data.shape:
+        t.data[...] = new
+    else:
+        t.data = new.copy()
+    t.grad = None

@@ -1,0 +1,135 @@
+"""``Sequential``: a stack of layers, each feeding the next (the guide's LeNet-5).
+
+>>> from gpucnn import layers, models
+>>> model = models.Sequential([
+...     layers.Conv2D(6, (5, 5), activation="tanh", input_shape=(32, 32, 1), name="C1"),
+...     layers.AveragePooling2D((2, 2), name="S2"),
+...     layers.Flatten(),
+...     layers.Dense(10, activation="softmax"),
+... ], name="tiny")
+>>> model.output_shape, model.count_params()
+((None, 10), 11926)
+"""
+from __future__ import annotations
+
+from gpucnn.layers.base import Layer, fmt_shape
+from gpucnn.layers.core import InputLayer
+from gpucnn.models.model import Model
+
+
+def _fits(declared, shape) -> bool:
+    rest = tuple(shape[1:])
+    return len(rest) == len(declared) and all(d is None or d == s for d, s in zip(declared, rest))
+
+
+class Sequential(Model):
+    """``Sequential(layers=None, name=None)``: layers applied in order.
+
+    When the first layer has an ``input_shape`` (or the list starts with ``layers.Input(shape)``),
+    the model is built at once (``summary()`` works before any data) and inputs of any other shape
+    are refused, naming the first layer; otherwise it is built on its first call.
+    """
+
+    def __init__(self, layers=None, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self._layers = []
+        self._prop_out = None
+        if layers is not None:
+            if isinstance(layers, Layer):
+                layers = [layers]
+            for layer in layers:
+                self.add(layer)
+
+    @property
+    def layers(self) -> list:
+        return list(self._layers)
+
+    def _sublayers(self) -> list:
+        return list(self._layers)
+
+    def add(self, layer) -> None:
+        """Append a layer (an instance such as ``layers.Dense(10)``)."""
+        if isinstance(layer, type):
+            raise TypeError(f"Sequential.add: expected a layer instance such as {layer.__name__}(...), "
+                            f"got the class {layer.__name__}")
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add: expected a Layer, got {type(layer).__name__}")
+        if isinstance(layer, InputLayer):
+            if self._layers or self._declared is not None:
+                raise ValueError("Sequential.add: an Input must come first, and only once")
+            self._declared = layer._declared
+            self._input_layer = layer
+            return
+        self._adopt(layer)
+        self._layers.append(layer)
+        if len(self._layers) == 1 and self._declared is None and layer._declared is not None:
+            self._declared = layer._declared
+        self._rebuild()
+
+    def pop(self) -> Layer:
+        """Remove and return the last layer."""
+        if not self._layers:
+            raise IndexError("Sequential.pop: the model has no layers")
+        layer = self._layers.pop()
+        self._rebuild()
+        return layer
+
+    def _rebuild(self) -> None:
+        self.built = False
+        self._in_shape = None
+        self._out_shape = None
+        if self._declared is not None and self._layers:
+            self._shape_pass((None,) + self._declared)
+
+    # -- shapes -----------------------------------------------------------------------------------
+    _shape_pass = Layer._shape_pass
+
+    def build(self, input_shape=None):
+        """Build every layer for inputs of ``input_shape`` (with the batch axis, e.g. ``(None, 32, 32, 1)``)."""
+        if input_shape is None:
+            if self._declared is None:
+                raise ValueError(f"model '{self.name}': build() needs an input_shape")
+            input_shape = (None,) + self._declared
+        self._shape_pass(tuple(input_shape))
+
+    def _check_input(self, shape):
+        if not self._layers:
+            raise ValueError("the model has no layers; add some with model.add(layer)")
+        if self._declared is not None and not _fits(self._declared, shape):
+            first = self._layers[0]
+            raise ValueError(f"expected input shape {fmt_shape((None,) + self._declared)} (the input "
+                             f"shape of its first layer '{first.name}' ({type(first).__name__})), "
+                             f"received {fmt_shape(shape)}")
+        if self.built:
+            self._propagate(shape)
+
+    def _build_from(self, input_shape):
+        self._propagate(input_shape)
+        self.built = True
+
+    def _propagate(self, shape):
+        s = (None,) + tuple(shape[1:])
+        for layer in self._layers:
+            s = layer._shape_pass(s)
+            if s is None:  # a layer that cannot tell its output shape: the rest builds on first call
+                break
+        self._prop_out = s
+
+    def compute_output_shape(self, input_shape):
+        return self._prop_out
+
+    # -- calling ----------------------------------------------------------------------------------
+    def call(self, x, training=False):
+        for layer in self._layers:
+            x = layer._invoke(x, training, False)
+        return x
+
+    def _call_logits(self, x, training):
+        layers = self._layers
+        last = len(layers) - 1
+        for i in range(last):
+            x = layers[i]._invoke(x, training, False)
+        return layers[last]._invoke(x, training, True)
+
+    def _final_activation(self):
+        return self._layers[-1]._final_activation() if self._layers else None

@@ -1,0 +1,445 @@
+"""``compile``, ``fit``, ``evaluate``, ``predict`` and the ``*_on_batch`` methods of ``Model``.
+
+Everything that can be checked is checked once per call, on the host, before any weight changes:
+the input shape against the model (the first layer that refuses it is named), x/y lengths, an
+empty dataset, targets against the model's output (labels inside ``[0, classes)``). The data then
+moves to the active backend once, and each step works on slices of it.
+
+A step reads nothing back from the device unless the progress bar is about to show a value, the
+epoch ends, or a callback asks for batch-level logs. The loss is checked for NaN/inf whenever it is
+read (at every step on the NumPy backend, where reading is free, before the step's update).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gpucnn import backend
+from gpucnn import callbacks as _callbacks
+from gpucnn import losses as _losses
+from gpucnn import metrics as _metrics
+from gpucnn import optimizers as _optimizers
+from gpucnn._progbar import Progbar
+from gpucnn.autograd import Tensor, no_grad
+from gpucnn.data import Batches, batch_bounds
+
+
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """The training loss became NaN or infinite."""
+
+
+def _verbose(v, op):
+    if v == "auto":
+        return 1
+    if isinstance(v, bool) or v not in (0, 1, 2):
+        raise ValueError(f"{op}: verbose must be 0, 1, 2 or 'auto', got {v!r}")
+    return int(v)
+
+
+def _batch_size(b, op):
+    if b is None:
+        return 32
+    if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
+        raise ValueError(f"{op}: batch_size must be a positive int, got {b!r}")
+    return int(b)
+
+
+def _host(a):
+    return a if isinstance(a, np.ndarray) else backend.kernels().to_host(a)
+
+
+def _data_array(a, what, op):
+    """``a`` (array, Tensor or nested list) as an array with a batch axis (host or device)."""
+    if isinstance(a, Tensor):
+        a = a.data
+    elif isinstance(a, (list, tuple)):
+        a = np.asarray(a)
+    if a is None:
+        raise ValueError(f"{op}: {what} is required")
+    dt = getattr(a, "dtype", None)
+    if dt is None or not hasattr(a, "shape"):
+        raise TypeError(f"{op}: {what} must be an array or a Tensor, got {type(a).__name__}")
+    if np.dtype(dt).kind not in "biuf":
+        raise TypeError(f"{op}: {what} must hold numbers, got dtype {dt}")
+    if a.ndim == 0:
+        raise ValueError(f"{op}: {what} must have a batch axis, got a scalar")
+    if a.shape[0] == 0:
+        raise ValueError(f"{op}: the dataset is empty ({what} has 0 samples, shape {tuple(a.shape)})")
+    return a
+
+
+class _Tracker:
+    """Running loss and metrics of one epoch, kept where the data lives."""
+
+    def __init__(self, model, logits):
+        self.metrics = model.compiled_metrics
+        for m in self.metrics:
+            m.reset_state()
+        self.logits = logits
+        self.final = model._final_activation() if logits else None
+        self.need_probs = logits and any(m.needs_probabilities for m in self.metrics)
+        self.total = 0.0
+        self.count = 0
+
+    def update(self, loss_data, out_data, yb, n, host_loss=None):
+        self.total = self.total + (host_loss * n if host_loss is not None else loss_data * n)
+        self.count += n
+        if self.metrics:
+            pred, logits = out_data, self.logits
+            if self.need_probs:
+                pred, logits = _probabilities(out_data, self.final), False
+            for m in self.metrics:
+                s, c = m.batch_total(yb, pred, logits)
+                m._total = m._total + s
+                m._count += c
+
+    def values(self) -> dict:
+        total = self.total if isinstance(self.total, float) else float(backend.kernels().to_host(self.total))
+        out = {"loss": total / max(self.count, 1)}
+        for m in self.metrics:
+            out[m.name] = m.result()
+        return out
+
+
+def _probabilities(z, final):
+    ks = backend.kernels()
+    if final == "sigmoid":
+        return ks.act_forward(z, "sigmoid")
+    return ks.softmax_forward(z.reshape(-1, z.shape[-1])).reshape(z.shape)
+
+
+class TrainingMixin:
+    """Keras' training API; mixed into ``Model``."""
+
+    # -- compile -----------------------------------------------------------------------------------
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
+        """Choose the optimizer, the loss and the metrics (objects or Keras names)."""
+        if loss is None:
+            raise ValueError("compile: a loss is required, e.g. loss='sparse_categorical_crossentropy'")
+        self.optimizer = _optimizers.get(optimizer)
+        self.loss = _losses.get(loss)
+        if metrics is None:
+            metrics = []
+        elif isinstance(metrics, (str, _metrics.Metric)):
+            metrics = [metrics]
+        self.compiled_metrics = [_metrics.get(m, self.loss.kind) for m in metrics]
+        names = ["loss"] + [m.name for m in self.compiled_metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"compile: metric names must be unique, got {names}")
+
+    def _require_compiled(self, op):
+        if self.loss is None:
+            raise RuntimeError(f"{op}: the model must be compiled first: "
+                               "model.compile(optimizer, loss, metrics)")
+
+    def _fused_logits(self) -> bool:
+        """Whether the loss can be computed from the logits of the model's final softmax/sigmoid."""
+        loss = self.loss
+        return (not loss.from_logits and loss.fuses is not None
+                and self._final_activation() == loss.fuses)
+
+    # -- checks --------------------------------------------------------------------------------------
+    def _output_shape_for(self, x, op):
+        """Run the input shape through the model (no data) and return the output shape."""
+        try:
+            out = self._shape_pass(tuple(x.shape))
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{op}: {e}").with_traceback(e.__traceback__) from None
+        if out is None:
+            raise ValueError(f"{op}: cannot tell the output shape of model '{self.name}'")
+        return out
+
+    def _prepare_x(self, x, op):
+        x = _data_array(x, "x", op)
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
+        if isinstance(x, np.ndarray):
+            x = np.ascontiguousarray(x)
+            if not np.isfinite(x).all():
+                bad = np.argwhere(~np.isfinite(x))[0]
+                raise ValueError(f"{op}: x holds NaN or infinite values (first at index {tuple(bad)})")
+        return x
+
+    def _prepare_y(self, y, n, out_shape, op):
+        """Targets as the loss wants them, checked against the model's output on the host."""
+        y = _data_array(y, "y", op)
+        if y.shape[0] != n:
+            raise ValueError(f"{op}: x and y have different lengths: {n} samples in x, {y.shape[0]} in y")
+        yh = _host(y)
+        kind, name = self.loss.kind, self.loss.name
+        per = tuple(out_shape[1:])
+        if kind == "sparse":
+            if len(per) != 1:
+                raise ValueError(f"{op}: {name} needs outputs of shape (batch, classes); model "
+                                 f"'{self.name}' outputs {out_shape}")
+            k = per[0]
+            if yh.ndim == 2 and yh.shape[1] == 1:
+                yh = yh.reshape(-1)
+            if yh.ndim != 1:
+                hint = (" (these look like one-hot rows: use loss='categorical_crossentropy')"
+                        if yh.ndim == 2 and yh.shape[1] == k else "")
+                raise ValueError(f"{op}: {name} expects integer labels of shape ({n},), got y of shape "
+                                 f"{yh.shape}{hint}")
+            if yh.dtype.kind == "f":
+                if not (np.isfinite(yh).all() and (yh == np.round(yh)).all()):
+                    raise ValueError(f"{op}: {name} expects integer class labels; y holds non-integer "
+                                     "values")
+            lo, hi = int(yh.min()), int(yh.max())
+            if lo < 0 or hi >= k:
+                i = int(np.argmax((yh < 0) | (yh >= k)))
+                raise ValueError(f"{op}: labels must lie in [0, {k}) for the {k} outputs of model "
+                                 f"'{self.name}', got values in [{lo}, {hi}] (first bad: y[{i}] = {yh[i]})")
+            yh = yh.astype(np.int64)
+        else:
+            yh = yh.astype(self.dtype)
+            if kind is not None:
+                if yh.shape[1:] != per and yh.shape[1:] in ((), (1,)) and per in ((), (1,)):
+                    yh = yh.reshape((n,) + per)
+                if yh.shape[1:] != per:
+                    hint = (" (integer labels go with loss='sparse_categorical_crossentropy')"
+                            if kind == "categorical" and yh.ndim == 1 else "")
+                    raise ValueError(f"{op}: {name} needs targets shaped like the output "
+                                     f"{(None,) + per}, got y of shape {y.shape}{hint}")
+            if not np.isfinite(yh).all():
+                raise ValueError(f"{op}: y holds NaN or infinite values")
+            if kind in ("binary", "categorical") and (yh.min() < 0 or yh.max() > 1):
+                raise ValueError(f"{op}: {name} needs targets in [0, 1], got values in "
+                                 f"[{yh.min()}, {yh.max()}]")
+        return yh
+
+    def _prepare(self, x, y, op):
+        """Checked ``(x, y, output_shape)``; y is None when not given."""
+        x = self._prepare_x(x, op)
+        if y is not None:
+            yl = len(y) if not hasattr(y, "shape") else (y.shape[0] if len(y.shape) else 0)
+            if yl != x.shape[0]:
+                raise ValueError(f"{op}: x and y have different lengths: {x.shape[0]} samples in x, "
+                                 f"{yl} in y")
+        out_shape = self._output_shape_for(x, op)
+        if y is not None:
+            y = self._prepare_y(y, x.shape[0], out_shape, op)
+        return x, y, out_shape
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def _loss_value(self, yb, out, logits):
+        return self.loss.call(yb, out, logits or self.loss.from_logits)
+
+    def _eval_arrays(self, xd, yd, batch_size, logits, bar=None):
+        tracker = _Tracker(self, logits)
+        with no_grad():
+            for i, (a, b) in enumerate(batch_bounds(xd.shape[0], batch_size)):
+                yb = yd[a:b]
+                out = self._invoke(Tensor._wrap(xd[a:b]), False, logits)
+                loss = self._loss_value(yb, out, logits)
+                tracker.update(loss.data, out.data, yb, b - a)
+                if bar is not None and bar.due(i + 1):
+                    bar.update(i + 1, tracker.values())
+        return tracker.values()
+
+    # -- fit -------------------------------------------------------------------------------------------
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
+        """Train for ``epochs`` passes over ``(x, y)``; returns a ``History`` (``.history`` holds
+        the per-epoch ``loss``, metrics and ``val_*`` values)."""
+        op = "fit"
+        self._require_compiled(op)
+        batch_size = _batch_size(batch_size, op)
+        verbose = _verbose(verbose, op)
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"{op}: epochs must be an int >= 0, got {epochs!r}")
+        if not 0.0 <= float(validation_split) < 1.0:
+            raise ValueError(f"{op}: validation_split must lie in [0, 1), got {validation_split!r}")
+        x = _data_array(x, "x", op)
+        if y is None:
+            raise ValueError(f"{op}: y is required (the targets of the loss)")
+        y = _data_array(y, "y", op)
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"{op}: x and y have different lengths: {x.shape[0]} samples in x, "
+                             f"{y.shape[0]} in y")
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError(f"{op}: validation_data must be a pair (x_val, y_val)")
+            val = validation_data
+        elif validation_split:
+            split = int(x.shape[0] * (1.0 - float(validation_split)))
+            if split == 0 or split == x.shape[0]:
+                raise ValueError(f"{op}: validation_split={validation_split} leaves "
+                                 f"{split} training and {x.shape[0] - split} validation samples of "
+                                 f"{x.shape[0]}; both must be at least 1")
+            val = (x[split:], y[split:])
+            x, y = x[:split], y[:split]
+        x, y, _ = self._prepare(x, y, op)
+        if val is not None:
+            xv, yv, _ = self._prepare(val[0], val[1], f"{op} (validation data)")
+
+        ks = backend.kernels()
+        xd, yd = ks.asarray(x), ks.asarray(y)
+        if val is not None:
+            xv, yv = ks.asarray(xv), ks.asarray(yv)
+        batches = Batches(xd, yd, batch_size, shuffle=shuffle)
+        steps = len(batches)
+        history = _callbacks.History()
+        cbs = _callbacks.CallbackList(list(callbacks or []) + [history], self,
+                                      {"epochs": epochs, "steps": steps, "verbose": verbose})
+        logits = self._fused_logits()
+        self.stop_training = False
+        self.history = history
+        cbs.call("on_train_begin", None)
+        for epoch in range(int(initial_epoch), epochs):
+            if verbose:
+                print(f"Epoch {epoch + 1}/{epochs}")
+            cbs.call("on_epoch_begin", epoch, None)
+            bar = Progbar(steps, verbose)
+            try:
+                logs = self._fit_epoch(batches, logits, bar, cbs, epoch, epochs)
+                if val is not None:
+                    vlogs = self._eval_arrays(xv, yv, batch_size, logits)
+                    logs.update({f"val_{k}": v for k, v in vlogs.items()})
+            except BaseException:
+                bar.abort()
+                raise
+            bar.finish(logs)
+            cbs.call("on_epoch_end", epoch, logs)
+            if self.stop_training:
+                break
+        cbs.call("on_train_end", None)
+        return history
+
+    def _fit_epoch(self, batches, logits, bar, cbs, epoch, epochs):
+        params = self.trainable_weights
+        opt = self.optimizer
+        tracker = _Tracker(self, logits)
+        xe, ye = batches.epoch_arrays()
+        host = isinstance(xe, np.ndarray)
+        begin, end = cbs.batch_begin, cbs.batch_end
+        checked = 0
+        step = 0
+        for step, (a, b) in enumerate(batches.bounds, 1):
+            for cb in begin:
+                cb.on_train_batch_begin(step - 1, None)
+            yb = ye[a:b]
+            out = self._invoke(Tensor._wrap(xe[a:b]), True, logits)
+            loss = self._loss_value(yb, out, logits)
+            lv = None
+            if host:
+                lv = float(loss.data)
+                if not math.isfinite(lv):
+                    self._non_finite(lv, epoch, epochs, step, len(batches.bounds), checked, True)
+            for p in params:
+                p.grad = None
+            loss.backward()
+            opt.apply_gradients(params)
+            tracker.update(loss.data, out.data, yb, b - a, lv)
+            if end or bar.due(step):
+                logs = tracker.values()
+                if not math.isfinite(logs["loss"]):
+                    self._non_finite(logs["loss"], epoch, epochs, step, len(batches.bounds), checked, False)
+                checked = step
+                bar.update(step, logs)
+                for cb in end:
+                    cb.on_train_batch_end(step - 1, logs)
+            if self.stop_training:
+                break
+        logs = tracker.values()
+        if not math.isfinite(logs["loss"]):
+            self._non_finite(logs["loss"], epoch, epochs, step, len(batches.bounds), checked, False)
+        return logs
+
+    def _non_finite(self, value, epoch, epochs, step, steps, checked, before_update):
+        where = f"epoch {epoch + 1}/{epochs}, step {step}/{steps}"
+        if before_update:
+            detail = ("training stopped before this step's update, so the weights are those after the "
+                      "previous step")
+        else:
+            detail = (f"the loss is read only when it is shown, so it went bad after step {checked}; "
+                      "the weights may hold NaN/inf now")
+        raise NonFiniteLossError(
+            f"fit: the training loss is {value} at {where}; {detail}. Try a lower learning rate, "
+            "check the data for extreme values, or use a loss that fits the model's output")
+
+    # -- evaluate / predict ----------------------------------------------------------------------------
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", return_dict=False):
+        """The loss (and metrics) over ``(x, y)``, in batches. Returns the loss alone when no metric
+        was compiled, else ``[loss, *metrics]`` (a dict with ``return_dict=True``)."""
+        op = "evaluate"
+        self._require_compiled(op)
+        batch_size = _batch_size(batch_size, op)
+        verbose = _verbose(verbose, op)
+        if y is None:
+            raise ValueError(f"{op}: y is required (the targets of the loss)")
+        x, y, _ = self._prepare(x, y, op)
+        ks = backend.kernels()
+        xd, yd = ks.asarray(x), ks.asarray(y)
+        bar = Progbar(len(batch_bounds(xd.shape[0], batch_size)), verbose)
+        try:
+            logs = self._eval_arrays(xd, yd, batch_size, self._fused_logits(), bar)
+        except BaseException:
+            bar.abort()
+            raise
+        bar.finish(logs)
+        return _results(logs, return_dict)
+
+    def predict(self, x, batch_size=None, verbose="auto"):
+        """The model's outputs for ``x`` (inference mode), computed in batches; a NumPy array."""
+        op = "predict"
+        batch_size = _batch_size(batch_size, op)
+        verbose = _verbose(verbose, op)
+        x, _, _ = self._prepare(x, None, op)
+        ks = backend.kernels()
+        xd = ks.asarray(x)
+        bounds = batch_bounds(xd.shape[0], batch_size)
+        bar = Progbar(len(bounds), verbose)
+        outs = []
+        try:
+            with no_grad():
+                for i, (a, b) in enumerate(bounds):
+                    outs.append(self._invoke(Tensor._wrap(xd[a:b]), False, False).data)
+                    if bar.due(i + 1):
+                        bar.update(i + 1)
+        except BaseException:
+            bar.abort()
+            raise
+        bar.finish()
+        out = ks.xp.concatenate(outs) if len(outs) > 1 else outs[0]
+        return np.array(ks.to_host(out))  # a copy: never a view of the model's arrays
+
+    def predict_on_batch(self, x):
+        return self.predict(x, batch_size=max(len(x), 1), verbose=0)
+
+    def train_on_batch(self, x, y, return_dict=False):
+        """One optimizer step on one batch; returns the loss (and metrics) of that batch."""
+        op = "train_on_batch"
+        self._require_compiled(op)
+        x, y, _ = self._prepare(x, y, op)
+        ks = backend.kernels()
+        xd, yd = ks.asarray(x), ks.asarray(y)
+        logits = self._fused_logits()
+        params = self.trainable_weights
+        tracker = _Tracker(self, logits)
+        out = self._invoke(Tensor._wrap(xd), True, logits)
+        loss = self._loss_value(yd, out, logits)
+        lv = float(ks.to_host(loss.data))
+        if not math.isfinite(lv):
+            raise NonFiniteLossError(f"{op}: the loss is {lv}; the weights were not updated")
+        for p in params:
+            p.grad = None
+        loss.backward()
+        self.optimizer.apply_gradients(params)
+        tracker.update(loss.data, out.data, yd, xd.shape[0], lv)
+        return _results(tracker.values(), return_dict)
+
+    def test_on_batch(self, x, y, return_dict=False):
+        self._require_compiled("test_on_batch")
+        return self.evaluate(x, y, batch_size=max(len(x), 1), verbose=0, return_dict=return_dict)
+
+
+def _results(logs, return_dict):
+    if return_dict:
+        return dict(logs)
+    vals = list(logs.values())
+    return vals[0] if len(vals) == 1 else vals
+
+
+__all__ = ["TrainingMixin", "NonFiniteLossError"]
