@@ -1,0 +1,240 @@
+"""gpucnn.zoo: each network of the guide has the guide's layers, sizes and parameter counts, and
+computes what a plain-NumPy forward pass with the same weights computes."""
+import numpy as np
+import pytest
+
+import gpucnn
+from gpucnn import layers, zoo
+
+
+@pytest.fixture(autouse=True)
+def _numpy_backend():
+    gpucnn.set_backend("numpy")
+    gpucnn.manual_seed(0)
+
+
+# -- an independent forward pass: plain NumPy, loops over kernel offsets ----------------------
+def ref_conv(x, w, b, stride=1, pad=(0, 0, 0, 0)):
+    """Valid/padded cross-correlation, NHWC, kernel (KH, KW, C_in, C_out); pad = (t, b, l, r)."""
+    x = np.pad(x, ((0, 0), pad[:2], pad[2:], (0, 0)))
+    n, h, wd, _ = x.shape
+    kh, kw, _, co = w.shape
+    ho, wo = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    out = np.zeros((n, ho, wo, co))
+    for i in range(kh):
+        for j in range(kw):
+            patch = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+            out += patch @ w[i, j]
+    return out + b
+
+
+def ref_pool(x, k, s, op):
+    n, h, w, c = x.shape
+    ho, wo = (h - k) // s + 1, (w - k) // s + 1
+    out = np.empty((n, ho, wo, c))
+    for i in range(ho):
+        for j in range(wo):
+            out[:, i, j] = op(x[:, i * s:i * s + k, j * s:j * s + k], axis=(1, 2))
+    return out
+
+
+def ref_softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def randomize(model, rng):
+    """Fresh random weights (non-zero biases too), returned as float64 arrays by layer name."""
+    out = {}
+    for layer in model.layers:
+        ws = [t for t in layer.weights]
+        for t in ws:
+            t.data[...] = rng.uniform(-0.5, 0.5, t.shape).astype(np.float32)
+        if ws:
+            out[layer.name] = [t.numpy().astype(np.float64) for t in ws]
+    return out
+
+
+def shapes(model):
+    return {layer.name: tuple(layer.output_shape[1:]) for layer in model.layers}
+
+
+# -- LeNet-5 ------------------------------------------------------------------------------
+def test_lenet5_has_the_guides_layers_sizes_and_61706_parameters():
+    model = zoo.lenet5()
+    assert [layer.name for layer in model.layers] == \
+        ["C1", "S2", "C3", "S4", "C5", "Flatten", "F6", "Output"]
+    assert model.count_params() == 61_706
+    assert [layer.count_params() for layer in model.layers] == \
+        [156, 0, 2_416, 0, 48_120, 0, 10_164, 850]
+    assert shapes(model) == {"C1": (28, 28, 6), "S2": (14, 14, 6), "C3": (10, 10, 16),
+                             "S4": (5, 5, 16), "C5": (1, 1, 120), "Flatten": (120,),
+                             "F6": (84,), "Output": (10,)}
+    types = [type(layer) for layer in model.layers]
+    assert types == [layers.Conv2D, layers.AveragePooling2D, layers.Conv2D,
+                     layers.AveragePooling2D, layers.Conv2D, layers.Flatten, layers.Dense,
+                     layers.Dense]
+
+
+def test_lenet5_computes_tanh_convs_average_pools_and_softmax(rng):
+    model = zoo.lenet5()
+    w = randomize(model, rng)
+    x = rng.random((3, 32, 32, 1)).astype(np.float32)
+    got = np.asarray(model.predict(x, verbose=0))
+
+    h = np.tanh(ref_conv(x.astype(np.float64), *w["C1"]))
+    h = ref_pool(h, 2, 2, np.mean)
+    h = np.tanh(ref_conv(h, *w["C3"]))
+    h = ref_pool(h, 2, 2, np.mean)
+    h = np.tanh(ref_conv(h, *w["C5"])).reshape(3, -1)
+    h = np.tanh(h @ w["F6"][0] + w["F6"][1])
+    want = ref_softmax(h @ w["Output"][0] + w["Output"][1])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_lenet5_other_class_counts_and_larger_inputs():
+    model = zoo.lenet5(input_shape=(36, 40, 3), classes=4)
+    assert shapes(model)["C5"] == (2, 3, 120)  # 36 -> 32 -> 16 -> 12 -> 6 -> 2, 40 -> ... -> 3
+    assert shapes(model)["Output"] == (4,)
+    # C1 sees 3 channels, F6 sees the 2*3*120 flattened C5 maps.
+    assert model.get_layer("C1").kernel.shape == (5, 5, 3, 6)
+    assert model.get_layer("F6").kernel.shape == (2 * 3 * 120, 84)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"input_shape": (28, 28, 1)}, ["lenet5", "32 x 32", "pad_to_32"]),
+    ({"input_shape": (32, 32)}, ["lenet5", "(height, width, channels)", "(32, 32)"]),
+    ({"classes": 1}, ["lenet5", "classes", ">= 2"]),
+    ({"input_shape": (32, 32.0, 1)}, ["lenet5", "input_shape"]),
+])
+def test_lenet5_rejects_bad_arguments(kwargs, words):
+    with pytest.raises(ValueError) as e:
+        zoo.lenet5(**kwargs)
+    for word in words:
+        assert word in str(e.value)
+
+
+# -- perceptron and basic CNN --------------------------------------------------------------
+def test_perceptron_is_the_sigmoid_of_a_weighted_sum(rng):
+    model = zoo.perceptron(7)
+    assert model.count_params() == 8
+    w = randomize(model, rng)["neuron"]
+    x = rng.standard_normal((5, 7)).astype(np.float32)
+    want = 1.0 / (1.0 + np.exp(-(x @ w[0] + w[1])))
+    np.testing.assert_allclose(np.asarray(model.predict(x, verbose=0)), want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, None])
+def test_perceptron_rejects_bad_feature_counts(bad):
+    with pytest.raises(ValueError, match="perceptron: n_features"):
+        zoo.perceptron(bad)
+
+
+def test_basic_cnn_is_conv_relu_maxpool_dense_softmax(rng):
+    model = zoo.basic_cnn(input_shape=(9, 11, 2), classes=3, filters=4, kernel_size=3, units=5)
+    assert shapes(model) == {"conv": (7, 9, 4), "pool": (3, 4, 4), "flatten": (48,),
+                             "dense": (5,), "output": (3,)}
+    w = randomize(model, rng)
+    x = rng.random((2, 9, 11, 2)).astype(np.float32)
+    h = np.maximum(ref_conv(x.astype(np.float64), *w["conv"]), 0)
+    h = ref_pool(h, 2, 2, np.max).reshape(2, -1)
+    h = np.maximum(h @ w["dense"][0] + w["dense"][1], 0)
+    want = ref_softmax(h @ w["output"][0] + w["output"][1])
+    np.testing.assert_allclose(np.asarray(model.predict(x, verbose=0)), want, rtol=1e-4,
+                               atol=1e-6)
+
+
+# -- AlexNet -------------------------------------------------------------------------------
+def alexnet_params(c_in, side_after_pool5, width_filters, dense, classes, conv1_k):
+    f1, f2, f3, f4, f5 = width_filters
+    convs = [(conv1_k, c_in, f1), (5, f1, f2), (3, f2, f3), (3, f3, f4), (3, f4, f5)]
+    n = sum(k * k * ci * co + co for k, ci, co in convs)
+    flat = side_after_pool5 ** 2 * f5
+    return n + flat * dense + dense + dense * dense + dense + dense * classes + classes
+
+
+def test_alexnet_at_the_default_size_has_62378344_parameters():
+    model = zoo.alexnet()
+    assert model.count_params() == 62_378_344
+    assert model.count_params() == alexnet_params(3, 6, (96, 256, 384, 384, 256), 4096, 1000, 11)
+    assert shapes(model) == {
+        "conv1": (55, 55, 96), "pool1": (27, 27, 96), "conv2": (27, 27, 256),
+        "pool2": (13, 13, 256), "conv3": (13, 13, 384), "conv4": (13, 13, 384),
+        "conv5": (13, 13, 256), "pool5": (6, 6, 256), "flatten": (9216,), "fc6": (4096,),
+        "drop6": (4096,), "fc7": (4096,), "drop7": (4096,), "output": (1000,)}
+    conv1 = model.get_layer("conv1")
+    assert conv1.kernel.shape == (11, 11, 3, 96) and tuple(conv1.strides) == (4, 4)
+    assert [model.get_layer(n).rate for n in ("drop6", "drop7")] == [0.5, 0.5]
+
+
+def test_alexnet_small_configuration_for_32x32_images(rng):
+    model = zoo.alexnet((32, 32, 3), classes=10, width=0.25, dense_units=32, dropout=0.25)
+    assert model.get_layer("conv1").kernel.shape == (3, 3, 3, 24)  # the small-input stem
+    assert shapes(model)["pool1"] == (15, 15, 24)
+    assert shapes(model)["pool5"] == (3, 3, 64)
+    assert model.count_params() == alexnet_params(3, 3, (24, 64, 96, 96, 64), 32, 10, 3)
+    p = np.asarray(model.predict(rng.random((2, 32, 32, 3)).astype(np.float32), verbose=0))
+    assert p.shape == (2, 10)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_alexnet_stem_choice():
+    assert zoo.alexnet((67, 67, 3), classes=10, width=0.1).get_layer("conv1").kernel.shape[0] == 11
+    assert zoo.alexnet((66, 66, 3), classes=10, width=0.1).get_layer("conv1").kernel.shape[0] == 3
+    forced = zoo.alexnet((96, 96, 3), classes=10, width=0.1, stem="small")
+    assert forced.get_layer("conv1").kernel.shape[0] == 3
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"input_shape": (40, 40, 3), "stem": "imagenet"}, ["alexnet", "67 x 67", "stem='small'"]),
+    ({"input_shape": (14, 14, 3)}, ["alexnet", "15 x 15"]),
+    ({"dropout": 1.0}, ["alexnet", "dropout", "[0, 1)"]),
+    ({"width": 0}, ["alexnet", "width", "positive"]),
+    ({"stem": "big"}, ["alexnet", "stem", "'big'"]),
+])
+def test_alexnet_rejects_bad_arguments(kwargs, words):
+    with pytest.raises(ValueError) as e:
+        zoo.alexnet(**kwargs)
+    for word in words:
+        assert word in str(e.value)
+
+
+# -- convolutional autoencoder ---------------------------------------------------------------
+def test_conv_autoencoder_shapes_and_sigmoid_output(rng):
+    model = zoo.conv_autoencoder((28, 28, 1), latent_channels=5)
+    assert shapes(model) == {"enc1": (14, 14, 16), "enc2": (7, 7, 32), "latent": (7, 7, 5),
+                             "dec1": (14, 14, 32), "dec2": (28, 28, 16), "output": (28, 28, 1)}
+    assert isinstance(model.get_layer("dec1"), layers.Conv2DTranspose)
+    assert isinstance(model.get_layer("dec2"), layers.Conv2DTranspose)
+    y = np.asarray(model.predict(rng.random((2, 28, 28, 1)).astype(np.float32), verbose=0))
+    assert y.shape == (2, 28, 28, 1)
+    assert 0.0 < y.min() and y.max() < 1.0
+    assert shapes(zoo.conv_autoencoder((32, 32, 3)))["output"] == (32, 32, 3)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"input_shape": (30, 28, 1)}, ["conv_autoencoder", "multiples of 4", "(30, 28, 1)"]),
+    ({"latent_channels": 0}, ["conv_autoencoder", "latent_channels"]),
+    ({"filters": (8,)}, ["conv_autoencoder", "filters", "(8,)"]),
+])
+def test_conv_autoencoder_rejects_bad_arguments(kwargs, words):
+    with pytest.raises(ValueError) as e:
+        zoo.conv_autoencoder(**kwargs)
+    for word in words:
+        assert word in str(e.value)
+
+
+# -- feature maps ---------------------------------------------------------------------------
+def test_feature_maps_are_the_outputs_after_each_conv_and_pool(rng):
+    model = zoo.lenet5()
+    w = randomize(model, rng)
+    image = rng.random((32, 32, 1)).astype(np.float32)
+    maps = zoo.feature_maps(model, image)
+    assert [(n, m.shape) for n, m in maps] == [
+        ("C1", (28, 28, 6)), ("S2", (14, 14, 6)), ("C3", (10, 10, 16)), ("S4", (5, 5, 16)),
+        ("C5", (1, 1, 120))]
+    c1 = np.tanh(ref_conv(image[None].astype(np.float64), *w["C1"]))
+    np.testing.assert_allclose(maps[0][1], c1[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(maps[1][1], ref_pool(c1, 2, 2, np.mean)[0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"feature_maps: expected one image of shape \(32, 32, 1\)"):
+        zoo.feature_maps(model, image[None])
