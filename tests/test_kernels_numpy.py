@@ -11,6 +11,7 @@ from _reference import (finite_diff, ref_act, ref_avg_pool, ref_avg_pool_backwar
                         ref_max_pool_backward, ref_pads)
 from gpucnn.kernels import CONTRACT, load_set
 from gpucnn.kernels._rng import uniform_np
+from gpucnn.kernels.numpy_set import _im2col, _parallel, _scatter, _shifted
 from gpucnn.kernels.numpy_set import conv as conv_module
 
 K = load_set("numpy")
@@ -20,6 +21,13 @@ F64 = dict(rtol=1e-10, atol=1e-10)
 
 def _pads(x_shape, k, stride, padding):
     return ref_pads(x_shape[1], x_shape[2], k[0], k[1], stride[0], stride[1], padding)
+
+
+def _dirty_heap(shape):
+    """Free a NaN-filled block of ``shape`` so that the next allocation of that size likely reuses
+    it: an output cell a kernel forgets to write then reads NaN rather than a lucky zero."""
+    junk = np.full(shape, np.nan)
+    del junk
 
 
 def _sample(rng, size, n=8):
@@ -52,8 +60,46 @@ CONV_CASES = [
     (2, 5, 8, 3, 5, 3, 2, (1, 2), "same", "sigmoid"),        # non-square stride
     (1, 4, 4, 2, 5, 5, 2, (1, 1), "same", "relu"),           # kernel larger than the image
     (3, 5, 5, 6, 5, 5, 4, (1, 1), "valid", "tanh"),          # C5-like: 1x1 output
+    (3, 8, 7, 1, 3, 3, 2, (1, 1), "same", "relu"),           # one input channel: transposed blocks
+    (5, 9, 9, 1, 5, 5, 3, (2, 2), "valid", "tanh"),
+    (3, 6, 6, 4, 3, 3, 1, (1, 1), "same", "sigmoid"),        # one output channel
 ]
 CONV_IDS = [f"{c[1]}x{c[2]}x{c[3]}-k{c[4]}x{c[5]}-s{c[7][0]}{c[7][1]}-{c[8]}-{c[9]}" for c in CONV_CASES]
+
+
+# Algorithms, block sizes and threads: the defaults (chosen by shape), then each algorithm
+# forced, with one-image (or one-row) blocks, several-image blocks with a partial last one, and
+# batch parts on 2 threads even for tiny work.
+CONV_CONFIGS = {
+    "default": {},
+    "im2col-tiny-blocks-scatter": {
+        "conv.FORWARD_METHOD": "im2col", "conv.DX_METHOD": "scatter",
+        "_im2col.COL_BLOCK_BYTES": 600, "_im2col.COL_MIN_ROWS": 1,
+        "_scatter.SCATTER_BLOCK_BYTES": 1},
+    "im2col-mid-blocks-gather-2threads": {
+        "conv.FORWARD_METHOD": "im2col", "conv.DX_METHOD": "gather",
+        "_im2col.COL_BLOCK_BYTES": 5000, "_im2col.COL_MIN_ROWS": 1, "threads": 2},
+    "shifted-gather-2threads": {
+        "conv.FORWARD_METHOD": "shifted", "conv.DX_METHOD": "gather",
+        "_shifted.SHIFT_BLOCK_BYTES": 3000, "threads": 2},
+    "shifted-1-image-blocks-scatter": {
+        "conv.FORWARD_METHOD": "shifted", "conv.DX_METHOD": "scatter",
+        "_shifted.SHIFT_BLOCK_BYTES": 1, "_scatter.SCATTER_BLOCK_BYTES": 2000},
+}
+MODULES = {"conv": conv_module, "_im2col": _im2col, "_scatter": _scatter, "_shifted": _shifted}
+
+
+@pytest.fixture(params=list(CONV_CONFIGS))
+def conv_config(request, monkeypatch):
+    for name, value in CONV_CONFIGS[request.param].items():
+        if name == "threads":
+            monkeypatch.setattr(_parallel, "_num_threads", value)
+            monkeypatch.setattr(_parallel, "MIN_PARALLEL_FLOPS", 0)
+        else:
+            module, attr = name.split(".")
+            assert hasattr(MODULES[module], attr), name
+            monkeypatch.setattr(MODULES[module], attr, value)
+    return request.param
 
 
 def _conv_case(rng, case, dtype):
@@ -73,11 +119,8 @@ def test_guide_figure6_gives_9():
     np.testing.assert_array_equal(y[0, :, :, 0], [[9, 6], [5, 12]])
 
 
-@pytest.mark.parametrize("block_bytes", [None, 600], ids=["default-blocks", "tiny-blocks"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
-def test_conv2d_forward_matches_loops(rng, case, block_bytes, monkeypatch):
-    if block_bytes:                                       # many images per block -> row bands
-        monkeypatch.setattr(conv_module, "COL_BLOCK_BYTES", block_bytes)
+def test_conv2d_forward_matches_loops(rng, case, conv_config):
     x, w, b, stride, pad, act = _conv_case(rng, case, np.float64)
     want = ref_conv2d(x, w, b, stride, pad, act)
     np.testing.assert_allclose(K.conv2d_forward(x, w, b, stride, pad, act), want, **F64)
@@ -89,14 +132,12 @@ def test_conv2d_forward_matches_loops(rng, case, block_bytes, monkeypatch):
     np.testing.assert_allclose(nob, ref_conv2d(x, w, None, stride, pad), **F64)
 
 
-@pytest.mark.parametrize("block_bytes", [None, 600], ids=["default-blocks", "tiny-blocks"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
-def test_conv2d_backward_matches_loops(rng, case, block_bytes, monkeypatch):
-    if block_bytes:
-        monkeypatch.setattr(conv_module, "COL_BLOCK_BYTES", block_bytes)
+def test_conv2d_backward_matches_loops(rng, case, conv_config):
     x, w, _, stride, pad, _ = _conv_case(rng, case, np.float64)
     y = ref_conv2d(x, w, None, stride, pad)
     dy = rng.standard_normal(y.shape)
+    _dirty_heap(x.shape)
     dx = K.conv2d_backward_input(dy, w, x.shape, stride, pad)
     dw = K.conv2d_backward_weight(x, dy, w.shape, stride, pad)
     assert dx.shape == x.shape and dw.shape == w.shape
@@ -186,6 +227,7 @@ POOL_CASES = [
     ((1, 5, 7, 3), (2, 2), (2, 2), "same"),            # odd sizes: the padding goes bottom/right
     ((1, 7, 8, 2), (3, 3), (3, 3), "valid"),           # cells no window reads
     ((1, 5, 5, 2), (1, 1), (2, 2), "valid"),
+    ((1, 6, 6, 2), (1, 1), (2, 2), "valid"),           # strided, unread cells inside the tiling
 ]
 POOL_IDS = [f"{s[1]}x{s[2]}-p{p[0]}{p[1]}-s{t[0]}{t[1]}-{m}" for s, p, t, m in POOL_CASES]
 
@@ -220,6 +262,8 @@ def test_avg_pool_matches_loops(rng, shape, pool, stride, padding):
     assert y32.dtype == np.float32
     np.testing.assert_allclose(y32, y, **F32)
     dy = rng.standard_normal(y.shape)
+    del y32
+    _dirty_heap(shape)                                   # an np.empty output would show NaNs
     dx = K.avg_pool_backward(dy, shape, pool, stride, pad)
     np.testing.assert_allclose(dx, ref_avg_pool_backward(dy, shape, pool, stride, pad), **F64)
     ix = _sample(rng, x.size)

@@ -1,0 +1,117 @@
+"""im2col convolution: window blocks copied a few images at a time, times the kernel matrix.
+
+The forward pass and the kernel gradient of any stride. Each block of output rows gets its
+im2col matrix ``(rows, KH*KW*C_in)`` copied from a strided window view of the padded input into
+a reused buffer small enough to stay in cache while its GEMM reads it; the forward epilogue
+(bias, activation) runs on the block's output rows while they are in cache too.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ._parallel import run_parts
+from ._util import pad_hw, windows
+from .activation import act_inplace
+
+# Bytes of one im2col block: small enough to stay in a core's L2 cache while its GEMM reads it.
+# Measured on a 2 MiB-L2 EPYC: 256 KiB blocks ran the LeNet-5 convolutions 2-3x faster than
+# one whole-batch im2col matrix.
+COL_BLOCK_BYTES = 256 * 1024
+# ... but never fewer rows than this, so that wide layers still feed BLAS a sizeable matrix.
+COL_MIN_ROWS = 256
+
+
+def col_blocks(xp, kh, kw, sh, sw, ho, wo):
+    """Yield ``(rows, col)``: a slice of the ``N*ho*wo`` output rows of the padded input ``xp``
+    and its im2col block, a ``(len(rows), KH*KW*C)`` matrix (possibly a transposed view).
+
+    Whole images per block while one image fits the block size, else bands of output rows of
+    one image. The buffer is reused, so each ``col`` is valid until the next one is yielded.
+    With one input channel the block is built transposed, ``(KH*KW, rows)``, so that each copy
+    moves runs of ``wo`` floats instead of runs of ``KW``.
+    """
+    n, _, _, c = xp.shape
+    k = kh * kw * c
+    if kh == kw == 1 and sh == sw == 1 and xp.flags.c_contiguous:
+        yield slice(0, n * ho * wo), xp.reshape(n * ho * wo, c)       # 1x1: x is its own im2col
+        return
+    rows = max(COL_BLOCK_BYTES // (k * xp.itemsize), COL_MIN_ROWS)   # target rows per block
+    per_img = ho * wo
+    if c == 1:
+        s0, s1, s2, _ = xp.strides
+        win = as_strided(xp, (kh, kw, n, ho, wo), (s1, s2, s0, s1 * sh, s2 * sw), writeable=False)
+        nb = min(n, max(1, rows // per_img))
+        buf = np.empty((kh, kw, nb, ho, wo), dtype=xp.dtype)
+        for n0 in range(0, n, nb):
+            m = min(nb, n - n0)
+            blk = buf[:, :, :m] if m == nb else np.empty((kh, kw, m, ho, wo), dtype=xp.dtype)
+            np.copyto(blk, win[:, :, n0:n0 + m])
+            yield slice(n0 * per_img, (n0 + m) * per_img), blk.reshape(k, m * per_img).T
+        return
+    win = windows(xp, kh, kw, sh, sw, ho, wo)
+    if per_img <= rows:
+        nb = min(n, rows // per_img)
+        buf = np.empty((nb, ho, wo, kh, kw, c), dtype=xp.dtype)
+        for n0 in range(0, n, nb):
+            m = min(nb, n - n0)
+            np.copyto(buf[:m], win[n0:n0 + m])
+            yield slice(n0 * per_img, (n0 + m) * per_img), buf[:m].reshape(m * per_img, k)
+        return
+    rb = max(1, rows // wo)
+    buf = np.empty((rb, wo, kh, kw, c), dtype=xp.dtype)
+    for i in range(n):
+        for r0 in range(0, ho, rb):
+            m = min(rb, ho - r0)
+            np.copyto(buf[:m], win[i, r0:r0 + m])
+            start = i * per_img + r0 * wo
+            yield slice(start, start + m * wo), buf[:m].reshape(m * wo, k)
+
+
+def im2col_forward(x, w, stride, pad, y, b, act):
+    """``y = act(conv(x, w) + b)`` into ``y`` ``(N, Ho, Wo, C_out)``, batch parts on the kernel
+    threads; the bias is added as a contiguous tiled block (no broadcast loop over short rows)."""
+    n, _, _, c = x.shape
+    kh, kw, _, co = w.shape
+    _, ho, wo, _ = y.shape
+    wm = w.reshape(kh * kw * c, co)
+    y2 = y.reshape(-1, co)
+    per_img = ho * wo
+
+    def part(lo, hi):
+        tile = None
+        base = lo * per_img
+        for rows, col in col_blocks(pad_hw(x[lo:hi], pad), kh, kw, *stride, ho, wo):
+            out = y2[base + rows.start:base + rows.stop]
+            np.matmul(col, wm, out=out)
+            if b is not None:
+                if tile is None or len(tile) < len(out):
+                    tile = np.tile(b, (len(out), 1))
+                out += tile[:len(out)]
+            act_inplace(out, act)
+
+    run_parts(part, n, 2.0 * y.size * kh * kw * c)
+
+
+def im2col_weight_grad(x, dy, w_shape, stride, pad):
+    """``dw`` of ``w_shape``: the sum over blocks of ``col.T @ dy_rows`` (partial sums per batch
+    part, added in part order)."""
+    kh, kw, c, co = w_shape
+    _, ho, wo, _ = dy.shape
+    dy2 = dy.reshape(-1, co)
+    per_img = ho * wo
+
+    def part(lo, hi):
+        dw = np.zeros((kh * kw * c, co), dtype=x.dtype)
+        tmp = np.empty_like(dw)
+        base = lo * per_img
+        for rows, col in col_blocks(pad_hw(x[lo:hi], pad), kh, kw, *stride, ho, wo):
+            np.matmul(col.T, dy2[base + rows.start:base + rows.stop], out=tmp)
+            dw += tmp
+        return dw
+
+    parts = run_parts(part, x.shape[0], 2.0 * dy.size * kh * kw * c)
+    dw = parts[0]
+    for other in parts[1:]:
+        dw += other
+    return dw.reshape(w_shape)
