@@ -254,15 +254,18 @@ class Layer:
         self._in_shape = tuple(shape[1:])
 
     def _shape_pass(self, shape):
-        """Accept ``shape`` without data and return the output shape (None when unknown)."""
-        s = (None,) + tuple(shape[1:])
-        if s[1:] != self._in_shape or self._out_shape is None:
+        """Accept ``shape`` without data and return the output shape (None when unknown); the
+        batch entry of ``shape`` is carried through, the stored ``output_shape`` has None."""
+        shape = tuple(shape)
+        if shape[1:] != self._in_shape or self._out_shape is None:
             try:
                 self._accept(shape)
-                self._out_shape = self.compute_output_shape(s)
+                out = self.compute_output_shape((None,) + shape[1:])
             except (ValueError, TypeError) as e:
                 raise with_layer(self, e) from None
-        return self._out_shape
+            self._out_shape = None if out is None else (None,) + tuple(out[1:])
+        out = self._out_shape
+        return None if out is None else (shape[0],) + out[1:]
 
     # -- calling ------------------------------------------------------------------------------
     def _as_input(self, x) -> Tensor:

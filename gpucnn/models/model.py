@@ -94,7 +94,8 @@ class Model(TrainingMixin, Layer):
                                  "but the batch must be known")
             with no_grad():
                 self(Tensor(backend.xp().zeros((1,) + s[1:], dtype=self.dtype)), training=False)
-        return self._out_shape
+        out = self._out_shape
+        return None if out is None else (shape[0],) + tuple(out[1:])
 
     def compute_output_shape(self, input_shape):
         return self._shape_pass(input_shape)

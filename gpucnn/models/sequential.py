@@ -108,7 +108,7 @@ class Sequential(Model):
         self.built = True
 
     def _propagate(self, shape):
-        s = (None,) + tuple(shape[1:])
+        s = tuple(shape)
         for layer in self._layers:
             s = layer._shape_pass(s)
             if s is None:  # a layer that cannot tell its output shape: the rest builds on first call

@@ -157,8 +157,8 @@ class TrainingMixin:
         if isinstance(x, np.ndarray):
             x = np.ascontiguousarray(x)
             if not np.isfinite(x).all():
-                bad = np.argwhere(~np.isfinite(x))[0]
-                raise ValueError(f"{op}: x holds NaN or infinite values (first at index {tuple(bad)})")
+                bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+                raise ValueError(f"{op}: x holds NaN or infinite values (first at index {bad})")
         return x
 
     def _prepare_y(self, y, n, out_shape, op):
