@@ -106,7 +106,7 @@ def _loading(prog, what, fn):
     try:
         return fn()
     except (OSError, ValueError, ImportError) as e:
-        fail(prog, f"--data: {what}: {e}")
+        fail(prog, f"{what}: {e}")
 
 
 def mnist_data(prog, data, pad_to_32):
@@ -121,10 +121,10 @@ def mnist_data(prog, data, pad_to_32):
     has_train = any(n.startswith("train-images") for n in names) and any(
         n.startswith("train-labels") for n in names)
     if has_train:
-        (xtr, ytr), (xte, yte) = _loading(prog, "MNIST", lambda: datasets.mnist(
+        (xtr, ytr), (xte, yte) = _loading(prog, f"--data {data}", lambda: datasets.mnist(
             folder, download=False, pad_to_32=pad_to_32))
         return Data(xtr, ytr, xte, yte, f"MNIST in {folder}")
-    x, y = _loading(prog, "MNIST", lambda: datasets.mnist(
+    x, y = _loading(prog, f"--data {data}", lambda: datasets.mnist(
         folder, download=False, split="test", pad_to_32=pad_to_32))
     if len(x) != 10_000:
         fail(prog, f"--data {data}: the MNIST test split has {len(x):,} images, expected 10,000")
@@ -135,7 +135,7 @@ def mnist_data(prog, data, pad_to_32):
 
 def digits_data(prog, size=32, seed=0):
     """scikit-learn's handwritten digits at ``size`` x ``size``, a seeded held-out fifth."""
-    x, y = _loading(prog, "digits", lambda: datasets.digits(size))
+    x, y = _loading(prog, "the embedded digits", lambda: datasets.digits(size))
     (xtr, ytr), (xte, yte) = datasets.split(x, y, 0.2, seed=seed)
     return Data(xtr, ytr, xte, yte,
                 f"scikit-learn's handwritten digits upscaled to {size}x{size} (embedded; "
@@ -145,7 +145,7 @@ def digits_data(prog, size=32, seed=0):
 
 def cifar10_data(prog, data):
     folder = _folder(prog, data)
-    (xtr, ytr), (xte, yte) = _loading(prog, "CIFAR-10", lambda: datasets.cifar10(
+    (xtr, ytr), (xte, yte) = _loading(prog, f"--data {data}", lambda: datasets.cifar10(
         folder, download=False))
     return Data(xtr, ytr, xte, yte, f"CIFAR-10 (binary version) in {folder}",
                 class_names=list(datasets.CIFAR10_CLASSES))
