@@ -100,6 +100,22 @@ class BinaryAccuracy(Metric):
         return (pred == (y_true.reshape(pred.shape) > 0.5)).sum(), pred.size
 
 
+class _AccuracyByShape(Metric):
+    """``'accuracy'`` with a loss that does not say which: binary for one output per sample,
+    sparse for integer labels, categorical for one-hot rows (Keras decides from the shapes too)."""
+
+    default_name = "accuracy"
+
+    def batch_total(self, y_true, y_pred, logits):
+        if y_pred.shape[-1] == 1:
+            return BinaryAccuracy.batch_total(self, y_true, y_pred, logits)
+        if y_true.ndim == y_pred.ndim and y_true.shape[-1] == y_pred.shape[-1]:
+            return CategoricalAccuracy.batch_total(self, y_true, y_pred, logits)
+        return SparseCategoricalAccuracy.batch_total(self, y_true, y_pred, logits)
+
+    threshold = 0.5
+
+
 class MeanSquaredError(Metric):
     default_name = "mean_squared_error"
     needs_probabilities = True
@@ -138,11 +154,7 @@ def get(identifier, loss_kind=None) -> Metric:
     if isinstance(identifier, str):
         key = identifier.lower()
         if key in ("accuracy", "acc"):
-            cls = _ACCURACY_FOR_LOSS.get(loss_kind)
-            if cls is None:
-                raise ValueError(f"metric {identifier!r}: cannot tell which accuracy fits the loss; "
-                                 "name it: 'sparse_categorical_accuracy', 'categorical_accuracy' "
-                                 "or 'binary_accuracy'")
+            cls = _ACCURACY_FOR_LOSS.get(loss_kind, _AccuracyByShape)
             return cls(name=identifier)
         cls = _BY_NAME.get(key)
         if cls is None:

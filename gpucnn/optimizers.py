@@ -40,7 +40,8 @@ class Optimizer:
 
     def _slot(self, p, count):
         entry = self._slots.get(id(p))
-        if entry is None or entry[0] is not p:
+        if entry is None or entry[0] is not p or type(entry[1]) is not type(p.data):
+            # new parameter (or one moved to another backend: its state starts afresh)
             xp = backend.xp()
             entry = (p, *[xp.zeros_like(p.data) for _ in range(count)])
             self._slots[id(p)] = entry

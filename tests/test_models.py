@@ -460,3 +460,36 @@ def test_cuda_backend_matches_numpy_step_for_step(small_launches, rng):
     for k in np_hist:
         assert cu_hist[k][0] == pytest.approx(np_hist[k][0], rel=1e-5), k
     np.testing.assert_allclose(cu_pred, np_pred, rtol=1e-5, atol=1e-6)
+
+
+def test_accuracy_with_a_loss_that_does_not_say_which(rng):
+    """'accuracy' with mse: binary for one output, categorical for one-hot targets (from shapes)."""
+    model = small_cnn(1, "sigmoid")
+    model.compile("sgd", "mse", ["accuracy"])
+    x = f32(rng, 10, 8, 8, 1)
+    y = (rng.random((10, 1)) > 0.5).astype(np.float32)
+    p = model.predict(x, verbose=0)
+    assert model.evaluate(x, y, verbose=0)[1] == pytest.approx(np.mean((p > 0.5) == (y > 0.5)))
+    model = small_cnn(3, "softmax")
+    model.compile("sgd", "mse", ["accuracy"])
+    lab = rng.integers(0, 3, 10)
+    p = model.predict(x, verbose=0)
+    acc = model.evaluate(x, np.eye(3, dtype=np.float32)[lab], verbose=0)[1]
+    assert acc == pytest.approx(np.mean(p.argmax(1) == lab))
+
+
+def test_weights_from_another_backend_are_refused(compiled, rng, monkeypatch):
+    """A model built before set_backend(...) switched the array module is refused with the fix."""
+    import types
+
+    from gpucnn import backend
+
+    class OtherArray:
+        pass
+
+    fake = types.SimpleNamespace(ndarray=OtherArray, __name__="cupy")
+    monkeypatch.setattr(backend, "xp", lambda: fake)
+    monkeypatch.setattr(backend, "get_backend", lambda: "cuda")
+    with pytest.raises(RuntimeError, match=r"fit: the weights of model 'small' are numpy arrays, but the "
+                                           r"active backend 'cuda' works on cupy arrays.*set_weights"):
+        compiled.fit(f32(rng, 4, 8, 8, 1), np.zeros(4, np.int64), verbose=0)

@@ -208,8 +208,21 @@ class TrainingMixin:
                                  f"[{yh.min()}, {yh.max()}]")
         return yh
 
+    def _check_backend(self, op):
+        """Refuse weights that live on another backend than the active one (built before a
+        ``set_backend`` call)."""
+        xp = backend.xp()
+        for t in self.weights:
+            if not isinstance(t.data, xp.ndarray):
+                raise RuntimeError(
+                    f"{op}: the weights of model '{self.name}' are {type(t.data).__module__} arrays, "
+                    f"but the active backend '{backend.get_backend()}' works on {xp.__name__} arrays; "
+                    "build the model after set_backend(...), or move its weights with "
+                    "model.set_weights(model.get_weights())")
+
     def _prepare(self, x, y, op):
         """Checked ``(x, y, output_shape)``; y is None when not given."""
+        self._check_backend(op)
         x = self._prepare_x(x, op)
         if y is not None:
             yl = len(y) if not hasattr(y, "shape") else (y.shape[0] if len(y.shape) else 0)
