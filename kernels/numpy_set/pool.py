@@ -3,7 +3,8 @@
 Window ``(p, q)`` covers input rows ``p*sh - top + i`` and columns ``q*sw - left + j`` for
 ``0 <= i < ph``, ``0 <= j < pw``; cells outside the image are padding, which never wins a max
 and is not counted in a mean (Keras ``same``). Max pooling keeps the first maximum in row-major
-window order; a window whose real cells are all -inf picks its first real cell.
+window order; a window whose real cells are all -inf picks its first real cell; a NaN in a
+window makes its maximum NaN (its index is then unspecified).
 """
 from __future__ import annotations
 
@@ -45,16 +46,21 @@ def max_pool_forward(x, pool, stride, pad):
     pt, _, pl, _ = pad
     xp = pad_hw(x, pad, -np.inf)
     y = np.array(offset_view(xp, 0, 0, sh, sw, ho, wo))
-    best = np.zeros(y.shape, dtype=np.int32)             # the winning offset t = i * pw + j
-    win = np.empty(y.shape, dtype=bool)
+    bt = np.uint8 if ph * pw < 256 else np.int32
+    best = np.zeros(y.shape, dtype=bt)                   # the winning offset t = i * pw + j
+    v = np.empty_like(y)            # each offset's view is copied once, then every step runs
+    win = np.empty(y.shape, dtype=bool)   # on contiguous arrays (masked copies are slow)
+    step = np.empty(y.shape, dtype=bt)
     for t in range(1, ph * pw):
-        v = offset_view(xp, t // pw, t % pw, sh, sw, ho, wo)
+        np.copyto(v, offset_view(xp, t // pw, t % pw, sh, sw, ho, wo))
         np.greater(v, y, out=win)
-        np.copyto(y, v, where=win)
-        np.copyto(best, t, where=win)
+        np.maximum(y, v, out=y)
+        np.subtract(bt(t), best, out=step)               # best += win * (t - best)
+        np.multiply(step, win, out=step)
+        best += step
     offs = np.array([i * w + j for i in range(ph) for j in range(pw)], dtype=np.int32)
     base = ((np.arange(ho) * sh - pt)[:, None] * w + (np.arange(wo) * sw - pl)[None, :])
-    idx = offs[best]
+    idx = np.take(offs, best)
     idx += base.astype(np.int32)[None, :, :, None]
     if xp is not x and np.isneginf(y).any():              # an all -inf window may have kept padding
         fh, _ = _first_cells(h, ph, sh, pt, ho)
@@ -95,7 +101,10 @@ def _inv_counts(x_shape, pool, stride, pad, ho, wo, dtype):
 
 
 def avg_pool_forward(x, pool, stride, pad):
-    """``y`` ``(N, Ho, Wo, C)``: the mean of the real (non-padding) cells of each window."""
+    """``y`` ``(N, Ho, Wo, C)``: the mean of the real (non-padding) cells of each window.
+
+    The window rows are summed first (whole image rows: long contiguous runs), then the
+    columns of that ``(N, Ho, W, C)`` sum, then each window is scaled by ``1 / count``."""
     op = "avg_pool_forward"
     check_float(op, "x", x)
     check_ndim(op, "x", x, 4, "(N, H, W, C)")
@@ -103,15 +112,21 @@ def avg_pool_forward(x, pool, stride, pad):
     ph, pw = pool
     sh, sw = stride
     xp = pad_hw(x, pad, 0.0)
-    y = np.array(offset_view(xp, 0, 0, sh, sw, ho, wo))
-    for t in range(1, ph * pw):
-        y += offset_view(xp, t // pw, t % pw, sh, sw, ho, wo)
+    rows = _rows(xp, 0, sh, ho)
+    if ph > 1:
+        rows = rows + _rows(xp, 1, sh, ho)
+        for i in range(2, ph):
+            rows += _rows(xp, i, sh, ho)
+    y = np.array(_cols(rows, 0, sw, wo))
+    for j in range(1, pw):
+        y += _cols(rows, j, sw, wo)
     y *= _inv_counts(x.shape, pool, stride, pad, ho, wo, y.dtype)
     return y
 
 
 def avg_pool_backward(dy, x_shape, pool, stride, pad):
-    """``dx`` of shape ``x_shape``: each ``dy / count`` spread over the real cells of its window."""
+    """``dx`` of shape ``x_shape``: each ``dy / count`` spread over the real cells of its window,
+    one strided add (or copy, where the windows tile the image) per window offset."""
     op = "avg_pool_backward"
     check_float(op, "dy", dy)
     check_ndim(op, "dy", dy, 4, "(N, Ho, Wo, C)")
@@ -125,14 +140,24 @@ def avg_pool_backward(dy, x_shape, pool, stride, pad):
     pt, pb, pl, pr = pad
     g = dy * _inv_counts(x_shape, pool, stride, pad, ho, wo, dy.dtype)
     hp, wp = h + pt + pb, w + pl + pr
-    tiles = sh == ph and sw == pw and ho * sh == hp and wo * sw == wp
+    tiles = sh == ph and sw == pw and ho * sh == hp and wo * sw == wp   # each cell in 1 window
     dxp = (np.empty if tiles else np.zeros)((n, hp, wp, c), dtype=dy.dtype)
     for t in range(ph * pw):
         view = offset_view(dxp, t // pw, t % pw, sh, sw, ho, wo)
-        if tiles:                                        # windows tile the image: each cell once
+        if tiles:
             np.copyto(view, g)
         else:
             np.add(view, g, out=view)
     if (pt, pb, pl, pr) == (0, 0, 0, 0):
         return dxp
     return np.ascontiguousarray(dxp[:, pt:pt + h, pl:pl + w])
+
+
+def _rows(a, i, sh, ho):
+    """The ``(N, Ho, W, C)`` view of the rows window offset ``i`` reads at row stride ``sh``."""
+    return a[:, i:i + (ho - 1) * sh + 1:sh]
+
+
+def _cols(a, j, sw, wo):
+    """The ``(N, Ho, Wo, C)`` view of the columns window offset ``j`` reads at stride ``sw``."""
+    return a[:, :, j:j + (wo - 1) * sw + 1:sw]
