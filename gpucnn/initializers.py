@@ -146,7 +146,8 @@ class VarianceScaling(Initializer):
         return _truncated_normal(gen, shape, math.sqrt(var) / _TRUNC_STD)
 
     def __repr__(self):
-        return f"{type(self).__name__}(scale={self.scale}, mode={self.mode!r}, distribution={self.distribution!r})"
+        return (f"{type(self).__name__}(scale={self.scale}, mode={self.mode!r}, "
+                f"distribution={self.distribution!r})")
 
 
 class GlorotUniform(VarianceScaling):

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from gpucnn import initializers
+from gpucnn import backend, initializers
 from gpucnn.autograd import Tensor
 
 _SNAKE_1 = re.compile(r"(.)([A-Z][a-z]+)")
@@ -49,7 +49,8 @@ def shape_tuple(shape, what: str, owner: str) -> tuple:
 
 
 def fmt_shape(shape) -> str:
-    return "(" + ", ".join("None" if s is None else str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
+    inner = ", ".join("None" if s is None else str(s) for s in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
 
 
 def with_layer(layer, e: Exception) -> Exception:
@@ -213,6 +214,26 @@ class Layer:
     def non_trainable_weights(self) -> list:
         return [t for _, t, f in self._named_weights() if not f]
 
+    def get_weights(self) -> list:
+        """Host copies of every weight, in ``weights`` order."""
+        ks = backend.kernels()
+        return [np.array(ks.to_host(t.data), copy=True) for t in self.weights]
+
+    def set_weights(self, weights) -> None:
+        """Set every weight from host arrays (as ``get_weights`` returns); all are checked first."""
+        own = self.weights
+        weights = list(weights)
+        if len(weights) != len(own):
+            raise ValueError(f"set_weights: '{self.name}' has {len(own)} weights, got "
+                             f"{len(weights)} arrays")
+        arrays = [np.asarray(w) for w in weights]
+        bad = [f"weight {i} ({t.name}): model {t.shape}, given {a.shape}"
+               for i, (t, a) in enumerate(zip(own, arrays)) if tuple(a.shape) != t.shape]
+        if bad:
+            raise ValueError("set_weights: shapes do not match; nothing was set:\n  " + "\n  ".join(bad))
+        for t, a in zip(own, arrays):
+            assign(t, a.astype(t.dtype, copy=False))
+
     def count_params(self) -> int:
         if not self.built:
             raise ValueError(f"layer '{self.name}' ({type(self).__name__}) is not built yet, so it has "
@@ -311,3 +332,14 @@ class Layer:
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r} built={self.built}>"
+
+
+def assign(t: Tensor, host_array) -> None:
+    """Copy ``host_array`` into the weight ``t`` (in place when it lives on the active backend, so
+    optimizer state and references stay valid; replaced when it lives on another one)."""
+    new = backend.kernels().asarray(host_array)
+    if type(new) is type(t.data) and new.shape == t.data.shape:
+        t.data[...] = new
+    else:
+        t.data = new.copy()
+    t.grad = None

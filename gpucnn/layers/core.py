@@ -13,7 +13,6 @@ import math
 
 import gpucnn.functional as F
 from gpucnn import initializers
-from gpucnn import random as _random
 from gpucnn.functional._check import rate as _check_rate
 from gpucnn.functional.dense import Dropout as _DropoutFn
 from gpucnn.layers import _activations

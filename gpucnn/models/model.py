@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import inspect
 
-import numpy as np
-
 from gpucnn import backend, io
 from gpucnn.autograd import Tensor, no_grad
-from gpucnn.layers.base import Layer
+from gpucnn.layers.base import Layer, assign
 from gpucnn.models import summary as _summary
 from gpucnn.models.training import TrainingMixin
 
@@ -106,6 +104,10 @@ class Model(TrainingMixin, Layer):
                              "build it with model.build((None, *input_shape)), call it on a batch of "
                              "data, or give its first layer an input_shape")
 
+    @property
+    def metrics_names(self) -> list:
+        return ["loss"] + [m.name for m in self.compiled_metrics] if self.loss is not None else []
+
     def count_params(self) -> int:
         self._require_built("count_params()")
         return int(sum(t.size for t in self.weights))
@@ -134,26 +136,6 @@ class Model(TrainingMixin, Layer):
             out.extend((path, t) for path, t, _ in c._named_weights(""))
         return out
 
-    def get_weights(self) -> list:
-        """Host copies of every weight, in ``model.weights`` order."""
-        ks = backend.kernels()
-        return [np.array(ks.to_host(t.data), copy=True) for t in self.weights]
-
-    def set_weights(self, weights) -> None:
-        """Set every weight from host arrays (as ``get_weights`` returns); all are checked first."""
-        own = self.weights
-        weights = list(weights)
-        if len(weights) != len(own):
-            raise ValueError(f"set_weights: model '{self.name}' has {len(own)} weights, got "
-                             f"{len(weights)} arrays")
-        arrays = [np.asarray(w) for w in weights]
-        bad = [f"weight {i} ({t.name}): model {t.shape}, given {a.shape}"
-               for i, (t, a) in enumerate(zip(own, arrays)) if tuple(a.shape) != t.shape]
-        if bad:
-            raise ValueError("set_weights: shapes do not match; nothing was set:\n  " + "\n  ".join(bad))
-        for t, a in zip(own, arrays):
-            _assign(t, a.astype(t.dtype, copy=False))
-
     def save_weights(self, filepath, overwrite=True) -> None:
         """Write every weight to ``filepath`` as a ``.npz`` archive (see ``gpucnn.io``), atomically."""
         self._require_built("save_weights()")
@@ -178,14 +160,4 @@ class Model(TrainingMixin, Layer):
         io.check_arrays(f"load_weights({str(filepath)!r})",
                         {path: (t.shape, t.dtype) for path, t in table}, arrays)
         for path, t in table:
-            _assign(t, arrays[path])
-
-
-def _assign(t: Tensor, host_array) -> None:
-    """Copy ``host_array`` into the weight ``t`` (in place when it lives on the active backend)."""
-    new = backend.kernels().asarray(host_array)
-    if type(new) is type(t.data) and new.shape == t.data.shape:
-        t.data[...] = new
-    else:
-        t.data = new.copy()
-    t.grad = None
+            assign(t, arrays[path])

@@ -85,7 +85,7 @@ class Sequential(Model):
     _shape_pass = Layer._shape_pass
 
     def build(self, input_shape=None):
-        """Build every layer for inputs of ``input_shape`` (with the batch axis, e.g. ``(None, 32, 32, 1)``)."""
+        """Build every layer for inputs of ``input_shape``, batch axis included: ``(None, 32, 32, 1)``."""
         if input_shape is None:
             if self._declared is None:
                 raise ValueError(f"model '{self.name}': build() needs an input_shape")
