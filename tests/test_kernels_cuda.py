@@ -7,55 +7,31 @@ batch 1, several tiles and split-K partitions). float32: relative error < 1e-5 f
 The NumPy set is itself tested against plain loops and finite differences
 (tests/test_kernels_numpy.py), so it is an independent oracle here.
 """
-import sys
+import contextlib
 
 import numpy as np
 import pytest
 
 from gpucnn.kernels import CONTRACT, load_set
 from gpucnn.kernels._geometry import window_2d
-from gpucnn.kernels.cuda_set import (_launch, activation, conv, dropout, optim, pool, reduce,
-                                     softmax)
+from gpucnn.kernels.cuda_set import _launch, conv, simulate
 
 C = load_set("cuda")
 N = load_set("numpy")
 FWD, GRAD = 1e-5, 1e-4
 SIM = _launch.launch_path() == "sim"
 
-# Small tiles and blocks: the simulator runs every CUDA thread as a Python thread. The two conv
-# tiles still exercise both shapes of register block, several tiles per grid and split-K.
-SMALL = {
-    (conv, "TILE_WIDE"): conv.Tile(8, 8, 4, 2, 2),
-    (conv, "TILE_NARROW"): conv.Tile(8, 4, 4, 2, 1),
-    (conv, "TARGET_BLOCKS"): 6,
-    (conv, "MIN_SPLIT_STEPS"): 1,
-    (activation, "EW_BLOCK"): 32,
-    (reduce, "COLSUM_BLOCK"): (4, 2),
-    (reduce, "COLSUM_ROWS"): 8,
-    (pool, "POOL_BLOCK"): 32,
-    (softmax, "SOFTMAX_BLOCK"): 8,
-    (softmax, "XENT_BWD_BLOCK"): 32,
-    (dropout, "DROPOUT_BLOCK"): 32,
-    (optim, "OPTIM_BLOCK"): 32,
-}
-
-
 @pytest.fixture(autouse=True, scope="module")
 def small_launches():
-    """Small tiles in the simulator, poisoned outputs everywhere, and a short GIL switch interval
-    (the simulator's block manager busy-polls its threads: 5e-5 s runs it ~7x faster)."""
-    saved = {key: getattr(*key) for key in SMALL}
-    interval = sys.getswitchinterval()
-    if SIM:
-        for (mod, name), value in SMALL.items():
-            setattr(mod, name, value)
-        sys.setswitchinterval(5e-5)
-    _launch.POISON = True
-    yield
-    _launch.POISON = False
-    sys.setswitchinterval(interval)
-    for (mod, name), value in saved.items():
-        setattr(mod, name, value)
+    """In the simulator: the small tiles and blocks of ``simulate.SMALL`` (several tiles per grid,
+    split-K, grid-stride loops, two-pass sums on these shapes). Everywhere: poisoned outputs."""
+    ctx = simulate.small_launches() if SIM else contextlib.nullcontext()
+    with ctx:
+        _launch.POISON = True
+        try:
+            yield
+        finally:
+            _launch.POISON = False
 
 
 def rel_err(got, want):
@@ -338,7 +314,8 @@ def test_unsupported_dtype_is_a_type_error():
      r"max_pool_forward: x must be 4-D \(N, H, W, C\), got shape \(4, 4\)"),
     (lambda: C.softmax_xent_forward(np.ones((2, 3), np.float32), np.array([0, 1, 2])),
      r"softmax_xent_forward: labels must have shape \(2,\), got \(3,\)"),
-    (lambda: C.dropout_mask((2, 2), 1.0, 0, 0, np.float32), r"dropout_mask: rate must be in \[0, 1\)"),
+    (lambda: C.dropout_mask((2, 2), 1.0, 0, 0, np.float32),
+     r"dropout_mask: rate must be in \[0, 1\)"),
     (lambda: C.sgd_update(np.ones(3, np.float32), np.ones(3, np.float32), None, 0.1, 0.9, False, 0),
      "sgd_update: v expected an array"),
     (lambda: C.adam_update(*(np.ones(3, np.float32),) * 4, 0.1, 0.9, 0.99, 1e-7, 0, 0),

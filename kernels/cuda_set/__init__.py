@@ -15,8 +15,8 @@ from .conv import bias_grad, conv2d_backward_input, conv2d_backward_weight, conv
 from .dropout import dropout_mask
 from .optim import adam_update, rmsprop_update, sgd_update
 from .pool import avg_pool_backward, avg_pool_forward, max_pool_backward, max_pool_forward
-from .softmax import (log_softmax_backward, log_softmax_forward, softmax_backward,
-                      softmax_forward, softmax_xent_backward, softmax_xent_forward)
+from .softmax import (log_softmax_backward, log_softmax_forward, softmax_backward, softmax_forward,
+                      softmax_xent_backward, softmax_xent_forward)
 
 __all__ = [
     "xp", "asarray", "to_host",

@@ -33,7 +33,8 @@ import numpy as np
 from numba import types
 from numba.np import numpy_support
 
-from ._runtime import SIMULATOR, cp, numba_cuda as cuda
+from ._runtime import SIMULATOR, cp
+from ._runtime import numba_cuda as cuda
 
 #: The array module outputs live in: NumPy in the simulator (and when CuPy is missing, so
 #: that the set can be imported to compile PTX on a machine without a GPU), CuPy on a GPU.
@@ -43,9 +44,20 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 NB_FLOAT = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
 
 
+#: Grid-stride kernels (elementwise, pooling) launch at most this many blocks and let each
+#: thread loop; about 30 blocks per SM of a 132-SM GPU. Tests lower it for the simulator, which
+#: runs one Python thread per CUDA thread.
+MAX_BLOCKS = 4096
+
+
 def cdiv(a: int, b: int) -> int:
     """Ceiling division, for grid sizes."""
     return -(-int(a) // int(b))
+
+
+def grid_1d(n: int, block: int) -> tuple[int]:
+    """The grid of a grid-stride kernel over ``n`` elements (0 blocks: nothing to launch)."""
+    return (min(cdiv(n, block), MAX_BLOCKS),)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,6 +70,7 @@ class KernelSpec(NamedTuple):
     name: str                 # unique, with its compile-time parameters, e.g. "act_fwd[float32]"
     pyfunc: Callable
     argtypes: tuple           # Numba types, one per kernel argument
+    launch_bounds: tuple | None = None   # (max threads per block, min blocks per SM) or None
 
     @property
     def sig(self):
@@ -201,7 +214,7 @@ def _sim_kernel(spec: KernelSpec):
 
 @functools.lru_cache(maxsize=None)
 def _numba_kernel(spec: KernelSpec):
-    return cuda.jit(spec.sig)(spec.pyfunc)
+    return cuda.jit(spec.sig, launch_bounds=spec.launch_bounds)(spec.pyfunc)
 
 
 def flat_param_types(argtypes) -> list[str]:
@@ -249,13 +262,21 @@ def _data_ptr(a) -> int:
     return a.ctypes.data  # host arrays: only used by the ABI test, never launched
 
 
+def cubin_bytes(obj) -> bytes:
+    """The bytes of a cubin from Numba's linker (bytes, or a cuda.core ``ObjectCode``)."""
+    for code in (obj, getattr(obj, "code", None)):
+        if isinstance(code, (bytes, bytearray, memoryview)):
+            return bytes(code)
+    raise TypeError(f"cannot get the cubin bytes out of {type(obj).__name__}")
+
+
 class _RawKernel:
     """A Numba-compiled cubin loaded into CuPy and launched through CuPy."""
 
     def __init__(self, spec: KernelSpec):
         kern = _numba_kernel(spec).compile(spec.sig)
         lib = kern._codelibrary
-        self.cubin = bytes(lib.get_cubin())
+        self.cubin = cubin_bytes(lib.get_cubin())
         self.entry = getattr(lib, "_entry_name", None) or kern.entry_name
         self.module = cp.cuda.function.Module()
         self.module.load(self.cubin)

@@ -13,8 +13,8 @@ import numpy as np
 from numba import types
 
 from .. import ACTIVATIONS
-from ._launch import (empty, NB_FLOAT, KernelSpec, arr, cdiv, contig, float_dtype, float_variants, kernel_factory,
-                      launch, xp)
+from ._launch import (NB_FLOAT, arr, contig, empty, float_dtype, float_variants, grid_1d,
+                      kernel_factory, KernelSpec, launch)
 from ._runtime import numba_cuda as cuda
 
 #: Threads per block of the elementwise kernels (tests shrink it for the simulator).
@@ -73,8 +73,7 @@ def act_fwd_kernel(dtype):
     def act_forward_k(x, y, code):
         """y[i] = act(x[i]) over flat C-contiguous arrays of equal size; one thread per element,
         one global read and one write each."""
-        i = cuda.grid(1)
-        if i < x.size:
+        for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
             y[i] = act_fwd(x[i], code)
 
     a = arr(dtype, 1)
@@ -87,8 +86,7 @@ def act_bwd_kernel(dtype):
 
     def act_backward_k(dy, y, dx, code):
         """dx[i] = act'(from y[i]) * dy[i] over flat C-contiguous arrays; one thread per element."""
-        i = cuda.grid(1)
-        if i < dy.size:
+        for i in range(cuda.grid(1), dy.size, cuda.gridsize(1)):
             dx[i] = act_bwd(dy[i], y[i], code)
 
     a = arr(dtype, 1)
@@ -102,7 +100,7 @@ def act_forward(x, act):
     x = contig(x, dt)
     y = empty(x.shape, x.dtype)
     n = x.size
-    launch(act_fwd_kernel(dt.name), (cdiv(n, EW_BLOCK),), (EW_BLOCK,),
+    launch(act_fwd_kernel(dt.name), grid_1d(n, EW_BLOCK), (EW_BLOCK,),
            x.reshape(-1), y.reshape(-1), code)
     return y
 
@@ -118,6 +116,6 @@ def act_backward(dy, y, act):
                          "the same shape")
     dx = empty(dy.shape, dy.dtype)
     n = dy.size
-    launch(act_bwd_kernel(dt.name), (cdiv(n, EW_BLOCK),), (EW_BLOCK,),
+    launch(act_bwd_kernel(dt.name), grid_1d(n, EW_BLOCK), (EW_BLOCK,),
            dy.reshape(-1), y.reshape(-1), dx.reshape(-1), code)
     return dx

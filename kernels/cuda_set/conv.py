@@ -27,8 +27,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import types
 
-from ._launch import (empty, NB_FLOAT, KernelSpec, arr, cdiv, check_rank, contig, float_dtype,
-                      kernel_factory, launch, xp)
+from ._launch import (NB_FLOAT, arr, cdiv, check_rank, contig, empty, float_dtype, kernel_factory,
+                      KernelSpec, launch, xp)
 from ._runtime import numba_cuda as cuda
 from .activation import act_code, act_device_fns
 from .reduce import column_sum
@@ -104,6 +104,17 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
     A_ROW_STEP = NT // BK        # modes FWD/BWD_INPUT: a thread's A rows are this far apart
     A_RED_STEP = NT // BM        # mode BWD_WEIGHT: a thread's A reduction indices this far apart
     BM_PAD, BN_PAD = BM + 1, BN + 1   # shared rows padded by one word: no bank conflicts
+
+    @cuda.jit(device=True, inline="always")
+    def rank1_update(As, Bs, kk, tx, ty, acc, a_reg, b_reg):
+        """acc += column kk of As (the thread's TM rows) x row kk of Bs (its TN columns)."""
+        for i in range(TM):
+            a_reg[i] = As[kk, ty + i * TY]
+        for j in range(TN):
+            b_reg[j] = Bs[kk, tx + j * TX]
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] += a_reg[i] * b_reg[j]
 
     def igemm_k(src, wmat, bias, out, mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias, chunk):
         """Implicit-GEMM convolution tile (see the module docstring for the three modes).
@@ -253,14 +264,12 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
                 Bs[kk, nn] = v
             cuda.syncthreads()  # both tiles are fully staged before any thread multiplies
 
-            for kk in range(BK):
-                for i in range(TM):
-                    a_reg[i] = As[kk, ty + i * TY]
-                for j in range(TN):
-                    b_reg[j] = Bs[kk, tx + j * TX]
-                for i in range(TM):
-                    for j in range(TN):
-                        acc[i, j] += a_reg[i] * b_reg[j]
+            if k0 + BK <= kend:
+                for kk in range(BK):         # a full step: a constant trip count (unrolled)
+                    rank1_update(As, Bs, kk, tx, ty, acc, a_reg, b_reg)
+            else:
+                for kk in range(kend - k0):  # the last, partial step
+                    rank1_update(As, Bs, kk, tx, ty, acc, a_reg, b_reg)
             cuda.syncthreads()  # every thread is done reading the tiles before they are restaged
 
         # --- epilogue: one global write per output ------------------------------------------
@@ -282,7 +291,8 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
 
     a1, a2, a4 = arr(dtype, 1), arr(dtype, 2), arr(dtype, 4)
     name = f"igemm_{MODE_NAMES[mode]}[{dtype},{BM}x{BN}x{BK}/{TM}x{TN}]"
-    return KernelSpec(name, igemm_k, (a4, a2, a1, a2) + (i64,) * 11)
+    # two blocks per SM: ptxas keeps the register block within 128 registers per thread
+    return KernelSpec(name, igemm_k, (a4, a2, a1, a2) + (i64,) * 11, launch_bounds=(NT, 2))
 
 
 # ---------------------------------------------------------------------------------------------

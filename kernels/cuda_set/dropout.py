@@ -12,7 +12,8 @@ import numpy as np
 from numba import types
 
 from .._rng import GOLDEN, M1, M2, M3, MASK32
-from ._launch import empty, NB_FLOAT, KernelSpec, arr, cdiv, float_variants, kernel_factory, launch, xp
+from ._launch import (NB_FLOAT, arr, empty, float_variants, grid_1d, kernel_factory, KernelSpec,
+                      launch)
 from ._runtime import numba_cuda as cuda
 
 #: Threads per block; one thread per mask element.
@@ -50,8 +51,7 @@ def dropout_kernel(dtype):
     def dropout_k(mask, seed, counter, rate, scale):
         """mask[i] = scale if random_u32(seed, counter, i) * 2**-32 >= rate else 0, over a flat
         C-contiguous array; one thread per element. seed and counter are 32-bit words."""
-        i = cuda.grid(1)
-        if i < mask.size:
+        for i in range(cuda.grid(1), mask.size, cuda.gridsize(1)):
             u = random_u32(seed, counter, u64(i) & _MASK)
             if types.float64(u) * (1.0 / 4294967296.0) >= rate:
                 mask[i] = scale
@@ -76,7 +76,7 @@ def dropout_mask(shape, rate, seed, counter, dtype=np.float32):
     n = mask.size
     if n >= 2**32:
         raise ValueError(f"{op}: at most 2**32 elements, got {n}")
-    launch(dropout_kernel(dt.name), (cdiv(n, DROPOUT_BLOCK),), (DROPOUT_BLOCK,),
+    launch(dropout_kernel(dt.name), grid_1d(n, DROPOUT_BLOCK), (DROPOUT_BLOCK,),
            mask.reshape(-1), int(seed) & MASK32, int(counter) & MASK32, rate,
            dt.type(1.0 / (1.0 - rate)))
     return mask

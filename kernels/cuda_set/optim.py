@@ -16,8 +16,8 @@ import math
 import numpy as np
 from numba import types
 
-from ._launch import (NB_FLOAT, KernelSpec, arr, cdiv, contig, float_dtype,
-                      float_variants, kernel_factory, launch, to_host, xp)
+from ._launch import (NB_FLOAT, arr, contig, float_dtype, float_variants, grid_1d, kernel_factory,
+                      KernelSpec, launch, to_host, xp)
 from ._runtime import numba_cuda as cuda
 
 #: Threads per block; one thread per parameter element.
@@ -28,8 +28,7 @@ OPTIM_BLOCK = 256
 def sgd_kernel(dtype):
     def sgd_k(p, g, v, lr, mu, wd, nesterov, use_v):
         """In place on flat p (and v when use_v); g read only. One thread per element."""
-        i = cuda.grid(1)
-        if i < p.size:
+        for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
             gi = g[i] + wd * p[i]
             if use_v != 0:
                 vi = mu * v[i] - lr * gi
@@ -52,8 +51,7 @@ def adam_kernel(dtype):
     def adam_k(p, g, m, v, decay, b1, omb1, b2, omb2, c1, c2, eps):
         """In place on flat p, m, v: decay = 1 - lr * wd, omb1 = 1 - b1, omb2 = 1 - b2,
         c1 = lr / (1 - b1^t), c2 = 1 / sqrt(1 - b2^t). One thread per element."""
-        i = cuda.grid(1)
-        if i < p.size:
+        for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
             gi = g[i]
             mi = b1 * m[i] + omb1 * gi
             vi = b2 * v[i] + omb2 * (gi * gi)
@@ -71,8 +69,7 @@ def rmsprop_kernel(dtype):
 
     def rmsprop_k(p, g, s, lr, rho, omrho, eps, wd):
         """In place on flat p and s; omrho = 1 - rho. One thread per element."""
-        i = cuda.grid(1)
-        if i < p.size:
+        for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
             gi = g[i] + wd * p[i]
             si = rho * s[i] + omrho * (gi * gi)
             s[i] = si
@@ -119,7 +116,7 @@ def _grad(op, g, p_shape, dt):
 
 
 def _grid(n):
-    return (cdiv(n, OPTIM_BLOCK),), (OPTIM_BLOCK,)
+    return grid_1d(n, OPTIM_BLOCK), (OPTIM_BLOCK,)
 
 
 def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):

@@ -11,8 +11,8 @@ import math
 import numpy as np
 from numba import types
 
-from ._launch import (empty, NB_FLOAT, KernelSpec, arr, cdiv, check_rank, contig, float_dtype,
-                      float_variants, kernel_factory, launch, xp)
+from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype, float_variants,
+                      grid_1d, kernel_factory, KernelSpec, launch, xp)
 from ._runtime import numba_cuda as cuda
 
 #: Threads per block; one thread per output element (per input element in avg backward).
@@ -29,8 +29,7 @@ def max_pool_fwd_kernel(dtype):
         """y[n, oh, ow, c] = max over the window's real cells of x; idx the flat h * W + w of
         the first maximal cell. x (N, H, W, C), y and idx (N, Ho, Wo, C); one thread per
         output, consecutive threads consecutive channels (coalesced)."""
-        i = cuda.grid(1)
-        if i < y.size:
+        for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             c = i % y.shape[3]
             t = i // y.shape[3]
             ow = t % y.shape[2]
@@ -61,8 +60,7 @@ def max_pool_bwd_kernel(dtype):
         """dx[n, j // W, j % W, c] += dy[n, oh, ow, c] with j = idx[n, oh, ow, c], for every
         output; dx (N, H, W, C) zeroed by the launcher. One thread per output; atomic adds,
         since overlapping windows may share a winner."""
-        i = cuda.grid(1)
-        if i < dy.size:
+        for i in range(cuda.grid(1), dy.size, cuda.gridsize(1)):
             c = i % dy.shape[3]
             t = i // dy.shape[3]
             ow = t % dy.shape[2]
@@ -84,8 +82,7 @@ def avg_pool_fwd_kernel(dtype):
     def avg_pool_fwd_k(x, y, ph, pw, sh, sw, pt, pl):
         """y[n, oh, ow, c] = mean of x over the window's real cells (padding not counted).
         x (N, H, W, C), y (N, Ho, Wo, C); one thread per output."""
-        i = cuda.grid(1)
-        if i < y.size:
+        for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             c = i % y.shape[3]
             t = i // y.shape[3]
             ow = t % y.shape[2]
@@ -114,8 +111,7 @@ def avg_pool_bwd_kernel(dtype):
         """dx[n, h, w, c] = sum over the windows (oh, ow) covering (h, w) of dy / count(oh, ow).
         dy (N, Ho, Wo, C), dx (N, H, W, C); one thread per dx element, a gather: no atomics,
         one global write each."""
-        i = cuda.grid(1)
-        if i < dx.size:
+        for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
             c = i % dx.shape[3]
             t = i // dx.shape[3]
             w = t % dx.shape[2]
@@ -166,7 +162,7 @@ def _geometry(op, x_shape, pool, stride, pad):
 
 
 def _grid(n):
-    return (cdiv(n, POOL_BLOCK),), (POOL_BLOCK,)
+    return grid_1d(n, POOL_BLOCK), (POOL_BLOCK,)
 
 
 def max_pool_forward(x, pool, stride, pad):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._launch import empty, NB_FLOAT, KernelSpec, arr, cdiv, float_variants, kernel_factory, launch, xp
+from ._launch import NB_FLOAT, arr, cdiv, empty, kernel_factory, KernelSpec, launch, xp
 from ._runtime import numba_cuda as cuda
 
 #: Block shape (columns, row lanes) of the column-sum kernel; row lanes a power of two.

@@ -10,8 +10,8 @@ import math
 import numpy as np
 from numba import types
 
-from ._launch import (empty, NB_FLOAT, KernelSpec, arr, cdiv, check_rank, contig, float_dtype,
-                      kernel_factory, launch, xp)
+from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype, grid_1d,
+                      kernel_factory, KernelSpec, launch)
 from ._runtime import numba_cuda as cuda
 
 #: Threads per block (one block per row); a power of two. Tests shrink it for the simulator.
@@ -167,8 +167,7 @@ def xent_bwd_kernel(dtype):
     def xent_bwd_k(p, labels, g, dz):
         """dz[r, j] = (p[r, j] - [j == labels[r]]) * g[r]; p, dz (rows, K) viewed flat, one
         thread per element."""
-        i = cuda.grid(1)
-        if i < dz.size:
+        for i in range(cuda.grid(1), dz.size, cuda.gridsize(1)):
             k = dz.shape[1]
             r = i // k
             j = i % k
@@ -265,6 +264,6 @@ def softmax_xent_backward(p, labels, g):
     if g.shape != (p.shape[0],):
         raise ValueError(f"{op}: g must have shape ({p.shape[0]},), got {tuple(g.shape)}")
     dz = empty(p.shape, p.dtype)
-    launch(xent_bwd_kernel(dt.name), (cdiv(dz.size, XENT_BWD_BLOCK),), (XENT_BWD_BLOCK,),
+    launch(xent_bwd_kernel(dt.name), grid_1d(dz.size, XENT_BWD_BLOCK), (XENT_BWD_BLOCK,),
            p, lab, g, dz)
     return dz

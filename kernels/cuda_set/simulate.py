@@ -1,0 +1,53 @@
+"""Small launch configurations for running the cuda set in Numba's CUDA simulator.
+
+The simulator runs every CUDA thread as a Python thread and every ``syncthreads`` as a
+rendezvous of those threads, so a kernel costs roughly (threads launched) + (blocks x
+barriers). ``small_launches()`` swaps in tiles and block sizes that keep both small while still
+exercising every code path (several tiles per grid, split-K, grid-stride loops, two-pass column
+sums). The tests and ``python -m gpucnn.gpucheck --tiny`` use it; on a GPU nothing needs it.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from . import _launch, activation, conv, dropout, optim, pool, reduce, softmax
+from ._runtime import SIMULATOR
+
+#: (module, name) -> the small value.
+SMALL = {
+    (conv, "TILE_WIDE"): conv.Tile(16, 8, 16, 4, 2),     # 16 threads, 4x2 register blocks
+    (conv, "TILE_NARROW"): conv.Tile(16, 4, 16, 4, 1),   # 16 threads, 4x1 register blocks
+    (conv, "TARGET_BLOCKS"): 6,
+    (conv, "MIN_SPLIT_STEPS"): 1,
+    (_launch, "MAX_BLOCKS"): 2,
+    (activation, "EW_BLOCK"): 32,
+    (reduce, "COLSUM_BLOCK"): (4, 2),
+    (reduce, "COLSUM_ROWS"): 16,
+    (pool, "POOL_BLOCK"): 32,
+    (softmax, "SOFTMAX_BLOCK"): 8,
+    (softmax, "XENT_BWD_BLOCK"): 32,
+    (dropout, "DROPOUT_BLOCK"): 32,
+    (optim, "OPTIM_BLOCK"): 32,
+}
+
+#: The simulator's block manager busy-polls its threads while holding the GIL; a short switch
+#: interval lets the simulated threads run (about 7x faster than Python's default 5 ms).
+SWITCH_INTERVAL = 5e-5
+
+
+@contextlib.contextmanager
+def small_launches(switch_interval: bool = True):
+    """Use ``SMALL`` (and, in the simulator, a short GIL switch interval) inside the block."""
+    saved = {key: getattr(*key) for key in SMALL}
+    interval = sys.getswitchinterval()
+    try:
+        for (mod, name), value in SMALL.items():
+            setattr(mod, name, value)
+        if SIMULATOR and switch_interval:
+            sys.setswitchinterval(SWITCH_INTERVAL)
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+        for (mod, name), value in saved.items():
+            setattr(mod, name, value)
