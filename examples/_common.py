@@ -43,6 +43,29 @@ def _positive_int(text):
     return value
 
 
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+positive_int, positive_float, fraction = _positive_int, _positive_float, _fraction
+
+
 def parser(name, description, *, epochs, batch_size, data_help):
     """The common command line of the examples; each script may add its own options."""
     p = Parser(prog=f"{name}.py", description=description,
@@ -149,6 +172,14 @@ def cifar10_data(prog, data):
         folder, download=False))
     return Data(xtr, ytr, xte, yte, f"CIFAR-10 (binary version) in {folder}",
                 class_names=list(datasets.CIFAR10_CLASSES))
+
+
+def build(prog, fn, **kwargs):
+    """``fn(**kwargs)`` (a zoo function); a ValueError from bad options ends with one line."""
+    try:
+        return fn(**kwargs)
+    except (ValueError, TypeError) as e:
+        fail(prog, e)
 
 
 def output_dir(prog, out):

@@ -32,12 +32,12 @@ def main(argv=None):
                        epochs=EPOCHS, batch_size=64,
                        data_help="folder with the binary CIFAR-10 batches "
                                  "(default: the embedded digits in 3 channels)")
-    p.add_argument("--width", type=float, default=0.25,
+    p.add_argument("--width", type=_common.positive_float, default=0.25,
                    help="multiplier of AlexNet's filter counts (96, 256, 384, 384, 256)")
-    p.add_argument("--dense-units", type=int, default=256, help="units of fc6 and fc7 (4096 in "
+    p.add_argument("--dense-units", type=_common.positive_int, default=256, help="units of fc6 and fc7 (4096 in "
                    "AlexNet)")
-    p.add_argument("--dropout", type=float, default=0.5, help="dropout rate after fc6 and fc7")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's learning rate")
+    p.add_argument("--dropout", type=_common.fraction, default=0.5, help="dropout rate after fc6 and fc7")
+    p.add_argument("--learning-rate", type=_common.positive_float, default=1e-3, help="Adam's learning rate")
     args = p.parse_args(argv)
     _common.start(args, PROG)
     if args.data is None:
@@ -48,11 +48,8 @@ def main(argv=None):
     else:
         data = _common.cifar10_data(PROG, args.data)
     data.limit(args.limit)
-    try:
-        model = zoo.alexnet(input_shape=data.x_train.shape[1:], classes=10, dropout=args.dropout,
-                            width=args.width, dense_units=args.dense_units)
-    except ValueError as e:
-        _common.fail(PROG, e)
+    model = _common.build(PROG, zoo.alexnet, input_shape=data.x_train.shape[1:], classes=10,
+                          dropout=args.dropout, width=args.width, dense_units=args.dense_units)
     out = _common.output_dir(PROG, args.out)
     print(data.describe())
 

@@ -32,10 +32,10 @@ def main(argv=None):
     p = _common.parser(NAME, "Train a denoising convolutional autoencoder.",
                        epochs=EPOCHS, batch_size=32,
                        data_help="folder with the MNIST IDX files (default: the embedded digits)")
-    p.add_argument("--noise", type=float, default=0.4,
+    p.add_argument("--noise", type=_common.positive_float, default=0.4,
                    help="standard deviation of the Gaussian noise added to the inputs")
-    p.add_argument("--latent-channels", type=int, default=8, help="channels of the bottleneck")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's learning rate")
+    p.add_argument("--latent-channels", type=_common.positive_int, default=8, help="channels of the bottleneck")
+    p.add_argument("--learning-rate", type=_common.positive_float, default=1e-3, help="Adam's learning rate")
     args = p.parse_args(argv)
     _common.start(args, PROG)
     if args.data is None:
@@ -43,13 +43,13 @@ def main(argv=None):
     else:
         data = _common.mnist_data(PROG, args.data, pad_to_32=False)
     data.limit(args.limit)
+    model = _common.build(PROG, zoo.conv_autoencoder, input_shape=data.x_train.shape[1:],
+                          latent_channels=args.latent_channels)
     out = _common.output_dir(PROG, args.out)
     print(data.describe())
 
     noisy_train = add_noise(data.x_train, args.noise, args.seed + 1)
     noisy_test = add_noise(data.x_test, args.noise, args.seed + 2)
-    model = zoo.conv_autoencoder(input_shape=data.x_train.shape[1:],
-                                 latent_channels=args.latent_channels)
     model.compile(optimizer=optimizers.Adam(learning_rate=args.learning_rate), loss="mse")
     model.summary()
     history = model.fit(noisy_train, data.x_train, batch_size=args.batch_size, epochs=args.epochs,

@@ -22,8 +22,8 @@ def main(argv=None):
     p = _common.parser(NAME, "Train the guide's basic CNN and save pictures of it.",
                        epochs=EPOCHS, batch_size=32,
                        data_help="folder with the MNIST IDX files (default: the embedded digits)")
-    p.add_argument("--filters", type=int, default=8, help="filters of the conv layer")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's learning rate")
+    p.add_argument("--filters", type=_common.positive_int, default=8, help="filters of the conv layer")
+    p.add_argument("--learning-rate", type=_common.positive_float, default=1e-3, help="Adam's learning rate")
     args = p.parse_args(argv)
     _common.start(args, PROG)
     if args.data is None:
@@ -31,10 +31,11 @@ def main(argv=None):
     else:
         data = _common.mnist_data(PROG, args.data, pad_to_32=False)
     data.limit(args.limit)
+    model = _common.build(PROG, zoo.basic_cnn, input_shape=data.x_train.shape[1:], classes=10,
+                          filters=args.filters)
     out = _common.output_dir(PROG, args.out)
     print(data.describe())
 
-    model = zoo.basic_cnn(input_shape=data.x_train.shape[1:], classes=10, filters=args.filters)
     model.compile(optimizer=optimizers.Adam(learning_rate=args.learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.summary()

@@ -27,7 +27,7 @@ def main(argv=None):
                        data_help="folder with the MNIST IDX files (default: the embedded digits)")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                    help="Adam, or the guide's plain SGD")
-    p.add_argument("--learning-rate", type=float, default=None,
+    p.add_argument("--learning-rate", type=_common.positive_float, default=None,
                    help="default 0.001 for Adam, 0.01 (the guide's) for SGD")
     args = p.parse_args(argv)
     _common.start(args, PROG)
@@ -36,11 +36,13 @@ def main(argv=None):
     else:
         data = _common.mnist_data(PROG, args.data, pad_to_32=True)
     data.limit(args.limit)
+    model = _common.build(PROG, zoo.lenet5, input_shape=data.x_train.shape[1:], classes=10)
     out = _common.output_dir(PROG, args.out)
     print(data.describe())
 
-    lr = args.learning_rate or (1e-3 if args.optimizer == "adam" else 0.01)
-    model = zoo.lenet5(input_shape=data.x_train.shape[1:], classes=10)
+    lr = args.learning_rate
+    if lr is None:
+        lr = 1e-3 if args.optimizer == "adam" else 0.01
     model.compile(optimizer=_common.optimizer(args.optimizer, lr),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.summary()

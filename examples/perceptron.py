@@ -35,7 +35,7 @@ def main(argv=None):
     p = _common.parser(NAME, "Train a perceptron to separate handwritten 0s and 1s.",
                        epochs=EPOCHS, batch_size=16,
                        data_help="folder with the MNIST IDX files (default: the embedded digits)")
-    p.add_argument("--learning-rate", type=float, default=0.01, help="Adam's learning rate")
+    p.add_argument("--learning-rate", type=_common.positive_float, default=0.01, help="Adam's learning rate")
     args = p.parse_args(argv)
     _common.start(args, PROG)
     if args.data is None:
@@ -45,10 +45,10 @@ def main(argv=None):
         data = _common.mnist_data(PROG, args.data, pad_to_32=False)
         side = 28
     data = zeros_and_ones(data).limit(args.limit)
+    model = _common.build(PROG, zoo.perceptron, n_features=data.x_train.shape[1])
     out = _common.output_dir(PROG, args.out)
     print(data.describe() + " (digits 0 and 1 only)")
 
-    model = zoo.perceptron(data.x_train.shape[1])
     model.compile(optimizer=optimizers.Adam(learning_rate=args.learning_rate),
                   loss="binary_crossentropy", metrics=["accuracy"])
     model.summary()

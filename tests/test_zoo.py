@@ -153,7 +153,7 @@ def alexnet_params(c_in, side_after_pool5, width_filters, dense, classes, conv1_
     return n + flat * dense + dense + dense * dense + dense + dense * classes + classes
 
 
-def test_alexnet_at_the_default_size_has_62378344_parameters():
+def test_alexnet_at_the_default_size_has_62378344_parameters_and_trains_at_227(rng):
     model = zoo.alexnet()
     assert model.count_params() == 62_378_344
     assert model.count_params() == alexnet_params(3, 6, (96, 256, 384, 384, 256), 4096, 1000, 11)
@@ -165,6 +165,18 @@ def test_alexnet_at_the_default_size_has_62378344_parameters():
     conv1 = model.get_layer("conv1")
     assert conv1.kernel.shape == (11, 11, 3, 96) and tuple(conv1.strides) == (4, 4)
     assert [model.get_layer(n).rate for n in ("drop6", "drop7")] == [0.5, 0.5]
+
+    # One SGD step at full size, batch 2: every weight, conv1's included, receives a gradient.
+    from gpucnn import optimizers
+
+    model.compile(optimizer=optimizers.SGD(learning_rate=0.01),
+                  loss="sparse_categorical_crossentropy")
+    before = [w.numpy().copy() for w in model.weights]
+    loss = float(model.train_on_batch(rng.random((2, 227, 227, 3)).astype(np.float32),
+                                      np.array([3, 917])))
+    assert abs(loss - np.log(1000)) < 1.0          # near-uniform softmax at initialisation
+    changed = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.weights)]
+    assert len(changed) == 16 and all(changed)
 
 
 def test_alexnet_small_configuration_for_32x32_images(rng):
@@ -238,3 +250,23 @@ def test_feature_maps_are_the_outputs_after_each_conv_and_pool(rng):
     np.testing.assert_allclose(maps[1][1], ref_pool(c1, 2, 2, np.mean)[0], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"feature_maps: expected one image of shape \(32, 32, 1\)"):
         zoo.feature_maps(model, image[None])
+
+
+# -- the cuda backend (Numba's simulator in CI: tiny shapes only) ---------------------------
+def test_a_zoo_model_gives_the_same_output_on_the_cuda_backend(rng):
+    from gpucnn.kernels.cuda_set import _runtime
+
+    if not _runtime.probe()[0]:
+        pytest.skip(f"the cuda backend cannot run here: {_runtime.probe()[1]}")
+    x = rng.random((2, 8, 8, 1)).astype(np.float32)
+    model = zoo.conv_autoencoder((8, 8, 1), latent_channels=2, filters=(2, 3))
+    randomize(model, rng)
+    want = np.asarray(model.predict(x, verbose=0))
+    try:
+        gpucnn.set_backend("cuda")
+        on_cuda = zoo.conv_autoencoder((8, 8, 1), latent_channels=2, filters=(2, 3))
+        on_cuda.set_weights(model.get_weights())
+        got = np.asarray(on_cuda.predict(x, verbose=0))
+    finally:
+        gpucnn.set_backend("numpy")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
