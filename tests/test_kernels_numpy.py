@@ -38,6 +38,7 @@ def _sample(rng, size, n=8):
 
 def test_contract_names_and_array_module():
     assert [name for name in CONTRACT if not hasattr(K, name)] == []
+    assert set(CONTRACT) <= set(K.__all__)
     assert K.xp is np
     a = np.arange(6.0)
     assert K.asarray(a) is a and K.to_host(a) is a
@@ -519,3 +520,48 @@ def test_rmsprop_update_by_hand(rng, dtype, wd):
     np.testing.assert_array_equal(g, g0)
     with pytest.raises(ValueError, match="rmsprop_update.*s shape"):
         K.rmsprop_update(p, g, s[:2], lr, rho, eps, wd)
+
+
+# ---------------------------------------------------------------- threads
+
+def test_run_parts_covers_the_batch_in_order(monkeypatch):
+    monkeypatch.setattr(_parallel, "_num_threads", 3)
+    parts = _parallel.run_parts(lambda lo, hi: (lo, hi), 10, flops=1e12)
+    assert parts == [(0, 3), (3, 6), (6, 10)]
+    assert _parallel.run_parts(lambda lo, hi: (lo, hi), 10, flops=1.0) == [(0, 10)]
+    monkeypatch.setattr(_parallel, "_num_threads", 1)
+    assert _parallel.run_parts(lambda lo, hi: (lo, hi), 10, flops=1e12) == [(0, 10)]
+
+
+def test_set_num_threads_validates():
+    before = K.get_num_threads()
+    with pytest.raises(ValueError, match="set_num_threads"):
+        K.set_num_threads(0)
+    K.set_num_threads(before)
+    assert K.get_num_threads() == before
+
+
+def test_blas_limit_is_restored_after_nested_and_concurrent_kernels():
+    pytest.importorskip("threadpoolctl")
+    libs = _parallel._blas_libs()
+    if not libs:
+        pytest.skip("threadpoolctl finds no BLAS library in this process")
+    start = [lc.get_num_threads() for lc in libs]
+    with _parallel.single_threaded_blas():
+        assert [lc.get_num_threads() for lc in libs] == [1] * len(libs)
+        with _parallel.single_threaded_blas():
+            pass
+        assert [lc.get_num_threads() for lc in libs] == [1] * len(libs)
+    assert [lc.get_num_threads() for lc in libs] == start
+    import threading
+    gate = threading.Barrier(2, timeout=10)
+
+    def kernel():
+        with _parallel.single_threaded_blas():
+            gate.wait()                                  # both inside at once
+    threads = [threading.Thread(target=kernel) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [lc.get_num_threads() for lc in libs] == start

@@ -1,9 +1,14 @@
 """The NumPy kernel set: every name of the kernel contract (see ``gpucnn.kernels``) on NumPy
-arrays, with the heavy lifting in BLAS matrix products. Runs on any CPU."""
+arrays, with the heavy lifting in BLAS matrix products. Runs on any CPU.
+
+Beyond the contract: ``set_num_threads(n)`` / ``get_num_threads()``, the threads the heavy
+kernels split their batch over (default: the CPUs, or ``GPUCNN_NUM_THREADS``; see ``_parallel``).
+"""
 from __future__ import annotations
 
 import numpy
 
+from ._parallel import get_num_threads, set_num_threads
 from .activation import act_backward, act_forward
 from .conv import bias_grad, conv2d_backward_input, conv2d_backward_weight, conv2d_forward
 from .dropout import dropout_mask
@@ -37,4 +42,5 @@ __all__ = [
     "softmax_xent_forward", "softmax_xent_backward",
     "dropout_mask",
     "sgd_update", "adam_update", "rmsprop_update",
+    "set_num_threads", "get_num_threads",
 ]

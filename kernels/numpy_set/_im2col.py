@@ -8,10 +8,9 @@ a reused buffer small enough to stay in cache while its GEMM reads it; the forwa
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from ._parallel import run_parts
-from ._util import pad_hw, windows
+from ._util import pad_hw, strided, windows
 from .activation import act_inplace
 
 # Bytes of one im2col block: small enough to stay in a core's L2 cache while its GEMM reads it.
@@ -22,48 +21,49 @@ COL_BLOCK_BYTES = 256 * 1024
 COL_MIN_ROWS = 256
 
 
-def col_blocks(xp, kh, kw, sh, sw, ho, wo):
-    """Yield ``(rows, col)``: a slice of the ``N*ho*wo`` output rows of the padded input ``xp``
+def col_blocks(x, pad, kh, kw, sh, sw, ho, wo):
+    """Yield ``(rows, col)``: a slice of the ``N*ho*wo`` output rows of ``x`` padded by ``pad``
     and its im2col block, a ``(len(rows), KH*KW*C)`` matrix (possibly a transposed view).
 
-    Whole images per block while one image fits the block size, else bands of output rows of
-    one image. The buffer is reused, so each ``col`` is valid until the next one is yielded.
-    With one input channel the block is built transposed, ``(KH*KW, rows)``, so that each copy
-    moves runs of ``wo`` floats instead of runs of ``KW``.
+    Whole images per block while one image fits the block size (each block padded on its own,
+    so no padded copy of the whole batch is made), else bands of output rows of one image. The
+    buffer is reused, so each ``col`` is valid until the next one is yielded. With one input
+    channel the block is built transposed, ``(KH*KW, rows)``, so that each copy moves runs of
+    ``wo`` floats instead of runs of ``KW``.
     """
-    n, _, _, c = xp.shape
+    n, _, _, c = x.shape
     k = kh * kw * c
-    if kh == kw == 1 and sh == sw == 1 and xp.flags.c_contiguous:
-        yield slice(0, n * ho * wo), xp.reshape(n * ho * wo, c)       # 1x1: x is its own im2col
-        return
-    rows = max(COL_BLOCK_BYTES // (k * xp.itemsize), COL_MIN_ROWS)   # target rows per block
     per_img = ho * wo
+    if kh == kw == 1 and sh == sw == 1 and not any(pad) and x.flags.c_contiguous:
+        yield slice(0, n * per_img), x.reshape(n * per_img, c)        # 1x1: x is its own im2col
+        return
+    rows = max(COL_BLOCK_BYTES // (k * x.itemsize), COL_MIN_ROWS)    # target rows per block
+    nb = min(n, max(1, rows // per_img))
     if c == 1:
-        s0, s1, s2, _ = xp.strides
-        win = as_strided(xp, (kh, kw, n, ho, wo), (s1, s2, s0, s1 * sh, s2 * sw), writeable=False)
-        nb = min(n, max(1, rows // per_img))
-        buf = np.empty((kh, kw, nb, ho, wo), dtype=xp.dtype)
+        buf = np.empty((kh, kw, nb, ho, wo), dtype=x.dtype)
         for n0 in range(0, n, nb):
             m = min(nb, n - n0)
-            blk = buf[:, :, :m] if m == nb else np.empty((kh, kw, m, ho, wo), dtype=xp.dtype)
-            np.copyto(blk, win[:, :, n0:n0 + m])
+            xb = pad_hw(x[n0:n0 + m], pad)
+            s0, s1, s2, _ = xb.strides
+            win = strided(xb, (kh, kw, m, ho, wo), (s1, s2, s0, s1 * sh, s2 * sw))
+            blk = buf[:, :, :m] if m == nb else np.empty((kh, kw, m, ho, wo), dtype=x.dtype)
+            np.copyto(blk, win)
             yield slice(n0 * per_img, (n0 + m) * per_img), blk.reshape(k, m * per_img).T
         return
-    win = windows(xp, kh, kw, sh, sw, ho, wo)
     if per_img <= rows:
-        nb = min(n, rows // per_img)
-        buf = np.empty((nb, ho, wo, kh, kw, c), dtype=xp.dtype)
+        buf = np.empty((nb, ho, wo, kh, kw, c), dtype=x.dtype)
         for n0 in range(0, n, nb):
             m = min(nb, n - n0)
-            np.copyto(buf[:m], win[n0:n0 + m])
+            np.copyto(buf[:m], windows(pad_hw(x[n0:n0 + m], pad), kh, kw, sh, sw, ho, wo))
             yield slice(n0 * per_img, (n0 + m) * per_img), buf[:m].reshape(m * per_img, k)
         return
     rb = max(1, rows // wo)
-    buf = np.empty((rb, wo, kh, kw, c), dtype=xp.dtype)
+    buf = np.empty((rb, wo, kh, kw, c), dtype=x.dtype)
     for i in range(n):
+        win = windows(pad_hw(x[i:i + 1], pad), kh, kw, sh, sw, ho, wo)[0]
         for r0 in range(0, ho, rb):
             m = min(rb, ho - r0)
-            np.copyto(buf[:m], win[i, r0:r0 + m])
+            np.copyto(buf[:m], win[r0:r0 + m])
             start = i * per_img + r0 * wo
             yield slice(start, start + m * wo), buf[:m].reshape(m * wo, k)
 
@@ -81,7 +81,7 @@ def im2col_forward(x, w, stride, pad, y, b, act):
     def part(lo, hi):
         tile = None
         base = lo * per_img
-        for rows, col in col_blocks(pad_hw(x[lo:hi], pad), kh, kw, *stride, ho, wo):
+        for rows, col in col_blocks(x[lo:hi], pad, kh, kw, *stride, ho, wo):
             out = y2[base + rows.start:base + rows.stop]
             np.matmul(col, wm, out=out)
             if b is not None:
@@ -105,7 +105,7 @@ def im2col_weight_grad(x, dy, w_shape, stride, pad):
         dw = np.zeros((kh * kw * c, co), dtype=x.dtype)
         tmp = np.empty_like(dw)
         base = lo * per_img
-        for rows, col in col_blocks(pad_hw(x[lo:hi], pad), kh, kw, *stride, ho, wo):
+        for rows, col in col_blocks(x[lo:hi], pad, kh, kw, *stride, ho, wo):
             np.matmul(col.T, dy2[base + rows.start:base + rows.stop], out=tmp)
             dw += tmp
         return dw

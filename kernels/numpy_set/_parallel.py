@@ -9,7 +9,8 @@ when the last running kernel returns. Without ``threadpoolctl`` installed the BL
 
 ``GPUCNN_NUM_THREADS`` (read once) or ``set_num_threads`` sets the thread count; the default is
 the number of CPUs the process may use, at most 8. Work below ``MIN_PARALLEL_FLOPS`` stays
-on the calling thread (the hand-off costs more than it saves).
+on the calling thread (the hand-off and the GIL-held Python of many small blocks cost more
+than a second core saves), and tiny work does not even touch the BLAS thread setting.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ try:  # optional: limits BLAS threads while a kernel runs its own
 except ImportError:  # pragma: no cover - depends on the environment
     ThreadpoolController = None
 
-MIN_PARALLEL_FLOPS = 8e6
+MIN_PARALLEL_FLOPS = 50e6      # below: one part (LeNet's C1, C5 and the 7x7 layers lose on 2)
+MIN_BLAS_LIMIT_FLOPS = 1e6     # below: BLAS stays single-threaded by itself, no call to limit it
 
 _lock = threading.Lock()
 _depth = 0
@@ -66,23 +68,33 @@ def set_num_threads(n: int) -> None:
     _num_threads = n
 
 
+def _blas_libs():
+    global _controller
+    if _controller is None:
+        _controller = ([lc for lc in ThreadpoolController().lib_controllers
+                        if lc.user_api == "blas"] if ThreadpoolController is not None else [])
+    return _controller
+
+
 @contextmanager
 def single_threaded_blas():
     """BLAS limited to one thread while any kernel is inside this block (re-entrant, thread-safe)."""
-    global _depth, _limiter, _controller
+    global _depth, _limiter
     with _lock:
-        if _depth == 0 and ThreadpoolController is not None:
-            if _controller is None:
-                _controller = ThreadpoolController()
-            _limiter = _controller.limit(limits=1, user_api="blas")
+        if _depth == 0:
+            libs = _blas_libs()
+            _limiter = [(lc, lc.get_num_threads()) for lc in libs]
+            for lc, _ in _limiter:
+                lc.set_num_threads(1)
         _depth += 1
     try:
         yield
     finally:
         with _lock:
             _depth -= 1
-            if _depth == 0 and _limiter is not None:
-                _limiter.restore_original_limits()
+            if _depth == 0:
+                for lc, n in _limiter:
+                    lc.set_num_threads(n)
                 _limiter = None
 
 
@@ -102,6 +114,8 @@ def run_parts(fn, n: int, flops: float):
     (a single part when ``flops`` is small or threads are off), with BLAS single-threaded.
     Part 0 runs on the calling thread. Results come back in part order."""
     parts = min(get_num_threads(), n) if flops >= MIN_PARALLEL_FLOPS else 1
+    if parts <= 1 and flops < MIN_BLAS_LIMIT_FLOPS:
+        return [fn(0, n)]
     with single_threaded_blas():
         if parts <= 1:
             return [fn(0, n)]

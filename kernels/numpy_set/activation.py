@@ -65,7 +65,7 @@ def act_backward(dy, y, act):
         raise ValueError(f"act_backward: y expected shape {dy.shape} (that of dy), got {y.shape}")
     y = np.asarray(y, dtype=dy.dtype)
     if act == "relu":
-        return np.where(y > 0, dy, 0)
+        return np.multiply(dy, y > 0)                    # (np.where is ~8x slower)
     if act == "tanh":
         dx = np.multiply(y, y)
         np.subtract(1, dx, out=dx)

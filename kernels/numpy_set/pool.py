@@ -5,14 +5,21 @@ Window ``(p, q)`` covers input rows ``p*sh - top + i`` and columns ``q*sw - left
 and is not counted in a mean (Keras ``same``). Max pooling keeps the first maximum in row-major
 window order; a window whose real cells are all -inf picks its first real cell; a NaN in a
 window makes its maximum NaN (its index is then unspecified).
+
+Every op runs over blocks of a few images (on the kernel threads), so that its temporaries stay
+small and in cache; only the outputs are full size.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ._parallel import run_parts
 from ._util import check_float, check_ndim, fail, offset_view, out_size, pad_hw
 
 __all__ = ["max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"]
+
+# Images per block: about this many bytes of input per block.
+POOL_BLOCK_BYTES = 256 * 1024
 
 
 def _geometry(op, x_shape, pool, stride, pad):
@@ -24,6 +31,18 @@ def _geometry(op, x_shape, pool, stride, pad):
         raise ValueError(f"{op}: padding (top, bottom, left, right) expected each side smaller "
                          f"than the window {(ph, pw)}, got {tuple(pad)}")
     return out_size(op, h, ph, sh, pt, pb, "H"), out_size(op, w, pw, sw, pl, pr, "W")
+
+
+def _over_blocks(x_shape, itemsize, work, fn):
+    """``fn(n0, n1)`` over blocks of images, the blocks split over the kernel threads."""
+    n, h, w, c = x_shape
+    nb = max(1, POOL_BLOCK_BYTES // (h * w * c * itemsize))
+
+    def part(lo, hi):
+        for n0 in range(lo, hi, nb):
+            fn(n0, min(n0 + nb, hi))
+
+    run_parts(part, n, work)
 
 
 def _first_cells(size, k, s, before, out):
@@ -40,33 +59,43 @@ def max_pool_forward(x, pool, stride, pad):
     check_float(op, "x", x)
     check_ndim(op, "x", x, 4, "(N, H, W, C)")
     ho, wo = _geometry(op, x.shape, pool, stride, pad)
-    _, h, w, _ = x.shape
+    n, h, w, c = x.shape
     ph, pw = pool
     sh, sw = stride
     pt, _, pl, _ = pad
-    xp = pad_hw(x, pad, -np.inf)
-    y = np.array(offset_view(xp, 0, 0, sh, sw, ho, wo))
+    y = np.empty((n, ho, wo, c), dtype=x.dtype)
+    idx = np.empty((n, ho, wo, c), dtype=np.int32)
     bt = np.uint8 if ph * pw < 256 else np.int32
-    best = np.zeros(y.shape, dtype=bt)                   # the winning offset t = i * pw + j
-    v = np.empty_like(y)            # each offset's view is copied once, then every step runs
-    win = np.empty(y.shape, dtype=bool)   # on contiguous arrays (masked copies are slow)
-    step = np.empty(y.shape, dtype=bt)
-    for t in range(1, ph * pw):
-        np.copyto(v, offset_view(xp, t // pw, t % pw, sh, sw, ho, wo))
-        np.greater(v, y, out=win)
-        np.maximum(y, v, out=y)
-        np.subtract(bt(t), best, out=step)               # best += win * (t - best)
-        np.multiply(step, win, out=step)
-        best += step
     offs = np.array([i * w + j for i in range(ph) for j in range(pw)], dtype=np.int32)
     base = ((np.arange(ho) * sh - pt)[:, None] * w + (np.arange(wo) * sw - pl)[None, :])
-    idx = np.take(offs, best)
-    idx += base.astype(np.int32)[None, :, :, None]
-    if xp is not x and np.isneginf(y).any():              # an all -inf window may have kept padding
-        fh, _ = _first_cells(h, ph, sh, pt, ho)
-        fw, _ = _first_cells(w, pw, sw, pl, wo)
-        first = (fh[:, None] * w + fw[None, :]).astype(np.int32)[None, :, :, None]
-        np.copyto(idx, np.broadcast_to(first, idx.shape), where=np.isneginf(y))
+    base = base.astype(np.int32)[:, :, None]
+    fh, _ = _first_cells(h, ph, sh, pt, ho)
+    fw, _ = _first_cells(w, pw, sw, pl, wo)
+    first = (fh[:, None] * w + fw[None, :]).astype(np.int32)[:, :, None]
+
+    def block(n0, n1):
+        xp = pad_hw(x[n0:n1], pad, -np.inf)
+        yb, ib = y[n0:n1], idx[n0:n1]
+        np.copyto(yb, offset_view(xp, 0, 0, sh, sw, ho, wo))
+        best = np.zeros(yb.shape, dtype=bt)              # the winning offset t = i * pw + j
+        v = np.empty_like(yb)           # each offset's view is copied once, then every step runs
+        win = np.empty(yb.shape, dtype=bool)   # on contiguous arrays (masked copies are slow)
+        step = np.empty(yb.shape, dtype=bt)
+        for t in range(1, ph * pw):
+            np.copyto(v, offset_view(xp, t // pw, t % pw, sh, sw, ho, wo))
+            np.greater(v, yb, out=win)
+            np.maximum(yb, v, out=yb)
+            np.subtract(bt(t), best, out=step)           # best += win * (t - best)
+            np.multiply(step, win, out=step)
+            best += step
+        np.take(offs, best, out=ib)
+        ib += base
+        if xp is not x[n0:n1]:                           # an all -inf window may have kept padding
+            neg = np.isneginf(yb)
+            if neg.any():
+                np.copyto(ib, np.broadcast_to(first, ib.shape), where=neg)
+
+    _over_blocks(x.shape, x.itemsize, y.size * ph * pw * 4.0, block)
     return y, idx
 
 
@@ -80,14 +109,19 @@ def max_pool_backward(dy, idx, x_shape):
     if idx.shape != dy.shape or dy.shape[0] != n or dy.shape[3] != c:
         fail(op, "idx and dy of one shape (N, Ho, Wo, C) matching x_shape",
              f"idx {dy.shape}, N={n}, C={c}", f"idx {idx.shape}, dy {dy.shape}")
-    # flat position of each winner in dx viewed as (N*H*W*C,): ((n*H*W + idx) * C + c)
-    flat = idx.astype(np.intp)
-    flat += (np.arange(n, dtype=np.intp) * (h * w))[:, None, None, None]
-    flat *= c
-    flat += np.arange(c, dtype=np.intp)
-    dx = np.zeros(n * h * w * c, dtype=dy.dtype)
-    np.add.at(dx, flat.ravel(), np.ascontiguousarray(dy).ravel())
-    return dx.reshape(n, h, w, c)
+    dx = np.zeros((n, h, w, c), dtype=dy.dtype)
+    chan = np.arange(c, dtype=np.intp)
+
+    def block(n0, n1):
+        # flat position of each winner in the block of dx viewed as (k*H*W*C,): (n*H*W + idx)*C + c
+        flat = idx[n0:n1].astype(np.intp)
+        flat += (np.arange(n1 - n0, dtype=np.intp) * (h * w))[:, None, None, None]
+        flat *= c
+        flat += chan
+        np.add.at(dx[n0:n1].reshape(-1), flat.reshape(-1), dy[n0:n1].reshape(-1))
+
+    _over_blocks((n, h, w, c), dy.itemsize, dy.size * 8.0, block)
+    return dx
 
 
 def _inv_counts(x_shape, pool, stride, pad, ho, wo, dtype):
@@ -98,6 +132,16 @@ def _inv_counts(x_shape, pool, stride, pad, ho, wo, dtype):
     _, ch = _first_cells(h, pool[0], stride[0], pad[0], ho)
     _, cw = _first_cells(w, pool[1], stride[1], pad[2], wo)
     return (1.0 / (ch[:, None] * cw[None, :])).astype(dtype)[:, :, None]
+
+
+def _rows(a, i, sh, ho):
+    """The ``(N, Ho, W, C)`` view of the rows window offset ``i`` reads at row stride ``sh``."""
+    return a[:, i:i + (ho - 1) * sh + 1:sh]
+
+
+def _cols(a, j, sw, wo):
+    """The ``(N, Ho, Wo, C)`` view of the columns window offset ``j`` reads at stride ``sw``."""
+    return a[:, :, j:j + (wo - 1) * sw + 1:sw]
 
 
 def avg_pool_forward(x, pool, stride, pad):
@@ -111,16 +155,26 @@ def avg_pool_forward(x, pool, stride, pad):
     ho, wo = _geometry(op, x.shape, pool, stride, pad)
     ph, pw = pool
     sh, sw = stride
-    xp = pad_hw(x, pad, 0.0)
-    rows = _rows(xp, 0, sh, ho)
-    if ph > 1:
-        rows = rows + _rows(xp, 1, sh, ho)
-        for i in range(2, ph):
-            rows += _rows(xp, i, sh, ho)
-    y = np.array(_cols(rows, 0, sw, wo))
-    for j in range(1, pw):
-        y += _cols(rows, j, sw, wo)
-    y *= _inv_counts(x.shape, pool, stride, pad, ho, wo, y.dtype)
+    y = np.empty((x.shape[0], ho, wo, x.shape[3]), dtype=x.dtype)
+    inv = _inv_counts(x.shape, pool, stride, pad, ho, wo, y.dtype)
+
+    def block(n0, n1):
+        xp = pad_hw(x[n0:n1], pad, 0.0)
+        rows = _rows(xp, 0, sh, ho)
+        if ph > 1:
+            rows = rows + _rows(xp, 1, sh, ho)
+            for i in range(2, ph):
+                rows += _rows(xp, i, sh, ho)
+        yb = y[n0:n1]
+        if pw > 1:
+            np.add(_cols(rows, 0, sw, wo), _cols(rows, 1, sw, wo), out=yb)
+        else:
+            np.copyto(yb, _cols(rows, 0, sw, wo))
+        for j in range(2, pw):
+            yb += _cols(rows, j, sw, wo)
+        yb *= inv
+
+    _over_blocks(x.shape, x.itemsize, y.size * (ph + pw) * 2.0, block)
     return y
 
 
@@ -138,26 +192,25 @@ def avg_pool_backward(dy, x_shape, pool, stride, pad):
     ph, pw = pool
     sh, sw = stride
     pt, pb, pl, pr = pad
-    g = dy * _inv_counts(x_shape, pool, stride, pad, ho, wo, dy.dtype)
     hp, wp = h + pt + pb, w + pl + pr
+    crop = any(pad)
     tiles = sh == ph and sw == pw and ho * sh == hp and wo * sw == wp   # each cell in 1 window
-    dxp = (np.empty if tiles else np.zeros)((n, hp, wp, c), dtype=dy.dtype)
-    for t in range(ph * pw):
-        view = offset_view(dxp, t // pw, t % pw, sh, sw, ho, wo)
-        if tiles:
-            np.copyto(view, g)
-        else:
-            np.add(view, g, out=view)
-    if (pt, pb, pl, pr) == (0, 0, 0, 0):
-        return dxp
-    return np.ascontiguousarray(dxp[:, pt:pt + h, pl:pl + w])
+    inv = _inv_counts(x_shape, pool, stride, pad, ho, wo, dy.dtype)
+    dx = np.empty(x_shape, dtype=dy.dtype)
 
+    def block(n0, n1):
+        g = dy[n0:n1] * inv
+        dxp = np.empty((n1 - n0, hp, wp, c), dtype=dy.dtype) if crop else dx[n0:n1]
+        if not tiles:
+            dxp.fill(0)
+        for t in range(ph * pw):
+            view = offset_view(dxp, t // pw, t % pw, sh, sw, ho, wo)
+            if tiles:
+                np.copyto(view, g)
+            else:
+                np.add(view, g, out=view)
+        if crop:
+            dx[n0:n1] = dxp[:, pt:pt + h, pl:pl + w]
 
-def _rows(a, i, sh, ho):
-    """The ``(N, Ho, W, C)`` view of the rows window offset ``i`` reads at row stride ``sh``."""
-    return a[:, i:i + (ho - 1) * sh + 1:sh]
-
-
-def _cols(a, j, sw, wo):
-    """The ``(N, Ho, Wo, C)`` view of the columns window offset ``j`` reads at stride ``sw``."""
-    return a[:, :, j:j + (wo - 1) * sw + 1:sw]
+    _over_blocks(x_shape, dy.itemsize, dy.size * ph * pw * 2.0, block)
+    return dx
