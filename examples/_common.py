@@ -140,7 +140,8 @@ def mnist_data(prog, data, pad_to_32):
     split for training and 8,000-9,999 for evaluation.
     """
     folder = _folder(prog, data)
-    names = [n for n in os.listdir(folder) if n.startswith(("train-", "t10k-"))]
+    names = [n for n in _loading(prog, f"--data {data}", lambda: os.listdir(folder))
+             if n.startswith(("train-", "t10k-"))]
     has_train = any(n.startswith("train-images") for n in names) and any(
         n.startswith("train-labels") for n in names)
     if has_train:

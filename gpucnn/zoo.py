@@ -34,6 +34,10 @@ __all__ = ["perceptron", "basic_cnn", "lenet5", "alexnet", "conv_autoencoder", "
 ALEXNET_MIN_IMAGENET_SIDE = 67
 
 
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def _shape(input_shape, rank, op):
     """``input_shape`` as a tuple of ``rank`` positive ints, or a ValueError saying what was wrong."""
     try:
@@ -41,17 +45,17 @@ def _shape(input_shape, rank, op):
     except TypeError:
         shape = None
     if (shape is None or len(shape) != rank
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            or not all(_is_int(d) and d > 0 for d in shape)):
         want = "(height, width, channels)" if rank == 3 else "(n_features,)"
         raise ValueError(f"{op}: input_shape must be {rank} positive ints {want}, "
                          f"got {input_shape!r}")
-    return shape
+    return tuple(int(d) for d in shape)
 
 
 def _positive_int(value, op, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not _is_int(value) or value < minimum:
         raise ValueError(f"{op}: {name} must be an int >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 def perceptron(n_features):
@@ -184,10 +188,11 @@ def alexnet(input_shape=(227, 227, 3), classes=1000, dropout=0.5, width=1.0, den
     op = "alexnet"
     h, w, c = _shape(input_shape, 3, op)
     classes = _positive_int(classes, op, "classes", 2)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) \
+            or not 0 <= dropout < 1:
         raise ValueError(f"{op}: dropout must be a number in [0, 1), got {dropout!r}")
-    if (isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width)
-            or width <= 0):
+    if (isinstance(width, bool) or not isinstance(width, (int, float, np.floating))
+            or not math.isfinite(width) or width <= 0):
         raise ValueError(f"{op}: width must be a positive number, got {width!r}")
     if dense_units is None:
         dense_units = max(1, round(4096 * width))

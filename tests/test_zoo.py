@@ -270,3 +270,67 @@ def test_a_zoo_model_gives_the_same_output_on_the_cuda_backend(rng):
     finally:
         gpucnn.set_backend("numpy")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_numpy_integers_are_accepted_as_sizes():
+    shape = tuple(np.array([32, 32, 1]))
+    assert zoo.lenet5(shape, classes=np.int64(3)).count_params() == 61_706 - 7 * (84 + 1)
+
+
+# -- gpucnn.plots -----------------------------------------------------------------------------
+def check_png(path):
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[0] >= 100 and pixels.shape[1] >= 100
+    assert pixels[..., :3].std() > 0.02
+
+
+def test_confusion_counts_against_a_loop(rng):
+    from gpucnn import plots
+
+    t, p = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    want = np.zeros((4, 4), int)
+    for a, b in zip(t, p):
+        want[a, b] += 1
+    np.testing.assert_array_equal(plots.confusion_counts(t, p, 4), want)
+    with pytest.raises(ValueError, match=r"confusion_counts: y_pred must hold ints in \[0, 4\)"):
+        plots.confusion_counts(t, p + 1, 4)
+
+
+def test_every_plot_writes_a_readable_png(tmp_path, rng):
+    from gpucnn import plots
+
+    h = {"loss": [1.0, 0.5, 0.3], "accuracy": [0.5, 0.8, 0.9], "val_loss": [0.9, 0.6, 0.5],
+         "val_accuracy": [0.6, 0.7, 0.8]}
+    written = [
+        plots.curves(h, tmp_path / "c.png"),
+        plots.filters(rng.standard_normal((5, 5, 1, 6)), tmp_path / "f1.png"),
+        plots.filters(rng.standard_normal((3, 3, 3, 10)), tmp_path / "f3.png"),
+        plots.filters(rng.standard_normal((3, 3, 4, 5)), tmp_path / "f4.png"),
+        plots.feature_maps(rng.random((10, 10, 16)), tmp_path / "m.png", image=rng.random((12, 12))),
+        plots.feature_maps(rng.standard_normal((1, 1, 120)), tmp_path / "m1.png"),
+        plots.confusion_matrix(rng.integers(0, 3, 50), rng.integers(0, 3, 50), tmp_path / "cm.png"),
+        plots.reconstructions({"a": rng.random((4, 8, 8, 1)), "b": rng.random((4, 8, 8))},
+                              tmp_path / "r.png"),
+        plots.weights_image(rng.standard_normal(64), (8, 8), tmp_path / "w.png"),
+    ]
+    for path in written:
+        check_png(path)
+    with pytest.raises(ValueError, match=r"filters: kernel must be a numeric array of rank 4"):
+        plots.filters(np.zeros((3, 3, 1)), tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="curves: expected a History"):
+        plots.curves({}, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_plots_say_how_to_get_matplotlib(monkeypatch, tmp_path):
+    import sys
+
+    from gpucnn import plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    with pytest.raises(ImportError, match=r"pip install matplotlib"):
+        plots.curves({"loss": [1.0]}, tmp_path / "c.png")
