@@ -211,6 +211,8 @@ def test_conv2d_shape_errors_name_the_function(rng):
                          "relu")
     with pytest.raises(ValueError, match="conv2d_backward_weight.*dy shape"):
         K.conv2d_backward_weight(x, np.ones((1, 2, 2, 4)), (3, 3, 3, 4), (1, 1), (0, 0, 0, 0))
+    with pytest.raises(ValueError, match="conv2d_forward.*'gelu'"):
+        K.conv2d_forward(x, rng.standard_normal((3, 3, 3, 4)), None, (1, 1), (0, 0, 0, 0), "gelu")
     with pytest.raises(ValueError, match="conv2d_backward_input"):
         K.conv2d_backward_input(np.ones((1, 3, 3, 5)), rng.standard_normal((3, 3, 3, 4)),
                                 x.shape, (1, 1), (0, 0, 0, 0))

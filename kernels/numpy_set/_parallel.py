@@ -30,7 +30,7 @@ MIN_BLAS_LIMIT_FLOPS = 1e6     # below: BLAS stays single-threaded by itself, no
 _lock = threading.Lock()
 _depth = 0
 _limiter = None
-_controller = None
+_blas = None          # threadpoolctl's controllers of the BLAS libraries, found on first use
 _pool = None
 _pool_size = 0
 
@@ -69,11 +69,11 @@ def set_num_threads(n: int) -> None:
 
 
 def _blas_libs():
-    global _controller
-    if _controller is None:
-        _controller = ([lc for lc in ThreadpoolController().lib_controllers
-                        if lc.user_api == "blas"] if ThreadpoolController is not None else [])
-    return _controller
+    global _blas
+    if _blas is None:
+        _blas = ([lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
+                 if ThreadpoolController is not None else [])
+    return _blas
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import ACTIVATIONS
 from ._im2col import im2col_forward, im2col_weight_grad
 from ._scatter import scatter_input_grad
 from ._shifted import shifted_forward, shifted_weight_grad
@@ -63,10 +64,13 @@ def conv2d_forward(x, w, b, stride, pad, act):
     check_float(op, "x", x)
     check_ndim(op, "x", x, 4, "(N, H, W, C)")
     check_ndim(op, "w", w, 4, "(KH, KW, C_in, C_out)")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"{op}: act expected one of {ACTIVATIONS}, got {act!r}")
     ho, wo = _geometry(op, x.shape, w.shape, stride, pad)
     co = w.shape[3]
     dt = x.dtype
     if b is not None:
+        b = np.asarray(b)
         if b.shape != (co,):
             fail(op, "b of shape (C_out,)", (co,), tuple(b.shape))
         b = as_dtype(b, dt)
