@@ -9,7 +9,8 @@ TypeError. Layouts and signatures: the contract in ``gpucnn.kernels``.
 """
 from __future__ import annotations
 
-from ._launch import all_kernels, asarray, launch_path, set_launch_path, to_host, xp
+from ._launch import (all_kernels, asarray, launch_count, launch_path, set_launch_path, to_host,
+                      xp)
 from .activation import act_backward, act_forward
 from .conv import bias_grad, conv2d_backward_input, conv2d_backward_weight, conv2d_forward
 from .dropout import dropout_mask
@@ -27,5 +28,5 @@ __all__ = [
     "softmax_xent_forward", "softmax_xent_backward",
     "dropout_mask",
     "sgd_update", "adam_update", "rmsprop_update",
-    "all_kernels", "launch_path", "set_launch_path",
+    "all_kernels", "launch_count", "launch_path", "set_launch_path",
 ]

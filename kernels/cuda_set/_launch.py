@@ -180,7 +180,7 @@ def _default_path() -> str:
     return want
 
 
-_state = {"path": None}
+_state = {"path": None, "launches": 0}
 _lock = threading.Lock()
 
 
@@ -189,6 +189,11 @@ def launch_path() -> str:
     if _state["path"] is None:
         _state["path"] = _default_path()
     return _state["path"]
+
+
+def launch_count() -> int:
+    """How many kernels this process has launched (for launches-per-step counts)."""
+    return _state["launches"]
 
 
 def set_launch_path(path: str) -> str:
@@ -328,6 +333,7 @@ def launch(spec: KernelSpec, grid, block, *args):
     if len(args) != len(spec.argtypes):
         raise TypeError(f"{spec.name}: {len(spec.argtypes)} arguments expected, got {len(args)}")
     path = launch_path()
+    _state["launches"] += 1
     if path == "sim":
         conv = [a if isinstance(t, types.Array) else _scalar(t, a)
                 for t, a in zip(spec.argtypes, args)]

@@ -238,10 +238,9 @@ def _labels(op, labels, rows):
     lab = contig(labels)
     if lab.dtype.kind not in "iu":
         raise TypeError(f"{op}: labels must be integers, got dtype {lab.dtype}")
-    lab = contig(lab, np.int64).reshape(-1)
     if lab.shape != (rows,):
-        raise ValueError(f"{op}: labels must have shape ({rows},), got {tuple(labels.shape)}")
-    return lab
+        raise ValueError(f"{op}: labels must have shape ({rows},), got {tuple(lab.shape)}")
+    return contig(lab, np.int64)
 
 
 def softmax_xent_forward(z, labels):
