@@ -366,3 +366,24 @@ def test_empty_batch_launches_nothing():
                                   np.ones((0, 2, 2, 2), np.float32), (3, 3, 1, 2), (1, 1),
                                   (0, 0, 0, 0))
     assert np.array_equal(C.to_host(dw), np.zeros((3, 3, 1, 2), np.float32))
+
+
+@pytest.mark.parametrize("draw", range(8))
+def test_conv_random_geometries(draw, rng):
+    """Random kernel sizes, strides, paddings, channel counts and image sizes (including 1x1
+    outputs and channel counts below and above the reduction step) for all three conv GEMMs."""
+    n, cin, cout = int(rng.integers(1, 3)), int(rng.integers(1, 7)), int(rng.integers(1, 12))
+    kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    padding = ("valid", "same")[int(rng.integers(2))]
+    h, w = int(rng.integers(kh, kh + 7)), int(rng.integers(kw, kw + 7))
+    ho, wo, pad = window_2d(h, w, kh, kw, sh, sw, padding)
+    x, wt, b = f32(rng, n, h, w, cin), f32(rng, kh, kw, cin, cout), f32(rng, cout)
+    dy = f32(rng, n, ho, wo, cout)
+    geo = f"x{x.shape} w{wt.shape} s{(sh, sw)} pad{pad}"
+    assert rel_err(C.conv2d_forward(x, wt, b, (sh, sw), pad, "tanh"),
+                   N.conv2d_forward(x, wt, b, (sh, sw), pad, "tanh")) < FWD, geo
+    assert rel_err(C.conv2d_backward_input(dy, wt, x.shape, (sh, sw), pad),
+                   N.conv2d_backward_input(dy, wt, x.shape, (sh, sw), pad)) < GRAD, geo
+    assert rel_err(C.conv2d_backward_weight(x, dy, wt.shape, (sh, sw), pad),
+                   N.conv2d_backward_weight(x, dy, wt.shape, (sh, sw), pad)) < GRAD, geo

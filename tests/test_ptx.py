@@ -60,6 +60,13 @@ for spec in _launch.all_kernels():
             rec["ptxas"] = {"rc": r.returncode, "registers": int(regs.group(1)) if regs else None,
                             "spill_bytes": sum(map(int, spill)), "log": r.stderr[-500:]}
     out.append(rec)
+if cc == (9, 0):  # the raw launch path's cubin: Numba's linker output, as bytes
+    from numba.cuda.cudadrv import driver
+    spec = _launch.all_kernels()[0]
+    ptx, _ = cuda.compile_ptx(spec.pyfunc, spec.sig, cc=cc, launch_bounds=spec.launch_bounds)
+    linker = driver._Linker(cc=cc)
+    linker.add_ptx(ptx.encode())
+    out.append({"name": "<cubin>", "head": list(_launch.cubin_bytes(linker.complete())[:4])})
 print("PTX-REPORT " + json.dumps(out))
 """
 
@@ -76,6 +83,7 @@ def reports():
         assert p.returncode == 0, f"PTX worker for cc {cc} failed:\n{stderr[-4000:]}"
         line = [ln for ln in stdout.splitlines() if ln.startswith("PTX-REPORT ")][-1]
         out[cc] = {r["name"]: r for r in json.loads(line[len("PTX-REPORT "):])}
+    out["cubin"] = out[(9, 0)].pop("<cubin>")
     return out
 
 
@@ -114,6 +122,11 @@ def test_sm90_cubins_assemble_without_spills(reports):
         assert info["spill_bytes"] == 0, f"{name} spills registers: {info['log']}"
         if name.startswith("igemm"):
             assert info["registers"] <= 128 or "float64" in name, f"{name}: {info['registers']}"
+
+
+def test_numba_linker_gives_cubin_bytes(reports):
+    """The raw path loads ``cubin_bytes(lib.get_cubin())`` into CuPy: an ELF image."""
+    assert bytes(reports["cubin"]["head"]) == b"\x7fELF"
 
 
 def test_raw_launch_abi_matches_the_ptx_parameters(reports):

@@ -118,7 +118,9 @@ def float_variants():
 # ---------------------------------------------------------------------------------------------
 
 def asarray(a, dtype=None):
-    """An array of this set (no copy when it already is one with that dtype)."""
+    """An array of this set (``a`` itself when it already is one with that dtype)."""
+    if isinstance(a, xp.ndarray) and (dtype is None or a.dtype == np.dtype(dtype)):
+        return a
     if xp is np:
         if cp is not None and isinstance(a, cp.ndarray):  # pragma: no cover - GPU only
             a = cp.asnumpy(a)
@@ -297,12 +299,13 @@ _raw_failed: dict = {}
 
 
 def _raw_kernel(spec: KernelSpec):
-    k = _raw_cache.get(spec)
+    key = (spec, cp.cuda.runtime.getDevice())   # a module is loaded per device
+    k = _raw_cache.get(key)
     if k is None:
         with _lock:
-            k = _raw_cache.get(spec)
+            k = _raw_cache.get(key)
             if k is None:
-                k = _raw_cache[spec] = _RawKernel(spec)
+                k = _raw_cache[key] = _RawKernel(spec)
     return k
 
 

@@ -149,8 +149,8 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
 
         # --- the GEMM's extents -------------------------------------------------------------
         ncols = out.shape[1]
-        cin = src.shape[3]           # FWD / BWD_WEIGHT: channels of x
-        cred = src.shape[3]          # BWD_INPUT: the reduction's channels are dy's (Cout)
+        cin = src.shape[3]           # channels of x (FWD, BWD_WEIGHT)
+        crad = src.shape[3]          # innermost radix of the reduction index: Cin, or Cout
         if MODE == BWD_INPUT:
             cin = out.shape[1]
         if MODE == BWD_WEIGHT:
@@ -160,26 +160,50 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
         elif MODE == BWD_INPUT:
             mrows = out.shape[0]
             kbeg = split * 0
-            kend = kh * kw * cred
+            kend = kh * kw * crad
         else:
             mrows = out.shape[0]
             kbeg = split * 0
             kend = wmat.shape[0]
 
-        # --- per-thread A-tile coordinates that do not change along the reduction -----------
-        a_kk = tid % BK              # FWD/BWD_INPUT: the thread's column in the A tile
-        a_mm = tid % BM              # BWD_WEIGHT: the thread's row in the A tile
+        # --- per-thread coordinates, advanced by BK per step without divisions ---------------
+        # FWD/BWD_INPUT: the thread stages column a_kk of the A tile (and, in BWD_INPUT, of the
+        # B tile) for A_LOADS rows; its reduction index k = (ky, kx, kc) moves by BK per step,
+        # BK being (d_y, d_x, d_c) in the same mixed radix (KH, KW, crad).
+        # BWD_WEIGHT: the thread stages row a_mm of the A tile (a dw row (wr_ky, wr_kx, wr_ci))
+        # for A_LOADS reduction indices r = (n, oh, ow), each moving by BK = (d_y, d_x, d_c) in
+        # the radix (N, Ho, Wo).
+        a_kk = tid % BK
+        a_mm = tid % BM
+        kc = i64(0)
+        kx = i64(0)
+        ky = i64(0)
         wr_ky = i64(0)
         wr_kx = i64(0)
         wr_ci = i64(0)
         if MODE == BWD_WEIGHT:
-            m = m0 + a_mm            # a row of dw: (ky, kx, ci)
+            m = m0 + a_mm
             wr_ci = m % cin
             wr_kx = (m // cin) % kw
             wr_ky = m // (cin * kw)
             if m >= mrows:
                 wr_ky = -(1 << 40)   # off every image: loads read zero
+            d_c = BK % mw
+            d_x = (BK // mw) % mh
+            d_y = BK // (mw * mh)
+            for i in range(A_LOADS):
+                r = kbeg + tid // BM + i * A_RED_STEP
+                row_w[i] = r % mw
+                row_h[i] = (r // mw) % mh
+                row_n[i] = r // (mw * mh)
         else:
+            k = kbeg + a_kk
+            kc = k % crad
+            kx = (k // crad) % kw
+            ky = k // (crad * kw)
+            d_c = BK % crad
+            d_x = (BK // crad) % kw
+            d_y = BK // (crad * kw)
             for i in range(A_LOADS):
                 m = m0 + tid // BK + i * A_ROW_STEP
                 q = m % mw
@@ -200,68 +224,59 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
         for k0 in range(kbeg, kend, BK):
             # --- stage the A tile As[kk, mm] ------------------------------------------------
             if MODE == FWD:
-                k = k0 + a_kk
-                ci = k % cin
-                kx = (k // cin) % kw
-                ky = k // (cin * kw)
                 for i in range(A_LOADS):
                     v = zero
                     n = row_n[i]
                     ih = row_h[i] + ky
                     iw = row_w[i] + kx
-                    if (k < kend and n >= 0 and ih >= 0 and ih < src.shape[1] and iw >= 0
+                    if (k0 + a_kk < kend and n >= 0 and ih >= 0 and ih < src.shape[1] and iw >= 0
                             and iw < src.shape[2]):
-                        v = src[n, ih, iw, ci]
+                        v = src[n, ih, iw, kc]
                     As[a_kk, tid // BK + i * A_ROW_STEP] = v
             elif MODE == BWD_INPUT:
-                k = k0 + a_kk
-                co = k % cred
-                kx = (k // cred) % kw
-                ky = k // (cred * kw)
                 for i in range(A_LOADS):
                     v = zero
                     n = row_n[i]
                     th = row_h[i] - ky
                     tw = row_w[i] - kx
-                    if k < kend and n >= 0 and th >= 0 and tw >= 0:
-                        if th % sh == 0 and tw % sw == 0:
+                    if k0 + a_kk < kend and n >= 0 and th >= 0 and tw >= 0:
+                        oh = th
+                        ow = tw
+                        hit = True
+                        if sh != 1 or sw != 1:   # uniform branch: no divisions at stride 1
+                            hit = th % sh == 0 and tw % sw == 0
                             oh = th // sh
                             ow = tw // sw
-                            if oh < src.shape[1] and ow < src.shape[2]:
-                                v = src[n, oh, ow, co]
+                        if hit and oh < src.shape[1] and ow < src.shape[2]:
+                            v = src[n, oh, ow, kc]
                     As[a_kk, tid // BK + i * A_ROW_STEP] = v
             else:
                 for i in range(A_LOADS):
                     kk = tid // BM + i * A_RED_STEP
-                    r = k0 + kk
                     v = zero
-                    if r < kend:
-                        ow = r % mw
-                        t = r // mw
-                        ih = (t % mh) * sh - pt + wr_ky
-                        iw = ow * sw - pl + wr_kx
+                    if k0 + kk < kend:
+                        ih = row_h[i] * sh - pt + wr_ky
+                        iw = row_w[i] * sw - pl + wr_kx
                         if ih >= 0 and ih < src.shape[1] and iw >= 0 and iw < src.shape[2]:
-                            v = src[t // mh, ih, iw, wr_ci]
+                            v = src[row_n[i], ih, iw, wr_ci]
                     As[kk, a_mm] = v
             # --- stage the B tile Bs[kk, nn] ------------------------------------------------
             for i in range(B_LOADS):
                 lin = tid + i * NT
                 v = zero
                 if MODE == BWD_INPUT:
-                    kk = lin % BK            # consecutive threads: consecutive c_out in w
-                    nn = lin // BK
-                    k = k0 + kk
+                    nn = lin // BK           # the column is a_kk for every i (BK divides NT)
                     ci = n0 + nn
-                    if k < kend and ci < ncols:
-                        v = wmat[(k // cred) * cin + ci, k % cred]
+                    if k0 + a_kk < kend and ci < ncols:
+                        v = wmat[(ky * kw + kx) * cin + ci, kc]
+                    Bs[a_kk, nn] = v
                 else:
                     kk = lin // BN           # consecutive threads: consecutive columns
                     nn = lin % BN
-                    k = k0 + kk
                     c = n0 + nn
-                    if k < kend and c < ncols:
-                        v = wmat[k, c]
-                Bs[kk, nn] = v
+                    if k0 + kk < kend and c < ncols:
+                        v = wmat[k0 + kk, c]
+                    Bs[kk, nn] = v
             cuda.syncthreads()  # both tiles are fully staged before any thread multiplies
 
             if k0 + BK <= kend:
@@ -271,6 +286,32 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
                 for kk in range(kend - k0):  # the last, partial step
                     rank1_update(As, Bs, kk, tx, ty, acc, a_reg, b_reg)
             cuda.syncthreads()  # every thread is done reading the tiles before they are restaged
+
+            # --- advance the reduction coordinates by BK (one carry per digit at most) ------
+            if MODE == BWD_WEIGHT:
+                for i in range(A_LOADS):
+                    w_ = row_w[i] + d_c
+                    h_ = row_h[i] + d_x
+                    n_ = row_n[i] + d_y
+                    if w_ >= mw:
+                        w_ -= mw
+                        h_ += 1
+                    if h_ >= mh:
+                        h_ -= mh
+                        n_ += 1
+                    row_w[i] = w_
+                    row_h[i] = h_
+                    row_n[i] = n_
+            else:
+                kc += d_c
+                kx += d_x
+                ky += d_y
+                if kc >= crad:
+                    kc -= crad
+                    kx += 1
+                if kx >= kw:
+                    kx -= kw
+                    ky += 1
 
         # --- epilogue: one global write per output ------------------------------------------
         for i in range(TM):
