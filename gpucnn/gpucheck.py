@@ -9,7 +9,8 @@ On a machine with an NVIDIA GPU it
    the LeNet-5 shapes (batch 128) and the AlexNet shapes (227 x 227 x 3, batch 32);
 3. times the same operations through PyTorch where it is importable (cuDNN, fp32, TF32 off,
    channels-last tensors sharing the same memory) and prints the ratio;
-4. reports the convolutions' GFLOP/s against the device's fp32 peak;
+4. reports the convolutions' GFLOP/s against the device's fp32 peak, and times the candidate
+   conv tiles against the default ones (a tile sweep, to choose tiles from measurements);
 5. measures the host time of one kernel call (launch overhead) on both launch paths, beside
    CuPy's and PyTorch's;
 6. times an end-to-end LeNet-5 training step (``Model.train_on_batch``) in images/s, beside the
@@ -558,6 +559,56 @@ def _torch_adam(ctx, n):
     return opt.step
 
 
+def tile_sweep(ctx):
+    """The conv tiles of ``conv.CANDIDATE_TILES`` against the default choice, per GEMM mode, on
+    the AlexNet layers (checked against the default tile's result, then timed)."""
+    from gpucnn.kernels.cuda_set import conv as cv
+
+    convs, _ = layers(ctx.tiny)
+    chosen = [c for c in convs if c.net == "alexnet"]
+    if not ctx.tiny:
+        chosen = [c for c in chosen if c.name in ("conv1", "conv2", "conv4")]
+    C = ctx.C
+    rows = []
+    for c in chosen:
+        ys, pad = c.geometry()
+        st = (c.stride, c.stride)
+        x, w, b, dy = (ctx.dev(ctx.rand(*c.x)), ctx.dev(ctx.rand(*c.w, scale=0.1)),
+                       ctx.dev(ctx.rand(c.cout)), ctx.dev(ctx.rand(*ys)))
+        calls = {cv.FWD: (c.cout, lambda: C.conv2d_forward(x, w, b, st, pad, c.act)),
+                 cv.BWD_INPUT: (c.x[3], lambda: C.conv2d_backward_input(dy, w, c.x, st, pad)),
+                 cv.BWD_WEIGHT: (c.cout, lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad))}
+        for mode, (ncols, call) in calls.items():
+            default = cv.choose_tile(mode, ncols)
+            want = ctx.host(call())
+            base = math.nan
+            tiles = (default,) + tuple(t for t in ([] if ctx.tiny else cv.CANDIDATE_TILES[mode])
+                                       if t != default)
+            for tile in tiles:
+                cv.TILE_OVERRIDE = {mode: tile}
+                try:
+                    err = _rel(ctx, call(), want)
+                    ms = ctx.median_ms(call)
+                except Exception as e:  # noqa: BLE001
+                    err, ms = math.nan, math.nan
+                    print(f"  [4] tile {tile}: {type(e).__name__}: {e}", flush=True)
+                finally:
+                    cv.TILE_OVERRIDE = {}
+                if tile == default:
+                    base = ms
+                if not err <= GRAD_TOL:
+                    ctx.failures.append(f"tile sweep {c.name} {cv.MODE_NAMES[mode]} {tile}: "
+                                        f"rel err {err:.2e} against the default tile")
+                label = "/".join(map(str, tile[:3])) + f" {tile.tm}x{tile.tn} " \
+                    f"b{tile.min_blocks}" + (" (default)" if tile == default else "")
+                gf = c.flops() / (ms * 1e6) if ms == ms and ms > 0 else math.nan
+                rows.append((f"{c.net} {c.name}", cv.MODE_NAMES[mode], label, ms, gf,
+                             base / ms if ms == ms and ms > 0 else math.nan, err))
+                print(f"  [4] {c.name} {cv.MODE_NAMES[mode]:10s} {label:28s} {ms:9.3f} ms",
+                      flush=True)
+    return rows
+
+
 # --------------------------------------------------------------------------- (5) overhead
 
 def launch_overhead(ctx):
@@ -682,7 +733,7 @@ def _f(v, fmt="{:.3f}"):
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
 
-def markdown(ctx, acc, timings, overhead, e2e, elapsed):
+def markdown(ctx, acc, timings, sweep, overhead, e2e, elapsed):
     info = ctx.info
     out = [f"## gpucnn GPU check: {info.get('device', '?')}, "
            f"{datetime.date.today().isoformat()}", ""]
@@ -709,6 +760,12 @@ def markdown(ctx, acc, timings, overhead, e2e, elapsed):
     for net, layer, op, shape, ms, gf, pct, tms, ratio in timings:
         out.append(f"| {net} | {layer} | {op} | {shape} | {_f(ms)} | {_f(gf, '{:.0f}')} | "
                    f"{_f(pct, '{:.1f}')} | {_f(tms)} | {_f(ratio, '{:.2f}')} |")
+    out += ["", "### 4b. Conv tile sweep (candidates against the default tile)", "",
+            "| layer | GEMM | tile bm/bn/bk tm x tn, blocks/SM | ms | GFLOP/s | speed-up "
+            "| rel err vs default |", "|---|---|---|---|---|---|---|"]
+    for layer, mode, label, ms, gf, speed, err in sweep:
+        out.append(f"| {layer} | {mode} | {label} | {_f(ms)} | {_f(gf, '{:.0f}')} | "
+                   f"{_f(speed, '{:.2f}')} | {_f(err, '{:.1e}')} |")
     out += ["", "### 5. Launch overhead (host time per call)", "", "| call | µs per call |",
             "|---|---|"]
     for label, us in overhead:
@@ -753,9 +810,10 @@ def main(argv=None) -> int:
     with cm:
         acc = check_accuracy(ctx)
         timings = time_ops(ctx)
+        sweep = tile_sweep(ctx)
         overhead = launch_overhead(ctx)
         e2e = end_to_end(ctx)
-    table = markdown(ctx, acc, timings, overhead, e2e, time.perf_counter() - t0)
+    table = markdown(ctx, acc, timings, sweep, overhead, e2e, time.perf_counter() - t0)
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as f:
             f.write(table)

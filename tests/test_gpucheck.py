@@ -27,7 +27,8 @@ def test_tiny_run_passes_and_prints_the_tables_last(tiny_run):
     rc, out, md = tiny_run
     assert rc == 0, out[-3000:]
     assert out.rstrip().endswith(md.rstrip())          # the markdown report is the last thing
-    for title in ("### 1. Accuracy", "### 2-4. Kernel times", "### 5. Launch overhead",
+    for title in ("### 1. Accuracy", "### 2-4. Kernel times", "### 4b. Conv tile sweep",
+                  "### 5. Launch overhead",
                   "### 6. End-to-end training step"):
         assert title in md
     assert "### Failures" not in md
@@ -46,10 +47,12 @@ def test_accuracy_section_covers_every_contract_function(tiny_run):
 
 def test_timing_and_end_to_end_rows_have_numbers(tiny_run):
     _, _, md = tiny_run
-    timings = md.split("### 2-4.")[1].split("### 5.")[0]
+    timings = md.split("### 2-4.")[1].split("### 4b.")[0]
     ms = [r.split("|")[5].strip() for r in timings.splitlines() if r.startswith("| lenet")
           or r.startswith("| alexnet")]
     assert len(ms) >= 20 and all(re.fullmatch(r"\d+\.\d{3}", v) for v in ms)
+    sweep = md.split("### 4b.")[1].split("### 5.")[0]
+    assert sweep.count("(default)") >= 6                  # every GEMM of the swept layers
     e2e = md.split("### 6.")[1]
     row = [r for r in e2e.splitlines() if r.startswith("| basic CNN")][0]
     assert float(row.split("|")[3]) > 0

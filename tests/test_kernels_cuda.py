@@ -20,6 +20,7 @@ C = load_set("cuda")
 N = load_set("numpy")
 FWD, GRAD = 1e-5, 1e-4
 SIM = _launch.launch_path() == "sim"
+HW_TILES = (conv.TILE_WIDE, conv.TILE_NARROW)   # read before the fixture swaps in small ones
 
 @pytest.fixture(autouse=True, scope="module")
 def small_launches():
@@ -387,3 +388,25 @@ def test_conv_random_geometries(draw, rng):
                    N.conv2d_backward_input(dy, wt, x.shape, (sh, sw), pad)) < GRAD, geo
     assert rel_err(C.conv2d_backward_weight(x, dy, wt.shape, (sh, sw), pad),
                    N.conv2d_backward_weight(x, dy, wt.shape, (sh, sw), pad)) < GRAD, geo
+
+
+@pytest.mark.parametrize("mode", [conv.FWD, conv.BWD_INPUT, conv.BWD_WEIGHT],
+                         ids=conv.MODE_NAMES)
+def test_full_size_tiles(mode, rng, monkeypatch):
+    """The GPU's default tiles and the candidates gpucheck may time compute the right numbers
+    too (one block of 256 threads each here: a few seconds in the simulator)."""
+    x, wt, b = f32(rng, 1, 6, 5, 3), f32(rng, 3, 3, 3, 5), f32(rng, 5)
+    pad, st = (1, 1, 1, 1), (1, 1)
+    dy = f32(rng, 1, 6, 5, 5)
+    for tile in HW_TILES + conv.CANDIDATE_TILES[mode]:
+        monkeypatch.setattr(conv, "TILE_OVERRIDE", {mode: tile})
+        if mode == conv.FWD:
+            got, want = (C.conv2d_forward(x, wt, b, st, pad, "sigmoid"),
+                         N.conv2d_forward(x, wt, b, st, pad, "sigmoid"))
+        elif mode == conv.BWD_INPUT:
+            got, want = (C.conv2d_backward_input(dy, wt, x.shape, st, pad),
+                         N.conv2d_backward_input(dy, wt, x.shape, st, pad))
+        else:
+            got, want = (C.conv2d_backward_weight(x, dy, wt.shape, st, pad),
+                         N.conv2d_backward_weight(x, dy, wt.shape, st, pad))
+        assert rel_err(got, want) < GRAD, tile
