@@ -164,6 +164,20 @@ def empty(shape, dtype):
     return a
 
 
+_dummies: dict = {}
+
+
+def dummy(dtype):
+    """A one-element array of ``dtype`` standing for an absent optional argument (no bias, no
+    momentum slot); allocated once per dtype and device, never read by the kernels."""
+    dev = cp.cuda.runtime.getDevice() if xp is not np else -1
+    key = (np.dtype(dtype).str, dev)
+    a = _dummies.get(key)
+    if a is None:
+        a = _dummies[key] = xp.zeros((1,), dtype=dtype)
+    return a
+
+
 def check_rank(op: str, name: str, a, ndim: int, layout: str):
     if a.ndim != ndim:
         raise ValueError(f"{op}: {name} must be {ndim}-D {layout}, got shape {tuple(a.shape)}")

@@ -17,7 +17,7 @@ from ._launch import (NB_FLOAT, arr, contig, empty, float_dtype, float_variants,
                       kernel_factory, KernelSpec, launch)
 from ._runtime import numba_cuda as cuda
 
-#: Threads per block of the elementwise kernels (tests shrink it for the simulator).
+#: Threads per block of the elementwise kernels (grid-stride loops; see ``_launch.grid_1d``).
 EW_BLOCK = 256
 
 ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}  # linear 0, relu 1, tanh 2, sigmoid 3
@@ -71,8 +71,8 @@ def act_fwd_kernel(dtype):
     act_fwd, _ = act_device_fns(dtype)
 
     def act_forward_k(x, y, code):
-        """y[i] = act(x[i]) over flat C-contiguous arrays of equal size; one thread per element,
-        one global read and one write each."""
+        """y[i] = act(x[i]) over flat C-contiguous arrays of equal size; a grid-stride loop,
+        one global read and one write per element."""
         for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
             y[i] = act_fwd(x[i], code)
 
@@ -85,7 +85,7 @@ def act_bwd_kernel(dtype):
     _, act_bwd = act_device_fns(dtype)
 
     def act_backward_k(dy, y, dx, code):
-        """dx[i] = act'(from y[i]) * dy[i] over flat C-contiguous arrays; one thread per element."""
+        """dx[i] = act'(from y[i]) * dy[i] over flat C-contiguous arrays; a grid-stride loop."""
         for i in range(cuda.grid(1), dy.size, cuda.gridsize(1)):
             dx[i] = act_bwd(dy[i], y[i], code)
 

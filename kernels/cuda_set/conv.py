@@ -27,8 +27,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import types
 
-from ._launch import (NB_FLOAT, arr, cdiv, check_rank, contig, empty, float_dtype, kernel_factory,
-                      KernelSpec, launch, xp)
+from ._launch import (NB_FLOAT, KernelSpec, arr, cdiv, check_rank, contig, dummy, empty,
+                      float_dtype, kernel_factory, launch, xp)
 from ._runtime import numba_cuda as cuda
 from .activation import act_code, act_device_fns
 from .reduce import column_sum
@@ -406,7 +406,7 @@ def conv2d_forward(x, w, b, stride, pad, act):
     sh, sw, pt, pb, pl, pr = _geometry(op, stride, pad)
     ho, wo = _out_size(op, h, wd, kh, kw, sh, sw, pt, pb, pl, pr)
     if b is None:
-        bias, has_bias = xp.zeros((1,), dtype=dt), 0
+        bias, has_bias = dummy(dt), 0
     else:
         bias, has_bias = contig(b, dt), 1
         if bias.shape != (cout,):
@@ -437,7 +437,7 @@ def conv2d_backward_input(dy, w, x_shape, stride, pad):
                          f"(KH, KW, {cin}, C_out))")
     dx = empty((n, h, wd, cin), dt)
     tile = choose_tile(BWD_INPUT, cin)
-    _launch_igemm(BWD_INPUT, tile, dy, w.reshape(kh * kw * cin, cout), xp.zeros((1,), dtype=dt),
+    _launch_igemm(BWD_INPUT, tile, dy, w.reshape(kh * kw * cin, cout), dummy(dt),
                   dx.reshape(n * h * wd, cin), h, wd, kh, kw, sh, sw, pt, pl, 0, 0,
                   n * h * wd, cin)
     return dx
@@ -473,7 +473,7 @@ def conv2d_backward_weight(x, dy, w_shape, stride, pad):
         return xp.zeros((kh, kw, cin, cout), dtype=dt)
     splits, chunk = _splits(tile, krows, cout, red)
     part = empty((splits * krows, cout), dt)
-    _launch_igemm(BWD_WEIGHT, tile, x, dy.reshape(red, cout), xp.zeros((1,), dtype=dt), part,
+    _launch_igemm(BWD_WEIGHT, tile, x, dy.reshape(red, cout), dummy(dt), part,
                   ho, wo, kh, kw, sh, sw, pt, pl, 0, 0, krows, cout, splits, chunk)
     if splits == 1:
         return part.reshape(kh, kw, cin, cout)

@@ -16,7 +16,7 @@ from ._launch import (NB_FLOAT, arr, empty, float_variants, grid_1d, kernel_fact
                       launch)
 from ._runtime import numba_cuda as cuda
 
-#: Threads per block; one thread per mask element.
+#: Threads per block of the grid-stride mask kernel.
 DROPOUT_BLOCK = 256
 
 u64 = types.uint64
@@ -50,7 +50,7 @@ def dropout_kernel(dtype):
 
     def dropout_k(mask, seed, counter, rate, scale):
         """mask[i] = scale if random_u32(seed, counter, i) * 2**-32 >= rate else 0, over a flat
-        C-contiguous array; one thread per element. seed and counter are 32-bit words."""
+        C-contiguous array, in a grid-stride loop. seed and counter are 32-bit words."""
         for i in range(cuda.grid(1), mask.size, cuda.gridsize(1)):
             u = random_u32(seed, counter, u64(i) & _MASK)
             if types.float64(u) * (1.0 / 4294967296.0) >= rate:

@@ -16,11 +16,11 @@ import math
 import numpy as np
 from numba import types
 
-from ._launch import (NB_FLOAT, arr, contig, float_dtype, float_variants, grid_1d, kernel_factory,
-                      KernelSpec, launch, to_host, xp)
+from ._launch import (NB_FLOAT, KernelSpec, arr, contig, dummy, float_dtype, float_variants,
+                      grid_1d, kernel_factory, launch, to_host, xp)
 from ._runtime import numba_cuda as cuda
 
-#: Threads per block; one thread per parameter element.
+#: Threads per block of the grid-stride update kernels.
 OPTIM_BLOCK = 256
 
 
@@ -130,7 +130,7 @@ def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
     dt = io.dt
     gf = _grad(op, g, p.shape, dt)
     pf = io.flat["p"]
-    vf = io.flat["v"] if use_v else xp.zeros((1,), dtype=dt)
+    vf = io.flat["v"] if use_v else dummy(dt)
     launch(sgd_kernel(dt.name), *_grid(pf.size), pf, gf, vf, float(lr), momentum,
            float(weight_decay), int(bool(nesterov)), int(use_v))
     io.done()

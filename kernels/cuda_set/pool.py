@@ -15,7 +15,8 @@ from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype, flo
                       grid_1d, kernel_factory, KernelSpec, launch, xp)
 from ._runtime import numba_cuda as cuda
 
-#: Threads per block; one thread per output element (per input element in avg backward).
+#: Threads per block of the grid-stride pooling kernels (over outputs; over inputs in the
+#: average-pool backward).
 POOL_BLOCK = 256
 
 i64 = types.int64
@@ -27,8 +28,8 @@ def max_pool_fwd_kernel(dtype):
 
     def max_pool_fwd_k(x, y, idx, ph, pw, sh, sw, pt, pl):
         """y[n, oh, ow, c] = max over the window's real cells of x; idx the flat h * W + w of
-        the first maximal cell. x (N, H, W, C), y and idx (N, Ho, Wo, C); one thread per
-        output, consecutive threads consecutive channels (coalesced)."""
+        the first maximal cell. x (N, H, W, C), y and idx (N, Ho, Wo, C); a grid-stride loop
+        over outputs, consecutive threads on consecutive channels (coalesced)."""
         for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             c = i % y.shape[3]
             t = i // y.shape[3]
@@ -81,7 +82,7 @@ def avg_pool_fwd_kernel(dtype):
 
     def avg_pool_fwd_k(x, y, ph, pw, sh, sw, pt, pl):
         """y[n, oh, ow, c] = mean of x over the window's real cells (padding not counted).
-        x (N, H, W, C), y (N, Ho, Wo, C); one thread per output."""
+        x (N, H, W, C), y (N, Ho, Wo, C); a grid-stride loop over outputs."""
         for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             c = i % y.shape[3]
             t = i // y.shape[3]
@@ -109,7 +110,7 @@ def avg_pool_bwd_kernel(dtype):
 
     def avg_pool_bwd_k(dy, dx, ph, pw, sh, sw, pt, pl):
         """dx[n, h, w, c] = sum over the windows (oh, ow) covering (h, w) of dy / count(oh, ow).
-        dy (N, Ho, Wo, C), dx (N, H, W, C); one thread per dx element, a gather: no atomics,
+        dy (N, Ho, Wo, C), dx (N, H, W, C); a grid-stride loop over dx, a gather: no atomics,
         one global write each."""
         for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
             c = i % dx.shape[3]
