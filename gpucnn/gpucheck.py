@@ -437,9 +437,7 @@ def time_ops(ctx):
         x, w, b, dy = (ctx.dev(ctx.rand(*c.x)), ctx.dev(ctx.rand(*c.w, scale=0.1)),
                        ctx.dev(ctx.rand(c.cout)), ctx.dev(ctx.rand(*ys)))
         shape = f"x{c.x} k{c.k} s{c.stride} {c.padding} -> {ys}"
-        t = {}
-        if ctx.torch is not None:
-            t = _torch_conv(ctx, c, x, w, b, dy, pad)
+        t = _torch_ops(ctx, _torch_conv, c, x, w, b, dy, pad)
         add(c.net, c.name, f"conv fwd+bias+{c.act}", shape,
             lambda: C.conv2d_forward(x, w, b, st, pad, c.act), c.flops(), t.get("fwd"))
         add(c.net, c.name, "conv bwd input", shape,
@@ -452,7 +450,7 @@ def time_ops(ctx):
         geo = ((p.k, p.k), (p.stride, p.stride), pad)
         x, dy = ctx.dev(ctx.rand(*p.x)), ctx.dev(ctx.rand(*ys))
         shape = f"x{p.x} {p.k}x{p.k}/{p.stride}"
-        t = _torch_pool(ctx, p, x, dy) if ctx.torch is not None else {}
+        t = _torch_ops(ctx, _torch_pool, p, x, dy)
         if p.kind == "max":
             _, idx = C.max_pool_forward(x, *geo)
             add(p.net, p.name, "max pool fwd", shape, lambda: C.max_pool_forward(x, *geo),
@@ -478,37 +476,43 @@ def _time_rows(ctx, add):
         lab = ctx.dev(ctx.rng.integers(0, k, rows_))
         loss, p = C.softmax_xent_forward(z, lab)
         g = ctx.dev(np.full(rows_, 1.0 / rows_, np.float32))
-        tz = tl = None
-        if ctx.torch is not None:
-            tz, tl = _torch_tensor(ctx, z), _torch_tensor(ctx, lab)
-        F = ctx.torch.nn.functional if ctx.torch is not None else None
+        t = _torch_ops(ctx, _torch_softmax, z, lab)
         add(net, "output", "softmax xent fwd", f"({rows_}, {k})",
-            lambda: C.softmax_xent_forward(z, lab), None,
-            (lambda: F.cross_entropy(tz, tl, reduction="none")) if F else None)
+            lambda: C.softmax_xent_forward(z, lab), None, t.get("xent"))
         add(net, "output", "softmax xent bwd", f"({rows_}, {k})",
             lambda: C.softmax_xent_backward(p, lab, g), None, None)
         add(net, "output", "softmax fwd", f"({rows_}, {k})", lambda: C.softmax_forward(z), None,
-            (lambda: ctx.torch.softmax(tz, 1)) if F else None)
+            t.get("softmax"))
     e = (2, 5, 5, 4) if ctx.tiny else (32, 55, 55, 96)
     x = ctx.dev(ctx.rand(*e))
     y = C.act_forward(x, "relu")
-    tx = _torch_tensor(ctx, x) if ctx.torch is not None else None
-    ty = _torch_tensor(ctx, y) if ctx.torch is not None else None
+    t = _torch_ops(ctx, _torch_relu, x, y)
     add("alexnet", "conv1", "relu fwd", f"{e}", lambda: C.act_forward(x, "relu"), None,
-        (lambda: ctx.torch.relu(tx)) if tx is not None else None)
+        t.get("fwd"))
     add("alexnet", "conv1", "relu bwd", f"{e}", lambda: C.act_backward(x, y, "relu"), None,
-        (lambda: ctx.torch.ops.aten.threshold_backward(tx, ty, 0)) if tx is not None else None)
+        t.get("bwd"))
     d = (2, 16) if ctx.tiny else (128, 4096)
     add("alexnet", "fc6", "dropout mask", f"{d}", lambda: C.dropout_mask(d, 0.5, 1, 2, np.float32),
         None, None)
     n = 64 if ctx.tiny else 9216 * 4096
     p, g, m, v = (ctx.dev(ctx.rand(n)) for _ in range(4))
     v = abs(v)
-    tadam = _torch_adam(ctx, n) if ctx.torch is not None else None
+    tadam = _torch_ops(ctx, _torch_adam, n).get("step")
     add("alexnet", "fc6", "adam update", f"({n},)",
         lambda: C.adam_update(p, g, m, v, 1e-4, 0.9, 0.999, 1e-7, 10, 0.0), None, tadam)
     add("alexnet", "fc6", "sgd momentum update", f"({n},)",
         lambda: C.sgd_update(p, g, m, 1e-4, 0.9, False, 0.0), None, None)
+
+
+def _torch_ops(ctx, build, *args) -> dict:
+    """``build(ctx, *args)``: the PyTorch twins of our calls; {} without PyTorch or on failure."""
+    if ctx.torch is None:
+        return {}
+    try:
+        return build(ctx, *args)
+    except Exception as e:  # noqa: BLE001 - a PyTorch problem only loses the comparison
+        print(f"  [3] PyTorch twin {build.__name__}: {type(e).__name__}: {e}", flush=True)
+        return {}
 
 
 def _torch_conv(ctx, c, x, w, b, dy, pad):
@@ -548,6 +552,25 @@ def _torch_pool(ctx, p, x, dy):
                 dyt, xt, [p.k, p.k], [p.stride, p.stride], [0, 0], False, True, None)}
 
 
+def _torch_softmax(ctx, z, lab):
+    torch = ctx.torch
+    tz, tl = _torch_tensor(ctx, z), _torch_tensor(ctx, lab)
+    return {"xent": lambda: torch.nn.functional.cross_entropy(tz, tl, reduction="none"),
+            "softmax": lambda: torch.softmax(tz, 1)}
+
+
+def _torch_relu(ctx, x, y):
+    torch = ctx.torch
+    tx, ty = _torch_tensor(ctx, x), _torch_tensor(ctx, y)
+    return {"fwd": lambda: torch.relu(tx),
+            "bwd": lambda: torch.ops.aten.threshold_backward(tx, ty, 0)}
+
+
+def _torch_tanh(ctx, x):
+    tx = _torch_tensor(ctx, x)
+    return {"tanh": lambda: ctx.torch.tanh(tx)}
+
+
 def _torch_adam(ctx, n):
     torch = ctx.torch
     prm = torch.zeros(n, device="cuda", requires_grad=True)
@@ -556,7 +579,7 @@ def _torch_adam(ctx, n):
         opt = torch.optim.Adam([prm], lr=1e-4, eps=1e-7, fused=True)
     except (TypeError, RuntimeError):
         opt = torch.optim.Adam([prm], lr=1e-4, eps=1e-7)
-    return opt.step
+    return {"step": opt.step}
 
 
 def tile_sweep(ctx):
@@ -568,44 +591,57 @@ def tile_sweep(ctx):
     chosen = [c for c in convs if c.net == "alexnet"]
     if not ctx.tiny:
         chosen = [c for c in chosen if c.name in ("conv1", "conv2", "conv4")]
+    rows = []
+    repeats = ctx.repeats
+    ctx.repeats = max(5, repeats // 4) if ctx.gpu else repeats   # extra information: fewer runs
+    try:
+        for c in chosen:
+            rows += _sweep_layer(ctx, cv, c)
+    finally:
+        ctx.repeats = repeats
+    return rows
+
+
+def _sweep_layer(ctx, cv, c):
     C = ctx.C
     rows = []
-    for c in chosen:
-        ys, pad = c.geometry()
-        st = (c.stride, c.stride)
-        x, w, b, dy = (ctx.dev(ctx.rand(*c.x)), ctx.dev(ctx.rand(*c.w, scale=0.1)),
-                       ctx.dev(ctx.rand(c.cout)), ctx.dev(ctx.rand(*ys)))
-        calls = {cv.FWD: (c.cout, lambda: C.conv2d_forward(x, w, b, st, pad, c.act)),
-                 cv.BWD_INPUT: (c.x[3], lambda: C.conv2d_backward_input(dy, w, c.x, st, pad)),
-                 cv.BWD_WEIGHT: (c.cout, lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad))}
-        for mode, (ncols, call) in calls.items():
-            default = cv.choose_tile(mode, ncols)
-            want = ctx.host(call())
-            base = math.nan
-            tiles = (default,) + tuple(t for t in ([] if ctx.tiny else cv.CANDIDATE_TILES[mode])
-                                       if t != default)
-            for tile in tiles:
-                cv.TILE_OVERRIDE = {mode: tile}
-                try:
-                    err = _rel(ctx, call(), want)
-                    ms = ctx.median_ms(call)
-                except Exception as e:  # noqa: BLE001
-                    err, ms = math.nan, math.nan
-                    print(f"  [4] tile {tile}: {type(e).__name__}: {e}", flush=True)
-                finally:
-                    cv.TILE_OVERRIDE = {}
-                if tile == default:
-                    base = ms
-                if not err <= GRAD_TOL:
-                    ctx.failures.append(f"tile sweep {c.name} {cv.MODE_NAMES[mode]} {tile}: "
-                                        f"rel err {err:.2e} against the default tile")
-                label = "/".join(map(str, tile[:3])) + f" {tile.tm}x{tile.tn} " \
-                    f"b{tile.min_blocks}" + (" (default)" if tile == default else "")
-                gf = c.flops() / (ms * 1e6) if ms == ms and ms > 0 else math.nan
-                rows.append((f"{c.net} {c.name}", cv.MODE_NAMES[mode], label, ms, gf,
-                             base / ms if ms == ms and ms > 0 else math.nan, err))
-                print(f"  [4] {c.name} {cv.MODE_NAMES[mode]:10s} {label:28s} {ms:9.3f} ms",
-                      flush=True)
+    ys, pad = c.geometry()
+    st = (c.stride, c.stride)
+    x, w, b, dy = (ctx.dev(ctx.rand(*c.x)), ctx.dev(ctx.rand(*c.w, scale=0.1)),
+                   ctx.dev(ctx.rand(c.cout)), ctx.dev(ctx.rand(*ys)))
+    calls = {cv.FWD: (c.cout, lambda: C.conv2d_forward(x, w, b, st, pad, c.act)),
+             cv.BWD_INPUT: (c.x[3], lambda: C.conv2d_backward_input(dy, w, c.x, st, pad)),
+             cv.BWD_WEIGHT: (c.cout, lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad))}
+    if c.stride > 1 and not ctx.tiny:
+        del calls[cv.BWD_INPUT]   # the first layer's input gradient: never needed, very slow
+    for mode, (ncols, call) in calls.items():
+        default = cv.choose_tile(mode, ncols)
+        want = ctx.host(call())
+        base = math.nan
+        tiles = (default,) + tuple(t for t in ([] if ctx.tiny else cv.CANDIDATE_TILES[mode])
+                                   if t != default)
+        for tile in tiles:
+            cv.TILE_OVERRIDE = {mode: tile}
+            try:
+                err = _rel(ctx, call(), want)
+                ms = ctx.median_ms(call)
+            except Exception as e:  # noqa: BLE001
+                err, ms = math.nan, math.nan
+                print(f"  [4] tile {tile}: {type(e).__name__}: {e}", flush=True)
+            finally:
+                cv.TILE_OVERRIDE = {}
+            if tile == default:
+                base = ms
+            if not err <= GRAD_TOL:
+                ctx.failures.append(f"tile sweep {c.name} {cv.MODE_NAMES[mode]} {tile}: "
+                                    f"rel err {err:.2e} against the default tile")
+            label = "/".join(map(str, tile[:3])) + f" {tile.tm}x{tile.tn} " \
+                f"b{tile.min_blocks}" + (" (default)" if tile == default else "")
+            gf = c.flops() / (ms * 1e6) if ms == ms and ms > 0 else math.nan
+            rows.append((f"{c.net} {c.name}", cv.MODE_NAMES[mode], label, ms, gf,
+                         base / ms if ms == ms and ms > 0 else math.nan, err))
+            print(f"  [4] {c.name} {cv.MODE_NAMES[mode]:10s} {label:28s} {ms:9.3f} ms",
+                  flush=True)
     return rows
 
 
@@ -640,9 +676,9 @@ def launch_overhead(ctx):
         C.set_launch_path(before)
     if ctx.gpu:
         rows.append(("CuPy cp.tanh (1 elem)", host_us(lambda: ctx.cp.tanh(x))))
-    if ctx.torch is not None:
-        tx = _torch_tensor(ctx, x)
-        rows.append(("PyTorch torch.tanh (1 elem)", host_us(lambda: ctx.torch.tanh(tx))))
+    t = _torch_ops(ctx, _torch_tanh, x)
+    if "tanh" in t:
+        rows.append(("PyTorch torch.tanh (1 elem)", host_us(t["tanh"])))
     for label, us in rows:
         print(f"  [5] {label:48s} {us:8.1f} us/call", flush=True)
     return rows
@@ -684,8 +720,9 @@ def end_to_end(ctx):
         dt = time.perf_counter() - t
         launches = (ctx.C.launch_count() - n0) / steps
         ours = batch * steps / dt
-        theirs = _torch_lenet(ctx, batch, steps) if (ctx.torch is not None and not ctx.tiny) \
-            else math.nan
+        theirs = math.nan
+        if not ctx.tiny:
+            theirs = _torch_ops(ctx, _torch_lenet, batch, steps).get("images/s", math.nan)
         rows.append((name, batch, ours, theirs, ours / theirs if theirs == theirs else math.nan,
                      f"{launches:.0f} gpucnn kernel launches per step"))
     except Exception as e:  # noqa: BLE001
@@ -724,7 +761,7 @@ def _torch_lenet(ctx, batch, steps):
     for _ in range(steps):
         step()
     torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - t)
+    return {"images/s": batch * steps / (time.perf_counter() - t)}
 
 
 # --------------------------------------------------------------------------- report

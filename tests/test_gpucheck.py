@@ -95,3 +95,51 @@ def test_full_size_needs_twenty_repeats(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         gpucheck.main(["--repeats", "5"])
     assert e.value.code == 2 and "--repeats must be >= 20" in capsys.readouterr().err
+
+
+class _FakeEvent:
+    """Stands for cupy.cuda.Event: records a host timestamp."""
+
+    def record(self):
+        import time
+
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+class _FakeCuPy:
+    """Just the CuPy calls the GPU code paths of gpucheck make, answered on the host."""
+
+    class cuda:
+        Event = _FakeEvent
+
+        @staticmethod
+        def get_elapsed_time(a, b):
+            return 1e3 * (b.t - a.t)
+
+        class runtime:
+            @staticmethod
+            def getDeviceProperties(dev):
+                return {"major": 9, "minor": 0, "multiProcessorCount": 132, "clockRate": 1980000,
+                        "name": b"NVIDIA H200", "totalGlobalMem": 141 * 2**30}
+
+        class Device:
+            id = 0
+            attributes = {}
+
+
+def test_gpu_timer_takes_the_median_of_cuda_event_pairs():
+    ctx = gpucheck.Ctx(tiny=True, repeats=21, warmup=2, use_torch=False)
+    ctx.gpu, ctx.cp = True, _FakeCuPy
+    calls = []
+    ms = ctx.median_ms(lambda: calls.append(1))
+    assert len(calls) == 23 and 0 <= ms < 5
+
+
+def test_fp32_peak_from_the_device_properties():
+    info = gpucheck._device_info(_FakeCuPy)
+    assert info["device"] == "NVIDIA H200" and info["compute_capability"] == "9.0"
+    # 132 SMs x 128 fp32 lanes x 2 flops x 1.98 GHz
+    assert info["fp32_peak_gflops"] == pytest.approx(132 * 128 * 2 * 1.98, rel=1e-9)
