@@ -410,3 +410,43 @@ def test_full_size_tiles(mode, rng, monkeypatch):
             got, want = (C.conv2d_backward_weight(x, dy, wt.shape, st, pad),
                          N.conv2d_backward_weight(x, dy, wt.shape, st, pad))
         assert rel_err(got, want) < GRAD, tile
+
+
+def _lenet5_pass(K, x, params, labels):
+    """LeNet-5 (the guide's, batch 2) forward and backward through the kernel contract of set K;
+    the two dense layers use host matmuls (the layers above the kernels do the same with xp)."""
+    (w1, b1), (w3, b3), (w5, b5), (w6, b6), (w7, b7) = params
+    one, valid, pool = (1, 1), (0, 0, 0, 0), ((2, 2), (2, 2), (0, 0, 0, 0))
+    h = K.to_host
+    c1 = K.conv2d_forward(x, w1, b1, one, valid, "tanh")
+    s2 = K.avg_pool_forward(c1, *pool)
+    c3 = K.conv2d_forward(s2, w3, b3, one, valid, "tanh")
+    s4 = K.avg_pool_forward(c3, *pool)
+    c5 = K.conv2d_forward(s4, w5, b5, one, valid, "tanh")
+    f6 = K.act_forward(K.asarray(h(c5).reshape(2, 120) @ w6 + b6), "tanh")
+    loss, p = K.softmax_xent_forward(K.asarray(h(f6) @ w7 + b7), labels)
+    dz = h(K.softmax_xent_backward(p, labels, K.asarray(np.full(2, 0.5, np.float32))))
+    df6 = K.act_backward(K.asarray(dz @ w7.T), f6, "tanh")
+    dc5 = K.act_backward(K.asarray((h(df6) @ w6.T).reshape(2, 1, 1, 120)), c5, "tanh")
+    ds4 = K.conv2d_backward_input(dc5, w5, s4.shape, one, valid)
+    dc3 = K.act_backward(K.avg_pool_backward(ds4, c3.shape, *pool), c3, "tanh")
+    ds2 = K.conv2d_backward_input(dc3, w3, s2.shape, one, valid)
+    dc1 = K.act_backward(K.avg_pool_backward(ds2, c1.shape, *pool), c1, "tanh")
+    return {"loss": loss, "probabilities": p,
+            "dw5": K.conv2d_backward_weight(s4, dc5, w5.shape, one, valid), "db5": K.bias_grad(dc5),
+            "dw3": K.conv2d_backward_weight(s2, dc3, w3.shape, one, valid), "db3": K.bias_grad(dc3),
+            "dw1": K.conv2d_backward_weight(x, dc1, w1.shape, one, valid), "db1": K.bias_grad(dc1)}
+
+
+def test_lenet5_forward_and_backward_batch_2(rng):
+    """A LeNet-5-shaped forward and backward pass (batch 2, 32x32x1) on the cuda set matches the
+    NumPy set: the loss, the probabilities and every conv weight and bias gradient."""
+    x, labels = rng.random((2, 32, 32, 1)).astype(np.float32), rng.integers(0, 10, 2)
+    shapes = [((5, 5, 1, 6), 0.2), ((5, 5, 6, 16), 0.1), ((5, 5, 16, 120), 0.05), ((120, 84), 0.1),
+              ((84, 10), 0.1)]
+    params = [(scale * f32(rng, *shape), f32(rng, shape[-1])) for shape, scale in shapes]
+    got = _lenet5_pass(C, C.asarray(x), params, C.asarray(labels))
+    want = _lenet5_pass(N, x, params, labels)
+    for name, w in want.items():
+        tol = FWD if name in ("loss", "probabilities") else GRAD
+        assert rel_err(got[name], w) < tol, name

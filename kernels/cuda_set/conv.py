@@ -127,15 +127,17 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
     BM_PAD, BN_PAD = BM + 1, BN + 1   # shared rows padded by one word: no bank conflicts
 
     @cuda.jit(device=True, inline="always")
-    def rank1_update(As, Bs, kk, tx, ty, acc, a_reg, b_reg):
-        """acc += column kk of As (the thread's TM rows) x row kk of Bs (its TN columns)."""
-        for i in range(TM):
-            a_reg[i] = As[kk, ty + i * TY]
-        for j in range(TN):
-            b_reg[j] = Bs[kk, tx + j * TX]
-        for i in range(TM):
+    def tile_product(As, Bs, nk, tx, ty, acc, a_reg, b_reg):
+        """acc += As[:nk, the thread's TM rows]^T x Bs[:nk, its TN columns]: nk rank-1 updates
+        of the register block from shared memory."""
+        for kk in range(nk):
+            for i in range(TM):
+                a_reg[i] = As[kk, ty + i * TY]
             for j in range(TN):
-                acc[i, j] += a_reg[i] * b_reg[j]
+                b_reg[j] = Bs[kk, tx + j * TX]
+            for i in range(TM):
+                for j in range(TN):
+                    acc[i, j] += a_reg[i] * b_reg[j]
 
     def igemm_k(src, wmat, bias, out, mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias, chunk):
         """Implicit-GEMM convolution tile (see the module docstring for the three modes).
@@ -300,12 +302,10 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
                     Bs[kk, nn] = v
             cuda.syncthreads()  # both tiles are fully staged before any thread multiplies
 
-            if k0 + BK <= kend:
-                for kk in range(BK):         # a full step: a constant trip count (unrolled)
-                    rank1_update(As, Bs, kk, tx, ty, acc, a_reg, b_reg)
-            else:
-                for kk in range(kend - k0):  # the last, partial step
-                    rank1_update(As, Bs, kk, tx, ty, acc, a_reg, b_reg)
+            if k0 + BK <= kend:              # a full step: a constant trip count (unrolled)
+                tile_product(As, Bs, BK, tx, ty, acc, a_reg, b_reg)
+            else:                            # the last, partial step
+                tile_product(As, Bs, kend - k0, tx, ty, acc, a_reg, b_reg)
             cuda.syncthreads()  # every thread is done reading the tiles before they are restaged
 
             # --- advance the reduction coordinates by BK (one carry per digit at most) ------
