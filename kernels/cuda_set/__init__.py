@@ -1,8 +1,21 @@
 """The cuda kernel set: hand-written Numba ``@cuda.jit`` kernels and their launchers.
 
 On a GPU the arrays are CuPy arrays and every kernel launches on CuPy's current stream with no
-host synchronisation (see ``_launch`` for the cheap launch path through CuPy). Under
-``NUMBA_ENABLE_CUDASIM=1`` the same kernels run in Numba's simulator on NumPy arrays.
+host synchronisation; under ``NUMBA_ENABLE_CUDASIM=1`` the same kernels run in Numba's simulator
+on NumPy arrays (``simulate.small_launches()`` gives them simulator-sized tiles).
+
+- ``conv``: one tiled implicit-GEMM kernel factory for the forward pass (bias and activation in
+  the epilogue), the input gradient (= transposed convolution) and the weight gradient (split-K
+  partials reduced by ``reduce.column_sum``, no atomics); shared-memory A/B tiles, a register
+  block per thread, tile sizes as parameters.
+- ``pool``, ``activation``, ``softmax`` (one block per row, tree reductions; fused softmax +
+  cross-entropy), ``dropout`` (the ``_rng`` hash on the device, bit-identical masks), ``optim``
+  (fused SGD/Adam/RMSprop updates): grid-stride kernels.
+- ``_launch``: the kernel registry (every kernel is made by a registered factory with explicit
+  Numba signatures: the PTX test compiles them all) and the launch paths: on a GPU the cubin
+  Numba compiles is loaded into CuPy once and launched through CuPy's launcher with the
+  arguments flattened to Numba's kernel ABI (a few microseconds of host time per launch instead
+  of Numba's ~200); ``GPUCNN_CUDA_LAUNCH=numba`` uses Numba's own launcher instead.
 
 Dtypes: float32 and float64 (each kernel is compiled for both); any other dtype is a
 TypeError. Layouts and signatures: the contract in ``gpucnn.kernels``.

@@ -164,6 +164,18 @@ def empty(shape, dtype):
     return a
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: int) -> int:
+    return int(cp.cuda.Device(device).attributes["MultiProcessorCount"])
+
+
+def sm_count() -> int:
+    """Streaming multiprocessors of the current device (132, an H100/H200, off a GPU)."""
+    if xp is np:
+        return 132
+    return _sm_count(cp.cuda.runtime.getDevice())
+
+
 _dummies: dict = {}
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from numba import types
 
 from ._launch import (NB_FLOAT, KernelSpec, arr, cdiv, check_rank, contig, dummy, empty,
-                      float_dtype, kernel_factory, launch, xp)
+                      float_dtype, kernel_factory, launch, sm_count, xp)
 from ._runtime import numba_cuda as cuda
 from .activation import act_code, act_device_fns
 from .reduce import column_sum
@@ -58,6 +58,7 @@ class Tile(NamedTuple):
         return (self.bn // self.tn) * (self.bm // self.tm)
 
     def check(self):
+        """The tile itself, or a ValueError when the kernel's load pattern cannot use it."""
         nt = self.threads
         ok = (self.bm % self.tm == 0 and self.bn % self.tn == 0 and nt % self.bk == 0
               and nt % self.bm == 0 and (self.bk * self.bm) % nt == 0
@@ -74,9 +75,10 @@ class Tile(NamedTuple):
 TILE_WIDE = Tile(64, 64, 16, 4, 4)
 TILE_NARROW = Tile(128, 16, 16, 4, 2)
 
-#: Split-K of the weight gradient: aim for about this many blocks in the grid, with at least
-#: ``MIN_SPLIT_STEPS`` reduction steps of ``bk`` per split.
-TARGET_BLOCKS = 528
+#: Split-K of the weight gradient: aim for about this many blocks in the grid (None: four per
+#: SM of the current device, 528 on a 132-SM H100/H200), with at least ``MIN_SPLIT_STEPS``
+#: reduction steps of ``bk`` per split.
+TARGET_BLOCKS = None
 MIN_SPLIT_STEPS = 4
 MAX_GRID_YZ = 65535
 
@@ -97,6 +99,7 @@ TILE_OVERRIDE: dict = {}
 
 
 def choose_tile(mode: int, ncols: int) -> Tile:
+    """The tile of a GEMM with ``ncols`` output columns (channels)."""
     if mode in TILE_OVERRIDE:
         return TILE_OVERRIDE[mode]
     return TILE_NARROW if ncols <= TILE_NARROW.bn else TILE_WIDE
@@ -447,7 +450,8 @@ def _splits(tile, rows, ncols, red):
     """Split-K count and chunk (a multiple of bk) for the weight gradient."""
     tiles = cdiv(rows, tile.bm) * cdiv(ncols, tile.bn)
     max_splits = max(1, cdiv(red, tile.bk * MIN_SPLIT_STEPS))
-    splits = max(1, min(cdiv(TARGET_BLOCKS, tiles), max_splits, MAX_GRID_YZ))
+    target = TARGET_BLOCKS if TARGET_BLOCKS is not None else 4 * sm_count()
+    splits = max(1, min(cdiv(target, tiles), max_splits, MAX_GRID_YZ))
     chunk = cdiv(cdiv(red, splits), tile.bk) * tile.bk
     return cdiv(red, chunk), chunk
 
