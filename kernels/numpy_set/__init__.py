@@ -2,15 +2,25 @@
 arrays, with the heavy lifting in BLAS matrix products. Runs on any CPU.
 
 Beyond the contract: ``set_num_threads(n)`` / ``get_num_threads()``, the threads the heavy
-kernels split their batch over (default: the CPUs, or ``GPUCNN_NUM_THREADS``; see ``_parallel``).
+kernels split their batch over (default: the CPUs, or ``GPUCNN_NUM_THREADS``; see ``_parallel``),
+``data_parallel(fn, n)``, which runs parts of a batch on those threads (a whole training step
+per part; ``gpucnn.models`` uses it), ``single_threaded_blas()`` (a context: BLAS on one thread
+while the kernels' own threads work; ``fit``, ``evaluate`` and ``predict`` run inside it),
+``serial_kernels()`` (a context: kernels on the calling thread only),
+``conv_algorithm(...)`` (which conv algorithm a shape gets)
+and ``allocator_note()``. Loading this set tunes glibc's allocator once for the process (freed
+blocks are kept for the next step; ``_alloc`` explains, ``GPUCNN_MALLOPT=0`` opts out).
 """
 from __future__ import annotations
 
 import numpy
 
-from ._parallel import get_num_threads, set_num_threads
+from . import _alloc
+from ._parallel import (data_parallel, get_num_threads, serial_kernels, set_num_threads,
+                        single_threaded_blas)
 from .activation import act_backward, act_forward
-from .conv import bias_grad, conv2d_backward_input, conv2d_backward_weight, conv2d_forward
+from .conv import (bias_grad, conv2d_backward_input, conv2d_backward_weight, conv2d_forward,
+                   conv_algorithm)
 from .dropout import dropout_mask
 from .optim import adam_update, rmsprop_update, sgd_update
 from .pool import avg_pool_backward, avg_pool_forward, max_pool_backward, max_pool_forward
@@ -18,6 +28,8 @@ from .softmax import (log_softmax_backward, log_softmax_forward, softmax_backwar
                       softmax_forward, softmax_xent_backward, softmax_xent_forward)
 
 xp = numpy
+_alloc.tune()          # once, when the set loads: see _alloc (GPUCNN_MALLOPT=0 to opt out)
+allocator_note = _alloc.note
 
 
 def to_host(a):
@@ -42,5 +54,6 @@ __all__ = [
     "softmax_xent_forward", "softmax_xent_backward",
     "dropout_mask",
     "sgd_update", "adam_update", "rmsprop_update",
-    "set_num_threads", "get_num_threads",
+    "set_num_threads", "get_num_threads", "data_parallel", "single_threaded_blas", "serial_kernels",
+    "conv_algorithm", "allocator_note",
 ]

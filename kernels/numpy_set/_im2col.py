@@ -83,7 +83,7 @@ def im2col_forward(x, w, stride, pad, y, b, act):
         base = lo * per_img
         for rows, col in col_blocks(x[lo:hi], pad, kh, kw, *stride, ho, wo):
             out = y2[base + rows.start:base + rows.stop]
-            np.matmul(col, wm, out=out)
+            np.dot(col, wm, out=out)
             if b is not None:
                 if tile is None or len(tile) < len(out):
                     tile = np.tile(b, (len(out), 1))
@@ -106,7 +106,7 @@ def im2col_weight_grad(x, dy, w_shape, stride, pad):
         tmp = np.empty_like(dw)
         base = lo * per_img
         for rows, col in col_blocks(x[lo:hi], pad, kh, kw, *stride, ho, wo):
-            np.matmul(col.T, dy2[base + rows.start:base + rows.stop], out=tmp)
+            np.dot(col.T, dy2[base + rows.start:base + rows.stop], out=tmp)
             dw += tmp
         return dw
 

@@ -47,7 +47,7 @@ def scatter_input_grad(dy, w, x_shape, stride, pad):
             d2 = dy2[n0 * per_img:(n0 + k) * per_img]
             for i in range(kh):
                 for j in range(kw):
-                    np.matmul(d2, wt[i, j], out=t2)
+                    np.dot(d2, wt[i, j], out=t2)
                     view = offset_view(blk, i, j, sh, sw, ho, wo)
                     np.add(view, t4, out=view)
             if crop:

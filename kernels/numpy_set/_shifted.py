@@ -56,7 +56,7 @@ def shifted_forward(x, w, pad, y, b, act):
             size = k * per - smax
             a, t = acc[:size], tmp[:size]
             for m, (i, j, s) in enumerate(offsets):
-                np.matmul(xr[s:s + size], w[i, j], out=t if m else a)
+                np.dot(xr[s:s + size], w[i, j], out=t if m else a)
                 if m:
                     a += t
             yb = y[n0:n0 + k]
@@ -88,7 +88,7 @@ def shifted_weight_grad(x, dy, w_shape, pad):
             dr = frame[:k].reshape(-1, co)
             size = k * per - smax
             for i, j, s in offsets:
-                np.matmul(xr[s:s + size].T, dr[:size], out=tmp)
+                np.dot(xr[s:s + size].T, dr[:size], out=tmp)
                 dw[i, j] += tmp
         return dw
 

@@ -144,6 +144,49 @@ def _cols(a, j, sw, wo):
     return a[:, :, j:j + (wo - 1) * sw + 1:sw]
 
 
+# Channels up to which the column pass of a tiling average pool is a GEMM with a 0/1 matrix
+# (NumPy's adds over runs of C floats are slow for small C; a GEMM's cost grows with C).
+GEMM_POOL_MAX_C = 16
+
+
+def _tiling(x_shape, pool, stride, pad) -> bool:
+    """Whether the windows tile the image exactly (stride == window, no padding, nothing left)."""
+    _, h, w, c = x_shape
+    return (tuple(pool) == tuple(stride) and not any(pad) and h % pool[0] == 0
+            and w % pool[1] == 0 and c <= GEMM_POOL_MAX_C)
+
+
+def _spread(c, pw, scale, dtype):
+    """``(C, pw*C)``: ``[I I ... I] * scale``, one identity block per window column."""
+    return np.tile(np.eye(c, dtype=dtype) * dtype.type(scale), (1, pw))
+
+
+def _avg_tiling_forward(x, pool):
+    """Tiling windows: the window rows summed over whole image rows (contiguous), then the
+    columns by one GEMM with ``[I ... I].T / (ph*pw)``."""
+    n, h, w, c = x.shape
+    ph, pw = pool
+    ho, wo = h // ph, w // pw
+    xr = x.reshape(n * ho, ph, w * c)
+    rows = np.add(xr[:, 0], xr[:, 1]) if ph > 1 else xr[:, 0].copy()
+    for i in range(2, ph):
+        rows += xr[:, i]
+    e = _spread(c, pw, 1.0 / (ph * pw), x.dtype)
+    return np.dot(rows.reshape(-1, pw * c), e.T).reshape(n, ho, wo, c)
+
+
+def _avg_tiling_backward(dy, x_shape, pool):
+    """Tiling windows: ``dy / (ph*pw)`` spread over a window's columns by one GEMM with
+    ``[I ... I] / (ph*pw)`` (whole image rows), then copied to each of its rows."""
+    n, h, w, c = x_shape
+    ph, pw = pool
+    ho = h // ph
+    row = np.dot(dy.reshape(-1, c), _spread(c, pw, 1.0 / (ph * pw), dy.dtype))
+    dx = np.empty((n * ho, ph, w * c), dtype=dy.dtype)
+    np.copyto(dx, row.reshape(n * ho, 1, w * c))
+    return dx.reshape(x_shape)
+
+
 def avg_pool_forward(x, pool, stride, pad):
     """``y`` ``(N, Ho, Wo, C)``: the mean of the real (non-padding) cells of each window.
 
@@ -155,6 +198,8 @@ def avg_pool_forward(x, pool, stride, pad):
     ho, wo = _geometry(op, x.shape, pool, stride, pad)
     ph, pw = pool
     sh, sw = stride
+    if _tiling(x.shape, pool, stride, pad):
+        return _avg_tiling_forward(np.ascontiguousarray(x), pool)
     y = np.empty((x.shape[0], ho, wo, x.shape[3]), dtype=x.dtype)
     inv = _inv_counts(x.shape, pool, stride, pad, ho, wo, y.dtype)
 
@@ -191,6 +236,8 @@ def avg_pool_backward(dy, x_shape, pool, stride, pad):
         fail(op, "dy shape", (n, ho, wo, c), tuple(dy.shape))
     ph, pw = pool
     sh, sw = stride
+    if _tiling(x_shape, pool, stride, pad):
+        return _avg_tiling_backward(np.ascontiguousarray(dy), x_shape, pool)
     pt, pb, pl, pr = pad
     hp, wp = h + pt + pb, w + pl + pr
     crop = any(pad)

@@ -1,0 +1,150 @@
+"""The NumPy set's shape-chosen fast paths against the plain-loop references: the row-Toeplitz
+input gradient, convolutions that are dense layers (a kernel over the whole input), the
+GEMM column pass of tiling average pools; the algorithm names the benchmark prints; the
+allocator setting; and np.dot (not matmul) in the kernels, so that their threads overlap."""
+import pathlib
+
+import numpy as np
+import pytest
+
+from _reference import (ref_avg_pool, ref_avg_pool_backward, ref_conv2d,
+                        ref_conv2d_backward_input, ref_conv2d_backward_weight, ref_pads)
+from gpucnn.kernels import load_set
+from gpucnn.kernels.numpy_set import _alloc, _parallel, _toeplitz, pool as pool_module
+from gpucnn.kernels.numpy_set import conv as conv_module
+
+K = load_set("numpy")
+F32 = dict(rtol=2e-5, atol=2e-5)
+F64 = dict(rtol=1e-10, atol=1e-10)
+
+# (N, H, W, C_in, KH, KW, C_out, padding): stride-1 cases for the Toeplitz input gradient
+TOEPLITZ_CASES = [
+    (2, 14, 14, 6, 5, 5, 16, "valid"),      # LeNet-5's C3
+    (3, 7, 9, 2, 3, 3, 5, "same"),          # padding cropped, Wo = 9 -> chunks of 3
+    (2, 8, 7, 3, 2, 2, 4, "same"),          # even kernel: the odd pixel bottom/right
+    (1, 5, 11, 1, 5, 3, 2, "valid"),        # Wo = 9, KW = 3
+    (2, 6, 5, 4, 3, 5, 1, "same"),          # one output channel, Wo prime
+    (1, 3, 3, 2, 5, 5, 3, "same"),          # kernel larger than the image
+]
+
+
+@pytest.fixture(params=["one-block", "image-blocks", "two-threads"])
+def toeplitz_config(request, monkeypatch):
+    monkeypatch.setattr(conv_module, "DX_METHOD", "toeplitz")
+    if request.param == "image-blocks":
+        monkeypatch.setattr(_toeplitz, "TOEPLITZ_BLOCK_BYTES", 1)
+    if request.param == "two-threads":
+        monkeypatch.setattr(_parallel, "_num_threads", 2)
+        monkeypatch.setattr(_parallel, "MIN_PARALLEL_FLOPS", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("case", TOEPLITZ_CASES)
+def test_toeplitz_input_gradient_matches_loops(rng, case, toeplitz_config):
+    n, h, w, c, kh, kw, co, padding = case
+    pad = ref_pads(h, w, kh, kw, 1, 1, padding)
+    wt = rng.standard_normal((kh, kw, c, co))
+    ho, wo = h + pad[0] + pad[1] - kh + 1, w + pad[2] + pad[3] - kw + 1
+    dy = rng.standard_normal((n, ho, wo, co))
+    assert K.conv_algorithm("input", (n, h, w, c), wt.shape, (1, 1), pad) == "toeplitz"
+    want = ref_conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
+    got = K.conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
+    np.testing.assert_allclose(got, want, **F64)
+    got32 = K.conv2d_backward_input(dy.astype(np.float32), wt.astype(np.float32), (n, h, w, c),
+                                    (1, 1), pad)
+    assert got32.dtype == np.float32 and got32.flags.c_contiguous
+    np.testing.assert_allclose(got32, want, **F32)
+
+
+def test_toeplitz_chunk_and_matrix(rng):
+    assert [_toeplitz.chunk(wo, 5) for wo in (10, 7, 9, 1, 24)] == [5, 1, 3, 1, 4]
+    w = rng.standard_normal((2, 3, 2, 4))
+    t = _toeplitz.toeplitz_matrix(w, 2).reshape(2, 4, 2, 4, 2)       # (q, o, i, b, c)
+    for q in range(2):
+        for i in range(2):
+            for b in range(4):
+                want = w[i, b - q].T if 0 <= b - q < 3 else np.zeros((4, 2))
+                np.testing.assert_array_equal(t[q, :, i, b, :], want)
+
+
+# a kernel covering the whole unpadded input (one output pixel): the dense-layer path
+@pytest.mark.parametrize("stride", [(1, 1), (2, 3)])
+@pytest.mark.parametrize("act", ["tanh", "linear"])
+def test_whole_input_kernels_are_dense_layers(rng, stride, act):
+    x = rng.standard_normal((4, 5, 6, 3))
+    w = rng.standard_normal((5, 6, 3, 7)) / 10
+    b = rng.standard_normal(7)
+    pad = (0, 0, 0, 0)
+    assert K.conv_algorithm("forward", x.shape, w.shape, stride, pad) == "dense GEMM"
+    y = K.conv2d_forward(x, w, b, stride, pad, act)
+    np.testing.assert_allclose(y, ref_conv2d(x, w, b, stride, pad, act), **F64)
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(K.conv2d_backward_input(dy, w, x.shape, stride, pad),
+                               ref_conv2d_backward_input(dy, w, x.shape, stride, pad), **F64)
+    np.testing.assert_allclose(K.conv2d_backward_weight(x, dy, w.shape, stride, pad),
+                               ref_conv2d_backward_weight(x, dy, w.shape, stride, pad), **F64)
+    # a padded or smaller kernel is not
+    assert K.conv_algorithm("forward", x.shape, w.shape, stride, (1, 0, 0, 0)) != "dense GEMM"
+
+
+def test_algorithm_names():
+    z = (0, 0, 0, 0)
+    assert K.conv_algorithm("forward", (8, 32, 32, 1), (5, 5, 1, 6), (1, 1), z) == \
+        "im2col (transposed blocks)"
+    assert K.conv_algorithm("forward", (8, 14, 14, 6), (5, 5, 6, 16), (1, 1), z) == "im2col"
+    assert K.conv_algorithm("forward", (8, 28, 28, 16), (3, 3, 16, 1), (1, 1),
+                            (1, 1, 1, 1)) == "shifted GEMMs"
+    assert K.conv_algorithm("input", (8, 14, 14, 16), (3, 3, 16, 32), (2, 2),
+                            (0, 1, 0, 1)) == "scatter"
+    assert K.conv_algorithm("input", (8, 7, 7, 96), (3, 3, 96, 64), (1, 1),
+                            (1, 1, 1, 1)) == "gather"
+    assert K.conv_algorithm("input", (8, 1, 1, 4), (1, 1, 4, 5), (1, 1), z) == "dense GEMM"
+
+
+# tiling average pools (stride == window, no padding, sizes divisible): the GEMM column pass
+@pytest.mark.parametrize("shape,pool", [((3, 28, 28, 6), (2, 2)), ((2, 10, 10, 16), (2, 2)),
+                                        ((2, 9, 6, 3), (3, 2)), ((1, 4, 8, 1), (1, 4))])
+def test_tiling_average_pool_matches_loops(rng, shape, pool):
+    x = rng.standard_normal(shape)
+    z = (0, 0, 0, 0)
+    assert pool_module._tiling(shape, pool, pool, z)
+    y = K.avg_pool_forward(x, pool, pool, z)
+    np.testing.assert_allclose(y, ref_avg_pool(x, pool, pool, z), **F64)
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(K.avg_pool_backward(dy, shape, pool, pool, z),
+                               ref_avg_pool_backward(dy, shape, pool, pool, z), **F64)
+    y32 = K.avg_pool_forward(x.astype(np.float32), pool, pool, z)
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, ref_avg_pool(x, pool, pool, z), **F32)
+
+
+def test_non_tiling_pools_take_the_general_path():
+    z = (0, 0, 0, 0)
+    assert not pool_module._tiling((2, 7, 8, 3), (2, 2), (2, 2), z)         # 7 rows: one left
+    assert not pool_module._tiling((2, 8, 8, 3), (3, 3), (2, 2), z)         # overlapping
+    assert not pool_module._tiling((2, 8, 8, 3), (2, 2), (2, 2), (0, 1, 0, 1))
+    assert not pool_module._tiling((2, 8, 8, 64), (2, 2), (2, 2), z)        # many channels
+
+
+def test_allocator_note_says_what_was_done():
+    note = K.allocator_note()
+    assert ("M_MMAP_THRESHOLD" in note) or ("left alone" in note) or ("not glibc" in note)
+
+
+def test_allocator_opt_out(monkeypatch):
+    monkeypatch.setenv("GPUCNN_MALLOPT", "0")
+    before = _alloc._note
+    try:
+        assert _alloc.tune() == "left alone (GPUCNN_MALLOPT=0)"
+    finally:
+        _alloc._note = before
+
+
+def test_kernels_multiply_with_dot_not_matmul():
+    """np.matmul on 2-D operands keeps the GIL (one outer ufunc iteration): the kernel threads
+    and the split step's parts would run one after the other."""
+    folder = pathlib.Path(K.__file__).parent
+    offenders = [f"{p.name}:{i}" for p in sorted(folder.glob("*.py"))
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if "np.matmul(" in line.split("#")[0]]
+    assert offenders == []
