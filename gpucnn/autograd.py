@@ -190,18 +190,28 @@ def _topo_order(root: Tensor):
     return order
 
 
-def _run_backward(root: Tensor, g) -> None:
+def _run_backward(root: Tensor, g, sink=None) -> None:
+    """Backpropagate ``g`` from ``root``. Leaf gradients accumulate into ``.grad``, or, when
+    ``sink`` (a dict) is given, into ``sink[id(leaf)] = [leaf, array]`` and no ``.grad`` is
+    touched (so that several threads can each backpropagate a part of a batch)."""
     order = _topo_order(root)
     grads = {id(root): g}
     for t in order:
         g = grads.pop(id(t), None)
         ctx = t._ctx
         if ctx is None:  # a leaf
-            if g is not None:
-                if t.grad is None:
-                    t.grad = Tensor._wrap(g)
+            if g is None:
+                continue
+            if sink is not None:
+                entry = sink.get(id(t))
+                if entry is None:
+                    sink[id(t)] = [t, g]
                 else:
-                    t.grad.data = t.grad.data + g
+                    entry[1] = entry[1] + g
+            elif t.grad is None:
+                t.grad = Tensor._wrap(g)
+            else:
+                t.grad.data = t.grad.data + g
             continue
         parents = ctx.parents
         if g is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from gpucnn import backend
 from gpucnn import random as _random
 from gpucnn.autograd import Function
-from gpucnn.functional import _check
+from gpucnn.functional import _check, _split
 from gpucnn.functional.conv import _activation_name
 
 
@@ -12,7 +12,8 @@ class Dense(Function):
     """``y = act(x @ w + b)`` with the bias and activation applied in place."""
 
     def forward(self, x, w, b=None, act="linear"):
-        y = x @ w
+        dot = backend.xp().dot      # not @: NumPy's 2-D matmul keeps the GIL (see kernels)
+        y = dot(x, w)
         if b is not None:
             y += b
         self.x, self.w, self.act = x, w, act
@@ -26,8 +27,9 @@ class Dense(Function):
         if self.act != "linear":
             g = ks.act_backward(g, self.y, self.act)
         px, pw = self.parents[0], self.parents[1]
-        dx = g @ self.w.T if px.requires_grad else None
-        dw = self.x.T @ g if pw.requires_grad else None
+        dot = backend.xp().dot
+        dx = dot(g, self.w.T) if px.requires_grad else None
+        dw = dot(self.x.T, g) if pw.requires_grad else None
         if len(self.parents) == 3:
             return dx, dw, ks.bias_grad(g) if self.parents[2].requires_grad else None
         return dx, dw
@@ -66,8 +68,17 @@ def flatten(x):
 
 
 class Dropout(Function):
+    """``x * mask``; inside a split training step (see ``_split``) the mask is this part's rows of
+    the whole batch's mask."""
+
     def forward(self, x, rate=0.5, seed=0, counter=0):
-        self.mask = backend.kernels().dropout_mask(x.shape, rate, seed, counter, x.dtype)
+        part = _split.current()
+        if part is None or x.shape[0] != part.hi - part.lo:
+            self.mask = backend.kernels().dropout_mask(x.shape, rate, seed, counter, x.dtype)
+        else:
+            full = (part.n,) + tuple(x.shape[1:])
+            self.mask = backend.kernels().dropout_mask(full, rate, seed, counter, x.dtype)[
+                part.lo:part.hi]
         return x * self.mask
 
     def backward(self, g):
@@ -87,7 +98,7 @@ def dropout(x, rate, training=True, seed=None):
     if not training or rate == 0.0:
         return x
     if seed is None:
-        seed, counter = _random.next_dropout_key()
+        seed, counter = _split.draw(_random.next_dropout_key)
     else:
         seed, counter = int(seed) & 0xFFFFFFFF, 0
     return Dropout.apply(x, rate=rate, seed=seed, counter=counter)

@@ -13,6 +13,7 @@ import math
 
 import gpucnn.functional as F
 from gpucnn import initializers
+from gpucnn.functional import _split
 from gpucnn.functional._check import rate as _check_rate
 from gpucnn.functional.dense import Dropout as _DropoutFn
 from gpucnn.layers import _activations
@@ -106,9 +107,13 @@ class Dropout(Layer):
             return x
         if self.seed is None:
             return F.dropout(x, self.rate, training=True)
+        counter = _split.draw(self._next_counter)
+        return _DropoutFn.apply(x, rate=self.rate, seed=self.seed & 0xFFFFFFFF, counter=counter)
+
+    def _next_counter(self):
         counter = self._counter
         self._counter = (counter + 1) & 0xFFFFFFFF
-        return _DropoutFn.apply(x, rate=self.rate, seed=self.seed & 0xFFFFFFFF, counter=counter)
+        return counter
 
 
 class Activation(Layer):

@@ -23,6 +23,7 @@ from gpucnn import optimizers as _optimizers
 from gpucnn._progbar import Progbar
 from gpucnn.autograd import Tensor, no_grad
 from gpucnn.data import Batches, batch_bounds
+from gpucnn.models import _step, _workers
 
 
 class NonFiniteLossError(FloatingPointError, ValueError):
@@ -284,6 +285,7 @@ class TrainingMixin:
             val = (x[split:], y[split:])
             x, y = x[:split], y[:split]
         x, y, _ = self._prepare(x, y, op)
+        xv = yv = None
         if val is not None:
             xv, yv, _ = self._prepare(val[0], val[1], f"{op} (validation data)")
 
@@ -300,16 +302,27 @@ class TrainingMixin:
         self.stop_training = False
         self.history = history
         cbs.call("on_train_begin", None)
+        try:
+            self._fit_epochs(batches, xv, yv, val, batch_size, logits, cbs, steps, initial_epoch,
+                             epochs, verbose, ks)
+        finally:
+            self._stop_workers()
+        cbs.call("on_train_end", None)
+        return history
+
+    def _fit_epochs(self, batches, xv, yv, val, batch_size, logits, cbs, steps, initial_epoch,
+                    epochs, verbose, ks):
         for epoch in range(int(initial_epoch), epochs):
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
             cbs.call("on_epoch_begin", epoch, None)
             bar = Progbar(steps, verbose)
             try:
-                logs = self._fit_epoch(batches, logits, bar, cbs, epoch, epochs)
-                if val is not None:
-                    vlogs = self._eval_arrays(xv, yv, batch_size, logits)
-                    logs.update({f"val_{k}": v for k, v in vlogs.items()})
+                with _step.session(ks):
+                    logs = self._fit_epoch(batches, logits, bar, cbs, epoch, epochs)
+                    if val is not None:
+                        vlogs = self._eval_arrays(xv, yv, batch_size, logits)
+                        logs.update({f"val_{k}": v for k, v in vlogs.items()})
             except BaseException:
                 bar.abort()
                 raise
@@ -317,38 +330,40 @@ class TrainingMixin:
             cbs.call("on_epoch_end", epoch, logs)
             if self.stop_training:
                 break
-        cbs.call("on_train_end", None)
-        return history
 
     def _fit_epoch(self, batches, logits, bar, cbs, epoch, epochs):
         params = self.trainable_weights
         opt = self.optimizer
         tracker = _Tracker(self, logits)
         xe, ye = batches.epoch_arrays()
-        host = isinstance(xe, np.ndarray)
         begin, end = cbs.batch_begin, cbs.batch_end
+        ks = backend.kernels()
+        per_sample = _step.sample_flops(self)
+        need_out = bool(tracker.metrics)
+        procs = self._process_steps(ks, per_sample, batches, xe, ye, params, logits, need_out,
+                                    batch_hooks=bool(begin or end))
         checked = 0
         step = 0
         for step, (a, b) in enumerate(batches.bounds, 1):
             for cb in begin:
                 cb.on_train_batch_begin(step - 1, None)
             yb = ye[a:b]
-            out = self._invoke(Tensor._wrap(xe[a:b]), True, logits)
-            loss = self._loss_value(yb, out, logits)
-            lv = None
-            if host:
-                lv = float(loss.data)
-                if not math.isfinite(lv):
-                    self._non_finite(lv, epoch, epochs, step, len(batches.bounds), checked, True)
-            for p in params:
-                p.grad = None
-            loss.backward()
+            if procs is not None and _step.parts_for(ks, per_sample, b - a,
+                                                     _step.PROCESS_MIN_FLOPS) > 1:
+                loss, out, lv = procs.step(xe[a:b], yb)
+            else:
+                parts = _step.parts_for(ks, per_sample, b - a)
+                loss, out, lv = _step.forward_backward(self, xe[a:b], yb, logits, params,
+                                                       parts, need_out)
+            if lv is not None and not math.isfinite(lv):
+                self._non_finite(lv, epoch, epochs, step, len(batches.bounds), checked, True)
             opt.apply_gradients(params)
-            tracker.update(loss.data, out.data, yb, b - a, lv)
+            tracker.update(loss, out, yb, b - a, lv)
             if end or bar.due(step):
                 logs = tracker.values()
                 if not math.isfinite(logs["loss"]):
-                    self._non_finite(logs["loss"], epoch, epochs, step, len(batches.bounds), checked, False)
+                    self._non_finite(logs["loss"], epoch, epochs, step, len(batches.bounds),
+                                     checked, False)
                 checked = step
                 bar.update(step, logs)
                 for cb in end:
@@ -359,6 +374,36 @@ class TrainingMixin:
         if not math.isfinite(logs["loss"]):
             self._non_finite(logs["loss"], epoch, epochs, step, len(batches.bounds), checked, False)
         return logs
+
+    def _process_steps(self, ks, per_sample, batches, xe, ye, params, logits, need_out,
+                       batch_hooks):
+        """Worker processes for this epoch's steps (see ``_workers``), or None: only on Linux
+        with the NumPy backend, two or more threads, a splittable model, batches big enough, at
+        least two steps, and no batch-level callbacks (which may change the model between
+        steps)."""
+        procs = self.__dict__.get("_fit_workers")
+        if batch_hooks or len(batches.bounds) < 2 or not _workers.available(ks):
+            return None
+        largest = max(b - a for a, b in batches.bounds)
+        parts = _step.parts_for(ks, per_sample, largest, _step.PROCESS_MIN_FLOPS)
+        if parts < 2 or self.output_shape is None:
+            return None
+        config = (largest, tuple(xe.shape[1:]), str(xe.dtype), tuple(ye.shape[1:]),
+                  str(ye.dtype), logits, need_out, parts)
+        if procs is not None:
+            if procs.key == _workers.fingerprint(self, params, *config):
+                return procs                     # the same model as last epoch: keep them
+            self._stop_workers()
+        procs = _workers.ProcessSteps(self, params, largest, xe.shape[1:], xe.dtype, ye.shape[1:],
+                                      ye.dtype, tuple(self.output_shape[1:]), self.dtype, logits,
+                                      need_out, parts)
+        self._fit_workers = procs
+        return procs
+
+    def _stop_workers(self):
+        procs = self.__dict__.pop("_fit_workers", None)
+        if procs is not None:
+            procs.close()
 
     def _non_finite(self, value, epoch, epochs, step, steps, checked, before_update):
         where = f"epoch {epoch + 1}/{epochs}, step {step}/{steps}"
@@ -387,7 +432,8 @@ class TrainingMixin:
         xd, yd = ks.asarray(x), ks.asarray(y)
         bar = Progbar(len(batch_bounds(xd.shape[0], batch_size)), verbose)
         try:
-            logs = self._eval_arrays(xd, yd, batch_size, self._fused_logits(), bar)
+            with _step.session(ks):
+                logs = self._eval_arrays(xd, yd, batch_size, self._fused_logits(), bar)
         except BaseException:
             bar.abort()
             raise
@@ -406,7 +452,7 @@ class TrainingMixin:
         bar = Progbar(len(bounds), verbose)
         outs = []
         try:
-            with no_grad():
+            with no_grad(), _step.session(ks):
                 for i, (a, b) in enumerate(bounds):
                     outs.append(self._invoke(Tensor._wrap(xd[a:b]), False, False).data)
                     if bar.due(i + 1):
@@ -431,16 +477,16 @@ class TrainingMixin:
         logits = self._fused_logits()
         params = self.trainable_weights
         tracker = _Tracker(self, logits)
-        out = self._invoke(Tensor._wrap(xd), True, logits)
-        loss = self._loss_value(yd, out, logits)
-        lv = float(ks.to_host(loss.data))
+        parts = _step.parts_for(ks, _step.sample_flops(self), xd.shape[0])
+        with _step.session(ks):
+            loss, out, lv = _step.forward_backward(self, xd, yd, logits, params, parts,
+                                                   bool(tracker.metrics))
+        if lv is None:
+            lv = float(ks.to_host(loss))
         if not math.isfinite(lv):
             raise NonFiniteLossError(f"{op}: the loss is {lv}; the weights were not updated")
-        for p in params:
-            p.grad = None
-        loss.backward()
         self.optimizer.apply_gradients(params)
-        tracker.update(loss.data, out.data, yd, xd.shape[0], lv)
+        tracker.update(loss, out, yd, xd.shape[0], lv)
         return _results(tracker.values(), return_dict)
 
     def test_on_batch(self, x, y, return_dict=False):

@@ -1,0 +1,269 @@
+"""Training steps split over processes: the calling process and forked workers, each computing
+the forward and backward pass of its part of every batch (Linux, NumPy backend, ``fit``).
+
+Why processes and not threads: a training step is hundreds of NumPy calls with Python (layers,
+autograd) between them. Two threads split over the halves of a batch contend for the GIL between
+those calls, and on the 2-vCPU machines this was tuned on every hand-over also pays the wake-up
+of an idle vCPU (40-80 us); LeNet-5 at batch 32 then ran slower on two threads than on one
+(3.5 ms against 2.7 ms a step) and gained only 1.3x at batch 128. Two processes share nothing but
+memory: 1.9 ms at batch 32, 5.1 ms at batch 128 (PyTorch: 2.8 and 8.2 ms with two threads).
+
+How: at the start of an epoch the parameters move into anonymous shared memory (``mmap``, in
+place of each ``Tensor``'s array, values unchanged) and the process forks ``parts - 1`` workers,
+which inherit the model. Each step the parent copies each worker's rows of the batch into that
+worker's shared input buffer and sends it the step over a pipe; every process runs its part
+(``_step.run_part``: forward, loss weighted by its share of the batch, backward) on its own
+core with single-threaded kernels; the workers write their gradients, loss and outputs into shared
+buffers; the parent adds the gradients and updates the parameters in place, which the workers see
+at their next step. Dropout keys are drawn by the parent before the step and sent along, so the
+masks are those of the unsplit step (``gpucnn.functional._split``). At the end of the epoch the
+workers exit; the parameters stay in the shared memory, which is ordinary memory to NumPy.
+
+The worker is a fork of a process that may have threads (the kernel pool, OpenBLAS's pool); it
+only ever runs gpucnn's step on NumPy and single-threaded BLAS (glibc's allocator and OpenBLAS
+reset their state across ``fork``), ignores SIGINT (the parent stops it) and leaves through
+``os._exit``. A worker's exception comes back as its traceback and is raised in the parent.
+"""
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import signal
+import sys
+import traceback
+import warnings
+from multiprocessing.connection import Pipe
+
+import numpy as np
+
+from gpucnn.autograd import Tensor
+from gpucnn.models import _step
+
+_ALIGN = 64
+
+
+def available(ks) -> bool:
+    """Whether steps may run on processes here: Linux (fork), the NumPy kernel set."""
+    return (sys.platform.startswith("linux") and hasattr(os, "fork")
+            and getattr(ks, "data_parallel", None) is not None)
+
+
+class _Shared:
+    """Arrays laid out in one anonymous shared mapping (inherited by forked workers)."""
+
+    def __init__(self, specs):
+        offsets, total = [], 0
+        for shape, dtype in specs:
+            total = -(-total // _ALIGN) * _ALIGN
+            offsets.append(total)
+            total += math.prod(shape) * np.dtype(dtype).itemsize
+        self.map = mmap.mmap(-1, max(total, 1))
+        self.arrays = [np.ndarray(shape, dtype, buffer=self.map, offset=off)
+                       for (shape, dtype), off in zip(specs, offsets)]
+
+
+class _Worker:
+    """The parent's handle of one worker: its pipe end, pid and shared buffers."""
+
+    def __init__(self, conn, pid, bufs):
+        self.conn, self.pid = conn, pid
+        self.x, self.y, self.out, self.loss, self.has, self.grads = bufs
+
+
+def _simple(obj) -> tuple:
+    """The plain-valued attributes of ``obj`` (what a worker's copy of it could differ in)."""
+    plain = (bool, int, float, str, type(None))
+    out = []
+    for k, v in sorted(vars(obj).items()):
+        if k == "_counter":                    # a seeded Dropout's counter: the parent draws
+            continue
+        if isinstance(v, plain) or (isinstance(v, tuple) and all(isinstance(e, plain) for e in v)):
+            out.append((k, v))
+    return tuple(out)
+
+
+def fingerprint(model, params, *config) -> tuple:
+    """What a set of workers was forked with: when it changes (a layer frozen between epochs, a
+    weight replaced, another batch size), the workers are started afresh."""
+    layers = _step.leaf_layers(model)
+    return (config, type(model.loss), _simple(model.loss),
+            tuple((id(layer), type(layer), _simple(layer)) for layer in layers),
+            tuple((id(t), t.data.ctypes.data, t.shape, str(t.dtype), t.requires_grad)
+                  for t in model.weights),
+            tuple(id(p) for p in params))
+
+
+class ProcessSteps:
+    """``parts`` processes computing each step of ``model``'s training (the calling process and
+    ``parts - 1`` forked workers); ``close()`` stops the workers."""
+
+    def __init__(self, model, params, max_batch, x_tail, x_dtype, y_tail, y_dtype, out_tail,
+                 out_dtype, logits, need_out, parts):
+        self.model, self.params, self.logits, self.need_out = model, params, logits, need_out
+        self.layers = _step.leaf_layers(model)
+        self.parts = parts
+        share = max_batch - max_batch // parts          # the largest part a worker gets
+        weights = model.weights                         # all of them: a callback may set any
+        self.weights = _Shared([(t.shape, t.dtype) for t in weights])
+        for t, w in zip(weights, self.weights.arrays):
+            w[...] = t.data
+            t.data = w
+        self.key = fingerprint(model, params, max_batch, tuple(x_tail), str(x_dtype),
+                               tuple(y_tail), str(y_dtype), logits, need_out, parts)
+        self.workers = []
+        try:
+            for _ in range(parts - 1):
+                self.workers.append(self._spawn(share, x_tail, x_dtype, y_tail, y_dtype,
+                                                out_tail, out_dtype))
+        except BaseException:
+            self.close()
+            raise
+
+    def _spawn(self, share, x_tail, x_dtype, y_tail, y_dtype, out_tail, out_dtype):
+        specs = [((share,) + tuple(x_tail), x_dtype), ((share,) + tuple(y_tail), y_dtype),
+                 ((share,) + tuple(out_tail), out_dtype), ((1,), out_dtype),
+                 ((len(self.params),), np.uint8)]
+        specs += [(p.shape, p.dtype) for p in self.params]
+        shared = _Shared(specs)
+        bufs = shared.arrays[:5] + [shared.arrays[5:]]
+        parent_end, child_end = Pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns on fork in a process with threads; see the module docstring.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:                                             # the worker
+            code = 1
+            try:
+                parent_end.close()
+                code = _worker_loop(child_end, self.model, self.params, self.logits,
+                                    self.need_out, *bufs)
+            finally:
+                os._exit(code)
+        child_end.close()
+        worker = _Worker(parent_end, pid, bufs)
+        worker.shared = shared
+        return worker
+
+    # -- one step ------------------------------------------------------------------------------
+    def step(self, xb, yb):
+        """Forward and backward of the batch over every process; returns what
+        ``_step.forward_backward`` returns (the gradients land in ``.grad`` when the loss is
+        finite)."""
+        n = xb.shape[0]
+        parts = min(self.parts, n)
+        bounds = [n * k // parts for k in range(parts + 1)]
+        keys = _step.predraw(self.layers)
+        busy = []
+        for k, w in enumerate(self.workers[:parts - 1], 1):
+            lo, hi = bounds[k], bounds[k + 1]
+            w.x[:hi - lo] = xb[lo:hi]
+            w.y[:hi - lo] = yb[lo:hi]
+            w.conn.send((lo, hi, n, keys))
+            busy.append(w)
+        try:
+            mine = _step.run_part(self.model, xb, yb, 0, bounds[1], n, self.logits, keys)
+        finally:
+            errors = [e for e in (_reply(w) for w in busy) if e is not None]
+        if errors:
+            raise RuntimeError("a training worker process failed:\n" + errors[0])
+        loss = mine[0] * (bounds[1] / n)
+        for k, w in enumerate(busy, 1):
+            loss = loss + w.loss[0] * ((bounds[k + 1] - bounds[k]) / n)
+        loss = np.asarray(loss, dtype=mine[0].dtype)
+        lv = float(loss)
+        if math.isfinite(lv):
+            sink = mine[2]
+            for i, p in enumerate(self.params):
+                entry = sink.get(id(p))
+                g = None if entry is None else entry[1]
+                for w in busy:
+                    if w.has[i]:
+                        g = np.array(w.grads[i]) if g is None else np.add(g, w.grads[i])
+                p.grad = None if g is None else Tensor._wrap(g)
+        out = None
+        if self.need_out:
+            outs = [mine[1]] + [w.out[:bounds[k + 1] - bounds[k]] for k, w in enumerate(busy, 1)]
+            out = np.concatenate(outs)
+        return loss, out, lv
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def close(self):
+        for w in self.workers:
+            try:
+                w.conn.send(None)
+            except OSError:
+                pass
+        for w in self.workers:
+            _reap(w.pid)
+            w.conn.close()
+        self.workers = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def _reply(w):
+    """Wait for a worker's answer to its step: None, or the text of its exception."""
+    try:
+        return w.conn.recv()
+    except (EOFError, OSError):
+        return f"worker process {w.pid} ended without answering"
+
+
+def _reap(pid):
+    """Wait (briefly) for a worker to exit, then kill it."""
+    import time
+
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        time.sleep(0.001)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
+
+
+def _worker_loop(conn, model, params, logits, need_out, x, y, out, loss, has, grads) -> int:
+    """The worker: run the parts the parent sends until it sends None (or goes away)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from gpucnn import backend
+
+    ks = backend.kernels()
+    with ks.single_threaded_blas():
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return 0
+            if msg is None:
+                return 0
+            try:
+                lo, hi, n, keys = msg
+                m = hi - lo
+                res = _step.run_part(model, x, y, lo, hi, n, logits, keys)
+                loss[0] = float(res[0])
+                if need_out:
+                    out[:m] = res[1]
+                sink = res[2]
+                for i, p in enumerate(params):
+                    entry = sink.get(id(p))
+                    has[i] = entry is not None
+                    if entry is not None:
+                        grads[i][...] = entry[1]
+                conn.send(None)
+            except BaseException:  # noqa: BLE001 - reported to the parent
+                try:
+                    conn.send(traceback.format_exc())
+                except OSError:
+                    return 1

@@ -1,0 +1,225 @@
+"""Training steps split over parts of the batch (gpucnn.models._step, _workers): on threads and on
+forked worker processes the loss and gradients equal those of the whole step (dropout included),
+fit gives the same weights, worker failures and a non-finite loss surface in the parent, and the
+workers follow a model changed between epochs."""
+import os
+
+import numpy as np
+import pytest
+
+import gpucnn
+from gpucnn import callbacks, layers, models, optimizers
+from gpucnn.kernels import numpy_set
+from gpucnn.models import NonFiniteLossError, _step, _workers
+
+PROCESSES = _workers.available(numpy_set)
+
+
+@pytest.fixture(autouse=True)
+def _split_everything(monkeypatch):
+    """Two threads, and every batch big enough to split."""
+    gpucnn.set_backend("numpy")
+    monkeypatch.setattr(_step, "PROCESS_MIN_FLOPS", 0.0)
+    monkeypatch.setattr(_step, "THREAD_MIN_FLOPS", 0.0)
+    threads = numpy_set.get_num_threads()
+    numpy_set.set_num_threads(2)
+    yield
+    numpy_set.set_num_threads(threads)
+
+
+def net(dropout=0.3, seed=None):
+    gpucnn.manual_seed(7)
+    model = models.Sequential([
+        layers.Input(shape=(10, 10, 2)),
+        layers.Conv2D(5, 3, activation="tanh"),
+        layers.AveragePooling2D(2),
+        layers.Conv2D(6, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dense(12, activation="relu"),
+        layers.Dropout(dropout, seed=seed),
+        layers.Dense(4, activation="softmax"),
+    ])
+    model.compile(optimizers.SGD(0.05, momentum=0.5), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def data(rng, n):
+    return rng.standard_normal((n, 10, 10, 2)).astype(np.float32), rng.integers(0, 4, n)
+
+
+def _grads(model):
+    return [None if t.grad is None else t.grad.data.copy() for t in model.trainable_weights]
+
+
+def _reseed(model):
+    """The same dropout keys for the next step: the global stream and each layer's counter."""
+    gpucnn.manual_seed(3)
+    for layer in model.layers:
+        if isinstance(layer, layers.Dropout):
+            layer._counter = 0
+
+
+def _whole_step(model, x, y):
+    _reseed(model)
+    loss, out, lv = _step.forward_backward(model, x, y, True, model.trainable_weights, 1, True)
+    return float(loss), out.copy(), _grads(model)
+
+
+def _assert_same_step(got, want):
+    assert got[0] == pytest.approx(want[0], rel=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    for g, w in zip(got[2], want[2]):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [2, 7, 16])
+@pytest.mark.parametrize("seed", [None, 5])
+def test_thread_split_equals_whole_step(rng, n, seed):
+    model = net(seed=seed)
+    x, y = data(rng, n)
+    want = _whole_step(model, x, y)
+    _reseed(model)
+    loss, out, lv = _step.forward_backward(model, x, y, True, model.trainable_weights, 2, True)
+    assert lv == float(loss)
+    _assert_same_step((float(loss), out, _grads(model)), want)
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+@pytest.mark.parametrize("seed", [None, 5])
+def test_process_split_equals_whole_step(rng, seed):
+    model = net(seed=seed)
+    x, y = data(rng, 9)
+    want = _whole_step(model, x, y)
+    params = model.trainable_weights
+    procs = _workers.ProcessSteps(model, params, 9, x.shape[1:], x.dtype, (), y.dtype, (4,),
+                                  np.float32, True, True, 3)
+    try:
+        assert len(procs.workers) == 2
+        _reseed(model)
+        loss, out, _ = procs.step(x, y)
+        got = (float(loss), out, _grads(model))
+        x2, y2 = data(rng, 5)                  # a smaller batch through the same workers
+        want2 = _whole_step(model, x2, y2)
+        _reseed(model)
+        loss2, out2, _ = procs.step(x2, y2)
+        got2 = (float(loss2), out2, _grads(model))
+    finally:
+        procs.close()
+    assert procs.workers == []
+    _assert_same_step(got, want)
+    _assert_same_step(got2, want2)
+
+
+def _fit_weights(rng_seed, threads, monkeypatch, epochs=2, **kw):
+    numpy_set.set_num_threads(threads)
+    rng = np.random.default_rng(rng_seed)
+    model = net()
+    x, y = data(rng, 40)
+    gpucnn.manual_seed(11)
+    hist = model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, **kw)
+    return model.get_weights(), hist.history
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_fit_on_processes_matches_fit_on_one_core(monkeypatch):
+    steps = []
+    real_step = _workers.ProcessSteps.step
+
+    def counting(self, xb, yb):
+        steps.append(xb.shape[0])
+        return real_step(self, xb, yb)
+
+    monkeypatch.setattr(_workers.ProcessSteps, "step", counting)
+    split_w, split_h = _fit_weights(1, 2, monkeypatch)
+    assert steps == [8] * 10                                # every step ran on the workers
+    whole_w, whole_h = _fit_weights(1, 1, monkeypatch)
+    for a, b in zip(split_w, whole_w):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(split_h["loss"], whole_h["loss"], rtol=1e-5)
+    assert split_h["accuracy"] == whole_h["accuracy"]
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_worker_failure_is_raised_in_the_parent_and_workers_end(rng, monkeypatch):
+    parent = os.getpid()
+    real = _step.run_part
+
+    def failing(model, x, y, lo, hi, n, logits, keys):
+        if os.getpid() != parent:
+            raise ArithmeticError("boom in the worker")
+        return real(model, x, y, lo, hi, n, logits, keys)
+
+    monkeypatch.setattr(_step, "run_part", failing)
+    model = net()
+    before = model.get_weights()
+    x, y = data(rng, 16)
+    with pytest.raises(RuntimeError, match="(?s)worker process failed.*ArithmeticError: boom"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert "_fit_workers" not in model.__dict__
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)                   # failed at the first step
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_non_finite_loss_on_processes_stops_before_the_update(rng):
+    model = models.Sequential([layers.Input(shape=(10, 10, 2)), layers.Flatten(),
+                               layers.Dense(3)])
+    model.compile(optimizers.SGD(0.1), "mse")
+    model.set_weights([np.full((200, 3), 1e30, np.float32), np.zeros(3, np.float32)])
+    before = model.get_weights()
+    x = np.abs(rng.standard_normal((16, 10, 10, 2))).astype(np.float32) + 1
+    with pytest.raises(NonFiniteLossError, match="loss is inf at epoch 1/1, step 1/2"):
+        model.fit(x, np.zeros((16, 3), np.float32), batch_size=8, verbose=0)
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
+class _Freeze(callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.layers[0].trainable = False
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_workers_follow_a_layer_frozen_between_epochs(rng):
+    model = net()
+    x, y = data(rng, 32)
+    started = []
+    real_init = _workers.ProcessSteps.__init__
+
+    def init(self, *a, **k):
+        started.append(1)
+        real_init(self, *a, **k)
+
+    _workers.ProcessSteps.__init__ = init
+    try:
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[_Freeze()])
+        frozen = [w.copy() for w in model.layers[0].get_weights()]
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    finally:
+        _workers.ProcessSteps.__init__ = real_init
+    assert len(started) == 2                      # one set of workers per fit call
+    for a, b in zip(model.layers[0].get_weights(), frozen):
+        np.testing.assert_array_equal(a, b)       # the frozen layer did not move in the workers
+
+
+def test_steps_that_must_not_split_stay_whole(rng):
+    model = net()
+    assert _step.parts_for(numpy_set, _step.sample_flops(model), 8) == 2
+    assert _step.parts_for(numpy_set, _step.sample_flops(model), 1) == 1
+    custom = net()
+    custom.compile("sgd", lambda t, p: (p * p).mean())        # not known to be a batch mean
+    assert _step.sample_flops(custom) is None
+
+    class Odd(layers.Layer):
+        def call(self, x, training=False):
+            return x - x.mean()                                  # mixes the samples
+
+    odd = models.Sequential([layers.Input(shape=(4,)), Odd(), layers.Dense(2)])
+    odd.compile("sgd", "mse")
+    assert _step.sample_flops(odd) is None
+    from gpucnn.kernels import load_set
+
+    assert _step.parts_for(load_set("cuda"), 1e9, 64) == 1       # no split off the NumPy set
