@@ -1,0 +1,205 @@
+"""Per-op timings at the shapes of the zoo's networks, gpucnn's kernel set beside PyTorch.
+
+Each case calls the active backend's kernel set directly (the arrays already where the backend
+keeps them), so the times are the kernels' own, without autograd: the convolution's forward
+(bias and activation fused, as the layers run it), input gradient and kernel gradient, the
+transposed convolution, max and average pooling forward and backward, softmax + cross-entropy.
+PyTorch runs the same ops on NCHW tensors (its default layout): ``conv2d`` plus the activation,
+``torch.nn.grad.conv2d_input`` / ``conv2d_weight``, ``conv_transpose2d``, the pooling functions
+and their autograd backward, ``cross_entropy``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gpucnn import backend
+from gpucnn.bench import _timing, torch_ref
+from gpucnn.kernels._geometry import transpose_out_1d, window_2d
+
+# (net, layer, input HWC, kernel, filters, stride, padding, activation, kind)
+#   kind: "conv" (forward, dx unless first, dw) or "transpose" (Conv2DTranspose)
+LENET = ("LeNet-5", 128, [
+    ("C1", (32, 32, 1), 5, 6, 1, "valid", "tanh", "first"),
+    ("S2", (28, 28, 6), 2, None, 2, "valid", None, "avg"),
+    ("C3", (14, 14, 6), 5, 16, 1, "valid", "tanh", "conv"),
+    ("S4", (10, 10, 16), 2, None, 2, "valid", None, "avg"),
+    ("C5", (5, 5, 16), 5, 120, 1, "valid", "tanh", "conv"),
+    ("Output", (10,), None, None, None, None, None, "xent"),
+])
+ALEXNET_SMALL = ("AlexNet-small", 128, [
+    ("conv1", (32, 32, 3), 3, 24, 1, "same", "relu", "first"),
+    ("pool1", (32, 32, 24), 3, None, 2, "valid", None, "max"),
+    ("conv2", (15, 15, 24), 5, 64, 1, "same", "relu", "conv"),
+    ("pool2", (15, 15, 64), 3, None, 2, "valid", None, "max"),
+    ("conv3", (7, 7, 64), 3, 96, 1, "same", "relu", "conv"),
+    ("conv4", (7, 7, 96), 3, 96, 1, "same", "relu", "conv"),
+    ("conv5", (7, 7, 96), 3, 64, 1, "same", "relu", "conv"),
+    ("pool5", (7, 7, 64), 3, None, 2, "valid", None, "max"),
+    ("output", (10,), None, None, None, None, None, "xent"),
+])
+AUTOENCODER = ("Autoencoder", 128, [
+    ("enc1", (28, 28, 1), 3, 16, 2, "same", "relu", "first"),
+    ("enc2", (14, 14, 16), 3, 32, 2, "same", "relu", "conv"),
+    ("latent", (7, 7, 32), 3, 8, 1, "same", "relu", "conv"),
+    ("dec1", (7, 7, 8), 3, 32, 2, "same", None, "transpose"),
+    ("dec2", (14, 14, 32), 3, 16, 2, "same", None, "transpose"),
+    ("output", (28, 28, 16), 3, 1, 1, "same", "sigmoid", "conv"),
+])
+NETS = (LENET, ALEXNET_SMALL, AUTOENCODER)
+
+
+@dataclass
+class OpCase:
+    net: str
+    op: str                 # "C3 input gradient"
+    shape: str              # what it works on
+    flops: float            # per call (multiply-adds count 2)
+    gpucnn: callable
+    torch: callable = None
+    kernel: str = ""        # which algorithm the kernel set chose
+    results: dict = field(default_factory=dict)   # side name -> median seconds
+
+
+def _algo(ks, what, *args):
+    choose = getattr(ks, "conv_algorithm", None)
+    return choose(what, *args) if choose is not None else ""
+
+
+def _conv_cases(ks, tr, rng, net, n, spec):
+    name, (h, w, c), k, co, s, padding, act, kind = spec
+    xp_ = ks.asarray
+    ho, wo, pad = window_2d(h, w, k, k, s, s, padding)
+    x = rng.random((n, h, w, c), dtype=np.float32)
+    wt = (rng.standard_normal((k, k, c, co), dtype=np.float32) * 0.1)
+    b = rng.standard_normal(co, dtype=np.float32) * 0.1
+    dy = rng.standard_normal((n, ho, wo, co), dtype=np.float32)
+    xd, wd, bd, dyd = xp_(x), xp_(wt), xp_(b), xp_(dy)
+    stride = (s, s)
+    flops = 2.0 * n * ho * wo * k * k * c * co
+    shape = f"{n}x{h}x{w}x{c} * {k}x{k}x{c}x{co} /{s} {padding}"
+    torch_fns = (None, None, None) if tr is None else torch_ref.conv_ops(
+        tr.torch, tr.device, x, wt, b, stride, pad, act)
+    act_name = act or "linear"
+    out = [OpCase(net, f"{name} forward (+bias, {act_name})", shape, flops,
+                  lambda: ks.conv2d_forward(xd, wd, bd, stride, pad, act_name), torch_fns[0],
+                  _algo(ks, "forward", x.shape, wt.shape, stride, pad))]
+    if kind != "first":
+        out.append(OpCase(net, f"{name} input gradient", shape, flops,
+                          lambda: ks.conv2d_backward_input(dyd, wd, x.shape, stride, pad),
+                          torch_fns[1], _algo(ks, "input", x.shape, wt.shape, stride, pad)))
+    out.append(OpCase(net, f"{name} kernel gradient", shape, flops,
+                      lambda: ks.conv2d_backward_weight(xd, dyd, wt.shape, stride, pad),
+                      torch_fns[2], _algo(ks, "weight", x.shape, wt.shape, stride, pad)))
+    return out
+
+
+def _transpose_cases(ks, tr, rng, net, n, spec):
+    """A Conv2DTranspose: its forward is the conv input gradient; its input gradient is a conv
+    forward of the output gradient and its kernel gradient a conv kernel gradient."""
+    name, (h, w, c), k, co, s, padding, _, _ = spec
+    ho, wo = transpose_out_1d(h, k, s, padding), transpose_out_1d(w, k, s, padding)
+    _, _, pad = window_2d(ho, wo, k, k, s, s, padding)
+    x = rng.random((n, h, w, c), dtype=np.float32)
+    wk = rng.standard_normal((k, k, co, c), dtype=np.float32) * 0.1      # (KH, KW, C_out, C_in)
+    g = rng.standard_normal((n, ho, wo, co), dtype=np.float32)
+    xd, wd, gd = ks.asarray(x), ks.asarray(wk), ks.asarray(g)
+    stride = (s, s)
+    flops = 2.0 * n * h * w * k * k * c * co
+    shape = f"{n}x{h}x{w}x{c} -> {n}x{ho}x{wo}x{co}, {k}x{k} /{s} {padding}"
+    out_shape = (n, ho, wo, co)
+    t_fwd = t_dx = t_dw = None
+    if tr is not None:
+        t_fwd = torch_ref.conv_transpose_op(tr.torch, tr.device, x, wk, stride, (ho, wo), pad)
+        # as a conv: g (N, Ho, Wo, C_out) with the kernel read as (KH, KW, C_out, C_in)
+        t_dx, _, t_dw = torch_ref.conv_ops(tr.torch, tr.device, g, wk, None, stride, pad, None)
+    return [
+        OpCase(net, f"{name} transposed conv forward", shape, flops,
+               lambda: ks.conv2d_backward_input(xd, wd, out_shape, stride, pad), t_fwd,
+               _algo(ks, "input", out_shape, wk.shape, stride, pad)),
+        OpCase(net, f"{name} input gradient (a conv)", shape, flops,
+               lambda: ks.conv2d_forward(gd, wd, None, stride, pad, "linear"), t_dx,
+               _algo(ks, "forward", out_shape, wk.shape, stride, pad)),
+        OpCase(net, f"{name} kernel gradient", shape, flops,
+               lambda: ks.conv2d_backward_weight(gd, xd, wk.shape, stride, pad), t_dw,
+               _algo(ks, "weight", out_shape, wk.shape, stride, pad)),
+    ]
+
+
+def _pool_cases(ks, tr, rng, net, n, spec):
+    name, (h, w, c), p, _, s, padding, _, kind = spec
+    ho, wo, pad = window_2d(h, w, p, p, s, s, padding)
+    x = rng.standard_normal((n, h, w, c), dtype=np.float32)
+    dy = rng.standard_normal((n, ho, wo, c), dtype=np.float32)
+    xd, dyd = ks.asarray(x), ks.asarray(dy)
+    pool, stride = (p, p), (s, s)
+    flops = float(n * ho * wo * c * p * p)
+    shape = f"{n}x{h}x{w}x{c}, {p}x{p} /{s}"
+    t_f = t_b = None
+    if tr is not None:
+        t_f, t_b = torch_ref.pool_ops(tr.torch, tr.device, x, kind, pool, stride)
+    if kind == "max":
+        _, idx = ks.max_pool_forward(xd, pool, stride, pad)
+        fwd = lambda: ks.max_pool_forward(xd, pool, stride, pad)  # noqa: E731
+        bwd = lambda: ks.max_pool_backward(dyd, idx, x.shape)  # noqa: E731
+    else:
+        fwd = lambda: ks.avg_pool_forward(xd, pool, stride, pad)  # noqa: E731
+        bwd = lambda: ks.avg_pool_backward(dyd, x.shape, pool, stride, pad)  # noqa: E731
+    label = "max" if kind == "max" else "avg"
+    return [OpCase(net, f"{name} {label} pool forward", shape, flops, fwd, t_f),
+            OpCase(net, f"{name} {label} pool backward", shape, flops, bwd, t_b)]
+
+
+def _xent_cases(ks, tr, rng, net, n, spec):
+    name, (k,), *_ = spec
+    z = rng.standard_normal((n, k), dtype=np.float32)
+    labels = rng.integers(0, k, n).astype(np.int64)
+    zd, ld = ks.asarray(z), ks.asarray(labels)
+    _, p = ks.softmax_xent_forward(zd, ld)
+    g = ks.asarray(np.full(n, 1.0 / n, dtype=np.float32))
+    t_f = t_b = None
+    if tr is not None:
+        t_f, t_b = torch_ref.xent_ops(tr.torch, tr.device, z, labels)
+    flops = 5.0 * n * k
+    shape = f"{n}x{k}"
+    return [OpCase(net, f"{name} softmax + cross-entropy forward", shape, flops,
+                   lambda: ks.softmax_xent_forward(zd, ld), t_f),
+            OpCase(net, f"{name} softmax + cross-entropy backward", shape, flops,
+                   lambda: ks.softmax_xent_backward(p, ld, g), t_b)]
+
+
+def cases(tr=None, batch_scale=1.0, nets=NETS, seed=0):
+    """Every op case of ``nets`` on the active backend (batch sizes times ``batch_scale``);
+    ``tr`` (a ``TorchSide`` or None) adds the PyTorch closures."""
+    ks = backend.kernels()
+    rng = np.random.default_rng(seed)
+    out = []
+    for net, n, specs in nets:
+        n = max(1, int(round(n * batch_scale)))
+        for spec in specs:
+            kind = spec[-1]
+            if kind in ("conv", "first"):
+                out += _conv_cases(ks, tr, rng, net, n, spec)
+            elif kind == "transpose":
+                out += _transpose_cases(ks, tr, rng, net, n, spec)
+            elif kind in ("max", "avg"):
+                out += _pool_cases(ks, tr, rng, net, n, spec)
+            else:
+                out += _xent_cases(ks, tr, rng, net, n, spec)
+    return out
+
+
+def run(op_cases, gpucnn_sync, torch_sync, warmup, repeats, budget):
+    """Time every case, gpucnn and PyTorch interleaved; fills ``case.results``."""
+    for case in op_cases:
+        sides = [_timing.Side("gpucnn", case.gpucnn, gpucnn_sync)]
+        if case.torch is not None:
+            sides.append(_timing.Side("torch", case.torch, torch_sync))
+        # one call each to size the repeats (after compilation/caches on the first call)
+        probe = _timing.interleaved(
+            [_timing.Side(s.name, s.run, s.sync) for s in sides], warmup, 1)
+        reps = repeats or _timing.repeat_count(max(p.median for p in probe), budget, 5, 50)
+        _timing.interleaved(sides, 0, reps)
+        case.results = {s.name: s.median for s in sides}
+    return op_cases

@@ -1,0 +1,244 @@
+"""The PyTorch side of the benchmark: the same networks and ops in PyTorch's default NCHW layout.
+
+Nothing here is imported unless PyTorch is installed; gpucnn does not depend on it. On the CPU
+PyTorch runs eager with ``torch.set_num_threads`` equal to gpucnn's thread count; on a GPU it uses
+cuDNN in fp32 with TF32 off (so that both sides do the same arithmetic).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+
+def available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def setup(device: str, threads: int):
+    """Import torch, set its threads (CPU) or switch TF32 off (GPU); returns the module."""
+    import torch
+
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+    return torch
+
+
+def sync(torch, device):
+    if device == "cpu":
+        return lambda: None
+    return torch.cuda.synchronize
+
+
+@dataclass
+class TorchSide:
+    """PyTorch and the device it runs on (``cpu`` or ``cuda``)."""
+
+    torch: object
+    device: str
+
+    @property
+    def sync(self):
+        return sync(self.torch, self.device)
+
+
+def info(torch) -> str:
+    cfg = torch.__config__.parallel_info().splitlines()
+    backend = next((line.split(":", 1)[1].strip() for line in cfg
+                    if line.startswith("ATen parallel backend")), "?")
+    mkldnn = torch.backends.mkldnn.is_available()
+    return (f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads "
+            f"({backend}), oneDNN {'on' if mkldnn else 'off'}")
+
+
+# ------------------------------------------------------------------------------------- models
+def lenet5(torch, classes=10):
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.Tanh(), nn.AvgPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
+        nn.Conv2d(16, 120, 5), nn.Tanh(), nn.Flatten(),
+        nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, classes))
+
+
+def alexnet_small(torch, width=0.25, dense_units=256, classes=10, dropout=0.5, channels=3,
+                  side=32):
+    """``zoo.alexnet((side, side, channels), classes, width, dense_units)`` with the small stem."""
+    nn = torch.nn
+
+    def n(f):
+        return max(1, round(f * width))
+
+    c1, c2, c3, c4, c5 = n(96), n(256), n(384), n(384), n(256)
+    s = side
+    for _ in range(3):
+        s = (s - 3) // 2 + 1
+    return nn.Sequential(
+        nn.Conv2d(channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(c3, c4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(c4, c5, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Flatten(),
+        nn.Linear(c5 * s * s, dense_units), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(dense_units, dense_units), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(dense_units, classes))
+
+
+def autoencoder(torch, channels=1, latent=8, filters=(16, 32)):
+    """``zoo.conv_autoencoder``: the same layer sizes (PyTorch pads 'same' symmetrically where
+    TensorFlow puts the odd pixel bottom-right; the work is the same)."""
+    nn = torch.nn
+    f1, f2 = filters
+    return nn.Sequential(
+        nn.Conv2d(channels, f1, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(f1, f2, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(f2, latent, 3, padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(latent, f2, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(f2, f1, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
+        nn.Conv2d(f1, channels, 3, padding=1), nn.Sigmoid())
+
+
+def optimizer(torch, params, name):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=0.01)
+    if name == "sgd_momentum":
+        return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=1e-3, eps=1e-7)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+class Trainer:
+    """A PyTorch training epoch written as its users write it: shuffle, slice, zero_grad,
+    forward, loss, backward, step, and the loss (and accuracy) read back each step."""
+
+    def __init__(self, torch, model, x, y, batch, opt, loss, device, accuracy):
+        self.torch, self.model, self.batch = torch, model.to(device), batch
+        self.x = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
+        if loss == "mse":
+            self.y = torch.from_numpy(y.transpose(0, 3, 1, 2).copy()).to(device)
+            self.lossf = torch.nn.MSELoss()
+        else:
+            self.y = torch.from_numpy(y.astype("int64")).to(device)
+            self.lossf = torch.nn.CrossEntropyLoss()
+        self.opt = optimizer(torch, self.model.parameters(), opt)
+        self.accuracy = accuracy
+        self.model.train()
+
+    def epoch(self):
+        torch = self.torch
+        n = self.x.shape[0]
+        perm = torch.randperm(n, device=self.x.device)
+        xe, ye = self.x[perm], self.y[perm]
+        total, correct = 0.0, 0
+        for a in range(0, n, self.batch):
+            xb, yb = xe[a:a + self.batch], ye[a:a + self.batch]
+            self.opt.zero_grad(set_to_none=True)
+            out = self.model(xb)
+            loss = self.lossf(out, yb)
+            loss.backward()
+            self.opt.step()
+            total += loss.item() * xb.shape[0]
+            if self.accuracy:
+                correct += int((out.argmax(1) == yb).sum())
+        return total / n, correct
+
+    def predict(self, batch):
+        torch = self.torch
+        self.model.eval()
+        outs = []
+        with torch.no_grad():
+            for a in range(0, self.x.shape[0], batch):
+                outs.append(self.model(self.x[a:a + batch]))
+        self.model.train()
+        return torch.cat(outs).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------- ops
+def conv_ops(torch, device, x, w, b, stride, pad4, act):
+    """``(forward, dx, dw)`` closures for an NHWC conv case given as NumPy arrays, run on NCHW
+    tensors. ``pad4`` is TensorFlow's (top, bottom, left, right); an asymmetric padding is
+    padded explicitly (as PyTorch users do) in the forward closure and given as the larger
+    symmetric padding to the gradients (same shapes, within a row of work)."""
+    F = torch.nn.functional
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
+    wt = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).to(device)
+    bt = None if b is None else torch.from_numpy(b).to(device)
+    pt, pb, pl, pr = pad4
+    sym = (pt == pb and pl == pr)
+    y = F.conv2d(F.pad(xt, (pl, pr, pt, pb)) if not sym else xt, wt, bt, stride,
+                 (pt, pl) if sym else 0)
+    dy = torch.randn_like(y)
+    fn = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}.get(act)
+
+    def forward():
+        xin = xt if sym else F.pad(xt, (pl, pr, pt, pb))
+        out = F.conv2d(xin, wt, bt, stride, (pt, pl) if sym else 0)
+        return fn(out) if fn is not None else out
+
+    xs = xt if sym else F.pad(xt, (pl, pr, pt, pb))
+    psym = (pt, pl) if sym else 0
+
+    def dx():
+        return torch.nn.grad.conv2d_input(xs.shape, wt, dy, stride, psym)
+
+    def dw():
+        return torch.nn.grad.conv2d_weight(xs, wt.shape, dy, stride, psym)
+
+    return forward, dx, dw
+
+
+def conv_transpose_op(torch, device, x, w, stride, out_hw, pad4):
+    """The transposed conv of an NHWC ``x`` with a Keras ``(KH, KW, C_out, C_in)`` kernel."""
+    F = torch.nn.functional
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
+    wt = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).to(device)   # (C_in, C_out, KH, KW)
+    kh, kw = w.shape[:2]
+    pt, pl = max(pad4[:2]), max(pad4[2:])    # PyTorch pads symmetrically; output_padding fixes
+                                             # the size
+    h, wd = x.shape[1:3]
+    oph = out_hw[0] - ((h - 1) * stride[0] - 2 * pt + kh)
+    opw = out_hw[1] - ((wd - 1) * stride[1] - 2 * pl + kw)
+
+    def forward():
+        return F.conv_transpose2d(xt, wt, None, stride, (pt, pl), (oph, opw))
+
+    return forward
+
+
+def pool_ops(torch, device, x, kind, pool, stride):
+    F = torch.nn.functional
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device).requires_grad_(True)
+    f = F.max_pool2d if kind == "max" else F.avg_pool2d
+    y = f(xt, pool, stride)
+    dy = torch.randn_like(y)
+
+    def forward():
+        with torch.no_grad():
+            return f(xt, pool, stride)
+
+    def backward():
+        # the backward alone: autograd's recorded forward is redone outside the timed region
+        return torch.autograd.grad(y, xt, dy, retain_graph=True)[0]
+
+    return forward, backward
+
+
+def xent_ops(torch, device, z, labels):
+    F = torch.nn.functional
+    zt = torch.from_numpy(z).to(device).requires_grad_(True)
+    lt = torch.from_numpy(labels.astype("int64")).to(device)
+    loss = F.cross_entropy(zt, lt)
+
+    def forward():
+        with torch.no_grad():
+            return F.cross_entropy(zt, lt)
+
+    def backward():
+        return torch.autograd.grad(loss, zt, retain_graph=True)[0]
+
+    return forward, backward

@@ -1,0 +1,134 @@
+"""The benchmark (``python -m gpucnn.bench``) runs end to end at tiny sizes (--quick; nothing is
+timed here), re-executes itself without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE and says so, writes
+its markdown atomically; its FLOP counts, ratio and target columns, and interleaving are right."""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpucnn.bench import _timing, e2e, report
+from gpucnn.bench.__main__ import parse_args
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.md"
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell", OPENBLAS_L2_SIZE="262144")
+    env.pop("GPUCNN_BACKEND", None)
+    res = subprocess.run([sys.executable, "-m", "gpucnn.bench", "--quick", "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    return res, out
+
+
+def test_quick_run_succeeds_and_unsets_the_openblas_overrides(quick_run):
+    res, out = quick_run
+    assert res.returncode == 0, res.stderr
+    assert ("unset OPENBLAS_CORETYPE=Haswell, OPENBLAS_L2_SIZE=262144 for this benchmark "
+            "process only") in res.stdout
+    text = out.read_text()
+    assert "## Per op" in res.stdout and "## End to end" in res.stdout
+    assert text.startswith("# gpucnn benchmark (--quick")
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".bench-")]   # no temp left
+
+
+def _rows(text, header_start):
+    lines = text.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[i + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_quick_report_has_every_case(quick_run):
+    text = quick_run[1].read_text()
+    for line in ("- CPU: ", "- gpucnn backend: numpy", "- Memory allocator: ", "- blas: ",
+                 "## Per op", "## End to end", "## Peak memory"):
+        assert line in text
+    ops = _rows(text, "| Net | Op |")
+    names = {r[1] for r in ops}
+    for want in ("C1 forward (+bias, tanh)", "C3 input gradient", "C3 kernel gradient",
+                 "S2 avg pool forward", "S4 avg pool backward", "pool1 max pool backward",
+                 "conv2 input gradient", "dec1 transposed conv forward",
+                 "Output softmax + cross-entropy backward", "output forward (+bias, sigmoid)"):
+        assert want in names
+    kernels = {r[3] for r in ops}
+    assert {"toeplitz", "im2col", "dense GEMM", "scatter"} <= kernels
+    torch = any(r[6] != "-" for r in ops)
+    for r in ops:
+        float(r[4])                                        # gpucnn ms
+        assert re.fullmatch(r"\d+\.\d+x", r[8]) if torch else r[8] == "-"
+    e2e_rows = _rows(text, "| Case | Batch | gpucnn img/s")
+    assert [r[0] for r in e2e_rows] == [
+        "LeNet-5 training", "AlexNet-small training", "Autoencoder training",
+        "LeNet-5 inference", "LeNet-5 per-step overhead (training)"]
+    for r in e2e_rows:
+        assert float(r[2].replace(",", "")) > 0 and float(r[4]) > 0      # img/s, GFLOP/s
+        if torch:
+            assert re.fullmatch(r"\d+\.\d+x", r[8])
+            assert r[9] == "-" or re.fullmatch(r">= \d\.\dx: (met|NOT met)", r[9])
+    mem = _rows(text, "| Case | Batch | gpucnn peak MB")
+    assert mem and mem[0][0] == "LeNet-5 training" and float(mem[0][3]) > 0
+
+
+def test_bad_options_are_refused():
+    for argv in (["--threads", "0"], ["--repeats", "-1"], ["--only", "everything"]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+    args = parse_args(["--only", "ops", "--threads", "2", "--quick"])
+    assert (args.only, args.threads, args.quick) == ("ops", 2, True)
+
+
+def test_lenet5_flops_per_step():
+    """Counted by hand from the guide's table: multiply-adds of each layer, times 2."""
+    from gpucnn import zoo
+
+    model = zoo.lenet5()
+    fwd = {"C1": 28 * 28 * 5 * 5 * 1 * 6, "C3": 10 * 10 * 5 * 5 * 6 * 16,
+           "C5": 1 * 1 * 5 * 5 * 16 * 120, "F6": 120 * 84, "Output": 84 * 10}
+    per_sample = 2 * sum(fwd.values())
+    assert e2e.model_flops(model, 3, train=False) == 3 * per_sample
+    # training: forward + kernel gradient everywhere, input gradient for all but C1
+    assert e2e.model_flops(model, 3, train=True) == 3 * (3 * per_sample - 2 * fwd["C1"])
+
+
+def test_e2e_table_ratio_and_targets():
+    fast = e2e.E2ECase("lenet5", "train", 32, 4, 1.5)
+    fast.results, fast.flops = {"gpucnn": 0.001, "torch": 0.002}, 1e9
+    slow = e2e.E2ECase("lenet5", "train", 128, 4, 1.5)
+    slow.results, slow.flops = {"gpucnn": 0.004, "torch": 0.005}, 1e9
+    alone = e2e.E2ECase("lenet5", "predict", 512, 4)
+    alone.results = {"gpucnn": 0.01}
+    rows = report.e2e_table([fast, slow, alone], with_targets=True)[2:]
+    assert rows[0].split("|")[2:5] == [" 32 ", " 32,000 ", " 1.000 "]
+    assert "| 1000.0 |" in rows[0] and "| 2.00x | >= 1.5x: met |" in rows[0]
+    assert "| 1.25x | >= 1.5x: NOT met |" in rows[1]
+    assert rows[2].endswith("| - | - | - | - | - |")
+
+
+def test_write_atomic(tmp_path):
+    path = tmp_path / "r.md"
+    report.write_atomic(str(path), "one\n")
+    report.write_atomic(str(path), "two\n")
+    assert path.read_text() == "two\n"
+
+    with pytest.raises(TypeError):
+        report.write_atomic(str(path), 3)              # not text: fails mid-write
+    assert path.read_text() == "two\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.md"]
+
+
+def test_interleaved_runs_sides_in_rounds():
+    calls = []
+    sides = [_timing.Side("a", lambda: calls.append("a")), _timing.Side("b", lambda: calls.append("b"))]
+    _timing.interleaved(sides, warmup=1, repeats=3, per_call=2)
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert all(len(s.samples) == 3 and s.median >= 0 for s in sides)
+    assert _timing.repeat_count(0.01, 1.0, 5, 50) == 50
+    assert _timing.repeat_count(1.0, 1.0, 5, 50) == 5
+    assert np.isclose(_timing.repeat_count(0.05, 1.0, 5, 50), 20)
