@@ -90,7 +90,9 @@ def test_whole_input_kernels_are_dense_layers(rng, stride, act):
 def test_algorithm_names():
     z = (0, 0, 0, 0)
     assert K.conv_algorithm("forward", (8, 32, 32, 1), (5, 5, 1, 6), (1, 1), z) == \
-        "im2col (transposed blocks)"
+        "im2col (planar blocks)"
+    assert K.conv_algorithm("weight", (8, 32, 32, 3), (3, 3, 3, 24), (1, 1), z) == \
+        "im2col (planar blocks)"
     assert K.conv_algorithm("forward", (8, 14, 14, 6), (5, 5, 6, 16), (1, 1), z) == "im2col"
     assert K.conv_algorithm("forward", (8, 28, 28, 16), (3, 3, 16, 1), (1, 1),
                             (1, 1, 1, 1)) == "shifted GEMMs"
@@ -148,3 +150,39 @@ def test_kernels_multiply_with_dot_not_matmul():
                  for i, line in enumerate(p.read_text().splitlines(), 1)
                  if "np.matmul(" in line.split("#")[0]]
     assert offenders == []
+
+
+# max pooling: separable maxima with the first maximum in row-major window order
+MAX_CASES = [((2, 32, 32, 5), (3, 3), (2, 2), "valid"), ((3, 7, 9, 2), (2, 3), (1, 2), "same"),
+             ((2, 6, 6, 3), (2, 2), (2, 2), "valid"), ((1, 5, 4, 2), (3, 1), (1, 1), "same"),
+             ((2, 9, 8, 1), (1, 2), (3, 2), "valid")]
+
+
+@pytest.mark.parametrize("shape,pool,stride,padding", MAX_CASES)
+@pytest.mark.parametrize("blocks", ["whole", "one-image"])
+def test_separable_max_pool_matches_loops(rng, monkeypatch, shape, pool, stride, padding, blocks):
+    from _reference import ref_max_pool, ref_max_pool_backward
+
+    if blocks == "one-image":
+        monkeypatch.setattr(pool_module, "POOL_BLOCK_BYTES", 1)
+    pad = ref_pads(shape[1], shape[2], pool[0], pool[1], stride[0], stride[1], padding)
+    x = rng.integers(-3, 4, shape).astype(np.float32)        # small integers: many ties
+    want_y, want_i = ref_max_pool(x, pool, stride, pad)
+    y, idx = K.max_pool_forward(x, pool, stride, pad)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(idx, want_i)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_allclose(K.max_pool_backward(dy, idx, shape),
+                               ref_max_pool_backward(dy, want_i, shape), **F32)
+
+
+def test_max_pool_minus_infinity_windows_pick_a_real_cell():
+    from _reference import ref_max_pool
+
+    x = np.full((1, 3, 3, 2), -np.inf, np.float32)
+    x[0, 2, 2, 1] = 1.0
+    pad = ref_pads(3, 3, 2, 2, 2, 2, "same")                 # padding on the bottom/right
+    y, idx = K.max_pool_forward(x, (2, 2), (2, 2), pad)
+    want_y, want_i = ref_max_pool(x, (2, 2), (2, 2), pad)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(idx, want_i)

@@ -1,4 +1,4 @@
-"""Max and average pooling on NHWC images, one vectorised pass per window offset ``(i, j)``.
+"""Max and average pooling on NHWC images, vectorised over whole blocks of images.
 
 Window ``(p, q)`` covers input rows ``p*sh - top + i`` and columns ``q*sw - left + j`` for
 ``0 <= i < ph``, ``0 <= j < pw``; cells outside the image are padding, which never wins a max
@@ -18,8 +18,9 @@ from ._util import check_float, check_ndim, fail, offset_view, out_size, pad_hw
 
 __all__ = ["max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"]
 
-# Images per block: about this many bytes of input per block.
-POOL_BLOCK_BYTES = 256 * 1024
+# Images per block: about this many bytes of input per block (measured: bigger blocks lose less to
+# per-call overhead than smaller ones gain in cache, up to a few MiB).
+POOL_BLOCK_BYTES = 4 << 20
 
 
 def _geometry(op, x_shape, pool, stride, pad):
@@ -52,6 +53,49 @@ def _first_cells(size, k, s, before, out):
     return first, np.minimum(start + k, size) - first
 
 
+def _first_of(views, best, bt):
+    """Per element, the position (0, 1, ...) of the first of ``views`` equal to ``best``
+    (``len(views) - 1`` where none is: a NaN), as ``bt``."""
+    pos = np.zeros(best.shape, dtype=bt)
+    if len(views) > 1:
+        later = np.not_equal(views[0], best)          # not found in the views so far
+        pos += later
+        for v in views[1:-1]:
+            later &= np.not_equal(v, best)
+            pos += later
+    return pos
+
+
+def _separable_max(xp, ph, pw, sh, sw, ho, wo, y, bt):
+    """Window maxima of the padded block ``xp`` into ``y``, and per window the offset
+    ``i * pw + j`` of its first maximum in row-major order: the maxima of each row's ``pw``
+    columns first (with the first column holding it), then of the ``ph`` rows of those (the
+    first row holding the maximum, whose first column is the one kept): ``pw + ph`` passes
+    instead of ``ph * pw``, and no masked copies."""
+    cols = [xp[:, :, j:j + (wo - 1) * sw + 1:sw] for j in range(pw)]
+    rowmax = cols[0].copy() if pw == 1 else np.maximum(cols[0], cols[1])
+    for v in cols[2:]:
+        np.maximum(rowmax, v, out=rowmax)
+    jfirst = _first_of(cols, rowmax, bt)
+    rows = [rowmax[:, i:i + (ho - 1) * sh + 1:sh] for i in range(ph)]
+    js = [jfirst[:, i:i + (ho - 1) * sh + 1:sh] for i in range(ph)]
+    np.copyto(y, rows[0])
+    for v in rows[1:]:
+        np.maximum(y, v, out=y)
+    code = js[0].copy()
+    if ph > 1:
+        later = np.not_equal(rows[0], y)              # no maximum in the rows so far
+        step = np.empty_like(code)
+        for i in range(1, ph):
+            np.add(js[i], bt(i * pw), out=step)        # code += later * (i*pw + j_i - code)
+            step -= code                              # (modular in uint8: the sum is exact)
+            step *= later
+            code += step
+            if i < ph - 1:
+                later &= np.not_equal(rows[i], y)
+    return code
+
+
 def max_pool_forward(x, pool, stride, pad):
     """``(y, idx)`` for x ``(N, H, W, C)``: y the window maxima ``(N, Ho, Wo, C)``; idx int32, the
     flat index ``h * W + w`` of each winning input cell in its ``(n, :, :, c)`` plane."""
@@ -76,19 +120,8 @@ def max_pool_forward(x, pool, stride, pad):
     def block(n0, n1):
         xp = pad_hw(x[n0:n1], pad, -np.inf)
         yb, ib = y[n0:n1], idx[n0:n1]
-        np.copyto(yb, offset_view(xp, 0, 0, sh, sw, ho, wo))
-        best = np.zeros(yb.shape, dtype=bt)              # the winning offset t = i * pw + j
-        v = np.empty_like(yb)           # each offset's view is copied once, then every step runs
-        win = np.empty(yb.shape, dtype=bool)   # on contiguous arrays (masked copies are slow)
-        step = np.empty(yb.shape, dtype=bt)
-        for t in range(1, ph * pw):
-            np.copyto(v, offset_view(xp, t // pw, t % pw, sh, sw, ho, wo))
-            np.greater(v, yb, out=win)
-            np.maximum(yb, v, out=yb)
-            np.subtract(bt(t), best, out=step)           # best += win * (t - best)
-            np.multiply(step, win, out=step)
-            best += step
-        np.take(offs, best, out=ib)
+        code = _separable_max(xp, ph, pw, sh, sw, ho, wo, yb, bt)
+        np.take(offs, code, out=ib)
         ib += base
         if xp is not x[n0:n1]:                           # an all -inf window may have kept padding
             neg = np.isneginf(yb)
