@@ -61,6 +61,26 @@ def _activation_name(activation, op):
     return activation
 
 
+_GEOMETRY = {}
+
+
+def _conv_geometry(h, w, kh, kw, strides, padding, op):
+    """``(sh, sw, pad)`` of a conv, checked once per distinct geometry (a layer calls with the
+    same arguments every step) and then looked up."""
+    key = None
+    if type(padding) is str and (type(strides) is int or (
+            type(strides) is tuple and all(type(s) is int for s in strides))):
+        key = (h, w, kh, kw, strides, padding)      # plain ints only: True must still fail
+        hit = _GEOMETRY.get(key)
+        if hit is not None:
+            return hit
+    sh, sw = pair(strides, "strides", op)
+    _, _, pad = window_2d(h, w, kh, kw, sh, sw, check_padding(padding, op), op)
+    if key is not None and len(_GEOMETRY) < 4096:
+        _GEOMETRY[key] = (sh, sw, pad)
+    return sh, sw, pad
+
+
 def conv2d(x, w, b=None, strides=1, padding="valid", activation=None):
     """2-D convolution (cross-correlation) of channels-last images.
 
@@ -86,9 +106,7 @@ def conv2d(x, w, b=None, strides=1, padding="valid", activation=None):
     if x.shape[3] != cin:
         raise ValueError(f"{op}: input has {x.shape[3]} channels but the kernel expects {cin} "
                          f"(x {x.shape}, w {w.shape})")
-    sh, sw = pair(strides, "strides", op)
-    padding = check_padding(padding, op)
-    _, _, pad = window_2d(x.shape[1], x.shape[2], kh, kw, sh, sw, padding, op)
+    sh, sw, pad = _conv_geometry(x.shape[1], x.shape[2], kh, kw, strides, padding, op)
     act = _activation_name(activation, op)
     b = _check.bias(b, cout, x, op)
     inputs = (x, w) if b is None else (x, w, b)

@@ -42,8 +42,11 @@ def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
     if momentum != 0.0 and v is None:
         raise ValueError(f"{op}: v expected an array when momentum != 0, got None")
     _check(op, p, g, **({} if v is None else {"v": v}))
-    step = _l2_grad(p, g, weight_decay) if weight_decay else np.array(g, dtype=p.dtype)
-    step *= lr                                           # step = lr * g'
+    if weight_decay:
+        step = _l2_grad(p, g, weight_decay)
+        step *= lr                                       # step = lr * g'
+    else:
+        step = np.multiply(g, lr, dtype=p.dtype)         # one pass, not a copy and a scale
     if momentum == 0.0:
         p -= step
         return

@@ -189,9 +189,19 @@ def _tiling(x_shape, pool, stride, pad) -> bool:
             and w % pool[1] == 0 and c <= GEMM_POOL_MAX_C)
 
 
+_SPREAD = {}
+
+
 def _spread(c, pw, scale, dtype):
-    """``(C, pw*C)``: ``[I I ... I] * scale``, one identity block per window column."""
-    return np.tile(np.eye(c, dtype=dtype) * dtype.type(scale), (1, pw))
+    """``(C, pw*C)``: ``[I I ... I] * scale``, one identity block per window column (cached,
+    read-only)."""
+    key = (c, pw, scale, dtype.str)
+    e = _SPREAD.get(key)
+    if e is None:
+        e = np.tile(np.eye(c, dtype=dtype) * dtype.type(scale), (1, pw))
+        e.flags.writeable = False
+        _SPREAD[key] = e
+    return e
 
 
 def _avg_tiling_forward(x, pool):
