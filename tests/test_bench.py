@@ -72,7 +72,7 @@ def test_quick_report_has_every_case(quick_run):
         if torch:
             assert re.fullmatch(r"\d+\.\d+x", r[8])
             assert r[9] == "-" or re.fullmatch(r">= \d\.\dx: (met|NOT met)", r[9])
-    mem = _rows(text, "| Case | Batch | gpucnn peak MB")
+    mem = _rows(text, "| Case | Batch | gpucnn peak MB (all processes)")
     assert mem and mem[0][0] == "LeNet-5 training" and float(mem[0][3]) > 0
 
 

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         _log("per-op timings ...")
         cases = ops.cases(tr, batch_scale=(4 / 128) if args.quick else 1.0)
         ops.run(cases, gsync, tsync, warm, args.repeats or (2 if args.quick else None),
-                budget=0.25)
+                budget=0.25, lead=0.0 if args.quick else None)
         section = ["", "## Per op (median of interleaved repeats; ratio = PyTorch time / gpucnn "
                        "time, above 1: gpucnn faster)", ""] + report.ops_table(cases)
         print("\n".join(section), flush=True)
@@ -113,7 +113,8 @@ def main(argv=None) -> int:
     if args.only != "ops":
         _log("end-to-end timings ...")
         cases = e2e.default_cases(args.quick)
-        e2e.run(cases, tr, gsync, 1, args.repeats or (2 if args.quick else 7))
+        e2e.run(cases, tr, gsync, 1, args.repeats or (2 if args.quick else 7),
+                gap=0.0 if args.quick else 0.05)
         section = ["", "## End to end (training through Model.fit, inference through "
                        "Model.predict; PyTorch eager, same threads; median of interleaved repeats)",
                    ""] + report.e2e_table(cases, with_targets=(name == "numpy" and tr is not None))

@@ -190,16 +190,27 @@ def cases(tr=None, batch_scale=1.0, nets=NETS, seed=0):
     return out
 
 
-def run(op_cases, gpucnn_sync, torch_sync, warmup, repeats, budget):
-    """Time every case, gpucnn and PyTorch interleaved; fills ``case.results``."""
+# Each timed sample of an op is a burst of back-to-back calls lasting about this long, after
+# untimed calls for LEAD_SECONDS (the other side's spinning threads settle; see
+# ``_timing.interleaved``).
+BURST_SECONDS = 0.02
+LEAD_SECONDS = 0.02
+
+
+def run(op_cases, gpucnn_sync, torch_sync, warmup, repeats, budget, lead=None):
+    """Time every case, gpucnn and PyTorch interleaved; fills ``case.results`` (the median of
+    ``repeats`` samples, or as many as fit in ``budget`` seconds per side, 5 to 15)."""
+    lead = LEAD_SECONDS if lead is None else lead
     for case in op_cases:
         sides = [_timing.Side("gpucnn", case.gpucnn, gpucnn_sync)]
         if case.torch is not None:
             sides.append(_timing.Side("torch", case.torch, torch_sync))
-        # one call each to size the repeats (after compilation/caches on the first call)
+        # one call each to size the bursts (after compilation/caches on the first call)
         probe = _timing.interleaved(
-            [_timing.Side(s.name, s.run, s.sync) for s in sides], warmup, 1)
-        reps = repeats or _timing.repeat_count(max(p.median for p in probe), budget, 5, 50)
-        _timing.interleaved(sides, 0, reps)
+            [_timing.Side(s.name, s.run, s.sync) for s in sides], warmup, 1, lead=lead)
+        longest = max(p.median for p in probe)
+        burst = max(1, int(BURST_SECONDS / max(longest, 1e-6))) if lead else 1
+        reps = repeats or _timing.repeat_count(longest * burst, budget, 5, 15)
+        _timing.interleaved(sides, 0, reps, lead=lead, burst=burst)
         case.results = {s.name: s.median for s in sides}
     return op_cases

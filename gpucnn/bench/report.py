@@ -117,8 +117,9 @@ def memory_table(cases) -> list:
                      ratio])
     if not rows:
         return []
-    return table(["Case", "Batch", "gpucnn peak MB", "gpucnn NumPy arrays MB (tracemalloc)",
-                  "PyTorch peak MB", "gpucnn / PyTorch"], rows)
+    return table(["Case", "Batch", "gpucnn peak MB (all processes)",
+                  "gpucnn NumPy arrays MB (calling process, tracemalloc)", "PyTorch peak MB",
+                  "gpucnn / PyTorch"], rows)
 
 
 def ops_table(cases) -> list:
