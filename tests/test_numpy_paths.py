@@ -186,3 +186,41 @@ def test_max_pool_minus_infinity_windows_pick_a_real_cell():
     want_y, want_i = ref_max_pool(x, (2, 2), (2, 2), pad)
     np.testing.assert_array_equal(y, want_y)
     np.testing.assert_array_equal(idx, want_i)
+
+
+@pytest.mark.parametrize("shape,k,stride,padding", [((3, 9, 8, 1), 3, 1, "valid"),
+                                                     ((2, 7, 7, 5), 3, 2, "same"),
+                                                     ((2, 6, 6, 3), 1, 1, "valid")])
+def test_kept_im2col_blocks_give_the_same_kernel_gradient(rng, monkeypatch, shape, k, stride,
+                                                          padding):
+    from gpucnn.kernels.numpy_set import _im2col
+
+    monkeypatch.setattr(_im2col, "COL_BLOCK_BYTES", 200)       # several blocks, kept separately
+    monkeypatch.setattr(_im2col, "COL_MIN_ROWS", 1)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((k, k, shape[3], 4)) / 5
+    b = rng.standard_normal(4)
+    pad = ref_pads(shape[1], shape[2], k, k, stride, stride, padding)
+    y, kept = K.conv2d_forward_keep(x, w, b, (stride, stride), pad, "relu")
+    np.testing.assert_allclose(y, ref_conv2d(x, w, b, (stride, stride), pad, "relu"), **F64)
+    dy = rng.standard_normal(y.shape)
+    want = ref_conv2d_backward_weight(x, dy, w.shape, (stride, stride), pad)
+    if k > 1:                          # (a 1x1 conv's im2col is x itself)
+        assert kept is not None and len(kept) > 1
+        x[...] = np.nan                # the kept blocks, not x, feed the kernel gradient
+    got = K.conv2d_backward_weight_kept(kept, x, dy, w.shape, (stride, stride), pad)
+    np.testing.assert_allclose(got, want, **F64)
+
+
+def test_kept_blocks_only_below_the_size_limit(rng, monkeypatch):
+    from gpucnn.kernels.numpy_set import conv as conv_mod
+
+    x = rng.standard_normal((2, 10, 10, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    z = (0, 0, 0, 0)
+    assert K.conv2d_forward_keep(x, w, None, (1, 1), z, "linear")[1] is not None
+    monkeypatch.setattr(conv_mod, "KEEP_MAX_BYTES", 2 * 8 * 8 * 27 * 4 - 1)
+    assert K.conv2d_forward_keep(x, w, None, (1, 1), z, "linear")[1] is None
+    dy = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+    np.testing.assert_allclose(K.conv2d_backward_weight_kept(None, x, dy, w.shape, (1, 1), z),
+                               K.conv2d_backward_weight(x, dy, w.shape, (1, 1), z), rtol=1e-6)

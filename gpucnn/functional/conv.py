@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from gpucnn import backend
-from gpucnn.autograd import Function
+from gpucnn.autograd import Function, is_grad_enabled
 from gpucnn.functional import _check
 from gpucnn.kernels import ACTIVATIONS
 from gpucnn.kernels._geometry import check_padding, pair, transpose_out_1d, window_2d
@@ -11,9 +11,13 @@ from gpucnn.kernels._geometry import check_padding, pair, transpose_out_1d, wind
 class Conv2D(Function):
     """``y = act(conv(x, w) + b)``; the activation runs in the kernel's epilogue."""
 
-    def forward(self, x, w, b=None, stride=(1, 1), pad=(0, 0, 0, 0), act="linear"):
+    def forward(self, x, w, b=None, stride=(1, 1), pad=(0, 0, 0, 0), act="linear", keep=False):
         ks = backend.kernels()
-        y = ks.conv2d_forward(x, w, b, stride, pad, act)
+        keep_fn = getattr(ks, "conv2d_forward_keep", None) if keep else None
+        if keep_fn is not None:        # the kernel set may keep its im2col blocks for dw
+            y, self.kept = keep_fn(x, w, b, stride, pad, act)
+        else:
+            y, self.kept = ks.conv2d_forward(x, w, b, stride, pad, act), None
         self.x, self.w, self.stride, self.pad, self.act = x, w, stride, pad, act
         self.y = y if act != "linear" else None
         return y
@@ -25,7 +29,13 @@ class Conv2D(Function):
         x, w = self.x, self.w
         px, pw = self.parents[0], self.parents[1]
         dx = ks.conv2d_backward_input(g, w, x.shape, self.stride, self.pad) if px.requires_grad else None
-        dw = ks.conv2d_backward_weight(x, g, w.shape, self.stride, self.pad) if pw.requires_grad else None
+        dw = None
+        if pw.requires_grad:
+            if self.kept is not None:
+                dw = ks.conv2d_backward_weight_kept(self.kept, x, g, w.shape, self.stride,
+                                                    self.pad)
+            else:
+                dw = ks.conv2d_backward_weight(x, g, w.shape, self.stride, self.pad)
         if len(self.parents) == 3:
             return dx, dw, ks.bias_grad(g) if self.parents[2].requires_grad else None
         return dx, dw
@@ -110,7 +120,8 @@ def conv2d(x, w, b=None, strides=1, padding="valid", activation=None):
     act = _activation_name(activation, op)
     b = _check.bias(b, cout, x, op)
     inputs = (x, w) if b is None else (x, w, b)
-    return Conv2D.apply(*inputs, stride=(sh, sw), pad=pad, act=act)
+    keep = w.requires_grad and is_grad_enabled()      # the kernel gradient will be wanted
+    return Conv2D.apply(*inputs, stride=(sh, sw), pad=pad, act=act, keep=keep)
 
 
 def conv2d_transpose(x, w, b=None, strides=1, padding="valid"):

@@ -7,7 +7,8 @@ kernels split their batch over (default: the CPUs, or ``GPUCNN_NUM_THREADS``; se
 per part; ``gpucnn.models`` uses it), ``single_threaded_blas()`` (a context: BLAS on one thread
 while the kernels' own threads work; ``fit``, ``evaluate`` and ``predict`` run inside it),
 ``serial_kernels()`` (a context: kernels on the calling thread only),
-``conv_algorithm(...)`` (which conv algorithm a shape gets)
+``conv_algorithm(...)`` (which conv algorithm a shape gets), ``conv2d_forward_keep`` /
+``conv2d_backward_weight_kept`` (the forward's im2col blocks reused by the kernel gradient)
 and ``allocator_note()``. Loading this set tunes glibc's allocator once for the process (freed
 blocks are kept for the next step; ``_alloc`` explains, ``GPUCNN_MALLOPT=0`` opts out).
 """
@@ -19,7 +20,8 @@ from . import _alloc
 from ._parallel import (data_parallel, get_num_threads, serial_kernels, set_num_threads,
                         single_threaded_blas)
 from .activation import act_backward, act_forward
-from .conv import (bias_grad, conv2d_backward_input, conv2d_backward_weight, conv2d_forward,
+from .conv import (bias_grad, conv2d_backward_input, conv2d_backward_weight,
+                   conv2d_backward_weight_kept, conv2d_forward, conv2d_forward_keep,
                    conv_algorithm)
 from .dropout import dropout_mask
 from .optim import adam_update, rmsprop_update, sgd_update
@@ -55,5 +57,5 @@ __all__ = [
     "dropout_mask",
     "sgd_update", "adam_update", "rmsprop_update",
     "set_num_threads", "get_num_threads", "data_parallel", "single_threaded_blas", "serial_kernels",
-    "conv_algorithm", "allocator_note",
+    "conv_algorithm", "allocator_note", "conv2d_forward_keep", "conv2d_backward_weight_kept",
 ]

@@ -42,14 +42,15 @@ def kernel_matrix(w):
     return w.reshape(-1, co)
 
 
-def col_blocks(x, pad, kh, kw, sh, sw, ho, wo):
+def col_blocks(x, pad, kh, kw, sh, sw, ho, wo, fresh=False):
     """Yield ``(rows, col)``: a slice of the ``N*ho*wo`` output rows of ``x`` padded by ``pad``
     and its im2col block, a ``(len(rows), KH*KW*C)`` matrix (possibly a transposed view) with its
     columns in the order ``planar`` tells.
 
     Whole images per block while one image fits the block size (each block padded on its own,
     so no padded copy of the whole batch is made), else bands of output rows of one image. The
-    buffer is reused, so each ``col`` is valid until the next one is yielded. With few input
+    buffer is reused, so each ``col`` is valid until the next one is yielded (``fresh=True``:
+    every block gets a buffer of its own, which the caller may keep). With few input
     channels the block is built from a channel-planar copy of the images and transposed,
     ``(C*KH*KW, rows)``, so that each copy moves runs of ``wo`` floats instead of runs of
     ``KW*C`` (AlexNet's first layer, 3 channels: 1.6x faster; LeNet-5's C1, 1 channel).
@@ -70,7 +71,8 @@ def col_blocks(x, pad, kh, kw, sh, sw, ho, wo):
             xb = np.ascontiguousarray(pad_hw(x[n0:n0 + m], pad).transpose(3, 0, 1, 2))
             sc, s0, s1, s2 = xb.strides                               # (C, m, Hp, Wp)
             win = strided(xb, (c, kh, kw, m, ho, wo), (sc, s1, s2, s0, s1 * sh, s2 * sw))
-            blk = buf[:, :, :, :m] if m == nb else np.empty((c, kh, kw, m, ho, wo), x.dtype)
+            blk = (buf[:, :, :, :m] if m == nb and not fresh
+                   else np.empty((c, kh, kw, m, ho, wo), x.dtype))
             np.copyto(blk, win)
             yield slice(n0 * per_img, (n0 + m) * per_img), blk.reshape(k, m * per_img).T
         return
@@ -78,8 +80,9 @@ def col_blocks(x, pad, kh, kw, sh, sw, ho, wo):
         buf = np.empty((nb, ho, wo, kh, kw, c), dtype=x.dtype)
         for n0 in range(0, n, nb):
             m = min(nb, n - n0)
-            np.copyto(buf[:m], windows(pad_hw(x[n0:n0 + m], pad), kh, kw, sh, sw, ho, wo))
-            yield slice(n0 * per_img, (n0 + m) * per_img), buf[:m].reshape(m * per_img, k)
+            blk = buf[:m] if not fresh else np.empty((m, ho, wo, kh, kw, c), dtype=x.dtype)
+            np.copyto(blk, windows(pad_hw(x[n0:n0 + m], pad), kh, kw, sh, sw, ho, wo))
+            yield slice(n0 * per_img, (n0 + m) * per_img), blk.reshape(m * per_img, k)
         return
     rb = max(1, rows // wo)
     buf = np.empty((rb, wo, kh, kw, c), dtype=x.dtype)
@@ -87,14 +90,17 @@ def col_blocks(x, pad, kh, kw, sh, sw, ho, wo):
         win = windows(pad_hw(x[i:i + 1], pad), kh, kw, sh, sw, ho, wo)[0]
         for r0 in range(0, ho, rb):
             m = min(rb, ho - r0)
-            np.copyto(buf[:m], win[r0:r0 + m])
+            blk = buf[:m] if not fresh else np.empty((m, wo, kh, kw, c), dtype=x.dtype)
+            np.copyto(blk, win[r0:r0 + m])
             start = i * per_img + r0 * wo
-            yield slice(start, start + m * wo), buf[:m].reshape(m * wo, k)
+            yield slice(start, start + m * wo), blk.reshape(m * wo, k)
 
 
-def im2col_forward(x, w, stride, pad, y, b, act):
+def im2col_forward(x, w, stride, pad, y, b, act, keep=False):
     """``y = act(conv(x, w) + b)`` into ``y`` ``(N, Ho, Wo, C_out)``, batch parts on the kernel
-    threads; the bias is added as a contiguous tiled block (no broadcast loop over short rows)."""
+    threads; the bias is added as a contiguous tiled block (no broadcast loop over short rows).
+    With ``keep`` the im2col blocks are returned, ``[(rows, col), ...]`` over the whole batch,
+    for ``im2col_weight_grad`` (else None)."""
     n, _, _, c = x.shape
     kh, kw, _, co = w.shape
     _, ho, wo, _ = y.shape
@@ -105,7 +111,8 @@ def im2col_forward(x, w, stride, pad, y, b, act):
     def part(lo, hi):
         tile = None
         base = lo * per_img
-        for rows, col in col_blocks(x[lo:hi], pad, kh, kw, *stride, ho, wo):
+        kept = [] if keep else None
+        for rows, col in col_blocks(x[lo:hi], pad, kh, kw, *stride, ho, wo, fresh=keep):
             out = y2[base + rows.start:base + rows.stop]
             np.dot(col, wm, out=out)
             if b is not None:
@@ -113,13 +120,17 @@ def im2col_forward(x, w, stride, pad, y, b, act):
                     tile = np.tile(b, (len(out), 1))
                 out += tile[:len(out)]
             act_inplace(out, act)
+            if keep:
+                kept.append((slice(base + rows.start, base + rows.stop), col))
+        return kept
 
-    run_parts(part, n, 2.0 * y.size * kh * kw * c)
+    parts = run_parts(part, n, 2.0 * y.size * kh * kw * c)
+    return [blk for p in parts for blk in p] if keep else None
 
 
-def im2col_weight_grad(x, dy, w_shape, stride, pad):
+def im2col_weight_grad(x, dy, w_shape, stride, pad, kept=None):
     """``dw`` of ``w_shape``: the sum over blocks of ``col.T @ dy_rows`` (partial sums per batch
-    part, added in part order)."""
+    part, added in part order); from the forward pass's blocks when ``kept`` holds them."""
     kh, kw, c, co = w_shape
     _, ho, wo, _ = dy.shape
     dy2 = dy.reshape(-1, co)
@@ -129,12 +140,18 @@ def im2col_weight_grad(x, dy, w_shape, stride, pad):
         dw = np.zeros((kh * kw * c, co), dtype=x.dtype)
         tmp = np.empty_like(dw)
         base = lo * per_img
-        for rows, col in col_blocks(x[lo:hi], pad, kh, kw, *stride, ho, wo):
-            np.dot(col.T, dy2[base + rows.start:base + rows.stop], out=tmp)
+        blocks = kept if kept is not None else (
+            (slice(base + r.start, base + r.stop), col)
+            for r, col in col_blocks(x[lo:hi], pad, kh, kw, *stride, ho, wo))
+        for rows, col in blocks:
+            np.dot(col.T, dy2[rows], out=tmp)
             dw += tmp
         return dw
 
-    parts = run_parts(part, x.shape[0], 2.0 * dy.size * kh * kw * c)
+    if kept is not None:
+        parts = [part(0, x.shape[0])]
+    else:
+        parts = run_parts(part, x.shape[0], 2.0 * dy.size * kh * kw * c)
     dw = parts[0]
     for other in parts[1:]:
         dw += other
