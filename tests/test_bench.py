@@ -132,3 +132,18 @@ def test_interleaved_runs_sides_in_rounds():
     assert _timing.repeat_count(0.01, 1.0, 5, 50) == 50
     assert _timing.repeat_count(1.0, 1.0, 5, 50) == 5
     assert np.isclose(_timing.repeat_count(0.05, 1.0, 5, 50), 20)
+
+
+def test_cuda_backend_without_a_gpu_exits_2_with_the_reason():
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    res = subprocess.run([sys.executable, "-m", "gpucnn.bench", "--backend", "cuda", "--quick"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    try:
+        import cupy  # noqa: F401
+        has_gpu = cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - any failure means no usable GPU
+        has_gpu = False
+    if has_gpu:
+        pytest.skip("a GPU is present: the cuda backend runs")
+    assert res.returncode == 2
+    assert "gpucnn.bench: set_backend('cuda'): the CUDA backend cannot run here" in res.stderr

@@ -47,7 +47,7 @@ def parse_args(argv=None):
                    help="threads for both gpucnn's NumPy kernels and PyTorch (default: gpucnn's "
                         "default, the usable CPUs up to 8, or GPUCNN_NUM_THREADS)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny batches, one repeat: proves every path runs (numbers mean nothing)")
+                   help="tiny batches, two repeats: proves every path runs (numbers mean nothing)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
     p.add_argument("--no-torch", action="store_true", help="gpucnn's numbers only")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
@@ -98,6 +98,14 @@ def main(argv=None) -> int:
     note = getattr(ks, "allocator_note", None)
     if note is not None:
         out.append(f"- Memory allocator: {note()}")
+    if name == "numpy":
+        from gpucnn.models import _workers
+
+        how = (f"fit splits each training step over {threads} processes (the caller and "
+               f"{threads - 1} forked worker(s), BLAS single-threaded)"
+               if threads > 1 and _workers.available(ks) else "fit runs each step whole")
+        out.append(f"- gpucnn parallelism: {how}; predict and the per-op kernels split large "
+                   f"batches over {threads} thread(s); PyTorch: {threads} intra-op thread(s)")
     print("\n".join(out), flush=True)
 
     warm = 1 if args.quick else 2

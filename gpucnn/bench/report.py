@@ -50,7 +50,7 @@ def machine(backend_info: dict, threads: int, torch_info: str, env_note: str) ->
         f"- Date: {datetime.date.today().isoformat()}",
         f"- CPU: {cpu_model()}, {cpu_count()} cores",
         f"- gpucnn backend: {backend_info['backend']} ({backend_info['reason']}), "
-        f"{threads} kernel threads",
+        f"{threads} kernel thread{'s' if threads != 1 else ''}",
     ]
     if backend_info["backend"] == "cuda":
         lines.append(f"- GPU: {backend_info.get('device', '?')}")
