@@ -22,6 +22,8 @@ TypeError. Layouts and signatures: the contract in ``gpucnn.kernels``.
 """
 from __future__ import annotations
 
+from .. import CONTRACT
+
 from ._launch import (all_kernels, asarray, launch_count, launch_path, set_launch_path, to_host,
                       xp)
 from .activation import act_backward, act_forward
@@ -33,13 +35,6 @@ from .softmax import (log_softmax_backward, log_softmax_forward, softmax_backwar
                       softmax_xent_backward, softmax_xent_forward)
 
 __all__ = [
-    "xp", "asarray", "to_host",
-    "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "bias_grad",
-    "max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward",
-    "act_forward", "act_backward",
-    "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
-    "softmax_xent_forward", "softmax_xent_backward",
-    "dropout_mask",
-    "sgd_update", "adam_update", "rmsprop_update",
+    *CONTRACT,
     "all_kernels", "launch_count", "launch_path", "set_launch_path",
 ]

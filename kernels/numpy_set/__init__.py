@@ -14,6 +14,8 @@ blocks are kept for the next step; ``_alloc`` explains, ``GPUCNN_MALLOPT=0`` opt
 """
 from __future__ import annotations
 
+from .. import CONTRACT
+
 import numpy
 
 from . import _alloc
@@ -48,14 +50,7 @@ def asarray(a):
 
 
 __all__ = [
-    "xp", "asarray", "to_host",
-    "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "bias_grad",
-    "max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward",
-    "act_forward", "act_backward",
-    "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
-    "softmax_xent_forward", "softmax_xent_backward",
-    "dropout_mask",
-    "sgd_update", "adam_update", "rmsprop_update",
+    *CONTRACT,
     "set_num_threads", "get_num_threads", "data_parallel", "single_threaded_blas", "serial_kernels",
     "conv_algorithm", "allocator_note", "conv2d_forward_keep", "conv2d_backward_weight_kept",
 ]
