@@ -147,3 +147,21 @@ def test_cuda_backend_without_a_gpu_exits_2_with_the_reason():
         pytest.skip("a GPU is present: the cuda backend runs")
     assert res.returncode == 2
     assert "gpucnn.bench: set_backend('cuda'): the CUDA backend cannot run here" in res.stderr
+
+
+def test_samples_of_a_loaded_machine_are_measured_again(monkeypatch):
+    ncpu = os.cpu_count() or 1
+    assert _timing.foreign_load((10.0, 1.0), (10.0 + 2 * ncpu, 1.0), 4.0) == pytest.approx(0.5)
+    assert _timing.foreign_load((10.0, 1.0), (12.0, 3.0), 1.0) == 0.0       # all of it was ours
+    assert _timing.foreign_load(None, (1.0, 1.0), 1.0) == 0.0
+    # the first attempt sees another process keep every CPU busy, the second sees none
+    readings = iter([(0.0, 0.0), (1.0 * ncpu, 0.0), (5.0, 0.0), (5.0, 0.0)])
+    monkeypatch.setattr(_timing, "_busy", lambda: next(readings))
+    monkeypatch.setattr(_timing, "MIN_CHECKED", 0.0)
+    monkeypatch.setattr(_timing.time, "sleep", lambda s: None)
+    before = _timing.discarded[0]
+    calls = []
+    side = _timing.Side("a", lambda: calls.append(1))
+    _timing.interleaved([side], warmup=0, repeats=1)
+    assert len(calls) == 2 and len(side.samples) == 1
+    assert _timing.discarded[0] == before + 1

@@ -140,6 +140,12 @@ def main(argv=None) -> int:
             section += report.memory_table(mem_cases)
         print("\n".join(section), flush=True)
         out += section
+    from gpucnn.bench import _timing
+
+    out_note = (f"Samples measured again because other processes kept more than "
+                f"{_timing.MAX_FOREIGN:.0%} of the CPUs busy: {_timing.discarded[0]}")
+    print("\n" + out_note, flush=True)
+    out += ["", out_note]
     libs = ["", "## Libraries loaded at the end of the run (threadpoolctl)", ""]
     libs += [f"- {line}" for line in report.blas_lines()]
     print("\n".join(libs), flush=True)
