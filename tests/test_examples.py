@@ -82,7 +82,7 @@ def mnist_dir():
     if not d:
         pytest.skip("GPUCNN_MNIST_DIR is not set (CI sets it to the shared MNIST test split)")
     assert (Path(d) / "t10k-images-idx3-ubyte.gz").is_file(), f"GPUCNN_MNIST_DIR={d} has no MNIST"
-    return d
+    return str(Path(d).resolve())           # the examples run from another folder
 
 
 def test_lenet5_example_on_the_mnist_test_split(tmp_path):

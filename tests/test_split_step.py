@@ -223,3 +223,47 @@ def test_steps_that_must_not_split_stay_whole(rng):
     from gpucnn.kernels import load_set
 
     assert _step.parts_for(load_set("cuda"), 1e9, 64) == 1       # no split off the NumPy set
+
+
+def _pid_alive(pid):
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == 0
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_workers_outlive_fit_one_set_per_process(rng):
+    import gc
+
+    x, y = data(rng, 32)
+    a, b = net(), net()
+    gpucnn.manual_seed(1)
+    a.fit(x, y, batch_size=8, verbose=0)
+    first = a._fit_workers
+    pids = [w.pid for w in first.workers]
+    assert first.alive and all(_pid_alive(p) for p in pids)
+    a.fit(x, y, batch_size=8, verbose=0)
+    assert a._fit_workers is first                     # the same model: the same workers
+    b.fit(x, y, batch_size=8, verbose=0)
+    assert not first.alive and not any(_pid_alive(p) for p in pids)      # one set at most
+    # a, trained again after b took the workers: new ones, and the same weights as on one core
+    a.compile(optimizers.SGD(0.05, momentum=0.5), "sparse_categorical_crossentropy",
+              metrics=["accuracy"])
+    start = a.get_weights()
+    gpucnn.manual_seed(2)
+    a.fit(x, y, batch_size=8, verbose=0)
+    assert a._fit_workers is not first and a._fit_workers.alive
+    c = net()
+    c.set_weights(start)
+    numpy_set.set_num_threads(1)
+    gpucnn.manual_seed(2)
+    c.fit(x, y, batch_size=8, verbose=0)
+    numpy_set.set_num_threads(2)
+    for p, q in zip(a.get_weights(), c.get_weights()):
+        np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5)
+    live = [w.pid for w in a._fit_workers.workers]
+    del a, first
+    gc.collect()
+    assert not any(_pid_alive(p) for p in live)           # gone with their model

@@ -192,7 +192,7 @@ def measure_memory_here(model_name, batch, side, threads, backend_name, steps=3)
 
         gpucnn.set_backend(backend_name)
         numpy_set.set_num_threads(threads)
-        run, _ = gpucnn_side(case)
+        run, model = gpucnn_side(case)
     else:
         torch = torch_ref.setup("cpu", threads)
         tr = torch_ref.TorchSide(torch, "cpu")
@@ -207,6 +207,7 @@ def measure_memory_here(model_name, batch, side, threads, backend_name, steps=3)
     if side == "gpucnn":
         from gpucnn.models import _workers
 
+        model._stop_workers()                 # the workers report their growth as they end
         workers = [g for g in _workers.last_growth if g >= 0]
         out["workers"] = len(workers)
         out["rss"] += sum(workers)            # the worker processes' own growth

@@ -305,8 +305,9 @@ class TrainingMixin:
         try:
             self._fit_epochs(batches, xv, yv, val, batch_size, logits, cbs, steps, initial_epoch,
                              epochs, verbose, ks)
-        finally:
-            self._stop_workers()
+        except BaseException:
+            self._stop_workers()           # after a failure nothing of them is trusted
+            raise
         cbs.call("on_train_end", None)
         return history
 
@@ -380,7 +381,9 @@ class TrainingMixin:
         """Worker processes for this epoch's steps (see ``_workers``), or None: only on Linux
         with the NumPy backend, two or more threads, a splittable model, batches big enough, at
         least two steps, and no batch-level callbacks (which may change the model between
-        steps)."""
+        steps). Workers outlive the fit call and serve the next epochs and calls for as long as
+        the model, its weights and the batch geometry stay the same (``_workers.fingerprint``);
+        one set of workers lives per process at most."""
         procs = self.__dict__.get("_fit_workers")
         if batch_hooks or len(batches.bounds) < 2 or not _workers.available(ks):
             return None
@@ -391,13 +394,13 @@ class TrainingMixin:
         config = (largest, tuple(xe.shape[1:]), str(xe.dtype), tuple(ye.shape[1:]),
                   str(ye.dtype), logits, need_out, parts)
         if procs is not None:
-            if procs.key == _workers.fingerprint(self, params, *config):
-                return procs                     # the same model as last epoch: keep them
+            if procs.alive and procs.key == _workers.fingerprint(self, params, *config):
+                return procs                     # the same model as last time: keep them
             self._stop_workers()
         procs = _workers.ProcessSteps(self, params, largest, xe.shape[1:], xe.dtype, ye.shape[1:],
                                       ye.dtype, tuple(self.output_shape[1:]), self.dtype, logits,
                                       need_out, parts)
-        self._fit_workers = procs
+        self._fit_workers = procs            # kept for the next fit call while nothing changes
         return procs
 
     def _stop_workers(self):
