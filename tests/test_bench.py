@@ -165,3 +165,29 @@ def test_samples_of_a_loaded_machine_are_measured_again(monkeypatch):
     _timing.interleaved([side], warmup=0, repeats=1)
     assert len(calls) == 2 and len(side.samples) == 1
     assert _timing.discarded[0] == before + 1
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_a_running_childs_cpu_time_is_ours_not_foreign():
+    # fit's worker processes outlive the timed call: their CPU time must not read as another
+    # tenant's load (os.times counts a child only once it has been reaped)
+    import time
+
+    before = _timing._busy()
+    pid = os.fork()
+    if pid == 0:                                   # the child: burn 0.3 s of CPU, then wait
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+        time.sleep(2.0)
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10.0
+        while _timing._live_children_ticks() / os.sysconf("SC_CLK_TCK") < 0.25:
+            assert time.monotonic() < deadline, "the child's CPU time never showed"
+            time.sleep(0.05)
+        after = _timing._busy()
+        assert after[1] - before[1] >= 0.25       # counted while the child still runs
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)

@@ -267,3 +267,27 @@ def test_workers_outlive_fit_one_set_per_process(rng):
     del a, first
     gc.collect()
     assert not any(_pid_alive(p) for p in live)           # gone with their model
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not PROCESSES or not os.path.isdir("/proc/self"),
+                    reason="worker processes need Linux (fork) and /proc")
+def test_idle_workers_poll_briefly_then_sleep(rng):
+    # between steps a worker polls for the next one (no wake-up latency), but only for
+    # SPIN_NEXT seconds: kept between fit calls, it must not burn a core
+    import time
+
+    x, y = data(rng, 32)
+    a = net()
+    a.fit(x, y, batch_size=8, verbose=0)
+    pid = a._fit_workers.workers[0].pid
+    time.sleep(_workers.SPIN_NEXT + 0.1)
+    c0 = _cpu_seconds(pid)
+    time.sleep(0.5)
+    assert _cpu_seconds(pid) - c0 < 0.05
+    a._stop_workers()

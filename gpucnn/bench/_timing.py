@@ -33,8 +33,33 @@ def _busy():
     # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait
     ticks = [int(v) for v in fields[:8]]
     busy = sum(ticks) - ticks[3] - ticks[4]
+    hz = os.sysconf("SC_CLK_TCK")
     t = os.times()
-    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system + t.children_user + t.children_system
+    return busy / hz, (t.user + t.system + t.children_user + t.children_system
+                       + _live_children_ticks() / hz)
+
+
+def _live_children_ticks() -> int:
+    """CPU ticks spent so far by this process's children that are still running (fit's worker
+    processes outlive the timed call; ``os.times`` counts a child only once it is reaped)."""
+    me = str(os.getpid())
+    total = 0
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return 0
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()   # after "pid (comm) ": state, ppid, ...
+        if len(fields) > 12 and fields[1] == me:
+            total += int(fields[11]) + int(fields[12])   # utime, stime
+    return total
 
 
 def foreign_load(before, after, seconds: float) -> float:

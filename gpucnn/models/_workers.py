@@ -37,6 +37,7 @@ import mmap
 import os
 import signal
 import sys
+import time
 import traceback
 import warnings
 import weakref
@@ -48,6 +49,11 @@ from gpucnn.autograd import Tensor
 from gpucnn.models import _step
 
 _ALIGN = 64
+# Seconds a process polls before it blocks: the parent for a worker's answer (a step's part
+# takes about as long on each side, so the answer comes soon), a worker for the next step
+# (which follows after the optimizer's update, unless the epoch or fit call has ended).
+SPIN_REPLY = 0.05
+SPIN_NEXT = 0.005
 
 
 def available(ks) -> bool:
@@ -269,9 +275,20 @@ def _stop(handles):
             pass
 
 
+def _spin(conn, seconds) -> None:
+    """Poll ``conn`` without sleeping for up to ``seconds`` (then return, ready or not): a process
+    blocked in a read is woken by the scheduler tens to hundreds of microseconds after the data
+    arrives, which a step of a millisecond or two feels; polling keeps the core awake instead."""
+    end = time.perf_counter() + seconds
+    poll = conn.poll
+    while not poll() and time.perf_counter() < end:
+        pass
+
+
 def _reply(w):
     """Wait for a worker's answer to its step: None, or the text of its exception."""
     try:
+        _spin(w.conn, SPIN_REPLY)
         return w.conn.recv()
     except (EOFError, OSError):
         return f"worker process {w.pid} ended without answering"
@@ -325,6 +342,7 @@ def _worker_loop(conn, model, params, logits, need_out, x, y, out, loss, has, gr
     with ks.single_threaded_blas():
         while True:
             try:
+                _spin(conn, SPIN_NEXT)
                 msg = conn.recv()
             except (EOFError, OSError):
                 return 0
