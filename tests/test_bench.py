@@ -77,11 +77,32 @@ def test_quick_report_has_every_case(quick_run):
 
 
 def test_bad_options_are_refused():
-    for argv in (["--threads", "0"], ["--repeats", "-1"], ["--only", "everything"]):
+    for argv in (["--threads", "0"], ["--repeats", "-1"], ["--only", "everything"],
+                 ["--models", "lenet"], ["--models", ","]):
         with pytest.raises(SystemExit):
             parse_args(argv)
     args = parse_args(["--only", "ops", "--threads", "2", "--quick"])
     assert (args.only, args.threads, args.quick) == ("ops", 2, True)
+    assert parse_args(["--models", "lenet5, autoencoder"]).models == ["lenet5", "autoencoder"]
+
+
+def test_model_names_match_the_cases():
+    from gpucnn.bench import __main__ as bench_main, e2e, ops
+
+    assert bench_main.MODEL_NAMES == tuple(e2e.MODELS)
+    assert [e2e.LABELS[m] for m in bench_main.MODEL_NAMES] == [net[0] for net in ops.NETS]
+
+
+def test_models_option_runs_only_those(tmp_path):
+    out = tmp_path / "r.md"
+    res = subprocess.run([sys.executable, "-m", "gpucnn.bench", "--quick", "--no-torch",
+                          "--no-memory", "--models", "autoencoder", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = [line for line in out.read_text().splitlines()
+            if line.startswith("| ") and "---" not in line]
+    assert any(r.startswith("| Autoencoder") for r in rows)
+    assert not any(r.startswith(("| LeNet-5", "| AlexNet")) for r in rows)
 
 
 def test_lenet5_flops_per_step():

@@ -35,6 +35,9 @@ if __name__ == "__main__":
 import argparse  # noqa: E402
 
 
+MODEL_NAMES = ("lenet5", "alexnet_small", "autoencoder")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m gpucnn.bench",
@@ -49,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="tiny batches, two repeats: proves every path runs (numbers mean nothing)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
+    p.add_argument("--models", default=None, metavar="LIST",
+                   help="comma-separated subset of lenet5, alexnet_small, autoencoder (default: "
+                        "all three)")
     p.add_argument("--no-torch", action="store_true", help="gpucnn's numbers only")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--out", metavar="FILE", help="also write the markdown report to FILE "
@@ -58,6 +64,13 @@ def parse_args(argv=None):
         p.error(f"--threads must be a positive integer, got {args.threads}")
     if args.repeats is not None and args.repeats < 1:
         p.error(f"--repeats must be a positive integer, got {args.repeats}")
+    if args.models is not None:
+        names = [m.strip() for m in args.models.split(",") if m.strip()]
+        bad = [m for m in names if m not in MODEL_NAMES]
+        if bad or not names:
+            p.error(f"--models expected a comma-separated subset of {', '.join(MODEL_NAMES)}, "
+                    f"got {args.models!r}")
+        args.models = names
     return args
 
 
@@ -111,7 +124,9 @@ def main(argv=None) -> int:
     warm = 1 if args.quick else 2
     if args.only != "e2e":
         _log("per-op timings ...")
-        cases = ops.cases(tr, batch_scale=(4 / 128) if args.quick else 1.0)
+        nets = ops.NETS if args.models is None else tuple(
+            net for net, name in zip(ops.NETS, MODEL_NAMES) if name in args.models)
+        cases = ops.cases(tr, batch_scale=(4 / 128) if args.quick else 1.0, nets=nets)
         ops.run(cases, gsync, tsync, warm, args.repeats or (2 if args.quick else None),
                 budget=0.25, lead=0.0 if args.quick else None)
         section = ["", "## Per op (median of interleaved repeats; ratio = PyTorch time / gpucnn "
@@ -121,14 +136,18 @@ def main(argv=None) -> int:
     if args.only != "ops":
         _log("end-to-end timings ...")
         cases = e2e.default_cases(args.quick)
+        if args.models is not None:
+            cases = [c for c in cases if c.model in args.models]
         e2e.run(cases, tr, gsync, 1, args.repeats or (2 if args.quick else 7),
                 gap=0.0 if args.quick else 0.05)
         section = ["", "## End to end (training through Model.fit, inference through "
                        "Model.predict; PyTorch eager, same threads; median of interleaved repeats)",
                    ""] + report.e2e_table(cases, with_targets=(name == "numpy" and tr is not None))
         section += ["", "GFLOP/s counts the convolutions and dense layers only (forward, input "
-                        "gradient except the first layer's, kernel gradient). The batch-1 row is "
-                        "the per-step overhead: the whole training step of LeNet-5 on one image."]
+                        "gradient except the first layer's, kernel gradient)." + (
+                            " The batch-1 row is the per-step overhead: the whole training step "
+                            "of LeNet-5 on one image." if any(c.kind == "overhead" for c in cases)
+                            else "")]
         if not args.no_memory:
             _log("peak memory ...")
             mem_cases = [c for c in cases if c.kind == "train"]
