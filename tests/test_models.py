@@ -307,6 +307,13 @@ def test_length_mismatch_and_empty_data(compiled, rng):
     x[2, 3, 3, 0] = np.nan
     with pytest.raises(ValueError, match=r"x holds NaN or infinite values \(first at index \(2, 3, 3, 0\)\)"):
         compiled.fit(x, np.zeros(4, np.int64), verbose=0)
+    x[2, 3, 3, 0] = 1.0
+    x[0, 0, 0, 0] = -np.inf
+    x[1, 0, 0, 0] = np.inf                 # +inf and -inf: their sum is NaN, still found
+    with pytest.raises(ValueError, match=r"first at index \(0, 0, 0, 0\)"):
+        compiled.predict(x, verbose=0)
+    big = np.full((4, 8, 8, 1), 3e38, np.float32)     # every value finite, their sum overflows
+    assert compiled.predict(big, verbose=0).shape == (4, 3)
     with pytest.raises(ValueError, match=r"fit \(validation data\): labels must lie in"):
         compiled.fit(f32(rng, 4, 8, 8, 1), np.zeros(4, np.int64),
                      validation_data=(f32(rng, 2, 8, 8, 1), np.array([0, 7])), verbose=0)

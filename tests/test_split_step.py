@@ -105,11 +105,17 @@ def test_process_split_equals_whole_step(rng, seed):
         _reseed(model)
         loss2, out2, _ = procs.step(x2, y2)
         got2 = (float(loss2), out2, _grads(model))
+        rows = np.array([7, 0, 3, 3, 8, 1, 5])        # rows gathered by each process itself
+        want3 = _whole_step(model, x[rows], y[rows])
+        _reseed(model)
+        loss3, out3, _ = procs.step(x, y, rows)
+        got3 = (float(loss3), out3, _grads(model))
     finally:
         procs.close()
     assert procs.workers == []
     _assert_same_step(got, want)
     _assert_same_step(got2, want2)
+    _assert_same_step(got3, want3)
 
 
 def _fit_weights(rng_seed, threads, monkeypatch, epochs=2, **kw):
@@ -127,9 +133,9 @@ def test_fit_on_processes_matches_fit_on_one_core(monkeypatch):
     steps = []
     real_step = _workers.ProcessSteps.step
 
-    def counting(self, xb, yb):
-        steps.append(xb.shape[0])
-        return real_step(self, xb, yb)
+    def counting(self, xb, yb, rows=None):
+        steps.append(xb.shape[0] if rows is None else len(rows))
+        return real_step(self, xb, yb, rows)
 
     monkeypatch.setattr(_workers.ProcessSteps, "step", counting)
     split_w, split_h = _fit_weights(1, 2, monkeypatch)

@@ -125,6 +125,7 @@ class ProcessSteps:
         self.key = fingerprint(model, params, max_batch, tuple(x_tail), str(x_dtype),
                                tuple(y_tail), str(y_dtype), logits, need_out, parts)
         self.workers = []
+        self._own = None                      # this process's gather buffers (x, y)
         global _current
         previous = _current() if _current is not None else None
         if previous is not None:
@@ -177,21 +178,32 @@ class ProcessSteps:
         return worker
 
     # -- one step ------------------------------------------------------------------------------
-    def step(self, xb, yb):
+    def step(self, xb, yb, rows=None):
         """Forward and backward of the batch over every process; returns what
         ``_step.forward_backward`` returns (the gradients land in ``.grad`` when the loss is
-        finite)."""
-        n = xb.shape[0]
+        finite). With ``rows`` (an index array) the batch is ``xb[rows], yb[rows]``, gathered
+        straight into each process's buffer."""
+        n = xb.shape[0] if rows is None else len(rows)
         parts = min(self.parts, n)
         bounds = [n * k // parts for k in range(parts + 1)]
         keys = _step.predraw(self.layers)
         busy = []
         for k, w in enumerate(self.workers[:parts - 1], 1):
             lo, hi = bounds[k], bounds[k + 1]
-            w.x[:hi - lo] = xb[lo:hi]
-            w.y[:hi - lo] = yb[lo:hi]
+            if rows is None:
+                w.x[:hi - lo] = xb[lo:hi]
+                w.y[:hi - lo] = yb[lo:hi]
+            else:
+                np.take(xb, rows[lo:hi], axis=0, out=w.x[:hi - lo])
+                np.take(yb, rows[lo:hi], axis=0, out=w.y[:hi - lo])
             w.conn.send((lo, hi, n, keys))
             busy.append(w)
+        if rows is not None:
+            if self._own is None or len(self._own[0]) < bounds[1]:
+                self._own = (np.empty((bounds[1],) + xb.shape[1:], xb.dtype),
+                             np.empty((bounds[1],) + yb.shape[1:], yb.dtype))
+            xb = np.take(xb, rows[:bounds[1]], axis=0, out=self._own[0][:bounds[1]])
+            yb = np.take(yb, rows[:bounds[1]], axis=0, out=self._own[1][:bounds[1]])
         try:
             mine = _step.run_part(self.model, xb, yb, 0, bounds[1], n, self.logits, keys)
         finally:

@@ -22,7 +22,7 @@ from gpucnn import metrics as _metrics
 from gpucnn import optimizers as _optimizers
 from gpucnn._progbar import Progbar
 from gpucnn.autograd import Tensor, no_grad
-from gpucnn.data import Batches, batch_bounds
+from gpucnn.data import Batches, batch_bounds, gather
 from gpucnn.models import _step, _workers
 
 
@@ -110,6 +110,21 @@ def _probabilities(z, final):
     return ks.softmax_forward(z.reshape(-1, z.shape[-1])).reshape(z.shape)
 
 
+def _first_non_finite(a):
+    """Index of the first NaN or infinity of float array ``a``, or None. A sum is NaN or
+    infinite when any element is, so a finite sum rules them out without the elementwise pass
+    and its temporary (a quarter of x's size, in fresh pages on a first fit: 23 ms on a 64 MB x
+    against 3 ms for the sum); only a sum that overflowed or met a bad value is followed by the
+    exact search."""
+    if a.size == 0:
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(a.sum()):
+            return None
+    found = np.argwhere(~np.isfinite(a))
+    return tuple(int(i) for i in found[0]) if len(found) else None
+
+
 class TrainingMixin:
     """Keras' training API; mixed into ``Model``."""
 
@@ -157,8 +172,8 @@ class TrainingMixin:
             x = x.astype(self.dtype)
         if isinstance(x, np.ndarray):
             x = np.ascontiguousarray(x)
-            if not np.isfinite(x).all():
-                bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+            bad = _first_non_finite(x)
+            if bad is not None:
                 raise ValueError(f"{op}: x holds NaN or infinite values (first at index {bad})")
         return x
 
@@ -202,7 +217,7 @@ class TrainingMixin:
                             if kind == "categorical" and yh.ndim == 1 else "")
                     raise ValueError(f"{op}: {name} needs targets shaped like the output "
                                      f"{(None,) + per}, got y of shape {y.shape}{hint}")
-            if not np.isfinite(yh).all():
+            if _first_non_finite(yh) is not None:
                 raise ValueError(f"{op}: y holds NaN or infinite values")
             if kind in ("binary", "categorical") and (yh.min() < 0 or yh.max() > 1):
                 raise ValueError(f"{op}: {name} needs targets in [0, 1], got values in "
@@ -336,7 +351,7 @@ class TrainingMixin:
         params = self.trainable_weights
         opt = self.optimizer
         tracker = _Tracker(self, logits)
-        xe, ye = batches.epoch_arrays()
+        xe, ye, order = batches.epoch_plan()      # host data: gathered batch by batch
         begin, end = cbs.batch_begin, cbs.batch_end
         ks = backend.kernels()
         per_sample = _step.sample_flops(self)
@@ -345,16 +360,24 @@ class TrainingMixin:
                                     batch_hooks=bool(begin or end))
         checked = 0
         step = 0
+        xbuf = None
         for step, (a, b) in enumerate(batches.bounds, 1):
             for cb in begin:
                 cb.on_train_batch_begin(step - 1, None)
-            yb = ye[a:b]
             if procs is not None and _step.parts_for(ks, per_sample, b - a,
                                                      _step.PROCESS_MIN_FLOPS) > 1:
-                loss, out, lv = procs.step(xe[a:b], yb)
+                if order is None:
+                    yb = ye[a:b]
+                    loss, out, lv = procs.step(xe[a:b], yb)
+                else:
+                    yb = ye[order[a:b]]
+                    loss, out, lv = procs.step(xe, ye, order[a:b])
             else:
+                if order is not None and xbuf is None:     # one buffer, reused every step
+                    xbuf = np.empty((b - a,) + xe.shape[1:], xe.dtype)
+                xb, yb = gather(xe, ye, order, a, b, xbuf)
                 parts = _step.parts_for(ks, per_sample, b - a)
-                loss, out, lv = _step.forward_backward(self, xe[a:b], yb, logits, params,
+                loss, out, lv = _step.forward_backward(self, xb, yb, logits, params,
                                                        parts, need_out)
             if lv is not None and not math.isfinite(lv):
                 self._non_finite(lv, epoch, epochs, step, len(batches.bounds), checked, True)
