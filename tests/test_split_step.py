@@ -297,3 +297,25 @@ def test_idle_workers_poll_briefly_then_sleep(rng):
     time.sleep(0.5)
     assert _cpu_seconds(pid) - c0 < 0.05
     a._stop_workers()
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_a_fork_of_the_user_process_leaves_the_workers_alone(rng):
+    # a user's own fork inherits the worker set (and its exit-time finalizer); when that child
+    # ends it, or the child's copy of the model goes, the parent's workers must go on serving
+    x, y = data(rng, 32)
+    a = net()
+    a.fit(x, y, batch_size=8, verbose=0)
+    procs = a._fit_workers
+    pids = [w.pid for w in procs.workers]
+    child = os.fork()
+    if child == 0:
+        try:
+            procs._finalizer()                 # what the child's exit would run
+            procs.close()
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert all(_pid_alive(p) for p in pids)
+    a.fit(x, y, batch_size=8, verbose=0)                  # the same workers still answer
+    assert a._fit_workers is procs and procs.alive

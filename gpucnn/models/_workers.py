@@ -139,7 +139,9 @@ class ProcessSteps:
             raise
         _current = weakref.ref(self)
         # the workers end when this object goes (its model went, or it was replaced) or at exit
-        self._finalizer = weakref.finalize(self, _stop, [(w.conn, w.pid) for w in self.workers])
+        self._owner = os.getpid()
+        self._finalizer = weakref.finalize(self, _stop, [(w.conn, w.pid) for w in self.workers],
+                                           self._owner)
 
     @property
     def alive(self) -> bool:
@@ -237,6 +239,12 @@ class ProcessSteps:
         finalizer = getattr(self, "_finalizer", None)
         if finalizer is not None:
             finalizer.detach()
+        if getattr(self, "_owner", os.getpid()) != os.getpid():
+            # a fork of the process that started them (a user's own os.fork or
+            # multiprocessing): the workers belong to the parent, which keeps using them
+            self.workers = []
+            self.model, self.params = None, []
+            return
         for w in self.workers:
             try:
                 w.conn.send(None)
@@ -267,8 +275,11 @@ class ProcessSteps:
 _current = None          # weak reference to the live ProcessSteps of this process, if any
 
 
-def _stop(handles):
-    """End workers given as ``(pipe end, pid)`` (a finalizer: must not refer to the model)."""
+def _stop(handles, owner):
+    """End workers given as ``(pipe end, pid)`` (a finalizer: must not refer to the model); only
+    in the process that started them, ``owner`` (a fork of it that exits must not end them)."""
+    if os.getpid() != owner:
+        return
     for conn, _ in handles:
         try:
             conn.send(None)
