@@ -319,3 +319,24 @@ def test_a_fork_of_the_user_process_leaves_the_workers_alone(rng):
     assert all(_pid_alive(p) for p in pids)
     a.fit(x, y, batch_size=8, verbose=0)                  # the same workers still answer
     assert a._fit_workers is procs and procs.alive
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_a_model_with_workers_deep_copies_and_releases_them(rng):
+    import copy
+
+    x, y = data(rng, 32)
+    a = net()
+    a.fit(x, y, batch_size=8, verbose=0)
+    procs = a._fit_workers
+    b = copy.deepcopy(a)                                   # the copy gets no workers
+    assert b.__dict__.get("_fit_workers") is None and procs.alive
+    for p, q in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(p, q)
+    b.fit(x, y, batch_size=8, verbose=0)                  # trains on workers of its own
+    assert b._fit_workers is not procs
+    pids = [w.pid for w in b._fit_workers.workers]
+    b.release_workers()
+    assert b.__dict__.get("_fit_workers") is None
+    assert not any(_pid_alive(p) for p in pids)
+    b.release_workers()                                    # twice is fine

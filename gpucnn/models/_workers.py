@@ -147,6 +147,14 @@ class ProcessSteps:
     def alive(self) -> bool:
         return bool(self.workers)
 
+    def __deepcopy__(self, memo):
+        # a copied model (copy.deepcopy) starts without workers: these belong to the original
+        return None
+
+    def __reduce__(self):
+        raise TypeError("the worker processes of fit cannot be pickled; call "
+                        "model.release_workers() first")
+
     def _spawn(self, share, x_tail, x_dtype, y_tail, y_dtype, out_tail, out_dtype):
         specs = [((share,) + tuple(x_tail), x_dtype), ((share,) + tuple(y_tail), y_dtype),
                  ((share,) + tuple(out_tail), out_dtype), ((1,), out_dtype),

@@ -426,6 +426,12 @@ class TrainingMixin:
         self._fit_workers = procs            # kept for the next fit call while nothing changes
         return procs
 
+    def release_workers(self) -> None:
+        """End the worker processes ``fit`` keeps for this model on the NumPy backend (they
+        otherwise serve the next ``fit`` call and end with the model, when another model
+        trains, or at exit); an idle worker holds the memory of its last step."""
+        self._stop_workers()
+
     def _stop_workers(self):
         procs = self.__dict__.pop("_fit_workers", None)
         if procs is not None:
