@@ -317,6 +317,21 @@ def test_a_fork_of_the_user_process_leaves_the_workers_alone(rng):
             os._exit(0)
     os.waitpid(child, 0)
     assert all(_pid_alive(p) for p in pids)
+    # a fork that trains the inherited model starts workers of its own, never the parent's
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            a.fit(x, y, batch_size=8, verbose=0)
+            mine = a._fit_workers
+            code = 0 if (mine is not procs and mine.alive
+                         and not set(w.pid for w in mine.workers) & set(pids)) else 3
+            mine.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert all(_pid_alive(p) for p in pids)
     a.fit(x, y, batch_size=8, verbose=0)                  # the same workers still answer
     assert a._fit_workers is procs and procs.alive
 

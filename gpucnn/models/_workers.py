@@ -147,6 +147,11 @@ class ProcessSteps:
     def alive(self) -> bool:
         return bool(self.workers)
 
+    @property
+    def mine(self) -> bool:
+        """Whether this process started the workers (a forked copy of it must start its own)."""
+        return getattr(self, "_owner", None) == os.getpid()
+
     def __deepcopy__(self, memo):
         # a copied model (copy.deepcopy) starts without workers: these belong to the original
         return None

@@ -417,7 +417,8 @@ class TrainingMixin:
         config = (largest, tuple(xe.shape[1:]), str(xe.dtype), tuple(ye.shape[1:]),
                   str(ye.dtype), logits, need_out, parts)
         if procs is not None:
-            if procs.alive and procs.key == _workers.fingerprint(self, params, *config):
+            if procs.alive and procs.mine and procs.key == _workers.fingerprint(self, params,
+                                                                                  *config):
                 return procs                     # the same model as last time: keep them
             self._stop_workers()
         procs = _workers.ProcessSteps(self, params, largest, xe.shape[1:], xe.dtype, ye.shape[1:],
