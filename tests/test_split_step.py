@@ -355,3 +355,19 @@ def test_a_model_with_workers_deep_copies_and_releases_them(rng):
     assert b.__dict__.get("_fit_workers") is None
     assert not any(_pid_alive(p) for p in pids)
     b.release_workers()                                    # twice is fine
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_a_worker_killed_while_idle_is_replaced(rng):
+    import signal
+    import time
+
+    x, y = data(rng, 32)
+    a = net()
+    a.fit(x, y, batch_size=8, verbose=0)
+    first = a._fit_workers
+    os.kill(first.workers[0].pid, signal.SIGKILL)
+    time.sleep(0.2)
+    a.fit(x, y, batch_size=8, verbose=0)                  # no broken pipe: new workers
+    assert a._fit_workers is not first and a._fit_workers.alive
+    a.release_workers()

@@ -145,7 +145,17 @@ class ProcessSteps:
 
     @property
     def alive(self) -> bool:
-        return bool(self.workers)
+        """Whether every worker still runs (one may have been killed while idle)."""
+        if not self.workers or not self.mine:
+            return False
+        for w in self.workers:
+            try:
+                done, _ = os.waitpid(w.pid, os.WNOHANG)
+            except ChildProcessError:
+                return False
+            if done:
+                return False
+        return True
 
     @property
     def mine(self) -> bool:
