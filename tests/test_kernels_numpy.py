@@ -335,6 +335,25 @@ def test_activation_forward_backward(rng, act):
     np.testing.assert_allclose(dx32, dx, **F32)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_over_chunks_and_views_is_exactly_max_with_zero(rng, dtype):
+    # ReLU runs in chunks against a zeros array (NumPy's SIMD path): across chunk boundaries,
+    # on views and on the special values it must give max(x, 0) bit for bit
+    from gpucnn.kernels.numpy_set import activation
+
+    n = 2 * activation._ZERO_CHUNK + 17
+    x = rng.standard_normal(n).astype(dtype)
+    x[:6] = [np.nan, -0.0, 0.0, np.inf, -np.inf, -np.nan]
+    want = np.array([max(float(v), 0.0) if v == v else v for v in x], dtype=dtype)
+    for got in (K.act_forward(x, "relu"), activation.act_inplace(x.copy(), "relu"),
+                K.act_forward(x.reshape(-1, 1)[::3], "relu").reshape(-1)):
+        ref = want if got.size == n else want[::3]
+        np.testing.assert_array_equal(got, ref)
+        assert not np.signbit(got[np.isfinite(got)]).any()     # +0, never -0
+    y = x[:1000].copy()
+    assert activation.act_inplace(y, "relu") is y
+
+
 def test_sigmoid_is_stable_in_both_tails():
     x = np.array([-1e4, -100, -50, -20, -1, 0, 1, 20, 50, 100, 1e4], np.float32)
     with warnings.catch_warnings():

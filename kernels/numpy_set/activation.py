@@ -31,10 +31,33 @@ def _sigmoid(x, out):
     return np.reciprocal(e, out=e)
 
 
+# NumPy's maximum runs its SIMD loop only when both operands are arrays: against the scalar 0 it
+# is 4-5x slower (float32, 48K elements: 19 us against 4.2 us). ReLU therefore takes the maximum
+# with a slice of this read-only zeros array, in chunks of at most its size.
+_ZERO_CHUNK = 1 << 16
+_ZEROS = {}
+
+
+def _relu(x, out):
+    """``out = max(x, 0)`` elementwise (``out`` may be ``x``); returns ``out``."""
+    if not (x.flags.c_contiguous and out.flags.c_contiguous):
+        return np.maximum(x, 0, out=out)
+    z = _ZEROS.get(x.dtype)
+    if z is None:
+        z = np.zeros(_ZERO_CHUNK, dtype=x.dtype)
+        z.flags.writeable = False
+        _ZEROS[x.dtype] = z
+    xf, of = x.reshape(-1), out.reshape(-1)
+    for i in range(0, xf.size, _ZERO_CHUNK):
+        j = min(i + _ZERO_CHUNK, xf.size)
+        np.maximum(xf[i:j], z[:j - i], out=of[i:j])
+    return out
+
+
 def act_inplace(y, act):
     """Apply ``act`` to ``y`` in place (the fused epilogue of conv2d_forward); returns ``y``."""
     if act == "relu":
-        np.maximum(y, 0, out=y)
+        _relu(y, y)
     elif act == "tanh":
         np.tanh(y, out=y)
     elif act == "sigmoid":
@@ -49,7 +72,7 @@ def act_forward(x, act):
     check_float("act_forward", "x", x)
     _check_act("act_forward", act)
     if act == "relu":
-        return np.maximum(x, 0)
+        return _relu(x, np.empty_like(x))
     if act == "tanh":
         return np.tanh(x)
     if act == "sigmoid":
