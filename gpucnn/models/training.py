@@ -373,8 +373,8 @@ class TrainingMixin:
                     yb = ye[order[a:b]]
                     loss, out, lv = procs.step(xe, ye, order[a:b])
             else:
-                if order is not None and xbuf is None:     # one buffer, reused every step
-                    xbuf = np.empty((b - a,) + xe.shape[1:], xe.dtype)
+                if order is not None and (xbuf is None or len(xbuf) < b - a):
+                    xbuf = np.empty((b - a,) + xe.shape[1:], xe.dtype)    # reused every step
                 xb, yb = gather(xe, ye, order, a, b, xbuf)
                 parts = _step.parts_for(ks, per_sample, b - a)
                 loss, out, lv = _step.forward_backward(self, xb, yb, logits, params,
