@@ -272,6 +272,8 @@ def test_workers_outlive_fit_one_set_per_process(rng):
     live = [w.pid for w in a._fit_workers.workers]
     del a, first
     gc.collect()
+    assert _workers._pending                               # queued by the finalizer, no I/O
+    _workers.drain()                                       # (the next fit does this too)
     assert not any(_pid_alive(p) for p in live)           # gone with their model
 
 
@@ -371,3 +373,19 @@ def test_a_worker_killed_while_idle_is_replaced(rng):
     a.fit(x, y, batch_size=8, verbose=0)                  # no broken pipe: new workers
     assert a._fit_workers is not first and a._fit_workers.alive
     a.release_workers()
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_workers_of_a_collected_model_end_when_the_next_fit_starts_workers(rng):
+    import gc
+
+    x, y = data(rng, 32)
+    a = net()
+    a.fit(x, y, batch_size=8, verbose=0)
+    live = [w.pid for w in a._fit_workers.workers]
+    del a
+    gc.collect()
+    b = net()
+    b.fit(x, y, batch_size=8, verbose=0)
+    assert not any(_pid_alive(p) for p in live) and not _workers._pending
+    b.release_workers()

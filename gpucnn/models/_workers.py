@@ -20,7 +20,10 @@ masks are those of the unsplit step (``gpucnn.functional._split``). The workers 
 the ``fit`` call and serve the next ones while the model stays the same (``fingerprint``: the
 layers and their settings, the weights' identity, memory and trainable flags, the loss, the
 batch geometry); otherwise they are replaced. One set lives per process at most; it ends when
-its model is collected, another model trains, a step fails, or the interpreter exits. Keeping
+another model trains, a step fails, ``Model.release_workers()`` is called, or the interpreter
+exits. When its model is collected the set is only queued (a finalizer may run inside any code
+the garbage collector interrupts, so it makes no system call) and ends at the next ``fit`` that
+starts workers, or at exit. Keeping
 them saves each ``fit`` call the fork and the workers' first-touch page faults (15-25 ms
 measured). The parameters stay in the shared memory, which is ordinary memory to NumPy.
 
@@ -31,6 +34,7 @@ reset their state across ``fork``), ignores SIGINT (the parent stops it) and lea
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import math
 import mmap
@@ -126,6 +130,7 @@ class ProcessSteps:
                                tuple(y_tail), str(y_dtype), logits, need_out, parts)
         self.workers = []
         self._own = None                      # this process's gather buffers (x, y)
+        drain()                               # sets of collected models end here
         global _current
         previous = _current() if _current is not None else None
         if previous is not None:
@@ -140,7 +145,7 @@ class ProcessSteps:
         _current = weakref.ref(self)
         # the workers end when this object goes (its model went, or it was replaced) or at exit
         self._owner = os.getpid()
-        self._finalizer = weakref.finalize(self, _stop, [(w.conn, w.pid) for w in self.workers],
+        self._finalizer = weakref.finalize(self, _defer, [(w.conn, w.pid) for w in self.workers],
                                            self._owner)
 
     @property
@@ -296,6 +301,29 @@ class ProcessSteps:
 
 
 _current = None          # weak reference to the live ProcessSteps of this process, if any
+
+
+_pending = []            # (pipe end, pid) of workers whose set was collected: see drain()
+
+
+def _defer(handles, owner):
+    """The finalizer of a set of workers: queue them for ``drain``. It may run wherever the
+    garbage collector interrupts this process, for instance in one of Numba's CUDA-simulator
+    threads between the two halves of a shared-array allocation; a system call here would let
+    other threads run in that gap, so nothing but a list append happens."""
+    if os.getpid() == owner:
+        _pending.extend(handles)
+
+
+def drain() -> None:
+    """End the workers queued by collected sets (called where a set starts, and at exit)."""
+    while _pending:
+        handles = list(_pending)
+        del _pending[:len(handles)]
+        _stop(handles, os.getpid())
+
+
+atexit.register(drain)       # after weakref.finalize's own exit hook (registered later) runs
 
 
 def _stop(handles, owner):

@@ -430,8 +430,10 @@ class TrainingMixin:
     def release_workers(self) -> None:
         """End the worker processes ``fit`` keeps for this model on the NumPy backend (they
         otherwise serve the next ``fit`` call and end with the model, when another model
-        trains, or at exit); an idle worker holds the memory of its last step."""
+        trains, or at exit); an idle worker holds the memory of its last step. Also ends the
+        workers of models already collected (they wait for the next ``fit`` otherwise)."""
         self._stop_workers()
+        _workers.drain()
 
     def _stop_workers(self):
         procs = self.__dict__.pop("_fit_workers", None)
