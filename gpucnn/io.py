@@ -27,16 +27,16 @@ def _umask() -> int:
     return mask
 
 
-def save_arrays(path, arrays: dict) -> str:
-    """Write ``{name: array}`` to ``path`` atomically; returns the path written."""
+def write_atomic(path, write, mode: str = "wb") -> str:
+    """Create or replace ``path`` through ``write(file)`` on a temporary file in the same folder,
+    flushed to disk and then renamed over ``path``: a reader sees the old file or the whole new
+    one, never half of it; on any failure the temporary file is removed. Returns the path."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"save_weights: the folder {folder!r} does not exist")
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{FORMAT_KEY: np.array(FORMAT_VERSION)}, **arrays)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -48,6 +48,16 @@ def save_arrays(path, arrays: dict) -> str:
             pass
         raise
     return path
+
+
+def save_arrays(path, arrays: dict) -> str:
+    """Write ``{name: array}`` to ``path`` atomically; returns the path written."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"save_weights: the folder {folder!r} does not exist")
+    return write_atomic(path, lambda f: np.savez(f, **{FORMAT_KEY: np.array(FORMAT_VERSION)},
+                                                  **arrays))
 
 
 def load_arrays(path) -> dict:

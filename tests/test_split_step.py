@@ -277,6 +277,15 @@ def test_workers_outlive_fit_one_set_per_process(rng):
     assert not any(_pid_alive(p) for p in live)           # gone with their model
 
 
+def _trained_on_workers(rng):
+    """``(x, y, model)``: a small model after one fit, its worker processes kept."""
+    x, y = data(rng, 32)
+    model = net()
+    model.fit(x, y, batch_size=8, verbose=0)
+    assert model._fit_workers.alive
+    return x, y, model
+
+
 def _cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -290,9 +299,7 @@ def test_idle_workers_poll_briefly_then_sleep(rng):
     # SPIN_NEXT seconds: kept between fit calls, it must not burn a core
     import time
 
-    x, y = data(rng, 32)
-    a = net()
-    a.fit(x, y, batch_size=8, verbose=0)
+    x, y, a = _trained_on_workers(rng)
     pid = a._fit_workers.workers[0].pid
     time.sleep(_workers.SPIN_NEXT + 0.1)
     c0 = _cpu_seconds(pid)
@@ -305,9 +312,7 @@ def test_idle_workers_poll_briefly_then_sleep(rng):
 def test_a_fork_of_the_user_process_leaves_the_workers_alone(rng):
     # a user's own fork inherits the worker set (and its exit-time finalizer); when that child
     # ends it, or the child's copy of the model goes, the parent's workers must go on serving
-    x, y = data(rng, 32)
-    a = net()
-    a.fit(x, y, batch_size=8, verbose=0)
+    x, y, a = _trained_on_workers(rng)
     procs = a._fit_workers
     pids = [w.pid for w in procs.workers]
     child = os.fork()
@@ -342,9 +347,7 @@ def test_a_fork_of_the_user_process_leaves_the_workers_alone(rng):
 def test_a_model_with_workers_deep_copies_and_releases_them(rng):
     import copy
 
-    x, y = data(rng, 32)
-    a = net()
-    a.fit(x, y, batch_size=8, verbose=0)
+    x, y, a = _trained_on_workers(rng)
     procs = a._fit_workers
     b = copy.deepcopy(a)                                   # the copy gets no workers
     assert b.__dict__.get("_fit_workers") is None and procs.alive
@@ -364,9 +367,7 @@ def test_a_worker_killed_while_idle_is_replaced(rng):
     import signal
     import time
 
-    x, y = data(rng, 32)
-    a = net()
-    a.fit(x, y, batch_size=8, verbose=0)
+    x, y, a = _trained_on_workers(rng)
     first = a._fit_workers
     os.kill(first.workers[0].pid, signal.SIGKILL)
     time.sleep(0.2)
@@ -379,9 +380,7 @@ def test_a_worker_killed_while_idle_is_replaced(rng):
 def test_workers_of_a_collected_model_end_when_the_next_fit_starts_workers(rng):
     import gc
 
-    x, y = data(rng, 32)
-    a = net()
-    a.fit(x, y, batch_size=8, verbose=0)
+    x, y, a = _trained_on_workers(rng)
     live = [w.pid for w in a._fit_workers.workers]
     del a
     gc.collect()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import tempfile
 
 
 def cpu_model() -> str:
@@ -134,16 +133,7 @@ def ops_table(cases) -> list:
 
 def write_atomic(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so
-    that a reader never sees half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".md", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    that a reader never sees half a file (``gpucnn.io.write_atomic``)."""
+    from gpucnn.io import write_atomic as _write
+
+    _write(path, lambda f: f.write(text), "w")
