@@ -23,9 +23,9 @@ batch geometry); otherwise they are replaced. One set lives per process at most;
 another model trains, a step fails, ``Model.release_workers()`` is called, or the interpreter
 exits. When its model is collected the set is only queued (a finalizer may run inside any code
 the garbage collector interrupts, so it makes no system call) and ends at the next ``fit`` that
-starts workers, or at exit. Keeping
-them saves each ``fit`` call the fork and the workers' first-touch page faults (15-25 ms
-measured). The parameters stay in the shared memory, which is ordinary memory to NumPy.
+starts workers, or at exit. Keeping them saves each ``fit`` call the fork and the workers'
+first-touch page faults (15-25 ms measured). The parameters stay in the shared memory, which is
+ordinary memory to NumPy.
 
 The worker is a fork of a process that may have threads (the kernel pool, OpenBLAS's pool); it
 only ever runs gpucnn's step on NumPy and single-threaded BLAS (glibc's allocator and OpenBLAS
@@ -143,7 +143,7 @@ class ProcessSteps:
             self.close()
             raise
         _current = weakref.ref(self)
-        # the workers end when this object goes (its model went, or it was replaced) or at exit
+        # when this object goes (its model went), its workers are queued for drain()
         self._owner = os.getpid()
         self._finalizer = weakref.finalize(self, _defer, [(w.conn, w.pid) for w in self.workers],
                                            self._owner)
@@ -327,8 +327,8 @@ atexit.register(drain)       # after weakref.finalize's own exit hook (registere
 
 
 def _stop(handles, owner):
-    """End workers given as ``(pipe end, pid)`` (a finalizer: must not refer to the model); only
-    in the process that started them, ``owner`` (a fork of it that exits must not end them)."""
+    """End workers given as ``(pipe end, pid)``, only in the process that started them,
+    ``owner`` (a fork of it must not end its parent's workers)."""
     if os.getpid() != owner:
         return
     for conn, _ in handles:
