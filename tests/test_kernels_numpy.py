@@ -64,6 +64,9 @@ CONV_CASES = [
     (3, 8, 7, 1, 3, 3, 2, (1, 1), "same", "relu"),           # one input channel: transposed blocks
     (5, 9, 9, 1, 5, 5, 3, (2, 2), "valid", "tanh"),
     (3, 6, 6, 4, 3, 3, 1, (1, 1), "same", "sigmoid"),        # one output channel
+    (2, 7, 7, 6, 3, 3, 5, (1, 1), "same", "relu"),           # C >= 5 each way: border classes
+    (2, 9, 8, 5, 4, 2, 6, (2, 3), "same", "tanh"),           # ... with an even kernel, strides
+    (1, 4, 4, 5, 5, 5, 6, (1, 1), "same", "sigmoid"),        # ... kernel larger than the image
 ]
 CONV_IDS = [f"{c[1]}x{c[2]}x{c[3]}-k{c[4]}x{c[5]}-s{c[7][0]}{c[7][1]}-{c[8]}-{c[9]}" for c in CONV_CASES]
 
@@ -76,10 +79,20 @@ CONV_CONFIGS = {
     "im2col-tiny-blocks-scatter": {
         "conv.FORWARD_METHOD": "im2col", "conv.DX_METHOD": "scatter",
         "_im2col.COL_BLOCK_BYTES": 600, "_im2col.COL_MIN_ROWS": 1,
-        "_scatter.SCATTER_BLOCK_BYTES": 1},
+        "_im2col.BORDER_MIN_SAVING": 2.0, "_scatter.SCATTER_BLOCK_BYTES": 1},
     "im2col-mid-blocks-gather-2threads": {
         "conv.FORWARD_METHOD": "im2col", "conv.DX_METHOD": "gather",
-        "_im2col.COL_BLOCK_BYTES": 5000, "_im2col.COL_MIN_ROWS": 1, "threads": 2},
+        "_im2col.COL_BLOCK_BYTES": 5000, "_im2col.COL_MIN_ROWS": 1,
+        "_im2col.BORDER_MIN_SAVING": 2.0, "threads": 2},
+    "border-classes-tiny-blocks-gather": {
+        "conv.FORWARD_METHOD": "im2col", "conv.DX_METHOD": "gather",
+        "_im2col.COL_BLOCK_BYTES": 600, "_im2col.COL_MIN_ROWS": 1,
+        "_im2col.BORDER_MIN_SAVING": 0.0, "_im2col.BORDER_MANY_CLASSES_MIN_WORK": 0},
+    "border-classes-mid-blocks-2threads": {
+        "conv.FORWARD_METHOD": "im2col", "conv.DX_METHOD": "gather",
+        "_im2col.COL_BLOCK_BYTES": 5000, "_im2col.COL_MIN_ROWS": 1,
+        "_im2col.BORDER_MIN_SAVING": 0.0, "_im2col.BORDER_MANY_CLASSES_MIN_WORK": 0,
+        "threads": 2},
     "shifted-gather-2threads": {
         "conv.FORWARD_METHOD": "shifted", "conv.DX_METHOD": "gather",
         "_shifted.SHIFT_BLOCK_BYTES": 3000, "threads": 2},

@@ -10,7 +10,7 @@ import pytest
 from _reference import (ref_avg_pool, ref_avg_pool_backward, ref_conv2d,
                         ref_conv2d_backward_input, ref_conv2d_backward_weight, ref_pads)
 from gpucnn.kernels import load_set
-from gpucnn.kernels.numpy_set import _alloc, _parallel, _toeplitz, pool as pool_module
+from gpucnn.kernels.numpy_set import _alloc, _im2col, _parallel, _toeplitz, pool as pool_module
 from gpucnn.kernels.numpy_set import conv as conv_module
 
 K = load_set("numpy")
@@ -99,7 +99,17 @@ def test_algorithm_names():
     assert K.conv_algorithm("input", (8, 14, 14, 16), (3, 3, 16, 32), (2, 2),
                             (0, 1, 0, 1)) == "scatter"
     assert K.conv_algorithm("input", (8, 7, 7, 96), (3, 3, 96, 64), (1, 1),
-                            (1, 1, 1, 1)) == "gather"
+                            (1, 1, 1, 1)) == "gather (border classes)"
+    assert K.conv_algorithm("input", (8, 56, 56, 32), (3, 3, 32, 32), (1, 1),
+                            (1, 1, 1, 1)) == "gather"           # 2.4% of the windows in padding
+    assert K.conv_algorithm("forward", (8, 28, 28, 8), (5, 5, 8, 16), (1, 1),
+                            (2, 2, 2, 2)) == "im2col"           # 25 classes, small kernel matrix
+    assert K.conv_algorithm("forward", (8, 28, 28, 8), (5, 5, 8, 32), (1, 1),
+                            (2, 2, 2, 2)) == "im2col (border classes)"
+    assert K.conv_algorithm("forward", (8, 7, 7, 64), (3, 3, 64, 96), (1, 1),
+                            (1, 1, 1, 1)) == "im2col (border classes)"
+    assert K.conv_algorithm("weight", (8, 15, 15, 24), (5, 5, 24, 64), (1, 1),
+                            (2, 2, 2, 2)) == "im2col (border classes)"
     assert K.conv_algorithm("input", (8, 1, 1, 4), (1, 1, 4, 5), (1, 1), z) == "dense GEMM"
 
 
@@ -224,3 +234,68 @@ def test_kept_blocks_only_below_the_size_limit(rng, monkeypatch):
     dy = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
     np.testing.assert_allclose(K.conv2d_backward_weight_kept(None, x, dy, w.shape, (1, 1), z),
                                K.conv2d_backward_weight(x, dy, w.shape, (1, 1), z), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- im2col border classes
+
+@pytest.mark.parametrize("h,w,kh,kw,stride,pad", [
+    (7, 7, 3, 3, (1, 1), (1, 1, 1, 1)), (15, 15, 5, 5, (1, 1), (2, 2, 2, 2)),
+    (9, 8, 4, 2, (2, 3), (1, 2, 0, 1)), (4, 4, 5, 5, (1, 1), (2, 2, 2, 2)),
+    (2, 3, 3, 3, (1, 2), (3, 2, 3, 4)), (6, 6, 3, 3, (1, 1), (0, 0, 0, 0))])
+def test_border_classes_partition_the_output_by_real_taps(h, w, kh, kw, stride, pad):
+    """Every output pixel is in exactly one class, and its class's taps are exactly the kernel
+    taps whose input cell lies inside the image; the padding share is counted cell by cell."""
+    sh, sw = stride
+    ho = (h + pad[0] + pad[1] - kh) // sh + 1
+    wo = (w + pad[2] + pad[3] - kw) // sw + 1
+    classes, saving = _im2col.border_classes((1, h, w, 1), kh, kw, stride, pad, ho, wo)
+    seen = np.zeros((ho, wo), int)
+    padding_cells = 0
+    for p0, p1, q0, q1, i0, i1, j0, j1 in classes:
+        for p in range(p0, p1):
+            for q in range(q0, q1):
+                seen[p, q] += 1
+                real = {(i, j) for i in range(kh) for j in range(kw)
+                        if 0 <= p * sh - pad[0] + i < h and 0 <= q * sw - pad[2] + j < w}
+                assert real == {(i, j) for i in range(i0, i1) for j in range(j0, j1)}
+                padding_cells += kh * kw - len(real)
+    assert (seen == 1).all()
+    assert saving == pytest.approx(padding_cells / (ho * wo * kh * kw))
+
+
+def test_border_classes_with_windows_all_in_the_padding(rng, monkeypatch):
+    """Padding wider than the kernel: some windows read no image cell (their output is the bias,
+    through the activation, and they add nothing to the kernel gradient)."""
+    monkeypatch.setattr(_im2col, "BORDER_MIN_SAVING", 0.0)
+    monkeypatch.setattr(_im2col, "BORDER_MANY_CLASSES_MIN_WORK", 0)
+    x = rng.standard_normal((2, 2, 3, 5))
+    w = rng.standard_normal((3, 3, 5, 4))
+    b = rng.standard_normal(4)
+    pad = (3, 2, 3, 4)
+    assert K.conv_algorithm("forward", x.shape, w.shape, (1, 1), pad) == "im2col (border classes)"
+    y = K.conv2d_forward(x, w, b, (1, 1), pad, "sigmoid")
+    np.testing.assert_allclose(y, ref_conv2d(x, w, b, (1, 1), pad, "sigmoid"), **F64)
+    assert np.allclose(y[:, 0, 0], 1 / (1 + np.exp(-b)))
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad),
+                               ref_conv2d_backward_weight(x, dy, w.shape, (1, 1), pad), **F64)
+
+
+def test_border_classes_match_the_plain_im2col_in_float32(rng, monkeypatch):
+    """AlexNet-small's conv3 shape, both ways, against the plain im2col path of the same set."""
+    x = rng.standard_normal((3, 7, 7, 64)).astype(np.float32)
+    w = (rng.standard_normal((3, 3, 64, 96)) / 24).astype(np.float32)
+    b = rng.standard_normal(96).astype(np.float32)
+    pad = (1, 1, 1, 1)
+    dy = rng.standard_normal((3, 7, 7, 96)).astype(np.float32)
+    got = (K.conv2d_forward(x, w, b, (1, 1), pad, "relu"),
+           K.conv2d_backward_input(dy, w, x.shape, (1, 1), pad),
+           K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad))
+    monkeypatch.setattr(_im2col, "BORDER_MIN_SAVING", 2.0)
+    assert K.conv_algorithm("forward", x.shape, w.shape, (1, 1), pad) == "im2col"
+    want = (K.conv2d_forward(x, w, b, (1, 1), pad, "relu"),
+            K.conv2d_backward_input(dy, w, x.shape, (1, 1), pad),
+            K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad))
+    for g, v in zip(got, want):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, v, rtol=1e-4, atol=1e-4)

@@ -8,7 +8,10 @@ GEMM each way. Otherwise these algorithms, chosen here by shape (every one for a
 and padding):
 
 - im2col (``_im2col``): cache-sized blocks of the window matrix times the kernel matrix. The
-  default for the forward pass and the kernel gradient, any stride.
+  default for the forward pass and the kernel gradient, any stride. Where much of the windows
+  reads zero padding, the output pixels are split into border classes, each an im2col GEMM over
+  only the kernel taps its windows read inside the image (AlexNet-small's 3x3 layers: 10-13%
+  faster each way).
 - shifted GEMMs (``_shifted``): stride 1 with few output channels against the input channels:
   one GEMM per kernel offset on contiguous row-shifted slices of the padded input, no copy.
 - scatter (``_scatter``): the input gradient for strides above 1, one GEMM per kernel offset
@@ -24,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ACTIVATIONS
-from ._im2col import im2col_forward, im2col_weight_grad, planar
+from ._im2col import im2col_forward, im2col_weight_grad, planar, use_border_classes
 from ._scatter import scatter_input_grad
 from ._shifted import shifted_forward, shifted_weight_grad
 from ._toeplitz import toeplitz_input_grad
@@ -66,15 +69,26 @@ def conv_algorithm(what: str, x_shape, w_shape, stride, pad) -> str:
     of ``x_shape`` by ``w_shape`` (the benchmark prints it)."""
     if _dense(x_shape, w_shape, pad):
         return "dense GEMM"
-    if what == "input":
-        ho, wo = _geometry("conv_algorithm", x_shape, w_shape, stride, pad)
-        return _dx_method(x_shape, w_shape, ho, wo, stride, pad)
+    ho, wo = _geometry("conv_algorithm", x_shape, w_shape, stride, pad)
     kh, kw, c, co = w_shape
+    if what == "input":
+        method = _dx_method(x_shape, w_shape, ho, wo, stride, pad)
+        if method == "gather":
+            gpad = _gather_pad(x_shape[1], x_shape[2], kh, kw, ho, wo, pad)
+            wf_shape = (kh, kw, co, c)
+            if not _shifted((1, 1), co, c) and use_border_classes(
+                    (x_shape[0], ho, wo, co), wf_shape, (1, 1), gpad, x_shape[1], x_shape[2]):
+                return "gather (border classes)"
+        return method
     if _shifted(stride, c, co):
         return "shifted GEMMs"
     if kh == kw == 1 and tuple(stride) == (1, 1) and not any(pad):
         return "GEMM (1x1)"
-    return "im2col (planar blocks)" if planar(c) else "im2col"
+    if planar(c):
+        return "im2col (planar blocks)"
+    if use_border_classes(x_shape, w_shape, stride, pad, ho, wo):
+        return "im2col (border classes)"
+    return "im2col"
 
 
 def _geometry(op, x_shape, w_shape, stride, pad):
