@@ -26,9 +26,10 @@ from .activation import act_inplace
 COL_BLOCK_BYTES = 256 * 1024
 # ... but never fewer rows than this, so that wide layers still feed BLAS a sizeable matrix
 # (for an im2col row of WIDE_K floats or more the kernel matrix is large, and packing it costs
-# more: 1024 rows measured 4% faster on AlexNet-small's 5x5 and 3x3 layers, 256 best for LeNet).
+# more: 1024 rows measured 4% faster than 256 on AlexNet-small's 5x5 and 3x3 layers, 256 best
+# for LeNet; with the border classes, 512 rows made AlexNet-small's step 1% faster than 1024).
 COL_MIN_ROWS = 256
-WIDE_K, WIDE_MIN_ROWS = 512, 1024
+WIDE_K, WIDE_MIN_ROWS = 512, 512
 
 
 # Share of the window cells in padding (over all output pixels) from which the border classes are
