@@ -196,9 +196,11 @@ def _run_backward(root: Tensor, g, sink=None) -> None:
     touched (so that several threads can each backpropagate a part of a batch)."""
     order = _topo_order(root)
     grads = {id(root): g}
+    masked = {}      # id -> every gradient summed for it so far came with its ReLU mask applied
     for t in order:
         g = grads.pop(id(t), None)
         ctx = t._ctx
+        premasked = masked.pop(id(t), False)
         if ctx is None:  # a leaf
             if g is None:
                 continue
@@ -215,10 +217,12 @@ def _run_backward(root: Tensor, g, sink=None) -> None:
             continue
         parents = ctx.parents
         if g is not None:
+            ctx.grad_premasked = premasked
             pgrads = ctx.backward(g)
             if not isinstance(pgrads, tuple):
                 pgrads = (pgrads,)
-            for p, pg in zip(parents, pgrads):
+            sent = ctx.premasked_inputs
+            for i, (p, pg) in enumerate(zip(parents, pgrads)):
                 if pg is None or not p.requires_grad:
                     continue
                 if tuple(pg.shape) != p.shape:
@@ -227,6 +231,7 @@ def _run_backward(root: Tensor, g, sink=None) -> None:
                 k = id(p)
                 prev = grads.get(k)
                 grads[k] = pg if prev is None else prev + pg
+                masked[k] = (i in sent) and masked.get(k, True)
         ctx.release()  # free the graph: saved arrays and inputs go
         ctx.parents = None  # marks the node as freed
 
@@ -236,9 +241,20 @@ class Function:
 
     Subclasses keep what backward needs on ``self`` (save only that). ``backward`` returns one
     gradient per tensor input (``None`` where there is none).
+
+    ReLU masks given once: an op whose output is a ReLU's (``relu_output = True``) multiplies the
+    gradient reaching it by the mask ``y > 0`` in its backward. A consumer that can apply that mask
+    more cheaply (max pooling applies it to its smaller output, where each window's winner holds
+    the value the mask reads) lists the input in ``premasked_inputs`` after its backward; when
+    every gradient summed for a tensor came so, the engine sets ``grad_premasked`` on the op that
+    made it, which may then skip its mask. Masks are 0 or 1, so applying one twice is harmless:
+    a producer that ignores the flag still gets the right gradient.
     """
 
     parents = ()
+    relu_output = False          # the output is max(., 0) of something: see above
+    premasked_inputs = ()        # set by backward: inputs whose gradient carries their ReLU mask
+    grad_premasked = False       # set by the engine before backward (see above)
 
     def forward(self, *arrays):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -20,11 +20,12 @@ class Conv2D(Function):
             y, self.kept = ks.conv2d_forward(x, w, b, stride, pad, act), None
         self.x, self.w, self.stride, self.pad, self.act = x, w, stride, pad, act
         self.y = y if act != "linear" else None
+        self.relu_output = act == "relu"
         return y
 
     def backward(self, g):
         ks = backend.kernels()
-        if self.act != "linear":
+        if self.act != "linear" and not (self.relu_output and self.grad_premasked):
             g = ks.act_backward(g, self.y, self.act)
         x, w = self.x, self.w
         px, pw = self.parents[0], self.parents[1]
