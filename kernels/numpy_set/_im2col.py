@@ -14,6 +14,8 @@ and GEMM with only those taps: no padded copy and no product with padding.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ._parallel import run_parts
@@ -132,14 +134,20 @@ def axis_runs(size, k, s, before, out):
 def border_classes(x_shape, kh, kw, stride, pad, ho, wo):
     """``(classes, saving)``: the rectangles ``(p0, p1, q0, q1, i0, i1, j0, j1)`` of output pixels
     whose windows read exactly the kernel taps ``i0 <= i < i1``, ``j0 <= j < j1`` inside the
-    image, and the share of window cells (over all output pixels) that are padding."""
-    _, h, w, _ = x_shape
-    rows = axis_runs(h, kh, stride[0], pad[0], ho)
-    cols = axis_runs(w, kw, stride[1], pad[2], wo)
+    image, and the share of window cells (over all output pixels) that are padding. Worked out
+    once per geometry (a layer asks with the same one every step)."""
+    return _border_classes(int(x_shape[1]), int(x_shape[2]), int(kh), int(kw),
+                           *(int(s) for s in stride), *(int(p) for p in pad), int(ho), int(wo))
+
+
+@functools.lru_cache(maxsize=1024)
+def _border_classes(h, w, kh, kw, sh, sw, pt, pb, pl, pr, ho, wo):
+    rows = axis_runs(h, kh, sh, pt, ho)
+    cols = axis_runs(w, kw, sw, pl, wo)
     real = sum((p1 - p0) * (i1 - i0) for p0, p1, i0, i1 in rows) * \
         sum((q1 - q0) * (j1 - j0) for q0, q1, j0, j1 in cols)
-    classes = [(p0, p1, q0, q1, i0, i1, j0, j1)
-               for p0, p1, i0, i1 in rows for q0, q1, j0, j1 in cols]
+    classes = tuple((p0, p1, q0, q1, i0, i1, j0, j1)
+                    for p0, p1, i0, i1 in rows for q0, q1, j0, j1 in cols)
     return classes, 1.0 - real / (ho * wo * kh * kw)
 
 
@@ -193,11 +201,12 @@ def _border_forward(x, w, stride, pad, y, b, act):
 
     def part(lo, hi):
         xs = x[lo:hi]
+        tile = None
         for cls in classes:
             i0, i1, j0, j1 = cls[4:]
             pix = (cls[1] - cls[0]) * (cls[3] - cls[2])
             wm = np.ascontiguousarray(w[i0:i1, j0:j1]).reshape(-1, co)
-            tile = out = None
+            out = None
             blocks = class_blocks(xs, cls, kh, kw, *stride, pad) if len(wm) else \
                 [(0, hi - lo, None)]
             for n0, m, col in blocks:
