@@ -299,3 +299,21 @@ def test_border_classes_match_the_plain_im2col_in_float32(rng, monkeypatch):
     for g, v in zip(got, want):
         assert g.dtype == np.float32
         np.testing.assert_allclose(g, v, rtol=1e-4, atol=1e-4)
+
+
+def test_border_classes_read_a_non_contiguous_input(rng, monkeypatch):
+    """A strided view as x (every other image, channels reversed) goes through the border classes
+    like a contiguous copy of it."""
+    monkeypatch.setattr(_im2col, "BORDER_MIN_SAVING", 0.0)
+    base = rng.standard_normal((6, 7, 7, 6))
+    x = base[::2, :, :, ::-1]
+    assert not x.flags.c_contiguous
+    w = rng.standard_normal((3, 3, 6, 5))
+    pad = (1, 1, 1, 1)
+    assert K.conv_algorithm("forward", x.shape, w.shape, (1, 1), pad) == "im2col (border classes)"
+    np.testing.assert_allclose(K.conv2d_forward(x, w, None, (1, 1), pad, "linear"),
+                               ref_conv2d(np.ascontiguousarray(x), w, None, (1, 1), pad), **F64)
+    dy = rng.standard_normal((3, 7, 7, 5))
+    np.testing.assert_allclose(K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad),
+                               ref_conv2d_backward_weight(np.ascontiguousarray(x), dy, w.shape,
+                                                          (1, 1), pad), **F64)
