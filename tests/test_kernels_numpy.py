@@ -567,6 +567,23 @@ def test_run_parts_covers_the_batch_in_order(monkeypatch):
     assert _parallel.run_parts(lambda lo, hi: (lo, hi), 10, flops=1e12) == [(0, 10)]
 
 
+def test_blocks_grow_only_on_threads_of_a_split(monkeypatch):
+    """Kernel parts on two or more threads use THREADED_BLOCK_SCALE times bigger blocks (fewer
+    GIL hand-offs); a lone thread, a data_parallel part's own kernels and code outside any
+    kernel use the plain sizes."""
+    scale = _parallel.THREADED_BLOCK_SCALE
+    assert scale > 1
+    monkeypatch.setattr(_parallel, "_num_threads", 2)
+    seen = _parallel.run_parts(lambda lo, hi: _parallel.block_scale(), 10, flops=1e12)
+    assert seen == [scale, scale]
+    assert _parallel.block_scale() == 1                       # restored on the calling thread
+    assert _parallel.run_parts(lambda lo, hi: _parallel.block_scale(), 10, flops=1.0) == [1]
+    seen = _parallel.data_parallel(lambda lo, hi: _parallel.block_scale(), 10)
+    assert seen == [scale, scale] and _parallel.block_scale() == 1
+    monkeypatch.setattr(_parallel, "_num_threads", 1)
+    assert _parallel.run_parts(lambda lo, hi: _parallel.block_scale(), 10, flops=1e12) == [1]
+
+
 def test_set_num_threads_validates():
     before = K.get_num_threads()
     with pytest.raises(ValueError, match="set_num_threads"):

@@ -18,7 +18,7 @@ import functools
 
 import numpy as np
 
-from ._parallel import run_parts
+from ._parallel import block_scale, run_parts
 from ._util import pad_hw, strided, windows
 from .activation import act_inplace
 
@@ -82,7 +82,7 @@ def col_blocks(x, pad, kh, kw, sh, sw, ho, wo, fresh=False):
         yield slice(0, n * per_img), x.reshape(n * per_img, c)        # 1x1: x is its own im2col
         return
     least = COL_MIN_ROWS if k < WIDE_K else max(COL_MIN_ROWS, WIDE_MIN_ROWS)
-    rows = max(COL_BLOCK_BYTES // (k * x.itemsize), least)           # target rows per block
+    rows = max(COL_BLOCK_BYTES * block_scale() // (k * x.itemsize), least)   # rows per block
     nb = min(n, max(1, rows // per_img))
     if planar(c):
         buf = np.empty((c, kh, kw, nb, ho, wo), dtype=x.dtype)
@@ -172,7 +172,7 @@ def class_blocks(x, cls, kh, kw, sh, sw, pad):
     k = ki * kj * c
     pix = hp * wq
     least = COL_MIN_ROWS if k < WIDE_K else max(COL_MIN_ROWS, WIDE_MIN_ROWS)
-    nb = min(n, max(1, max(COL_BLOCK_BYTES // (k * x.itemsize), least) // pix))
+    nb = min(n, max(1, max(COL_BLOCK_BYTES * block_scale() // (k * x.itemsize), least) // pix))
     s0, s1, s2, s3 = x.strides
     r, q = p0 * sh - pad[0] + i0, q0 * sw - pad[2] + j0               # first cell read
     shape, steps = (n, hp, wq, ki, kj, c), (s0, s1 * sh, s2 * sw, s1, s2, s3)

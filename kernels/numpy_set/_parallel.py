@@ -30,8 +30,18 @@ except ImportError:  # pragma: no cover - depends on the environment
 MIN_PARALLEL_FLOPS = 50e6      # below: one part (LeNet's C1, C5 and the 7x7 layers lose on 2)
 MIN_BLAS_LIMIT_FLOPS = 1e6     # below: BLAS stays single-threaded by itself, no call to limit it
 
+# Factor on the kernels' cache-sized block sizes while this process runs them on two or more
+# threads (``block_scale``). Each block is a few NumPy calls with Python between them, and each
+# call takes the GIL back; when both threads want it at once, the waiter sleeps and is woken
+# later. LeNet-5's predict at batch 512 then fell into a slow mode (18-19 ms against 11-12 ms,
+# with 4x as many voluntary context switches) for many calls at a time; 4x bigger blocks took the
+# switches from 90-120 to 16 a batch. A single-threaded process (a worker of fit) keeps the
+# small blocks, which are 15% faster there.
+THREADED_BLOCK_SCALE = 4
+
 _lock = threading.Lock()
 _local = threading.local()   # .serial: this thread is one part of a data_parallel split
+                             # .split: this thread runs a part of a split over threads
 _depth = 0
 _limiter = None
 _blas = None          # threadpoolctl's controllers of the BLAS libraries, found on first use
@@ -130,8 +140,29 @@ def serial_kernels():
 
 
 def _serial_call(fn, lo, hi):
-    with serial_kernels():
+    with serial_kernels(), _split_part():
         return fn(lo, hi)
+
+
+@contextmanager
+def _split_part():
+    prev = getattr(_local, "split", False)
+    _local.split = True
+    try:
+        yield
+    finally:
+        _local.split = prev
+
+
+def _split_call(fn, lo, hi):
+    with _split_part():
+        return fn(lo, hi)
+
+
+def block_scale() -> int:
+    """``THREADED_BLOCK_SCALE`` on a thread that runs one part of a split over threads (the
+    kernels' blocks grow by it, see above), else 1."""
+    return THREADED_BLOCK_SCALE if getattr(_local, "split", False) else 1
 
 
 def data_parallel(fn, n: int, parts: int | None = None):
@@ -182,6 +213,7 @@ def run_parts(fn, n: int, flops: float):
             return [fn(0, n)]
         bounds = _bounds(n, parts)
         pool = _get_pool(parts - 1)
-        futures = [pool.submit(fn, bounds[k], bounds[k + 1]) for k in range(1, parts)]
-        first = fn(bounds[0], bounds[1])
+        futures = [pool.submit(_split_call, fn, bounds[k], bounds[k + 1])
+                   for k in range(1, parts)]
+        first = _split_call(fn, bounds[0], bounds[1])
         return [first] + [f.result() for f in futures]
