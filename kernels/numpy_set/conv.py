@@ -10,8 +10,8 @@ and padding):
 - im2col (``_im2col``): cache-sized blocks of the window matrix times the kernel matrix. The
   default for the forward pass and the kernel gradient, any stride. Where much of the windows
   reads zero padding, the output pixels are split into border classes, each an im2col GEMM over
-  only the kernel taps its windows read inside the image (AlexNet-small's 3x3 layers: 10-13%
-  faster each way).
+  only the kernel taps its windows read inside the image (AlexNet-small's 3x3 layers: 7-16%
+  faster per op).
 - shifted GEMMs (``_shifted``): stride 1 with few output channels against the input channels:
   one GEMM per kernel offset on contiguous row-shifted slices of the padded input, no copy.
 - scatter (``_scatter``): the input gradient for strides above 1, one GEMM per kernel offset
