@@ -187,6 +187,18 @@ def class_blocks(x, cls, kh, kw, sh, sw, pad):
         yield n0, m, buf[:m].reshape(m * pix, k)
 
 
+def _epilogue(out, b, act, tile):
+    """``out = act(out + b)`` in place on a block of output rows; the bias is added as a
+    contiguous tiled block (no broadcast loop over short rows), ``tile``, which is returned for
+    the next block (grown when too short)."""
+    if b is not None:
+        if tile is None or len(tile) < len(out):
+            tile = np.tile(b, (len(out), 1))
+        out += tile[:len(out)]
+    act_inplace(out, act)
+    return tile
+
+
 def _region(a, n0, m, cls):
     """The ``(m, p1-p0, q1-q0, C)`` part of ``a`` ``(N, Ho, Wo, C)`` a border class covers."""
     p0, p1, q0, q1 = cls[:4]
@@ -217,11 +229,7 @@ def _border_forward(x, w, stride, pad, y, b, act):
                     o.fill(0)                 # the window lies in the padding: bias only
                 else:
                     np.dot(col, wm, out=o)
-                if b is not None:
-                    if tile is None or len(tile) < len(o):
-                        tile = np.tile(b, (len(o), 1))
-                    o += tile[:len(o)]
-                act_inplace(o, act)
+                tile = _epilogue(o, b, act, tile)
                 _region(y, lo + n0, m, cls)[...] = o.reshape(m, cls[1] - cls[0], cls[3] - cls[2], co)
 
     run_parts(part, x.shape[0], 2.0 * y.size * kh * kw * c)
@@ -282,11 +290,7 @@ def im2col_forward(x, w, stride, pad, y, b, act, keep=False):
         for rows, col in col_blocks(x[lo:hi], pad, kh, kw, *stride, ho, wo, fresh=keep):
             out = y2[base + rows.start:base + rows.stop]
             np.dot(col, wm, out=out)
-            if b is not None:
-                if tile is None or len(tile) < len(out):
-                    tile = np.tile(b, (len(out), 1))
-                out += tile[:len(out)]
-            act_inplace(out, act)
+            tile = _epilogue(out, b, act, tile)
             if keep:
                 kept.append((slice(base + rows.start, base + rows.stop), col))
         return kept

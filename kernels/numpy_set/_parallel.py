@@ -128,34 +128,29 @@ def _bounds(n: int, parts: int) -> list:
 
 
 @contextmanager
-def serial_kernels():
-    """Every kernel called on this thread inside this block runs on this thread alone (this
-    thread is already one part of a split: a thread of ``data_parallel``, or a process)."""
-    prev = getattr(_local, "serial", False)
-    _local.serial = True
+def _thread_flag(name):
+    """Sets ``_local.<name>`` for the block, then restores it."""
+    prev = getattr(_local, name, False)
+    setattr(_local, name, True)
     try:
         yield
     finally:
-        _local.serial = prev
+        setattr(_local, name, prev)
+
+
+def serial_kernels():
+    """A context: every kernel called on this thread inside it runs on this thread alone (this
+    thread is already one part of a split: a thread of ``data_parallel``, or a process)."""
+    return _thread_flag("serial")
 
 
 def _serial_call(fn, lo, hi):
-    with serial_kernels(), _split_part():
+    with serial_kernels(), _thread_flag("split"):
         return fn(lo, hi)
 
 
-@contextmanager
-def _split_part():
-    prev = getattr(_local, "split", False)
-    _local.split = True
-    try:
-        yield
-    finally:
-        _local.split = prev
-
-
 def _split_call(fn, lo, hi):
-    with _split_part():
+    with _thread_flag("split"):
         return fn(lo, hi)
 
 
