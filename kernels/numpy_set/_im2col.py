@@ -221,6 +221,7 @@ def _border_forward(x, w, stride, pad, y, b, act):
             out = None
             blocks = class_blocks(xs, cls, kh, kw, *stride, pad) if len(wm) else \
                 [(0, hi - lo, None)]
+            region = (cls[1] - cls[0], cls[3] - cls[2], co)
             for n0, m, col in blocks:
                 if out is None or len(out) < m * pix:
                     out = np.empty((m * pix, co), dtype=y.dtype)
@@ -230,7 +231,7 @@ def _border_forward(x, w, stride, pad, y, b, act):
                 else:
                     np.dot(col, wm, out=o)
                 tile = _epilogue(o, b, act, tile)
-                _region(y, lo + n0, m, cls)[...] = o.reshape(m, cls[1] - cls[0], cls[3] - cls[2], co)
+                _region(y, lo + n0, m, cls)[...] = o.reshape((m,) + region)
 
     run_parts(part, x.shape[0], 2.0 * y.size * kh * kw * c)
 
