@@ -131,6 +131,9 @@ def main(argv=None) -> int:
                 budget=0.25, lead=0.0 if args.quick else None)
         section = ["", "## Per op (median of interleaved repeats; ratio = PyTorch time / gpucnn "
                        "time, above 1: gpucnn faster)", ""] + report.ops_table(cases)
+        section += ["", "GFLOP/s counts each op's nominal products, the same count for both "
+                        "sides, including the products with zero padding that an algorithm may "
+                        "skip (gpucnn's border classes do)."]
         print("\n".join(section), flush=True)
         out += section
     if args.only != "ops":
