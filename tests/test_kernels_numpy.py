@@ -11,7 +11,7 @@ from _reference import (finite_diff, ref_act, ref_avg_pool, ref_avg_pool_backwar
                         ref_max_pool_backward, ref_pads)
 from gpucnn.kernels import CONTRACT, load_set
 from gpucnn.kernels._rng import uniform_np
-from gpucnn.kernels.numpy_set import _im2col, _parallel, _scatter, _shifted
+from gpucnn.kernels.numpy_set import _im2col, _parallel, _rowgather, _scatter, _shifted
 from gpucnn.kernels.numpy_set import conv as conv_module
 
 K = load_set("numpy")
@@ -96,11 +96,15 @@ CONV_CONFIGS = {
     "shifted-gather-2threads": {
         "conv.FORWARD_METHOD": "shifted", "conv.DX_METHOD": "gather",
         "_shifted.SHIFT_BLOCK_BYTES": 3000, "threads": 2},
+    "rowgather-1-image-blocks-2threads": {
+        "conv.DX_METHOD": "rowgather", "_rowgather.COL_BLOCK_BYTES": 1,
+        "_rowgather.COL_MIN_ROWS": 1, "_rowgather.WIDE_MIN_ROWS": 1, "threads": 2},
     "shifted-1-image-blocks-scatter": {
         "conv.FORWARD_METHOD": "shifted", "conv.DX_METHOD": "scatter",
         "_shifted.SHIFT_BLOCK_BYTES": 1, "_scatter.SCATTER_BLOCK_BYTES": 2000},
 }
-MODULES = {"conv": conv_module, "_im2col": _im2col, "_scatter": _scatter, "_shifted": _shifted}
+MODULES = {"conv": conv_module, "_im2col": _im2col, "_rowgather": _rowgather, "_scatter": _scatter,
+           "_shifted": _shifted}
 
 
 @pytest.fixture(params=list(CONV_CONFIGS))

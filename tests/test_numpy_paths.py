@@ -1,5 +1,5 @@
 """The NumPy set's shape-chosen fast paths against the plain-loop references: the row-Toeplitz
-input gradient, convolutions that are dense layers (a kernel over the whole input), the
+and row-gather input gradients, convolutions that are dense layers (a kernel over the whole input), the
 GEMM column pass of tiling average pools; the algorithm names the benchmark prints; the
 allocator setting; and np.dot (not matmul) in the kernels, so that their threads overlap."""
 import pathlib
@@ -10,7 +10,8 @@ import pytest
 from _reference import (ref_avg_pool, ref_avg_pool_backward, ref_conv2d,
                         ref_conv2d_backward_input, ref_conv2d_backward_weight, ref_pads)
 from gpucnn.kernels import load_set
-from gpucnn.kernels.numpy_set import _alloc, _im2col, _parallel, _toeplitz, pool as pool_module
+from gpucnn.kernels.numpy_set import _alloc, _im2col, _parallel, _rowgather, _toeplitz
+from gpucnn.kernels.numpy_set import pool as pool_module
 from gpucnn.kernels.numpy_set import conv as conv_module
 
 K = load_set("numpy")
@@ -65,6 +66,82 @@ def test_toeplitz_chunk_and_matrix(rng):
             for b in range(4):
                 want = w[i, b - q].T if 0 <= b - q < 3 else np.zeros((4, 2))
                 np.testing.assert_array_equal(t[q, :, i, b, :], want)
+
+
+# (N, H, W, C_in, KH, KW, C_out, pad (top, bottom, left, right)): stride-1 cases for the row
+# gather, which needs dy at least as wide as dx
+ROW_GATHER_CASES = [
+    (2, 15, 15, 24, 5, 5, 64, (2, 2, 2, 2)),     # AlexNet-small's conv2
+    (3, 7, 9, 3, 3, 3, 5, (1, 1, 1, 1)),         # 3 bands of rows, 2 invalid column strips
+    (2, 8, 7, 4, 2, 4, 3, (0, 1, 1, 2)),         # even kernels, padding on one side each
+    (2, 6, 5, 2, 3, 3, 4, (1, 0, 2, 1)),         # dy wider than dx (W < Wo), uneven padding
+    (1, 3, 3, 2, 5, 5, 3, (2, 2, 2, 2)),         # kernel larger than the image: no full band
+    (2, 5, 6, 3, 1, 3, 2, (0, 0, 1, 1)),         # one kernel row: a single band
+    (3, 4, 4, 5, 3, 2, 6, (2, 2, 0, 1)),         # the most padding a gather allows
+]
+
+
+@pytest.fixture(params=["one-block", "image-blocks", "two-threads"])
+def row_gather_config(request, monkeypatch):
+    monkeypatch.setattr(conv_module, "DX_METHOD", "rowgather")
+    if request.param == "image-blocks":                    # one image per block, partial last
+        monkeypatch.setattr(_im2col, "COL_BLOCK_BYTES", 1)
+        monkeypatch.setattr(_im2col, "COL_MIN_ROWS", 1)
+        monkeypatch.setattr(_im2col, "WIDE_MIN_ROWS", 1)
+        monkeypatch.setattr(_rowgather, "COL_BLOCK_BYTES", 1)
+        monkeypatch.setattr(_rowgather, "COL_MIN_ROWS", 1)
+        monkeypatch.setattr(_rowgather, "WIDE_MIN_ROWS", 1)
+    if request.param == "two-threads":
+        monkeypatch.setattr(_parallel, "_num_threads", 2)
+        monkeypatch.setattr(_parallel, "MIN_PARALLEL_FLOPS", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("case", ROW_GATHER_CASES)
+def test_row_gather_input_gradient_matches_loops(rng, case, row_gather_config):
+    n, h, w, c, kh, kw, co, pad = case
+    wt = rng.standard_normal((kh, kw, c, co)) / np.sqrt(kh * kw * co)
+    ho, wo = h + pad[0] + pad[1] - kh + 1, w + pad[2] + pad[3] - kw + 1
+    dy = rng.standard_normal((n, ho, wo, co))
+    assert K.conv_algorithm("input", (n, h, w, c), wt.shape, (1, 1), pad) == "row gather"
+    want = ref_conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
+    got = K.conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
+    np.testing.assert_allclose(got, want, **F64)
+    dy32 = dy.astype(np.float32)[:, :, ::-1][:, :, ::-1]                  # a non-contiguous dy
+    got32 = K.conv2d_backward_input(dy32, wt.astype(np.float32), (n, h, w, c), (1, 1), pad)
+    assert got32.dtype == np.float32 and got32.flags.c_contiguous
+    np.testing.assert_allclose(got32, want, **F32)
+
+
+def test_row_gather_is_chosen_for_narrow_deep_input_gradients(monkeypatch):
+    s = (1, 1)
+    same5, same3 = (2, 2, 2, 2), (1, 1, 1, 1)
+    assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), s, same5) == "row gather"
+    assert K.conv_algorithm("input", (8, 16, 16, 16), (3, 3, 16, 128), s, same3) == "row gather"
+    # shallow (3x3, 24 -> 64: depth 576), wide (32 input channels), few channels (Toeplitz)
+    assert K.conv_algorithm("input", (8, 15, 15, 24), (3, 3, 24, 64), s, same3).startswith(
+        "gather")
+    assert K.conv_algorithm("input", (8, 15, 15, 32), (5, 5, 32, 64), s, same5).startswith(
+        "gather")
+    assert K.conv_algorithm("input", (8, 15, 15, 8), (5, 5, 8, 64), s, same5) == "toeplitz"
+    # dx wider than dy (a valid convolution): a shifted read past a row would meet real values
+    assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), s, (0, 0, 0, 0)) == \
+        "gather (border classes)"
+    monkeypatch.setattr(conv_module, "DX_METHOD", "rowgather")
+    assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), s, (0, 0, 0, 0)) == \
+        "gather (border classes)"
+    assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), (2, 2), same5) == \
+        "scatter"
+
+
+def test_row_gather_zeroes_exactly_the_entries_no_pixel_owns():
+    # z column u of kernel column j adds to dx column u - j + left, which must lie in [0, W)
+    for wo, wd, kw, left in [(15, 15, 5, 2), (9, 7, 3, 0), (6, 6, 4, 1), (4, 2, 5, 4)]:
+        spans = {j: (lo, hi) for j, lo, hi in _rowgather._invalid(wo, wd, kw, left)}
+        for j in range(kw):
+            lo, hi = spans.get(j, (0, wo))
+            owned = [u for u in range(wo) if 0 <= u - j + left < wd]
+            assert list(range(lo, hi)) == owned, (wo, wd, kw, left, j)
 
 
 # a kernel covering the whole unpadded input (one output pixel): the dense-layer path

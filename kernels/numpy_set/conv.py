@@ -18,6 +18,10 @@ and padding):
   added into the strided view that offset reads. With stride 1 the input gradient is instead the
   forward correlation of dy, padded by ``k - 1 - pad``, with the flipped, transposed kernel
   ("gather"; measured 8-90% faster than the scatter on every stride-1 layer of the zoo but C3).
+- row gather (``_rowgather``): the stride-1 input gradient with few input channels (8 < C_in <
+  32) and a deep gather (``KH*KW*C_out >= 800``): im2col over the kernel rows only, one GEMM
+  with ``KW*C_in`` columns, then ``KW`` shifted adds (AlexNet-small's conv2: 1.24x the gather,
+  whose GEMM has only 24 columns).
 - row-Toeplitz (``_toeplitz``): the stride-1 input gradient with few input channels (LeNet-5's
   C3: 6): one wide GEMM of dy's row chunks by a banded kernel matrix, then a few long adds
   (1.5x faster than the scatter's 25 six-column GEMMs).
@@ -28,6 +32,8 @@ import numpy as np
 
 from .. import ACTIVATIONS
 from ._im2col import im2col_forward, im2col_weight_grad, planar, use_border_classes
+from ._rowgather import ROW_GATHER_MAX_C, ROW_GATHER_MIN_K, row_gather_input_grad
+from ._rowgather import applies as row_gather_applies
 from ._scatter import scatter_input_grad
 from ._shifted import shifted_forward, shifted_weight_grad
 from ._toeplitz import toeplitz_input_grad
@@ -39,7 +45,7 @@ __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", 
 
 # Algorithm overrides (None: chosen by shape), for tests and benchmarks:
 FORWARD_METHOD = None      # "im2col" | "shifted" (forward pass and kernel gradient)
-DX_METHOD = None           # "scatter" | "gather" | "toeplitz" (input gradient)
+DX_METHOD = None           # "scatter" | "gather" | "rowgather" | "toeplitz" (input gradient)
 DENSE = True               # False: no dense-layer path for whole-input kernels
 
 
@@ -53,13 +59,19 @@ def _dx_method(x_shape, w_shape, ho, wo, stride, pad) -> str:
     kh, kw, _, co = w_shape
     if tuple(stride) != (1, 1):
         return "scatter"
+    gpad = _gather_pad(h, wd, kh, kw, ho, wo, pad)
     if DX_METHOD is not None:
-        if DX_METHOD == "gather" and _gather_pad(h, wd, kh, kw, ho, wo, pad) is None:
+        if DX_METHOD == "rowgather" and not row_gather_applies(h, wd, ho, wo, gpad):
+            return "gather" if gpad is not None else "scatter"
+        if DX_METHOD == "gather" and gpad is None:
             return "scatter"
         return DX_METHOD
     if c <= 8 and co >= c:
         return "toeplitz"
-    if _gather_pad(h, wd, kh, kw, ho, wo, pad) is not None:
+    if (c < ROW_GATHER_MAX_C and kh * kw * co >= ROW_GATHER_MIN_K
+            and row_gather_applies(h, wd, ho, wo, gpad)):
+        return "rowgather"
+    if gpad is not None:
         return "gather"
     return "scatter"
 
@@ -79,7 +91,7 @@ def conv_algorithm(what: str, x_shape, w_shape, stride, pad) -> str:
             if not _shifted((1, 1), co, c) and use_border_classes(
                     (x_shape[0], ho, wo, co), wf_shape, (1, 1), gpad, x_shape[1], x_shape[2]):
                 return "gather (border classes)"
-        return method
+        return "row gather" if method == "rowgather" else method
     if _shifted(stride, c, co):
         return "shifted GEMMs"
     if kh == kw == 1 and tuple(stride) == (1, 1) and not any(pad):
@@ -228,6 +240,8 @@ def conv2d_backward_input(dy, w, x_shape, stride, pad):
     method = _dx_method((n, h, wd, c), w.shape, ho, wo, stride, pad)
     if method == "toeplitz":
         return toeplitz_input_grad(dy, w, (n, h, wd, c), pad)
+    if method == "rowgather":
+        return row_gather_input_grad(dy, w, (n, h, wd, c), _gather_pad(h, wd, kh, kw, ho, wo, pad))
     if method == "gather":
         gpad = _gather_pad(h, wd, kh, kw, ho, wo, pad)
         wf = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))   # (KH, KW, C_out, C_in)
