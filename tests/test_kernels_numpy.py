@@ -303,6 +303,30 @@ def test_max_pool_ties_keep_the_first_cell_and_overlaps_accumulate(rng):
     np.testing.assert_array_equal(dx, ref_max_pool_backward(np.ones(y.shape), idx, x.shape))
 
 
+@pytest.mark.parametrize("shape,pool,stride", [((1, 3, 300, 2), (2, 3), (1, 2)),   # offsets > 255
+                                                ((1, 260, 3, 1), (2, 2), (1, 1))])
+def test_max_pool_wide_windows_and_images(rng, shape, pool, stride):
+    x = rng.integers(0, 2, size=shape).astype(np.float32)            # ties everywhere
+    y, idx = K.max_pool_forward(x, pool, stride, (0, 0, 0, 0))
+    want_y, want_idx = ref_max_pool(x, pool, stride, (0, 0, 0, 0))
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(idx, want_idx)
+
+
+def test_max_pool_nan_window_gives_nan_and_a_cell_of_its_window(rng):
+    x = rng.standard_normal((2, 7, 7, 3)).astype(np.float32)
+    x[0, 2, 3, 1] = np.nan                       # in the windows (0..1, 1) of a 3x3 / 2 pool
+    y, idx = K.max_pool_forward(x, (3, 3), (2, 2), (0, 0, 0, 0))
+    want_y, want_idx = ref_max_pool(np.nan_to_num(x, nan=-np.inf), (3, 3), (2, 2), (0, 0, 0, 0))
+    nan = np.isnan(y)
+    assert nan[0, :2, 1, 1].all() and nan.sum() == 2
+    np.testing.assert_array_equal(y[~nan], want_y[~nan])
+    np.testing.assert_array_equal(idx[~nan], want_idx[~nan])
+    for p, q in [(0, 1), (1, 1)]:                                  # the cell lies in the window
+        r, s = divmod(int(idx[0, p, q, 1]), 7)
+        assert 2 * p <= r < 2 * p + 3 and 2 * q <= s < 2 * q + 3
+
+
 def test_max_pool_padding_never_wins(rng):
     x = -np.abs(rng.standard_normal((1, 5, 5, 2))) - 1.0   # all negative, padding is -inf
     x[0, 0, :, 0] = -np.inf                                  # a whole window of real -inf cells

@@ -4,7 +4,7 @@ Window ``(p, q)`` covers input rows ``p*sh - top + i`` and columns ``q*sw - left
 ``0 <= i < ph``, ``0 <= j < pw``; cells outside the image are padding, which never wins a max
 and is not counted in a mean (Keras ``same``). Max pooling keeps the first maximum in row-major
 window order; a window whose real cells are all -inf picks its first real cell; a NaN in a
-window makes its maximum NaN (its index is then unspecified).
+window makes its maximum NaN (its index is then some cell of the window).
 
 Every op runs over blocks of a few images (on the kernel threads), so that its temporaries stay
 small and in cache; only the outputs are full size.
@@ -53,47 +53,69 @@ def _first_cells(size, k, s, before, out):
     return first, np.minimum(start + k, size) - first
 
 
-def _first_of(views, best, bt):
-    """Per element, the position (0, 1, ...) of the first of ``views`` equal to ``best``
-    (``len(views) - 1`` where none is: a NaN), as ``bt``."""
-    pos = np.zeros(best.shape, dtype=bt)
-    if len(views) > 1:
-        later = np.not_equal(views[0], best)          # not found in the views so far
-        pos += later
-        for v in views[1:-1]:
-            later &= np.not_equal(v, best)
-            pos += later
-    return pos
+def _window_max(xp, ph, pw, sh, sw, ho, wo, y, w):
+    """Window maxima of the padded block ``xp`` ``(k, Hp, Wp, C)`` into ``y``; returns per window
+    the offset ``i * w + j`` (``w``: the unpadded width) of its first maximum in row-major
+    order, in the smallest unsigned type that holds ``(ph - 1) * w + pw`` (a window with a NaN
+    gets some offset of its window).
 
-
-def _separable_max(xp, ph, pw, sh, sw, ho, wo, y, bt):
-    """Window maxima of the padded block ``xp`` into ``y``, and per window the offset
-    ``i * pw + j`` of its first maximum in row-major order: the maxima of each row's ``pw``
-    columns first (with the first column holding it), then of the ``ph`` rows of those (the
-    first row holding the maximum, whose first column is the one kept): ``pw + ph`` passes
-    instead of ``ph * pw``, and no masked copies."""
-    cols = [xp[:, :, j:j + (wo - 1) * sw + 1:sw] for j in range(pw)]
-    rowmax = cols[0].copy() if pw == 1 else np.maximum(cols[0], cols[1])
-    for v in cols[2:]:
-        np.maximum(rowmax, v, out=rowmax)
-    jfirst = _first_of(cols, rowmax, bt)
-    rows = [rowmax[:, i:i + (ho - 1) * sh + 1:sh] for i in range(ph)]
-    js = [jfirst[:, i:i + (ho - 1) * sh + 1:sh] for i in range(ph)]
-    np.copyto(y, rows[0])
-    for v in rows[1:]:
-        np.maximum(y, v, out=y)
-    code = js[0].copy()
-    if ph > 1:
-        later = np.not_equal(rows[0], y)              # no maximum in the rows so far
-        step = np.empty_like(code)
-        for i in range(1, ph):
-            np.add(js[i], bt(i * pw), out=step)        # code += later * (i*pw + j_i - code)
-            step -= code                              # (modular in uint8: the sum is exact)
-            step *= later
-            code += step
-            if i < ph - 1:
-                later &= np.not_equal(rows[i], y)
-    return code
+    Rows first, over whole image rows (``Wp * C`` contiguous floats per inner loop, where a
+    strided view of output columns would loop over runs of ``C``): per output row ``p`` and
+    input column, the maximum ``m`` of the ``ph`` rows it reads and the first row ``i`` holding
+    it. Then the columns, over the flat array of those rows, so that the ``pw`` column offsets
+    are shifted contiguous slices (computed for every input column, then the output columns
+    picked out once): the window maximum ``M``, and the offset as the least ``i_j * w + j``
+    over the columns ``j`` whose ``m`` equals ``M`` -- the first maximum in row-major order,
+    since among the cells equal to the maximum it takes the smallest row, then column."""
+    k, _, wp, c = xp.shape
+    last = (ph - 1) * w + pw - 1                      # the largest offset
+    bt = np.uint8 if last < 255 else np.uint16 if last < 65535 else np.uint32
+    none = bt(np.iinfo(bt).max)                       # a column whose maximum is not M
+    rows = xp.reshape(k, -1, wp * c)
+    views = [rows[:, i:i + (ho - 1) * sh + 1:sh] for i in range(ph)]       # (k, ho, Wp*C)
+    if ph == 1:
+        colmax = views[0]
+        first = np.zeros(colmax.shape, dtype=bt)
+    else:
+        colmax = np.maximum(views[0], views[1])
+        for v in views[2:]:
+            np.maximum(colmax, v, out=colmax)
+        later = np.not_equal(views[0], colmax)        # no maximum in the rows so far
+        first = later.astype(bt)
+        if ph > 2:
+            ne = np.empty(later.shape, dtype=bool)
+            for v in views[1:-1]:
+                np.not_equal(v, colmax, out=ne)
+                later &= ne
+                first += later
+        first *= bt(w)
+    a, f = colmax.reshape(-1), first.reshape(-1)
+    n = a.size - (pw - 1) * c                         # every column with all pw columns after it
+    big = np.empty(a.size, dtype=a.dtype)             # full length, to reshape to (k, ho, Wp, C)
+    m = big[:n]
+    if pw == 1:
+        m[...] = a
+        code = f
+    else:
+        np.maximum(a[:n], a[c:c + n], out=m)
+        for j in range(2, pw):
+            np.maximum(m, a[j * c:j * c + n], out=m)
+        code = np.empty(a.size, dtype=bt)
+        ne = np.empty(n, dtype=bool)
+        off, mask = np.empty(n, dtype=bt), np.empty(n, dtype=bt)
+        for j in range(pw):
+            np.not_equal(a[j * c:j * c + n], m, out=ne)
+            np.multiply(ne, none, out=mask)           # all ones where column j holds no maximum
+            if j == 0:
+                np.bitwise_or(f[:n], mask, out=code[:n])
+                continue
+            np.add(f[j * c:j * c + n], bt(j), out=off)
+            off |= mask
+            np.minimum(code[:n], off, out=code[:n])
+        np.minimum(code[:n], bt(last), out=code[:n])  # a NaN window matches no column
+    cols = slice(0, (wo - 1) * sw + 1, sw)
+    np.copyto(y, big.reshape(k, ho, wp, c)[:, :, cols])
+    return code.reshape(k, ho, wp, c)[:, :, cols]
 
 
 def max_pool_forward(x, pool, stride, pad):
@@ -109,10 +131,8 @@ def max_pool_forward(x, pool, stride, pad):
     pt, _, pl, _ = pad
     y = np.empty((n, ho, wo, c), dtype=x.dtype)
     idx = np.empty((n, ho, wo, c), dtype=np.int32)
-    bt = np.uint8 if ph * pw < 256 else np.int32
-    offs = np.array([i * w + j for i in range(ph) for j in range(pw)], dtype=np.int32)
     base = ((np.arange(ho) * sh - pt)[:, None] * w + (np.arange(wo) * sw - pl)[None, :])
-    base = base.astype(np.int32)[:, :, None]
+    base = np.repeat(base.astype(np.int32), c).reshape(ho, wo, c)    # contiguous, as idx's images
     fh, _ = _first_cells(h, ph, sh, pt, ho)
     fw, _ = _first_cells(w, pw, sw, pl, wo)
     first = (fh[:, None] * w + fw[None, :]).astype(np.int32)[:, :, None]
@@ -120,8 +140,7 @@ def max_pool_forward(x, pool, stride, pad):
     def block(n0, n1):
         xp = pad_hw(x[n0:n1], pad, -np.inf)
         yb, ib = y[n0:n1], idx[n0:n1]
-        code = _separable_max(xp, ph, pw, sh, sw, ho, wo, yb, bt)
-        np.take(offs, code, out=ib)
+        np.copyto(ib, _window_max(xp, ph, pw, sh, sw, ho, wo, yb, w))
         ib += base
         if xp is not x[n0:n1]:                           # an all -inf window may have kept padding
             neg = np.isneginf(yb)
