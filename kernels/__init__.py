@@ -31,7 +31,9 @@ Convolution (cross-correlation, as every framework computes it)
 
 Pooling (``pad`` cells never win a max and are not counted in a mean)
     ``max_pool_forward(x, pool, stride, pad)``      -> (y, idx); ``idx`` int32, shape of y, the
-        flat index ``h * W + w`` of the winning input cell in its ``(n, :, :, c)`` plane
+        flat index ``h * W + w`` of the winning input cell in its ``(n, :, :, c)`` plane: the
+        first maximum in row-major window order; a window with a NaN gives NaN and its first
+        real cell
     ``max_pool_backward(dy, idx, x_shape)``         -> dx (winners accumulate: windows may overlap)
     ``avg_pool_forward(x, pool, stride, pad)``      -> y
     ``avg_pool_backward(dy, x_shape, pool, stride, pad)`` -> dx

@@ -118,7 +118,16 @@ def _pool_cases():
         def avg_bwd(rng, xs=xs, ys=ys, pl=pl, st=st, pad=pad):
             return (f32(rng, *ys), xs, pl, st, pad)
 
+        def odd(rng, xs=xs, pl=pl, st=st, pad=pad):
+            # ties (small integers), a NaN, and a whole row and column of -inf
+            x = rng.integers(-2, 2, size=xs).astype(np.float32)
+            x[0, xs[1] - 1, xs[2] - 1, 0] = np.nan
+            x[0, 0, :, -1] = -np.inf
+            x[0, :, 0, -1] = -np.inf
+            return (x, pl, st, pad)
+
         cases += [(f"max-{tag}", "max_pool_forward", fwd, FWD),
+                  (f"max-ties-nan-inf-{tag}", "max_pool_forward", odd, FWD),
                   (f"max-bwd-{tag}", "max_pool_backward", max_bwd, GRAD),
                   (f"avg-{tag}", "avg_pool_forward", fwd, FWD),
                   (f"avg-bwd-{tag}", "avg_pool_backward", avg_bwd, GRAD)]

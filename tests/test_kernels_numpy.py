@@ -313,7 +313,7 @@ def test_max_pool_wide_windows_and_images(rng, shape, pool, stride):
     np.testing.assert_array_equal(idx, want_idx)
 
 
-def test_max_pool_nan_window_gives_nan_and_a_cell_of_its_window(rng):
+def test_max_pool_nan_window_gives_nan_and_its_first_real_cell(rng):
     x = rng.standard_normal((2, 7, 7, 3)).astype(np.float32)
     x[0, 2, 3, 1] = np.nan                       # in the windows (0..1, 1) of a 3x3 / 2 pool
     y, idx = K.max_pool_forward(x, (3, 3), (2, 2), (0, 0, 0, 0))
@@ -322,9 +322,13 @@ def test_max_pool_nan_window_gives_nan_and_a_cell_of_its_window(rng):
     assert nan[0, :2, 1, 1].all() and nan.sum() == 2
     np.testing.assert_array_equal(y[~nan], want_y[~nan])
     np.testing.assert_array_equal(idx[~nan], want_idx[~nan])
-    for p, q in [(0, 1), (1, 1)]:                                  # the cell lies in the window
-        r, s = divmod(int(idx[0, p, q, 1]), 7)
-        assert 2 * p <= r < 2 * p + 3 and 2 * q <= s < 2 * q + 3
+    assert idx[0, 0, 1, 1] == 0 * 7 + 2 and idx[0, 1, 1, 1] == 2 * 7 + 2   # first real cells
+    # with same padding the bottom-right window's last cell is padding; its first real is (5, 5)
+    x[1, 6, 6, 2] = np.nan
+    y, idx = K.max_pool_forward(x, (3, 3), (2, 2), (1, 1, 1, 1))      # 4 x 4 windows
+    assert np.isnan(y[1, 3, 3, 2]) and idx[1, 3, 3, 2] == 5 * 7 + 5
+    dx = K.max_pool_backward(np.ones_like(y), idx, x.shape)          # every index in range
+    assert dx.sum() == y.size
 
 
 def test_max_pool_padding_never_wins(rng):

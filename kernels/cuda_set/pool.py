@@ -28,8 +28,9 @@ def max_pool_fwd_kernel(dtype):
 
     def max_pool_fwd_k(x, y, idx, ph, pw, sh, sw, pt, pl):
         """y[n, oh, ow, c] = max over the window's real cells of x; idx the flat h * W + w of
-        the first maximal cell. x (N, H, W, C), y and idx (N, Ho, Wo, C); a grid-stride loop
-        over outputs, consecutive threads on consecutive channels (coalesced)."""
+        the first maximal cell (a window with a NaN: y NaN, idx its first real cell). x (N, H,
+        W, C), y and idx (N, Ho, Wo, C); a grid-stride loop over outputs, consecutive threads
+        on consecutive channels (coalesced)."""
         for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             c = i % y.shape[3]
             t = i // y.shape[3]
@@ -41,10 +42,14 @@ def max_pool_fwd_kernel(dtype):
             w0 = ow * sw - pl
             best = dt(-math.inf)
             best_at = -1
+            first_at = max(h0, 0) * x.shape[2] + max(w0, 0)
             for a in range(max(h0, 0), min(h0 + ph, x.shape[1])):
                 for b in range(max(w0, 0), min(w0 + pw, x.shape[2])):
                     v = x[n, a, b, c]
-                    if best_at < 0 or v > best:
+                    if v != v:                  # NaN: no later v > best holds any more
+                        best = v
+                        best_at = first_at
+                    elif best_at < 0 or v > best:
                         best = v
                         best_at = a * x.shape[2] + b
             y[n, oh, ow, c] = best

@@ -4,7 +4,7 @@ Window ``(p, q)`` covers input rows ``p*sh - top + i`` and columns ``q*sw - left
 ``0 <= i < ph``, ``0 <= j < pw``; cells outside the image are padding, which never wins a max
 and is not counted in a mean (Keras ``same``). Max pooling keeps the first maximum in row-major
 window order; a window whose real cells are all -inf picks its first real cell; a NaN in a
-window makes its maximum NaN (its index is then some cell of the window).
+window makes its maximum NaN and its index the window's first real cell.
 
 Every op runs over blocks of a few images (on the kernel threads), so that its temporaries stay
 small and in cache; only the outputs are full size.
@@ -57,7 +57,7 @@ def _window_max(xp, ph, pw, sh, sw, ho, wo, y, w):
     """Window maxima of the padded block ``xp`` ``(k, Hp, Wp, C)`` into ``y``; returns per window
     the offset ``i * w + j`` (``w``: the unpadded width) of its first maximum in row-major
     order, in the smallest unsigned type that holds ``(ph - 1) * w + pw`` (a window with a NaN
-    gets some offset of its window).
+    gets its last offset, which the caller replaces).
 
     Rows first, over whole image rows (``Wp * C`` contiguous floats per inner loop, where a
     strided view of output columns would loop over runs of ``C``): per output row ``p`` and
@@ -142,10 +142,11 @@ def max_pool_forward(x, pool, stride, pad):
         yb, ib = y[n0:n1], idx[n0:n1]
         np.copyto(ib, _window_max(xp, ph, pw, sh, sw, ho, wo, yb, w))
         ib += base
-        if xp is not x[n0:n1]:                           # an all -inf window may have kept padding
-            neg = np.isneginf(yb)
-            if neg.any():
-                np.copyto(ib, np.broadcast_to(first, ib.shape), where=neg)
+        # a window whose maximum is -inf may have kept a padding cell, and one with a NaN has no
+        # first maximum: both take their first real cell
+        real = np.greater(yb, -np.inf)
+        if not real.all():
+            np.copyto(ib, np.broadcast_to(first, ib.shape), where=~real)
 
     _over_blocks(x.shape, x.itemsize, y.size * ph * pw * 4.0, block)
     return y, idx
