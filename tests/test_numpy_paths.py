@@ -29,15 +29,23 @@ TOEPLITZ_CASES = [
 ]
 
 
-@pytest.fixture(params=["one-block", "image-blocks", "two-threads"])
-def toeplitz_config(request, monkeypatch):
-    monkeypatch.setattr(conv_module, "DX_METHOD", "toeplitz")
-    if request.param == "image-blocks":
-        monkeypatch.setattr(_toeplitz, "TOEPLITZ_BLOCK_BYTES", 1)
-    if request.param == "two-threads":
+def _dx_config(monkeypatch, method, config, tiny_blocks):
+    """Force the input-gradient ``method``; ``config`` "image-blocks" sets each ``(module, name)``
+    of ``tiny_blocks`` to 1 (one image a block), "two-threads" splits even tiny work."""
+    monkeypatch.setattr(conv_module, "DX_METHOD", method)
+    if config == "image-blocks":
+        for module, name in tiny_blocks:
+            monkeypatch.setattr(module, name, 1)
+    if config == "two-threads":
         monkeypatch.setattr(_parallel, "_num_threads", 2)
         monkeypatch.setattr(_parallel, "MIN_PARALLEL_FLOPS", 0)
-    return request.param
+    return config
+
+
+@pytest.fixture(params=["one-block", "image-blocks", "two-threads"])
+def toeplitz_config(request, monkeypatch):
+    return _dx_config(monkeypatch, "toeplitz", request.param,
+                      [(_toeplitz, "TOEPLITZ_BLOCK_BYTES")])
 
 
 @pytest.mark.parametrize("case", TOEPLITZ_CASES)
@@ -83,18 +91,9 @@ ROW_GATHER_CASES = [
 
 @pytest.fixture(params=["one-block", "image-blocks", "two-threads"])
 def row_gather_config(request, monkeypatch):
-    monkeypatch.setattr(conv_module, "DX_METHOD", "rowgather")
-    if request.param == "image-blocks":                    # one image per block, partial last
-        monkeypatch.setattr(_im2col, "COL_BLOCK_BYTES", 1)
-        monkeypatch.setattr(_im2col, "COL_MIN_ROWS", 1)
-        monkeypatch.setattr(_im2col, "WIDE_MIN_ROWS", 1)
-        monkeypatch.setattr(_rowgather, "COL_BLOCK_BYTES", 1)
-        monkeypatch.setattr(_rowgather, "COL_MIN_ROWS", 1)
-        monkeypatch.setattr(_rowgather, "WIDE_MIN_ROWS", 1)
-    if request.param == "two-threads":
-        monkeypatch.setattr(_parallel, "_num_threads", 2)
-        monkeypatch.setattr(_parallel, "MIN_PARALLEL_FLOPS", 0)
-    return request.param
+    return _dx_config(monkeypatch, "rowgather", request.param,
+                      [(_rowgather, name) for name in ("COL_BLOCK_BYTES", "COL_MIN_ROWS",
+                                                       "WIDE_MIN_ROWS")])
 
 
 @pytest.mark.parametrize("case", ROW_GATHER_CASES)
