@@ -48,21 +48,30 @@ def toeplitz_config(request, monkeypatch):
                       [(_toeplitz, "TOEPLITZ_BLOCK_BYTES")])
 
 
+def _check_stride1_input_gradient(rng, n, h, w, c, kh, kw, co, pad, algorithm):
+    """The stride-1 input gradient by ``algorithm`` against the loops: float64, then float32 from
+    a non-contiguous dy (every other channel of a wider array)."""
+    wt = rng.standard_normal((kh, kw, c, co)) / np.sqrt(kh * kw * co)
+    ho, wo = h + pad[0] + pad[1] - kh + 1, w + pad[2] + pad[3] - kw + 1
+    dy = rng.standard_normal((n, ho, wo, co))
+    assert K.conv_algorithm("input", (n, h, w, c), wt.shape, (1, 1), pad) == algorithm
+    want = ref_conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
+    got = K.conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
+    np.testing.assert_allclose(got, want, **F64)
+    wide = np.zeros((n, ho, wo, 2 * co), np.float32)
+    wide[..., ::2] = dy
+    dy32 = wide[..., ::2]
+    assert not dy32.flags.c_contiguous
+    got32 = K.conv2d_backward_input(dy32, wt.astype(np.float32), (n, h, w, c), (1, 1), pad)
+    assert got32.dtype == np.float32 and got32.flags.c_contiguous
+    np.testing.assert_allclose(got32, want, **F32)
+
+
 @pytest.mark.parametrize("case", TOEPLITZ_CASES)
 def test_toeplitz_input_gradient_matches_loops(rng, case, toeplitz_config):
     n, h, w, c, kh, kw, co, padding = case
     pad = ref_pads(h, w, kh, kw, 1, 1, padding)
-    wt = rng.standard_normal((kh, kw, c, co))
-    ho, wo = h + pad[0] + pad[1] - kh + 1, w + pad[2] + pad[3] - kw + 1
-    dy = rng.standard_normal((n, ho, wo, co))
-    assert K.conv_algorithm("input", (n, h, w, c), wt.shape, (1, 1), pad) == "toeplitz"
-    want = ref_conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
-    got = K.conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
-    np.testing.assert_allclose(got, want, **F64)
-    got32 = K.conv2d_backward_input(dy.astype(np.float32), wt.astype(np.float32), (n, h, w, c),
-                                    (1, 1), pad)
-    assert got32.dtype == np.float32 and got32.flags.c_contiguous
-    np.testing.assert_allclose(got32, want, **F32)
+    _check_stride1_input_gradient(rng, n, h, w, c, kh, kw, co, pad, "toeplitz")
 
 
 def test_toeplitz_chunk_and_matrix(rng):
@@ -98,18 +107,7 @@ def row_gather_config(request, monkeypatch):
 
 @pytest.mark.parametrize("case", ROW_GATHER_CASES)
 def test_row_gather_input_gradient_matches_loops(rng, case, row_gather_config):
-    n, h, w, c, kh, kw, co, pad = case
-    wt = rng.standard_normal((kh, kw, c, co)) / np.sqrt(kh * kw * co)
-    ho, wo = h + pad[0] + pad[1] - kh + 1, w + pad[2] + pad[3] - kw + 1
-    dy = rng.standard_normal((n, ho, wo, co))
-    assert K.conv_algorithm("input", (n, h, w, c), wt.shape, (1, 1), pad) == "row gather"
-    want = ref_conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
-    got = K.conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
-    np.testing.assert_allclose(got, want, **F64)
-    dy32 = dy.astype(np.float32)[:, :, ::-1][:, :, ::-1]                  # a non-contiguous dy
-    got32 = K.conv2d_backward_input(dy32, wt.astype(np.float32), (n, h, w, c), (1, 1), pad)
-    assert got32.dtype == np.float32 and got32.flags.c_contiguous
-    np.testing.assert_allclose(got32, want, **F32)
+    _check_stride1_input_gradient(rng, *case, "row gather")
 
 
 def test_row_gather_is_chosen_for_narrow_deep_input_gradients(monkeypatch):
