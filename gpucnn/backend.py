@@ -114,5 +114,9 @@ def backend_info() -> dict:
     info["cuda_reason"] = why
     if _state["name"] == "cuda":
         info["device"] = cuda.get("device", "?")
+        kset = _state["set"]
+        cuda["launch_path"] = kset.launch_path()
+        # kernels that could not be loaded through CuPy and run through Numba's launcher
+        cuda["fell_back"] = dict(kset.fell_back())
     info["cuda"] = cuda
     return info

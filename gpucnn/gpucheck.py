@@ -1,862 +1,305 @@
-"""The real-GPU check of the cuda kernel set: ``python -m gpucnn.gpucheck``.
+"""The real-GPU check of gpucnn: ``python -m gpucnn.gpucheck --out DIR``.
 
-On a machine with an NVIDIA GPU it
+On a machine with an NVIDIA GPU it runs, each section in a fresh process of its own:
 
-1. runs every contract function of the cuda set at realistic sizes against the NumPy set and
-   reports the largest relative error (and checks that the cheap CuPy launch path and Numba's own
-   launcher give bit-identical results);
-2. times each kernel with CUDA events (warm-up, then the median of ``--repeats`` >= 20 runs) at
-   the LeNet-5 shapes (batch 128) and the AlexNet shapes (227 x 227 x 3, batch 32);
-3. times the same operations through PyTorch where it is importable (cuDNN, fp32, TF32 off,
-   channels-last tensors sharing the same memory) and prints the ratio;
-4. reports the convolutions' GFLOP/s against the device's fp32 peak, and times the candidate
-   conv tiles against the default ones (a tile sweep, to choose tiles from measurements);
-5. measures the host time of one kernel call (launch overhead) on both launch paths, beside
-   CuPy's and PyTorch's;
-6. times an end-to-end LeNet-5 training step (``Model.train_on_batch``) in images/s, beside the
-   same network in PyTorch, and counts the kernel launches per step;
+``setup``     the device and library versions; every kernel compiled into the kernel cache by
+              several processes at once (``compile.log``);
+``accuracy``  every contract function of the cuda set at the guide's layer sizes against the
+              NumPy set, and the cheap CuPy launch path against Numba's own launcher (bitwise);
+``ops``       every kernel timed with CUDA events beside PyTorch (cuDNN, fp32, TF32 off), the
+              convolutions' GFLOP/s against the fp32 peak, and the conv tile sweep;
+``e2e``       host and device time per launch (raw path, Numba's path, CuPy, PyTorch) and a
+              LeNet-5 training step in images/s beside PyTorch, with launches per step;
+``examples``  every example script for one short epoch on the GPU (``examples.log``);
+``tests``     the test suite's cuda tests on the hardware, ``GPUCNN_TEST_REAL_GPU=1``
+              (``tests.log``).
 
-and prints markdown tables last (``--markdown FILE`` also writes them to a file). It takes well
-under 5 minutes on one GPU. ``--tiny`` runs every code path on tiny shapes with small tiles, in
-Numba's CUDA simulator when ``NUMBA_ENABLE_CUDASIM=1`` (that is how tests/test_gpucheck.py runs
-it on a machine without a GPU). Exit status: 0, or 1 when a result is wrong (a relative error
-above 1e-3, or launch paths that disagree), or 2 when the cuda backend cannot run here.
+Nothing can lose what has been measured: a section writes each row as it is made, the driver
+rewrites ``report.md`` and ``report.json`` as soon as a section ends (or is stopped at its time
+limit, or dies), a sticky device error ends only its own section, and the next section starts in
+a fresh process. At most six files land in ``--out``: ``report.md``, ``report.json``,
+``compile.log``, ``examples.log``, ``tests.log``, ``sections.log`` (everything the sections
+printed). The standard output carries a short summary only.
+
+Exit status: 0 when every section ran and found nothing wrong; 1 when a section failed (the
+summary and ``report.md`` name them); 2 when the cuda backend cannot run here. ``--tiny`` runs
+every section on tiny shapes, in Numba's CUDA simulator when ``NUMBA_ENABLE_CUDASIM=1`` (that is
+how the tests run it without a GPU). ``docs/gpu.md`` gives the command for a GPU machine.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import importlib
+import json
 import math
-import statistics
+import os
+import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
 
-import numpy as np
-
-FWD_TOL, GRAD_TOL, BUG_TOL = 1e-5, 1e-4, 1e-3
-#: fp32 FMA lanes per SM by compute capability (major, minor); peak = SMs x lanes x 2 x clock.
-FP32_LANES = {(6, 0): 64, (7, 0): 64, (7, 2): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128,
-              (8, 7): 128, (8, 9): 128, (9, 0): 128, (10, 0): 128, (10, 3): 128, (12, 0): 128}
-
-
-# --------------------------------------------------------------------------- shapes
-
-@dataclass
-class Conv:
-    net: str
-    name: str
-    x: tuple          # (N, H, W, C_in)
-    k: int
-    cout: int
-    stride: int
-    padding: str
-    act: str
-
-    def geometry(self):
-        from gpucnn.kernels._geometry import window_2d
-
-        ho, wo, pad = window_2d(self.x[1], self.x[2], self.k, self.k, self.stride, self.stride,
-                                self.padding)
-        return (self.x[0], ho, wo, self.cout), pad
-
-    @property
-    def w(self):
-        return (self.k, self.k, self.x[3], self.cout)
-
-    def flops(self):
-        (n, ho, wo, co), _ = self.geometry()
-        return 2.0 * n * ho * wo * co * self.k * self.k * self.x[3]
-
-
-@dataclass
-class Pool:
-    net: str
-    name: str
-    kind: str         # "max" | "avg"
-    x: tuple
-    k: int
-    stride: int
-
-    def geometry(self):
-        from gpucnn.kernels._geometry import window_2d
-
-        ho, wo, pad = window_2d(self.x[1], self.x[2], self.k, self.k, self.stride, self.stride,
-                                "valid")
-        return (self.x[0], ho, wo, self.x[3]), pad
-
-
-def layers(tiny: bool):
-    """The LeNet-5 (batch 128) and AlexNet (227 x 227 x 3, batch 32) layers; tiny stand-ins."""
-    if tiny:
-        return ([Conv("lenet", "C1", (2, 9, 9, 1), 5, 6, 1, "valid", "tanh"),
-                 Conv("alexnet", "conv1", (1, 15, 15, 3), 11, 4, 4, "valid", "relu"),
-                 Conv("alexnet", "conv2", (1, 5, 5, 4), 5, 6, 1, "same", "relu")],
-                [Pool("lenet", "S2", "avg", (2, 5, 5, 6), 2, 2),
-                 Pool("alexnet", "pool1", "max", (1, 5, 5, 4), 3, 2)])
-    b, a = 128, 32
-    convs = [Conv("lenet", "C1", (b, 32, 32, 1), 5, 6, 1, "valid", "tanh"),
-             Conv("lenet", "C3", (b, 14, 14, 6), 5, 16, 1, "valid", "tanh"),
-             Conv("lenet", "C5", (b, 5, 5, 16), 5, 120, 1, "valid", "tanh"),
-             Conv("alexnet", "conv1", (a, 227, 227, 3), 11, 96, 4, "valid", "relu"),
-             Conv("alexnet", "conv2", (a, 27, 27, 96), 5, 256, 1, "same", "relu"),
-             Conv("alexnet", "conv3", (a, 13, 13, 256), 3, 384, 1, "same", "relu"),
-             Conv("alexnet", "conv4", (a, 13, 13, 384), 3, 384, 1, "same", "relu"),
-             Conv("alexnet", "conv5", (a, 13, 13, 384), 3, 256, 1, "same", "relu")]
-    pools = [Pool("lenet", "S2", "avg", (b, 28, 28, 6), 2, 2),
-             Pool("lenet", "S4", "avg", (b, 10, 10, 16), 2, 2),
-             Pool("alexnet", "pool1", "max", (a, 55, 55, 96), 3, 2),
-             Pool("alexnet", "pool2", "max", (a, 27, 27, 256), 3, 2),
-             Pool("alexnet", "pool5", "max", (a, 13, 13, 256), 3, 2)]
-    return convs, pools
-
-
-def _batch(shape, n):
-    return (min(shape[0], n),) + tuple(shape[1:])
-
-
-# --------------------------------------------------------------------------- context
-
-@dataclass
-class Ctx:
-    tiny: bool
-    repeats: int
-    warmup: int
-    use_torch: bool
-    C: object = None          # the cuda set
-    N: object = None          # the numpy set
-    gpu: bool = False
-    cp: object = None
-    torch: object = None
-    torch_note: str = ""
-    info: dict = field(default_factory=dict)
-    failures: list = field(default_factory=list)
-    rng: object = None
-
-    def dev(self, a):
-        return self.C.asarray(a)
-
-    def host(self, a):
-        return self.C.to_host(a)
-
-    def rand(self, *shape, scale=1.0):
-        return (scale * self.rng.standard_normal(shape)).astype(np.float32)
-
-    def sync(self):
-        if self.gpu:
-            self.cp.cuda.get_current_stream().synchronize()
-
-    def median_ms(self, fn):
-        """Median milliseconds per call: CUDA events around each call on a GPU."""
-        for _ in range(self.warmup):
-            fn()
-        if not self.gpu:
-            times = []
-            for _ in range(self.repeats):
-                t = time.perf_counter()
-                fn()
-                times.append(1e3 * (time.perf_counter() - t))
-            return statistics.median(times)
-        cp = self.cp
-        evs = [(cp.cuda.Event(), cp.cuda.Event()) for _ in range(self.repeats)]
-        for a, b in evs:
-            a.record()
-            fn()
-            b.record()
-        evs[-1][1].synchronize()
-        return statistics.median(cp.cuda.get_elapsed_time(a, b) for a, b in evs)
-
-    def torch_ms(self, fn):
-        torch = self.torch
-        for _ in range(self.warmup):
-            fn()
-        evs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-               for _ in range(self.repeats)]
-        for a, b in evs:
-            a.record()
-            fn()
-            b.record()
-        torch.cuda.synchronize()
-        return statistics.median(a.elapsed_time(b) for a, b in evs)
-
-
-def _setup(args) -> Ctx:
-    from gpucnn.kernels import load_set
-    from gpucnn.kernels.cuda_set import _runtime
-
-    ok, why, info = _runtime.probe()
-    if not ok:
-        print(f"gpucheck: the cuda backend cannot run here: {why}", file=sys.stderr)
-        raise SystemExit(2)
-    ctx = Ctx(tiny=args.tiny, repeats=args.repeats, warmup=args.warmup, use_torch=not args.no_torch)
-    ctx.C, ctx.N = load_set("cuda"), load_set("numpy")
-    ctx.gpu = ctx.C.launch_path() != "sim"
-    ctx.rng = np.random.default_rng(args.seed)
-    ctx.info = dict(info)
-    if ctx.gpu:
-        ctx.cp = _runtime.cp
-        ctx.info.update(_device_info(ctx.cp))
-    if ctx.use_torch and ctx.gpu:
-        try:
-            torch = importlib.import_module("torch")
-            if not torch.cuda.is_available():
-                raise RuntimeError("torch.cuda.is_available() is False")
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-            ctx.torch = torch
-            ctx.info["torch"] = (f"{torch.__version__} (cuDNN {torch.backends.cudnn.version()}, "
-                                 "fp32, TF32 off, channels-last)")
-        except Exception as e:  # noqa: BLE001 - any failure: no torch column
-            ctx.torch_note = f"PyTorch not used: {type(e).__name__}: {e}"
-    elif ctx.use_torch:
-        ctx.torch_note = "PyTorch not used: no GPU (simulator run)"
-    else:
-        ctx.torch_note = "PyTorch not used: --no-torch"
-    return ctx
-
-
-def _device_info(cp):
-    dev = cp.cuda.Device()
-    props = cp.cuda.runtime.getDeviceProperties(dev.id)
-    cc = (int(props["major"]), int(props["minor"]))
-    sms = int(props["multiProcessorCount"])
-    clock_khz = int(props.get("clockRate", 0)) or int(dev.attributes.get("ClockRate", 0))
-    lanes = FP32_LANES.get(cc, 128 if cc[0] >= 8 else 64)
-    peak = sms * lanes * 2 * clock_khz * 1e3 / 1e9
-    name = props["name"]
-    return {"device": name.decode() if isinstance(name, bytes) else str(name),
-            "compute_capability": f"{cc[0]}.{cc[1]}", "sms": sms,
-            "clock_mhz": clock_khz / 1e3, "fp32_peak_gflops": peak,
-            "memory_gib": props["totalGlobalMem"] / 2**30}
-
-
-# --------------------------------------------------------------------------- (1) accuracy
-
-def _rel(ctx, got, want):
-    got = np.asarray(ctx.host(got), np.float64)
-    want = np.asarray(want, np.float64)
-    if got.shape != want.shape:
-        return math.inf
-    nan = np.isnan(want)
-    if not np.array_equal(np.isnan(got), nan):
-        return math.inf
-    if nan.all():
-        return 0.0
-    return float(np.abs(got[~nan] - want[~nan]).max() / max(np.abs(want[~nan]).max(), 1e-30))
-
-
-def accuracy_cases(ctx):
-    """(label, shape text, contract name, args, tolerance) at realistic sizes (batch cut for the
-    CPU reference: 16 for LeNet-5, 4 for AlexNet)."""
-    convs, pools = layers(ctx.tiny)
-    r = ctx.rand
-    out = []
-    for c in convs:
-        x = _batch(c.x, 16 if c.net == "lenet" else 4)
-        cc = Conv(c.net, c.name, x, c.k, c.cout, c.stride, c.padding, c.act)
-        ys, pad = cc.geometry()
-        st = (c.stride, c.stride)
-        tag = f"{c.net} {c.name}"
-        shp = f"x{x} w{cc.w}"
-        out += [(f"{tag} conv2d_forward (+bias, {c.act})", shp, "conv2d_forward",
-                 (r(*x), r(*cc.w, scale=0.1), r(c.cout), st, pad, c.act), FWD_TOL),
-                (f"{tag} conv2d_backward_input", shp, "conv2d_backward_input",
-                 (r(*ys), r(*cc.w, scale=0.1), x, st, pad), GRAD_TOL),
-                (f"{tag} conv2d_backward_weight", shp, "conv2d_backward_weight",
-                 (r(*x), r(*ys), cc.w, st, pad), GRAD_TOL),
-                (f"{tag} bias_grad", f"dy{ys}", "bias_grad", (r(*ys),), GRAD_TOL)]
-    for p in pools:
-        x = _batch(p.x, 16 if p.net == "lenet" else 4)
-        pp = Pool(p.net, p.name, p.kind, x, p.k, p.stride)
-        ys, pad = pp.geometry()
-        geo = ((p.k, p.k), (p.stride, p.stride), pad)
-        tag, shp = f"{p.net} {p.name}", f"x{x} {p.k}x{p.k}/{p.stride}"
-        if p.kind == "max":
-            xv = r(*x)
-            _, idx = ctx.N.max_pool_forward(xv, *geo)
-            out += [(f"{tag} max_pool_forward", shp, "max_pool_forward", (xv, *geo), FWD_TOL),
-                    (f"{tag} max_pool_backward", shp, "max_pool_backward", (r(*ys), idx, x),
-                     GRAD_TOL)]
-        else:
-            out += [(f"{tag} avg_pool_forward", shp, "avg_pool_forward", (r(*x), *geo), FWD_TOL),
-                    (f"{tag} avg_pool_backward", shp, "avg_pool_backward", (r(*ys), x, *geo),
-                     GRAD_TOL)]
-    rows, k = (4, 7) if ctx.tiny else (128, 1000)
-    e = (3, 5, 7) if ctx.tiny else (32, 55, 55, 96)
-    z = r(rows, k, scale=3.0)
-    lab = ctx.rng.integers(0, k, rows)
-    p = ctx.N.softmax_forward(z)
-    for act in ("relu", "tanh", "sigmoid"):
-        y = ctx.N.act_forward(r(*e), act)
-        out += [(f"act_forward {act}", f"{e}", "act_forward", (r(*e), act), FWD_TOL),
-                (f"act_backward {act}", f"{e}", "act_backward", (r(*e), y, act), GRAD_TOL)]
-    out += [("softmax_forward", f"({rows}, {k})", "softmax_forward", (z,), FWD_TOL),
-            ("softmax_backward", f"({rows}, {k})", "softmax_backward", (r(rows, k), p), GRAD_TOL),
-            ("log_softmax_forward", f"({rows}, {k})", "log_softmax_forward", (z,), FWD_TOL),
-            ("log_softmax_backward", f"({rows}, {k})", "log_softmax_backward",
-             (r(rows, k), ctx.N.log_softmax_forward(z)), GRAD_TOL),
-            ("softmax_xent_forward", f"({rows}, {k})", "softmax_xent_forward", (z, lab), FWD_TOL),
-            ("softmax_xent_backward", f"({rows}, {k})", "softmax_xent_backward",
-             (p, lab, np.full(rows, 1.0 / rows, np.float32)), GRAD_TOL)]
-    d = (5, 9) if ctx.tiny else (128, 4096)
-    out.append(("dropout_mask (bit-exact)", f"{d} rate 0.5", "dropout_mask",
-                (d, 0.5, 1234, 7, np.float32), 0.0))
-    n = 50 if ctx.tiny else 1 << 20
-    out += [("sgd_update (momentum, nesterov, wd)", f"({n},)", "sgd_update",
-             (r(n), r(n), r(n), 0.01, 0.9, True, 1e-4), FWD_TOL),
-            ("adam_update (t=3, wd)", f"({n},)", "adam_update",
-             (r(n), r(n), r(n, scale=0.1), np.abs(r(n)), 1e-3, 0.9, 0.999, 1e-7, 3, 1e-2),
-             FWD_TOL),
-            ("rmsprop_update (wd)", f"({n},)", "rmsprop_update",
-             (r(n), r(n), np.abs(r(n)), 1e-3, 0.9, 1e-7, 1e-4), FWD_TOL)]
-    return out
-
-
-IN_PLACE = {"sgd_update": (0, 2), "adam_update": (0, 2, 3), "rmsprop_update": (0, 2)}
-
-
-def _run_case(ctx, fn, args):
-    """``(cuda outputs, numpy outputs)`` as tuples of arrays."""
-    dev = [ctx.dev(a.copy()) if isinstance(a, np.ndarray) else a for a in args]
-    ref = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-    got = getattr(ctx.C, fn)(*dev)
-    want = getattr(ctx.N, fn)(*ref)
-    if fn in IN_PLACE:
-        return tuple(dev[i] for i in IN_PLACE[fn]), tuple(ref[i] for i in IN_PLACE[fn])
-    if not isinstance(want, tuple):
-        got, want = (got,), (want,)
-    return got, want
-
-
-def check_accuracy(ctx):
-    rows = []
-    for label, shape, fn, args, tol in accuracy_cases(ctx):
-        try:
-            got, want = _run_case(ctx, fn, args)
-            if tol == 0.0:
-                err = 0.0 if all(np.array_equal(ctx.host(g), w) for g, w in zip(got, want)) \
-                    else math.inf
-            else:
-                err = max(_rel(ctx, g, w) for g, w in zip(got, want) if w.dtype.kind == "f")
-                if any(w.dtype.kind in "iu" and not np.array_equal(ctx.host(g), w)
-                       for g, w in zip(got, want)):
-                    err = math.inf
-            verdict = "ok" if err <= tol else ("high" if err <= BUG_TOL else "WRONG")
-        except Exception as e:  # noqa: BLE001 - report and go on
-            err, verdict = math.nan, f"ERROR {type(e).__name__}: {e}"[:120]
-        if verdict not in ("ok", "high"):
-            ctx.failures.append(f"accuracy: {label}: {verdict} (rel err {err:.2e})")
-        rows.append((label, shape, err, tol, verdict))
-        print(f"  [1] {label:48s} rel err {err:.2e} {verdict}", flush=True)
-    rows += _launch_path_agreement(ctx)
-    return rows
-
-
-def _launch_path_agreement(ctx):
-    """On a GPU: the same calls through CuPy's launcher (raw) and Numba's give identical bits."""
-    if not ctx.gpu:
-        return []
-    C = ctx.C
-    convs, pools = layers(ctx.tiny)
-    c = convs[1]
-    ys, pad = c.geometry()
-    x, w, b = ctx.dev(ctx.rand(*_batch(c.x, 8))), ctx.dev(ctx.rand(*c.w)), ctx.dev(ctx.rand(c.cout))
-    z = ctx.dev(ctx.rand(64, 1000))
-    calls = {
-        "conv2d_forward": lambda: C.conv2d_forward(x, w, b, (c.stride,) * 2, pad, c.act),
-        "conv2d_backward_weight": lambda: C.conv2d_backward_weight(
-            x, C.conv2d_forward(x, w, b, (c.stride,) * 2, pad, c.act), c.w, (c.stride,) * 2, pad),
-        "softmax_xent_forward": lambda: C.softmax_xent_forward(z, ctx.dev(np.arange(64) % 1000)),
-        "dropout_mask": lambda: C.dropout_mask((256, 1000), 0.5, 99, 3, np.float32),
-    }
-    rows = []
-    before = C.launch_path()
-    try:
-        for name, call in calls.items():
-            outs = {}
-            for path in ("raw", "numba"):
-                C.set_launch_path(path)
-                r = call()
-                outs[path] = [ctx.host(a) for a in (r if isinstance(r, tuple) else (r,))]
-            same = all(np.array_equal(a, b, equal_nan=True)
-                       for a, b in zip(outs["raw"], outs["numba"]))
-            verdict = "ok" if same else "WRONG"
-            if not same:
-                ctx.failures.append(f"launch paths disagree on {name}")
-            rows.append((f"raw launch == Numba launch: {name}", "bitwise",
-                         0.0 if same else math.inf, 0.0, verdict))
-            print(f"  [1] raw vs numba launch {name}: {verdict}", flush=True)
-    finally:
-        C.set_launch_path(before)
-    return rows
-
-
-# --------------------------------------------------------------------------- (2-4) timings
-
-def _torch_tensor(ctx, a):
-    return ctx.torch.from_dlpack(a)
-
-
-def _nchw(ctx, a):
-    """An NHWC array as a torch NCHW view: channels-last memory, no copy."""
-    return _torch_tensor(ctx, a).permute(0, 3, 1, 2)
-
-
-def time_ops(ctx):
-    """Rows (net, layer, op, shape, ours ms, GFLOP/s, % peak, torch ms, ratio)."""
-    C = ctx.C
-    convs, pools = layers(ctx.tiny)
-    rows = []
-
-    def add(net, layer, op, shape, ours_fn, flops=None, torch_fn=None):
-        try:
-            ms = ctx.median_ms(ours_fn)
-        except Exception as e:  # noqa: BLE001
-            ctx.failures.append(f"timing {net} {layer} {op}: {type(e).__name__}: {e}")
-            ms = math.nan
-        tms = math.nan
-        if ctx.torch is not None and torch_fn is not None:
-            try:
-                tms = ctx.torch_ms(torch_fn)
-            except Exception as e:  # noqa: BLE001 - a missing torch op is not our failure
-                print(f"  [3] torch {net} {layer} {op}: {type(e).__name__}: {e}", flush=True)
-        gflops = flops / (ms * 1e6) if flops and ms == ms and ms > 0 else math.nan
-        peak = ctx.info.get("fp32_peak_gflops")
-        pct = 100.0 * gflops / peak if peak and gflops == gflops else math.nan
-        rows.append((net, layer, op, shape, ms, gflops, pct, tms,
-                     ms / tms if tms == tms and tms > 0 else math.nan))
-        print(f"  [2] {net:8s} {layer:6s} {op:22s} {ms:9.3f} ms"
-              + (f"  torch {tms:9.3f} ms" if tms == tms else ""), flush=True)
-
-    for c in convs:
-        ys, pad = c.geometry()
-        st = (c.stride, c.stride)
-        x, w, b, dy = (ctx.dev(ctx.rand(*c.x)), ctx.dev(ctx.rand(*c.w, scale=0.1)),
-                       ctx.dev(ctx.rand(c.cout)), ctx.dev(ctx.rand(*ys)))
-        shape = f"x{c.x} k{c.k} s{c.stride} {c.padding} -> {ys}"
-        t = _torch_ops(ctx, _torch_conv, c, x, w, b, dy, pad)
-        add(c.net, c.name, f"conv fwd+bias+{c.act}", shape,
-            lambda: C.conv2d_forward(x, w, b, st, pad, c.act), c.flops(), t.get("fwd"))
-        add(c.net, c.name, "conv bwd input", shape,
-            lambda: C.conv2d_backward_input(dy, w, c.x, st, pad), c.flops(), t.get("bwd_input"))
-        add(c.net, c.name, "conv bwd weight", shape,
-            lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad), c.flops(), t.get("bwd_weight"))
-        add(c.net, c.name, "bias grad", f"dy{ys}", lambda: C.bias_grad(dy), None, t.get("bias"))
-    for p in pools:
-        ys, pad = p.geometry()
-        geo = ((p.k, p.k), (p.stride, p.stride), pad)
-        x, dy = ctx.dev(ctx.rand(*p.x)), ctx.dev(ctx.rand(*ys))
-        shape = f"x{p.x} {p.k}x{p.k}/{p.stride}"
-        t = _torch_ops(ctx, _torch_pool, p, x, dy)
-        if p.kind == "max":
-            _, idx = C.max_pool_forward(x, *geo)
-            add(p.net, p.name, "max pool fwd", shape, lambda: C.max_pool_forward(x, *geo),
-                None, t.get("fwd"))
-            add(p.net, p.name, "max pool bwd", shape,
-                lambda: C.max_pool_backward(dy, idx, p.x), None, t.get("bwd"))
-        else:
-            add(p.net, p.name, "avg pool fwd", shape, lambda: C.avg_pool_forward(x, *geo),
-                None, t.get("fwd"))
-            add(p.net, p.name, "avg pool bwd", shape,
-                lambda: C.avg_pool_backward(dy, p.x, *geo), None, t.get("bwd"))
-    _time_rows(ctx, add)
-    return rows
-
-
-def _time_rows(ctx, add):
-    """Softmax, cross-entropy, activations, dropout and optimizers at the networks' sizes."""
-    C = ctx.C
-    for net, rows_, k in (("lenet", 128, 10), ("alexnet", 32, 1000)):
-        if ctx.tiny:
-            rows_, k = 2, 5
-        z = ctx.dev(ctx.rand(rows_, k))
-        lab = ctx.dev(ctx.rng.integers(0, k, rows_))
-        loss, p = C.softmax_xent_forward(z, lab)
-        g = ctx.dev(np.full(rows_, 1.0 / rows_, np.float32))
-        t = _torch_ops(ctx, _torch_softmax, z, lab)
-        add(net, "output", "softmax xent fwd", f"({rows_}, {k})",
-            lambda: C.softmax_xent_forward(z, lab), None, t.get("xent"))
-        add(net, "output", "softmax xent bwd", f"({rows_}, {k})",
-            lambda: C.softmax_xent_backward(p, lab, g), None, None)
-        add(net, "output", "softmax fwd", f"({rows_}, {k})", lambda: C.softmax_forward(z), None,
-            t.get("softmax"))
-    e = (2, 5, 5, 4) if ctx.tiny else (32, 55, 55, 96)
-    x = ctx.dev(ctx.rand(*e))
-    y = C.act_forward(x, "relu")
-    t = _torch_ops(ctx, _torch_relu, x, y)
-    add("alexnet", "conv1", "relu fwd", f"{e}", lambda: C.act_forward(x, "relu"), None,
-        t.get("fwd"))
-    add("alexnet", "conv1", "relu bwd", f"{e}", lambda: C.act_backward(x, y, "relu"), None,
-        t.get("bwd"))
-    d = (2, 16) if ctx.tiny else (128, 4096)
-    add("alexnet", "fc6", "dropout mask", f"{d}", lambda: C.dropout_mask(d, 0.5, 1, 2, np.float32),
-        None, None)
-    n = 64 if ctx.tiny else 9216 * 4096
-    p, g, m, v = (ctx.dev(ctx.rand(n)) for _ in range(4))
-    v = abs(v)
-    tadam = _torch_ops(ctx, _torch_adam, n).get("step")
-    add("alexnet", "fc6", "adam update", f"({n},)",
-        lambda: C.adam_update(p, g, m, v, 1e-4, 0.9, 0.999, 1e-7, 10, 0.0), None, tadam)
-    add("alexnet", "fc6", "sgd momentum update", f"({n},)",
-        lambda: C.sgd_update(p, g, m, 1e-4, 0.9, False, 0.0), None, None)
-
-
-def _torch_ops(ctx, build, *args) -> dict:
-    """``build(ctx, *args)``: the PyTorch twins of our calls; {} without PyTorch or on failure."""
-    if ctx.torch is None:
-        return {}
-    try:
-        return build(ctx, *args)
-    except Exception as e:  # noqa: BLE001 - a PyTorch problem only loses the comparison
-        print(f"  [3] PyTorch twin {build.__name__}: {type(e).__name__}: {e}", flush=True)
-        return {}
-
-
-def _torch_conv(ctx, c, x, w, b, dy, pad):
-    torch = ctx.torch
-    F = torch.nn.functional
-    pt, pb, pl, pr = pad
-    if pt != pb or pl != pr:
-        return {}
-    xt, dyt = _nchw(ctx, x), _nchw(ctx, dy)
-    wt = _torch_tensor(ctx, w).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
-    bt = _torch_tensor(ctx, b)
-    act = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}.get(c.act,
-                                                                                 lambda v: v)
-    st, padding = (c.stride, c.stride), (pt, pl)
-
-    def bwd(mask):
-        return lambda: torch.ops.aten.convolution_backward(
-            dyt, xt, wt, [c.cout], st, padding, (1, 1), False, (0, 0), 1, mask)
-
-    return {"fwd": lambda: act(F.conv2d(xt, wt, bt, st, padding)),
-            "bwd_input": bwd([True, False, False]),
-            "bwd_weight": bwd([False, True, False]),
-            "bias": lambda: dyt.sum((0, 2, 3))}
-
-
-def _torch_pool(ctx, p, x, dy):
-    torch = ctx.torch
-    F = torch.nn.functional
-    xt, dyt = _nchw(ctx, x), _nchw(ctx, dy)
-    if p.kind == "max":
-        _, idx = F.max_pool2d(xt, p.k, p.stride, return_indices=True)
-        return {"fwd": lambda: F.max_pool2d(xt, p.k, p.stride),
-                "bwd": lambda: torch.ops.aten.max_pool2d_with_indices_backward(
-                    dyt, xt, [p.k, p.k], [p.stride, p.stride], [0, 0], [1, 1], False, idx)}
-    return {"fwd": lambda: F.avg_pool2d(xt, p.k, p.stride),
-            "bwd": lambda: torch.ops.aten.avg_pool2d_backward(
-                dyt, xt, [p.k, p.k], [p.stride, p.stride], [0, 0], False, True, None)}
-
-
-def _torch_softmax(ctx, z, lab):
-    torch = ctx.torch
-    tz, tl = _torch_tensor(ctx, z), _torch_tensor(ctx, lab)
-    return {"xent": lambda: torch.nn.functional.cross_entropy(tz, tl, reduction="none"),
-            "softmax": lambda: torch.softmax(tz, 1)}
-
-
-def _torch_relu(ctx, x, y):
-    torch = ctx.torch
-    tx, ty = _torch_tensor(ctx, x), _torch_tensor(ctx, y)
-    return {"fwd": lambda: torch.relu(tx),
-            "bwd": lambda: torch.ops.aten.threshold_backward(tx, ty, 0)}
-
-
-def _torch_tanh(ctx, x):
-    tx = _torch_tensor(ctx, x)
-    return {"tanh": lambda: ctx.torch.tanh(tx)}
-
-
-def _torch_adam(ctx, n):
-    torch = ctx.torch
-    prm = torch.zeros(n, device="cuda", requires_grad=True)
-    prm.grad = torch.randn(n, device="cuda")
-    try:
-        opt = torch.optim.Adam([prm], lr=1e-4, eps=1e-7, fused=True)
-    except (TypeError, RuntimeError):
-        opt = torch.optim.Adam([prm], lr=1e-4, eps=1e-7)
-    return {"step": opt.step}
-
-
-def tile_sweep(ctx):
-    """The conv tiles of ``conv.CANDIDATE_TILES`` against the default choice, per GEMM mode, on
-    the AlexNet layers (checked against the default tile's result, then timed)."""
-    from gpucnn.kernels.cuda_set import conv as cv
-
-    convs, _ = layers(ctx.tiny)
-    chosen = [c for c in convs if c.net == "alexnet"]
-    if not ctx.tiny:
-        chosen = [c for c in chosen if c.name in ("conv1", "conv2", "conv4")]
-    rows = []
-    repeats = ctx.repeats
-    ctx.repeats = max(5, repeats // 4) if ctx.gpu else repeats   # extra information: fewer runs
-    try:
-        for c in chosen:
-            rows += _sweep_layer(ctx, cv, c)
-    finally:
-        ctx.repeats = repeats
-    return rows
-
-
-def _sweep_layer(ctx, cv, c):
-    C = ctx.C
-    rows = []
-    ys, pad = c.geometry()
-    st = (c.stride, c.stride)
-    x, w, b, dy = (ctx.dev(ctx.rand(*c.x)), ctx.dev(ctx.rand(*c.w, scale=0.1)),
-                   ctx.dev(ctx.rand(c.cout)), ctx.dev(ctx.rand(*ys)))
-    calls = {cv.FWD: (c.cout, lambda: C.conv2d_forward(x, w, b, st, pad, c.act)),
-             cv.BWD_INPUT: (c.x[3], lambda: C.conv2d_backward_input(dy, w, c.x, st, pad)),
-             cv.BWD_WEIGHT: (c.cout, lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad))}
-    if c.stride > 1 and not ctx.tiny:
-        del calls[cv.BWD_INPUT]   # the first layer's input gradient: never needed, very slow
-    for mode, (ncols, call) in calls.items():
-        default = cv.choose_tile(mode, ncols)
-        want = ctx.host(call())
-        base = math.nan
-        tiles = (default,) + tuple(t for t in ([] if ctx.tiny else cv.CANDIDATE_TILES[mode])
-                                   if t != default)
-        for tile in tiles:
-            cv.TILE_OVERRIDE = {mode: tile}
-            try:
-                err = _rel(ctx, call(), want)
-                ms = ctx.median_ms(call)
-            except Exception as e:  # noqa: BLE001
-                err, ms = math.nan, math.nan
-                print(f"  [4] tile {tile}: {type(e).__name__}: {e}", flush=True)
-            finally:
-                cv.TILE_OVERRIDE = {}
-            if tile == default:
-                base = ms
-            if not err <= GRAD_TOL:
-                ctx.failures.append(f"tile sweep {c.name} {cv.MODE_NAMES[mode]} {tile}: "
-                                    f"rel err {err:.2e} against the default tile")
-            label = "/".join(map(str, tile[:3])) + f" {tile.tm}x{tile.tn} " \
-                f"b{tile.min_blocks}" + (" (default)" if tile == default else "")
-            gf = c.flops() / (ms * 1e6) if ms == ms and ms > 0 else math.nan
-            rows.append((f"{c.net} {c.name}", cv.MODE_NAMES[mode], label, ms, gf,
-                         base / ms if ms == ms and ms > 0 else math.nan, err))
-            print(f"  [4] {c.name} {cv.MODE_NAMES[mode]:10s} {label:28s} {ms:9.3f} ms",
-                  flush=True)
-    return rows
-
-
-# --------------------------------------------------------------------------- (5) overhead
-
-def launch_overhead(ctx):
-    """Host microseconds per call of a 1-element kernel, per launch path, beside CuPy/PyTorch."""
-    C = ctx.C
-    calls = 3 if ctx.tiny else 2000
-    x = ctx.dev(np.ones(1, np.float32))
-
-    def host_us(fn):
-        for _ in range(min(calls, 50)):
-            fn()
-        ctx.sync()
-        t = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        dt = time.perf_counter() - t
-        ctx.sync()
-        return 1e6 * dt / calls
-
-    rows = []
-    paths = ("raw", "numba") if ctx.gpu else (C.launch_path(),)
-    before = C.launch_path()
-    try:
-        for path in paths:
-            C.set_launch_path(path)
-            rows.append((f"gpucnn act_forward (1 elem), {path} launch path",
-                         host_us(lambda: C.act_forward(x, "tanh"))))
-    finally:
-        C.set_launch_path(before)
-    if ctx.gpu:
-        rows.append(("CuPy cp.tanh (1 elem)", host_us(lambda: ctx.cp.tanh(x))))
-    t = _torch_ops(ctx, _torch_tanh, x)
-    if "tanh" in t:
-        rows.append(("PyTorch torch.tanh (1 elem)", host_us(t["tanh"])))
-    for label, us in rows:
-        print(f"  [5] {label:48s} {us:8.1f} us/call", flush=True)
-    return rows
-
-
-# --------------------------------------------------------------------------- (6) end to end
-
-def end_to_end(ctx):
-    """LeNet-5 train_on_batch images/s (a tiny CNN with --tiny), beside PyTorch."""
-    batch = 2 if ctx.tiny else 128
-    steps = 1 if ctx.tiny else 30
-    rows = []
-    try:
-        import gpucnn
-        from gpucnn import optimizers, zoo
-    except Exception as e:  # noqa: BLE001 - the public API is written by others
-        return [("LeNet-5 training step", batch, math.nan, math.nan, math.nan,
-                 f"skipped: gpucnn public API not importable ({type(e).__name__}: {e})")]
-    before = gpucnn.get_backend()
-    try:
-        gpucnn.set_backend("cuda")
-        if ctx.tiny:
-            name, model = "basic CNN 8x8 (tiny stand-in)", zoo.basic_cnn(
-                input_shape=(8, 8, 1), classes=3, filters=2, kernel_size=3, units=4)
-            shape, classes = (8, 8, 1), 3
-        else:
-            name, model, shape, classes = "LeNet-5 32x32x1", zoo.lenet5(), (32, 32, 1), 10
-        model.compile(optimizer=optimizers.SGD(learning_rate=0.01),
-                      loss="sparse_categorical_crossentropy")
-        xh = ctx.rng.random((batch,) + shape).astype(np.float32)
-        yh = ctx.rng.integers(0, classes, batch)
-        for _ in range(1 if ctx.tiny else 3):
-            model.train_on_batch(xh, yh)              # compiles the kernels
-        n0 = ctx.C.launch_count()
-        t = time.perf_counter()
-        for _ in range(steps):
-            model.train_on_batch(xh, yh)
-        ctx.sync()
-        dt = time.perf_counter() - t
-        launches = (ctx.C.launch_count() - n0) / steps
-        ours = batch * steps / dt
-        theirs = math.nan
-        if not ctx.tiny:
-            theirs = _torch_ops(ctx, _torch_lenet, batch, steps).get("images/s", math.nan)
-        rows.append((name, batch, ours, theirs, ours / theirs if theirs == theirs else math.nan,
-                     f"{launches:.0f} gpucnn kernel launches per step"))
-    except Exception as e:  # noqa: BLE001
-        ctx.failures.append(f"end to end: {type(e).__name__}: {e}")
-        rows.append(("training step", batch, math.nan, math.nan, math.nan,
-                     f"ERROR {type(e).__name__}: {e}"[:200]))
-    finally:
-        gpucnn.set_backend(before)
-    for r in rows:
-        print(f"  [6] {r[0]}: {r[2]:.1f} images/s ({r[5]})", flush=True)
-    return rows
-
-
-def _torch_lenet(ctx, batch, steps):
-    torch = ctx.torch
-    nn = torch.nn
-    net = nn.Sequential(nn.Conv2d(1, 6, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(6, 16, 5),
-                        nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(16, 120, 5), nn.Tanh(),
-                        nn.Flatten(), nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10)).cuda()
-    net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    xh = torch.rand(batch, 1, 32, 32)
-    yh = torch.randint(0, 10, (batch,))
-
-    def step():
-        x, y = xh.cuda(non_blocking=False), yh.cuda()
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        return loss.item()                            # one sync per step, as train_on_batch
-
-    for _ in range(3):
-        step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    return {"images/s": batch * steps / (time.perf_counter() - t)}
+ORDER = ("setup", "accuracy", "ops", "e2e", "examples", "tests")
+
+#: Seconds each section may take at most on a GPU (the whole run has ``--budget``).
+LIMITS = {"setup": 150, "accuracy": 90, "ops": 150, "e2e": 90, "examples": 200, "tests": 240}
+
+FILES = ("report.md", "report.json", "compile.log", "examples.log", "tests.log", "sections.log")
+
+#: (title, column headers, cell formats) of each table a section fills.
+TABLES = {
+    "setup": ("Setup", ("item", "value"), ("{}", "{}")),
+    "accuracy": ("Accuracy against the NumPy set (largest relative error)",
+                 ("op", "shape", "max rel err", "tolerance", "verdict"),
+                 ("{}", "{}", "{:.2e}", "{:.0e}", "{}")),
+    "ops": ("Kernel times (device time per call), GFLOP/s, PyTorch side by side",
+            ("net", "layer", "op", "shape", "gpucnn ms", "GFLOP/s", "% fp32 peak", "PyTorch ms",
+             "speed vs PyTorch (>1: gpucnn faster)"),
+            ("{}", "{}", "{}", "{}", "{:.4f}", "{:.0f}", "{:.1f}", "{:.4f}", "{:.2f}")),
+    "sweep": ("Conv tile sweep (candidates against the default tile)",
+              ("layer", "GEMM", "tile bm/bn/bk tm x tn, blocks/SM", "ms", "GFLOP/s", "speed-up",
+               "rel err vs default"),
+              ("{}", "{}", "{}", "{:.4f}", "{:.0f}", "{:.2f}", "{:.1e}")),
+    "overhead": ("Launch overhead: host time per call (queued back to back) and device time per "
+                 "call (many calls between one event pair)",
+                 ("call", "host µs per call", "device µs per call"), ("{}", "{:.1f}", "{:.2f}")),
+    "e2e": ("End-to-end training step (`Model.train_on_batch`, SGD)",
+            ("model", "batch", "gpucnn images/s", "PyTorch images/s",
+             "speed vs PyTorch (>1: gpucnn faster)", "note"),
+            ("{}", "{}", "{:.0f}", "{:.0f}", "{:.2f}", "{}")),
+    "examples": ("Example scripts, one short epoch on the cuda backend",
+                 ("script", "exit", "seconds", "pictures", "last line"),
+                 ("`{}`", "{}", "{:.1f}", "{}", "{}")),
+    "tests": ("Test suite on the device", ("selection", "exit", "seconds", "summary"),
+              ("`{}`", "{}", "{:.0f}", "{}")),
+}
+SECTION_TABLES = {"setup": ("setup",), "accuracy": ("accuracy",), "ops": ("ops", "sweep"),
+                  "e2e": ("overhead", "e2e"), "examples": ("examples",), "tests": ("tests",)}
 
 
 # --------------------------------------------------------------------------- report
 
-def _f(v, fmt="{:.3f}"):
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+def _cell(fmt, v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    try:
+        return fmt.format(v).replace("|", "/")
+    except (ValueError, TypeError):
+        return str(v).replace("|", "/")
 
 
-def markdown(ctx, acc, timings, sweep, overhead, e2e, elapsed):
-    info = ctx.info
-    out = [f"## gpucnn GPU check: {info.get('device', '?')}, "
-           f"{datetime.date.today().isoformat()}", ""]
-    out += ["| item | value |", "|---|---|"]
-    for k in ("device", "compute_capability", "sms", "clock_mhz", "fp32_peak_gflops",
-              "memory_gib", "cupy", "numba", "numba_cuda", "cuda_runtime", "cuda_driver",
-              "torch"):
-        if k in info:
-            v = info[k]
-            out.append(f"| {k} | {_f(v, '{:.1f}') if isinstance(v, float) else v} |")
-    out.append(f"| launch path | {ctx.C.launch_path()} |")
-    out.append(f"| timing | CUDA events, median of {ctx.repeats} after {ctx.warmup} warm-up |"
-               if ctx.gpu else f"| timing | wall clock (simulator), median of {ctx.repeats} |")
-    if ctx.torch_note:
-        out.append(f"| PyTorch | {ctx.torch_note} |")
-    out.append(f"| run time | {elapsed:.0f} s |")
-    out += ["", "### 1. Accuracy against the NumPy set (largest relative error)", "",
-            "| op | shape | max rel err | tolerance | verdict |", "|---|---|---|---|---|"]
-    for label, shape, err, tol, verdict in acc:
-        out.append(f"| {label} | {shape} | {_f(err, '{:.2e}')} | {tol:.0e} | {verdict} |")
-    out += ["", "### 2-4. Kernel times, GFLOP/s against the fp32 peak, PyTorch side by side", "",
-            "| net | layer | op | shape | gpucnn ms | GFLOP/s | % fp32 peak | PyTorch ms "
-            "| gpucnn / PyTorch |", "|---|---|---|---|---|---|---|---|---|"]
-    for net, layer, op, shape, ms, gf, pct, tms, ratio in timings:
-        out.append(f"| {net} | {layer} | {op} | {shape} | {_f(ms)} | {_f(gf, '{:.0f}')} | "
-                   f"{_f(pct, '{:.1f}')} | {_f(tms)} | {_f(ratio, '{:.2f}')} |")
-    out += ["", "### 4b. Conv tile sweep (candidates against the default tile)", "",
-            "| layer | GEMM | tile bm/bn/bk tm x tn, blocks/SM | ms | GFLOP/s | speed-up "
-            "| rel err vs default |", "|---|---|---|---|---|---|---|"]
-    for layer, mode, label, ms, gf, speed, err in sweep:
-        out.append(f"| {layer} | {mode} | {label} | {_f(ms)} | {_f(gf, '{:.0f}')} | "
-                   f"{_f(speed, '{:.2f}')} | {_f(err, '{:.1e}')} |")
-    out += ["", "### 5. Launch overhead (host time per call)", "", "| call | µs per call |",
-            "|---|---|"]
-    for label, us in overhead:
-        out.append(f"| {label} | {us:.1f} |")
-    out += ["", "### 6. End-to-end training step (`Model.train_on_batch`, SGD)", "",
-            "| model | batch | gpucnn images/s | PyTorch images/s | gpucnn / PyTorch | note |",
-            "|---|---|---|---|---|---|"]
-    for name, batch, ours, theirs, ratio, note in e2e:
-        out.append(f"| {name} | {batch} | {_f(ours, '{:.0f}')} | {_f(theirs, '{:.0f}')} | "
-                   f"{_f(ratio, '{:.2f}')} | {note} |")
-    if ctx.failures:
-        out += ["", "### Failures", ""] + [f"- {f}" for f in ctx.failures]
+def markdown(report: dict) -> str:
+    info = report.get("info", {})
+    out = [f"## gpucnn GPU check: {info.get('device', '?')}, {report['date']}", "",
+           f"Command: `{report['command']}`; gpucnn at {report.get('commit') or 'an unknown commit'}"
+           f"; total {report['elapsed']:.0f} s.", "",
+           "| section | status | seconds | failures |", "|---|---|---|---|"]
+    for name in report["order"]:
+        s = report["sections"].get(name, {"status": "not run", "seconds": None, "failures": []})
+        out.append(f"| {name} | {s['status']} | {_cell('{:.0f}', s['seconds'])} | "
+                   f"{len(s['failures'])} |")
+    notes = sorted({s.get("torch_note") for s in report["sections"].values() if s.get("torch_note")})
+    if notes:
+        out += [""] + [f"{n}." for n in notes]
+    for name in report["order"]:
+        s = report["sections"].get(name)
+        if not s:
+            continue
+        for t in SECTION_TABLES[name]:
+            rows = s["tables"].get(t)
+            if not rows:
+                continue
+            title, header, fmts = TABLES[t]
+            out += ["", f"### {title}", "", "| " + " | ".join(header) + " |",
+                    "|" + "---|" * len(header)]
+            for r in rows:
+                out.append("| " + " | ".join(_cell(f, v) for f, v in zip(fmts, r)) + " |")
+    failures = [(n, f) for n in report["order"]
+                for f in report["sections"].get(n, {}).get("failures", [])]
+    if failures:
+        out += ["", "### Failures", ""] + [f"- [{n}] {f}" for n, f in failures]
     return "\n".join(out) + "\n"
 
 
-def main(argv=None) -> int:
+def _write(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _save(out_dir, report):
+    _write(os.path.join(out_dir, "report.json"), json.dumps(report, indent=1))
+    _write(os.path.join(out_dir, "report.md"), markdown(report))
+
+
+def _commit():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        r = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"],
+                           capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --------------------------------------------------------------------------- driver
+
+def _child_cmd(args, section, part):
+    cmd = [sys.executable, "-m", "gpucnn.gpucheck", "--section", section, "--part", part,
+           "--out", args.out, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--seed", str(args.seed)]
+    if args.tiny:
+        cmd.append("--tiny")
+    if args.no_torch:
+        cmd.append("--no-torch")
+    return cmd
+
+
+def _fault_for(section):
+    """``GPUCNN_GPUCHECK_FAULT=section=kernel[,section=kernel]``: the fault of this section."""
+    for item in os.environ.get("GPUCNN_GPUCHECK_FAULT", "").split(","):
+        name, _, kernel = item.partition("=")
+        if name.strip() == section and kernel.strip():
+            return kernel.strip()
+    return ""
+
+
+def _run_child(args, section, part, log, limit):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GPUCNN_STRICT_LAUNCH="1")
+    fault = _fault_for(section)
+    cmd = _child_cmd(args, section, part) + (["--fault", fault] if fault else [])
+    log.write(f"\n===== section {section} (limit {limit:.0f} s) =====\n")
+    log.flush()
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                         start_new_session=True)
+    try:
+        rc = p.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9)
+        p.wait()
+        rc = "timeout"
+    log.flush()
+    return rc, time.perf_counter() - t
+
+
+def drive(args) -> int:
+    os.makedirs(args.out, exist_ok=True)
+    for name in FILES[2:]:          # logs of an earlier run in this folder
+        try:
+            os.unlink(os.path.join(args.out, name))
+        except FileNotFoundError:
+            pass
+    sections = [s for s in ORDER if s in args.sections]
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "command": "python -m gpucnn.gpucheck " + " ".join(args.argv),
+              "commit": _commit(), "order": sections, "sections": {}, "info": {}, "elapsed": 0.0}
+    t0 = time.perf_counter()
+    failed = []
+    unusable = False
+    with tempfile.TemporaryDirectory(prefix="gpucheck-") as parts, \
+            open(os.path.join(args.out, "sections.log"), "a", encoding="utf-8") as log:
+        for name in sections:
+            left = args.budget - (time.perf_counter() - t0)
+            if unusable or left < 15:
+                why = "not run: the cuda backend cannot run here" if unusable \
+                    else "not run: out of time (--budget)"
+                report["sections"][name] = {"status": why, "seconds": None, "failures": [why],
+                                            "tables": {}}
+                failed.append(name)
+                continue
+            limit = min(LIMITS[name] * (4 if args.tiny else 1), left)
+            part = os.path.join(parts, f"{name}.json")
+            rc, sec = _run_child(args, name, part, log, limit)
+            try:
+                with open(part, encoding="utf-8") as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                data = {"tables": {}, "failures": [], "info": {}}
+            fails = list(data.get("failures", []))
+            if rc == "timeout":
+                status = f"stopped at its time limit ({limit:.0f} s); rows so far kept"
+                fails.append(status)
+            elif rc == 0:
+                status = "ok"
+            elif rc == 2:
+                status, unusable = "the cuda backend cannot run here", True
+            elif rc == 3:
+                status = "ended by a sticky device error; rows so far kept"
+            else:
+                status = f"failed (exit {rc})"
+                if not fails:
+                    fails.append(f"the section's process exited with {rc} (see sections.log)")
+            if fails and status == "ok":
+                status = "failed"
+            report["sections"][name] = {"status": status, "seconds": sec, "failures": fails,
+                                        "tables": data.get("tables", {}),
+                                        "torch_note": data.get("torch_note", "")}
+            if not report["info"] and data.get("info"):
+                report["info"] = data["info"]
+            if status != "ok":
+                failed.append(name)
+            report["elapsed"] = time.perf_counter() - t0
+            _save(args.out, report)
+            print(f"gpucheck: {name:9s} {status} in {sec:.0f} s"
+                  + (f" ({len(fails)} failures)" if fails else ""), flush=True)
+    report["elapsed"] = time.perf_counter() - t0
+    _save(args.out, report)
+    _summary(report, args.out)
+    if unusable:
+        return 2
+    return 1 if failed else 0
+
+
+def _summary(report, out_dir):
+    print(f"\ngpucheck: {report['info'].get('device', '?')}, {report['elapsed']:.0f} s; files in "
+          f"{out_dir}: " + ", ".join(f for f in FILES if os.path.exists(os.path.join(out_dir, f))))
+    for name in report["order"]:
+        s = report["sections"].get(name, {})
+        for f in s.get("failures", [])[:8]:
+            print(f"  [{name}] {f[:300]}")
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m gpucnn.gpucheck",
                                  description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.path.join("runs", "gpucheck"), metavar="DIR",
+                    help="folder for the report and logs (default runs/gpucheck)")
+    ap.add_argument("--sections", default=",".join(ORDER),
+                    help=f"comma-separated subset of {','.join(ORDER)}")
+    ap.add_argument("--budget", type=float, default=420.0,
+                    help="seconds for the whole run; a section that would start later is skipped")
     ap.add_argument("--tiny", action="store_true",
                     help="tiny shapes and small tiles (runs in the simulator; for tests)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs per op (default 25)")
-    ap.add_argument("--warmup", type=int, default=None, help="warm-up runs per op (default 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed rounds per op (default 15)")
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up calls per op (default 3)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparisons")
-    ap.add_argument("--markdown", metavar="FILE", help="also write the tables to FILE")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--section", choices=ORDER, help=argparse.SUPPRESS)  # a section's process
+    ap.add_argument("--part", help=argparse.SUPPRESS)
+    ap.add_argument("--fault", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    bad = [s for s in args.sections if s not in ORDER]
+    if bad:
+        ap.error(f"--sections: unknown {bad}; expected a subset of {list(ORDER)}")
     if args.repeats is None:
-        args.repeats = 1 if args.tiny else 25
+        args.repeats = 1 if args.tiny else 15
     if args.warmup is None:
         args.warmup = 0 if args.tiny else 3
-    if not args.tiny and args.repeats < 20:
-        ap.error("--repeats must be >= 20 (use --tiny for a quick run)")
-    t0 = time.perf_counter()
-    ctx = _setup(args)
-    print(f"gpucheck: {ctx.info.get('device', '?')}, launch path {ctx.C.launch_path()}",
-          flush=True)
-    cm = contextlib.nullcontext()
-    if args.tiny:
-        from gpucnn.kernels.cuda_set import simulate
+    if not args.tiny and args.repeats < 5:
+        ap.error("--repeats must be >= 5 (use --tiny for a quick run)")
+    return args
 
-        cm = simulate.small_launches()
-    with cm:
-        acc = check_accuracy(ctx)
-        timings = time_ops(ctx)
-        sweep = tile_sweep(ctx)
-        overhead = launch_overhead(ctx)
-        e2e = end_to_end(ctx)
-    table = markdown(ctx, acc, timings, sweep, overhead, e2e, time.perf_counter() - t0)
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(table)
-    print()
-    print(table, end="", flush=True)
-    return 1 if ctx.failures else 0
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.section:
+        from gpucnn.bench import gpu
+
+        return gpu.run_section(args)
+    return drive(args)
 
 
 if __name__ == "__main__":

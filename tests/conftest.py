@@ -18,41 +18,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
-def _lock_simulator_shared_arrays():
-    """Numba's CUDA simulator runs a block's threads as Python threads and gives them one shared
-    array per source line, stored by the first thread that asks, with an unlocked look-up then
-    store: a thread switch between the two gives some threads a private "shared" array, and the
-    kernel a wrong result (seen once in the whole suite, in gpucheck's first conv). The same
-    allocation, done under a lock, so that simulated kernels are deterministic."""
-    import sys
-    import threading
-
-    from numba.cuda.simulator import kernelapi
-    from numba.np import numpy_support
-    from numba.core import types
-
-    original = kernelapi.FakeCUDAShared.array
-    lock = threading.Lock()
-
-    def array(self, shape, dtype, alignment=None):
-        if shape == 0 or alignment is not None:       # dynamic shared memory, or an error
-            return original(self, shape, dtype, alignment)
-        frame = sys._getframe(1)
-        caller = (frame.f_code.co_filename, frame.f_lineno)   # the key the simulator uses
-        with lock:
-            res = self._allocations.get(caller)
-            if res is None:
-                if isinstance(dtype, types.Type):
-                    dtype = numpy_support.as_dtype(dtype)
-                res = np.empty(shape, dtype)
-                self._allocations[caller] = res
-        return res
-
-    kernelapi.FakeCUDAShared.array = array
-
-
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-    _lock_simulator_shared_arrays()
+    from gpucnn.kernels.cuda_set import simulate  # noqa: E402
+
+    simulate.lock_shared_arrays()
 
 
 @pytest.fixture

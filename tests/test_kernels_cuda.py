@@ -20,7 +20,7 @@ C = load_set("cuda")
 N = load_set("numpy")
 FWD, GRAD = 1e-5, 1e-4
 SIM = _launch.launch_path() == "sim"
-HW_TILES = (conv.TILE_WIDE, conv.TILE_NARROW)   # read before the fixture swaps in small ones
+HW_TILES = (conv.TILE_WIDE, conv.TILE_NARROW, conv.TILE_WIDE_DW)   # read before the fixture swaps in small ones
 
 @pytest.fixture(autouse=True, scope="module")
 def small_launches():

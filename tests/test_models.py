@@ -2,7 +2,6 @@
 the bad-input errors of issue 4 (and that a failed call changes nothing), and the cuda backend in
 Numba's simulator against the numpy backend step for step."""
 import io
-import sys
 
 import numpy as np
 import pytest
@@ -413,28 +412,14 @@ def _cuda_set():
 
 
 @pytest.fixture
-def small_launches(monkeypatch):
+def small_launches():
     """Small tiles and blocks: the simulator runs each CUDA thread as a Python thread."""
-    cs = _cuda_set()
-    from gpucnn.kernels.cuda_set import _launch
+    _cuda_set()
+    from gpucnn.kernels.cuda_set import _launch, simulate
 
     if _launch.launch_path() == "sim":
-        small = {"conv": {"TILE_WIDE": (8, 8, 4, 2, 2), "TILE_NARROW": (8, 4, 4, 2, 1),
-                          "TARGET_BLOCKS": 6, "MIN_SPLIT_STEPS": 1},
-                 "activation": {"EW_BLOCK": 32}, "reduce": {"COLSUM_BLOCK": (4, 2), "COLSUM_ROWS": 8},
-                 "pool": {"POOL_BLOCK": 32}, "softmax": {"SOFTMAX_BLOCK": 8, "XENT_BWD_BLOCK": 32},
-                 "dropout": {"DROPOUT_BLOCK": 32}, "optim": {"OPTIM_BLOCK": 32}}
-        for modname, values in small.items():
-            mod = getattr(cs, modname)
-            for name, value in values.items():
-                if hasattr(mod, name):
-                    if name.startswith("TILE"):
-                        value = mod.Tile(*value)
-                    monkeypatch.setattr(mod, name, value)
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(5e-5)
-        yield
-        sys.setswitchinterval(interval)
+        with simulate.small_launches():
+            yield
     else:
         yield
 

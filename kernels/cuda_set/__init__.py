@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from .. import CONTRACT
 
-from ._launch import (all_kernels, asarray, launch_count, launch_path, set_launch_path, to_host,
-                      xp)
+from ._launch import (all_kernels, asarray, fell_back, launch_count, launch_path, set_launch_path,
+                      to_host, xp)
 from .activation import act_backward, act_forward
 from .conv import bias_grad, conv2d_backward_input, conv2d_backward_weight, conv2d_forward
 from .dropout import dropout_mask
@@ -36,5 +36,5 @@ from .softmax import (log_softmax_backward, log_softmax_forward, softmax_backwar
 
 __all__ = [
     *CONTRACT,
-    "all_kernels", "launch_count", "launch_path", "set_launch_path",
+    "all_kernels", "fell_back", "launch_count", "launch_path", "set_launch_path",
 ]

@@ -10,10 +10,14 @@ checks that no module of the set calls ``cuda.jit`` on a kernel outside a factor
 Three launch paths, chosen once per process:
 
 - ``sim``: Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), NumPy arrays.
-- ``raw`` (default on a GPU): the kernel is compiled once per signature by Numba, its cubin is
-  loaded with CuPy (``cupy.cuda.function.Module``) and launched through CuPy's launcher on
-  CuPy's current stream with the arguments flattened by hand to Numba's kernel ABI. This costs
-  a few microseconds of host time per launch instead of Numba's ~200 (numba issue 3003).
+- ``raw`` (default on a GPU): the kernel's cubin comes from the disk cache of ``_cache`` (built
+  there once per machine by Numba's compiler: PTX for the device's ``sm_XY``, no LTO), is loaded
+  with CuPy (``cupy.cuda.function.Module``) and launched through CuPy's launcher on CuPy's
+  current stream with the arguments flattened by hand to Numba's kernel ABI. This costs a few
+  microseconds of host time per launch instead of Numba's ~200 (numba issue 3003). A kernel
+  that cannot be loaded so goes to Numba's launcher with a warning and is listed in
+  ``FELL_BACK``; with ``STRICT`` (``GPUCNN_STRICT_LAUNCH=1``, the tests, the GPU check) that is
+  an error instead.
 - ``numba``: Numba's own dispatcher with the explicit signature, arrays wrapped with
   ``cuda.as_cuda_array(sync=False)``, on an external stream wrapping CuPy's current stream.
   ``GPUCNN_CUDA_LAUNCH=numba`` selects it (a cross-check of the ``raw`` path, used by
@@ -33,6 +37,8 @@ import numpy as np
 from numba import types
 from numba.np import numpy_support
 
+from . import _cache
+from ._cache import cubin_bytes  # noqa: F401 (re-exported for the tests)
 from ._runtime import SIMULATOR, cp
 from ._runtime import numba_cuda as cuda
 
@@ -295,22 +301,12 @@ def _data_ptr(a) -> int:
     return a.ctypes.data  # host arrays: only used by the ABI test, never launched
 
 
-def cubin_bytes(obj) -> bytes:
-    """The bytes of a cubin from Numba's linker (bytes, or a cuda.core ``ObjectCode``)."""
-    for code in (obj, getattr(obj, "code", None)):
-        if isinstance(code, (bytes, bytearray, memoryview)):
-            return bytes(code)
-    raise TypeError(f"cannot get the cubin bytes out of {type(obj).__name__}")
-
-
 class _RawKernel:
-    """A Numba-compiled cubin loaded into CuPy and launched through CuPy."""
+    """A kernel's cubin (from the disk cache, ``_cache``) loaded into CuPy, launched through CuPy."""
 
-    def __init__(self, spec: KernelSpec):
-        kern = _numba_kernel(spec).compile(spec.sig)
-        lib = kern._codelibrary
-        self.cubin = cubin_bytes(lib.get_cubin())
-        self.entry = getattr(lib, "_entry_name", None) or kern.entry_name
+    def __init__(self, spec: KernelSpec, cc):
+        built = _cache.get(spec, cc)
+        self.cubin, self.entry, self.source = built.cubin, built.entry, built.source
         self.module = cp.cuda.function.Module()
         self.module.load(self.cubin)
         self.func = self.module.get_function(self.entry)
@@ -321,17 +317,36 @@ class _RawKernel:
 
 
 _raw_cache: dict = {}
-_raw_failed: dict = {}
+
+#: ``{kernel name: "ExceptionType: message"}``: kernels that could not be loaded through CuPy
+#: and went to Numba's launcher instead (``backend_info()`` lists them). With ``STRICT`` (tests,
+#: ``python -m gpucnn.gpucheck``, ``GPUCNN_STRICT_LAUNCH=1``) such a kernel is an error instead.
+FELL_BACK: dict = {}
+STRICT = os.environ.get("GPUCNN_STRICT_LAUNCH", "") not in ("", "0")
+_failed: dict = {}     # (path, spec) -> the exception, so that a broken kernel fails fast
+
+
+def fell_back() -> dict:
+    """``{kernel name: reason}`` of the kernels running through Numba's launcher (see STRICT)."""
+    return dict(FELL_BACK)
+
+
+def device_cc(device: int | None = None) -> tuple[int, int]:
+    """The compute capability of a CuPy device (the current one by default)."""
+    dev = cp.cuda.runtime.getDevice() if device is None else device
+    props = cp.cuda.runtime.getDeviceProperties(dev)
+    return int(props["major"]), int(props["minor"])
 
 
 def _raw_kernel(spec: KernelSpec):
-    key = (spec, cp.cuda.runtime.getDevice())   # a module is loaded per device
+    dev = cp.cuda.runtime.getDevice()
+    key = (spec, dev)   # a module is loaded per device
     k = _raw_cache.get(key)
     if k is None:
         with _lock:
             k = _raw_cache.get(key)
             if k is None:
-                k = _raw_cache[key] = _RawKernel(spec)
+                k = _raw_cache[key] = _RawKernel(spec, device_cc(dev))
     return k
 
 
@@ -367,20 +382,34 @@ def launch(spec: KernelSpec, grid, block, *args):
         conv = [a if isinstance(t, types.Array) else _scalar(t, a)
                 for t, a in zip(spec.argtypes, args)]
         _sim_kernel(spec)[grid, block](*conv)
-    elif path == "raw":
-        if spec in _raw_failed:
-            path = "numba"
+        return
+    if path == "raw" and spec.name not in FELL_BACK:
+        try:
+            k = _raw_kernel(spec)
+        except Exception as e:  # pragma: no cover - GPU only (tests/test_raw_launch.py fakes it)
+            _fall_back(spec, e)
         else:
-            try:
-                k = _raw_kernel(spec)
-            except Exception as e:  # pragma: no cover - GPU only
-                _raw_failed[spec] = e
-                warnings.warn(f"gpucnn: loading {spec.name} through CuPy failed "
-                              f"({type(e).__name__}: {e}); using Numba's launcher for it",
-                              RuntimeWarning, stacklevel=2)
-                path = "numba"
-            else:
-                k(grid, block, args)
-    if path == "numba":
-        wrapped = [_wrap(t, a) for t, a in zip(spec.argtypes, args)]
-        _numba_kernel(spec)[grid, block, _numba_stream()](*wrapped)
+            k(grid, block, args)
+            return
+    failed = _failed.get(("numba", spec))
+    if failed is not None:
+        raise failed
+    wrapped = [_wrap(t, a) for t, a in zip(spec.argtypes, args)]
+    try:
+        kern = _numba_kernel(spec)
+    except Exception as e:
+        _failed[("numba", spec)] = e
+        raise
+    kern[grid, block, _numba_stream()](*wrapped)
+
+
+def _fall_back(spec: KernelSpec, e: Exception):
+    why = f"{type(e).__name__}: {e}"
+    if STRICT:
+        raise RuntimeError(f"gpucnn: the kernel {spec.name} cannot be built or loaded through CuPy "
+                           f"({why}); strict launch mode (GPUCNN_STRICT_LAUNCH) refuses Numba's "
+                           "launcher as a fallback") from e
+    FELL_BACK[spec.name] = why
+    warnings.warn(f"gpucnn: building or loading {spec.name} for CuPy failed ({why}); using Numba's "
+                  "launcher for it (slower launches; backend_info() lists such kernels)",
+                  RuntimeWarning, stacklevel=3)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import sys
 
+import numpy as np
+
 from . import _launch, activation, conv, dropout, optim, pool, reduce, softmax
 from ._runtime import SIMULATOR
 
@@ -18,6 +20,7 @@ from ._runtime import SIMULATOR
 SMALL = {
     (conv, "TILE_WIDE"): conv.Tile(16, 8, 16, 4, 2),     # 16 threads, 4x2 register blocks
     (conv, "TILE_NARROW"): conv.Tile(16, 4, 16, 4, 1),   # 16 threads, 4x1 register blocks
+    (conv, "TILE_WIDE_DW"): conv.Tile(16, 8, 8, 4, 2),   # 16 threads, reduction step 8
     (conv, "TARGET_BLOCKS"): 6,
     (conv, "MIN_SPLIT_STEPS"): 1,
     (_launch, "MAX_BLOCKS"): 2,
@@ -51,3 +54,39 @@ def small_launches(switch_interval: bool = True):
         sys.setswitchinterval(interval)
         for (mod, name), value in saved.items():
             setattr(mod, name, value)
+
+
+def lock_shared_arrays():
+    """Numba's CUDA simulator runs a block's threads as Python threads and gives them one shared
+    array per source line, stored by the first thread that asks, with an unlocked look-up then
+    store: a thread switch between the two gives some threads a private "shared" array, and the
+    kernel a wrong result (seen in the test suite and in gpucheck's tiny run). The same
+    allocation, done under a lock, so that simulated kernels are deterministic."""
+    import sys
+    import threading
+
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+    from numba.core import types
+
+    original = kernelapi.FakeCUDAShared.array
+    if getattr(original, "_gpucnn_locked", False):
+        return
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:       # dynamic shared memory, or an error
+            return original(self, shape, dtype, alignment)
+        frame = sys._getframe(1)
+        caller = (frame.f_code.co_filename, frame.f_lineno)   # the key the simulator uses
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                if isinstance(dtype, types.Type):
+                    dtype = numpy_support.as_dtype(dtype)
+                res = np.empty(shape, dtype)
+                self._allocations[caller] = res
+        return res
+
+    array._gpucnn_locked = True
+    kernelapi.FakeCUDAShared.array = array

@@ -1,0 +1,211 @@
+"""Every kernel of the cuda set, built exactly as it runs on a GPU, checked on the CPU.
+
+What runs on a GPU is the cubin of ``_cache.build``: PTX from Numba's NVVM for the device's
+``sm_XY`` (no link-time optimisation, never ``sm_XYa``), assembled by Numba's linker. Here the
+same function builds it for compute capability 8.0 and 9.0 (no GPU needed: NVVM and nvJitLink
+come with numba-cuda's CUDA 12 extra), in subprocesses without the simulator, and the tests read
+the cubin itself (tests/_cubin.py): its SM, each kernel's parameter table, registers and stack
+frame. The raw launch path flattens the arguments by hand; for every kernel the list it passes
+is compared, value by value and size by size, with the list Numba's own dispatcher builds
+(``_Kernel._prepare_args``, fed device arrays over fake pointers) and with the cubin's table.
+"""
+import ast
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+from numba import types
+
+from gpucnn.kernels.cuda_set import _launch
+
+CCS = ((8, 0), (9, 0))
+SET_DIR = pathlib.Path(_launch.__file__).parent
+HERE = pathlib.Path(__file__).parent
+
+WORKER = r"""
+import ctypes, json, re, sys
+import numpy as np
+from numba import types
+from numba.cuda.cudadrv.devicearray import DeviceNDArray
+from numba.cuda.dispatcher import _Kernel
+from gpucnn.kernels.cuda_set import _cache, _launch
+sys.path.insert(0, sys.argv[2])
+from _cubin import Cubin
+
+cc = tuple(int(v) for v in sys.argv[1].split("."))
+
+
+class FakeMemory:                     # what DeviceNDArray asks of its buffer: a pointer
+    def __init__(self, ptr):
+        self.device_ctypes_pointer = ctypes.c_void_p(ptr)
+
+
+class NoExtensions:
+    extensions = []
+
+
+def numba_args(spec, host):
+    # the list Numba's dispatcher hands to the driver's launch, for the same arrays
+    out = []
+    for t, a in zip(spec.argtypes, host):
+        if isinstance(t, types.Array):
+            a = DeviceNDArray(a.shape, a.strides, a.dtype, gpu_data=FakeMemory(a.ctypes.data))
+        _Kernel._prepare_args(NoExtensions(), t, a, 0, [], out)
+    # scalars come as ctypes values (their size is theirs); array fields as Python ints, which
+    # the launch passes as 64-bit words
+    return [(v.value, ctypes.sizeof(v)) if isinstance(v, ctypes._SimpleCData) else (int(v), 8)
+            for v in out]
+
+
+def raw_args(spec, host):
+    flat = _launch.flatten_args(spec.argtypes, host)
+    return [(v.item(), np.asarray(v).itemsize) for v in flat]
+
+
+out = []
+for spec in _launch.all_kernels():
+    rec = {"name": spec.name}
+    try:
+        built = _cache.build(spec, cc)
+    except Exception as e:
+        rec["error"] = f"{type(e).__name__}: {e}"[:2000]
+        out.append(rec)
+        continue
+    ptx = built.ptx
+    entry = re.search(r"\.entry\s+(\S+)\s*\((.*?)\)", ptx, re.S)
+    rec["ptx_target"] = re.search(r"\.target\s+(\S+)", ptx).group(1)
+    rec["ptx_params"] = re.findall(r"\.param\s+\.(\w+)", entry.group(2))
+    rec["f64_ops"] = sorted(set(re.findall(r"\b[a-z]+(?:\.[a-z0-9]+)*\.f64\b", ptx)))
+    rec["local_depot"] = bool(re.search(r"__local_depot", ptx))
+    cub = Cubin(built.cubin)
+    rec["sm"] = cub.sm
+    rec["cubin_params"] = cub.params(built.entry)
+    rec.update(cub.function_info(built.entry))
+    host, k = [], 0
+    for t in spec.argtypes:
+        k += 1
+        if isinstance(t, types.Array):
+            host.append(np.zeros(tuple(range(2, 2 + t.ndim)), dtype=str(t.dtype)))
+        elif isinstance(t, types.Integer):
+            host.append(3 + k)
+        else:
+            host.append(0.5 + k)
+    rec["numba_args"] = numba_args(spec, host)
+    rec["raw_args"] = raw_args(spec, host)
+    out.append(rec)
+print("COMPILE-REPORT " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def reports():
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    procs = {cc: subprocess.Popen([sys.executable, "-c", WORKER, f"{cc[0]}.{cc[1]}", str(HERE)],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+             for cc in CCS}
+    out = {}
+    for cc, p in procs.items():
+        stdout, stderr = p.communicate(timeout=900)
+        assert p.returncode == 0, f"compile worker for cc {cc} failed:\n{stderr[-4000:]}"
+        line = [ln for ln in stdout.splitlines() if ln.startswith("COMPILE-REPORT ")][-1]
+        out[cc] = {r["name"]: r for r in json.loads(line[len("COMPILE-REPORT "):])}
+    return out
+
+
+def test_registry_lists_every_kernel_family():
+    names = {s.name.split("[")[0] for s in _launch.all_kernels()}
+    assert names == {
+        "igemm_fwd", "igemm_bwd_input", "igemm_bwd_weight", "colsum",
+        "max_pool_fwd", "max_pool_bwd", "avg_pool_fwd", "avg_pool_bwd",
+        "act_fwd", "act_bwd", "softmax_fwd", "softmax_bwd", "xent_fwd", "xent_bwd",
+        "dropout", "sgd", "adam", "rmsprop"}
+    for spec in _launch.all_kernels():
+        assert all(isinstance(t, (types.Array, types.Number)) for t in spec.argtypes), spec.name
+
+
+@pytest.mark.parametrize("cc", CCS, ids=lambda cc: f"sm_{cc[0]}{cc[1]}")
+def test_every_kernel_builds_a_cubin_for_that_sm(reports, cc):
+    names = [s.name for s in _launch.all_kernels()]
+    assert sorted(reports[cc]) == sorted(names)
+    failed = {n: r["error"] for n, r in reports[cc].items() if "error" in r}
+    assert failed == {}, f"kernels that do not build for cc {cc}: {failed}"
+    want = cc[0] * 10 + cc[1]
+    for name, r in reports[cc].items():   # plain sm_XY: no architecture-specific 'a' target
+        assert r["ptx_target"] == f"sm_{want}" and r["sm"] == want, name
+
+
+@pytest.mark.parametrize("cc", CCS, ids=lambda cc: f"sm_{cc[0]}{cc[1]}")
+def test_no_float32_kernel_uses_local_memory(reports, cc):
+    """No register block in local memory (no ``__local_depot`` in the PTX), and no float32
+    kernel with a stack frame in the cubin (no spills). The linker assembles each kernel apart
+    from the 64-bit division helpers it calls, and three float64 conv kernels, at the 128
+    registers their launch bounds allow, keep 16-32 bytes of stack around those calls (seen
+    here; a standalone ``ptxas`` of the same PTX inlines them and needs none). float64 runs
+    only for gradient checks: it is held to that, not to zero."""
+    for name, r in reports[cc].items():
+        assert not r["local_depot"], name
+        limit = 0 if "float32" in name else 32
+        assert r["frame_bytes"] <= limit, (name, r["frame_bytes"])
+
+
+def test_conv_tiles_fit_their_launch_bounds(reports):
+    """The 256-thread conv tiles keep the registers within 65536 / (256 x blocks per SM)."""
+    for spec in _launch.all_kernels():
+        r = reports[(9, 0)][spec.name]
+        assert 0 < r["registers"] <= 255, spec.name
+        if spec.launch_bounds:
+            threads, blocks = spec.launch_bounds
+            assert r["registers"] <= 65536 // (threads * blocks), (spec.name, r["registers"])
+
+
+def test_raw_arguments_match_numba_and_the_cubin(reports):
+    """The cheap launch path passes what Numba's dispatcher would pass, slot for slot, and
+    the cubin's parameter table has the same sizes at naturally aligned offsets."""
+    size = {"u64": 8, "b64": 8, "s64": 8, "f64": 8, "u32": 4, "b32": 4, "s32": 4, "f32": 4}
+    for spec in _launch.all_kernels():
+        r = reports[(9, 0)][spec.name]
+        assert r["raw_args"] == r["numba_args"], spec.name
+        params = r["ptx_params"]
+        assert params == _launch.flat_param_types(spec.argtypes), spec.name
+        sizes = [s for _, s in r["raw_args"]]
+        assert sizes == [size[p] for p in params], spec.name
+        offset, table = 0, []
+        for i, s in enumerate(sizes):
+            offset = -(-offset // s) * s
+            table.append([i, offset, s])
+            offset += s
+        assert r["cubin_params"] == table, spec.name
+
+
+def test_float32_kernels_do_no_double_precision_math(reports):
+    """A stray Python float literal would promote a float32 kernel to (slow) float64 math.
+    Dropout is the one exception: its keep test u * 2**-32 >= rate is float64 by contract."""
+    for name, r in reports[(9, 0)].items():
+        if "float32" in name and not name.startswith("dropout"):
+            assert r["f64_ops"] == [], f"{name} does float64 math: {r['f64_ops']}"
+
+
+def test_kernels_are_only_made_by_registered_factories():
+    """Outside _launch.py, ``cuda.jit`` only makes device functions, and every ``KernelSpec`` is
+    built inside a function decorated with ``@kernel_factory`` (so all_kernels() sees it)."""
+    for path in sorted(SET_DIR.glob("*.py")):
+        src = path.read_text()
+        tree = ast.parse(src)
+        if path.name != "_launch.py":
+            for m in re.finditer(r"cuda\.jit\(([^)]*)\)", src):
+                assert "device=True" in m.group(1), f"{path.name}: a kernel jitted outside a " \
+                    f"factory: {m.group(0)}"
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef):
+                continue
+            builds = any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "KernelSpec"
+                         for n in ast.walk(fn))
+            decorated = any(isinstance(d, ast.Call) and getattr(d.func, "id", None)
+                            == "kernel_factory" for d in fn.decorator_list)
+            if builds:
+                assert decorated, f"{path.name}:{fn.name} builds a KernelSpec outside a factory"

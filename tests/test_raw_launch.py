@@ -1,0 +1,268 @@
+"""The raw launch path on the CPU: a fake CuPy records what the cuda set loads and launches, and
+a fake compiler stands in for Numba's (tests/test_compile.py checks the real cubins and that the
+flattened arguments are Numba's). Covered here: the kernel cache (stored once, read back by the
+next process, corrupt or foreign entries rebuilt, an unwritable folder tolerated), the launch
+itself, the fallback to Numba's launcher (an error in strict mode) and the backend probe."""
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from gpucnn.kernels.cuda_set import _cache, _launch, _runtime, activation
+
+
+class FakeArray:
+    """A device array of the fake CuPy: a NumPy array and a made-up device pointer."""
+
+    _next = 0x7F00_0000_0000
+
+    def __init__(self, a):
+        self.a = np.ascontiguousarray(a)
+        FakeArray._next += 1 << 20
+        self.data = type("Ptr", (), {"ptr": FakeArray._next})()
+
+    def __getattr__(self, name):
+        return getattr(self.a, name)
+
+
+class FakeCuPy:
+    ndarray = FakeArray
+
+    def __init__(self):
+        self.loads, self.launches = [], []
+        fake = self
+
+        class Function:
+            def __init__(self, name):
+                self.name = name
+
+            def __call__(self, grid, block, args):
+                fake.launches.append((self.name, grid, block, args))
+
+        class Module:
+            def load(self, data):
+                if fake.load_error:
+                    raise fake.load_error
+                fake.loads.append(bytes(data))
+
+            def get_function(self, name):
+                return Function(name)
+
+        self.load_error = None
+        runtime = type("R", (), {"getDevice": staticmethod(lambda: 0),
+                                 "getDeviceProperties": staticmethod(
+                                     lambda d: {"major": 9, "minor": 0})})
+        self.cuda = type("C", (), {"runtime": runtime,
+                                   "function": type("F", (), {"Module": Module})})
+
+
+@pytest.fixture
+def gpu(monkeypatch, tmp_path):
+    """The cuda set on the raw path over a fake CuPy, a fresh cache folder and a fake compiler
+    (``gpu.builds`` lists the kernels it was asked to build)."""
+    fake = FakeCuPy()
+    fake.builds = []
+
+    def build(spec, cc):
+        fake.builds.append((spec.name, tuple(cc)))
+        return _cache.Built(b"\x7fELF-cubin-of-" + spec.name.encode(), "entry_" + spec.name, 0.5)
+
+    monkeypatch.setattr(_launch, "cp", fake)
+    monkeypatch.setattr(_cache, "build", build)
+    monkeypatch.setitem(_launch._state, "path", "raw")
+    monkeypatch.setattr(_launch, "_raw_cache", {})
+    monkeypatch.setattr(_launch, "FELL_BACK", {})
+    monkeypatch.setattr(_launch, "_failed", {})
+    monkeypatch.setattr(_launch, "STRICT", False)
+    monkeypatch.setenv("GPUCNN_CACHE_DIR", str(tmp_path / "kernels"))
+    return fake
+
+
+SPEC = activation.act_fwd_kernel(dtype="float32")
+
+
+def launch_tanh(n=5):
+    x, y = FakeArray(np.arange(n, dtype=np.float32)), FakeArray(np.empty(n, np.float32))
+    _launch.launch(SPEC, (1,), (32,), x, y, 2)
+    return x, y
+
+
+def test_first_launch_builds_stores_loads_and_launches(gpu, tmp_path):
+    x, y = launch_tanh()
+    assert gpu.builds == [(SPEC.name, (9, 0))]
+    (path,) = (tmp_path / "kernels").glob("*.cubin")
+    assert SPEC.name.split("[")[0] in path.name and "sm_90" in path.name
+    assert gpu.loads == [b"\x7fELF-cubin-of-" + SPEC.name.encode()]
+    (name, grid, block, args), = gpu.launches
+    assert (name, grid, block) == ("entry_" + SPEC.name, (1,), (32,))
+    want = [0, 0, 5, 4, x.data.ptr, 5, 4, 0, 0, 5, 4, y.data.ptr, 5, 4, 2]
+    assert [v.item() for v in args] == want
+    assert [np.asarray(v).dtype for v in args] == [np.dtype(t) for t in
+                                                    ["u8", "u8", "i8", "i8", "u8", "i8", "i8",
+                                                     "u8", "u8", "i8", "i8", "u8", "i8", "i8",
+                                                     "i4"]]
+    launch_tanh()                                       # the loaded module is kept
+    assert len(gpu.builds) == 1 and len(gpu.loads) == 1 and len(gpu.launches) == 2
+
+
+def test_a_new_process_reads_the_cache_instead_of_compiling(gpu, monkeypatch):
+    launch_tanh()
+    monkeypatch.setattr(_launch, "_raw_cache", {})     # what a new process starts with
+    launch_tanh()
+    assert len(gpu.builds) == 1 and gpu.loads[0] == gpu.loads[1]
+
+
+def test_the_cache_key_covers_what_decides_the_code(gpu):
+    base = _cache.entry_path(SPEC, (9, 0))
+    assert _cache.entry_path(SPEC, (8, 0)) != base
+    assert _cache.entry_path(activation.act_fwd_kernel(dtype="float64"), (9, 0)) != base
+    fields = _cache.key_fields(SPEC, (9, 0))
+    assert fields["numba_cuda"] == _cache.numba_cuda_version()
+    assert fields["source"] == _cache.source_hash() and len(fields["source"]) == 64
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "foreign", "not-ours"])
+def test_a_damaged_or_foreign_entry_is_rebuilt_not_loaded(gpu, monkeypatch, capsys, damage):
+    launch_tanh()
+    path = _cache.entry_path(SPEC, (9, 0))
+    data = path.read_bytes()
+    if damage == "truncated":
+        data = data[:-3]
+    elif damage == "flipped":
+        data = data[:-1] + bytes([data[-1] ^ 1])
+    elif damage == "foreign":
+        data = data.replace(b'"sm_90"', b'"sm_80"')
+    else:
+        data = b"#!/bin/sh\nrm -rf /\n"
+    path.write_bytes(data)
+    monkeypatch.setattr(_launch, "_raw_cache", {})
+    launch_tanh()
+    assert len(gpu.builds) == 2                           # rebuilt, and the bad bytes never loaded
+    assert all(b.startswith(b"\x7fELF-cubin") for b in gpu.loads)
+    assert "ignoring the kernel cache entry" in capsys.readouterr().err
+    assert _cache.read(path, _cache.key_fields(SPEC, (9, 0))).cubin == gpu.loads[-1]
+
+
+def test_an_unwritable_cache_costs_only_the_storing(gpu, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "kernels"
+    folder.write_text("a file where the cache folder should be")
+    launch_tanh()
+    assert len(gpu.launches) == 1
+    assert "cannot store" in capsys.readouterr().err
+    monkeypatch.setenv("GPUCNN_CACHE_DIR", str(tmp_path / "fresh"))
+    monkeypatch.setattr(_launch, "_raw_cache", {})
+    launch_tanh()
+    assert [p.name for p in (tmp_path / "fresh").iterdir() if p.name.startswith(".")] == []
+
+
+def test_strict_mode_makes_a_failed_load_an_error(gpu, monkeypatch):
+    monkeypatch.setattr(_launch, "STRICT", True)
+    gpu.load_error = OSError("CUDA_ERROR_INVALID_IMAGE")
+    with pytest.raises(RuntimeError, match=r"act_fwd\[float32\] cannot be built or loaded.*"
+                                           r"CUDA_ERROR_INVALID_IMAGE.*strict"):
+        launch_tanh()
+    assert _launch.fell_back() == {}
+
+
+def test_outside_strict_mode_a_failed_load_falls_back_once_and_is_listed(gpu, monkeypatch):
+    gpu.load_error = OSError("CUDA_ERROR_INVALID_IMAGE")
+    calls = []
+
+    class FakeNumbaKernel:
+        def __getitem__(self, config):
+            return lambda *args: calls.append((config[:2], args))
+
+    monkeypatch.setattr(_launch, "_numba_kernel", lambda spec: FakeNumbaKernel())
+    monkeypatch.setattr(_launch, "_numba_stream", lambda: "stream")
+    monkeypatch.setattr(_launch, "_wrap", lambda t, a: a)
+    with pytest.warns(RuntimeWarning, match=r"act_fwd\[float32\].*Numba's launcher"):
+        launch_tanh()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        launch_tanh()                                      # no second warning, no second load
+    assert len(calls) == 2 and gpu.launches == []
+    assert list(_launch.fell_back()) == [SPEC.name]
+    assert "CUDA_ERROR_INVALID_IMAGE" in _launch.fell_back()[SPEC.name]
+
+
+def test_a_kernel_numba_cannot_compile_fails_fast_the_second_time(gpu, monkeypatch):
+    monkeypatch.setitem(_launch._state, "path", "numba")
+    tries = []
+
+    def broken(spec):
+        tries.append(spec.name)
+        raise RuntimeError("NvvmSupportError: libNVVM cannot be found")
+
+    monkeypatch.setattr(_launch, "_numba_kernel", broken)
+    monkeypatch.setattr(_launch, "_wrap", lambda t, a: a)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="libNVVM"):
+            launch_tanh()
+    assert tries == [SPEC.name]
+
+
+# --------------------------------------------------------------------------- the probe
+
+class ProbeCuPy:
+    def __init__(self, result=None, error=None):
+        self.result, self.error = result, error
+
+    def asarray(self, a):
+        return a
+
+    def asnumpy(self, a):
+        return a
+
+
+def test_the_probe_names_a_missing_compiler_and_the_fix(monkeypatch):
+    def act_forward(x, act):
+        raise RuntimeError("NvvmSupportError: libNVVM cannot be found. Do `conda install "
+                           "cudatoolkit`")
+
+    monkeypatch.setattr(_runtime, "cp", ProbeCuPy())
+    monkeypatch.setattr(activation, "act_forward", act_forward)
+    info = {}
+    ok, why = _runtime._prove_chain(info)
+    assert not ok and "libNVVM cannot be found" in why
+    assert "gpucnn[cuda12]" in why and "gpucnn[cuda13]" in why and "CUDA_HOME" in why
+    assert "python -m gpucnn.cache fill" in why and "Traceback" in info["probe_traceback"]
+
+
+def test_the_probe_rejects_a_kernel_that_returns_wrong_numbers(monkeypatch):
+    monkeypatch.setattr(_runtime, "cp", ProbeCuPy())
+    monkeypatch.setattr(activation, "act_forward", lambda x, act: x)      # identity, not tanh
+    ok, why = _runtime._prove_chain({})
+    assert not ok and "wrong numbers" in why
+
+
+def test_the_probe_verdict_is_computed_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(_runtime, "_verdict", {})
+    monkeypatch.setattr(_runtime, "_probe", lambda: calls.append(1) or (False, "why", {"a": 1}))
+    first = _runtime.probe()
+    first[2]["a"] = 2                                   # callers get copies
+    assert _runtime.probe() == (False, "why", {"a": 1}) and calls == [1]
+
+
+# --------------------------------------------------------------------------- the real compiler
+
+def test_a_second_process_finds_every_kernel_in_the_cache(tmp_path):
+    """Numba's real compiler (no simulator) in two fresh processes: the first builds, the
+    second finds both kernels in the cache and compiles nothing."""
+    code = ("import sys; from gpucnn.kernels.cuda_set import _cache, _launch; "
+            "names = [s.name for s in _launch.all_kernels()[:2]]; "
+            "res = _cache.fill((9, 0), jobs=1, names=names); "
+            "print('SOURCES', sorted(v[0] for v in res.values()))")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env["GPUCNN_CACHE_DIR"] = str(tmp_path)
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           timeout=300) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert "SOURCES ['built', 'built']" in runs[0].stdout
+    assert "SOURCES ['cache', 'cache']" in runs[1].stdout
+    assert len(list(tmp_path.glob("*.cubin"))) == 2
+    assert [p for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
