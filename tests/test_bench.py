@@ -90,7 +90,32 @@ def test_model_names_match_the_cases():
     from gpucnn.bench import __main__ as bench_main, e2e, ops
 
     assert bench_main.MODEL_NAMES == tuple(e2e.MODELS)
-    assert [e2e.LABELS[m] for m in bench_main.MODEL_NAMES] == [net[0] for net in ops.NETS]
+    assert [e2e.LABELS[m] for m in bench_main.MODEL_NAMES] == [net[0] for net in ops.nets()]
+
+
+def test_benchmark_shapes_are_the_guides_networks():
+    """The shapes come from the zoo's models; here against the sizes the guide gives for LeNet-5
+    and AlexNet (section 5 and 7), and a stride-2 transposed conv doubling the autoencoder's maps."""
+    from gpucnn.bench import shapes
+
+    label, batch, rows = shapes.net_table("lenet5")
+    assert (label, batch) == ("LeNet-5", 128)
+    assert [(r.name, r.hwc, r.k, r.filters, r.stride, r.kind) for r in rows] == [
+        ("C1", (32, 32, 1), 5, 6, 1, "first"), ("S2", (28, 28, 6), 2, None, 2, "avg"),
+        ("C3", (14, 14, 6), 5, 16, 1, "conv"), ("S4", (10, 10, 16), 2, None, 2, "avg"),
+        ("C5", (5, 5, 16), 5, 120, 1, "conv"), ("Output", (10,), None, None, None, "xent")]
+    _, batch, rows = shapes.net_table("alexnet")
+    assert batch == 32
+    assert [(r.name, r.hwc[:2], r.k, r.stride) for r in rows if r.kind != "xent"] == [
+        ("conv1", (227, 227), 11, 4), ("pool1", (55, 55), 3, 2), ("conv2", (27, 27), 5, 1),
+        ("pool2", (27, 27), 3, 2), ("conv3", (13, 13), 3, 1), ("conv4", (13, 13), 3, 1),
+        ("conv5", (13, 13), 3, 1), ("pool5", (13, 13), 3, 2)]
+    assert [r.filters for r in rows if r.kind in ("first", "conv")] == [96, 256, 384, 384, 256]
+    _, _, rows = shapes.net_table("autoencoder")
+    dec = [r for r in rows if r.kind == "transpose"]
+    assert [(r.hwc, r.stride) for r in dec] == [((7, 7, 8), 2), ((14, 14, 32), 2)]
+    with pytest.raises(ValueError, match="unknown network 'vgg'"):
+        shapes.net_table("vgg")
 
 
 def test_models_option_runs_only_those(tmp_path):
@@ -213,3 +238,26 @@ def test_a_running_childs_cpu_time_is_ours_not_foreign():
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
+
+
+def test_device_timing_runs_many_short_calls_between_one_event_pair():
+    """The GPU check's timing, with events that read a fake clock advanced by the calls: a
+    call of 0.05 ms is timed in rounds of 20 calls (a 1 ms round), and the result is per call."""
+    from gpucnn.bench import _timing
+
+    clock = {"t": 0.0, "calls": 0}
+
+    class Event:
+        def record(self):
+            self.t = clock["t"]
+
+        def synchronize(self):
+            pass
+
+    def call():
+        clock["t"] += 0.05
+        clock["calls"] += 1
+
+    ms = _timing.device_ms(call, Event, lambda a, b: b.t - a.t, warmup=2, repeats=5)
+    assert ms == pytest.approx(0.05)
+    assert clock["calls"] == 2 + 1 + 5 * 20

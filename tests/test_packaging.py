@@ -60,3 +60,31 @@ def test_gpucnn_kernels_is_one_module_from_the_repository_root():
     import gpucnn.kernels
 
     assert importlib.util.find_spec("gpucnn.kernels").origin == gpucnn.kernels.__file__
+
+
+def test_a_bare_source_checkout_imports_kernels_under_one_name():
+    """Nothing installed, the repository root on sys.path (site-packages only for NumPy and
+    Numba, without the editable install's finder): ``gpucnn.kernels`` is the top-level folder,
+    loaded once under that name, never as a bare ``kernels``."""
+    import numpy
+
+    site = str(pathlib.Path(numpy.__file__).parents[1])
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import gpucnn; "
+            "import gpucnn.kernels as k; from gpucnn.kernels import numpy_set; "
+            "print(k.__file__); print('kernels' in sys.modules); "
+            "print(gpucnn.set_backend('numpy'))")
+    r = subprocess.run([sys.executable, "-S", "-c", code, str(ROOT), site], capture_output=True,
+                       text=True, timeout=120, cwd="/")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == [str(ROOT / "kernels" / "__init__.py"), "False", "numpy"]
+
+
+def test_an_offline_install_needs_no_index(tmp_path):
+    """``pip install --no-deps --no-build-isolation -e .`` (docs/gpu.md) builds from what the
+    environment has: pip is told to use no index at all, and still installs."""
+    target = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                        "--no-build-isolation", "--target", str(target), str(ROOT)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (target / "gpucnn" / "kernels" / "cuda_set" / "_cache.py").exists()

@@ -124,8 +124,8 @@ def main(argv=None) -> int:
     warm = 1 if args.quick else 2
     if args.only != "e2e":
         _log("per-op timings ...")
-        nets = ops.NETS if args.models is None else tuple(
-            net for net, name in zip(ops.NETS, MODEL_NAMES) if name in args.models)
+        nets = ops.nets(MODEL_NAMES if args.models is None else
+                        [name for name in MODEL_NAMES if name in args.models])
         cases = ops.cases(tr, batch_scale=(4 / 128) if args.quick else 1.0, nets=nets)
         ops.run(cases, gsync, tsync, warm, args.repeats or (2 if args.quick else None),
                 budget=0.25, lead=0.0 if args.quick else None)

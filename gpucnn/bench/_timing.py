@@ -1,6 +1,7 @@
 """Interleaved timing: warm-up, then rounds that run every side once, the median per side."""
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -128,3 +129,31 @@ def repeat_count(seconds_per_call: float, budget: float, lo: int, hi: int) -> in
     if seconds_per_call <= 0:
         return hi
     return max(lo, min(hi, int(budget / seconds_per_call)))
+
+
+def device_ms(fn, new_event, elapsed_ms, warmup: int, repeats: int, round_ms: float = 1.0,
+              max_reps: int = 200) -> float:
+    """Median device milliseconds per call of ``fn`` on a GPU, from events (CuPy's or
+    PyTorch's: ``new_event()`` makes one with ``record()`` and ``synchronize()``,
+    ``elapsed_ms(a, b)`` reads the time between two). One timed call sizes the rounds: ``reps``
+    calls between one event pair, so that a round lasts about ``round_ms`` (a kernel of a few
+    microseconds is timed as many launches, not as one launch and its host gaps); the median of
+    ``repeats`` rounds, divided by ``reps``."""
+    for _ in range(warmup):
+        fn()
+    a, b = new_event(), new_event()
+    a.record()
+    fn()
+    b.record()
+    b.synchronize()
+    reps = int(min(max_reps, max(1, math.ceil(round_ms / max(elapsed_ms(a, b), 1e-3)))))
+    times = []
+    for _ in range(repeats):
+        a, b = new_event(), new_event()
+        a.record()
+        for _ in range(reps):
+            fn()
+        b.record()
+        b.synchronize()
+        times.append(elapsed_ms(a, b) / reps)
+    return statistics.median(times)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gpucnn.bench import _timing, shapes, torch_ref
+
 FWD_TOL, GRAD_TOL, BUG_TOL = 1e-5, 1e-4, 1e-3
 #: fp32 FMA lanes per SM by compute capability (major, minor); peak = SMs x lanes x 2 x clock.
 FP32_LANES = {(6, 0): 64, (7, 0): 64, (7, 2): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128,
@@ -79,27 +81,24 @@ class Pool:
 
 
 def layers(tiny: bool):
-    """The LeNet-5 (batch 128) and AlexNet (227 x 227 x 3, batch 32) layers; tiny stand-ins."""
+    """The conv and pool layers of LeNet-5 (batch 128) and AlexNet (227 x 227 x 3, batch 32),
+    read off the zoo's models (``shapes``); tiny stand-ins for the simulator."""
     if tiny:
         return ([Conv("lenet", "C1", (2, 9, 9, 1), 5, 6, 1, "valid", "tanh"),
                  Conv("alexnet", "conv1", (1, 15, 15, 3), 11, 4, 4, "valid", "relu"),
                  Conv("alexnet", "conv2", (1, 5, 5, 4), 5, 6, 1, "same", "relu")],
                 [Pool("lenet", "S2", "avg", (2, 5, 5, 6), 2, 2),
                  Pool("alexnet", "pool1", "max", (1, 5, 5, 4), 3, 2)])
-    b, a = 128, 32
-    convs = [Conv("lenet", "C1", (b, 32, 32, 1), 5, 6, 1, "valid", "tanh"),
-             Conv("lenet", "C3", (b, 14, 14, 6), 5, 16, 1, "valid", "tanh"),
-             Conv("lenet", "C5", (b, 5, 5, 16), 5, 120, 1, "valid", "tanh"),
-             Conv("alexnet", "conv1", (a, 227, 227, 3), 11, 96, 4, "valid", "relu"),
-             Conv("alexnet", "conv2", (a, 27, 27, 96), 5, 256, 1, "same", "relu"),
-             Conv("alexnet", "conv3", (a, 13, 13, 256), 3, 384, 1, "same", "relu"),
-             Conv("alexnet", "conv4", (a, 13, 13, 384), 3, 384, 1, "same", "relu"),
-             Conv("alexnet", "conv5", (a, 13, 13, 384), 3, 256, 1, "same", "relu")]
-    pools = [Pool("lenet", "S2", "avg", (b, 28, 28, 6), 2, 2),
-             Pool("lenet", "S4", "avg", (b, 10, 10, 16), 2, 2),
-             Pool("alexnet", "pool1", "max", (a, 55, 55, 96), 3, 2),
-             Pool("alexnet", "pool2", "max", (a, 27, 27, 256), 3, 2),
-             Pool("alexnet", "pool5", "max", (a, 13, 13, 256), 3, 2)]
+    convs, pools = [], []
+    for net, key in (("lenet", "lenet5"), ("alexnet", "alexnet")):
+        _, batch, rows = shapes.net_table(key)
+        for r in rows:
+            x = (batch,) + r.hwc
+            if r.kind in ("first", "conv"):
+                convs.append(Conv(net, r.name, x, r.k, r.filters, r.stride, r.padding,
+                                  r.act or "linear"))
+            elif r.kind in ("max", "avg"):
+                pools.append(Pool(net, r.name, r.kind, x, r.k, r.stride))
     return convs, pools
 
 
@@ -226,46 +225,12 @@ class Ctx:
                 times.append(1e3 * (time.perf_counter() - t))
             return statistics.median(times)
         cp = self.cp
-        a, b = cp.cuda.Event(), cp.cuda.Event()
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        one = max(cp.cuda.get_elapsed_time(a, b), 1e-3)
-        reps = int(min(200, max(1, math.ceil(1.0 / one))))
-        times = []
-        for _ in range(self.repeats):
-            a, b = cp.cuda.Event(), cp.cuda.Event()
-            a.record()
-            for _ in range(reps):
-                fn()
-            b.record()
-            b.synchronize()
-            times.append(cp.cuda.get_elapsed_time(a, b) / reps)
-        return statistics.median(times)
+        return _timing.device_ms(fn, cp.cuda.Event, cp.cuda.get_elapsed_time, 0, self.repeats)
 
     def torch_ms(self, fn):
         torch = self.torch
-        for _ in range(self.warmup):
-            fn()
-        a = torch.cuda.Event(enable_timing=True)
-        b = torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        reps = int(min(200, max(1, math.ceil(1.0 / max(a.elapsed_time(b), 1e-3)))))
-        times = []
-        for _ in range(self.repeats):
-            a = torch.cuda.Event(enable_timing=True)
-            b = torch.cuda.Event(enable_timing=True)
-            a.record()
-            for _ in range(reps):
-                fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / reps)
-        return statistics.median(times)
+        return _timing.device_ms(fn, lambda: torch.cuda.Event(enable_timing=True),
+                                 lambda a, b: a.elapsed_time(b), self.warmup, self.repeats)
 
 
 def _jsonable_dict(d):
@@ -533,15 +498,6 @@ def _launch_path_agreement(ctx, rows):
 
 # --------------------------------------------------------------------------- (2-4) timings
 
-def _torch_tensor(ctx, a):
-    return ctx.torch.from_dlpack(a)
-
-
-def _nchw(ctx, a):
-    """An NHWC array as a torch NCHW view: channels-last memory, no copy."""
-    return _torch_tensor(ctx, a).permute(0, 3, 1, 2)
-
-
 def time_ops(ctx):
     """Rows (net, layer, op, shape, ours ms, GFLOP/s, % peak, torch ms, ratio)."""
     C = ctx.C
@@ -586,7 +542,7 @@ def _time_conv(ctx, add, c):
     x, w, b, dy = (ctx.dev(ctx.rand(*c.x)), ctx.dev(ctx.rand(*c.w, scale=0.1)),
                    ctx.dev(ctx.rand(c.cout)), ctx.dev(ctx.rand(*ys)))
     shape = f"x{c.x} k{c.k} s{c.stride} {c.padding} -> {ys}"
-    t = _torch_ops(ctx, _torch_conv, c, x, w, b, dy, pad)
+    t = _torch_ops(ctx, torch_ref.gpu_conv_twins, x, w, b, dy, st, pad, c.act, c.cout)
     add(c.net, c.name, f"conv fwd+bias+{c.act}", shape,
         lambda: C.conv2d_forward(x, w, b, st, pad, c.act), c.flops(), t.get("fwd"))
     add(c.net, c.name, "conv bwd input", shape,
@@ -602,7 +558,7 @@ def _time_pool(ctx, add, p):
     geo = ((p.k, p.k), (p.stride, p.stride), pad)
     x, dy = ctx.dev(ctx.rand(*p.x)), ctx.dev(ctx.rand(*ys))
     shape = f"x{p.x} {p.k}x{p.k}/{p.stride}"
-    t = _torch_ops(ctx, _torch_pool, p, x, dy)
+    t = _torch_ops(ctx, torch_ref.gpu_pool_twins, p.kind, x, dy, p.k, p.stride)
     if p.kind == "max":
         _, idx = C.max_pool_forward(x, *geo)
         add(p.net, p.name, "max pool fwd", shape, lambda: C.max_pool_forward(x, *geo),
@@ -627,7 +583,7 @@ def _time_rows(ctx, add):
             lab = ctx.dev(ctx.rng.integers(0, k, rows_))
             loss, p = C.softmax_xent_forward(z, lab)
             g = ctx.dev(np.full(rows_, 1.0 / rows_, np.float32))
-            t = _torch_ops(ctx, _torch_softmax, z, lab)
+            t = _torch_ops(ctx, torch_ref.gpu_softmax_twins, z, lab)
             add(net, "output", "softmax xent fwd", f"({rows_}, {k})",
                 lambda: C.softmax_xent_forward(z, lab), None, t.get("xent"))
             add(net, "output", "softmax xent bwd", f"({rows_}, {k})",
@@ -638,7 +594,7 @@ def _time_rows(ctx, add):
     with ctx.case("timing relu"):
         x = ctx.dev(ctx.rand(*e))
         y = C.act_forward(x, "relu")
-        t = _torch_ops(ctx, _torch_relu, x, y)
+        t = _torch_ops(ctx, torch_ref.gpu_relu_twins, x, y)
         add("alexnet", "conv1", "relu fwd", f"{e}", lambda: C.act_forward(x, "relu"), None,
             t.get("fwd"))
         add("alexnet", "conv1", "relu bwd", f"{e}", lambda: C.act_backward(x, y, "relu"), None,
@@ -650,7 +606,7 @@ def _time_rows(ctx, add):
     with ctx.case("timing optimizer updates"):
         p, g, m, v = (ctx.dev(ctx.rand(n)) for _ in range(4))
         v = abs(v)
-        tadam = _torch_ops(ctx, _torch_adam, n).get("step")
+        tadam = _torch_ops(ctx, torch_ref.gpu_adam_twin, n).get("step")
         add("alexnet", "fc6", "adam update", f"({n},)",
             lambda: C.adam_update(p, g, m, v, 1e-4, 0.9, 0.999, 1e-7, 10, 0.0), None, tadam)
         add("alexnet", "fc6", "sgd momentum update", f"({n},)",
@@ -658,81 +614,15 @@ def _time_rows(ctx, add):
 
 
 def _torch_ops(ctx, build, *args) -> dict:
-    """``build(ctx, *args)``: the PyTorch twins of our calls; {} without PyTorch or on failure."""
+    """``build(torch, *args)`` (``torch_ref.gpu_*``): the PyTorch twins of our calls; {} without
+    PyTorch or on failure."""
     if ctx.torch is None:
         return {}
     try:
-        return build(ctx, *args)
+        return build(ctx.torch, *args)
     except Exception as e:  # noqa: BLE001 - a PyTorch problem only loses the comparison
         print(f"  [3] PyTorch twin {build.__name__}: {type(e).__name__}: {e}", flush=True)
         return {}
-
-
-def _torch_conv(ctx, c, x, w, b, dy, pad):
-    torch = ctx.torch
-    F = torch.nn.functional
-    pt, pb, pl, pr = pad
-    if pt != pb or pl != pr:
-        return {}
-    xt, dyt = _nchw(ctx, x), _nchw(ctx, dy)
-    wt = _torch_tensor(ctx, w).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
-    bt = _torch_tensor(ctx, b)
-    act = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}.get(c.act,
-                                                                                 lambda v: v)
-    st, padding = (c.stride, c.stride), (pt, pl)
-
-    def bwd(mask):
-        return lambda: torch.ops.aten.convolution_backward(
-            dyt, xt, wt, [c.cout], st, padding, (1, 1), False, (0, 0), 1, mask)
-
-    return {"fwd": lambda: act(F.conv2d(xt, wt, bt, st, padding)),
-            "bwd_input": bwd([True, False, False]),
-            "bwd_weight": bwd([False, True, False]),
-            "bias": lambda: dyt.sum((0, 2, 3))}
-
-
-def _torch_pool(ctx, p, x, dy):
-    torch = ctx.torch
-    F = torch.nn.functional
-    xt, dyt = _nchw(ctx, x), _nchw(ctx, dy)
-    if p.kind == "max":
-        _, idx = F.max_pool2d(xt, p.k, p.stride, return_indices=True)
-        return {"fwd": lambda: F.max_pool2d(xt, p.k, p.stride),
-                "bwd": lambda: torch.ops.aten.max_pool2d_with_indices_backward(
-                    dyt, xt, [p.k, p.k], [p.stride, p.stride], [0, 0], [1, 1], False, idx)}
-    return {"fwd": lambda: F.avg_pool2d(xt, p.k, p.stride),
-            "bwd": lambda: torch.ops.aten.avg_pool2d_backward(
-                dyt, xt, [p.k, p.k], [p.stride, p.stride], [0, 0], False, True, None)}
-
-
-def _torch_softmax(ctx, z, lab):
-    torch = ctx.torch
-    tz, tl = _torch_tensor(ctx, z), _torch_tensor(ctx, lab)
-    return {"xent": lambda: torch.nn.functional.cross_entropy(tz, tl, reduction="none"),
-            "softmax": lambda: torch.softmax(tz, 1)}
-
-
-def _torch_relu(ctx, x, y):
-    torch = ctx.torch
-    tx, ty = _torch_tensor(ctx, x), _torch_tensor(ctx, y)
-    return {"fwd": lambda: torch.relu(tx),
-            "bwd": lambda: torch.ops.aten.threshold_backward(tx, ty, 0)}
-
-
-def _torch_tanh(ctx, x):
-    tx = _torch_tensor(ctx, x)
-    return {"tanh": lambda: ctx.torch.tanh(tx)}
-
-
-def _torch_adam(ctx, n):
-    torch = ctx.torch
-    prm = torch.zeros(n, device="cuda", requires_grad=True)
-    prm.grad = torch.randn(n, device="cuda")
-    try:
-        opt = torch.optim.Adam([prm], lr=1e-4, eps=1e-7, fused=True)
-    except (TypeError, RuntimeError):
-        opt = torch.optim.Adam([prm], lr=1e-4, eps=1e-7)
-    return {"step": opt.step}
 
 
 def tile_sweep(ctx):
@@ -849,7 +739,7 @@ def launch_overhead(ctx):
         C.set_launch_path(before)
     if ctx.gpu:
         add("CuPy cp.tanh (1 elem)", lambda: ctx.cp.tanh(x))
-    t = _torch_ops(ctx, _torch_tanh, x)
+    t = _torch_ops(ctx, torch_ref.gpu_tanh_twin, x)
     if "tanh" in t:
         add("PyTorch torch.tanh (1 elem)", t["tanh"], ctx.torch_ms)
     return rows
@@ -890,7 +780,8 @@ def end_to_end(ctx):
         ours = batch * steps / dt
         theirs = math.nan
         if not ctx.tiny:
-            theirs = _torch_ops(ctx, _torch_lenet, batch, steps).get("images/s", math.nan)
+            theirs = _torch_ops(ctx, torch_ref.gpu_lenet5_images_per_second, batch,
+                                steps).get("images/s", math.nan)
         rows.append((name, batch, ours, theirs, ours / theirs if theirs == theirs else math.nan,
                      f"{launches:.0f} gpucnn kernel launches per step"))
     except Exception as e:  # noqa: BLE001
@@ -903,34 +794,6 @@ def end_to_end(ctx):
     for r in rows:
         print(f"  [6] {r[0]}: {r[2]:.1f} images/s ({r[5]})", flush=True)
     return rows
-
-
-def _torch_lenet(ctx, batch, steps):
-    torch = ctx.torch
-    nn = torch.nn
-    net = nn.Sequential(nn.Conv2d(1, 6, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(6, 16, 5),
-                        nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(16, 120, 5), nn.Tanh(),
-                        nn.Flatten(), nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10)).cuda()
-    net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    xh = torch.rand(batch, 1, 32, 32)
-    yh = torch.randint(0, 10, (batch,))
-
-    def step():
-        x, y = xh.cuda(non_blocking=False), yh.cuda()
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        return loss.item()                            # one sync per step, as train_on_batch
-
-    for _ in range(3):
-        step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    return {"images/s": batch * steps / (time.perf_counter() - t)}
 
 
 # --------------------------------------------------------------------------- sections

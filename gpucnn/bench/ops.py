@@ -15,39 +15,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gpucnn import backend
-from gpucnn.bench import _timing, torch_ref
+from gpucnn.bench import _timing, shapes, torch_ref
 from gpucnn.kernels._geometry import transpose_out_1d, window_2d
 
-# (net, layer, input HWC, kernel, filters, stride, padding, activation, kind)
-#   kind: "conv" (forward, dx unless first, dw) or "transpose" (Conv2DTranspose)
-LENET = ("LeNet-5", 128, [
-    ("C1", (32, 32, 1), 5, 6, 1, "valid", "tanh", "first"),
-    ("S2", (28, 28, 6), 2, None, 2, "valid", None, "avg"),
-    ("C3", (14, 14, 6), 5, 16, 1, "valid", "tanh", "conv"),
-    ("S4", (10, 10, 16), 2, None, 2, "valid", None, "avg"),
-    ("C5", (5, 5, 16), 5, 120, 1, "valid", "tanh", "conv"),
-    ("Output", (10,), None, None, None, None, None, "xent"),
-])
-ALEXNET_SMALL = ("AlexNet-small", 128, [
-    ("conv1", (32, 32, 3), 3, 24, 1, "same", "relu", "first"),
-    ("pool1", (32, 32, 24), 3, None, 2, "valid", None, "max"),
-    ("conv2", (15, 15, 24), 5, 64, 1, "same", "relu", "conv"),
-    ("pool2", (15, 15, 64), 3, None, 2, "valid", None, "max"),
-    ("conv3", (7, 7, 64), 3, 96, 1, "same", "relu", "conv"),
-    ("conv4", (7, 7, 96), 3, 96, 1, "same", "relu", "conv"),
-    ("conv5", (7, 7, 96), 3, 64, 1, "same", "relu", "conv"),
-    ("pool5", (7, 7, 64), 3, None, 2, "valid", None, "max"),
-    ("output", (10,), None, None, None, None, None, "xent"),
-])
-AUTOENCODER = ("Autoencoder", 128, [
-    ("enc1", (28, 28, 1), 3, 16, 2, "same", "relu", "first"),
-    ("enc2", (14, 14, 16), 3, 32, 2, "same", "relu", "conv"),
-    ("latent", (7, 7, 32), 3, 8, 1, "same", "relu", "conv"),
-    ("dec1", (7, 7, 8), 3, 32, 2, "same", None, "transpose"),
-    ("dec2", (14, 14, 32), 3, 16, 2, "same", None, "transpose"),
-    ("output", (28, 28, 16), 3, 1, 1, "same", "sigmoid", "conv"),
-])
-NETS = (LENET, ALEXNET_SMALL, AUTOENCODER)
+#: The networks of the CPU benchmark, in order (``shapes.NETWORKS`` keys).
+CPU_NETWORKS = ("lenet5", "alexnet_small", "autoencoder")
+
+
+def nets(names=CPU_NETWORKS):
+    """``[(label, batch, rows)]`` of the zoo networks ``names``: the layer shapes read off the
+    zoo's models (``shapes.rows``); a row is ``(name, input HWC, kernel, filters, stride,
+    padding, activation, kind)``."""
+    return [shapes.net_table(n) for n in names]
 
 
 @dataclass
@@ -169,13 +148,13 @@ def _xent_cases(ks, tr, rng, net, n, spec):
                    lambda: ks.softmax_xent_backward(p, ld, g), t_b)]
 
 
-def cases(tr=None, batch_scale=1.0, nets=NETS, seed=0):
+def cases(tr=None, batch_scale=1.0, nets=None, seed=0):
     """Every op case of ``nets`` on the active backend (batch sizes times ``batch_scale``);
     ``tr`` (a ``TorchSide`` or None) adds the PyTorch closures."""
     ks = backend.kernels()
     rng = np.random.default_rng(seed)
     out = []
-    for net, n, specs in nets:
+    for net, n, specs in (globals()["nets"]() if nets is None else nets):
         n = max(1, int(round(n * batch_scale)))
         for spec in specs:
             kind = spec[-1]

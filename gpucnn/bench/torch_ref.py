@@ -242,3 +242,106 @@ def xent_ops(torch, device, z, labels):
         return torch.autograd.grad(loss, zt, retain_graph=True)[0]
 
     return forward, backward
+
+
+# ------------------------------------------------------------------ twins on a GPU (zero copy)
+# ``python -m gpucnn.gpucheck`` times gpucnn's cuda kernels beside these: PyTorch reads the very
+# same device arrays through DLPack, NHWC memory seen as channels-last NCHW tensors (cuDNN's
+# NHWC kernels), and the gradients are aten's backward ops called directly (no autograd graph).
+
+def _view(torch, a):
+    return torch.from_dlpack(a)
+
+
+def _nchw(torch, a):
+    """An NHWC device array as an NCHW tensor in channels-last memory (no copy)."""
+    return _view(torch, a).permute(0, 3, 1, 2)
+
+
+def gpu_conv_twins(torch, x, w, b, dy, stride, pad4, act, cout):
+    """``{"fwd", "bwd_input", "bwd_weight", "bias"}`` closures over device arrays; {} for an
+    asymmetric padding (PyTorch pads symmetrically)."""
+    F = torch.nn.functional
+    pt, pb, pl, pr = pad4
+    if pt != pb or pl != pr:
+        return {}
+    xt, dyt = _nchw(torch, x), _nchw(torch, dy)
+    wt = _view(torch, w).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
+    bt = _view(torch, b)
+    fn = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}.get(act, lambda v: v)
+    padding = (pt, pl)
+
+    def bwd(mask):
+        return lambda: torch.ops.aten.convolution_backward(
+            dyt, xt, wt, [cout], stride, padding, (1, 1), False, (0, 0), 1, mask)
+
+    return {"fwd": lambda: fn(F.conv2d(xt, wt, bt, stride, padding)),
+            "bwd_input": bwd([True, False, False]),
+            "bwd_weight": bwd([False, True, False]),
+            "bias": lambda: dyt.sum((0, 2, 3))}
+
+
+def gpu_pool_twins(torch, kind, x, dy, k, stride):
+    F = torch.nn.functional
+    xt, dyt = _nchw(torch, x), _nchw(torch, dy)
+    if kind == "max":
+        _, idx = F.max_pool2d(xt, k, stride, return_indices=True)
+        return {"fwd": lambda: F.max_pool2d(xt, k, stride),
+                "bwd": lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+                    dyt, xt, [k, k], [stride, stride], [0, 0], [1, 1], False, idx)}
+    return {"fwd": lambda: F.avg_pool2d(xt, k, stride),
+            "bwd": lambda: torch.ops.aten.avg_pool2d_backward(
+                dyt, xt, [k, k], [stride, stride], [0, 0], False, True, None)}
+
+
+def gpu_softmax_twins(torch, z, labels):
+    tz, tl = _view(torch, z), _view(torch, labels)
+    return {"xent": lambda: torch.nn.functional.cross_entropy(tz, tl, reduction="none"),
+            "softmax": lambda: torch.softmax(tz, 1)}
+
+
+def gpu_relu_twins(torch, x, y):
+    tx, ty = _view(torch, x), _view(torch, y)
+    return {"fwd": lambda: torch.relu(tx),
+            "bwd": lambda: torch.ops.aten.threshold_backward(tx, ty, 0)}
+
+
+def gpu_tanh_twin(torch, x):
+    tx = _view(torch, x)
+    return {"tanh": lambda: torch.tanh(tx)}
+
+
+def gpu_adam_twin(torch, n):
+    prm = torch.zeros(n, device="cuda", requires_grad=True)
+    prm.grad = torch.randn(n, device="cuda")
+    try:
+        opt = torch.optim.Adam([prm], lr=1e-4, eps=1e-7, fused=True)
+    except (TypeError, RuntimeError):
+        opt = torch.optim.Adam([prm], lr=1e-4, eps=1e-7)
+    return {"step": opt.step}
+
+
+def gpu_lenet5_images_per_second(torch, batch, steps):
+    """LeNet-5 training steps (SGD, one loss read per step like ``train_on_batch``) on the GPU."""
+    import time
+
+    net = lenet5(torch).cuda().to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    xh = torch.rand(batch, 1, 32, 32)
+    yh = torch.randint(0, 10, (batch,))
+
+    def step():
+        x, y = xh.cuda(non_blocking=False), yh.cuda()
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(3):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    return {"images/s": batch * steps / (time.perf_counter() - t)}
