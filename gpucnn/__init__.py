@@ -31,6 +31,9 @@ _kernels_from_a_source_checkout()
 
 from gpucnn.backend import backend_info, get_backend, set_backend  # noqa: E402
 from gpucnn.autograd import Function, Tensor, is_grad_enabled, no_grad  # noqa: E402
+from gpucnn import _math  # noqa: E402
+
+_math.attach(Tensor)     # Tensor's operators, defined as differentiable ops on the engine
 from gpucnn.random import manual_seed  # noqa: E402
 from gpucnn import functional  # noqa: E402
 from gpucnn import initializers, layers, losses, metrics, optimizers, callbacks, models, data  # noqa: E402

@@ -25,6 +25,7 @@ _grad_mode = threading.local()
 
 
 def is_grad_enabled() -> bool:
+    """Whether tensor operations are recorded for ``backward`` now (False inside ``no_grad``)."""
     return getattr(_grad_mode, "enabled", True)
 
 
@@ -120,6 +121,7 @@ class Tensor:
         return backend.kernels().to_host(self.data)
 
     def item(self) -> float:
+        """The value of a one-element tensor as a Python number (read back to the host)."""
         return self.numpy().item()
 
     def __float__(self):
@@ -130,6 +132,7 @@ class Tensor:
         return Tensor._wrap(self.data, False)
 
     def zero_grad(self) -> None:
+        """Forget the accumulated gradient: ``.grad`` becomes None."""
         self.grad = None
 
     @property
@@ -161,7 +164,8 @@ class Tensor:
                                  f"tensor's shape {self.shape}")
         _run_backward(self, g)
 
-    # operators are attached at the bottom of this module, from gpucnn._math
+    # the arithmetic operators (+, *, @, sum, reshape, ...) are attached by gpucnn/__init__.py
+    # from gpucnn._math, which defines them as Functions on top of this engine
 
 
 def _topo_order(root: Tensor):
@@ -196,11 +200,9 @@ def _run_backward(root: Tensor, g, sink=None) -> None:
     touched (so that several threads can each backpropagate a part of a batch)."""
     order = _topo_order(root)
     grads = {id(root): g}
-    masked = {}      # id -> every gradient summed for it so far came with its ReLU mask applied
     for t in order:
         g = grads.pop(id(t), None)
         ctx = t._ctx
-        premasked = masked.pop(id(t), False)
         if ctx is None:  # a leaf
             if g is None:
                 continue
@@ -217,12 +219,10 @@ def _run_backward(root: Tensor, g, sink=None) -> None:
             continue
         parents = ctx.parents
         if g is not None:
-            ctx.grad_premasked = premasked
             pgrads = ctx.backward(g)
             if not isinstance(pgrads, tuple):
                 pgrads = (pgrads,)
-            sent = ctx.premasked_inputs
-            for i, (p, pg) in enumerate(zip(parents, pgrads)):
+            for p, pg in zip(parents, pgrads):
                 if pg is None or not p.requires_grad:
                     continue
                 if tuple(pg.shape) != p.shape:
@@ -231,7 +231,6 @@ def _run_backward(root: Tensor, g, sink=None) -> None:
                 k = id(p)
                 prev = grads.get(k)
                 grads[k] = pg if prev is None else prev + pg
-                masked[k] = (i in sent) and masked.get(k, True)
         ctx.release()  # free the graph: saved arrays and inputs go
         ctx.parents = None  # marks the node as freed
 
@@ -241,25 +240,16 @@ class Function:
 
     Subclasses keep what backward needs on ``self`` (save only that). ``backward`` returns one
     gradient per tensor input (``None`` where there is none).
-
-    ReLU masks given once: an op whose output is a ReLU's (``relu_output = True``) multiplies the
-    gradient reaching it by the mask ``y > 0`` in its backward. A consumer that can apply that mask
-    more cheaply (max pooling applies it to its smaller output, where each window's winner holds
-    the value the mask reads) lists the input in ``premasked_inputs`` after its backward; when
-    every gradient summed for a tensor came so, the engine sets ``grad_premasked`` on the op that
-    made it, which may then skip its mask. Masks are 0 or 1, so applying one twice is harmless:
-    a producer that ignores the flag still gets the right gradient.
     """
 
     parents = ()
-    relu_output = False          # the output is max(., 0) of something: see above
-    premasked_inputs = ()        # set by backward: inputs whose gradient carries their ReLU mask
-    grad_premasked = False       # set by the engine before backward (see above)
 
     def forward(self, *arrays):  # pragma: no cover - abstract
+        """The output array from the input arrays; keep on ``self`` what ``backward`` needs."""
         raise NotImplementedError
 
     def backward(self, g):  # pragma: no cover - abstract
+        """One gradient per tensor input (None where there is none) from the output's ``g``."""
         raise NotImplementedError
 
     def release(self) -> None:
@@ -285,7 +275,3 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
         return x
     return Tensor(x, dtype=like.dtype if like is not None and like.dtype.kind == "f" else None)
 
-
-from gpucnn import _math  # noqa: E402  (operators need Tensor and Function defined above)
-
-_math.attach(Tensor)

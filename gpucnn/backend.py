@@ -16,9 +16,16 @@ import platform
 
 import numpy as np
 
+from gpucnn import kernels as _kernels
 from gpucnn.kernels import load_set
 
-NAMES = ("auto", "numpy", "cuda")
+
+def names() -> tuple:
+    """The backends ``set_backend`` takes: 'auto' and every kernel set."""
+    return ("auto",) + _kernels.set_names()
+
+
+NAMES = names()     # at import; a set added later with ``gpucnn.kernels.register_set`` counts too
 
 _state = {"name": None, "requested": None, "reason": "", "set": None}
 
@@ -42,11 +49,11 @@ def set_backend(name: str = "auto") -> str:
     >>> gpucnn.set_backend("numpy")
     'numpy'
     """
-    if not isinstance(name, str) or name.lower() not in NAMES:
-        raise ValueError(f"set_backend: unknown backend {name!r}; expected one of {NAMES}")
+    if not isinstance(name, str) or name.lower() not in names():
+        raise ValueError(f"set_backend: unknown backend {name!r}; expected one of {names()}")
     name = name.lower()
-    if name == "numpy":
-        chosen, reason = "numpy", "requested explicitly"
+    if name not in ("auto", "cuda"):
+        chosen, reason = name, "requested explicitly"
     else:
         ok, why, _ = _probe_cuda()
         if name == "cuda":
@@ -74,7 +81,7 @@ def _ensure():
             set_backend(start)
         except ValueError:
             raise ValueError(
-                f"GPUCNN_BACKEND={start!r} is not a backend; expected one of {NAMES}") from None
+                f"GPUCNN_BACKEND={start!r} is not a backend; expected one of {names()}") from None
     return _state["set"]
 
 
@@ -95,6 +102,11 @@ def xp():
     return kernels().xp
 
 
+def has(capability: str) -> bool:
+    """Whether the active kernel set offers ``capability`` (see ``gpucnn.kernels.OPTIONAL``)."""
+    return _kernels.has(kernels(), capability)
+
+
 def backend_info() -> dict:
     """What was chosen and why, with device name and library versions."""
     _ensure()
@@ -112,9 +124,10 @@ def backend_info() -> dict:
     ok, why, cuda = _probe_cuda()
     info["cuda_available"] = ok
     info["cuda_reason"] = why
+    kset = _state["set"]
     if _state["name"] == "cuda":
         info["device"] = cuda.get("device", "?")
-        kset = _state["set"]
+    if _kernels.has(kset, "launches"):
         cuda["launch_path"] = kset.launch_path()
         # kernels that could not be loaded through CuPy and run through Numba's launcher
         cuda["fell_back"] = dict(kset.fell_back())

@@ -13,7 +13,11 @@ biases ``(C,)``. Geometry arguments are already normalised by the caller:
 ``pool = (ph, pw)``. Dtypes: float32 (float64 accepted for gradient checks); an output has
 the dtype of the first floating input.
 
-The contract (every set defines each name in ``CONTRACT``):
+The contract: every set defines each name in ``CONTRACT``, and lists in ``CAPABILITIES`` the
+optional groups of ``OPTIONAL`` it offers (threads, split steps, kept conv blocks, ...), whose
+functions it then defines too. ``load_set`` checks both; code above the kernels asks
+``has(kset, capability)``. A new set is one module keeping this contract, added with
+``register_set``: nothing above ``gpucnn.kernels`` changes.
 
 Array module
     ``xp``                                    the array module outputs live in
@@ -72,6 +76,7 @@ import importlib
 
 ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid")
 
+#: What every kernel set defines (the docstring above says what each does).
 CONTRACT = (
     "xp", "asarray", "to_host",
     "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "bias_grad",
@@ -83,11 +88,90 @@ CONTRACT = (
     "sgd_update", "adam_update", "rmsprop_update",
 )
 
-SETS = ("numpy", "cuda")
+#: What a kernel set may offer beyond the contract, by capability: a set lists the names of the
+#: ones it has in ``CAPABILITIES`` and then defines every function named here. Code above the
+#: kernels asks ``has(kset, name)`` and never probes a set for attributes.
+OPTIONAL = {
+    # the set runs on the host, its kernels split work over threads of their own
+    "threads": ("set_num_threads", "get_num_threads", "num_threads", "serial_kernels",
+                "single_threaded_blas"),
+    # a training step may be split into parts of the batch computed at once (on threads with
+    # data_parallel(fn, n, parts), or on forked processes, the arrays being host memory)
+    "split_steps": ("data_parallel",),
+    # conv2d_forward_keep(x, w, b, stride, pad, act) -> (y, kept), and
+    # conv2d_backward_weight_kept(kept, x, dy, w_shape, stride, pad) -> dw: the forward's
+    # intermediate blocks reused by the kernel gradient
+    "conv_keep": ("conv2d_forward_keep", "conv2d_backward_weight_kept"),
+    # conv_algorithm(what, x_shape, w_shape, stride, pad) -> the name of the method chosen
+    "conv_algorithm": ("conv_algorithm",),
+    # kernel launches on a device: launch_count(), launch_path(), set_launch_path(path),
+    # fell_back() -> {kernel: reason}
+    "launches": ("launch_count", "launch_path", "set_launch_path", "fell_back"),
+    # allocator_note() -> one line on how the set tunes the C allocator (for reports)
+    "allocator": ("allocator_note",),
+}
+
+_SETS = {"numpy": ".numpy_set", "cuda": ".cuda_set"}
+_loaded: dict = {}
+
+
+def set_names() -> tuple:
+    """The names of the kernel sets ``load_set`` knows."""
+    return tuple(_SETS)
+
+
+def register_set(name: str, module) -> None:
+    """Make ``module`` (an imported module or a ``types.ModuleType`` built in code) the kernel
+    set ``name``; it is checked against the contract as ``load_set`` checks the built-in ones."""
+    if not isinstance(name, str) or not name.isidentifier() or name == "auto":
+        raise ValueError(f"register_set: expected a kernel set name (an identifier, not 'auto'), "
+                         f"got {name!r}")
+    check_set(name, module)
+    _SETS[name] = module
+    _loaded[name] = module
+
+
+def unregister_set(name: str) -> None:
+    """Forget a set added with ``register_set`` (the built-in ones stay)."""
+    if name in ("numpy", "cuda"):
+        raise ValueError(f"unregister_set: {name!r} is built in")
+    _SETS.pop(name, None)
+    _loaded.pop(name, None)
+
+
+def check_set(name: str, module) -> None:
+    """TypeError naming every contract function, or declared capability's function, that
+    ``module`` lacks, and every capability it declares that is not in ``OPTIONAL``."""
+    missing = [n for n in CONTRACT if not hasattr(module, n)]
+    caps = tuple(getattr(module, "CAPABILITIES", ()))
+    unknown = [c for c in caps if c not in OPTIONAL]
+    missing += [f for c in caps if c in OPTIONAL for f in OPTIONAL[c] if not hasattr(module, f)]
+    if missing or unknown:
+        raise TypeError(f"kernel set {name!r} does not keep the contract: missing {missing}, "
+                        f"unknown capabilities {unknown} (known: {sorted(OPTIONAL)})")
+
+
+def has(kset, capability: str) -> bool:
+    """Whether the kernel set ``kset`` offers ``capability`` (a key of ``OPTIONAL``)."""
+    if capability not in OPTIONAL:
+        raise ValueError(f"has: unknown capability {capability!r}; expected one of "
+                         f"{sorted(OPTIONAL)}")
+    return capability in getattr(kset, "CAPABILITIES", ())
 
 
 def load_set(name: str):
-    """Import and return the kernel set module ``name`` ('numpy' or 'cuda')."""
-    if name not in SETS:
-        raise ValueError(f"unknown kernel set {name!r}; expected one of {SETS}")
-    return importlib.import_module(f".{name}_set", __name__)
+    """The kernel set ``name`` ('numpy', 'cuda' or one added by ``register_set``), checked
+    against the contract."""
+    if name not in _SETS:
+        raise ValueError(f"unknown kernel set {name!r}; expected one of {set_names()}")
+    module = _loaded.get(name)
+    if module is None:
+        where = _SETS[name]
+        module = importlib.import_module(where, __name__) if isinstance(where, str) else where
+        check_set(name, module)
+        _loaded[name] = module
+    return module
+
+
+__all__ = ["ACTIVATIONS", "CONTRACT", "OPTIONAL", "check_set", "has", "load_set",
+           "register_set", "set_names", "unregister_set"]

@@ -1,5 +1,6 @@
 """The NumPy kernel set against plain-loop references (tests/_reference.py), finite differences
 in float64, direct formulas and hand-computed optimizer steps."""
+import contextlib
 import math
 import warnings
 
@@ -11,8 +12,7 @@ from _reference import (finite_diff, ref_act, ref_avg_pool, ref_avg_pool_backwar
                         ref_max_pool_backward, ref_pads)
 from gpucnn.kernels import CONTRACT, load_set
 from gpucnn.kernels._rng import uniform_np
-from gpucnn.kernels.numpy_set import _im2col, _parallel, _rowgather, _scatter, _shifted
-from gpucnn.kernels.numpy_set import conv as conv_module
+from gpucnn.kernels.numpy_set import _parallel
 
 K = load_set("numpy")
 F32 = dict(rtol=2e-5, atol=2e-5)
@@ -77,47 +77,44 @@ CONV_IDS = [f"{c[1]}x{c[2]}x{c[3]}-k{c[4]}x{c[5]}-s{c[7][0]}{c[7][1]}-{c[8]}-{c[
 CONV_CONFIGS = {
     "default": {},
     "im2col-tiny-blocks-scatter": {
-        "conv.FORWARD_METHOD": "im2col", "conv.DX_METHOD": "scatter",
-        "_im2col.COL_BLOCK_BYTES": 600, "_im2col.COL_MIN_ROWS": 1,
-        "_im2col.BORDER_MIN_SAVING": 2.0, "_scatter.SCATTER_BLOCK_BYTES": 1},
+        "forward_method": "im2col", "dx_method": "scatter",
+        "col_block_bytes": 600, "col_min_rows": 1,
+        "border_min_saving": 2.0, "scatter_block_bytes": 1},
     "im2col-mid-blocks-gather-2threads": {
-        "conv.FORWARD_METHOD": "im2col", "conv.DX_METHOD": "gather",
-        "_im2col.COL_BLOCK_BYTES": 5000, "_im2col.COL_MIN_ROWS": 1,
-        "_im2col.BORDER_MIN_SAVING": 2.0, "threads": 2},
+        "forward_method": "im2col", "dx_method": "gather",
+        "col_block_bytes": 5000, "col_min_rows": 1,
+        "border_min_saving": 2.0, "threads": 2},
     "border-classes-tiny-blocks-gather": {
-        "conv.FORWARD_METHOD": "im2col", "conv.DX_METHOD": "gather",
-        "_im2col.COL_BLOCK_BYTES": 600, "_im2col.COL_MIN_ROWS": 1,
-        "_im2col.BORDER_MIN_SAVING": 0.0, "_im2col.BORDER_MANY_CLASSES_MIN_WORK": 0},
+        "forward_method": "im2col", "dx_method": "gather",
+        "col_block_bytes": 600, "col_min_rows": 1,
+        "border_min_saving": 0.0, "border_many_classes_min_work": 0},
     "border-classes-mid-blocks-2threads": {
-        "conv.FORWARD_METHOD": "im2col", "conv.DX_METHOD": "gather",
-        "_im2col.COL_BLOCK_BYTES": 5000, "_im2col.COL_MIN_ROWS": 1,
-        "_im2col.BORDER_MIN_SAVING": 0.0, "_im2col.BORDER_MANY_CLASSES_MIN_WORK": 0,
+        "forward_method": "im2col", "dx_method": "gather",
+        "col_block_bytes": 5000, "col_min_rows": 1,
+        "border_min_saving": 0.0, "border_many_classes_min_work": 0,
         "threads": 2},
     "shifted-gather-2threads": {
-        "conv.FORWARD_METHOD": "shifted", "conv.DX_METHOD": "gather",
-        "_shifted.SHIFT_BLOCK_BYTES": 3000, "threads": 2},
+        "forward_method": "shifted", "dx_method": "gather",
+        "shift_block_bytes": 3000, "threads": 2},
     "rowgather-1-image-blocks-2threads": {
-        "conv.DX_METHOD": "rowgather", "_rowgather.COL_BLOCK_BYTES": 1,
-        "_rowgather.COL_MIN_ROWS": 1, "_rowgather.WIDE_MIN_ROWS": 1, "threads": 2},
+        "dx_method": "rowgather", "col_block_bytes": 1,
+        "col_min_rows": 1, "wide_min_rows": 1, "threads": 2},
     "shifted-1-image-blocks-scatter": {
-        "conv.FORWARD_METHOD": "shifted", "conv.DX_METHOD": "scatter",
-        "_shifted.SHIFT_BLOCK_BYTES": 1, "_scatter.SCATTER_BLOCK_BYTES": 2000},
+        "forward_method": "shifted", "dx_method": "scatter",
+        "shift_block_bytes": 1, "scatter_block_bytes": 2000},
 }
-MODULES = {"conv": conv_module, "_im2col": _im2col, "_rowgather": _rowgather, "_scatter": _scatter,
-           "_shifted": _shifted}
 
 
 @pytest.fixture(params=list(CONV_CONFIGS))
-def conv_config(request, monkeypatch):
-    for name, value in CONV_CONFIGS[request.param].items():
-        if name == "threads":
-            monkeypatch.setattr(_parallel, "_num_threads", value)
-            monkeypatch.setattr(_parallel, "MIN_PARALLEL_FLOPS", 0)
-        else:
-            module, attr = name.split(".")
-            assert hasattr(MODULES[module], attr), name
-            monkeypatch.setattr(MODULES[module], attr, value)
-    return request.param
+def conv_config(request):
+    settings = dict(CONV_CONFIGS[request.param])
+    threads = settings.pop("threads", None)
+    with contextlib.ExitStack() as stack:
+        if threads:
+            stack.enter_context(K.num_threads(threads))
+            settings["min_parallel_flops"] = 0
+        stack.enter_context(K.tuning(**settings))
+        yield request.param
 
 
 def _conv_case(rng, case, dtype):
@@ -590,30 +587,29 @@ def test_rmsprop_update_by_hand(rng, dtype, wd):
 
 # ---------------------------------------------------------------- threads
 
-def test_run_parts_covers_the_batch_in_order(monkeypatch):
-    monkeypatch.setattr(_parallel, "_num_threads", 3)
-    parts = _parallel.run_parts(lambda lo, hi: (lo, hi), 10, flops=1e12)
-    assert parts == [(0, 3), (3, 6), (6, 10)]
-    assert _parallel.run_parts(lambda lo, hi: (lo, hi), 10, flops=1.0) == [(0, 10)]
-    monkeypatch.setattr(_parallel, "_num_threads", 1)
-    assert _parallel.run_parts(lambda lo, hi: (lo, hi), 10, flops=1e12) == [(0, 10)]
+def test_run_parts_covers_the_batch_in_order():
+    with K.num_threads(3):
+        parts = _parallel.run_parts(lambda lo, hi: (lo, hi), 10, flops=1e12)
+        assert parts == [(0, 3), (3, 6), (6, 10)]
+        assert _parallel.run_parts(lambda lo, hi: (lo, hi), 10, flops=1.0) == [(0, 10)]
+    with K.num_threads(1):
+        assert _parallel.run_parts(lambda lo, hi: (lo, hi), 10, flops=1e12) == [(0, 10)]
 
 
-def test_blocks_grow_only_on_threads_of_a_split(monkeypatch):
-    """Kernel parts on two or more threads use THREADED_BLOCK_SCALE times bigger blocks (fewer
-    GIL hand-offs); a lone thread, a data_parallel part's own kernels and code outside any
+def test_blocks_grow_only_on_threads_of_a_split():
+    """Kernel parts on two or more threads use ``threaded_block_scale`` times bigger blocks
+    (fewer GIL hand-offs); a lone thread, a data_parallel part's own kernels and code outside any
     kernel use the plain sizes."""
-    scale = _parallel.THREADED_BLOCK_SCALE
-    assert scale > 1
-    monkeypatch.setattr(_parallel, "_num_threads", 2)
-    seen = _parallel.run_parts(lambda lo, hi: _parallel.block_scale(), 10, flops=1e12)
-    assert seen == [scale, scale]
-    assert _parallel.block_scale() == 1                       # restored on the calling thread
-    assert _parallel.run_parts(lambda lo, hi: _parallel.block_scale(), 10, flops=1.0) == [1]
-    seen = _parallel.data_parallel(lambda lo, hi: _parallel.block_scale(), 10)
-    assert seen == [scale, scale] and _parallel.block_scale() == 1
-    monkeypatch.setattr(_parallel, "_num_threads", 1)
-    assert _parallel.run_parts(lambda lo, hi: _parallel.block_scale(), 10, flops=1e12) == [1]
+    scale = 3
+    with K.tuning(threaded_block_scale=scale), K.num_threads(2):
+        seen = _parallel.run_parts(lambda lo, hi: _parallel.block_scale(), 10, flops=1e12)
+        assert seen == [scale, scale]
+        assert _parallel.block_scale() == 1                   # restored on the calling thread
+        assert _parallel.run_parts(lambda lo, hi: _parallel.block_scale(), 10, flops=1.0) == [1]
+        seen = _parallel.data_parallel(lambda lo, hi: _parallel.block_scale(), 10)
+        assert seen == [scale, scale] and _parallel.block_scale() == 1
+    with K.num_threads(1):
+        assert _parallel.run_parts(lambda lo, hi: _parallel.block_scale(), 10, flops=1e12) == [1]
 
 
 def test_set_num_threads_validates():

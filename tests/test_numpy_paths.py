@@ -2,7 +2,7 @@
 and row-gather input gradients, convolutions that are dense layers (a kernel over the whole input), the
 GEMM column pass of tiling average pools; the algorithm names the benchmark prints; the
 allocator setting; and np.dot (not matmul) in the kernels, so that their threads overlap."""
-import pathlib
+import contextlib
 
 import numpy as np
 import pytest
@@ -10,9 +10,8 @@ import pytest
 from _reference import (ref_avg_pool, ref_avg_pool_backward, ref_conv2d,
                         ref_conv2d_backward_input, ref_conv2d_backward_weight, ref_pads)
 from gpucnn.kernels import load_set
-from gpucnn.kernels.numpy_set import _alloc, _im2col, _parallel, _rowgather, _toeplitz
+from gpucnn.kernels.numpy_set import _alloc, _im2col, _rowgather, _toeplitz
 from gpucnn.kernels.numpy_set import pool as pool_module
-from gpucnn.kernels.numpy_set import conv as conv_module
 
 K = load_set("numpy")
 F32 = dict(rtol=2e-5, atol=2e-5)
@@ -29,23 +28,32 @@ TOEPLITZ_CASES = [
 ]
 
 
-def _dx_config(monkeypatch, method, config, tiny_blocks):
-    """Force the input-gradient ``method``; ``config`` "image-blocks" sets each ``(module, name)``
-    of ``tiny_blocks`` to 1 (one image a block), "two-threads" splits even tiny work."""
-    monkeypatch.setattr(conv_module, "DX_METHOD", method)
+@pytest.fixture
+def tune():
+    """``tune(**settings)``: ``numpy_set.tuning`` (and ``threads=n``: ``num_threads``) for the
+    rest of the test."""
+    with contextlib.ExitStack() as stack:
+        def apply(threads=None, **settings):
+            if threads is not None:
+                stack.enter_context(K.num_threads(threads))
+            stack.enter_context(K.tuning(**settings))
+        yield apply
+
+
+def _dx_config(tune, method, config, tiny_blocks):
+    """Force the input-gradient ``method``; ``config`` "image-blocks" sets each setting of
+    ``tiny_blocks`` to 1 (one image a block), "two-threads" splits even tiny work."""
+    tune(dx_method=method)
     if config == "image-blocks":
-        for module, name in tiny_blocks:
-            monkeypatch.setattr(module, name, 1)
+        tune(**{name: 1 for name in tiny_blocks})
     if config == "two-threads":
-        monkeypatch.setattr(_parallel, "_num_threads", 2)
-        monkeypatch.setattr(_parallel, "MIN_PARALLEL_FLOPS", 0)
+        tune(threads=2, min_parallel_flops=0)
     return config
 
 
 @pytest.fixture(params=["one-block", "image-blocks", "two-threads"])
-def toeplitz_config(request, monkeypatch):
-    return _dx_config(monkeypatch, "toeplitz", request.param,
-                      [(_toeplitz, "TOEPLITZ_BLOCK_BYTES")])
+def toeplitz_config(request, tune):
+    return _dx_config(tune, "toeplitz", request.param, ["toeplitz_block_bytes"])
 
 
 def _check_stride1_input_gradient(rng, n, h, w, c, kh, kw, co, pad, algorithm):
@@ -99,10 +107,9 @@ ROW_GATHER_CASES = [
 
 
 @pytest.fixture(params=["one-block", "image-blocks", "two-threads"])
-def row_gather_config(request, monkeypatch):
-    return _dx_config(monkeypatch, "rowgather", request.param,
-                      [(_rowgather, name) for name in ("COL_BLOCK_BYTES", "COL_MIN_ROWS",
-                                                       "WIDE_MIN_ROWS")])
+def row_gather_config(request, tune):
+    return _dx_config(tune, "rowgather", request.param,
+                      ["col_block_bytes", "col_min_rows", "wide_min_rows"])
 
 
 @pytest.mark.parametrize("case", ROW_GATHER_CASES)
@@ -110,7 +117,7 @@ def test_row_gather_input_gradient_matches_loops(rng, case, row_gather_config):
     _check_stride1_input_gradient(rng, *case, "row gather")
 
 
-def test_row_gather_is_chosen_for_narrow_deep_input_gradients(monkeypatch):
+def test_row_gather_is_chosen_for_narrow_deep_input_gradients(tune):
     s = (1, 1)
     same5, same3 = (2, 2, 2, 2), (1, 1, 1, 1)
     assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), s, same5) == "row gather"
@@ -124,7 +131,7 @@ def test_row_gather_is_chosen_for_narrow_deep_input_gradients(monkeypatch):
     # dx wider than dy (a valid convolution): a shifted read past a row would meet real values
     assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), s, (0, 0, 0, 0)) == \
         "gather (border classes)"
-    monkeypatch.setattr(conv_module, "DX_METHOD", "rowgather")
+    tune(dx_method="rowgather")
     assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), s, (0, 0, 0, 0)) == \
         "gather (border classes)"
     assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), (2, 2), same5) == \
@@ -226,14 +233,27 @@ def test_allocator_opt_out(monkeypatch):
         _alloc._note = before
 
 
-def test_kernels_multiply_with_dot_not_matmul():
+@pytest.mark.parametrize("method", [("im2col", "gather"), ("shifted", "scatter"),
+                                    ("im2col", "toeplitz"), ("im2col", "rowgather")])
+def test_kernels_multiply_with_dot_not_matmul(rng, monkeypatch, tune, method):
     """np.matmul on 2-D operands keeps the GIL (one outer ufunc iteration): the kernel threads
-    and the split step's parts would run one after the other."""
-    folder = pathlib.Path(K.__file__).parent
-    offenders = [f"{p.name}:{i}" for p in sorted(folder.glob("*.py"))
-                 for i, line in enumerate(p.read_text().splitlines(), 1)
-                 if "np.matmul(" in line.split("#")[0]]
-    assert offenders == []
+    and the split step's parts would run one after the other. Every conv path, the pools and
+    the losses run here with np.matmul made to record its calls."""
+    calls = []
+    real = np.matmul
+    monkeypatch.setattr(np, "matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tune(forward_method=method[0], dx_method=method[1], threads=2, min_parallel_flops=0)
+    x = rng.standard_normal((4, 9, 9, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 8)).astype(np.float32)
+    for pad in ((1, 1, 1, 1), (0, 0, 0, 0)):
+        y = K.conv2d_forward(x, w, None, (1, 1), pad, "relu")
+        K.conv2d_backward_input(y, w, x.shape, (1, 1), pad)
+        K.conv2d_backward_weight(x, y, w.shape, (1, 1), pad)
+        K.conv2d_forward_keep(x, w, None, (1, 1), pad, "tanh")
+    K.avg_pool_backward(K.avg_pool_forward(x, (2, 2), (2, 2), (0, 0, 0, 0)), x.shape,
+                        (2, 2), (2, 2), (0, 0, 0, 0))
+    K.softmax_xent_forward(x.reshape(4, -1), np.arange(4))
+    assert calls == []
 
 
 # max pooling: separable maxima with the first maximum in row-major window order
@@ -244,11 +264,11 @@ MAX_CASES = [((2, 32, 32, 5), (3, 3), (2, 2), "valid"), ((3, 7, 9, 2), (2, 3), (
 
 @pytest.mark.parametrize("shape,pool,stride,padding", MAX_CASES)
 @pytest.mark.parametrize("blocks", ["whole", "one-image"])
-def test_separable_max_pool_matches_loops(rng, monkeypatch, shape, pool, stride, padding, blocks):
+def test_separable_max_pool_matches_loops(rng, tune, shape, pool, stride, padding, blocks):
     from _reference import ref_max_pool, ref_max_pool_backward
 
     if blocks == "one-image":
-        monkeypatch.setattr(pool_module, "POOL_BLOCK_BYTES", 1)
+        tune(pool_block_bytes=1)
     pad = ref_pads(shape[1], shape[2], pool[0], pool[1], stride[0], stride[1], padding)
     x = rng.integers(-3, 4, shape).astype(np.float32)        # small integers: many ties
     want_y, want_i = ref_max_pool(x, pool, stride, pad)
@@ -275,12 +295,9 @@ def test_max_pool_minus_infinity_windows_pick_a_real_cell():
 @pytest.mark.parametrize("shape,k,stride,padding", [((3, 9, 8, 1), 3, 1, "valid"),
                                                      ((2, 7, 7, 5), 3, 2, "same"),
                                                      ((2, 6, 6, 3), 1, 1, "valid")])
-def test_kept_im2col_blocks_give_the_same_kernel_gradient(rng, monkeypatch, shape, k, stride,
+def test_kept_im2col_blocks_give_the_same_kernel_gradient(rng, tune, shape, k, stride,
                                                           padding):
-    from gpucnn.kernels.numpy_set import _im2col
-
-    monkeypatch.setattr(_im2col, "COL_BLOCK_BYTES", 200)       # several blocks, kept separately
-    monkeypatch.setattr(_im2col, "COL_MIN_ROWS", 1)
+    tune(col_block_bytes=200, col_min_rows=1)      # several blocks, kept separately
     x = rng.standard_normal(shape)
     w = rng.standard_normal((k, k, shape[3], 4)) / 5
     b = rng.standard_normal(4)
@@ -296,14 +313,12 @@ def test_kept_im2col_blocks_give_the_same_kernel_gradient(rng, monkeypatch, shap
     np.testing.assert_allclose(got, want, **F64)
 
 
-def test_kept_blocks_only_below_the_size_limit(rng, monkeypatch):
-    from gpucnn.kernels.numpy_set import conv as conv_mod
-
+def test_kept_blocks_only_below_the_size_limit(rng, tune):
     x = rng.standard_normal((2, 10, 10, 3)).astype(np.float32)
     w = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
     z = (0, 0, 0, 0)
     assert K.conv2d_forward_keep(x, w, None, (1, 1), z, "linear")[1] is not None
-    monkeypatch.setattr(conv_mod, "KEEP_MAX_BYTES", 2 * 8 * 8 * 27 * 4 - 1)
+    tune(keep_max_bytes=2 * 8 * 8 * 27 * 4 - 1)
     assert K.conv2d_forward_keep(x, w, None, (1, 1), z, "linear")[1] is None
     dy = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
     np.testing.assert_allclose(K.conv2d_backward_weight_kept(None, x, dy, w.shape, (1, 1), z),
@@ -337,11 +352,11 @@ def test_border_classes_partition_the_output_by_real_taps(h, w, kh, kw, stride, 
     assert saving == pytest.approx(padding_cells / (ho * wo * kh * kw))
 
 
-def test_border_classes_with_windows_all_in_the_padding(rng, monkeypatch):
+def test_border_classes_with_windows_all_in_the_padding(rng, tune):
     """Padding wider than the kernel: some windows read no image cell (their output is the bias,
     through the activation, and they add nothing to the kernel gradient)."""
-    monkeypatch.setattr(_im2col, "BORDER_MIN_SAVING", 0.0)
-    monkeypatch.setattr(_im2col, "BORDER_MANY_CLASSES_MIN_WORK", 0)
+    tune(border_min_saving=0.0)
+    tune(border_many_classes_min_work=0)
     x = rng.standard_normal((2, 2, 3, 5))
     w = rng.standard_normal((3, 3, 5, 4))
     b = rng.standard_normal(4)
@@ -355,7 +370,7 @@ def test_border_classes_with_windows_all_in_the_padding(rng, monkeypatch):
                                ref_conv2d_backward_weight(x, dy, w.shape, (1, 1), pad), **F64)
 
 
-def test_border_classes_match_the_plain_im2col_in_float32(rng, monkeypatch):
+def test_border_classes_match_the_plain_im2col_in_float32(rng, tune):
     """AlexNet-small's conv3 shape, both ways, against the plain im2col path of the same set."""
     x = rng.standard_normal((3, 7, 7, 64)).astype(np.float32)
     w = (rng.standard_normal((3, 3, 64, 96)) / 24).astype(np.float32)
@@ -365,7 +380,7 @@ def test_border_classes_match_the_plain_im2col_in_float32(rng, monkeypatch):
     got = (K.conv2d_forward(x, w, b, (1, 1), pad, "relu"),
            K.conv2d_backward_input(dy, w, x.shape, (1, 1), pad),
            K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad))
-    monkeypatch.setattr(_im2col, "BORDER_MIN_SAVING", 2.0)
+    tune(border_min_saving=2.0)
     assert K.conv_algorithm("forward", x.shape, w.shape, (1, 1), pad) == "im2col"
     want = (K.conv2d_forward(x, w, b, (1, 1), pad, "relu"),
             K.conv2d_backward_input(dy, w, x.shape, (1, 1), pad),
@@ -375,10 +390,10 @@ def test_border_classes_match_the_plain_im2col_in_float32(rng, monkeypatch):
         np.testing.assert_allclose(g, v, rtol=1e-4, atol=1e-4)
 
 
-def test_border_classes_read_a_non_contiguous_input(rng, monkeypatch):
+def test_border_classes_read_a_non_contiguous_input(rng, tune):
     """A strided view as x (every other image, channels reversed) goes through the border classes
     like a contiguous copy of it."""
-    monkeypatch.setattr(_im2col, "BORDER_MIN_SAVING", 0.0)
+    tune(border_min_saving=0.0)
     base = rng.standard_normal((6, 7, 7, 6))
     x = base[::2, :, :, ::-1]
     assert not x.flags.c_contiguous
@@ -391,3 +406,30 @@ def test_border_classes_read_a_non_contiguous_input(rng, monkeypatch):
     np.testing.assert_allclose(K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad),
                                ref_conv2d_backward_weight(np.ascontiguousarray(x), dy, w.shape,
                                                           (1, 1), pad), **F64)
+
+
+def test_tuning_changes_settings_inside_the_block_only(rng):
+    from gpucnn.kernels.numpy_set.tuning import TUNING
+
+    x = rng.standard_normal((2, 6, 6, 16)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 16, 4)).astype(np.float32)
+    same = (1, 1, 1, 1)
+    chosen = K.conv_algorithm("input", x.shape, w.shape, (1, 1), same)
+    with K.tuning(dx_method="scatter", scatter_block_bytes=1):
+        assert K.conv_algorithm("input", x.shape, w.shape, (1, 1), same) == "scatter"
+        assert TUNING.scatter_block_bytes == 1
+    assert K.conv_algorithm("input", x.shape, w.shape, (1, 1), same) == chosen != "scatter"
+    assert TUNING.scatter_block_bytes == 1 << 20
+    with pytest.raises(ValueError, match="unknown setting 'col_bytes'"):
+        with K.tuning(col_bytes=1):
+            pass
+    with pytest.raises(ValueError, match="dx_method must be one of"):
+        with K.tuning(dx_method="fft"):
+            pass
+    with pytest.raises(TypeError, match="col_min_rows must be a number >= 0"):
+        with K.tuning(col_min_rows=-1):
+            pass
+    with pytest.raises(RuntimeError):
+        with K.tuning(col_min_rows=3):
+            raise RuntimeError("inside")
+    assert TUNING.col_min_rows == 256

@@ -90,9 +90,9 @@ def main(argv=None) -> int:
         print(f"gpucnn.bench: {e}", file=sys.stderr)
         return 2
     ks = backend.kernels()
-    if args.threads is not None and hasattr(ks, "set_num_threads"):
+    if args.threads is not None and backend.has("threads"):
         ks.set_num_threads(args.threads)
-    threads = ks.get_num_threads() if hasattr(ks, "get_num_threads") else (args.threads or 1)
+    threads = ks.get_num_threads() if backend.has("threads") else (args.threads or 1)
     device = "cuda" if name == "cuda" else "cpu"
     tr = None
     torch_info = "not installed: gpucnn's numbers only"
@@ -108,9 +108,8 @@ def main(argv=None) -> int:
     out = ["# gpucnn benchmark" + (" (--quick: tiny sizes, the numbers mean nothing)"
                                    if args.quick else ""), ""]
     out += report.machine(backend.backend_info(), threads, torch_info, env_note())
-    note = getattr(ks, "allocator_note", None)
-    if note is not None:
-        out.append(f"- Memory allocator: {note()}")
+    if backend.has("allocator"):
+        out.append(f"- Memory allocator: {ks.allocator_note()}")
     if name == "numpy":
         from gpucnn.models import _workers
 

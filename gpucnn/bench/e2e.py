@@ -188,10 +188,11 @@ def measure_memory_here(model_name, batch, side, threads, backend_name, steps=3)
     case = E2ECase(model_name, "train", batch, steps)
     if side == "gpucnn":
         import gpucnn
-        from gpucnn.kernels import numpy_set
+        from gpucnn import backend
 
         gpucnn.set_backend(backend_name)
-        numpy_set.set_num_threads(threads)
+        if backend.has("threads"):
+            backend.kernels().set_num_threads(threads)
         run, model = gpucnn_side(case)
     else:
         torch = torch_ref.setup("cpu", threads)

@@ -16,6 +16,7 @@ import numpy as np
 
 from gpucnn import backend
 from gpucnn.bench import _timing, shapes, torch_ref
+from gpucnn.kernels import has
 from gpucnn.kernels._geometry import transpose_out_1d, window_2d
 
 #: The networks of the CPU benchmark, in order (``shapes.NETWORKS`` keys).
@@ -42,8 +43,7 @@ class OpCase:
 
 
 def _algo(ks, what, *args):
-    choose = getattr(ks, "conv_algorithm", None)
-    return choose(what, *args) if choose is not None else ""
+    return ks.conv_algorithm(what, *args) if has(ks, "conv_algorithm") else ""
 
 
 def _conv_cases(ks, tr, rng, net, n, spec):

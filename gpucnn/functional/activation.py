@@ -9,13 +9,10 @@ from gpucnn.functional import _check
 class Activation(Function):
     def forward(self, x, act="relu"):
         self.act = act
-        self.relu_output = act == "relu"
         self.y = backend.kernels().act_forward(x, act)
         return self.y
 
     def backward(self, g):
-        if self.relu_output and self.grad_premasked:
-            return g
         return backend.kernels().act_backward(g, self.y, self.act)
 
 

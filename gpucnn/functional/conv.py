@@ -4,7 +4,7 @@ from __future__ import annotations
 from gpucnn import backend
 from gpucnn.autograd import Function, is_grad_enabled
 from gpucnn.functional import _check
-from gpucnn.kernels import ACTIVATIONS
+from gpucnn.kernels import ACTIVATIONS, has
 from gpucnn.kernels._geometry import check_padding, pair, transpose_out_1d, window_2d
 
 
@@ -13,19 +13,17 @@ class Conv2D(Function):
 
     def forward(self, x, w, b=None, stride=(1, 1), pad=(0, 0, 0, 0), act="linear", keep=False):
         ks = backend.kernels()
-        keep_fn = getattr(ks, "conv2d_forward_keep", None) if keep else None
-        if keep_fn is not None:        # the kernel set may keep its im2col blocks for dw
-            y, self.kept = keep_fn(x, w, b, stride, pad, act)
+        if keep and has(ks, "conv_keep"):   # the set may keep its im2col blocks for dw
+            y, self.kept = ks.conv2d_forward_keep(x, w, b, stride, pad, act)
         else:
             y, self.kept = ks.conv2d_forward(x, w, b, stride, pad, act), None
         self.x, self.w, self.stride, self.pad, self.act = x, w, stride, pad, act
         self.y = y if act != "linear" else None
-        self.relu_output = act == "relu"
         return y
 
     def backward(self, g):
         ks = backend.kernels()
-        if self.act != "linear" and not (self.relu_output and self.grad_premasked):
+        if self.act != "linear":
             g = ks.act_backward(g, self.y, self.act)
         x, w = self.x, self.w
         px, pw = self.parents[0], self.parents[1]

@@ -8,22 +8,15 @@ from gpucnn.kernels._geometry import check_padding, pair, window_2d
 
 
 class MaxPool2D(Function):
-    """With ``relu_input`` (x is a ReLU's output) the backward applies ReLU's mask to the pooled
-    gradient: each window's winner holds the window's maximum, so ``x[winner] > 0`` is
-    ``y > 0``, on a tensor a window's size smaller (see ``Function``)."""
+    """The gradient goes to each window's winner (the flat index the forward kernel returns)."""
 
-    def forward(self, x, pool=(2, 2), stride=(2, 2), pad=(0, 0, 0, 0), relu_input=False):
+    def forward(self, x, pool=(2, 2), stride=(2, 2), pad=(0, 0, 0, 0)):
         y, self.idx = backend.kernels().max_pool_forward(x, pool, stride, pad)
         self.x_shape = x.shape
-        self.y = y if relu_input else None
         return y
 
     def backward(self, g):
-        ks = backend.kernels()
-        if self.y is not None:
-            g = ks.act_backward(g, self.y, "relu")
-            self.premasked_inputs = (0,)
-        return ks.max_pool_backward(g, self.idx, self.x_shape)
+        return backend.kernels().max_pool_backward(g, self.idx, self.x_shape)
 
 
 class AvgPool2D(Function):
@@ -56,8 +49,7 @@ def max_pool2d(x, pool_size=2, strides=None, padding="valid"):
            [7., 9.]], dtype=float32)
     """
     x, geo = _geometry(x, pool_size, strides, padding, "max_pool2d")
-    ctx = x._ctx
-    return MaxPool2D.apply(x, relu_input=ctx is not None and ctx.relu_output, **geo)
+    return MaxPool2D.apply(x, **geo)
 
 
 def avg_pool2d(x, pool_size=2, strides=None, padding="valid"):

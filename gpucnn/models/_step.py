@@ -27,6 +27,7 @@ from gpucnn import losses as _losses
 from gpucnn import random as _random
 from gpucnn.autograd import Tensor, _run_backward
 from gpucnn.functional import _split
+from gpucnn.kernels import has
 from gpucnn.layers import _activations
 from gpucnn.layers.conv import Conv2D, Conv2DTranspose
 from gpucnn.layers.core import Activation, Dense, Dropout, Flatten, InputLayer, Reshape
@@ -95,7 +96,7 @@ def sample_flops(model):
 def parts_for(ks, per_sample, n: int, min_flops: float | None = None) -> int:
     """How many parts a step of ``n`` samples runs as (1: whole, on this thread); ``min_flops``
     defaults to the thread split's threshold."""
-    if per_sample is None or n < 2 or getattr(ks, "data_parallel", None) is None:
+    if per_sample is None or n < 2 or not has(ks, "split_steps"):
         return 1
     threads = ks.get_num_threads()
     if threads < 2 or n * per_sample < (THREAD_MIN_FLOPS if min_flops is None else min_flops):
@@ -107,8 +108,7 @@ def session(ks):
     """The context a run of steps goes in: on the NumPy backend, BLAS single-threaded (the
     kernels split work over their own threads; OpenBLAS's threads would otherwise wake for the
     dense layers' products and keep spinning on the cores the kernels use); elsewhere nothing."""
-    limit = getattr(ks, "single_threaded_blas", None)
-    return limit() if limit is not None else contextlib.nullcontext()
+    return ks.single_threaded_blas() if has(ks, "threads") else contextlib.nullcontext()
 
 
 def predraw(layers) -> list:

@@ -50,6 +50,7 @@ from multiprocessing.connection import Pipe
 import numpy as np
 
 from gpucnn.autograd import Tensor
+from gpucnn.kernels import has
 from gpucnn.models import _step
 
 _ALIGN = 64
@@ -61,9 +62,10 @@ SPIN_NEXT = 0.005
 
 
 def available(ks) -> bool:
-    """Whether steps may run on processes here: Linux (fork), the NumPy kernel set."""
+    """Whether steps may run on processes here: Linux (fork), a kernel set on host memory that
+    splits steps (the NumPy set)."""
     return (sys.platform.startswith("linux") and hasattr(os, "fork")
-            and getattr(ks, "data_parallel", None) is not None)
+            and has(ks, "split_steps"))
 
 
 class _Shared:

@@ -34,6 +34,8 @@ from .pool import avg_pool_backward, avg_pool_forward, max_pool_backward, max_po
 from .softmax import (log_softmax_backward, log_softmax_forward, softmax_backward, softmax_forward,
                       softmax_xent_backward, softmax_xent_forward)
 
+CAPABILITIES = ("launches",)
+
 __all__ = [
     *CONTRACT,
     "all_kernels", "fell_back", "launch_count", "launch_path", "set_launch_path",

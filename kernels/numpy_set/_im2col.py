@@ -8,7 +8,7 @@ a reused buffer small enough to stay in cache while its GEMM reads it; the forwa
 Border classes: with zero padding, the window of an output pixel near the border reads some
 padding, and a GEMM over those zeros is wasted work (AlexNet-small's 3x3 kernels on 7x7 maps: 18%
 of the products; its 5x5 kernel on 15x15 maps: 15%). Where that share is large enough
-(``BORDER_MIN_SAVING``), the output pixels are grouped into rectangles whose windows read the
+(``border_min_saving`` of ``tuning``), the output pixels are grouped into rectangles whose windows read the
 same kernel taps inside the image (``border_classes``), and each rectangle gets its own im2col
 and GEMM with only those taps: no padded copy and no product with padding.
 """
@@ -21,37 +21,14 @@ import numpy as np
 from ._parallel import block_scale, run_parts
 from ._util import pad_hw, strided, windows
 from .activation import act_inplace
+from .tuning import TUNING as T
 
-# Bytes of one im2col block: small enough to stay in a core's L2 cache while its GEMM reads it.
-# Measured on a 2 MiB-L2 EPYC: 256 KiB blocks ran the LeNet-5 convolutions 2-3x faster than
-# one whole-batch im2col matrix.
-COL_BLOCK_BYTES = 256 * 1024
-# ... but never fewer rows than this, so that wide layers still feed BLAS a sizeable matrix
-# (for an im2col row of WIDE_K floats or more the kernel matrix is large, and packing it costs
-# more: 1024 rows measured 4% faster than 256 on AlexNet-small's 5x5 and 3x3 layers, 256 best
-# for LeNet; with the border classes, 512 rows made AlexNet-small's step 1% faster than 1024).
-COL_MIN_ROWS = 256
-WIDE_K, WIDE_MIN_ROWS = 512, 512
-
-
-# Share of the window cells in padding (over all output pixels) from which the border classes are
-# used. Measured at batch 64 on one thread, forward and kernel gradient: 15% in padding took 7% off
-# AlexNet-small's 5x5 conv, 18% took 10-13% off its 3x3 ones, and 4.7% (3x3 on 28x28) still 3-7%.
-BORDER_MIN_SAVING = 0.04
-# ... but a class costs a GEMM call and a copy of its output rows, which a small kernel matrix does
-# not pay back when there are many classes: a 5x5 kernel, 8 -> 16 channels on 28x28 (25 classes,
-# K * C_out = 3200) ran 7-18% slower, while 8 -> 32 channels (6400) ran 6% faster. Above 9 classes
-# (3x3 kernels never have more) the border classes need K * C_out of at least this.
-BORDER_MANY_CLASSES_MIN_WORK = 4096
-
-# Input channels up to which a block is built channel-planar and transposed (see col_blocks).
-PLANAR_MAX_C = 4
 
 
 def planar(c: int) -> bool:
     """Whether the im2col columns of ``c`` input channels are ordered ``(C, KH, KW)`` (the
     planar blocks) instead of ``(KH, KW, C)``."""
-    return c <= PLANAR_MAX_C
+    return c <= T.planar_max_c
 
 
 def kernel_matrix(w):
@@ -81,8 +58,8 @@ def col_blocks(x, pad, kh, kw, sh, sw, ho, wo, fresh=False):
     if kh == kw == 1 and sh == sw == 1 and not any(pad) and x.flags.c_contiguous:
         yield slice(0, n * per_img), x.reshape(n * per_img, c)        # 1x1: x is its own im2col
         return
-    least = COL_MIN_ROWS if k < WIDE_K else max(COL_MIN_ROWS, WIDE_MIN_ROWS)
-    rows = max(COL_BLOCK_BYTES * block_scale() // (k * x.itemsize), least)   # rows per block
+    least = T.col_min_rows if k < T.wide_k else max(T.col_min_rows, T.wide_min_rows)
+    rows = max(T.col_block_bytes * block_scale() // (k * x.itemsize), least)   # rows per block
     nb = min(n, max(1, rows // per_img))
     if planar(c):
         buf = np.empty((c, kh, kw, nb, ho, wo), dtype=x.dtype)
@@ -157,9 +134,9 @@ def use_border_classes(x_shape, w_shape, stride, pad, ho, wo) -> bool:
     if planar(c) or not any(pad):
         return False
     classes, saving = border_classes(x_shape, kh, kw, stride, pad, ho, wo)
-    if len(classes) > 9 and kh * kw * c * co < BORDER_MANY_CLASSES_MIN_WORK:
+    if len(classes) > 9 and kh * kw * c * co < T.border_many_classes_min_work:
         return False
-    return saving >= BORDER_MIN_SAVING
+    return saving >= T.border_min_saving
 
 
 def class_blocks(x, cls, kh, kw, sh, sw, pad):
@@ -171,8 +148,8 @@ def class_blocks(x, cls, kh, kw, sh, sw, pad):
     hp, wq, ki, kj = p1 - p0, q1 - q0, i1 - i0, j1 - j0
     k = ki * kj * c
     pix = hp * wq
-    least = COL_MIN_ROWS if k < WIDE_K else max(COL_MIN_ROWS, WIDE_MIN_ROWS)
-    nb = min(n, max(1, max(COL_BLOCK_BYTES * block_scale() // (k * x.itemsize), least) // pix))
+    least = T.col_min_rows if k < T.wide_k else max(T.col_min_rows, T.wide_min_rows)
+    nb = min(n, max(1, max(T.col_block_bytes * block_scale() // (k * x.itemsize), least) // pix))
     s0, s1, s2, s3 = x.strides
     r, q = p0 * sh - pad[0] + i0, q0 * sw - pad[2] + j0               # first cell read
     shape, steps = (n, hp, wq, ki, kj, c), (s0, s1 * sh, s2 * sw, s1, s2, s3)

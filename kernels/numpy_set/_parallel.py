@@ -11,7 +11,7 @@ libraries that ``threadpoolctl`` finds are limited to one thread; the previous l
 when the last running kernel returns. Without ``threadpoolctl`` installed the BLAS is left as is.
 
 ``GPUCNN_NUM_THREADS`` (read once) or ``set_num_threads`` sets the thread count; the default is
-the number of CPUs the process may use, at most 8. Work below ``MIN_PARALLEL_FLOPS`` stays
+the number of CPUs the process may use, at most 8. Work below ``min_parallel_flops`` (``tuning``) stays
 on the calling thread (the hand-off and the GIL-held Python of many small blocks cost more
 than a second core saves), and tiny work does not even touch the BLAS thread setting.
 """
@@ -22,22 +22,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+from .tuning import TUNING as T
+
 try:  # optional: limits BLAS threads while a kernel runs its own
     from threadpoolctl import ThreadpoolController
 except ImportError:  # pragma: no cover - depends on the environment
     ThreadpoolController = None
-
-MIN_PARALLEL_FLOPS = 50e6      # below: one part (LeNet's C1, C5 and the 7x7 layers lose on 2)
-MIN_BLAS_LIMIT_FLOPS = 1e6     # below: BLAS stays single-threaded by itself, no call to limit it
-
-# Factor on the kernels' cache-sized block sizes while this process runs them on two or more
-# threads (``block_scale``). Each block is a few NumPy calls with Python between them, and each
-# call takes the GIL back; when both threads want it at once, the waiter sleeps and is woken
-# later. LeNet-5's predict at batch 512 then fell into a slow mode (18-19 ms against 11-12 ms,
-# with 4x as many voluntary context switches) for many calls at a time; 4x bigger blocks took the
-# switches from 90-120 to 16 a batch. A single-threaded process (a worker of fit) keeps the
-# small blocks, which are 15% faster there.
-THREADED_BLOCK_SCALE = 4
 
 _lock = threading.Lock()
 _local = threading.local()   # .serial: this thread is one part of a data_parallel split
@@ -80,6 +70,17 @@ def set_num_threads(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
     _num_threads = n
+
+
+@contextmanager
+def num_threads(n: int):
+    """``set_num_threads(n)`` inside the ``with`` block, the previous count after it."""
+    before = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield n
+    finally:
+        set_num_threads(before)
 
 
 def _blas_libs():
@@ -155,9 +156,9 @@ def _split_call(fn, lo, hi):
 
 
 def block_scale() -> int:
-    """``THREADED_BLOCK_SCALE`` on a thread that runs one part of a split over threads (the
+    """``threaded_block_scale`` (``tuning``) on a thread that runs one part of a split over threads (the
     kernels' blocks grow by it, see above), else 1."""
-    return THREADED_BLOCK_SCALE if getattr(_local, "split", False) else 1
+    return T.threaded_block_scale if getattr(_local, "split", False) else 1
 
 
 def data_parallel(fn, n: int, parts: int | None = None):
@@ -200,8 +201,8 @@ def run_parts(fn, n: int, flops: float):
     Results come back in part order."""
     if getattr(_local, "serial", False):
         return [fn(0, n)]
-    parts = min(get_num_threads(), n) if flops >= MIN_PARALLEL_FLOPS else 1
-    if parts <= 1 and flops < MIN_BLAS_LIMIT_FLOPS:
+    parts = min(get_num_threads(), n) if flops >= T.min_parallel_flops else 1
+    if parts <= 1 and flops < T.min_blas_limit_flops:
         return [fn(0, n)]
     with single_threaded_blas():
         if parts <= 1:

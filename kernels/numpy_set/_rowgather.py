@@ -34,17 +34,12 @@ import functools
 
 import numpy as np
 
-from ._im2col import COL_BLOCK_BYTES, COL_MIN_ROWS, WIDE_K, WIDE_MIN_ROWS, axis_runs
+from ._im2col import axis_runs
 from ._parallel import block_scale, run_parts
 from ._util import strided
 
-# The stride-1 input gradient takes the row gather when C_in < ROW_GATHER_MAX_C and the gather's
-# depth KH*KW*C_out >= ROW_GATHER_MIN_K (C_in <= 8 with C_out >= C_in keeps the row-Toeplitz).
-# Measured at batch 64 on one thread against the gather: 5x5 kernels with C_in 16-24 and C_out
-# 32-128 1.10-1.32x, 7x7 1.14-1.29x, 3x3 with 16 -> 128 1.20x; 3x3 with 24 -> 64 (depth 576)
-# even, 16 -> 32 (288) 0.87x, C_in 32-48 1.02-1.07x, the autoencoder's shallow convs 0.2-0.6x.
-ROW_GATHER_MAX_C = 32
-ROW_GATHER_MIN_K = 800
+from .tuning import TUNING as T
+
 
 
 def applies(h, wd, ho, wo, gpad) -> bool:
@@ -90,8 +85,8 @@ def row_gather_input_grad(dy, w, x_shape, gpad):
         for p0, p1, i0, i1 in bands:
             hp = p1 - p0                           # (with a gather padding, i1 > i0 always)
             k = (i1 - i0) * co
-            least = COL_MIN_ROWS if k < WIDE_K else max(COL_MIN_ROWS, WIDE_MIN_ROWS)
-            rows = max(COL_BLOCK_BYTES * block_scale() // (k * item), least)
+            least = T.col_min_rows if k < T.wide_k else max(T.col_min_rows, T.wide_min_rows)
+            rows = max(T.col_block_bytes * block_scale() // (k * item), least)
             nb = min(hi - lo, max(1, rows // (hp * wo)))
             r = nb * hp * wo
             if zbuf is None or len(zbuf) < below + r * kc + above:

@@ -14,8 +14,8 @@ import numpy as np
 from ._parallel import run_parts
 from ._util import offset_view
 
-# Images per block: dy, its per-offset product and the padded dx of a block in about this.
-SCATTER_BLOCK_BYTES = 1 << 20
+from .tuning import TUNING as T
+
 
 
 def scatter_input_grad(dy, w, x_shape, stride, pad):
@@ -32,7 +32,7 @@ def scatter_input_grad(dy, w, x_shape, stride, pad):
     dx = np.empty((n, h, wd, c), dtype=dy.dtype)
     dy2 = dy.reshape(-1, co)
     per_img = ho * wo
-    nb = max(1, SCATTER_BLOCK_BYTES // ((per_img * (co + c) + hp * wp * c) * dy.itemsize))
+    nb = max(1, T.scatter_block_bytes // ((per_img * (co + c) + hp * wp * c) * dy.itemsize))
 
     def part(lo, hi):
         m = min(nb, hi - lo)

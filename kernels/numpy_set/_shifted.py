@@ -20,8 +20,8 @@ from ._parallel import run_parts
 from ._util import pad_hw
 from .activation import act_inplace
 
-# Images per block: a block's padded input and its output rows in about this many bytes.
-SHIFT_BLOCK_BYTES = 1 << 20
+from .tuning import TUNING as T
+
 
 
 def _blocking(x, pad, w_shape, extra_channels):
@@ -29,7 +29,7 @@ def _blocking(x, pad, w_shape, extra_channels):
     kh, kw = w_shape[:2]
     hp, wp = h + pad[0] + pad[1], wd + pad[2] + pad[3]
     per = hp * wp
-    nb = max(1, min(n, SHIFT_BLOCK_BYTES // (per * (c + extra_channels) * x.itemsize)))
+    nb = max(1, min(n, T.shift_block_bytes // (per * (c + extra_channels) * x.itemsize)))
     offsets = [(i, j, i * wp + j) for i in range(kh) for j in range(kw)]
     return hp, wp, per, nb, offsets, (kh - 1) * wp + kw - 1
 

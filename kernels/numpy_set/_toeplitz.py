@@ -21,9 +21,8 @@ import numpy as np
 
 from ._parallel import run_parts
 
-# Images per block: a block's GEMM output (the largest temporary) in about this many bytes
-# (measured: smaller blocks lose more to per-call overhead than they gain in cache).
-TOEPLITZ_BLOCK_BYTES = 2 << 20
+from .tuning import TUNING as T
+
 
 
 def chunk(wo: int, kw: int) -> int:
@@ -57,7 +56,7 @@ def toeplitz_input_grad(dy, w, x_shape, pad):
     crop = (hp, wp) != (h, wd)
     dx = np.empty(x_shape, dtype=dy.dtype)
     rows = ho * nq                          # GEMM rows per image
-    nb = max(1, TOEPLITZ_BLOCK_BYTES // (rows * t.shape[1] * dy.itemsize))
+    nb = max(1, T.toeplitz_block_bytes // (rows * t.shape[1] * dy.itemsize))
     d2 = dy.reshape(n * rows, q * co)
 
     def part(lo, hi):

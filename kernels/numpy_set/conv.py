@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import ACTIVATIONS
 from ._im2col import im2col_forward, im2col_weight_grad, planar, use_border_classes
-from ._rowgather import ROW_GATHER_MAX_C, ROW_GATHER_MIN_K, row_gather_input_grad
+from ._rowgather import row_gather_input_grad
 from ._rowgather import applies as row_gather_applies
 from ._scatter import scatter_input_grad
 from ._shifted import shifted_forward, shifted_weight_grad
@@ -40,18 +40,16 @@ from ._toeplitz import toeplitz_input_grad
 from ._util import as_dtype, check_float, check_ndim, fail, out_size
 from .activation import act_inplace
 
+from .tuning import TUNING as T
+
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "bias_grad",
            "conv_algorithm", "conv2d_forward_keep", "conv2d_backward_weight_kept"]
 
-# Algorithm overrides (None: chosen by shape), for tests and benchmarks:
-FORWARD_METHOD = None      # "im2col" | "shifted" (forward pass and kernel gradient)
-DX_METHOD = None           # "scatter" | "gather" | "rowgather" | "toeplitz" (input gradient)
-DENSE = True               # False: no dense-layer path for whole-input kernels
 
 
 def _dense(x_shape, w_shape, pad) -> bool:
     """Whether the kernel covers the whole unpadded input (one output pixel): a dense layer."""
-    return DENSE and not any(pad) and tuple(x_shape[1:3]) == tuple(w_shape[:2])
+    return T.dense and not any(pad) and tuple(x_shape[1:3]) == tuple(w_shape[:2])
 
 
 def _dx_method(x_shape, w_shape, ho, wo, stride, pad) -> str:
@@ -60,15 +58,15 @@ def _dx_method(x_shape, w_shape, ho, wo, stride, pad) -> str:
     if tuple(stride) != (1, 1):
         return "scatter"
     gpad = _gather_pad(h, wd, kh, kw, ho, wo, pad)
-    if DX_METHOD is not None:
-        if DX_METHOD == "rowgather" and not row_gather_applies(h, wd, ho, wo, gpad):
+    if T.dx_method is not None:
+        if T.dx_method == "rowgather" and not row_gather_applies(h, wd, ho, wo, gpad):
             return "gather" if gpad is not None else "scatter"
-        if DX_METHOD == "gather" and gpad is None:
+        if T.dx_method == "gather" and gpad is None:
             return "scatter"
-        return DX_METHOD
+        return T.dx_method
     if c <= 8 and co >= c:
         return "toeplitz"
-    if (c < ROW_GATHER_MAX_C and kh * kw * co >= ROW_GATHER_MIN_K
+    if (c < T.row_gather_max_c and kh * kw * co >= T.row_gather_min_k
             and row_gather_applies(h, wd, ho, wo, gpad)):
         return "rowgather"
     if gpad is not None:
@@ -115,9 +113,9 @@ def _geometry(op, x_shape, w_shape, stride, pad):
 
 def _shifted(stride, c, co) -> bool:
     """Shifted GEMMs for stride 1 when ``8 * C_out <= C_in``, im2col otherwise (measured)."""
-    if tuple(stride) != (1, 1) or FORWARD_METHOD == "im2col":
+    if tuple(stride) != (1, 1) or T.forward_method == "im2col":
         return False
-    return FORWARD_METHOD == "shifted" or 8 * co <= c
+    return T.forward_method == "shifted" or 8 * co <= c
 
 
 def _forward(x, w, b, stride, pad, act, y, keep=False):
@@ -159,16 +157,11 @@ def _conv_forward(x, w, b, stride, pad, act, keep):
         b = as_dtype(b, dt)
     y = np.empty((x.shape[0], ho, wo, co), dtype=dt)
     col_bytes = y.size // co * w.shape[0] * w.shape[1] * w.shape[2] * x.itemsize
-    keep = keep and col_bytes <= KEEP_MAX_BYTES
+    keep = keep and col_bytes <= T.keep_max_bytes
     kept = _forward(x, as_dtype(w, dt), b, stride, pad, act, y, keep=keep)
     return y, kept
 
 
-# Largest im2col matrix (bytes) conv2d_forward_keep keeps for the kernel gradient, read back
-# from cache instead of rebuilt: about a core's L2. Measured on LeNet-5 through fit on two
-# processes: batch 32 (C1's 1.25 MiB and C3's 0.96 MiB kept) 5% faster a step; batch 128
-# with 5 and 3.8 MiB kept 10% slower than rebuilding (the kept blocks crowd the caches).
-KEEP_MAX_BYTES = 2 << 20
 
 
 def conv2d_forward_keep(x, w, b, stride, pad, act):

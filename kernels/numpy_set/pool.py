@@ -16,11 +16,10 @@ import numpy as np
 from ._parallel import run_parts
 from ._util import check_float, check_ndim, fail, offset_view, out_size, pad_hw
 
+from .tuning import TUNING as T
+
 __all__ = ["max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"]
 
-# Images per block: about this many bytes of input per block (measured: bigger blocks lose less to
-# per-call overhead than smaller ones gain in cache, up to a few MiB).
-POOL_BLOCK_BYTES = 4 << 20
 
 
 def _geometry(op, x_shape, pool, stride, pad):
@@ -37,7 +36,7 @@ def _geometry(op, x_shape, pool, stride, pad):
 def _over_blocks(x_shape, itemsize, work, fn):
     """``fn(n0, n1)`` over blocks of images, the blocks split over the kernel threads."""
     n, h, w, c = x_shape
-    nb = max(1, POOL_BLOCK_BYTES // (h * w * c * itemsize))
+    nb = max(1, T.pool_block_bytes // (h * w * c * itemsize))
 
     def part(lo, hi):
         for n0 in range(lo, hi, nb):
@@ -197,16 +196,13 @@ def _cols(a, j, sw, wo):
     return a[:, :, j:j + (wo - 1) * sw + 1:sw]
 
 
-# Channels up to which the column pass of a tiling average pool is a GEMM with a 0/1 matrix
-# (NumPy's adds over runs of C floats are slow for small C; a GEMM's cost grows with C).
-GEMM_POOL_MAX_C = 16
 
 
 def _tiling(x_shape, pool, stride, pad) -> bool:
     """Whether the windows tile the image exactly (stride == window, no padding, nothing left)."""
     _, h, w, c = x_shape
     return (tuple(pool) == tuple(stride) and not any(pad) and h % pool[0] == 0
-            and w % pool[1] == 0 and c <= GEMM_POOL_MAX_C)
+            and w % pool[1] == 0 and c <= T.gemm_pool_max_c)
 
 
 _SPREAD = {}
