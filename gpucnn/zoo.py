@@ -25,6 +25,7 @@ import numpy as np
 import gpucnn.layers as layers
 import gpucnn.models as models
 from gpucnn.autograd import Tensor, no_grad
+from gpucnn.functional import _check
 
 __all__ = ["perceptron", "basic_cnn", "lenet5", "alexnet", "conv_autoencoder", "feature_maps"]
 
@@ -34,8 +35,7 @@ __all__ = ["perceptron", "basic_cnn", "lenet5", "alexnet", "conv_autoencoder", "
 ALEXNET_MIN_IMAGENET_SIDE = 67
 
 
-def _is_int(v):
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+_is_int = _check.is_int
 
 
 def _shape(input_shape, rank, op):
@@ -52,10 +52,7 @@ def _shape(input_shape, rank, op):
     return tuple(int(d) for d in shape)
 
 
-def _positive_int(value, op, name, minimum=1):
-    if not _is_int(value) or value < minimum:
-        raise ValueError(f"{op}: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+_positive_int = _check.positive_int
 
 
 def perceptron(n_features):

@@ -2,7 +2,21 @@
 expected against what was received."""
 from __future__ import annotations
 
+import numpy as np
+
 from gpucnn.autograd import Tensor
+
+
+def is_int(v) -> bool:
+    """A Python or NumPy integer (not a bool)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def positive_int(value, op: str, name: str, minimum: int = 1) -> int:
+    """``value`` as an int, or a ValueError naming ``op`` and ``name``."""
+    if not is_int(value) or value < minimum:
+        raise ValueError(f"{op}: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def tensor(x, op: str, name: str = "x") -> Tensor:

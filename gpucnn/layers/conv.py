@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import gpucnn.functional as F
 from gpucnn import initializers
+from gpucnn.functional import _check
 from gpucnn.kernels._geometry import check_padding, pair, transpose_out_1d, window_2d
 from gpucnn.layers import _activations
 from gpucnn.layers.base import Layer
 
 
 def _positive_int(v, what, owner):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{owner}: {what} must be a positive int, got {v!r}")
-    return v
+    return _check.positive_int(v, owner, what)
 
 
 def _channels_last(data_format, owner):

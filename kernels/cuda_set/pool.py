@@ -22,6 +22,17 @@ POOL_BLOCK = 256
 i64 = types.int64
 
 
+@cuda.jit(device=True, inline="always")
+def nhwc_index(i, a):
+    """``(n, h, w, c)`` of the flat (C-order) index ``i`` of the 4-D array ``a``: the output (or
+    input) element a thread of a grid-stride loop works on, channels fastest."""
+    c = i % a.shape[3]
+    t = i // a.shape[3]
+    w = t % a.shape[2]
+    t = t // a.shape[2]
+    return t // a.shape[1], t % a.shape[1], w, c
+
+
 @kernel_factory(float_variants)
 def max_pool_fwd_kernel(dtype):
     dt = NB_FLOAT[np.dtype(dtype)]
@@ -32,12 +43,7 @@ def max_pool_fwd_kernel(dtype):
         W, C), y and idx (N, Ho, Wo, C); a grid-stride loop over outputs, consecutive threads
         on consecutive channels (coalesced)."""
         for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-            c = i % y.shape[3]
-            t = i // y.shape[3]
-            ow = t % y.shape[2]
-            t = t // y.shape[2]
-            oh = t % y.shape[1]
-            n = t // y.shape[1]
+            n, oh, ow, c = nhwc_index(i, y)
             h0 = oh * sh - pt
             w0 = ow * sw - pl
             best = dt(-math.inf)
@@ -67,12 +73,7 @@ def max_pool_bwd_kernel(dtype):
         output; dx (N, H, W, C) zeroed by the launcher. One thread per output; atomic adds,
         since overlapping windows may share a winner."""
         for i in range(cuda.grid(1), dy.size, cuda.gridsize(1)):
-            c = i % dy.shape[3]
-            t = i // dy.shape[3]
-            ow = t % dy.shape[2]
-            t = t // dy.shape[2]
-            oh = t % dy.shape[1]
-            n = t // dy.shape[1]
+            n, oh, ow, c = nhwc_index(i, dy)
             j = idx[n, oh, ow, c]
             if j >= 0:
                 cuda.atomic.add(dx, (n, j // dx.shape[2], j % dx.shape[2], c), dy[n, oh, ow, c])
@@ -89,12 +90,7 @@ def avg_pool_fwd_kernel(dtype):
         """y[n, oh, ow, c] = mean of x over the window's real cells (padding not counted).
         x (N, H, W, C), y (N, Ho, Wo, C); a grid-stride loop over outputs."""
         for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-            c = i % y.shape[3]
-            t = i // y.shape[3]
-            ow = t % y.shape[2]
-            t = t // y.shape[2]
-            oh = t % y.shape[1]
-            n = t // y.shape[1]
+            n, oh, ow, c = nhwc_index(i, y)
             h0 = oh * sh - pt
             w0 = ow * sw - pl
             h_lo, h_hi = max(h0, 0), min(h0 + ph, x.shape[1])
@@ -118,12 +114,7 @@ def avg_pool_bwd_kernel(dtype):
         dy (N, Ho, Wo, C), dx (N, H, W, C); a grid-stride loop over dx, a gather: no atomics,
         one global write each."""
         for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-            c = i % dx.shape[3]
-            t = i // dx.shape[3]
-            w = t % dx.shape[2]
-            t = t // dx.shape[2]
-            h = t % dx.shape[1]
-            n = t // dx.shape[1]
+            n, h, w, c = nhwc_index(i, dx)
             # windows oh with oh*sh - pt <= h <= oh*sh - pt + ph - 1
             oh_lo = max(0, (h + pt - ph + sh) // sh)
             oh_hi = min(dy.shape[1] - 1, (h + pt) // sh)

@@ -27,7 +27,9 @@ def _variants():
 
 @functools.lru_cache(maxsize=None)
 def _block_reducers(dtype: str, block: int):
-    """Device functions reducing one value per thread over the block (result to every thread)."""
+    """Device functions reducing one value per thread over the block (result to every thread),
+    and the row maximum and exponential sum built on them that softmax and cross-entropy share."""
+    dt = NB_FLOAT[np.dtype(dtype)]
     if block & (block - 1):
         raise ValueError(f"softmax: block size must be a power of two, got {block}")
 
@@ -59,13 +61,27 @@ def _block_reducers(dtype: str, block: int):
         cuda.syncthreads()  # everyone has read red[0] before `red` is reused
         return r
 
-    return block_max, block_sum
+    @cuda.jit(device=True, inline="always")
+    def row_max_sum(red, x, r, t):
+        """``(m, s)`` of row ``r`` of ``x``: its maximum and ``sum(exp(x[r] - m))``, the threads of
+        the block striding over the row (coalesced); both results in every thread."""
+        m = dt(-math.inf)
+        for j in range(t, x.shape[1], block):
+            if x[r, j] > m:
+                m = x[r, j]
+        m = block_max(red, t, m)
+        s = dt(0)
+        for j in range(t, x.shape[1], block):
+            s += dt(math.exp(x[r, j] - m))
+        return m, block_sum(red, t, s)
+
+    return block_max, block_sum, row_max_sum
 
 
 @kernel_factory(_variants)
 def softmax_fwd_kernel(dtype, block):
     dt = NB_FLOAT[np.dtype(dtype)]
-    block_max, block_sum = _block_reducers(dtype, block)
+    _, _, row_max_sum = _block_reducers(dtype, block)
 
     def softmax_fwd_k(x, y, log):
         """Row r = blockIdx.x of x (rows, K): y = softmax(x[r]) (log=0) or log_softmax (log=1).
@@ -74,15 +90,7 @@ def softmax_fwd_kernel(dtype, block):
         r = cuda.blockIdx.x
         t = cuda.threadIdx.x
         k = x.shape[1]
-        m = dt(-math.inf)
-        for j in range(t, k, block):
-            if x[r, j] > m:
-                m = x[r, j]
-        m = block_max(red, t, m)
-        s = dt(0)
-        for j in range(t, k, block):
-            s += dt(math.exp(x[r, j] - m))
-        s = block_sum(red, t, s)
+        m, s = row_max_sum(red, x, r, t)
         if log != 0:
             lse = m + dt(math.log(s))
             for j in range(t, k, block):
@@ -98,7 +106,7 @@ def softmax_fwd_kernel(dtype, block):
 @kernel_factory(_variants)
 def softmax_bwd_kernel(dtype, block):
     dt = NB_FLOAT[np.dtype(dtype)]
-    _, block_sum = _block_reducers(dtype, block)
+    _, block_sum, _ = _block_reducers(dtype, block)
 
     def softmax_bwd_k(dy, y, dx, log):
         """Row r = blockIdx.x: softmax (log=0) dx = y * (dy - sum(dy * y));
@@ -124,7 +132,7 @@ def softmax_bwd_kernel(dtype, block):
 @kernel_factory(_variants)
 def xent_fwd_kernel(dtype, block):
     dt = NB_FLOAT[np.dtype(dtype)]
-    block_max, block_sum = _block_reducers(dtype, block)
+    _, _, row_max_sum = _block_reducers(dtype, block)
 
     def xent_fwd_k(z, labels, loss, p):
         """Row r = blockIdx.x of logits z (rows, K), labels (rows,) int64: p = softmax(z[r]),
@@ -133,15 +141,7 @@ def xent_fwd_kernel(dtype, block):
         r = cuda.blockIdx.x
         t = cuda.threadIdx.x
         k = z.shape[1]
-        m = dt(-math.inf)
-        for j in range(t, k, block):
-            if z[r, j] > m:
-                m = z[r, j]
-        m = block_max(red, t, m)
-        s = dt(0)
-        for j in range(t, k, block):
-            s += dt(math.exp(z[r, j] - m))
-        s = block_sum(red, t, s)
+        m, s = row_max_sum(red, z, r, t)
         for j in range(t, k, block):
             p[r, j] = dt(math.exp(z[r, j] - m)) / s
         if t == 0:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._parallel import block_scale, run_parts
 from ._util import pad_hw, strided, windows
-from .activation import act_inplace
+from .activation import epilogue as _epilogue
 from .tuning import TUNING as T
 
 
@@ -162,18 +162,6 @@ def class_blocks(x, cls, kh, kw, sh, sw, pad):
         m = min(nb, n - n0)
         np.copyto(buf[:m], win[n0:n0 + m])
         yield n0, m, buf[:m].reshape(m * pix, k)
-
-
-def _epilogue(out, b, act, tile):
-    """``out = act(out + b)`` in place on a block of output rows; the bias is added as a
-    contiguous tiled block (no broadcast loop over short rows), ``tile``, which is returned for
-    the next block (grown when too short)."""
-    if b is not None:
-        if tile is None or len(tile) < len(out):
-            tile = np.tile(b, (len(out), 1))
-        out += tile[:len(out)]
-    act_inplace(out, act)
-    return tile
 
 
 def _region(a, n0, m, cls):

@@ -18,7 +18,7 @@ import numpy as np
 
 from ._parallel import run_parts
 from ._util import pad_hw
-from .activation import act_inplace
+from .activation import epilogue
 
 from .tuning import TUNING as T
 
@@ -61,12 +61,7 @@ def shifted_forward(x, w, pad, y, b, act):
                     a += t
             yb = y[n0:n0 + k]
             np.copyto(yb, acc[:k * per].reshape(k, hp, wp, co)[:, :ho, :wo])
-            yb2 = yb.reshape(-1, co)
-            if b is not None:
-                if tile is None or len(tile) < len(yb2):
-                    tile = np.tile(b, (len(yb2), 1))
-                yb2 += tile[:len(yb2)]
-            act_inplace(yb2, act)
+            tile = epilogue(yb.reshape(-1, co), b, act, tile)
 
     run_parts(part, n, 2.0 * n * per * w.size)
 

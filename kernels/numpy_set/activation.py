@@ -98,3 +98,15 @@ def act_backward(dy, y, act):
         np.multiply(dx, y, out=dx)
         return np.multiply(dx, dy, out=dx)
     return dy.copy()
+
+
+def epilogue(out, b, act, tile):
+    """``out = act(out + b)`` in place on a block of a convolution's output rows ``(rows, C)``;
+    the bias is added as a contiguous tiled block (no broadcast loop over short rows), ``tile``,
+    which is returned for the next block (grown when too short). Every conv method ends so."""
+    if b is not None:
+        if tile is None or len(tile) < len(out):
+            tile = np.tile(b, (len(out), 1))
+        out += tile[:len(out)]
+    act_inplace(out, act)
+    return tile
