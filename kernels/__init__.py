@@ -109,6 +109,13 @@ OPTIONAL = {
     "launches": ("launch_count", "launch_path", "set_launch_path", "fell_back"),
     # allocator_note() -> one line on how the set tunes the C allocator (for reports)
     "allocator": ("allocator_note",),
+    # an activation's gradient read where it is consumed, saving launches and passes over dy:
+    # conv2d_backward_input_act(dy, y, act, w, x_shape, stride, pad) -> dx,
+    # conv2d_backward_weight_bias(x, dy, y, act, w_shape, stride, pad) -> (dw, db),
+    # act_backward_bias(dy, y, act) -> (g, db) for a (rows, C) gradient;
+    # each equals act_backward then the plain op(s) of the contract
+    "fused_backward": ("conv2d_backward_input_act", "conv2d_backward_weight_bias",
+                       "act_backward_bias"),
 }
 
 _SETS = {"numpy": ".numpy_set", "cuda": ".cuda_set"}

@@ -120,7 +120,7 @@ def reports():
 def test_registry_lists_every_kernel_family():
     names = {s.name.split("[")[0] for s in _launch.all_kernels()}
     assert names == {
-        "igemm_fwd", "igemm_bwd_input", "igemm_bwd_weight", "colsum",
+        "igemm_fwd", "igemm_bwd_input", "igemm_bwd_weight", "colsum", "act_colsum",
         "max_pool_fwd", "max_pool_bwd", "avg_pool_fwd", "avg_pool_bwd",
         "act_fwd", "act_bwd", "softmax_fwd", "softmax_bwd", "xent_fwd", "xent_bwd",
         "dropout", "sgd", "adam", "rmsprop"}

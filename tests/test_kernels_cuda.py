@@ -459,3 +459,47 @@ def test_lenet5_forward_and_backward_batch_2(rng):
     for name, w in want.items():
         tol = FWD if name in ("loss", "probabilities") else GRAD
         assert rel_err(got[name], w) < tol, name
+
+
+# ---------------------------------------------------------------- fused backward (cuda only)
+# The "fused_backward" capability against the contract functions it stands for, composed on the
+# NumPy set: act_backward, then the conv gradients and the bias gradient.
+FUSED_GEOMS = [((2, 7, 5, 3), (3, 3, 4), (1, 1), "valid", "relu"),
+               ((1, 6, 5, 2), (4, 4, 3), (1, 1), "same", "tanh"),
+               ((2, 9, 8, 2), (3, 3, 5), (2, 3), "same", "sigmoid"),
+               ((1, 5, 6, 3), (2, 2, 11), (2, 2), "same", "linear"),
+               ((1, 13, 11, 2), (5, 5, 3), (4, 4), "valid", "relu")]
+
+
+@pytest.mark.parametrize("xs,k,stride,padding,act", FUSED_GEOMS,
+                         ids=[f"{g[4]}-s{g[2][0]}{g[2][1]}-{g[3]}" for g in FUSED_GEOMS])
+@pytest.mark.parametrize("target", [None, 1], ids=["split-k", "one-split"])
+def test_fused_conv_backward_matches_the_composition(xs, k, stride, padding, act, target, rng,
+                                                     monkeypatch):
+    if target is not None:
+        monkeypatch.setattr(conv, "TARGET_BLOCKS", target)
+    kh, kw, co = k
+    _, _, pad = window_2d(xs[1], xs[2], kh, kw, *stride, padding)
+    x, w = f32(rng, *xs), f32(rng, kh, kw, xs[3], co)
+    y = N.conv2d_forward(x, w, None, stride, pad, act)
+    dy = f32(rng, *y.shape)
+    g = N.act_backward(dy, y, act) if act != "linear" else dy
+    yy = y if act != "linear" else None
+    dx = C.conv2d_backward_input_act(C.asarray(dy), C.asarray(yy) if yy is not None else None,
+                                     act, C.asarray(w), xs, stride, pad)
+    assert rel_err(dx, N.conv2d_backward_input(g, w, xs, stride, pad)) < GRAD
+    dw, db = C.conv2d_backward_weight_bias(C.asarray(x), C.asarray(dy),
+                                           C.asarray(yy) if yy is not None else None, act,
+                                           w.shape, stride, pad)
+    assert rel_err(dw, N.conv2d_backward_weight(x, g, w.shape, stride, pad)) < GRAD
+    assert rel_err(db, N.bias_grad(g)) < GRAD
+
+
+@pytest.mark.parametrize("rows", [1, 37], ids=["1row", "37rows"])
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid", "linear"])
+def test_fused_dense_activation_and_bias_gradient(rows, act, rng):
+    y = N.act_forward(f32(rng, rows, 13), act)
+    dy = f32(rng, rows, 13)
+    g, db = C.act_backward_bias(C.asarray(dy), C.asarray(y), act)
+    want = N.act_backward(dy, y, act)
+    assert rel_err(g, want) < FWD and rel_err(db, N.bias_grad(want)) < GRAD

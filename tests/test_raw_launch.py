@@ -3,7 +3,9 @@ a fake compiler stands in for Numba's (tests/test_compile.py checks the real cub
 flattened arguments are Numba's). Covered here: the kernel cache (stored once, read back by the
 next process, corrupt or foreign entries rebuilt, an unwritable folder tolerated), the launch
 itself, the fallback to Numba's launcher (an error in strict mode) and the backend probe."""
+import ctypes
 import os
+import struct
 import subprocess
 import sys
 import warnings
@@ -29,18 +31,21 @@ class FakeArray:
 
 
 class FakeCuPy:
+    """Records module loads and ``cuLaunchKernel`` calls; a launch reads the parameter buffer
+    the kernel's pointer array points at (``slots`` 8-byte values) as the driver would."""
+
     ndarray = FakeArray
 
     def __init__(self):
-        self.loads, self.launches = [], []
+        self.loads, self.launches, self.functions = [], [], {}
+        self.slots = 0
         fake = self
 
         class Function:
             def __init__(self, name):
                 self.name = name
-
-            def __call__(self, grid, block, args):
-                fake.launches.append((self.name, grid, block, args))
+                self.ptr = 0x1000 + len(fake.functions)
+                fake.functions[self.ptr] = name
 
         class Module:
             def load(self, data):
@@ -51,12 +56,20 @@ class FakeCuPy:
             def get_function(self, name):
                 return Function(name)
 
+        def launch_kernel(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
+            slot0 = ctypes.c_void_p.from_address(params).value
+            raw = ctypes.string_at(slot0, 8 * fake.slots)
+            fake.launches.append((fake.functions[f], (gx, gy, gz), (bx, by, bz), stream, raw))
+
         self.load_error = None
+        stream = type("S", (), {"ptr": 77})()
         runtime = type("R", (), {"getDevice": staticmethod(lambda: 0),
                                  "getDeviceProperties": staticmethod(
                                      lambda d: {"major": 9, "minor": 0})})
-        self.cuda = type("C", (), {"runtime": runtime,
-                                   "function": type("F", (), {"Module": Module})})
+        self.cuda = type("C", (), {
+            "runtime": runtime, "function": type("F", (), {"Module": Module}),
+            "get_current_stream": staticmethod(lambda: stream),
+            "driver": type("D", (), {"launchKernel": staticmethod(launch_kernel)})})
 
 
 @pytest.fixture
@@ -84,10 +97,18 @@ def gpu(monkeypatch, tmp_path):
 SPEC = activation.act_fwd_kernel(dtype="float32")
 
 
-def launch_tanh(n=5):
-    x, y = FakeArray(np.arange(n, dtype=np.float32)), FakeArray(np.empty(n, np.float32))
+def launch_tanh(n=5, shape=None):
+    shape = shape or (n,)
+    x = FakeArray(np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape))
+    y = FakeArray(np.empty(shape, np.float32))
+    gpu = _launch.cp
+    gpu.slots = len(_launch.flat_param_types(SPEC.argtypes))
     _launch.launch(SPEC, (1,), (32,), x, y, 2)
     return x, y
+
+
+def unpack(raw, spec=SPEC):
+    return list(struct.unpack(_launch.param_format(spec.argtypes), raw))
 
 
 def test_first_launch_builds_stores_loads_and_launches(gpu, tmp_path):
@@ -96,16 +117,33 @@ def test_first_launch_builds_stores_loads_and_launches(gpu, tmp_path):
     (path,) = (tmp_path / "kernels").glob("*.cubin")
     assert SPEC.name.split("[")[0] in path.name and "sm_90" in path.name
     assert gpu.loads == [b"\x7fELF-cubin-of-" + SPEC.name.encode()]
-    (name, grid, block, args), = gpu.launches
-    assert (name, grid, block) == ("entry_" + SPEC.name, (1,), (32,))
+    (name, grid, block, stream, raw), = gpu.launches
+    assert (name, grid, block, stream) == ("entry_" + SPEC.name, (1, 1, 1), (32, 1, 1), 77)
     want = [0, 0, 5, 4, x.data.ptr, 5, 4, 0, 0, 5, 4, y.data.ptr, 5, 4, 2]
-    assert [v.item() for v in args] == want
-    assert [np.asarray(v).dtype for v in args] == [np.dtype(t) for t in
-                                                    ["u8", "u8", "i8", "i8", "u8", "i8", "i8",
-                                                     "u8", "u8", "i8", "i8", "u8", "i8", "i8",
-                                                     "i4"]]
+    assert unpack(raw) == want
+    assert want == [v.item() for v in _launch.flatten_args(SPEC.argtypes, [x, y, 2])]
     launch_tanh()                                       # the loaded module is kept
     assert len(gpu.builds) == 1 and len(gpu.loads) == 1 and len(gpu.launches) == 2
+
+
+def test_a_higher_rank_array_is_seen_flat_without_a_reshape(gpu):
+    """An elementwise kernel declares 1-D arrays: a (2, 3, 4) array goes as its 24 elements,
+    shape (24,) and stride 4 bytes, the same slots Numba would get for ``a.reshape(-1)``."""
+    x, y = launch_tanh(shape=(2, 3, 4))
+    (*_, raw), = gpu.launches
+    assert unpack(raw) == [0, 0, 24, 4, x.data.ptr, 24, 4, 0, 0, 24, 4, y.data.ptr, 24, 4, 2]
+    assert _launch.rank_shape((2, 3, 4, 5), 2) == (24, 5)
+    assert _launch.c_strides((24, 5), 4) == (20, 4)
+    with pytest.raises(TypeError, match="cannot be seen with 3 axes"):
+        _launch.rank_shape((4, 5), 3)
+
+
+def test_a_wrong_dtype_is_refused_before_the_launch(gpu):
+    x = FakeArray(np.zeros(4, np.float64))
+    with pytest.raises(TypeError, match=r"act_fwd\[float32\]: expected a C-contiguous 1-D "
+                                        r"float32 array, got float64"):
+        _launch.launch(SPEC, (1,), (32,), x, x, 2)
+    assert gpu.launches == []
 
 
 def test_a_new_process_reads_the_cache_instead_of_compiling(gpu, monkeypatch):
@@ -266,3 +304,31 @@ def test_a_second_process_finds_every_kernel_in_the_cache(tmp_path):
     assert "SOURCES ['cache', 'cache']" in runs[1].stdout
     assert len(list(tmp_path.glob("*.cubin"))) == 2
     assert [p for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_every_kernels_packer_writes_what_flatten_args_gives(rng):
+    """The generated packer (one struct.pack_into a launch) against the reference flattening,
+    which tests/test_compile.py holds to Numba's own dispatcher and the cubins: every registered
+    kernel, arrays of the declared rank and of one rank more."""
+    from numba import types
+
+    for spec in _launch.all_kernels():
+        pack = _launch.make_packer(spec.name, spec.argtypes)
+        fmt = _launch.param_format(spec.argtypes)
+        for extra_axis in (False, True):
+            args = []
+            for i, t in enumerate(spec.argtypes):
+                if isinstance(t, types.Array):
+                    shape = tuple(int(v) for v in rng.integers(1, 4, t.ndim))
+                    if extra_axis:
+                        shape = (2,) + shape
+                    args.append(np.zeros(shape, dtype=str(t.dtype)))
+                elif isinstance(t, types.Integer):
+                    args.append(int(rng.integers(-5, 50)))
+                else:
+                    args.append(float(rng.standard_normal()))
+            buf = ctypes.create_string_buffer(struct.calcsize(fmt))
+            pack(args, buf)
+            want = [v.item() for v in _launch.flatten_args(spec.argtypes, args)]
+            got = list(struct.unpack(fmt, buf.raw))
+            assert got == pytest.approx(want, rel=1e-7), spec.name

@@ -23,6 +23,8 @@ class Conv2D(Function):
 
     def backward(self, g):
         ks = backend.kernels()
+        if self.kept is None and has(ks, "fused_backward"):
+            return self._fused_backward(ks, g)
         if self.act != "linear":
             g = ks.act_backward(g, self.y, self.act)
         x, w = self.x, self.w
@@ -37,6 +39,27 @@ class Conv2D(Function):
                 dw = ks.conv2d_backward_weight(x, g, w.shape, self.stride, self.pad)
         if len(self.parents) == 3:
             return dx, dw, ks.bias_grad(g) if self.parents[2].requires_grad else None
+        return dx, dw
+
+
+    def _fused_backward(self, ks, g):
+        """The activation's gradient read inside the conv gradients, the bias gradient summed
+        by the kernel-gradient pass: two launches (three with a split reduction) where the
+        plain path takes four."""
+        x, w, act, y = self.x, self.w, self.act, self.y
+        px, pw = self.parents[0], self.parents[1]
+        pb = self.parents[2] if len(self.parents) == 3 else None
+        need_db = pb is not None and pb.requires_grad
+        dx = dw = db = None
+        if px.requires_grad:
+            dx = ks.conv2d_backward_input_act(g, y, act, w, x.shape, self.stride, self.pad)
+        if pw.requires_grad:
+            dw, db = ks.conv2d_backward_weight_bias(x, g, y, act, w.shape, self.stride,
+                                                    self.pad)
+        elif need_db:
+            db = ks.bias_grad(ks.act_backward(g, y, act) if act != "linear" else g)
+        if pb is not None:
+            return dx, dw, db if need_db else None
         return dx, dw
 
 

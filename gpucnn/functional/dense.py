@@ -6,6 +6,7 @@ from gpucnn import random as _random
 from gpucnn.autograd import Function
 from gpucnn.functional import _check, _split
 from gpucnn.functional.conv import _activation_name
+from gpucnn.kernels import has
 
 
 class Dense(Function):
@@ -24,14 +25,20 @@ class Dense(Function):
 
     def backward(self, g):
         ks = backend.kernels()
-        if self.act != "linear":
+        db = None
+        need_db = len(self.parents) == 3 and self.parents[2].requires_grad
+        if self.act != "linear" and need_db and has(ks, "fused_backward"):
+            g, db = ks.act_backward_bias(g, self.y, self.act)    # one launch for both
+        elif self.act != "linear":
             g = ks.act_backward(g, self.y, self.act)
         px, pw = self.parents[0], self.parents[1]
         dot = backend.xp().dot
         dx = dot(g, self.w.T) if px.requires_grad else None
         dw = dot(self.x.T, g) if pw.requires_grad else None
         if len(self.parents) == 3:
-            return dx, dw, ks.bias_grad(g) if self.parents[2].requires_grad else None
+            if need_db and db is None:
+                db = ks.bias_grad(g)
+            return dx, dw, db
         return dx, dw
 
 

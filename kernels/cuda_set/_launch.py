@@ -27,8 +27,10 @@ No path synchronises the host.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+import struct
 import threading
 import warnings
 from typing import Callable, NamedTuple
@@ -48,6 +50,13 @@ xp = cp if (cp is not None and not SIMULATOR) else np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 NB_FLOAT = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
+_DT_NAMES = {dt: dt.name for dt in FLOAT_DTYPES}
+
+
+def dtname(dt) -> str:
+    """``dt.name`` of a float dtype, without NumPy's (Python-level, slow) name property: the
+    launchers call it once a launch to pick a kernel variant."""
+    return _DT_NAMES.get(dt) or np.dtype(dt).name
 
 
 #: Grid-stride kernels (elementwise, pooling) launch at most this many blocks and let each
@@ -57,8 +66,8 @@ MAX_BLOCKS = 4096
 
 
 def cdiv(a: int, b: int) -> int:
-    """Ceiling division, for grid sizes."""
-    return -(-int(a) // int(b))
+    """Ceiling division, for grid sizes (ints)."""
+    return -(-a // b)
 
 
 def grid_1d(n: int, block: int) -> tuple[int]:
@@ -141,9 +150,15 @@ def to_host(a):
     return np.asarray(a)
 
 
+_F32, _F64 = FLOAT_DTYPES
+
+
 def float_dtype(op: str, a) -> np.dtype:
     """The dtype of a floating input; TypeError for anything but float32/float64."""
-    dt = np.dtype(getattr(a, "dtype", np.float64))
+    dt = getattr(a, "dtype", None)
+    if dt is _F32 or dt is _F64:
+        return dt
+    dt = np.dtype(np.float64 if dt is None else dt)
     if dt not in FLOAT_DTYPES:
         raise TypeError(f"{op}: the cuda kernels take float32 or float64 arrays, got {dt}")
     return dt
@@ -151,6 +166,8 @@ def float_dtype(op: str, a) -> np.dtype:
 
 def contig(a, dtype=None):
     """A C-contiguous array of this set with ``dtype`` (a copy only when needed)."""
+    if type(a) is xp.ndarray and (dtype is None or a.dtype is dtype) and a.flags.c_contiguous:
+        return a
     a = asarray(a)
     if dtype is not None and a.dtype != dtype:
         a = a.astype(dtype)
@@ -185,14 +202,15 @@ def sm_count() -> int:
 _dummies: dict = {}
 
 
-def dummy(dtype):
-    """A one-element array of ``dtype`` standing for an absent optional argument (no bias, no
-    momentum slot); allocated once per dtype and device, never read by the kernels."""
+def dummy(dtype, ndim: int = 1):
+    """A one-element array of ``dtype`` and rank ``ndim`` standing for an absent optional
+    argument (no bias, no momentum slot); allocated once per dtype, rank and device, never read
+    by the kernels."""
     dev = cp.cuda.runtime.getDevice() if xp is not np else -1
-    key = (np.dtype(dtype).str, dev)
+    key = (np.dtype(dtype).str, ndim, dev)
     a = _dummies.get(key)
     if a is None:
-        a = _dummies[key] = xp.zeros((1,), dtype=dtype)
+        a = _dummies[key] = xp.zeros((1,) * ndim, dtype=dtype)
     return a
 
 
@@ -278,18 +296,67 @@ def flat_param_types(argtypes) -> list[str]:
     return out
 
 
+def rank_shape(shape, ndim: int) -> tuple:
+    """The shape of a C-contiguous array of ``shape`` seen with ``ndim`` axes: its leading axes
+    merged into the first (``(N, H, W, C)`` as 2 axes is ``(N*H*W, C)``). Kernels declare the
+    rank they index with; launchers pass contiguous arrays of that rank or higher, no reshape."""
+    shape = tuple(shape)
+    if len(shape) == ndim:
+        return shape
+    if len(shape) < ndim or ndim < 1:
+        raise TypeError(f"kernel argument: an array of shape {shape} cannot be seen with {ndim} "
+                        "axes")
+    lead = 1
+    for d in shape[:len(shape) - ndim + 1]:
+        lead *= d
+    return (lead,) + shape[len(shape) - ndim + 1:]
+
+
+def c_strides(shape, itemsize: int) -> tuple:
+    """Byte strides of a C-contiguous array of ``shape``."""
+    out, step = [], itemsize
+    for d in reversed(shape):
+        out.append(step)
+        step *= d
+    return tuple(reversed(out))
+
+
+_SEEN: dict = {}
+
+
+def _seen(shape, itemsize, ndim):
+    """``(rank_shape(shape, ndim), its C strides)``, remembered per shape (a step meets the same
+    few shapes again and again)."""
+    key = (shape, itemsize, ndim)
+    v = _SEEN.get(key)
+    if v is None:
+        s = rank_shape(shape, ndim)
+        v = (s, c_strides(s, itemsize))
+        if len(_SEEN) < 4096:
+            _SEEN[key] = v
+    return v
+
+
+def as_declared(ty, a):
+    """``a`` reshaped to the rank ``ty`` declares (a view; for the simulator's and Numba's
+    launchers, which take arrays as they are)."""
+    return a if a.ndim == ty.ndim else a.reshape(rank_shape(a.shape, ty.ndim))
+
+
 def flatten_args(argtypes, args) -> list:
-    """The raw path's argument list: each array expanded to Numba's array struct."""
+    """The raw path's argument list: each array expanded to Numba's array struct (an array of
+    higher rank than declared is seen with its leading axes merged: ``rank_shape``)."""
     flat = []
     for ty, a in zip(argtypes, args):
         if isinstance(ty, types.Array):
-            if a.dtype != np.dtype(str(ty.dtype)) or a.ndim != ty.ndim or not a.flags.c_contiguous:
+            if a.dtype != np.dtype(str(ty.dtype)) or a.ndim < ty.ndim or not a.flags.c_contiguous:
                 raise TypeError(f"kernel argument: expected a C-contiguous {ty}, got "
                                 f"{a.dtype} {a.ndim}-D (contiguous={a.flags.c_contiguous})")
+            shape = rank_shape(a.shape, ty.ndim)
             flat += [np.uint64(0), np.uint64(0), np.int64(a.size), np.int64(a.itemsize),
                      np.uint64(_data_ptr(a))]
-            flat += [np.int64(s) for s in a.shape]
-            flat += [np.int64(s) for s in a.strides]
+            flat += [np.int64(s) for s in shape]
+            flat += [np.int64(s) for s in c_strides(shape, a.itemsize)]
         else:
             flat.append(_scalar(ty, a))
     return flat
@@ -301,8 +368,36 @@ def _data_ptr(a) -> int:
     return a.ctypes.data  # host arrays: only used by the ABI test, never launched
 
 
+_SLOT = {"int64": "q", "int32": "i4x", "uint64": "Q", "float32": "f4x", "float64": "d"}
+
+
+def param_format(argtypes) -> str:
+    """The ``struct`` format of the raw path's parameter buffer: one 8-byte slot per flat
+    parameter (``flat_param_types``), 4-byte values padded, little-endian."""
+    out = ["<"]
+    for ty in argtypes:
+        if isinstance(ty, types.Array):
+            out.append("QQqqQ" + "q" * (2 * ty.ndim))
+        else:
+            out.append(_SLOT[str(ty)])
+    return "".join(out)
+
+
+def _pointer(a) -> int:
+    """A device array's address (CuPy); a host NumPy array's for the CPU tests and benchmarks."""
+    try:
+        return a.data.ptr
+    except AttributeError:
+        return a.ctypes.data
+
+
 class _RawKernel:
-    """A kernel's cubin (from the disk cache, ``_cache``) loaded into CuPy, launched through CuPy."""
+    """A kernel's cubin (from the disk cache, ``_cache``) loaded into CuPy and launched with
+    ``cuLaunchKernel`` through CuPy's driver binding. The parameters go through one buffer laid
+    out once per kernel (an 8-byte slot per flat parameter of Numba's ABI, and an array of
+    pointers to the slots): a launch writes the values with one ``struct.pack_into`` and makes
+    one driver call. The driver copies the parameters at the launch, so the buffer is reused
+    (under a lock: one launch at a time writes it)."""
 
     def __init__(self, spec: KernelSpec, cc):
         built = _cache.get(spec, cc)
@@ -310,10 +405,80 @@ class _RawKernel:
         self.module = cp.cuda.function.Module()
         self.module.load(self.cubin)
         self.func = self.module.get_function(self.entry)
+        self.fptr = int(self.func.ptr)
         self.argtypes = spec.argtypes
+        self.fmt = param_format(spec.argtypes)
+        self.slots = len(flat_param_types(spec.argtypes))
+        self.buf = ctypes.create_string_buffer(8 * self.slots)
+        base = ctypes.addressof(self.buf)
+        self.params = (ctypes.c_void_p * max(self.slots, 1))(
+            *[base + 8 * i for i in range(self.slots)])
+        self.params_ptr = ctypes.addressof(self.params)
+        self.kinds = [(np.dtype(str(t.dtype)), t.ndim) if isinstance(t, types.Array)
+                      else (int if isinstance(t, types.Integer) else float)
+                      for t in spec.argtypes]
+        self.name = spec.name
+        self.pack = make_packer(spec.name, spec.argtypes)
+        self.lock = threading.Lock()
 
-    def __call__(self, grid, block, args):
-        self.func(grid, block, flatten_args(self.argtypes, args))
+    def values(self, args) -> list:
+        """The flat parameter values of ``args`` (what ``flatten_args`` gives, as Python
+        numbers); a TypeError for an array of another dtype or rank than declared."""
+        vals = []
+        for kind, a in zip(self.kinds, args):
+            if type(kind) is tuple:
+                _check_array(self.name, kind, a)
+                shape = rank_shape(a.shape, kind[1])
+                vals += (0, 0, a.size, a.itemsize, _pointer(a))
+                vals += shape
+                vals += c_strides(shape, a.itemsize)
+            else:
+                vals.append(kind(a))
+        return vals
+
+    def __call__(self, grid, block, args, stream_ptr):
+        g = grid + (1,) * (3 - len(grid))
+        b = block + (1,) * (3 - len(block))
+        with self.lock:
+            self.pack(args, self.buf)
+            cp.cuda.driver.launchKernel(self.fptr, g[0], g[1], g[2], b[0], b[1], b[2], 0,
+                                        stream_ptr, self.params_ptr, 0)
+
+
+def _check_array(name, kind, a):
+    dt, nd = kind
+    if a.dtype != dt or a.ndim < nd:
+        raise TypeError(f"{name}: expected a C-contiguous {nd}-D {dt} array, got {a.dtype} "
+                        f"{a.ndim}-D")
+
+
+def make_packer(name, argtypes):
+    """``pack(args, buf)``: writes the flat parameters of ``args`` into ``buf`` with one
+    ``struct.pack_into``, from a function generated once per kernel (unrolled over its
+    arguments: no loop, no list, a dtype identity test per array). A slower exact check runs
+    only when an identity test fails."""
+    lines, items, env = [], [], {"pack_into": struct.pack_into, "fmt": param_format(argtypes),
+                                 "check": _check_array, "name": name, "seen": _seen}
+    names = [f"a{i}" for i in range(len(argtypes))]
+    for i, ty in enumerate(argtypes):
+        a = names[i]
+        if isinstance(ty, types.Array):
+            env[f"k{i}"] = (np.dtype(str(ty.dtype)), ty.ndim)
+            nd = ty.ndim
+            lines.append(f"    if {a}.dtype is not k{i}[0] or {a}.ndim < {nd}: "
+                         f"check(name, k{i}, {a})")
+            lines.append(f"    p{i} = pointer({a})")
+            lines.append(f"    if {a}.ndim == {nd}:\n        s{i} = {a}.shape\n"
+                         f"        t{i} = {a}.strides\n    else:\n"
+                         f"        s{i}, t{i} = seen({a}.shape, {a}.itemsize, {nd})")
+            items.append(f"0, 0, {a}.size, {a}.itemsize, p{i}, *s{i}, *t{i}")
+        else:
+            items.append(a)
+    src = (f"def pack(args, buf):\n    {', '.join(names)}, = args\n" + "\n".join(lines)
+           + f"\n    pack_into(fmt, buf, 0, {', '.join(items)})\n")
+    env["pointer"] = lambda a: _pointer(a)      # late-bound: the CPU benchmark replaces it
+    exec(compile(src, f"<gpucnn packer {name}>", "exec"), env)
+    return env["pack"]
 
 
 _raw_cache: dict = {}
@@ -340,7 +505,7 @@ def device_cc(device: int | None = None) -> tuple[int, int]:
 
 def _raw_kernel(spec: KernelSpec):
     dev = cp.cuda.runtime.getDevice()
-    key = (spec, dev)   # a module is loaded per device
+    key = (spec.name, dev)   # a module is loaded per device; names are unique (a cheap hash)
     k = _raw_cache.get(key)
     if k is None:
         with _lock:
@@ -363,25 +528,23 @@ def _numba_stream():
 
 def _wrap(ty, a):
     if isinstance(ty, types.Array):
-        return cuda.as_cuda_array(a, sync=False)
+        return cuda.as_cuda_array(as_declared(ty, a), sync=False)
     return _scalar(ty, a)
 
 
 def launch(spec: KernelSpec, grid, block, *args):
     """Launch ``spec`` on ``grid`` x ``block`` (tuples) with ``args`` (arrays of this set and
     Python scalars, converted to the kernel's declared scalar types)."""
-    grid = tuple(int(g) for g in grid)
-    block = tuple(int(b) for b in block)
     if min(grid) <= 0:
         return  # an empty output: nothing to launch
     if len(args) != len(spec.argtypes):
         raise TypeError(f"{spec.name}: {len(spec.argtypes)} arguments expected, got {len(args)}")
-    path = launch_path()
+    path = _state["path"] or launch_path()
     _state["launches"] += 1
     if path == "sim":
-        conv = [a if isinstance(t, types.Array) else _scalar(t, a)
+        conv = [as_declared(t, a) if isinstance(t, types.Array) else _scalar(t, a)
                 for t, a in zip(spec.argtypes, args)]
-        _sim_kernel(spec)[grid, block](*conv)
+        _sim_kernel(spec)[tuple(int(g) for g in grid), tuple(int(b) for b in block)](*conv)
         return
     if path == "raw" and spec.name not in FELL_BACK:
         try:
@@ -389,8 +552,10 @@ def launch(spec: KernelSpec, grid, block, *args):
         except Exception as e:  # pragma: no cover - GPU only (tests/test_raw_launch.py fakes it)
             _fall_back(spec, e)
         else:
-            k(grid, block, args)
+            k(tuple(grid), tuple(block), args, cp.cuda.get_current_stream().ptr)
             return
+    grid = tuple(int(g) for g in grid)
+    block = tuple(int(b) for b in block)
     failed = _failed.get(("numba", spec))
     if failed is not None:
         raise failed

@@ -14,7 +14,7 @@ from numba import types
 
 from .. import ACTIVATIONS
 from ._launch import (NB_FLOAT, arr, contig, empty, float_dtype, float_variants, grid_1d,
-                      kernel_factory, KernelSpec, launch)
+                      kernel_factory, KernelSpec, launch, dtname)
 from ._runtime import numba_cuda as cuda
 
 #: Threads per block of the elementwise kernels (grid-stride loops; see ``_launch.grid_1d``).
@@ -100,8 +100,8 @@ def act_forward(x, act):
     x = contig(x, dt)
     y = empty(x.shape, x.dtype)
     n = x.size
-    launch(act_fwd_kernel(dt.name), grid_1d(n, EW_BLOCK), (EW_BLOCK,),
-           x.reshape(-1), y.reshape(-1), code)
+    launch(act_fwd_kernel(dtname(dt)), grid_1d(n, EW_BLOCK), (EW_BLOCK,),
+           x, y, code)   # any rank: the kernel sees the flat contiguous arrays
     return y
 
 
@@ -116,6 +116,6 @@ def act_backward(dy, y, act):
                          "the same shape")
     dx = empty(dy.shape, dy.dtype)
     n = dy.size
-    launch(act_bwd_kernel(dt.name), grid_1d(n, EW_BLOCK), (EW_BLOCK,),
-           dy.reshape(-1), y.reshape(-1), dx.reshape(-1), code)
+    launch(act_bwd_kernel(dtname(dt)), grid_1d(n, EW_BLOCK), (EW_BLOCK,),
+           dy, y, dx, code)
     return dx

@@ -28,7 +28,7 @@ import numpy as np
 from numba import types
 
 from ._launch import (NB_FLOAT, KernelSpec, arr, cdiv, check_rank, contig, dummy, empty,
-                      float_dtype, kernel_factory, launch, sm_count, xp)
+                      float_dtype, kernel_factory, launch, sm_count, xp, dtname)
 from ._runtime import numba_cuda as cuda
 from .activation import act_code, act_device_fns
 from .reduce import column_sum
@@ -124,7 +124,7 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
     tile = Tile(*tile).check()
     dt = NB_FLOAT[np.dtype(dtype)]
     i64 = types.int64
-    act_fwd, _ = act_device_fns(dtype)
+    act_fwd, act_bwd = act_device_fns(dtype)
     MODE = mode
     BM, BN, BK, TM, TN = tile[:5]
     TX, TY = tile.block
@@ -148,7 +148,8 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
                 for j in range(TN):
                     acc[i, j] += a_reg[i] * b_reg[j]
 
-    def igemm_k(src, wmat, bias, out, mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias, chunk):
+    def igemm_k(src, wmat, bias, ysrc, ymat, out, mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias,
+                chunk):
         """Implicit-GEMM convolution tile (see the module docstring for the three modes).
 
         FWD:        src x (N, H, W, Cin); wmat w (KH*KW*Cin, Cout); bias (Cout,) or a dummy
@@ -156,8 +157,13 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
         BWD_INPUT:  src dy (N, Ho, Wo, Cout); wmat w (KH*KW*Cin, Cout); out dx (N*H*W, Cin);
                     (mh, mw) = (H, W).
         BWD_WEIGHT: src x (N, H, W, Cin); wmat dy (N*Ho*Wo, Cout); out partial dw
-                    (S*KH*KW*Cin, Cout), split s = blockIdx.z summing reduction rows
-                    [s*chunk, (s+1)*chunk); (mh, mw) = (Ho, Wo).
+                    (S*(KH*KW*Cin + has_bias), Cout), split s = blockIdx.z summing reduction
+                    rows [s*chunk, (s+1)*chunk); with has_bias=1 the row after each split's dw
+                    rows holds its part of db (the column sums of dy), made by the blocks of
+                    the first row tile; (mh, mw) = (Ho, Wo).
+        Fused activation gradient (BWD modes, act != 0): the GEMM reads act'(y) * dy, y being
+        the forward's output: ``ysrc`` (N, Ho, Wo, Cout) beside src in BWD_INPUT, ``ymat``
+        (N*Ho*Wo, Cout) beside wmat in BWD_WEIGHT; dummies otherwise.
         All arrays C-contiguous (NHWC / HWIO). Grid (ceil(M/BM), ceil(N/BN), S), block
         (BN/TN, BM/TM). Padding cells read as zero; every output is written once, by the thread
         owning it, after the whole reduction.
@@ -165,6 +171,7 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
         As = cuda.shared.array((BK, BM_PAD), dt)
         Bs = cuda.shared.array((BK, BN_PAD), dt)
         acc = cuda.local.array((TM, TN), dt)
+        dbacc = cuda.local.array(TN, dt)
         a_reg = cuda.local.array(TM, dt)
         b_reg = cuda.local.array(TN, dt)
         row_n = cuda.local.array(A_LOADS, i64)
@@ -252,6 +259,9 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
         for i in range(TM):
             for j in range(TN):
                 acc[i, j] = zero
+        for j in range(TN):
+            dbacc[j] = zero
+        with_db = MODE == BWD_WEIGHT and has_bias != 0 and cuda.blockIdx.x == 0 and ty == 0
 
         for k0 in range(kbeg, kend, BK):
             # --- stage the A tile As[kk, mm] ------------------------------------------------
@@ -281,6 +291,8 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
                             ow = tw // sw
                         if hit and oh < src.shape[1] and ow < src.shape[2]:
                             v = src[n, oh, ow, kc]
+                            if act != 0:         # the activation's gradient, fused
+                                v = act_bwd(v, ysrc[n, oh, ow, kc], act)
                     As[a_kk, tid // BK + i * A_ROW_STEP] = v
             else:
                 for i in range(A_LOADS):
@@ -308,6 +320,8 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
                     c = n0 + nn
                     if k0 + kk < kend and c < ncols:
                         v = wmat[k0 + kk, c]
+                        if MODE == BWD_WEIGHT and act != 0:   # the activation's gradient
+                            v = act_bwd(v, ymat[k0 + kk, c], act)
                     Bs[kk, nn] = v
             cuda.syncthreads()  # both tiles are fully staged before any thread multiplies
 
@@ -315,6 +329,10 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
                 tile_product(As, Bs, BK, tx, ty, acc, a_reg, b_reg)
             else:                            # the last, partial step
                 tile_product(As, Bs, kend - k0, tx, ty, acc, a_reg, b_reg)
+            if with_db:                      # db: this step's rows of the thread's columns
+                for kk in range(min(BK, kend - k0)):
+                    for j in range(TN):
+                        dbacc[j] += Bs[kk, tx + j * TX]
             cuda.syncthreads()  # every thread is done reading the tiles before they are restaged
 
             # --- advance the reduction coordinates by BK (one carry per digit at most) ------
@@ -356,14 +374,19 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
                                 v += bias[c]
                             out[m, c] = act_fwd(v, act)
                         elif MODE == BWD_WEIGHT:
-                            out[split * mrows + m, c] = v
+                            out[split * (mrows + has_bias) + m, c] = v
                         else:
                             out[m, c] = v
+        if with_db:
+            for j in range(TN):
+                c = n0 + tx + j * TX
+                if c < ncols:
+                    out[split * (mrows + 1) + mrows, c] = dbacc[j]
 
     a1, a2, a4 = arr(dtype, 1), arr(dtype, 2), arr(dtype, 4)
     name = f"igemm_{MODE_NAMES[mode]}[{dtype},{BM}x{BN}x{BK}/{TM}x{TN}/{tile.min_blocks}]"
     # min_blocks resident blocks per SM: ptxas keeps the registers within 65536 / (NT * that)
-    return KernelSpec(name, igemm_k, (a4, a2, a1, a2) + (i64,) * 11,
+    return KernelSpec(name, igemm_k, (a4, a2, a1, a4, a2, a2) + (i64,) * 11,
                       launch_bounds=(NT, tile.min_blocks))
 
 
@@ -394,10 +417,12 @@ def _out_size(op, h, w, kh, kw, sh, sw, pt, pb, pl, pr):
 
 
 def _launch_igemm(mode, tile, src, wmat, bias, out, mh, mw, kh, kw, sh, sw, pt, pl, act,
-                  has_bias, grid_m, grid_n, splits=1, chunk=0):
-    launch(igemm_kernel(mode, tile, src.dtype.name), (cdiv(grid_m, tile.bm),
+                  has_bias, grid_m, grid_n, splits=1, chunk=0, yact=None):
+    ysrc = yact if (yact is not None and mode == BWD_INPUT) else dummy(src.dtype, 4)
+    ymat = yact if (yact is not None and mode == BWD_WEIGHT) else dummy(src.dtype, 2)
+    launch(igemm_kernel(mode, tile, dtname(src.dtype)), (cdiv(grid_m, tile.bm),
            cdiv(grid_n, tile.bn), splits), tile.block,
-           src, wmat, bias, out, mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias, chunk)
+           src, wmat, bias, ysrc, ymat, out, mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias, chunk)
 
 
 def conv2d_forward(x, w, b, stride, pad, act):
@@ -423,7 +448,7 @@ def conv2d_forward(x, w, b, stride, pad, act):
     y = empty((n, ho, wo, cout), dt)
     m = n * ho * wo
     tile = choose_tile(FWD, cout)
-    _launch_igemm(FWD, tile, x, w.reshape(kh * kw * cin, cout), bias, y.reshape(m, cout),
+    _launch_igemm(FWD, tile, x, w, bias, y,          # w and y seen as 2-D (rank_shape)
                   ho, wo, kh, kw, sh, sw, pt, pl, code, has_bias, m, cout)
     return y
 
@@ -431,7 +456,17 @@ def conv2d_forward(x, w, b, stride, pad, act):
 def conv2d_backward_input(dy, w, x_shape, stride, pad):
     """dx of shape ``x_shape`` from dy (N, Ho, Wo, Cout) and w (KH, KW, Cin, Cout); also the
     transposed convolution of dy."""
-    op = "conv2d_backward_input"
+    return _backward_input("conv2d_backward_input", dy, None, "linear", w, x_shape, stride, pad)
+
+
+def conv2d_backward_input_act(dy, y, act, w, x_shape, stride, pad):
+    """``conv2d_backward_input(act_backward(dy, y, act), w, ...)`` in one launch: the GEMM
+    reads the activation's gradient as it loads dy (capability ``fused_backward``)."""
+    return _backward_input("conv2d_backward_input_act", dy, y, act, w, x_shape, stride, pad)
+
+
+def _backward_input(op, dy, y, act, w, x_shape, stride, pad):
+    code = act_code(op, act)
     dt = float_dtype(op, dy)
     dy, w = contig(dy, dt), contig(w, dt)
     check_rank(op, "dy", dy, 4, "(N, Ho, Wo, C_out)")
@@ -444,12 +479,22 @@ def conv2d_backward_input(dy, w, x_shape, stride, pad):
         raise ValueError(f"{op}: dy {tuple(dy.shape)} and w {tuple(w.shape)} do not match "
                          f"x_shape {tuple(x_shape)} (expected dy {(n, ho, wo, cout)}, w "
                          f"(KH, KW, {cin}, C_out))")
+    yact = _act_output(op, y, dy, code)
     dx = empty((n, h, wd, cin), dt)
     tile = choose_tile(BWD_INPUT, cin)
-    _launch_igemm(BWD_INPUT, tile, dy, w.reshape(kh * kw * cin, cout), dummy(dt),
-                  dx.reshape(n * h * wd, cin), h, wd, kh, kw, sh, sw, pt, pl, 0, 0,
-                  n * h * wd, cin)
+    _launch_igemm(BWD_INPUT, tile, dy, w, dummy(dt), dx, h, wd, kh, kw, sh, sw, pt, pl, code, 0,
+                  n * h * wd, cin, yact=yact)
     return dx
+
+
+def _act_output(op, y, dy, code):
+    """The forward output an activation gradient is fused from (None when there is none)."""
+    if code == 0:
+        return None
+    y = contig(y, dy.dtype)
+    if tuple(y.shape) != tuple(dy.shape):
+        raise ValueError(f"{op}: y {tuple(y.shape)} must have dy's shape {tuple(dy.shape)}")
+    return y
 
 
 def _splits(tile, rows, ncols, red):
@@ -465,7 +510,21 @@ def _splits(tile, rows, ncols, red):
 def conv2d_backward_weight(x, dy, w_shape, stride, pad):
     """dw of shape ``w_shape`` (KH, KW, Cin, Cout): the sum over batch and space of x patches
     times dy, reduced on the device (split-K partials, then a column sum)."""
-    op = "conv2d_backward_weight"
+    return _backward_weight("conv2d_backward_weight", x, dy, None, "linear", w_shape, stride,
+                            pad, False)[0]
+
+
+def conv2d_backward_weight_bias(x, dy, y, act, w_shape, stride, pad):
+    """``(dw, db)`` of ``g = act_backward(dy, y, act)`` in one pass over dy: the GEMM reads the
+    activation's gradient as it loads dy, and the blocks of the first row tile also sum its
+    columns into db (capability ``fused_backward``). One launch, and one column sum when the
+    reduction is split."""
+    return _backward_weight("conv2d_backward_weight_bias", x, dy, y, act, w_shape, stride, pad,
+                            True)
+
+
+def _backward_weight(op, x, dy, y, act, w_shape, stride, pad, with_bias):
+    code = act_code(op, act)
     dt = float_dtype(op, x)
     x, dy = contig(x, dt), contig(dy, dt)
     check_rank(op, "x", x, 4, "(N, H, W, C_in)")
@@ -477,17 +536,21 @@ def conv2d_backward_weight(x, dy, w_shape, stride, pad):
     if xcin != cin or tuple(dy.shape) != (n, ho, wo, cout):
         raise ValueError(f"{op}: x {tuple(x.shape)} and dy {tuple(dy.shape)} do not match "
                          f"w_shape {tuple(w_shape)} (expected dy {(n, ho, wo, cout)})")
+    yact = _act_output(op, y, dy, code)
     krows, red = kh * kw * cin, n * ho * wo
     tile = choose_tile(BWD_WEIGHT, cout)
     if red == 0:
-        return xp.zeros((kh, kw, cin, cout), dtype=dt)
+        return xp.zeros((kh, kw, cin, cout), dtype=dt), (xp.zeros((cout,), dt) if with_bias
+                                                        else None)
     splits, chunk = _splits(tile, krows, cout, red)
-    part = empty((splits * krows, cout), dt)
-    _launch_igemm(BWD_WEIGHT, tile, x, dy.reshape(red, cout), dummy(dt), part,
-                  ho, wo, kh, kw, sh, sw, pt, pl, 0, 0, krows, cout, splits, chunk)
-    if splits == 1:
-        return part.reshape(kh, kw, cin, cout)
-    return column_sum(part.reshape(splits, krows * cout)).reshape(kh, kw, cin, cout)
+    rows = krows + (1 if with_bias else 0)
+    part = empty((splits, rows, cout), dt)
+    _launch_igemm(BWD_WEIGHT, tile, x, dy, dummy(dt), part, ho, wo, kh, kw, sh, sw, pt, pl, code,
+                  int(with_bias), krows, cout, splits, chunk, yact=yact)
+    total = part[0] if splits == 1 else column_sum(part.reshape(splits, rows * cout)).reshape(
+        rows, cout)
+    dw = total[:krows].reshape(kh, kw, cin, cout)
+    return dw, (total[krows] if with_bias else None)
 
 
 def bias_grad(dy):

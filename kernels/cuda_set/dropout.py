@@ -13,7 +13,7 @@ from numba import types
 
 from .._rng import GOLDEN, M1, M2, M3, MASK32
 from ._launch import (NB_FLOAT, arr, empty, float_variants, grid_1d, kernel_factory, KernelSpec,
-                      launch)
+                      launch, dtname)
 from ._runtime import numba_cuda as cuda
 
 #: Threads per block of the grid-stride mask kernel.
@@ -76,7 +76,7 @@ def dropout_mask(shape, rate, seed, counter, dtype=np.float32):
     n = mask.size
     if n >= 2**32:
         raise ValueError(f"{op}: at most 2**32 elements, got {n}")
-    launch(dropout_kernel(dt.name), grid_1d(n, DROPOUT_BLOCK), (DROPOUT_BLOCK,),
-           mask.reshape(-1), int(seed) & MASK32, int(counter) & MASK32, rate,
+    launch(dropout_kernel(dtname(dt)), grid_1d(n, DROPOUT_BLOCK), (DROPOUT_BLOCK,),
+           mask, int(seed) & MASK32, int(counter) & MASK32, rate,
            dt.type(1.0 / (1.0 - rate)))
     return mask

@@ -12,7 +12,7 @@ import numpy as np
 from numba import types
 
 from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype, float_variants,
-                      grid_1d, kernel_factory, KernelSpec, launch, xp)
+                      grid_1d, kernel_factory, KernelSpec, launch, xp, dtname)
 from ._runtime import numba_cuda as cuda
 
 #: Threads per block of the grid-stride pooling kernels (over outputs; over inputs in the
@@ -172,7 +172,7 @@ def max_pool_forward(x, pool, stride, pad):
     n, _, _, c = x.shape
     y = empty((n, ho, wo, c), dt)
     idx = empty((n, ho, wo, c), np.int32)
-    launch(max_pool_fwd_kernel(dt.name), *_grid(y.size), x, y, idx, *geo)
+    launch(max_pool_fwd_kernel(dtname(dt)), *_grid(y.size), x, y, idx, *geo)
     return y, idx
 
 
@@ -189,7 +189,7 @@ def max_pool_backward(dy, idx, x_shape):
         raise ValueError(f"{op}: dy {tuple(dy.shape)}, idx {tuple(idx.shape)} and x_shape "
                          f"{x_shape} do not match (expected equal dy/idx shapes with x's N and C)")
     dx = xp.zeros(x_shape, dtype=dt)
-    launch(max_pool_bwd_kernel(dt.name), *_grid(dy.size), dy, idx, dx)
+    launch(max_pool_bwd_kernel(dtname(dt)), *_grid(dy.size), dy, idx, dx)
     return dx
 
 
@@ -202,7 +202,7 @@ def avg_pool_forward(x, pool, stride, pad):
     ho, wo, geo = _geometry(op, x.shape, pool, stride, pad)
     n, _, _, c = x.shape
     y = empty((n, ho, wo, c), dt)
-    launch(avg_pool_fwd_kernel(dt.name), *_grid(y.size), x, y, *geo)
+    launch(avg_pool_fwd_kernel(dtname(dt)), *_grid(y.size), x, y, *geo)
     return y
 
 
@@ -220,5 +220,5 @@ def avg_pool_backward(dy, x_shape, pool, stride, pad):
         raise ValueError(f"{op}: dy has shape {tuple(dy.shape)}, expected "
                          f"{(x_shape[0], ho, wo, x_shape[3])} for x_shape {x_shape}")
     dx = empty(x_shape, dt)
-    launch(avg_pool_bwd_kernel(dt.name), *_grid(dx.size), dy, dx, *geo)
+    launch(avg_pool_bwd_kernel(dtname(dt)), *_grid(dx.size), dy, dx, *geo)
     return dx

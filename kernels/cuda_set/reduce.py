@@ -4,8 +4,11 @@ split-K partial weight gradients. Deterministic: fixed summation order, no atomi
 from __future__ import annotations
 
 import numpy as np
+from numba import types
 
-from ._launch import NB_FLOAT, arr, cdiv, empty, kernel_factory, KernelSpec, launch, xp
+from ._launch import (NB_FLOAT, arr, cdiv, contig, empty, float_dtype, kernel_factory,
+                      KernelSpec, launch, xp, dtname)
+from .activation import act_code, act_device_fns
 from ._runtime import numba_cuda as cuda
 
 #: Block shape (columns, row lanes) of the column-sum kernel; row lanes a power of two.
@@ -60,10 +63,74 @@ def colsum_kernel(dtype, block):
     return KernelSpec(f"colsum[{dtype},{CB}x{RB}]", colsum_k, (a2, a2))
 
 
+@kernel_factory(_variants)
+def act_colsum_kernel(dtype, block):
+    dt = NB_FLOAT[np.dtype(dtype)]
+    _, act_bwd = act_device_fns(dtype)
+    CB, RB = block
+
+    def act_colsum_k(dy, y, g, out, code):
+        """g = act'(y) * dy elementwise, and out[s, c] = the sum of g[r, c] over split s's rows,
+        as ``colsum_k`` does (dy, y, g (R, C); out (S, C); same block and grid): the gradient
+        of a dense layer's activation and its bias gradient in one pass."""
+        red = cuda.shared.array((RB, CB), dt)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        c = cuda.blockIdx.x * CB + tx
+        s = cuda.blockIdx.y
+        nrows = dy.shape[0]
+        ncols = dy.shape[1]
+        per = (nrows + out.shape[0] - 1) // out.shape[0]
+        r_end = min(nrows, (s + 1) * per)
+        acc = dt(0)
+        if c < ncols:
+            for r in range(s * per + ty, r_end, RB):
+                v = act_bwd(dy[r, c], y[r, c], code)
+                g[r, c] = v
+                acc += v
+        red[ty, tx] = acc
+        cuda.syncthreads()  # every lane's partial sum is in `red` before the tree reads it
+        step = RB // 2
+        while step > 0:
+            if ty < step:
+                red[ty, tx] += red[ty + step, tx]
+            cuda.syncthreads()  # this level of the tree is complete before the next reads it
+            step //= 2
+        if ty == 0 and c < ncols:
+            out[s, c] = red[0, tx]
+
+    a2 = arr(dtype, 2)
+    return KernelSpec(f"act_colsum[{dtype},{CB}x{RB}]", act_colsum_k,
+                      (a2, a2, a2, a2, types.int32))
+
+
+def act_backward_bias(dy, y, act):
+    """``(g, db)``: ``g = act_backward(dy, y, act)`` of a ``(rows, C)`` gradient and its column
+    sums, in one launch (a second, plain column sum only past ``COLSUM_ROWS`` rows): a dense
+    layer's backward (capability ``fused_backward``)."""
+    op = "act_backward_bias"
+    code = act_code(op, act)
+    dt = float_dtype(op, dy)
+    dy, y = contig(dy, dt), contig(y, dt)
+    if dy.ndim != 2 or tuple(y.shape) != tuple(dy.shape):
+        raise ValueError(f"{op}: dy and y must be 2-D (rows, C) of one shape, got dy "
+                         f"{tuple(dy.shape)} and y {tuple(y.shape)}")
+    nrows, ncols = dy.shape
+    g = empty(dy.shape, dt)
+    if nrows == 0:
+        return g, xp.zeros((ncols,), dtype=dt)
+    splits = min(MAX_GRID_Y, cdiv(nrows, COLSUM_ROWS))
+    part = empty((splits, ncols), dt)
+    cb, rb = COLSUM_BLOCK
+    launch(act_colsum_kernel(dtname(dt), COLSUM_BLOCK), (cdiv(ncols, cb), splits), (cb, rb),
+           dy, y, g, part, code)
+    return g, (part.reshape(ncols) if splits == 1 else column_sum(part))
+
+
 def _colsum_pass(a2, splits):
     out = empty((splits, a2.shape[1]), a2.dtype)
     cb, rb = COLSUM_BLOCK
-    launch(colsum_kernel(a2.dtype.name, COLSUM_BLOCK), (cdiv(a2.shape[1], cb), splits), (cb, rb),
+    launch(colsum_kernel(dtname(a2.dtype), COLSUM_BLOCK), (cdiv(a2.shape[1], cb), splits), (cb, rb),
            a2, out)
     return out
 

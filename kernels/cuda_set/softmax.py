@@ -11,7 +11,7 @@ import numpy as np
 from numba import types
 
 from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype, grid_1d,
-                      kernel_factory, KernelSpec, launch)
+                      kernel_factory, KernelSpec, launch, dtname)
 from ._runtime import numba_cuda as cuda
 
 #: Threads per block (one block per row); a power of two. Tests shrink it for the simulator.
@@ -200,7 +200,7 @@ def _row_launch(spec, rows, *args):
 def _softmax(op, x, log):
     x, dt = _rows(op, x)
     y = empty(x.shape, x.dtype)
-    _row_launch(softmax_fwd_kernel(dt.name, SOFTMAX_BLOCK), x.shape[0], x, y, log)
+    _row_launch(softmax_fwd_kernel(dtname(dt), SOFTMAX_BLOCK), x.shape[0], x, y, log)
     return y
 
 
@@ -210,7 +210,7 @@ def _softmax_bwd(op, dy, y, log):
     if y.shape != dy.shape:
         raise ValueError(f"{op}: dy {tuple(dy.shape)} and y {tuple(y.shape)} must match")
     dx = empty(dy.shape, dy.dtype)
-    _row_launch(softmax_bwd_kernel(dt.name, SOFTMAX_BLOCK), dy.shape[0], dy, y, dx, log)
+    _row_launch(softmax_bwd_kernel(dtname(dt), SOFTMAX_BLOCK), dy.shape[0], dy, y, dx, log)
     return dx
 
 
@@ -250,7 +250,7 @@ def softmax_xent_forward(z, labels):
     lab = _labels(op, labels, z.shape[0])
     loss = empty((z.shape[0],), dt)
     p = empty(z.shape, z.dtype)
-    _row_launch(xent_fwd_kernel(dt.name, SOFTMAX_BLOCK), z.shape[0], z, lab, loss, p)
+    _row_launch(xent_fwd_kernel(dtname(dt), SOFTMAX_BLOCK), z.shape[0], z, lab, loss, p)
     return loss, p
 
 
@@ -263,6 +263,6 @@ def softmax_xent_backward(p, labels, g):
     if g.shape != (p.shape[0],):
         raise ValueError(f"{op}: g must have shape ({p.shape[0]},), got {tuple(g.shape)}")
     dz = empty(p.shape, p.dtype)
-    launch(xent_bwd_kernel(dt.name), grid_1d(dz.size, XENT_BWD_BLOCK), (XENT_BWD_BLOCK,),
+    launch(xent_bwd_kernel(dtname(dt)), grid_1d(dz.size, XENT_BWD_BLOCK), (XENT_BWD_BLOCK,),
            p, lab, g, dz)
     return dz

@@ -1,0 +1,125 @@
+"""Host time of one cuda-set call, measured on the CPU: ``python -m gpucnn.bench --only launch``.
+
+What a GPU step pays on the host for each kernel is gpucnn's own Python (argument checks, the
+output allocation, the launch plan, the packed parameters) plus the driver's launch. This
+measures the first part on any machine: the cuda set runs its raw launch path in a fresh process
+where CuPy is hidden (outputs are NumPy arrays, whose allocation costs about what CuPy's
+memory-pool allocation does), a device array's address is a constant (CuPy's ``a.data.ptr`` is an
+attribute read), and the driver's ``cuLaunchKernel`` is a no-op. The time is the calling
+thread's CPU time (the median of 15 rounds of 3000 calls), so other work on the machine changes
+it little. The kernels themselves are never
+compiled: a fake cubin stands in. On a GPU, ``python -m gpucnn.gpucheck`` measures the real
+per-launch time beside it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+#: The targets of the step-speed work: microseconds of gpucnn's own host time per call.
+TARGETS = {"conv": 8.0, "elementwise": 4.0}
+
+_CHILD = r"""
+import json, statistics, sys, time, types
+sys.modules["cupy"] = None                      # no CuPy: outputs are NumPy arrays
+import numpy as np
+from gpucnn.kernels.cuda_set import _cache, _launch, activation, conv, pool, softmax
+
+
+class Function:
+    ptr = 1
+
+
+class Module:
+    def load(self, data):
+        pass
+
+    def get_function(self, name):
+        return Function()
+
+
+stream = types.SimpleNamespace(ptr=0)
+_launch.cp = types.SimpleNamespace(
+    ndarray=np.ndarray,
+    cuda=types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDevice=lambda: 0,
+                                      getDeviceProperties=lambda d: {"major": 9, "minor": 0}),
+        function=types.SimpleNamespace(Module=Module),
+        get_current_stream=lambda: stream,
+        driver=types.SimpleNamespace(launchKernel=lambda *a: None)))
+_launch._state["path"] = "raw"
+_launch._pointer = lambda a: 4096
+_cache.get = lambda spec, cc: _cache.Built(b"\x7fELF", "entry", source="fake")
+
+
+def per_call_us(fn, calls):
+    for _ in range(200):
+        fn()
+    rounds = []
+    for _ in range(15):
+        t = time.thread_time()          # CPU time of this thread: robust to a busy machine
+        for _ in range(calls):
+            fn()
+        rounds.append((time.thread_time() - t) / calls * 1e6)
+    return statistics.median(rounds)
+
+
+rng = np.random.default_rng(0)
+f = lambda *s: rng.standard_normal(s).astype(np.float32)
+x1, tiny = f(1), f(8)
+x3, w3, b3, dy3 = f(32, 14, 14, 6), f(5, 5, 6, 16), f(16), f(32, 10, 10, 16)
+xp, dyp = f(32, 28, 28, 6), f(32, 14, 14, 6)
+z, lab = f(32, 10), np.arange(32) % 10
+z1, s, v = (0, 0, 0, 0), (1, 1), (2, 2)
+n0 = _launch.launch_count()
+rows = [
+    ("act_forward (1 element)", "elementwise", lambda: activation.act_forward(x1, "tanh")),
+    ("act_backward (8 elements)", "elementwise",
+     lambda: activation.act_backward(tiny, tiny, "tanh")),
+    ("conv2d_forward (LeNet-5 C3, batch 32)", "conv",
+     lambda: conv.conv2d_forward(x3, w3, b3, s, z1, "tanh")),
+    ("conv2d_backward_input (C3)", "conv",
+     lambda: conv.conv2d_backward_input(dy3, w3, x3.shape, s, z1)),
+    ("avg_pool_forward (S2)", "elementwise",
+     lambda: pool.avg_pool_forward(xp, v, v, z1)),
+    ("softmax_xent_forward (32 x 10)", "elementwise",
+     lambda: softmax.softmax_xent_forward(z, lab)),
+]
+out = []
+for label, kind, fn in rows:
+    before = _launch.launch_count()
+    fn()
+    launches = _launch.launch_count() - before
+    out.append((label, kind, launches, per_call_us(fn, 3000)))
+print("LAUNCH-COST " + json.dumps(out))
+"""
+
+
+def measure() -> list:
+    """``[(call, kind, launches per call, host microseconds per call)]`` from a fresh process."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    r = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"bench launch: the measuring process failed:\n{r.stderr[-3000:]}")
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("LAUNCH-COST ")][-1]
+    return [tuple(row) for row in json.loads(line[len("LAUNCH-COST "):])]
+
+
+def table(rows) -> list:
+    """Markdown lines: each call's host time per launch against its target."""
+    out = ["### Host time per cuda-set call (raw launch path, CPU, the driver's launch a no-op)",
+           "", "| call | launches | µs per call | µs per launch | target per launch |",
+           "|---|---:|---:|---:|---|"]
+    for label, kind, launches, us in rows:
+        per = us / max(launches, 1)
+        target = TARGETS[kind]
+        out.append(f"| {label} | {launches} | {us:.1f} | {per:.1f} | <= {target:g} µs: "
+                   f"{'met' if per <= target else 'NOT met'} |")
+    return out
+
+
+if __name__ == "__main__":
+    print("\n".join(table(measure())))
