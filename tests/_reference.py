@@ -100,6 +100,8 @@ def _pool_loop(x, pool, stride, pad, reduce):
 
 
 def _first_max(values, flat):
+    if any(v != v for v in values):      # a NaN: the window gives NaN and its first real cell
+        return float("nan"), flat[0]
     best = 0
     for t in range(1, len(values)):
         if values[t] > values[best]:
@@ -109,7 +111,8 @@ def _first_max(values, flat):
 
 def ref_max_pool(x, pool, stride, pad):
     """``(y, idx)``: the max over the real cells of each window (first one in row-major order
-    among equals) and its flat index ``h * W + w``."""
+    among equals) and its flat index ``h * W + w``; a window with a NaN gives NaN and its first
+    real cell."""
     return _pool_loop(x, pool, stride, pad, _first_max)
 
 

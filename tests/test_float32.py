@@ -18,7 +18,7 @@ import pytest
 import gpucnn
 from gpucnn import zoo, optimizers
 from gpucnn.kernels import numpy_set
-from gpucnn.models import _step
+from gpucnn.parallel import step as _step
 
 
 class Float64Watcher:
@@ -105,9 +105,9 @@ def test_lenet5_training_step_stays_float32(rng, threads, monkeypatch):
 
 def test_lenet5_step_on_worker_processes_stays_float32(rng, monkeypatch):
     """The worker processes' buffers and the arrays the parent builds from them."""
-    from gpucnn.models import _workers
+    from gpucnn.parallel import forked
 
-    if not _workers.available(numpy_set):
+    if not forked.available(numpy_set):
         pytest.skip("worker processes need Linux (fork)")
     model, x, y = _lenet(rng, 16)
     monkeypatch.setattr(_step, "PROCESS_MIN_FLOPS", 0.0)
