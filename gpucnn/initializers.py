@@ -30,6 +30,7 @@ _TRUNC_STD = 0.87962566103423978
 
 
 def compute_fans(shape) -> tuple[int, int]:
+    """``(fan_in, fan_out)`` of a weight of ``shape``, as Keras counts them (module docstring)."""
     shape = tuple(int(s) for s in shape)
     if len(shape) == 0:
         return 1, 1
@@ -57,23 +58,45 @@ class Initializer:
         return np.asarray(self.sample(shape, self._gen()), dtype=dtype).reshape(shape)
 
     def sample(self, shape, gen):  # pragma: no cover - abstract
+        """Values of ``shape`` drawn with the NumPy generator ``gen`` (float32 or float64)."""
         raise NotImplementedError
+
+    def get_config(self) -> dict:
+        """The constructor arguments (read from the attributes of the same names), JSON-ready;
+        ``type(init).from_config(init.get_config())`` draws the same way."""
+        import inspect
+
+        names = [n for n, prm in inspect.signature(type(self).__init__).parameters.items()
+                 if n != "self" and prm.kind not in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD)]
+        config = {}
+        for n in names:
+            v = getattr(self, n)
+            config[n] = int(v) if isinstance(v, np.integer) else v
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        """The initializer ``get_config`` describes."""
+        return cls(**config)
 
     def __repr__(self):
         return f"{type(self).__name__}()"
 
 
 class Zeros(Initializer):
+    """Every value 0 (the default bias initializer)."""
     def sample(self, shape, gen):
         return np.zeros(shape)
 
 
 class Ones(Initializer):
+    """Every value 1."""
     def sample(self, shape, gen):
         return np.ones(shape)
 
 
 class Constant(Initializer):
+    """Every value ``value``."""
     def __init__(self, value=0.0):
         super().__init__()
         self.value = float(value)
@@ -83,6 +106,7 @@ class Constant(Initializer):
 
 
 class RandomUniform(Initializer):
+    """Uniform on ``[minval, maxval)``."""
     def __init__(self, minval=-0.05, maxval=0.05, seed=None):
         super().__init__(seed)
         self.minval, self.maxval = float(minval), float(maxval)
@@ -102,6 +126,7 @@ def _truncated_normal(gen, shape, std):
 
 
 class RandomNormal(Initializer):
+    """Normal with ``mean`` and ``stddev``."""
     def __init__(self, mean=0.0, stddev=0.05, seed=None):
         super().__init__(seed)
         self.mean, self.stddev = float(mean), float(stddev)
@@ -111,6 +136,7 @@ class RandomNormal(Initializer):
 
 
 class TruncatedNormal(RandomNormal):
+    """Normal with ``mean`` and ``stddev``; draws beyond two ``stddev`` are drawn again."""
     def sample(self, shape, gen):
         return self.mean + _truncated_normal(gen, shape, self.stddev)
 
@@ -179,11 +205,13 @@ class HeUniform(VarianceScaling):
 
 
 class LecunNormal(VarianceScaling):
+    """Truncated normal with variance ``1 / fan_in``."""
     def __init__(self, seed=None):
         super().__init__(1.0, "fan_in", "truncated_normal", seed)
 
 
 class LecunUniform(VarianceScaling):
+    """Uniform on ``[-l, l]``, ``l = sqrt(3 / fan_in)``."""
     def __init__(self, seed=None):
         super().__init__(1.0, "fan_in", "uniform", seed)
 

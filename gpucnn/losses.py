@@ -9,6 +9,11 @@ cross-entropy on probabilities, ``fit`` and ``evaluate`` compute the loss from t
 (``from_logits=True``: the fused, stable kernel), as Keras does internally; the value is the same up to
 Keras' clipping of probabilities at 1e-7.
 
+On probabilities the losses are Keras 3's (on TensorFlow) in every corner: both categorical
+cross-entropies divide each row by its sum (rows that do not sum to 1 are normalised; for
+``sparse_categorical_crossentropy`` after the clip, for ``categorical_crossentropy`` before it),
+and gradients pass the ``[1e-7, 1 - 1e-7]`` clip on its bounds (see ``gpucnn.functional.loss``).
+
 >>> import numpy as np
 >>> from gpucnn import losses
 >>> round(float(losses.get("mse")(np.array([[1.0, 2.0]], np.float32), np.array([[1.0, 4.0]], np.float32))), 4)
@@ -28,6 +33,10 @@ class Loss:
 
     kind = None
     fuses = None
+    #: Whether the value is a mean over the samples of the batch: a training step may then be
+    #: computed as parts of the batch whose losses, weighted by their share, add up to it
+    #: (``gpucnn.parallel``). A subclass whose ``call`` is not such a mean sets it to False.
+    batch_mean = False
 
     def __init__(self, from_logits: bool = False, name: str | None = None):
         self.from_logits = bool(from_logits)
@@ -37,7 +46,17 @@ class Loss:
         return self.call(y_true, y_pred, self.from_logits)
 
     def call(self, y_true, y_pred, from_logits):  # pragma: no cover - abstract
+        """The batch mean as a scalar Tensor; ``y_pred`` holds logits when ``from_logits``."""
         raise NotImplementedError
+
+    def get_config(self) -> dict:
+        """The constructor arguments (``name``, ``from_logits``) as a dict."""
+        return {"name": self.name, "from_logits": self.from_logits}
+
+    @classmethod
+    def from_config(cls, config):
+        """The loss ``get_config`` describes."""
+        return cls(**config)
 
     def __repr__(self):
         return f"{type(self).__name__}(from_logits={self.from_logits})"
@@ -56,6 +75,7 @@ class SparseCategoricalCrossentropy(Loss):
     """Integer labels ``(N,)`` against probabilities (or logits) ``(N, K)``."""
 
     kind, fuses = "sparse", "softmax"
+    batch_mean = True
 
     def call(self, y_true, y_pred, from_logits):
         return F.sparse_categorical_crossentropy(y_true, y_pred, from_logits=from_logits)
@@ -65,6 +85,7 @@ class CategoricalCrossentropy(Loss):
     """One-hot targets ``(N, K)`` against probabilities (or logits) ``(N, K)``."""
 
     kind, fuses = "categorical", "softmax"
+    batch_mean = True
 
     def call(self, y_true, y_pred, from_logits):
         return F.categorical_crossentropy(y_true, y_pred, from_logits=from_logits)
@@ -74,13 +95,16 @@ class BinaryCrossentropy(Loss):
     """Targets in [0, 1] against probabilities (or logits) of the same shape."""
 
     kind, fuses = "binary", "sigmoid"
+    batch_mean = True
 
     def call(self, y_true, y_pred, from_logits):
         return F.binary_crossentropy(y_true, y_pred, from_logits=from_logits)
 
 
 class MeanSquaredError(Loss):
+    """The mean of ``(y_pred - y_true) ** 2`` over every element (``'mse'``)."""
     kind = "regression"
+    batch_mean = True
 
     def call(self, y_true, y_pred, from_logits):
         return F.mse(y_true, y_pred)
@@ -97,7 +121,9 @@ class _MAE(Function):
 
 
 class MeanAbsoluteError(Loss):
+    """The mean of ``|y_pred - y_true|`` over every element (``'mae'``)."""
     kind = "regression"
+    batch_mean = True
 
     def call(self, y_true, y_pred, from_logits):
         p = as_tensor(y_pred)
@@ -124,22 +150,27 @@ class LossFunctionWrapper(Loss):
 
 
 def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
+    """Mean cross-entropy of integer labels ``(N,)`` and probabilities (or logits) ``(N, K)``."""
     return F.sparse_categorical_crossentropy(y_true, y_pred, from_logits=from_logits)
 
 
 def categorical_crossentropy(y_true, y_pred, from_logits=False):
+    """Mean cross-entropy of one-hot targets and probabilities (or logits), both ``(N, K)``."""
     return F.categorical_crossentropy(y_true, y_pred, from_logits=from_logits)
 
 
 def binary_crossentropy(y_true, y_pred, from_logits=False):
+    """The mean binary cross-entropy of targets in [0, 1] against probabilities (or logits)."""
     return F.binary_crossentropy(y_true, y_pred, from_logits=from_logits)
 
 
 def mean_squared_error(y_true, y_pred):
+    """The mean of ``(y_pred - y_true) ** 2`` as a scalar Tensor."""
     return F.mse(y_true, y_pred)
 
 
 def mean_absolute_error(y_true, y_pred):
+    """The mean of ``|y_pred - y_true|`` as a scalar Tensor."""
     return MeanAbsoluteError()(y_true, y_pred)
 
 

@@ -62,13 +62,18 @@ Dropout, counter-based and identical in both sets for the same ``seed`` and ``co
         ``uniform`` is ``random_u32(seed, counter, i) * 2**-32`` of the shared hash in
         ``_rng.py``.
 
-Optimizer updates, in place on the parameter and its slots (``g`` is not modified)
+Optimizer updates, in place on the parameter and its slots (``g`` is not modified), each
+Keras 3's formula; every one first applies Keras's decoupled weight decay
+``p -= p * (lr * weight_decay)`` (none when it is 0); ``lr`` is this step's learning rate
     ``sgd_update(p, g, v, lr, momentum, nesterov, weight_decay)``  ``v`` may be None when
         momentum == 0
-    ``adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay)``  ``t`` is the 1-based
-        step; bias-corrected as Keras/PyTorch Adam; weight_decay decoupled (AdamW style)
-    ``rmsprop_update(p, g, s, lr, rho, eps, weight_decay)``
-    weight_decay (L2, added to the gradient) for SGD and RMSprop; decoupled for Adam.
+    ``adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, vhat=None)``  ``t`` is
+        the 1-based step; ``p -= m * alpha / (sqrt(v) + eps)``, ``alpha = lr * sqrt(1 -
+        beta2^t) / (1 - beta1^t)``; amsgrad when ``vhat`` (the running max of v) is given
+    ``rmsprop_update(p, g, s, lr, rho, eps, weight_decay, u=None, momentum=0.0, mg=None,
+        gain=None)``  ``s = rho s + gain g^2`` (gain 1 - rho when None), ``p -= lr g /
+        sqrt(s + eps)``; centered (``sqrt(s - mg^2 + eps)``) when ``mg`` is given; momentum
+        (``u = momentum u + step; p -= u``) needs ``u``; Adagrad is rho = gain = 1
 """
 from __future__ import annotations
 
@@ -116,6 +121,12 @@ OPTIONAL = {
     # each equals act_backward then the plain op(s) of the contract
     "fused_backward": ("conv2d_backward_input_act", "conv2d_backward_weight_bias",
                        "act_backward_bias"),
+    # one launch updating many tensors with the same hyperparameters:
+    # sgd_update_many(ps, gs, vs, lr, momentum, nesterov, weight_decay),
+    # adam_update_many(ps, gs, ms, vs, lr, beta1, beta2, eps, t, weight_decay, vhats=None),
+    # rmsprop_update_many(ps, gs, ss, lr, rho, eps, weight_decay, us=None, momentum=0.0,
+    #                     mgs=None, gain=None): lists of the single updates' arrays
+    "multi_update": ("sgd_update_many", "adam_update_many", "rmsprop_update_many"),
 }
 
 _SETS = {"numpy": ".numpy_set", "cuda": ".cuda_set"}

@@ -46,7 +46,7 @@ def test_sgd(problem, momentum, nesterov, wd):
     lr = 0.1
     p, v, want = p0.copy(), np.zeros_like(p0), []
     for g in grads:
-        g = g + wd * p
+        p = p - lr * wd * p                      # Keras: decoupled weight decay, first
         v = momentum * v - lr * g
         p = p + (momentum * v - lr * g if nesterov else v)
         want.append(p.copy())
@@ -56,8 +56,8 @@ def test_sgd(problem, momentum, nesterov, wd):
 
 @pytest.mark.parametrize("eps,wd", [(1e-7, 0.0), (0.5, 0.0), (1e-7, 0.1)])
 def test_adam(problem, eps, wd):
-    """Bias-corrected Adam; epsilon added to sqrt(v_hat) (a large epsilon tells the placements
-    apart); weight decay decoupled (AdamW)."""
+    """Keras's Adam: the bias corrections in the step size, epsilon added to sqrt(v) (a large
+    epsilon tells this apart from PyTorch's sqrt(v_hat) + eps); weight decay decoupled."""
     p0, grads = problem
     lr, b1, b2 = 0.01, 0.8, 0.95
     p, m, v, want = p0.copy(), np.zeros_like(p0), np.zeros_like(p0), []
@@ -65,7 +65,7 @@ def test_adam(problem, eps, wd):
         p = p - lr * wd * p
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
-        p = p - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        p = p - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(v) + eps)
         want.append(p.copy())
     close(run(optimizers.Adam(lr, beta_1=b1, beta_2=b2, epsilon=eps, weight_decay=wd), p0, grads),
           want)
@@ -77,9 +77,9 @@ def test_rmsprop(problem, momentum, wd):
     lr, rho, eps = 0.01, 0.8, 1e-3
     p, s, u, want = p0.copy(), np.zeros_like(p0), np.zeros_like(p0), []
     for g in grads:
-        g = g + wd * p
+        p = p - lr * wd * p                      # Keras: decoupled weight decay, first
         s = rho * s + (1 - rho) * g * g
-        step = lr * g / (np.sqrt(s) + eps)
+        step = lr * g / np.sqrt(s + eps)         # Keras: epsilon inside the root
         u = momentum * u + step
         p = p - (u if momentum else step)
         want.append(p.copy())

@@ -1,7 +1,12 @@
 """Losses in Keras argument order ``(y_true, y_pred)``, each the mean over the batch.
 
-Probabilities are clipped to ``[EPSILON, 1 - EPSILON]`` before a log, as Keras does; the
-``from_logits=True`` paths never form a probability's log and have fused, stable gradients.
+Probabilities are clipped to ``[EPSILON, 1 - EPSILON]`` before a log, as Keras does, and the
+gradient passes the clip wherever a value lies inside it *or on a bound* (TensorFlow's clip
+gradient); the ``from_logits=True`` paths never form a probability's log and have fused, stable
+gradients. On probabilities, both categorical cross-entropies divide by the row's sum as Keras 3
+on TensorFlow does: ``categorical_crossentropy`` normalises the row and then clips it,
+``sparse_categorical_crossentropy`` clips the row and then normalises it (its loss is
+``log(sum(clip(p))) - log(clip(p)[label])``).
 """
 from __future__ import annotations
 
@@ -12,6 +17,19 @@ from gpucnn.autograd import Function, Tensor
 from gpucnn.functional import _check
 
 EPSILON = 1e-7
+
+
+def _bounds(dtype):
+    """The clip bounds in ``dtype`` (``1 - EPSILON`` rounds to 0.99999988 in float32)."""
+    t = np.dtype(dtype).type
+    return t(EPSILON), t(1.0 - EPSILON)
+
+
+def _clip(xp, a):
+    """``(clip(a, lo, hi), mask)``: the mask is 1 where the gradient passes the clip (inside
+    the bounds or on one, as TensorFlow's clip passes it), else 0."""
+    lo, hi = _bounds(a.dtype)
+    return xp.clip(a, lo, hi), ((a >= lo) & (a <= hi)).astype(a.dtype)
 
 
 def _pred(y_pred, op):
@@ -60,8 +78,7 @@ class BCE(Function):
             # max(z, 0) - z t + log(1 + exp(-|z|))
             loss = xp.maximum(p, 0) - p * t + xp.log1p(xp.exp(-xp.abs(p)))
         else:
-            self.pc = xp.clip(p, EPSILON, 1.0 - EPSILON)
-            self.inside = (p > EPSILON) & (p < 1.0 - EPSILON)
+            self.pc, self.inside = _clip(xp, p)
             loss = -(t * xp.log(self.pc) + (1.0 - t) * xp.log(1.0 - self.pc))
         return loss.mean()
 
@@ -70,12 +87,14 @@ class BCE(Function):
         if self.logits:
             return g * (1.0 / n) * (self.s - self.t)
         pc, t = self.pc, self.t
+        # d/dp of -(t log pc + (1 - t) log(1 - pc)), through the clip (passed on the bounds)
         return g * (1.0 / n) * ((pc - t) / (pc * (1.0 - pc))) * self.inside
 
 
 def binary_crossentropy(y_true, y_pred, from_logits=False):
     """Binary cross-entropy, averaged over every element (Keras averages the last axis, then the
-    batch: the same number for equal-sized rows). Targets in [0, 1].
+    batch: the same number for equal-sized rows). Targets in [0, 1]. Probabilities are clipped
+    to ``[1e-7, 1 - 1e-7]``; the gradient passes on the bounds, as in Keras.
     """
     p = _pred(y_pred, "binary_crossentropy")
     return BCE.apply(p, t=_target(y_true, p, "binary_crossentropy"), logits=bool(from_logits))
@@ -91,11 +110,11 @@ class CCE(Function):
         if logits:
             self.logp = ks.log_softmax_forward(p)
             return -(t * self.logp).sum() / self.n
+        # Keras: the row divided by its sum, then clipped
         s = p.sum(axis=-1, keepdims=True)
         q = p / s
         self.p, self.s = p, s
-        self.qc = xp.clip(q, EPSILON, 1.0 - EPSILON)
-        self.inside = (q > EPSILON) & (q < 1.0 - EPSILON)
+        self.qc, self.inside = _clip(xp, q)
         return -(t * xp.log(self.qc)).sum() / self.n
 
     def backward(self, g):
@@ -126,13 +145,14 @@ class SparseCE(Function):
         if logits:
             loss, self.prob = ks.softmax_xent_forward(p, labels)
             return loss.mean()
+        # Keras on TensorFlow: clip the row, take its log as logits of a softmax cross-entropy:
+        # loss = log(sum(pc)) - log(pc[label]), pc = clip(p)
         rows = xp.arange(p.shape[0])
         self.rows = rows
-        picked = p[rows, labels]
-        self.pc = xp.clip(picked, EPSILON, 1.0 - EPSILON)
-        self.inside = (picked > EPSILON) & (picked < 1.0 - EPSILON)
-        self.shape, self.dtype = p.shape, p.dtype
-        return -xp.log(self.pc).mean()
+        pc, self.inside = _clip(xp, p)
+        self.total = pc.sum(axis=-1)
+        self.picked = pc[rows, labels]
+        return (xp.log(self.total) - xp.log(self.picked)).mean()
 
     def backward(self, g):
         xp = backend.xp()
@@ -140,8 +160,11 @@ class SparseCE(Function):
         if self.logits:
             rows_g = xp.broadcast_to(scale.astype(self.prob.dtype), (self.n,))
             return backend.kernels().softmax_xent_backward(self.prob, self.labels, rows_g)
-        dp = xp.zeros(self.shape, dtype=self.dtype)
-        dp[self.rows, self.labels] = -scale / self.pc * self.inside
+        # d/dpc_j = 1 / sum(pc) - [j == label] / pc[label], through the clip
+        dp = xp.broadcast_to((1.0 / self.total)[:, None], self.inside.shape).copy()
+        dp[self.rows, self.labels] -= 1.0 / self.picked
+        dp *= self.inside
+        dp *= scale
         return dp
 
 

@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import gpucnn.functional as F
 from gpucnn import initializers
 from gpucnn.functional import _check
@@ -51,6 +53,14 @@ class _Conv(Layer):
         self.kernel = None
         self.bias = None
 
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": list(self.kernel_size), "strides": list(self.strides),
+                "padding": self.padding, "activation": self._activation_config(),
+                "use_bias": self.use_bias,
+                "kernel_initializer": self._initializer_config("kernel_initializer"),
+                "bias_initializer": self._initializer_config("bias_initializer")}
+
     def _check_input(self, shape):
         if len(shape) != 4:
             self._expect("(batch, height, width, channels) (rank 4, channels last)", shape)
@@ -59,6 +69,16 @@ class _Conv(Layer):
 
     def _final_activation(self):
         return self._act.name
+
+    @property
+    def per_sample(self) -> bool:
+        """True with a named activation (a function of your own might mix the samples)."""
+        return self._act.name in _activations.NAMES
+
+    def _sample_flops(self) -> float:
+        if self.kernel is None:
+            return 0.0
+        return 2.0 * math.prod(self._sites() or (1,)) * self.kernel.size
 
 
 class Conv2D(_Conv):
@@ -99,6 +119,10 @@ class Conv2D(_Conv):
     def _call_logits(self, x, training):
         return F.conv2d(x, self.kernel, self.bias, self.strides, self.padding)
 
+    def _sites(self):
+        """The output positions, each a product with the whole kernel (None: unknown)."""
+        return None if self.output_shape is None else self.output_shape[1:3]
+
 
 class Conv2DTranspose(_Conv):
     """Transposed convolution (the decoder's upsampling), Keras ``Conv2DTranspose``.
@@ -137,6 +161,10 @@ class Conv2DTranspose(_Conv):
 
     def _call_logits(self, x, training):
         return F.conv2d_transpose(x, self.kernel, self.bias, self.strides, self.padding)
+
+    def _sites(self):
+        """The input positions, each a product with the whole kernel (None: unknown)."""
+        return None if self.input_shape is None else self.input_shape[1:3]
 
 
 __all__ = ["Conv2D", "Conv2DTranspose"]

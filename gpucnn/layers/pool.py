@@ -12,6 +12,7 @@ from gpucnn.layers.conv import _channels_last
 
 class _Pool(Layer):
     _op = None
+    per_sample = True
 
     def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None, **kwargs):
         super().__init__(**kwargs)
@@ -20,6 +21,10 @@ class _Pool(Layer):
         self.strides = self.pool_size if strides is None else pair(strides, "strides", owner)
         self.padding = check_padding(padding, owner)
         _channels_last(data_format, owner)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": list(self.pool_size),
+                "strides": list(self.strides), "padding": self.padding}
 
     def _check_input(self, shape):
         if len(shape) != 4:

@@ -106,9 +106,11 @@ class Model(TrainingMixin, Layer):
 
     @property
     def metrics_names(self) -> list:
+        """``["loss", <metric names>]`` once compiled (the order of ``evaluate``'s results)."""
         return ["loss"] + [m.name for m in self.compiled_metrics] if self.loss is not None else []
 
     def count_params(self) -> int:
+        """The number of scalars in all the model's weights (an error before the model is built)."""
         self._require_built("count_params()")
         return int(sum(t.size for t in self.weights))
 
@@ -128,34 +130,67 @@ class Model(TrainingMixin, Layer):
             print_fn(line)
         return "\n".join(lines)
 
+    # -- configuration and whole-model saving ---------------------------------------------------------
+    def get_config(self) -> dict:
+        """A subclass of ``Model``: its constructor arguments (Keras's rule for subclassed
+        models). The default is ``{"name": ...}`` when the constructor takes a ``name`` (or
+        ``**kwargs``) and ``{}`` otherwise; a constructor with other arguments needs a
+        ``get_config`` of its own for ``load_model`` to rebuild the model."""
+        params = inspect.signature(type(self).__init__).parameters
+        takes_name = "name" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        return {"name": self.name} if takes_name else {}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """The model ``get_config`` describes (fresh weights)."""
+        return cls(**config)
+
+    def save(self, filepath, overwrite=True) -> None:
+        """Write the whole model to ``filepath``: the architecture (JSON from each layer's
+        ``get_config``), the weights, and the compile settings with the optimizer's state, so
+        that ``gpucnn.models.load_model(filepath)`` continues training exactly where it stopped.
+        One ``.npz`` archive, never pickled, written atomically (``gpucnn.models.saving``)."""
+        from gpucnn.models import saving
+
+        saving.save_model(self, filepath, overwrite=overwrite)
+
     # -- weights -------------------------------------------------------------------------------------
     def _weight_table(self) -> list:
-        """``[(path, Tensor)]`` for every weight, in layer order."""
+        """``[(path, Tensor)]`` for every weight, in layer order; a weight reached twice (a layer
+        used twice) is listed once, under its first path."""
         out = [(short, t) for short, t, _ in self._weights]
+        seen = {id(t) for _, t in out}
         for c in self._sublayers():
-            out.extend((path, t) for path, t, _ in c._named_weights(""))
+            out.extend((path, t) for path, t, _ in c._named_weights("", seen))
         return out
 
-    def save_weights(self, filepath, overwrite=True) -> None:
-        """Write every weight to ``filepath`` as a ``.npz`` archive (see ``gpucnn.io``), atomically."""
+    def save_weights(self, filepath, overwrite=None) -> None:
+        """Write every weight to ``filepath`` as a ``.npz`` archive (see ``gpucnn.io``), atomically.
+
+        An existing file is replaced unless it is read-only; ``overwrite=True`` replaces a
+        read-only file too (keeping its mode), ``overwrite=False`` never replaces a file. A
+        symlink is followed (its target is replaced); a directory, FIFO or device is refused."""
         self._require_built("save_weights()")
         import os
 
-        if not overwrite and os.path.exists(filepath):
-            raise FileExistsError(f"save_weights: {filepath!r} exists and overwrite=False")
+        if overwrite is False and os.path.exists(filepath):
+            raise FileExistsError(f"save_weights: {os.fspath(filepath)!r} exists and overwrite=False")
         ks = backend.kernels()
         table = self._weight_table()
         arrays = {path: ks.to_host(t.data) for path, t in table}
         if len(arrays) != len(table):
             raise ValueError(f"save_weights: model '{self.name}' has weights with the same path; "
                              "give its layers unique names")
-        io.save_arrays(filepath, arrays)
+        io.save_arrays(filepath, arrays, overwrite=overwrite is True)
 
     def load_weights(self, filepath) -> None:
-        """Read weights saved by ``save_weights``. Names, shapes and dtypes are checked for every
-        weight before any is assigned: a file that does not match leaves the model unchanged."""
+        """Read weights saved by ``save_weights`` (or the weights of a whole model written by
+        ``save``). Names, shapes and dtypes are checked for every weight before any is assigned:
+        a file that does not match leaves the model unchanged."""
         self._require_built("load_weights()")
-        arrays = io.load_arrays(filepath)
+        from gpucnn.models import saving
+
+        arrays = saving.weights_in(io.load_arrays(filepath))   # a Model.save file: its weights
         table = self._weight_table()
         io.check_arrays(f"load_weights({str(filepath)!r})",
                         {path: (t.shape, t.dtype) for path, t in table}, arrays)

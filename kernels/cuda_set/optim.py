@@ -1,82 +1,186 @@
-"""Optimizer updates in place on the parameter and its slots, one fused kernel per optimizer:
-each element is read once and written once. Formulas (those of the NumPy set):
+"""Optimizer updates in place on the parameter and its slots, one fused kernel per optimizer
+family: each element is read once and written once. Formulas (Keras 3's, as the NumPy set has
+them; ``lrwd = lr * weight_decay`` is Keras's decoupled weight decay, applied first):
 
-SGD      g' = g + wd * p;  momentum 0: p -= lr * g';  else v = mu * v - lr * g' and
-         p += v (plain) or p += mu * v - lr * g' (Nesterov, with the new v)
-Adam     p *= 1 - lr * wd (decoupled);  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
-         p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-RMSprop  g' = g + wd * p;  s = rho s + (1 - rho) g'^2;  p -= lr * g' / (sqrt(s) + eps)
+SGD      p -= lrwd * p;  momentum 0: p -= lr * g;  else v = mu * v - lr * g and
+         p += v (plain) or p += mu * v - lr * g (Nesterov, with the new v)
+Adam     p -= lrwd * p;  m += (g - m)(1 - b1);  v += (g^2 - v)(1 - b2);
+         amsgrad: vhat = max(vhat, v) stands for v;  p -= m * alpha / (sqrt(v) + eps),
+         alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)
+RMSprop  p -= lrwd * p;  s = rho s + gain g^2 (gain = 1 - rho);  centered: mg = rho mg + gain g,
+         d = s - mg^2 + eps, else d = s + eps;  step = lr g / sqrt(d);
+         momentum: u = mu u + step, p -= u;  else p -= step.  Adagrad: rho = gain = 1.
 
-Hyperparameters are combined on the host in float64 and passed in the parameter's dtype.
+Hyperparameters are combined on the host in float64 and passed in the parameter's dtype;
+optional slots are switched by int64 flags (absent ones get a dummy array), so a float32 kernel
+holds no float64 constant.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 from numba import types
 
-from ._launch import (NB_FLOAT, KernelSpec, arr, contig, dummy, float_dtype, float_variants,
-                      grid_1d, kernel_factory, launch, to_host, xp)
+from ._launch import (NB_FLOAT, KernelSpec, arr, contig, dtname, dummy, float_dtype,
+                      float_variants, grid_1d, kernel_factory, launch, to_host, xp)
 from ._runtime import numba_cuda as cuda
 
 #: Threads per block of the grid-stride update kernels.
 OPTIM_BLOCK = 256
 
 
+@functools.lru_cache(maxsize=None)
+def element_updates(dtype: str):
+    """The per-element updates of the three families as device functions, shared by the
+    one-tensor kernels and the multi-tensor ones: ``*_elem(arrays..., i, scalars...)`` updates
+    element ``i`` in place."""
+    dt = NB_FLOAT[np.dtype(dtype)]
+
+    @cuda.jit(device=True, inline="always")
+    def sgd_elem(p, g, v, i, lr, mu, lrwd, nesterov, use_v, use_wd):
+        pi = p[i]
+        if use_wd != 0:
+            pi = pi - pi * lrwd                          # decoupled weight decay
+        gi = g[i]
+        if use_v != 0:
+            vi = mu * v[i] - lr * gi
+            v[i] = vi
+            if nesterov != 0:
+                pi = pi + (mu * vi - lr * gi)
+            else:
+                pi = pi + vi
+        else:
+            pi = pi - lr * gi
+        p[i] = pi
+
+    @cuda.jit(device=True, inline="always")
+    def adam_elem(p, g, m, v, vhat, i, lrwd, omb1, omb2, alpha, eps, use_vhat, use_wd):
+        pi = p[i]
+        if use_wd != 0:
+            pi = pi - pi * lrwd                          # decoupled weight decay
+        gi = g[i]
+        mi = m[i]
+        mi = mi + (gi - mi) * omb1
+        vi = v[i]
+        vi = vi + (gi * gi - vi) * omb2
+        m[i] = mi
+        v[i] = vi
+        if use_vhat != 0:                                # amsgrad: the running maximum of v
+            vh = vhat[i]
+            if vi > vh:
+                vh = vi
+            vhat[i] = vh
+            vi = vh
+        p[i] = pi - mi * alpha / (dt(math.sqrt(vi)) + eps)
+
+    @cuda.jit(device=True, inline="always")
+    def rmsprop_elem(p, g, s, mg, u, i, lr, rho, gain, mu, eps, lrwd, use_mg, use_u, use_wd):
+        pi = p[i]
+        if use_wd != 0:
+            pi = pi - pi * lrwd                          # decoupled weight decay
+        gi = g[i]
+        si = rho * s[i] + gain * (gi * gi)
+        s[i] = si
+        if use_mg != 0:
+            mgi = rho * mg[i] + gain * gi
+            mg[i] = mgi
+            d = si - mgi * mgi + eps
+        else:
+            d = si + eps
+        step = lr * gi / dt(math.sqrt(d))
+        if use_u != 0:
+            ui = mu * u[i] + step
+            u[i] = ui
+            pi = pi - ui
+        else:
+            pi = pi - step
+        p[i] = pi
+
+    return {"sgd": sgd_elem, "adam": adam_elem, "rmsprop": rmsprop_elem}
+
+
+#: family -> (arrays per tensor, scalar argument types as "f"/"n") of its update.
+FAMILIES = {"sgd": (3, "fffnnn"), "adam": (5, "fffffnn"), "rmsprop": (5, "ffffffnnn")}
+
+
 @kernel_factory(float_variants)
 def sgd_kernel(dtype):
-    def sgd_k(p, g, v, lr, mu, wd, nesterov, use_v):
+    sgd_elem = element_updates(dtype)["sgd"]
+
+    def sgd_k(p, g, v, lr, mu, lrwd, nesterov, use_v, use_wd):
         """In place on flat p (and v when use_v); g read only. One thread per element."""
         for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-            gi = g[i] + wd * p[i]
-            if use_v != 0:
-                vi = mu * v[i] - lr * gi
-                v[i] = vi
-                if nesterov != 0:
-                    p[i] += mu * vi - lr * gi
-                else:
-                    p[i] += vi
-            else:
-                p[i] -= lr * gi
+            sgd_elem(p, g, v, i, lr, mu, lrwd, nesterov, use_v, use_wd)
 
-    a, f = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)]
-    return KernelSpec(f"sgd[{dtype}]", sgd_k, (a, a, a, f, f, f, types.int64, types.int64))
+    a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
+    return KernelSpec(f"sgd[{dtype}]", sgd_k, (a, a, a, f, f, f, n, n, n))
 
 
 @kernel_factory(float_variants)
 def adam_kernel(dtype):
-    dt = NB_FLOAT[np.dtype(dtype)]
+    adam_elem = element_updates(dtype)["adam"]
 
-    def adam_k(p, g, m, v, decay, b1, omb1, b2, omb2, c1, c2, eps):
-        """In place on flat p, m, v: decay = 1 - lr * wd, omb1 = 1 - b1, omb2 = 1 - b2,
-        c1 = lr / (1 - b1^t), c2 = 1 / sqrt(1 - b2^t). One thread per element."""
+    def adam_k(p, g, m, v, vhat, lrwd, omb1, omb2, alpha, eps, use_vhat, use_wd):
+        """In place on flat p, m, v (and vhat when use_vhat): lrwd = lr * weight_decay,
+        omb1 = 1 - b1, omb2 = 1 - b2, alpha = lr * sqrt(1 - b2^t) / (1 - b1^t). One thread
+        per element."""
         for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-            gi = g[i]
-            mi = b1 * m[i] + omb1 * gi
-            vi = b2 * v[i] + omb2 * (gi * gi)
-            m[i] = mi
-            v[i] = vi
-            p[i] = p[i] * decay - c1 * mi / (dt(math.sqrt(vi)) * c2 + eps)
+            adam_elem(p, g, m, v, vhat, i, lrwd, omb1, omb2, alpha, eps, use_vhat, use_wd)
 
-    a, f = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)]
-    return KernelSpec(f"adam[{dtype}]", adam_k, (a, a, a, a) + (f,) * 8)
+    a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
+    return KernelSpec(f"adam[{dtype}]", adam_k, (a,) * 5 + (f,) * 5 + (n, n))
 
 
 @kernel_factory(float_variants)
 def rmsprop_kernel(dtype):
-    dt = NB_FLOAT[np.dtype(dtype)]
+    rmsprop_elem = element_updates(dtype)["rmsprop"]
 
-    def rmsprop_k(p, g, s, lr, rho, omrho, eps, wd):
-        """In place on flat p and s; omrho = 1 - rho. One thread per element."""
+    def rmsprop_k(p, g, s, mg, u, lr, rho, gain, mu, eps, lrwd, use_mg, use_u, use_wd):
+        """In place on flat p and s (mg when use_mg: centered; u when use_u: momentum).
+        One thread per element."""
         for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-            gi = g[i] + wd * p[i]
-            si = rho * s[i] + omrho * (gi * gi)
-            s[i] = si
-            p[i] -= lr * gi / (dt(math.sqrt(si)) + eps)
+            rmsprop_elem(p, g, s, mg, u, i, lr, rho, gain, mu, eps, lrwd, use_mg, use_u, use_wd)
 
-    a, f = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)]
-    return KernelSpec(f"rmsprop[{dtype}]", rmsprop_k, (a, a, a) + (f,) * 5)
+    a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
+    return KernelSpec(f"rmsprop[{dtype}]", rmsprop_k, (a,) * 5 + (f,) * 6 + (n, n, n))
+
+
+#: Tensors one multi-tensor launch updates (their arrays and sizes are kernel parameters:
+#: 12 tensors of Adam's 5 arrays take 3.4 KB of the 4 KB a launch may carry).
+MULTI = 12
+
+
+def _multi_variants():
+    return [{"family": f, "dtype": d} for f in FAMILIES for d in ("float32", "float64")]
+
+
+@kernel_factory(_multi_variants)
+def multi_update_kernel(family: str, dtype: str):
+    """One launch updating up to ``MULTI`` tensors of an optimizer family: tensor t's arrays are
+    parameters ``a{t}_{k}`` and its elements the flat indices ``[e{t-1}, e{t})`` of a grid-stride
+    loop over all of them (``e`` the running sums of their sizes; unused slots have e equal to
+    the total). The source is generated once per family: Numba kernels take a fixed list of
+    arrays, and an ``if`` chain picks the tensor an index falls in."""
+    nk, scal = FAMILIES[family]
+    elem = element_updates(dtype)[family]
+    arrays = [[f"a{t}_{k}" for k in range(nk)] for t in range(MULTI)]
+    ends = [f"e{t}" for t in range(MULTI)]
+    scalars = [f"s{j}" for j in range(len(scal))]
+    params = [a for group in arrays for a in group] + ends + scalars
+    lines = [f"def multi_k({', '.join(params)}):",
+             f"    for i in range(cuda.grid(1), e{MULTI - 1}, cuda.gridsize(1)):"]
+    for t in range(MULTI):
+        head = "if" if t == 0 else "elif"
+        start = "i" if t == 0 else f"i - e{t - 1}"
+        lines.append(f"        {head} i < e{t}:")
+        lines.append(f"            elem({', '.join(arrays[t])}, {start}, {', '.join(scalars)})")
+    env = {"cuda": cuda, "elem": elem}
+    exec(compile("\n".join(lines) + "\n", f"<gpucnn multi-tensor {family}>", "exec"), env)
+    a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
+    argtypes = (a,) * (nk * MULTI) + (n,) * MULTI + tuple(f if c == "f" else n for c in scal)
+    return KernelSpec(f"multi_{family}[{dtype},{MULTI}]", env["multi_k"], argtypes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,10 +223,14 @@ def _grid(n):
     return grid_1d(n, OPTIM_BLOCK), (OPTIM_BLOCK,)
 
 
+def _slot(io, name, dt):
+    return io.flat[name] if name in io.flat else dummy(dt)
+
+
 def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
-    """SGD with momentum (Keras formulation), in place on ``p`` and ``v``."""
+    """SGD as Keras 3 writes it (decoupled weight decay), in place on ``p`` and ``v``."""
     op = "sgd_update"
-    momentum = float(momentum)
+    lr, momentum, lrwd = float(lr), float(momentum), float(lr) * float(weight_decay)
     if momentum != 0.0 and v is None:
         raise ValueError(f"{op}: v expected an array when momentum != 0, got None")
     use_v = momentum != 0.0
@@ -130,37 +238,138 @@ def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
     dt = io.dt
     gf = _grad(op, g, p.shape, dt)
     pf = io.flat["p"]
-    vf = io.flat["v"] if use_v else dummy(dt)
-    launch(sgd_kernel(dt.name), *_grid(pf.size), pf, gf, vf, float(lr), momentum,
-           float(weight_decay), int(bool(nesterov)), int(use_v))
+    launch(sgd_kernel(dtname(dt)), *_grid(pf.size), pf, gf, _slot(io, "v", dt), lr, momentum, lrwd,
+           int(bool(nesterov)), int(use_v), int(lrwd != 0.0))
     io.done()
 
 
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay):
-    """Adam with bias correction and decoupled weight decay, in place on ``p``, ``m``, ``v``."""
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, vhat=None):
+    """Adam as Keras 3 writes it (amsgrad when ``vhat`` is given), in place on ``p``, ``m``,
+    ``v`` (and ``vhat``)."""
     op = "adam_update"
     lr, beta1, beta2 = float(lr), float(beta1), float(beta2)
     t = int(t)
     if t < 1:
         raise ValueError(f"{op}: t expected the 1-based step >= 1, got {t}")
-    io = _InPlace(op, p, m=m, v=v)
+    io = _InPlace(op, p, m=m, v=v, vhat=vhat)
     dt = io.dt
     gf = _grad(op, g, p.shape, dt)
     pf = io.flat["p"]
-    launch(adam_kernel(dt.name), *_grid(pf.size), pf, gf, io.flat["m"], io.flat["v"],
-           1.0 - lr * float(weight_decay), beta1, 1.0 - beta1, beta2, 1.0 - beta2,
-           lr / (1.0 - beta1 ** t),
-           1.0 / math.sqrt(1.0 - beta2 ** t), float(eps))
+    lrwd = lr * float(weight_decay)
+    alpha = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+    launch(adam_kernel(dtname(dt)), *_grid(pf.size), pf, gf, io.flat["m"], io.flat["v"],
+           _slot(io, "vhat", dt), lrwd, 1.0 - beta1, 1.0 - beta2, alpha, float(eps),
+           int(vhat is not None), int(lrwd != 0.0))
     io.done()
 
 
-def rmsprop_update(p, g, s, lr, rho, eps, weight_decay):
-    """RMSprop with L2 weight decay, in place on ``p`` and ``s``."""
+def rmsprop_update(p, g, s, lr, rho, eps, weight_decay, u=None, momentum=0.0, mg=None,
+                   gain=None):
+    """RMSprop as Keras 3 writes it (momentum with ``u``, centered with ``mg``; Adagrad with
+    ``rho = gain = 1``), in place on ``p``, ``s`` (and ``u``, ``mg``)."""
     op = "rmsprop_update"
-    io = _InPlace(op, p, s=s)
+    lr, rho, momentum = float(lr), float(rho), float(momentum)
+    gain = 1.0 - rho if gain is None else float(gain)
+    if momentum != 0.0 and u is None:
+        raise ValueError(f"{op}: u expected an array when momentum != 0, got None")
+    use_u = momentum != 0.0
+    io = _InPlace(op, p, s=s, mg=mg, u=u if use_u else None)
     dt = io.dt
     gf = _grad(op, g, p.shape, dt)
     pf = io.flat["p"]
-    launch(rmsprop_kernel(dt.name), *_grid(pf.size), pf, gf, io.flat["s"], float(lr),
-           float(rho), 1.0 - float(rho), float(eps), float(weight_decay))
+    lrwd = lr * float(weight_decay)
+    launch(rmsprop_kernel(dtname(dt)), *_grid(pf.size), pf, gf, io.flat["s"], _slot(io, "mg", dt),
+           _slot(io, "u", dt), lr, rho, gain, momentum, float(eps), lrwd, int(mg is not None),
+           int(use_u), int(lrwd != 0.0))
     io.done()
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-tensor launchers (capability "multi_update"): one launch per MULTI tensors
+# ---------------------------------------------------------------------------------------------
+
+def _multi_arrays(op, groups, names):
+    """Checked flat views of each tensor's arrays (``groups``: per tensor, the arrays in
+    ``names`` order, None for an absent slot), and the dtype. Every array must be
+    C-contiguous (model weights and slots are); a ValueError names the tensor otherwise."""
+    dt = float_dtype(op, groups[0][0])
+    out = []
+    for t, arrays in enumerate(groups):
+        p = arrays[0]
+        flat = []
+        for name, a in zip(names, arrays):
+            if a is None:
+                flat.append(dummy(dt))
+                continue
+            a = contig(a, dt) if name == "g" else a
+            if tuple(a.shape) != tuple(p.shape) or a.dtype != dt or not a.flags.c_contiguous:
+                raise ValueError(f"{op}: tensor {t}: {name} must be a C-contiguous {dt} array "
+                                 f"of p's shape {tuple(p.shape)}, got {tuple(a.shape)} "
+                                 f"{a.dtype} (contiguous={a.flags.c_contiguous})")
+            flat.append(a)
+        out.append(flat)
+    return out, dt
+
+
+def _launch_multi(family, groups, dt, scalars):
+    """Launch ``multi_update_kernel`` over ``groups`` (per tensor, its flat arrays), MULTI
+    tensors a launch."""
+    nk = FAMILIES[family][0]
+    spec = multi_update_kernel(family, dtname(dt))
+    filler = [dummy(dt)] * nk
+    for c0 in range(0, len(groups), MULTI):
+        chunk = groups[c0:c0 + MULTI]
+        ends, total = [], 0
+        for arrays in chunk:
+            total += arrays[0].size
+            ends.append(total)
+        if total == 0:
+            continue
+        ends += [total] * (MULTI - len(chunk))
+        args = [a for arrays in chunk for a in arrays] + filler * (MULTI - len(chunk))
+        launch(spec, *_grid(total), *args, *ends, *scalars)
+
+
+def sgd_update_many(ps, gs, vs, lr, momentum, nesterov, weight_decay):
+    """``sgd_update`` of every tensor of ``ps`` (gradients ``gs``, momentum slots ``vs`` or
+    None) with the same hyperparameters, MULTI tensors a launch."""
+    op = "sgd_update_many"
+    lr, momentum, lrwd = float(lr), float(momentum), float(lr) * float(weight_decay)
+    use_v = momentum != 0.0
+    if use_v and (vs is None or any(v is None for v in vs)):
+        raise ValueError(f"{op}: vs expected an array per tensor when momentum != 0")
+    vs = vs if use_v else [None] * len(ps)
+    groups, dt = _multi_arrays(op, list(zip(ps, gs, vs)), ("p", "g", "v"))
+    _launch_multi("sgd", groups, dt, (lr, momentum, lrwd, int(bool(nesterov)), int(use_v),
+                                      int(lrwd != 0.0)))
+
+
+def adam_update_many(ps, gs, ms, vs, lr, beta1, beta2, eps, t, weight_decay, vhats=None):
+    """``adam_update`` of every tensor, MULTI tensors a launch."""
+    op = "adam_update_many"
+    lr, beta1, beta2, t = float(lr), float(beta1), float(beta2), int(t)
+    if t < 1:
+        raise ValueError(f"{op}: t expected the 1-based step >= 1, got {t}")
+    vhats = vhats if vhats is not None else [None] * len(ps)
+    groups, dt = _multi_arrays(op, list(zip(ps, gs, ms, vs, vhats)), ("p", "g", "m", "v", "vhat"))
+    lrwd = lr * float(weight_decay)
+    alpha = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+    _launch_multi("adam", groups, dt, (lrwd, 1.0 - beta1, 1.0 - beta2, alpha, float(eps),
+                                       int(vhats[0] is not None), int(lrwd != 0.0)))
+
+
+def rmsprop_update_many(ps, gs, ss, lr, rho, eps, weight_decay, us=None, momentum=0.0,
+                        mgs=None, gain=None):
+    """``rmsprop_update`` of every tensor, MULTI tensors a launch."""
+    op = "rmsprop_update_many"
+    lr, rho, momentum = float(lr), float(rho), float(momentum)
+    gain = 1.0 - rho if gain is None else float(gain)
+    use_u = momentum != 0.0
+    if use_u and (us is None or any(u is None for u in us)):
+        raise ValueError(f"{op}: us expected an array per tensor when momentum != 0")
+    us = us if use_u else [None] * len(ps)
+    mgs = mgs if mgs is not None else [None] * len(ps)
+    groups, dt = _multi_arrays(op, list(zip(ps, gs, ss, mgs, us)), ("p", "g", "s", "mg", "u"))
+    lrwd = lr * float(weight_decay)
+    _launch_multi("rmsprop", groups, dt, (lr, rho, gain, momentum, float(eps), lrwd,
+                                          int(mgs[0] is not None), int(use_u), int(lrwd != 0.0)))

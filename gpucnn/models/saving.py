@@ -1,0 +1,336 @@
+"""Whole-model files: ``model.save(path)`` and ``load_model(path)``.
+
+A model file is one NumPy ``.npz`` archive, written with ``allow_pickle=False`` and read the same
+way (loading never runs code from the file), through ``gpucnn.io.write_atomic`` (a reader sees the
+old file or the whole new one, never half of it). It holds:
+
+- ``__gpucnn_model__``: a JSON text (a 0-d string array) with ``format`` (``"gpucnn.model"``),
+  ``format_version``, the architecture (``{"class_name": ..., "config": ...}``, the config built
+  from each layer's ``get_config()``, with the input shape the model was built for), the compile
+  settings (optimizer, loss and metrics, each as its class name and config) and the optimizer's
+  step counter and slot names;
+- ``weights/<path>``: every weight, by its path in the model (``weights/C1/kernel``);
+- ``optimizer/<path>/<slot>``: the optimizer's state of every trainable weight
+  (``optimizer/C1/kernel/momentum``; see ``Optimizer.get_slot_arrays``).
+
+``load_model`` builds the model from the JSON on the active backend (without touching the random
+generator of ``gpucnn.random``), checks every array against it (names, shapes, dtypes), and only
+then assigns weights and optimizer state: a file with an unknown layer type, a newer format
+version, or missing or extra arrays is refused with a ValueError that names the file and lists
+what was expected against what it holds. ``Model.load_weights`` also reads the weights of such a
+file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from gpucnn import io, layers as _layers, losses as _losses, metrics as _metrics
+from gpucnn import optimizers as _optimizers
+from gpucnn import random as _random
+from gpucnn.layers.base import Layer, assign
+
+FORMAT = "gpucnn.model"
+FORMAT_VERSION = 1
+HEADER_KEY = "__gpucnn_model__"
+WEIGHTS = "weights/"
+SLOTS = "optimizer/"
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture
+# ---------------------------------------------------------------------------------------------
+
+def _layer_classes() -> dict:
+    """The layer types a file may name: those of ``gpucnn.layers`` and ``Sequential``."""
+    from gpucnn.models.sequential import Sequential
+
+    out = {}
+    for name in _layers.__all__:
+        obj = getattr(_layers, name)
+        if isinstance(obj, type) and issubclass(obj, Layer) and obj is not Layer:
+            out[obj.__name__] = obj
+    out["Sequential"] = Sequential
+    return out
+
+
+def deserialize_layer(d, custom_objects=None, where="load_model"):
+    """The layer (or nested ``Sequential``) that ``{"class_name": ..., "config": ...}``
+    describes; ``custom_objects`` maps class names of your own layers to their classes."""
+    from gpucnn.models.sequential import Sequential
+
+    if not isinstance(d, dict) or "class_name" not in d:
+        raise ValueError(f"{where}: a layer must be written as {{'class_name': ..., 'config': "
+                         f"...}}, got {d!r}")
+    name = d["class_name"]
+    config = dict(d.get("config") or {})
+    known = _layer_classes()
+    cls = (custom_objects or {}).get(name) or known.get(name)
+    if cls is None:
+        raise ValueError(f"{where}: unknown layer type {name!r} (layer {config.get('name')!r}); "
+                         f"expected one of {sorted(known)}, or give the class in "
+                         f"custom_objects={{{name!r}: {name}}}")
+    try:
+        if issubclass(cls, Sequential):
+            return cls.from_config(config, custom_objects)
+        return cls.from_config(config)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where}: cannot rebuild layer {config.get('name')!r} ({name}) from its "
+                      f"config {config}: {e}") from None
+
+
+def model_config(model) -> dict:
+    """``{"class_name", "config", "build_input_shape"}`` of a built model (a ValueError naming
+    the layer when a setting cannot be written)."""
+    shape = model.input_shape
+    return {"class_name": type(model).__name__, "config": model.get_config(),
+            "build_input_shape": None if shape is None else list(shape)}
+
+
+@contextlib.contextmanager
+def _random_state_kept():
+    """Building a model draws initial weights from gpucnn's generator; a loaded model replaces
+    them, so the generator is put back as it was (a resumed ``fit`` shuffles as it would have)."""
+    gen = _random.generator()
+    state = gen.bit_generator.state
+    try:
+        yield
+    finally:
+        gen.bit_generator.state = state
+
+
+def _build(spec, custom_objects, where):
+    from gpucnn.models.model import Model
+    from gpucnn.models.sequential import Sequential
+
+    name = spec.get("class_name")
+    cls = (custom_objects or {}).get(name) or (Sequential if name == "Sequential" else None)
+    if cls is None:
+        raise ValueError(f"{where}: unknown model type {name!r}; a model of your own Model class "
+                         f"needs it in custom_objects={{{name!r}: {name}}}")
+    if not (isinstance(cls, type) and issubclass(cls, Model)):
+        raise TypeError(f"{where}: custom_objects[{name!r}] must be a Model class, got {cls!r}")
+    with _random_state_kept():
+        try:
+            model = cls.from_config(dict(spec.get("config") or {}), custom_objects)
+        except (TypeError, ValueError) as e:
+            if str(e).startswith(where):
+                raise
+            raise type(e)(f"{where}: cannot rebuild model {name} from its config "
+                          f"{spec.get('config')}: {e}") from None
+        shape = spec.get("build_input_shape")
+        if not model.built and shape is not None:
+            model.build(tuple(shape))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile settings
+# ---------------------------------------------------------------------------------------------
+
+def _loss_config(loss):
+    if isinstance(loss, _losses.LossFunctionWrapper):
+        return {"class_name": "function", "function": getattr(loss.fn, "__name__", None),
+                "name": loss.name}
+    return {"class_name": type(loss).__name__, "config": loss.get_config()}
+
+
+def _loss_from(d, custom_objects, where):
+    name = d.get("class_name")
+    custom = custom_objects or {}
+    if name == "function":
+        fn = custom.get(d.get("function"))
+        if fn is None:
+            raise ValueError(f"{where}: the model was compiled with the loss function "
+                             f"{d.get('function')!r}, which a file cannot hold; give it in "
+                             f"custom_objects={{{d.get('function')!r}: ...}} or load with "
+                             "compile=False")
+        return _losses.LossFunctionWrapper(fn, name=d.get("name"))
+    cls = custom.get(name) or getattr(_losses, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, _losses.Loss)):
+        raise ValueError(f"{where}: unknown loss {name!r}; expected a class of gpucnn.losses or "
+                         "one given in custom_objects")
+    return cls.from_config(dict(d.get("config") or {}))
+
+
+def _metric_config(m):
+    d = {"class_name": type(m).__name__, "name": m.name}
+    if isinstance(m, _metrics.BinaryAccuracy):
+        d["threshold"] = m.threshold
+    return d
+
+
+def _metric_from(d, custom_objects, where):
+    name = d.get("class_name")
+    cls = (custom_objects or {}).get(name) or getattr(_metrics, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, _metrics.Metric)):
+        raise ValueError(f"{where}: unknown metric {name!r}; expected a class of gpucnn.metrics "
+                         "or one given in custom_objects")
+    kwargs = {k: v for k, v in d.items() if k != "class_name"}
+    return cls(**kwargs)
+
+
+def _trainable_table(model) -> list:
+    ids = {id(t) for t in model.trainable_weights}
+    return [(path, t) for path, t in model._weight_table() if id(t) in ids]
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------
+
+def _json_default(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, tuple):
+        return list(v)
+    raise TypeError(f"a model config value must be JSON data, got {v!r} ({type(v).__name__})")
+
+
+def save_model(model, filepath, overwrite=True) -> str:
+    """Write ``model`` whole to ``filepath`` (see the module docstring); returns the path."""
+    op = "save"
+    model._require_built("save()")
+    path = os.fspath(filepath)
+    if not overwrite and os.path.exists(path):
+        raise FileExistsError(f"{op}: {path!r} exists and overwrite=False")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{op}: the folder {folder!r} does not exist")
+    from gpucnn import backend
+
+    ks = backend.kernels()
+    table = model._weight_table()
+    arrays = {WEIGHTS + p: np.array(ks.to_host(t.data), copy=True) for p, t in table}
+    if len(arrays) != len(table):
+        raise ValueError(f"{op}: model '{model.name}' has weights with the same path; give its "
+                         "layers unique names")
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model_config(model),
+              "compile": None, "optimizer_state": None}
+    opt = model.optimizer
+    if opt is not None:
+        header["compile"] = {
+            "optimizer": _optimizers.serialize(opt),
+            "loss": None if model.loss is None else _loss_config(model.loss),
+            "metrics": [_metric_config(m) for m in model.compiled_metrics]}
+        header["optimizer_state"] = {"iterations": int(opt.iterations),
+                                     "slots": list(opt.slot_names())}
+        for key, a in opt.get_slot_arrays(_trainable_table(model)).items():
+            arrays[SLOTS + key] = a
+    text = json.dumps(header, default=_json_default)
+    arrays[HEADER_KEY] = np.array(text)
+    return io.write_atomic(path, lambda f: np.savez(f, allow_pickle=False, **arrays))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+def _read(path, where) -> dict:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{where}: no such file: {path!r}")
+    why = f"cannot read {path!r} as a gpucnn model file (.npz); it may be truncated or corrupted"
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{where}: {why}: {type(e).__name__}: {e}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{where}: {why}: it holds a single array, not an archive")
+    try:
+        with z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise ValueError(f"{where}: {why}: {type(e).__name__}: {e}") from None
+
+
+def _header(arrays, path, where) -> dict:
+    if HEADER_KEY not in arrays:
+        if io.FORMAT_KEY in arrays:
+            raise ValueError(f"{where}: {path!r} holds weights alone (written by save_weights), "
+                             "not a whole model; build the model in code and call "
+                             f"model.load_weights({path!r})")
+        raise ValueError(f"{where}: {path!r} is not a gpucnn model file: expected an entry "
+                         f"{HEADER_KEY!r}, found {sorted(arrays)[:8]}")
+    raw = arrays[HEADER_KEY]
+    try:
+        header = json.loads(str(raw[()]))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: the model description in {path!r} is not valid JSON: {e}") \
+            from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"{where}: {path!r} is not a gpucnn model file: expected format "
+                         f"{FORMAT!r}, got {header.get('format') if isinstance(header, dict) else header!r}")
+    version = header.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{where}: {path!r} has no valid format_version (got {version!r})")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{where}: {path!r} is model format version {version}, written by a "
+                         f"newer gpucnn; this gpucnn reads versions up to {FORMAT_VERSION}: "
+                         "update gpucnn to load it")
+    return header
+
+
+def weights_in(arrays: dict) -> dict:
+    """The weights of a file's arrays: ``{path: array}`` of a whole-model file (its
+    ``weights/`` entries), or the arrays themselves for a ``save_weights`` file."""
+    if HEADER_KEY not in arrays:
+        return arrays
+    return {k[len(WEIGHTS):]: v for k, v in arrays.items() if k.startswith(WEIGHTS)}
+
+
+def load_model(filepath, custom_objects=None, compile=True):
+    """The model ``model.save(filepath)`` wrote: architecture, weights and, with ``compile``
+    (default), its compile settings and the optimizer's state (``fit`` continues where it
+    stopped). ``custom_objects`` maps the class names of your own layers, Model subclasses,
+    losses, metrics, optimizers and schedules (and loss functions by name) to them. A file that
+    does not match is refused with a ValueError before anything is assigned."""
+    path = os.fspath(filepath)
+    where = f"load_model({path!r})"
+    arrays = _read(path, where)
+    header = _header(arrays, path, where)
+    model = _build(header.get("model") or {}, custom_objects, where)
+
+    compiled = header.get("compile") if compile else None
+    opt = loss = None
+    metrics = []
+    if compiled:
+        try:
+            opt = _optimizers.deserialize(compiled["optimizer"], custom_objects)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}: cannot rebuild the optimizer: {e}") from None
+        if compiled.get("loss") is not None:
+            loss = _loss_from(compiled["loss"], custom_objects, where)
+            metrics = [_metric_from(d, custom_objects, where) for d in compiled.get("metrics", [])]
+
+    table = model._weight_table()
+    expected = {WEIGHTS + p: (t.shape, t.dtype) for p, t in table}
+    trainable = _trainable_table(model)
+    state = header.get("optimizer_state") if opt is not None else None
+    if state is not None:
+        for p, t in trainable:
+            for slot in opt.slot_names():
+                expected[f"{SLOTS}{p}/{slot}"] = (t.shape, t.dtype)
+    given = {k: v for k, v in arrays.items() if k != HEADER_KEY
+             and (state is not None or not k.startswith(SLOTS))}
+    io.check_arrays(where, expected, given)
+
+    for p, t in table:
+        assign(t, given[WEIGHTS + p])
+    if opt is not None:
+        if loss is not None:
+            model.compile(optimizer=opt, loss=loss, metrics=metrics)
+        else:
+            model.optimizer = opt
+        if state is not None:
+            opt.set_slot_arrays(trainable, {k[len(SLOTS):]: v for k, v in given.items()
+                                            if k.startswith(SLOTS)})
+            opt.iterations = int(state.get("iterations", 0))
+    return model
+
+
+__all__ = ["save_model", "load_model", "weights_in", "deserialize_layer", "model_config",
+           "FORMAT", "FORMAT_VERSION"]

@@ -1,0 +1,388 @@
+"""Every optimizer against Keras 3's update formulas, written out here in float64 (nothing of
+gpucnn is called for the reference), over 100 steps with gradients whose elements spread over
+1e-6 to 1e2, with and without decoupled weight decay and each kind of gradient clipping; and the
+rows of issue 14's table (RMSprop's and Adam's epsilon, decoupled weight decay with momentum and
+with RMSprop), each a test of its own.
+
+The Keras step, in Keras's order: clip the gradients (clipnorm: g * c / max(|g|, c); global:
+g * c * min(1 / N, 1 / c); clipvalue: clip to [-c, c]), then p -= p * wd * lr, then the update."""
+import math
+
+import numpy as np
+import pytest
+
+import gpucnn
+from gpucnn import optimizers
+from gpucnn.autograd import Tensor
+
+SHAPES = [(7,), (3, 4)]
+STEPS = 100
+# float32 rounding after 100 steps: |p32 - p64| / max(|p64|, 1) (measured below 1e-6)
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _numpy_backend():
+    gpucnn.set_backend("numpy")
+    yield
+    gpucnn.set_backend("numpy")
+
+
+# ------------------------------------------------------------------ Keras 3, written out (float64)
+
+def keras_clip(grads, cfg):
+    if cfg.get("clipnorm") is not None:
+        c = cfg["clipnorm"]
+        return [g * c / max(math.sqrt(float(np.sum(g * g))), c) for g in grads]
+    if cfg.get("global_clipnorm") is not None:
+        c = cfg["global_clipnorm"]
+        n = math.sqrt(sum(float(np.sum(g * g)) for g in grads))
+        scale = c * min(1.0 / n if n else math.inf, 1.0 / c)
+        return [g * scale for g in grads]
+    if cfg.get("clipvalue") is not None:
+        c = cfg["clipvalue"]
+        return [np.minimum(np.maximum(g, -c), c) for g in grads]
+    return grads
+
+
+def keras_slots(kind, cfg, p):
+    if kind == "Adagrad":
+        return {"a": np.full(p.shape, cfg.get("initial_accumulator_value", 0.1))}
+    return {k: np.zeros(p.shape) for k in ("m", "v", "vhat", "mg", "u")}
+
+
+def keras_step(kind, cfg, p, g, s, t, lr):
+    """Keras 3's update of ``p`` with gradient ``g`` at step ``t`` (from 1); ``s``: slots."""
+    wd = cfg.get("weight_decay") or 0.0
+    p = p - p * wd * lr                                    # decoupled weight decay, first
+    if kind == "SGD":
+        mu = cfg.get("momentum", 0.0)
+        if mu == 0:
+            return p - lr * g
+        s["m"] = mu * s["m"] - lr * g
+        return p + (mu * s["m"] - lr * g if cfg.get("nesterov") else s["m"])
+    if kind in ("Adam", "AdamW"):
+        b1, b2 = cfg.get("beta_1", 0.9), cfg.get("beta_2", 0.999)
+        alpha = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        s["m"] = s["m"] + (g - s["m"]) * (1 - b1)
+        s["v"] = s["v"] + (g * g - s["v"]) * (1 - b2)
+        v = s["v"]
+        if cfg.get("amsgrad"):
+            s["vhat"] = np.maximum(s["vhat"], s["v"])
+            v = s["vhat"]
+        return p - s["m"] * alpha / (np.sqrt(v) + cfg.get("epsilon", 1e-7))
+    if kind == "RMSprop":
+        rho, mu, eps = cfg.get("rho", 0.9), cfg.get("momentum", 0.0), cfg.get("epsilon", 1e-7)
+        s["v"] = rho * s["v"] + (1 - rho) * g * g
+        if cfg.get("centered"):
+            s["mg"] = rho * s["mg"] + (1 - rho) * g
+            inc = lr * g / np.sqrt(s["v"] - s["mg"] ** 2 + eps)
+        else:
+            inc = lr * g / np.sqrt(s["v"] + eps)
+        if mu > 0:
+            s["u"] = mu * s["u"] + inc
+            return p - s["u"]
+        return p - inc
+    if kind == "Adagrad":
+        s["a"] = s["a"] + g * g
+        return p - lr * g / np.sqrt(s["a"] + cfg.get("epsilon", 1e-7))
+    raise ValueError(kind)
+
+
+def spread_gradients(rng, shapes):
+    """float32 gradients whose elements have random signs and magnitudes 10**U(-6, 2)."""
+    return [(rng.choice([-1.0, 1.0], s) * 10.0 ** rng.uniform(-6, 2, s)).astype(np.float32)
+            for s in shapes]
+
+
+def run_both(kind, cfg, rng, steps=STEPS, grads=spread_gradients, lr_of=None):
+    """(gpucnn's parameters as float64, Keras's parameters, the initial parameters) after
+    ``steps`` updates with the same float32 gradients."""
+    ks = gpucnn.backend.kernels()
+    p0 = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    ts = [Tensor(ks.asarray(a.copy()), requires_grad=True) for a in p0]
+    opt = getattr(optimizers, kind)(**cfg)
+    want = [a.astype(np.float64) for a in p0]
+    rcfg = dict(cfg)
+    if kind == "AdamW":
+        rcfg.setdefault("weight_decay", 0.004)
+    slots = [keras_slots(kind, rcfg, a) for a in want]
+    for t in range(1, steps + 1):
+        gs = grads(rng, SHAPES)
+        for p, g in zip(ts, gs):
+            p.grad = Tensor(ks.asarray(g))
+        opt.apply_gradients(ts)
+        lr = cfg["learning_rate"] if lr_of is None else lr_of(t - 1)
+        clipped = keras_clip([g.astype(np.float64) for g in gs], rcfg)
+        want = [keras_step(kind, rcfg, a, g, s, t, lr) for a, g, s in zip(want, clipped, slots)]
+    assert opt.iterations == steps
+    got = [np.asarray(ks.to_host(p.data), dtype=np.float64) for p in ts]
+    return got, want, p0
+
+
+def max_error(got, want):
+    return max(float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1.0))) for a, b in zip(got, want))
+
+
+def check(got, want, p0, what):
+    err = max_error(got, want)
+    assert err < TOL, f"{what}: after {STEPS} steps |gpucnn - Keras| / max(|p|, 1) = {err:.2e}"
+    moved = max(float(np.max(np.abs(b - a))) for a, b in zip(p0, want))
+    assert moved > 100 * TOL, f"{what}: the parameters hardly moved ({moved:.1e}); a weak test"
+
+
+CASES = [
+    ("SGD", dict(learning_rate=0.01)),
+    ("SGD", dict(learning_rate=0.01, momentum=0.9)),
+    ("SGD", dict(learning_rate=0.01, momentum=0.9, weight_decay=0.05)),
+    ("SGD", dict(learning_rate=0.01, momentum=0.9, nesterov=True, clipnorm=1.0)),
+    ("SGD", dict(learning_rate=0.01, momentum=0.5, nesterov=True, weight_decay=0.1,
+                 global_clipnorm=2.0)),
+    ("Adam", dict(learning_rate=0.01)),
+    ("Adam", dict(learning_rate=0.01, beta_1=0.8, beta_2=0.95, epsilon=1e-3, clipvalue=0.5)),
+    ("Adam", dict(learning_rate=0.01, amsgrad=True)),
+    ("Adam", dict(learning_rate=0.01, amsgrad=True, weight_decay=0.1, global_clipnorm=5.0)),
+    ("AdamW", dict(learning_rate=0.01)),
+    ("AdamW", dict(learning_rate=0.01, weight_decay=0.05, clipnorm=3.0)),
+    ("RMSprop", dict(learning_rate=0.01)),
+    ("RMSprop", dict(learning_rate=0.01, weight_decay=0.05, clipvalue=1.0)),
+    ("RMSprop", dict(learning_rate=0.01, momentum=0.9)),
+    ("RMSprop", dict(learning_rate=0.01, centered=True)),
+    ("RMSprop", dict(learning_rate=0.01, momentum=0.9, centered=True, weight_decay=0.05,
+                     global_clipnorm=10.0)),
+    ("Adagrad", dict(learning_rate=0.1)),
+    ("Adagrad", dict(learning_rate=0.1, initial_accumulator_value=0.5, weight_decay=0.01,
+                     clipnorm=3.0)),
+]
+
+
+def _id(case):
+    kind, cfg = case
+    return kind + "-" + "-".join(f"{k}={v}" for k, v in cfg.items() if k != "learning_rate")
+
+
+@pytest.mark.parametrize("kind,cfg", CASES, ids=[_id(c) for c in CASES])
+def test_matches_keras_formulas_over_100_steps(kind, cfg, rng):
+    got, want, p0 = run_both(kind, cfg, rng)
+    check(got, want, p0, _id((kind, cfg)))
+
+
+def test_the_reference_would_catch_a_wrong_update(rng):
+    """The comparison is sharp enough: Keras's Adam against PyTorch's placement of epsilon,
+    fed to the same check, fails it."""
+    got, want, p0 = run_both("Adam", dict(learning_rate=0.01, epsilon=1e-3),
+                             np.random.default_rng(3))
+    rng2 = np.random.default_rng(3)
+    p = [rng2.standard_normal(s) for s in SHAPES]
+    p = [a.astype(np.float32).astype(np.float64) for a in p]
+    m = [np.zeros(s) for s in SHAPES]
+    v = [np.zeros(s) for s in SHAPES]
+    for t in range(1, STEPS + 1):
+        gs = [g.astype(np.float64) for g in spread_gradients(rng2, SHAPES)]
+        for i, g in enumerate(gs):
+            m[i] = 0.9 * m[i] + 0.1 * g
+            v[i] = 0.999 * v[i] + 0.001 * g * g
+            p[i] = p[i] - 0.01 * (m[i] / (1 - 0.9 ** t)) / (np.sqrt(v[i] / (1 - 0.999 ** t)) + 1e-3)
+    assert max_error(got, want) < TOL
+    assert max_error(p, want) > 100 * TOL
+
+
+# ------------------------------------------------------------------ on the cuda kernels
+
+
+@pytest.fixture
+def cuda_small():
+    try:
+        from gpucnn.kernels import cuda_set  # noqa: F401
+
+        gpucnn.set_backend("cuda")
+    except Exception as e:  # noqa: BLE001 - the cuda set is not usable here
+        pytest.skip(f"the cuda kernel set is not usable here: {type(e).__name__}: {e}")
+    from gpucnn.kernels.cuda_set import _launch, simulate
+
+    if _launch.launch_path() == "sim":
+        with simulate.small_launches():
+            yield
+    else:
+        yield
+
+
+CUDA_CASES = [
+    ("SGD", dict(learning_rate=0.01, momentum=0.9, nesterov=True, weight_decay=0.05,
+                 clipnorm=1.0)),
+    ("Adam", dict(learning_rate=0.01, amsgrad=True, weight_decay=0.1, global_clipnorm=5.0)),
+    ("RMSprop", dict(learning_rate=0.01, momentum=0.9, centered=True, weight_decay=0.05,
+                     clipvalue=1.0)),
+    ("Adagrad", dict(learning_rate=0.1, weight_decay=0.01)),
+]
+
+
+@pytest.mark.parametrize("kind,cfg", CUDA_CASES, ids=[_id(c) for c in CUDA_CASES])
+def test_cuda_backend_matches_keras_formulas(kind, cfg, cuda_small, rng):
+    """The fused CUDA kernels (in the simulator without a GPU), 30 steps: the simulator runs
+    each CUDA thread as a Python thread."""
+    got, want, p0 = run_both(kind, cfg, rng, steps=30)
+    err = max_error(got, want)
+    assert err < TOL, f"cuda {_id((kind, cfg))}: {err:.2e}"
+
+
+# ------------------------------------------------------------------ the rows of issue 14's table
+
+
+def _one_param(value):
+    return Tensor(np.asarray(value, np.float32), requires_grad=True)
+
+
+def test_row_rmsprop_divides_by_sqrt_of_v_plus_epsilon():
+    """Keras: lr * g / sqrt(v + eps). At gradients near 1e-4 the old sqrt(v) + eps gave a
+    step ten times as large."""
+    lr, rho, eps = 0.001, 0.9, 1e-7
+    g = np.array([1e-4, -3e-4, 2e-5], np.float64)
+    p = _one_param([0.5, -0.25, 1.0])
+    p0 = p.numpy().astype(np.float64)
+    opt = optimizers.RMSprop(lr)
+    p.grad = Tensor(g.astype(np.float32))
+    opt.apply_gradients([p])
+    v = (1 - rho) * g * g
+    keras = p0 - lr * g / np.sqrt(v + eps)
+    old = p0 - lr * g / (np.sqrt(v) + eps)
+    np.testing.assert_allclose(p.numpy(), keras, rtol=1e-6, atol=1e-9)
+    assert abs(old[0] - p0[0]) > 5 * abs(keras[0] - p0[0])     # the old form: about 10x
+
+
+def test_row_adam_epsilon_with_the_bias_correction_in_the_step(rng):
+    """Keras: p -= lr_t * m / (sqrt(v) + eps), lr_t = lr sqrt(1 - b2^t) / (1 - b1^t). With
+    gradients near 1e-6 this is far from PyTorch's sqrt(v_hat) + eps, over 100 steps."""
+    def tiny(rng, shapes):
+        return [(rng.choice([-1.0, 1.0], s) * 10.0 ** rng.uniform(-6.5, -5.5, s))
+                .astype(np.float32) for s in shapes]
+
+    got, want, p0 = run_both("Adam", dict(learning_rate=0.01), rng, grads=tiny)
+    check(got, want, p0, "Adam at gradients near 1e-6")
+    # one step at g = 1e-6: Keras's step against PyTorch's (sqrt(v_hat) + eps)
+    g = np.float64(np.float32(1e-6))
+    step_keras = 0.01 * math.sqrt(1 - 0.999) / (1 - 0.9) * (0.1 * g) / (math.sqrt(0.001) * g + 1e-7)
+    step_torch = 0.01 * g / (g + 1e-7)
+    p = _one_param([0.0])
+    opt = optimizers.Adam(0.01)
+    p.grad = Tensor(np.array([g], np.float32))
+    opt.apply_gradients([p])
+    assert -float(p.numpy()[0]) == pytest.approx(step_keras, rel=1e-5)
+    assert abs(step_torch - step_keras) > 0.3 * step_keras
+
+
+def test_row_sgd_momentum_weight_decay_is_decoupled():
+    """Keras: p -= lr * wd * p outside the momentum. With a zero gradient for 10 steps p shrinks
+    by (1 - lr wd)^10 and the momentum stays 0; the old L2 form built the decay up in the
+    momentum (4x the change after 10 steps)."""
+    lr, wd, mu = 0.1, 0.5, 0.9
+    p = _one_param([2.0, -1.0])
+    p0 = p.numpy().astype(np.float64)
+    opt = optimizers.SGD(lr, momentum=mu, weight_decay=wd)
+    for _ in range(10):
+        p.grad = Tensor(np.zeros(2, np.float32))
+        opt.apply_gradients([p])
+    keras = p0 * (1 - lr * wd) ** 10
+    np.testing.assert_allclose(p.numpy(), keras, rtol=1e-6)
+    assert np.all(opt._slots[id(p)][1] == 0)                 # the velocity never moved
+    q, v = p0.copy(), np.zeros(2)
+    for _ in range(10):                                       # the old L2-in-the-gradient form
+        v = mu * v - lr * wd * q
+        q = q + v
+    assert abs(q[0] - p0[0]) > 3 * abs(keras[0] - p0[0])
+
+
+def test_row_rmsprop_weight_decay_is_decoupled(rng):
+    """Keras: the decay is p -= lr * wd * p, not divided by sqrt(v) as an L2 term would be."""
+    cfg = dict(learning_rate=0.01, weight_decay=0.1)
+    got, want, p0 = run_both("RMSprop", cfg, rng)
+    check(got, want, p0, "RMSprop with weight decay")
+    # one step from a fresh optimizer against the L2 form
+    p = _one_param([1.0])
+    opt = optimizers.RMSprop(0.01, weight_decay=0.1)
+    p.grad = Tensor(np.array([1e-3], np.float32))
+    opt.apply_gradients([p])
+    g = float(np.float32(1e-3))
+    keras = 1.0 - 0.01 * 0.1 * 1.0 - 0.01 * g / math.sqrt(0.1 * g * g + 1e-7)
+    gl2 = g + 0.1
+    l2 = 1.0 - 0.01 * gl2 / (math.sqrt(0.1 * gl2 * gl2) + 1e-7)
+    assert float(p.numpy()[0]) == pytest.approx(keras, rel=1e-6)
+    assert abs(l2 - keras) > 1e-3
+
+
+# ------------------------------------------------------------------ arguments and state
+
+
+def test_keras_defaults_slot_names_and_config_round_trip():
+    expect = {
+        "SGD": ({"learning_rate": 0.01, "momentum": 0.0, "nesterov": False}, ()),
+        "Adam": ({"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+                  "amsgrad": False}, ("momentum", "velocity")),
+        "AdamW": ({"learning_rate": 0.001, "weight_decay": 0.004}, ("momentum", "velocity")),
+        "RMSprop": ({"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7,
+                     "centered": False}, ("velocity",)),
+        "Adagrad": ({"learning_rate": 0.001, "initial_accumulator_value": 0.1,
+                     "epsilon": 1e-7}, ("accumulator",)),
+    }
+    for name, (defaults, slots) in expect.items():
+        opt = optimizers.get(name.lower())
+        assert type(opt).__name__ == name
+        config = opt.get_config()
+        for k, v in defaults.items():
+            assert config[k] == v, (name, k, config[k])
+        assert opt.slot_names() == slots, name
+        again = optimizers.deserialize(optimizers.serialize(opt))
+        assert type(again) is type(opt) and again.get_config() == config
+    assert optimizers.Adam(amsgrad=True).slot_names() == ("momentum", "velocity", "velocity_hat")
+    assert optimizers.RMSprop(momentum=0.5, centered=True).slot_names() == (
+        "velocity", "momentum", "average_gradient")
+    assert optimizers.SGD(momentum=0.9).slot_names() == ("momentum",)
+
+
+def test_bad_arguments_name_the_optimizer():
+    with pytest.raises(ValueError, match="only one of clipnorm, clipvalue and global_clipnorm"):
+        optimizers.SGD(clipnorm=1.0, clipvalue=0.5)
+    with pytest.raises(ValueError, match=r"Adam: clipnorm must lie in \(0.0"):
+        optimizers.Adam(clipnorm=0.0)
+    with pytest.raises(ValueError, match="AdamW: weight_decay must be a number"):
+        optimizers.AdamW(weight_decay=None)
+    with pytest.raises(ValueError, match="RMSprop: weight_decay"):
+        optimizers.RMSprop(weight_decay=-0.1)
+    with pytest.raises(TypeError, match="Adagrad: epsilon must be a number"):
+        optimizers.Adagrad(epsilon="small")
+    with pytest.raises(ValueError, match="unknown optimizer 'Nadam'"):
+        optimizers.deserialize({"class_name": "Nadam", "config": {}})
+
+
+def test_exclude_from_weight_decay_by_name_and_by_tensor():
+    a = _one_param([1.0, 2.0])
+    a.name = "dense/kernel"
+    b = _one_param([1.0])
+    b.name = "dense/bias"
+    c = _one_param([4.0])
+    c.name = "other/kernel"
+    opt = optimizers.SGD(0.1, weight_decay=0.5)
+    opt.exclude_from_weight_decay(var_list=[c], var_names=["bias"])
+    for t in (a, b, c):
+        t.grad = Tensor(np.zeros(t.shape, np.float32))
+    opt.apply_gradients([a, b, c])
+    np.testing.assert_allclose(a.numpy(), [0.95, 1.9], rtol=1e-6)
+    assert b.numpy()[0] == 1.0 and c.numpy()[0] == 4.0
+
+
+def test_weight_decay_zero_leaves_infinite_weights_alone():
+    """No decay term at all when weight_decay is 0 (inf * 0 would make a NaN)."""
+    p = _one_param([np.inf, 1.0])
+    for opt in (optimizers.SGD(0.1), optimizers.Adam(0.1), optimizers.RMSprop(0.1)):
+        p.data[...] = [np.inf, 1.0]
+        p.grad = Tensor(np.array([0.0, 0.5], np.float32))
+        opt.apply_gradients([p])
+        assert p.numpy()[0] == np.inf, type(opt).__name__
+
+
+def test_clipping_leaves_the_gradients_of_the_parameters_alone(rng):
+    p = _one_param(rng.standard_normal(5))
+    g = (100 * rng.standard_normal(5)).astype(np.float32)
+    p.grad = Tensor(g.copy())
+    optimizers.SGD(0.1, global_clipnorm=1.0).apply_gradients([p])
+    np.testing.assert_array_equal(p.grad.numpy(), g)

@@ -1,0 +1,368 @@
+"""Whole-model files: ``model.save`` and ``gpucnn.models.load_model`` (architecture as JSON from
+each layer's ``get_config``, weights, compile settings, optimizer state), no pickle, atomic
+writes; a fit stopped halfway, reloaded and continued ends with the very weights of an
+uninterrupted fit (numpy backend, and cuda in the simulator); files with an unknown layer type, a
+newer format version, or missing or extra arrays are refused with the file named and nothing
+changed; ``ModelCheckpoint`` saves the whole model."""
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import gpucnn
+import gpucnn.functional as F
+from gpucnn import callbacks, layers, models, optimizers
+from gpucnn.optimizers import schedules
+
+
+@pytest.fixture(autouse=True)
+def _numpy_backend():
+    gpucnn.set_backend("numpy")
+    gpucnn.manual_seed(0)
+    yield
+    gpucnn.set_backend("numpy")
+
+
+def small_cnn(input_shape=(8, 8, 1), dropout=0.0):
+    stack = [layers.Conv2D(3, 3, activation="relu", padding="same", input_shape=input_shape,
+                           name="C1"),
+             layers.MaxPooling2D(name="S2"), layers.Flatten()]
+    if dropout:
+        stack.append(layers.Dropout(dropout, seed=3))
+    stack.append(layers.Dense(3, activation="softmax", kernel_initializer="he_uniform",
+                              name="F6"))
+    return models.Sequential(stack, name="small")
+
+
+def blobs(rng, n, shape=(8, 8, 1)):
+    templates = rng.standard_normal((3,) + shape).astype(np.float32)
+    y = rng.integers(0, 3, n)
+    return templates[y] + 0.5 * rng.standard_normal((n,) + shape).astype(np.float32), y
+
+
+def adam():
+    return optimizers.Adam(schedules.ExponentialDecay(0.02, decay_steps=3, decay_rate=0.7),
+                           amsgrad=True, weight_decay=0.01, clipnorm=2.0)
+
+
+def same(a, b):
+    return len(a) == len(b) and all(np.array_equal(p, q) for p, q in zip(a, b))
+
+
+def slots_of(model):
+    ids = {id(t) for t in model.trainable_weights}
+    table = [(p, t) for p, t in model._weight_table() if id(t) in ids]
+    return model.optimizer.get_slot_arrays(table)
+
+
+# ------------------------------------------------------------------ round trip
+
+def test_save_and_load_round_trip(tmp_path, rng):
+    x, y = blobs(rng, 12)
+    m = small_cnn(dropout=0.25)
+    m.compile(adam(), "sparse_categorical_crossentropy", ["accuracy"])
+    m.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    path = tmp_path / "model.npz"
+    m.save(path)
+    back = models.load_model(path)
+    assert type(back) is models.Sequential and back.name == "small"
+    assert back.get_config() == m.get_config()
+    assert [la.name for la in back.layers] == ["C1", "S2", "flatten", "dropout", "F6"]
+    assert back.layers[3].seed == 3 and back.layers[0].padding == "same"
+    assert same(back.get_weights(), m.get_weights())
+    np.testing.assert_array_equal(back.predict(x, verbose=0), m.predict(x, verbose=0))
+    assert optimizers.serialize(back.optimizer) == optimizers.serialize(m.optimizer)
+    assert back.optimizer.iterations == m.optimizer.iterations == 3
+    got, want = slots_of(back), slots_of(m)
+    assert sorted(got) == sorted(want) and len(want) == 4 * 3
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    assert back.loss.get_config() == m.loss.get_config()
+    assert [(type(a), a.name) for a in back.compiled_metrics] == \
+        [(type(a), a.name) for a in m.compiled_metrics]
+    assert back.evaluate(x, y, verbose=0) == m.evaluate(x, y, verbose=0)
+
+
+def test_the_file_is_plain_npy_arrays_without_pickle(tmp_path, rng):
+    m = small_cnn()
+    m.compile(optimizers.SGD(0.1, momentum=0.9), "sparse_categorical_crossentropy")
+    path = tmp_path / "m.npz"
+    m.save(path)
+    with zipfile.ZipFile(path) as z:
+        assert all(n.endswith(".npy") for n in z.namelist())
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert all(a.dtype != object for a in arrays.values())
+    header = json.loads(str(arrays["__gpucnn_model__"][()]))
+    assert header["format"] == "gpucnn.model" and header["format_version"] == 1
+    assert header["model"]["config"]["layers"][0]["config"]["input_shape"] == [8, 8, 1]
+    assert header["optimizer_state"] == {"iterations": 0, "slots": ["momentum"]}
+    assert sorted(k for k in arrays if k.startswith("optimizer/")) == [
+        "optimizer/C1/bias/momentum", "optimizer/C1/kernel/momentum",
+        "optimizer/F6/bias/momentum", "optimizer/F6/kernel/momentum"]
+
+
+def test_uncompiled_and_subclassed_models(tmp_path, rng):
+    class Net(models.Model):
+        def __init__(self, name=None):
+            super().__init__(name=name)
+            self.body = models.Sequential([layers.Dense(4, activation="tanh"), layers.Dense(2)],
+                                          name="body")
+
+        def call(self, x, training=False):
+            return self.body(x, training)
+
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    net = Net(name="net")
+    net(x)
+    net.save(tmp_path / "net.npz")
+    with pytest.raises(ValueError, match=r"unknown model type 'Net'.*custom_objects=\{'Net': Net\}"):
+        models.load_model(tmp_path / "net.npz")
+    back = models.load_model(tmp_path / "net.npz", custom_objects={"Net": Net})
+    assert back.name == "net" and back.optimizer is None
+    np.testing.assert_array_equal(back.predict(x, verbose=0), net.predict(x, verbose=0))
+
+
+def test_a_custom_loss_function_needs_custom_objects(tmp_path, rng):
+    def halved_mse(y_true, y_pred):
+        return F.mse(y_true, y_pred) * 0.5
+
+    m = models.Sequential([layers.Dense(2, input_shape=(3,))])
+    m.compile("adagrad", halved_mse)
+    path = tmp_path / "m.npz"
+    m.save(path)
+    with pytest.raises(ValueError, match="loss function 'halved_mse'.*custom_objects"):
+        models.load_model(path)
+    assert models.load_model(path, compile=False).optimizer is None
+    back = models.load_model(path, custom_objects={"halved_mse": halved_mse})
+    assert back.loss.fn is halved_mse and type(back.optimizer) is optimizers.Adagrad
+
+
+def test_loading_leaves_the_random_generator_alone(tmp_path):
+    m = small_cnn()
+    m.save(tmp_path / "m.npz")
+    gpucnn.manual_seed(5)
+    before = gpucnn.random.generator().bit_generator.state
+    models.load_model(tmp_path / "m.npz")
+    assert gpucnn.random.generator().bit_generator.state == before
+
+
+# ------------------------------------------------------------------ resume where it stopped
+
+class StopAfter(callbacks.Callback):
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epochs:
+            self.model.stop_training = True
+
+
+def resume_matches(tmp_path, x, y, build, epochs, half, batch_size):
+    """Weights, optimizer state and step count of an uninterrupted fit against a fit stopped
+    after ``half`` epochs (whole-model checkpoint each epoch), reloaded and continued."""
+    gpucnn.manual_seed(11)
+    straight = build()
+    straight.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0)
+
+    gpucnn.manual_seed(11)
+    first = build()
+    ckpt = tmp_path / "ckpt-{epoch}.npz"
+    first.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0,
+              callbacks=[callbacks.ModelCheckpoint(str(ckpt), monitor="loss"), StopAfter(half)])
+    assert sorted(os.listdir(tmp_path)) == [f"ckpt-{e + 1}.npz" for e in range(half)]
+    resumed = models.load_model(tmp_path / f"ckpt-{half}.npz")
+    assert resumed.optimizer.iterations == first.optimizer.iterations
+    resumed.fit(x, y, batch_size=batch_size, epochs=epochs, initial_epoch=half, verbose=0)
+    assert resumed.optimizer.iterations == straight.optimizer.iterations
+    assert same(resumed.get_weights(), straight.get_weights()), "weights differ from an " \
+        "uninterrupted fit"
+    s, r = slots_of(straight), slots_of(resumed)
+    assert sorted(s) == sorted(r) and all(np.array_equal(s[k], r[k]) for k in s)
+    assert not same(first.get_weights(), straight.get_weights())   # the second half did train
+
+
+def test_resume_after_reload_equals_an_uninterrupted_fit(tmp_path, rng):
+    x, y = blobs(rng, 24)
+
+    def build():
+        m = small_cnn()
+        m.compile(adam(), "sparse_categorical_crossentropy", ["accuracy"])
+        return m
+
+    resume_matches(tmp_path, x, y, build, epochs=4, half=2, batch_size=8)
+
+
+def test_resume_on_the_cuda_backend(tmp_path, rng):
+    """The same on the cuda kernels (the simulator without a GPU): a tiny model, 2 steps per
+    epoch, stopped after one of two epochs."""
+    try:
+        from gpucnn.kernels import cuda_set  # noqa: F401
+
+        gpucnn.set_backend("cuda")
+    except Exception as e:  # noqa: BLE001 - the cuda set is not usable here
+        pytest.skip(f"the cuda backend is not usable here: {type(e).__name__}: {e}")
+    from gpucnn.kernels.cuda_set import _launch, simulate
+
+    assert gpucnn.get_backend() == "cuda"
+    x, y = blobs(rng, 6, shape=(4, 4, 1))
+
+    def build():
+        m = models.Sequential([
+            layers.Conv2D(2, 3, activation="relu", padding="same", input_shape=(4, 4, 1)),
+            layers.Flatten(), layers.Dense(3, activation="softmax")])
+        m.compile(optimizers.RMSprop(schedules.PiecewiseConstantDecay([1], [0.02, 0.01]),
+                                     momentum=0.5, centered=True, weight_decay=0.01),
+                  "sparse_categorical_crossentropy")
+        return m
+
+    small = simulate.small_launches() if _launch.launch_path() == "sim" else None
+    if small is not None:
+        with small:
+            resume_matches(tmp_path, x, y, build, epochs=2, half=1, batch_size=3)
+    else:
+        resume_matches(tmp_path, x, y, build, epochs=2, half=1, batch_size=3)
+
+
+# ------------------------------------------------------------------ refusals
+
+@pytest.fixture
+def saved(tmp_path, rng):
+    m = small_cnn()
+    m.compile(optimizers.SGD(0.1, momentum=0.9), "sparse_categorical_crossentropy")
+    x, y = blobs(rng, 8)
+    m.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    path = tmp_path / "m.npz"
+    m.save(path)
+    return m, path
+
+
+def rewrite(path, change):
+    """Write ``change(arrays, header)``'s result back (arrays and header as the test edits)."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(str(arrays.pop("__gpucnn_model__")[()]))
+    change(arrays, header)
+    arrays["__gpucnn_model__"] = np.array(json.dumps(header))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _rename_layer(arrays, header):
+    header["model"]["config"]["layers"][0]["class_name"] = "Conv3D"
+
+
+def _newer(arrays, header):
+    header["format_version"] = 2
+
+
+def _drop_bias(arrays, header):
+    del arrays["weights/C1/bias"]
+
+
+def _extra(arrays, header):
+    arrays["weights/C9/kernel"] = np.zeros(3, np.float32)
+
+
+def _drop_slot(arrays, header):
+    del arrays["optimizer/F6/kernel/momentum"]
+
+
+def _reshape(arrays, header):
+    arrays["weights/F6/kernel"] = np.zeros((5, 3), np.float32)
+
+
+@pytest.mark.parametrize("change,match", [
+    (_rename_layer, r"unknown layer type 'Conv3D' \(layer 'C1'\); expected one of \[.*'Conv2D'"),
+    (_newer, r"model format version 2, written by a newer gpucnn; this gpucnn reads versions "
+             r"up to 1"),
+    (_drop_bias, r"missing from the file: weights/C1/bias \(3,\)"),
+    (_extra, r"not in the model: weights/C9/kernel \(3,\)"),
+    (_drop_slot, r"missing from the file: optimizer/F6/kernel/momentum \(48, 3\)"),
+    (_reshape, r"shape of weights/F6/kernel: model \(48, 3\), file \(5, 3\)"),
+], ids=["unknown-layer", "newer-version", "missing-weight", "extra-array", "missing-slot",
+        "wrong-shape"])
+def test_a_file_that_does_not_match_is_refused(saved, change, match):
+    m, path = saved
+    rewrite(path, change)
+    with pytest.raises(ValueError, match=match) as err:
+        models.load_model(path)
+    assert f"load_model({str(path)!r})" in str(err.value)
+    if change in (_drop_bias, _extra, _reshape):       # the weights: load_weights refuses too
+        before = m.get_weights()
+        with pytest.raises(ValueError, match="nothing was loaded"):
+            m.load_weights(path)
+        assert same(m.get_weights(), before)
+
+
+def test_weights_only_and_foreign_files_are_refused(saved, tmp_path):
+    m, _ = saved
+    w = tmp_path / "w.npz"
+    m.save_weights(w)
+    with pytest.raises(ValueError, match="holds weights alone.*load_weights"):
+        models.load_model(w)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="cannot read .*junk.npz' as a gpucnn model file"):
+        models.load_model(junk)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        models.load_model(tmp_path / "nope.npz")
+
+
+def test_a_failed_save_leaves_the_old_file(saved, tmp_path, monkeypatch):
+    m, path = saved
+    before = path.read_bytes()
+    odd = models.Sequential([layers.Dense(2, activation=lambda t: F.relu(t) * 2,
+                                          input_shape=(3,))])
+    with pytest.raises(ValueError, match="layer 'dense' .*custom function"):
+        odd.save(path)
+    with pytest.raises(FileExistsError, match="overwrite=False"):
+        m.save(path, overwrite=False)
+
+    def broken(f, *args, **kwargs):
+        f.write(b"PK half an archive")
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(np, "savez", broken)
+        with pytest.raises(OSError, match="disk full"):
+            m.save(path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]
+    with pytest.raises(ValueError, match="has not been built"):
+        models.Sequential([layers.Dense(2)]).save(tmp_path / "x.npz")
+
+
+# ------------------------------------------------------------------ ModelCheckpoint
+
+def test_model_checkpoint_whole_model_or_weights_only(tmp_path, rng):
+    x, y = blobs(rng, 8)
+    m = small_cnn()
+    m.compile(adam(), "sparse_categorical_crossentropy")
+    m.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[
+        callbacks.ModelCheckpoint(tmp_path / "whole.npz", monitor="loss"),
+        callbacks.ModelCheckpoint(tmp_path / "w.npz", monitor="loss", save_weights_only=True)])
+    back = models.load_model(tmp_path / "whole.npz")
+    assert same(back.get_weights(), m.get_weights()) and back.optimizer.iterations == 2
+    with pytest.raises(ValueError, match="holds weights alone"):
+        models.load_model(tmp_path / "w.npz")
+    probe = small_cnn()
+    probe.load_weights(tmp_path / "w.npz")
+    assert same(probe.get_weights(), m.get_weights())
+
+
+def test_model_checkpoint_refuses_an_unsavable_model_before_training(tmp_path, rng):
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    m = models.Sequential([layers.Dense(2, activation=lambda t: F.tanh(t), input_shape=(3,))])
+    m.compile("sgd", "mse")
+    before = m.get_weights()
+    with pytest.raises(ValueError, match="ModelCheckpoint: cannot save the whole model: layer "
+                                         "'dense' .*save_weights_only=True"):
+        m.fit(x, x[:, :2], epochs=1, verbose=0,
+              callbacks=[callbacks.ModelCheckpoint(tmp_path / "c.npz", monitor="loss")])
+    assert same(m.get_weights(), before) and os.listdir(tmp_path) == []
+    m.fit(x, x[:, :2], epochs=1, verbose=0, callbacks=[
+        callbacks.ModelCheckpoint(tmp_path / "c.npz", monitor="loss", save_weights_only=True)])
+    assert os.listdir(tmp_path) == ["c.npz"]

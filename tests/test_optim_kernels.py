@@ -1,0 +1,268 @@
+"""The fused optimizer kernels (``sgd_update``, ``adam_update``, ``rmsprop_update``) on their
+own, every option on: the NumPy set against Keras 3's formulas written out element by element in
+float64, and the cuda set (in Numba's simulator without a GPU) against the NumPy set, with
+poisoned absent slots, a parameter that is not contiguous, float64, and the errors."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from gpucnn.kernels import load_set
+
+N = load_set("numpy")
+SHAPE = (7, 10)      # 70 elements: more than the simulator's grid of 2 x 32 threads
+STEPS = 3
+F64 = dict(rtol=1e-12, atol=1e-14)
+
+
+def f(rng, *shape, dtype=np.float64, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(dtype)
+
+
+# ------------------------------------------------------------------ Keras 3, element by element
+
+def ref_sgd(p, g, v, lr, mu, nesterov, wd):
+    for i in range(p.size):
+        p[i] -= p[i] * wd * lr
+        if mu == 0:
+            p[i] -= lr * g[i]
+            continue
+        v[i] = mu * v[i] - lr * g[i]
+        p[i] += mu * v[i] - lr * g[i] if nesterov else v[i]
+
+
+def ref_adam(p, g, m, v, vhat, lr, b1, b2, eps, t, wd):
+    alpha = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+    for i in range(p.size):
+        p[i] -= p[i] * wd * lr
+        m[i] += (g[i] - m[i]) * (1 - b1)
+        v[i] += (g[i] * g[i] - v[i]) * (1 - b2)
+        den = v[i]
+        if vhat is not None:
+            vhat[i] = max(vhat[i], v[i])
+            den = vhat[i]
+        p[i] -= m[i] * alpha / (math.sqrt(den) + eps)
+
+
+def ref_rmsprop(p, g, s, u, mg, lr, rho, gain, mu, eps, wd):
+    for i in range(p.size):
+        p[i] -= p[i] * wd * lr
+        s[i] = rho * s[i] + gain * g[i] * g[i]
+        if mg is not None:
+            mg[i] = rho * mg[i] + gain * g[i]
+            step = lr * g[i] / math.sqrt(s[i] - mg[i] * mg[i] + eps)
+        else:
+            step = lr * g[i] / math.sqrt(s[i] + eps)
+        if mu:
+            u[i] = mu * u[i] + step
+            p[i] -= u[i]
+        else:
+            p[i] -= step
+
+
+def flat(*arrays):
+    return [None if a is None else a.reshape(-1).copy() for a in arrays]
+
+
+# ------------------------------------------------------------------ NumPy set against the formulas
+
+SGD_OPTS = list(itertools.product([0.0, 0.9], [False, True], [0.0, 0.05]))
+
+
+@pytest.mark.parametrize("mu,nesterov,wd", SGD_OPTS)
+def test_numpy_sgd_is_keras(mu, nesterov, wd, rng):
+    p, v = f(rng, *SHAPE), f(rng, *SHAPE, scale=0.1)
+    rp, rv = flat(p, v)
+    for _ in range(STEPS):
+        g = f(rng, *SHAPE)
+        g0 = g.copy()
+        N.sgd_update(p, g, v if mu else None, 0.05, mu, nesterov, wd)
+        ref_sgd(rp, g.reshape(-1), rv, 0.05, mu, nesterov, wd)
+        np.testing.assert_array_equal(g, g0)
+    np.testing.assert_allclose(p.reshape(-1), rp, **F64)
+    if mu:
+        np.testing.assert_allclose(v.reshape(-1), rv, **F64)
+
+
+ADAM_OPTS = list(itertools.product([False, True], [0.0, 0.1]))
+
+
+@pytest.mark.parametrize("amsgrad,wd", ADAM_OPTS)
+def test_numpy_adam_is_keras(amsgrad, wd, rng):
+    p = f(rng, *SHAPE)
+    m, v = np.zeros(SHAPE), np.zeros(SHAPE)
+    vhat = np.zeros(SHAPE) if amsgrad else None
+    rp, rm, rv, rvh = flat(p, m, v, vhat)
+    for t in range(1, STEPS + 2):
+        g = f(rng, *SHAPE, scale=10.0 ** (2 - 2 * t))       # shrinking: amsgrad's max matters
+        N.adam_update(p, g, m, v, 0.01, 0.8, 0.95, 1e-3, t, wd, vhat=vhat)
+        ref_adam(rp, g.reshape(-1), rm, rv, rvh, 0.01, 0.8, 0.95, 1e-3, t, wd)
+    for got, want in ((p, rp), (m, rm), (v, rv)) + (((vhat, rvh),) if amsgrad else ()):
+        np.testing.assert_allclose(got.reshape(-1), want, **F64)
+    if amsgrad:
+        assert np.all(vhat >= v) and np.any(vhat > v)
+
+
+RMS_OPTS = list(itertools.product([0.0, 0.9], [False, True], [0.0, 0.05]))
+
+
+@pytest.mark.parametrize("mu,centered,wd", RMS_OPTS)
+def test_numpy_rmsprop_is_keras(mu, centered, wd, rng):
+    p = f(rng, *SHAPE)
+    s = np.abs(f(rng, *SHAPE))
+    u = f(rng, *SHAPE, scale=0.01) if mu else None
+    mg = f(rng, *SHAPE, scale=0.01) if centered else None
+    rp, rs, ru, rmg = flat(p, s, u, mg)
+    for _ in range(STEPS):
+        g = f(rng, *SHAPE)
+        N.rmsprop_update(p, g, s, 0.01, 0.9, 1e-7, wd, u=u, momentum=mu, mg=mg)
+        ref_rmsprop(rp, g.reshape(-1), rs, ru, rmg, 0.01, 0.9, 0.1, mu, 1e-7, wd)
+    for got, want in ((p, rp), (s, rs), (u, ru), (mg, rmg)):
+        if got is not None:
+            np.testing.assert_allclose(got.reshape(-1), want, **F64)
+
+
+def test_numpy_adagrad_is_rmsprop_with_rho_and_gain_one(rng):
+    p = f(rng, *SHAPE)
+    a = np.full(SHAPE, 0.1)
+    rp, ra = flat(p, a)
+    for _ in range(STEPS):
+        g = f(rng, *SHAPE)
+        N.rmsprop_update(p, g, a, 0.1, 1.0, 1e-7, 0.01, gain=1.0)
+        ref_rmsprop(rp, g.reshape(-1), ra, None, None, 0.1, 1.0, 1.0, 0.0, 1e-7, 0.01)
+    np.testing.assert_allclose(p.reshape(-1), rp, **F64)
+    np.testing.assert_allclose(a.reshape(-1), ra, **F64)
+
+
+def test_numpy_float32_stays_float32(rng):
+    p, g = f(rng, 5, dtype=np.float32), f(rng, 5, dtype=np.float32)
+    m, v, vh = (np.zeros(5, np.float32) for _ in range(3))
+    N.adam_update(p, g, m, v, np.float64(0.01), 0.9, 0.999, 1e-7, 1, np.float64(0.1), vhat=vh)
+    s, u, mg = (np.zeros(5, np.float32) for _ in range(3))
+    N.rmsprop_update(p, g, s, 0.01, 0.9, 1e-7, 0.1, u=u, momentum=0.5, mg=mg)
+    assert {a.dtype for a in (p, m, v, vh, s, u, mg)} == {np.dtype(np.float32)}
+
+
+@pytest.mark.parametrize("call,err,match", [
+    (lambda K, a: K.sgd_update(a(), a(), None, 0.1, 0.9, False, 0.0), ValueError,
+     "sgd_update: v expected an array when momentum != 0"),
+    (lambda K, a: K.rmsprop_update(a(), a(), a(), 0.1, 0.9, 1e-7, 0.0, momentum=0.9), ValueError,
+     "rmsprop_update: u expected an array when momentum != 0"),
+    (lambda K, a: K.adam_update(a(), a(), a(), a(), 0.1, 0.9, 0.99, 1e-7, 0, 0.0), ValueError,
+     "adam_update: t expected the 1-based step >= 1, got 0"),
+    (lambda K, a: K.adam_update(a(), a(), a(), a(), 0.1, 0.9, 0.99, 1e-7, 1, 0.0, vhat=a(3)),
+     ValueError, r"adam_update: vhat .*\(4,\).*\(3,\)"),
+    (lambda K, a: K.rmsprop_update(a(), a(), a(), 0.1, 0.9, 1e-7, 0.0, mg=a(2)), ValueError,
+     r"rmsprop_update: mg .*\(4,\).*\(2,\)"),
+])
+@pytest.mark.parametrize("kset", ["numpy", "cuda"])
+def test_bad_arguments_name_the_op(kset, call, err, match):
+    K = _set(kset)
+
+    def a(n=4):
+        return K.asarray(np.ones(n, np.float32))
+
+    with pytest.raises(err, match=match):
+        call(K, a)
+
+
+# ------------------------------------------------------------------ the cuda set against NumPy
+
+def _set(name):
+    if name == "numpy":
+        return N
+    try:
+        return load_set("cuda")
+    except Exception as e:  # noqa: BLE001 - the cuda set is not usable here
+        pytest.skip(f"the cuda kernel set is not usable here: {type(e).__name__}: {e}")
+
+
+@pytest.fixture
+def C():
+    cset = _set("cuda")
+    from gpucnn.kernels.cuda_set import _launch, simulate
+
+    if _launch.launch_path() == "sim":
+        with simulate.small_launches():
+            yield cset
+    else:
+        yield cset
+
+
+def _both(C, arrays):
+    """The arrays for the cuda set (copies on it) and for the NumPy set (copies)."""
+    return ([None if a is None else C.asarray(a.copy()) for a in arrays],
+            [None if a is None else a.copy() for a in arrays])
+
+
+def _close(C, got, want, what, dtype):
+    tol = dict(rtol=2e-6, atol=1e-7) if dtype == np.float32 else F64
+    for i, (a, b) in enumerate(zip(got, want)):
+        if b is not None:
+            np.testing.assert_allclose(C.to_host(a), b, err_msg=f"{what}: array {i}", **tol)
+
+
+@pytest.mark.parametrize("mu,nesterov,wd", SGD_OPTS)
+def test_cuda_sgd_matches_numpy(C, mu, nesterov, wd, rng):
+    (pc, vc), (pn, vn) = _both(C, [f(rng, *SHAPE, dtype=np.float32),
+                                   f(rng, *SHAPE, dtype=np.float32, scale=0.1) if mu else None])
+    for _ in range(STEPS):
+        g = f(rng, *SHAPE, dtype=np.float32)
+        C.sgd_update(pc, C.asarray(g), vc, 0.05, mu, nesterov, wd)
+        N.sgd_update(pn, g, vn, 0.05, mu, nesterov, wd)
+    _close(C, [pc, vc], [pn, vn], f"sgd mu={mu} nesterov={nesterov} wd={wd}", np.float32)
+
+
+@pytest.mark.parametrize("amsgrad,wd", ADAM_OPTS)
+def test_cuda_adam_matches_numpy(C, amsgrad, wd, rng):
+    z = np.zeros(SHAPE, np.float32)
+    (pc, mc, vc, hc), (pn, mn, vn, hn) = _both(C, [f(rng, *SHAPE, dtype=np.float32), z, z,
+                                                   z if amsgrad else None])
+    for t in range(1, STEPS + 2):
+        g = f(rng, *SHAPE, dtype=np.float32, scale=10.0 ** (2 - 2 * t))
+        C.adam_update(pc, C.asarray(g), mc, vc, 0.01, 0.8, 0.95, 1e-3, t, wd, vhat=hc)
+        N.adam_update(pn, g, mn, vn, 0.01, 0.8, 0.95, 1e-3, t, wd, vhat=hn)
+    _close(C, [pc, mc, vc, hc], [pn, mn, vn, hn], f"adam amsgrad={amsgrad} wd={wd}", np.float32)
+
+
+@pytest.mark.parametrize("mu,centered,wd", RMS_OPTS)
+def test_cuda_rmsprop_matches_numpy(C, mu, centered, wd, rng):
+    arrays = [f(rng, *SHAPE, dtype=np.float32), np.abs(f(rng, *SHAPE, dtype=np.float32)),
+              f(rng, *SHAPE, dtype=np.float32, scale=0.01) if mu else None,
+              f(rng, *SHAPE, dtype=np.float32, scale=0.01) if centered else None]
+    (pc, sc, uc, mc), (pn, sn, un, mn) = _both(C, arrays)
+    for _ in range(STEPS):
+        g = f(rng, *SHAPE, dtype=np.float32)
+        C.rmsprop_update(pc, C.asarray(g), sc, 0.01, 0.9, 1e-7, wd, u=uc, momentum=mu, mg=mc)
+        N.rmsprop_update(pn, g, sn, 0.01, 0.9, 1e-7, wd, u=un, momentum=mu, mg=mn)
+    _close(C, [pc, sc, uc, mc], [pn, sn, un, mn], f"rmsprop mu={mu} centered={centered} wd={wd}",
+           np.float32)
+
+
+def test_cuda_adagrad_and_float64_match_numpy(C, rng):
+    (pc, ac), (pn, an) = _both(C, [f(rng, *SHAPE), np.full(SHAPE, 0.1)])
+    for _ in range(STEPS):
+        g = f(rng, *SHAPE)
+        C.rmsprop_update(pc, C.asarray(g), ac, 0.1, 1.0, 1e-7, 0.01, gain=1.0)
+        N.rmsprop_update(pn, g, an, 0.1, 1.0, 1e-7, 0.01, gain=1.0)
+    _close(C, [pc, ac], [pn, an], "adagrad float64", np.float64)
+    assert C.to_host(pc).dtype == np.float64
+
+
+def test_cuda_leaves_g_and_absent_slots_alone(C, rng):
+    """g is read only; with momentum 0 a given u is neither read nor written (NaN stays NaN),
+    and a non-contiguous parameter is updated in place through its view."""
+    p = f(rng, 8, 6, dtype=np.float32)
+    g = f(rng, 4, 6, dtype=np.float32)
+    s = np.abs(f(rng, 4, 6, dtype=np.float32))
+    u = np.full((4, 6), np.nan, np.float32)
+    pc, gc, sc, uc = C.asarray(p.copy()), C.asarray(g.copy()), C.asarray(s.copy()), C.asarray(u)
+    view_c, view_n = pc[::2], p.copy()[::2]
+    sn = s.copy()
+    C.rmsprop_update(view_c, gc, sc, 0.01, 0.9, 1e-7, 0.1, u=uc, momentum=0.0)
+    N.rmsprop_update(view_n, g, sn, 0.01, 0.9, 1e-7, 0.1)
+    np.testing.assert_allclose(C.to_host(pc)[::2], view_n, rtol=2e-6, atol=1e-7)
+    np.testing.assert_array_equal(C.to_host(pc)[1::2], p[1::2])
+    np.testing.assert_array_equal(C.to_host(gc), g)
+    assert np.isnan(C.to_host(uc)).all()
