@@ -66,10 +66,18 @@ def _fraction(text):
 positive_int, positive_float, fraction = _positive_int, _positive_float, _fraction
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` after a help line, unless the line says its default already."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser(name, description, *, epochs, batch_size, data_help):
     """The common command line of the examples; each script may add its own options."""
-    p = Parser(prog=f"{name}.py", description=description,
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog=f"{name}.py", description=description, formatter_class=_Formatter)
     p.add_argument("--backend", default=os.environ.get("GPUCNN_BACKEND") or "auto",
                    help="kernel set: auto (CUDA when a GPU is usable, else NumPy), numpy or cuda")
     p.add_argument("--epochs", type=_positive_int, default=epochs, help="training epochs")
@@ -80,21 +88,52 @@ def parser(name, description, *, epochs, batch_size, data_help):
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the initial weights, the shuffling, the split and dropout")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
-                   help="use at most N training and N test images (quick runs)")
+                   help="use at most N training and N test images (quick runs) (default: all)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="fit() output: 0 silent, 1 progress bar, 2 one line per epoch")
+    p.add_argument("--distributed", action="store_true",
+                   help="train on every process of an MPI job, each on its share of every "
+                        "batch: mpiexec -n 2 python <script> --distributed (rank 0 prints and "
+                        "draws)")
     return p
 
 
 def start(args, prog):
-    """Select the backend and seed everything; a bad backend ends the script with one line."""
+    """Select the backend and seed everything; a bad backend ends the script with one line.
+    With ``--distributed``, join the MPI job first (each rank takes its GPU before the backend
+    starts); ranks other than 0 print nothing from then on."""
     try:
-        name = gpucnn.set_backend(args.backend)
+        if getattr(args, "distributed", False):
+            from gpucnn import distributed
+
+            distributed.init(backend=args.backend)
+            if not distributed.is_main():
+                sys.stdout = open(os.devnull, "w")
+            name = gpucnn.get_backend()
+        else:
+            name = gpucnn.set_backend(args.backend)
+    except ImportError as e:
+        fail(prog, f"--distributed: {e}")
     except (ValueError, RuntimeError) as e:
         fail(prog, f"--backend {args.backend}: {e}")
     gpucnn.manual_seed(args.seed)
-    print(f"backend: {name}")
+    print(f"backend: {name}" + (f", rank 0 of {_ranks()} (MPI)" if getattr(
+        args, "distributed", False) else ""))
     return name
+
+
+def _ranks():
+    from gpucnn import distributed
+
+    return distributed.size()
+
+
+def main_rank() -> bool:
+    """Whether this process draws and writes: rank 0 of a ``--distributed`` job, or the only
+    process."""
+    from gpucnn import parallel
+
+    return parallel.is_main()
 
 
 class Data:
@@ -229,8 +268,12 @@ def classifier_report(model, data, batch_size):
 
 
 def cnn_pictures(model, data, history, predicted, out, first_conv, title):
-    """Curves, first-layer filters, feature maps of one test image, confusion matrix."""
+    """Curves, first-layer filters, feature maps of one test image, confusion matrix (none on
+    the ranks other than 0 of a ``--distributed`` job: rank 0 draws)."""
     from gpucnn import plots, zoo
+
+    if not main_rank():
+        return []
 
     paths = [plots.curves(history, out / "curves.png", title=title)]
     kernel = model.get_layer(first_conv).kernel.numpy()

@@ -1,4 +1,4 @@
-"""Check the numbers of issue 5 by running the example scripts as a user would, and print them.
+"""Check the accuracies gpucnn promises by running the example scripts as a user would.
 
     python examples/accuracy_report.py [--mnist DIR] [--seeds 0 1 2] [--backend numpy]
 
@@ -65,12 +65,17 @@ class Report:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="accuracy_report.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     default_mnist = os.environ.get("GPUCNN_MNIST_DIR") or str(
         HERE.parent.parent / "shared" / "data" / "mnist")
-    p.add_argument("--mnist", default=default_mnist, help="folder with the MNIST test split")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--backend", default="numpy")
+    p.add_argument("--mnist", default=default_mnist, metavar="DIR",
+                   help="folder with the MNIST test split (t10k-images-idx3-ubyte.gz and "
+                        "t10k-labels-idx1-ubyte.gz); $GPUCNN_MNIST_DIR sets the default")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED",
+                   help="seeds to train each network with; every seed must reach the number")
+    p.add_argument("--backend", default="numpy", choices=("auto", "numpy", "cuda"),
+                   help="kernel set the example scripts train on")
     args = p.parse_args(argv)
     seeds = args.seeds
     rep = Report()

@@ -60,6 +60,8 @@ def main(argv=None):
     print(f"test MSE against the clean images: noisy input {mse_noisy:.4f}, reconstruction "
           f"{mse_recon:.4f} ({mse_recon / mse_noisy:.2f} of the noisy input's)")
 
+    if not _common.main_rank():
+        return                             # rank 0 draws for a --distributed job
     paths = [
         plots.curves(history, out / "curves.png", title="denoising autoencoder (MSE)"),
         plots.reconstructions({"input": data.x_test, "noisy input": noisy_test,

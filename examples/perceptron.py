@@ -62,6 +62,8 @@ def main(argv=None):
     print(f"test loss {loss:.4f}  test accuracy {100 * acc:.2f}% "
           f"({int((predicted == data.y_test).sum()):,} of {len(predicted):,} right)")
     w = model.get_layer("neuron").kernel.numpy()[:, 0]
+    if not _common.main_rank():
+        return                             # rank 0 draws for a --distributed job
     _common.saved([
         plots.curves(history, out / "curves.png", title="perceptron, 0 vs 1"),
         plots.weights_image(w, (side, side), out / "weights.png",

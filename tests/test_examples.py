@@ -80,7 +80,8 @@ def test_example_trains_on_the_embedded_digits_and_saves_its_pictures(script, tm
 def mnist_dir():
     d = os.environ.get("GPUCNN_MNIST_DIR")
     if not d:
-        pytest.skip("GPUCNN_MNIST_DIR is not set (CI sets it to the shared MNIST test split)")
+        pytest.skip("GPUCNN_MNIST_DIR is not set: run `python -m gpucnn.datasets fetch mnist` and set "
+                    "it to the folder printed (CI sets it to the shared MNIST test split)")
     assert (Path(d) / "t10k-images-idx3-ubyte.gz").is_file(), f"GPUCNN_MNIST_DIR={d} has no MNIST"
     return str(Path(d).resolve())           # the examples run from another folder
 

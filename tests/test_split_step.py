@@ -1,4 +1,4 @@
-"""Training steps split over parts of the batch (gpucnn.models._step, _workers): on threads and on
+"""Training steps split over parts of the batch (gpucnn.parallel: step, forked): on threads and on
 forked worker processes the loss and gradients equal those of the whole step (dropout included),
 fit gives the same weights, worker failures and a non-finite loss surface in the parent, and the
 workers follow a model changed between epochs."""
@@ -10,9 +10,11 @@ import pytest
 import gpucnn
 from gpucnn import callbacks, layers, models, optimizers
 from gpucnn.kernels import numpy_set
-from gpucnn.models import NonFiniteLossError, _step, _workers
+from gpucnn.models import NonFiniteLossError
+from gpucnn.parallel import forked
+from gpucnn.parallel import step as _step
 
-PROCESSES = _workers.available(numpy_set)
+PROCESSES = forked.available(numpy_set)
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +95,7 @@ def test_process_split_equals_whole_step(rng, seed):
     x, y = data(rng, 9)
     want = _whole_step(model, x, y)
     params = model.trainable_weights
-    procs = _workers.ProcessSteps(model, params, 9, x.shape[1:], x.dtype, (), y.dtype, (4,),
+    procs = forked.start(model, params, 9, x.shape[1:], x.dtype, (), y.dtype, (4,),
                                   np.float32, True, True, 3)
     try:
         assert len(procs.workers) == 2
@@ -131,13 +133,13 @@ def _fit_weights(rng_seed, threads, monkeypatch, epochs=2, **kw):
 @pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
 def test_fit_on_processes_matches_fit_on_one_core(monkeypatch):
     steps = []
-    real_step = _workers.ProcessSteps.step
+    real_step = forked.WorkerSet.step
 
     def counting(self, xb, yb, rows=None):
         steps.append(xb.shape[0] if rows is None else len(rows))
         return real_step(self, xb, yb, rows)
 
-    monkeypatch.setattr(_workers.ProcessSteps, "step", counting)
+    monkeypatch.setattr(forked.WorkerSet, "step", counting)
     split_w, split_h = _fit_weights(1, 2, monkeypatch)
     assert steps == [8] * 10                                # every step ran on the workers
     whole_w, whole_h = _fit_weights(1, 1, monkeypatch)
@@ -193,19 +195,19 @@ def test_workers_follow_a_layer_frozen_between_epochs(rng):
     model = net()
     x, y = data(rng, 32)
     started = []
-    real_init = _workers.ProcessSteps.__init__
+    real_init = forked.WorkerSet.__init__
 
     def init(self, *a, **k):
         started.append(1)
         real_init(self, *a, **k)
 
-    _workers.ProcessSteps.__init__ = init
+    forked.WorkerSet.__init__ = init
     try:
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[_Freeze()])
         frozen = [w.copy() for w in model.layers[0].get_weights()]
         model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     finally:
-        _workers.ProcessSteps.__init__ = real_init
+        forked.WorkerSet.__init__ = real_init
     assert len(started) == 2                      # one set of workers per fit call
     for a, b in zip(model.layers[0].get_weights(), frozen):
         np.testing.assert_array_equal(a, b)       # the frozen layer did not move in the workers
@@ -272,8 +274,8 @@ def test_workers_outlive_fit_one_set_per_process(rng):
     live = [w.pid for w in a._fit_workers.workers]
     del a, first
     gc.collect()
-    assert _workers._pending                               # queued by the finalizer, no I/O
-    _workers.drain()                                       # (the next fit does this too)
+    assert forked._pending                               # queued by the finalizer, no I/O
+    forked.drain()                                       # (the next fit does this too)
     assert not any(_pid_alive(p) for p in live)           # gone with their model
 
 
@@ -301,7 +303,7 @@ def test_idle_workers_poll_briefly_then_sleep(rng):
 
     x, y, a = _trained_on_workers(rng)
     pid = a._fit_workers.workers[0].pid
-    time.sleep(_workers.SPIN_NEXT + 0.1)
+    time.sleep(forked.SPIN_NEXT + 0.1)
     c0 = _cpu_seconds(pid)
     time.sleep(0.5)
     assert _cpu_seconds(pid) - c0 < 0.05
@@ -386,5 +388,5 @@ def test_workers_of_a_collected_model_end_when_the_next_fit_starts_workers(rng):
     gc.collect()
     b = net()
     b.fit(x, y, batch_size=8, verbose=0)
-    assert not any(_pid_alive(p) for p in live) and not _workers._pending
+    assert not any(_pid_alive(p) for p in live) and not forked._pending
     b.release_workers()

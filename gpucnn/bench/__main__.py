@@ -111,11 +111,11 @@ def main(argv=None) -> int:
     if backend.has("allocator"):
         out.append(f"- Memory allocator: {ks.allocator_note()}")
     if name == "numpy":
-        from gpucnn.models import _workers
+        from gpucnn.parallel import forked
 
         how = (f"fit splits each training step over {threads} processes (the caller and "
                f"{threads - 1} forked worker(s), BLAS single-threaded)"
-               if threads > 1 and _workers.available(ks) else "fit runs each step whole")
+               if threads > 1 and forked.available(ks) else "fit runs each step whole")
         out.append(f"- gpucnn parallelism: {how}; predict and the per-op kernels split large "
                    f"batches over {threads} thread(s); PyTorch: {threads} intra-op thread(s)")
     print("\n".join(out), flush=True)

@@ -10,7 +10,7 @@ eval mode under ``no_grad`` for inference. Both report seconds per step (per bat
 Peak memory (host): each side trains a few steps in a fresh process and reports the growth of
 its resident set over them (``VmHWM`` after resetting it through ``/proc/self/clear_refs``, minus
 the resident set before the first step) -- for gpucnn plus the growth each of its worker
-processes reports (``gpucnn.models._workers``: its peak resident set less the one it started
+processes reports (``gpucnn.parallel.forked``: its peak resident set less the one it started
 with) -- and for gpucnn also the peak of the calling process's NumPy allocations under
 ``tracemalloc``. On a GPU: CuPy's memory pool after a step (it keeps every block it
 allocated) and PyTorch's ``max_memory_allocated``.
@@ -206,10 +206,10 @@ def measure_memory_here(model_name, batch, side, threads, backend_name, steps=3)
     run()
     out = {"rss": (_status_kb("VmHWM") - rss0) * 1024, "hwm_reset": reset}
     if side == "gpucnn":
-        from gpucnn.models import _workers
+        from gpucnn.parallel import forked
 
         model._stop_workers()                 # the workers report their growth as they end
-        workers = [g for g in _workers.last_growth if g >= 0]
+        workers = [g for g in forked.last_growth if g >= 0]
         out["workers"] = len(workers)
         out["rss"] += sum(workers)            # the worker processes' own growth
         import tracemalloc

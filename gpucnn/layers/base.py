@@ -75,6 +75,11 @@ class Layer:
     """
 
     _wrap_build = True
+    #: Whether each sample's output depends on that sample alone, in training too (random masks
+    #: drawn through ``gpucnn.functional._split``): ``fit`` may then compute a training step as
+    #: parts of the batch on several processes (``gpucnn.parallel``). A subclass whose ``call``
+    #: mixes the samples of a batch sets it to False.
+    per_sample = False
 
     def __init__(self, name=None, input_shape=None, trainable=True, dtype=None,
                  batch_input_shape=None, input_dim=None):
@@ -183,6 +188,7 @@ class Layer:
 
     @property
     def trainable(self) -> bool:
+        """Whether ``fit`` updates the layer's weights (setting it also sets every sublayer's)."""
         return self._trainable
 
     @trainable.setter
@@ -193,25 +199,34 @@ class Layer:
         for c in self._sublayers():
             c.trainable = value
 
-    def _named_weights(self, prefix: str = "") -> list:
+    def _named_weights(self, prefix: str = "", seen=None) -> list:
         """``[(path, Tensor, trainable)]``: own weights as ``<prefix><name>/<short>``, then the
-        sublayers' under ``<prefix><name>/``."""
-        out = [(f"{prefix}{self.name}/{short}", t, flag and self._trainable)
-               for short, t, flag in self._weights]
+        sublayers' under ``<prefix><name>/``. A weight reached twice (a layer used twice, as
+        Keras allows) is listed once, under its first path: it is counted, saved and updated
+        once, with the gradient summed over its uses (``seen`` holds the ids already listed)."""
+        seen = set() if seen is None else seen
+        out = []
+        for short, t, flag in self._weights:
+            if id(t) not in seen:
+                seen.add(id(t))
+                out.append((f"{prefix}{self.name}/{short}", t, flag and self._trainable))
         for c in self._sublayers():
-            out.extend(c._named_weights(f"{prefix}{self.name}/"))
+            out.extend(c._named_weights(f"{prefix}{self.name}/", seen))
         return out
 
     @property
     def weights(self) -> list:
+        """Every weight Tensor: the layer's own, then its sublayers'."""
         return [t for _, t, _ in self._named_weights()]
 
     @property
     def trainable_weights(self) -> list:
+        """The weights that ``fit`` updates."""
         return [t for _, t, f in self._named_weights() if f]
 
     @property
     def non_trainable_weights(self) -> list:
+        """The weights that ``fit`` leaves alone (those of frozen layers)."""
         return [t for _, t, f in self._named_weights() if not f]
 
     def get_weights(self) -> list:
@@ -235,6 +250,7 @@ class Layer:
             assign(t, a.astype(t.dtype, copy=False))
 
     def count_params(self) -> int:
+        """The number of scalars in the layer's weights (an error before the layer is built)."""
         if not self.built:
             raise ValueError(f"layer '{self.name}' ({type(self).__name__}) is not built yet, so it has "
                              "no weights to count; call it on data or build it with an input shape")
@@ -243,10 +259,12 @@ class Layer:
     # -- shapes -----------------------------------------------------------------------------
     @property
     def input_shape(self):
+        """The input shape with the batch axis as None, or None before the layer is built."""
         return None if self._in_shape is None else (None,) + self._in_shape
 
     @property
     def output_shape(self):
+        """The output shape with the batch axis as None, or None while it is unknown."""
         return self._out_shape
 
     def build(self, input_shape) -> None:
@@ -291,7 +309,10 @@ class Layer:
     # -- calling ------------------------------------------------------------------------------
     def _as_input(self, x) -> Tensor:
         if isinstance(x, (list, tuple)):
-            x = np.asarray(x, dtype=self.dtype)
+            from gpucnn.data import as_array
+
+            word = "model" if getattr(self, "_is_model", False) else "layer"
+            x = as_array(x, "x", f"{word} '{self.name}' ({type(self).__name__})", self.dtype)
         dt = getattr(x, "dtype", None)
         if dt is None or np.dtype(dt).kind not in "biuf":
             raise TypeError(f"layer '{self.name}' ({type(self).__name__}): expected a Tensor or a "
@@ -320,6 +341,7 @@ class Layer:
         return out
 
     def call(self, x, training=False):  # pragma: no cover - abstract
+        """The layer's computation on a Tensor ``x``; ``training`` is True inside ``fit``."""
         raise NotImplementedError(f"{type(self).__name__} must define call(self, x, training=False)")
 
     # -- the fused loss path: the output before a final softmax/sigmoid ------------------------
@@ -329,6 +351,71 @@ class Layer:
 
     def _call_logits(self, x, training):
         return self.call(x, training)
+
+    # -- what a training step split into parts needs (``gpucnn.parallel``) ----------------------
+    def _sample_flops(self) -> float:
+        """Forward FLOPs of one sample through the layer (0 for a layer without products)."""
+        return 0.0
+
+    def _step_keys(self) -> list:
+        """The random keys one training call of this layer draws, drawn now, in the order the
+        call would draw them; a split step draws them before its parts run."""
+        return []
+
+    def _draws_keys(self) -> bool:
+        """Whether a training call of this layer draws random keys (``_step_keys`` not empty),
+        without drawing them."""
+        return False
+
+    # -- configuration (Keras): what whole-model saving writes as JSON ---------------------------
+    def get_config(self) -> dict:
+        """The constructor arguments that rebuild this layer, JSON-ready: ``name``,
+        ``trainable``, ``dtype``, ``input_shape`` when one was declared, and each layer's own.
+        ``type(layer).from_config(layer.get_config())`` has the same settings (fresh weights).
+        A setting that cannot be written (a custom activation function or initializer) is a
+        ValueError naming the layer."""
+        config = {"name": self.name, "trainable": self.trainable, "dtype": self.dtype.name}
+        if self._declared is not None:
+            config["input_shape"] = list(self._declared)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        """The layer ``get_config`` describes; initializers written as
+        ``{"class_name": ..., "config": ...}`` are rebuilt from ``gpucnn.initializers``."""
+        config = dict(config)
+        for key, value in config.items():
+            if key.endswith("_initializer") and isinstance(value, dict):
+                found = getattr(initializers, str(value.get("class_name")), None)
+                if not (isinstance(found, type) and issubclass(found, initializers.Initializer)):
+                    raise ValueError(f"{cls.__name__}.from_config: unknown initializer "
+                                     f"{value.get('class_name')!r} for {key}; expected a class of "
+                                     "gpucnn.initializers")
+                config[key] = found.from_config(value.get("config") or {})
+        return cls(**config)
+
+    def _activation_config(self):
+        """The name of the layer's activation, for ``get_config`` (a custom function cannot be
+        written)."""
+        from gpucnn.layers import _activations
+
+        act, names = self._act, _activations.NAMES
+        if act.name not in names or act.after not in (None, _activations._AFTER.get(act.name)):
+            raise ValueError(f"layer '{self.name}' ({type(self).__name__}): its activation "
+                             f"{self.activation!r} is a custom function, which a model file cannot "
+                             f"hold; use one of {names}, or keep the architecture in code "
+                             "and save the weights alone (save_weights)")
+        return act.name
+
+    def _initializer_config(self, attr):
+        """``{"class_name": ..., "config": ...}`` of the initializer in ``attr``, for
+        ``get_config``."""
+        init = getattr(self, attr)
+        if not isinstance(init, initializers.Initializer):
+            raise ValueError(f"layer '{self.name}' ({type(self).__name__}): its {attr} {init!r} is "
+                             "a function, which a model file cannot hold; use an initializer of "
+                             "gpucnn.initializers, or save the weights alone (save_weights)")
+        return {"class_name": type(init).__name__, "config": init.get_config()}
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r} built={self.built}>"

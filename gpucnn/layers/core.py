@@ -13,6 +13,7 @@ import math
 
 import gpucnn.functional as F
 from gpucnn import initializers
+from gpucnn import random as _random
 from gpucnn.functional import _split
 from gpucnn.functional._check import rate as _check_rate
 from gpucnn.functional.dense import Dropout as _DropoutFn
@@ -39,6 +40,12 @@ class Dense(Layer):
         self.bias_initializer = initializers.get(bias_initializer)
         self.kernel = None
         self.bias = None
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units,
+                "activation": self._activation_config(), "use_bias": self.use_bias,
+                "kernel_initializer": self._initializer_config("kernel_initializer"),
+                "bias_initializer": self._initializer_config("bias_initializer")}
 
     def _check_input(self, shape):
         if len(shape) != 2:
@@ -67,9 +74,19 @@ class Dense(Layer):
     def _final_activation(self):
         return self._act.name
 
+    @property
+    def per_sample(self) -> bool:
+        """True with a named activation (a function of your own might mix the samples)."""
+        return self._act.name in _activations.NAMES
+
+    def _sample_flops(self) -> float:
+        return 0.0 if self.kernel is None else 2.0 * self.kernel.size
+
 
 class Flatten(Layer):
     """``(batch, ...)`` to ``(batch, features)`` in C order (Keras on channels-last data)."""
+
+    per_sample = True
 
     def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)
@@ -99,6 +116,9 @@ class Dropout(Layer):
         self.seed = seed
         self._counter = 0
 
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
@@ -109,6 +129,16 @@ class Dropout(Layer):
             return F.dropout(x, self.rate, training=True)
         counter = _split.draw(self._next_counter)
         return _DropoutFn.apply(x, rate=self.rate, seed=self.seed & 0xFFFFFFFF, counter=counter)
+
+    per_sample = True             # each part of a split step takes its rows of the batch's mask
+
+    def _draws_keys(self) -> bool:
+        return self.rate != 0.0
+
+    def _step_keys(self) -> list:
+        if self.rate == 0.0:
+            return []
+        return [_random.next_dropout_key() if self.seed is None else self._next_counter()]
 
     def _next_counter(self):
         counter = self._counter
@@ -124,6 +154,9 @@ class Activation(Layer):
         self._act = _activations.get(activation, "Activation")
         self.activation = activation
 
+    def get_config(self):
+        return {**super().get_config(), "activation": self._activation_config()}
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
@@ -136,9 +169,16 @@ class Activation(Layer):
     def _final_activation(self):
         return self._act.name
 
+    @property
+    def per_sample(self) -> bool:
+        """True with a named activation (a function of your own might mix the samples)."""
+        return self._act.name in _activations.NAMES
+
 
 class Reshape(Layer):
     """Reshape each sample to ``target_shape`` (one entry may be -1)."""
+
+    per_sample = True
 
     def __init__(self, target_shape, **kwargs):
         super().__init__(**kwargs)
@@ -150,6 +190,9 @@ class Reshape(Layer):
             raise ValueError(f"Reshape: target_shape must hold positive ints and at most one -1, "
                              f"got {target_shape!r}")
         self.target_shape = t
+
+    def get_config(self):
+        return {**super().get_config(), "target_shape": list(self.target_shape)}
 
     def _resolve(self, shape):
         n = math.prod(shape[1:])
@@ -181,12 +224,17 @@ class InputLayer(Layer):
     """Declares the shape of one sample (first in a ``Sequential``); passes data through after
     checking its shape strictly."""
 
+    per_sample = True
+
     def __init__(self, input_shape=None, batch_size=None, dtype=None, name=None, shape=None, **kw):
         shape = shape if shape is not None else input_shape
         if shape is None:
             raise ValueError("InputLayer: shape is required (the shape of one sample, e.g. (32, 32, 1))")
         super().__init__(name=name, input_shape=shape, dtype=dtype, **kw)
         self.batch_size = batch_size
+
+    def get_config(self):
+        return {**super().get_config(), "batch_size": self.batch_size}
 
     def _check_input(self, shape):
         if tuple(shape[1:]) != self._declared and not (

@@ -45,7 +45,13 @@ class Sequential(Model):
         return list(self._layers)
 
     def _sublayers(self) -> list:
-        return list(self._layers)
+        """Each layer once, in order of first use (``layers`` lists a layer used twice twice)."""
+        out, seen = [], set()
+        for layer in self._layers:
+            if id(layer) not in seen:
+                seen.add(id(layer))
+                out.append(layer)
+        return out
 
     def add(self, layer) -> None:
         """Append a layer (an instance such as ``layers.Dense(10)``)."""
@@ -133,3 +139,42 @@ class Sequential(Model):
 
     def _final_activation(self):
         return self._layers[-1]._final_activation() if self._layers else None
+
+    # -- a training step split into parts (``gpucnn.parallel``) ------------------------------------
+    @property
+    def per_sample(self) -> bool:
+        """True when the model is the plain chain of its layers (``call`` not overridden) and
+        every layer is ``per_sample``."""
+        cls = type(self)
+        return (cls.call is Sequential.call and cls._call_logits is Sequential._call_logits
+                and bool(self._layers) and all(layer.per_sample for layer in self._layers))
+
+    def _sample_flops(self) -> float:
+        return sum(layer._sample_flops() for layer in self._layers)
+
+    def _step_keys(self) -> list:
+        return [key for layer in self._layers for key in layer._step_keys()]
+
+    def _draws_keys(self) -> bool:
+        return any(layer._draws_keys() for layer in self._layers)
+
+    # -- configuration (whole-model saving) ---------------------------------------------------------
+    def get_config(self) -> dict:
+        """``name``, ``trainable``, ``dtype`` and ``layers``: each layer as
+        ``{"class_name": ..., "config": ...}`` (an ``Input`` first when the model has one)."""
+        config = super().get_config()
+        config.pop("input_shape", None)          # the first layer (or the Input) declares it
+        first = [self._input_layer] if getattr(self, "_input_layer", None) is not None else []
+        config["layers"] = [{"class_name": type(layer).__name__, "config": layer.get_config()}
+                            for layer in first + self._layers]
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """The model ``get_config`` describes (fresh weights); ``custom_objects`` maps the class
+        names of your own layers to their classes."""
+        from gpucnn.models import saving
+
+        config = dict(config)
+        layers = [saving.deserialize_layer(d, custom_objects) for d in config.pop("layers", [])]
+        return cls(layers=layers, **config)

@@ -11,6 +11,7 @@ read (at every step on the NumPy backend, where reading is free, before the step
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -22,8 +23,9 @@ from gpucnn import metrics as _metrics
 from gpucnn import optimizers as _optimizers
 from gpucnn._progbar import Progbar
 from gpucnn.autograd import Tensor, no_grad
-from gpucnn.data import Batches, batch_bounds, gather
-from gpucnn.models import _step, _workers
+from gpucnn import parallel
+from gpucnn.data import Batches, as_array, batch_bounds
+from gpucnn.parallel import ranks as _ranks
 
 
 class NonFiniteLossError(FloatingPointError, ValueError):
@@ -55,7 +57,7 @@ def _data_array(a, what, op):
     if isinstance(a, Tensor):
         a = a.data
     elif isinstance(a, (list, tuple)):
-        a = np.asarray(a)
+        a = as_array(a, what, op)
     if a is None:
         raise ValueError(f"{op}: {what} is required")
     dt = getattr(a, "dtype", None)
@@ -68,6 +70,32 @@ def _data_array(a, what, op):
     if a.shape[0] == 0:
         raise ValueError(f"{op}: the dataset is empty ({what} has 0 samples, shape {tuple(a.shape)})")
     return a
+
+
+def _allocator_tuned(ks):
+    """The C allocator tuned for training while ``fit`` runs, where the kernel set offers it
+    (NumPy: freed blocks kept for the next step, put back after; see its ``_alloc``)."""
+    return ks.allocator_tuned() if backend.has("allocator") else contextlib.nullcontext()
+
+
+def _callback_list(callbacks, op) -> list:
+    """``callbacks`` as a list of Callback instances; one Callback alone is taken as a list of
+    one, as Keras does."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, _callbacks.Callback):
+        return [callbacks]
+    if isinstance(callbacks, (str, bytes, dict)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"{op}: callbacks must be a list of Callback instances (or one Callback), "
+                        f"got {type(callbacks).__name__}")
+    out = list(callbacks)
+    for i, cb in enumerate(out):
+        if not isinstance(cb, _callbacks.Callback):
+            hint = (f": pass an instance, {cb.__name__}()" if isinstance(cb, type)
+                    and issubclass(cb, _callbacks.Callback) else "")
+            raise TypeError(f"{op}: callbacks must be Callback instances; callbacks[{i}] is "
+                            f"{cb!r} ({type(cb).__name__}){hint}")
+    return out
 
 
 class _Tracker:
@@ -83,17 +111,36 @@ class _Tracker:
         self.total = 0.0
         self.count = 0
 
-    def update(self, loss_data, out_data, yb, n, host_loss=None):
+    def totals(self, yb, out_data) -> list:
+        """The metric partial sums ``[(sum, count), ...]`` of one batch."""
+        pred, logits = out_data, self.logits
+        if self.need_probs:
+            pred, logits = _probabilities(out_data, self.final), False
+        return [m.batch_total(yb, pred, logits) for m in self.metrics]
+
+    def add(self, loss_data, n, host_loss=None, totals=None):
+        """Add a batch of ``n`` samples: its loss (host float when given) and metric sums."""
         self.total = self.total + (host_loss * n if host_loss is not None else loss_data * n)
         self.count += n
-        if self.metrics:
-            pred, logits = out_data, self.logits
-            if self.need_probs:
-                pred, logits = _probabilities(out_data, self.final), False
-            for m in self.metrics:
-                s, c = m.batch_total(yb, pred, logits)
-                m._total = m._total + s
-                m._count += c
+        for m, (s, c) in zip(self.metrics, totals or ()):
+            m._total = m._total + s
+            m._count += c
+
+    def update(self, loss_data, out_data, yb, n, host_loss=None):
+        self.add(loss_data, n, host_loss, self.totals(yb, out_data) if self.metrics else None)
+
+    def summed(self, g, what) -> None:
+        """The sums of every rank of ``g`` in place of this rank's (loss, count, metrics)."""
+        ks = backend.kernels()
+        mine = [float(ks.to_host(self.total)) if not isinstance(self.total, float) else self.total,
+                self.count]
+        for m in self.metrics:
+            mine += [float(ks.to_host(m._total)) if not isinstance(m._total, (int, float))
+                     else float(m._total), m._count]
+        got = _ranks.sum_host(g, mine, what)
+        self.total, self.count = float(got[0]), int(round(got[1]))
+        for j, m in enumerate(self.metrics):
+            m._total, m._count = float(got[2 + 2 * j]), int(round(got[3 + 2 * j]))
 
     def values(self) -> dict:
         total = self.total if isinstance(self.total, float) else float(backend.kernels().to_host(self.total))
@@ -254,16 +301,22 @@ class TrainingMixin:
     def _loss_value(self, yb, out, logits):
         return self.loss.call(yb, out, logits or self.loss.from_logits)
 
-    def _eval_arrays(self, xd, yd, batch_size, logits, bar=None):
+    def _eval_arrays(self, xd, yd, batch_size, logits, bar=None, op="evaluate"):
+        """The loss and metrics over ``(xd, yd)``; with several ranks each takes its share of
+        the rows and the sums are added (exact means for any count)."""
         tracker = _Tracker(self, logits)
+        g = parallel.group()
+        lo, hi = _shard(g, xd.shape[0])
         with no_grad():
-            for i, (a, b) in enumerate(batch_bounds(xd.shape[0], batch_size)):
-                yb = yd[a:b]
-                out = self._invoke(Tensor._wrap(xd[a:b]), False, logits)
+            for i, (a, b) in enumerate(batch_bounds(hi - lo, batch_size)):
+                yb = yd[lo + a:lo + b]
+                out = self._invoke(Tensor._wrap(xd[lo + a:lo + b]), False, logits)
                 loss = self._loss_value(yb, out, logits)
                 tracker.update(loss.data, out.data, yb, b - a)
                 if bar is not None and bar.due(i + 1):
                     bar.update(i + 1, tracker.values())
+        if g is not None:
+            tracker.summed(g, f"{op}: the sum of the ranks' losses and metrics")
         return tracker.values()
 
     # -- fit -------------------------------------------------------------------------------------------
@@ -275,6 +328,7 @@ class TrainingMixin:
         self._require_compiled(op)
         batch_size = _batch_size(batch_size, op)
         verbose = _verbose(verbose, op)
+        callbacks = _callback_list(callbacks, op)
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"{op}: epochs must be an int >= 0, got {epochs!r}")
         if not 0.0 <= float(validation_split) < 1.0:
@@ -311,78 +365,86 @@ class TrainingMixin:
         batches = Batches(xd, yd, batch_size, shuffle=shuffle)
         steps = len(batches)
         history = _callbacks.History()
-        cbs = _callbacks.CallbackList(list(callbacks or []) + [history], self,
+        if not parallel.is_main():         # several ranks: writers run on rank 0, nothing prints
+            callbacks = [cb for cb in callbacks if not cb.main_rank_only]
+            verbose = 0
+        cbs = _callbacks.CallbackList(callbacks + [history], self,
                                       {"epochs": epochs, "steps": steps, "verbose": verbose})
         logits = self._fused_logits()
-        self.stop_training = False
-        self.history = history
-        cbs.call("on_train_begin", None)
-        try:
-            self._fit_epochs(batches, xv, yv, val, batch_size, logits, cbs, steps, initial_epoch,
-                             epochs, verbose, ks)
-        except BaseException:
-            self._stop_workers()           # after a failure nothing of them is trusted
-            raise
-        cbs.call("on_train_end", None)
+        tracker = _Tracker(self, logits)
+        settings = {"batch_size": batch_size, "epochs": int(epochs),
+                    "initial_epoch": int(initial_epoch), "shuffle": bool(shuffle),
+                    "x": [int(xd.shape[0]), list(xd.shape[1:]), str(xd.dtype)],
+                    "y": [list(yd.shape[1:]), str(yd.dtype)],
+                    "validation": None if xv is None else [int(xv.shape[0]), list(xv.shape[1:])],
+                    "backend": backend.get_backend(), "loss": repr(self.loss),
+                    "optimizer": repr(self.optimizer), "metrics": self.metrics_names,
+                    "weights": [list(t.shape) for t in self.weights],
+                    "batch-level callbacks": bool(cbs.batch_begin or cbs.batch_end)}
+        # the allocator is tuned before the runner forks its workers, which inherit it
+        with _allocator_tuned(ks):
+            runner = parallel.runner_for(
+                self, ks, logits=logits, totals=tracker.totals if tracker.metrics else None,
+                metrics=len(tracker.metrics), steps=steps,
+                largest=max(b - a for a, b in batches.bounds), x=xd, y=yd,
+                batch_hooks=bool(cbs.batch_begin or cbs.batch_end), op=op, settings=settings)
+            self.stop_training = False
+            self.history = history
+            try:
+                with _ranks.quiet():
+                    cbs.call("on_train_begin", None)
+                    self._fit_epochs(batches, xv, yv, val, batch_size, logits, cbs, steps,
+                                     initial_epoch, epochs, verbose, ks, runner)
+                    cbs.call("on_train_end", None)
+            except BaseException:
+                runner.close(failed=True)      # after a failure nothing of its workers is trusted
+                raise
+            runner.close()
         return history
 
     def _fit_epochs(self, batches, xv, yv, val, batch_size, logits, cbs, steps, initial_epoch,
-                    epochs, verbose, ks):
+                    epochs, verbose, ks, runner):
         for epoch in range(int(initial_epoch), epochs):
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}")
             cbs.call("on_epoch_begin", epoch, None)
             bar = Progbar(steps, verbose)
             try:
-                with _step.session(ks):
-                    logs = self._fit_epoch(batches, logits, bar, cbs, epoch, epochs)
+                with parallel.session(ks):
+                    logs = self._fit_epoch(batches, logits, bar, cbs, epoch, epochs, runner)
                     if val is not None:
-                        vlogs = self._eval_arrays(xv, yv, batch_size, logits)
+                        vlogs = self._eval_arrays(xv, yv, batch_size, logits,
+                                                  op="fit (validation)")
                         logs.update({f"val_{k}": v for k, v in vlogs.items()})
             except BaseException:
                 bar.abort()
                 raise
             bar.finish(logs)
             cbs.call("on_epoch_end", epoch, logs)
+            self.stop_training = parallel.any_rank(
+                self.stop_training, f"fit: whether a rank stops (end of epoch {epoch + 1})")
             if self.stop_training:
                 break
 
-    def _fit_epoch(self, batches, logits, bar, cbs, epoch, epochs):
+    def _fit_epoch(self, batches, logits, bar, cbs, epoch, epochs, runner):
         params = self.trainable_weights
         opt = self.optimizer
         tracker = _Tracker(self, logits)
         xe, ye, order = batches.epoch_plan()      # host data: gathered batch by batch
         begin, end = cbs.batch_begin, cbs.batch_end
-        ks = backend.kernels()
-        per_sample = _step.sample_flops(self)
-        need_out = bool(tracker.metrics)
-        procs = self._process_steps(ks, per_sample, batches, xe, ye, params, logits, need_out,
-                                    batch_hooks=bool(begin or end))
         checked = 0
         step = 0
-        xbuf = None
         for step, (a, b) in enumerate(batches.bounds, 1):
             for cb in begin:
                 cb.on_train_batch_begin(step - 1, None)
-            if procs is not None and _step.parts_for(ks, per_sample, b - a,
-                                                     _step.PROCESS_MIN_FLOPS) > 1:
-                if order is None:
-                    yb = ye[a:b]
-                    loss, out, lv = procs.step(xe[a:b], yb)
-                else:
-                    yb = ye[order[a:b]]
-                    loss, out, lv = procs.step(xe, ye, order[a:b])
+            if order is None:
+                loss, lv, totals = runner.step(xe[a:b], ye[a:b])
             else:
-                if order is not None and (xbuf is None or len(xbuf) < b - a):
-                    xbuf = np.empty((b - a,) + xe.shape[1:], xe.dtype)    # reused every step
-                xb, yb = gather(xe, ye, order, a, b, xbuf)
-                parts = _step.parts_for(ks, per_sample, b - a)
-                loss, out, lv = _step.forward_backward(self, xb, yb, logits, params,
-                                                       parts, need_out)
+                loss, lv, totals = runner.step(xe, ye, order[a:b])
             if lv is not None and not math.isfinite(lv):
                 self._non_finite(lv, epoch, epochs, step, len(batches.bounds), checked, True)
             opt.apply_gradients(params)
-            tracker.update(loss, out, yb, b - a, lv)
+            tracker.add(loss, b - a, lv, totals)
             if end or bar.due(step):
                 logs = tracker.values()
                 if not math.isfinite(logs["loss"]):
@@ -392,6 +454,10 @@ class TrainingMixin:
                 bar.update(step, logs)
                 for cb in end:
                     cb.on_train_batch_end(step - 1, logs)
+            if begin or end:               # a batch callback may stop: the same step on every rank
+                self.stop_training = parallel.any_rank(
+                    self.stop_training, f"fit: whether a rank stops (epoch {epoch + 1}, "
+                                        f"step {step})")
             if self.stop_training:
                 break
         logs = tracker.values()
@@ -399,46 +465,16 @@ class TrainingMixin:
             self._non_finite(logs["loss"], epoch, epochs, step, len(batches.bounds), checked, False)
         return logs
 
-    def _process_steps(self, ks, per_sample, batches, xe, ye, params, logits, need_out,
-                       batch_hooks):
-        """Worker processes for this epoch's steps (see ``_workers``), or None: only on Linux
-        with the NumPy backend, two or more threads, a splittable model, batches big enough, at
-        least two steps, and no batch-level callbacks (which may change the model between
-        steps). Workers outlive the fit call and serve the next epochs and calls for as long as
-        the model, its weights and the batch geometry stay the same (``_workers.fingerprint``);
-        one set of workers lives per process at most."""
-        procs = self.__dict__.get("_fit_workers")
-        if batch_hooks or len(batches.bounds) < 2 or not _workers.available(ks):
-            return None
-        largest = max(b - a for a, b in batches.bounds)
-        parts = _step.parts_for(ks, per_sample, largest, _step.PROCESS_MIN_FLOPS)
-        if parts < 2 or self.output_shape is None:
-            return None
-        config = (largest, tuple(xe.shape[1:]), str(xe.dtype), tuple(ye.shape[1:]),
-                  str(ye.dtype), logits, need_out, parts)
-        if procs is not None:
-            if procs.alive and procs.mine and procs.key == _workers.fingerprint(self, params,
-                                                                                  *config):
-                return procs                     # the same model as last time: keep them
-            self._stop_workers()
-        procs = _workers.ProcessSteps(self, params, largest, xe.shape[1:], xe.dtype, ye.shape[1:],
-                                      ye.dtype, tuple(self.output_shape[1:]), self.dtype, logits,
-                                      need_out, parts)
-        self._fit_workers = procs            # kept for the next fit call while nothing changes
-        return procs
-
     def release_workers(self) -> None:
         """End the worker processes ``fit`` keeps for this model on the NumPy backend (they
-        otherwise serve the next ``fit`` call and end with the model, when another model
-        trains, or at exit); an idle worker holds the memory of its last step. Also ends the
-        workers of models already collected (they wait for the next ``fit`` otherwise)."""
-        self._stop_workers()
-        _workers.drain()
+        otherwise serve the next ``fit`` call of the same thread and end with the model or its
+        thread, when another model trains, or at exit); an idle worker holds the memory of its
+        last step. Also ends the workers of models already collected and of threads that have
+        ended (they wait for the next ``fit`` otherwise)."""
+        parallel.release(self)
 
     def _stop_workers(self):
-        procs = self.__dict__.pop("_fit_workers", None)
-        if procs is not None:
-            procs.close()
+        parallel.forked.release(self)
 
     def _non_finite(self, value, epoch, epochs, step, steps, checked, before_update):
         where = f"epoch {epoch + 1}/{epochs}, step {step}/{steps}"
@@ -465,9 +501,11 @@ class TrainingMixin:
         x, y, _ = self._prepare(x, y, op)
         ks = backend.kernels()
         xd, yd = ks.asarray(x), ks.asarray(y)
-        bar = Progbar(len(batch_bounds(xd.shape[0], batch_size)), verbose)
+        g = _checked_group(op, batch_size=batch_size, x=[int(xd.shape[0]), list(xd.shape[1:])])
+        lo, hi = _shard(g, xd.shape[0])
+        bar = Progbar(len(batch_bounds(hi - lo, batch_size)), verbose if _ranks.is_main() else 0)
         try:
-            with _step.session(ks):
+            with parallel.session(ks):
                 logs = self._eval_arrays(xd, yd, batch_size, self._fused_logits(), bar)
         except BaseException:
             bar.abort()
@@ -480,26 +518,34 @@ class TrainingMixin:
         op = "predict"
         batch_size = _batch_size(batch_size, op)
         verbose = _verbose(verbose, op)
-        x, _, _ = self._prepare(x, None, op)
+        x, _, out_shape = self._prepare(x, None, op)
         ks = backend.kernels()
         xd = ks.asarray(x)
-        bounds = batch_bounds(xd.shape[0], batch_size)
-        bar = Progbar(len(bounds), verbose)
+        g = _checked_group(op, batch_size=batch_size, x=[int(xd.shape[0]), list(xd.shape[1:])])
+        lo, hi = _shard(g, xd.shape[0])
+        bounds = batch_bounds(hi - lo, batch_size)
+        bar = Progbar(len(bounds), verbose if _ranks.is_main() else 0)
         outs = []
         try:
-            with no_grad(), _step.session(ks):
+            with no_grad(), parallel.session(ks):
                 for i, (a, b) in enumerate(bounds):
-                    outs.append(self._invoke(Tensor._wrap(xd[a:b]), False, False).data)
+                    outs.append(self._invoke(Tensor._wrap(xd[lo + a:lo + b]), False, False).data)
                     if bar.due(i + 1):
                         bar.update(i + 1)
         except BaseException:
             bar.abort()
             raise
         bar.finish()
-        out = ks.xp.concatenate(outs) if len(outs) > 1 else outs[0]
-        return np.array(ks.to_host(out))  # a copy: never a view of the model's arrays
+        if not outs:                       # a rank with no rows (fewer samples than ranks)
+            out = np.zeros((0,) + tuple(out_shape[1:]), self.dtype)
+        else:
+            out = np.array(ks.to_host(ks.xp.concatenate(outs) if len(outs) > 1 else outs[0]))
+        if g is not None:                  # every rank returns every row
+            out = _ranks.gather_rows(g, out, xd.shape[0], lo, f"{op}: the gather of the outputs")
+        return out                         # a copy: never a view of the model's arrays
 
     def predict_on_batch(self, x):
+        """``predict`` on ``x`` taken as one batch."""
         return self.predict(x, batch_size=max(len(x), 1), verbose=0)
 
     def train_on_batch(self, x, y, return_dict=False):
@@ -510,23 +556,37 @@ class TrainingMixin:
         ks = backend.kernels()
         xd, yd = ks.asarray(x), ks.asarray(y)
         logits = self._fused_logits()
-        params = self.trainable_weights
         tracker = _Tracker(self, logits)
-        parts = _step.parts_for(ks, _step.sample_flops(self), xd.shape[0])
-        with _step.session(ks):
-            loss, out, lv = _step.forward_backward(self, xd, yd, logits, params, parts,
-                                                   bool(tracker.metrics))
+        # the step of this process alone (with several ranks too: no collective)
+        with parallel.Whole(self, logits, tracker.totals if tracker.metrics else None) as runner, \
+                parallel.session(ks):
+            loss, lv, totals = runner.step(xd, yd)
         if lv is None:
             lv = float(ks.to_host(loss))
         if not math.isfinite(lv):
             raise NonFiniteLossError(f"{op}: the loss is {lv}; the weights were not updated")
-        self.optimizer.apply_gradients(params)
-        tracker.update(loss, out, yd, xd.shape[0], lv)
+        self.optimizer.apply_gradients(runner.params)
+        tracker.add(loss, xd.shape[0], lv, totals)
         return _results(tracker.values(), return_dict)
 
     def test_on_batch(self, x, y, return_dict=False):
+        """``evaluate`` on ``x`` and ``y`` taken as one batch."""
         self._require_compiled("test_on_batch")
         return self.evaluate(x, y, batch_size=max(len(x), 1), verbose=0, return_dict=return_dict)
+
+
+def _shard(g, n):
+    """The rows ``(lo, hi)`` of ``n`` this process evaluates or predicts (all without ranks)."""
+    return (0, n) if g is None else _ranks.share(n, g.rank, g.size)
+
+
+def _checked_group(op, **settings):
+    """The group of ranks, its ranks checked to have been called with the same ``settings``; or
+    None with one process."""
+    g = parallel.group()
+    if g is not None:
+        _ranks.check_settings(g, op, settings)
+    return g
 
 
 def _results(logs, return_dict):

@@ -113,6 +113,18 @@ def single_threaded_blas():
                 _limiter = None
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has only the thread that forked: the pool's threads (and any lock another
+    thread held) stayed in the parent, so the child starts a pool of its own when it needs one."""
+    global _lock, _pool, _pool_size
+    _lock = threading.Lock()
+    _pool, _pool_size = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _get_pool(workers: int) -> ThreadPoolExecutor:
     global _pool, _pool_size
     with _lock:

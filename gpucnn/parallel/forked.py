@@ -1,5 +1,5 @@
-"""Training steps split over processes: the calling process and forked workers, each computing
-the forward and backward pass of its part of every batch (Linux, NumPy backend, ``fit``).
+"""Training steps split over processes of this machine: the calling process and forked workers,
+each computing the forward and backward pass of its part of every batch (Linux, NumPy set).
 
 Why processes and not threads: a training step is hundreds of NumPy calls with Python (layers,
 autograd) between them. Two threads split over the halves of a batch contend for the GIL between
@@ -8,39 +8,48 @@ of an idle vCPU (40-80 us); LeNet-5 at batch 32 then ran slower on two threads t
 (3.5 ms against 2.7 ms a step) and gained only 1.3x at batch 128. Two processes share nothing but
 memory: 1.9 ms at batch 32, 5.1 ms at batch 128 (PyTorch: 2.8 and 8.2 ms with two threads).
 
-How: at the start of an epoch the parameters move into anonymous shared memory (``mmap``, in
-place of each ``Tensor``'s array, values unchanged) and the process forks ``parts - 1`` workers,
-which inherit the model. Each step the parent copies each worker's rows of the batch into that
-worker's shared input buffer and sends it the step over a pipe; every process runs its part
-(``_step.run_part``: forward, loss weighted by its share of the batch, backward) on its own
-core with single-threaded kernels; the workers write their gradients, loss and outputs into shared
-buffers; the parent adds the gradients and updates the parameters in place, which the workers see
-at their next step. Dropout keys are drawn by the parent before the step and sent along, so the
-masks are those of the unsplit step (``gpucnn.functional._split``). The workers outlive the epoch and
-the ``fit`` call and serve the next ones while the model stays the same (``fingerprint``: the
-layers and their settings, the weights' identity, memory and trainable flags, the loss, the
-batch geometry); otherwise they are replaced. One set lives per process at most; it ends when
-another model trains, a step fails, ``Model.release_workers()`` is called, or the interpreter
-exits. When its model is collected the set is only queued (a finalizer may run inside any code
-the garbage collector interrupts, so it makes no system call) and ends at the next ``fit`` that
-starts workers, or at exit. Keeping them saves each ``fit`` call the fork and the workers'
-first-touch page faults (15-25 ms measured). The parameters stay in the shared memory, which is
-ordinary memory to NumPy.
+How: the parameters move into anonymous shared memory (``mmap``, in place of each ``Tensor``'s
+array, values unchanged) and the process forks ``parts - 1`` workers, which inherit the model.
+Each step the parent copies each worker's rows of the batch into that worker's shared input
+buffer and sends it the step over a pipe; every process runs its part (``step.run_part``) on its
+own core with single-threaded kernels; the workers write their gradients, loss and outputs into
+shared buffers; the parent adds the gradients and updates the parameters in place, which the
+workers see at their next step. Dropout keys are drawn by the parent before the step and sent
+along (``gpucnn.functional._split``).
 
-The worker is a fork of a process that may have threads (the kernel pool, OpenBLAS's pool); it
-only ever runs gpucnn's step on NumPy and single-threaded BLAS (glibc's allocator and OpenBLAS
-reset their state across ``fork``), ignores SIGINT (the parent stops it) and leaves through
-``os._exit``. A worker's exception comes back as its traceback and is raised in the parent.
+Lifetime. A set of workers (``WorkerSet``) belongs to the thread that forked it and serves one
+training call at a time (a lease); it is kept on its model (``model._fit_workers``) and serves
+the next epochs and ``fit`` calls of that thread while the model stays the same
+(``fingerprint``: the layers and their settings, the weights' identity, memory and trainable
+flags, the loss, the batch geometry); otherwise it is replaced. One set lives per process at
+most; it ends when another model trains, a step fails, ``Model.release_workers()`` is called,
+its thread ends, or the interpreter exits. When its model is collected the set is only queued
+(a finalizer may run inside any code the garbage collector interrupts, so it makes no system
+call) and ends at the next ``fit`` that starts workers, at ``release_workers()``, or at exit.
+Keeping them saves each ``fit`` call the fork and the workers' first-touch page faults (15-25 ms
+measured). The parameters stay in the shared memory, which is ordinary memory to NumPy.
+
+Safety. Workers are forked only while no other thread of the process is inside a gpucnn call
+(``_calls``); a concurrent call runs its steps in its own process, so two calls never share a
+set or a pipe. Each worker closes the pipe ends it inherited from other workers, asks the kernel
+to kill it when the thread that forked it ends (Linux's parent-death signal,
+``prctl(PR_SET_PDEATHSIG, SIGKILL)``: a SIGKILL of the parent takes the workers with it), and
+checks the parent's pid while it waits. The worker is a fork of a process that may have threads
+(the kernel pool, OpenBLAS's pool); it only ever runs gpucnn's step on NumPy and single-threaded
+BLAS, ignores SIGINT (the parent stops it) and leaves through ``os._exit``. A worker's exception
+comes back as its traceback and is raised in the parent.
 """
 from __future__ import annotations
 
 import atexit
+import ctypes
 import gc
 import math
 import mmap
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -51,7 +60,9 @@ import numpy as np
 
 from gpucnn.autograd import Tensor
 from gpucnn.kernels import has
-from gpucnn.models import _step
+from gpucnn.parallel import _calls
+from gpucnn.parallel import step as _step
+from gpucnn.parallel.local import Whole
 
 _ALIGN = 64
 # Seconds a process polls before it blocks: the parent for a worker's answer (a step's part
@@ -59,6 +70,9 @@ _ALIGN = 64
 # (which follows after the optimizer's update, unless the epoch or fit call has ended).
 SPIN_REPLY = 0.05
 SPIN_NEXT = 0.005
+# Seconds between a blocked worker's checks that its parent still runs.
+PARENT_CHECK = 0.25
+_PR_SET_PDEATHSIG = 1
 
 
 def available(ks) -> bool:
@@ -105,23 +119,29 @@ def _simple(obj) -> tuple:
 def fingerprint(model, params, *config) -> tuple:
     """What a set of workers was forked with: when it changes (a layer frozen between epochs, a
     weight replaced, another batch size), the workers are started afresh."""
-    layers = _step.leaf_layers(model)
     return (config, type(model.loss), _simple(model.loss),
-            tuple((id(layer), type(layer), _simple(layer)) for layer in layers),
+            tuple((id(layer), type(layer), _simple(layer)) for layer in _step.leaves(model)),
             tuple((id(t), t.data.ctypes.data, t.shape, str(t.dtype), t.requires_grad)
                   for t in model.weights),
             tuple(id(p) for p in params))
 
 
-class ProcessSteps:
+# Every pipe end this process holds to a worker, so that a new worker can close the ones it
+# inherits (a worker holding another's pipe would keep that pipe open after the parent died).
+_ends: "weakref.WeakSet" = weakref.WeakSet()
+_sets: "weakref.WeakSet" = weakref.WeakSet()         # every live WorkerSet of this process
+
+
+class WorkerSet:
     """``parts`` processes computing each step of ``model``'s training (the calling process and
-    ``parts - 1`` forked workers); ``close()`` stops the workers."""
+    ``parts - 1`` forked workers); ``close()`` stops the workers. Made only by ``start``."""
 
     def __init__(self, model, params, max_batch, x_tail, x_dtype, y_tail, y_dtype, out_tail,
                  out_dtype, logits, need_out, parts):
         self.model, self.params, self.logits, self.need_out = model, params, logits, need_out
-        self.layers = _step.leaf_layers(model)
         self.parts = parts
+        self.thread = threading.current_thread()
+        self.lessee = None                  # the thread whose training call uses the set now
         share = max_batch - max_batch // parts          # the largest part a worker gets
         weights = model.weights                         # all of them: a callback may set any
         self.weights = _Shared([(t.shape, t.dtype) for t in weights])
@@ -132,11 +152,7 @@ class ProcessSteps:
                                tuple(y_tail), str(y_dtype), logits, need_out, parts)
         self.workers = []
         self._own = None                      # this process's gather buffers (x, y)
-        drain()                               # sets of collected models end here
-        global _current
-        previous = _current() if _current is not None else None
-        if previous is not None:
-            previous.close()                  # one set of workers per process at most
+        self._owner = os.getpid()
         try:
             for _ in range(parts - 1):
                 self.workers.append(self._spawn(share, x_tail, x_dtype, y_tail, y_dtype,
@@ -144,9 +160,8 @@ class ProcessSteps:
         except BaseException:
             self.close()
             raise
-        _current = weakref.ref(self)
+        _sets.add(self)
         # when this object goes (its model went), its workers are queued for drain()
-        self._owner = os.getpid()
         self._finalizer = weakref.finalize(self, _defer, [(w.conn, w.pid) for w in self.workers],
                                            self._owner)
 
@@ -169,6 +184,12 @@ class ProcessSteps:
         """Whether this process started the workers (a forked copy of it must start its own)."""
         return getattr(self, "_owner", None) == os.getpid()
 
+    @property
+    def ours(self) -> bool:
+        """Whether the calling thread may use the set: this process and this thread forked it
+        (the workers die with that thread)."""
+        return self.mine and self.thread is threading.current_thread()
+
     def __deepcopy__(self, memo):
         # a copied model (copy.deepcopy) starts without workers: these belong to the original
         return None
@@ -185,6 +206,8 @@ class ProcessSteps:
         shared = _Shared(specs)
         bufs = shared.arrays[:5] + [shared.arrays[5:]]
         parent_end, child_end = Pipe()
+        parent = os.getpid()
+        prctl = _find_prctl()
         sys.stdout.flush()
         sys.stderr.flush()
         with warnings.catch_warnings():
@@ -192,19 +215,23 @@ class ProcessSteps:
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
         if pid == 0:                                             # the worker
-            # Every object inherited from the parent goes to the collector's permanent
-            # generation: otherwise each collection walks (and so copies, page by page) the
-            # parent's whole heap -- measured 8% slower steps in a process that had imported
-            # PyTorch.
-            gc.freeze()
             code = 1
             try:
+                _die_with_parent(parent, prctl)
+                # Every object inherited from the parent goes to the collector's permanent
+                # generation: otherwise each collection walks (and so copies, page by page) the
+                # parent's whole heap -- measured 8% slower steps in a process that had imported
+                # PyTorch.
+                gc.freeze()
                 parent_end.close()
-                code = _worker_loop(child_end, self.model, self.params, self.logits,
+                for end in list(_ends):          # other workers' pipes: not this worker's
+                    end.close()
+                code = _worker_loop(child_end, parent, self.model, self.params, self.logits,
                                     self.need_out, *bufs)
             finally:
                 os._exit(code)
         child_end.close()
+        _ends.add(parent_end)
         worker = _Worker(parent_end, pid, bufs)
         worker.shared = shared
         return worker
@@ -212,13 +239,13 @@ class ProcessSteps:
     # -- one step ------------------------------------------------------------------------------
     def step(self, xb, yb, rows=None):
         """Forward and backward of the batch over every process; returns what
-        ``_step.forward_backward`` returns (the gradients land in ``.grad`` when the loss is
+        ``step.forward_backward`` returns (the gradients land in ``.grad`` when the loss is
         finite). With ``rows`` (an index array) the batch is ``xb[rows], yb[rows]``, gathered
         straight into each process's buffer."""
         n = xb.shape[0] if rows is None else len(rows)
         parts = min(self.parts, n)
         bounds = [n * k // parts for k in range(parts + 1)]
-        keys = _step.predraw(self.layers)
+        keys = self.model._step_keys()
         busy = []
         for k, w in enumerate(self.workers[:parts - 1], 1):
             lo, hi = bounds[k], bounds[k + 1]
@@ -269,6 +296,7 @@ class ProcessSteps:
         finalizer = getattr(self, "_finalizer", None)
         if finalizer is not None:
             finalizer.detach()
+        _sets.discard(self)
         if getattr(self, "_owner", os.getpid()) != os.getpid():
             # a fork of the process that started them (a user's own os.fork or
             # multiprocessing): the workers belong to the parent, which keeps using them
@@ -278,7 +306,7 @@ class ProcessSteps:
         for w in self.workers:
             try:
                 w.conn.send(None)
-            except OSError:
+            except (OSError, ValueError):
                 pass
         growth = []
         for w in self.workers:
@@ -288,24 +316,58 @@ class ProcessSteps:
             except (EOFError, OSError, TypeError, ValueError):
                 pass
             _reap(w.pid)
+            _ends.discard(w.conn)
             w.conn.close()
         if self.workers:
             last_growth = growth
         self.workers = []
         self.model, self.params = None, []        # nothing keeps the model alive any more
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
-_current = None          # weak reference to the live ProcessSteps of this process, if any
-
-
+_current = None          # weak reference to the newest WorkerSet of this process, if any
 _pending = []            # (pipe end, pid) of workers whose set was collected: see drain()
+
+
+def start(model, *args):
+    """A new ``WorkerSet`` for ``model`` (arguments as ``WorkerSet``), leased to the calling
+    thread; or None when another thread of the process has a gpucnn call open (forking then
+    could copy a lock that thread holds) or the current set is in use. The previous set of the
+    process ends first: one set per process at most."""
+    global _current
+    with _calls.exclusive() as alone:
+        if not alone:
+            return None
+        previous = _current() if _current is not None else None
+        if previous is not None and not previous.workers:
+            previous = None                   # closed already
+        if previous is not None and previous.lessee is not None:
+            return None                       # a call of this thread still uses it
+        drain()                               # sets of collected models end here
+        if previous is not None:
+            previous.close()
+        made = WorkerSet(model, *args)
+        made.lessee = threading.current_thread()
+        _current = weakref.ref(made)
+        return made
+
+
+def lease(procs) -> bool:
+    """Lease ``procs`` to the calling thread's training call; False when it may not serve it
+    (another thread forked it, a call uses it, a worker died)."""
+    with _calls.exclusive():
+        if procs.lessee is not None or not procs.ours:
+            return False
+        procs.lessee = threading.current_thread()
+    if not procs.alive:
+        procs.lessee = None
+        return False
+    return True
+
+
+def give_back(procs) -> None:
+    """End the calling thread's lease of ``procs``."""
+    if procs.lessee is threading.current_thread():
+        procs.lessee = None
 
 
 def _defer(handles, owner):
@@ -318,11 +380,16 @@ def _defer(handles, owner):
 
 
 def drain() -> None:
-    """End the workers queued by collected sets (called where a set starts, and at exit)."""
+    """End the workers queued by collected sets, and the idle sets whose thread has ended (their
+    workers were killed with it; this reaps them). Called where a set starts, by
+    ``Model.release_workers()``, and at exit."""
     while _pending:
         handles = list(_pending)
         del _pending[:len(handles)]
         _stop(handles, os.getpid())
+    for procs in list(_sets):
+        if procs.mine and procs.lessee is None and not procs.thread.is_alive():
+            procs.close()
 
 
 atexit.register(drain)       # after weakref.finalize's own exit hook (registered later) runs
@@ -345,6 +412,7 @@ def _stop(handles, owner):
         except (EOFError, OSError, ValueError):
             pass
         _reap(pid)
+        _ends.discard(conn)
         try:
             conn.close()
         except OSError:
@@ -365,6 +433,10 @@ def _reply(w):
     """Wait for a worker's answer to its step: None, or the text of its exception."""
     try:
         _spin(w.conn, SPIN_REPLY)
+        while not w.conn.poll(PARENT_CHECK):
+            done, _ = os.waitpid(w.pid, os.WNOHANG)
+            if done:
+                raise EOFError
         return w.conn.recv()
     except (EOFError, OSError):
         return f"worker process {w.pid} ended without answering"
@@ -372,8 +444,6 @@ def _reply(w):
 
 def _reap(pid):
     """Wait (briefly) for a worker to exit, then kill it."""
-    import time
-
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
         try:
@@ -388,6 +458,28 @@ def _reap(pid):
         os.waitpid(pid, 0)
     except OSError:
         pass
+
+
+_prctl = []          # [libc's prctl] once looked up (in the parent: no loader call after fork)
+
+
+def _find_prctl():
+    if not _prctl:
+        try:
+            _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)
+        except (OSError, AttributeError):          # not Linux: the pid check alone
+            _prctl.append(None)
+    return _prctl[0]
+
+
+def _die_with_parent(parent: int, prctl) -> None:
+    """In a worker: have the kernel send SIGKILL when the thread that forked it ends (Linux's
+    parent-death signal), and leave at once if the parent is already gone (it died before the
+    request took hold)."""
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 #: Bytes by which each worker of the last closed set grew its resident memory (its peak resident
@@ -407,7 +499,17 @@ def _status_kb(field):
     return None
 
 
-def _worker_loop(conn, model, params, logits, need_out, x, y, out, loss, has, grads) -> int:
+def _next(conn, parent):
+    """The worker's next message, or None when the parent has gone (checked while blocked)."""
+    _spin(conn, SPIN_NEXT)
+    while not conn.poll(PARENT_CHECK):
+        if os.getppid() != parent:
+            raise EOFError
+    return conn.recv()
+
+
+def _worker_loop(conn, parent, model, params, logits, need_out, x, y, out, loss, has,
+                 grads) -> int:
     """The worker: run the parts the parent sends until it sends None (or goes away); on None it
     answers with its resident-memory growth in bytes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -418,8 +520,7 @@ def _worker_loop(conn, model, params, logits, need_out, x, y, out, loss, has, gr
     with ks.single_threaded_blas():
         while True:
             try:
-                _spin(conn, SPIN_NEXT)
-                msg = conn.recv()
+                msg = _next(conn, parent)
             except (EOFError, OSError):
                 return 0
             if msg is None:
@@ -448,3 +549,87 @@ def _worker_loop(conn, model, params, logits, need_out, x, y, out, loss, has, gr
                     conn.send(traceback.format_exc())
                 except OSError:
                     return 1
+
+
+class Forked(Whole):
+    """The runner of ``fit`` on the NumPy set with two or more kernel threads: each step whose
+    batch is large enough (``step.PROCESS_MIN_FLOPS``) runs on a ``WorkerSet``; other steps, or
+    every step when no set may serve this call, run whole (``Whole``)."""
+
+    def __init__(self, model, logits, totals, steps, largest, x, y, out_shape):
+        super().__init__(model, logits, totals, steps)
+        self.config = (largest, tuple(x.shape[1:]), x.dtype, tuple(y.shape[1:]), y.dtype,
+                       tuple(out_shape[1:]), model.dtype)
+        self.procs = None
+        try:
+            self._acquire()
+        except BaseException:
+            super().close()
+            raise
+
+    def refresh(self) -> None:
+        super().refresh()
+        self._release()
+        self._acquire()
+
+    def _acquire(self):
+        """The model's set when it still fits it, else a new one (or None: steps run whole)."""
+        largest, x_tail, x_dtype, y_tail, y_dtype, out_tail, out_dtype = self.config
+        parts = _step.parts_for(self.ks, self.per_sample, largest, _step.PROCESS_MIN_FLOPS)
+        if parts < 2:
+            return
+        model, params, need_out = self.model, self.params, self.totals is not None
+        key = fingerprint(model, params, largest, x_tail, str(x_dtype), y_tail, str(y_dtype),
+                          self.logits, need_out, parts)
+        procs = model.__dict__.get("_fit_workers")
+        if procs is not None:
+            if procs.key == key and lease(procs):
+                self.procs = procs               # the same model as last time: keep them
+                return
+            if procs.lessee is None:
+                release(model)
+        procs = start(model, params, largest, x_tail, x_dtype, y_tail, y_dtype, out_tail,
+                      out_dtype, self.logits, need_out, parts)
+        if procs is not None:
+            model._fit_workers = procs          # kept for the next fit call while nothing changes
+            self.procs = procs
+
+    def _release(self, failed=False):
+        procs, self.procs = self.procs, None
+        if procs is None:
+            return
+        give_back(procs)
+        if failed:                              # after a failure nothing of them is trusted
+            release(self.model)
+
+    def step(self, x, y, rows=None):
+        """One training step: on the worker set when the batch is large enough, else whole."""
+        self._tick()
+        procs = self.procs
+        n = x.shape[0] if rows is None else len(rows)
+        if procs is None or _step.parts_for(self.ks, self.per_sample, n,
+                                            _step.PROCESS_MIN_FLOPS) < 2:
+            return self._whole(x, y, rows)
+        loss, out, lv = procs.step(x, y, rows)
+        if self.totals is None:
+            return loss, lv, None
+        return loss, lv, self.totals(y if rows is None else y[rows], out)
+
+    def close(self, failed: bool = False) -> None:
+        """Give the worker set back for the next call (end it after a failure)."""
+        if not self._closed:
+            self._release(failed)
+        super().close(failed)
+
+
+def release(model) -> None:
+    """End the worker set kept on ``model`` (unless a call of another thread uses it)."""
+    me = threading.current_thread()
+    with _calls.exclusive():
+        procs = model.__dict__.get("_fit_workers")
+        if procs is None or procs.lessee not in (None, me):
+            return
+        del model.__dict__["_fit_workers"]
+        procs.lessee = me                     # nobody leases it while it closes
+    procs.close()
+    procs.lessee = None

@@ -1,0 +1,250 @@
+"""Data-parallel training over several processes, GPUs and machines, with the model code
+unchanged.
+
+MPI (through mpi4py) starts the processes, numbers them (ranks), carries the collectives on the
+CPU and hands out the NCCL id; NCCL (through CuPy's ``cupy.cuda.nccl``) carries the collectives
+between GPUs. gpucnn adds no transport of its own::
+
+    # train.py
+    import gpucnn
+    from gpucnn import distributed
+
+    distributed.init()                      # first: picks this rank's GPU, or its CPU cores
+    model = gpucnn.zoo.lenet5()
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, batch_size=64, epochs=10)         # 64 images a step over all ranks
+
+    $ mpiexec -n 2 python train.py
+
+With ``size() > 1``, ``fit``, ``evaluate`` and ``predict`` work across the ranks:
+
+- ``fit`` first checks that every rank was called with the same settings (a mismatch is a
+  ValueError on every rank) and gives every rank rank 0's weights, optimizer step count and
+  random state. ``batch_size`` is the global batch: every rank shuffles alike and takes its
+  contiguous share of each batch (shares differ by one row at most); one in-place sum per step
+  of one flat buffer adds the gradients, the weighted loss and the metric partial sums, and
+  every rank applies the same update. Callbacks run on every rank with the same logs; only rank
+  0 prints, draws and writes (``ModelCheckpoint``, ``CSVLogger``); ``stop_training`` is the OR
+  over the ranks; a non-finite loss raises on every rank at the same step.
+- ``evaluate`` and validation: each rank takes its share of the samples and the sums are added,
+  so the means are exact for any count. ``predict``: each rank predicts its share and every rank
+  returns all the rows. ``train_on_batch`` trains each rank on its own batch, without
+  collectives.
+- Every collective has a deadline, ``GPUCNN_DIST_TIMEOUT`` seconds (default 300): a rank that
+  hangs or dies ends the job with a message naming the rank and the step, never a job that
+  waits for good; an exception on one rank prints ``[rank r/R]`` and its traceback and ends the
+  job (``MPI_Abort``).
+- On GPUs: rank ``r`` uses the GPU of its local rank (its rank among the ranks of its machine);
+  gradients are summed by NCCL in device memory, or through host memory by MPI when NCCL is
+  not installed (``pip install gpucnn[distributed-cuda]``) or would refuse (two ranks on one
+  GPU). On the NumPy backend each rank's kernels get the machine's cores divided by its ranks.
+
+``python -m gpucnn.distributed.check`` measures a machine with GPUs (run it under mpiexec).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import numpy as np
+
+from gpucnn import backend as _backend
+from gpucnn import parallel
+from gpucnn.kernels import has, load_set
+from gpucnn.distributed import _gpu
+from gpucnn.distributed._mpi import Group, HostSum, NcclSum, timeout_from_env
+from gpucnn.parallel import ranks as _ranks
+
+_state = {"group": None, "hook": None, "device": None}
+
+
+def init(backend: str | None = None, timeout: float | None = None) -> None:
+    """Join the MPI job this process belongs to (``COMM_WORLD``; a job of one without a
+    launcher). Idempotent. Call it first, before choosing a backend or building a model:
+
+    - on a machine with GPUs (unless the NumPy backend was chosen), this process takes the GPU
+      of its local rank, before any CUDA context exists;
+    - ``backend`` (``"auto"``, ``"numpy"``, ``"cuda"``): then ``gpucnn.set_backend`` it;
+    - the NumPy kernels get the machine's cores divided by its ranks (unless
+      ``GPUCNN_NUM_THREADS`` says otherwise);
+    - ``timeout``: the deadline of every collective in seconds (default
+      ``GPUCNN_DIST_TIMEOUT``, else 300).
+    """
+    if _state["group"] is not None:
+        if backend is not None:
+            _backend.set_backend(backend)
+        return
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):
+        raise ValueError(f"gpucnn.distributed.init: timeout must be a positive number of "
+                         f"seconds, got {timeout!r}")
+    if backend is not None and (not isinstance(backend, str)
+                                or backend.lower() not in _backend.names()):
+        raise ValueError(f"gpucnn.distributed.init: unknown backend {backend!r}; expected "
+                         f"one of {_backend.names()}")
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ImportError(
+            "gpucnn.distributed.init: mpi4py cannot be imported "
+            f"({e}); install it with pip install 'gpucnn[distributed]' (mpi4py and MPICH), or "
+            "build mpi4py against your cluster's MPI (see the README)") from None
+    g = Group(MPI, MPI.COMM_WORLD, timeout if timeout is not None else timeout_from_env())
+    gpu = _gpu.GPU
+    count = gpu.device_count() if _may_use_gpu(backend) else 0
+    if count > 0:
+        _state["device"] = g.local_rank % count
+        gpu.use_device(_state["device"])
+    g.make_device_sum = lambda: _device_sum(g, _backend.kernels(), gpu, count)
+    cpu = load_set("numpy")
+    if has(cpu, "threads") and not os.environ.get("GPUCNN_NUM_THREADS", "").strip():
+        cpu.set_num_threads(max(1, min(8, _cpus() // g.local_size)))
+    _state["group"] = g
+    parallel.set_group(g)
+    if g.size > 1:
+        _state["hook"] = sys.excepthook
+        sys.excepthook = _abort_on_exception
+    if backend is not None:
+        _backend.set_backend(backend)
+
+
+def _may_use_gpu(backend) -> bool:
+    """Whether the backend may be (or is) cuda: not when NumPy was asked for."""
+    if backend is not None:
+        return backend.lower() != "numpy"
+    chosen = _backend._state["name"]
+    if chosen is not None:
+        return chosen == "cuda"
+    return (os.environ.get("GPUCNN_BACKEND", "auto") or "auto").lower() != "numpy"
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def _device_sum(g, ks, gpu, count):
+    """How device arrays are summed: NCCL, or MPI through host memory (the reason said once)."""
+    nccl, why = gpu.nccl()
+    per_gpu = 2 if os.environ.get("NCCL_MULTI_RANK_GPU_ENABLE") == "1" else 1
+    if nccl is not None and g.local_size > per_gpu * count:
+        nccl, why = None, (f"{g.local_size} ranks share {count} GPU(s) on this machine, which "
+                           "NCCL refuses (NCCL_MULTI_RANK_GPU_ENABLE=1, NCCL 2.30 and later, "
+                           "allows two ranks per GPU)")
+    if nccl is None:
+        if g.rank == 0:
+            print(f"gpucnn.distributed: gradients are summed through host memory by MPI: {why}",
+                  file=sys.stderr)
+        return HostSum(g, ks, why)
+    return NcclSum(g, gpu, nccl)
+
+
+def _abort_on_exception(exc_type, exc, tb):
+    """The exception hook of a job of several ranks: the traceback with ``[rank r/R]`` in front
+    of every line, then the end of the whole job (the other ranks would wait for this one)."""
+    g = _state["group"]
+    tag = g.tag if g is not None else "[rank ?]"
+    text = "".join(traceback.format_exception(exc_type, exc, tb)).rstrip("\n")
+    sys.stderr.write("".join(f"{tag} {line}\n" for line in text.split("\n")))
+    sys.stderr.write(f"{tag} gpucnn.distributed: this rank failed; ending the job.\n")
+    sys.stderr.flush()
+    if g is not None:
+        g.abort(1)
+
+
+def _group():
+    g = _state["group"]
+    if g is None:
+        raise RuntimeError("gpucnn.distributed: call gpucnn.distributed.init() first")
+    return g
+
+
+def rank() -> int:
+    """This process's rank in the job (0 before ``init()``)."""
+    g = _state["group"]
+    return 0 if g is None else g.rank
+
+
+def size() -> int:
+    """The number of ranks in the job (1 before ``init()``)."""
+    g = _state["group"]
+    return 1 if g is None else g.size
+
+
+def local_rank() -> int:
+    """This process's rank among the ranks of its machine (0 before ``init()``)."""
+    g = _state["group"]
+    return 0 if g is None else g.local_rank
+
+
+def is_main() -> bool:
+    """Whether this process is rank 0, the one that prints and writes for the job."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait until every rank is here (with the deadline)."""
+    _group().barrier("barrier()")
+
+
+def broadcast_weights(model) -> None:
+    """Give every rank rank 0's weights of ``model`` (``fit`` does this by itself)."""
+    g = _group()
+    _ranks.broadcast_model(g, model, "broadcast_weights()")
+
+
+def allreduce(array):
+    """The sum over the ranks of ``array`` (a NumPy array, or an array of the backend), as a
+    new array of the same kind; NCCL sums device arrays."""
+    g = _group()
+    xp = _backend.xp()
+    if g.on_device() and isinstance(array, xp.ndarray):      # the CUDA backend's
+        out = xp.array(array, copy=True, order="C")
+        g.allreduce_(out, "allreduce()")
+        return out
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"allreduce: expected a NumPy array or an array of the active backend "
+                        f"({xp.__name__}), got {type(array).__name__}")
+    out = np.array(array, copy=True, order="C")
+    g.allreduce_host_(out, "allreduce()")
+    return out
+
+
+def info() -> dict:
+    """Rank, size, local rank, the GPU this process uses (or None) and how sums travel."""
+    g = _state["group"]
+    return {"rank": rank(), "size": size(), "local_rank": local_rank(),
+            "local_size": 1 if g is None else g.local_size, "device": _state["device"],
+            "transport": _transport(g), "timeout": None if g is None else g.timeout}
+
+
+def _transport(g) -> str:
+    """How sums of the backend's arrays travel: none, mpi, nccl or mpi (host)."""
+    if g is None:
+        return "none"
+    if not g.on_device():
+        return "mpi"
+    if g.device_sum is None:
+        g.device_sum = g.make_device_sum()
+    return "nccl" if isinstance(g.device_sum, NcclSum) else "mpi (host)"
+
+
+def shutdown() -> None:
+    """Leave distributed training: ``fit`` trains alone again; the exception hook goes back.
+    MPI itself ends with the process (mpi4py finalizes it)."""
+    g = _state["group"]
+    if g is None:
+        return
+    parallel.set_group(None)
+    if isinstance(g.device_sum, NcclSum):
+        g.device_sum.close()
+    if _state["hook"] is not None and sys.excepthook is _abort_on_exception:
+        sys.excepthook = _state["hook"]
+    _state.update(group=None, hook=None, device=None)
+
+
+__all__ = ["allreduce", "barrier", "broadcast_weights", "info", "init", "is_main",
+           "local_rank", "rank", "shutdown", "size"]

@@ -1,0 +1,75 @@
+"""The GPU side of ``gpucnn.distributed``: device choice and NCCL, through CuPy.
+
+Everything that touches CuPy sits in one object, ``GPU``, so that the bookkeeping around it (a
+device per local rank, the NCCL id made by rank 0 and broadcast by MPI, the host-staged sum when
+NCCL is absent) can be tested on a machine without a GPU by putting another object with the same
+methods in its place (``tests/test_distributed.py`` does, with MPI doing NCCL's sums).
+
+NCCL comes from ``cupy.cuda.nccl``, which loads the library of the ``nvidia-nccl-cu12`` wheel
+(``pip install gpucnn[distributed-cuda]``); nothing is loaded before the first use.
+"""
+from __future__ import annotations
+
+
+class CupyGpu:
+    """CuPy's devices, streams, events and NCCL."""
+
+    def device_count(self) -> int:
+        """GPUs this process sees (0 without CuPy or a driver); creates no CUDA context."""
+        try:
+            import cupy
+            return int(cupy.cuda.runtime.getDeviceCount())
+        except Exception:  # noqa: BLE001 - any failure means: no GPU to use here
+            return 0
+
+    def use_device(self, index: int) -> None:
+        """Make GPU ``index`` this process's current device."""
+        import cupy
+
+        cupy.cuda.Device(index).use()
+
+    def current_device(self) -> int:
+        import cupy
+
+        return int(cupy.cuda.Device().id)
+
+    def nccl(self):
+        """``(module, None)`` when NCCL can run, else ``(None, the reason)``."""
+        try:
+            from cupy.cuda import nccl
+        except Exception as e:  # noqa: BLE001 - the reason is reported
+            return None, f"cupy.cuda.nccl cannot be imported ({type(e).__name__}: {e})"
+        if not getattr(nccl, "available", True):
+            return None, ("CuPy finds no NCCL library (pip install nvidia-nccl-cu12, or "
+                          "pip install gpucnn[distributed-cuda])")
+        return nccl, None
+
+    def pointer(self, a) -> int:
+        """The device address of array ``a``."""
+        return int(a.data.ptr)
+
+    def stream(self) -> int:
+        """The handle of the current stream (where gpucnn's kernels run)."""
+        import cupy
+
+        return int(cupy.cuda.get_current_stream().ptr)
+
+    def record_event(self):
+        """An event recorded on the current stream."""
+        import cupy
+
+        ev = cupy.cuda.Event(block=False, disable_timing=True)
+        ev.record(cupy.cuda.get_current_stream())
+        return ev
+
+    def event_done(self, ev) -> bool:
+        return bool(ev.done)
+
+    def synchronize(self) -> None:
+        """Wait for the current stream's work (for timings)."""
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
+
+
+GPU = CupyGpu()

@@ -1,0 +1,171 @@
+"""The ranks of an MPI job as ``gpucnn.parallel.ranks`` uses them: rank, size, and collectives
+that end the job when the other ranks do not answer in time.
+
+Every collective is MPI's non-blocking one (``Iallreduce``, ``Ibcast``, ``Ibarrier``) polled
+against a deadline, ``GPUCNN_DIST_TIMEOUT`` seconds (default 300). Past it, the rank prints what
+it waited for and where (``[rank 1/2] ... fit, epoch 1 of this call, step 3 ...``) and calls
+``MPI_Abort``, which ends every process of the job: a hung or dead rank never leaves the others
+waiting for good. The first milliseconds of a wait poll without sleeping (a step's sum arrives
+within a fraction of a millisecond once every rank is there); then the rank sleeps half a
+millisecond between polls.
+
+On the CUDA backend device arrays are summed by NCCL on the GPUs (``NcclSum``, its communicator
+made at the first sum from an id that rank 0 makes and MPI broadcasts), or through host memory
+by MPI when NCCL cannot run (``HostSum``).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from gpucnn import backend
+
+NCCL_ID_BYTES = 128   # ncclUniqueId, as cupy.cuda.nccl.get_unique_id() returns it
+SPIN = 0.005          # seconds a wait polls before it starts sleeping between polls
+NAP = 0.0005
+
+
+def timeout_from_env() -> float:
+    """``GPUCNN_DIST_TIMEOUT`` in seconds (default 300)."""
+    text = os.environ.get("GPUCNN_DIST_TIMEOUT", "").strip()
+    if not text:
+        return 300.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"GPUCNN_DIST_TIMEOUT must be a positive number of seconds, got "
+                         f"{text!r}")
+    return value
+
+
+class Group:
+    """``comm`` (an mpi4py communicator) with deadlines; see the module docstring."""
+
+    def __init__(self, MPI, comm, timeout: float):
+        self.MPI, self.comm, self.timeout = MPI, comm, float(timeout)
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
+        local.Free()
+        self.device_sum = None            # NcclSum or HostSum, made at the first device sum
+        self.make_device_sum = None       # () -> NcclSum or HostSum (given by init)
+
+    @property
+    def tag(self) -> str:
+        return f"[rank {self.rank}/{self.size}]"
+
+    # -- waiting ------------------------------------------------------------------------------
+    def wait(self, req, what: str) -> None:
+        """Poll ``req`` until it completes; past the deadline, end the job."""
+        if req.Test():
+            return
+        start = time.monotonic()
+        deadline, spin = start + self.timeout, start + SPIN
+        while not req.Test():
+            now = time.monotonic()
+            if now > deadline:
+                self.expire(what)
+            if now > spin:
+                time.sleep(NAP)
+
+    def expire(self, what: str) -> None:
+        """Say what this rank waited for, then end the whole job."""
+        sys.stderr.write(
+            f"{self.tag} gpucnn.distributed: {what}: the other ranks did not answer within "
+            f"{self.timeout:g} s (GPUCNN_DIST_TIMEOUT); a rank may have hung or died. Ending "
+            "the job.\n")
+        sys.stderr.flush()
+        self.abort(1)
+
+    def abort(self, code: int = 1) -> None:
+        self.comm.Abort(code)
+
+    # -- collectives ---------------------------------------------------------------------------
+    def allreduce_host_(self, a: np.ndarray, what: str) -> None:
+        """The sum over the ranks of NumPy array ``a``, in place."""
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{what}: expected a C-contiguous array, got strides {a.strides}")
+        self.wait(self.comm.Iallreduce(self.MPI.IN_PLACE, a, op=self.MPI.SUM), what)
+
+    def bcast_host_(self, a: np.ndarray, what: str) -> None:
+        """Rank 0's NumPy array ``a`` into ``a`` on every rank."""
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{what}: expected a C-contiguous array, got strides {a.strides}")
+        self.wait(self.comm.Ibcast(a, root=0), what)
+
+    def on_device(self) -> bool:
+        """Whether backend arrays live on a GPU (the CUDA backend; its simulator too)."""
+        return backend.get_backend() == "cuda" and self.make_device_sum is not None
+
+    def allreduce_(self, a, what: str) -> None:
+        """The sum over the ranks of a backend array ``a`` (host or device), in place."""
+        if self.on_device():
+            if self.device_sum is None:
+                self.device_sum = self.make_device_sum()
+            self.device_sum(a, what)
+        else:
+            self.allreduce_host_(a, what)
+
+    def barrier(self, what: str) -> None:
+        self.wait(self.comm.Ibarrier(), what)
+
+
+class HostSum:
+    """Device arrays summed through host memory by MPI (NCCL absent or refused)."""
+
+    def __init__(self, group, ks, reason: str):
+        self.group, self.ks, self.reason = group, ks, reason
+
+    def __call__(self, a, what: str) -> None:
+        host = np.ascontiguousarray(self.ks.to_host(a))
+        self.group.allreduce_host_(host, what)
+        a[...] = self.ks.asarray(host)
+
+
+class NcclSum:
+    """Device arrays summed in place by NCCL; the communicator is made at the first sum."""
+
+    def __init__(self, group, gpu, nccl):
+        self.group, self.gpu, self.nccl = group, gpu, nccl
+        self.comm = None
+
+    def _connect(self, what: str):
+        g = self.group
+        uid = np.zeros(NCCL_ID_BYTES, np.int16)
+        if g.rank == 0:
+            uid[:] = self.nccl.get_unique_id()          # 128 signed chars
+        g.bcast_host_(uid, f"{what} (the broadcast of the NCCL id)")
+        g.barrier(f"{what} (every rank ready to join NCCL)")
+        self.comm = self.nccl.NcclCommunicator(g.size, tuple(int(v) for v in uid), g.rank)
+
+    def __call__(self, a, what: str) -> None:
+        if self.comm is None:
+            self._connect(what)
+        kinds = {np.dtype(np.float32): self.nccl.NCCL_FLOAT32,
+                 np.dtype(np.float64): self.nccl.NCCL_FLOAT64}
+        kind = kinds.get(np.dtype(a.dtype))
+        if kind is None or not a.flags.c_contiguous:
+            raise TypeError(f"{what}: NCCL sums C-contiguous float32 or float64 arrays, got "
+                            f"{a.dtype} with strides {a.strides}")
+        ptr = self.gpu.pointer(a)
+        self.comm.allReduce(ptr, ptr, a.size, kind, self.nccl.NCCL_SUM, self.gpu.stream())
+        ev = self.gpu.record_event()
+        start = time.monotonic()
+        deadline, spin = start + self.group.timeout, start + SPIN
+        while not self.gpu.event_done(ev):
+            now = time.monotonic()
+            if now > deadline:
+                self.comm.abort()             # frees the GPU from the stuck collective
+                self.group.expire(what)
+            if now > spin:
+                time.sleep(NAP)
+
+    def close(self) -> None:
+        if self.comm is not None:
+            self.comm.destroy()
+            self.comm = None

@@ -1,0 +1,244 @@
+"""The whole training step replayed as a CUDA graph on the cuda set.
+
+On a GPU the guide's small networks are bound by the host: a LeNet-5 step is about twenty
+kernel launches of a few microseconds of GPU work each, and Python's share of each launch is
+larger than the kernel. ``Graphed`` runs the forward and backward pass (and the metric partial
+sums) of a batch shape once eagerly, captures them once into a CUDA graph on a side stream
+(CuPy's stream capture, with a memory pool of the graph's own), and from then on copies each
+new batch into the captured input buffers and launches the graph: one launch a step instead of
+twenty. The optimizer's update runs after it, eagerly (its learning rate and step change every
+step; ``multi_update`` makes it one launch).
+
+A graph belongs to one batch shape (the last, partial batch of an epoch gets its own) and to
+what it captured: the model's weight arrays (their addresses), which weights are trainable, the
+loss and the output mode. When any of these changes (``set_weights`` that replaces arrays, a
+layer frozen, another loss) the graph is captured again. The first replay of every new graph is
+checked against an eager step on the same inputs; on a mismatch, or any error while capturing,
+graphs are turned off for the model with a warning saying why, and the steps run eagerly. A model
+whose step draws random keys (dropout) runs eagerly too: the keys would be frozen into the graph.
+``GPUCNN_CUDA_GRAPHS=0`` turns graphs off.
+
+Without a GPU (the tests, in Numba's simulator) ``capture`` records the step as a function and
+``launch`` calls it again on the captured buffers: everything but the CUDA graph itself is the
+same code, so the bookkeeping is tested on any machine; the capture is checked on a GPU by
+``python -m gpucnn.gpucheck``.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from gpucnn import backend
+from gpucnn.autograd import Tensor
+from gpucnn.kernels import has
+from gpucnn.parallel import step as _step
+from gpucnn.parallel.local import Whole
+
+#: Largest relative difference between the first replay of a graph and an eager step (the
+#: max-pool gradient adds with atomics, in an order that may differ from run to run).
+CHECK_RTOL = 1e-4
+
+
+def enabled(ks) -> bool:
+    """Whether training steps may be graphed here: the cuda set, and GPUCNN_CUDA_GRAPHS not 0."""
+    return has(ks, "launches") and os.environ.get("GPUCNN_CUDA_GRAPHS", "1") not in ("0", "")
+
+
+class _Device:
+    """Stream capture and graph launch on a GPU (CuPy)."""
+
+    def __init__(self, cp):
+        self.cp = cp
+
+    def capture(self, fn):
+        """``(graph, outputs of fn)``: ``fn`` recorded on a side stream into a CUDA graph, its
+        allocations from a memory pool of the graph's own (kept with the graph)."""
+        cp = self.cp
+        pool = cp.cuda.MemoryPool()
+        stream = cp.cuda.Stream(non_blocking=True)
+        stream.wait_event(cp.cuda.get_current_stream().record())
+        mode = cp.cuda.runtime.streamCaptureModeRelaxed
+        with stream, cp.cuda.using_allocator(pool.malloc):
+            stream.begin_capture(mode)
+            try:
+                out = fn()
+            except BaseException:
+                stream.end_capture()
+                raise
+            graph = stream.end_capture()
+        graph._gpucnn_pool = pool          # the graph's memory lives as long as the graph
+        return graph, out
+
+    def launch(self, graph):
+        graph.launch(self.cp.cuda.get_current_stream())
+
+    def copy(self, dst, src):
+        self.cp.copyto(dst, self.cp.asarray(src))
+
+
+class _Recorded:
+    """Capture without a GPU: the step is recorded as a function, and a replay calls it again and
+    writes its results into the arrays the capture returned, as a CUDA graph's replay does."""
+
+    def capture(self, fn):
+        out = _arrays(fn())
+        return (lambda: _copy_into(out, fn())), out
+
+    def launch(self, graph):
+        graph()
+
+    def copy(self, dst, src):
+        np.copyto(dst, src)
+
+
+def _engine():
+    from gpucnn.kernels.cuda_set import _launch, _runtime
+
+    if _launch.launch_path() == "sim" or _runtime.cp is None:
+        return _Recorded()
+    return _Device(_runtime.cp)
+
+
+class _Graph:
+    __slots__ = ("graph", "x", "y", "loss", "totals", "grads", "checked")
+
+    def __init__(self, graph, x, y, loss, totals, grads):
+        self.graph, self.x, self.y = graph, x, y
+        self.loss, self.totals, self.grads = loss, totals, grads
+        self.checked = False
+
+
+class Graphed(Whole):
+    """``Whole``, with each batch shape's step captured once and replayed (module docstring).
+    ``captures`` counts the graphs made, ``replays`` the steps run from one."""
+
+    def __init__(self, model, logits, totals=None, steps=0):
+        super().__init__(model, logits, totals, steps)
+        self.engine = _engine()
+        self.graphs = {}
+        self.warm = set()
+        self.captures = 0
+        self.replays = 0
+        self.off = None if not model._draws_keys() else (
+            "the step draws random keys (dropout): they would be frozen into the graph")
+
+    def _fingerprint(self, xb, yb):
+        return (tuple(xb.shape), str(xb.dtype), tuple(yb.shape), str(yb.dtype), self.logits,
+                id(self.model.loss), self.totals is not None,
+                tuple((id(p), _address(p.data), tuple(p.shape)) for p in self.params))
+
+    def step(self, x, y, rows=None):
+        self._tick()
+        xb, yb = self._gather(x, y, rows)
+        if self.off is not None:
+            return self._eager(xb, yb)
+        key = self._fingerprint(xb, yb)
+        g = self.graphs.get(key)
+        if g is None:
+            if key not in self.warm:              # eager first: kernels loaded, slots made
+                self.warm.add(key)
+                return self._eager(xb, yb)
+            g = self._capture(key, xb, yb)
+            if g is None:
+                return self._eager(xb, yb)
+        self.engine.copy(g.x, xb)
+        self.engine.copy(g.y, yb)
+        self.engine.launch(g.graph)
+        self.replays += 1
+        for p, grad in zip(self.params, g.grads):
+            p.grad = None if grad is None else Tensor._wrap(grad)
+        if not g.checked:
+            g.checked = True
+            if not self._matches_eager(g, xb, yb):
+                return self._eager(xb, yb)
+        return g.loss, None, g.totals
+
+    def _eager(self, xb, yb):
+        loss, out, lv = _step.forward_backward(self.model, xb, yb, self.logits, self.params, 1,
+                                               self.totals is not None)
+        return loss, lv, self._totals(yb, out)
+
+    def _capture(self, key, xb, yb):
+        xp = backend.xp()
+        xs, ys = xp.empty_like(xb), xp.empty_like(yb)
+        self.engine.copy(xs, xb)
+        self.engine.copy(ys, yb)
+
+        def run():
+            loss, out, _ = _step.forward_backward(self.model, xs, ys, self.logits, self.params,
+                                                  1, self.totals is not None)
+            totals = self._totals(ys, out)
+            grads = [None if p.grad is None else p.grad.data for p in self.params]
+            return loss, totals, grads
+
+        try:
+            graph, (loss, totals, grads) = self.engine.capture(run)
+        except Exception as e:  # noqa: BLE001 - any capture failure: eager steps from now on
+            self._turn_off(f"capturing the step failed ({type(e).__name__}: {e})")
+            return None
+        for p in self.params:               # the capture's gradients belong to the graph
+            p.grad = None
+        g = _Graph(graph, xs, ys, loss, totals, grads)
+        self.graphs[key] = g
+        self.captures += 1
+        return g
+
+    def _matches_eager(self, g, xb, yb) -> bool:
+        """The first replay of a graph against an eager step on the same inputs."""
+        ks = self.ks
+        got = [ks.to_host(g.loss)] + [None if a is None else ks.to_host(a) for a in g.grads]
+        loss, _, _ = _step.forward_backward(self.model, xb, yb, self.logits, self.params, 1,
+                                            False)
+        want = [ks.to_host(loss)] + [None if p.grad is None else ks.to_host(p.grad.data)
+                                     for p in self.params]
+        for i, (a, b) in enumerate(zip(got, want)):
+            if (a is None) != (b is None):
+                self._turn_off(f"the graph's gradient {i} is missing against an eager step")
+                return False
+            if a is None:
+                continue
+            scale = max(float(np.abs(b).max()) if b.size else 0.0, 1e-30)
+            err = float(np.abs(a - b).max()) / scale if b.size else 0.0
+            if not err <= CHECK_RTOL:
+                self._turn_off(f"its first replay differs from an eager step (output {i}: "
+                               f"relative difference {err:.2e} > {CHECK_RTOL:.0e})")
+                return False
+        for p, grad in zip(self.params, g.grads):   # the eager step's gradients are the same
+            p.grad = None if grad is None else Tensor._wrap(grad)
+        return True
+
+    def _turn_off(self, why):
+        self.off = why
+        self.graphs.clear()
+        warnings.warn(f"gpucnn: CUDA graphs are off for model '{self.model.name}': {why}; its "
+                      "training steps run eagerly (GPUCNN_CUDA_GRAPHS=0 turns them off for all)",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _arrays(v):
+    """Nested tuples and lists with NumPy scalars made 0-d arrays (a replay writes into them)."""
+    if isinstance(v, (tuple, list)):
+        return type(v)(_arrays(u) for u in v)
+    return np.array(v) if isinstance(v, np.generic) else v
+
+
+def _copy_into(dst, src):
+    """Copy nested tuples and lists of arrays ``src`` into the same structure ``dst``."""
+    if isinstance(dst, (tuple, list)):
+        for d, v in zip(dst, src):
+            _copy_into(d, v)
+    elif dst is not None and hasattr(dst, "shape"):
+        np.copyto(dst, src)
+
+
+def _address(a) -> int:
+    data = getattr(a, "data", None)
+    ptr = getattr(data, "ptr", None)
+    if ptr is not None:
+        return int(ptr)
+    return int(a.__array_interface__["data"][0]) if hasattr(a, "__array_interface__") else id(a)
+
+
+__all__ = ["CHECK_RTOL", "Graphed", "enabled"]

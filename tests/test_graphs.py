@@ -1,0 +1,155 @@
+"""The CUDA-graph runner's bookkeeping on the CPU: in Numba's simulator a "graph" is the step
+recorded as a function and replayed by calling it (gpucnn.parallel.graphed), so everything but
+the CUDA graph itself runs here: one capture per batch shape after an eager warm-up, batches
+copied into the captured buffers, the partial last batch with its own graph, a new capture when
+the weights are replaced or a layer is frozen, the first replay checked against an eager step,
+dropout left eager, and the environment switch."""
+import contextlib
+import warnings
+
+import numpy as np
+import pytest
+
+import gpucnn
+from gpucnn import layers, models, optimizers, parallel
+from gpucnn.kernels import load_set
+from gpucnn.kernels.cuda_set import _launch, simulate
+from gpucnn.parallel import graphed
+
+C = load_set("cuda")
+SIM = _launch.launch_path() == "sim"
+
+
+@pytest.fixture
+def cuda():
+    """The cuda backend; in the simulator with its small tiles (on a GPU: real captures)."""
+    with simulate.small_launches() if SIM else contextlib.nullcontext():
+        gpucnn.set_backend("cuda")
+        try:
+            yield
+        finally:
+            gpucnn.set_backend("numpy")
+
+
+def tiny(dropout=0.0):
+    gpucnn.manual_seed(5)
+    model = models.Sequential([
+        layers.Conv2D(2, 3, activation="relu", padding="same", input_shape=(5, 5, 1)),
+        layers.MaxPooling2D(), layers.Flatten()]
+        + ([layers.Dropout(dropout)] if dropout else [])
+        + [layers.Dense(3, activation="softmax")])
+    model.compile(optimizers.SGD(0.1, momentum=0.5), "sparse_categorical_crossentropy",
+                  ["accuracy"])
+    return model
+
+
+def data(rng, n=7):
+    return rng.random((n, 5, 5, 1)).astype(np.float32), rng.integers(0, 3, n)
+
+
+def fit(model, x, y, runners, **kw):
+    real = parallel.runner_for
+
+    def spy(*a, **k):
+        r = real(*a, **k)
+        runners.append(r)
+        return r
+
+    parallel.runner_for = spy
+    try:
+        return model.fit(x, y, verbose=0, shuffle=False, **kw)
+    finally:
+        parallel.runner_for = real
+
+
+def test_graphed_training_equals_eager_training(cuda, rng, monkeypatch):
+    x, y = data(rng)
+    runners = []
+    graphed_model = tiny()
+    h1 = fit(graphed_model, x, y, runners, batch_size=3, epochs=3)
+    (r,) = runners
+    assert isinstance(r, graphed.Graphed) and r.off is None
+    # batches of 3, 3 and 1: two shapes, each eager once, then captured once and replayed
+    assert r.captures == 2 and r.replays == 9 - 2 - 2 + 2
+    monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", "0")
+    eager_runners = []
+    eager_model = tiny()
+    h2 = fit(eager_model, x, y, eager_runners, batch_size=3, epochs=3)
+    assert not isinstance(eager_runners[0], graphed.Graphed)
+    for a, b in zip(graphed_model.get_weights(), eager_model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h1.history["loss"], h2.history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(h1.history["accuracy"], h2.history["accuracy"])
+
+
+def test_new_batches_go_into_the_captured_buffers(cuda, rng):
+    model = tiny()
+    runner = graphed.Graphed(model, False, None, 0)
+    x, y = data(rng, 4)
+    for _ in range(3):
+        runner.step(x, y)
+    (g,) = runner.graphs.values()
+    x2, y2 = data(rng, 4)
+    loss, lv, _ = runner.step(x2, y2)
+    np.testing.assert_array_equal(C.to_host(g.x), x2)
+    np.testing.assert_array_equal(C.to_host(g.y), y2)
+    eager = graphed.Graphed(model, False, None, 0)
+    eager.off = "for the test"
+    want, _, _ = eager.step(x2, y2)
+    np.testing.assert_allclose(C.to_host(loss), C.to_host(want), rtol=1e-5)
+    assert lv is None                      # the loss is read only when it is shown
+
+
+def test_replaced_weights_or_a_frozen_layer_capture_again(cuda, rng):
+    model = tiny()
+    runner = graphed.Graphed(model, False, None, 0)
+    x, y = data(rng, 4)
+    for _ in range(3):
+        runner.step(x, y)
+    assert runner.captures == 1
+    model.set_weights([w * 0.5 for w in model.get_weights()])   # in place: the same arrays
+    runner.step(x, y)
+    model.layers[0].kernel.data = model.layers[0].kernel.data.copy()   # a new array
+    for _ in range(2):
+        runner.step(x, y)
+    assert runner.captures == 2
+    model.layers[0].trainable = False
+    runner.refresh()
+    for _ in range(2):
+        runner.step(x, y)
+    assert runner.captures == 3 and len(runner.params) == 2
+
+
+def test_a_first_replay_that_differs_turns_graphs_off(cuda, rng, monkeypatch):
+    model = tiny()
+    runner = graphed.Graphed(model, False, None, 0)
+    x, y = data(rng, 4)
+    runner.step(x, y)
+    real = runner.engine.launch
+
+    def corrupt(graph):                    # a replay that writes a wrong gradient
+        real(graph)
+        for g in runner.graphs.values():
+            g.grads[0][...] += 1.0
+
+    monkeypatch.setattr(runner.engine, "launch", corrupt)
+    with pytest.warns(RuntimeWarning, match="CUDA graphs are off.*differs from an eager step"):
+        runner.step(x, y)
+    assert runner.off is not None and runner.graphs == {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runner.step(x, y)                  # eager from now on, no second warning
+
+
+def test_a_step_that_draws_dropout_keys_stays_eager(cuda, rng):
+    runner = graphed.Graphed(tiny(dropout=0.5), False, None, 0)
+    x, y = data(rng, 4)
+    for _ in range(3):
+        runner.step(x, y)
+    assert runner.captures == 0 and "dropout" in runner.off
+
+
+def test_graphs_only_on_the_cuda_set(monkeypatch):
+    assert graphed.enabled(load_set("cuda")) and not graphed.enabled(load_set("numpy"))
+    monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", "0")
+    assert not graphed.enabled(load_set("cuda"))
