@@ -66,6 +66,11 @@ TABLES = {
             ("model", "batch", "gpucnn images/s", "PyTorch images/s",
              "speed vs PyTorch (>1: gpucnn faster)", "note"),
             ("{}", "{}", "{:.0f}", "{:.0f}", "{:.2f}", "{}")),
+    "fit": ("LeNet-5 through `fit`, CUDA graphs against eager steps (launches counted by "
+            "gpucnn: a graph launch counts as none, the update and the input copies as theirs)",
+            ("run", "batch", "images/s", "host CPU ms per step", "gpucnn launches per step",
+             "graphed"),
+            ("{}", "{}", "{:.0f}", "{:.3f}", "{:.1f}", "{}")),
     "examples": ("Example scripts, one short epoch on the cuda backend",
                  ("script", "exit", "seconds", "pictures", "last line"),
                  ("`{}`", "{}", "{:.1f}", "{}", "{}")),
@@ -73,7 +78,8 @@ TABLES = {
               ("`{}`", "{}", "{:.0f}", "{}")),
 }
 SECTION_TABLES = {"setup": ("setup",), "accuracy": ("accuracy",), "ops": ("ops", "sweep"),
-                  "e2e": ("overhead", "e2e"), "examples": ("examples",), "tests": ("tests",)}
+                  "e2e": ("overhead", "e2e", "fit"), "examples": ("examples",),
+                  "tests": ("tests",)}
 
 
 # --------------------------------------------------------------------------- report

@@ -261,3 +261,19 @@ def test_device_timing_runs_many_short_calls_between_one_event_pair():
     ms = _timing.device_ms(call, Event, lambda a, b: b.t - a.t, warmup=2, repeats=5)
     assert ms == pytest.approx(0.05)
     assert clock["calls"] == 2 + 1 + 5 * 20
+
+
+def test_launch_cost_rows_count_the_launches_of_each_call_and_of_a_step():
+    """The host-time benchmark of the cuda set runs without a GPU (raw launch path, driver
+    faked): each call launches what it should (one kernel; the kernel gradient with its bias
+    sum two), and a LeNet-5 SGD step on that path makes the 20 launches the simulator counts.
+    Times are reported, not judged here."""
+    from gpucnn.bench import launch_cost
+    rows = launch_cost.measure()
+    launches = {label.split(" (")[0]: n for label, _, n, _ in rows}
+    assert launches.pop("LeNet-5 training step") == 20
+    assert launches.pop("conv2d_backward_weight_bias") == 2
+    assert set(launches.values()) == {1}
+    assert all(us > 0 for *_, us in rows)
+    lines = launch_cost.table(rows)
+    assert len(lines) == 4 + len(rows) and lines[-1].endswith("| - |")

@@ -332,3 +332,52 @@ def test_every_kernels_packer_writes_what_flatten_args_gives(rng):
             want = [v.item() for v in _launch.flatten_args(spec.argtypes, args)]
             got = list(struct.unpack(fmt, buf.raw))
             assert got == pytest.approx(want, rel=1e-7), spec.name
+
+
+def test_a_prepared_launch_writes_what_flatten_args_gives_for_each_call(gpu):
+    """A plan fills its buffer once; later calls write only the arrays' addresses. Every
+    launch's buffer is still the full flat list Numba's ABI wants for those arrays."""
+    gpu.slots = len(_launch.flat_param_types(SPEC.argtypes))
+    x = FakeArray(np.zeros((2, 3), np.float32))
+    plan = _launch.Prepared(SPEC, (1,), (32,), (x, None, 3))
+    for _ in range(3):
+        x, y = FakeArray(np.zeros((2, 3), np.float32)), FakeArray(np.zeros((2, 3), np.float32))
+        plan(x, y)
+        *_, raw = gpu.launches[-1]
+        assert unpack(raw) == [v.item() for v in _launch.flatten_args(SPEC.argtypes, [x, y, 3])]
+    assert len(gpu.launches) == 3 and len(gpu.builds) == 1
+    with pytest.raises(TypeError, match="3 arguments expected, got 2"):
+        _launch.Prepared(SPEC, (1,), (32,), (x, None))
+
+
+def test_plans_are_kept_only_for_arrays_passed_on_as_they_came(monkeypatch):
+    """A plan's key is the arrays' shapes and dtypes and the op's parameters; arrays that are
+    not C-contiguous arrays of the set, or a call whose inputs needed a conversion, take the
+    checked path every time. ``clear_plans`` forgets them all."""
+    monkeypatch.setattr(_launch, "xp", np)
+    plans = _launch.Plans("test_op")
+    a, b = np.zeros((4, 5), np.float32), np.zeros(3, np.float64)
+    key = plans.key((a, None, b), ("relu", 2))
+    assert key == (("relu", 2), (4, 5), np.dtype(np.float32), None, (3,), np.dtype(np.float64))
+    assert plans.key((a.T,), "relu") is None                   # not C-contiguous
+    assert plans.key((a.tolist(),), "relu") is None            # not an array of the set
+    unhashable = plans.key((a,), ["relu"])
+    plans.put(unhashable, "plan", (a,), ["relu"])
+    assert plans.get(unhashable) is None and plans.table.keys() == set()
+    assert plans.put(key, "plan", (a, None, b.astype(np.float32)), ("relu", 2)) == "plan"
+    assert plans.get(key) is None                              # converted: not kept
+    plans.put(key, "plan", (a, None, b), ("relu", 2))
+    assert plans.get(key) == "plan" and plans.get(None) is None
+    _launch.clear_plans()
+    assert plans.get(key) is None
+    _launch._ALL_PLANS.remove(plans)
+
+
+def test_conv_launchers_bypass_plans_while_a_tile_is_overridden(monkeypatch):
+    from gpucnn.kernels.cuda_set import conv
+    assert conv._plannable()
+    monkeypatch.setattr(conv, "TILE_OVERRIDE", {"fwd": (64, 64, 16)})
+    assert not conv._plannable()
+    monkeypatch.setattr(conv, "TILE_OVERRIDE", {})
+    monkeypatch.setattr(conv, "TARGET_BLOCKS", 4)
+    assert not conv._plannable()

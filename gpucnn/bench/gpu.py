@@ -799,7 +799,8 @@ def end_to_end(ctx):
 # --------------------------------------------------------------------------- sections
 
 EXAMPLES = ("perceptron", "basic_cnn", "lenet5", "alexnet", "autoencoder")
-TEST_SELECTION = ("tests/test_kernels_cuda.py",
+TEST_SELECTION = ("tests/test_ops.py", "tests/test_kernels_cuda.py", "tests/test_graphs.py",
+                  "tests/test_optim_kernels.py",
                   "tests/test_models.py::test_cuda_backend_matches_numpy_step_for_step",
                   "tests/test_zoo.py::test_a_zoo_model_gives_the_same_output_on_the_cuda_backend")
 
@@ -855,6 +856,59 @@ def section_ops(ctx, out_dir):
 def section_e2e(ctx, out_dir):
     launch_overhead(ctx)
     end_to_end(ctx)
+    fit_steps(ctx)
+
+
+def fit_steps(ctx):
+    """LeNet-5 trained by ``fit`` at batch 32, 128 and 512 with CUDA graphs and without: images
+    per second, the host's CPU time per step and the kernel launches per step (the graphed step
+    is one graph launch, the update and two input copies)."""
+    import gpucnn
+    from gpucnn import optimizers, zoo
+    from gpucnn.parallel import graphed
+
+    rows = ctx.table("fit")
+    batches = (2,) if ctx.tiny else (32, 128, 512)
+    before = gpucnn.get_backend()
+    saved = os.environ.get("GPUCNN_CUDA_GRAPHS")
+    try:
+        gpucnn.set_backend("cuda")
+        for batch in batches:
+            for graphs in ("1", "0"):
+                with ctx.case(f"fit LeNet-5 batch {batch} graphs={graphs}"):
+                    os.environ["GPUCNN_CUDA_GRAPHS"] = graphs
+                    steps = 3 if ctx.tiny else max(16, 8192 // batch)
+                    if ctx.tiny:
+                        model = zoo.basic_cnn(input_shape=(8, 8, 1), classes=3, filters=2,
+                                              kernel_size=3, units=4)
+                        shape, classes = (8, 8, 1), 3
+                    else:
+                        model, shape, classes = zoo.lenet5(), (32, 32, 1), 10
+                    model.compile(optimizer=optimizers.SGD(learning_rate=0.01),
+                                  loss="sparse_categorical_crossentropy")
+                    n = batch * steps
+                    x = ctx.rng.random((n,) + shape).astype(np.float32)
+                    y = ctx.rng.integers(0, classes, n)
+                    model.fit(x, y, batch_size=batch, epochs=1, verbose=0)   # warm, capture
+                    ctx.sync()
+                    n0 = ctx.C.launch_count()
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+                    ctx.sync()
+                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                    launches = (ctx.C.launch_count() - n0) / steps
+                    rows.append((f"LeNet-5 fit, {'graphs' if graphs == '1' else 'eager'}", batch,
+                                 n / wall, 1e3 * cpu / steps, launches,
+                                 graphed.enabled(ctx.C) and graphs == "1"))
+                    print(f"  [fit] batch {batch} graphs={graphs}: {n / wall:.0f} images/s, "
+                          f"{1e3 * cpu / steps:.3f} ms host CPU a step, {launches:.1f} launches",
+                          flush=True)
+    finally:
+        if saved is None:
+            os.environ.pop("GPUCNN_CUDA_GRAPHS", None)
+        else:
+            os.environ["GPUCNN_CUDA_GRAPHS"] = saved
+        gpucnn.set_backend(before)
 
 
 #: Runs a script or pytest in a process of its own with the section's fault injected first.
@@ -937,7 +991,7 @@ def section_tests(ctx, out_dir):
     selection = list(TEST_SELECTION)
     extra = []
     if ctx.tiny:
-        selection, extra = [TEST_SELECTION[0]], ["-k", "act-relu"]
+        selection, extra = [TEST_SELECTION[0]], ["-k", "cuda and act_forward and relu"]
     cmd = [sys.executable, "-c", _WRAP, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            *selection, *extra]
     with open(os.path.join(out_dir, "tests.log"), "a", encoding="utf-8") as log:

@@ -419,6 +419,7 @@ class _RawKernel:
                       for t in spec.argtypes]
         self.name = spec.name
         self.pack = make_packer(spec.name, spec.argtypes)
+        self.launch_kernel = cp.cuda.driver.launchKernel
         self.lock = threading.Lock()
 
     def values(self, args) -> list:
@@ -437,12 +438,15 @@ class _RawKernel:
         return vals
 
     def __call__(self, grid, block, args, stream_ptr):
-        g = grid + (1,) * (3 - len(grid))
-        b = block + (1,) * (3 - len(block))
+        g = grid if len(grid) == 3 else _PAD3[len(grid)](grid)
+        b = block if len(block) == 3 else _PAD3[len(block)](block)
         with self.lock:
             self.pack(args, self.buf)
-            cp.cuda.driver.launchKernel(self.fptr, g[0], g[1], g[2], b[0], b[1], b[2], 0,
-                                        stream_ptr, self.params_ptr, 0)
+            self.launch_kernel(self.fptr, g[0], g[1], g[2], b[0], b[1], b[2], 0, stream_ptr,
+                               self.params_ptr, 0)
+
+
+_PAD3 = {1: lambda t: (t[0], 1, 1), 2: lambda t: (t[0], t[1], 1)}
 
 
 def _check_array(name, kind, a):
@@ -542,7 +546,10 @@ def launch(spec: KernelSpec, grid, block, *args):
     path = _state["path"] or launch_path()
     _state["launches"] += 1
     if path == "sim":
-        conv = [as_declared(t, a) if isinstance(t, types.Array) else _scalar(t, a)
+        # the simulator copies every array argument back after the kernel: a read-only input
+        # (a broadcast gradient, say) goes as a copy
+        conv = [(as_declared(t, a) if a.flags.writeable else as_declared(t, a.copy()))
+                if isinstance(t, types.Array) else _scalar(t, a)
                 for t, a in zip(spec.argtypes, args)]
         _sim_kernel(spec)[tuple(int(g) for g in grid), tuple(int(b) for b in block)](*conv)
         return
@@ -552,7 +559,7 @@ def launch(spec: KernelSpec, grid, block, *args):
         except Exception as e:  # pragma: no cover - GPU only (tests/test_raw_launch.py fakes it)
             _fall_back(spec, e)
         else:
-            k(tuple(grid), tuple(block), args, cp.cuda.get_current_stream().ptr)
+            k(grid, block, args, cp.cuda.get_current_stream().ptr)
             return
     grid = tuple(int(g) for g in grid)
     block = tuple(int(b) for b in block)
@@ -566,6 +573,141 @@ def launch(spec: KernelSpec, grid, block, *args):
         _failed[("numba", spec)] = e
         raise
     kern[grid, block, _numba_stream()](*wrapped)
+
+
+class Prepared:
+    """One kernel's launch prepared once for one set of argument shapes (the launchers keep them
+    in ``Plans``, keyed by what decides the launch: shapes, dtypes, op parameters). A call passes
+    only the array arguments, in the kernel's order; the scalars, grid and block were fixed by
+    the first. On the raw path the plan has its own parameter buffer, filled once with every
+    slot (``make_packer``), so that a launch writes only the arrays' device addresses and calls
+    the driver: a few microseconds. The arrays must have the shapes and dtypes the plan was made
+    for (its key guarantees that). The other paths rebuild the full argument list and go through
+    ``launch``."""
+
+    __slots__ = ("spec", "grid", "block", "template", "array_pos", "raw")
+
+    def __init__(self, spec: KernelSpec, grid, block, args):
+        if len(args) != len(spec.argtypes):
+            raise TypeError(f"{spec.name}: {len(spec.argtypes)} arguments expected, got "
+                            f"{len(args)}")
+        self.spec, self.grid, self.block = spec, tuple(grid), tuple(block)
+        self.array_pos = tuple(i for i, t in enumerate(spec.argtypes)
+                               if isinstance(t, types.Array))
+        # the scalars stay; the arrays are not kept (a plan outlives the arrays it was made from)
+        self.template = [None if i in self.array_pos else a for i, a in enumerate(args)]
+        self.raw: dict = {}           # device -> the raw launch state (or None: not raw there)
+
+    def args(self, arrays) -> list:
+        full = list(self.template)
+        for i, a in zip(self.array_pos, arrays):
+            full[i] = a
+        return full
+
+    def __call__(self, *arrays):
+        if _state["path"] == "raw":
+            dev = cp.cuda.runtime.getDevice()
+            fire = self.raw.get(dev)
+            if fire is None:
+                fire = self.raw[dev] = self._raw_fire(arrays)
+            if fire:
+                fire(*arrays)
+                _state["launches"] += 1
+                return
+        launch(self.spec, self.grid, self.block, *self.args(arrays))
+
+    def _raw_fire(self, arrays):
+        """``fire(*arrays)``: the raw launch of this plan, generated once per plan and device
+        (unrolled: one address written per array into the plan's own parameter buffer, filled
+        once from a first call's arguments by ``make_packer``; the address is slot 4 of each
+        array's block in Numba's ABI), then the driver's launch. False where the plan is not
+        launched raw (an empty grid, or a kernel that cannot be loaded through CuPy: ``launch``
+        then falls back, once, with its warning)."""
+        if min(self.grid) <= 0:
+            return False
+        try:
+            k = _raw_kernel(self.spec)
+        except Exception:
+            return False
+        g = self.grid if len(self.grid) == 3 else _PAD3[len(self.grid)](self.grid)
+        b = self.block if len(self.block) == 3 else _PAD3[len(self.block)](self.block)
+        slots = (ctypes.c_uint64 * max(k.slots, 1))()
+        k.pack(self.args(arrays), slots)
+        params = (ctypes.c_void_p * max(k.slots, 1))(
+            *[ctypes.addressof(slots) + 8 * i for i in range(k.slots)])
+        writes, at = [], 0
+        for t in self.spec.argtypes:
+            if isinstance(t, types.Array):
+                writes.append(f"        slots[{at + 4}] = pointer(a{len(writes)})")
+                at += 5 + 2 * t.ndim
+            else:
+                at += 1
+        names = ", ".join(f"a{i}" for i in range(len(writes)))
+        src = (f"def fire({names}):\n    with lock:\n" + "\n".join(writes)
+               + f"\n        launch_kernel(fptr, {g[0]}, {g[1]}, {g[2]}, {b[0]}, {b[1]}, {b[2]}, "
+               "0, stream().ptr, params_ptr, 0)\n")
+        env = {"slots": slots, "params": params, "params_ptr": ctypes.addressof(params),
+               "lock": threading.Lock(), "pointer": _pointer, "fptr": k.fptr,
+               "launch_kernel": k.launch_kernel, "stream": cp.cuda.get_current_stream}
+        exec(compile(src, f"<gpucnn launch {self.spec.name}>", "exec"), env)
+        return env["fire"]
+
+
+_ALL_PLANS: list = []
+
+
+def clear_plans():
+    """Forget every prepared launch. Plans hold the block sizes and tiles of the moment they
+    were made; a change of a module's tuning constant (``EW_BLOCK``, ``SOFTMAX_BLOCK``, ...)
+    takes effect for shapes already seen after this. (The conv's ``TILE_OVERRIDE`` and
+    ``TARGET_BLOCKS`` need nothing: while set, the conv launchers do not use plans.)"""
+    for p in _ALL_PLANS:
+        p.table.clear()
+
+
+class Plans:
+    """The prepared launches of one launcher, keyed by what decides them. ``key(arrays,
+    params)`` is None unless every array is a C-contiguous array of this set (None entries
+    allowed); such calls, and those whose params are not hashable, take the launcher's checked
+    path every time. A launcher looks its key up first; on a miss it checks and converts its arguments,
+    prepares the launch and ``put``s it."""
+
+    __slots__ = ("op", "table")
+
+    def __init__(self, op: str):
+        self.op, self.table = op, {}
+        _ALL_PLANS.append(self)
+
+    def key(self, arrays, params):
+        key = (params,)
+        nd = xp.ndarray
+        for a in arrays:
+            if a is None:
+                key += (None,)
+            elif type(a) is nd and a.flags.c_contiguous:
+                key += (a.shape, a.dtype)
+            else:
+                return None
+        return key
+
+    def get(self, key):
+        if key is None:
+            return None
+        try:
+            return self.table.get(key)
+        except TypeError:           # unhashable params: the checked path
+            return None
+
+    def put(self, key, plan, inputs, params):
+        """Keep ``plan`` under ``key`` when the checked path passed the inputs on as they came
+        (``inputs``: what went to the kernel, after conversions): a call that needed a copy or a
+        cast keeps taking the checked path, which makes it."""
+        if key is not None and len(self.table) < 512 and self.key(inputs, params) == key:
+            try:
+                self.table[key] = plan
+            except TypeError:
+                pass
+        return plan
 
 
 def _fall_back(spec: KernelSpec, e: Exception):

@@ -69,9 +69,10 @@ def nvvm_location() -> str:
 def _fix_for(error: str) -> str:
     low = error.lower()
     if "nvvm" in low or "libdevice" in low:
-        return ("Numba's CUDA compiler (NVVM) is missing: install the extra of your CUDA toolkit, "
-                "`pip install 'gpucnn[cuda12]'` or `pip install 'gpucnn[cuda13]'`, or point "
-                "CUDA_HOME at a CUDA toolkit; or fill the kernel cache on a machine that has NVVM "
+        return ("Numba's CUDA compiler (NVVM) is missing: install the extra of your CUDA version, "
+                "`pip install -e '.[cuda12]'` or `pip install -e '.[cuda13]'` in the gpucnn "
+                "checkout (`'gpucnn[cuda12]'` / `'gpucnn[cuda13]'` when installing gpucnn by "
+                "name), or point CUDA_HOME at a CUDA toolkit; or fill the kernel cache on a machine that has NVVM "
                 "(`python -m gpucnn.cache fill --cc X.Y`) and copy it into GPUCNN_CACHE_DIR here")
     if "nvjitlink" in low or "linker" in low:
         return ("the CUDA linker (nvJitLink or the driver's) failed: update the NVIDIA driver or "
@@ -136,8 +137,9 @@ def _probe() -> tuple[bool, str, dict]:
         return True, "NUMBA_ENABLE_CUDASIM=1: kernels run in Numba's CUDA simulator on NumPy arrays", info
     if cp is None:
         return False, ("CuPy is not installed or failed to import "
-                       f"({_cupy_error}); install it with `pip install 'gpucnn[cuda12]'` "
-                       "(or `'gpucnn[cuda13]'` for a CUDA 13 driver)"), info
+                       f"({_cupy_error}); install it with `pip install -e '.[cuda12]'` in the "
+                       "gpucnn checkout, or `'.[cuda13]'` for a CUDA 13 driver (`'gpucnn[cuda12]'`"
+                       " / `'gpucnn[cuda13]'` when installing gpucnn by name)"), info
     info["cupy"] = cp.__version__
     try:
         n = cp.cuda.runtime.getDeviceCount()

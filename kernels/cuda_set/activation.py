@@ -14,7 +14,7 @@ from numba import types
 
 from .. import ACTIVATIONS
 from ._launch import (NB_FLOAT, arr, contig, empty, float_dtype, float_variants, grid_1d,
-                      kernel_factory, KernelSpec, launch, dtname)
+                      kernel_factory, KernelSpec, Plans, Prepared, dtname)
 from ._runtime import numba_cuda as cuda
 
 #: Threads per block of the elementwise kernels (grid-stride loops; see ``_launch.grid_1d``).
@@ -93,29 +93,38 @@ def act_bwd_kernel(dtype):
     return KernelSpec(f"act_bwd[{dtype}]", act_backward_k, (a, a, a, types.int32))
 
 
+_FWD, _BWD = Plans("act_forward"), Plans("act_backward")
+
+
 def act_forward(x, act):
     """``act(x)`` elementwise, any shape."""
-    code = act_code("act_forward", act)
-    dt = float_dtype("act_forward", x)
-    x = contig(x, dt)
+    key = _FWD.key((x,), act)
+    plan = _FWD.get(key)
+    if plan is None:
+        code = act_code("act_forward", act)
+        dt = float_dtype("act_forward", x)
+        x = contig(x, dt)
+        plan = _FWD.put(key, Prepared(act_fwd_kernel(dtname(dt)), grid_1d(x.size, EW_BLOCK),
+                                      (EW_BLOCK,), (x, None, code)), (x,), act)
     y = empty(x.shape, x.dtype)
-    n = x.size
-    launch(act_fwd_kernel(dtname(dt)), grid_1d(n, EW_BLOCK), (EW_BLOCK,),
-           x, y, code)   # any rank: the kernel sees the flat contiguous arrays
+    plan(x, y)          # any rank: the kernel sees the flat contiguous arrays
     return y
 
 
 def act_backward(dy, y, act):
     """The gradient of ``act`` from its forward output ``y``: ``dx = act'(y) * dy``."""
-    code = act_code("act_backward", act)
-    dt = float_dtype("act_backward", dy)
-    dy = contig(dy, dt)
-    y = contig(y, dt)
-    if dy.shape != y.shape:
-        raise ValueError(f"act_backward: dy {tuple(dy.shape)} and y {tuple(y.shape)} must have "
-                         "the same shape")
+    key = _BWD.key((dy, y), act)
+    plan = _BWD.get(key)
+    if plan is None:
+        code = act_code("act_backward", act)
+        dt = float_dtype("act_backward", dy)
+        dy = contig(dy, dt)
+        y = contig(y, dt)
+        if dy.shape != y.shape:
+            raise ValueError(f"act_backward: dy {tuple(dy.shape)} and y {tuple(y.shape)} must "
+                             "have the same shape")
+        plan = _BWD.put(key, Prepared(act_bwd_kernel(dtname(dt)), grid_1d(dy.size, EW_BLOCK),
+                                      (EW_BLOCK,), (dy, y, None, code)), (dy, y), act)
     dx = empty(dy.shape, dy.dtype)
-    n = dy.size
-    launch(act_bwd_kernel(dtname(dt)), grid_1d(n, EW_BLOCK), (EW_BLOCK,),
-           dy, y, dx, code)
+    plan(dy, y, dx)
     return dx

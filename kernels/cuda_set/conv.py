@@ -27,8 +27,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import types
 
-from ._launch import (NB_FLOAT, KernelSpec, arr, cdiv, check_rank, contig, dummy, empty,
-                      float_dtype, kernel_factory, launch, sm_count, xp, dtname)
+from ._launch import (NB_FLOAT, KernelSpec, Plans, Prepared, arr, cdiv, check_rank, contig,
+                      dummy, empty, float_dtype, kernel_factory, sm_count, xp, dtname)
 from ._runtime import numba_cuda as cuda
 from .activation import act_code, act_device_fns
 from .reduce import column_sum
@@ -394,7 +394,20 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
+_GEOMETRY: dict = {}
+
+
 def _geometry(op, stride, pad):
+    key = (tuple(stride), tuple(pad))
+    got = _GEOMETRY.get(key)       # a step meets the same few geometries again and again
+    if got is None:
+        got = _check_geometry(op, stride, pad)
+        if len(_GEOMETRY) < 1024:
+            _GEOMETRY[key] = got
+    return got
+
+
+def _check_geometry(op, stride, pad):
     try:
         sh, sw = (int(v) for v in stride)
         pt, pb, pl, pr = (int(v) for v in pad)
@@ -416,17 +429,43 @@ def _out_size(op, h, w, kh, kw, sh, sw, pt, pb, pl, pr):
     return ho, wo
 
 
-def _launch_igemm(mode, tile, src, wmat, bias, out, mh, mw, kh, kw, sh, sw, pt, pl, act,
-                  has_bias, grid_m, grid_n, splits=1, chunk=0, yact=None):
-    ysrc = yact if (yact is not None and mode == BWD_INPUT) else dummy(src.dtype, 4)
-    ymat = yact if (yact is not None and mode == BWD_WEIGHT) else dummy(src.dtype, 2)
-    launch(igemm_kernel(mode, tile, dtname(src.dtype)), (cdiv(grid_m, tile.bm),
-           cdiv(grid_n, tile.bn), splits), tile.block,
-           src, wmat, bias, ysrc, ymat, out, mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias, chunk)
+def _igemm(mode, tile, dt, mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias, grid_m, grid_n,
+           splits=1, chunk=0):
+    """The prepared launch of the implicit GEMM; its arrays are ``(src, wmat, bias, ysrc, ymat,
+    out)`` (an absent bias or fused activation output given as a ``dummy``)."""
+    return Prepared(igemm_kernel(mode, tile, dtname(dt)),
+                    (cdiv(grid_m, tile.bm), cdiv(grid_n, tile.bn), splits), tile.block,
+                    (None,) * 6 + (mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias, chunk))
+
+
+def _plannable() -> bool:
+    """Whether the launchers may use prepared launches (not while a tile or split-K target is
+    overridden: plans hold the tile and split of the moment they were made)."""
+    return not TILE_OVERRIDE and TARGET_BLOCKS is None
+
+
+_FWD = Plans("conv2d_forward")
+_BWD_INPUT = Plans("conv2d_backward_input")
+_BWD_WEIGHT = Plans("conv2d_backward_weight")
 
 
 def conv2d_forward(x, w, b, stride, pad, act):
     """``y = act(conv(x, w) + b)``: x (N, H, W, Cin), w (KH, KW, Cin, Cout) -> (N, Ho, Wo, Cout)."""
+    params = (stride, pad, act)
+    key = _FWD.key((x, w, b), params) if _plannable() else None
+    hit = _FWD.get(key)
+    if hit is None:
+        x, w, b, hit = _forward_plan(x, w, b, stride, pad, act)
+        _FWD.put(key, hit, (x, w, b), params)
+    plan, y_shape = hit
+    dt = x.dtype
+    y = empty(y_shape, dt)
+    plan(x, w, dummy(dt) if b is None else b, dummy(dt, 4), dummy(dt, 2), y)  # w, y seen 2-D
+    return y
+
+
+def _forward_plan(x, w, b, stride, pad, act):
+    """Checks and converts the forward's arguments; ``(x, w, b, (plan, y shape))``."""
     op = "conv2d_forward"
     code = act_code(op, act)
     dt = float_dtype(op, x)
@@ -439,18 +478,13 @@ def conv2d_forward(x, w, b, stride, pad, act):
         raise ValueError(f"{op}: x has {cin} channels but w {tuple(w.shape)} expects {wcin}")
     sh, sw, pt, pb, pl, pr = _geometry(op, stride, pad)
     ho, wo = _out_size(op, h, wd, kh, kw, sh, sw, pt, pb, pl, pr)
-    if b is None:
-        bias, has_bias = dummy(dt), 0
-    else:
-        bias, has_bias = contig(b, dt), 1
-        if bias.shape != (cout,):
-            raise ValueError(f"{op}: b must have shape ({cout},), got {tuple(bias.shape)}")
-    y = empty((n, ho, wo, cout), dt)
-    m = n * ho * wo
-    tile = choose_tile(FWD, cout)
-    _launch_igemm(FWD, tile, x, w, bias, y,          # w and y seen as 2-D (rank_shape)
-                  ho, wo, kh, kw, sh, sw, pt, pl, code, has_bias, m, cout)
-    return y
+    if b is not None:
+        b = contig(b, dt)
+        if b.shape != (cout,):
+            raise ValueError(f"{op}: b must have shape ({cout},), got {tuple(b.shape)}")
+    plan = _igemm(FWD, choose_tile(FWD, cout), dt, ho, wo, kh, kw, sh, sw, pt, pl, code,
+                  0 if b is None else 1, n * ho * wo, cout)
+    return x, w, b, (plan, (n, ho, wo, cout))
 
 
 def conv2d_backward_input(dy, w, x_shape, stride, pad):
@@ -466,6 +500,21 @@ def conv2d_backward_input_act(dy, y, act, w, x_shape, stride, pad):
 
 
 def _backward_input(op, dy, y, act, w, x_shape, stride, pad):
+    params = (op, act, x_shape, stride, pad)
+    key = _BWD_INPUT.key((dy, y, w), params) if _plannable() else None
+    hit = _BWD_INPUT.get(key)
+    if hit is None:
+        dy, y, w, hit = _backward_input_plan(op, dy, y, act, w, x_shape, stride, pad)
+        _BWD_INPUT.put(key, hit, (dy, y, w), params)
+    plan, dx_shape, fused = hit
+    dt = dy.dtype
+    dx = empty(dx_shape, dt)
+    plan(dy, w, dummy(dt), y if fused else dummy(dt, 4), dummy(dt, 2), dx)
+    return dx
+
+
+def _backward_input_plan(op, dy, y, act, w, x_shape, stride, pad):
+    """Checks and converts; ``(dy, y, w, (plan, dx shape, whether y is read))``."""
     code = act_code(op, act)
     dt = float_dtype(op, dy)
     dy, w = contig(dy, dt), contig(w, dt)
@@ -479,12 +528,10 @@ def _backward_input(op, dy, y, act, w, x_shape, stride, pad):
         raise ValueError(f"{op}: dy {tuple(dy.shape)} and w {tuple(w.shape)} do not match "
                          f"x_shape {tuple(x_shape)} (expected dy {(n, ho, wo, cout)}, w "
                          f"(KH, KW, {cin}, C_out))")
-    yact = _act_output(op, y, dy, code)
-    dx = empty((n, h, wd, cin), dt)
-    tile = choose_tile(BWD_INPUT, cin)
-    _launch_igemm(BWD_INPUT, tile, dy, w, dummy(dt), dx, h, wd, kh, kw, sh, sw, pt, pl, code, 0,
-                  n * h * wd, cin, yact=yact)
-    return dx
+    y = _act_output(op, y, dy, code)
+    plan = _igemm(BWD_INPUT, choose_tile(BWD_INPUT, cin), dt, h, wd, kh, kw, sh, sw, pt, pl,
+                  code, 0, n * h * wd, cin)
+    return dy, y, w, (plan, (n, h, wd, cin), y is not None)
 
 
 def _act_output(op, y, dy, code):
@@ -524,6 +571,30 @@ def conv2d_backward_weight_bias(x, dy, y, act, w_shape, stride, pad):
 
 
 def _backward_weight(op, x, dy, y, act, w_shape, stride, pad, with_bias):
+    params = (op, act, w_shape, stride, pad)
+    key = _BWD_WEIGHT.key((x, dy, y), params) if _plannable() else None
+    hit = _BWD_WEIGHT.get(key)
+    if hit is None:
+        x, dy, y, hit = _backward_weight_plan(op, x, dy, y, act, w_shape, stride, pad,
+                                              with_bias)
+        _BWD_WEIGHT.put(key, hit, (x, dy, y), params)
+    plan, part_shape, fused, w_shape = hit
+    dt = x.dtype
+    if plan is None:   # no rows to reduce over
+        return xp.zeros(w_shape, dtype=dt), (xp.zeros(w_shape[3:], dt) if with_bias else None)
+    splits, rows, cout = part_shape
+    part = empty(part_shape, dt)
+    plan(x, dy, dummy(dt), dummy(dt, 4), y if fused else dummy(dt, 2), part)
+    total = part[0] if splits == 1 else column_sum(part.reshape(splits, rows * cout)).reshape(
+        rows, cout)
+    krows = rows - (1 if with_bias else 0)
+    dw = total[:krows].reshape(w_shape)
+    return dw, (total[krows] if with_bias else None)
+
+
+def _backward_weight_plan(op, x, dy, y, act, w_shape, stride, pad, with_bias):
+    """Checks and converts; ``(x, dy, y, (plan or None, partials' shape, whether y is read,
+    w_shape))``."""
     code = act_code(op, act)
     dt = float_dtype(op, x)
     x, dy = contig(x, dt), contig(dy, dt)
@@ -536,21 +607,17 @@ def _backward_weight(op, x, dy, y, act, w_shape, stride, pad, with_bias):
     if xcin != cin or tuple(dy.shape) != (n, ho, wo, cout):
         raise ValueError(f"{op}: x {tuple(x.shape)} and dy {tuple(dy.shape)} do not match "
                          f"w_shape {tuple(w_shape)} (expected dy {(n, ho, wo, cout)})")
-    yact = _act_output(op, y, dy, code)
+    y = _act_output(op, y, dy, code)
     krows, red = kh * kw * cin, n * ho * wo
-    tile = choose_tile(BWD_WEIGHT, cout)
+    w_shape = (kh, kw, cin, cout)
     if red == 0:
-        return xp.zeros((kh, kw, cin, cout), dtype=dt), (xp.zeros((cout,), dt) if with_bias
-                                                        else None)
+        return x, dy, y, (None, None, False, w_shape)
+    tile = choose_tile(BWD_WEIGHT, cout)
     splits, chunk = _splits(tile, krows, cout, red)
     rows = krows + (1 if with_bias else 0)
-    part = empty((splits, rows, cout), dt)
-    _launch_igemm(BWD_WEIGHT, tile, x, dy, dummy(dt), part, ho, wo, kh, kw, sh, sw, pt, pl, code,
-                  int(with_bias), krows, cout, splits, chunk, yact=yact)
-    total = part[0] if splits == 1 else column_sum(part.reshape(splits, rows * cout)).reshape(
-        rows, cout)
-    dw = total[:krows].reshape(kh, kw, cin, cout)
-    return dw, (total[krows] if with_bias else None)
+    plan = _igemm(BWD_WEIGHT, tile, dt, ho, wo, kh, kw, sh, sw, pt, pl, code, int(with_bias),
+                  krows, cout, splits, chunk)
+    return x, dy, y, (plan, (splits, rows, cout), y is not None, w_shape)
 
 
 def bias_grad(dy):

@@ -12,7 +12,7 @@ import numpy as np
 from numba import types
 
 from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype, float_variants,
-                      grid_1d, kernel_factory, KernelSpec, launch, xp, dtname)
+                      grid_1d, kernel_factory, KernelSpec, Plans, Prepared, xp, dtname)
 from ._runtime import numba_cuda as cuda
 
 #: Threads per block of the grid-stride pooling kernels (over outputs; over inputs in the
@@ -158,67 +158,103 @@ def _geometry(op, x_shape, pool, stride, pad):
     return ho, wo, (ph, pw, sh, sw, pt, pl)
 
 
-def _grid(n):
-    return grid_1d(n, POOL_BLOCK), (POOL_BLOCK,)
+def _plan(spec, n, arrays, geo=()):
+    """A grid-stride launch over ``n`` elements; ``arrays`` array arguments, then ``geo``."""
+    return Prepared(spec, grid_1d(n, POOL_BLOCK), (POOL_BLOCK,), (None,) * arrays + tuple(geo))
+
+
+_PLANS = {op: Plans(op) for op in ("max_pool_forward", "max_pool_backward", "avg_pool_forward",
+                                   "avg_pool_backward")}
 
 
 def max_pool_forward(x, pool, stride, pad):
     """``(y, idx)``: the window maxima and the flat ``h * W + w`` of each winner (int32)."""
     op = "max_pool_forward"
-    dt = float_dtype(op, x)
-    x = contig(x, dt)
-    check_rank(op, "x", x, 4, "(N, H, W, C)")
-    ho, wo, geo = _geometry(op, x.shape, pool, stride, pad)
-    n, _, _, c = x.shape
-    y = empty((n, ho, wo, c), dt)
-    idx = empty((n, ho, wo, c), np.int32)
-    launch(max_pool_fwd_kernel(dtname(dt)), *_grid(y.size), x, y, idx, *geo)
+    plans, params = _PLANS[op], (pool, stride, pad)
+    key = plans.key((x,), params)
+    hit = plans.get(key)
+    if hit is None:
+        dt = float_dtype(op, x)
+        x = contig(x, dt)
+        check_rank(op, "x", x, 4, "(N, H, W, C)")
+        ho, wo, geo = _geometry(op, x.shape, pool, stride, pad)
+        n, _, _, c = x.shape
+        y_shape = (n, ho, wo, c)
+        hit = plans.put(key, (_plan(max_pool_fwd_kernel(dtname(dt)), n * ho * wo * c, 3, geo),
+                              y_shape), (x,), params)
+    plan, y_shape = hit
+    y = empty(y_shape, x.dtype)
+    idx = empty(y_shape, np.int32)
+    plan(x, y, idx)
     return y, idx
 
 
 def max_pool_backward(dy, idx, x_shape):
     """dx of shape ``x_shape``: each dy routed to its window's winner (accumulating)."""
     op = "max_pool_backward"
-    dt = float_dtype(op, dy)
-    dy = contig(dy, dt)
-    idx = contig(idx, np.int32)
-    check_rank(op, "dy", dy, 4, "(N, Ho, Wo, C)")
-    x_shape = tuple(int(v) for v in x_shape)
-    if dy.shape != idx.shape or len(x_shape) != 4 or x_shape[0] != dy.shape[0] \
-            or x_shape[3] != dy.shape[3]:
-        raise ValueError(f"{op}: dy {tuple(dy.shape)}, idx {tuple(idx.shape)} and x_shape "
-                         f"{x_shape} do not match (expected equal dy/idx shapes with x's N and C)")
-    dx = xp.zeros(x_shape, dtype=dt)
-    launch(max_pool_bwd_kernel(dtname(dt)), *_grid(dy.size), dy, idx, dx)
+    plans = _PLANS[op]
+    key = plans.key((dy, idx), x_shape)
+    hit = plans.get(key)
+    if hit is None:
+        dt = float_dtype(op, dy)
+        dy = contig(dy, dt)
+        idx = contig(idx, np.int32)
+        check_rank(op, "dy", dy, 4, "(N, Ho, Wo, C)")
+        x_shape = tuple(int(v) for v in x_shape)
+        if dy.shape != idx.shape or len(x_shape) != 4 or x_shape[0] != dy.shape[0] \
+                or x_shape[3] != dy.shape[3]:
+            raise ValueError(f"{op}: dy {tuple(dy.shape)}, idx {tuple(idx.shape)} and x_shape "
+                             f"{x_shape} do not match (expected equal dy/idx shapes with x's N "
+                             "and C)")
+        hit = plans.put(key, (_plan(max_pool_bwd_kernel(dtname(dt)), dy.size, 3), x_shape),
+                        (dy, idx), x_shape)
+    plan, x_shape = hit
+    dx = xp.zeros(x_shape, dtype=dy.dtype)
+    plan(dy, idx, dx)
     return dx
 
 
 def avg_pool_forward(x, pool, stride, pad):
     """The mean over each window's real (unpadded) cells."""
     op = "avg_pool_forward"
-    dt = float_dtype(op, x)
-    x = contig(x, dt)
-    check_rank(op, "x", x, 4, "(N, H, W, C)")
-    ho, wo, geo = _geometry(op, x.shape, pool, stride, pad)
-    n, _, _, c = x.shape
-    y = empty((n, ho, wo, c), dt)
-    launch(avg_pool_fwd_kernel(dtname(dt)), *_grid(y.size), x, y, *geo)
+    plans, params = _PLANS[op], (pool, stride, pad)
+    key = plans.key((x,), params)
+    hit = plans.get(key)
+    if hit is None:
+        dt = float_dtype(op, x)
+        x = contig(x, dt)
+        check_rank(op, "x", x, 4, "(N, H, W, C)")
+        ho, wo, geo = _geometry(op, x.shape, pool, stride, pad)
+        n, _, _, c = x.shape
+        hit = plans.put(key, (_plan(avg_pool_fwd_kernel(dtname(dt)), n * ho * wo * c, 2, geo),
+                              (n, ho, wo, c)), (x,), params)
+    plan, y_shape = hit
+    y = empty(y_shape, x.dtype)
+    plan(x, y)
     return y
 
 
 def avg_pool_backward(dy, x_shape, pool, stride, pad):
     """dx of shape ``x_shape``: each dy spread evenly over its window's real cells."""
     op = "avg_pool_backward"
-    dt = float_dtype(op, dy)
-    dy = contig(dy, dt)
-    check_rank(op, "dy", dy, 4, "(N, Ho, Wo, C)")
-    x_shape = tuple(int(v) for v in x_shape)
-    if len(x_shape) != 4:
-        raise ValueError(f"{op}: x_shape must be (N, H, W, C), got {x_shape}")
-    ho, wo, geo = _geometry(op, x_shape, pool, stride, pad)
-    if tuple(dy.shape) != (x_shape[0], ho, wo, x_shape[3]):
-        raise ValueError(f"{op}: dy has shape {tuple(dy.shape)}, expected "
-                         f"{(x_shape[0], ho, wo, x_shape[3])} for x_shape {x_shape}")
-    dx = empty(x_shape, dt)
-    launch(avg_pool_bwd_kernel(dtname(dt)), *_grid(dx.size), dy, dx, *geo)
+    plans, params = _PLANS[op], (x_shape, pool, stride, pad)
+    key = plans.key((dy,), params)
+    hit = plans.get(key)
+    if hit is None:
+        dt = float_dtype(op, dy)
+        dy = contig(dy, dt)
+        check_rank(op, "dy", dy, 4, "(N, Ho, Wo, C)")
+        x_shape = tuple(int(v) for v in x_shape)
+        if len(x_shape) != 4:
+            raise ValueError(f"{op}: x_shape must be (N, H, W, C), got {x_shape}")
+        ho, wo, geo = _geometry(op, x_shape, pool, stride, pad)
+        if tuple(dy.shape) != (x_shape[0], ho, wo, x_shape[3]):
+            raise ValueError(f"{op}: dy has shape {tuple(dy.shape)}, expected "
+                             f"{(x_shape[0], ho, wo, x_shape[3])} for x_shape {x_shape}")
+        size = x_shape[0] * x_shape[1] * x_shape[2] * x_shape[3]
+        hit = plans.put(key, (_plan(avg_pool_bwd_kernel(dtname(dt)), size, 2, geo), x_shape),
+                        (dy,), params)
+    plan, x_shape = hit
+    dx = empty(x_shape, dy.dtype)
+    plan(dy, dx)
     return dx

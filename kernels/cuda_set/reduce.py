@@ -7,7 +7,7 @@ import numpy as np
 from numba import types
 
 from ._launch import (NB_FLOAT, arr, cdiv, contig, empty, float_dtype, kernel_factory,
-                      KernelSpec, launch, xp, dtname)
+                      KernelSpec, Plans, Prepared, xp, dtname)
 from .activation import act_code, act_device_fns
 from ._runtime import numba_cuda as cuda
 
@@ -104,34 +104,48 @@ def act_colsum_kernel(dtype, block):
                       (a2, a2, a2, a2, types.int32))
 
 
+_ACT_BIAS, _COLSUM = Plans("act_backward_bias"), Plans("column_sum")
+
+
 def act_backward_bias(dy, y, act):
     """``(g, db)``: ``g = act_backward(dy, y, act)`` of a ``(rows, C)`` gradient and its column
     sums, in one launch (a second, plain column sum only past ``COLSUM_ROWS`` rows): a dense
     layer's backward (capability ``fused_backward``)."""
     op = "act_backward_bias"
-    code = act_code(op, act)
-    dt = float_dtype(op, dy)
-    dy, y = contig(dy, dt), contig(y, dt)
-    if dy.ndim != 2 or tuple(y.shape) != tuple(dy.shape):
-        raise ValueError(f"{op}: dy and y must be 2-D (rows, C) of one shape, got dy "
-                         f"{tuple(dy.shape)} and y {tuple(y.shape)}")
-    nrows, ncols = dy.shape
-    g = empty(dy.shape, dt)
-    if nrows == 0:
-        return g, xp.zeros((ncols,), dtype=dt)
-    splits = min(MAX_GRID_Y, cdiv(nrows, COLSUM_ROWS))
-    part = empty((splits, ncols), dt)
-    cb, rb = COLSUM_BLOCK
-    launch(act_colsum_kernel(dtname(dt), COLSUM_BLOCK), (cdiv(ncols, cb), splits), (cb, rb),
-           dy, y, g, part, code)
-    return g, (part.reshape(ncols) if splits == 1 else column_sum(part))
+    key = _ACT_BIAS.key((dy, y), act)
+    hit = _ACT_BIAS.get(key)
+    if hit is None:
+        code = act_code(op, act)
+        dt = float_dtype(op, dy)
+        dy, y = contig(dy, dt), contig(y, dt)
+        if dy.ndim != 2 or tuple(y.shape) != tuple(dy.shape):
+            raise ValueError(f"{op}: dy and y must be 2-D (rows, C) of one shape, got dy "
+                             f"{tuple(dy.shape)} and y {tuple(y.shape)}")
+        nrows, ncols = dy.shape
+        splits = min(MAX_GRID_Y, cdiv(nrows, COLSUM_ROWS))
+        cb, rb = COLSUM_BLOCK
+        plan = Prepared(act_colsum_kernel(dtname(dt), COLSUM_BLOCK), (cdiv(ncols, cb), splits),
+                        (cb, rb), (None,) * 4 + (code,))
+        hit = _ACT_BIAS.put(key, (plan if nrows else None, (splits, ncols)), (dy, y), act)
+    plan, part_shape = hit
+    g = empty(dy.shape, dy.dtype)
+    if plan is None:     # no rows
+        return g, xp.zeros(part_shape[1:], dtype=dy.dtype)
+    part = empty(part_shape, dy.dtype)
+    plan(dy, y, g, part)
+    return g, (part.reshape(part_shape[1:]) if part_shape[0] == 1 else column_sum(part))
 
 
 def _colsum_pass(a2, splits):
+    key = _COLSUM.key((a2,), splits)
+    plan = _COLSUM.get(key)
+    if plan is None:
+        cb, rb = COLSUM_BLOCK
+        plan = _COLSUM.put(key, Prepared(colsum_kernel(dtname(a2.dtype), COLSUM_BLOCK),
+                                         (cdiv(a2.shape[1], cb), splits), (cb, rb), (None, None)),
+                           (a2,), splits)
     out = empty((splits, a2.shape[1]), a2.dtype)
-    cb, rb = COLSUM_BLOCK
-    launch(colsum_kernel(dtname(a2.dtype), COLSUM_BLOCK), (cdiv(a2.shape[1], cb), splits), (cb, rb),
-           a2, out)
+    plan(a2, out)
     return out
 
 
@@ -145,4 +159,3 @@ def column_sum(a2):
         a2 = _colsum_pass(a2, splits)
         nrows = splits
     return _colsum_pass(a2, 1).reshape(ncols)
-

@@ -11,7 +11,7 @@ import numpy as np
 from numba import types
 
 from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype, grid_1d,
-                      kernel_factory, KernelSpec, launch, dtname)
+                      kernel_factory, KernelSpec, Plans, Prepared, dtname)
 from ._runtime import numba_cuda as cuda
 
 #: Threads per block (one block per row); a power of two. Tests shrink it for the simulator.
@@ -191,26 +191,45 @@ def _rows(op, x, name="x"):
     return x, dt
 
 
-def _row_launch(spec, rows, *args):
+def _row_plan(spec, rows, *scalars):
+    """A launch of one block per row; its arrays first, then ``scalars``."""
     if rows > MAX_GRID_X:  # pragma: no cover - 2**31 rows
         raise ValueError(f"{spec.name}: {rows} rows exceed the grid limit {MAX_GRID_X}")
-    launch(spec, (rows,), (SOFTMAX_BLOCK,), *args)
+    arrays = sum(isinstance(t, types.Array) for t in spec.argtypes)
+    return Prepared(spec, (rows,), (SOFTMAX_BLOCK,), (None,) * arrays + scalars)
+
+
+_PLANS = {op: Plans(op) for op in ("softmax_forward", "log_softmax_forward", "softmax_backward",
+                                   "log_softmax_backward", "softmax_xent_forward",
+                                   "softmax_xent_backward")}
 
 
 def _softmax(op, x, log):
-    x, dt = _rows(op, x)
+    plans = _PLANS[op]
+    key = plans.key((x,), None)
+    plan = plans.get(key)
+    if plan is None:
+        x, dt = _rows(op, x)
+        plan = plans.put(key, _row_plan(softmax_fwd_kernel(dtname(dt), SOFTMAX_BLOCK),
+                                        x.shape[0], log), (x,), None)
     y = empty(x.shape, x.dtype)
-    _row_launch(softmax_fwd_kernel(dtname(dt), SOFTMAX_BLOCK), x.shape[0], x, y, log)
+    plan(x, y)
     return y
 
 
 def _softmax_bwd(op, dy, y, log):
-    dy, dt = _rows(op, dy, "dy")
-    y = contig(y, dt)
-    if y.shape != dy.shape:
-        raise ValueError(f"{op}: dy {tuple(dy.shape)} and y {tuple(y.shape)} must match")
+    plans = _PLANS[op]
+    key = plans.key((dy, y), None)
+    plan = plans.get(key)
+    if plan is None:
+        dy, dt = _rows(op, dy, "dy")
+        y = contig(y, dt)
+        if y.shape != dy.shape:
+            raise ValueError(f"{op}: dy {tuple(dy.shape)} and y {tuple(y.shape)} must match")
+        plan = plans.put(key, _row_plan(softmax_bwd_kernel(dtname(dt), SOFTMAX_BLOCK),
+                                        dy.shape[0], log), (dy, y), None)
     dx = empty(dy.shape, dy.dtype)
-    _row_launch(softmax_bwd_kernel(dtname(dt), SOFTMAX_BLOCK), dy.shape[0], dy, y, dx, log)
+    plan(dy, y, dx)
     return dx
 
 
@@ -246,23 +265,35 @@ def _labels(op, labels, rows):
 def softmax_xent_forward(z, labels):
     """``(loss (rows,), p (rows, K))``: fused softmax + cross-entropy of integer labels."""
     op = "softmax_xent_forward"
-    z, dt = _rows(op, z, "z")
-    lab = _labels(op, labels, z.shape[0])
-    loss = empty((z.shape[0],), dt)
+    plans = _PLANS[op]
+    key = plans.key((z, labels), None)
+    plan = plans.get(key)
+    if plan is None:
+        z, dt = _rows(op, z, "z")
+        labels = _labels(op, labels, z.shape[0])
+        plan = plans.put(key, _row_plan(xent_fwd_kernel(dtname(dt), SOFTMAX_BLOCK), z.shape[0]),
+                         (z, labels), None)
+    loss = empty(z.shape[:1], z.dtype)
     p = empty(z.shape, z.dtype)
-    _row_launch(xent_fwd_kernel(dtname(dt), SOFTMAX_BLOCK), z.shape[0], z, lab, loss, p)
+    plan(z, labels, loss, p)
     return loss, p
 
 
 def softmax_xent_backward(p, labels, g):
     """``dz = (p - onehot(labels)) * g[:, None]``."""
     op = "softmax_xent_backward"
-    p, dt = _rows(op, p, "p")
-    lab = _labels(op, labels, p.shape[0])
-    g = contig(g, dt).reshape(-1)
-    if g.shape != (p.shape[0],):
-        raise ValueError(f"{op}: g must have shape ({p.shape[0]},), got {tuple(g.shape)}")
+    plans = _PLANS[op]
+    key = plans.key((p, labels, g), None)
+    plan = plans.get(key)
+    if plan is None:
+        p, dt = _rows(op, p, "p")
+        labels = _labels(op, labels, p.shape[0])
+        g = contig(g, dt).reshape(-1)
+        if g.shape != (p.shape[0],):
+            raise ValueError(f"{op}: g must have shape ({p.shape[0]},), got {tuple(g.shape)}")
+        plan = plans.put(key, Prepared(xent_bwd_kernel(dtname(dt)),
+                                       grid_1d(p.size, XENT_BWD_BLOCK), (XENT_BWD_BLOCK,),
+                                       (None,) * 4), (p, labels, g), None)
     dz = empty(p.shape, p.dtype)
-    launch(xent_bwd_kernel(dtname(dt)), grid_1d(dz.size, XENT_BWD_BLOCK), (XENT_BWD_BLOCK,),
-           p, lab, g, dz)
+    plan(p, labels, g, dz)
     return dz
