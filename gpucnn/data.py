@@ -100,4 +100,42 @@ def gather(x, y, order, a, b, out=None):
     return xb, (None if y is None else y[idx])
 
 
-__all__ = ["Batches", "batch_bounds", "gather"]
+def _items(v):
+    """The number of items of a nested-list level, or None for a number."""
+    if isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.ndim):
+        return len(v)
+    return None
+
+
+def _ragged(a, where: str):
+    """Where nested lists ``a`` stop being rectangular (``"x[0] has 3 items, x[2] has 2"``), or
+    None when they are rectangular."""
+    items = list(a)
+    counts = [_items(v) for v in items]
+    for j, c in enumerate(counts):
+        if c != counts[0]:
+            def say(c):
+                return "a number" if c is None else f"{c} item{'s' if c != 1 else ''}"
+            return f"{where}[0] has {say(counts[0])}, {where}[{j}] has {say(c)}"
+    if counts and counts[0] is not None:
+        for i, v in enumerate(items):
+            found = _ragged(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def as_array(a, what: str, op: str, dtype=None):
+    """``np.asarray(a, dtype)`` for an array or (nested) list; a nested list whose rows differ
+    in length raises a ValueError naming ``op``, ``what`` and the first two rows that differ."""
+    try:
+        return np.asarray(a, dtype=dtype)
+    except (ValueError, TypeError) as e:
+        where = _ragged(a, what) if isinstance(a, (list, tuple)) else None
+        if where is None:
+            raise type(e)(f"{op}: cannot make an array of {what}: {e}") from None
+        raise ValueError(f"{op}: {what} is a nested list whose rows differ in length ({where}); "
+                         "every sample must have the same shape") from None
+
+
+__all__ = ["Batches", "batch_bounds", "gather", "as_array"]

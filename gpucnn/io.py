@@ -7,11 +7,15 @@ reader (NumPy, or a zip tool and a ``.npy`` reader) can open them.
 
 Writes are atomic: the archive goes to a temporary file in the destination's folder, is flushed
 to disk, then renamed over the destination (``os.replace``); on any failure the temporary file is
-removed and an existing checkpoint is left untouched.
+removed and an existing checkpoint is left untouched. A symlink is followed (the file it leads to
+is replaced, the link stays); a directory, FIFO, device or socket at the destination is refused,
+and so is a read-only file unless ``overwrite=True``. Every file gpucnn writes (weights, benchmark
+reports, pictures) goes through ``write_atomic``.
 """
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import zipfile
 
@@ -27,37 +31,105 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path, write, mode: str = "wb") -> str:
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def _kind(mode: int) -> str:
+    for test, words in _KINDS:
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def _where(path: str, dest: str) -> str:
+    """``'path'``, with the file a symlink leads to when that is another one."""
+    return f"{path!r} (a symlink to {dest!r})" if os.path.islink(path) else repr(path)
+
+
+def _check_destination(path: str, dest: str, overwrite: bool, op: str):
+    """The mode to give the new file (the existing file's, or None for a new one), after
+    refusing a destination that is not a regular file, or a read-only one without
+    ``overwrite``."""
+    try:
+        st = os.stat(dest)
+    except FileNotFoundError:
+        return None
+    except OSError as e:                                   # a symlink loop, a denied folder, ...
+        raise type(e)(e.errno, f"{op}: cannot write {_where(path, dest)}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        err = IsADirectoryError if stat.S_ISDIR(st.st_mode) else OSError
+        raise err(f"{op}: will not replace {_where(path, dest)}: it is {_kind(st.st_mode)}, "
+                  "not a regular file; give the path of a file to create or replace")
+    mode = stat.S_IMODE(st.st_mode)
+    if not overwrite and (not mode & 0o222 or not os.access(dest, os.W_OK)):
+        raise PermissionError(f"{op}: will not replace {_where(path, dest)}: it is read-only (mode "
+                              f"{mode:04o}); pass overwrite=True to replace it (its mode is kept), "
+                              "or make it writable first")
+    return mode
+
+
+def write_atomic(path, write, mode: str = "wb", *, overwrite: bool = False, op: str = None) -> str:
     """Create or replace ``path`` through ``write(file)`` on a temporary file in the same folder,
     flushed to disk and then renamed over ``path``: a reader sees the old file or the whole new
-    one, never half of it; on any failure the temporary file is removed. Returns the path."""
+    one, never half of it; on any failure the temporary file is removed. Returns the path.
+
+    The destination is respected: a symlink is followed and the file it leads to is replaced
+    (the link stays a link); a destination that is not a regular file (a directory, FIFO,
+    device or socket) is refused, and so is a read-only file unless ``overwrite=True`` (the
+    replacement then keeps its mode). A replaced file keeps its permission bits; a new one gets
+    ``0o666`` less the umask. Errors start with ``op`` (the caller's name, e.g.
+    ``"save_weights"``) and name ``path``, never the temporary file.
+    """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    op = op or "write_atomic"
+    dest = os.path.realpath(path)                      # through every symlink, to the real file
+    keep = _check_destination(path, dest, overwrite, op)
+    folder = os.path.dirname(dest)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{op}: cannot write {_where(path, dest)}: the folder {folder!r} "
+                                "does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".tmp",
+                                   dir=folder)
+    except OSError as e:
+        raise type(e)(e.errno, f"{op}: cannot write {_where(path, dest)}: cannot create a file in "
+                      f"its folder {folder!r}: {e.strerror}") from None
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
+        os.chmod(tmp, keep if keep is not None else 0o666 & ~_umask())
+        os.replace(tmp, dest)
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):                     # name the destination, not the temporary
+            text = e.strerror if e.strerror else str(e).replace(tmp, dest)
+            raise _os_error(e, f"{op}: writing {_where(path, dest)} failed: {text}") from None
         raise
     return path
 
 
-def save_arrays(path, arrays: dict) -> str:
-    """Write ``{name: array}`` to ``path`` atomically; returns the path written."""
+def _os_error(e: OSError, message: str) -> OSError:
+    try:
+        return type(e)(e.errno, message) if e.errno is not None else type(e)(message)
+    except TypeError:                                  # a subclass with another constructor
+        return OSError(e.errno, message)
+
+
+def save_arrays(path, arrays: dict, overwrite: bool = False, op: str = "save_weights") -> str:
+    """Write ``{name: array}`` to ``path`` atomically (``write_atomic``); returns the path."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"save_weights: the folder {folder!r} does not exist")
+        raise FileNotFoundError(f"{op}: cannot write {path!r}: the folder {folder!r} does not exist")
     return write_atomic(path, lambda f: np.savez(f, **{FORMAT_KEY: np.array(FORMAT_VERSION)},
-                                                  **arrays))
+                                                  **arrays), overwrite=overwrite, op=op)
 
 
 def load_arrays(path) -> dict:
@@ -66,19 +138,38 @@ def load_arrays(path) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"load_weights: no such file: {path!r}")
     why = "cannot read {!r} as a gpucnn weights file (.npz); it may be truncated or corrupted"
+    kind = os.stat(path).st_mode
+    if not stat.S_ISREG(kind):                         # a FIFO would block the read below
+        err = IsADirectoryError if stat.S_ISDIR(kind) else OSError
+        raise err(f"load_weights: {path!r} is {_kind(kind)}, not a weights file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise type(e)(e.errno, f"load_weights: cannot read {path!r}: {e.strerror}") from None
+    if not head.startswith(b"PK"):                     # np.load would try to unpickle it
+        raise ValueError(f"load_weights: {why.format(path)}: it is {_not_npz(head)}")
     try:
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"load_weights: {why.format(path)}: {type(e).__name__}: {e}") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ValueError(f"load_weights: {why.format(path)}: it holds a single array, not an archive")
-    try:
         with z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise ValueError(f"load_weights: {why.format(path)}: {type(e).__name__}: {e}") from None
+        detail = (f"{type(e).__name__}: {e}" if "allow_pickle" not in str(e) else
+                  "it holds pickled Python objects, which gpucnn never loads")
+        raise ValueError(f"load_weights: {why.format(path)}: {detail}") from None
     arrays.pop(FORMAT_KEY, None)
     return arrays
+
+
+def _not_npz(head: bytes) -> str:
+    """What a file that does not start like a zip archive is, from its first bytes."""
+    if not head:
+        return "empty"
+    if head.startswith(b"\x93NUMPY"):
+        return "a single .npy array, not an .npz archive of named weights"
+    if head[:1] == b"\x80":
+        return "a Python pickle, which gpucnn never loads (weights files are .npz archives)"
+    return f"not an .npz archive (a zip file starts with b'PK'; this one starts with {head[:4]!r})"
 
 
 def check_arrays(owner: str, expected: dict, arrays: dict) -> None:

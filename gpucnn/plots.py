@@ -37,10 +37,16 @@ def _figure(width, height):
 
 
 def _save(fig, path):
+    """Write ``fig`` as a PNG through ``gpucnn.io.write_atomic``: a reader never sees half a
+    picture, a symlink's target is replaced, a directory, FIFO, device or read-only file is
+    refused."""
+    from gpucnn.io import write_atomic
+
     path = Path(path)
     if path.parent and not path.parent.is_dir():
-        raise FileNotFoundError(f"plots: folder {path.parent} does not exist")
-    fig.savefig(os.fspath(path), format="png")
+        raise FileNotFoundError(f"plots: cannot write {os.fspath(path)!r}: the folder "
+                                f"{os.fspath(path.parent)!r} does not exist")
+    write_atomic(path, lambda f: fig.savefig(f, format="png"), op="plots")
     return path
 
 

@@ -16,6 +16,8 @@ def manual_seed(seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"manual_seed: seed must be an int, got {type(seed).__name__}")
     seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"manual_seed: seed must be an int >= 0, got {seed}")
     _state["seed"] = seed
     _state["gen"] = np.random.default_rng(seed)
     _state["dropout_seed"] = seed & 0xFFFFFFFF

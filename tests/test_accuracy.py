@@ -38,7 +38,8 @@ def accuracy(model, x, y):
 def mnist_split():
     d = os.environ.get("GPUCNN_MNIST_DIR")
     if not d:
-        pytest.skip("GPUCNN_MNIST_DIR is not set (CI sets it to the shared MNIST test split)")
+        pytest.skip("GPUCNN_MNIST_DIR is not set: run `python -m gpucnn.datasets fetch mnist` and set "
+                    "it to the folder printed (CI sets it to the shared MNIST test split)")
     assert Path(d).is_dir(), f"GPUCNN_MNIST_DIR={d} does not exist"
     x, y = datasets.mnist(d, download=False, split="test", pad_to_32=True)
     assert x.shape == (10_000, 32, 32, 1)

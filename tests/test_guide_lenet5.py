@@ -147,7 +147,8 @@ def test_loss_from_logits_equals_the_keras_loss_on_probabilities(rng):
 
 
 @pytest.mark.skipif(not os.environ.get("GPUCNN_MNIST_DIR"),
-                    reason="GPUCNN_MNIST_DIR is not set (the CI script sets it to the MNIST test split)")
+                    reason="GPUCNN_MNIST_DIR is not set: run `python -m gpucnn.datasets fetch mnist` "
+                           "and set it to the folder printed (CI sets it to the MNIST test split)")
 def test_guide_model_learns_mnist():
     from gpucnn import datasets
 

@@ -133,7 +133,8 @@ def ops_table(cases) -> list:
 
 def write_atomic(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so
-    that a reader never sees half a file (``gpucnn.io.write_atomic``)."""
+    that a reader never sees half a file (``gpucnn.io.write_atomic``: a symlink's target is
+    replaced; a directory, FIFO, device or read-only file is refused)."""
     from gpucnn.io import write_atomic as _write
 
-    _write(path, lambda f: f.write(text), "w")
+    _write(path, lambda f: f.write(text), "w", op="gpucnn.bench --out")

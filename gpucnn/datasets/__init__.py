@@ -8,7 +8,9 @@
 - ``split()``: a seeded hold-out split.
 
 Files are looked for in the ``path`` argument, else ``$GPUCNN_DATA/<name>``, else
-``~/.gpucnn/datasets/<name>`` (``<name>`` is ``mnist`` or ``cifar10``). Downloads go to a temporary
+``~/.gpucnn/datasets/<name>``, else the user cache ``~/.cache/gpucnn/datasets/<name>`` (under
+``$XDG_CACHE_HOME`` when set; ``<name>`` is ``mnist`` or ``cifar10``). ``python -m gpucnn.datasets
+fetch mnist`` downloads MNIST into that cache (or ``--dir``) ahead of time. Downloads go to a temporary
 file in that folder and are renamed only once their checksum is right. A missing file raises
 DataNotFoundError (a FileNotFoundError) saying which files to put where; a truncated, corrupt or
 mislabelled file raises DataFileError (a ValueError) naming it.

@@ -45,21 +45,35 @@ class RemoteFile(NamedTuple):
     size: int | None = None
 
 
+def user_cache_dir(dataset: str) -> Path:
+    """``$XDG_CACHE_HOME/gpucnn/datasets/<dataset>``, else ``~/.cache/gpucnn/datasets/<dataset>``:
+    where ``python -m gpucnn.datasets fetch`` puts files when no ``--dir`` is given."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "gpucnn" / "datasets" / dataset
+
+
 def data_dirs(dataset: str, path=None) -> list[Path]:
     """The folders searched for ``dataset``, first one first; downloads go into the first.
 
     An explicit ``path`` is the only folder; otherwise ``$GPUCNN_DATA/<dataset>`` (when the
-    variable is set) and then ``~/.gpucnn/datasets/<dataset>``.
+    variable is set), then ``~/.gpucnn/datasets/<dataset>``, then the user cache that
+    ``python -m gpucnn.datasets fetch`` fills (``user_cache_dir``).
     """
     if path is not None:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"{dataset}: path must be a str or os.PathLike, got {type(path).__name__}")
-        return [Path(path).expanduser()]
+        folder = Path(path).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{dataset}: path={os.fspath(path)!r} is a file, not a folder: "
+                                     f"give the folder that holds the {dataset} files (perhaps "
+                                     f"{os.fspath(folder.parent)!r})")
+        return [folder]
     dirs = []
     root = os.environ.get("GPUCNN_DATA")
     if root:
         dirs.append(Path(root).expanduser() / dataset)
     dirs.append(Path.home() / ".gpucnn" / "datasets" / dataset)
+    dirs.append(user_cache_dir(dataset))
     return dirs
 
 
@@ -96,8 +110,9 @@ class _Mismatch(Exception):
     """The bytes a mirror sent are not the published file."""
 
 
-def _fetch_to_temp(url: str, folder: Path, remote: RemoteFile) -> Path:
-    """Download ``url`` into a temporary file in ``folder`` and verify it; the caller renames it."""
+def _fetch_to_temp(url: str, folder: Path, remote: RemoteFile, progress=None) -> Path:
+    """Download ``url`` into a temporary file in ``folder`` and verify it; the caller renames it.
+    ``progress(done, total)``, when given, is called after every chunk (``total`` may be None)."""
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{remote.name}.", suffix=".part")
     try:
         digest, n = hashlib.sha256(), 0
@@ -108,6 +123,11 @@ def _fetch_to_temp(url: str, folder: Path, remote: RemoteFile) -> Path:
                     raise _Mismatch(f"sent more than the expected {remote.size:,} bytes")
                 digest.update(chunk)
                 out.write(chunk)
+                if progress is not None:
+                    progress(n, remote.size)
+            length = response.headers.get("Content-Length") if response.headers else None
+            if length is not None and length.isdigit() and n < int(length):
+                raise ConnectionError(f"the connection closed after {n:,} of {int(length):,} bytes")
         if remote.size is not None and n != remote.size:
             raise _Mismatch(f"sent {n:,} bytes, expected {remote.size:,}")
         got = digest.hexdigest()
@@ -123,7 +143,7 @@ def _fetch_to_temp(url: str, folder: Path, remote: RemoteFile) -> Path:
     return Path(tmp)
 
 
-def download_to_temp(remote: RemoteFile, urls, folder: Path) -> Path:
+def download_to_temp(remote: RemoteFile, urls, folder: Path, progress=None) -> Path:
     """Download ``remote`` from the first of ``urls`` that serves the published file.
 
     Returns the verified file under a temporary name in ``folder``; the caller renames or deletes
@@ -131,30 +151,40 @@ def download_to_temp(remote: RemoteFile, urls, folder: Path) -> Path:
     ones, DownloadError when every mirror failed for a network reason.
     """
     errors, mismatched = [], False
+    created = [p for p in (folder, *folder.parents) if not p.exists()]   # removed again on failure
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DownloadError(f"cannot create {folder}: {e}") from None
-    for url in urls:
-        print(f"gpucnn.datasets: downloading {url}", file=sys.stderr)
-        try:
-            return _fetch_to_temp(url, folder, remote)
-        except _Mismatch as e:
-            mismatched = True
-            errors.append(f"{url} {e}")
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            errors.append(f"{url}: {e}")
-    detail = "; ".join(errors) or "no mirror given"
-    if mismatched:
-        raise ChecksumError(
-            f"download of {remote.name} refused, it is not the published file ({detail}); "
-            f"nothing was saved in {folder}")
-    raise DownloadError(f"download of {remote.name} failed ({detail})")
+    try:
+        for url in urls:
+            print(f"gpucnn.datasets: downloading {url}", file=sys.stderr)
+            try:
+                tmp = _fetch_to_temp(url, folder, remote, progress)
+                created = []
+                return tmp
+            except _Mismatch as e:
+                mismatched = True
+                errors.append(f"{url} {e}")
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                errors.append(f"{url}: {e}")
+        detail = "; ".join(errors) or "no mirror given"
+        if mismatched:
+            raise ChecksumError(
+                f"download of {remote.name} refused, it is not the published file ({detail}); "
+                f"nothing was saved in {folder}")
+        raise DownloadError(f"download of {remote.name} failed ({detail})")
+    finally:
+        for p in created:              # no empty folder left by a failed or interrupted download
+            try:
+                p.rmdir()
+            except OSError:
+                break
 
 
-def fetch(remote: RemoteFile, urls, folder: Path) -> Path:
+def fetch(remote: RemoteFile, urls, folder: Path, progress=None) -> Path:
     """Download and verify ``remote`` (see download_to_temp), then rename it to ``folder/name``."""
-    tmp = download_to_temp(remote, urls, folder)
+    tmp = download_to_temp(remote, urls, folder, progress)
     dest = folder / remote.name
     os.replace(tmp, dest)
     return dest

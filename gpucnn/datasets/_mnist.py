@@ -39,7 +39,8 @@ def mnist(path=None, download=True, *, split=None, pad_to_32=False, normalize=Tr
 
     Files: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
     ``t10k-labels-idx1-ubyte``, each uncompressed or with ``.gz``. They are looked for in
-    ``path`` when given, else in ``$GPUCNN_DATA/mnist`` and then ``~/.gpucnn/datasets/mnist``.
+    ``path`` when given, else in ``$GPUCNN_DATA/mnist``, ``~/.gpucnn/datasets/mnist`` and the
+    user cache that ``python -m gpucnn.datasets fetch mnist`` fills (``~/.cache/gpucnn/...``).
     When a split is missing and ``download`` is true, its two ``.gz`` files are downloaded into
     the first of those folders and checked against their published SHA-256 sums; offline (or
     with ``download=False``) a DataNotFoundError says which files to put where.
@@ -101,13 +102,16 @@ def _obtain(missing, dirs, download, explicit):
             reason = str(e)
         else:
             return {s: _locate([target], MNIST_FILES[s]) for s in missing}
-    names = ", ".join(stem + ".gz" for stem in stems)
-    where = "" if explicit else (
+    absent = [stem for stem in stems if find_file(target, stem) is None] or stems
+    names = ", ".join(stem + ".gz" for stem in absent)
+    have = [find_file(target, stem).name for stem in stems if stem not in absent]
+    where = (f" (it holds {', '.join(have)} already)" if have else "") + ("" if explicit else (
         f" (or set GPUCNN_DATA=<dir> and put them in <dir>/mnist, or pass path=<folder>;"
-        f" looked in {', '.join(map(str, dirs))})")
+        f" looked in {', '.join(map(str, dirs))})"))
     raise DataNotFoundError(
         f"mnist: MNIST {' and '.join(missing)} files not found and not downloaded ({reason}): "
-        f"put {names} (gzip or uncompressed) into {target}{where}")
+        f"put {names} (gzip or uncompressed) into {target}{where}; "
+        f"`python -m gpucnn.datasets fetch mnist` downloads them into the user cache")
 
 
 def _load_split(images_path, labels_path, pad_to_32, normalize):

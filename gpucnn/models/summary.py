@@ -22,10 +22,14 @@ def summary_lines(model, line_length=None, positions=None) -> list:
     lines = [f'Model: "{model.name}"', "_" * line_length,
              _cells(["Layer (type)", "Output Shape", "Param #"], positions), "=" * line_length]
     rows = model.layers
+    shown = set()
     for layer in rows:
         shape = layer.output_shape
         shape = "?" if shape is None else fmt_shape(shape)
         params = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
+        if id(layer) in shown:              # a layer used again: its weights are counted once
+            params = "0 (shared)"
+        shown.add(id(layer))
         lines.append(_cells([f"{layer.name} ({type(layer).__name__})", shape, params], positions))
     trainable = sum(t.size for t in model.trainable_weights)
     frozen = sum(t.size for t in model.non_trainable_weights)

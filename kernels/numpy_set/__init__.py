@@ -11,12 +11,16 @@ while the kernels' own threads work; ``fit``, ``evaluate`` and ``predict`` run i
 ``conv_algorithm(...)`` (which conv algorithm a shape gets), ``conv2d_forward_keep`` /
 ``conv2d_backward_weight_kept`` (the forward's im2col blocks reused by the kernel gradient)
 and ``allocator_note()``. ``tuning(**settings)`` (a context) changes the thresholds of
-``tuning.FIELDS``, which pick algorithms and block sizes. Loading this set tunes glibc's allocator once for the process (freed
-blocks are kept for the next step; ``_alloc`` explains, ``GPUCNN_MALLOPT=0`` opts out).
+``tuning.FIELDS``, which pick algorithms and block sizes. ``allocator_tuned()`` (a context) tunes
+glibc's allocator while ``fit`` trains and puts it back after (freed blocks are kept for the next
+step; ``_alloc`` explains, ``GPUCNN_MALLOPT=0`` opts out); loading the set changes nothing.
 """
 from __future__ import annotations
 
 from .. import CONTRACT
+
+import os
+import warnings
 
 import numpy
 
@@ -36,8 +40,26 @@ from .softmax import (log_softmax_backward, log_softmax_forward, softmax_backwar
 
 xp = numpy
 CAPABILITIES = ("threads", "split_steps", "conv_keep", "conv_algorithm", "allocator")
-_alloc.tune()          # once, when the set loads: see _alloc (GPUCNN_MALLOPT=0 to opt out)
 allocator_note = _alloc.note
+allocator_tuned = _alloc.tuned      # fit trains inside it: see _alloc (GPUCNN_MALLOPT=0 to opt out)
+
+
+def _clamp_env_threads() -> None:
+    """``GPUCNN_NUM_THREADS`` above the CPUs this process may use is clamped to them, with a
+    warning (64 on 2 CPUs would split every step over 64 threads and fork 63 workers)."""
+    env = os.environ.get("GPUCNN_NUM_THREADS", "").strip()
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cpus = os.cpu_count() or 1
+    if env and get_num_threads() > cpus:
+        warnings.warn(f"GPUCNN_NUM_THREADS={env} is more than the {cpus} CPU"
+                      f"{'s' if cpus != 1 else ''} this process may use; using {cpus}",
+                      RuntimeWarning, stacklevel=2)
+        set_num_threads(cpus)
+
+
+_clamp_env_threads()
 
 
 def to_host(a):
@@ -57,5 +79,6 @@ __all__ = [
     *CONTRACT,
     "set_num_threads", "get_num_threads", "num_threads", "data_parallel", "single_threaded_blas",
     "serial_kernels", "tuning",
-    "conv_algorithm", "allocator_note", "conv2d_forward_keep", "conv2d_backward_weight_kept",
+    "conv_algorithm", "allocator_note", "allocator_tuned", "conv2d_forward_keep",
+    "conv2d_backward_weight_kept",
 ]
