@@ -99,18 +99,22 @@ class Tensor:
     # -- array-like properties ---------------------------------------------------------------
     @property
     def shape(self) -> tuple:
+        """The shape of the data, a tuple of ints."""
         return tuple(self.data.shape)
 
     @property
     def dtype(self):
+        """The dtype of the data (float32 unless created from float64)."""
         return self.data.dtype
 
     @property
     def ndim(self) -> int:
+        """The number of axes."""
         return self.data.ndim
 
     @property
     def size(self) -> int:
+        """The number of elements."""
         return int(self.data.size)
 
     def __len__(self):
@@ -137,6 +141,7 @@ class Tensor:
 
     @property
     def is_leaf(self) -> bool:
+        """True for a tensor no recorded op produced (an input or a weight)."""
         return self._ctx is None
 
     def __repr__(self):

@@ -38,6 +38,7 @@ class Metric:
         self.reset_state()
 
     def reset_state(self):
+        """Start a new running mean (``fit`` and ``evaluate`` call it at every epoch)."""
         self._total = 0.0
         self._count = 0
 
@@ -46,11 +47,13 @@ class Metric:
         raise NotImplementedError
 
     def update_state(self, y_true, y_pred, logits=False):
+        """Add one batch; ``logits`` says ``y_pred`` comes before the model's final activation."""
         s, n = self.batch_total(_array(y_true), _array(y_pred), logits)
         self._total = self._total + s
         self._count += n
 
     def result(self) -> float:
+        """The running mean over every batch added since the last reset (0.0 before any)."""
         if self._count == 0:
             return 0.0
         return float(backend.kernels().to_host(self._total)) / self._count
@@ -117,6 +120,7 @@ class _AccuracyByShape(Metric):
 
 
 class MeanSquaredError(Metric):
+    """The mean of ``(y_pred - y_true) ** 2`` over every output seen."""
     default_name = "mean_squared_error"
     needs_probabilities = True
 
@@ -126,6 +130,7 @@ class MeanSquaredError(Metric):
 
 
 class MeanAbsoluteError(Metric):
+    """The mean of ``|y_pred - y_true|`` over every output seen."""
     default_name = "mean_absolute_error"
     needs_probabilities = True
 
