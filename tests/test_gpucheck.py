@@ -64,7 +64,7 @@ def test_timing_rows_have_numbers(tiny_run):
     over = report["sections"]["e2e"]["tables"]["overhead"]
     assert over and all(row[1] > 0 and row[2] > 0 for row in over)
     (e2e,) = report["sections"]["e2e"]["tables"]["e2e"]
-    assert e2e[2] > 0 and re.fullmatch(r"\d+ gpucnn kernel launches per step", e2e[5])
+    assert e2e[2] > 0 and re.fullmatch(r"(one CUDA graph and )?\d+ (gpucnn )?kernel launches per step.*", e2e[5])
 
 
 def test_setup_examples_and_tests_sections_report_what_ran(tiny_run):

@@ -153,3 +153,72 @@ def test_graphs_only_on_the_cuda_set(monkeypatch):
     assert graphed.enabled(load_set("cuda")) and not graphed.enabled(load_set("numpy"))
     monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", "0")
     assert not graphed.enabled(load_set("cuda"))
+
+
+def test_train_on_batch_keeps_its_graphs_between_calls(cuda, rng, monkeypatch):
+    """train_on_batch keeps one Graphed with the model: the first call of a batch shape is
+    eager, the second captures, the others replay; the weights end as eager calls leave them,
+    and a recompiled model gets a new runner."""
+    batches = [data(rng, 4) for _ in range(5)] + [data(rng, 2)]
+    model = tiny()
+    results = [model.train_on_batch(x, y) for x, y in batches]
+    key, runner = model._gpucnn_batch_runner
+    assert isinstance(runner, graphed.Graphed) and runner.off is None
+    assert runner.captures == 1 and runner.replays == 4       # the batch of 2: eager, once
+    monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", "0")
+    eager = tiny()
+    want = [eager.train_on_batch(x, y) for x, y in batches]
+    assert "_gpucnn_batch_runner" not in vars(eager)
+    np.testing.assert_allclose(results, want, rtol=1e-5)
+    for a, b in zip(model.get_weights(), eager.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", "1")
+    model.compile(optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+    model.train_on_batch(*batches[0])
+    assert model._gpucnn_batch_runner[1] is not runner
+
+
+def test_evaluate_and_predict_replay_forward_graphs(cuda, rng, monkeypatch):
+    """evaluate and predict capture each batch shape's forward pass once (batches of 3, 3, 1)
+    and give what eager passes give; predict's rows are copies, not the graph's buffers; new
+    weight arrays capture again."""
+    x, y = data(rng, 7)
+    model = tiny()
+    got = [model.evaluate(x, y, batch_size=3, verbose=0) for _ in range(3)]
+    preds = [model.predict(x, batch_size=3, verbose=0) for _ in range(3)]
+    fwd = model._gpucnn_forward
+    assert fwd.off is None and fwd.captures == 4           # two shapes, evaluate and predict
+    monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", "0")
+    want = model.evaluate(x, y, batch_size=3, verbose=0)
+    want_pred = model.predict(x, batch_size=3, verbose=0)
+    for g in got:
+        np.testing.assert_allclose(g, want, rtol=1e-5)
+    for p in preds:
+        np.testing.assert_allclose(p, want_pred, rtol=1e-5, atol=1e-7)
+    assert not np.array_equal(want_pred[:3], want_pred[3:6])  # distinct batches, not one buffer
+    monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", "1")
+    model.layers[-1].kernel.data = model.layers[-1].kernel.data * 2.0   # a new array
+    for _ in range(2):
+        model.predict(x[:3], batch_size=3, verbose=0)
+    assert fwd.captures == 5
+    np.testing.assert_allclose(model.predict(x[:3], batch_size=3, verbose=0),
+                               model.predict(x[:3], batch_size=3, verbose=0))
+
+
+def test_a_forward_graph_that_differs_turns_forward_graphs_off(cuda, rng, monkeypatch):
+    x, y = data(rng, 4)
+    model = tiny()
+    want = model.predict(x, verbose=0)                     # eager: the first pass of a shape
+    fwd = model._gpucnn_forward
+    real = fwd.engine.launch
+
+    def corrupt(graph):
+        real(graph)
+        for g in fwd.graphs.values():
+            g[2][...] += 1.0
+
+    monkeypatch.setattr(fwd.engine, "launch", corrupt)
+    with pytest.warns(RuntimeWarning, match="differs from an eager pass.*forward passes"):
+        got = model.predict(x, verbose=0)
+    np.testing.assert_allclose(got, want, rtol=1e-6)       # the eager result is returned
+    assert fwd.off is not None and fwd.graphs == {}

@@ -26,6 +26,9 @@ def recorded(monkeypatch):
         return NoRun()
 
     monkeypatch.setattr(_launch, "_sim_kernel", sim_kernel)
+    # an eager step is what is counted (a graph's replay is one launch on a GPU; in the
+    # simulator it calls the step again)
+    monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", "0")
     for mod in list(sys.modules.values()):
         if getattr(mod, "__name__", "").startswith("gpucnn.kernels.cuda_set.") and \
                 getattr(mod, "empty", None) is _launch.empty:

@@ -25,6 +25,7 @@ from gpucnn._progbar import Progbar
 from gpucnn.autograd import Tensor, no_grad
 from gpucnn import parallel
 from gpucnn.data import Batches, as_array, batch_bounds
+from gpucnn.parallel import graphed as _graphed
 from gpucnn.parallel import ranks as _ranks
 
 
@@ -307,17 +308,34 @@ class TrainingMixin:
         tracker = _Tracker(self, logits)
         g = parallel.group()
         lo, hi = _shard(g, xd.shape[0])
+        fwd = self._forward_graphs(g)
+        tag = ("evaluate", logits, id(self.loss), tuple(map(id, tracker.metrics)))
+
+        def batch(xb, yb):
+            out = self._invoke(Tensor._wrap(xb), False, logits)
+            loss = self._loss_value(yb, out, logits)
+            return loss.data, (tracker.totals(yb, out.data) if tracker.metrics else None)
+
         with no_grad():
             for i, (a, b) in enumerate(batch_bounds(hi - lo, batch_size)):
-                yb = yd[lo + a:lo + b]
-                out = self._invoke(Tensor._wrap(xd[lo + a:lo + b]), False, logits)
-                loss = self._loss_value(yb, out, logits)
-                tracker.update(loss.data, out.data, yb, b - a)
+                xb, yb = xd[lo + a:lo + b], yd[lo + a:lo + b]
+                loss, totals = (batch(xb, yb) if fwd is None else fwd.run(tag, batch, xb, yb))
+                tracker.add(loss, b - a, None, totals)
                 if bar is not None and bar.due(i + 1):
                     bar.update(i + 1, tracker.values())
         if g is not None:
             tracker.summed(g, f"{op}: the sum of the ranks' losses and metrics")
         return tracker.values()
+
+    def _forward_graphs(self, group):
+        """The model's ``graphed.Forward`` where forward passes are replayed as CUDA graphs (the
+        cuda set, one process, ``GPUCNN_CUDA_GRAPHS`` not 0), else None."""
+        if group is not None or not _graphed.enabled(backend.kernels()):
+            return None
+        fwd = self.__dict__.get("_gpucnn_forward")
+        if fwd is None:
+            fwd = self.__dict__["_gpucnn_forward"] = _graphed.Forward(self)
+        return fwd
 
     # -- fit -------------------------------------------------------------------------------------------
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
@@ -527,9 +545,13 @@ class TrainingMixin:
         bar = Progbar(len(bounds), verbose if _ranks.is_main() else 0)
         outs = []
         try:
+            fwd = self._forward_graphs(g)
+            batch = lambda xb: self._invoke(Tensor._wrap(xb), False, False).data  # noqa: E731
             with no_grad(), parallel.session(ks):
                 for i, (a, b) in enumerate(bounds):
-                    outs.append(self._invoke(Tensor._wrap(xd[lo + a:lo + b]), False, False).data)
+                    xb = xd[lo + a:lo + b]
+                    outs.append(batch(xb) if fwd is None
+                                else fwd.run(("predict",), batch, xb, copy=True))
                     if bar.due(i + 1):
                         bar.update(i + 1)
         except BaseException:
@@ -558,8 +580,7 @@ class TrainingMixin:
         logits = self._fused_logits()
         tracker = _Tracker(self, logits)
         # the step of this process alone (with several ranks too: no collective)
-        with parallel.Whole(self, logits, tracker.totals if tracker.metrics else None) as runner, \
-                parallel.session(ks):
+        with self._batch_runner(ks, logits, tracker) as runner, parallel.session(ks):
             loss, lv, totals = runner.step(xd, yd)
         if lv is None:
             lv = float(ks.to_host(loss))
@@ -568,6 +589,21 @@ class TrainingMixin:
         self.optimizer.apply_gradients(runner.params)
         tracker.add(loss, xd.shape[0], lv, totals)
         return _results(tracker.values(), return_dict)
+
+    def _batch_runner(self, ks, logits, tracker):
+        """``train_on_batch``'s runner: on the cuda set a ``Graphed`` kept with the model between
+        calls (its graphs are per batch shape; a new loss or metrics makes a new one), else a
+        ``Whole`` for this call."""
+        totals = tracker.totals if tracker.metrics else None
+        if not _graphed.enabled(ks):
+            return parallel.Whole(self, logits, totals)
+        key = (logits, id(self.loss), tuple(map(id, tracker.metrics)))
+        kept = self.__dict__.get("_gpucnn_batch_runner")
+        if kept is None or kept[0] != key:
+            kept = self.__dict__["_gpucnn_batch_runner"] = (
+                key, _graphed.Graphed(self, logits, totals))
+            return kept[1]
+        return kept[1].reopen()
 
     def test_on_batch(self, x, y, return_dict=False):
         """``evaluate`` on ``x`` and ``y`` taken as one batch."""

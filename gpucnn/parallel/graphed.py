@@ -7,7 +7,9 @@ sums) of a batch shape once eagerly, captures them once into a CUDA graph on a s
 (CuPy's stream capture, with a memory pool of the graph's own), and from then on copies each
 new batch into the captured input buffers and launches the graph: one launch a step instead of
 twenty. The optimizer's update runs after it, eagerly (its learning rate and step change every
-step; ``multi_update`` makes it one launch).
+step; ``multi_update`` makes it one launch). ``fit`` makes a ``Graphed`` per call;
+``train_on_batch`` keeps one with the model between calls. ``Forward`` does the same for the
+forward passes of ``evaluate`` and ``predict``.
 
 A graph belongs to one batch shape (the last, partial batch of an epoch gets its own) and to
 what it captured: the model's weight arrays (their addresses), which weights are trainable, the
@@ -212,9 +214,110 @@ class Graphed(Whole):
     def _turn_off(self, why):
         self.off = why
         self.graphs.clear()
-        warnings.warn(f"gpucnn: CUDA graphs are off for model '{self.model.name}': {why}; its "
-                      "training steps run eagerly (GPUCNN_CUDA_GRAPHS=0 turns them off for all)",
-                      RuntimeWarning, stacklevel=3)
+        _warn_off(self.model, why, "training steps")
+
+
+class Forward:
+    """The forward passes of ``evaluate`` and ``predict`` replayed as CUDA graphs, as
+    ``Graphed`` does for training steps: ``run(tag, fn, *inputs)`` returns ``fn(*inputs)``,
+    eagerly the first time a ``tag`` and input shapes are seen, from a graph captured on the
+    second and replayed from then on (each call's inputs copied into the captured buffers).
+    ``tag`` names what the graph captured besides the weights (the op, the loss, the metrics);
+    a change of the weights' arrays captures again. The first replay of every graph is checked
+    against an eager call; a mismatch or a failed capture turns graphs off for the model's
+    forward passes, with a warning. What a replay returns lives in the graph's buffers until
+    the next replay: ``copy=True`` returns copies (for results that are kept)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.engine = _engine()
+        self.graphs: dict = {}
+        self.warm: set = set()
+        self.captures = 0
+        self.replays = 0
+        self.off = None
+
+    def _fingerprint(self, tag, inputs):
+        return (tag, tuple((tuple(a.shape), str(a.dtype)) for a in inputs),
+                tuple((id(p), _address(p.data), tuple(p.shape)) for p in self.model.weights))
+
+    def run(self, tag, fn, *inputs, copy=False):
+        if self.off is not None:
+            return fn(*inputs)
+        key = self._fingerprint(tag, inputs)
+        g = self.graphs.get(key)
+        if g is None:
+            if key not in self.warm:              # eager first: kernels loaded, plans made
+                self.warm.add(key)
+                return fn(*inputs)
+            xp = backend.xp()
+            statics = [xp.empty_like(a) for a in inputs]
+            for s, a in zip(statics, inputs):
+                self.engine.copy(s, a)
+            try:
+                graph, out = self.engine.capture(lambda: fn(*statics))
+            except Exception as e:  # noqa: BLE001 - any capture failure: eager from now on
+                self._turn_off(f"capturing a forward pass failed ({type(e).__name__}: {e})")
+                return fn(*inputs)
+            g = self.graphs[key] = [graph, statics, out, False]
+            self.captures += 1
+        graph, statics, out, checked = g
+        for s, a in zip(statics, inputs):
+            self.engine.copy(s, a)
+        self.engine.launch(graph)
+        self.replays += 1
+        if not checked:
+            g[3] = True
+            want = fn(*inputs)
+            why = _difference(out, want)
+            if why is not None:
+                self._turn_off(f"its first replay differs from an eager pass ({why})")
+                return want
+        return _copies(out) if copy else out
+
+    def _turn_off(self, why):
+        self.off = why
+        self.graphs.clear()
+        _warn_off(self.model, why, "forward passes (evaluate, predict)")
+
+
+def _warn_off(model, why, what):
+    warnings.warn(f"gpucnn: CUDA graphs are off for model '{model.name}': {why}; its {what} "
+                  "run eagerly (GPUCNN_CUDA_GRAPHS=0 turns them off for all)",
+                  RuntimeWarning, stacklevel=4)
+
+
+def _leaves(v):
+    """The arrays of nested tuples and lists, in order (None and Python numbers skipped)."""
+    if isinstance(v, (tuple, list)):
+        return [a for u in v for a in _leaves(u)]
+    return [v] if hasattr(v, "shape") else []
+
+
+def _difference(got, want):
+    """None when the arrays of ``got`` and ``want`` agree to ``CHECK_RTOL`` (relative to the
+    largest magnitude of each), else what differs."""
+    ks = backend.kernels()
+    a_all, b_all = _leaves(got), _leaves(want)
+    if len(a_all) != len(b_all):
+        return f"{len(a_all)} outputs against {len(b_all)}"
+    for i, (a, b) in enumerate(zip(a_all, b_all)):
+        a, b = np.asarray(ks.to_host(a), np.float64), np.asarray(ks.to_host(b), np.float64)
+        if a.shape != b.shape:
+            return f"output {i}: shape {a.shape} against {b.shape}"
+        if not b.size:
+            continue
+        scale = max(float(np.abs(b).max()), 1e-30)
+        err = float(np.abs(a - b).max()) / scale
+        if not err <= CHECK_RTOL:
+            return f"output {i}: relative difference {err:.2e} > {CHECK_RTOL:.0e}"
+    return None
+
+
+def _copies(v):
+    if isinstance(v, (tuple, list)):
+        return type(v)(_copies(u) for u in v)
+    return v.copy() if hasattr(v, "shape") else v
 
 
 def _arrays(v):
@@ -241,4 +344,4 @@ def _address(a) -> int:
     return int(a.__array_interface__["data"][0]) if hasattr(a, "__array_interface__") else id(a)
 
 
-__all__ = ["CHECK_RTOL", "Graphed", "enabled"]
+__all__ = ["CHECK_RTOL", "Forward", "Graphed", "enabled"]

@@ -59,6 +59,15 @@ class Runner:
         """One training step of the batch: ``(loss, lv, totals)`` (see the class docstring)."""
         raise NotImplementedError
 
+    def reopen(self) -> "Runner":
+        """Take part in a new call, with the model as it is now (a runner kept between
+        ``train_on_batch`` calls)."""
+        if self._closed:
+            self._closed = False
+            _calls.enter()
+        self.refresh()
+        return self
+
     def close(self, failed: bool = False) -> None:
         """End this runner's part in the training call (twice is fine)."""
         if not self._closed:
