@@ -43,6 +43,13 @@ CASES = {   # name: (optimizer, batch size, dropout)
 }
 
 
+def resumed_adam(x, y):
+    """LeNet-5 with Adam after one epoch on 256 samples (in order): its optimizer has moments."""
+    model = lenet(optimizers.Adam(1e-3), 100)
+    model.fit(x[:256], y[:256], batch_size=32, epochs=1, verbose=0, shuffle=False)
+    return model
+
+
 def train(out):
     r = distributed.rank()
     x, y = data()
@@ -57,6 +64,16 @@ def train(out):
             saved[f"{name}/w{i}"] = w
         saved[f"{name}/loss"] = np.array(h.history["loss"])
         saved[f"{name}/accuracy"] = np.array(h.history["accuracy"])
+    # optimizer state that rank 0 alone has (as when rank 0 alone loaded a saved model): fit
+    # starts every rank from rank 0's moments
+    model = resumed_adam(x, y)
+    if r == 1:
+        named = [(str(i), p) for i, p in enumerate(model.trainable_weights)]
+        state = model.optimizer.get_slot_arrays(named)
+        model.optimizer.set_slot_arrays(named, {k: np.full_like(v, 0.5) for k, v in state.items()})
+    model.fit(x[:256], y[:256], batch_size=32, epochs=1, verbose=0, shuffle=False)
+    for i, w in enumerate(model.get_weights()):
+        saved[f"resumed/w{i}"] = w
     # evaluate and predict on a count that does not split evenly; a checkpoint; prints
     model = lenet(optimizers.SGD(0.05), 100)
     xo, yo = x[:999], y[:999]

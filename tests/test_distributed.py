@@ -94,6 +94,23 @@ def test_two_ranks_train_as_one_process(trained, job, name):
 
 
 @needs_mpi
+def test_fit_starts_every_rank_from_rank_0s_optimizer_state(trained, job):
+    """Rank 1's Adam moments were overwritten before the second fit; the ranks still end on
+    the weights of one process that fitted twice."""
+    _, _, (r0, r1) = trained
+    gpucnn.set_backend("numpy")
+    x, y = job.data()
+    model = job.resumed_adam(x, y)
+    model.fit(x[:256], y[:256], batch_size=32, epochs=1, verbose=0, shuffle=False)
+    model.release_workers()
+    for i, w in enumerate(model.get_weights()):
+        a, b = r0[f"resumed/w{i}"], r1[f"resumed/w{i}"]
+        np.testing.assert_array_equal(a, b, err_msg=f"weight {i}, rank 0 vs rank 1")
+        np.testing.assert_allclose(a, w, rtol=1e-4, atol=1e-5,
+                                   err_msg=f"weight {i}, two ranks vs one process")
+
+
+@needs_mpi
 def test_evaluate_and_predict_on_an_odd_count_equal_one_process(trained, job):
     _, _, (r0, r1) = trained
     gpucnn.set_backend("numpy")

@@ -547,3 +547,17 @@ def test_examples_help_documents_each_option_and_says_each_default_once():
         else:
             line = next(line for line in out.splitlines() if line.strip().startswith("--data DIR"))
             assert line.count("(default:") == 1 and "None" not in line, (script, line)
+
+
+def test_a_larger_kernel_pool_leaves_the_one_another_thread_holds_usable(monkeypatch):
+    """One thread holds the NumPy set's thread pool while another asks for a larger one: the
+    first can still submit to the pool it holds (it was replaced, not shut down)."""
+    from gpucnn.kernels.numpy_set import _parallel
+    monkeypatch.setattr(_parallel, "_pool", None)
+    monkeypatch.setattr(_parallel, "_pool_size", 0)
+    held = _parallel._get_pool(1)
+    larger = _parallel._get_pool(2)
+    assert larger is not held and _parallel._get_pool(2) is larger
+    assert held.submit(lambda: 3).result(timeout=10) == 3
+    held.shutdown(wait=True)
+    larger.shutdown(wait=True)

@@ -187,6 +187,30 @@ def broadcast_state(g, model, what: str) -> None:
         opt.iterations = state["iterations"]
 
 
+def broadcast_slots(g, model, what: str) -> None:
+    """Rank 0's optimizer state (momentum, Adam's moments, ...) into every rank's optimizer, in
+    one broadcast: a model that rank 0 alone loaded with ``load_model`` trains on every rank as
+    it would in one process. Every rank packs its own state first (the same shapes and dtypes
+    everywhere: the weights were checked equal), so all take part in the same broadcast."""
+    opt = getattr(model, "optimizer", None)
+    if opt is None or not opt.slot_names():
+        return
+    named = [(str(i), p) for i, p in enumerate(model.trainable_weights)]
+    arrays = opt.get_slot_arrays(named)
+    keys = sorted(arrays)
+    hosts = [np.ascontiguousarray(arrays[k]) for k in keys]
+    ends = np.concatenate([[0], np.cumsum([h.nbytes for h in hosts])]).astype(np.int64)
+    buf = np.empty(int(ends[-1]), np.uint8)
+    for h, a, b in zip(hosts, ends[:-1], ends[1:]):
+        buf[a:b] = h.reshape(-1).view(np.uint8)
+    g.bcast_host_(buf, what)
+    if g.rank == 0:
+        return
+    for h, a, b in zip(hosts, ends[:-1], ends[1:]):
+        h.reshape(-1).view(np.uint8)[...] = buf[a:b]
+    opt.set_slot_arrays(named, dict(zip(keys, hosts)))
+
+
 def share(n: int, rank: int, size: int) -> tuple:
     """Rows ``(lo, hi)`` of ``n`` that rank ``rank`` of ``size`` takes (contiguous, sizes differ
     by one at most)."""
@@ -232,6 +256,7 @@ class Ranks(Runner):
             check_settings(g, op, settings)
             broadcast_model(g, model, f"{op}: the broadcast of rank 0's weights")
             broadcast_state(g, model, f"{op}: the broadcast of rank 0's random state")
+            broadcast_slots(g, model, f"{op}: the broadcast of rank 0's optimizer state")
         except BaseException:
             super().close()
             raise

@@ -129,8 +129,9 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
     global _pool, _pool_size
     with _lock:
         if _pool is None or _pool_size < workers:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
+            # a larger pool replaces the old one, which is not shut down: another thread may be
+            # about to submit to it; its threads end once the last user lets it go (the
+            # executor's own weakref callback)
             _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpucnn-kernel")
             _pool_size = workers
         return _pool
