@@ -350,6 +350,36 @@ def test_a_prepared_launch_writes_what_flatten_args_gives_for_each_call(gpu):
         _launch.Prepared(SPEC, (1,), (32,), (x, None))
 
 
+def test_every_kernels_prepared_launch_writes_only_the_new_addresses(gpu, rng):
+    """For every registered kernel: a plan made from one call's arguments, then called with
+    other arrays of the same shapes, hands the driver the full flat list of those arrays (the
+    address written at the right slot of each array's block, whatever its rank)."""
+    from numba import types
+
+    for spec in _launch.all_kernels():
+        gpu.slots = len(_launch.flat_param_types(spec.argtypes))
+        shapes, scalars = {}, {}
+        for i, t in enumerate(spec.argtypes):
+            if isinstance(t, types.Array):
+                shapes[i] = tuple(int(v) for v in rng.integers(1, 4, t.ndim))
+            elif isinstance(t, types.Integer):
+                scalars[i] = int(rng.integers(-5, 50))
+            else:
+                scalars[i] = float(rng.standard_normal())
+
+        def call_args():
+            return [FakeArray(np.zeros(shapes[i], str(t.dtype))) if i in shapes else scalars[i]
+                    for i, t in enumerate(spec.argtypes)]
+
+        plan = _launch.Prepared(spec, (1,), (32,), call_args())
+        for _ in range(2):
+            args = call_args()
+            plan(*[a for i, a in enumerate(args) if i in shapes])
+            *_, raw = gpu.launches[-1]
+            want = [v.item() for v in _launch.flatten_args(spec.argtypes, args)]
+            assert unpack(raw, spec) == pytest.approx(want, rel=1e-7), spec.name
+
+
 def test_plans_are_kept_only_for_arrays_passed_on_as_they_came(monkeypatch):
     """A plan's key is the arrays' shapes and dtypes and the op's parameters; arrays that are
     not C-contiguous arrays of the set, or a call whose inputs needed a conversion, take the
