@@ -145,22 +145,30 @@ def _set_random_state(state: dict) -> None:
              counter=state["counter"])
 
 
+def _bcast_host_arrays(g, hosts, what: str) -> None:
+    """Rank 0's ``hosts`` (host arrays of the same shapes and dtypes on every rank) into every
+    other rank's, in place, as one broadcast of their bytes."""
+    ends = np.concatenate([[0], np.cumsum([h.nbytes for h in hosts])]).astype(np.int64)
+    buf = np.empty(int(ends[-1]), np.uint8)
+    for h, a, b in zip(hosts, ends[:-1], ends[1:]):
+        buf[a:b] = h.reshape(-1).view(np.uint8)
+    g.bcast_host_(buf, what)
+    if g.rank != 0:
+        for h, a, b in zip(hosts, ends[:-1], ends[1:]):
+            h.reshape(-1).view(np.uint8)[...] = buf[a:b]
+
+
 def broadcast_model(g, model, what: str) -> None:
     """Rank 0's weights into every rank's model, in one broadcast (through host memory)."""
     ks = backend.kernels()
     weights = model.weights
     if not weights:
         return
-    hosts = [np.ascontiguousarray(ks.to_host(t.data)) for t in weights]
-    ends = np.concatenate([[0], np.cumsum([h.nbytes for h in hosts])])
-    buf = np.empty(int(ends[-1]), np.uint8)
-    for h, a, b in zip(hosts, ends[:-1], ends[1:]):
-        buf[a:b] = h.reshape(-1).view(np.uint8)
-    g.bcast_host_(buf, what)
+    hosts = [np.array(ks.to_host(t.data), order="C", copy=True) for t in weights]
+    _bcast_host_arrays(g, hosts, what)
     if g.rank == 0:
         return
-    for t, h, a, b in zip(weights, hosts, ends[:-1], ends[1:]):
-        h.reshape(-1).view(np.uint8)[...] = buf[a:b]
+    for t, h in zip(weights, hosts):
         if isinstance(t.data, np.ndarray):
             t.data[...] = h                   # in place: shared memory stays shared
         else:
@@ -199,16 +207,9 @@ def broadcast_slots(g, model, what: str) -> None:
     arrays = opt.get_slot_arrays(named)
     keys = sorted(arrays)
     hosts = [np.ascontiguousarray(arrays[k]) for k in keys]
-    ends = np.concatenate([[0], np.cumsum([h.nbytes for h in hosts])]).astype(np.int64)
-    buf = np.empty(int(ends[-1]), np.uint8)
-    for h, a, b in zip(hosts, ends[:-1], ends[1:]):
-        buf[a:b] = h.reshape(-1).view(np.uint8)
-    g.bcast_host_(buf, what)
-    if g.rank == 0:
-        return
-    for h, a, b in zip(hosts, ends[:-1], ends[1:]):
-        h.reshape(-1).view(np.uint8)[...] = buf[a:b]
-    opt.set_slot_arrays(named, dict(zip(keys, hosts)))
+    _bcast_host_arrays(g, hosts, what)
+    if g.rank != 0:
+        opt.set_slot_arrays(named, dict(zip(keys, hosts)))
 
 
 def share(n: int, rank: int, size: int) -> tuple:

@@ -167,9 +167,9 @@ _PLANS = {op: Plans(op) for op in ("max_pool_forward", "max_pool_backward", "avg
                                    "avg_pool_backward")}
 
 
-def max_pool_forward(x, pool, stride, pad):
-    """``(y, idx)``: the window maxima and the flat ``h * W + w`` of each winner (int32)."""
-    op = "max_pool_forward"
+def _forward(op, factory, arrays, x, pool, stride, pad):
+    """``(plan, output shape, x)`` of a pool's forward: the launch prepared once per input
+    shape and geometry (``x`` converted on the first call of a shape only)."""
     plans, params = _PLANS[op], (pool, stride, pad)
     key = plans.key((x,), params)
     hit = plans.get(key)
@@ -179,10 +179,14 @@ def max_pool_forward(x, pool, stride, pad):
         check_rank(op, "x", x, 4, "(N, H, W, C)")
         ho, wo, geo = _geometry(op, x.shape, pool, stride, pad)
         n, _, _, c = x.shape
-        y_shape = (n, ho, wo, c)
-        hit = plans.put(key, (_plan(max_pool_fwd_kernel(dtname(dt)), n * ho * wo * c, 3, geo),
-                              y_shape), (x,), params)
-    plan, y_shape = hit
+        hit = plans.put(key, (_plan(factory(dtname(dt)), n * ho * wo * c, arrays, geo),
+                              (n, ho, wo, c)), (x,), params)
+    return hit[0], hit[1], x
+
+
+def max_pool_forward(x, pool, stride, pad):
+    """``(y, idx)``: the window maxima and the flat ``h * W + w`` of each winner (int32)."""
+    plan, y_shape, x = _forward("max_pool_forward", max_pool_fwd_kernel, 3, x, pool, stride, pad)
     y = empty(y_shape, x.dtype)
     idx = empty(y_shape, np.int32)
     plan(x, y, idx)
@@ -216,19 +220,7 @@ def max_pool_backward(dy, idx, x_shape):
 
 def avg_pool_forward(x, pool, stride, pad):
     """The mean over each window's real (unpadded) cells."""
-    op = "avg_pool_forward"
-    plans, params = _PLANS[op], (pool, stride, pad)
-    key = plans.key((x,), params)
-    hit = plans.get(key)
-    if hit is None:
-        dt = float_dtype(op, x)
-        x = contig(x, dt)
-        check_rank(op, "x", x, 4, "(N, H, W, C)")
-        ho, wo, geo = _geometry(op, x.shape, pool, stride, pad)
-        n, _, _, c = x.shape
-        hit = plans.put(key, (_plan(avg_pool_fwd_kernel(dtname(dt)), n * ho * wo * c, 2, geo),
-                              (n, ho, wo, c)), (x,), params)
-    plan, y_shape = hit
+    plan, y_shape, x = _forward("avg_pool_forward", avg_pool_fwd_kernel, 2, x, pool, stride, pad)
     y = empty(y_shape, x.dtype)
     plan(x, y)
     return y

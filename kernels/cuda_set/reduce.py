@@ -3,6 +3,8 @@ split-K partial weight gradients. Deterministic: fixed summation order, no atomi
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import types
 
@@ -19,6 +21,30 @@ COLSUM_ROWS = 1024
 MAX_GRID_Y = 65535
 
 
+@functools.lru_cache(maxsize=None)
+def _store_column_sum(RB):
+    """A device function for a block of (columns, RB row lanes): each lane's partial sum
+    ``acc`` of its column is added to the others' in a tree in the shared ``red`` (RB, CB),
+    and lane 0 writes the column's total to ``out[s, c]``."""
+
+    @cuda.jit(device=True, inline="always")
+    def store(red, acc, out, s, c, ncols):
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        red[ty, tx] = acc
+        cuda.syncthreads()  # every lane's partial sum is in `red` before the tree reads it
+        step = RB // 2
+        while step > 0:
+            if ty < step:
+                red[ty, tx] += red[ty + step, tx]
+            cuda.syncthreads()  # this level of the tree is complete before the next reads it
+            step //= 2
+        if ty == 0 and c < ncols:
+            out[s, c] = red[0, tx]
+
+    return store
+
+
 def _variants():
     return [{"dtype": d, "block": COLSUM_BLOCK} for d in ("float32", "float64")]
 
@@ -29,6 +55,7 @@ def colsum_kernel(dtype, block):
     CB, RB = block
     if RB & (RB - 1):
         raise ValueError(f"colsum: row lanes must be a power of two, got {RB}")
+    store = _store_column_sum(RB)
 
     def colsum_k(a, out):
         """out[s, c] = sum of a[r, c] over the rows r of split s (splits = out.shape[0], each
@@ -48,16 +75,7 @@ def colsum_kernel(dtype, block):
         if c < ncols:
             for r in range(s * per + ty, r_end, RB):
                 acc += a[r, c]
-        red[ty, tx] = acc
-        cuda.syncthreads()  # every lane's partial sum is in `red` before the tree reads it
-        step = RB // 2
-        while step > 0:
-            if ty < step:
-                red[ty, tx] += red[ty + step, tx]
-            cuda.syncthreads()  # this level of the tree is complete before the next reads it
-            step //= 2
-        if ty == 0 and c < ncols:
-            out[s, c] = red[0, tx]
+        store(red, acc, out, s, c, ncols)
 
     a2 = arr(dtype, 2)
     return KernelSpec(f"colsum[{dtype},{CB}x{RB}]", colsum_k, (a2, a2))
@@ -68,6 +86,7 @@ def act_colsum_kernel(dtype, block):
     dt = NB_FLOAT[np.dtype(dtype)]
     _, act_bwd = act_device_fns(dtype)
     CB, RB = block
+    store = _store_column_sum(RB)
 
     def act_colsum_k(dy, y, g, out, code):
         """g = act'(y) * dy elementwise, and out[s, c] = the sum of g[r, c] over split s's rows,
@@ -88,16 +107,7 @@ def act_colsum_kernel(dtype, block):
                 v = act_bwd(dy[r, c], y[r, c], code)
                 g[r, c] = v
                 acc += v
-        red[ty, tx] = acc
-        cuda.syncthreads()  # every lane's partial sum is in `red` before the tree reads it
-        step = RB // 2
-        while step > 0:
-            if ty < step:
-                red[ty, tx] += red[ty + step, tx]
-            cuda.syncthreads()  # this level of the tree is complete before the next reads it
-            step //= 2
-        if ty == 0 and c < ncols:
-            out[s, c] = red[0, tx]
+        store(red, acc, out, s, c, ncols)
 
     a2 = arr(dtype, 2)
     return KernelSpec(f"act_colsum[{dtype},{CB}x{RB}]", act_colsum_k,
