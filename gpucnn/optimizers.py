@@ -200,15 +200,22 @@ def deserialize_schedule(d, custom_objects=None):
     your own schedules to their classes."""
     if isinstance(d, LearningRateSchedule):
         return d
+    cls = _class_of(d, "a schedule", "learning-rate schedule", _SCHEDULES, custom_objects)
+    return cls.from_config(dict(d.get("config") or {}))
+
+
+def _class_of(d, what, kind, known, custom_objects):
+    """The class a ``{'class_name': ..., 'config': ...}`` dict names, from ``custom_objects``
+    first, then from ``known``; a clear error for anything else."""
     if not isinstance(d, dict) or "class_name" not in d:
-        raise TypeError(f"a schedule must be given as {{'class_name': ..., 'config': ...}}, "
+        raise TypeError(f"{what} must be given as {{'class_name': ..., 'config': ...}}, "
                         f"got {d!r}")
     name = d["class_name"]
-    cls = (custom_objects or {}).get(name) or _SCHEDULES.get(name)
+    cls = (custom_objects or {}).get(name) or known.get(name)
     if cls is None:
-        raise ValueError(f"unknown learning-rate schedule {name!r}; expected one of "
-                         f"{sorted(_SCHEDULES)} or a class given in custom_objects")
-    return cls.from_config(dict(d.get("config") or {}))
+        raise ValueError(f"unknown {kind} {name!r}; expected one of {sorted(known)} or a "
+                         "class given in custom_objects")
+    return cls
 
 
 #: ``gpucnn.optimizers.schedules``, as Keras's ``keras.optimizers.schedules``.
@@ -627,14 +634,7 @@ def serialize(optimizer) -> dict:
 def deserialize(d, custom_objects=None) -> Optimizer:
     """The optimizer ``serialize`` describes (fresh: no slots, ``iterations`` 0);
     ``custom_objects`` maps the class names of your own optimizers and schedules to classes."""
-    if not isinstance(d, dict) or "class_name" not in d:
-        raise TypeError(f"an optimizer must be given as {{'class_name': ..., 'config': ...}}, "
-                        f"got {d!r}")
-    name = d["class_name"]
-    cls = (custom_objects or {}).get(name) or _CLASSES.get(name)
-    if cls is None:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(_CLASSES)} or a "
-                         "class given in custom_objects")
+    cls = _class_of(d, "an optimizer", "optimizer", _CLASSES, custom_objects)
     return cls.from_config(dict(d.get("config") or {}), custom_objects)
 
 

@@ -170,3 +170,17 @@ def finite_diff(f, x, dy, indices, eps=1e-6):
         flat[i] = keep
         out[k] = (up - down) / (2 * eps)
     return out
+
+
+def rel_err(got, want):
+    """Largest absolute difference over the largest magnitude of ``want`` (host arrays), NaN
+    required at the same places (an output left unwritten shows as NaN in a poisoned buffer)."""
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan), "NaN at different places (an unwritten output?)"
+    if nan.all():
+        return 0.0
+    scale = max(np.abs(want[~nan]).max(), 1e-30)
+    return float(np.abs(got[~nan] - want[~nan]).max() / scale)

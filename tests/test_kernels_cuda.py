@@ -10,6 +10,7 @@ import contextlib
 import numpy as np
 import pytest
 
+import _reference
 from gpucnn.kernels import CONTRACT, load_set
 from gpucnn.kernels._geometry import window_2d
 from gpucnn.kernels.cuda_set import _launch, conv, simulate
@@ -34,15 +35,7 @@ def small_launches():
 
 
 def rel_err(got, want):
-    got = np.asarray(C.to_host(got), np.float64)
-    want = np.asarray(want, np.float64)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    nan = np.isnan(want)
-    assert np.array_equal(np.isnan(got), nan), "NaN at different places (an unwritten output?)"
-    if nan.all():
-        return 0.0
-    scale = max(np.abs(want[~nan]).max(), 1e-30)
-    return float(np.abs(got[~nan] - want[~nan]).max() / scale)
+    return _reference.rel_err(C.to_host(got), want)
 
 
 def _to_set(a):
