@@ -67,7 +67,8 @@ TABLES = {
              "speed vs PyTorch (>1: gpucnn faster)", "note"),
             ("{}", "{}", "{:.0f}", "{:.0f}", "{:.2f}", "{}")),
     "fit": ("LeNet-5 through `fit`, CUDA graphs against eager steps (launches counted by "
-            "gpucnn: a graph launch counts as none, the update and the input copies as theirs)",
+            "gpucnn: a graph launch counts as none, the update and the input copies as theirs), "
+            "and PyTorch training the same epoch eagerly and as a CUDA graph",
             ("run", "batch", "images/s", "host CPU ms per step", "gpucnn launches per step",
              "graphed"),
             ("{}", "{}", "{:.0f}", "{:.3f}", "{:.1f}", "{}")),

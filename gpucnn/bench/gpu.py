@@ -870,7 +870,8 @@ def section_e2e(ctx, out_dir):
 def fit_steps(ctx):
     """LeNet-5 trained by ``fit`` at batch 32, 128 and 512 with CUDA graphs and without: images
     per second, the host's CPU time per step and the kernel launches per step (the graphed step
-    is one graph launch, the update and two input copies)."""
+    is one graph launch, the update and two input copies); beside them PyTorch training the
+    same way, eager and CUDA-graphed."""
     import gpucnn
     from gpucnn import optimizers, zoo
     from gpucnn.parallel import graphed
@@ -910,6 +911,17 @@ def fit_steps(ctx):
                                  graphed.enabled(ctx.C) and graphs == "1"))
                     print(f"  [fit] batch {batch} graphs={graphs}: {n / wall:.0f} images/s, "
                           f"{1e3 * cpu / steps:.3f} ms host CPU a step, {launches:.1f} launches",
+                          flush=True)
+            if ctx.tiny or ctx.torch is None:
+                continue
+            for graphed_torch in (False, True):
+                name = "PyTorch, CUDA graph" if graphed_torch else "PyTorch eager (cuDNN)"
+                got = _torch_ops(ctx, torch_ref.gpu_lenet5_fit_images_per_second, batch,
+                                 max(16, 8192 // batch), graphed_torch)
+                if got:
+                    rows.append((name, batch, got["images/s"], got["host ms/step"], math.nan,
+                                 graphed_torch))
+                    print(f"  [fit] batch {batch} {name}: {got['images/s']:.0f} images/s",
                           flush=True)
     finally:
         if saved is None:
