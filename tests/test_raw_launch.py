@@ -346,6 +346,10 @@ def test_a_prepared_launch_writes_what_flatten_args_gives_for_each_call(gpu):
         *_, raw = gpu.launches[-1]
         assert unpack(raw) == [v.item() for v in _launch.flatten_args(SPEC.argtypes, [x, y, 3])]
     assert len(gpu.launches) == 3 and len(gpu.builds) == 1
+    assert callable(plan.raw[0])
+    once = _launch.Prepared(SPEC, (1,), (32,), (x, None, 3))
+    once(x, y)              # a plan used once builds no launch function of its own
+    assert once.raw[0] is _launch._SECOND and len(gpu.launches) == 4
     with pytest.raises(TypeError, match="3 arguments expected, got 2"):
         _launch.Prepared(SPEC, (1,), (32,), (x, None))
 
@@ -372,7 +376,7 @@ def test_every_kernels_prepared_launch_writes_only_the_new_addresses(gpu, rng):
                     for i, t in enumerate(spec.argtypes)]
 
         plan = _launch.Prepared(spec, (1,), (32,), call_args())
-        for _ in range(2):
+        for _ in range(3):      # the first through launch(), then the prepared buffer
             args = call_args()
             plan(*[a for i, a in enumerate(args) if i in shapes])
             *_, raw = gpu.launches[-1]

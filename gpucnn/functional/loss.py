@@ -158,7 +158,9 @@ class SparseCE(Function):
         xp = backend.xp()
         scale = g * (1.0 / self.n)
         if self.logits:
-            rows_g = xp.broadcast_to(scale.astype(self.prob.dtype), (self.n,))
+            # one contiguous scale per row: the launcher keeps its prepared launch for it
+            rows_g = xp.ascontiguousarray(xp.broadcast_to(scale.astype(self.prob.dtype),
+                                                          (self.n,)))
             return backend.kernels().softmax_xent_backward(self.prob, self.labels, rows_g)
         # d/dpc_j = 1 / sum(pc) - [j == label] / pc[label], through the clip
         dp = xp.broadcast_to((1.0 / self.total)[:, None], self.inside.shape).copy()

@@ -575,13 +575,18 @@ def launch(spec: KernelSpec, grid, block, *args):
     kern[grid, block, _numba_stream()](*wrapped)
 
 
+_SECOND = object()       # a Prepared called once on a device: the next call prepares its raw launch
+
+
 class Prepared:
     """One kernel's launch prepared once for one set of argument shapes (the launchers keep them
     in ``Plans``, keyed by what decides the launch: shapes, dtypes, op parameters). A call passes
     only the array arguments, in the kernel's order; the scalars, grid and block were fixed by
     the first. On the raw path the plan has its own parameter buffer, filled once with every
     slot (``make_packer``), so that a launch writes only the arrays' device addresses and calls
-    the driver: a few microseconds. The arrays must have the shapes and dtypes the plan was made
+    the driver: a few microseconds. That buffer and its function are made on the second call
+    (the first goes through ``launch``): a plan that a launcher could not keep, made for one
+    call, costs no more than ``launch``. The arrays must have the shapes and dtypes the plan was made
     for (its key guarantees that). The other paths rebuild the full argument list and go through
     ``launch``."""
 
@@ -608,9 +613,11 @@ class Prepared:
         if _state["path"] == "raw":
             dev = cp.cuda.runtime.getDevice()
             fire = self.raw.get(dev)
-            if fire is None:
+            if fire is None:            # a first call: a plan made for one call stops here
+                self.raw[dev] = _SECOND
+            elif fire is _SECOND:       # called again: worth its own buffer and function
                 fire = self.raw[dev] = self._raw_fire(arrays)
-            if fire:
+            if fire and fire is not _SECOND:
                 fire(*arrays)
                 _state["launches"] += 1
                 return
