@@ -309,7 +309,9 @@ class TrainingMixin:
         g = parallel.group()
         lo, hi = _shard(g, xd.shape[0])
         fwd = self._forward_graphs(g)
-        tag = ("evaluate", logits, id(self.loss), tuple(map(id, tracker.metrics)))
+        # the objects themselves, not their ids: a key keeps them alive, so no new loss or
+        # metric can take an old one's id and be mistaken for it
+        tag = ("evaluate", logits, self.loss, tuple(tracker.metrics))
 
         def batch(xb, yb):
             out = self._invoke(Tensor._wrap(xb), False, logits)
@@ -597,7 +599,7 @@ class TrainingMixin:
         totals = tracker.totals if tracker.metrics else None
         if not _graphed.enabled(ks):
             return parallel.Whole(self, logits, totals)
-        key = (logits, id(self.loss), tuple(map(id, tracker.metrics)))
+        key = (logits, self.loss, tuple(tracker.metrics))
         kept = self.__dict__.get("_gpucnn_batch_runner")
         if kept is None or kept[0] != key:
             kept = self.__dict__["_gpucnn_batch_runner"] = (
