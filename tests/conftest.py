@@ -31,3 +31,32 @@ def rng():
 
     name = os.environ.get("PYTEST_CURRENT_TEST", "gpucnn")
     return np.random.default_rng(zlib.crc32(name.encode()))
+
+
+@pytest.fixture(scope="module")
+def poisoned_small_launches():
+    """The cuda set's launches for kernel tests: in the simulator the small tiles and blocks of
+    ``simulate.SMALL`` (several tiles per grid, split-K, grid-stride loops, two-pass sums on
+    small shapes); everywhere, outputs poisoned (NaN) before a kernel writes them."""
+    import contextlib
+
+    from gpucnn.kernels.cuda_set import _launch, simulate as sim
+
+    ctx = sim.small_launches() if _launch.launch_path() == "sim" else contextlib.nullcontext()
+    with ctx:
+        _launch.POISON = True
+        try:
+            yield
+        finally:
+            _launch.POISON = False
+
+
+@pytest.fixture
+def numpy_backend():
+    """The NumPy backend and seed 0 for the test, the NumPy backend after it."""
+    import gpucnn
+
+    gpucnn.set_backend("numpy")
+    gpucnn.manual_seed(0)
+    yield
+    gpucnn.set_backend("numpy")

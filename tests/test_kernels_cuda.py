@@ -5,7 +5,6 @@ geometries, the capabilities only this set offers (fused backward, multi-tensor 
 LeNet-5 pass. In Numba's CUDA simulator, or on a GPU with GPUCNN_TEST_REAL_GPU=1; every output
 is poisoned with NaN before the kernel writes it.
 """
-import contextlib
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import pytest
 import _reference
 from gpucnn.kernels import CONTRACT, load_set
 from gpucnn.kernels._geometry import window_2d
-from gpucnn.kernels.cuda_set import _launch, conv, simulate
+from gpucnn.kernels.cuda_set import _launch, conv
 
 C = load_set("cuda")
 N = load_set("numpy")
@@ -21,17 +20,7 @@ FWD, GRAD = 1e-5, 1e-4
 SIM = _launch.launch_path() == "sim"
 HW_TILES = (conv.TILE_WIDE, conv.TILE_NARROW, conv.TILE_WIDE_DW)   # read before the fixture swaps in small ones
 
-@pytest.fixture(autouse=True, scope="module")
-def small_launches():
-    """In the simulator: the small tiles and blocks of ``simulate.SMALL`` (several tiles per grid,
-    split-K, grid-stride loops, two-pass sums on these shapes). Everywhere: poisoned outputs."""
-    ctx = simulate.small_launches() if SIM else contextlib.nullcontext()
-    with ctx:
-        _launch.POISON = True
-        try:
-            yield
-        finally:
-            _launch.POISON = False
+pytestmark = pytest.mark.usefixtures("poisoned_small_launches")
 
 
 def rel_err(got, want):

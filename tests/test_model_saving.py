@@ -17,12 +17,7 @@ from gpucnn import callbacks, layers, models, optimizers
 from gpucnn.optimizers import schedules
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    gpucnn.set_backend("numpy")
-    gpucnn.manual_seed(0)
-    yield
-    gpucnn.set_backend("numpy")
+pytestmark = pytest.mark.usefixtures("numpy_backend")
 
 
 def small_cnn(input_shape=(8, 8, 1), dropout=0.0):

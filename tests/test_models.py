@@ -12,12 +12,7 @@ from gpucnn._progbar import Progbar
 from gpucnn.models import NonFiniteLossError
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    gpucnn.set_backend("numpy")
-    gpucnn.manual_seed(0)
-    yield
-    gpucnn.set_backend("numpy")
+pytestmark = pytest.mark.usefixtures("numpy_backend")
 
 
 def f32(rng, *shape):

@@ -14,11 +14,9 @@ import _reference
 from _gradcheck import gradcheck
 from _ops import OPS, grad_cases, kernel_cases
 from gpucnn.kernels import CONTRACT, load_set
-from gpucnn.kernels.cuda_set import _launch, simulate
 
 N = load_set("numpy")
 C = load_set("cuda")
-SIM = _launch.launch_path() == "sim"
 
 # The NumPy set's conv methods and block sizes, forced (each with its edge: one-image or
 # one-row blocks, several-image blocks with a partial last one, parts on two threads).
@@ -152,21 +150,8 @@ def test_numpy_kernels_match_the_references(case, rng):
 CUDA = kernel_cases(only_cuda=True)
 
 
-@pytest.fixture(scope="module")
-def cuda_launches():
-    """In the simulator the small tiles and blocks of ``simulate.SMALL`` (several tiles per
-    grid, split-K, grid-stride loops on these shapes); everywhere, poisoned outputs."""
-    ctx = simulate.small_launches() if SIM else contextlib.nullcontext()
-    with ctx:
-        _launch.POISON = True
-        try:
-            yield
-        finally:
-            _launch.POISON = False
-
-
 @pytest.mark.parametrize("case", CUDA, ids=[c[0] for c in CUDA])
-def test_cuda_kernels_match_numpy(case, rng, cuda_launches):
+def test_cuda_kernels_match_numpy(case, rng, poisoned_small_launches):
     _, op, name, kernel, sample = case
     inputs = sample.make(rng)
     args = [as_dtype(a, np.float32) for a in kernel.call(inputs)]
