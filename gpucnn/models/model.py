@@ -26,6 +26,7 @@ import inspect
 from gpucnn import backend, io
 from gpucnn.autograd import Tensor, no_grad
 from gpucnn.layers.base import Layer, assign
+from gpucnn.layers.registry import register_model
 from gpucnn.models import summary as _summary
 from gpucnn.models.training import TrainingMixin
 
@@ -196,3 +197,6 @@ class Model(TrainingMixin, Layer):
                         {path: (t.shape, t.dtype) for path, t in table}, arrays)
         for path, t in table:
             assign(t, arrays[path])
+
+
+register_model(Model, base=True)

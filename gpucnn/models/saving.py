@@ -29,10 +29,11 @@ import zipfile
 
 import numpy as np
 
-from gpucnn import io, layers as _layers, losses as _losses, metrics as _metrics
+from gpucnn import io, losses as _losses, metrics as _metrics
 from gpucnn import optimizers as _optimizers
 from gpucnn import random as _random
-from gpucnn.layers.base import Layer, assign
+from gpucnn.layers.base import assign
+from gpucnn.layers.registry import deserialize_layer, model_class
 
 FORMAT = "gpucnn.model"
 FORMAT_VERSION = 1
@@ -44,44 +45,6 @@ SLOTS = "optimizer/"
 # ---------------------------------------------------------------------------------------------
 # Architecture
 # ---------------------------------------------------------------------------------------------
-
-def _layer_classes() -> dict:
-    """The layer types a file may name: those of ``gpucnn.layers`` and ``Sequential``."""
-    from gpucnn.models.sequential import Sequential
-
-    out = {}
-    for name in _layers.__all__:
-        obj = getattr(_layers, name)
-        if isinstance(obj, type) and issubclass(obj, Layer) and obj is not Layer:
-            out[obj.__name__] = obj
-    out["Sequential"] = Sequential
-    return out
-
-
-def deserialize_layer(d, custom_objects=None, where="load_model"):
-    """The layer (or nested ``Sequential``) that ``{"class_name": ..., "config": ...}``
-    describes; ``custom_objects`` maps class names of your own layers to their classes."""
-    from gpucnn.models.sequential import Sequential
-
-    if not isinstance(d, dict) or "class_name" not in d:
-        raise ValueError(f"{where}: a layer must be written as {{'class_name': ..., 'config': "
-                         f"...}}, got {d!r}")
-    name = d["class_name"]
-    config = dict(d.get("config") or {})
-    known = _layer_classes()
-    cls = (custom_objects or {}).get(name) or known.get(name)
-    if cls is None:
-        raise ValueError(f"{where}: unknown layer type {name!r} (layer {config.get('name')!r}); "
-                         f"expected one of {sorted(known)}, or give the class in "
-                         f"custom_objects={{{name!r}: {name}}}")
-    try:
-        if issubclass(cls, Sequential):
-            return cls.from_config(config, custom_objects)
-        return cls.from_config(config)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"{where}: cannot rebuild layer {config.get('name')!r} ({name}) from its "
-                      f"config {config}: {e}") from None
-
 
 def model_config(model) -> dict:
     """``{"class_name", "config", "build_input_shape"}`` of a built model (a ValueError naming
@@ -104,16 +67,8 @@ def _random_state_kept():
 
 
 def _build(spec, custom_objects, where):
-    from gpucnn.models.model import Model
-    from gpucnn.models.sequential import Sequential
-
     name = spec.get("class_name")
-    cls = (custom_objects or {}).get(name) or (Sequential if name == "Sequential" else None)
-    if cls is None:
-        raise ValueError(f"{where}: unknown model type {name!r}; a model of your own Model class "
-                         f"needs it in custom_objects={{{name!r}: {name}}}")
-    if not (isinstance(cls, type) and issubclass(cls, Model)):
-        raise TypeError(f"{where}: custom_objects[{name!r}] must be a Model class, got {cls!r}")
+    cls = model_class(name, custom_objects, where)
     with _random_state_kept():
         try:
             model = cls.from_config(dict(spec.get("config") or {}), custom_objects)

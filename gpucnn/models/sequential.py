@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from gpucnn.layers.base import Layer, fmt_shape
 from gpucnn.layers.core import InputLayer
+from gpucnn.layers.registry import deserialize_layer, register_model
 from gpucnn.models.model import Model
 
 
@@ -22,6 +23,7 @@ def _fits(declared, shape) -> bool:
     return len(rest) == len(declared) and all(d is None or d == s for d, s in zip(declared, rest))
 
 
+@register_model
 class Sequential(Model):
     """``Sequential(layers=None, name=None)``: layers applied in order.
 
@@ -173,8 +175,6 @@ class Sequential(Model):
     def from_config(cls, config, custom_objects=None):
         """The model ``get_config`` describes (fresh weights); ``custom_objects`` maps the class
         names of your own layers to their classes."""
-        from gpucnn.models import saving
-
         config = dict(config)
-        layers = [saving.deserialize_layer(d, custom_objects) for d in config.pop("layers", [])]
+        layers = [deserialize_layer(d, custom_objects) for d in config.pop("layers", [])]
         return cls(layers=layers, **config)
