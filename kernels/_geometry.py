@@ -6,7 +6,8 @@ All padding follows TensorFlow/Keras:
   the odd pixel going to the bottom/right.
 
 A padding of one spatial axis is a pair ``(before, after)``; of an image a 4-tuple
-``(top, bottom, left, right)``.
+``(top, bottom, left, right)``. Below the functional layer the padding is explicit numbers:
+``out = (in + before + after - k) // s + 1`` (``padded_window_2d``, an error if no window fits).
 """
 from __future__ import annotations
 
@@ -56,6 +57,19 @@ def window_2d(h: int, w: int, kh: int, kw: int, sh: int, sw: int, padding: str, 
     ho, pt, pb = window_1d(h, kh, sh, padding, op, "H")
     wo, pl, pr = window_1d(w, kw, sw, padding, op, "W")
     return ho, wo, (pt, pb, pl, pr)
+
+
+def padded_window_2d(op: str, h: int, w: int, kh: int, kw: int, sh: int, sw: int, pad):
+    """``(ho, wo)`` of a ``kh x kw`` window at strides ``(sh, sw)`` over an ``h x w`` image
+    padded by the explicit ``pad = (top, bottom, left, right)`` (as the kernel sets take it); a
+    ValueError when the window fits the padded image nowhere."""
+    pt, pb, pl, pr = pad
+    ho = (h + pt + pb - kh) // sh + 1
+    wo = (w + pl + pr - kw) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"{op}: a {kh}x{kw} window does not fit an {h}x{w} input with padding "
+                         f"{(pt, pb, pl, pr)} (expected H + pads >= KH and W + pads >= KW)")
+    return ho, wo
 
 
 def transpose_out_1d(size: int, k: int, s: int, padding: str) -> int:

@@ -11,6 +11,7 @@ import math
 import numpy as np
 from numba import types
 
+from .._geometry import padded_window_2d
 from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype, float_variants,
                       grid_1d, kernel_factory, KernelSpec, Plans, Prepared, xp, dtname)
 from ._runtime import numba_cuda as cuda
@@ -150,11 +151,7 @@ def _geometry(op, x_shape, pool, stride, pad):
         raise ValueError(f"{op}: expected pool, stride >= 1 and pad >= 0, got pool={pool!r}, "
                          f"stride={stride!r}, pad={pad!r}")
     _, h, w, _ = x_shape
-    ho = (h + pt + pb - ph) // sh + 1
-    wo = (w + pl + pr - pw) // sw + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(f"{op}: a {ph}x{pw} window does not fit an {h}x{w} input with padding "
-                         f"{(pt, pb, pl, pr)}")
+    ho, wo = padded_window_2d(op, h, w, ph, pw, sh, sw, (pt, pb, pl, pr))
     return ho, wo, (ph, pw, sh, sw, pt, pl)
 
 

@@ -44,14 +44,6 @@ def pad_hw(x, pad, value=0.0):
     return out
 
 
-def out_size(op: str, size: int, k: int, s: int, before: int, after: int, axis: str) -> int:
-    """Number of windows of ``k`` at stride ``s`` over a padded axis; a ValueError if none fits."""
-    padded = size + before + after
-    if padded < k:
-        fail(op, f"padded input {axis} (window {k})", f">= {k}", padded)
-    return (padded - k) // s + 1
-
-
 def strided(a, shape, strides):
     """A view of ``a`` with the given shape and byte strides (read-only use): the plain ndarray
     constructor on a C-contiguous ``a`` (ten times cheaper than ``as_strided``), else

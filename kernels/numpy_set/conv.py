@@ -31,13 +31,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ACTIVATIONS
+from .._geometry import padded_window_2d
 from ._im2col import im2col_forward, im2col_weight_grad, planar, use_border_classes
 from ._rowgather import row_gather_input_grad
 from ._rowgather import applies as row_gather_applies
 from ._scatter import scatter_input_grad
 from ._shifted import shifted_forward, shifted_weight_grad
 from ._toeplitz import toeplitz_input_grad
-from ._util import as_dtype, check_float, check_ndim, fail, out_size
+from ._util import as_dtype, check_float, check_ndim, fail
 from .activation import act_inplace
 
 from .tuning import TUNING as T
@@ -106,9 +107,7 @@ def _geometry(op, x_shape, w_shape, stride, pad):
     kh, kw, ci, co = w_shape
     if ci != c:
         fail(op, "w.shape[2] (input channels)", f"{c} (x has {c} channels)", ci)
-    sh, sw = stride
-    pt, pb, pl, pr = pad
-    return out_size(op, h, kh, sh, pt, pb, "H"), out_size(op, wd, kw, sw, pl, pr, "W")
+    return padded_window_2d(op, h, wd, kh, kw, *stride, pad)
 
 
 def _shifted(stride, c, co) -> bool:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._geometry import padded_window_2d
 from ._parallel import run_parts
-from ._util import check_float, check_ndim, fail, offset_view, out_size, pad_hw
+from ._util import check_float, check_ndim, fail, offset_view, pad_hw
 
 from .tuning import TUNING as T
 
@@ -25,12 +26,11 @@ __all__ = ["max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_poo
 def _geometry(op, x_shape, pool, stride, pad):
     _, h, w, _ = x_shape
     ph, pw = pool
-    sh, sw = stride
     pt, pb, pl, pr = pad
     if max(pt, pb) >= ph or max(pl, pr) >= pw:
         raise ValueError(f"{op}: padding (top, bottom, left, right) expected each side smaller "
                          f"than the window {(ph, pw)}, got {tuple(pad)}")
-    return out_size(op, h, ph, sh, pt, pb, "H"), out_size(op, w, pw, sw, pl, pr, "W")
+    return padded_window_2d(op, h, w, ph, pw, *stride, pad)
 
 
 def _over_blocks(x_shape, itemsize, work, fn):
