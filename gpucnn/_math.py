@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numbers
 
+from gpucnn import backend
 from gpucnn.autograd import Function, Tensor, as_tensor
 
 
@@ -212,10 +213,12 @@ class GetItem(Function):
             dx[self.index] = g  # basic indexing never selects a cell twice
         elif xp.__name__ == "numpy":
             xp.add.at(dx, self.index, g)
+        elif backend.has("scatter_add"):   # the device arrays of the active set
+            backend.kernels().scatter_add(dx, self.index, g)
         else:
-            import cupyx
-
-            cupyx.scatter_add(dx, self.index, g)
+            raise TypeError(f"indexing with repeated indices: the {backend.get_backend()} kernel "
+                            "set cannot add the gradient at repeated indices of its arrays (it "
+                            "has no 'scatter_add')")
         return dx
 
 

@@ -31,15 +31,16 @@ _state = {"name": None, "requested": None, "reason": "", "set": None}
 
 
 def _probe_cuda():
-    from gpucnn.kernels.cuda_set import _runtime
-
-    return _runtime.probe()
+    """``(ok, reason, info)`` of the cuda set on this machine, as the set's probe says."""
+    kset = load_set("cuda")
+    if not _kernels.has(kset, "probe"):
+        return True, "the cuda set runs wherever it loads", {}
+    return kset.probe()
 
 
 def _probe_simulator() -> bool:
-    from gpucnn.kernels.cuda_set import _runtime
-
-    return _runtime.SIMULATOR
+    """Whether the cuda set's kernels run in a simulator on the host (``auto`` never picks it)."""
+    return bool(_probe_cuda()[2].get("simulator"))
 
 
 def set_backend(name: str = "auto") -> str:

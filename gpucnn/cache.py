@@ -19,14 +19,22 @@ import argparse
 import os
 import sys
 
-from gpucnn.kernels.cuda_set import _cache
+from gpucnn import kernels as _kernels
 
 __all__ = ["cache_dir", "fill"]
 
 
+def _cached_set():
+    """The cuda kernel set, which keeps the cache (its ``compile_cache`` capability)."""
+    kset = _kernels.load_set("cuda")
+    if not _kernels.has(kset, "compile_cache"):
+        raise SystemExit("gpucnn.cache: the cuda kernel set keeps no compiled-kernel cache")
+    return kset
+
+
 def cache_dir():
     """The folder of the kernel cache."""
-    return _cache.cache_dir()
+    return _cached_set().cache_dir()
 
 
 def _parse_cc(text: str) -> tuple[int, int]:
@@ -39,20 +47,19 @@ def _parse_cc(text: str) -> tuple[int, int]:
     return major, minor
 
 
-def _device_cc() -> tuple[int, int]:
-    from gpucnn.kernels.cuda_set import _launch, _runtime
-
-    if _runtime.SIMULATOR or _runtime.cp is None:
-        raise SystemExit("gpucnn.cache: no GPU to read the compute capability from here "
-                         f"({_runtime._cupy_error or 'simulator on'}); give it with --cc, "
-                         "for example --cc 9.0 for an H100 or H200")
-    return _launch.device_cc()
+def _device_cc(kset) -> tuple[int, int]:
+    try:
+        return kset.device_cc()
+    except RuntimeError as e:
+        raise SystemExit(f"gpucnn.cache: {e}; give it with --cc, for example --cc 9.0 for an "
+                         "H100 or H200") from None
 
 
 def fill(cc=None, jobs=None, rebuild=False):
     """Compile every kernel for ``cc`` (default: this machine's GPU) into the cache; returns the
-    per-kernel results of ``_cache.fill``."""
-    return _cache.fill(cc or _device_cc(), jobs=jobs, rebuild=rebuild)
+    per-kernel results of the cuda set's ``fill_cache``."""
+    kset = _cached_set()
+    return kset.fill_cache(cc or _device_cc(kset), jobs=jobs, rebuild=rebuild)
 
 
 def main(argv=None) -> int:
@@ -66,7 +73,7 @@ def main(argv=None) -> int:
     sub.add_parser("info", help="where the cache is and what it holds")
     sub.add_parser("clear", help="delete the cached kernels")
     args = ap.parse_args(argv)
-    folder = _cache.cache_dir()
+    folder = cache_dir()
     if args.cmd == "fill":
         res = fill(args.cc, args.jobs, args.rebuild)
         return 1 if any(err for _, _, err in res.values()) else 0
@@ -74,7 +81,7 @@ def main(argv=None) -> int:
     if args.cmd == "info":
         size = sum(p.stat().st_size for p in files)
         print(f"kernel cache: {folder}\n{len(files)} kernels, {size / 2**20:.1f} MiB\n"
-              f"numba-cuda {_cache.numba_cuda_version()}, kernel source {_cache.source_hash()[:12]}")
+              f"{_cached_set().cache_note()}")
         return 0
     for p in files:
         os.unlink(p)

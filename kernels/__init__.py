@@ -127,6 +127,17 @@ OPTIONAL = {
     # rmsprop_update_many(ps, gs, ss, lr, rho, eps, weight_decay, us=None, momentum=0.0,
     #                     mgs=None, gain=None): lists of the single updates' arrays
     "multi_update": ("sgd_update_many", "adam_update_many", "rmsprop_update_many"),
+    # whether the set runs on this machine: probe() -> (ok, reason, info), proven once per
+    # process; info["simulator"] is true when its kernels run in a simulator on the host (the
+    # backend's "auto" never picks such a set)
+    "probe": ("probe",),
+    # compiled kernels kept on disk: cache_dir() -> the folder, cache_note() -> one line on what
+    # an entry depends on, device_cc() -> this machine's (major, minor) or a RuntimeError saying
+    # why there is none, fill_cache(cc, jobs=None, rebuild=False) -> {kernel: result}
+    "compile_cache": ("cache_dir", "cache_note", "device_cc", "fill_cache"),
+    # scatter_add(a, index, values): a[index] += values in place on the set's arrays, repeated
+    # indices adding up (the gradient of indexing with an array)
+    "scatter_add": ("scatter_add",),
 }
 
 _SETS = {"numpy": ".numpy_set", "cuda": ".cuda_set"}

@@ -85,3 +85,15 @@ def test_capabilities_are_declared_and_asked_for_by_name():
         kernels.has(numpy_set, "gpu")
     for mod in (numpy_set, cuda_set):
         kernels.check_set(mod.__name__, mod)
+
+
+def test_what_the_tools_need_of_the_cuda_set_are_capabilities():
+    cuda_set = kernels.load_set("cuda")
+    for cap in ("probe", "compile_cache", "scatter_add"):
+        assert kernels.has(cuda_set, cap) and not kernels.has(numpy_set, cap)
+    ok, why, info = cuda_set.probe()
+    assert isinstance(ok, bool) and why and "simulator" in info
+    assert str(cuda_set.cache_dir()) and "kernel source" in cuda_set.cache_note()
+    a = np.zeros(3)
+    cuda_set.scatter_add(a, np.array([0, 2, 0]), np.array([1.0, 2.0, 3.0]))
+    assert a.tolist() == [4.0, 0.0, 2.0]      # repeated indices add up

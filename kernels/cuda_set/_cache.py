@@ -61,6 +61,11 @@ def numba_cuda_version() -> str:
         return f"numba-{numba.__version__}"
 
 
+def cache_note() -> str:
+    """One line on what the cached kernels depend on (``python -m gpucnn.cache info``)."""
+    return f"numba-cuda {numba_cuda_version()}, kernel source {source_hash()[:12]}"
+
+
 def key_fields(spec, cc) -> dict:
     """What decides a kernel's machine code (the cache key, spelled out)."""
     return {"name": spec.name,

@@ -171,3 +171,28 @@ def _probe() -> tuple[bool, str, dict]:
         return False, why, info
     info["array_module"] = "cupy"
     return True, f"NVIDIA device found: {info['device']} (a test kernel ran)", info
+
+
+def device_cc() -> tuple[int, int]:
+    """The compute capability of this process's current GPU; a RuntimeError saying why there is
+    none (the ``compile_cache`` capability)."""
+    if SIMULATOR or cp is None:
+        raise RuntimeError("no GPU to read the compute capability from here "
+                           f"({_cupy_error or 'simulator on'})")
+    from ._launch import device_cc as current
+
+    return current()
+
+
+def scatter_add(a, index, values) -> None:
+    """``a[index] += values`` in place, repeated indices adding up (the ``scatter_add``
+    capability): CuPy's ``cupyx.scatter_add`` on a GPU, NumPy's ``add.at`` on the simulator's
+    arrays."""
+    if cp is not None and isinstance(a, cp.ndarray):
+        import cupyx
+
+        cupyx.scatter_add(a, index, values)
+    else:
+        import numpy as np
+
+        np.add.at(a, index, values)
