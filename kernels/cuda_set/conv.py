@@ -22,6 +22,7 @@ consecutive shared-memory words and writes consecutive output channels.
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -30,6 +31,7 @@ from numba import types
 from ._launch import (NB_FLOAT, KernelSpec, Plans, Prepared, arr, cdiv, check_rank, contig,
                       dummy, empty, float_dtype, kernel_factory, sm_count, xp, dtname)
 from ._runtime import numba_cuda as cuda
+from . import gemm
 from .activation import act_code, act_device_fns
 from .reduce import column_sum
 
@@ -394,6 +396,39 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
+#: The conv kernels float32 launches use: "igemm2" (``gemm``: generated SIMT tiles, the
+#: decomposed strided input gradient) or "baseline" (``igemm_kernel`` above, kept to time
+#: against on the same card). float64 always runs on the baseline. ``GPUCNN_CONV_KERNELS`` sets
+#: the start value.
+CONV_KERNELS = ("igemm2", "baseline")
+_KERNELS = {"name": os.environ.get("GPUCNN_CONV_KERNELS", "igemm2").strip().lower() or "igemm2"}
+if _KERNELS["name"] not in CONV_KERNELS:
+    raise ValueError(f"GPUCNN_CONV_KERNELS must be one of {CONV_KERNELS}, got "
+                     f"{_KERNELS['name']!r}")
+
+
+def set_conv_kernels(name: str) -> str:
+    """Choose the float32 conv kernels ("igemm2" or "baseline"); returns the previous choice.
+    Prepared launches of the conv ops made under the other choice are forgotten."""
+    if name not in CONV_KERNELS:
+        raise ValueError(f"set_conv_kernels: expected one of {CONV_KERNELS}, got {name!r}")
+    before = _KERNELS["name"]
+    _KERNELS["name"] = name
+    for plans in (_FWD, _BWD_INPUT, _BWD_WEIGHT):
+        plans.table.clear()
+    return before
+
+
+def conv_kernels() -> str:
+    """The float32 conv kernels in use ("igemm2" or "baseline")."""
+    return _KERNELS["name"]
+
+
+def _use_gemm(dt, *sizes) -> bool:
+    return (_KERNELS["name"] == "igemm2" and dt == np.float32 and gemm.fits(*sizes)
+            and not TILE_OVERRIDE)
+
+
 _GEOMETRY: dict = {}
 
 
@@ -441,7 +476,7 @@ def _igemm(mode, tile, dt, mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias, grid_m
 def _plannable() -> bool:
     """Whether the launchers may use prepared launches (not while a tile or split-K target is
     overridden: plans hold the tile and split of the moment they were made)."""
-    return not TILE_OVERRIDE and TARGET_BLOCKS is None
+    return not TILE_OVERRIDE and not gemm.TILE_OVERRIDE and TARGET_BLOCKS is None
 
 
 _FWD = Plans("conv2d_forward")
@@ -482,8 +517,12 @@ def _forward_plan(x, w, b, stride, pad, act):
         b = contig(b, dt)
         if b.shape != (cout,):
             raise ValueError(f"{op}: b must have shape ({cout},), got {tuple(b.shape)}")
-    plan = _igemm(FWD, choose_tile(FWD, cout), dt, ho, wo, kh, kw, sh, sw, pt, pl, code,
-                  0 if b is None else 1, n * ho * wo, cout)
+    if _use_gemm(dt, x.size, w.size, n * ho * wo * cout):
+        plan = gemm.prepare(gemm.FWD, (n, h, wd, cin, ho, wo, cout, kh, kw, sh, sw, pt, pl),
+                            code, 0 if b is None else 1, False)
+    else:
+        plan = _igemm(FWD, choose_tile(FWD, cout), dt, ho, wo, kh, kw, sh, sw, pt, pl, code,
+                      0 if b is None else 1, n * ho * wo, cout)
     return x, w, b, (plan, (n, ho, wo, cout))
 
 
@@ -529,8 +568,12 @@ def _backward_input_plan(op, dy, y, act, w, x_shape, stride, pad):
                          f"x_shape {tuple(x_shape)} (expected dy {(n, ho, wo, cout)}, w "
                          f"(KH, KW, {cin}, C_out))")
     y = _act_output(op, y, dy, code)
-    plan = _igemm(BWD_INPUT, choose_tile(BWD_INPUT, cin), dt, h, wd, kh, kw, sh, sw, pt, pl,
-                  code, 0, n * h * wd, cin)
+    if _use_gemm(dt, dy.size, w.size, n * h * wd * cin):
+        plan = gemm.prepare(gemm.BWD_INPUT, (n, h, wd, cin, ho, wo, cout, kh, kw, sh, sw, pt,
+                                             pl), code, 0, code != 0)
+    else:
+        plan = _igemm(BWD_INPUT, choose_tile(BWD_INPUT, cin), dt, h, wd, kh, kw, sh, sw, pt,
+                      pl, code, 0, n * h * wd, cin)
     return dy, y, w, (plan, (n, h, wd, cin), y is not None)
 
 
@@ -612,11 +655,18 @@ def _backward_weight_plan(op, x, dy, y, act, w_shape, stride, pad, with_bias):
     w_shape = (kh, kw, cin, cout)
     if red == 0:
         return x, dy, y, (None, None, False, w_shape)
-    tile = choose_tile(BWD_WEIGHT, cout)
+    new = _use_gemm(dt, x.size, dy.size, 4 * sm_count() * (krows + 1) * cout)
+    tile = gemm.choose_tile(gemm.BWD_WEIGHT, krows, cout) if new else choose_tile(BWD_WEIGHT,
+                                                                                  cout)
     splits, chunk = _splits(tile, krows, cout, red)
     rows = krows + (1 if with_bias else 0)
-    plan = _igemm(BWD_WEIGHT, tile, dt, ho, wo, kh, kw, sh, sw, pt, pl, code, int(with_bias),
-                  krows, cout, splits, chunk)
+    if new:
+        plan = gemm.prepare(gemm.BWD_WEIGHT, (n, h, wd, cin, ho, wo, cout, kh, kw, sh, sw, pt,
+                                              pl), code, int(with_bias), with_bias, tile,
+                            splits, chunk)
+    else:
+        plan = _igemm(BWD_WEIGHT, tile, dt, ho, wo, kh, kw, sh, sw, pt, pl, code,
+                      int(with_bias), krows, cout, splits, chunk)
     return x, dy, y, (plan, (splits, rows, cout), y is not None, w_shape)
 
 

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from . import _launch, activation, conv, dropout, optim, pool, reduce, softmax
+from . import _launch, activation, conv, dropout, gemm, optim, pool, reduce, softmax
 from ._runtime import SIMULATOR
 
 #: (module, name) -> the small value.
@@ -21,6 +21,9 @@ SMALL = {
     (conv, "TILE_WIDE"): conv.Tile(16, 8, 16, 4, 2),     # 16 threads, 4x2 register blocks
     (conv, "TILE_NARROW"): conv.Tile(16, 4, 16, 4, 1),   # 16 threads, 4x1 register blocks
     (conv, "TILE_WIDE_DW"): conv.Tile(16, 8, 8, 4, 2),   # 16 threads, reduction step 8
+    (gemm, "TILE_WIDE"): gemm.GTile(16, 16, 4, 8, 8),     # 4 threads, two LDS groups each way
+    (gemm, "TILE_MID"): gemm.GTile(16, 8, 4, 4, 4),       # 8 threads
+    (gemm, "TILE_NARROW"): gemm.GTile(16, 4, 2, 4, 4),    # 4 threads, reduction step 2
     (conv, "TARGET_BLOCKS"): 6,
     (conv, "MIN_SPLIT_STEPS"): 1,
     (_launch, "MAX_BLOCKS"): 2,

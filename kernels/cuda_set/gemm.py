@@ -1,0 +1,545 @@
+"""The SIMT float32 implicit-GEMM conv kernels ("igemm2"), generated from their tile parameters.
+
+Each variant's source is written out by ``generate(mode, tile, strided, fused)`` and compiled:
+the reduction step (``bk``) and the ``tm x tn`` register block are fully unrolled, so that every
+shared-memory address is a base plus a constant and every accumulator is a register. The kernel
+is assembled from named parts (CUTLASS's split, DESIGN item 10), each a function here that emits
+its lines: ``loader_a``/``loader_b`` (global to registers to shared memory, the implicit im2col),
+``mainloop`` (the reduction, double buffered by register prefetch: the next step's global loads
+are issued before the current step's tile product, one barrier per step) and ``epilogue``.
+
+=============  ===================  ==========  ==================================  =========
+mode           rows (M)             cols (N)    reduction (K), fastest digit last   loads
+=============  ===================  ==========  ==================================  =========
+FWD            (n, oh, ow) of y     c_out       (ky, kx, c_in)                      A k-lane
+BWD_INPUT      (n, qy, qx), class   c_in        (j, i, c_out): sub-kernel taps      A,B k-lane
+BWD_WEIGHT     (ky, kx, c_in)       c_out       (n, oh, ow), split over z           A,B cols
+=============  ===================  ==========  ==================================  =========
+
+The input gradient is decomposed by residue class: a dx pixel ``ih`` only receives the taps
+``ky = py + sh * j`` with ``py = (ih + pt) mod sh``, from ``oh = qy - j`` where
+``qy = (ih + pt) // sh``. Class ``(py, px) = divmod(blockIdx.z, sw)`` is a stride-1 correlation
+of dy with the sub-kernel ``w[py::sh, px::sw]``: no wasted taps, no division in the loop. The
+stride-1 variant is the same code with ``sh = sw = 1`` written in as constants.
+
+Layout rules: every array is passed flat (C-contiguous, seen 1-D); offsets are 32-bit (the
+launcher refuses arrays of 2**31 elements or more), indices unsigned (no negative-index fix-up);
+the shared tiles are k-major (``As[k][m]``, rows padded by 4 words: conflict-free stores,
+16-byte aligned rows), and a thread's rows are ``tm/4`` groups of 4 consecutive ones, so each
+group is one 128-bit shared load (LDS.128). Every output is written once, after the reduction.
+
+float32 only: the float64 conv runs on the baseline kernels of ``conv`` (gradient checks).
+"""
+from __future__ import annotations
+
+import linecache
+from typing import NamedTuple
+
+from numba import types
+
+from ._launch import KernelSpec, Prepared, arr, kernel_factory, sm_count
+from ._runtime import SIMULATOR
+from ._runtime import numba_cuda as cuda
+from .activation import act_device_fns
+
+FWD, BWD_INPUT, BWD_WEIGHT = 0, 1, 2
+MODE_NAMES = ("fwd", "bwd_input", "bwd_weight")
+PAD = 4          # words of padding per shared row: keeps rows 16-byte aligned
+
+
+class GTile(NamedTuple):
+    """Block tile ``bm x bn``, reduction step ``bk``, register block ``tm x tn`` (multiples of
+    4: one LDS.128 per 4 rows or columns), ``min_blocks`` resident blocks asked of ptxas."""
+
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+    min_blocks: int = 1
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    def check(self):
+        nt = self.threads
+        ok = (self.tm % 4 == 0 and self.tn % 4 == 0 and self.bm % self.tm == 0
+              and self.bn % self.tn == 0 and nt % self.bk == 0
+              and (self.bm * self.bk) % nt == 0 and (self.bn * self.bk) % nt == 0
+              and all(nt % x == 0 or x % nt == 0 for x in (self.bm, self.bn)))
+        if not ok:
+            raise ValueError(f"gemm tile {self}: need 4 | tm, tn; tm | bm, tn | bn; the {nt} "
+                             "threads dividing bk, bm*bk and bn*bk, and dividing or divided by "
+                             "bm and bn")
+        return self
+
+
+#: The tiles: 128x128 with 8x8 register blocks for big GEMMs, 64x64 with 4x4 for mid-sized
+#: ones (more blocks), 64x16 with 4x4 for LeNet's 6 and 16 channels. Tests use small ones.
+TILE_WIDE = GTile(128, 128, 8, 8, 8, 1)
+TILE_MID = GTile(64, 64, 8, 4, 4, 2)
+TILE_NARROW = GTile(64, 16, 8, 4, 4, 4)
+
+
+class _Src:
+    """Lines of generated source with an indentation level."""
+
+    def __init__(self):
+        self.lines, self.ind = [], 1
+
+    def __call__(self, *lines):
+        for ln in lines:
+            self.lines.append("    " * self.ind + ln)
+
+    def block(self, head):
+        self(head)
+        self.ind += 1
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.ind -= 1
+
+
+def udiv(a, b):
+    """Source of ``a // b`` for non-negative ints as a 32-bit unsigned division (no 64-bit
+    division call), typed back to signed."""
+    return f"I(U({a}) // U({b}))"
+
+
+def umod(a, b):
+    return f"I(U({a}) % U({b}))"
+
+
+def _lane_rows(t: GTile, x: int):
+    """The k-lane pattern over a ``bk x x`` tile: the thread's lane ``tid % bk`` and its
+    elements' tile columns ``tid // bk + i * (nt // bk)``."""
+    nt = t.threads
+    return [(udiv("tid", t.bk), i * (nt // t.bk)) for i in range(x * t.bk // nt)]
+
+
+def _col_rows(t: GTile, x: int):
+    """The column pattern over a ``bk x x`` tile (consecutive threads, consecutive columns):
+    element i of a thread at ``(krow, col) = (tid // x + ki, tid % x + ci)``."""
+    nt = t.threads
+    return [(i * nt // x, (i * nt) % x) for i in range(x * t.bk // nt)]
+
+
+# ------------------------------------------------------------------------------ the parts
+
+def setup(s: _Src, mode, t: GTile, strided):
+    """Block and class coordinates, the GEMM's extents (M, K range)."""
+    s("tid = I(cuda.threadIdx.x)",
+      f"tx = {umod('tid', t.bn // t.tn)}",
+      f"ty = {udiv('tid', t.bn // t.tn)}",
+      f"m0 = I(cuda.blockIdx.x) * {t.bm}",
+      f"n0 = I(cuda.blockIdx.y) * {t.bn}")
+    if mode == FWD:
+        s("M = NB * HO * WO", "NCOL = CO", "kbeg = 0", "kend = KH * KW * C")
+    elif mode == BWD_WEIGHT:
+        s("M = KH * KW * C", "NCOL = CO", "split = I(cuda.blockIdx.z)",
+          "kbeg = split * CHUNK", "kend = min(NB * HO * WO, kbeg + CHUNK)")
+    else:
+        if strided:
+            s("z = I(cuda.blockIdx.z)", f"py = {udiv('z', 'SW')}", f"px = {umod('z', 'SW')}",
+              "SHv = SH", "SWv = SW")
+        else:
+            s("py = 0", "px = 0", "SHv = 1", "SWv = 1")
+        # dx rows of the class: ih = qy * sh + py - pt in [0, H), qy >= 0
+        for q, p, pad, size, k in (("qy", "py", "PT", "H", "KH"), ("qx", "px", "PL", "W", "KW")):
+            sv = "SHv" if q == "qy" else "SWv"
+            s(f"{q}0 = 0",
+              f"if {pad} > {p}:",
+              f"    {q}0 = {udiv(f'{pad} - {p} + {sv} - 1', sv)}",
+              f"{q}n = {udiv(f'{size} + {pad} - {p} + {sv} - 1', sv)} - {q}0",
+              f"if {q}n < 0:", f"    {q}n = 0",
+              f"k{q} = 0",
+              f"if {p} < {k}:",
+              f"    k{q} = {udiv(f'{k} - {p} + {sv} - 1', sv)}",
+              f"k{q}d = max(k{q}, 1)   # a divisor (an empty class reduces over nothing)")
+        s("if kqx == 0:", "    kqy = 0   # no tap of the class: ky < kqy never holds",
+          "M = NB * qyn * qxn", "NCOL = C", "kbeg = 0", "kend = kqy * kqx * CO")
+        s("if m0 >= M:", "    return   # the whole block: no barrier is reached")
+
+
+def loader_a(s: _Src, mode, t: GTile, fused, phase):
+    """The A tile (BK x BM): ``phase`` 'init' (per-row gathers, once per tile), 'load' (the
+    step's global loads into registers va_i), 'advance' (the thread's reduction digits by BK)."""
+    if mode == BWD_WEIGHT:
+        return _loader_a_weight(s, t, phase)
+    rows = _lane_rows(t, t.bm)
+    # k digits (ky, kx, kc) in the radix (KW-or-sub, CIN-or-CO), the thread's lane
+    rad, kwv, khv = ("C", "KW", "KH") if mode == FWD else ("CO", "kqxd", "kqy")
+    if phase == "init":
+        s(f"lane = {umod('tid', t.bk)}",
+          "k = kbeg + lane",
+          f"kc = {umod('k', rad)}", f"kt = {udiv('k', rad)}",
+          f"kx = {umod('kt', kwv)}", f"ky = {udiv('kt', kwv)}",
+          f"dc = {umod(t.bk, rad)}", f"dt_ = {udiv(t.bk, rad)}",
+          f"dx = {umod('dt_', kwv)}", f"dy = {udiv('dt_', kwv)}")
+        for i, (base, off) in enumerate(rows):
+            s(f"m = m0 + {base} + {off}")
+            if mode == FWD:
+                s(f"ow = {umod('m', 'WO')}", f"mt = {udiv('m', 'WO')}",
+                  f"oh = {umod('mt', 'HO')}", f"nn = {udiv('mt', 'HO')}",
+                  f"hb{i} = oh * SH - PT", f"wb{i} = ow * SW - PL",
+                  f"ro{i} = I(((nn * H + hb{i}) * W + wb{i}) * C)",
+                  f"if m >= M:", f"    hb{i} = H    # never inside the image")
+            else:
+                s(f"qx = {umod('m', 'qxn')} + qx0", f"mt = {udiv('m', 'qxn')}",
+                  f"qy = {umod('mt', 'qyn')} + qy0", f"nn = {udiv('mt', 'qyn')}",
+                  f"hb{i} = qy", f"wb{i} = qx",
+                  f"ro{i} = I(((nn * HO + qy) * WO + qx) * CO)",
+                  f"if m >= M:", f"    hb{i} = -1   # never inside dy")
+    elif phase == "load":
+        s(f"kin = ky < {khv}")
+        if mode == FWD:
+            s("ko = (ky * W + kx) * C + kc")
+            test = "(U(hb{i} + ky) < U(H)) & (U(wb{i} + kx) < U(W))"
+        else:
+            s("ko = kc - (ky * WO + kx) * CO")
+            test = "(U(hb{i} - ky) < U(HO)) & (U(wb{i} - kx) < U(WO))"
+        for i in range(len(rows)):
+            s(f"va{i} = zero", f"if kin & {test.format(i=i)}:")
+            if fused:
+                s(f"    o = U(ro{i} + ko)", f"    va{i} = src[o]",
+                  "    if ACT != 0:", f"        va{i} = act_bwd(va{i}, yact[o], ACT)")
+            else:
+                s(f"    va{i} = src[U(ro{i} + ko)]")
+    elif phase == "advance":
+        s("kc += dc", "kx += dx", "ky += dy",
+          f"if kc >= {rad}:", f"    kc -= {rad}", "    kx += 1",
+          f"if kx >= {kwv}:", f"    kx -= {kwv}", "    ky += 1")
+    elif phase == "store":
+        for i, (base, off) in enumerate(rows):
+            s(f"As[sw_a + S({off})] = va{i}")
+    elif phase == "store_init":
+        s(f"sw_a = S(lane) * S({t.bm + PAD}) + S({rows[0][0]})")
+
+
+def _loader_a_weight(s: _Src, t: GTile, phase):
+    """BWD_WEIGHT's A tile: x patches, columns (ky, kx, ci) fixed per thread, reduction rows
+    (n, oh, ow) advanced by BK per step with one carry per digit."""
+    rows = _col_rows(t, t.bm)
+    cols = sorted({c for _, c in rows})
+    if phase == "init":
+        for c in cols:
+            s(f"m = m0 + {umod('tid', t.bm)} + {c}",
+              f"wc = {umod('m', 'C')}", "mt = " + udiv("m", "C"),
+              f"eky{c} = {udiv('mt', 'KW')} - PT", f"ekx{c} = {umod('mt', 'KW')} - PL",
+              f"rp{c} = (eky{c} * W + ekx{c}) * C + wc",
+              "if m >= M:", f"    eky{c} = H   # never inside the image")
+        s(f"dw_ = {umod(t.bk, 'WO')}", f"dt_ = {udiv(t.bk, 'WO')}",
+          f"dh_ = {umod('dt_', 'HO')}", f"dn_ = {udiv('dt_', 'HO')} * H")
+        for i, (kr, _) in enumerate(rows):
+            s(f"r = kbeg + {udiv('tid', t.bm)} + {kr}",
+              f"ow{i} = {umod('r', 'WO')}", "rt = " + udiv("r", "WO"),
+              f"oh{i} = {umod('rt', 'HO')}", f"nb{i} = {udiv('rt', 'HO')} * H")
+    elif phase == "load":
+        s(f"kr0 = k0 + {udiv('tid', t.bm)}")
+        for i, (kr, c) in enumerate(rows):
+            s(f"ohs = oh{i} * SH", f"ows = ow{i} * SW", f"va{i} = zero",
+              f"if (kr0 + {kr} < kend) & (U(ohs + eky{c}) < U(H)) & (U(ows + ekx{c}) < U(W)):",
+              f"    va{i} = src[U(((nb{i} + ohs) * W + ows) * C + rp{c})]")
+    elif phase == "advance":
+        for i in range(len(rows)):
+            s(f"ow{i} += dw_", f"oh{i} += dh_", f"nb{i} += dn_",
+              f"if ow{i} >= WO:", f"    ow{i} -= WO", f"    oh{i} += 1",
+              f"if oh{i} >= HO:", f"    oh{i} -= HO", f"    nb{i} += H")
+    elif phase == "store_init":
+        s(f"sw_a = S({udiv('tid', t.bm)}) * S({t.bm + PAD}) + S({umod('tid', t.bm)})")
+    elif phase == "store":
+        for i, (kr, c) in enumerate(rows):
+            s(f"As[sw_a + S({kr * (t.bm + PAD) + c})] = va{i}")
+
+
+def loader_b(s: _Src, mode, t: GTile, fused, db, phase):
+    """The B tile (BK x BN): the kernel (FWD: rows k, columns c_out; BWD_INPUT: the sub-kernel
+    read along c_out, the k-lane pattern) or dy (BWD_WEIGHT, with the fused activation gradient
+    and the bias gradient's column sums)."""
+    bnp = t.bn + PAD
+    if mode == BWD_INPUT:
+        rows = _lane_rows(t, t.bn)
+        if phase == "init":
+            for i, (base, off) in enumerate(rows):
+                s(f"ci = n0 + {base} + {off}", f"cv{i} = ci < C", f"bo{i} = ci * CO")
+        elif phase == "load":
+            s("kb = ((py + SHv * ky) * KW + px + SWv * kx) * C * CO + kc")
+            for i in range(len(rows)):
+                s(f"vb{i} = zero", f"if kin & cv{i}:", f"    vb{i} = wmat[U(kb + bo{i})]")
+        elif phase == "store_init":
+            s(f"sw_b = S(lane) * S({bnp}) + S({rows[0][0]})")
+        elif phase == "store":
+            for i, (_, off) in enumerate(rows):
+                s(f"Bs[sw_b + S({off})] = vb{i}")
+        return
+    rows = _col_rows(t, t.bn)
+    if phase == "init":
+        for i, (kr, c) in enumerate(rows):
+            s(f"bc = n0 + {umod('tid', t.bn)} + {c}", f"cv{i} = bc < CO",
+              f"bo{i} = ({udiv('tid', t.bn)} + {kr}) * CO + bc")
+            if db:
+                s(f"dbs{i} = zero")
+        if mode == BWD_WEIGHT:
+            s("kco = kbeg * CO")
+        else:
+            s("kco = 0")
+        if db:
+            s("with_db = cuda.blockIdx.x == 0")
+    elif phase == "load":
+        s(f"kr0 = k0 + {udiv('tid', t.bn)}")
+        for i, (kr, c) in enumerate(rows):
+            s(f"vb{i} = zero", f"if cv{i} & (kr0 + {kr} < kend):")
+            if fused:
+                s(f"    o = U(bo{i} + kco)", f"    vb{i} = wmat[o]",
+                  "    if ACT != 0:", f"        vb{i} = act_bwd(vb{i}, yact[o], ACT)")
+            else:
+                s(f"    vb{i} = wmat[U(bo{i} + kco)]")
+        if db:
+            with s.block("if with_db:"):
+                for i in range(len(rows)):
+                    s(f"dbs{i} += vb{i}")
+    elif phase == "advance":
+        s(f"kco += {t.bk} * CO")
+    elif phase == "store_init":
+        s(f"sw_b = S({udiv('tid', t.bn)}) * S({bnp}) + S({umod('tid', t.bn)})")
+    elif phase == "store":
+        for i, (kr, c) in enumerate(rows):
+            s(f"Bs[sw_b + S({kr * bnp + c})] = vb{i}")
+
+
+def tile_product(s: _Src, t: GTile):
+    """acc += As[buf]^T Bs[buf] over one BK step, unrolled: per k, tm/4 + tn/4 LDS.128 and
+    tm * tn FFMA. Thread rows ``g * bm / (tm/4) + 4 * ty + v``, columns likewise with tx."""
+    ga, gb = t.tm // 4, t.tn // 4
+    bmp, bnp = t.bm + PAD, t.bn + PAD
+    for kk in range(t.bk):
+        for i in range(t.tm):
+            g, v = divmod(i, 4)
+            s(f"a{i} = As[pa + S({kk * bmp + g * (t.bm // ga) + v})]")
+        for j in range(t.tn):
+            g, v = divmod(j, 4)
+            s(f"b{j} = Bs[pb + S({kk * bnp + g * (t.bn // gb) + v})]")
+        for i in range(t.tm):
+            for j in range(t.tn):
+                s(f"c{i}_{j} += a{i} * b{j}")
+
+
+def mainloop(s: _Src, mode, t: GTile, fused, db):
+    """Prologue (stage step 0 into buffer 0), then per step: the next step's global loads into
+    registers, the tile product on the current buffer, the registers stored into the other
+    buffer, one barrier."""
+    A = lambda ph: loader_a(s, mode, t, fused, ph)   # noqa: E731
+    B = lambda ph: loader_b(s, mode, t, fused, db, ph)   # noqa: E731
+    sa, sb = t.bk * (t.bm + PAD), t.bk * (t.bn + PAD)
+    A("init")
+    B("init")
+    A("store_init")
+    B("store_init")
+    s(f"ra = S({udiv('tid', t.bn // t.tn)}) * S(4)", f"rb = S({umod('tid', t.bn // t.tn)}) * S(4)")
+    for i in range(t.tm):
+        for j in range(t.tn):
+            s(f"c{i}_{j} = zero")
+    s("k0 = kbeg")
+    A("load")
+    B("load")
+    A("store")
+    B("store")
+    s("cuda.syncthreads()  # buffer 0 staged before any thread reads it",
+      f"nsteps = {udiv(f'kend - kbeg + {t.bk - 1}', t.bk)}",
+      "cur_a = S(0)", "cur_b = S(0)")
+    with s.block("for step in range(nsteps):"):
+        s("more = step + 1 < nsteps")
+        with s.block("if more:"):
+            s(f"k0 += {t.bk}")
+            A("advance")
+            B("advance")
+            A("load")
+            B("load")
+        s("pa = ra + cur_a", "pb = rb + cur_b")
+        tile_product(s, t)
+        s(f"cur_a = S({sa}) - cur_a", f"cur_b = S({sb}) - cur_b")
+        with s.block("if more:"):
+            s("sw_a = sw_a + cur_a", "sw_b = sw_b + cur_b")
+            A("store")
+            B("store")
+            s("sw_a = sw_a - cur_a", "sw_b = sw_b - cur_b")
+        s("cuda.syncthreads()  # the other buffer is staged, and this one read by all")
+
+
+def epilogue(s: _Src, mode, t: GTile, db):
+    """One global write per output: FWD adds the bias and applies the activation; BWD_INPUT
+    maps class rows back to dx pixels; BWD_WEIGHT writes its split's partial (and db row)."""
+    ga, gb = t.tm // 4, t.tn // 4
+    s(f"ty4 = {udiv('tid', t.bn // t.tn)} * 4", f"tx4 = {umod('tid', t.bn // t.tn)} * 4")
+    for i in range(t.tm):
+        g, v = divmod(i, 4)
+        s(f"m = m0 + ty4 + {g * (t.bm // ga) + v}")
+        with s.block("if m < M:"):
+            if mode == BWD_INPUT:
+                s(f"qx = {umod('m', 'qxn')} + qx0", f"mt = {udiv('m', 'qxn')}",
+                  f"qy = {umod('mt', 'qyn')} + qy0", f"nn = {udiv('mt', 'qyn')}",
+                  "orow = ((nn * H + qy * SHv + py - PT) * W + qx * SWv + px - PL) * C")
+            elif mode == BWD_WEIGHT:
+                s("orow = (split * (M + HB) + m) * CO")
+            else:
+                s("orow = m * CO")
+            for j in range(t.tn):
+                gj, vj = divmod(j, 4)
+                s(f"c = n0 + tx4 + {gj * (t.bn // gb) + vj}")
+                with s.block("if c < NCOL:"):
+                    if mode == FWD:
+                        s(f"v = c{i}_{j}", "if HB != 0:", "    v += bias[U(c)]",
+                          "out[U(orow + c)] = act_fwd(v, ACT)")
+                    else:
+                        s(f"out[U(orow + c)] = c{i}_{j}")
+    if db:
+        _db_sums(s, t)
+
+
+def _db_sums(s: _Src, t: GTile):
+    """BWD_WEIGHT with the bias: the first row tile's blocks sum their staged dy columns (kept
+    per thread in dbs_i) through shared memory, in a fixed order, into the split's db row."""
+    nt = t.threads
+    rows = _col_rows(t, t.bn)
+    with s.block("if with_db:"):
+        for i in range(len(rows)):
+            s(f"Ds[S({i * nt}) + S(tid)] = dbs{i}")
+    s("cuda.syncthreads()  # every thread's column sums are in Ds")
+    for part in range(-(-t.bn // nt)):       # column col of the tile: thread col % nt
+        with s.block(f"if with_db & (tid + {part * nt} < {t.bn}):"):
+            s("tot = zero", f"col = tid + {part * nt}")
+            for i, (_, c) in enumerate(rows):
+                for r in range(max(1, nt // t.bn)):
+                    s(f"tt = col - {c} + {r * t.bn}",
+                      f"if (tt >= 0) & (tt < {nt}):", f"    tot += Ds[S({i * nt}) + S(tt)]")
+            s("c = n0 + col",
+              "if c < CO:", "    out[U((split * (M + 1) + M) * CO + c)] = tot")
+
+
+# ------------------------------------------------------------------------------ generator
+
+ARGS = ("src, wmat, bias, ysrc, ymat, out, NB, H, W, C, HO, WO, CO, KH, KW, SH, SW, PT, PL, ACT, HB, "
+        "CHUNK")
+
+
+def generate(mode: int, tile: GTile, strided: bool, fused: bool) -> str:
+    """The kernel's source (see the module docstring). ``strided``: BWD_INPUT with stride > 1
+    (residue classes on blockIdx.z); ``fused``: the activation's gradient read with dy (BWD
+    modes; in BWD_WEIGHT also db)."""
+    t = tile
+    db = fused and mode == BWD_WEIGHT
+    s = _Src()
+    sa, sb = t.bk * (t.bm + PAD), t.bk * (t.bn + PAD)
+    align = "" if SIMULATOR else ", alignment=16"
+    s(f"As = cuda.shared.array({2 * sa}, f32{align})",
+      f"Bs = cuda.shared.array({2 * sb}, f32{align})")
+    if db:
+        s(f"Ds = cuda.shared.array({len(_col_rows(t, t.bn)) * t.threads}, f32)")
+    s("zero = f32(0)", "yact = ymat" if mode == BWD_WEIGHT else "yact = ysrc")
+    setup(s, mode, t, strided)
+    mainloop(s, mode, t, fused, db)
+    epilogue(s, mode, t, db)
+    return f"def kernel({ARGS}):\n" + "\n".join(s.lines) + "\n"
+
+
+def _int_helpers():
+    """``I`` (int32), ``U`` (uint32, wraps), ``S`` (uint64 shared-memory index): Numba casts in
+    compiled code; in the simulator plain Python ints with the same wrap-around."""
+    if SIMULATOR:
+        return int, (lambda v: int(v) & 0xFFFFFFFF), int
+    return types.int32, types.uint32, types.uint64
+
+
+def spec_name(mode, tile, strided, fused):
+    t = tile
+    tags = ("s" if strided else "") + ("f" if fused else "")
+    return (f"gemm_{MODE_NAMES[mode]}{'_' + tags if tags else ''}[float32,"
+            f"{t.bm}x{t.bn}x{t.bk}/{t.tm}x{t.tn}/{t.min_blocks}]")
+
+
+def _variants():
+    """What the launchers use: FWD per tile; BWD_INPUT per tile, fused or not, strided only on
+    the mid and narrow tiles (a strided GEMM's classes are small); BWD_WEIGHT per tile, plain
+    or fused (activation gradient + db)."""
+    tiles = (TILE_WIDE, TILE_MID, TILE_NARROW)
+    out = [dict(mode=FWD, tile=t, strided=False, fused=False) for t in tiles]
+    out += [dict(mode=BWD_INPUT, tile=t, strided=False, fused=f) for t in tiles
+            for f in (False, True)]
+    out += [dict(mode=BWD_INPUT, tile=t, strided=True, fused=f) for t in (TILE_MID, TILE_NARROW)
+            for f in (False, True)]
+    out += [dict(mode=BWD_WEIGHT, tile=t, strided=False, fused=f) for t in tiles
+            for f in (False, True)]
+    return out
+
+
+@kernel_factory(_variants)
+def gemm_kernel(mode: int, tile: GTile, strided: bool, fused: bool):
+    tile = GTile(*tile).check()
+    strided = bool(strided) and mode == BWD_INPUT
+    fused = bool(fused) and mode != FWD
+    name = spec_name(mode, tile, strided, fused)
+    src = generate(mode, tile, strided, fused)
+    act_fwd, act_bwd = act_device_fns("float32")
+    I, U, S = _int_helpers()
+    env = {"cuda": cuda, "f32": types.float32, "I": I, "U": U, "S": S, "act_fwd": act_fwd,
+           "act_bwd": act_bwd, "min": min, "max": max}
+    filename = f"<gpucnn {name}>"
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    exec(compile(src, filename, "exec"), env)
+    fn = env["kernel"]
+    fn.__doc__ = f"{name}: generated by gemm.generate (see the module docstring)."
+    a1 = arr("float32", 1)
+    return KernelSpec(name, fn, (a1,) * 6 + (types.int32,) * 16,
+                      launch_bounds=(tile.threads, tile.min_blocks))
+
+
+# ------------------------------------------------------------------------------ launching
+
+#: ``{mode: tile}``: launches of that mode use the tile (tests, tile sweeps).
+TILE_OVERRIDE: dict = {}
+
+
+def choose_tile(mode: int, m: int, n: int, strided: bool = False) -> GTile:
+    """The tile of an ``m x n`` GEMM: narrow for 16 columns or fewer; the wide 128x128 tile
+    when it still fills about three quarters of the SMs (split-K fills the weight gradient's
+    grid: there it needs 128 rows and columns); the mid tile otherwise, and for the strided
+    input gradient (its residue classes are small GEMMs)."""
+    if mode in TILE_OVERRIDE:
+        return TILE_OVERRIDE[mode]
+    if n <= TILE_NARROW.bn:
+        return TILE_NARROW
+    if strided:
+        return TILE_MID
+    if mode == BWD_WEIGHT:
+        wide = m >= TILE_WIDE.bm and n >= TILE_WIDE.bn
+    else:
+        wide = -(-m // TILE_WIDE.bm) * -(-n // TILE_WIDE.bn) >= (3 * sm_count()) // 4
+    return TILE_WIDE if wide else TILE_MID
+
+
+def fits(*sizes) -> bool:
+    """Whether every array (element counts) is addressable with 32-bit offsets."""
+    return max(sizes) < 2**31 - 2**20
+
+
+def prepare(mode, geo, act, has_bias, fused, tile=None, splits=1, chunk=0):
+    """The prepared launch of a gemm kernel. ``geo`` = (n, h, w, c, ho, wo, co, kh, kw, sh,
+    sw, pt, pl): x (or dx) is (n, h, w, c), y (or dy) (n, ho, wo, co). The launch's arrays are
+    ``(src, wmat, bias, ysrc, ymat, out)`` as in ``conv._igemm``."""
+    n, h, w, c, ho, wo, co, kh, kw, sh, sw, pt, pl = geo
+    strided = mode == BWD_INPUT and (sh > 1 or sw > 1)
+    if mode == FWD:
+        m, ncol, z = n * ho * wo, co, 1
+    elif mode == BWD_INPUT:
+        m, ncol, z = n * -(-h // sh) * -(-w // sw), c, sh * sw
+    else:
+        m, ncol, z = kh * kw * c, co, splits
+    tile = tile or choose_tile(mode, m, ncol, strided)
+    spec = gemm_kernel(mode, tile, strided, fused)
+    return Prepared(spec, (-(-m // tile.bm), -(-ncol // tile.bn), z), (tile.threads,),
+                    (None,) * 6 + (n, h, w, c, ho, wo, co, kh, kw, sh, sw, pt, pl, act,
+                                   has_bias, chunk))
