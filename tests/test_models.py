@@ -385,10 +385,10 @@ def test_progress_bar_redraws_in_place_on_a_terminal():
 def test_batch_logs_only_read_when_shown(compiled, rng, monkeypatch):
     """Without a terminal or batch callbacks, fit reads the running values once per epoch."""
     reads = []
-    from gpucnn.models import training
+    from gpucnn.models import tracker
 
-    real = training._Tracker.values
-    monkeypatch.setattr(training._Tracker, "values", lambda self: reads.append(1) or real(self))
+    real = tracker.Tracker.values
+    monkeypatch.setattr(tracker.Tracker, "values", lambda self: reads.append(1) or real(self))
     x, y = blobs(rng, 40)
     compiled.fit(x, y, batch_size=4, epochs=2, verbose=1)
     assert len(reads) == 2

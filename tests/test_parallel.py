@@ -178,8 +178,8 @@ def test_no_fork_while_another_thread_is_in_a_call():
     try:
         assert inside.wait(30)
         assert _calls.others() == 1
-        runner = parallel.runner_for(model, numpy_set, logits=True, steps=3, largest=8, x=x,
-                                     y=y)
+        runner = parallel.runner_for(model, numpy_set, parallel.FitCall(
+            logits=True, steps=3, largest=8, x=x, y=y))
         assert type(runner) is forked.Forked and runner.procs is None     # runs whole
         runner.close()
     finally:

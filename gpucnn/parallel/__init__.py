@@ -1,8 +1,11 @@
 """Step runners: who computes the forward and backward pass of each training step of ``fit``.
 
-``fit`` asks ``runner_for(...)`` once per call and then, for every batch, calls
-``runner.step(x, y, rows=None) -> (loss, lv, totals)``; at the end ``runner.close()``
-(``local.Runner`` says what these are). The runners:
+This package is the one door of the training loop (``gpucnn.models.training``) to its steps and
+ranks. ``fit`` asks ``runner_for(model, ks, call)`` once per call (``call``: a ``FitCall``, the
+call's settings) and then, for every batch, calls ``runner.step(x, y, rows=None) -> (loss, lv,
+totals)``; at the end ``runner.close()`` (``local.Runner`` says what these are);
+``train_on_batch`` asks ``batch_runner``, ``evaluate`` and ``predict`` ``forward_graphs``. The
+runners:
 
 - ``graphed.Graphed``: on the CUDA set, the whole step captured once per batch shape as a CUDA
   graph and replayed (one launch a step); eager where a graph cannot hold the step.
@@ -27,8 +30,8 @@ import contextlib
 
 from gpucnn.kernels import has
 from gpucnn.parallel import _calls, forked, graphed, ranks, step
-from gpucnn.parallel.local import Runner, Whole
-from gpucnn.parallel.ranks import any_rank, group, is_main, set_group
+from gpucnn.parallel.local import FitCall, Runner, Whole
+from gpucnn.parallel.ranks import any_rank, gather_rows, group, is_main, quiet, set_group, sum_host
 
 
 @contextlib.contextmanager
@@ -45,23 +48,64 @@ def session(ks):
             yield
 
 
-def runner_for(model, ks, *, logits, totals=None, metrics=0, steps=0, largest=0, x=None,
-               y=None, batch_hooks=False, op="fit", settings=None) -> Runner:
-    """The runner of a training call on ``model``: ``logits`` (the loss from the logits),
-    ``totals(yb, out)`` and its length ``metrics`` (the metric partial sums of a batch, or
-    None), ``steps`` per epoch, the ``largest`` batch, the training arrays ``x`` and ``y``,
-    whether batch-level callbacks run (they may change the model between steps, so no worker
-    processes), and the call's ``settings`` (checked equal over MPI ranks)."""
+def runner_for(model, ks, call: FitCall) -> Runner:
+    """The runner of the training call ``call`` (a ``FitCall``: the loss from the logits or
+    not, the metric partial sums of a batch, steps per epoch, the largest batch, the training
+    arrays, whether batch-level callbacks run, the settings checked equal over MPI ranks) on
+    ``model``."""
     g = group()
     if g is not None:
-        return ranks.Ranks(g, model, logits, totals, steps, metrics, op, dict(settings or {}))
-    ranks.warn_if_launched(op)
+        return ranks.Ranks(g, model, call.logits, call.totals, call.steps, call.metrics, call.op,
+                           dict(call.agreed))
+    ranks.warn_if_launched(call.op)
     if graphed.enabled(ks):
-        return graphed.Graphed(model, logits, totals, steps)
-    if (batch_hooks or steps < 2 or x is None or not forked.available(ks)
+        return graphed.Graphed(model, call.logits, call.totals, call.steps)
+    if (call.batch_hooks or call.steps < 2 or call.x is None or not forked.available(ks)
             or model.output_shape is None or step.sample_flops(model) is None):
-        return Whole(model, logits, totals, steps)
-    return forked.Forked(model, logits, totals, steps, largest, x, y, model.output_shape)
+        return Whole(model, call.logits, call.totals, call.steps)
+    return forked.Forked(model, call.logits, call.totals, call.steps, call.largest, call.x,
+                         call.y, model.output_shape)
+
+
+def batch_runner(model, ks, logits, totals) -> Runner:
+    """``train_on_batch``'s runner: where steps are graphed a ``Graphed`` kept with the model
+    between calls (its graphs are per batch shape; a new loss or metrics makes a new one), else
+    a ``Whole`` for this call."""
+    if not graphed.enabled(ks):
+        return Whole(model, logits, totals)
+    key = (logits, model.loss, tuple(model.compiled_metrics))
+    kept = model.__dict__.get("_gpucnn_batch_runner")
+    if kept is None or kept[0] != key:
+        kept = model.__dict__["_gpucnn_batch_runner"] = (
+            key, graphed.Graphed(model, logits, totals))
+        return kept[1]
+    return kept[1].reopen()
+
+
+def forward_graphs(model, ks, g):
+    """The model's ``graphed.Forward`` where forward passes are replayed as CUDA graphs (a set
+    that captures graphs, one process, ``GPUCNN_CUDA_GRAPHS`` not 0), else None; ``g`` is the
+    group of ranks or None."""
+    if g is not None or not graphed.enabled(ks):
+        return None
+    fwd = model.__dict__.get("_gpucnn_forward")
+    if fwd is None:
+        fwd = model.__dict__["_gpucnn_forward"] = graphed.Forward(model)
+    return fwd
+
+
+def shard(g, n: int) -> tuple:
+    """The rows ``(lo, hi)`` of ``n`` this process evaluates or predicts (all without ranks)."""
+    return (0, n) if g is None else ranks.share(n, g.rank, g.size)
+
+
+def checked_group(op, **settings):
+    """The group of ranks, its ranks checked to have been called with the same ``settings``; or
+    None with one process."""
+    g = group()
+    if g is not None:
+        ranks.check_settings(g, op, settings)
+    return g
 
 
 def release(model) -> None:
@@ -72,5 +116,11 @@ def release(model) -> None:
         forked.drain()
 
 
-__all__ = ["Runner", "Whole", "any_rank", "group", "is_main", "release", "runner_for",
-           "session", "set_group", "step"]
+def stop_workers(model) -> None:
+    """End the worker processes kept for ``model`` alone."""
+    forked.release(model)
+
+
+__all__ = ["FitCall", "Runner", "Whole", "any_rank", "batch_runner", "checked_group",
+           "forward_graphs", "gather_rows", "group", "is_main", "quiet", "release", "runner_for",
+           "session", "set_group", "shard", "step", "stop_workers", "sum_host"]

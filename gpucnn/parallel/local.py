@@ -5,11 +5,36 @@ at the start of each epoch (every ``steps`` steps): an epoch callback may freeze
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from gpucnn import backend
 from gpucnn.parallel import _calls
 from gpucnn.parallel import step as _step
+
+
+@dataclasses.dataclass(frozen=True)
+class FitCall:
+    """The settings of one ``fit`` call, fixed for the call: what its epochs and its step
+    runner need (``runner_for``)."""
+
+    batch_size: int = 32
+    epochs: int = 1
+    initial_epoch: int = 0
+    verbose: int = 0
+    logits: bool = False         # the loss is computed from the logits of the final activation
+    steps: int = 0               # batches per epoch
+    largest: int = 0             # samples of the largest batch
+    x: object = None             # the training arrays, on the backend
+    y: object = None
+    validation: tuple | None = None  # (x_val, y_val) on the backend
+    totals: object = None        # totals(yb, out): a batch's metric partial sums, or None
+    metrics: int = 0             # how many pairs ``totals`` returns
+    batch_hooks: bool = False    # batch-level callbacks run (they may change the model between
+    #                              steps: no worker processes)
+    op: str = "fit"
+    agreed: dict = dataclasses.field(default_factory=dict)  # checked equal over MPI ranks
 
 
 class Runner:
