@@ -66,11 +66,13 @@ TABLES = {
             ("model", "batch", "gpucnn images/s", "PyTorch images/s",
              "speed vs PyTorch (>1: gpucnn faster)", "note"),
             ("{}", "{}", "{:.0f}", "{:.0f}", "{:.2f}", "{}")),
-    "fit": ("LeNet-5 through `fit`, CUDA graphs against eager steps (launches counted by "
-            "gpucnn: a graph launch counts as none, the update and the input copies as theirs), "
-            "and PyTorch training the same epoch eagerly and as a CUDA graph",
+    "fit": ("LeNet-5 through `fit`, CUDA graphs against eager steps: a steady-state epoch (a "
+            "second `fit`, after one that warmed up and captured; launches counted by gpucnn: a "
+            "graph launch counts as none, the update and the input copies as theirs), and "
+            "PyTorch training the same epoch eagerly and as a CUDA graph captured before the "
+            "timing; `graphs` counts what the runner really captured and replayed",
             ("run", "batch", "images/s", "host CPU ms per step", "gpucnn launches per step",
-             "graphed"),
+             "graphs"),
             ("{}", "{}", "{:.0f}", "{:.3f}", "{:.1f}", "{}")),
     "examples": ("Example scripts, one short epoch on the cuda backend",
                  ("script", "exit", "seconds", "pictures", "last line"),

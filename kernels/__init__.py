@@ -127,6 +127,10 @@ OPTIONAL = {
     # rmsprop_update_many(ps, gs, ss, lr, rho, eps, weight_decay, us=None, momentum=0.0,
     #                     mgs=None, gain=None): lists of the single updates' arrays
     "multi_update": ("sgd_update_many", "adam_update_many", "rmsprop_update_many"),
+    # a function's launches captured once and replayed as a CUDA graph: graph_engine() -> an
+    # engine with capture(fn) -> (graph, fn's outputs), launch(graph) and copy(dst, src)
+    # (cuda_set/graphs.py says what each does)
+    "graphs": ("graph_engine",),
     # whether the set runs on this machine: probe() -> (ok, reason, info), proven once per
     # process; info["simulator"] is true when its kernels run in a simulator on the host (the
     # backend's "auto" never picks such a set)

@@ -17,6 +17,9 @@ import numpy as np
 import gpucnn
 from gpucnn import callbacks, distributed, layers, models, optimizers, zoo
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _fakes import FakeNccl  # noqa: E402  (tests/ is not a package)
+
 N = 1000
 
 
@@ -130,10 +133,17 @@ def refuse():
 
 class FakeGpu:
     """The CuPy side of gpucnn.distributed on a machine without GPUs: two devices, arrays on
-    the host (Numba's simulator), and an 'NCCL' whose sums MPI does."""
+    the host (Numba's simulator), and the real NCCL module's ids and constants with
+    communicators whose sums MPI does (tests/_fakes.py; tests/test_fakes.py holds this class to
+    ``CupyGpu`` and the NCCL fakes to the installed NCCL)."""
 
     def __init__(self, with_nccl):
-        self.with_nccl, self.used, self.ids_made, self.comms = with_nccl, [], 0, []
+        self.with_nccl, self.used, self.comms = with_nccl, [], []
+        self.fake_nccl = FakeNccl(on_comm=self.comms.append)
+
+    @property
+    def ids_made(self):
+        return self.fake_nccl.ids_made
 
     def device_count(self):
         return 2
@@ -145,7 +155,7 @@ class FakeGpu:
         return self.used[-1]
 
     def nccl(self):
-        return (FakeNccl(self), None) if self.with_nccl else (None, "no NCCL in this test")
+        return (self.fake_nccl, None) if self.with_nccl else (None, "no NCCL in this test")
 
     def pointer(self, a):
         return a.ctypes.data
@@ -159,42 +169,7 @@ class FakeGpu:
     def event_done(self, ev):
         return True
 
-
-class FakeNccl:
-    NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = 7, 8, 0
-
-    def __init__(self, gpu):
-        self.gpu = gpu
-
-    def get_unique_id(self):
-        self.gpu.ids_made += 1
-        return tuple(int(v) for v in np.random.default_rng().integers(-128, 128, 128))
-
-    def NcclCommunicator(self, size, uid, rank):
-        comm = FakeComm(size, uid, rank)
-        self.gpu.comms.append(comm)
-        return comm
-
-
-class FakeComm:
-    def __init__(self, size, uid, rank):
-        from mpi4py import MPI
-
-        self.size, self.uid, self.rank, self.MPI, self.sums = size, uid, rank, MPI, 0
-
-    def allReduce(self, send, recv, count, kind, op, stream):
-        import ctypes
-
-        assert send == recv and op == FakeNccl.NCCL_SUM, (send, recv, op)
-        ctype = ctypes.c_float if kind == FakeNccl.NCCL_FLOAT32 else ctypes.c_double
-        a = np.ctypeslib.as_array((ctype * count).from_address(recv))
-        self.MPI.COMM_WORLD.Allreduce(self.MPI.IN_PLACE, a, op=self.MPI.SUM)
-        self.sums += 1
-
-    def destroy(self):
-        pass
-
-    def abort(self):
+    def synchronize(self):
         pass
 
 
@@ -230,7 +205,7 @@ def gpu(out):
             saved[f"{key}/w{i}"] = w
         saved[f"{key}/used"] = np.array(fake.used)
         saved[f"{key}/ids_made"] = np.array(fake.ids_made)
-        saved[f"{key}/uid"] = np.array(fake.comms[0].uid if fake.comms else [])
+        saved[f"{key}/uid"] = np.frombuffer(fake.comms[0].uid if fake.comms else b"", np.uint8)
         saved[f"{key}/sums"] = np.array(sum(c.sums for c in fake.comms))
         saved[f"{key}/allreduce"] = np.asarray(total)
         print(f"rank {info['rank']}: transport {info['transport']}, device {info['device']}",

@@ -270,3 +270,148 @@ def test_before_init_a_process_is_a_job_of_one_and_bad_settings_are_refused(monk
     assert _mpi.timeout_from_env() == 7.5
     monkeypatch.delenv("GPUCNN_DIST_TIMEOUT")
     assert _mpi.timeout_from_env() == 300.0
+
+
+# -- NCCL in one process: a fake group, the real NCCL module's ids and argument rules ----------
+sys.path.insert(0, HERE)
+import _fakes  # noqa: E402
+
+
+class Expired(Exception):
+    pass
+
+
+class OneRank:
+    """A group of one rank whose deadline is short and whose expiry raises (instead of
+    ``MPI_Abort``) saying what was waited for."""
+
+    rank, size, timeout = 0, 1, 0.3
+
+    def bcast_host_(self, a, what):
+        self.sent = a.copy()
+
+    def barrier(self, what):
+        pass
+
+    def expire(self, what):
+        raise Expired(what)
+
+
+class Gpu:
+    def pointer(self, a):
+        return a.ctypes.data
+
+    def stream(self):
+        return 0
+
+    def record_event(self):
+        return None
+
+    def event_done(self, ev):
+        return True
+
+
+def test_the_nccl_id_travels_as_the_bytes_cupy_14_makes_and_takes():
+    """CuPy 14's ``get_unique_id()`` returns 128 bytes and ``NcclCommunicator`` takes bytes: the
+    id rank 0 made is broadcast as 128 uint8 and handed over as the same bytes."""
+    from gpucnn.distributed._mpi import NcclSum
+
+    comms = []
+    nccl = _fakes.FakeNccl(on_comm=comms.append)
+    g = OneRank()
+    s = NcclSum(g, Gpu(), nccl)
+    a = np.ones(5, np.float32)
+    with pytest.MonkeyPatch.context() as mp:       # a one-rank "sum" without MPI
+        mp.setattr(_fakes.FakeComm, "allReduce",
+                   _fakes.mirrors(_fakes._COMM.allReduce)(lambda self, *args: None))
+        s(a, "sum")
+    (comm,) = comms
+    assert type(comm.uid) is bytes and len(comm.uid) == 128
+    assert g.sent.dtype == np.uint8 and g.sent.tobytes() == comm.uid
+    assert nccl.ids_made == 1
+
+
+def test_a_peer_lost_while_joining_nccl_or_at_the_first_sum_ends_the_job_at_the_deadline():
+    from gpucnn.distributed._mpi import NcclSum
+
+    class Stuck(_fakes.FakeComm):
+        block_init = True
+
+        def __init__(self, *args):
+            super().__init__(*args)
+            if Stuck.block_init:
+                time.sleep(30)
+
+        def allReduce(self, *args):
+            time.sleep(30)
+
+    s = NcclSum(OneRank(), Gpu(), _fakes.FakeNccl(comm_class=Stuck))
+    t0 = time.monotonic()
+    with pytest.raises(Expired, match="joining NCCL: ncclCommInitRank"):
+        s(np.ones(3, np.float32), "fit step 1")
+    Stuck.block_init = False
+    with pytest.raises(Expired, match="the first NCCL sum"):
+        s(np.ones(3, np.float32), "fit step 1")
+    assert time.monotonic() - t0 < 5
+
+
+def test_an_asynchronous_nccl_error_is_raised_while_a_sum_is_awaited():
+    from gpucnn.distributed._mpi import NcclSum
+
+    class Failing(_fakes.FakeComm):
+        def allReduce(self, *args):
+            pass
+
+        def check_async_error(self):
+            raise RuntimeError("NCCL_ERROR_REMOTE_ERROR: a peer failed")
+
+    class Busy(Gpu):
+        def event_done(self, ev):
+            return False
+
+    s = NcclSum(OneRank(), Busy(), _fakes.FakeNccl(comm_class=Failing))
+    with pytest.raises(RuntimeError, match="REMOTE_ERROR"):
+        s(np.ones(3, np.float32), "sum")
+    with pytest.raises(RuntimeError, match="REMOTE_ERROR"):   # later sums too, not just the first
+        s(np.ones(3, np.float32), "sum")
+
+
+@pytest.mark.parametrize("env,version,want", [
+    (None, 23203, "NCCL_MULTI_RANK_GPU_ENABLE=1 allows two ranks per GPU from NCCL 2.30.0 on"),
+    ("1", 22105, "the loaded NCCL is 2.21.5 and only 2.30.0 and later accept two ranks"),
+    ("1", 23000, None),
+])
+def test_two_ranks_on_one_gpu_go_to_nccl_only_where_its_version_honours_the_setting(
+        monkeypatch, env, version, want):
+    from gpucnn import distributed
+
+    if env is None:
+        monkeypatch.delenv("NCCL_MULTI_RANK_GPU_ENABLE", raising=False)
+    else:
+        monkeypatch.setenv("NCCL_MULTI_RANK_GPU_ENABLE", env)
+    nccl = _fakes.FakeNccl(version=version)
+    got, why = distributed._ranks_per_gpu(nccl, 2, 1)
+    if want is None:
+        assert got is nccl and why is None
+    else:
+        assert got is None and want in why
+    assert distributed._ranks_per_gpu(nccl, 3, 1)[0] is None      # never three on one GPU
+
+
+def test_the_nccl_wheel_named_matches_cupys_cuda_version(monkeypatch):
+    from importlib import metadata
+
+    from gpucnn.distributed import _gpu
+
+    installed = {"cupy-cuda13x"}
+
+    def version(name):
+        if name not in installed:
+            raise metadata.PackageNotFoundError(name)
+        return "14.2.0"
+
+    monkeypatch.setattr(metadata, "version", version)
+    assert _gpu.nccl_wheel() == ("nvidia-nccl-cu13", "distributed-cuda13")
+    installed.clear()
+    installed.add("cupy-cuda12x")
+    assert _gpu.nccl_wheel() == ("nvidia-nccl-cu12", "distributed-cuda")

@@ -67,6 +67,16 @@ def test_timing_rows_have_numbers(tiny_run):
     assert e2e[2] > 0 and re.fullmatch(r"(one CUDA graph and )?\d+ (gpucnn )?kernel launches per step.*", e2e[5])
 
 
+def test_fit_rows_count_real_captures_and_replays_of_a_steady_state_epoch(tiny_run):
+    """The timed epoch is a second ``fit``: the runner the first one captured with is kept, so
+    the timed epoch captures nothing and replays every step; eager rows replay none. The column
+    counts the runner's captures and replays, not the setting."""
+    _, _, report, _ = tiny_run
+    fit = {(row[0], row[1]): row for row in report["sections"]["e2e"]["tables"]["fit"]}
+    assert fit[("LeNet-5 fit, graphs", 2)][5] == "0 captures, 3 of 3 steps replayed"
+    assert fit[("LeNet-5 fit, eager", 2)][5] == "0 captures, 0 of 3 steps replayed"
+
+
 def test_setup_examples_and_tests_sections_report_what_ran(tiny_run):
     _, out, report, _ = tiny_run
     setup = dict(report["sections"]["setup"]["tables"]["setup"])

@@ -82,6 +82,24 @@ def test_graphed_training_equals_eager_training(cuda, rng, monkeypatch):
     np.testing.assert_allclose(h1.history["accuracy"], h2.history["accuracy"])
 
 
+def test_a_second_fit_replays_what_the_first_captured_until_compile(cuda, rng):
+    """``fit`` keeps its runner with the model: the second call captures nothing and replays
+    every step; compiling again (new loss and metrics objects) makes a new runner."""
+    x, y = data(rng, 6)
+    model = tiny()
+    runners = []
+    fit(model, x, y, runners, batch_size=3, epochs=2)            # 4 steps of one shape: eager,
+    assert runners[0].captures == 1 and runners[0].replays == 3  # then captured and replayed
+    fit(model, x, y, runners, batch_size=3, epochs=1)
+    first, second = runners
+    assert second is first is graphed.kept_runner(model)
+    assert first.captures == 1 and first.replays == 3 + 2
+    model.compile(optimizers.SGD(0.1), "sparse_categorical_crossentropy", ["accuracy"])
+    fit(model, x, y, runners, batch_size=3, epochs=1)
+    new = runners[2]                                             # warms up and captures anew
+    assert new is not first and new.captures == 1 and new.replays == 1
+
+
 def test_new_batches_go_into_the_captured_buffers(cuda, rng):
     model = tiny()
     runner = graphed.Graphed(model, False, None, 0)

@@ -15,6 +15,11 @@ import pytest
 
 from gpucnn.kernels.cuda_set import _cache, _launch, _runtime, activation
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _fakes  # noqa: E402
+import cupy  # noqa: E402  (real: the fakes mirror it)
+from cupy.cuda import driver, function, runtime  # noqa: E402
+
 
 class FakeArray:
     """A device array of the fake CuPy: a NumPy array and a made-up device pointer."""
@@ -32,44 +37,62 @@ class FakeArray:
 
 class FakeCuPy:
     """Records module loads and ``cuLaunchKernel`` calls; a launch reads the parameter buffer
-    the kernel's pointer array points at (``slots`` 8-byte values) as the driver would."""
+    the kernel's pointer array points at (``slots`` 8-byte values) as the driver would. Its
+    module, driver and runtime methods mirror CuPy's (tests/test_fakes.py)."""
 
     ndarray = FakeArray
+
+    class Function:
+        def __init__(self, fake, name):
+            self.name = name
+            self.ptr = 0x1000 + len(fake.functions)
+            fake.functions[self.ptr] = name
+
+    class Module:
+        fake = None                       # the FakeCuPy of the test (set by its __init__)
+
+        @_fakes.mirrors(function.Module.load)
+        def load(self, cubin):
+            if self.fake.load_error:
+                raise self.fake.load_error
+            self.fake.loads.append(bytes(cubin))
+
+        @_fakes.mirrors(function.Module.get_function)
+        def get_function(self, name):
+            return FakeCuPy.Function(self.fake, name)
+
+    class Driver:
+        fake = None
+
+        @_fakes.mirrors(driver.launchKernel)
+        def launchKernel(self, f, grid_dim_x, grid_dim_y, grid_dim_z, block_dim_x, block_dim_y,
+                         block_dim_z, shared_mem_bytes, stream, kernel_params, extra):
+            fake = self.fake
+            slot0 = ctypes.c_void_p.from_address(kernel_params).value
+            raw = ctypes.string_at(slot0, 8 * fake.slots)
+            fake.launches.append((fake.functions[f], (grid_dim_x, grid_dim_y, grid_dim_z),
+                                  (block_dim_x, block_dim_y, block_dim_z), stream, raw))
+
+    class Runtime:
+        @_fakes.mirrors(runtime.getDevice)
+        def getDevice(self):
+            return 0
+
+        @_fakes.mirrors(runtime.getDeviceProperties)
+        def getDeviceProperties(self, device):
+            return {"major": 9, "minor": 0}
 
     def __init__(self):
         self.loads, self.launches, self.functions = [], [], {}
         self.slots = 0
-        fake = self
-
-        class Function:
-            def __init__(self, name):
-                self.name = name
-                self.ptr = 0x1000 + len(fake.functions)
-                fake.functions[self.ptr] = name
-
-        class Module:
-            def load(self, data):
-                if fake.load_error:
-                    raise fake.load_error
-                fake.loads.append(bytes(data))
-
-            def get_function(self, name):
-                return Function(name)
-
-        def launch_kernel(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
-            slot0 = ctypes.c_void_p.from_address(params).value
-            raw = ctypes.string_at(slot0, 8 * fake.slots)
-            fake.launches.append((fake.functions[f], (gx, gy, gz), (bx, by, bz), stream, raw))
-
         self.load_error = None
+        module = type("Module", (FakeCuPy.Module,), {"fake": self})
+        drv = type("Driver", (FakeCuPy.Driver,), {"fake": self})()
         stream = type("S", (), {"ptr": 77})()
-        runtime = type("R", (), {"getDevice": staticmethod(lambda: 0),
-                                 "getDeviceProperties": staticmethod(
-                                     lambda d: {"major": 9, "minor": 0})})
         self.cuda = type("C", (), {
-            "runtime": runtime, "function": type("F", (), {"Module": Module}),
-            "get_current_stream": staticmethod(lambda: stream),
-            "driver": type("D", (), {"launchKernel": staticmethod(launch_kernel)})})
+            "runtime": FakeCuPy.Runtime(), "function": type("F", (), {"Module": module}),
+            "get_current_stream": staticmethod(lambda device_id=-1: stream),
+            "driver": drv})
 
 
 @pytest.fixture
@@ -143,6 +166,22 @@ def test_a_wrong_dtype_is_refused_before_the_launch(gpu):
     with pytest.raises(TypeError, match=r"act_fwd\[float32\]: expected a C-contiguous 1-D "
                                         r"float32 array, got float64"):
         _launch.launch(SPEC, (1,), (32,), x, x, 2)
+    assert gpu.launches == []
+
+
+@pytest.mark.parametrize("view", [lambda a: a[::2], lambda a: a.reshape(4, 4).T])
+def test_a_strided_view_is_refused_before_the_launch(gpu, view):
+    """The kernels index by shape: a view with strides of its own would be read wrongly, so the
+    packer refuses it (a view of the declared rank as well as one of a higher rank)."""
+    x = FakeArray(np.zeros(16, np.float32))
+    x.a = view(x.a)
+    y = FakeArray(np.zeros(x.a.shape, np.float32))
+    with pytest.raises(TypeError, match=r"act_fwd\[float32\]: expected a C-contiguous 1-D "
+                                        r"float32 array, got float32 \d-D \(C-contiguous: False"):
+        _launch.launch(SPEC, (1,), (32,), x, y, 2)
+    pack = _launch.make_packer("act_fwd[float32]", SPEC.argtypes)
+    with pytest.raises(TypeError, match="C-contiguous: False"):
+        pack((x, y, 2), bytearray(8 * 64))
     assert gpu.launches == []
 
 
@@ -245,13 +284,17 @@ def test_a_kernel_numba_cannot_compile_fails_fast_the_second_time(gpu, monkeypat
 # --------------------------------------------------------------------------- the probe
 
 class ProbeCuPy:
+    """CuPy's array transfers for the probe, without a device (mirrors cupy.asarray/asnumpy)."""
+
     def __init__(self, result=None, error=None):
         self.result, self.error = result, error
 
-    def asarray(self, a):
+    @_fakes.mirrors(cupy.asarray)
+    def asarray(self, a, dtype=None, order=None, *, copy=None, blocking=False):
         return a
 
-    def asnumpy(self, a):
+    @_fakes.mirrors(cupy.asnumpy)
+    def asnumpy(self, a, stream=None, order="C", out=None, *, blocking=True):
         return a
 
 

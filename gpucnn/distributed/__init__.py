@@ -129,17 +129,43 @@ def _cpus() -> int:
 def _device_sum(g, ks, gpu, count):
     """How device arrays are summed: NCCL, or MPI through host memory (the reason said once)."""
     nccl, why = gpu.nccl()
-    per_gpu = 2 if os.environ.get("NCCL_MULTI_RANK_GPU_ENABLE") == "1" else 1
-    if nccl is not None and g.local_size > per_gpu * count:
-        nccl, why = None, (f"{g.local_size} ranks share {count} GPU(s) on this machine, which "
-                           "NCCL refuses (NCCL_MULTI_RANK_GPU_ENABLE=1, NCCL 2.30 and later, "
-                           "allows two ranks per GPU)")
+    if nccl is not None and g.local_size > count:
+        nccl, why = _ranks_per_gpu(nccl, g.local_size, count)
     if nccl is None:
         if g.rank == 0:
             print(f"gpucnn.distributed: gradients are summed through host memory by MPI: {why}",
                   file=sys.stderr)
         return HostSum(g, ks, why)
     return NcclSum(g, gpu, nccl)
+
+
+#: The first NCCL release whose ``NCCL_MULTI_RANK_GPU_ENABLE=1`` lets two ranks share a GPU, as
+#: ``ncclGetVersion`` codes it (major * 10000 + minor * 100 + patch).
+NCCL_MULTI_RANK_VERSION = 23000
+
+
+def _nccl_version_text(code: int) -> str:
+    return f"{code // 10000}.{code // 100 % 100}.{code % 100}"
+
+
+def _ranks_per_gpu(nccl, local_size: int, count: int):
+    """``(nccl, None)`` when NCCL accepts ``local_size`` ranks on ``count`` GPUs, else ``(None,
+    why)``: one rank per GPU, or two where ``NCCL_MULTI_RANK_GPU_ENABLE=1`` is set and the
+    loaded NCCL is recent enough to honour it (an older one would answer
+    ``NCCL_ERROR_INVALID_USAGE`` on every rank)."""
+    share = f"{local_size} ranks share {count} GPU(s) on this machine"
+    if os.environ.get("NCCL_MULTI_RANK_GPU_ENABLE") != "1":
+        return None, (f"{share}, which NCCL refuses (NCCL_MULTI_RANK_GPU_ENABLE=1 allows two "
+                      f"ranks per GPU from NCCL {_nccl_version_text(NCCL_MULTI_RANK_VERSION)} on)")
+    version = int(nccl.get_version())
+    if version < NCCL_MULTI_RANK_VERSION:
+        return None, (f"{share}; NCCL_MULTI_RANK_GPU_ENABLE=1 is set, but the loaded NCCL is "
+                      f"{_nccl_version_text(version)} and only "
+                      f"{_nccl_version_text(NCCL_MULTI_RANK_VERSION)} and later accept two "
+                      "ranks on one GPU")
+    if local_size > 2 * count:
+        return None, f"{share}, more than the two per GPU NCCL accepts"
+    return nccl, None
 
 
 def _abort_on_exception(exc_type, exc, tb):

@@ -5,10 +5,25 @@ device per local rank, the NCCL id made by rank 0 and broadcast by MPI, the host
 NCCL is absent) can be tested on a machine without a GPU by putting another object with the same
 methods in its place (``tests/test_distributed.py`` does, with MPI doing NCCL's sums).
 
-NCCL comes from ``cupy.cuda.nccl``, which loads the library of the ``nvidia-nccl-cu12`` wheel
-(``pip install gpucnn[distributed-cuda]``); nothing is loaded before the first use.
+NCCL comes from ``cupy.cuda.nccl``, which loads the library of the NCCL wheel built for CuPy's
+CUDA major version: ``nvidia-nccl-cu12`` beside ``cupy-cuda12x`` (``pip install
+gpucnn[distributed-cuda]``), ``nvidia-nccl-cu13`` beside ``cupy-cuda13x`` (``pip install
+gpucnn[distributed-cuda13]``); nothing is loaded before the first use.
 """
 from __future__ import annotations
+
+
+def nccl_wheel() -> tuple[str, str]:
+    """``(NCCL wheel, gpucnn extra)`` that match the installed CuPy's CUDA major version."""
+    from importlib import metadata
+
+    for major, extra in (("13", "distributed-cuda13"), ("12", "distributed-cuda")):
+        try:
+            metadata.version(f"cupy-cuda{major}x")
+        except metadata.PackageNotFoundError:
+            continue
+        return f"nvidia-nccl-cu{major}", extra
+    return "nvidia-nccl-cu12", "distributed-cuda"
 
 
 class CupyGpu:
@@ -40,8 +55,9 @@ class CupyGpu:
         except Exception as e:  # noqa: BLE001 - the reason is reported
             return None, f"cupy.cuda.nccl cannot be imported ({type(e).__name__}: {e})"
         if not getattr(nccl, "available", True):
-            return None, ("CuPy finds no NCCL library (pip install nvidia-nccl-cu12, or "
-                          "pip install gpucnn[distributed-cuda])")
+            wheel, extra = nccl_wheel()
+            return None, (f"CuPy finds no NCCL library (pip install {wheel}, or pip install "
+                          f"gpucnn[{extra}])")
         return nccl, None
 
     def pointer(self, a) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -128,20 +129,57 @@ class HostSum:
 
 
 class NcclSum:
-    """Device arrays summed in place by NCCL; the communicator is made at the first sum."""
+    """Device arrays summed in place by NCCL; the communicator is made at the first sum.
+
+    Every host call into NCCL that can wait on the other ranks (``ncclCommInitRank``, which
+    connects to them, and the first ``allReduce``, which may connect lazily) runs on a watcher
+    thread while this thread polls it against the deadline; the sum itself is then polled
+    through an event recorded after it, and NCCL's asynchronous error state is read at every
+    poll, so a peer lost at any point ends the job at the deadline with what was waited for,
+    and an NCCL error is raised as soon as NCCL reports it."""
 
     def __init__(self, group, gpu, nccl):
         self.group, self.gpu, self.nccl = group, gpu, nccl
         self.comm = None
+        self.sums = 0
 
     def _connect(self, what: str):
         g = self.group
-        uid = np.zeros(NCCL_ID_BYTES, np.int16)
+        uid = np.zeros(NCCL_ID_BYTES, np.uint8)
         if g.rank == 0:
-            uid[:] = self.nccl.get_unique_id()          # 128 signed chars
+            made = self.nccl.get_unique_id()           # 128 bytes (CuPy 14 and later)
+            if not isinstance(made, bytes) or len(made) != NCCL_ID_BYTES:
+                raise TypeError(f"{what}: expected nccl.get_unique_id() to return "
+                                f"{NCCL_ID_BYTES} bytes, got {type(made).__name__} of length "
+                                f"{len(made)}")
+            uid[:] = np.frombuffer(made, np.uint8)
         g.bcast_host_(uid, f"{what} (the broadcast of the NCCL id)")
-        g.barrier(f"{what} (every rank ready to join NCCL)")
-        self.comm = self.nccl.NcclCommunicator(g.size, tuple(int(v) for v in uid), g.rank)
+        self.comm = self._watched(lambda: self.nccl.NcclCommunicator(g.size, uid.tobytes(),
+                                                                      g.rank),
+                                  f"{what} (joining NCCL: ncclCommInitRank)")
+
+    def _watched(self, fn, what: str):
+        """``fn()`` run on a watcher thread, polled against the deadline (see the class)."""
+        box = {}
+
+        def run():
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the polling thread
+                box["error"] = e
+
+        t = threading.Thread(target=run, name="gpucnn-nccl", daemon=True)
+        t.start()
+        start = time.monotonic()
+        deadline, spin = start + self.group.timeout, start + SPIN
+        while t.is_alive():
+            now = time.monotonic()
+            if now > deadline:
+                self.group.expire(what)
+            t.join(0 if now <= spin else NAP)
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
 
     def __call__(self, a, what: str) -> None:
         if self.comm is None:
@@ -153,11 +191,17 @@ class NcclSum:
             raise TypeError(f"{what}: NCCL sums C-contiguous float32 or float64 arrays, got "
                             f"{a.dtype} with strides {a.strides}")
         ptr = self.gpu.pointer(a)
-        self.comm.allReduce(ptr, ptr, a.size, kind, self.nccl.NCCL_SUM, self.gpu.stream())
+        args = (ptr, ptr, a.size, kind, self.nccl.NCCL_SUM, self.gpu.stream())
+        if self.sums == 0:                   # the first sum may connect to the peers
+            self._watched(lambda: self.comm.allReduce(*args), f"{what} (the first NCCL sum)")
+        else:
+            self.comm.allReduce(*args)
+        self.sums += 1
         ev = self.gpu.record_event()
         start = time.monotonic()
         deadline, spin = start + self.group.timeout, start + SPIN
         while not self.gpu.event_done(ev):
+            self.comm.check_async_error()     # raises NcclError when NCCL has failed
             now = time.monotonic()
             if now > deadline:
                 self.comm.abort()             # frees the GPU from the stuck collective

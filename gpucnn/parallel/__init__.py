@@ -59,7 +59,7 @@ def runner_for(model, ks, call: FitCall) -> Runner:
                            dict(call.agreed))
     ranks.warn_if_launched(call.op)
     if graphed.enabled(ks):
-        return graphed.Graphed(model, call.logits, call.totals, call.steps)
+        return graphed.kept(model, call.logits, call.totals, call.steps)
     if (call.batch_hooks or call.steps < 2 or call.x is None or not forked.available(ks)
             or model.output_shape is None or step.sample_flops(model) is None):
         return Whole(model, call.logits, call.totals, call.steps)

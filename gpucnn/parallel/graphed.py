@@ -7,8 +7,8 @@ sums) of a batch shape once eagerly, captures them once into a CUDA graph on a s
 (CuPy's stream capture, with a memory pool of the graph's own), and from then on copies each
 new batch into the captured input buffers and launches the graph: one launch a step instead of
 twenty. The optimizer's update runs after it, eagerly (its learning rate and step change every
-step; ``multi_update`` makes it one launch). ``fit`` makes a ``Graphed`` per call;
-``train_on_batch`` keeps one with the model between calls. ``Forward`` does the same for the
+step; ``multi_update`` makes it one launch). ``fit`` and ``train_on_batch`` each keep one with
+the model between calls (``kept``), so a second ``fit`` replays what the first captured. ``Forward`` does the same for the
 forward passes of ``evaluate`` and ``predict``.
 
 A graph belongs to one batch shape (the last, partial batch of an epoch gets its own) and to
@@ -20,9 +20,11 @@ graphs are turned off for the model with a warning saying why, and the steps run
 whose step draws random keys (dropout) runs eagerly too: the keys would be frozen into the graph.
 ``GPUCNN_CUDA_GRAPHS=0`` turns graphs off.
 
-Without a GPU (the tests, in Numba's simulator) ``capture`` records the step as a function and
-``launch`` calls it again on the captured buffers: everything but the CUDA graph itself is the
-same code, so the bookkeeping is tested on any machine; the capture is checked on a GPU by
+The capture, the replay and the copies into captured buffers are the kernel set's ``graphs``
+capability (``graph_engine()``): on a GPU CuPy's stream capture with a memory pool kept with the
+graph; without one (the tests, in Numba's simulator) the step recorded as a function and called
+again on the captured buffers. Everything but the CUDA graph itself is the same code, so the
+bookkeeping is tested on any machine; the capture is checked on a GPU by
 ``python -m gpucnn.gpucheck``.
 """
 from __future__ import annotations
@@ -44,63 +46,14 @@ CHECK_RTOL = 1e-4
 
 
 def enabled(ks) -> bool:
-    """Whether training steps may be graphed here: the cuda set, and GPUCNN_CUDA_GRAPHS not 0."""
-    return has(ks, "launches") and os.environ.get("GPUCNN_CUDA_GRAPHS", "1") not in ("0", "")
-
-
-class _Device:
-    """Stream capture and graph launch on a GPU (CuPy)."""
-
-    def __init__(self, cp):
-        self.cp = cp
-
-    def capture(self, fn):
-        """``(graph, outputs of fn)``: ``fn`` recorded on a side stream into a CUDA graph, its
-        allocations from a memory pool of the graph's own (kept with the graph)."""
-        cp = self.cp
-        pool = cp.cuda.MemoryPool()
-        stream = cp.cuda.Stream(non_blocking=True)
-        stream.wait_event(cp.cuda.get_current_stream().record())
-        mode = cp.cuda.runtime.streamCaptureModeRelaxed
-        with stream, cp.cuda.using_allocator(pool.malloc):
-            stream.begin_capture(mode)
-            try:
-                out = fn()
-            except BaseException:
-                stream.end_capture()
-                raise
-            graph = stream.end_capture()
-        graph._gpucnn_pool = pool          # the graph's memory lives as long as the graph
-        return graph, out
-
-    def launch(self, graph):
-        graph.launch(self.cp.cuda.get_current_stream())
-
-    def copy(self, dst, src):
-        self.cp.copyto(dst, self.cp.asarray(src))
-
-
-class _Recorded:
-    """Capture without a GPU: the step is recorded as a function, and a replay calls it again and
-    writes its results into the arrays the capture returned, as a CUDA graph's replay does."""
-
-    def capture(self, fn):
-        out = _arrays(fn())
-        return (lambda: _copy_into(out, fn())), out
-
-    def launch(self, graph):
-        graph()
-
-    def copy(self, dst, src):
-        np.copyto(dst, src)
+    """Whether steps may be graphed here: a kernel set that captures CUDA graphs (its
+    ``graphs`` capability), and GPUCNN_CUDA_GRAPHS not 0."""
+    return has(ks, "graphs") and os.environ.get("GPUCNN_CUDA_GRAPHS", "1") not in ("0", "")
 
 
 def _engine():
-    from gpucnn.kernels.cuda_set import _launch, _runtime
-
-    if _launch.launch_path() == "sim" or _runtime.cp is None:
-        return _Recorded()
-    return _Device(_runtime.cp)
+    """The kernel set's graph engine: capture, launch and copy (``gpucnn.kernels``)."""
+    return backend.kernels().graph_engine()
 
 
 class _Graph:
@@ -217,6 +170,28 @@ class Graphed(Whole):
         _warn_off(self.model, why, "training steps")
 
 
+def kept(model, logits, totals=None, steps=0) -> Graphed:
+    """``fit``'s ``Graphed`` for ``model``, kept with the model between calls: a later ``fit``
+    replays the graphs an earlier one captured (a steady-state epoch costs no capture). A new
+    output mode, loss or compiled metrics (``compile`` makes new ones) makes a new runner;
+    ``kept_runner(model)`` returns the one held."""
+    key = (logits, model.loss, tuple(getattr(model, "compiled_metrics", ())), totals is None)
+    held = model.__dict__.get("_gpucnn_graphed")
+    if held is None or held[0] != key:
+        model.__dict__["_gpucnn_graphed"] = (key, Graphed(model, logits, totals, steps))
+        return model.__dict__["_gpucnn_graphed"][1]
+    runner = held[1]
+    runner.totals, runner.steps, runner._count = totals, int(steps), 0
+    return runner.reopen()
+
+
+def kept_runner(model):
+    """The ``Graphed`` that ``fit`` keeps with ``model`` (None before a graphed ``fit``): its
+    ``captures`` and ``replays`` count the graphs it really captured and replayed."""
+    held = model.__dict__.get("_gpucnn_graphed")
+    return None if held is None else held[1]
+
+
 class Forward:
     """The forward passes of ``evaluate`` and ``predict`` replayed as CUDA graphs, as
     ``Graphed`` does for training steps: ``run(tag, fn, *inputs)`` returns ``fn(*inputs)``,
@@ -320,22 +295,6 @@ def _copies(v):
     return v.copy() if hasattr(v, "shape") else v
 
 
-def _arrays(v):
-    """Nested tuples and lists with NumPy scalars made 0-d arrays (a replay writes into them)."""
-    if isinstance(v, (tuple, list)):
-        return type(v)(_arrays(u) for u in v)
-    return np.array(v) if isinstance(v, np.generic) else v
-
-
-def _copy_into(dst, src):
-    """Copy nested tuples and lists of arrays ``src`` into the same structure ``dst``."""
-    if isinstance(dst, (tuple, list)):
-        for d, v in zip(dst, src):
-            _copy_into(d, v)
-    elif dst is not None and hasattr(dst, "shape"):
-        np.copyto(dst, src)
-
-
 def _address(a) -> int:
     data = getattr(a, "data", None)
     ptr = getattr(data, "ptr", None)
@@ -344,4 +303,4 @@ def _address(a) -> int:
     return int(a.__array_interface__["data"][0]) if hasattr(a, "__array_interface__") else id(a)
 
 
-__all__ = ["CHECK_RTOL", "Forward", "Graphed", "enabled"]
+__all__ = ["CHECK_RTOL", "Forward", "Graphed", "enabled", "kept", "kept_runner"]

@@ -450,17 +450,20 @@ _PAD3 = {1: lambda t: (t[0], 1, 1), 2: lambda t: (t[0], t[1], 1)}
 
 
 def _check_array(name, kind, a):
+    """TypeError unless ``a`` is a C-contiguous array of the declared dtype and at least the
+    declared rank: the kernels index by shape, so a strided view would be read wrongly."""
     dt, nd = kind
-    if a.dtype != dt or a.ndim < nd:
+    if a.dtype != dt or a.ndim < nd or not a.flags.c_contiguous:
         raise TypeError(f"{name}: expected a C-contiguous {nd}-D {dt} array, got {a.dtype} "
-                        f"{a.ndim}-D")
+                        f"{a.ndim}-D (C-contiguous: {a.flags.c_contiguous}, strides "
+                        f"{a.strides})")
 
 
 def make_packer(name, argtypes):
     """``pack(args, buf)``: writes the flat parameters of ``args`` into ``buf`` with one
     ``struct.pack_into``, from a function generated once per kernel (unrolled over its
-    arguments: no loop, no list, a dtype identity test per array). A slower exact check runs
-    only when an identity test fails."""
+    arguments: no loop, no list, a dtype identity test and a contiguity test per array). A
+    slower exact check, which refuses the array with a TypeError, runs only when one fails."""
     lines, items, env = [], [], {"pack_into": struct.pack_into, "fmt": param_format(argtypes),
                                  "check": _check_array, "name": name, "seen": _seen}
     names = [f"a{i}" for i in range(len(argtypes))]
@@ -469,8 +472,8 @@ def make_packer(name, argtypes):
         if isinstance(ty, types.Array):
             env[f"k{i}"] = (np.dtype(str(ty.dtype)), ty.ndim)
             nd = ty.ndim
-            lines.append(f"    if {a}.dtype is not k{i}[0] or {a}.ndim < {nd}: "
-                         f"check(name, k{i}, {a})")
+            lines.append(f"    if {a}.dtype is not k{i}[0] or {a}.ndim < {nd} "
+                         f"or not {a}.flags.c_contiguous: check(name, k{i}, {a})")
             lines.append(f"    p{i} = pointer({a})")
             lines.append(f"    if {a}.ndim == {nd}:\n        s{i} = {a}.shape\n"
                          f"        t{i} = {a}.strides\n    else:\n"
