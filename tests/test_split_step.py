@@ -11,7 +11,7 @@ import gpucnn
 from gpucnn import callbacks, layers, models, optimizers
 from gpucnn.kernels import numpy_set
 from gpucnn.models import NonFiniteLossError
-from gpucnn.parallel import forked
+from gpucnn.parallel import _worker, forked, workers
 from gpucnn.parallel import step as _step
 
 PROCESSES = forked.available(numpy_set)
@@ -274,7 +274,7 @@ def test_workers_outlive_fit_one_set_per_process(rng):
     live = [w.pid for w in a._fit_workers.workers]
     del a, first
     gc.collect()
-    assert forked._pending                               # queued by the finalizer, no I/O
+    assert workers._pending                               # queued by the finalizer, no I/O
     forked.drain()                                       # (the next fit does this too)
     assert not any(_pid_alive(p) for p in live)           # gone with their model
 
@@ -303,7 +303,7 @@ def test_idle_workers_poll_briefly_then_sleep(rng):
 
     x, y, a = _trained_on_workers(rng)
     pid = a._fit_workers.workers[0].pid
-    time.sleep(forked.SPIN_NEXT + 0.1)
+    time.sleep(_worker.SPIN_NEXT + 0.1)
     c0 = _cpu_seconds(pid)
     time.sleep(0.5)
     assert _cpu_seconds(pid) - c0 < 0.05
@@ -388,5 +388,5 @@ def test_workers_of_a_collected_model_end_when_the_next_fit_starts_workers(rng):
     gc.collect()
     b = net()
     b.fit(x, y, batch_size=8, verbose=0)
-    assert not any(_pid_alive(p) for p in live) and not forked._pending
+    assert not any(_pid_alive(p) for p in live) and not workers._pending
     b.release_workers()
