@@ -131,6 +131,11 @@ OPTIONAL = {
     # engine with capture(fn) -> (graph, fn's outputs), launch(graph) and copy(dst, src)
     # (cuda_set/graphs.py says what each does)
     "graphs": ("graph_engine",),
+    # the devices of a distributed job: devices() -> an object with device_count(),
+    # use_device(i), current_device(), nccl() -> (module, None) or (None, why), pointer(a),
+    # stream() (the handle NCCL runs on), record_event(), event_done(ev), synchronize()
+    # (cuda_set/_devices.py)
+    "devices": ("devices",),
     # whether the set runs on this machine: probe() -> (ok, reason, info), proven once per
     # process; info["simulator"] is true when its kernels run in a simulator on the host (the
     # backend's "auto" never picks such a set)

@@ -135,7 +135,7 @@ class FakeGpu:
     """The CuPy side of gpucnn.distributed on a machine without GPUs: two devices, arrays on
     the host (Numba's simulator), and the real NCCL module's ids and constants with
     communicators whose sums MPI does (tests/_fakes.py; tests/test_fakes.py holds this class to
-    ``CupyGpu`` and the NCCL fakes to the installed NCCL)."""
+    ``cuda_set._devices.Devices`` and the NCCL fakes to the installed NCCL)."""
 
     def __init__(self, with_nccl):
         self.with_nccl, self.used, self.comms = with_nccl, [], []

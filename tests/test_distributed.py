@@ -401,7 +401,7 @@ def test_two_ranks_on_one_gpu_go_to_nccl_only_where_its_version_honours_the_sett
 def test_the_nccl_wheel_named_matches_cupys_cuda_version(monkeypatch):
     from importlib import metadata
 
-    from gpucnn.distributed import _gpu
+    from gpucnn.kernels.cuda_set import _devices
 
     installed = {"cupy-cuda13x"}
 
@@ -411,7 +411,7 @@ def test_the_nccl_wheel_named_matches_cupys_cuda_version(monkeypatch):
         return "14.2.0"
 
     monkeypatch.setattr(metadata, "version", version)
-    assert _gpu.nccl_wheel() == ("nvidia-nccl-cu13", "distributed-cuda13")
+    assert _devices.nccl_wheel() == ("nvidia-nccl-cu13", "distributed-cuda13")
     installed.clear()
     installed.add("cupy-cuda12x")
-    assert _gpu.nccl_wheel() == ("nvidia-nccl-cu12", "distributed-cuda")
+    assert _devices.nccl_wheel() == ("nvidia-nccl-cu12", "distributed-cuda")

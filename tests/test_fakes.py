@@ -45,12 +45,12 @@ def test_each_mirrored_method_takes_the_real_ones_parameter_names(cls):
         assert fake == want, f"{cls.__qualname__}.{name}{tuple(fake)} against the real {want}"
 
 
-def test_fake_gpu_has_every_method_of_cupygpu_with_the_same_parameters():
+def test_fake_gpu_has_every_method_of_the_cuda_sets_devices_with_the_same_parameters():
     from _distributed_job import FakeGpu
 
-    from gpucnn.distributed._gpu import CupyGpu
+    from gpucnn.kernels.cuda_set._devices import Devices
 
-    for name, real in vars(CupyGpu).items():
+    for name, real in vars(Devices).items():
         if name.startswith("_") or not callable(real):
             continue
         assert hasattr(FakeGpu, name), f"FakeGpu lacks {name}"

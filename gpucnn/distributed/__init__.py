@@ -91,7 +91,7 @@ def init(backend: str | None = None, timeout: float | None = None) -> None:
             f"({e}); install it with pip install 'gpucnn[distributed]' (mpi4py and MPICH), or "
             "build mpi4py against your cluster's MPI (see the README)") from None
     g = Group(MPI, MPI.COMM_WORLD, timeout if timeout is not None else timeout_from_env())
-    gpu = _gpu.GPU
+    gpu = _gpu.gpu()
     count = gpu.device_count() if _may_use_gpu(backend) else 0
     if count > 0:
         _state["device"] = g.local_rank % count

@@ -33,7 +33,7 @@ ALEXNET_PARAMS = 62_378_344
 
 def _sync():
     if gpucnn.get_backend() == "cuda" and gpucnn.backend.xp().__name__ == "cupy":
-        _gpu.GPU.synchronize()
+        _gpu.gpu().synchronize()
 
 
 def _timed(fn, warmup: int, repeats: int) -> float:

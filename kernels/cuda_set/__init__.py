@@ -31,6 +31,7 @@ from ._runtime import device_cc, probe, scatter_add
 from .activation import act_backward, act_forward
 from .conv import (bias_grad, conv2d_backward_input, conv2d_backward_input_act,
                    conv2d_backward_weight, conv2d_backward_weight_bias, conv2d_forward)
+from ._devices import devices
 from .dropout import dropout_mask
 from .graphs import graph_engine
 from .optim import (adam_update, adam_update_many, rmsprop_update, rmsprop_update_many,
@@ -40,13 +41,13 @@ from .pool import avg_pool_backward, avg_pool_forward, max_pool_backward, max_po
 from .softmax import (log_softmax_backward, log_softmax_forward, softmax_backward, softmax_forward,
                       softmax_xent_backward, softmax_xent_forward)
 
-CAPABILITIES = ("launches", "fused_backward", "multi_update", "graphs", "probe", "compile_cache",
-                "scatter_add")
+CAPABILITIES = ("launches", "fused_backward", "multi_update", "graphs", "devices", "probe",
+                "compile_cache", "scatter_add")
 
 __all__ = [
     *CONTRACT,
     "all_kernels", "fell_back", "launch_count", "launch_path", "set_launch_path",
     "conv2d_backward_input_act", "conv2d_backward_weight_bias", "act_backward_bias",
-    "sgd_update_many", "adam_update_many", "rmsprop_update_many", "graph_engine",
+    "sgd_update_many", "adam_update_many", "rmsprop_update_many", "graph_engine", "devices",
     "probe", "cache_dir", "cache_note", "device_cc", "fill_cache", "scatter_add",
 ]
