@@ -33,6 +33,7 @@ float32 only: the float64 conv runs on the baseline kernels of ``conv`` (gradien
 from __future__ import annotations
 
 import linecache
+import re
 from typing import NamedTuple
 
 from numba import types
@@ -67,7 +68,8 @@ class GTile(NamedTuple):
         ok = (self.tm % 4 == 0 and self.tn % 4 == 0 and self.bm % self.tm == 0
               and self.bn % self.tn == 0 and nt % self.bk == 0
               and (self.bm * self.bk) % nt == 0 and (self.bn * self.bk) % nt == 0
-              and all(nt % x == 0 or x % nt == 0 for x in (self.bm, self.bn)))
+              and all(nt % x == 0 or x % nt == 0 for x in (self.bm, self.bn))
+              and self.tn * nt <= 2 * self.bk * (self.bm + PAD))   # the FWD epilogue's rows
         if not ok:
             raise ValueError(f"gemm tile {self}: need 4 | tm, tn; tm | bm, tn | bn; the {nt} "
                              "threads dividing bk, bm*bk and bn*bk, and dividing or divided by "
@@ -378,6 +380,9 @@ def epilogue(s: _Src, mode, t: GTile, db):
     for i in range(t.tm):
         g, v = divmod(i, 4)
         s(f"m = m0 + ty4 + {g * (t.bm // ga) + v}")
+        if mode == FWD:
+            _act_row(s, t, i)
+            continue
         with s.block("if m < M:"):
             if mode == BWD_INPUT:
                 s(f"qx = {umod('m', 'qxn')} + qx0", f"mt = {udiv('m', 'qxn')}",
@@ -385,19 +390,31 @@ def epilogue(s: _Src, mode, t: GTile, db):
                   "orow = ((nn * H + qy * SHv + py - PT) * W + qx * SWv + px - PL) * C")
             elif mode == BWD_WEIGHT:
                 s("orow = (split * (M + HB) + m) * CO")
-            else:
-                s("orow = m * CO")
             for j in range(t.tn):
                 gj, vj = divmod(j, 4)
                 s(f"c = n0 + tx4 + {gj * (t.bn // gb) + vj}")
                 with s.block("if c < NCOL:"):
-                    if mode == FWD:
-                        s(f"v = c{i}_{j}", "if HB != 0:", "    v += bias[U(c)]",
-                          "out[U(orow + c)] = act_fwd(v, ACT)")
-                    else:
-                        s(f"out[U(orow + c)] = c{i}_{j}")
+                    s(f"out[U(orow + c)] = c{i}_{j}")
     if db:
         _db_sums(s, t)
+
+
+def _act_row(s: _Src, t: GTile, i: int):
+    """FWD: row i of the register block through the thread's own column of the (now free)
+    A buffer, then a run-time loop adds the bias and applies the activation: its code appears
+    once per row instead of once per output (an unrolled 8x8 epilogue of tanh and sigmoid
+    takes ptxas most of a minute)."""
+    gb = t.tn // 4
+    for j in range(t.tn):
+        s(f"As[S({j * t.threads}) + S(tid)] = c{i}_{j}")
+    with s.block("if m < M:"):
+        s("orow = m * CO")
+        with s.block(f"for j in range(min({t.tn}, CO)):   # a run-time trip count: not "
+                     "unrolled"):
+            s(f"c = n0 + tx4 + (j >> 2) * {t.bn // gb} + (j & 3)")
+            with s.block("if c < CO:"):
+                s(f"v = As[S(j) * S({t.threads}) + S(tid)]", "if HB != 0:",
+                  "    v += bias[U(c)]", "out[U(orow + c)] = act_fwd(v, ACT)")
 
 
 def _db_sums(s: _Src, t: GTile):
@@ -443,7 +460,28 @@ def generate(mode: int, tile: GTile, strided: bool, fused: bool) -> str:
     setup(s, mode, t, strided)
     mainloop(s, mode, t, fused, db)
     epilogue(s, mode, t, db)
-    return f"def kernel({ARGS}):\n" + "\n".join(s.lines) + "\n"
+    return f"def kernel({ARGS}):\n" + "\n".join(_int32(ln) for ln in s.lines) + "\n"
+
+
+_INT_VAR = re.compile(r"^(\s*)(k0|k|kc|kx|ky|kt|lane|m|mt|ow|oh|nn|qx|qy|ko|kb|kco|kr0|ohs|ows|"
+                      r"dc|dt_|dx|dy|dw_|dh_|dn_|bc|ci|wc|r|rt|orow|c|col|tt|M|NCOL|kbeg|kend|"
+                      r"nsteps|split|z|py|px|SHv|SWv|qy0|qx0|qyn|qxn|kqy|kqx|kqyd|kqxd|tid|tx|ty|"
+                      r"m0|n0|ty4|tx4|(?:hb|wb|ro|bo|ow|oh|nb|eky|ekx|rp)\d+)"
+                      r" (=|\+=|-=) (.+?)(\s+#.*)?$")
+
+
+def _int32(line: str) -> str:
+    """Every integer variable assigned as int32 (``I``): Numba widens int32 arithmetic to
+    int64, and a variable that stays int64 keeps its 64-bit adds and compares in the loop."""
+    m = _INT_VAR.match(line)
+    if not m:
+        return line
+    ind, var, op, expr, comment = m.groups()
+    if op != "=":
+        expr = f"{var} {op[0]} ({expr})"
+    elif expr.startswith("I(") and expr.endswith(")") and expr.count("(") == 1:
+        return line
+    return f"{ind}{var} = I({expr}){comment or ''}"
 
 
 def _int_helpers():
