@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import gpucnn.functional as F
-from _reference import (ref_act, ref_avg_pool, ref_avg_pool_backward, ref_conv2d,
-                        ref_conv2d_backward_input, ref_conv2d_backward_weight, ref_max_pool,
-                        ref_max_pool_backward, ref_pads)
+from _reference import (ref_act, ref_adam_update, ref_avg_pool, ref_avg_pool_backward,
+                        ref_conv2d, ref_conv2d_backward_input, ref_conv2d_backward_weight,
+                        ref_max_pool, ref_max_pool_backward, ref_pads, ref_rmsprop_update,
+                        ref_sgd_update, ref_updated)
 from gpucnn.kernels._rng import uniform_np
 
 FWD, GRAD = 1e-5, 1e-4      # float32 relative error against the NumPy set: outputs, gradients
@@ -380,11 +381,16 @@ def _p(rng, *shape):
 OPTIMIZER_UPDATES = Op(
     "optimizer updates", "gpucnn.optimizers.Optimizer.apply_gradients", "",
     kernels={
-        "sgd_update": Kernel(lambda i: i["sgd"], None, FWD, (0, 2),
+        "sgd_update": Kernel(lambda i: i["sgd"],
+                             lambda i: ref_updated(ref_sgd_update, i["sgd"], (0, 2)), FWD, (0, 2),
                              "tests/test_keras_optimizers.py, tests/test_optim_kernels.py"),
-        "adam_update": Kernel(lambda i: i["adam"], None, FWD, (0, 2, 3),
+        "adam_update": Kernel(lambda i: i["adam"],
+                              lambda i: ref_updated(ref_adam_update, i["adam"], (0, 2, 3)), FWD,
+                              (0, 2, 3),
                               "tests/test_keras_optimizers.py, tests/test_optim_kernels.py"),
-        "rmsprop_update": Kernel(lambda i: i["rmsprop"], None, FWD, (0, 2),
+        "rmsprop_update": Kernel(lambda i: i["rmsprop"],
+                                 lambda i: ref_updated(ref_rmsprop_update, i["rmsprop"], (0, 2)),
+                                 FWD, (0, 2),
                                  "tests/test_keras_optimizers.py, tests/test_optim_kernels.py"),
     },
     samples=[

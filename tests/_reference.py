@@ -5,6 +5,9 @@ Layouts as in the kernel contract: images (N, H, W, C), conv kernels (KH, KW, C_
 ``stride = (sh, sw)``, ``pad = (top, bottom, left, right)``. Every result is float64.
 A window cell ``(p*sh - top + i, q*sw - left + j)`` outside the image is padding: it adds nothing
 to a convolution, never wins a max and is not counted in a mean.
+
+Keras 3's optimizer updates are written here once too (``ref_*_update``), for the registry's
+optimizer entry and every optimizer test.
 """
 from __future__ import annotations
 
@@ -184,3 +187,69 @@ def rel_err(got, want):
         return 0.0
     scale = max(np.abs(want[~nan]).max(), 1e-30)
     return float(np.abs(got[~nan] - want[~nan]).max() / scale)
+
+
+# ------------------------------------------------------------------------------ optimizer updates
+# Keras 3's update formulas, once for every optimizer test: float64, in place on ``p`` and its
+# slots (``g`` is left alone), with the kernel contract's arguments. Each first applies Keras's
+# decoupled weight decay, ``p -= p * weight_decay * lr``.
+
+def ref_sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
+    """``p -= lr g``; with momentum ``v = momentum v - lr g`` then ``p += v`` (Nesterov:
+    ``p += momentum v - lr g``)."""
+    p -= p * weight_decay * lr
+    if momentum == 0:
+        p -= lr * g
+        return
+    v[...] = momentum * v - lr * g
+    p += momentum * v - lr * g if nesterov else v
+
+
+def ref_adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, vhat=None):
+    """``m += (g - m)(1 - beta1)``, ``v += (g^2 - v)(1 - beta2)``, ``p -= m alpha / (sqrt(v) +
+    eps)`` with the bias corrections in ``alpha = lr sqrt(1 - beta2^t) / (1 - beta1^t)`` (``t``
+    from 1); amsgrad (``vhat`` given): ``vhat = max(vhat, v)`` in place of ``v``."""
+    p -= p * weight_decay * lr
+    alpha = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+    m += (g - m) * (1 - beta1)
+    v += (g * g - v) * (1 - beta2)
+    den = v
+    if vhat is not None:
+        np.maximum(vhat, v, out=vhat)
+        den = vhat
+    p -= m * alpha / (np.sqrt(den) + eps)
+
+
+def ref_rmsprop_update(p, g, s, lr, rho, eps, weight_decay, u=None, momentum=0.0, mg=None,
+                       gain=None):
+    """``s = rho s + gain g^2`` (gain ``1 - rho`` when None), step ``lr g / sqrt(s + eps)``
+    (epsilon inside the root); centered (``mg`` given): ``mg = rho mg + gain g`` and
+    ``sqrt(s - mg^2 + eps)``; momentum: ``u = momentum u + step``, ``p -= u``."""
+    gain = 1 - rho if gain is None else gain
+    p -= p * weight_decay * lr
+    s[...] = rho * s + gain * g * g
+    if mg is not None:
+        mg[...] = rho * mg + gain * g
+        step = lr * g / np.sqrt(s - mg * mg + eps)
+    else:
+        step = lr * g / np.sqrt(s + eps)
+    if momentum:
+        u[...] = momentum * u + step
+        p -= u
+    else:
+        p -= step
+
+
+def ref_adagrad_update(p, g, a, lr, eps, weight_decay):
+    """``a += g^2``, ``p -= lr g / sqrt(a + eps)``."""
+    p -= p * weight_decay * lr
+    a += g * g
+    p -= lr * g / np.sqrt(a + eps)
+
+
+def ref_updated(update, args, in_place):
+    """The arrays at positions ``in_place`` of ``args`` after ``update(*args)`` on float64 copies
+    (``args`` are left alone)."""
+    args = [np.array(a, np.float64) if isinstance(a, np.ndarray) else a for a in args]
+    update(*args)
+    return tuple(args[i] for i in in_place)

@@ -1,8 +1,11 @@
-"""Every optimizer against Keras 3's update formulas, written out here in float64 (nothing of
-gpucnn is called for the reference), over 100 steps with gradients whose elements spread over
-1e-6 to 1e2, with and without decoupled weight decay and each kind of gradient clipping; and the
-rows of issue 14's table (RMSprop's and Adam's epsilon, decoupled weight decay with momentum and
-with RMSprop), each a test of its own.
+"""Every optimizer against Keras 3's update formulas, written out in float64 in
+``tests/_reference.py`` (nothing of gpucnn is called for the reference), over 100 steps with
+gradients whose elements spread over 1e-6 to 1e2, with and without decoupled weight decay and
+each kind of gradient clipping; and the rows of issue 14's table (RMSprop's and Adam's epsilon,
+decoupled weight decay with momentum and with RMSprop), each a test of its own. Also (once
+tests/test_optimizers.py) SGD, Adam and RMSprop against the same formulas over a few steps with
+changing gradients on a tiny problem, Keras's defaults and names, lazy slots, and each optimizer
+fitting a small regression.
 
 The Keras step, in Keras's order: clip the gradients (clipnorm: g * c / max(|g|, c); global:
 g * c * min(1 / N, 1 / c); clipvalue: clip to [-c, c]), then p -= p * wd * lr, then the update."""
@@ -12,7 +15,8 @@ import numpy as np
 import pytest
 
 import gpucnn
-from gpucnn import optimizers
+from _reference import ref_adagrad_update, ref_adam_update, ref_rmsprop_update, ref_sgd_update
+from gpucnn import layers, models, optimizers
 from gpucnn.autograd import Tensor
 
 SHAPES = [(7,), (3, 4)]
@@ -52,41 +56,26 @@ def keras_slots(kind, cfg, p):
 
 
 def keras_step(kind, cfg, p, g, s, t, lr):
-    """Keras 3's update of ``p`` with gradient ``g`` at step ``t`` (from 1); ``s``: slots."""
+    """Keras 3's update of ``p`` with gradient ``g`` at step ``t`` (from 1); ``s``: slots (the
+    formulas: ``tests/_reference.py``)."""
+    p = p.copy()
     wd = cfg.get("weight_decay") or 0.0
-    p = p - p * wd * lr                                    # decoupled weight decay, first
+    eps = cfg.get("epsilon", 1e-7)
     if kind == "SGD":
-        mu = cfg.get("momentum", 0.0)
-        if mu == 0:
-            return p - lr * g
-        s["m"] = mu * s["m"] - lr * g
-        return p + (mu * s["m"] - lr * g if cfg.get("nesterov") else s["m"])
-    if kind in ("Adam", "AdamW"):
-        b1, b2 = cfg.get("beta_1", 0.9), cfg.get("beta_2", 0.999)
-        alpha = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-        s["m"] = s["m"] + (g - s["m"]) * (1 - b1)
-        s["v"] = s["v"] + (g * g - s["v"]) * (1 - b2)
-        v = s["v"]
-        if cfg.get("amsgrad"):
-            s["vhat"] = np.maximum(s["vhat"], s["v"])
-            v = s["vhat"]
-        return p - s["m"] * alpha / (np.sqrt(v) + cfg.get("epsilon", 1e-7))
-    if kind == "RMSprop":
-        rho, mu, eps = cfg.get("rho", 0.9), cfg.get("momentum", 0.0), cfg.get("epsilon", 1e-7)
-        s["v"] = rho * s["v"] + (1 - rho) * g * g
-        if cfg.get("centered"):
-            s["mg"] = rho * s["mg"] + (1 - rho) * g
-            inc = lr * g / np.sqrt(s["v"] - s["mg"] ** 2 + eps)
-        else:
-            inc = lr * g / np.sqrt(s["v"] + eps)
-        if mu > 0:
-            s["u"] = mu * s["u"] + inc
-            return p - s["u"]
-        return p - inc
-    if kind == "Adagrad":
-        s["a"] = s["a"] + g * g
-        return p - lr * g / np.sqrt(s["a"] + cfg.get("epsilon", 1e-7))
-    raise ValueError(kind)
+        ref_sgd_update(p, g, s["m"], lr, cfg.get("momentum", 0.0), cfg.get("nesterov"), wd)
+    elif kind in ("Adam", "AdamW"):
+        ref_adam_update(p, g, s["m"], s["v"], lr, cfg.get("beta_1", 0.9),
+                        cfg.get("beta_2", 0.999), eps, t, wd,
+                        vhat=s["vhat"] if cfg.get("amsgrad") else None)
+    elif kind == "RMSprop":
+        ref_rmsprop_update(p, g, s["v"], lr, cfg.get("rho", 0.9), eps, wd, u=s["u"],
+                           momentum=cfg.get("momentum", 0.0),
+                           mg=s["mg"] if cfg.get("centered") else None)
+    elif kind == "Adagrad":
+        ref_adagrad_update(p, g, s["a"], lr, eps, wd)
+    else:
+        raise ValueError(kind)
+    return p
 
 
 def spread_gradients(rng, shapes):
@@ -386,3 +375,116 @@ def test_clipping_leaves_the_gradients_of_the_parameters_alone(rng):
     p.grad = Tensor(g.copy())
     optimizers.SGD(0.1, global_clipnorm=1.0).apply_gradients([p])
     np.testing.assert_array_equal(p.grad.numpy(), g)
+
+
+# ------------------------------------------------------------------ a few steps on a tiny problem
+
+def run(opt, p0, grads):
+    """Apply ``opt`` to one parameter for each gradient in turn; the parameter after each step."""
+    p = Tensor(p0.astype(np.float32), requires_grad=True)
+    out = []
+    for g in grads:
+        p.grad = Tensor(g.astype(np.float32))
+        opt.apply_gradients([p])
+        out.append(p.numpy().astype(np.float64))
+    return out
+
+
+@pytest.fixture
+def problem(rng):
+    p0 = rng.standard_normal(5)
+    grads = [rng.standard_normal(5) for _ in range(4)]
+    return p0, grads
+
+
+def close(got, want):
+    for i, (a, b) in enumerate(zip(got, want)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=f"step {i + 1}")
+
+
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 0.0),
+                                                   (0.9, True, 0.0), (0.5, False, 0.1),
+                                                   (0.0, False, 0.05)])
+def test_sgd(problem, momentum, nesterov, wd):
+    p0, grads = problem
+    lr = 0.1
+    p, v, want = p0.copy(), np.zeros_like(p0), []
+    for g in grads:
+        ref_sgd_update(p, g, v, lr, momentum, nesterov, wd)
+        want.append(p.copy())
+    close(run(optimizers.SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=wd), p0, grads),
+          want)
+
+
+@pytest.mark.parametrize("eps,wd", [(1e-7, 0.0), (0.5, 0.0), (1e-7, 0.1)])
+def test_adam(problem, eps, wd):
+    """Keras's Adam: the bias corrections in the step size, epsilon added to sqrt(v) (a large
+    epsilon tells this apart from PyTorch's sqrt(v_hat) + eps); weight decay decoupled."""
+    p0, grads = problem
+    lr, b1, b2 = 0.01, 0.8, 0.95
+    p, m, v, want = p0.copy(), np.zeros_like(p0), np.zeros_like(p0), []
+    for t, g in enumerate(grads, 1):
+        ref_adam_update(p, g, m, v, lr, b1, b2, eps, t, wd)
+        want.append(p.copy())
+    close(run(optimizers.Adam(lr, beta_1=b1, beta_2=b2, epsilon=eps, weight_decay=wd), p0, grads),
+          want)
+
+
+@pytest.mark.parametrize("momentum,wd", [(0.0, 0.0), (0.0, 0.1), (0.7, 0.0), (0.7, 0.05)])
+def test_rmsprop(problem, momentum, wd):
+    p0, grads = problem
+    lr, rho, eps = 0.01, 0.8, 1e-3
+    p, s, u, want = p0.copy(), np.zeros_like(p0), np.zeros_like(p0), []
+    for g in grads:
+        ref_rmsprop_update(p, g, s, lr, rho, eps, wd, u=u, momentum=momentum)
+        want.append(p.copy())
+    close(run(optimizers.RMSprop(lr, rho=rho, momentum=momentum, epsilon=eps, weight_decay=wd),
+              p0, grads), want)
+
+
+def test_keras_defaults_and_names():
+    sgd = optimizers.get("sgd")
+    assert (type(sgd), sgd.learning_rate, sgd.momentum, sgd.nesterov) == (optimizers.SGD, 0.01, 0.0, False)
+    adam = optimizers.get("adam")
+    assert (adam.learning_rate, adam.beta_1, adam.beta_2, adam.epsilon) == (0.001, 0.9, 0.999, 1e-7)
+    rms = optimizers.get("RMSprop")
+    assert (rms.learning_rate, rms.rho, rms.epsilon) == (0.001, 0.9, 1e-7)
+    SGD = optimizers.SGD(learning_rate=0.01)  # the guide's line
+    assert SGD.learning_rate == 0.01
+    with pytest.raises(ValueError, match="unknown optimizer 'adamw2'"):
+        optimizers.get("adamw2")
+    with pytest.raises(ValueError, match="learning_rate"):
+        optimizers.SGD(learning_rate=-1.0)
+    with pytest.raises(ValueError, match="momentum"):
+        optimizers.SGD(momentum=1.5)
+
+
+def test_slots_are_lazy_per_parameter_and_updates_in_place(rng):
+    opt = optimizers.Adam(0.01)
+    a = Tensor(rng.standard_normal((3, 2)).astype(np.float32), requires_grad=True)
+    b = Tensor(rng.standard_normal(4).astype(np.float32), requires_grad=True)
+    assert opt._slots == {}
+    data_a = a.data
+    a.grad = Tensor(np.ones((3, 2), np.float32))
+    opt.apply_gradients([a, b])  # b has no gradient: skipped, no slots
+    assert len(opt._slots) == 1 and a.data is data_a
+    b.grad = Tensor(np.ones(4, np.float32))
+    before = a.numpy().copy()
+    a.grad = None
+    opt.apply_gradients([a, b])
+    assert len(opt._slots) == 2
+    np.testing.assert_array_equal(a.numpy(), before)
+    assert opt.iterations == 2
+
+
+def test_tiny_regression_converges(rng):
+    """Each optimizer fits y = x @ w_true with a Dense layer (the loss falls by 10x or more)."""
+    x = rng.standard_normal((64, 3)).astype(np.float32)
+    y = x @ np.array([[1.0], [-2.0], [0.5]], np.float32)
+    for opt in (optimizers.SGD(0.1, momentum=0.5), optimizers.Adam(0.05), optimizers.RMSprop(0.05)):
+        gpucnn.manual_seed(0)
+        m = models.Sequential([layers.Dense(1, input_shape=(3,))])
+        m.compile(opt, "mse")
+        h = m.fit(x, y, batch_size=16, epochs=15, verbose=0)
+        assert h.history["loss"][-1] < 0.1 * h.history["loss"][0], (type(opt).__name__, h.history["loss"])
+        assert math.isfinite(h.history["loss"][-1])

@@ -1,6 +1,7 @@
 """The NumPy kernel set beyond the op registry's table (tests/test_ops.py runs every op against
 its plain-loop reference): the guide's worked numbers, ties, NaN and infinities, numerical
-stability, errors, the dropout hash's statistics, hand-computed optimizer steps, the threads."""
+stability, errors, the dropout hash's statistics, the threads (the hand-computed optimizer steps
+are in tests/test_optim_kernels.py, with every other test of the update kernels)."""
 import math
 import warnings
 
@@ -259,88 +260,6 @@ def test_dropout_mask_rate_zero_and_errors():
     np.testing.assert_array_equal(K.dropout_mask((3, 4), 0.0, 1, 2, np.float32), np.ones((3, 4)))
     with pytest.raises(ValueError, match="dropout_mask.*rate"):
         K.dropout_mask((3,), 1.0, 1, 2, np.float32)
-
-
-# ---------------------------------------------------------------- optimizers
-
-def _arrays(rng, dtype, n=5):
-    return [rng.standard_normal(n).astype(dtype) for _ in range(4)]
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 0.0),
-                                                  (0.9, True, 0.0), (0.8, True, 0.01),
-                                                  (0.0, False, 0.1)])
-def test_sgd_update_by_hand(rng, dtype, momentum, nesterov, wd):
-    p, g, v, _ = _arrays(rng, dtype)
-    p0, g0, v0 = p.astype(float), g.copy(), v.astype(float)
-    lr = np.float64(0.05)                                 # a NumPy scalar must not upcast p
-    for _ in range(2):
-        K.sgd_update(p, g, v if momentum else None, lr, momentum, nesterov, wd)
-        for i in range(p.size):
-            p0[i] -= 0.05 * wd * p0[i]                    # Keras: decoupled weight decay, first
-            gi = float(g0[i])
-            if momentum == 0:
-                p0[i] -= 0.05 * gi
-                continue
-            v0[i] = momentum * v0[i] - 0.05 * gi
-            p0[i] += momentum * v0[i] - 0.05 * gi if nesterov else v0[i]
-    tol = F64 if dtype == np.float64 else F32
-    assert p.dtype == dtype and v.dtype == dtype
-    np.testing.assert_allclose(p, p0, **tol)
-    if momentum:
-        np.testing.assert_allclose(v, v0, **tol)
-    np.testing.assert_array_equal(g, g0)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("wd", [0.0, 0.01])
-def test_adam_update_by_hand(rng, dtype, wd):
-    p, g, _, _ = _arrays(rng, dtype)
-    m, v = np.zeros_like(p), np.zeros_like(p)
-    p0, g0 = p.astype(float), g.copy()
-    m0, v0 = [0.0] * p.size, [0.0] * p.size
-    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-7
-    for t in (1, 2, 3):
-        K.adam_update(p, g, m, v, lr, b1, b2, eps, t, wd)
-        for i in range(p.size):
-            gi = float(g0[i])
-            p0[i] -= lr * wd * p0[i]
-            m0[i] = b1 * m0[i] + (1 - b1) * gi
-            v0[i] = b2 * v0[i] + (1 - b2) * gi * gi
-            alpha = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)     # Keras: eps on sqrt(v)
-            p0[i] -= alpha * m0[i] / (math.sqrt(v0[i]) + eps)
-    tol = F64 if dtype == np.float64 else F32
-    assert p.dtype == m.dtype == v.dtype == dtype
-    np.testing.assert_allclose(p, p0, **tol)
-    np.testing.assert_allclose(m, m0, **tol)
-    np.testing.assert_allclose(v, v0, **tol)
-    np.testing.assert_array_equal(g, g0)
-    with pytest.raises(ValueError, match="adam_update.*t"):
-        K.adam_update(p, g, m, v, lr, b1, b2, eps, 0, wd)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("wd", [0.0, 0.05])
-def test_rmsprop_update_by_hand(rng, dtype, wd):
-    p, g, _, _ = _arrays(rng, dtype)
-    s = np.abs(rng.standard_normal(p.size)).astype(dtype)
-    p0, g0, s0 = p.astype(float), g.copy(), s.astype(float)
-    lr, rho, eps = 0.01, 0.9, 1e-7
-    for _ in range(2):
-        K.rmsprop_update(p, g, s, lr, rho, eps, wd)
-        for i in range(p.size):
-            p0[i] -= lr * wd * p0[i]                      # Keras: decoupled weight decay, first
-            gi = float(g0[i])
-            s0[i] = rho * s0[i] + (1 - rho) * gi * gi
-            p0[i] -= lr * gi / math.sqrt(s0[i] + eps)     # Keras: eps inside the root
-    tol = F64 if dtype == np.float64 else F32
-    assert p.dtype == s.dtype == dtype
-    np.testing.assert_allclose(p, p0, **tol)
-    np.testing.assert_allclose(s, s0, **tol)
-    np.testing.assert_array_equal(g, g0)
-    with pytest.raises(ValueError, match="rmsprop_update.*s shape"):
-        K.rmsprop_update(p, g, s[:2], lr, rho, eps, wd)
 
 
 # ---------------------------------------------------------------- threads

@@ -1,13 +1,14 @@
 """The fused optimizer kernels (``sgd_update``, ``adam_update``, ``rmsprop_update``) on their
-own, every option on: the NumPy set against Keras 3's formulas written out element by element in
-float64, and the cuda set (in Numba's simulator without a GPU) against the NumPy set, with
-poisoned absent slots, a parameter that is not contiguous, float64, and the errors."""
+own, every option on: the NumPy set against Keras 3's formulas (``tests/_reference.py``) in
+float64, and in float32 and float64 over a few hand-computed steps; and the cuda set (in Numba's
+simulator without a GPU) against the NumPy set, with poisoned absent slots, a parameter that is
+not contiguous, float64, and the errors."""
 import itertools
-import math
 
 import numpy as np
 import pytest
 
+from _reference import ref_adam_update, ref_rmsprop_update, ref_sgd_update
 from gpucnn.kernels import load_set
 
 N = load_set("numpy")
@@ -18,47 +19,6 @@ F64 = dict(rtol=1e-12, atol=1e-14)
 
 def f(rng, *shape, dtype=np.float64, scale=1.0):
     return (scale * rng.standard_normal(shape)).astype(dtype)
-
-
-# ------------------------------------------------------------------ Keras 3, element by element
-
-def ref_sgd(p, g, v, lr, mu, nesterov, wd):
-    for i in range(p.size):
-        p[i] -= p[i] * wd * lr
-        if mu == 0:
-            p[i] -= lr * g[i]
-            continue
-        v[i] = mu * v[i] - lr * g[i]
-        p[i] += mu * v[i] - lr * g[i] if nesterov else v[i]
-
-
-def ref_adam(p, g, m, v, vhat, lr, b1, b2, eps, t, wd):
-    alpha = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-    for i in range(p.size):
-        p[i] -= p[i] * wd * lr
-        m[i] += (g[i] - m[i]) * (1 - b1)
-        v[i] += (g[i] * g[i] - v[i]) * (1 - b2)
-        den = v[i]
-        if vhat is not None:
-            vhat[i] = max(vhat[i], v[i])
-            den = vhat[i]
-        p[i] -= m[i] * alpha / (math.sqrt(den) + eps)
-
-
-def ref_rmsprop(p, g, s, u, mg, lr, rho, gain, mu, eps, wd):
-    for i in range(p.size):
-        p[i] -= p[i] * wd * lr
-        s[i] = rho * s[i] + gain * g[i] * g[i]
-        if mg is not None:
-            mg[i] = rho * mg[i] + gain * g[i]
-            step = lr * g[i] / math.sqrt(s[i] - mg[i] * mg[i] + eps)
-        else:
-            step = lr * g[i] / math.sqrt(s[i] + eps)
-        if mu:
-            u[i] = mu * u[i] + step
-            p[i] -= u[i]
-        else:
-            p[i] -= step
 
 
 def flat(*arrays):
@@ -78,7 +38,7 @@ def test_numpy_sgd_is_keras(mu, nesterov, wd, rng):
         g = f(rng, *SHAPE)
         g0 = g.copy()
         N.sgd_update(p, g, v if mu else None, 0.05, mu, nesterov, wd)
-        ref_sgd(rp, g.reshape(-1), rv, 0.05, mu, nesterov, wd)
+        ref_sgd_update(rp, g.reshape(-1), rv, 0.05, mu, nesterov, wd)
         np.testing.assert_array_equal(g, g0)
     np.testing.assert_allclose(p.reshape(-1), rp, **F64)
     if mu:
@@ -97,7 +57,7 @@ def test_numpy_adam_is_keras(amsgrad, wd, rng):
     for t in range(1, STEPS + 2):
         g = f(rng, *SHAPE, scale=10.0 ** (2 - 2 * t))       # shrinking: amsgrad's max matters
         N.adam_update(p, g, m, v, 0.01, 0.8, 0.95, 1e-3, t, wd, vhat=vhat)
-        ref_adam(rp, g.reshape(-1), rm, rv, rvh, 0.01, 0.8, 0.95, 1e-3, t, wd)
+        ref_adam_update(rp, g.reshape(-1), rm, rv, 0.01, 0.8, 0.95, 1e-3, t, wd, vhat=rvh)
     for got, want in ((p, rp), (m, rm), (v, rv)) + (((vhat, rvh),) if amsgrad else ()):
         np.testing.assert_allclose(got.reshape(-1), want, **F64)
     if amsgrad:
@@ -117,7 +77,8 @@ def test_numpy_rmsprop_is_keras(mu, centered, wd, rng):
     for _ in range(STEPS):
         g = f(rng, *SHAPE)
         N.rmsprop_update(p, g, s, 0.01, 0.9, 1e-7, wd, u=u, momentum=mu, mg=mg)
-        ref_rmsprop(rp, g.reshape(-1), rs, ru, rmg, 0.01, 0.9, 0.1, mu, 1e-7, wd)
+        ref_rmsprop_update(rp, g.reshape(-1), rs, 0.01, 0.9, 1e-7, wd, u=ru, momentum=mu, mg=rmg,
+                           gain=0.1)
     for got, want in ((p, rp), (s, rs), (u, ru), (mg, rmg)):
         if got is not None:
             np.testing.assert_allclose(got.reshape(-1), want, **F64)
@@ -130,7 +91,7 @@ def test_numpy_adagrad_is_rmsprop_with_rho_and_gain_one(rng):
     for _ in range(STEPS):
         g = f(rng, *SHAPE)
         N.rmsprop_update(p, g, a, 0.1, 1.0, 1e-7, 0.01, gain=1.0)
-        ref_rmsprop(rp, g.reshape(-1), ra, None, None, 0.1, 1.0, 1.0, 0.0, 1e-7, 0.01)
+        ref_rmsprop_update(rp, g.reshape(-1), ra, 0.1, 1.0, 1e-7, 0.01, gain=1.0)
     np.testing.assert_allclose(p.reshape(-1), rp, **F64)
     np.testing.assert_allclose(a.reshape(-1), ra, **F64)
 
@@ -142,6 +103,75 @@ def test_numpy_float32_stays_float32(rng):
     s, u, mg = (np.zeros(5, np.float32) for _ in range(3))
     N.rmsprop_update(p, g, s, 0.01, 0.9, 1e-7, 0.1, u=u, momentum=0.5, mg=mg)
     assert {a.dtype for a in (p, m, v, vh, s, u, mg)} == {np.dtype(np.float32)}
+
+
+# ------------------------------------------------------------------ NumPy set, steps by hand
+
+F32 = dict(rtol=2e-5, atol=2e-5)
+BY_HAND_F64 = dict(rtol=1e-10, atol=1e-10)
+
+
+def _arrays(rng, dtype, n=5):
+    return [rng.standard_normal(n).astype(dtype) for _ in range(4)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 0.0),
+                                                  (0.9, True, 0.0), (0.8, True, 0.01),
+                                                  (0.0, False, 0.1)])
+def test_sgd_update_by_hand(rng, dtype, momentum, nesterov, wd):
+    p, g, v, _ = _arrays(rng, dtype)
+    p0, g0, v0 = p.astype(float), g.copy(), v.astype(float)
+    lr = np.float64(0.05)                                 # a NumPy scalar must not upcast p
+    for _ in range(2):
+        N.sgd_update(p, g, v if momentum else None, lr, momentum, nesterov, wd)
+        ref_sgd_update(p0, g0.astype(float), v0, 0.05, momentum, nesterov, wd)
+    tol = BY_HAND_F64 if dtype == np.float64 else F32
+    assert p.dtype == dtype and v.dtype == dtype
+    np.testing.assert_allclose(p, p0, **tol)
+    if momentum:
+        np.testing.assert_allclose(v, v0, **tol)
+    np.testing.assert_array_equal(g, g0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_adam_update_by_hand(rng, dtype, wd):
+    p, g, _, _ = _arrays(rng, dtype)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    p0, g0 = p.astype(float), g.copy()
+    m0, v0 = np.zeros(p.size), np.zeros(p.size)
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-7
+    for t in (1, 2, 3):
+        N.adam_update(p, g, m, v, lr, b1, b2, eps, t, wd)
+        ref_adam_update(p0, g0.astype(float), m0, v0, lr, b1, b2, eps, t, wd)
+    tol = BY_HAND_F64 if dtype == np.float64 else F32
+    assert p.dtype == m.dtype == v.dtype == dtype
+    np.testing.assert_allclose(p, p0, **tol)
+    np.testing.assert_allclose(m, m0, **tol)
+    np.testing.assert_allclose(v, v0, **tol)
+    np.testing.assert_array_equal(g, g0)
+    with pytest.raises(ValueError, match="adam_update.*t"):
+        N.adam_update(p, g, m, v, lr, b1, b2, eps, 0, wd)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("wd", [0.0, 0.05])
+def test_rmsprop_update_by_hand(rng, dtype, wd):
+    p, g, _, _ = _arrays(rng, dtype)
+    s = np.abs(rng.standard_normal(p.size)).astype(dtype)
+    p0, g0, s0 = p.astype(float), g.copy(), s.astype(float)
+    lr, rho, eps = 0.01, 0.9, 1e-7
+    for _ in range(2):
+        N.rmsprop_update(p, g, s, lr, rho, eps, wd)
+        ref_rmsprop_update(p0, g0.astype(float), s0, lr, rho, eps, wd)
+    tol = BY_HAND_F64 if dtype == np.float64 else F32
+    assert p.dtype == s.dtype == dtype
+    np.testing.assert_allclose(p, p0, **tol)
+    np.testing.assert_allclose(s, s0, **tol)
+    np.testing.assert_array_equal(g, g0)
+    with pytest.raises(ValueError, match="rmsprop_update.*s shape"):
+        N.rmsprop_update(p, g, s[:2], lr, rho, eps, wd)
 
 
 @pytest.mark.parametrize("call,err,match", [
