@@ -1,8 +1,12 @@
 """Callbacks: EarlyStopping (patience, min_delta, mode, baseline, restore_best_weights),
-ModelCheckpoint (every epoch, save_best_only, formatted paths), batch hooks and stop_training.
+ModelCheckpoint (every epoch, save_best_only, formatted paths), batch hooks and stop_training;
+ReduceLROnPlateau (a scripted monitored value, the learning rates worked out by hand from
+Keras's rules), LearningRateScheduler and CSVLogger (rows, append, atomic rewrites).
 
 The monitored values are scripted: a callback placed first writes ``logs['score']`` from a list, so
 each test knows exactly which epoch is best."""
+import csv
+import os
 import warnings
 
 import numpy as np
@@ -10,6 +14,7 @@ import pytest
 
 import gpucnn
 from gpucnn import callbacks, layers, models, optimizers
+from gpucnn.optimizers import schedules
 
 
 @pytest.fixture(autouse=True)
@@ -37,9 +42,9 @@ def data(rng):
     return x, x @ rng.standard_normal((6, 2)).astype(np.float32)
 
 
-def model():
+def model(lr=0.05, opt=None):
     m = models.Sequential([layers.Dense(4, activation="tanh", input_shape=(6,)), layers.Dense(2)])
-    m.compile(optimizers.SGD(0.05), "mse")
+    m.compile(opt or optimizers.SGD(lr), "mse")
     return m
 
 
@@ -160,3 +165,115 @@ def test_epoch_hooks_order_and_logs(data):
     assert events == ["begin", "e0", ["loss"], "e1", ["loss"], "end"]
     with pytest.raises(TypeError, match="Callback instances"):
         fit(model(), data, [lambda: None], 1)
+
+
+# ------------------------------------------------------------------ learning rate and CSV
+
+def test_reduce_lr_on_plateau_follows_keras(data):
+    """patience 2, cooldown 1, factor 0.5, min_lr 0.02, min_delta 1e-3, worked out by hand:
+    reductions at the ends of epochs 3, 5 and 8 (the last one stops at min_lr), none at 10;
+    ``logs['learning_rate']`` is the rate the epoch trained with."""
+    values = [5, 4, 4, 4, 4, 3.9999, 2, 2, 2, 2, 2]
+    rop = callbacks.ReduceLROnPlateau(monitor="score", factor=0.5, patience=2, cooldown=1,
+                                      min_lr=0.02, min_delta=1e-3)
+    m = model(0.1)
+    h = m.fit(*data, batch_size=8, epochs=len(values), verbose=0,
+              callbacks=[Script(values), rop])
+    assert h.history["learning_rate"] == pytest.approx(
+        [0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.025, 0.02, 0.02])
+    assert m.optimizer.learning_rate == pytest.approx(0.02)
+    assert rop.best == 2
+
+
+def test_reduce_lr_on_plateau_arguments_and_schedules(data):
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau: factor must lie in \(0, 1\), got 1.0"):
+        callbacks.ReduceLROnPlateau(factor=1.0)
+    rop = callbacks.ReduceLROnPlateau(monitor="score", patience=0)
+    m = model(opt=optimizers.SGD(schedules.ExponentialDecay(0.1, 10, 0.9)))
+    with pytest.raises(TypeError, match="made with the schedule"):
+        m.fit(*data, batch_size=8, epochs=3, verbose=0, callbacks=[Script([3, 3, 3]), rop])
+
+
+def test_learning_rate_scheduler_sets_the_rate_of_each_epoch(data):
+    calls = []
+
+    def schedule(epoch, lr):
+        calls.append((epoch, lr))
+        return lr * 0.5 if epoch >= 2 else lr
+
+    m = model(0.08)
+    seen = []
+    probe = callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: seen.append(m.optimizer.learning_rate))
+    h = m.fit(*data, batch_size=8, epochs=4, verbose=0,
+              callbacks=[callbacks.LearningRateScheduler(schedule), probe])
+    assert calls == [(0, 0.08), (1, 0.08), (2, 0.08), (3, 0.04)]
+    assert seen == pytest.approx([0.08, 0.08, 0.04, 0.02])
+    assert h.history["learning_rate"] == pytest.approx([0.08, 0.08, 0.04, 0.02])
+    one_arg = callbacks.LearningRateScheduler(lambda epoch: 0.1 / (epoch + 1))
+    m = model(0.5)
+    h = m.fit(*data, batch_size=8, epochs=3, verbose=0, callbacks=[one_arg])
+    assert h.history["learning_rate"] == pytest.approx([0.1, 0.05, 0.1 / 3])
+    with pytest.raises(ValueError, match="LearningRateScheduler: the schedule must return a float, "
+                                         "got 'fast' for epoch 0"):
+        model(0.1).fit(*data, epochs=1, verbose=0,
+                    callbacks=[callbacks.LearningRateScheduler(lambda e, lr: "fast")])
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def test_csv_logger_rows_append_and_atomic_rewrites(data, tmp_path):
+    path = tmp_path / "log.csv"
+    rows_seen = []
+    peek = callbacks.LambdaCallback(on_epoch_end=lambda e, logs: rows_seen.append(
+        len(read_csv(path))))
+    x, y = data
+    m = model(0.1)
+    h = m.fit(x, y, batch_size=8, epochs=3, verbose=0, validation_data=(x[:8], y[:8]),
+              callbacks=[callbacks.CSVLogger(path), peek])
+    rows = read_csv(path)
+    assert rows[0] == ["epoch", "loss", "val_loss"]
+    assert [int(r[0]) for r in rows[1:]] == [0, 1, 2]
+    for r, loss, val in zip(rows[1:], h.history["loss"], h.history["val_loss"]):
+        assert float(r[1]) == loss and float(r[2]) == val          # repr: every digit
+    assert rows_seen == [2, 3, 4]          # whole rows after every epoch (header + rows)
+    assert sorted(os.listdir(tmp_path)) == ["log.csv"]                 # no temporary left
+    m.fit(x, y, batch_size=8, epochs=5, initial_epoch=3, verbose=0,
+          validation_data=(x[:8], y[:8]), callbacks=[callbacks.CSVLogger(path, append=True)])
+    rows = read_csv(path)
+    assert rows[0] == ["epoch", "loss", "val_loss"] and len(rows) == 6
+    assert [int(r[0]) for r in rows[1:]] == [0, 1, 2, 3, 4]
+    m.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callbacks.CSVLogger(path)])
+    assert read_csv(path)[0] == ["epoch", "loss"] and len(read_csv(path)) == 2  # afresh
+
+
+def test_csv_logger_refuses_other_columns_when_appending(data, tmp_path):
+    path = tmp_path / "log.csv"
+    model(0.1).fit(*data, batch_size=8, epochs=1, verbose=0, callbacks=[callbacks.CSVLogger(path)])
+    before = path.read_bytes()
+    x, y = data
+    with pytest.raises(ValueError, match=r"CSVLogger: .*log.csv' has the columns \['epoch', "
+                                         r"'loss'\], but this training logs \['epoch', 'loss', "
+                                         r"'val_loss'\]"):
+        model(0.1).fit(x, y, batch_size=8, epochs=1, verbose=0, validation_data=(x, y),
+                    callbacks=[callbacks.CSVLogger(path, append=True)])
+    assert path.read_bytes() == before
+
+
+def test_csv_logger_separator_and_missing_values(data, tmp_path):
+    path = tmp_path / "log.tsv"
+
+    class Once(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                logs["extra"] = [1, 2]
+
+    model(0.1).fit(*data, batch_size=8, epochs=2, verbose=0,
+                callbacks=[Once(), callbacks.CSVLogger(path, separator="\t")])
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["epoch", "extra", "loss"]
+    assert rows[1][1] == "[1, 2]" and rows[2][1] == "NA"
