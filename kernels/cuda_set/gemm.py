@@ -41,7 +41,7 @@ from numba import types
 from ._launch import KernelSpec, Prepared, arr, kernel_factory, sm_count
 from ._runtime import SIMULATOR
 from ._runtime import numba_cuda as cuda
-from .activation import act_device_fns
+from .activation import RELU, SIGMOID, TANH, act_device_fns
 
 FWD, BWD_INPUT, BWD_WEIGHT = 0, 1, 2
 MODE_NAMES = ("fwd", "bwd_input", "bwd_weight")
@@ -78,10 +78,12 @@ class GTile(NamedTuple):
 
 
 #: The tiles: 128x128 with 8x8 register blocks for big GEMMs, 64x64 with 4x4 for mid-sized
-#: ones (more blocks), 64x16 with 4x4 for LeNet's 6 and 16 channels. Tests use small ones.
+#: ones (more blocks), 128x16 with 8x4 for LeNet's 6 and 16 channels (64 threads: each staged
+#: A element feeds only 16 columns, so the thread's share of the step's fixed work is what
+#: the larger register block buys). Tests use small ones.
 TILE_WIDE = GTile(128, 128, 8, 8, 8, 1)
 TILE_MID = GTile(64, 64, 8, 4, 4, 2)
-TILE_NARROW = GTile(64, 16, 8, 4, 4, 4)
+TILE_NARROW = GTile(128, 16, 8, 8, 4, 4)
 
 
 class _Src:
@@ -207,8 +209,10 @@ def loader_a(s: _Src, mode, t: GTile, fused, phase):
         for i in range(len(rows)):
             s(f"va{i} = zero", f"if kin & {test.format(i=i)}:")
             if fused:
-                s(f"    o = U(ro{i} + ko)", f"    va{i} = src[o]",
-                  "    if ACT != 0:", f"        va{i} = act_bwd(va{i}, yact[o], ACT)")
+                s(f"    o = U(ro{i} + ko)", f"    va{i} = src[o]")
+                s.ind += 1
+                act_grad(s, f"va{i}", "o")
+                s.ind -= 1
             else:
                 s(f"    va{i} = src[U(ro{i} + ko)]")
     elif phase == "advance":
@@ -222,11 +226,13 @@ def loader_a(s: _Src, mode, t: GTile, fused, phase):
         s(f"sw_a = S(lane) * S({t.bm + PAD}) + S({rows[0][0]})")
 
 
-def _loader_a_weight(s: _Src, t: GTile, phase):
+def _loader_a_weight(s: _Src, t: GTile, phase, fused=False):
     """BWD_WEIGHT's A tile: x patches, columns (ky, kx, ci) fixed per thread, reduction rows
-    (n, oh, ow) advanced by BK per step with one carry per digit."""
+    (n, oh, ow) advanced by BK per step with one carry per digit (one state per distinct row of
+    the thread: with bm > threads a row serves several columns)."""
     rows = _col_rows(t, t.bm)
     cols = sorted({c for _, c in rows})
+    krs = sorted({kr for kr, _ in rows})
     if phase == "init":
         for c in cols:
             s(f"m = m0 + {umod('tid', t.bm)} + {c}",
@@ -236,26 +242,47 @@ def _loader_a_weight(s: _Src, t: GTile, phase):
               "if m >= M:", f"    eky{c} = H   # never inside the image")
         s(f"dw_ = {umod(t.bk, 'WO')}", f"dt_ = {udiv(t.bk, 'WO')}",
           f"dh_ = {umod('dt_', 'HO')}", f"dn_ = {udiv('dt_', 'HO')} * H")
-        for i, (kr, _) in enumerate(rows):
+        for kr in krs:
             s(f"r = kbeg + {udiv('tid', t.bm)} + {kr}",
-              f"ow{i} = {umod('r', 'WO')}", "rt = " + udiv("r", "WO"),
-              f"oh{i} = {umod('rt', 'HO')}", f"nb{i} = {udiv('rt', 'HO')} * H")
+              f"ow{kr} = {umod('r', 'WO')}", "rt = " + udiv("r", "WO"),
+              f"oh{kr} = {umod('rt', 'HO')}", f"nb{kr} = {udiv('rt', 'HO')} * H")
     elif phase == "load":
         s(f"kr0 = k0 + {udiv('tid', t.bm)}")
+        for kr in krs:
+            s(f"ohs{kr} = oh{kr} * SH", f"ows{kr} = ow{kr} * SW",
+              f"xb{kr} = ((nb{kr} + ohs{kr}) * W + ows{kr}) * C", f"kv{kr} = kr0 + {kr} < kend")
         for i, (kr, c) in enumerate(rows):
-            s(f"ohs = oh{i} * SH", f"ows = ow{i} * SW", f"va{i} = zero",
-              f"if (kr0 + {kr} < kend) & (U(ohs + eky{c}) < U(H)) & (U(ows + ekx{c}) < U(W)):",
-              f"    va{i} = src[U(((nb{i} + ohs) * W + ows) * C + rp{c})]")
+            s(f"va{i} = zero",
+              f"if kv{kr} & (U(ohs{kr} + eky{c}) < U(H)) & (U(ows{kr} + ekx{c}) < U(W)):",
+              f"    va{i} = src[U(xb{kr} + rp{c})]")
     elif phase == "advance":
-        for i in range(len(rows)):
-            s(f"ow{i} += dw_", f"oh{i} += dh_", f"nb{i} += dn_",
-              f"if ow{i} >= WO:", f"    ow{i} -= WO", f"    oh{i} += 1",
-              f"if oh{i} >= HO:", f"    oh{i} -= HO", f"    nb{i} += H")
+        for kr in krs:
+            s(f"ow{kr} += dw_", f"oh{kr} += dh_", f"nb{kr} += dn_",
+              f"if ow{kr} >= WO:", f"    ow{kr} -= WO", f"    oh{kr} += 1",
+              f"if oh{kr} >= HO:", f"    oh{kr} -= HO", f"    nb{kr} += H")
     elif phase == "store_init":
         s(f"sw_a = S({udiv('tid', t.bm)}) * S({t.bm + PAD}) + S({umod('tid', t.bm)})")
     elif phase == "store":
         for i, (kr, c) in enumerate(rows):
             s(f"As[sw_a + S({kr * (t.bm + PAD) + c})] = va{i}")
+
+
+def act_grad_setup(s: _Src):
+    """The activation's gradient without a branch per element: ``g * (g2 y^2 + g1 y + g0)``
+    from the forward output y (tanh: 1 - y^2, sigmoid: y - y^2, linear: 1), and ReLU's
+    ``y > 0`` as a select; the coefficients are chosen once per thread. Without an activation
+    (the bias gradient of a linear layer) y is a dummy: every read goes to its element 0."""
+    s("g0 = f32(1)", "g1 = zero", "g2 = zero", f"norelu = ACT != {RELU}",
+      "ym = U(0)   # linear: y is a one-element dummy, read at 0",
+      "if ACT != 0:", "    ym = U(0xFFFFFFFF)",
+      f"if ACT == {TANH}:", "    g2 = f32(-1)",
+      f"if ACT == {SIGMOID}:", "    g0 = zero", "    g1 = f32(1)", "    g2 = f32(-1)")
+
+
+def act_grad(s: _Src, v: str, o: str):
+    """``v`` times the activation's gradient read at flat offset ``o`` of the forward output."""
+    s(f"yv = yact[{o} & ym]",
+      f"{v} = {v} * ((g2 * yv + g1) * yv + g0) if (yv > zero) | norelu else zero")
 
 
 def loader_b(s: _Src, mode, t: GTile, fused, db, phase):
@@ -296,8 +323,10 @@ def loader_b(s: _Src, mode, t: GTile, fused, db, phase):
         for i, (kr, c) in enumerate(rows):
             s(f"vb{i} = zero", f"if cv{i} & (kr0 + {kr} < kend):")
             if fused:
-                s(f"    o = U(bo{i} + kco)", f"    vb{i} = wmat[o]",
-                  "    if ACT != 0:", f"        vb{i} = act_bwd(vb{i}, yact[o], ACT)")
+                s(f"    o = U(bo{i} + kco)", f"    vb{i} = wmat[o]")
+                s.ind += 1
+                act_grad(s, f"vb{i}", "o")
+                s.ind -= 1
             else:
                 s(f"    vb{i} = wmat[U(bo{i} + kco)]")
         if db:
@@ -337,6 +366,8 @@ def mainloop(s: _Src, mode, t: GTile, fused, db):
     A = lambda ph: loader_a(s, mode, t, fused, ph)   # noqa: E731
     B = lambda ph: loader_b(s, mode, t, fused, db, ph)   # noqa: E731
     sa, sb = t.bk * (t.bm + PAD), t.bk * (t.bn + PAD)
+    if fused:
+        act_grad_setup(s)
     A("init")
     B("init")
     A("store_init")
@@ -466,7 +497,7 @@ def generate(mode: int, tile: GTile, strided: bool, fused: bool) -> str:
 _INT_VAR = re.compile(r"^(\s*)(k0|k|kc|kx|ky|kt|lane|m|mt|ow|oh|nn|qx|qy|ko|kb|kco|kr0|ohs|ows|"
                       r"dc|dt_|dx|dy|dw_|dh_|dn_|bc|ci|wc|r|rt|orow|c|col|tt|M|NCOL|kbeg|kend|"
                       r"nsteps|split|z|py|px|SHv|SWv|qy0|qx0|qyn|qxn|kqy|kqx|kqyd|kqxd|tid|tx|ty|"
-                      r"m0|n0|ty4|tx4|(?:hb|wb|ro|bo|ow|oh|nb|eky|ekx|rp)\d+)"
+                      r"m0|n0|ty4|tx4|(?:hb|wb|ro|bo|ow|oh|nb|eky|ekx|rp|ohs|ows|xb)\d+)"
                       r" (=|\+=|-=) (.+?)(\s+#.*)?$")
 
 
@@ -521,10 +552,10 @@ def gemm_kernel(mode: int, tile: GTile, strided: bool, fused: bool):
     fused = bool(fused) and mode != FWD
     name = spec_name(mode, tile, strided, fused)
     src = generate(mode, tile, strided, fused)
-    act_fwd, act_bwd = act_device_fns("float32")
+    act_fwd, _ = act_device_fns("float32")
     I, U, S = _int_helpers()
     env = {"cuda": cuda, "f32": types.float32, "I": I, "U": U, "S": S, "act_fwd": act_fwd,
-           "act_bwd": act_bwd, "min": min, "max": max}
+           "min": min, "max": max}
     filename = f"<gpucnn {name}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     exec(compile(src, filename, "exec"), env)
