@@ -120,7 +120,9 @@ def test_registry_lists_every_kernel_family():
         "igemm_fwd", "igemm_bwd_input", "igemm_bwd_weight", "colsum", "act_colsum",
         "max_pool_fwd", "max_pool_bwd", "avg_pool_fwd", "avg_pool_bwd",
         "act_fwd", "act_bwd", "softmax_fwd", "softmax_bwd", "xent_fwd", "xent_bwd",
-        "dropout", "sgd", "adam", "rmsprop", "multi_sgd", "multi_adam", "multi_rmsprop"}
+        "dropout", "sgd", "adam", "rmsprop", "multi_sgd", "multi_adam", "multi_rmsprop",
+        "gemm_fwd", "gemm_bwd_input", "gemm_bwd_input_f", "gemm_bwd_input_s",
+        "gemm_bwd_input_sf", "gemm_bwd_weight", "gemm_bwd_weight_f"}
     for spec in _launch.all_kernels():
         assert all(isinstance(t, (types.Array, types.Number)) for t in spec.argtypes), spec.name
 
