@@ -550,6 +550,43 @@ def _time_conv(ctx, add, c):
     add(c.net, c.name, "conv bwd weight", shape,
         lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad), c.flops(), t.get("bwd_weight"))
     add(c.net, c.name, "bias grad", f"dy{ys}", lambda: C.bias_grad(dy), None, t.get("bias"))
+    calls = ((f"conv fwd+bias+{c.act}", lambda: C.conv2d_forward(x, w, b, st, pad, c.act), "fwd"),
+             ("conv bwd input", lambda: C.conv2d_backward_input(dy, w, c.x, st, pad),
+              "bwd_input"),
+             ("conv bwd weight", lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad),
+              "bwd_weight"))
+    _time_conv_baseline(ctx, add, c, shape, calls, t)
+
+
+def _time_conv_baseline(ctx, add, c, shape, calls, t):
+    """The rows above again on the baseline conv kernels (``conv.set_conv_kernels``), in the
+    same run: the igemm2 kernels' speed-up is the ratio of two rows of one table. Each baseline
+    result is checked against igemm2's first (fewer repeats: it is the reference point)."""
+    from gpucnn.kernels.cuda_set import conv as cv
+
+    new = {}
+    for label, fn, _ in calls:
+        try:
+            new[label] = ctx.host(fn())
+        except Exception as e:  # noqa: BLE001
+            ctx.fail(f"{c.net} {c.name} {label} (igemm2): {type(e).__name__}: {e}")
+            ctx.check_device()
+    before, repeats = cv.set_conv_kernels("baseline"), ctx.repeats
+    ctx.repeats = max(5, repeats // 4) if ctx.gpu else repeats
+    try:
+        for label, fn, key in calls:
+            try:
+                err = _rel(ctx, fn(), new[label]) if label in new else 0.0
+            except Exception as e:  # noqa: BLE001
+                err = math.nan
+                print(f"  [2] baseline {c.name} {label}: {type(e).__name__}: {e}", flush=True)
+                ctx.check_device()
+            if not err <= GRAD_TOL:
+                ctx.fail(f"{c.net} {c.name} {label}: baseline and igemm2 differ by {err:.2e}")
+            add(c.net, c.name, f"{label} [baseline]", shape, fn, c.flops(), t.get(key))
+    finally:
+        cv.set_conv_kernels(before)
+        ctx.repeats = repeats
 
 
 def _time_pool(ctx, add, p):
