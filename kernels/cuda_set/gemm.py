@@ -82,7 +82,7 @@ class GTile(NamedTuple):
 #: A element feeds only 16 columns, so the thread's share of the step's fixed work is what
 #: the larger register block buys). Tests use small ones.
 TILE_WIDE = GTile(128, 128, 8, 8, 8, 1)
-TILE_MID = GTile(64, 64, 8, 4, 4, 2)
+TILE_MID = GTile(64, 64, 16, 4, 4, 2)
 TILE_NARROW = GTile(128, 16, 8, 8, 4, 4)
 
 
@@ -211,7 +211,7 @@ def loader_a(s: _Src, mode, t: GTile, fused, phase):
             if fused:
                 s(f"    o = U(ro{i} + ko)", f"    va{i} = src[o]")
                 s.ind += 1
-                act_grad(s, f"va{i}", "o")
+                act_grad(s, f"va{i}", "o", mode)
                 s.ind -= 1
             else:
                 s(f"    va{i} = src[U(ro{i} + ko)]")
@@ -226,62 +226,58 @@ def loader_a(s: _Src, mode, t: GTile, fused, phase):
         s(f"sw_a = S(lane) * S({t.bm + PAD}) + S({rows[0][0]})")
 
 
-def _loader_a_weight(s: _Src, t: GTile, phase, fused=False):
-    """BWD_WEIGHT's A tile: x patches, columns (ky, kx, ci) fixed per thread, reduction rows
-    (n, oh, ow) advanced by BK per step with one carry per digit (one state per distinct row of
-    the thread: with bm > threads a row serves several columns)."""
-    rows = _col_rows(t, t.bm)
-    cols = sorted({c for _, c in rows})
-    krs = sorted({kr for kr, _ in rows})
+def _loader_a_weight(s: _Src, t: GTile, phase):
+    """BWD_WEIGHT's A tile: x patches. A thread stages one reduction row (n, oh, ow), advanced by
+    BK per step with one carry per digit, for ``bm * bk / threads`` columns (ky, kx, ci) whose
+    gather offsets are computed once per tile; consecutive threads take consecutive columns."""
+    tpr = t.threads // t.bk                  # threads per reduction row
+    cols = [j * tpr for j in range(t.bm // tpr)]
     if phase == "init":
-        for c in cols:
-            s(f"m = m0 + {umod('tid', t.bm)} + {c}",
+        for j, c in enumerate(cols):
+            s(f"m = m0 + {umod('tid', tpr)} + {c}",
               f"wc = {umod('m', 'C')}", "mt = " + udiv("m", "C"),
-              f"eky{c} = {udiv('mt', 'KW')} - PT", f"ekx{c} = {umod('mt', 'KW')} - PL",
-              f"rp{c} = (eky{c} * W + ekx{c}) * C + wc",
-              "if m >= M:", f"    eky{c} = H   # never inside the image")
+              f"eky{j} = {udiv('mt', 'KW')} - PT", f"ekx{j} = {umod('mt', 'KW')} - PL",
+              f"rp{j} = (eky{j} * W + ekx{j}) * C + wc",
+              "if m >= M:", f"    eky{j} = H   # never inside the image")
         s(f"dw_ = {umod(t.bk, 'WO')}", f"dt_ = {udiv(t.bk, 'WO')}",
-          f"dh_ = {umod('dt_', 'HO')}", f"dn_ = {udiv('dt_', 'HO')} * H")
-        for kr in krs:
-            s(f"r = kbeg + {udiv('tid', t.bm)} + {kr}",
-              f"ow{kr} = {umod('r', 'WO')}", "rt = " + udiv("r", "WO"),
-              f"oh{kr} = {umod('rt', 'HO')}", f"nb{kr} = {udiv('rt', 'HO')} * H")
+          f"dh_ = {umod('dt_', 'HO')}", f"dn_ = {udiv('dt_', 'HO')} * H",
+          f"r = kbeg + {udiv('tid', tpr)}",
+          f"ow0 = {umod('r', 'WO')}", "rt = " + udiv("r", "WO"),
+          f"oh0 = {umod('rt', 'HO')}", f"nb0 = {udiv('rt', 'HO')} * H")
     elif phase == "load":
-        s(f"kr0 = k0 + {udiv('tid', t.bm)}")
-        for kr in krs:
-            s(f"ohs{kr} = oh{kr} * SH", f"ows{kr} = ow{kr} * SW",
-              f"xb{kr} = ((nb{kr} + ohs{kr}) * W + ows{kr}) * C", f"kv{kr} = kr0 + {kr} < kend")
-        for i, (kr, c) in enumerate(rows):
-            s(f"va{i} = zero",
-              f"if kv{kr} & (U(ohs{kr} + eky{c}) < U(H)) & (U(ows{kr} + ekx{c}) < U(W)):",
-              f"    va{i} = src[U(xb{kr} + rp{c})]")
+        s("ohs0 = oh0 * SH", "ows0 = ow0 * SW", "xb0 = ((nb0 + ohs0) * W + ows0) * C",
+          f"kv = k0 + {udiv('tid', tpr)} < kend")
+        for j in range(len(cols)):
+            s(f"va{j} = zero",
+              f"if kv & (U(ohs0 + eky{j}) < U(H)) & (U(ows0 + ekx{j}) < U(W)):",
+              f"    va{j} = src[U(xb0 + rp{j})]")
     elif phase == "advance":
-        for kr in krs:
-            s(f"ow{kr} += dw_", f"oh{kr} += dh_", f"nb{kr} += dn_",
-              f"if ow{kr} >= WO:", f"    ow{kr} -= WO", f"    oh{kr} += 1",
-              f"if oh{kr} >= HO:", f"    oh{kr} -= HO", f"    nb{kr} += H")
+        s("ow0 += dw_", "oh0 += dh_", "nb0 += dn_",
+          "if ow0 >= WO:", "    ow0 -= WO", "    oh0 += 1",
+          "if oh0 >= HO:", "    oh0 -= HO", "    nb0 += H")
     elif phase == "store_init":
-        s(f"sw_a = S({udiv('tid', t.bm)}) * S({t.bm + PAD}) + S({umod('tid', t.bm)})")
+        s(f"sw_a = S({udiv('tid', tpr)}) * S({t.bm + PAD}) + S({umod('tid', tpr)})")
     elif phase == "store":
-        for i, (kr, c) in enumerate(rows):
-            s(f"As[sw_a + S({kr * (t.bm + PAD) + c})] = va{i}")
+        for j, c in enumerate(cols):
+            s(f"As[sw_a + S({c})] = va{j}")
 
 
-def act_grad_setup(s: _Src):
+def act_grad_setup(s: _Src, mode):
     """The activation's gradient without a branch per element: ``g * (g2 y^2 + g1 y + g0)``
     from the forward output y (tanh: 1 - y^2, sigmoid: y - y^2, linear: 1), and ReLU's
     ``y > 0`` as a select; the coefficients are chosen once per thread. Without an activation
     (the bias gradient of a linear layer) y is a dummy: every read goes to its element 0."""
-    s("g0 = f32(1)", "g1 = zero", "g2 = zero", f"norelu = ACT != {RELU}",
-      "ym = U(0)   # linear: y is a one-element dummy, read at 0",
-      "if ACT != 0:", "    ym = U(0xFFFFFFFF)",
-      f"if ACT == {TANH}:", "    g2 = f32(-1)",
+    s("g0 = f32(1)", "g1 = zero", "g2 = zero", f"norelu = ACT != {RELU}")
+    if mode == BWD_WEIGHT:      # the input gradient's fused variant always has an activation
+        s("ym = U(0)   # linear: y is a one-element dummy, read at 0",
+          "if ACT != 0:", "    ym = U(0xFFFFFFFF)")
+    s(f"if ACT == {TANH}:", "    g2 = f32(-1)",
       f"if ACT == {SIGMOID}:", "    g0 = zero", "    g1 = f32(1)", "    g2 = f32(-1)")
 
 
-def act_grad(s: _Src, v: str, o: str):
+def act_grad(s: _Src, v: str, o: str, mode):
     """``v`` times the activation's gradient read at flat offset ``o`` of the forward output."""
-    s(f"yv = yact[{o} & ym]",
+    s(f"yv = yact[{o} & ym]" if mode == BWD_WEIGHT else f"yv = yact[{o}]",
       f"{v} = {v} * ((g2 * yv + g1) * yv + g0) if (yv > zero) | norelu else zero")
 
 
@@ -325,7 +321,7 @@ def loader_b(s: _Src, mode, t: GTile, fused, db, phase):
             if fused:
                 s(f"    o = U(bo{i} + kco)", f"    vb{i} = wmat[o]")
                 s.ind += 1
-                act_grad(s, f"vb{i}", "o")
+                act_grad(s, f"vb{i}", "o", mode)
                 s.ind -= 1
             else:
                 s(f"    vb{i} = wmat[U(bo{i} + kco)]")
@@ -367,7 +363,7 @@ def mainloop(s: _Src, mode, t: GTile, fused, db):
     B = lambda ph: loader_b(s, mode, t, fused, db, ph)   # noqa: E731
     sa, sb = t.bk * (t.bm + PAD), t.bk * (t.bn + PAD)
     if fused:
-        act_grad_setup(s)
+        act_grad_setup(s, mode)
     A("init")
     B("init")
     A("store_init")
