@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -159,6 +160,10 @@ def mma_reference(shape: MmaShape, regs: dict) -> dict:
 WARP = 32
 #: How often (seconds) a lane waiting at a rendezvous checks that its warp can still arrive.
 POLL = 0.02
+#: How long (seconds) a missing lane must stay at ``syncthreads`` before the warp is called
+#: divergent: the simulator releases a barrier thread by thread, so a lane can be seen there for
+#: a moment after the others have left it (a lane that finished the kernel fails at once).
+STUCK_AFTER = 1.0
 
 
 class WarpError(RuntimeError):
@@ -237,6 +242,7 @@ def warp_exchange(op: str, regs: tuple, compute: Callable) -> tuple:
                 del _rounds[key]        # the warp's next instruction starts a new round
             rnd.outputs = compute(rnd.inputs)
             rnd.cond.notify_all()
+        stuck = {}
         while rnd.outputs is None:
             if rnd.error:
                 raise WarpError(rnd.error)
@@ -244,13 +250,16 @@ def warp_exchange(op: str, regs: tuple, compute: Callable) -> tuple:
                 _fail(rnd, key, f"{op}: the kernel was aborted while warp {warp} waited")
             rnd.cond.wait(POLL)
             if rnd.outputs is None and rnd.error is None:
-                _check_arrival(rnd, key, th, op, warp)
+                _check_arrival(rnd, key, th, op, warp, stuck)
         return rnd.outputs[lane]
 
 
-def _check_arrival(rnd, key, th, op, warp):
-    """Raise when a lane that has not arrived never will: it finished, or waits at a barrier."""
+def _check_arrival(rnd, key, th, op, warp, stuck):
+    """Raise when a lane that has not arrived never will: it finished the kernel, or it has
+    waited at a barrier for ``STUCK_AFTER`` seconds (``stuck``: lane -> since when, kept by
+    the caller between checks)."""
     peers = _warp_peers(th, warp)
+    now = time.monotonic()
     for lane in range(WARP):
         if lane in rnd.inputs:
             continue
@@ -258,8 +267,11 @@ def _check_arrival(rnd, key, th, op, warp):
         if other is None or not other.is_alive():
             why = "finished the kernel"
         elif other.syncthreads_blocked:
-            why = "waits at syncthreads"
+            if now - stuck.setdefault(lane, now) < STUCK_AFTER:
+                continue
+            why = f"has waited at syncthreads for {STUCK_AFTER} s"
         else:
+            stuck.pop(lane, None)
             continue
         _fail(rnd, key, f"{op}: divergent warp {warp} of block {tuple(th.blockIdx)}: "
               f"{len(rnd.inputs)} of its {WARP} lanes wait at {rnd.site[0]}:{rnd.site[1]} but "
