@@ -253,3 +253,31 @@ def test_decomposed_strided_gradient_machine_code(sass_report):
     base = [r for r in sass_report if r["family"] == "baseline"][0]
     assert base["calls"], "the detector finds no call in the baseline: it cannot fail"
     assert "LDS.32" in base["lds"]
+
+
+@pytest.mark.usefixtures("poisoned_small_launches")
+@pytest.mark.parametrize("stride,padding", [((2, 2), "same"), ((3, 2), "valid")])
+def test_transposed_convolution_runs_on_the_decomposed_gradient(rng, stride, padding, launched):
+    """gpucnn.functional.conv2d_transpose on the cuda backend: the strided input gradient's
+    residue classes (one launch, a class per grid z), against the plain loop of the input
+    gradient (its definition) plus the bias."""
+    import gpucnn
+    import gpucnn.functional as F
+
+    x = rng.standard_normal((2, 3, 4, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 5, 3)).astype(np.float32)     # (KH, KW, C_out, C_in)
+    b = rng.standard_normal(5).astype(np.float32)
+    before = gpucnn.get_backend()
+    gpucnn.set_backend("cuda")
+    try:
+        got = F.conv2d_transpose(x, w, b, strides=stride, padding=padding).numpy()
+    finally:
+        gpucnn.set_backend(before)
+    sh, sw = stride
+    ho = 3 * sh if padding == "same" else 2 * sh + max(3, sh)
+    wo = 4 * sw if padding == "same" else 3 * sw + max(2, sw)
+    pad = R.ref_pads(ho, wo, 3, 2, sh, sw, padding)
+    want = R.ref_conv2d_backward_input(x.astype(np.float64), w.astype(np.float64),
+                                       (2, ho, wo, 5), stride, pad) + b
+    check("conv2d_transpose", (stride, padding), got, want, GRAD_TOL)
+    assert any(n.startswith("gemm_bwd_input_s[") for n in launched), launched
