@@ -40,15 +40,15 @@ def poisoned_small_launches():
     small shapes); everywhere, outputs poisoned (NaN) before a kernel writes them."""
     import contextlib
 
-    from gpucnn.kernels.cuda_set import _launch, simulate as sim
+    from gpucnn.kernels.cuda_set import _arrays, _launch, simulate as sim
 
     ctx = sim.small_launches() if _launch.launch_path() == "sim" else contextlib.nullcontext()
     with ctx:
-        _launch.POISON = True
+        _arrays.POISON = True
         try:
             yield
         finally:
-            _launch.POISON = False
+            _arrays.POISON = False
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import sys
 import pytest
 from numba import types
 
-from gpucnn.kernels.cuda_set import _launch
+from gpucnn.kernels.cuda_set import _abi, _registry
 
 CCS = ((8, 0), (9, 0))
 HERE = pathlib.Path(__file__).parent
@@ -29,7 +29,7 @@ import numpy as np
 from numba import types
 from numba.cuda.cudadrv.devicearray import DeviceNDArray
 from numba.cuda.dispatcher import _Kernel
-from gpucnn.kernels.cuda_set import _cache, _launch
+from gpucnn.kernels.cuda_set import _abi, _cache, _registry
 sys.path.insert(0, sys.argv[2])
 from _cubin import Cubin
 
@@ -59,12 +59,12 @@ def numba_args(spec, host):
 
 
 def raw_args(spec, host):
-    flat = _launch.flatten_args(spec.argtypes, host)
+    flat = _abi.flatten_args(spec.argtypes, host)
     return [(v.item(), np.asarray(v).itemsize) for v in flat]
 
 
 out = []
-for spec in _launch.all_kernels():
+for spec in _registry.all_kernels():
     rec = {"name": spec.name}
     try:
         built = _cache.build(spec, cc)
@@ -115,7 +115,7 @@ def reports():
 
 
 def test_registry_lists_every_kernel_family():
-    names = {s.name.split("[")[0] for s in _launch.all_kernels()}
+    names = {s.name.split("[")[0] for s in _registry.all_kernels()}
     assert names == {
         "igemm_fwd", "igemm_bwd_input", "igemm_bwd_weight", "colsum", "act_colsum",
         "max_pool_fwd", "max_pool_bwd", "avg_pool_fwd", "avg_pool_bwd",
@@ -123,13 +123,13 @@ def test_registry_lists_every_kernel_family():
         "dropout", "sgd", "adam", "rmsprop", "multi_sgd", "multi_adam", "multi_rmsprop",
         "gemm_fwd", "gemm_bwd_input", "gemm_bwd_input_f", "gemm_bwd_input_s",
         "gemm_bwd_input_sf", "gemm_bwd_weight", "gemm_bwd_weight_f"}
-    for spec in _launch.all_kernels():
+    for spec in _registry.all_kernels():
         assert all(isinstance(t, (types.Array, types.Number)) for t in spec.argtypes), spec.name
 
 
 @pytest.mark.parametrize("cc", CCS, ids=lambda cc: f"sm_{cc[0]}{cc[1]}")
 def test_every_kernel_builds_a_cubin_for_that_sm(reports, cc):
-    names = [s.name for s in _launch.all_kernels()]
+    names = [s.name for s in _registry.all_kernels()]
     assert sorted(reports[cc]) == sorted(names)
     failed = {n: r["error"] for n, r in reports[cc].items() if "error" in r}
     assert failed == {}, f"kernels that do not build for cc {cc}: {failed}"
@@ -155,7 +155,7 @@ def test_no_float32_kernel_uses_local_memory(reports, cc):
 
 def test_conv_tiles_fit_their_launch_bounds(reports):
     """The 256-thread conv tiles keep the registers within 65536 / (256 x blocks per SM)."""
-    for spec in _launch.all_kernels():
+    for spec in _registry.all_kernels():
         r = reports[(9, 0)][spec.name]
         assert 0 < r["registers"] <= 255, spec.name
         if spec.launch_bounds:
@@ -167,11 +167,11 @@ def test_raw_arguments_match_numba_and_the_cubin(reports):
     """The cheap launch path passes what Numba's dispatcher would pass, slot for slot, and
     the cubin's parameter table has the same sizes at naturally aligned offsets."""
     size = {"u64": 8, "b64": 8, "s64": 8, "f64": 8, "u32": 4, "b32": 4, "s32": 4, "f32": 4}
-    for spec in _launch.all_kernels():
+    for spec in _registry.all_kernels():
         r = reports[(9, 0)][spec.name]
         assert r["raw_args"] == r["numba_args"], spec.name
         params = r["ptx_params"]
-        assert params == _launch.flat_param_types(spec.argtypes), spec.name
+        assert params == _abi.flat_param_types(spec.argtypes), spec.name
         sizes = [s for _, s in r["raw_args"]]
         assert sizes == [size[p] for p in params], spec.name
         offset, table = 0, []
@@ -205,8 +205,8 @@ def recording(*args, **kw):
         kernels.append(getattr(target, "__qualname__", repr(args)[:80]))
     return real(*args, **kw)
 cuda.jit = recording
-from gpucnn.kernels.cuda_set import _launch
-specs = _launch.all_kernels()
+from gpucnn.kernels.cuda_set import _abi, _registry
+specs = _registry.all_kernels()
 print("JIT " + json.dumps({"kernels": kernels, "specs": len(specs)}))
 """
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")

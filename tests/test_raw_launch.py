@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 
-from gpucnn.kernels.cuda_set import _cache, _launch, _runtime, activation
+from gpucnn.kernels.cuda_set import _abi, _cache, _launch, _probe, _registry, _runtime, activation
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _fakes  # noqa: E402
@@ -125,13 +125,13 @@ def launch_tanh(n=5, shape=None):
     x = FakeArray(np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape))
     y = FakeArray(np.empty(shape, np.float32))
     gpu = _launch.cp
-    gpu.slots = len(_launch.flat_param_types(SPEC.argtypes))
+    gpu.slots = len(_abi.flat_param_types(SPEC.argtypes))
     _launch.launch(SPEC, (1,), (32,), x, y, 2)
     return x, y
 
 
 def unpack(raw, spec=SPEC):
-    return list(struct.unpack(_launch.param_format(spec.argtypes), raw))
+    return list(struct.unpack(_abi.param_format(spec.argtypes), raw))
 
 
 def test_first_launch_builds_stores_loads_and_launches(gpu, tmp_path):
@@ -144,7 +144,7 @@ def test_first_launch_builds_stores_loads_and_launches(gpu, tmp_path):
     assert (name, grid, block, stream) == ("entry_" + SPEC.name, (1, 1, 1), (32, 1, 1), 77)
     want = [0, 0, 5, 4, x.data.ptr, 5, 4, 0, 0, 5, 4, y.data.ptr, 5, 4, 2]
     assert unpack(raw) == want
-    assert want == [v.item() for v in _launch.flatten_args(SPEC.argtypes, [x, y, 2])]
+    assert want == [v.item() for v in _abi.flatten_args(SPEC.argtypes, [x, y, 2])]
     launch_tanh()                                       # the loaded module is kept
     assert len(gpu.builds) == 1 and len(gpu.loads) == 1 and len(gpu.launches) == 2
 
@@ -155,10 +155,10 @@ def test_a_higher_rank_array_is_seen_flat_without_a_reshape(gpu):
     x, y = launch_tanh(shape=(2, 3, 4))
     (*_, raw), = gpu.launches
     assert unpack(raw) == [0, 0, 24, 4, x.data.ptr, 24, 4, 0, 0, 24, 4, y.data.ptr, 24, 4, 2]
-    assert _launch.rank_shape((2, 3, 4, 5), 2) == (24, 5)
-    assert _launch.c_strides((24, 5), 4) == (20, 4)
+    assert _abi.rank_shape((2, 3, 4, 5), 2) == (24, 5)
+    assert _abi.c_strides((24, 5), 4) == (20, 4)
     with pytest.raises(TypeError, match="cannot be seen with 3 axes"):
-        _launch.rank_shape((4, 5), 3)
+        _abi.rank_shape((4, 5), 3)
 
 
 def test_a_wrong_dtype_is_refused_before_the_launch(gpu):
@@ -179,7 +179,7 @@ def test_a_strided_view_is_refused_before_the_launch(gpu, view):
     with pytest.raises(TypeError, match=r"act_fwd\[float32\]: expected a C-contiguous 1-D "
                                         r"float32 array, got float32 \d-D \(C-contiguous: False"):
         _launch.launch(SPEC, (1,), (32,), x, y, 2)
-    pack = _launch.make_packer("act_fwd[float32]", SPEC.argtypes)
+    pack = _abi.make_packer("act_fwd[float32]", SPEC.argtypes)
     with pytest.raises(TypeError, match="C-contiguous: False"):
         pack((x, y, 2), bytearray(8 * 64))
     assert gpu.launches == []
@@ -306,7 +306,7 @@ def test_the_probe_names_a_missing_compiler_and_the_fix(monkeypatch):
     monkeypatch.setattr(_runtime, "cp", ProbeCuPy())
     monkeypatch.setattr(activation, "act_forward", act_forward)
     info = {}
-    ok, why = _runtime._prove_chain(info)
+    ok, why = _probe._prove_chain(info)
     assert not ok and "libNVVM cannot be found" in why
     assert "gpucnn[cuda12]" in why and "gpucnn[cuda13]" in why and "CUDA_HOME" in why
     assert "python -m gpucnn.cache fill" in why and "Traceback" in info["probe_traceback"]
@@ -315,17 +315,17 @@ def test_the_probe_names_a_missing_compiler_and_the_fix(monkeypatch):
 def test_the_probe_rejects_a_kernel_that_returns_wrong_numbers(monkeypatch):
     monkeypatch.setattr(_runtime, "cp", ProbeCuPy())
     monkeypatch.setattr(activation, "act_forward", lambda x, act: x)      # identity, not tanh
-    ok, why = _runtime._prove_chain({})
+    ok, why = _probe._prove_chain({})
     assert not ok and "wrong numbers" in why
 
 
 def test_the_probe_verdict_is_computed_once(monkeypatch):
     calls = []
-    monkeypatch.setattr(_runtime, "_verdict", {})
-    monkeypatch.setattr(_runtime, "_probe", lambda: calls.append(1) or (False, "why", {"a": 1}))
-    first = _runtime.probe()
+    monkeypatch.setattr(_probe, "_verdict", {})
+    monkeypatch.setattr(_probe, "_probe", lambda: calls.append(1) or (False, "why", {"a": 1}))
+    first = _probe.probe()
     first[2]["a"] = 2                                   # callers get copies
-    assert _runtime.probe() == (False, "why", {"a": 1}) and calls == [1]
+    assert _probe.probe() == (False, "why", {"a": 1}) and calls == [1]
 
 
 # --------------------------------------------------------------------------- the real compiler
@@ -333,8 +333,8 @@ def test_the_probe_verdict_is_computed_once(monkeypatch):
 def test_a_second_process_finds_every_kernel_in_the_cache(tmp_path):
     """Numba's real compiler (no simulator) in two fresh processes: the first builds, the
     second finds both kernels in the cache and compiles nothing."""
-    code = ("import sys; from gpucnn.kernels.cuda_set import _cache, _launch; "
-            "names = [s.name for s in _launch.all_kernels()[:2]]; "
+    code = ("import sys; from gpucnn.kernels.cuda_set import _cache, _registry; "
+            "names = [s.name for s in _registry.all_kernels()[:2]]; "
             "res = _cache.fill((9, 0), jobs=1, names=names); "
             "print('SOURCES', sorted(v[0] for v in res.values()))")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
@@ -355,9 +355,9 @@ def test_every_kernels_packer_writes_what_flatten_args_gives(rng):
     kernel, arrays of the declared rank and of one rank more."""
     from numba import types
 
-    for spec in _launch.all_kernels():
-        pack = _launch.make_packer(spec.name, spec.argtypes)
-        fmt = _launch.param_format(spec.argtypes)
+    for spec in _registry.all_kernels():
+        pack = _abi.make_packer(spec.name, spec.argtypes)
+        fmt = _abi.param_format(spec.argtypes)
         for extra_axis in (False, True):
             args = []
             for i, t in enumerate(spec.argtypes):
@@ -367,12 +367,12 @@ def test_every_kernels_packer_writes_what_flatten_args_gives(rng):
                         shape = (2,) + shape
                     args.append(np.zeros(shape, dtype=str(t.dtype)))
                 elif isinstance(t, types.Integer):
-                    args.append(int(rng.integers(-5, 50)))
+                    args.append(int(rng.integers(-5 if t.signed else 0, 50)))
                 else:
                     args.append(float(rng.standard_normal()))
             buf = ctypes.create_string_buffer(struct.calcsize(fmt))
             pack(args, buf)
-            want = [v.item() for v in _launch.flatten_args(spec.argtypes, args)]
+            want = [v.item() for v in _abi.flatten_args(spec.argtypes, args)]
             got = list(struct.unpack(fmt, buf.raw))
             assert got == pytest.approx(want, rel=1e-7), spec.name
 
@@ -380,14 +380,14 @@ def test_every_kernels_packer_writes_what_flatten_args_gives(rng):
 def test_a_prepared_launch_writes_what_flatten_args_gives_for_each_call(gpu):
     """A plan fills its buffer once; later calls write only the arrays' addresses. Every
     launch's buffer is still the full flat list Numba's ABI wants for those arrays."""
-    gpu.slots = len(_launch.flat_param_types(SPEC.argtypes))
+    gpu.slots = len(_abi.flat_param_types(SPEC.argtypes))
     x = FakeArray(np.zeros((2, 3), np.float32))
     plan = _launch.Prepared(SPEC, (1,), (32,), (x, None, 3))
     for _ in range(3):
         x, y = FakeArray(np.zeros((2, 3), np.float32)), FakeArray(np.zeros((2, 3), np.float32))
         plan(x, y)
         *_, raw = gpu.launches[-1]
-        assert unpack(raw) == [v.item() for v in _launch.flatten_args(SPEC.argtypes, [x, y, 3])]
+        assert unpack(raw) == [v.item() for v in _abi.flatten_args(SPEC.argtypes, [x, y, 3])]
     assert len(gpu.launches) == 3 and len(gpu.builds) == 1
     assert callable(plan.raw[0])
     once = _launch.Prepared(SPEC, (1,), (32,), (x, None, 3))
@@ -403,14 +403,14 @@ def test_every_kernels_prepared_launch_writes_only_the_new_addresses(gpu, rng):
     address written at the right slot of each array's block, whatever its rank)."""
     from numba import types
 
-    for spec in _launch.all_kernels():
-        gpu.slots = len(_launch.flat_param_types(spec.argtypes))
+    for spec in _registry.all_kernels():
+        gpu.slots = len(_abi.flat_param_types(spec.argtypes))
         shapes, scalars = {}, {}
         for i, t in enumerate(spec.argtypes):
             if isinstance(t, types.Array):
                 shapes[i] = tuple(int(v) for v in rng.integers(1, 4, t.ndim))
             elif isinstance(t, types.Integer):
-                scalars[i] = int(rng.integers(-5, 50))
+                scalars[i] = int(rng.integers(-5 if t.signed else 0, 50))
             else:
                 scalars[i] = float(rng.standard_normal())
 
@@ -423,7 +423,7 @@ def test_every_kernels_prepared_launch_writes_only_the_new_addresses(gpu, rng):
             args = call_args()
             plan(*[a for i, a in enumerate(args) if i in shapes])
             *_, raw = gpu.launches[-1]
-            want = [v.item() for v in _launch.flatten_args(spec.argtypes, args)]
+            want = [v.item() for v in _abi.flatten_args(spec.argtypes, args)]
             assert unpack(raw, spec) == pytest.approx(want, rel=1e-7), spec.name
 
 

@@ -476,16 +476,16 @@ def test_readme_says_how_to_get_mnist_for_the_tests_that_need_it():
 
 
 def test_the_cuda_install_hint_is_the_readmes(monkeypatch):
-    from gpucnn.kernels.cuda_set import _runtime
+    from gpucnn.kernels.cuda_set import _probe, _runtime
 
     commands = set(re.findall(r"`(pip install -e '\.\[cuda1[23]\]')`", README))
     assert commands == {"pip install -e '.[cuda12]'", "pip install -e '.[cuda13]'"}, commands
-    nvvm = _runtime._fix_for("NvvmSupportError: libNVVM cannot be found")
+    nvvm = _probe._fix_for("NvvmSupportError: libNVVM cannot be found")
     assert all(c in nvvm for c in commands), nvvm
     monkeypatch.setattr(_runtime, "SIMULATOR", False)
     monkeypatch.setattr(_runtime, "cp", None)
     monkeypatch.setattr(_runtime, "numba_cuda", object())
-    ok, why, _ = _runtime._probe()
+    ok, why, _ = _probe._probe()
     assert not ok and "pip install -e '.[cuda12]'" in why and "'.[cuda13]'" in why, why
 
 

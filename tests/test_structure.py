@@ -26,12 +26,6 @@ LONG_FILES = {
     "gpucnn/bench/gpu.py": "split by job in issue 23 (shape classes, faults, checks, runners)",
 }
 
-#: import circles being removed elsewhere: a member of each
-KNOWN_CYCLES = {
-    "cuda_set/_launch: all_kernels imports every op module, which import _launch to register "
-    "(the registry moves to cuda_set/__init__.py, issue 23)": "gpucnn.kernels.cuda_set._launch",
-}
-
 GPU_MODULES = ("gpucnn.kernels.cuda_set", "cupy", "cupyx", "numba.cuda")
 
 
@@ -129,21 +123,9 @@ def test_the_import_graph_sees_function_level_and_relative_imports():
     assert _cycles(looped) == [["a", "b", "c"]]
 
 
-def _known(cycle) -> bool:
-    return any(member in cycle for member in KNOWN_CYCLES.values())
-
-
 def test_no_import_circle():
-    found = [c for c in _cycles(_graph()) if not _known(c)]
+    found = _cycles(_graph())
     assert not found, "import circles: " + "; ".join(" <-> ".join(c) for c in found)
-
-
-@pytest.mark.parametrize("reason", sorted(KNOWN_CYCLES))
-@pytest.mark.xfail(strict=True, reason="a known import circle, being removed (issue 23)")
-def test_known_import_circle_is_gone(reason):
-    member = KNOWN_CYCLES[reason]
-    cycle = [c for c in _cycles(_graph()) if member in c]
-    assert not cycle, f"{reason}: " + " <-> ".join(cycle[0])
 
 
 def _lines(rel: str) -> int:

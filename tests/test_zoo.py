@@ -254,10 +254,10 @@ def test_feature_maps_are_the_outputs_after_each_conv_and_pool(rng):
 
 # -- the cuda backend (Numba's simulator in CI: tiny shapes only) ---------------------------
 def test_a_zoo_model_gives_the_same_output_on_the_cuda_backend(rng):
-    from gpucnn.kernels.cuda_set import _runtime
+    from gpucnn.kernels.cuda_set import _probe
 
-    if not _runtime.probe()[0]:
-        pytest.skip(f"the cuda backend cannot run here: {_runtime.probe()[1]}")
+    if not _probe.probe()[0]:
+        pytest.skip(f"the cuda backend cannot run here: {_probe.probe()[1]}")
     x = rng.random((2, 8, 8, 1)).astype(np.float32)
     model = zoo.conv_autoencoder((8, 8, 1), latent_channels=2, filters=(2, 3))
     randomize(model, rng)

@@ -246,7 +246,7 @@ def _setup(args) -> Ctx:
     _launch.STRICT = True        # a kernel falling back to Numba's launcher is a failure here
     if ctx.fault:
         inject_fault(ctx.fault)
-    ok, why, info = _runtime.probe()
+    ok, why, info = load_set("cuda").probe()
     ctx.info = dict(info)
     if not ok:
         if info.get("probe_traceback"):

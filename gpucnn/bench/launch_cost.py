@@ -27,7 +27,7 @@ _CHILD = r"""
 import json, statistics, sys, time, types
 sys.modules["cupy"] = None                      # no CuPy: outputs are NumPy arrays
 import numpy as np
-from gpucnn.kernels.cuda_set import _cache, _launch, activation, conv, pool, reduce, softmax
+from gpucnn.kernels.cuda_set import _abi, _cache, _launch, activation, conv, pool, reduce, softmax
 
 
 class Function:
@@ -52,7 +52,7 @@ _launch.cp = types.SimpleNamespace(
         get_current_stream=lambda: stream,
         driver=types.SimpleNamespace(launchKernel=lambda *a: None)))
 _launch._state["path"] = "raw"
-_launch._pointer = lambda a: 4096
+_abi._pointer = lambda a: 4096
 _cache.get = lambda spec, cc: _cache.Built(b"\x7fELF", "entry", source="fake")
 
 

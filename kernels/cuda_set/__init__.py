@@ -25,9 +25,11 @@ from __future__ import annotations
 from .. import CONTRACT
 
 from ._cache import cache_dir, cache_note, fill as fill_cache
-from ._launch import (all_kernels, asarray, fell_back, launch_count, launch_path, set_launch_path,
-                      to_host, xp)
-from ._runtime import device_cc, probe, scatter_add
+from ._arrays import asarray, to_host, xp
+from ._launch import device_cc, fell_back, launch_count, launch_path, set_launch_path
+from ._probe import probe
+from ._registry import all_kernels
+from ._runtime import scatter_add
 from .activation import act_backward, act_forward
 from .conv import (bias_grad, conv2d_backward_input, conv2d_backward_input_act,
                    conv2d_backward_weight, conv2d_backward_weight_bias, conv2d_forward)

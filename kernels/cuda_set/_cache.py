@@ -205,9 +205,9 @@ def _fill_one(args):
     name, cc, rebuild = args
     global ANNOUNCE
     ANNOUNCE = False
-    from . import _launch
+    from . import _registry
 
-    spec = {s.name: s for s in _launch.all_kernels()}[name]
+    spec = {s.name: s for s in _registry.all_kernels()}[name]
     t = time.perf_counter()
     fault = os.environ.get("GPUCNN_CACHE_FAULT")    # the GPU check's own test makes one fail
     try:
@@ -226,9 +226,9 @@ def fill(cc, *, jobs: int | None = None, names=None, rebuild: bool = False, out=
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    from . import _launch
+    from . import _registry
 
-    specs = [s for s in _launch.all_kernels() if names is None or s.name in names]
+    specs = [s for s in _registry.all_kernels() if names is None or s.name in names]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(specs) or 1))
     cc = tuple(int(v) for v in cc)
     res = {}

@@ -1,11 +1,8 @@
-"""Kernel registry, array helpers and the launch paths of the cuda set.
+"""The launch paths of the cuda set, and the door its op modules import through.
 
-Every ``@cuda.jit`` kernel of the set is made by a *factory* registered with
-``@kernel_factory(variants)``: the factory takes compile-time parameters (dtype, tile or block
-sizes) and returns a ``KernelSpec``, i.e. the kernel's Python function plus its explicit Numba
-argument types. ``all_kernels()`` lists every kernel the launchers use with the default
-parameters; the PTX test compiles that list, so a new kernel cannot be forgotten (a test also
-checks that no module of the set calls ``cuda.jit`` on a kernel outside a factory).
+The op modules take what they need to define and launch kernels from here: the registry
+(``_registry``), the array helpers (``_arrays``) and the launches. Numba's argument ABI for the
+raw path is in ``_abi``.
 
 Three launch paths, chosen once per process:
 
@@ -30,198 +27,23 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import struct
 import threading
 import warnings
-from typing import Callable, NamedTuple
 
 import numpy as np
 from numba import types
-from numba.np import numpy_support
 
-from . import _cache
-from ._cache import cubin_bytes  # noqa: F401 (re-exported for the tests)
+from . import _abi, _cache, _runtime
+from ._abi import (_check_array, _pointer, _scalar, as_declared, c_strides, flat_param_types,
+                   make_packer, param_format, rank_shape)
+# the registry and array helpers, for the op modules (which import through this module)
+from ._arrays import (FLOAT_DTYPES, MAX_BLOCKS, NB_FLOAT, asarray, cdiv, check_rank,  # noqa: F401
+                      contig, dtname, dummy, empty, float_dtype, grid_1d, sm_count, to_host, xp)
+from ._registry import (KernelSpec, all_kernels, arr, float_variants,  # noqa: F401
+                        kernel_factory)
 from ._runtime import SIMULATOR, cp
 from ._runtime import numba_cuda as cuda
 
-#: The array module outputs live in: NumPy in the simulator (and when CuPy is missing, so
-#: that the set can be imported to compile PTX on a machine without a GPU), CuPy on a GPU.
-xp = cp if (cp is not None and not SIMULATOR) else np
-
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-NB_FLOAT = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
-_DT_NAMES = {dt: dt.name for dt in FLOAT_DTYPES}
-
-
-def dtname(dt) -> str:
-    """``dt.name`` of a float dtype, without NumPy's (Python-level, slow) name property: the
-    launchers call it once a launch to pick a kernel variant."""
-    return _DT_NAMES.get(dt) or np.dtype(dt).name
-
-
-#: Grid-stride kernels (elementwise, pooling) launch at most this many blocks and let each
-#: thread loop; about 30 blocks per SM of a 132-SM GPU. Tests lower it for the simulator, which
-#: runs one Python thread per CUDA thread.
-MAX_BLOCKS = 4096
-
-
-def cdiv(a: int, b: int) -> int:
-    """Ceiling division, for grid sizes (ints)."""
-    return -(-a // b)
-
-
-def grid_1d(n: int, block: int) -> tuple[int]:
-    """The grid of a grid-stride kernel over ``n`` elements (0 blocks: nothing to launch)."""
-    return (min(cdiv(n, block), MAX_BLOCKS),)
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry
-# ---------------------------------------------------------------------------------------------
-
-class KernelSpec(NamedTuple):
-    """One compiled-once kernel: a Python function (not yet jitted) and its argument types."""
-
-    name: str                 # unique, with its compile-time parameters, e.g. "act_fwd[float32]"
-    pyfunc: Callable
-    argtypes: tuple           # Numba types, one per kernel argument
-    launch_bounds: tuple | None = None   # (max threads per block, min blocks per SM) or None
-
-    @property
-    def sig(self):
-        return types.void(*self.argtypes)
-
-
-_FACTORIES: list = []
-
-
-def kernel_factory(variants: Callable[[], list]):
-    """Register a kernel factory; ``variants()`` gives the keyword sets the launchers use."""
-    def deco(fn):
-        cached = functools.lru_cache(maxsize=None)(fn)
-        _FACTORIES.append((f"{fn.__module__}.{fn.__name__}", cached, variants))
-        return cached
-    return deco
-
-
-def all_kernels() -> list[KernelSpec]:
-    """Every kernel of the set with the launchers' default compile-time parameters."""
-    from . import activation, conv, dropout, optim, pool, reduce, softmax  # noqa: F401 (register)
-
-    out, seen = [], set()
-    for _, factory, variants in _FACTORIES:
-        for kw in variants():
-            spec = factory(**kw)
-            if spec.name not in seen:
-                seen.add(spec.name)
-                out.append(spec)
-    return out
-
-
-def arr(dtype, ndim: int):
-    """The Numba type of a C-contiguous array argument."""
-    nb = dtype if isinstance(dtype, types.Type) else numpy_support.from_dtype(np.dtype(dtype))
-    return types.Array(nb, ndim, "C")
-
-
-def float_variants():
-    return [{"dtype": "float32"}, {"dtype": "float64"}]
-
-
-# ---------------------------------------------------------------------------------------------
-# Arrays
-# ---------------------------------------------------------------------------------------------
-
-def asarray(a, dtype=None):
-    """An array of this set (``a`` itself when it already is one with that dtype)."""
-    if isinstance(a, xp.ndarray) and (dtype is None or a.dtype == np.dtype(dtype)):
-        return a
-    if xp is np:
-        if cp is not None and isinstance(a, cp.ndarray):  # pragma: no cover - GPU only
-            a = cp.asnumpy(a)
-        return np.asarray(a, dtype=dtype)
-    return cp.asarray(a, dtype=dtype)
-
-
-def to_host(a):
-    """A NumPy array (copies from the device when needed)."""
-    if cp is not None and isinstance(a, cp.ndarray):
-        return cp.asnumpy(a)
-    return np.asarray(a)
-
-
-_F32, _F64 = FLOAT_DTYPES
-
-
-def float_dtype(op: str, a) -> np.dtype:
-    """The dtype of a floating input; TypeError for anything but float32/float64."""
-    dt = getattr(a, "dtype", None)
-    if dt is _F32 or dt is _F64:
-        return dt
-    dt = np.dtype(np.float64 if dt is None else dt)
-    if dt not in FLOAT_DTYPES:
-        raise TypeError(f"{op}: the cuda kernels take float32 or float64 arrays, got {dt}")
-    return dt
-
-
-def contig(a, dtype=None):
-    """A C-contiguous array of this set with ``dtype`` (a copy only when needed)."""
-    if type(a) is xp.ndarray and (dtype is None or a.dtype is dtype) and a.flags.c_contiguous:
-        return a
-    a = asarray(a)
-    if dtype is not None and a.dtype != dtype:
-        a = a.astype(dtype)
-    return xp.ascontiguousarray(a)
-
-
-#: Tests set this to prefill every output with NaN (float) or a negative sentinel (int), so that
-#: an element a kernel forgets to write cannot pass as a value.
-POISON = False
-
-
-def empty(shape, dtype):
-    """Allocate an output of this set (every launcher allocates through here)."""
-    a = xp.empty(shape, dtype=dtype)
-    if POISON:
-        a.fill(np.nan if np.dtype(dtype).kind == "f" else -7)
-    return a
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: int) -> int:
-    return int(cp.cuda.Device(device).attributes["MultiProcessorCount"])
-
-
-def sm_count() -> int:
-    """Streaming multiprocessors of the current device (132, an H100/H200, off a GPU)."""
-    if xp is np:
-        return 132
-    return _sm_count(cp.cuda.runtime.getDevice())
-
-
-_dummies: dict = {}
-
-
-def dummy(dtype, ndim: int = 1):
-    """A one-element array of ``dtype`` and rank ``ndim`` standing for an absent optional
-    argument (no bias, no momentum slot); allocated once per dtype, rank and device, never read
-    by the kernels."""
-    dev = cp.cuda.runtime.getDevice() if xp is not np else -1
-    key = (np.dtype(dtype).str, ndim, dev)
-    a = _dummies.get(key)
-    if a is None:
-        a = _dummies[key] = xp.zeros((1,) * ndim, dtype=dtype)
-    return a
-
-
-def check_rank(op: str, name: str, a, ndim: int, layout: str):
-    if a.ndim != ndim:
-        raise ValueError(f"{op}: {name} must be {ndim}-D {layout}, got shape {tuple(a.shape)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Launching
-# ---------------------------------------------------------------------------------------------
 
 def _default_path() -> str:
     if SIMULATOR:
@@ -233,6 +55,7 @@ def _default_path() -> str:
 
 
 _state = {"path": None, "launches": 0}
+
 _lock = threading.Lock()
 
 
@@ -259,11 +82,6 @@ def set_launch_path(path: str) -> str:
     return path
 
 
-def _scalar(ty, v):
-    """A Python/NumPy scalar converted to the exact NumPy type of the kernel argument."""
-    return np.dtype(str(ty)).type(v)
-
-
 @functools.lru_cache(maxsize=None)
 def _sim_kernel(spec: KernelSpec):
     return cuda.jit(spec.pyfunc)
@@ -272,123 +90,6 @@ def _sim_kernel(spec: KernelSpec):
 @functools.lru_cache(maxsize=None)
 def _numba_kernel(spec: KernelSpec):
     return cuda.jit(spec.sig, launch_bounds=spec.launch_bounds)(spec.pyfunc)
-
-
-def flat_param_types(argtypes) -> list[str]:
-    """The kernel's PTX parameter list as Numba lowers it (the ABI the raw path fills in).
-
-    An array argument becomes ``meminfo, parent, nitems, itemsize, data, shape[ndim],
-    strides[ndim]`` (pointers and int64s, strides in bytes); a scalar is passed by value.
-    Returns PTX parameter types ('u64', 'u32', 'f32', 'f64').
-    """
-    out = []
-    for ty in argtypes:
-        if isinstance(ty, types.Array):
-            out += ["u64"] * (5 + 2 * ty.ndim)
-        elif isinstance(ty, types.Integer):
-            out.append("u64" if ty.bitwidth == 64 else "u32")
-        elif ty == types.float32:
-            out.append("f32")
-        elif ty == types.float64:
-            out.append("f64")
-        else:  # pragma: no cover - the set only uses arrays, ints and floats
-            raise NotImplementedError(f"kernel argument type {ty}")
-    return out
-
-
-def rank_shape(shape, ndim: int) -> tuple:
-    """The shape of a C-contiguous array of ``shape`` seen with ``ndim`` axes: its leading axes
-    merged into the first (``(N, H, W, C)`` as 2 axes is ``(N*H*W, C)``). Kernels declare the
-    rank they index with; launchers pass contiguous arrays of that rank or higher, no reshape."""
-    shape = tuple(shape)
-    if len(shape) == ndim:
-        return shape
-    if len(shape) < ndim or ndim < 1:
-        raise TypeError(f"kernel argument: an array of shape {shape} cannot be seen with {ndim} "
-                        "axes")
-    lead = 1
-    for d in shape[:len(shape) - ndim + 1]:
-        lead *= d
-    return (lead,) + shape[len(shape) - ndim + 1:]
-
-
-def c_strides(shape, itemsize: int) -> tuple:
-    """Byte strides of a C-contiguous array of ``shape``."""
-    out, step = [], itemsize
-    for d in reversed(shape):
-        out.append(step)
-        step *= d
-    return tuple(reversed(out))
-
-
-_SEEN: dict = {}
-
-
-def _seen(shape, itemsize, ndim):
-    """``(rank_shape(shape, ndim), its C strides)``, remembered per shape (a step meets the same
-    few shapes again and again)."""
-    key = (shape, itemsize, ndim)
-    v = _SEEN.get(key)
-    if v is None:
-        s = rank_shape(shape, ndim)
-        v = (s, c_strides(s, itemsize))
-        if len(_SEEN) < 4096:
-            _SEEN[key] = v
-    return v
-
-
-def as_declared(ty, a):
-    """``a`` reshaped to the rank ``ty`` declares (a view; for the simulator's and Numba's
-    launchers, which take arrays as they are)."""
-    return a if a.ndim == ty.ndim else a.reshape(rank_shape(a.shape, ty.ndim))
-
-
-def flatten_args(argtypes, args) -> list:
-    """The raw path's argument list: each array expanded to Numba's array struct (an array of
-    higher rank than declared is seen with its leading axes merged: ``rank_shape``)."""
-    flat = []
-    for ty, a in zip(argtypes, args):
-        if isinstance(ty, types.Array):
-            if a.dtype != np.dtype(str(ty.dtype)) or a.ndim < ty.ndim or not a.flags.c_contiguous:
-                raise TypeError(f"kernel argument: expected a C-contiguous {ty}, got "
-                                f"{a.dtype} {a.ndim}-D (contiguous={a.flags.c_contiguous})")
-            shape = rank_shape(a.shape, ty.ndim)
-            flat += [np.uint64(0), np.uint64(0), np.int64(a.size), np.int64(a.itemsize),
-                     np.uint64(_data_ptr(a))]
-            flat += [np.int64(s) for s in shape]
-            flat += [np.int64(s) for s in c_strides(shape, a.itemsize)]
-        else:
-            flat.append(_scalar(ty, a))
-    return flat
-
-
-def _data_ptr(a) -> int:
-    if cp is not None and isinstance(a, cp.ndarray):
-        return a.data.ptr
-    return a.ctypes.data  # host arrays: only used by the ABI test, never launched
-
-
-_SLOT = {"int64": "q", "int32": "i4x", "uint64": "Q", "float32": "f4x", "float64": "d"}
-
-
-def param_format(argtypes) -> str:
-    """The ``struct`` format of the raw path's parameter buffer: one 8-byte slot per flat
-    parameter (``flat_param_types``), 4-byte values padded, little-endian."""
-    out = ["<"]
-    for ty in argtypes:
-        if isinstance(ty, types.Array):
-            out.append("QQqqQ" + "q" * (2 * ty.ndim))
-        else:
-            out.append(_SLOT[str(ty)])
-    return "".join(out)
-
-
-def _pointer(a) -> int:
-    """A device array's address (CuPy); a host NumPy array's for the CPU tests and benchmarks."""
-    try:
-        return a.data.ptr
-    except AttributeError:
-        return a.ctypes.data
 
 
 class _RawKernel:
@@ -448,53 +149,15 @@ class _RawKernel:
 
 _PAD3 = {1: lambda t: (t[0], 1, 1), 2: lambda t: (t[0], t[1], 1)}
 
-
-def _check_array(name, kind, a):
-    """TypeError unless ``a`` is a C-contiguous array of the declared dtype and at least the
-    declared rank: the kernels index by shape, so a strided view would be read wrongly."""
-    dt, nd = kind
-    if a.dtype != dt or a.ndim < nd or not a.flags.c_contiguous:
-        raise TypeError(f"{name}: expected a C-contiguous {nd}-D {dt} array, got {a.dtype} "
-                        f"{a.ndim}-D (C-contiguous: {a.flags.c_contiguous}, strides "
-                        f"{a.strides})")
-
-
-def make_packer(name, argtypes):
-    """``pack(args, buf)``: writes the flat parameters of ``args`` into ``buf`` with one
-    ``struct.pack_into``, from a function generated once per kernel (unrolled over its
-    arguments: no loop, no list, a dtype identity test and a contiguity test per array). A
-    slower exact check, which refuses the array with a TypeError, runs only when one fails."""
-    lines, items, env = [], [], {"pack_into": struct.pack_into, "fmt": param_format(argtypes),
-                                 "check": _check_array, "name": name, "seen": _seen}
-    names = [f"a{i}" for i in range(len(argtypes))]
-    for i, ty in enumerate(argtypes):
-        a = names[i]
-        if isinstance(ty, types.Array):
-            env[f"k{i}"] = (np.dtype(str(ty.dtype)), ty.ndim)
-            nd = ty.ndim
-            lines.append(f"    if {a}.dtype is not k{i}[0] or {a}.ndim < {nd} "
-                         f"or not {a}.flags.c_contiguous: check(name, k{i}, {a})")
-            lines.append(f"    p{i} = pointer({a})")
-            lines.append(f"    if {a}.ndim == {nd}:\n        s{i} = {a}.shape\n"
-                         f"        t{i} = {a}.strides\n    else:\n"
-                         f"        s{i}, t{i} = seen({a}.shape, {a}.itemsize, {nd})")
-            items.append(f"0, 0, {a}.size, {a}.itemsize, p{i}, *s{i}, *t{i}")
-        else:
-            items.append(a)
-    src = (f"def pack(args, buf):\n    {', '.join(names)}, = args\n" + "\n".join(lines)
-           + f"\n    pack_into(fmt, buf, 0, {', '.join(items)})\n")
-    env["pointer"] = lambda a: _pointer(a)      # late-bound: the CPU benchmark replaces it
-    exec(compile(src, f"<gpucnn packer {name}>", "exec"), env)
-    return env["pack"]
-
-
 _raw_cache: dict = {}
 
 #: ``{kernel name: "ExceptionType: message"}``: kernels that could not be loaded through CuPy
 #: and went to Numba's launcher instead (``backend_info()`` lists them). With ``STRICT`` (tests,
 #: ``python -m gpucnn.gpucheck``, ``GPUCNN_STRICT_LAUNCH=1``) such a kernel is an error instead.
 FELL_BACK: dict = {}
+
 STRICT = os.environ.get("GPUCNN_STRICT_LAUNCH", "") not in ("", "0")
+
 _failed: dict = {}     # (path, spec) -> the exception, so that a broken kernel fails fast
 
 
@@ -504,7 +167,11 @@ def fell_back() -> dict:
 
 
 def device_cc(device: int | None = None) -> tuple[int, int]:
-    """The compute capability of a CuPy device (the current one by default)."""
+    """The compute capability of a CuPy device (the current one by default); a RuntimeError
+    saying why there is none (also the ``compile_cache`` capability's ``device_cc``)."""
+    if cp is None:
+        raise RuntimeError("no GPU to read the compute capability from here "
+                           f"({_runtime._cupy_error or 'simulator on'})")
     dev = cp.cuda.runtime.getDevice() if device is None else device
     props = cp.cuda.runtime.getDeviceProperties(dev)
     return int(props["major"]), int(props["minor"])
@@ -657,7 +324,7 @@ class Prepared:
                + f"\n        launch_kernel(fptr, {g[0]}, {g[1]}, {g[2]}, {b[0]}, {b[1]}, {b[2]}, "
                "0, stream().ptr, params_ptr, 0)\n")
         env = {"slots": slots, "params": params, "params_ptr": ctypes.addressof(params),
-               "lock": threading.Lock(), "pointer": _pointer, "fptr": k.fptr,
+               "lock": threading.Lock(), "pointer": _abi._pointer, "fptr": k.fptr,
                "launch_kernel": k.launch_kernel, "stream": cp.cuda.get_current_stream}
         exec(compile(src, f"<gpucnn launch {self.spec.name}>", "exec"), env)
         return env["fire"]

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from . import _launch, activation, conv, dropout, gemm, optim, pool, reduce, softmax
+from . import _arrays, activation, conv, dropout, gemm, optim, pool, reduce, softmax
 from ._runtime import SIMULATOR
 
 #: (module, name) -> the small value.
@@ -26,7 +26,7 @@ SMALL = {
     (gemm, "TILE_NARROW"): gemm.GTile(16, 4, 2, 4, 4),    # 4 threads, reduction step 2
     (conv, "TARGET_BLOCKS"): 6,
     (conv, "MIN_SPLIT_STEPS"): 1,
-    (_launch, "MAX_BLOCKS"): 2,
+    (_arrays, "MAX_BLOCKS"): 2,
     (activation, "EW_BLOCK"): 32,
     (reduce, "COLSUM_BLOCK"): (4, 2),
     (reduce, "COLSUM_ROWS"): 16,

@@ -1,0 +1,175 @@
+"""Numba's kernel ABI, written by hand for the raw launch path.
+
+Numba lowers a kernel's array argument to a struct of ``meminfo, parent, nitems, itemsize,
+data, shape[ndim], strides[ndim]`` and a scalar to its value. The raw path fills a parameter
+buffer with these (one 8-byte slot each) and hands it to ``cuLaunchKernel``; the functions here
+say what goes in the slots (``flat_param_types``, ``flatten_args``, ``param_format``) and build
+the per-kernel packer that writes them (``make_packer``). ``tests/test_compile.py`` compares
+them with what Numba's own dispatcher passes, for every kernel.
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+from numba import types
+
+
+def _scalar(ty, v):
+    """A Python/NumPy scalar converted to the exact NumPy type of the kernel argument."""
+    return np.dtype(str(ty)).type(v)
+
+
+def flat_param_types(argtypes) -> list[str]:
+    """The kernel's PTX parameter list as Numba lowers it (the ABI the raw path fills in).
+
+    An array argument becomes ``meminfo, parent, nitems, itemsize, data, shape[ndim],
+    strides[ndim]`` (pointers and int64s, strides in bytes); a scalar is passed by value.
+    Returns PTX parameter types ('u64', 'u32', 'f32', 'f64').
+    """
+    out = []
+    for ty in argtypes:
+        if isinstance(ty, types.Array):
+            out += ["u64"] * (5 + 2 * ty.ndim)
+        elif isinstance(ty, types.Integer):
+            out.append("u64" if ty.bitwidth == 64 else "u32")
+        elif ty == types.float32:
+            out.append("f32")
+        elif ty == types.float64:
+            out.append("f64")
+        else:  # pragma: no cover - the set only uses arrays, ints and floats
+            raise NotImplementedError(f"kernel argument type {ty}")
+    return out
+
+
+def rank_shape(shape, ndim: int) -> tuple:
+    """The shape of a C-contiguous array of ``shape`` seen with ``ndim`` axes: its leading axes
+    merged into the first (``(N, H, W, C)`` as 2 axes is ``(N*H*W, C)``). Kernels declare the
+    rank they index with; launchers pass contiguous arrays of that rank or higher, no reshape."""
+    shape = tuple(shape)
+    if len(shape) == ndim:
+        return shape
+    if len(shape) < ndim or ndim < 1:
+        raise TypeError(f"kernel argument: an array of shape {shape} cannot be seen with {ndim} "
+                        "axes")
+    lead = 1
+    for d in shape[:len(shape) - ndim + 1]:
+        lead *= d
+    return (lead,) + shape[len(shape) - ndim + 1:]
+
+
+def c_strides(shape, itemsize: int) -> tuple:
+    """Byte strides of a C-contiguous array of ``shape``."""
+    out, step = [], itemsize
+    for d in reversed(shape):
+        out.append(step)
+        step *= d
+    return tuple(reversed(out))
+
+
+_SEEN: dict = {}
+
+
+def _seen(shape, itemsize, ndim):
+    """``(rank_shape(shape, ndim), its C strides)``, remembered per shape (a step meets the same
+    few shapes again and again)."""
+    key = (shape, itemsize, ndim)
+    v = _SEEN.get(key)
+    if v is None:
+        s = rank_shape(shape, ndim)
+        v = (s, c_strides(s, itemsize))
+        if len(_SEEN) < 4096:
+            _SEEN[key] = v
+    return v
+
+
+def as_declared(ty, a):
+    """``a`` reshaped to the rank ``ty`` declares (a view; for the simulator's and Numba's
+    launchers, which take arrays as they are)."""
+    return a if a.ndim == ty.ndim else a.reshape(rank_shape(a.shape, ty.ndim))
+
+
+def flatten_args(argtypes, args) -> list:
+    """The raw path's argument list: each array expanded to Numba's array struct (an array of
+    higher rank than declared is seen with its leading axes merged: ``rank_shape``)."""
+    flat = []
+    for ty, a in zip(argtypes, args):
+        if isinstance(ty, types.Array):
+            if a.dtype != np.dtype(str(ty.dtype)) or a.ndim < ty.ndim or not a.flags.c_contiguous:
+                raise TypeError(f"kernel argument: expected a C-contiguous {ty}, got "
+                                f"{a.dtype} {a.ndim}-D (contiguous={a.flags.c_contiguous})")
+            shape = rank_shape(a.shape, ty.ndim)
+            flat += [np.uint64(0), np.uint64(0), np.int64(a.size), np.int64(a.itemsize),
+                     np.uint64(_data_ptr(a))]
+            flat += [np.int64(s) for s in shape]
+            flat += [np.int64(s) for s in c_strides(shape, a.itemsize)]
+        else:
+            flat.append(_scalar(ty, a))
+    return flat
+
+
+def _data_ptr(a) -> int:
+    """A device array's address; a host array's for the ABI test (never launched)."""
+    return _pointer(a)
+
+
+_SLOT = {"int64": "q", "int32": "i4x", "uint64": "Q", "float32": "f4x", "float64": "d"}
+
+
+def param_format(argtypes) -> str:
+    """The ``struct`` format of the raw path's parameter buffer: one 8-byte slot per flat
+    parameter (``flat_param_types``), 4-byte values padded, little-endian."""
+    out = ["<"]
+    for ty in argtypes:
+        if isinstance(ty, types.Array):
+            out.append("QQqqQ" + "q" * (2 * ty.ndim))
+        else:
+            out.append(_SLOT[str(ty)])
+    return "".join(out)
+
+
+def _pointer(a) -> int:
+    """A device array's address (CuPy); a host NumPy array's for the CPU tests and benchmarks."""
+    try:
+        return a.data.ptr
+    except AttributeError:
+        return a.ctypes.data
+
+
+def _check_array(name, kind, a):
+    """TypeError unless ``a`` is a C-contiguous array of the declared dtype and at least the
+    declared rank: the kernels index by shape, so a strided view would be read wrongly."""
+    dt, nd = kind
+    if a.dtype != dt or a.ndim < nd or not a.flags.c_contiguous:
+        raise TypeError(f"{name}: expected a C-contiguous {nd}-D {dt} array, got {a.dtype} "
+                        f"{a.ndim}-D (C-contiguous: {a.flags.c_contiguous}, strides "
+                        f"{a.strides})")
+
+
+def make_packer(name, argtypes):
+    """``pack(args, buf)``: writes the flat parameters of ``args`` into ``buf`` with one
+    ``struct.pack_into``, from a function generated once per kernel (unrolled over its
+    arguments: no loop, no list, a dtype identity test and a contiguity test per array). A
+    slower exact check, which refuses the array with a TypeError, runs only when one fails."""
+    lines, items, env = [], [], {"pack_into": struct.pack_into, "fmt": param_format(argtypes),
+                                 "check": _check_array, "name": name, "seen": _seen}
+    names = [f"a{i}" for i in range(len(argtypes))]
+    for i, ty in enumerate(argtypes):
+        a = names[i]
+        if isinstance(ty, types.Array):
+            env[f"k{i}"] = (np.dtype(str(ty.dtype)), ty.ndim)
+            nd = ty.ndim
+            lines.append(f"    if {a}.dtype is not k{i}[0] or {a}.ndim < {nd} "
+                         f"or not {a}.flags.c_contiguous: check(name, k{i}, {a})")
+            lines.append(f"    p{i} = pointer({a})")
+            lines.append(f"    if {a}.ndim == {nd}:\n        s{i} = {a}.shape\n"
+                         f"        t{i} = {a}.strides\n    else:\n"
+                         f"        s{i}, t{i} = seen({a}.shape, {a}.itemsize, {nd})")
+            items.append(f"0, 0, {a}.size, {a}.itemsize, p{i}, *s{i}, *t{i}")
+        else:
+            items.append(a)
+    src = (f"def pack(args, buf):\n    {', '.join(names)}, = args\n" + "\n".join(lines)
+           + f"\n    pack_into(fmt, buf, 0, {', '.join(items)})\n")
+    env["pointer"] = lambda a: _pointer(a)      # late-bound: the CPU benchmark replaces it
+    exec(compile(src, f"<gpucnn packer {name}>", "exec"), env)
+    return env["pack"]
