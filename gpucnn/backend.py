@@ -17,7 +17,9 @@ import platform
 import numpy as np
 
 from gpucnn import kernels as _kernels
-from gpucnn.kernels import load_set
+from gpucnn.kernels import _precision, load_set
+from gpucnn.kernels._precision import (  # noqa: F401 (the precision setting, re-exported)
+    get_float32_matmul_precision, set_float32_matmul_precision)
 
 
 def names() -> tuple:
@@ -133,4 +135,5 @@ def backend_info() -> dict:
         # kernels that could not be loaded through CuPy and run through Numba's launcher
         cuda["fell_back"] = dict(kset.fell_back())
     info["cuda"] = cuda
+    info.update(_precision.describe())   # float32_matmul_precision, tf32, float32_conv
     return info

@@ -160,9 +160,9 @@ def mma_reference(shape: MmaShape, regs: dict) -> dict:
 WARP = 32
 #: How often (seconds) a lane waiting at a rendezvous checks that its warp can still arrive.
 POLL = 0.02
-#: How long (seconds) a missing lane must stay at ``syncthreads`` before the warp is called
-#: divergent: the simulator releases a barrier thread by thread, so a lane can be seen there for
-#: a moment after the others have left it (a lane that finished the kernel fails at once).
+#: How long (seconds) a missing lane must stay at ``syncthreads``, or not running, before the
+#: warp is called divergent: the simulator starts a block's threads and releases a barrier
+#: thread by thread, so a lane can be seen there for a moment while the others have moved on.
 STUCK_AFTER = 1.0
 
 
@@ -255,23 +255,24 @@ def warp_exchange(op: str, regs: tuple, compute: Callable) -> tuple:
 
 
 def _check_arrival(rnd, key, th, op, warp, stuck):
-    """Raise when a lane that has not arrived never will: it finished the kernel, or it has
-    waited at a barrier for ``STUCK_AFTER`` seconds (``stuck``: lane -> since when, kept by
-    the caller between checks)."""
+    """Raise when a lane that has not arrived never will: it has finished the kernel or waited
+    at a barrier for ``STUCK_AFTER`` seconds (``stuck``: lane -> since when, kept by the caller
+    between checks). A lane not running is given that time too: the simulator starts a block's
+    threads one by one, and a thread that raised is ended by the simulator's abort instead."""
     peers = _warp_peers(th, warp)
     now = time.monotonic()
     for lane in range(WARP):
         if lane in rnd.inputs:
             continue
         other = peers.get(lane)
-        if other is None or not other.is_alive():
-            why = "finished the kernel"
+        if other is None:
+            why = f"finished the kernel (not running for {STUCK_AFTER} s)"
         elif other.syncthreads_blocked:
-            if now - stuck.setdefault(lane, now) < STUCK_AFTER:
-                continue
             why = f"has waited at syncthreads for {STUCK_AFTER} s"
         else:
             stuck.pop(lane, None)
+            continue
+        if now - stuck.setdefault(lane, now) < STUCK_AFTER:
             continue
         _fail(rnd, key, f"{op}: divergent warp {warp} of block {tuple(th.blockIdx)}: "
               f"{len(rnd.inputs)} of its {WARP} lanes wait at {rnd.site[0]}:{rnd.site[1]} but "
