@@ -241,12 +241,12 @@ def _loader_a_weight(s: _Src, t: GTile, phase):
               "if m >= M:", f"    eky{j} = H   # never inside the image")
         s(f"dw_ = {umod(t.bk, 'WO')}", f"dt_ = {udiv(t.bk, 'WO')}",
           f"dh_ = {umod('dt_', 'HO')}", f"dn_ = {udiv('dt_', 'HO')} * H",
-          f"r = kbeg + {udiv('tid', tpr)}",
+          f"r = kbeg + {udiv('tid', tpr)}", f"kla = kend - {udiv('tid', tpr)}",
           f"ow0 = {umod('r', 'WO')}", "rt = " + udiv("r", "WO"),
           f"oh0 = {umod('rt', 'HO')}", f"nb0 = {udiv('rt', 'HO')} * H")
     elif phase == "load":
         s("ohs0 = oh0 * SH", "ows0 = ow0 * SW", "xb0 = ((nb0 + ohs0) * W + ows0) * C",
-          f"kv = k0 + {udiv('tid', tpr)} < kend")
+          "kv = k0 < kla")
         for j in range(len(cols)):
             s(f"va{j} = zero",
               f"if kv & (U(ohs0 + eky{j}) < U(H)) & (U(ows0 + ekx{j}) < U(W)):",
@@ -305,7 +305,8 @@ def loader_b(s: _Src, mode, t: GTile, fused, db, phase):
     if phase == "init":
         for i, (kr, c) in enumerate(rows):
             s(f"bc = n0 + {umod('tid', t.bn)} + {c}", f"cv{i} = bc < CO",
-              f"bo{i} = ({udiv('tid', t.bn)} + {kr}) * CO + bc")
+              f"bo{i} = ({udiv('tid', t.bn)} + {kr}) * CO + bc",
+              f"kl{i} = kend - ({udiv('tid', t.bn)} + {kr})   # row in range: k0 < kl")
             if db:
                 s(f"dbs{i} = zero")
         if mode == BWD_WEIGHT:
@@ -315,9 +316,8 @@ def loader_b(s: _Src, mode, t: GTile, fused, db, phase):
         if db:
             s("with_db = cuda.blockIdx.x == 0")
     elif phase == "load":
-        s(f"kr0 = k0 + {udiv('tid', t.bn)}")
         for i, (kr, c) in enumerate(rows):
-            s(f"vb{i} = zero", f"if cv{i} & (kr0 + {kr} < kend):")
+            s(f"vb{i} = zero", f"if cv{i} & (k0 < kl{i}):")
             if fused:
                 s(f"    o = U(bo{i} + kco)", f"    vb{i} = wmat[o]")
                 s.ind += 1
@@ -380,8 +380,9 @@ def mainloop(s: _Src, mode, t: GTile, fused, db):
     s("cuda.syncthreads()  # buffer 0 staged before any thread reads it",
       f"nsteps = {udiv(f'kend - kbeg + {t.bk - 1}', t.bk)}",
       "cur_a = S(0)", "cur_b = S(0)")
-    with s.block("for step in range(nsteps):"):
-        s("more = step + 1 < nsteps")
+    s("left = nsteps")
+    with s.block("while left > 0:   # int32 count: no 64-bit induction variable"):
+        s("left -= 1", "more = left > 0")
         with s.block("if more:"):
             s(f"k0 += {t.bk}")
             A("advance")
@@ -492,8 +493,8 @@ def generate(mode: int, tile: GTile, strided: bool, fused: bool) -> str:
 
 _INT_VAR = re.compile(r"^(\s*)(k0|k|kc|kx|ky|kt|lane|m|mt|ow|oh|nn|qx|qy|ko|kb|kco|kr0|ohs|ows|"
                       r"dc|dt_|dx|dy|dw_|dh_|dn_|bc|ci|wc|r|rt|orow|c|col|tt|M|NCOL|kbeg|kend|"
-                      r"nsteps|split|z|py|px|SHv|SWv|qy0|qx0|qyn|qxn|kqy|kqx|kqyd|kqxd|tid|tx|ty|"
-                      r"m0|n0|ty4|tx4|(?:hb|wb|ro|bo|ow|oh|nb|eky|ekx|rp|ohs|ows|xb)\d+)"
+                      r"nsteps|left|kla|split|z|py|px|SHv|SWv|qy0|qx0|qyn|qxn|kqy|kqx|kqyd|kqxd|tid|tx|ty|"
+                      r"m0|n0|ty4|tx4|(?:hb|wb|ro|bo|ow|oh|nb|eky|ekx|rp|ohs|ows|xb|kl)\d+)"
                       r" (=|\+=|-=) (.+?)(\s+#.*)?$")
 
 
