@@ -8,6 +8,8 @@ on NumPy arrays (``simulate.small_launches()`` gives them simulator-sized tiles)
   the epilogue), the input gradient (= transposed convolution) and the weight gradient (split-K
   partials reduced by ``reduce.column_sum``, no atomics); shared-memory A/B tiles, a register
   block per thread, tile sizes as parameters.
+- ``conv_tf32``: the same three GEMMs on TF32 tensor cores (``mma.sync`` through ``ptx``, the
+  one module that builds LLVM IR), opt-in by ``gpucnn.kernels._precision``.
 - ``pool``, ``activation``, ``softmax`` (one block per row, tree reductions; fused softmax +
   cross-entropy), ``dropout`` (the ``_rng`` hash on the device, bit-identical masks), ``optim``
   (fused SGD/Adam/RMSprop updates): grid-stride kernels.
@@ -31,6 +33,7 @@ from ._probe import probe
 from ._registry import all_kernels
 from ._runtime import scatter_add
 from .activation import act_backward, act_forward
+from . import conv_tf32  # noqa: F401 (registers the TF32 kernels: the compile tests build them)
 from .conv import (bias_grad, conv2d_backward_input, conv2d_backward_input_act,
                    conv2d_backward_weight, conv2d_backward_weight_bias, conv2d_forward)
 from ._devices import devices
