@@ -64,7 +64,14 @@ Dropout, counter-based and identical in both sets for the same ``seed`` and ``co
 
 Optimizer updates, in place on the parameter and its slots (``g`` is not modified), each
 Keras 3's formula; every one first applies Keras's decoupled weight decay
-``p -= p * (lr * weight_decay)`` (none when it is 0); ``lr`` is this step's learning rate
+``p -= p * (lr * weight_decay)`` (none when it is 0); ``lr`` is this step's learning rate.
+Every update is checked: an element whose gradient or new weight is not finite keeps its weight
+and slots, and the update records its ``tag`` (an int > 0) in ``flag`` (a one-element int64
+array of the set) unless a lower tag is there; an update that finds a tag below its own in
+``flag`` changes nothing (every update after a refused one is refused until the caller reads
+and clears the flag). Without a flag (None) an update that refused an element raises
+FloatingPointError. Each takes ``flag=None, tag=1`` after the arguments below; the
+``multi_update`` ones tag tensor ``i`` of their lists ``tag + i``.
     ``sgd_update(p, g, v, lr, momentum, nesterov, weight_decay)``  ``v`` may be None when
         momentum == 0
     ``adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, vhat=None)``  ``t`` is

@@ -378,32 +378,59 @@ def _p(rng, *shape):
     return _normal(rng, *shape)
 
 
+def _flag(v=0):
+    return np.array([v], np.int64)
+
+
+def _bad(rng, *shape):
+    """A gradient with a NaN and both infinities among finite values."""
+    g = _p(rng, *shape)
+    g.flat[[1, 4, -1]] = np.nan, np.inf, -np.inf
+    return g
+
+
+def _optim(rng, g, fl, tag, sgd_v=None):
+    """The three updates' arguments (flag and tag last) with gradients ``g(rng, shape)``."""
+    return dict(
+        sgd=(_p(rng, 4, 9), g(rng, 4, 9), sgd_v, 0.05, 0.0 if sgd_v is None else 0.9, True, 1e-2,
+             _flag(fl), tag),
+        adam=(_p(rng, 3, 7), g(rng, 3, 7), 0.1 * _p(rng, 3, 7), rng.random((3, 7)), 1e-2, 0.9,
+              0.999, 1e-7, 7, 1e-2, None, _flag(fl), tag),
+        rmsprop=(_p(rng, 5, 6), g(rng, 5, 6), rng.random((5, 6)), 1e-2, 0.9, 1e-7, 1e-3, None,
+                 0.0, None, None, _flag(fl), tag))
+
+
 OPTIMIZER_UPDATES = Op(
     "optimizer updates", "gpucnn.optimizers.Optimizer.apply_gradients", "",
     kernels={
         "sgd_update": Kernel(lambda i: i["sgd"],
-                             lambda i: ref_updated(ref_sgd_update, i["sgd"], (0, 2)), FWD, (0, 2),
+                             lambda i: ref_updated(ref_sgd_update, i["sgd"], (0, 2, 7), 7), FWD,
+                             (0, 2, 7),
                              "tests/test_keras_optimizers.py, tests/test_optim_kernels.py"),
         "adam_update": Kernel(lambda i: i["adam"],
-                              lambda i: ref_updated(ref_adam_update, i["adam"], (0, 2, 3)), FWD,
-                              (0, 2, 3),
+                              lambda i: ref_updated(ref_adam_update, i["adam"], (0, 2, 3, 11), 11),
+                              FWD, (0, 2, 3, 11),
                               "tests/test_keras_optimizers.py, tests/test_optim_kernels.py"),
         "rmsprop_update": Kernel(lambda i: i["rmsprop"],
-                                 lambda i: ref_updated(ref_rmsprop_update, i["rmsprop"], (0, 2)),
-                                 FWD, (0, 2),
+                                 lambda i: ref_updated(ref_rmsprop_update, i["rmsprop"], (0, 2, 11),
+                                                       11),
+                                 FWD, (0, 2, 11),
                                  "tests/test_keras_optimizers.py, tests/test_optim_kernels.py"),
     },
     samples=[
         _optim_sample("plain", lambda rng: dict(
-            sgd=(_p(rng, 4, 9), _p(rng, 4, 9), None, 0.05, 0.0, False, 0.0),
+            sgd=(_p(rng, 4, 9), _p(rng, 4, 9), None, 0.05, 0.0, False, 0.0, _flag(), 1),
             adam=(_p(rng, 3, 7), _p(rng, 3, 7), 0.1 * _p(rng, 3, 7), rng.random((3, 7)), 1e-2,
-                  0.9, 0.999, 1e-7, 1, 0.0),
-            rmsprop=(_p(rng, 5, 6), _p(rng, 5, 6), rng.random((5, 6)), 1e-2, 0.9, 1e-7, 0.0))),
-        _optim_sample("momentum-weight-decay", lambda rng: dict(
-            sgd=(_p(rng, 4, 9), _p(rng, 4, 9), _p(rng, 4, 9), 0.05, 0.9, True, 1e-2),
-            adam=(_p(rng, 3, 7), _p(rng, 3, 7), 0.1 * _p(rng, 3, 7), rng.random((3, 7)), 1e-2,
-                  0.9, 0.999, 1e-7, 7, 1e-2),
-            rmsprop=(_p(rng, 5, 6), _p(rng, 5, 6), rng.random((5, 6)), 1e-2, 0.9, 1e-7, 1e-3))),
+                  0.9, 0.999, 1e-7, 1, 0.0, None, _flag(), 1),
+            rmsprop=(_p(rng, 5, 6), _p(rng, 5, 6), rng.random((5, 6)), 1e-2, 0.9, 1e-7, 0.0,
+                     None, 0.0, None, None, _flag(), 1))),
+        _optim_sample("momentum-weight-decay",
+                      lambda rng: _optim(rng, _p, 0, 1, sgd_v=_p(rng, 4, 9))),
+        # the contract's check: non-finite gradients refused element by element (the flag
+        # takes the tag: 4 replaces a later 9), and an update after a refused one left alone
+        _optim_sample("non-finite-gradients-refused",
+                      lambda rng: _optim(rng, _bad, 9, 4, sgd_v=_p(rng, 4, 9))),
+        _optim_sample("after-a-refused-update", lambda rng: _optim(rng, _p, 3, 7)),
     ],
     notes="SGD, Adam, AdamW, RMSprop and Adagrad (on the RMSprop kernel) of gpucnn.optimizers",
     extra=["tests/test_keras_optimizers.py", "tests/test_optim_kernels.py"])

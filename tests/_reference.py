@@ -247,9 +247,25 @@ def ref_adagrad_update(p, g, a, lr, eps, weight_decay):
     p -= lr * g / np.sqrt(a + eps)
 
 
-def ref_updated(update, args, in_place):
+def ref_updated(update, args, in_place, flag=None):
     """The arrays at positions ``in_place`` of ``args`` after ``update(*args)`` on float64 copies
-    (``args`` are left alone)."""
-    args = [np.array(a, np.float64) if isinstance(a, np.ndarray) else a for a in args]
-    update(*args)
+    (``args`` are left alone). With ``flag``, the position of the contract's refusal flag (its
+    tag follows it), the contract's check around the formula: nothing changes when the flag
+    holds a lower tag; else an element whose gradient or new weight is not finite keeps its old
+    values, and the flag takes the tag unless a lower one is there."""
+    args = [(np.array(a, np.float64) if a.dtype.kind == "f" else a.copy())
+            if isinstance(a, np.ndarray) else a for a in args]
+    if flag is None:
+        update(*args)
+        return tuple(args[i] for i in in_place)
+    fl, tag = args[flag], args[flag + 1]
+    if not 0 < fl[0] < tag:
+        old = {i: args[i].copy() for i in in_place if args[i] is not None and i != flag}
+        with np.errstate(all="ignore"):
+            update(*args[:flag])
+        bad = ~np.isfinite(args[0]) | ~np.isfinite(args[1])
+        for i, a in old.items():
+            args[i][bad] = a[bad]
+        if bad.any() and not 0 < fl[0] < tag:
+            fl[0] = tag
     return tuple(args[i] for i in in_place)

@@ -9,7 +9,8 @@ a ``fit`` call's settings travel to it as one ``parallel.FitCall``.
 
 A step reads nothing back from the device unless the progress bar is about to show a value, the
 epoch ends, or a callback asks for batch-level logs. The loss is checked for NaN/inf whenever it is
-read (at every step on the NumPy backend, where reading is free, before the step's update).
+read (at every step on the NumPy backend, where reading is free, before the step's update), and
+so is the optimizer's flag of refused updates (``Optimizer.check_updates``).
 """
 from __future__ import annotations
 
@@ -235,6 +236,7 @@ class TrainingMixin(InputChecks):
             tracker.add(loss, b - a, lv, totals)
             if end or bar.due(step):
                 logs = tracker.values()
+                opt.check_updates("fit")           # the flag read with the loss
                 if not math.isfinite(logs["loss"]):
                     self._non_finite(logs["loss"], epoch, epochs, step, len(batches.bounds),
                                      checked, False)
@@ -249,6 +251,7 @@ class TrainingMixin(InputChecks):
             if self.stop_training:
                 break
         logs = tracker.values()
+        opt.check_updates("fit")
         if not math.isfinite(logs["loss"]):
             self._non_finite(logs["loss"], epoch, epochs, step, len(batches.bounds), checked, False)
         return logs
@@ -270,8 +273,8 @@ class TrainingMixin(InputChecks):
             detail = ("training stopped before this step's update, so the weights are those after the "
                       "previous step")
         else:
-            detail = (f"the loss is read only when it is shown, so it went bad after step {checked}; "
-                      "the weights may hold NaN/inf now")
+            detail = (f"the loss is read only when it is shown, so it went bad after step {checked} "
+                      "(no weight is ever given a NaN/inf: such updates are refused)")
         raise NonFiniteLossError(
             f"fit: the training loss is {value} at {where}; {detail}. Try a lower learning rate, "
             "check the data for extreme values, or use a loss that fits the model's output")
@@ -358,6 +361,7 @@ class TrainingMixin(InputChecks):
         if not math.isfinite(lv):
             raise NonFiniteLossError(f"{op}: the loss is {lv}; the weights were not updated")
         self.optimizer.apply_gradients(runner.params)
+        self.optimizer.check_updates(op)
         tracker.add(loss, xd.shape[0], lv, totals)
         return results(tracker.values(), return_dict)
 

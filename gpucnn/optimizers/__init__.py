@@ -33,7 +33,7 @@ from __future__ import annotations
 from gpucnn.optimizers import schedules
 from gpucnn.optimizers._args import class_of
 from gpucnn.optimizers.algorithms import SGD, Adagrad, Adam, AdamW, RMSprop
-from gpucnn.optimizers.optimizer import Optimizer
+from gpucnn.optimizers.optimizer import NonFiniteUpdateError, Optimizer
 from gpucnn.optimizers.schedules import (CosineDecay, ExponentialDecay, LearningRateSchedule,
                                          PiecewiseConstantDecay)
 from gpucnn.optimizers.schedules import deserialize as deserialize_schedule
@@ -73,6 +73,6 @@ def get(identifier) -> Optimizer:
     raise TypeError(f"an optimizer must be a name or an Optimizer, got {identifier!r}")
 
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get", "serialize",
-           "deserialize", "schedules", "LearningRateSchedule", "ExponentialDecay",
+__all__ = ["Optimizer", "NonFiniteUpdateError", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get",
+           "serialize", "deserialize", "schedules", "LearningRateSchedule", "ExponentialDecay",
            "PiecewiseConstantDecay", "CosineDecay"]

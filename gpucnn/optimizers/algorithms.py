@@ -27,11 +27,12 @@ class SGD(Optimizer):
 
     def _update(self, ks, p, g, lr, wd):
         v = self._slot_arrays(p)[0] if self.momentum else None
-        ks.sgd_update(p.data, g, v, lr, self.momentum, self.nesterov, wd)
+        ks.sgd_update(p.data, g, v, lr, self.momentum, self.nesterov, wd, **self._guard)
 
     def _update_many(self, ks, ps, gs, lr, wd):
         vs = [self._slot_arrays(p)[0] for p in ps] if self.momentum else None
-        ks.sgd_update_many([p.data for p in ps], gs, vs, lr, self.momentum, self.nesterov, wd)
+        ks.sgd_update_many([p.data for p in ps], gs, vs, lr, self.momentum, self.nesterov, wd,
+                           **self._guard)
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -68,14 +69,15 @@ class Adam(Optimizer):
         slots = self._slot_arrays(p)
         ks.adam_update(p.data, g, slots[0], slots[1], lr, self.beta_1, self.beta_2,
                        self.epsilon, self.iterations + 1, wd,
-                       vhat=slots[2] if self.amsgrad else None)
+                       vhat=slots[2] if self.amsgrad else None, **self._guard)
 
     def _update_many(self, ks, ps, gs, lr, wd):
         slots = [self._slot_arrays(p) for p in ps]
         ks.adam_update_many([p.data for p in ps], gs, [s[0] for s in slots],
                             [s[1] for s in slots], lr, self.beta_1, self.beta_2, self.epsilon,
                             self.iterations + 1, wd,
-                            vhats=[s[2] for s in slots] if self.amsgrad else None)
+                            vhats=[s[2] for s in slots] if self.amsgrad else None,
+                            **self._guard)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
@@ -128,7 +130,7 @@ class RMSprop(Optimizer):
         u = slots.pop(0) if self.momentum else None
         mg = slots.pop(0) if self.centered else None
         ks.rmsprop_update(p.data, g, v, lr, self.rho, self.epsilon, wd, u=u,
-                          momentum=self.momentum, mg=mg)
+                          momentum=self.momentum, mg=mg, **self._guard)
 
     def _update_many(self, ks, ps, gs, lr, wd):
         slots = [list(self._slot_arrays(p)) for p in ps]
@@ -136,7 +138,7 @@ class RMSprop(Optimizer):
         us = [s.pop(0) for s in slots] if self.momentum else None
         mgs = [s.pop(0) for s in slots] if self.centered else None
         ks.rmsprop_update_many([p.data for p in ps], gs, vs, lr, self.rho, self.epsilon, wd,
-                               us=us, momentum=self.momentum, mgs=mgs)
+                               us=us, momentum=self.momentum, mgs=mgs, **self._guard)
 
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
@@ -165,11 +167,11 @@ class Adagrad(Optimizer):
 
     def _update(self, ks, p, g, lr, wd):
         (a,) = self._slot_arrays(p)
-        ks.rmsprop_update(p.data, g, a, lr, 1.0, self.epsilon, wd, gain=1.0)
+        ks.rmsprop_update(p.data, g, a, lr, 1.0, self.epsilon, wd, gain=1.0, **self._guard)
 
     def _update_many(self, ks, ps, gs, lr, wd):
         ks.rmsprop_update_many([p.data for p in ps], gs, [self._slot_arrays(p)[0] for p in ps],
-                               lr, 1.0, self.epsilon, wd, gain=1.0)
+                               lr, 1.0, self.epsilon, wd, gain=1.0, **self._guard)
 
     def get_config(self):
         return {**super().get_config(),

@@ -11,6 +11,14 @@ from gpucnn.optimizers import schedules
 from gpucnn.optimizers.schedules import LearningRateSchedule
 from gpucnn.optimizers._args import number
 
+#: A step's updates are tagged ``(step + 1) * _PER_STEP + position`` (position from 1, in launch
+#: order), so tags grow with every update and a flag holding one names its step and tensor.
+_PER_STEP = 1 << 20
+
+
+class NonFiniteUpdateError(FloatingPointError, ValueError):
+    """An update was refused: a gradient or a new weight was not finite."""
+
 
 class Optimizer:
     """Base class. Keras's common arguments: ``learning_rate`` (a float >= 0 or a
@@ -38,6 +46,9 @@ class Optimizer:
         self._slots = {}  # id(param) -> (param, slot arrays in _slot_spec() order)
         self._no_decay_ids = set()
         self._no_decay_names = ()
+        self._flag = None     # the kernel set's refusal flag (an int64 array of one element)
+        self._names = []      # [(first step, weight names in launch order)] since the last read
+        self._guard = {}
 
     # -- learning rate ---------------------------------------------------------------------------
     @property
@@ -163,19 +174,62 @@ class Optimizer:
         if pairs:
             lr = self.learning_rate
             grads = self._clip([g for _, g in pairs], ks.xp)
-            if has(ks, "multi_update") and type(self)._update_many is not Optimizer._update_many:
-                groups = {}          # one multi-tensor launch per weight decay (MULTI tensors)
-                for (p, _), g in zip(pairs, grads):
-                    wd = self.weight_decay if self._decays(p) else 0.0
-                    groups.setdefault(wd, ([], []))
-                    groups[wd][0].append(p)
-                    groups[wd][1].append(g)
-                for wd, (ps, gs) in groups.items():
+            groups = {}             # one multi-tensor launch per weight decay (MULTI tensors)
+            for (p, _), g in zip(pairs, grads):
+                group = groups.setdefault(self.weight_decay if self._decays(p) else 0.0, ([], []))
+                group[0].append(p)
+                group[1].append(g)
+            order = [p for ps, _ in groups.values() for p in ps]
+            self._log_names(tuple(getattr(p, "name", None) or f"weight {i}"
+                                  for i, p in enumerate(order)))
+            if not isinstance(self._flag, ks.xp.ndarray):
+                self._flag = ks.xp.zeros(1, np.int64)
+            tag = (self.iterations + 1) * _PER_STEP + 1
+            many = has(ks, "multi_update") and type(self)._update_many is not Optimizer._update_many
+            for wd, (ps, gs) in groups.items():
+                if many:
+                    self._guard = {"flag": self._flag, "tag": tag}
                     self._update_many(ks, ps, gs, lr, wd)
-            else:
-                for (p, _), g in zip(pairs, grads):
-                    self._update(ks, p, g, lr, self.weight_decay if self._decays(p) else 0.0)
+                    tag += len(ps)
+                    continue
+                for p, g in zip(ps, gs):
+                    self._guard = {"flag": self._flag, "tag": tag}
+                    self._update(ks, p, g, lr, wd)
+                    tag += 1
         self.iterations += 1
+        if self._flag_on_host():
+            self.check_updates()
+
+    def _flag_on_host(self) -> bool:
+        """Whether reading the refusal flag is free (host memory): then every step reads it."""
+        return isinstance(self._flag, np.ndarray)
+
+    def _log_names(self, names):
+        if not self._names or self._names[-1][1] != names:
+            self._names.append((self.iterations, names))
+
+    def check_updates(self, op=None) -> None:
+        """Raise ``NonFiniteUpdateError`` when an update since the last check was refused (the
+        kernels leave a weight as it was where its gradient or new value is not finite, and
+        every later update until this read): the error names the first refused weight and step.
+        ``apply_gradients`` calls it at once when the flag is in host memory; on a device
+        ``fit`` and ``train_on_batch`` call it where they read the loss, so it adds no wait."""
+        flag = self._flag
+        tag = 0 if flag is None else int(backend.kernels().to_host(flag)[0])
+        if tag:
+            flag[...] = 0
+        names, self._names = self._names, self._names[-1:]
+        if not tag:
+            return
+        step, pos = divmod(tag, _PER_STEP)
+        seen = [n for first, n in names if first < step]
+        name = seen[-1][pos - 1] if seen and pos <= len(seen[-1]) else f"tag {tag}"
+        raise NonFiniteUpdateError(
+            f"{op or type(self).__name__}: the update of {name!r} at optimizer step {step} was "
+            "refused: its gradient or new value is not finite there, so those elements kept "
+            "their values, and every update after it until now was refused too (the weights are "
+            "those of that step). Try a lower learning rate, a larger epsilon or clipnorm, or "
+            "check the data for extreme values")
 
     step = apply_gradients
 
@@ -232,4 +286,4 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
-__all__ = ["Optimizer"]
+__all__ = ["Optimizer", "NonFiniteUpdateError"]

@@ -56,7 +56,10 @@ class ExponentialDecay(LearningRateSchedule):
         exponent = step / self.decay_steps
         if self.staircase:
             exponent = math.floor(exponent)
-        return self.initial_learning_rate * self.decay_rate ** exponent
+        try:
+            return self.initial_learning_rate * self.decay_rate ** exponent
+        except OverflowError:          # a growing rate past float's range (the update refuses it)
+            return math.inf
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate,

@@ -14,6 +14,14 @@ RMSprop  p -= lrwd * p;  s = rho s + gain g^2 (gain = 1 - rho);  centered: mg = 
 Hyperparameters are combined on the host in float64 and passed in the parameter's dtype;
 optional slots are switched by int64 flags (absent ones get a dummy array), so a float32 kernel
 holds no float64 constant.
+
+Every update is checked where it is computed, at no extra launch or synchronisation: an element
+whose gradient or new weight is not finite keeps its weight and slots and records the launch's
+``tag`` (one per tensor) in the one-element int64 ``flag`` in device memory (compare-and-swap,
+the lowest tag kept); a launch that finds a lower tag there returns at once, so every update
+after a refused one is refused too, inside a CUDA graph as well. The host reads the flag when it
+reads the loss anyway (``Optimizer.check_updates``). Without a flag a launcher makes one and
+reads it back at once (a synchronisation), raising FloatingPointError.
 """
 from __future__ import annotations
 
@@ -29,6 +37,16 @@ from ._runtime import numba_cuda as cuda
 
 #: Threads per block of the grid-stride update kernels.
 OPTIM_BLOCK = 256
+#: The refusal flag's type: one int64 in device memory, 0 until an update is refused.
+FLAG = arr("int64", 1)
+
+
+@cuda.jit(device=True, inline="always")
+def refused_before(flag, tag):
+    """Whether an update tagged below ``tag`` was refused (then this one is too): one load,
+    the same for every thread of a launch, so the launch changes nothing."""
+    f = flag[0]
+    return f != 0 and f < tag
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,24 +57,39 @@ def element_updates(dtype: str):
     dt = NB_FLOAT[np.dtype(dtype)]
 
     @cuda.jit(device=True, inline="always")
-    def sgd_elem(p, g, v, i, lr, mu, lrwd, nesterov, use_v, use_wd):
+    def refuse(flag, tag):
+        """Record the refused update ``tag`` in ``flag[0]`` unless an earlier tag is there."""
+        old = flag[0]
+        while old == 0 or old > tag:
+            seen = cuda.atomic.cas(flag, 0, old, tag)
+            if seen == old:
+                break
+            old = seen
+
+    @cuda.jit(device=True, inline="always")
+    def sgd_elem(p, g, v, i, lr, mu, lrwd, nesterov, use_v, use_wd, flag, tag):
         pi = p[i]
         if use_wd != 0:
             pi = pi - pi * lrwd                          # decoupled weight decay
         gi = g[i]
+        vi = gi
         if use_v != 0:
             vi = mu * v[i] - lr * gi
-            v[i] = vi
             if nesterov != 0:
                 pi = pi + (mu * vi - lr * gi)
             else:
                 pi = pi + vi
         else:
             pi = pi - lr * gi
-        p[i] = pi
+        if math.isfinite(gi) and math.isfinite(pi):      # else the element stays as it was
+            p[i] = pi
+            if use_v != 0:
+                v[i] = vi
+        else:
+            refuse(flag, tag)
 
     @cuda.jit(device=True, inline="always")
-    def adam_elem(p, g, m, v, vhat, i, lrwd, omb1, omb2, alpha, eps, use_vhat, use_wd):
+    def adam_elem(p, g, m, v, vhat, i, lrwd, omb1, omb2, alpha, eps, use_vhat, use_wd, flag, tag):
         pi = p[i]
         if use_wd != 0:
             pi = pi - pi * lrwd                          # decoupled weight decay
@@ -65,38 +98,48 @@ def element_updates(dtype: str):
         mi = mi + (gi - mi) * omb1
         vi = v[i]
         vi = vi + (gi * gi - vi) * omb2
-        m[i] = mi
-        v[i] = vi
+        vh = vi
         if use_vhat != 0:                                # amsgrad: the running maximum of v
             vh = vhat[i]
             if vi > vh:
                 vh = vi
-            vhat[i] = vh
-            vi = vh
-        p[i] = pi - mi * alpha / (dt(math.sqrt(vi)) + eps)
+        pi = pi - mi * alpha / (dt(math.sqrt(vh)) + eps)
+        if math.isfinite(gi) and math.isfinite(pi):      # else the element stays as it was
+            p[i] = pi
+            m[i] = mi
+            v[i] = vi
+            if use_vhat != 0:
+                vhat[i] = vh
+        else:
+            refuse(flag, tag)
 
     @cuda.jit(device=True, inline="always")
-    def rmsprop_elem(p, g, s, mg, u, i, lr, rho, gain, mu, eps, lrwd, use_mg, use_u, use_wd):
+    def rmsprop_elem(p, g, s, mg, u, i, lr, rho, gain, mu, eps, lrwd, use_mg, use_u, use_wd,
+                     flag, tag):
         pi = p[i]
         if use_wd != 0:
             pi = pi - pi * lrwd                          # decoupled weight decay
         gi = g[i]
         si = rho * s[i] + gain * (gi * gi)
-        s[i] = si
+        mgi = gi
         if use_mg != 0:
             mgi = rho * mg[i] + gain * gi
-            mg[i] = mgi
             d = si - mgi * mgi + eps
         else:
             d = si + eps
         step = lr * gi / dt(math.sqrt(d))
         if use_u != 0:
-            ui = mu * u[i] + step
-            u[i] = ui
-            pi = pi - ui
+            step = mu * u[i] + step
+        pi = pi - step
+        if math.isfinite(gi) and math.isfinite(pi):      # else the element stays as it was
+            p[i] = pi
+            s[i] = si
+            if use_mg != 0:
+                mg[i] = mgi
+            if use_u != 0:
+                u[i] = step
         else:
-            pi = pi - step
-        p[i] = pi
+            refuse(flag, tag)
 
     return {"sgd": sgd_elem, "adam": adam_elem, "rmsprop": rmsprop_elem}
 
@@ -109,42 +152,50 @@ FAMILIES = {"sgd": (3, "fffnnn"), "adam": (5, "fffffnn"), "rmsprop": (5, "ffffff
 def sgd_kernel(dtype):
     sgd_elem = element_updates(dtype)["sgd"]
 
-    def sgd_k(p, g, v, lr, mu, lrwd, nesterov, use_v, use_wd):
+    def sgd_k(p, g, v, lr, mu, lrwd, nesterov, use_v, use_wd, flag, tag):
         """In place on flat p (and v when use_v); g read only. One thread per element."""
+        if refused_before(flag, tag):
+            return
         for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-            sgd_elem(p, g, v, i, lr, mu, lrwd, nesterov, use_v, use_wd)
+            sgd_elem(p, g, v, i, lr, mu, lrwd, nesterov, use_v, use_wd, flag, tag)
 
     a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
-    return KernelSpec(f"sgd[{dtype}]", sgd_k, (a, a, a, f, f, f, n, n, n))
+    return KernelSpec(f"sgd[{dtype}]", sgd_k, (a, a, a, f, f, f, n, n, n, FLAG, n))
 
 
 @kernel_factory(float_variants)
 def adam_kernel(dtype):
     adam_elem = element_updates(dtype)["adam"]
 
-    def adam_k(p, g, m, v, vhat, lrwd, omb1, omb2, alpha, eps, use_vhat, use_wd):
+    def adam_k(p, g, m, v, vhat, lrwd, omb1, omb2, alpha, eps, use_vhat, use_wd, flag, tag):
         """In place on flat p, m, v (and vhat when use_vhat): lrwd = lr * weight_decay,
         omb1 = 1 - b1, omb2 = 1 - b2, alpha = lr * sqrt(1 - b2^t) / (1 - b1^t). One thread
         per element."""
+        if refused_before(flag, tag):
+            return
         for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-            adam_elem(p, g, m, v, vhat, i, lrwd, omb1, omb2, alpha, eps, use_vhat, use_wd)
+            adam_elem(p, g, m, v, vhat, i, lrwd, omb1, omb2, alpha, eps, use_vhat, use_wd, flag,
+                      tag)
 
     a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
-    return KernelSpec(f"adam[{dtype}]", adam_k, (a,) * 5 + (f,) * 5 + (n, n))
+    return KernelSpec(f"adam[{dtype}]", adam_k, (a,) * 5 + (f,) * 5 + (n, n, FLAG, n))
 
 
 @kernel_factory(float_variants)
 def rmsprop_kernel(dtype):
     rmsprop_elem = element_updates(dtype)["rmsprop"]
 
-    def rmsprop_k(p, g, s, mg, u, lr, rho, gain, mu, eps, lrwd, use_mg, use_u, use_wd):
+    def rmsprop_k(p, g, s, mg, u, lr, rho, gain, mu, eps, lrwd, use_mg, use_u, use_wd, flag, tag):
         """In place on flat p and s (mg when use_mg: centered; u when use_u: momentum).
         One thread per element."""
+        if refused_before(flag, tag):
+            return
         for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-            rmsprop_elem(p, g, s, mg, u, i, lr, rho, gain, mu, eps, lrwd, use_mg, use_u, use_wd)
+            rmsprop_elem(p, g, s, mg, u, i, lr, rho, gain, mu, eps, lrwd, use_mg, use_u, use_wd,
+                         flag, tag)
 
     a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
-    return KernelSpec(f"rmsprop[{dtype}]", rmsprop_k, (a,) * 5 + (f,) * 6 + (n, n, n))
+    return KernelSpec(f"rmsprop[{dtype}]", rmsprop_k, (a,) * 5 + (f,) * 6 + (n, n, n, FLAG, n))
 
 
 #: Tensors one multi-tensor launch updates (their arrays and sizes are kernel parameters:
@@ -168,18 +219,22 @@ def multi_update_kernel(family: str, dtype: str):
     arrays = [[f"a{t}_{k}" for k in range(nk)] for t in range(MULTI)]
     ends = [f"e{t}" for t in range(MULTI)]
     scalars = [f"s{j}" for j in range(len(scal))]
-    params = [a for group in arrays for a in group] + ends + scalars
+    params = [a for group in arrays for a in group] + ends + scalars + ["flag", "tag"]
     lines = [f"def multi_k({', '.join(params)}):",
+             "    if refused_before(flag, tag):",
+             "        return",
              f"    for i in range(cuda.grid(1), e{MULTI - 1}, cuda.gridsize(1)):"]
     for t in range(MULTI):
         head = "if" if t == 0 else "elif"
         start = "i" if t == 0 else f"i - e{t - 1}"
         lines.append(f"        {head} i < e{t}:")
-        lines.append(f"            elem({', '.join(arrays[t])}, {start}, {', '.join(scalars)})")
-    env = {"cuda": cuda, "elem": elem}
+        lines.append(f"            elem({', '.join(arrays[t])}, {start}, {', '.join(scalars)}, "
+                     f"flag, tag + {t})")
+    env = {"cuda": cuda, "elem": elem, "refused_before": refused_before}
     exec(compile("\n".join(lines) + "\n", f"<gpucnn multi-tensor {family}>", "exec"), env)
     a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
-    argtypes = (a,) * (nk * MULTI) + (n,) * MULTI + tuple(f if c == "f" else n for c in scal)
+    argtypes = ((a,) * (nk * MULTI) + (n,) * MULTI + tuple(f if c == "f" else n for c in scal)
+                + (FLAG, n))
     return KernelSpec(f"multi_{family}[{dtype},{MULTI}]", env["multi_k"], argtypes)
 
 
@@ -227,7 +282,19 @@ def _slot(io, name, dt):
     return io.flat[name] if name in io.flat else dummy(dt)
 
 
-def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
+def _own_flag(flag):
+    """The refusal flag to launch with: ``flag``, or a new one the launcher reads back."""
+    return xp.zeros(1, np.int64) if flag is None else flag
+
+
+def _read_own(op, flag, own):
+    """Without a caller's flag, read the launcher's own (a synchronisation) and raise."""
+    if flag is None and int(to_host(own)[0]):
+        raise FloatingPointError(f"{op}: the new weight is not finite at some elements; they "
+                                 "were left as they were")
+
+
+def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay, flag=None, tag=1):
     """SGD as Keras 3 writes it (decoupled weight decay), in place on ``p`` and ``v``."""
     op = "sgd_update"
     lr, momentum, lrwd = float(lr), float(momentum), float(lr) * float(weight_decay)
@@ -237,13 +304,15 @@ def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
     io = _InPlace(op, p, v=v if use_v else None)
     dt = io.dt
     gf = _grad(op, g, p.shape, dt)
-    pf = io.flat["p"]
+    pf, own = io.flat["p"], _own_flag(flag)
     launch(sgd_kernel(dtname(dt)), *_grid(pf.size), pf, gf, _slot(io, "v", dt), lr, momentum, lrwd,
-           int(bool(nesterov)), int(use_v), int(lrwd != 0.0))
+           int(bool(nesterov)), int(use_v), int(lrwd != 0.0), own, int(tag))
     io.done()
+    _read_own(op, flag, own)
 
 
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, vhat=None):
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, vhat=None, flag=None,
+                tag=1):
     """Adam as Keras 3 writes it (amsgrad when ``vhat`` is given), in place on ``p``, ``m``,
     ``v`` (and ``vhat``)."""
     op = "adam_update"
@@ -254,17 +323,18 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, vhat=None):
     io = _InPlace(op, p, m=m, v=v, vhat=vhat)
     dt = io.dt
     gf = _grad(op, g, p.shape, dt)
-    pf = io.flat["p"]
+    pf, own = io.flat["p"], _own_flag(flag)
     lrwd = lr * float(weight_decay)
     alpha = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
     launch(adam_kernel(dtname(dt)), *_grid(pf.size), pf, gf, io.flat["m"], io.flat["v"],
            _slot(io, "vhat", dt), lrwd, 1.0 - beta1, 1.0 - beta2, alpha, float(eps),
-           int(vhat is not None), int(lrwd != 0.0))
+           int(vhat is not None), int(lrwd != 0.0), own, int(tag))
     io.done()
+    _read_own(op, flag, own)
 
 
 def rmsprop_update(p, g, s, lr, rho, eps, weight_decay, u=None, momentum=0.0, mg=None,
-                   gain=None):
+                   gain=None, flag=None, tag=1):
     """RMSprop as Keras 3 writes it (momentum with ``u``, centered with ``mg``; Adagrad with
     ``rho = gain = 1``), in place on ``p``, ``s`` (and ``u``, ``mg``)."""
     op = "rmsprop_update"
@@ -276,12 +346,13 @@ def rmsprop_update(p, g, s, lr, rho, eps, weight_decay, u=None, momentum=0.0, mg
     io = _InPlace(op, p, s=s, mg=mg, u=u if use_u else None)
     dt = io.dt
     gf = _grad(op, g, p.shape, dt)
-    pf = io.flat["p"]
+    pf, own = io.flat["p"], _own_flag(flag)
     lrwd = lr * float(weight_decay)
     launch(rmsprop_kernel(dtname(dt)), *_grid(pf.size), pf, gf, io.flat["s"], _slot(io, "mg", dt),
            _slot(io, "u", dt), lr, rho, gain, momentum, float(eps), lrwd, int(mg is not None),
-           int(use_u), int(lrwd != 0.0))
+           int(use_u), int(lrwd != 0.0), own, int(tag))
     io.done()
+    _read_own(op, flag, own)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,9 +382,10 @@ def _multi_arrays(op, groups, names):
     return out, dt
 
 
-def _launch_multi(family, groups, dt, scalars):
+def _launch_multi(op, family, groups, dt, scalars, flag, tag):
     """Launch ``multi_update_kernel`` over ``groups`` (per tensor, its flat arrays), MULTI
-    tensors a launch."""
+    tensors a launch, tensor ``t`` tagged ``tag + t``."""
+    own = _own_flag(flag)
     nk = FAMILIES[family][0]
     spec = multi_update_kernel(family, dtname(dt))
     filler = [dummy(dt)] * nk
@@ -327,10 +399,11 @@ def _launch_multi(family, groups, dt, scalars):
             continue
         ends += [total] * (MULTI - len(chunk))
         args = [a for arrays in chunk for a in arrays] + filler * (MULTI - len(chunk))
-        launch(spec, *_grid(total), *args, *ends, *scalars)
+        launch(spec, *_grid(total), *args, *ends, *scalars, own, int(tag) + c0)
+    _read_own(op, flag, own)
 
 
-def sgd_update_many(ps, gs, vs, lr, momentum, nesterov, weight_decay):
+def sgd_update_many(ps, gs, vs, lr, momentum, nesterov, weight_decay, flag=None, tag=1):
     """``sgd_update`` of every tensor of ``ps`` (gradients ``gs``, momentum slots ``vs`` or
     None) with the same hyperparameters, MULTI tensors a launch."""
     op = "sgd_update_many"
@@ -340,11 +413,12 @@ def sgd_update_many(ps, gs, vs, lr, momentum, nesterov, weight_decay):
         raise ValueError(f"{op}: vs expected an array per tensor when momentum != 0")
     vs = vs if use_v else [None] * len(ps)
     groups, dt = _multi_arrays(op, list(zip(ps, gs, vs)), ("p", "g", "v"))
-    _launch_multi("sgd", groups, dt, (lr, momentum, lrwd, int(bool(nesterov)), int(use_v),
-                                      int(lrwd != 0.0)))
+    _launch_multi(op, "sgd", groups, dt, (lr, momentum, lrwd, int(bool(nesterov)), int(use_v),
+                                          int(lrwd != 0.0)), flag, tag)
 
 
-def adam_update_many(ps, gs, ms, vs, lr, beta1, beta2, eps, t, weight_decay, vhats=None):
+def adam_update_many(ps, gs, ms, vs, lr, beta1, beta2, eps, t, weight_decay, vhats=None,
+                     flag=None, tag=1):
     """``adam_update`` of every tensor, MULTI tensors a launch."""
     op = "adam_update_many"
     lr, beta1, beta2, t = float(lr), float(beta1), float(beta2), int(t)
@@ -354,12 +428,13 @@ def adam_update_many(ps, gs, ms, vs, lr, beta1, beta2, eps, t, weight_decay, vha
     groups, dt = _multi_arrays(op, list(zip(ps, gs, ms, vs, vhats)), ("p", "g", "m", "v", "vhat"))
     lrwd = lr * float(weight_decay)
     alpha = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
-    _launch_multi("adam", groups, dt, (lrwd, 1.0 - beta1, 1.0 - beta2, alpha, float(eps),
-                                       int(vhats[0] is not None), int(lrwd != 0.0)))
+    _launch_multi(op, "adam", groups, dt, (lrwd, 1.0 - beta1, 1.0 - beta2, alpha, float(eps),
+                                           int(vhats[0] is not None), int(lrwd != 0.0)),
+                  flag, tag)
 
 
 def rmsprop_update_many(ps, gs, ss, lr, rho, eps, weight_decay, us=None, momentum=0.0,
-                        mgs=None, gain=None):
+                        mgs=None, gain=None, flag=None, tag=1):
     """``rmsprop_update`` of every tensor, MULTI tensors a launch."""
     op = "rmsprop_update_many"
     lr, rho, momentum = float(lr), float(rho), float(momentum)
@@ -371,5 +446,6 @@ def rmsprop_update_many(ps, gs, ss, lr, rho, eps, weight_decay, us=None, momentu
     mgs = mgs if mgs is not None else [None] * len(ps)
     groups, dt = _multi_arrays(op, list(zip(ps, gs, ss, mgs, us)), ("p", "g", "s", "mg", "u"))
     lrwd = lr * float(weight_decay)
-    _launch_multi("rmsprop", groups, dt, (lr, rho, gain, momentum, float(eps), lrwd,
-                                          int(mgs[0] is not None), int(use_u), int(lrwd != 0.0)))
+    _launch_multi(op, "rmsprop", groups, dt, (lr, rho, gain, momentum, float(eps), lrwd,
+                                              int(mgs[0] is not None), int(use_u),
+                                              int(lrwd != 0.0)), flag, tag)

@@ -7,9 +7,17 @@ learning rate); a weight decay of 0 leaves ``p`` untouched, infinities included.
 are taken as Python floats, so a float32 parameter stays float32 (a NumPy float64 scalar would
 otherwise promote every temporary); the few products of hyperparameters (``lr * weight_decay``,
 Adam's ``alpha``) are formed in float64 on the host.
+
+Every update is checked (the contract's rule, as the cuda set keeps it): the new values are
+computed beside the old ones and written back except at the elements whose new weight is not
+finite (a non-finite gradient always gives one), which keep the weight and its slots; ``flag``
+records the first refused update's ``tag``, and an update finding an earlier tag there changes
+nothing. The check is one sum over the new weight (the element mask only when that sum is not
+finite) and one copy per written array.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -34,14 +42,52 @@ def _need(op, name, a, why):
         raise ValueError(f"{op}: {name} expected an array when {why}, got None")
 
 
-def _decay(p, lr, weight_decay):
-    """Keras's decoupled weight decay, in place: ``p -= p * (lr * weight_decay)``."""
+def _decayed(p, lr, weight_decay):
+    """Keras's decoupled weight decay, ``p - p * (lr * weight_decay)``, as a new array (``p``
+    itself when there is none)."""
     lrwd = lr * weight_decay
-    if lrwd:
-        p -= np.multiply(p, lrwd, dtype=p.dtype)
+    return p - np.multiply(p, lrwd, dtype=p.dtype) if lrwd else p
 
 
-def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
+def _quiet(update):
+    """``update`` without NumPy's warnings on NaN/inf: they are the check's business."""
+    @functools.wraps(update)
+    def run(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return update(*args, **kwargs)
+    return run
+
+
+def _refused_before(flag, tag):
+    """Whether ``flag`` holds the tag of an earlier refused update (every later one is refused)."""
+    return flag is not None and 0 < int(flag[0]) < int(tag)
+
+
+def _commit(op, p, new_p, slots, flag, tag):
+    """Write ``new_p`` into ``p`` and each ``(slot, new)`` pair, except at the elements where
+    ``new_p`` is not finite, which keep their old values; such an element sets ``flag[0]`` to
+    ``tag`` (unless an earlier tag is there), or raises FloatingPointError without a flag."""
+    bad = None if np.isfinite(new_p.sum()) else ~np.isfinite(new_p)
+    if bad is None or not bad.any():
+        p[...] = new_p
+        for a, new in slots:
+            a[...] = new
+        return
+    keep = ~bad
+    np.copyto(p, new_p, where=keep)
+    for a, new in slots:
+        np.copyto(a, new, where=keep)
+    if flag is None:
+        first = np.unravel_index(int(np.argmax(bad)), p.shape)
+        raise FloatingPointError(f"{op}: the new weight is not finite at {int(bad.sum())} of "
+                                 f"{p.size} elements (the first at index {first}); they were "
+                                 "left as they were")
+    if not 0 < int(flag[0]) < int(tag):
+        flag[0] = tag
+
+
+@_quiet
+def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay, flag=None, tag=1):
     """SGD as Keras 3 writes it, in place on ``p`` and ``v``::
 
         p -= p * (lr * weight_decay)                 decoupled decay, first
@@ -55,22 +101,27 @@ def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
     if momentum != 0.0:
         _need(op, "v", v, "momentum != 0")
     _check(op, p, g, **({} if v is None else {"v": v}))
-    _decay(p, lr, weight_decay)
+    if _refused_before(flag, tag):
+        return
+    pd = _decayed(p, lr, weight_decay)
     step = np.multiply(g, lr, dtype=p.dtype)             # lr * g
     if momentum == 0.0:
-        p -= step
+        _commit(op, p, np.subtract(pd, step, out=step), (), flag, tag)
         return
-    v *= momentum
-    v -= step                                            # v = momentum * v - lr * g
+    new_v = np.multiply(v, momentum, dtype=p.dtype)
+    new_v -= step                                        # v = momentum * v - lr * g
     if nesterov:
-        tmp = np.multiply(v, momentum, dtype=p.dtype)
-        tmp -= step                                      # momentum * v - lr * g
-        p += tmp
+        nes = np.multiply(new_v, momentum, dtype=p.dtype)
+        nes -= step                                      # momentum * v - lr * g
+        new_p = np.add(pd, nes, out=nes)
     else:
-        p += v
+        new_p = np.add(pd, new_v, out=step)
+    _commit(op, p, new_p, ((v, new_v),), flag, tag)
 
 
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, vhat=None):
+@_quiet
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, vhat=None, flag=None,
+                tag=1):
     """Adam as Keras 3 writes it (``t`` is the 1-based step), in place on p, m, v (and vhat)::
 
         p -= p * (lr * weight_decay)                 decoupled decay, first (AdamW)
@@ -91,26 +142,32 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, vhat=None):
     if t < 1:
         raise ValueError(f"{op}: t expected the 1-based step >= 1, got {t}")
     _check(op, p, g, m=m, v=v, vhat=vhat)
-    _decay(p, lr, weight_decay)
+    if _refused_before(flag, tag):
+        return
+    pd = _decayed(p, lr, weight_decay)
     alpha = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
-    tmp = np.subtract(g, m, dtype=p.dtype)
-    tmp *= 1.0 - beta1
-    m += tmp                                             # m += (g - m) * (1 - beta1)
-    np.multiply(g, g, out=tmp)
-    tmp -= v
-    tmp *= 1.0 - beta2
-    v += tmp                                             # v += (g^2 - v) * (1 - beta2)
+    new_m = np.subtract(g, m, dtype=p.dtype)
+    new_m *= 1.0 - beta1
+    new_m += m                                           # m + (g - m) * (1 - beta1)
+    new_v = np.multiply(g, g, dtype=p.dtype)
+    new_v -= v
+    new_v *= 1.0 - beta2
+    new_v += v                                           # v + (g^2 - v) * (1 - beta2)
+    slots = [(m, new_m), (v, new_v)]
+    den = new_v
     if vhat is not None:
-        np.maximum(vhat, v, out=vhat)
-    np.sqrt(v if vhat is None else vhat, out=tmp)
+        den = np.maximum(vhat, new_v)
+        slots.append((vhat, den))
+    tmp = np.sqrt(den)
     tmp += eps                                           # sqrt(v) + eps
-    num = np.multiply(m, alpha, dtype=p.dtype)
+    num = np.multiply(new_m, alpha, dtype=p.dtype)
     num /= tmp
-    p -= num
+    _commit(op, p, np.subtract(pd, num, out=num), slots, flag, tag)
 
 
+@_quiet
 def rmsprop_update(p, g, s, lr, rho, eps, weight_decay, u=None, momentum=0.0, mg=None,
-                   gain=None):
+                   gain=None, flag=None, tag=1):
     """RMSprop as Keras 3 writes it, in place on ``p``, ``s`` (and ``u``, ``mg``)::
 
         p -= p * (lr * weight_decay)                 decoupled decay, first
@@ -131,26 +188,26 @@ def rmsprop_update(p, g, s, lr, rho, eps, weight_decay, u=None, momentum=0.0, mg
     if momentum != 0.0:
         _need(op, "u", u, "momentum != 0")
     _check(op, p, g, s=s, u=u if momentum != 0.0 else None, mg=mg)
-    _decay(p, lr, weight_decay)
-    tmp = np.multiply(g, g, dtype=p.dtype)
-    tmp *= gain
-    s *= rho
-    s += tmp                                             # s = rho * s + gain * g^2
+    if _refused_before(flag, tag):
+        return
+    pd = _decayed(p, lr, weight_decay)
+    new_s = np.multiply(g, g, dtype=p.dtype)
+    new_s *= gain
+    new_s += np.multiply(s, rho, dtype=p.dtype)          # s = rho * s + gain * g^2
+    slots = [(s, new_s)]
     if mg is None:
-        np.add(s, eps, out=tmp)                          # s + eps
+        tmp = np.add(new_s, eps, dtype=p.dtype)          # s + eps
     else:
-        mg *= rho
-        np.multiply(g, gain, out=tmp)
-        mg += tmp                                        # mg = rho * mg + gain * g
-        np.multiply(mg, mg, out=tmp)
-        np.subtract(s, tmp, out=tmp)
+        new_mg = np.multiply(g, gain, dtype=p.dtype)
+        new_mg += np.multiply(mg, rho, dtype=p.dtype)    # mg = rho * mg + gain * g
+        slots.append((mg, new_mg))
+        tmp = np.multiply(new_mg, new_mg)
+        np.subtract(new_s, tmp, out=tmp)
         tmp += eps                                       # s - mg^2 + eps
     np.sqrt(tmp, out=tmp)
     step = np.multiply(g, lr, dtype=p.dtype)
     step /= tmp                                          # lr * g / sqrt(d)
-    if momentum == 0.0:
-        p -= step
-        return
-    u *= momentum
-    u += step
-    p -= u
+    if momentum != 0.0:
+        step += np.multiply(u, momentum, dtype=p.dtype)  # u = momentum * u + step
+        slots.append((u, step.copy()))
+    _commit(op, p, np.subtract(pd, step, out=step), slots, flag, tag)
