@@ -243,6 +243,22 @@ def _row(r) -> str:
             f"{r['blocks']} / {r['warps']} | {r['build_s']:.1f} |")
 
 
+NOTES = """Reading the table:
+
+- "igemm2" kernels are ``gemm_*`` (kernels/cuda_set/gemm.py), the baseline ``igemm_*``
+  (kernels/cuda_set/conv.py, still selectable with ``conv.set_conv_kernels("baseline")``).
+- A step of the baseline is its ``kk`` loop counted ``bk`` times plus the staging around it; its
+  partial last step's loop is left out. A step of igemm2 is straight-line code.
+- The fused variants (``_f``, ``_sf``) count 2 FFMA per staged element of their activation
+  gradient (``g2 y^2 + g1 y + g0``) beside the tile product's ``bk * tm * tn``.
+- Each staged element of the left operand feeds ``bn`` columns, so a tile's FFMA per staged
+  element is at most ``bm * bn / (bm + bn)``: 64 for 128x128, 32 for 64x64, 14 for the narrow
+  128x16. The narrow tile's share is bounded by that: staging one gathered element with its
+  two range checks costs about 9 instructions.
+- Occupancy is what registers, static shared memory and threads allow on an sm_90 SM; the
+  wide tile runs one 256-thread block per SM by design (its launch bounds)."""
+
+
 HEADER = ("| kernel | instructions / step | FFMA | FFMA share | shared loads | global loads | "
           "barriers | registers | stack bytes | blocks / warps per SM | build s |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
@@ -309,7 +325,7 @@ def main(argv=None) -> int:
                 f"Command: `{cmd}`; {datetime.date.today().isoformat()}; {versions()}.\n\n"
                 + (__doc__.split("\n\n", 1)[1].strip() + "\n\n")
                 + HEADER + "\n" + "\n".join(_row(r) for r in rows) + "\n\n"
-                + "\n".join(lines) + "\n")
+                + "\n".join(lines) + "\n\n" + NOTES + "\n")
         pathlib.Path(args.out).write_text(text)
     return 0
 
