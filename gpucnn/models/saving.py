@@ -34,6 +34,7 @@ from gpucnn import optimizers as _optimizers
 from gpucnn import random as _random
 from gpucnn.layers.base import assign
 from gpucnn.layers.registry import deserialize_layer, model_class
+from gpucnn.models import keras_files
 
 FORMAT = "gpucnn.model"
 FORMAT_VERSION = 1
@@ -156,6 +157,8 @@ def save_model(model, filepath, overwrite=True) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{op}: the folder {folder!r} does not exist")
+    if path.endswith(".keras"):                        # Keras 3's format (keras_files)
+        return keras_files.save_keras(model, path)
     from gpucnn import backend
 
     ks = backend.kernels()
@@ -245,6 +248,8 @@ def load_model(filepath, custom_objects=None, compile=True):
     does not match is refused with a ValueError before anything is assigned."""
     path = os.fspath(filepath)
     where = f"load_model({path!r})"
+    if keras_files.kind(path):                         # a Keras .keras or .h5 file
+        return keras_files.load_keras(path, custom_objects, compile)
     arrays = _read(path, where)
     header = _header(arrays, path, where)
     model = _build(header.get("model") or {}, custom_objects, where)
