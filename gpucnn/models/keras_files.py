@@ -153,12 +153,21 @@ def _own(layer):
 def _datasets(f, fmt, path, layer):
     """The HDF5 datasets that hold ``layer``'s weights, in order (None: its group is missing)."""
     if fmt == "keras":
-        g = f.get(f"{path}/vars")
-        return None if g is None else [g[str(i)] for i in range(len(g))]
+        return _numbered(f.get(f"{path}/vars"))
     g = f.get(f"model_weights/{layer.name}")
     if g is None:
         return None
     return [g[n.decode() if isinstance(n, bytes) else n] for n in g.attrs.get("weight_names", [])]
+
+
+def _numbered(g):
+    """The datasets ``0``, ``1``, ... of the group ``g`` (None when there is no group)."""
+    if g is None:
+        return None
+    if set(g) != {str(i) for i in range(len(g))}:
+        raise ValueError(f"{g.file.filename}: {g.name} holds {sorted(g)}; Keras numbers its "
+                         f"variables 0 to {len(g) - 1} (a damaged file?)")
+    return [g[str(i)] for i in range(len(g))]
 
 
 def _precheck(pending, f, fmt, where):
@@ -252,8 +261,7 @@ def _optimizer_state(f, fmt, opt, model, problems, keras2=False):
     keeps no state). tf.keras 2's ``.keras`` files have no learning-rate variable."""
     order = slot_order(opt, _trainable(model))
     if fmt == "keras":
-        g = f.get("optimizer/vars")
-        found = [] if g is None else [g[str(i)] for i in range(len(g))]
+        found = _numbered(f.get("optimizer/vars")) or []
         has_lr = opt.schedule is None and not keras2
         it, lr = (found + [None])[0], found[1] if has_lr and found[1:] else None
         slots = found[1 + has_lr:]
@@ -338,8 +346,8 @@ def load_keras(path, custom_objects=None, compile=True):
         model.compile(optimizer=opt, loss=loss, metrics=metrics)
         if opt_state is not None:
             opt.iterations, lr, slots = opt_state
-            if lr is not None:
-                opt.learning_rate = lr
+            if lr is not None and np.float32(lr) != np.float32(opt.learning_rate):
+                opt.learning_rate = lr             # changed since compile (a callback)
             if slots:
                 opt.set_slot_arrays(_trainable(model), slots)
     return model

@@ -1,0 +1,213 @@
+"""Make the Keras files gpucnn's tests load, with real Keras, and check gpucnn's files in Keras.
+
+Not run by the tests (they need no TensorFlow): run it in an environment with Keras 3, and once
+more in one with TensorFlow 2.15 (tf.keras 2, for its legacy ``.h5`` file)::
+
+    python -m venv /tmp/k3 && /tmp/k3/bin/pip install tensorflow-cpu scikit-learn
+    python -m venv /tmp/k2 && /tmp/k2/bin/pip install 'tensorflow-cpu==2.15.*' scikit-learn
+    /tmp/k3/bin/python tests/data/keras/make_keras_files.py
+    /tmp/k2/bin/python tests/data/keras/make_keras_files.py
+
+Each network of the guide is written with the layers of the guide's code (tiny sizes except
+LeNet-5, which is trained on scikit-learn's digits as in examples/guide.ipynb). Beside the files,
+``predictions.npz`` keeps fixed inputs and Keras's outputs for them (``x/<file>``, ``y/<file>``)
+and ``MANIFEST.json`` says which Keras, TensorFlow, NumPy and h5py made each file.
+
+``make_keras_files.py check DIR`` loads every ``*.keras`` file in DIR (written by gpucnn, with
+its predictions in ``DIR/<file>.npz`` as ``x`` and ``y``) with ``keras.models.load_model`` and
+prints the largest absolute difference of Keras's predictions from gpucnn's.
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+KERAS2 = tf.__version__.startswith("2.") and int(tf.__version__.split(".")[1]) < 16
+if KERAS2:
+    keras = tf.keras
+    KERAS_VERSION = keras.__version__ if hasattr(keras, "__version__") else tf.__version__
+else:
+    import keras  # noqa: E402
+    KERAS_VERSION = keras.__version__
+from tensorflow.keras import layers, models, optimizers  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def digits32(seed=0):
+    """scikit-learn's digits at 32 x 32 (bilinear on pixel centres) and the training part of a
+    seeded 80/20 split: the data and split of examples/guide.ipynb."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    src = np.clip((np.arange(32) + 0.5) * 8 / 32 - 0.5, 0, 7)
+    i0 = np.floor(src).astype(int)
+    i1, w = np.minimum(i0 + 1, 7), src - i0
+    a = np.zeros((32, 8))
+    a[np.arange(32), i0] += 1 - w
+    a[np.arange(32), i1] += w
+    x = np.clip(a @ (d.images / 16.0) @ a.T, 0, 1).astype(np.float32)[..., None]
+    order = np.random.default_rng(seed).permutation(len(x))
+    train = order[round(0.2 * len(x)):]
+    return x[train], d.target[train].astype(np.int64)
+
+
+def create_LeNet5(input_shape):      # the guide's section 7, comments left out
+    return models.Sequential([
+        layers.Conv2D(filters=6, kernel_size=(5, 5), strides=(1, 1), activation='tanh',
+                      input_shape=input_shape, padding="valid", name="C1"),
+        layers.AveragePooling2D(pool_size=(2, 2), strides=(2, 2), name="S2"),
+        layers.Conv2D(filters=16, kernel_size=(5, 5), strides=(1, 1), activation='tanh',
+                      padding="valid", name="C3"),
+        layers.AveragePooling2D(pool_size=(2, 2), strides=(2, 2), name="S4"),
+        layers.Conv2D(filters=120, kernel_size=(5, 5), strides=(1, 1), activation='tanh',
+                      padding="valid", name="C5"),
+        layers.Flatten(name="Flatten"),
+        layers.Dense(units=84, activation='tanh', name="F6"),
+        layers.Dense(units=10, activation='softmax', name="Output"),
+    ], name="modifiedLeNet5")
+
+
+def basic_cnn():
+    return models.Sequential([
+        layers.Input(shape=(12, 12, 1)),
+        layers.Conv2D(4, (3, 3), activation="relu", name="conv"),
+        layers.MaxPooling2D(pool_size=(2, 2), strides=(2, 2), name="pool"),
+        layers.Flatten(name="flatten"),
+        layers.Dense(16, activation="relu", name="dense"),
+        layers.Dense(10, activation="softmax", name="output"),
+    ], name="basic_cnn")
+
+
+def alexnet():          # section 5's layers at 1/16 of the width, on 16 x 16 x 3 inputs
+    return models.Sequential([
+        layers.Input(shape=(16, 16, 3)),
+        layers.Conv2D(6, (3, 3), padding="same", activation="relu", name="conv1"),
+        layers.MaxPooling2D(pool_size=(3, 3), strides=(2, 2), name="pool1"),
+        layers.Conv2D(16, (5, 5), padding="same", activation="relu", name="conv2"),
+        layers.MaxPooling2D(pool_size=(3, 3), strides=(2, 2), name="pool2"),
+        layers.Conv2D(24, (3, 3), padding="same", activation="relu", name="conv3"),
+        layers.Conv2D(24, (3, 3), padding="same", activation="relu", name="conv4"),
+        layers.Conv2D(16, (3, 3), padding="same", activation="relu", name="conv5"),
+        layers.MaxPooling2D(pool_size=(3, 3), strides=(2, 2), name="pool5"),
+        layers.Flatten(name="flatten"),
+        layers.Dense(32, activation="relu", name="fc6"),
+        layers.Dropout(0.5, name="drop6"),
+        layers.Dense(32, activation="relu", name="fc7"),
+        layers.Dropout(0.5, name="drop7"),
+        layers.Dense(10, activation="softmax", name="output"),
+    ], name="alexnet")
+
+
+def conv_autoencoder():
+    return models.Sequential([
+        layers.Input(shape=(12, 12, 1)),
+        layers.Conv2D(8, (3, 3), strides=(2, 2), padding="same", activation="relu", name="enc1"),
+        layers.Conv2D(16, (3, 3), strides=(2, 2), padding="same", activation="relu", name="enc2"),
+        layers.Conv2D(4, (3, 3), padding="same", activation="relu", name="latent"),
+        layers.Conv2DTranspose(16, (3, 3), strides=(2, 2), padding="same", activation="relu",
+                               name="dec1"),
+        layers.Conv2DTranspose(8, (3, 3), strides=(2, 2), padding="same", activation="relu",
+                               name="dec2"),
+        layers.Conv2D(1, (3, 3), padding="same", activation="sigmoid", name="output"),
+    ], name="conv_autoencoder")
+
+
+def perceptron():
+    return models.Sequential([layers.Input(shape=(64,)),
+                              layers.Dense(units=1, activation="sigmoid", name="neuron")],
+                             name="perceptron")
+
+
+def fit(model, optimizer, loss, metrics, x, y, epochs=1):
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
+    return model
+
+
+def train_targets(model, x):
+    """Targets for the one training step after saving: the input (autoencoder), 0/1, or labels."""
+    out = model.output_shape[-1]
+    if len(model.output_shape) == 4:
+        return x
+    return (np.arange(len(x)) % 2)[:, None].astype(np.float32) if out == 1 else np.arange(len(x))
+
+
+def make():
+    tf.keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    img = lambda *s: rng.random(s, dtype=np.float32)          # noqa: E731
+    labels = lambda n, k: rng.integers(0, k, n)               # noqa: E731
+    made = {}
+    if KERAS2:      # tf.keras 2's legacy HDF5 whole-model file
+        x = img(64, 12, 12, 1)
+        made["tf2_basic_cnn.h5"] = fit(basic_cnn(), optimizers.Adam(),
+                                       "sparse_categorical_crossentropy", ["accuracy"], x,
+                                       labels(64, 10)), x[:4]
+    else:
+        x, y = digits32()
+        lenet = fit(create_LeNet5((32, 32, 1)), optimizers.SGD(learning_rate=0.01),
+                    "sparse_categorical_crossentropy", ["accuracy"], x, y, epochs=20)
+        made["lenet5.keras"] = lenet, x[:4]
+        x = img(64, 12, 12, 1)
+        cnn = fit(basic_cnn(), optimizers.Adam(), "sparse_categorical_crossentropy", ["accuracy"],
+                  x, labels(64, 10))
+        made["basic_cnn.keras"] = made["basic_cnn.h5"] = cnn, x[:4]
+        x = img(64, 16, 16, 3)
+        made["alexnet.keras"] = fit(alexnet(), optimizers.SGD(0.01, momentum=0.9, nesterov=True),
+                                    "sparse_categorical_crossentropy", ["accuracy"], x,
+                                    labels(64, 10)), x[:4]
+        x = img(64, 12, 12, 1)
+        made["conv_autoencoder.keras"] = fit(conv_autoencoder(), optimizers.RMSprop(), "mse", [],
+                                             x, x), x[:4]
+        x = img(64, 64)
+        made["perceptron.keras"] = fit(perceptron(), optimizers.Adagrad(), "binary_crossentropy",
+                                       ["accuracy"], x, labels(64, 2)[:, None].astype(np.float32)
+                                       ), x[:4]
+    pred_file = HERE / "predictions.npz"
+    preds = dict(np.load(pred_file)) if pred_file.exists() else {}
+    manifest_file = HERE / "MANIFEST.json"
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+    import h5py
+    step = {}           # one more training step after saving tells whether a loader got the
+    for name, (model, x) in made.items():    # optimizer's state (not AlexNet: its dropout)
+        model.save(HERE / name)
+        preds[f"x/{name}"], preds[f"y/{name}"] = x, model.predict(x, verbose=0)
+        if "alexnet" not in name:
+            step.setdefault(id(model), (model, x, train_targets(model, x)))
+            preds[f"t/{name}"] = step[id(model)][2]
+    for model, x, t in step.values():
+        model.train_on_batch(x, t)
+    for name, (model, x) in made.items():
+        if "alexnet" not in name:
+            preds[f"y1/{name}"] = model.predict(x, verbose=0)
+        manifest[name] = {"keras": KERAS_VERSION, "tensorflow": tf.__version__,
+                          "numpy": np.__version__, "h5py": h5py.__version__,
+                          "made_by": "tests/data/keras/make_keras_files.py"}
+        print(f"{name}: {(HERE / name).stat().st_size} bytes, Keras {KERAS_VERSION}")
+    np.savez(pred_file, **preds)
+    manifest_file.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def check(folder):
+    worst = 0.0
+    for path in sorted(Path(folder).glob("*.keras")):
+        ref = np.load(f"{path}.npz")
+        model = keras.models.load_model(path)
+        diff = float(np.abs(model.predict(ref["x"], verbose=0) - ref["y"]).max())
+        worst = max(worst, diff)
+        opt = model.optimizer
+        print(f"{path.name}: Keras {KERAS_VERSION} loads it; largest |Keras - gpucnn| = {diff:.3g}"
+              + (f"; optimizer {type(opt).__name__}, {len(opt.variables)} variables, "
+                 f"iterations {int(opt.iterations.numpy())}" if opt is not None else ""))
+    return worst
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["check"]:
+        sys.exit(0 if check(sys.argv[2]) <= 1e-5 else 1)
+    make()
