@@ -92,7 +92,7 @@ def test_setup_examples_and_tests_sections_report_what_ran(tiny_run):
 # A fault in each section in turn: that section fails (its rows so far kept), the section after
 # it runs in a fresh process and writes its files. (setup: a kernel fails to compile.)
 FAULTS = {"setup": ("setup=act_fwd[float64]", "e2e"),
-          "accuracy": ("accuracy=sticky:igemm_fwd", "e2e"),
+          "accuracy": ("accuracy=sticky:gemm_fwd", "e2e"),
           "ops": ("ops=act_fwd", "e2e"),
           "e2e": ("e2e=sticky:act_fwd", "setup"),
           "examples": ("examples=act_fwd", "e2e"),
@@ -117,10 +117,10 @@ def test_a_failing_section_does_not_stop_the_others(tmp_path, section):
 
 
 def test_full_size_layers_are_the_zoo_networks():
-    from gpucnn.bench import gpu
+    from gpucnn.bench import shapes
 
-    convs, pools = gpu.layers(tiny=False)
-    assert [(c.net, c.name, c.x, c.k, c.cout, c.stride) for c in convs] == [
+    convs, pools = shapes.gpu_layers(tiny=False)
+    assert [(c.net, c.name, c.x, c.k, c.filters, c.stride) for c in convs] == [
         ("lenet", "C1", (128, 32, 32, 1), 5, 6, 1), ("lenet", "C3", (128, 14, 14, 6), 5, 16, 1),
         ("lenet", "C5", (128, 5, 5, 16), 5, 120, 1),
         ("alexnet", "conv1", (32, 227, 227, 3), 11, 96, 4),

@@ -419,6 +419,7 @@ def small_launches():
         yield
 
 
+@pytest.mark.gpu_check
 def test_cuda_backend_matches_numpy_step_for_step(small_launches, rng):
     x, y = blobs(rng, 6, shape=(6, 6, 1))
     xv, yv = blobs(rng, 3, shape=(6, 6, 1))

@@ -7,24 +7,14 @@
 - Nothing in ``gpucnn/`` outside ``bench/`` imports the cuda set's modules, CuPy or Numba's CUDA
   target: code above the kernels asks the kernel contract (``gpucnn.kernels.has``) and the
   backend for what it needs.
-
-Known breaches that other work is removing are listed by name and marked
-``xfail(strict=True)``: the test turns red the day one is fixed, so its entry goes with it.
 """
 from __future__ import annotations
 
 import ast
 import pathlib
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MAX_LINES = 450
-
-#: files of gpucnn/ allowed over MAX_LINES for now, each with the reason
-LONG_FILES = {
-    "gpucnn/bench/gpu.py": "split by job in issue 23 (shape classes, faults, checks, runners)",
-}
 
 GPU_MODULES = ("gpucnn.kernels.cuda_set", "cupy", "cupyx", "numba.cuda")
 
@@ -134,14 +124,8 @@ def _lines(rel: str) -> int:
 
 def test_no_long_files():
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "gpucnn").rglob("*.py"))
-    long = {f: _lines(f) for f in files if f not in LONG_FILES and _lines(f) > MAX_LINES}
+    long = {f: _lines(f) for f in files if _lines(f) > MAX_LINES}
     assert not long, f"files over {MAX_LINES} lines (split them by job): {long}"
-
-
-@pytest.mark.parametrize("rel", sorted(LONG_FILES))
-@pytest.mark.xfail(strict=True, reason="a file known to be too long, being split (issue 23)")
-def test_known_long_file_is_split(rel):
-    assert _lines(rel) <= MAX_LINES, f"{rel}: {LONG_FILES[rel]}"
 
 
 def _gpu_imports(name: str, source: str) -> list:

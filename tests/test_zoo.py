@@ -253,6 +253,7 @@ def test_feature_maps_are_the_outputs_after_each_conv_and_pool(rng):
 
 
 # -- the cuda backend (Numba's simulator in CI: tiny shapes only) ---------------------------
+@pytest.mark.gpu_check
 def test_a_zoo_model_gives_the_same_output_on_the_cuda_backend(rng):
     from gpucnn.kernels.cuda_set import _probe
 

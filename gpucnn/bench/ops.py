@@ -47,7 +47,7 @@ def _algo(ks, what, *args):
 
 
 def _conv_cases(ks, tr, rng, net, n, spec):
-    name, (h, w, c), k, co, s, padding, act, kind = spec
+    name, (h, w, c), k, co, s, padding, act, kind, *_ = spec
     xp_ = ks.asarray
     ho, wo, pad = window_2d(h, w, k, k, s, s, padding)
     x = rng.random((n, h, w, c), dtype=np.float32)
@@ -77,7 +77,7 @@ def _conv_cases(ks, tr, rng, net, n, spec):
 def _transpose_cases(ks, tr, rng, net, n, spec):
     """A Conv2DTranspose: its forward is the conv input gradient; its input gradient is a conv
     forward of the output gradient and its kernel gradient a conv kernel gradient."""
-    name, (h, w, c), k, co, s, padding, _, _ = spec
+    name, (h, w, c), k, co, s, padding, *_ = spec
     ho, wo = transpose_out_1d(h, k, s, padding), transpose_out_1d(w, k, s, padding)
     _, _, pad = window_2d(ho, wo, k, k, s, s, padding)
     x = rng.random((n, h, w, c), dtype=np.float32)
@@ -107,7 +107,7 @@ def _transpose_cases(ks, tr, rng, net, n, spec):
 
 
 def _pool_cases(ks, tr, rng, net, n, spec):
-    name, (h, w, c), p, _, s, padding, _, kind = spec
+    name, (h, w, c), p, _, s, padding, _, kind, *_ = spec
     ho, wo, pad = window_2d(h, w, p, p, s, s, padding)
     x = rng.standard_normal((n, h, w, c), dtype=np.float32)
     dy = rng.standard_normal((n, ho, wo, c), dtype=np.float32)
@@ -157,7 +157,7 @@ def cases(tr=None, batch_scale=1.0, nets=None, seed=0):
     for net, n, specs in (globals()["nets"]() if nets is None else nets):
         n = max(1, int(round(n * batch_scale)))
         for spec in specs:
-            kind = spec[-1]
+            kind = spec.kind
             if kind in ("conv", "first"):
                 out += _conv_cases(ks, tr, rng, net, n, spec)
             elif kind == "transpose":

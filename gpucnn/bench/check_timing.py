@@ -1,0 +1,231 @@
+"""The ops section of the GPU check (``python -m gpucnn.gpucheck``): every kernel timed with
+CUDA events beside PyTorch (cuDNN, fp32, TF32 off), the convolutions' GFLOP/s against the fp32
+peak (again on the baseline conv kernels), and the conv tile sweep.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gpucnn.bench import shapes, torch_ref
+from gpucnn.bench.check_accuracy import GRAD_TOL, rel_err
+from gpucnn.bench.check_context import torch_twins
+
+def time_ops(ctx):
+    """Rows (net, layer, op, shape, ours ms, GFLOP/s, % peak, torch ms, ratio)."""
+    convs, pools = shapes.gpu_layers(ctx.tiny)
+    rows = ctx.table("ops")
+
+    def add(net, layer, op, shape, ours_fn, flops=None, torch_fn=None):
+        try:
+            ms = ctx.median_ms(ours_fn)
+        except Exception as e:  # noqa: BLE001
+            ctx.fail(f"timing {net} {layer} {op}: {type(e).__name__}: {e}")
+            ms = math.nan
+            ctx.check_device()
+        tms = math.nan
+        if ctx.torch is not None and torch_fn is not None:
+            try:
+                tms = ctx.torch_ms(torch_fn)
+            except Exception as e:  # noqa: BLE001 - a missing torch op is not our failure
+                print(f"  [3] torch {net} {layer} {op}: {type(e).__name__}: {e}", flush=True)
+        gflops = flops / (ms * 1e6) if flops and ms == ms and ms > 0 else math.nan
+        peak = ctx.info.get("fp32_peak_gflops")
+        pct = 100.0 * gflops / peak if peak and gflops == gflops else math.nan
+        rows.append((net, layer, op, shape, ms, gflops, pct, tms,
+                     tms / ms if tms == tms and ms == ms and ms > 0 else math.nan))
+        print(f"  [2] {net:8s} {layer:6s} {op:22s} {ms:9.3f} ms"
+              + (f"  torch {tms:9.3f} ms" if tms == tms else ""), flush=True)
+
+    for c in convs:
+        with ctx.case(f"timing {c.net} {c.name}"):
+            _time_conv(ctx, add, c)
+    for p in pools:
+        with ctx.case(f"timing {p.net} {p.name}"):
+            _time_pool(ctx, add, p)
+    _time_rows(ctx, add)
+    return rows
+
+
+def _time_conv(ctx, add, c):
+    C = ctx.C
+    ys, pad = c.geometry()
+    st = (c.stride, c.stride)
+    x, w, b, dy = (ctx.dev(ctx.rand(*c.x)), ctx.dev(ctx.rand(*c.w, scale=0.1)),
+                   ctx.dev(ctx.rand(c.filters)), ctx.dev(ctx.rand(*ys)))
+    shape = f"x{c.x} k{c.k} s{c.stride} {c.padding} -> {ys}"
+    t = torch_twins(ctx, torch_ref.gpu_conv_twins, x, w, b, dy, st, pad, c.act, c.filters)
+    add(c.net, c.name, f"conv fwd+bias+{c.act}", shape,
+        lambda: C.conv2d_forward(x, w, b, st, pad, c.act), c.flops(), t.get("fwd"))
+    add(c.net, c.name, "conv bwd input", shape,
+        lambda: C.conv2d_backward_input(dy, w, c.x, st, pad), c.flops(), t.get("bwd_input"))
+    add(c.net, c.name, "conv bwd weight", shape,
+        lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad), c.flops(), t.get("bwd_weight"))
+    add(c.net, c.name, "bias grad", f"dy{ys}", lambda: C.bias_grad(dy), None, t.get("bias"))
+    calls = ((f"conv fwd+bias+{c.act}", lambda: C.conv2d_forward(x, w, b, st, pad, c.act), "fwd"),
+             ("conv bwd input", lambda: C.conv2d_backward_input(dy, w, c.x, st, pad),
+              "bwd_input"),
+             ("conv bwd weight", lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad),
+              "bwd_weight"))
+    _time_conv_baseline(ctx, add, c, shape, calls, t)
+
+
+def _time_conv_baseline(ctx, add, c, shape, calls, t):
+    """The rows above again on the baseline conv kernels (``conv.set_conv_kernels``), in the
+    same run: the igemm2 kernels' speed-up is the ratio of two rows of one table. Each baseline
+    result is checked against igemm2's first (fewer repeats: it is the reference point)."""
+    from gpucnn.kernels.cuda_set import conv as cv
+
+    new = {}
+    for label, fn, _ in calls:
+        try:
+            new[label] = ctx.host(fn())
+        except Exception as e:  # noqa: BLE001
+            ctx.fail(f"{c.net} {c.name} {label} (igemm2): {type(e).__name__}: {e}")
+            ctx.check_device()
+    before, repeats = cv.set_conv_kernels("baseline"), ctx.repeats
+    ctx.repeats = max(5, repeats // 4) if ctx.gpu else repeats
+    try:
+        for label, fn, key in calls:
+            try:
+                err = rel_err(ctx, fn(), new[label]) if label in new else 0.0
+            except Exception as e:  # noqa: BLE001
+                err = math.nan
+                print(f"  [2] baseline {c.name} {label}: {type(e).__name__}: {e}", flush=True)
+                ctx.check_device()
+            if not err <= GRAD_TOL:
+                ctx.fail(f"{c.net} {c.name} {label}: baseline and igemm2 differ by {err:.2e}")
+            add(c.net, c.name, f"{label} [baseline]", shape, fn, c.flops(), t.get(key))
+    finally:
+        cv.set_conv_kernels(before)
+        ctx.repeats = repeats
+
+
+def _time_pool(ctx, add, p):
+    C = ctx.C
+    ys, pad = p.geometry()
+    geo = ((p.k, p.k), (p.stride, p.stride), pad)
+    x, dy = ctx.dev(ctx.rand(*p.x)), ctx.dev(ctx.rand(*ys))
+    shape = f"x{p.x} {p.k}x{p.k}/{p.stride}"
+    t = torch_twins(ctx, torch_ref.gpu_pool_twins, p.kind, x, dy, p.k, p.stride)
+    if p.kind == "max":
+        _, idx = C.max_pool_forward(x, *geo)
+        add(p.net, p.name, "max pool fwd", shape, lambda: C.max_pool_forward(x, *geo),
+            None, t.get("fwd"))
+        add(p.net, p.name, "max pool bwd", shape,
+            lambda: C.max_pool_backward(dy, idx, p.x), None, t.get("bwd"))
+    else:
+        add(p.net, p.name, "avg pool fwd", shape, lambda: C.avg_pool_forward(x, *geo),
+            None, t.get("fwd"))
+        add(p.net, p.name, "avg pool bwd", shape,
+            lambda: C.avg_pool_backward(dy, p.x, *geo), None, t.get("bwd"))
+
+
+def _time_rows(ctx, add):
+    """Softmax, cross-entropy, activations, dropout and optimizers at the networks' sizes."""
+    C = ctx.C
+    for net, rows_, k in (("lenet", 128, 10), ("alexnet", 32, 1000)):
+        if ctx.tiny:
+            rows_, k = 2, 5
+        with ctx.case(f"timing {net} softmax"):
+            z = ctx.dev(ctx.rand(rows_, k))
+            lab = ctx.dev(ctx.rng.integers(0, k, rows_))
+            loss, p = C.softmax_xent_forward(z, lab)
+            g = ctx.dev(np.full(rows_, 1.0 / rows_, np.float32))
+            t = torch_twins(ctx, torch_ref.gpu_softmax_twins, z, lab)
+            add(net, "output", "softmax xent fwd", f"({rows_}, {k})",
+                lambda: C.softmax_xent_forward(z, lab), None, t.get("xent"))
+            add(net, "output", "softmax xent bwd", f"({rows_}, {k})",
+                lambda: C.softmax_xent_backward(p, lab, g), None, None)
+            add(net, "output", "softmax fwd", f"({rows_}, {k})", lambda: C.softmax_forward(z),
+                None, t.get("softmax"))
+    e = (2, 5, 5, 4) if ctx.tiny else (32, 55, 55, 96)
+    with ctx.case("timing relu"):
+        x = ctx.dev(ctx.rand(*e))
+        y = C.act_forward(x, "relu")
+        t = torch_twins(ctx, torch_ref.gpu_relu_twins, x, y)
+        add("alexnet", "conv1", "relu fwd", f"{e}", lambda: C.act_forward(x, "relu"), None,
+            t.get("fwd"))
+        add("alexnet", "conv1", "relu bwd", f"{e}", lambda: C.act_backward(x, y, "relu"), None,
+            t.get("bwd"))
+    d = (2, 16) if ctx.tiny else (128, 4096)
+    add("alexnet", "fc6", "dropout mask", f"{d}", lambda: C.dropout_mask(d, 0.5, 1, 2, np.float32),
+        None, None)
+    n = 64 if ctx.tiny else 9216 * 4096
+    with ctx.case("timing optimizer updates"):
+        p, g, m, v = (ctx.dev(ctx.rand(n)) for _ in range(4))
+        v = abs(v)
+        tadam = torch_twins(ctx, torch_ref.gpu_adam_twin, n).get("step")
+        add("alexnet", "fc6", "adam update", f"({n},)",
+            lambda: C.adam_update(p, g, m, v, 1e-4, 0.9, 0.999, 1e-7, 10, 0.0), None, tadam)
+        add("alexnet", "fc6", "sgd momentum update", f"({n},)",
+            lambda: C.sgd_update(p, g, m, 1e-4, 0.9, False, 0.0), None, None)
+
+
+def tile_sweep(ctx):
+    """The conv tiles of ``conv.CANDIDATE_TILES`` against the default choice, per GEMM mode, on
+    the AlexNet layers (checked against the default tile's result, then timed)."""
+    from gpucnn.kernels.cuda_set import conv as cv
+
+    convs, _ = shapes.gpu_layers(ctx.tiny)
+    chosen = [c for c in convs if c.net == "alexnet"]
+    if not ctx.tiny:
+        chosen = [c for c in chosen if c.name in ("conv1", "conv2", "conv4")]
+    rows = ctx.table("sweep")
+    repeats = ctx.repeats
+    ctx.repeats = max(5, repeats // 4) if ctx.gpu else repeats   # extra information: fewer runs
+    try:
+        for c in chosen:
+            _sweep_layer(ctx, cv, c, rows)
+    finally:
+        ctx.repeats = repeats
+    return rows
+
+
+def _sweep_layer(ctx, cv, c, rows):
+    C = ctx.C
+    ys, pad = c.geometry()
+    st = (c.stride, c.stride)
+    x, w, b, dy = (ctx.dev(ctx.rand(*c.x)), ctx.dev(ctx.rand(*c.w, scale=0.1)),
+                   ctx.dev(ctx.rand(c.filters)), ctx.dev(ctx.rand(*ys)))
+    calls = {cv.FWD: (c.filters, lambda: C.conv2d_forward(x, w, b, st, pad, c.act)),
+             cv.BWD_INPUT: (c.x[3], lambda: C.conv2d_backward_input(dy, w, c.x, st, pad)),
+             cv.BWD_WEIGHT: (c.filters, lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad))}
+    if c.stride > 1 and not ctx.tiny:
+        del calls[cv.BWD_INPUT]   # the first layer's input gradient: never needed, very slow
+    for mode, (ncols, call) in calls.items():
+        default = cv.choose_tile(mode, ncols)
+        try:
+            want = ctx.host(call())
+        except Exception as e:  # noqa: BLE001
+            ctx.fail(f"tile sweep {c.name} {cv.MODE_NAMES[mode]}: the default tile failed: "
+                     f"{type(e).__name__}: {e}")
+            ctx.check_device()
+            continue
+        base = math.nan
+        tiles = (default,) + tuple(t for t in ([] if ctx.tiny else cv.CANDIDATE_TILES[mode])
+                                   if t != default)
+        for tile in tiles:
+            cv.TILE_OVERRIDE = {mode: tile}
+            try:
+                err = rel_err(ctx, call(), want)
+                ms = ctx.median_ms(call)
+            except Exception as e:  # noqa: BLE001
+                err, ms = math.nan, math.nan
+                print(f"  [4] tile {tile}: {type(e).__name__}: {e}", flush=True)
+                ctx.check_device()
+            finally:
+                cv.TILE_OVERRIDE = {}
+            if tile == default:
+                base = ms
+            if not err <= GRAD_TOL:
+                ctx.fail(f"tile sweep {c.name} {cv.MODE_NAMES[mode]} {tile}: "
+                         f"rel err {err:.2e} against the default tile")
+            label = "/".join(map(str, tile[:3])) + f" {tile.tm}x{tile.tn} " \
+                f"b{tile.min_blocks}" + (" (default)" if tile == default else "")
+            gf = c.flops() / (ms * 1e6) if ms == ms and ms > 0 else math.nan
+            rows.append((f"{c.net} {c.name}", cv.MODE_NAMES[mode], label, ms, gf,
+                         base / ms if ms == ms and ms > 0 else math.nan, err))
+            print(f"  [4] {c.name} {cv.MODE_NAMES[mode]:10s} {label:28s} {ms:9.3f} ms",
+                  flush=True)
