@@ -45,12 +45,16 @@ from numba import types
 from .. import _geometry as _geometry_mod
 from ._launch import (KernelSpec, arr, cdiv, check_rank, contig, dummy, empty, kernel_factory,
                       launch, sm_count, xp)
+from ._runtime import SIMULATOR
 from ._runtime import numba_cuda as cuda
 from .activation import LINEAR, RELU, act_code, act_device_fns
 from .ptx import cvt_tf32, mma_tf32_m16n8k8
 from .reduce import column_sum
 
 FWD, BWD_INPUT, BWD_WEIGHT = 0, 1, 2
+#: An index Numba does not wrap around: no negative-index fix-up (a compare and a select) on
+#: every global and shared-memory access
+U64 = int if SIMULATOR else types.uint64
 MODE_NAMES = ("fwd", "bwd_input", "bwd_weight")
 WARP = 32
 MMA_M, MMA_N, MMA_K = 16, 8, 8
@@ -147,57 +151,72 @@ def tf32_kernel(mode: int, tile: MmaTile):
     B_STEP = NT // BN
 
     @cuda.jit(device=True, inline="always")
-    def load_a(src, k0, kend, kk, row_n, row_h, row_w, ky, kx, kc, wr_ky, wr_kx, wr_ci, sh, sw,
-               a_pre):
+    def load_a(src, k0, kend, kk, row_n, row_h, row_w, row_b, k_off, ky, kx, kc, wr_ky, wr_kx,
+               wr_ci, hh, ww, cc, sh, sw, a_pre):
         """The thread's A_LOADS elements of the A tile at reduction offset k0, from global
-        memory, rounded to TF32 (zero outside the image and past kend)."""
+        memory (``src`` seen flat, its dims ``hh, ww, cc``), rounded to TF32 (zero outside the
+        image and past kend). ``row_b[i] + k_off``: the flat offset of element i (FWD, and
+        BWD_INPUT at stride 1)."""
+        ok = k0 + kk < kend
         for i in range(A_LOADS):
             v = f32(0)
             if MODE == FWD:                      # x patch: row (n, oh, ow), column (ky, kx, ci)
-                n = row_n[i]
                 ih = row_h[i] + ky
                 iw = row_w[i] + kx
-                if (k0 + kk < kend and n >= 0 and ih >= 0 and ih < src.shape[1] and iw >= 0
-                        and iw < src.shape[2]):
-                    v = src[n, ih, iw, kc]
+                if ok and ih >= 0 and ih < hh and iw >= 0 and iw < ww:
+                    v = src[U64(row_b[i] + k_off)]
             elif MODE == BWD_INPUT:              # dy patch: row (n, ih, iw), column (ky, kx, co)
-                n = row_n[i]
                 th = row_h[i] - ky
                 tw = row_w[i] - kx
-                if k0 + kk < kend and n >= 0 and th >= 0 and tw >= 0:
-                    oh = th
-                    ow = tw
-                    hit = True
-                    if sh != 1 or sw != 1:       # uniform branch: no division at stride 1
-                        hit = th % sh == 0 and tw % sw == 0
+                if ok and th >= 0 and tw >= 0:
+                    if sh == 1 and sw == 1:      # uniform branch: no division at stride 1
+                        if th < hh and tw < ww:
+                            v = src[U64(row_b[i] + k_off)]
+                    elif th % sh == 0 and tw % sw == 0:
                         oh = th // sh
                         ow = tw // sw
-                    if hit and oh < src.shape[1] and ow < src.shape[2]:
-                        v = src[n, oh, ow, kc]
+                        if oh < hh and ow < ww:
+                            v = src[U64(((row_n[i] * hh + oh) * ww + ow) * cc + kc)]
             else:                                # x patch: row (ky, kx, ci), column (n, oh, ow)
                 if k0 + kk + i * A_STEP < kend:
                     ih = row_h[i] * sh + wr_ky
                     iw = row_w[i] * sw + wr_kx
-                    if ih >= 0 and ih < src.shape[1] and iw >= 0 and iw < src.shape[2]:
-                        v = src[row_n[i], ih, iw, wr_ci]
+                    if ih >= 0 and ih < hh and iw >= 0 and iw < ww:
+                        v = src[U64(((row_n[i] * hh + ih) * ww + iw) * cc + wr_ci)]
             a_pre[i] = cvt_tf32(v)
 
     @cuda.jit(device=True, inline="always")
-    def load_b(wmat, k0, kend, tid, n0, ky, kx, kc, cin, kw, b_pre):
-        """The thread's B_LOADS elements of the B tile at reduction offset k0, rounded to TF32."""
-        ncols = wmat.shape[1] if MODE != BWD_INPUT else cin
+    def load_b(wmat, k0, kend, tid, n0, ncols, ky, kx, kc, cin, kw, cc, b_pre):
+        """The thread's B_LOADS elements of the B tile at reduction offset k0 (``wmat`` seen
+        flat: w as (KH*KW*Cin, Cout), or dy as (N*Ho*Wo, Cout)), rounded to TF32."""
+        if MODE == BWD_INPUT:                    # w[ky, kx, ci, co]: col ci, reduction (ky, kx, co)
+            ok = k0 + tid % BK < kend
+            kb = (ky * kw + kx) * cin
+            ci0 = n0 + tid // BK
+        else:                                    # w (FWD) or dy (BWD_WEIGHT) as (K, N)
+            kr = k0 + tid // BN
+            c = n0 + tid % BN
+            ok = c < ncols
+            base = kr * ncols + c
         for i in range(B_LOADS):
             v = f32(0)
-            if MODE == BWD_INPUT:                # w[ky, kx, ci, co]: col ci, reduction (ky, kx, co)
-                ci = n0 + tid // BK + i * K_STEP
-                if k0 + tid % BK < kend and ci < ncols:
-                    v = wmat[(ky * kw + kx) * cin + ci, kc]
-            else:                                # w (FWD) or dy (BWD_WEIGHT) as (K, N)
-                k = k0 + tid // BN + i * B_STEP
-                c = n0 + tid % BN
-                if k < kend and c < ncols:
-                    v = wmat[k, c]
+            if MODE == BWD_INPUT:
+                ci = ci0 + i * K_STEP
+                if ok and ci < cin:
+                    v = wmat[U64((kb + ci) * cc + kc)]
+            else:
+                if ok and kr + i * B_STEP < kend:
+                    v = wmat[U64(base + i * B_STEP * ncols)]
             b_pre[i] = cvt_tf32(v)
+
+    @cuda.jit(device=True, inline="always")
+    def k_offset(ky, kx, kc, ww, cc):
+        """The reduction column's part of a flat src offset: tap (ky, kx) and channel kc from a
+        row's window corner (FWD), or from the dx pixel's padded position (BWD_INPUT, where the
+        tap moves back: dy row ih + pt - ky)."""
+        if MODE == BWD_INPUT:
+            return kc - (ky * ww + kx) * cc
+        return (ky * ww + kx) * cc + kc
 
     @cuda.jit(device=True, inline="always")
     def store_a(As, base, tid, a_pre):
@@ -208,7 +227,7 @@ def tf32_kernel(mode: int, tile: MmaTile):
             else:
                 x = tid % BM
                 k = tid // BM + i * A_STEP
-            As[base + x * A_SX + k * A_SK] = a_pre[i]
+            As[U64(base + x * A_SX + k * A_SK)] = a_pre[i]
 
     @cuda.jit(device=True, inline="always")
     def store_b(Bs, base, tid, b_pre):
@@ -219,24 +238,25 @@ def tf32_kernel(mode: int, tile: MmaTile):
             else:
                 x = tid % BN
                 k = tid // BN + i * B_STEP
-            Bs[base + x * B_SX + k * B_SK] = b_pre[i]
+            Bs[U64(base + x * B_SX + k * B_SK)] = b_pre[i]
 
     @cuda.jit(device=True, inline="always")
-    def warp_product(As, Bs, abase, bbase, wm0, wn0, g, t, acc, afr, bfr):
-        """acc += the warp's part of A (BM x BK) times B (BK x BN) from one shared buffer:
-        per 8 of the reduction, the fragments of mi A tiles and ni B tiles, then mi x ni mma."""
+    def warp_product(As, Bs, a_at, b_at, acc, afr, bfr):
+        """acc += the warp's part of A (BM x BK) times B (BK x BN) from one shared buffer: per 8
+        of the reduction, the fragments of mi A tiles and ni B tiles, then mi x ni mma.
+        ``a_at``/``b_at``: where the lane's first fragment element lies (its a0 = A[g, t], its
+        b0 = B[t, g]); every other address is that plus a constant."""
         for ks in range(BK // MMA_K):
-            k = ks * MMA_K + t
             for mi in range(MI):
-                r = abase + (wm0 + mi * MMA_M + g) * A_SX
-                afr[mi, 0] = As[r + k * A_SK]
-                afr[mi, 1] = As[r + 8 * A_SX + k * A_SK]
-                afr[mi, 2] = As[r + (k + 4) * A_SK]
-                afr[mi, 3] = As[r + 8 * A_SX + (k + 4) * A_SK]
+                r = a_at + mi * MMA_M * A_SX + ks * MMA_K * A_SK
+                afr[mi, 0] = As[U64(r)]
+                afr[mi, 1] = As[U64(r + 8 * A_SX)]
+                afr[mi, 2] = As[U64(r + 4 * A_SK)]
+                afr[mi, 3] = As[U64(r + 8 * A_SX + 4 * A_SK)]
             for ni in range(NI):
-                c = bbase + (wn0 + ni * MMA_N + g) * B_SX
-                bfr[ni, 0] = Bs[c + k * B_SK]
-                bfr[ni, 1] = Bs[c + (k + 4) * B_SK]
+                c = b_at + ni * MMA_N * B_SX + ks * MMA_K * B_SK
+                bfr[ni, 0] = Bs[U64(c)]
+                bfr[ni, 1] = Bs[U64(c + 4 * B_SK)]
             for mi in range(MI):
                 for ni in range(NI):
                     d = mma_tf32_m16n8k8(afr[mi, 0], afr[mi, 1], afr[mi, 2], afr[mi, 3],
@@ -284,9 +304,11 @@ def tf32_kernel(mode: int, tile: MmaTile):
                 if m < mrows and c < ncols:
                     out[m, c] = act_fwd(out[m, c], act)
 
-    def tf32_k(src, wmat, bias, out, mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias, chunk):
+    def tf32_k(src, wmat, bias, out, nn, hh, ww, cc, mh, mw, kh, kw, sh, sw, pt, pl, act,
+               has_bias, chunk):
         """TF32 implicit-GEMM convolution tile (see the module docstring for the modes).
 
+        ``src`` and ``wmat`` are seen flat; ``(nn, hh, ww, cc)`` are src's dims.
         FWD:        src x (N, H, W, Cin); wmat w (KH*KW*Cin, Cout); bias (Cout,) or a dummy
                     with has_bias=0; out y (N*Ho*Wo, Cout); (mh, mw) = (Ho, Wo).
         BWD_INPUT:  src dy (N, Ho, Wo, Cout); wmat w (KH*KW*Cin, Cout); out dx (N*H*W, Cin);
@@ -308,6 +330,7 @@ def tf32_kernel(mode: int, tile: MmaTile):
         row_n = cuda.local.array(A_LOADS, i32)     # 32-bit: half the registers of int64
         row_h = cuda.local.array(A_LOADS, i32)
         row_w = cuda.local.array(A_LOADS, i32)
+        row_b = cuda.local.array(A_LOADS, i64)     # FWD, BWD_INPUT: a row's flat offset in src
 
         tid = i64(cuda.threadIdx.x)
         lane = tid % WARP
@@ -322,14 +345,14 @@ def tf32_kernel(mode: int, tile: MmaTile):
 
         # --- the GEMM's extents -------------------------------------------------------------
         ncols = out.shape[1]
-        cin = src.shape[3]
-        crad = src.shape[3]          # innermost radix of the reduction index: Cin, or Cout
+        cin = cc                     # channels of x (FWD, BWD_WEIGHT)
+        crad = cc                    # innermost radix of the reduction index: Cin, or Cout
         if MODE == BWD_INPUT:
             cin = out.shape[1]
         if MODE == BWD_WEIGHT:
             mrows = kh * kw * cin
             kbeg = split * chunk
-            kend = min(wmat.shape[0], kbeg + chunk)
+            kend = min(nn * mh * mw, kbeg + chunk)
         elif MODE == BWD_INPUT:
             mrows = out.shape[0]
             kbeg = split * 0
@@ -337,7 +360,7 @@ def tf32_kernel(mode: int, tile: MmaTile):
         else:
             mrows = out.shape[0]
             kbeg = split * 0
-            kend = wmat.shape[0]
+            kend = kh * kw * crad
 
         # --- the loaders' coordinates, advanced by BK per step without divisions -------------
         # FWD/BWD_INPUT: the thread loads column kk of the A (and in BWD_INPUT the B) tile; its
@@ -378,23 +401,29 @@ def tf32_kernel(mode: int, tile: MmaTile):
                 m = m0 + tid // BK + i * K_STEP
                 q = m % mw
                 p = (m // mw) % mh
-                row_n[i] = m // (mw * mh) if m < mrows else -1
+                n = m // (mw * mh)
                 if MODE == FWD:
-                    row_h[i] = p * sh - pt   # top-left corner of the window in x
-                    row_w[i] = q * sw - pl
+                    h_ = p * sh - pt         # top-left corner of the window in x
+                    w_ = q * sw - pl
                 else:
-                    row_h[i] = p + pt        # padded coordinate of the dx pixel
-                    row_w[i] = q + pl
+                    h_ = p + pt              # padded coordinate of the dx pixel
+                    w_ = q + pl
+                row_n[i] = n
+                row_h[i] = h_ if m < mrows else -(1 << 30)    # off every image: reads zero
+                row_w[i] = w_
+                row_b[i] = ((n * hh + h_) * ww + w_) * cc
 
         for mi in range(MI):
             for ni in range(NI):
                 for r in range(4):
                     acc[mi, ni, r] = f32(0)
 
+        a_at = (wm0 + g) * A_SX + t * A_SK      # the lane's a0 and b0 in a shared buffer
+        b_at = (wn0 + g) * B_SX + t * B_SK
         nsteps = (kend - kbeg + BK - 1) // BK
-        load_a(src, kbeg, kend, kk, row_n, row_h, row_w, ky, kx, kc, wr_ky, wr_kx, wr_ci, sh,
-               sw, a_pre)
-        load_b(wmat, kbeg, kend, tid, n0, ky, kx, kc, cin, kw, b_pre)
+        load_a(src, kbeg, kend, kk, row_n, row_h, row_w, row_b, k_offset(ky, kx, kc, ww, cc),
+               ky, kx, kc, wr_ky, wr_kx, wr_ci, hh, ww, cc, sh, sw, a_pre)
+        load_b(wmat, kbeg, kend, tid, n0, ncols, ky, kx, kc, cin, kw, cc, b_pre)
         store_a(As, 0, tid, a_pre)
         store_b(Bs, 0, tid, b_pre)
         cuda.syncthreads()  # buffer 0 is staged before any warp reads it
@@ -429,10 +458,11 @@ def tf32_kernel(mode: int, tile: MmaTile):
                         ky += 1
                 k0 = kbeg + (step + 1) * BK
                 # the next step's tiles, in flight while the warps multiply this one's
-                load_a(src, k0, kend, kk, row_n, row_h, row_w, ky, kx, kc, wr_ky, wr_kx, wr_ci,
+                load_a(src, k0, kend, kk, row_n, row_h, row_w, row_b,
+                       k_offset(ky, kx, kc, ww, cc), ky, kx, kc, wr_ky, wr_kx, wr_ci, hh, ww, cc,
                        sh, sw, a_pre)
-                load_b(wmat, k0, kend, tid, n0, ky, kx, kc, cin, kw, b_pre)
-            warp_product(As, Bs, cur * A_SIZE, cur * B_SIZE, wm0, wn0, g, t, acc, afr, bfr)
+                load_b(wmat, k0, kend, tid, n0, ncols, ky, kx, kc, cin, kw, cc, b_pre)
+            warp_product(As, Bs, a_at + cur * A_SIZE, b_at + cur * B_SIZE, acc, afr, bfr)
             if more:
                 store_a(As, (1 - cur) * A_SIZE, tid, a_pre)
                 store_b(Bs, (1 - cur) * B_SIZE, tid, b_pre)
@@ -442,10 +472,10 @@ def tf32_kernel(mode: int, tile: MmaTile):
 
         epilogue(out, bias, acc, m0 + wm0, n0 + wn0, mrows, ncols, split, act, has_bias, g, t)
 
-    a1, a2, a4 = arr("float32", 1), arr("float32", 2), arr("float32", 4)
+    a1, a2 = arr("float32", 1), arr("float32", 2)
     name = (f"tf32_{MODE_NAMES[mode]}[float32,{BM}x{BN}x{BK}/{WM}x{WN}w/{tile.min_blocks}]")
     # min_blocks resident blocks per SM: ptxas keeps the registers within 65536 / (NT * that)
-    return KernelSpec(name, tf32_k, (a4, a2, a1, a2) + (i64,) * 11,
+    return KernelSpec(name, tf32_k, (a1, a1, a1, a2) + (i64,) * 15,
                       launch_bounds=(NT, tile.min_blocks))
 
 
@@ -507,7 +537,7 @@ def tf32_conv2d_forward(x, w, b, stride, pad, act, *, tile=None):
     y = empty((n, ho, wo, cout), _F32)
     _launch(FWD, _tile(FWD, cout, tile), n * ho * wo, cout, 1,
             (x, w, dummy(_F32) if b is None else b, y),
-            (ho, wo, kh, kw, sh, sw, pad4[0], pad4[2], code, 0 if b is None else 1, 0))
+            (*x.shape, ho, wo, kh, kw, sh, sw, pad4[0], pad4[2], code, 0 if b is None else 1, 0))
     return y
 
 
@@ -528,7 +558,8 @@ def tf32_conv2d_backward_input(dy, w, x_shape, stride, pad, *, tile=None):
                          f"(KH, KW, {cin}, C_out))")
     dx = empty((n, h, wd, cin), _F32)
     _launch(BWD_INPUT, _tile(BWD_INPUT, cin, tile), n * h * wd, cin, 1,
-            (dy, w, dummy(_F32), dx), (h, wd, kh, kw, sh, sw, pad4[0], pad4[2], 0, 0, 0))
+            (dy, w, dummy(_F32), dx),
+            (*dy.shape, h, wd, kh, kw, sh, sw, pad4[0], pad4[2], 0, 0, 0))
     return dx
 
 
@@ -563,7 +594,7 @@ def tf32_conv2d_backward_weight(x, dy, w_shape, stride, pad, *, tile=None):
     splits, chunk = _splits(tile, krows, cout, red)
     part = empty((splits, krows, cout), _F32)
     _launch(BWD_WEIGHT, tile, krows, cout, splits, (x, dy, dummy(_F32), part),
-            (ho, wo, kh, kw, sh, sw, pad4[0], pad4[2], 0, 0, chunk))
+            (*x.shape, ho, wo, kh, kw, sh, sw, pad4[0], pad4[2], 0, 0, chunk))
     total = part[0] if splits == 1 else column_sum(part.reshape(splits, krows * cout))
     return total.reshape(kh, kw, cin, cout)
 
