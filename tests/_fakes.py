@@ -222,3 +222,45 @@ class FakeComm:
     @mirrors(_comm_method("abort"))
     def abort(self):
         pass
+
+
+class FakeGpu:
+    """The CuPy side of gpucnn.distributed on a machine without GPUs: two devices, arrays on
+    the host (Numba's simulator), and the real NCCL module's ids and constants with
+    communicators whose sums MPI does (tests/test_fakes.py holds this class to
+    ``cuda_set._devices.Devices`` and the NCCL fakes to the installed NCCL)."""
+
+    def __init__(self, with_nccl):
+        self.with_nccl, self.used, self.comms = with_nccl, [], []
+        self.fake_nccl = FakeNccl(on_comm=self.comms.append)
+
+    @property
+    def ids_made(self):
+        return self.fake_nccl.ids_made
+
+    def device_count(self):
+        return 2
+
+    def use_device(self, index):
+        self.used.append(index)
+
+    def current_device(self):
+        return self.used[-1]
+
+    def nccl(self):
+        return (self.fake_nccl, None) if self.with_nccl else (None, "no NCCL in this test")
+
+    def pointer(self, a):
+        return a.ctypes.data
+
+    def stream(self):
+        return 0
+
+    def record_event(self):
+        return None
+
+    def event_done(self, ev):
+        return True
+
+    def synchronize(self):
+        pass

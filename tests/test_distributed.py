@@ -297,20 +297,6 @@ class OneRank:
         raise Expired(what)
 
 
-class Gpu:
-    def pointer(self, a):
-        return a.ctypes.data
-
-    def stream(self):
-        return 0
-
-    def record_event(self):
-        return None
-
-    def event_done(self, ev):
-        return True
-
-
 def test_the_nccl_id_travels_as_the_bytes_cupy_14_makes_and_takes():
     """CuPy 14's ``get_unique_id()`` returns 128 bytes and ``NcclCommunicator`` takes bytes: the
     id rank 0 made is broadcast as 128 uint8 and handed over as the same bytes."""
@@ -319,7 +305,7 @@ def test_the_nccl_id_travels_as_the_bytes_cupy_14_makes_and_takes():
     comms = []
     nccl = _fakes.FakeNccl(on_comm=comms.append)
     g = OneRank()
-    s = NcclSum(g, Gpu(), nccl)
+    s = NcclSum(g, _fakes.FakeGpu(True), nccl)
     a = np.ones(5, np.float32)
     with pytest.MonkeyPatch.context() as mp:       # a one-rank "sum" without MPI
         mp.setattr(_fakes.FakeComm, "allReduce",
@@ -345,7 +331,7 @@ def test_a_peer_lost_while_joining_nccl_or_at_the_first_sum_ends_the_job_at_the_
         def allReduce(self, *args):
             time.sleep(30)
 
-    s = NcclSum(OneRank(), Gpu(), _fakes.FakeNccl(comm_class=Stuck))
+    s = NcclSum(OneRank(), _fakes.FakeGpu(True), _fakes.FakeNccl(comm_class=Stuck))
     t0 = time.monotonic()
     with pytest.raises(Expired, match="joining NCCL: ncclCommInitRank"):
         s(np.ones(3, np.float32), "fit step 1")
@@ -365,11 +351,11 @@ def test_an_asynchronous_nccl_error_is_raised_while_a_sum_is_awaited():
         def check_async_error(self):
             raise RuntimeError("NCCL_ERROR_REMOTE_ERROR: a peer failed")
 
-    class Busy(Gpu):
+    class Busy(_fakes.FakeGpu):
         def event_done(self, ev):
             return False
 
-    s = NcclSum(OneRank(), Busy(), _fakes.FakeNccl(comm_class=Failing))
+    s = NcclSum(OneRank(), Busy(True), _fakes.FakeNccl(comm_class=Failing))
     with pytest.raises(RuntimeError, match="REMOTE_ERROR"):
         s(np.ones(3, np.float32), "sum")
     with pytest.raises(RuntimeError, match="REMOTE_ERROR"):   # later sums too, not just the first

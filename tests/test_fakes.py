@@ -24,7 +24,6 @@ from cupy.cuda import nccl  # noqa: E402
 
 
 def _fake_classes():
-    from _distributed_job import FakeGpu  # noqa: F401 - imported for its mirrors' checks
     import test_raw_launch
 
     launched = []
@@ -46,10 +45,9 @@ def test_each_mirrored_method_takes_the_real_ones_parameter_names(cls):
 
 
 def test_fake_gpu_has_every_method_of_the_cuda_sets_devices_with_the_same_parameters():
-    from _distributed_job import FakeGpu
-
     from gpucnn.kernels.cuda_set._devices import Devices
 
+    FakeGpu = _fakes.FakeGpu
     for name, real in vars(Devices).items():
         if name.startswith("_") or not callable(real):
             continue
