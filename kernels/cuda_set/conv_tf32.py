@@ -124,14 +124,18 @@ def _pad_x(bx: int) -> int:
 
 
 def _variants():
-    return [{"mode": m, "tile": t} for m in (FWD, BWD_INPUT, BWD_WEIGHT)
-            for t in (TILE_WIDE, TILE_NARROW)]
+    return ([{"mode": m, "tile": t} for m in (FWD, BWD_INPUT, BWD_WEIGHT)
+             for t in (TILE_WIDE, TILE_NARROW)]
+            + [{"mode": BWD_INPUT, "tile": t, "strided": True} for t in (TILE_WIDE, TILE_NARROW)])
 
 
 @kernel_factory(_variants)
-def tf32_kernel(mode: int, tile: MmaTile):
+def tf32_kernel(mode: int, tile: MmaTile, strided: bool = False):
+    """The kernel of ``mode`` for ``tile``; ``strided``: the input gradient's variant for
+    strides above 1 (which tests which taps hit; the other has no division in it)."""
     tile = MmaTile(*tile).check()
     MODE = mode
+    STRIDED = bool(strided) and mode == BWD_INPUT
     BM, BN, BK, WM, WN = tile[:5]
     NT, MI, NI = tile.threads, tile.mi, tile.ni
     WTM, WTN = BM // WM, BN // WN                 # a warp's part of the block tile
@@ -169,7 +173,7 @@ def tf32_kernel(mode: int, tile: MmaTile):
                 th = row_h[i] - ky
                 tw = row_w[i] - kx
                 if ok and th >= 0 and tw >= 0:
-                    if sh == 1 and sw == 1:      # uniform branch: no division at stride 1
+                    if not STRIDED:              # a variant: no division at stride 1
                         if th < hh and tw < ww:
                             v = src[U64(row_b[i] + k_off)]
                     elif th % sh == 0 and tw % sw == 0:
@@ -473,7 +477,8 @@ def tf32_kernel(mode: int, tile: MmaTile):
         epilogue(out, bias, acc, m0 + wm0, n0 + wn0, mrows, ncols, split, act, has_bias, g, t)
 
     a1, a2 = arr("float32", 1), arr("float32", 2)
-    name = (f"tf32_{MODE_NAMES[mode]}[float32,{BM}x{BN}x{BK}/{WM}x{WN}w/{tile.min_blocks}]")
+    name = (f"tf32_{MODE_NAMES[mode]}{'_s' if STRIDED else ''}"
+            f"[float32,{BM}x{BN}x{BK}/{WM}x{WN}w/{tile.min_blocks}]")
     # min_blocks resident blocks per SM: ptxas keeps the registers within 65536 / (NT * that)
     return KernelSpec(name, tf32_k, (a1, a1, a1, a2) + (i64,) * 15,
                       launch_bounds=(NT, tile.min_blocks))
@@ -510,9 +515,10 @@ def _tile(mode, ncols, tile):
     return (choose_tile(mode, ncols) if tile is None else MmaTile(*tile)).check()
 
 
-def _launch(mode, tile, grid_m, grid_n, splits, arrays, scalars):
-    launch(tf32_kernel(mode, tile), (cdiv(grid_m, tile.bm), cdiv(grid_n, tile.bn), splits),
-           (tile.threads,), *arrays, *scalars)
+def _launch(mode, tile, grid_m, grid_n, splits, arrays, scalars, strided=False):
+    launch(tf32_kernel(mode, tile, strided),
+           (cdiv(grid_m, tile.bm), cdiv(grid_n, tile.bn), splits), (tile.threads,), *arrays,
+           *scalars)
 
 
 def tf32_conv2d_forward(x, w, b, stride, pad, act, *, tile=None):
@@ -559,7 +565,7 @@ def tf32_conv2d_backward_input(dy, w, x_shape, stride, pad, *, tile=None):
     dx = empty((n, h, wd, cin), _F32)
     _launch(BWD_INPUT, _tile(BWD_INPUT, cin, tile), n * h * wd, cin, 1,
             (dy, w, dummy(_F32), dx),
-            (*dy.shape, h, wd, kh, kw, sh, sw, pad4[0], pad4[2], 0, 0, 0))
+            (*dy.shape, h, wd, kh, kw, sh, sw, pad4[0], pad4[2], 0, 0, 0), (sh, sw) != (1, 1))
     return dx
 
 
