@@ -14,7 +14,7 @@ import pytest
 h5py = pytest.importorskip("h5py", reason="h5py is in the test extra (pip install -e '.[test]')")
 
 import gpucnn  # noqa: E402
-from gpucnn import datasets, layers, models, optimizers, zoo  # noqa: E402
+from gpucnn import datasets, layers, losses, models, optimizers, zoo  # noqa: E402
 from gpucnn.models import keras_files, load_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("numpy_backend")
@@ -116,7 +116,19 @@ def test_gpucnn_writes_what_keras_wrote(name, tmp_path):
                 assert value == theirs["config"][key], (theirs["config"]["name"], key)
     ours, theirs = config["compile_config"], k_config["compile_config"]
     assert ours["optimizer"]["class_name"] == theirs["optimizer"]["class_name"]
-    assert ours["metrics"] == theirs["metrics"]
+    assert (ours["loss"], ours["metrics"]) == (theirs["loss"], theirs["metrics"])
+
+
+def test_a_loss_is_written_as_keras_takes_it(tmp_path):
+    model = load_model(DATA / "perceptron.keras")
+    for loss, written in [(losses.MeanSquaredError(name="se"), {"name": "se"}),
+                          (losses.BinaryCrossentropy(from_logits=True),
+                           {"name": "binary_crossentropy", "from_logits": True})]:
+        model.compile(optimizer="adam", loss=loss)
+        model.save(tmp_path / "p.keras")
+        got = archive(tmp_path / "p.keras")[1]["compile_config"]["loss"]
+        assert (got["class_name"], got["config"]) == (type(loss).__name__, written)
+        assert load_model(tmp_path / "p.keras").loss.get_config() == loss.get_config()
 
 
 def test_a_model_round_trips_through_a_keras_file(tmp_path):

@@ -212,8 +212,13 @@ def write_compile(model) -> dict | None:
     loss = model.loss
     if isinstance(loss, _losses.LossFunctionWrapper):
         loss = loss.fn.__name__
-    else:
-        loss = _keras("keras.losses", type(loss).__name__, loss.get_config())
+    elif not loss.from_logits and isinstance(_losses._BY_NAME.get(loss.name), type) \
+            and isinstance(loss, _losses._BY_NAME[loss.name]):
+        loss = loss.name                            # compiled with Keras's name for it
+    else:                           # Keras's MSE and MAE take no from_logits
+        loss = _keras("keras.losses", type(loss).__name__, {
+            k: v for k, v in loss.get_config().items()
+            if k != "from_logits" or "Crossentropy" in type(loss).__name__})
     return {"optimizer": _keras("keras.optimizers", type(opt).__name__, config), "loss": loss,
             "loss_weights": None, "metrics": [m.name for m in model.compiled_metrics],
             "weighted_metrics": None, "run_eagerly": False, "steps_per_execution": 1,
