@@ -382,6 +382,12 @@ def test_precision_is_exact_by_default_and_follows_the_frameworks():
         _precision.set_float32_matmul_precision("tf32")
 
 
+def test_use_tf32_follows_the_setting_and_the_dtype():
+    assert not ct.use_tf32(np.float32)
+    with _precision.float32_matmul_precision("high"):
+        assert ct.use_tf32(np.float32) and not ct.use_tf32(np.float64)
+
+
 def test_backend_reports_and_sets_the_precision():
     import gpucnn.backend as backend
 

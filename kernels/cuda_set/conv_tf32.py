@@ -43,6 +43,7 @@ import numpy as np
 from numba import types
 
 from .. import _geometry as _geometry_mod
+from .. import _precision
 from ._launch import (KernelSpec, arr, cdiv, check_rank, contig, dummy, empty, kernel_factory,
                       launch, sm_count, xp)
 from ._runtime import SIMULATOR
@@ -489,6 +490,12 @@ def tf32_kernel(mode: int, tile: MmaTile, strided: bool = False):
 # ---------------------------------------------------------------------------------------------
 
 _F32 = np.dtype(np.float32)
+
+
+def use_tf32(dtype) -> bool:
+    """Whether a convolution on arrays of ``dtype`` should run here: float32, and the precision
+    setting allows TF32 (``gpucnn.kernels._precision``; exact float32 by default)."""
+    return np.dtype(dtype) == _F32 and _precision.allow_tf32()
 
 
 def _float32(op, name, a):
