@@ -134,7 +134,8 @@ def test_a_loss_is_written_as_keras_takes_it(tmp_path):
 def test_a_model_round_trips_through_a_keras_file(tmp_path):
     gpucnn.manual_seed(1)
     model = zoo.conv_autoencoder((8, 8, 1), latent_channels=2, filters=(3, 4))
-    model.compile(optimizer=optimizers.Adam(amsgrad=True), loss="mse")
+    lr = optimizers.schedules.ExponentialDecay(0.01, decay_steps=3, decay_rate=0.5)
+    model.compile(optimizer=optimizers.Adam(lr, amsgrad=True), loss="mse")
     x = np.random.default_rng(0).random((6, 8, 8, 1), dtype=np.float32)
     model.fit(x, x, batch_size=3, epochs=1, verbose=0)
     model.save(tmp_path / "ae.keras")

@@ -108,9 +108,14 @@ def _read_zip(path, where):
                                  "can hold")
         try:
             meta = json.loads(z.read("metadata.json")) if "metadata.json" in infos else {}
-            return meta, json.loads(z.read("config.json")), z.read("model.weights.h5")
+            config = json.loads(z.read("config.json"))
+            blob = z.read("model.weights.h5")
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as e:
             raise ValueError(f"{bad}: {type(e).__name__}: {e}") from None
+    if not isinstance(config, dict) or not isinstance(meta, dict):
+        raise ValueError(f"{where}: {path!r}: config.json and metadata.json must each hold a "
+                         f"JSON object, got {type(config).__name__} and {type(meta).__name__}")
+    return meta, config, blob
 
 
 def _json_attr(f, name, where):
@@ -298,7 +303,7 @@ def load_keras(path, custom_objects=None, compile=True):
     ``gpucnn.models.load_model`` for such files."""
     path = os.fspath(path)
     where = f"load_model({path!r})"
-    fmt = kind(path)
+    fmt, keras2 = kind(path), False
     h5py = _h5py(where)
     if fmt == "keras":
         meta, spec, blob = _read_zip(path, where)
@@ -335,8 +340,7 @@ def load_keras(path, custom_objects=None, compile=True):
         if compile and compiled:
             opt, loss, metrics = read_compile(compiled, f"{at}: compile settings",
                                               custom_objects)
-            opt_state = _optimizer_state(f, fmt, opt, model, problems,
-                                         fmt == "keras" and keras2)
+            opt_state = _optimizer_state(f, fmt, opt, model, problems, keras2)
     if problems:
         raise ValueError(f"{where}: the file's arrays do not match its model ({len(problems)} "
                          "problems); nothing was loaded:\n  " + "\n  ".join(problems))

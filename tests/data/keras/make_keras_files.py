@@ -10,12 +10,15 @@ more in one with TensorFlow 2.15 (tf.keras 2, for its legacy ``.h5`` file)::
 
 Each network of the guide is written with the layers of the guide's code (tiny sizes except
 LeNet-5, which is trained on scikit-learn's digits as in examples/guide.ipynb). Beside the files,
-``predictions.npz`` keeps fixed inputs and Keras's outputs for them (``x/<file>``, ``y/<file>``)
+``predictions.npz`` keeps fixed inputs and Keras's outputs for them (``x/<file>``, ``y/<file>``),
+the targets of one more training step after saving and the outputs after it (``t/``, ``y1/``),
 and ``MANIFEST.json`` says which Keras, TensorFlow, NumPy and h5py made each file.
 
-``make_keras_files.py check DIR`` loads every ``*.keras`` file in DIR (written by gpucnn, with
-its predictions in ``DIR/<file>.npz`` as ``x`` and ``y``) with ``keras.models.load_model`` and
-prints the largest absolute difference of Keras's predictions from gpucnn's.
+``make_keras_files.py check DIR`` loads every ``*.keras`` file in DIR (written by gpucnn's
+``write_gpucnn_files.py``, with its predictions in ``DIR/<file>.npz``) with
+``keras.models.load_model`` and prints the largest absolute difference of Keras's predictions
+from gpucnn's, before and after one more training step in each. ``make_keras_files.py write
+DIR`` writes the guide's networks at full size for ``write_gpucnn_files.py check DIR``.
 """
 import json
 import os
@@ -72,47 +75,54 @@ def create_LeNet5(input_shape):      # the guide's section 7, comments left out
     ], name="modifiedLeNet5")
 
 
-def basic_cnn():
+def basic_cnn(shape=(12, 12, 1), filters=4, units=16):
     return models.Sequential([
-        layers.Input(shape=(12, 12, 1)),
-        layers.Conv2D(4, (3, 3), activation="relu", name="conv"),
+        layers.Input(shape=shape),
+        layers.Conv2D(filters, (3, 3), activation="relu", name="conv"),
         layers.MaxPooling2D(pool_size=(2, 2), strides=(2, 2), name="pool"),
         layers.Flatten(name="flatten"),
-        layers.Dense(16, activation="relu", name="dense"),
+        layers.Dense(units, activation="relu", name="dense"),
         layers.Dense(10, activation="softmax", name="output"),
     ], name="basic_cnn")
 
 
-def alexnet():          # section 5's layers at 1/16 of the width, on 16 x 16 x 3 inputs
+def alexnet(full=False):
+    """Section 5's AlexNet; unless ``full``, at 1/16 of the width on 16 x 16 x 3 inputs with a
+    3 x 3 first convolution (gpucnn.zoo's small stem)."""
+    n = (96, 256, 384, 384, 256, 4096, 1000) if full else (6, 16, 24, 24, 16, 32, 10)
+    first = (layers.Conv2D(n[0], (11, 11), strides=(4, 4), activation="relu", name="conv1")
+             if full else layers.Conv2D(n[0], (3, 3), padding="same", activation="relu",
+                                        name="conv1"))
     return models.Sequential([
-        layers.Input(shape=(16, 16, 3)),
-        layers.Conv2D(6, (3, 3), padding="same", activation="relu", name="conv1"),
+        layers.Input(shape=(227, 227, 3) if full else (16, 16, 3)), first,
         layers.MaxPooling2D(pool_size=(3, 3), strides=(2, 2), name="pool1"),
-        layers.Conv2D(16, (5, 5), padding="same", activation="relu", name="conv2"),
+        layers.Conv2D(n[1], (5, 5), padding="same", activation="relu", name="conv2"),
         layers.MaxPooling2D(pool_size=(3, 3), strides=(2, 2), name="pool2"),
-        layers.Conv2D(24, (3, 3), padding="same", activation="relu", name="conv3"),
-        layers.Conv2D(24, (3, 3), padding="same", activation="relu", name="conv4"),
-        layers.Conv2D(16, (3, 3), padding="same", activation="relu", name="conv5"),
+        layers.Conv2D(n[2], (3, 3), padding="same", activation="relu", name="conv3"),
+        layers.Conv2D(n[3], (3, 3), padding="same", activation="relu", name="conv4"),
+        layers.Conv2D(n[4], (3, 3), padding="same", activation="relu", name="conv5"),
         layers.MaxPooling2D(pool_size=(3, 3), strides=(2, 2), name="pool5"),
         layers.Flatten(name="flatten"),
-        layers.Dense(32, activation="relu", name="fc6"),
+        layers.Dense(n[5], activation="relu", name="fc6"),
         layers.Dropout(0.5, name="drop6"),
-        layers.Dense(32, activation="relu", name="fc7"),
+        layers.Dense(n[5], activation="relu", name="fc7"),
         layers.Dropout(0.5, name="drop7"),
-        layers.Dense(10, activation="softmax", name="output"),
+        layers.Dense(n[6], activation="softmax", name="output"),
     ], name="alexnet")
 
 
-def conv_autoencoder():
+def conv_autoencoder(shape=(12, 12, 1), filters=(8, 16), latent=4):
     return models.Sequential([
-        layers.Input(shape=(12, 12, 1)),
-        layers.Conv2D(8, (3, 3), strides=(2, 2), padding="same", activation="relu", name="enc1"),
-        layers.Conv2D(16, (3, 3), strides=(2, 2), padding="same", activation="relu", name="enc2"),
-        layers.Conv2D(4, (3, 3), padding="same", activation="relu", name="latent"),
-        layers.Conv2DTranspose(16, (3, 3), strides=(2, 2), padding="same", activation="relu",
-                               name="dec1"),
-        layers.Conv2DTranspose(8, (3, 3), strides=(2, 2), padding="same", activation="relu",
-                               name="dec2"),
+        layers.Input(shape=shape),
+        layers.Conv2D(filters[0], (3, 3), strides=(2, 2), padding="same", activation="relu",
+                      name="enc1"),
+        layers.Conv2D(filters[1], (3, 3), strides=(2, 2), padding="same", activation="relu",
+                      name="enc2"),
+        layers.Conv2D(latent, (3, 3), padding="same", activation="relu", name="latent"),
+        layers.Conv2DTranspose(filters[1], (3, 3), strides=(2, 2), padding="same",
+                               activation="relu", name="dec1"),
+        layers.Conv2DTranspose(filters[0], (3, 3), strides=(2, 2), padding="same",
+                               activation="relu", name="dec2"),
         layers.Conv2D(1, (3, 3), padding="same", activation="sigmoid", name="output"),
     ], name="conv_autoencoder")
 
@@ -193,21 +203,50 @@ def make():
     manifest_file.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
+def write(folder):
+    """The guide's five networks at gpucnn.zoo's default sizes (AlexNet's 62 million parameters
+    included), one training step each, saved as ``<name>.keras`` with ``<name>.keras.npz``
+    (``x``, ``y``): what ``write_gpucnn_files.py check`` compares gpucnn with."""
+    rng = np.random.default_rng(0)
+    nets = {"perceptron": (perceptron(), optimizers.Adagrad(), "binary_crossentropy"),
+            "basic_cnn": (basic_cnn((32, 32, 1), 8, 32), optimizers.Adam(),
+                          "sparse_categorical_crossentropy"),
+            "lenet5": (create_LeNet5((32, 32, 1)), optimizers.SGD(0.01, momentum=0.9),
+                       "sparse_categorical_crossentropy"),
+            "conv_autoencoder": (conv_autoencoder((28, 28, 1), (16, 32), 8),
+                                 optimizers.RMSprop(), "mse"),
+            "alexnet": (alexnet(full=True), optimizers.SGD(), "sparse_categorical_crossentropy")}
+    for name, (model, optimizer, loss) in nets.items():
+        x = rng.random((2,) + model.input_shape[1:], dtype=np.float32)
+        model.compile(optimizer=optimizer, loss=loss)
+        model.train_on_batch(x, train_targets(model, x))
+        model.save(f"{folder}/{name}.keras")
+        np.savez(f"{folder}/{name}.keras.npz", x=x, y=model.predict(x, verbose=0))
+        print(f"{name}: {model.count_params():,} parameters written by Keras {KERAS_VERSION}")
+
+
 def check(folder):
     worst = 0.0
     for path in sorted(Path(folder).glob("*.keras")):
         ref = np.load(f"{path}.npz")
         model = keras.models.load_model(path)
         diff = float(np.abs(model.predict(ref["x"], verbose=0) - ref["y"]).max())
+        opt, step, first = model.optimizer, "", diff
+        if "y1" in ref:             # one more step from the saved optimizer state, as gpucnn did
+            model.train_on_batch(ref["x"], ref["t"])
+            after = float(np.abs(model.predict(ref["x"], verbose=0) - ref["y1"]).max())
+            step = f" (before), {after:.3g} after one more training step in each"
+            diff = max(diff, after)
         worst = max(worst, diff)
-        opt = model.optimizer
-        print(f"{path.name}: Keras {KERAS_VERSION} loads it; largest |Keras - gpucnn| = {diff:.3g}"
-              + (f"; optimizer {type(opt).__name__}, {len(opt.variables)} variables, "
-                 f"iterations {int(opt.iterations.numpy())}" if opt is not None else ""))
+        print(f"{path.name}: Keras {KERAS_VERSION} loads it; largest |Keras - gpucnn| = {first:.3g}"
+              f"{step}; {type(opt).__name__}, {len(opt.variables)} variables, iterations "
+              f"{int(opt.iterations.numpy())}")
     return worst
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["check"]:
         sys.exit(0 if check(sys.argv[2]) <= 1e-5 else 1)
+    if sys.argv[1:2] == ["write"]:
+        sys.exit(write(sys.argv[2]))
     make()
