@@ -1,6 +1,7 @@
 """Keras model files (``gpucnn.models.keras_files``) without TensorFlow: the files of
 tests/data/keras were made by real Keras (3.15.1 on TensorFlow 2.21, and tf.keras 2.15 for the
-legacy ``.h5``; MANIFEST.json, make_keras_files.py) with Keras's predictions beside them, before
+legacy ``.h5``; MANIFEST.json, make_keras_files.py): the guide's five networks and one of the
+layers they leave out, with Keras's predictions beside them, before
 and after one more training step; gpucnn must give the same numbers, write back files laid out as
 Keras's own, and refuse what it cannot load faithfully with the place in the file named."""
 import io
@@ -26,7 +27,7 @@ FILES = sorted(json.loads((DATA / "MANIFEST.json").read_text()))
 OPTIMIZERS = {"lenet5.keras": ("SGD", 45 * 20), "basic_cnn.keras": ("Adam", 2),
               "basic_cnn.h5": ("Adam", 2), "tf2_basic_cnn.h5": ("Adam", 2),
               "alexnet.keras": ("SGD", 2), "conv_autoencoder.keras": ("RMSprop", 2),
-              "perceptron.keras": ("Adagrad", 2)}
+              "perceptron.keras": ("Adagrad", 2), "every_layer.keras": ("SGD", 2)}
 
 
 def test_every_fixture_is_listed_with_the_keras_that_made_it():
@@ -93,7 +94,8 @@ def archive(path):
 
 
 @pytest.mark.parametrize("name", ["lenet5.keras", "basic_cnn.keras", "alexnet.keras",
-                                  "conv_autoencoder.keras", "perceptron.keras"])
+                                  "conv_autoencoder.keras", "perceptron.keras",
+                                  "every_layer.keras"])
 def test_gpucnn_writes_what_keras_wrote(name, tmp_path):
     """Loaded from Keras's file and saved again, the archive has Keras's members, every array
     at Keras's path with Keras's shape (weights and optimizer variables), and each layer's

@@ -8,6 +8,8 @@ more in one with TensorFlow 2.15 (tf.keras 2, for its legacy ``.h5`` file)::
     /tmp/k3/bin/python tests/data/keras/make_keras_files.py
     /tmp/k2/bin/python tests/data/keras/make_keras_files.py
 
+(``make_keras_files.py make NAME...`` remakes only the files named.)
+
 Each network of the guide is written with the layers of the guide's code (tiny sizes except
 LeNet-5, which is trained on scikit-learn's digits as in examples/guide.ipynb). Beside the files,
 ``predictions.npz`` keeps fixed inputs and Keras's outputs for them (``x/<file>``, ``y/<file>``),
@@ -133,6 +135,23 @@ def perceptron():
                              name="perceptron")
 
 
+def every_layer():
+    """The layers and settings gpucnn has that the guide's networks leave out (Dropout is in
+    AlexNet; here it would make the training step after saving differ between libraries)."""
+    return models.Sequential([
+        layers.Input(shape=(64,)),
+        layers.Reshape((8, 8, 1)),
+        layers.Conv2D(3, 3, strides=2, padding="same", use_bias=False,
+                      kernel_initializer="he_normal"),
+        layers.Activation("tanh"),
+        layers.AveragePooling2D(2, strides=1, padding="same"),
+        layers.Conv2DTranspose(2, 3, strides=2, activation="sigmoid"),
+        layers.MaxPooling2D(3, strides=2, padding="same"),
+        layers.Flatten(),
+        layers.Dense(3, activation="softmax"),
+    ], name="every_layer")
+
+
 def fit(model, optimizer, loss, metrics, x, y, epochs=1):
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
@@ -144,10 +163,11 @@ def train_targets(model, x):
     out = model.output_shape[-1]
     if len(model.output_shape) == 4:
         return x
-    return (np.arange(len(x)) % 2)[:, None].astype(np.float32) if out == 1 else np.arange(len(x))
+    labels = np.arange(len(x)) % max(out, 2)
+    return labels[:, None].astype(np.float32) if out == 1 else labels
 
 
-def make():
+def make(only=()):
     tf.keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     img = lambda *s: rng.random(s, dtype=np.float32)          # noqa: E731
@@ -178,6 +198,11 @@ def make():
         made["perceptron.keras"] = fit(perceptron(), optimizers.Adagrad(), "binary_crossentropy",
                                        ["accuracy"], x, labels(64, 2)[:, None].astype(np.float32)
                                        ), x[:4]
+        x = img(64, 64)
+        made["every_layer.keras"] = fit(every_layer(), optimizers.SGD(0.05, momentum=0.5),
+                                        "sparse_categorical_crossentropy", ["accuracy"], x,
+                                        labels(64, 3)), x[:4]
+    made = {k: v for k, v in made.items() if not only or k in only}
     pred_file = HERE / "predictions.npz"
     preds = dict(np.load(pred_file)) if pred_file.exists() else {}
     manifest_file = HERE / "MANIFEST.json"
@@ -249,4 +274,4 @@ if __name__ == "__main__":
         sys.exit(0 if check(sys.argv[2]) <= 1e-5 else 1)
     if sys.argv[1:2] == ["write"]:
         sys.exit(write(sys.argv[2]))
-    make()
+    make(sys.argv[2:] if sys.argv[1:2] == ["make"] else ())
