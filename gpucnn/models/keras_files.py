@@ -357,8 +357,9 @@ def load_keras(path, custom_objects=None, compile=True):
     return model
 
 
-def save_keras(model, path) -> str:
-    """Write ``model`` as a Keras 3 ``.keras`` archive (through ``gpucnn.io.write_atomic``)."""
+def save_keras(model, path, overwrite=False) -> str:
+    """Write ``model`` as a Keras 3 ``.keras`` archive (through ``gpucnn.io.write_atomic``;
+    ``overwrite`` replaces a read-only file too)."""
     h5py = _h5py("save")
     path = os.fspath(path)
     if type(model).__name__ != "Sequential":
@@ -396,7 +397,7 @@ def save_keras(model, path) -> str:
             z.writestr("config.json", json.dumps(config))
             z.writestr("model.weights.h5", blob.getvalue(), zipfile.ZIP_STORED)
 
-    return io.write_atomic(path, write, op="save")
+    return io.write_atomic(path, write, overwrite=overwrite, op="save")
 
 
 __all__ = ["kind", "load_keras", "save_keras", "keras_paths", "slot_order"]
