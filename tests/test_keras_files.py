@@ -26,6 +26,7 @@ FILES = sorted(json.loads((DATA / "MANIFEST.json").read_text()))
 # (optimizer, steps Keras had taken when it saved the file: 64 samples in batches of 32)
 OPTIMIZERS = {"lenet5.keras": ("SGD", 45 * 20), "basic_cnn.keras": ("Adam", 2),
               "basic_cnn.h5": ("Adam", 2), "tf2_basic_cnn.h5": ("Adam", 2),
+              "tf2_basic_cnn.keras": ("Adam", 2),
               "alexnet.keras": ("SGD", 2), "conv_autoencoder.keras": ("RMSprop", 2),
               "perceptron.keras": ("Adagrad", 2), "every_layer.keras": ("SGD", 2)}
 
@@ -35,6 +36,7 @@ def test_every_fixture_is_listed_with_the_keras_that_made_it():
     assert FILES == on_disk == sorted(OPTIMIZERS)
     versions = json.loads((DATA / "MANIFEST.json").read_text())
     assert versions["tf2_basic_cnn.h5"]["keras"].startswith("2.")
+    assert versions["tf2_basic_cnn.keras"]["keras"].startswith("2.")
     assert all(v["keras"].startswith("3.") for k, v in versions.items() if "tf2" not in k)
 
 

@@ -173,9 +173,9 @@ def make(only=()):
     img = lambda *s: rng.random(s, dtype=np.float32)          # noqa: E731
     labels = lambda n, k: rng.integers(0, k, n)               # noqa: E731
     made = {}
-    if KERAS2:      # tf.keras 2's legacy HDF5 whole-model file
+    if KERAS2:      # tf.keras 2's legacy HDF5 whole-model file, and its .keras archive
         x = img(64, 12, 12, 1)
-        made["tf2_basic_cnn.h5"] = fit(basic_cnn(), optimizers.Adam(),
+        made["tf2_basic_cnn.h5"] = made["tf2_basic_cnn.keras"] = fit(basic_cnn(), optimizers.Adam(),
                                        "sparse_categorical_crossentropy", ["accuracy"], x,
                                        labels(64, 10)), x[:4]
     else:
