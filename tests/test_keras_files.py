@@ -156,6 +156,30 @@ def test_a_model_round_trips_through_a_keras_file(tmp_path):
         np.testing.assert_array_equal(ours[k], theirs[k], err_msg=k)
 
 
+def test_a_nested_and_partly_frozen_model_round_trips(tmp_path):
+    """Laid out as Keras 3.15.1 loads it (checked with make_keras_files.py check): the inner
+    Sequential's layers under its own ``layers/``, only trainable weights in the optimizer."""
+    encoder = models.Sequential([layers.Input(shape=(8, 8, 1)),
+                                 layers.Conv2D(3, 3, activation="relu", name="c")],
+                                name="encoder")
+    model = models.Sequential([layers.Input(shape=(8, 8, 1)), encoder, layers.Flatten(),
+                               layers.Dense(2, activation="softmax", name="d")], name="nested")
+    encoder.trainable = False
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+    model.train_on_batch(x, np.array([0, 1, 0, 1]))
+    model.save(tmp_path / "nested.keras")
+    arrays = archive(tmp_path / "nested.keras")[3]
+    assert arrays == {"layers/sequential/layers/conv2d/vars/0": (3, 3, 1, 3),
+                      "layers/sequential/layers/conv2d/vars/1": (3,),
+                      "layers/dense/vars/0": (108, 2), "layers/dense/vars/1": (2,),
+                      **{f"optimizer/vars/{i}": s for i, s in
+                         enumerate([(), (), (108, 2), (108, 2), (2,), (2,)])}}
+    back = load_model(tmp_path / "nested.keras")
+    assert [la.trainable for la in back.layers] == [False, True, True]
+    np.testing.assert_array_equal(back.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
 def test_a_keras_file_is_told_by_content_not_name(tmp_path):
     model = load_model(DATA / "perceptron.keras")
     (tmp_path / "weights.npz").write_bytes((DATA / "perceptron.keras").read_bytes())

@@ -105,7 +105,10 @@ class Pending:
 
     def assemble(self):
         layers = [la.assemble() if isinstance(la, Pending) else la for la in self.layers]
-        return self.cls(layers=layers, **self.kwargs)
+        model = self.cls(layers=layers, name=self.kwargs.get("name"))
+        if self.kwargs.get("trainable") is False:         # Keras: a frozen model freezes all
+            model.trainable = False
+        return model
 
 
 def read_layer(d, file, at="", custom_objects=None):
@@ -128,7 +131,7 @@ def read_layer(d, file, at="", custom_objects=None):
         inner = f"{at}.config.layers" if at else "config.layers"
         layers = [read_layer(la, file, f"{inner}[{i}]", custom)
                   for i, la in enumerate(config.pop("layers", None) or [])]
-        return Pending(cls, {"name": config.get("name")}, layers)
+        return Pending(cls, config, layers)
     cls = custom.get(name) or layer_classes().get(name)
     if cls is None or name in ("Sequential", "Model"):
         raise ValueError(f"{where}: unknown layer class {name!r}; gpucnn has "
@@ -166,7 +169,10 @@ def weight_shapes(layer, shape):
 def read_compile(c, where, custom_objects=None):
     """``(optimizer, loss, metrics)`` for ``model.compile`` from Keras 3's ``compile_config``
     or tf.keras 2's ``training_config``."""
-    d = c.get("optimizer") or c.get("optimizer_config")
+    d = c.get("optimizer") or c.get("optimizer_config") if isinstance(c, dict) else None
+    if not isinstance(d, (str, dict)):
+        raise ValueError(f"{where}: expected an optimizer given by name or as {{'class_name': "
+                         f"..., 'config': ...}}, got {str(d)[:80]} (or load with compile=False)")
     if isinstance(d, str):
         opt = _optimizers.get(d)
     else:

@@ -178,7 +178,8 @@ def _numbered(g):
 def _precheck(pending, f, fmt, where):
     """The weights' shapes the config gives, against the file's, before the model is made."""
     first = pending.layers[0] if pending.layers else None
-    shape = None if first is None or first._declared is None else (None, *first._declared)
+    declared = getattr(first, "_declared", None)
+    shape = None if declared is None else (None, *declared)
     table = keras_paths(pending.layers) if fmt == "keras" else [
         (la.name, la) for la in pending.layers if type(la).__name__ != "InputLayer"]
     for path, layer in table:
