@@ -50,6 +50,8 @@ _MAX_DEFLATE = 1100               # deflate expands at most ~1032 times
 
 def kind(path) -> str | None:
     """``"keras"``, ``"h5"`` or None (not a Keras file) from the first bytes of ``path``."""
+    if not os.path.isfile(path):                   # a FIFO would block the read
+        return None
     try:
         with open(path, "rb") as f:
             head = f.read(30 + 64)
