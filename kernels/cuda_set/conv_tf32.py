@@ -160,8 +160,8 @@ def tf32_kernel(mode: int, tile: MmaTile, strided: bool = False):
                wr_ci, hh, ww, cc, sh, sw, a_pre):
         """The thread's A_LOADS elements of the A tile at reduction offset k0, from global
         memory (``src`` seen flat, its dims ``hh, ww, cc``), rounded to TF32 (zero outside the
-        image and past kend). ``row_b[i] + k_off``: the flat offset of element i (FWD, and
-        BWD_INPUT at stride 1)."""
+        image and past kend). ``row_b[i] + k_off``: the flat offset of element i (but in the
+        strided input gradient)."""
         ok = k0 + kk < kend
         for i in range(A_LOADS):
             v = f32(0)
@@ -184,10 +184,10 @@ def tf32_kernel(mode: int, tile: MmaTile, strided: bool = False):
                             v = src[U64(((row_n[i] * hh + oh) * ww + ow) * cc + kc)]
             else:                                # x patch: row (ky, kx, ci), column (n, oh, ow)
                 if k0 + kk + i * A_STEP < kend:
-                    ih = row_h[i] * sh + wr_ky
-                    iw = row_w[i] * sw + wr_kx
+                    ih = row_h[i] + wr_ky
+                    iw = row_w[i] + wr_kx
                     if ih >= 0 and ih < hh and iw >= 0 and iw < ww:
-                        v = src[U64(((row_n[i] * hh + ih) * ww + iw) * cc + wr_ci)]
+                        v = src[U64(row_b[i] + k_off)]
             a_pre[i] = cvt_tf32(v)
 
     @cuda.jit(device=True, inline="always")
@@ -215,10 +215,12 @@ def tf32_kernel(mode: int, tile: MmaTile, strided: bool = False):
             b_pre[i] = cvt_tf32(v)
 
     @cuda.jit(device=True, inline="always")
-    def k_offset(ky, kx, kc, ww, cc):
+    def k_offset(ky, kx, kc, ww, cc, w_off):
         """The reduction column's part of a flat src offset: tap (ky, kx) and channel kc from a
         row's window corner (FWD), or from the dx pixel's padded position (BWD_INPUT, where the
-        tap moves back: dy row ih + pt - ky)."""
+        tap moves back: dy row ih + pt - ky); in BWD_WEIGHT the dw row's part ``w_off``."""
+        if MODE == BWD_WEIGHT:
+            return w_off
         if MODE == BWD_INPUT:
             return kc - (ky * ww + kx) * cc
         return (ky * ww + kx) * cc + kc
@@ -335,7 +337,7 @@ def tf32_kernel(mode: int, tile: MmaTile, strided: bool = False):
         row_n = cuda.local.array(A_LOADS, i32)     # 32-bit: half the registers of int64
         row_h = cuda.local.array(A_LOADS, i32)
         row_w = cuda.local.array(A_LOADS, i32)
-        row_b = cuda.local.array(A_LOADS, i64)     # FWD, BWD_INPUT: a row's flat offset in src
+        row_b = cuda.local.array(A_LOADS, i64)     # a row's flat offset in src
 
         tid = i64(cuda.threadIdx.x)
         lane = tid % WARP
@@ -379,21 +381,32 @@ def tf32_kernel(mode: int, tile: MmaTile, strided: bool = False):
         wr_ky = i64(0)
         wr_kx = i64(0)
         wr_ci = i64(0)
+        w_off = i64(0)
         if MODE == BWD_WEIGHT:
             m = m0 + tid % BM
             wr_ci = m % cin
             wr_kx = (m // cin) % kw - pl
             wr_ky = m // (cin * kw) - pt
+            w_off = (wr_ky * ww + wr_kx) * cc + wr_ci   # the dw row's part of a flat offset
             if m >= mrows:
-                wr_ky = -(1 << 40)   # off every image: loads read zero
-            d_c = BK % mw
-            d_x = (BK // mw) % mh
-            d_y = BK // (mw * mh)
+                wr_ky = i64(-(1 << 40))   # off every image: loads read zero
+            # a step of BK reduction indices (n, oh, ow), in (row_h, row_w, row_b) units: the
+            # window's top row oh * sh, its left column ow * sw, the flat offset of its corner
+            d_c = (BK % mw) * sw
+            d_x = ((BK // mw) % mh) * sh
+            d_b = d_c * cc + (d_x * ww + (BK // (mw * mh)) * hh * ww) * cc
+            w_end = mw * sw
+            h_end = mh * sh
+            w_carry = (sh * ww - w_end) * cc      # ow wraps: one row of windows down
+            h_carry = (hh - h_end) * ww * cc      # oh wraps: the next image
             for i in range(A_LOADS):
                 r = kbeg + kk + i * A_STEP
-                row_w[i] = r % mw
-                row_h[i] = (r // mw) % mh
-                row_n[i] = r // (mw * mh)
+                q = r % mw
+                p = (r // mw) % mh
+                n = r // (mw * mh)
+                row_w[i] = q * sw
+                row_h[i] = p * sh
+                row_b[i] = ((n * hh + p * sh) * ww + q * sw) * cc
         else:
             k = kbeg + kk
             kc = k % crad
@@ -426,8 +439,9 @@ def tf32_kernel(mode: int, tile: MmaTile, strided: bool = False):
         a_at = (wm0 + g) * A_SX + t * A_SK      # the lane's a0 and b0 in a shared buffer
         b_at = (wn0 + g) * B_SX + t * B_SK
         nsteps = (kend - kbeg + BK - 1) // BK
-        load_a(src, kbeg, kend, kk, row_n, row_h, row_w, row_b, k_offset(ky, kx, kc, ww, cc),
-               ky, kx, kc, wr_ky, wr_kx, wr_ci, hh, ww, cc, sh, sw, a_pre)
+        load_a(src, kbeg, kend, kk, row_n, row_h, row_w, row_b,
+               k_offset(ky, kx, kc, ww, cc, w_off), ky, kx, kc, wr_ky, wr_kx, wr_ci, hh, ww, cc,
+               sh, sw, a_pre)
         load_b(wmat, kbeg, kend, tid, n0, ncols, ky, kx, kc, cin, kw, cc, b_pre)
         store_a(As, 0, tid, a_pre)
         store_b(Bs, 0, tid, b_pre)
@@ -441,16 +455,17 @@ def tf32_kernel(mode: int, tile: MmaTile, strided: bool = False):
                     for i in range(A_LOADS):
                         w_ = row_w[i] + d_c
                         h_ = row_h[i] + d_x
-                        n_ = row_n[i] + d_y
-                        if w_ >= mw:
-                            w_ -= mw
-                            h_ += 1
-                        if h_ >= mh:
-                            h_ -= mh
-                            n_ += 1
+                        b_ = row_b[i] + d_b
+                        if w_ >= w_end:
+                            w_ -= w_end
+                            h_ += sh
+                            b_ += w_carry
+                        if h_ >= h_end:
+                            h_ -= h_end
+                            b_ += h_carry
                         row_w[i] = w_
                         row_h[i] = h_
-                        row_n[i] = n_
+                        row_b[i] = b_
                 else:
                     kc += d_c
                     kx += d_x
@@ -464,8 +479,8 @@ def tf32_kernel(mode: int, tile: MmaTile, strided: bool = False):
                 k0 = kbeg + (step + 1) * BK
                 # the next step's tiles, in flight while the warps multiply this one's
                 load_a(src, k0, kend, kk, row_n, row_h, row_w, row_b,
-                       k_offset(ky, kx, kc, ww, cc), ky, kx, kc, wr_ky, wr_kx, wr_ci, hh, ww, cc,
-                       sh, sw, a_pre)
+                       k_offset(ky, kx, kc, ww, cc, w_off), ky, kx, kc, wr_ky, wr_kx, wr_ci, hh,
+                       ww, cc, sh, sw, a_pre)
                 load_b(wmat, k0, kend, tid, n0, ncols, ky, kx, kc, cin, kw, cc, b_pre)
             warp_product(As, Bs, a_at + cur * A_SIZE, b_at + cur * B_SIZE, acc, afr, bfr)
             if more:
