@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import gpucnn
-from gpucnn import datasets
+from gpucnn import datasets, io
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,14 +33,19 @@ def fail(prog, message):
     sys.exit(2)
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(lo, words):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo:
+            raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_int, _seed = _int_at_least(1, "a positive integer"), _int_at_least(0, "an integer >= 0")
 
 
 def _positive_float(text):
@@ -85,7 +90,7 @@ def parser(name, description, *, epochs, batch_size, data_help):
     p.add_argument("--data", default=None, metavar="DIR", help=data_help)
     p.add_argument("--out", default=os.path.join("runs", name), metavar="DIR",
                    help="folder for the pictures (created once the data has loaded)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=_seed, default=0,
                    help="seed of the initial weights, the shuffling, the split and dropout")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
                    help="use at most N training and N test images (quick runs) (default: all)")
@@ -227,8 +232,9 @@ def output_dir(prog, out):
     path = Path(out).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
+        io.check_writable(path / "picture.png", "--out")  # before training, not after it
     except OSError as e:
-        fail(prog, f"--out {out}: cannot create the folder ({e.strerror or e})")
+        fail(prog, f"--out {out}: cannot create the folder or write in it ({e.strerror or e})")
     return path
 
 

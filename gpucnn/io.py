@@ -14,6 +14,7 @@ reports, pictures) goes through ``write_atomic``.
 """
 from __future__ import annotations
 
+import math
 import os
 import stat
 import tempfile
@@ -84,18 +85,7 @@ def write_atomic(path, write, mode: str = "wb", *, overwrite: bool = False, op: 
     """
     path = os.fspath(path)
     op = op or "write_atomic"
-    dest = os.path.realpath(path)                      # through every symlink, to the real file
-    keep = _check_destination(path, dest, overwrite, op)
-    folder = os.path.dirname(dest)
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{op}: cannot write {_where(path, dest)}: the folder {folder!r} "
-                                "does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".tmp",
-                                   dir=folder)
-    except OSError as e:
-        raise type(e)(e.errno, f"{op}: cannot write {_where(path, dest)}: cannot create a file in "
-                      f"its folder {folder!r}: {e.strerror}") from None
+    dest, keep, fd, tmp = _open_beside(path, overwrite, op)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -113,6 +103,33 @@ def write_atomic(path, write, mode: str = "wb", *, overwrite: bool = False, op: 
             raise _os_error(e, f"{op}: writing {_where(path, dest)} failed: {text}") from None
         raise
     return path
+
+
+def _open_beside(path: str, overwrite: bool, op: str):
+    """``(dest, mode to keep, fd, name)``: the real destination checked (``_check_destination``,
+    its folder) and a new temporary file open beside it."""
+    dest = os.path.realpath(path)                      # through every symlink, to the real file
+    keep = _check_destination(path, dest, overwrite, op)
+    folder = os.path.dirname(dest)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{op}: cannot write {_where(path, dest)}: the folder {folder!r} "
+                                "does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".tmp",
+                                   dir=folder)
+    except OSError as e:
+        raise type(e)(e.errno, f"{op}: cannot write {_where(path, dest)}: cannot create a file in "
+                      f"its folder {folder!r}: {e.strerror}") from None
+    return dest, keep, fd, tmp
+
+
+def check_writable(path, op: str, overwrite: bool = False) -> None:
+    """Raise now what ``write_atomic(path, ..., overwrite=overwrite, op=op)`` would raise about
+    the destination (its folder missing or not writable, a file it may not replace), so that a
+    writer is checked before the work whose result it keeps."""
+    _, _, fd, tmp = _open_beside(os.fspath(path), overwrite, op)
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _os_error(e: OSError, message: str) -> OSError:
@@ -134,31 +151,70 @@ def save_arrays(path, arrays: dict, overwrite: bool = False, op: str = "save_wei
 
 def load_arrays(path) -> dict:
     """``{name: array}`` read fully from a weights file, or a ValueError saying why not."""
+    arrays = read_npz(path, "load_weights", "weights file")
+    arrays.pop(FORMAT_KEY, None)
+    return arrays
+
+
+#: The most bytes a deflated zip entry may expand to, per byte stored (deflate's limit, 1032:1).
+_DEFLATE_RATIO = 1032
+
+
+def read_npz(path, op: str, what: str) -> dict:
+    """``{name: array}`` of the ``.npz`` archive at ``path`` (a gpucnn ``what``: "weights file",
+    "model file"), read without unpickling. Refused before anything is allocated: what is not a
+    regular file (a FIFO would block the read), and an entry whose sizes (the zip's, the array
+    header's shape and dtype) ask for more bytes than the file holds."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"load_weights: no such file: {path!r}")
-    why = "cannot read {!r} as a gpucnn weights file (.npz); it may be truncated or corrupted"
-    kind = os.stat(path).st_mode
-    if not stat.S_ISREG(kind):                         # a FIFO would block the read below
-        err = IsADirectoryError if stat.S_ISDIR(kind) else OSError
-        raise err(f"load_weights: {path!r} is {_kind(kind)}, not a weights file")
+        raise FileNotFoundError(f"{op}: no such file: {path!r}")
+    why = f"cannot read {path!r} as a gpucnn {what} (.npz); it may be truncated or corrupted"
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        err = IsADirectoryError if stat.S_ISDIR(st.st_mode) else OSError
+        raise err(f"{op}: {path!r} is {_kind(st.st_mode)}, not a {what}")
     try:
         with open(path, "rb") as f:
             head = f.read(6)
     except OSError as e:
-        raise type(e)(e.errno, f"load_weights: cannot read {path!r}: {e.strerror}") from None
+        raise type(e)(e.errno, f"{op}: cannot read {path!r}: {e.strerror}") from None
     if not head.startswith(b"PK"):                     # np.load would try to unpickle it
-        raise ValueError(f"load_weights: {why.format(path)}: it is {_not_npz(head)}")
+        raise ValueError(f"{op}: {why}: it is {_not_npz(head)}")
     try:
-        z = np.load(path, allow_pickle=False)
-        with z:
-            arrays = {k: z[k] for k in z.files}
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                _check_entry(zf, info, st.st_size)
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         detail = (f"{type(e).__name__}: {e}" if "allow_pickle" not in str(e) else
                   "it holds pickled Python objects, which gpucnn never loads")
-        raise ValueError(f"load_weights: {why.format(path)}: {detail}") from None
-    arrays.pop(FORMAT_KEY, None)
-    return arrays
+        raise ValueError(f"{op}: {why}: {detail}") from None
+
+
+def _check_entry(zf, info, size: int) -> None:
+    """ValueError when the zip entry ``info`` of a ``size``-byte file claims more bytes than
+    the file has, or its ``.npy`` header a shape larger than the entry's bytes."""
+    name = info.filename
+    if info.header_offset + info.compress_size > size:
+        raise ValueError(f"entry {name!r} claims {info.compress_size} bytes from offset "
+                         f"{info.header_offset}, past the end of the file ({size} bytes)")
+    ratio = 1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_RATIO
+    if info.file_size > info.compress_size * ratio:
+        raise ValueError(f"entry {name!r} claims {info.file_size} bytes from "
+                         f"{info.compress_size} stored, more than {ratio}x")
+    if not name.endswith(".npy"):
+        return
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read(f)
+        need = math.prod(shape) * dtype.itemsize
+        have = info.file_size - f.tell()
+    if need > have:
+        raise ValueError(f"entry {name!r} declares an array of shape {shape} {dtype} "
+                         f"({need} bytes) but holds {have} bytes")
 
 
 def _not_npz(head: bytes) -> str:
@@ -194,4 +250,5 @@ def check_arrays(owner: str, expected: dict, arrays: dict) -> None:
                          + "\n  ".join(problems))
 
 
-__all__ = ["save_arrays", "load_arrays", "check_arrays", "FORMAT_KEY"]
+__all__ = ["save_arrays", "load_arrays", "read_npz", "check_arrays", "check_writable",
+           "FORMAT_KEY"]

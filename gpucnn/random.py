@@ -36,3 +36,30 @@ def next_dropout_key() -> tuple[int, int]:
     c = _state["counter"]
     _state["counter"] = (c + 1) & 0xFFFFFFFF
     return _state["dropout_seed"], c
+
+
+def get_state() -> dict:
+    """What decides the next batch orders and dropout masks, as JSON data (``Model.save`` keeps
+    it, so that the loaded model's next ``fit`` goes on as the saving one would have)."""
+    return {"generator": _state["gen"].bit_generator.state,
+            "dropout_seed": _state["dropout_seed"], "counter": _state["counter"]}
+
+
+def checked_state(state) -> dict:
+    """``state`` (as ``get_state`` returns it) made ready for ``set_state``; a ValueError
+    saying what is wrong otherwise."""
+    try:
+        gen = np.random.Generator(np.random.PCG64())
+        gen.bit_generator.state = state["generator"]
+        seed, counter = state["dropout_seed"], state["counter"]
+        for name, v in (("dropout_seed", seed), ("counter", counter)):
+            if not (isinstance(v, int) and 0 <= v < 2**32) and not (v is None and name != "counter"):
+                raise ValueError(f"{name} must be an int in [0, 2**32), got {v!r}")
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"not a random state gpucnn writes: {type(e).__name__}: {e}") from None
+    return {"gen": gen, "dropout_seed": seed, "counter": counter}
+
+
+def set_state(state) -> None:
+    """Put back what ``get_state`` returned (checked first: an error changes nothing)."""
+    _state.update(checked_state(state))

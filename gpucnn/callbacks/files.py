@@ -38,20 +38,27 @@ class ModelCheckpoint(_Monitor):
         self.best = initial_value_threshold
 
     def on_train_begin(self, logs=None):
+        """Fail now rather than after the first epoch: the architecture, the format fields (with
+        the logs ``fit`` will give), the folder and the file the first epoch would write."""
         if not self.save_weights_only:
             try:
-                self.model.get_config()      # fail now rather than after the first epoch
+                self.model.get_config()
             except ValueError as e:
                 raise ValueError(f"ModelCheckpoint: cannot save the whole model: {e}; pass "
                                  "save_weights_only=True to save the weights alone") from None
+        names = list((self.params or {}).get("metrics") or ()) + ["learning_rate", self.monitor]
+        _io.check_writable(self._path(0, {k: 0.0 for k in names}), "ModelCheckpoint")
+
+    def _path(self, epoch, logs):
+        try:
+            return self.filepath.format(epoch=epoch + 1, **logs)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"ModelCheckpoint: cannot format filepath {self.filepath!r} with epoch "
+                             f"and the logs {sorted(logs)}: {type(e).__name__}: {e}") from None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        try:
-            path = self.filepath.format(epoch=epoch + 1, **logs)
-        except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"ModelCheckpoint: cannot format filepath {self.filepath!r} with epoch "
-                             f"and the logs {sorted(logs)}: {e}") from None
+        path = self._path(epoch, logs)
         if self.save_best_only:
             current = self._current(logs)
             if current is None or not self._improved(current, self.best):
@@ -67,7 +74,7 @@ class ModelCheckpoint(_Monitor):
         if self.save_weights_only:
             self.model.save_weights(path)
         else:
-            self.model.save(path)
+            self.model.save(path, overwrite=None)        # a read-only file is refused
 
 
 class CSVLogger(Callback):
@@ -96,6 +103,7 @@ class CSVLogger(Callback):
         self._old_header = None
 
     def on_train_begin(self, logs=None):
+        _io.check_writable(self.filename, "CSVLogger")  # now, not after the first epoch
         self.keys = None
         self._rows = []
         self._prefix, self._old_header = "", None

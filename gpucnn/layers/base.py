@@ -13,7 +13,8 @@ import re
 import numpy as np
 
 from gpucnn import backend, initializers
-from gpucnn.autograd import Tensor
+from gpucnn.autograd import Tensor, no_grad
+from gpucnn.layers.registry import charge
 
 _SNAKE_1 = re.compile(r"(.)([A-Z][a-z]+)")
 _SNAKE_2 = re.compile(r"([a-z])([A-Z])")
@@ -176,6 +177,7 @@ class Layer:
         if any(short == name for short, _, _ in self._weights):
             raise ValueError(f"layer '{self.name}': a weight named {name!r} already exists")
         dtype = np.dtype(dtype) if dtype is not None else self.dtype
+        charge(self.name, name, shape, dtype)          # a model file's budget, when loading one
         init = initializers.get(initializer if initializer is not None else "glorot_uniform")
         value = np.asarray(init(shape, dtype), dtype=dtype)
         if value.shape != shape:
@@ -300,11 +302,24 @@ class Layer:
             try:
                 self._accept(shape)
                 out = self.compute_output_shape((None,) + shape[1:])
+                if out is None and type(self).compute_output_shape is Layer.compute_output_shape:
+                    out = self._shape_by_calling(shape)
             except (ValueError, TypeError) as e:
                 raise with_layer(self, e) from None
             self._out_shape = None if out is None else (None,) + tuple(out[1:])
         out = self._out_shape
         return None if out is None else (shape[0],) + out[1:]
+
+    def _shape_by_calling(self, shape):
+        """Keras's way for a layer that defines only ``call``: call it on a batch of zeros."""
+        try:
+            with no_grad():
+                y = self.call(Tensor(backend.xp().zeros((1,) + tuple(shape[1:]), self.dtype)))
+        except Exception as e:
+            raise ValueError(f"cannot infer the output shape for input {fmt_shape(shape)} by "
+                             f"calling the layer on zeros ({type(e).__name__}: {e}); define "
+                             f"compute_output_shape(self, input_shape) in {type(self).__name__}")
+        return (None,) + tuple(y.shape[1:])
 
     # -- calling ------------------------------------------------------------------------------
     def _as_input(self, x) -> Tensor:

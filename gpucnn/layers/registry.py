@@ -7,9 +7,45 @@ none of them.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
+
+import numpy as np
+
 _layers: dict = {}      # class name -> a class a file may name as a layer (models nest too)
 _models: dict = {}      # class name -> a model class a file may name at its top
 _model_bases: list = []  # what a model class of the user's own must subclass (``Model``)
+_budget = contextvars.ContextVar("gpucnn_weight_budget", default=None)
+
+
+class WeightBudgetError(ValueError):
+    """A file's architecture asks for more weight bytes than the file can account for."""
+
+
+@contextlib.contextmanager
+def weight_budget(nbytes: int, where: str):
+    """While a file's architecture is built, every weight a layer creates is charged against
+    the ``nbytes`` its arrays hold; one past them is refused before it is allocated."""
+    token = _budget.set([int(nbytes), where])
+    try:
+        yield
+    finally:
+        _budget.reset(token)
+
+
+def charge(layer: str, name: str, shape: tuple, dtype) -> None:
+    """Charge a new weight of ``layer`` to the ``weight_budget`` in force (none: no limit)."""
+    budget = _budget.get()
+    if budget is None:
+        return
+    need = math.prod(shape) * np.dtype(dtype).itemsize
+    if need > budget[0]:
+        raise WeightBudgetError(f"{budget[1]}: layer '{layer}' asks for a weight {name!r} of "
+                                f"shape {shape} ({need} bytes), more than the file's arrays "
+                                f"account for ({budget[0]} bytes left): its architecture does not "
+                                "match its weights; nothing was allocated")
+    budget[0] -= need
 
 
 def register_layer(*classes):
@@ -66,9 +102,11 @@ def deserialize_layer(d, custom_objects=None, where="load_model"):
             return cls.from_config(config, custom_objects)
         return cls.from_config(config)
     except (TypeError, ValueError) as e:
+        if isinstance(e, WeightBudgetError):
+            raise
         raise type(e)(f"{where}: cannot rebuild layer {config.get('name')!r} ({name}) from its "
                       f"config {config}: {e}") from None
 
 
 __all__ = ["register_layer", "register_model", "layer_classes", "model_class",
-           "deserialize_layer"]
+           "deserialize_layer", "weight_budget", "charge", "WeightBudgetError"]

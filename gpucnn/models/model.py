@@ -150,10 +150,19 @@ class Model(TrainingMixin, Layer):
         """Write the whole model to ``filepath``: the architecture (JSON from each layer's
         ``get_config``), the weights, and the compile settings with the optimizer's state, so
         that ``gpucnn.models.load_model(filepath)`` continues training exactly where it stopped.
-        One ``.npz`` archive, never pickled, written atomically (``gpucnn.models.saving``)."""
+        One ``.npz`` archive, never pickled, written atomically (``gpucnn.models.saving``).
+        ``overwrite`` as in ``save_weights``: True (Keras's default) replaces a read-only file
+        too, None replaces a file unless it is read-only, False never replaces one."""
         from gpucnn.models import saving
 
         saving.save_model(self, filepath, overwrite=overwrite)
+
+    def __reduce__(self):
+        """Pickling (and ``copy.deepcopy``) goes through the file ``save`` writes: an ``.npz``
+        archive with no code in it, plus the classes of the model's layers by reference."""
+        from gpucnn.models import saving
+
+        return saving.from_bytes, saving.to_bytes(self)
 
     # -- weights -------------------------------------------------------------------------------------
     def _weight_table(self) -> list:

@@ -7,14 +7,19 @@ old file or the whole new one, never half of it). It holds:
 - ``__gpucnn_model__``: a JSON text (a 0-d string array) with ``format`` (``"gpucnn.model"``),
   ``format_version``, the architecture (``{"class_name": ..., "config": ...}``, the config built
   from each layer's ``get_config()``, with the input shape the model was built for), the compile
-  settings (optimizer, loss and metrics, each as its class name and config) and the optimizer's
-  step counter and slot names;
+  settings (optimizer, loss and metrics, each as its class name and config), the optimizer's
+  step counter and slot names, and ``random_state``: what orders the batches and draws the
+  dropout masks (``gpucnn.random.get_state``), which the loaded model's next ``fit`` takes up,
+  so that it goes on exactly as the saving process would have;
 - ``weights/<path>``: every weight, by its path in the model (``weights/C1/kernel``);
 - ``optimizer/<path>/<slot>``: the optimizer's state of every trainable weight
   (``optimizer/C1/kernel/momentum``; see ``Optimizer.get_slot_arrays``).
 
 ``load_model`` builds the model from the JSON on the active backend (without touching the random
-generator of ``gpucnn.random``), checks every array against it (names, shapes, dtypes), and only
+generator of ``gpucnn.random``; each weight a layer creates is charged to the bytes the file's
+arrays hold, so a crafted architecture is refused before it allocates, as are entries whose
+declared sizes exceed the file and a description nested over ``MAX_DEPTH``), checks every
+array against it (names, shapes, dtypes), and only
 then assigns weights and optimizer state: a file with an unknown layer type, a newer format
 version, or missing or extra arrays is refused with a ValueError that names the file and lists
 what was expected against what it holds. ``Model.load_weights`` also reads the weights of such a
@@ -25,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import zipfile
+import tempfile
 
 import numpy as np
 
@@ -33,7 +38,8 @@ from gpucnn import io, losses as _losses, metrics as _metrics
 from gpucnn import optimizers as _optimizers
 from gpucnn import random as _random
 from gpucnn.layers.base import assign
-from gpucnn.layers.registry import deserialize_layer, model_class
+from gpucnn.layers.registry import (WeightBudgetError, deserialize_layer, model_class,
+                                    weight_budget)
 from gpucnn.models import keras_files
 
 FORMAT = "gpucnn.model"
@@ -67,14 +73,15 @@ def _random_state_kept():
         gen.bit_generator.state = state
 
 
-def _build(spec, custom_objects, where):
+def _build(spec, custom_objects, where, nbytes):
+    """The model ``spec`` describes, its weights charged to the ``nbytes`` the file holds."""
     name = spec.get("class_name")
     cls = model_class(name, custom_objects, where)
-    with _random_state_kept():
+    with _random_state_kept(), weight_budget(nbytes, where):
         try:
             model = cls.from_config(dict(spec.get("config") or {}), custom_objects)
         except (TypeError, ValueError) as e:
-            if str(e).startswith(where):
+            if str(e).startswith(where) or isinstance(e, WeightBudgetError):
                 raise
             raise type(e)(f"{where}: cannot rebuild model {name} from its config "
                           f"{spec.get('config')}: {e}") from None
@@ -152,13 +159,13 @@ def save_model(model, filepath, overwrite=True) -> str:
     op = "save"
     model._require_built("save()")
     path = os.fspath(filepath)
-    if not overwrite and os.path.exists(path):
+    if overwrite is False and os.path.exists(path):
         raise FileExistsError(f"{op}: {path!r} exists and overwrite=False")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{op}: the folder {folder!r} does not exist")
     if path.endswith(".keras"):                        # Keras 3's format (keras_files)
-        return keras_files.save_keras(model, path)
+        return keras_files.save_keras(model, path, overwrite=overwrite is True)
     from gpucnn import backend
 
     ks = backend.kernels()
@@ -168,7 +175,8 @@ def save_model(model, filepath, overwrite=True) -> str:
         raise ValueError(f"{op}: model '{model.name}' has weights with the same path; give its "
                          "layers unique names")
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model_config(model),
-              "compile": None, "optimizer_state": None}
+              "compile": None, "optimizer_state": None,
+              "random_state": _random.get_state()}
     opt = model.optimizer
     if opt is not None:
         header["compile"] = {
@@ -181,7 +189,8 @@ def save_model(model, filepath, overwrite=True) -> str:
             arrays[SLOTS + key] = a
     text = json.dumps(header, default=_json_default)
     arrays[HEADER_KEY] = np.array(text)
-    return io.write_atomic(path, lambda f: np.savez(f, allow_pickle=False, **arrays))
+    return io.write_atomic(path, lambda f: np.savez(f, allow_pickle=False, **arrays),
+                           overwrite=overwrite is True, op=op)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,20 +198,29 @@ def save_model(model, filepath, overwrite=True) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def _read(path, where) -> dict:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{where}: no such file: {path!r}")
-    why = f"cannot read {path!r} as a gpucnn model file (.npz); it may be truncated or corrupted"
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{where}: {why}: {type(e).__name__}: {e}") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ValueError(f"{where}: {why}: it holds a single array, not an archive")
-    try:
-        with z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise ValueError(f"{where}: {why}: {type(e).__name__}: {e}") from None
+    return io.read_npz(path, where, "model file")
+
+
+#: Weight bytes a file's architecture may ask for beyond those its arrays hold (a file that
+#: does not match is then refused by the array check, which lists every difference).
+SLACK = 1 << 26
+
+#: How deep a model file's JSON description may nest (a Sequential in a Sequential counts 3).
+MAX_DEPTH = 64
+
+
+def _depth_checked(text: str, where: str) -> str:
+    """``text`` after making sure its JSON nests at most ``MAX_DEPTH`` deep (the parser
+    recurses: a 3,000-deep header would end in a RecursionError)."""
+    depth = 0
+    plain = text.replace("\\\\", "").replace('\\"', "")  # escaped quotes do not end strings
+    for part in plain.split('"')[::2]:                 # the text outside strings
+        for ch in part:
+            depth += (ch in "[{") - (ch in "]}")
+            if depth > MAX_DEPTH:
+                raise ValueError(f"{where}: the model description nests deeper than "
+                                 f"{MAX_DEPTH} levels; it is not one gpucnn writes")
+    return text
 
 
 def _header(arrays, path, where) -> dict:
@@ -215,7 +233,7 @@ def _header(arrays, path, where) -> dict:
                          f"{HEADER_KEY!r}, found {sorted(arrays)[:8]}")
     raw = arrays[HEADER_KEY]
     try:
-        header = json.loads(str(raw[()]))
+        header = json.loads(_depth_checked(str(raw[()]), where))
     except (ValueError, TypeError) as e:
         raise ValueError(f"{where}: the model description in {path!r} is not valid JSON: {e}") \
             from None
@@ -223,8 +241,9 @@ def _header(arrays, path, where) -> dict:
         raise ValueError(f"{where}: {path!r} is not a gpucnn model file: expected format "
                          f"{FORMAT!r}, got {header.get('format') if isinstance(header, dict) else header!r}")
     version = header.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ValueError(f"{where}: {path!r} has no valid format_version (got {version!r})")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{where}: {path!r} has no valid format_version: expected an int from "
+                         f"1 to {FORMAT_VERSION}, got {version!r}")
     if version > FORMAT_VERSION:
         raise ValueError(f"{where}: {path!r} is model format version {version}, written by a "
                          f"newer gpucnn; this gpucnn reads versions up to {FORMAT_VERSION}: "
@@ -252,7 +271,8 @@ def load_model(filepath, custom_objects=None, compile=True):
         return keras_files.load_keras(path, custom_objects, compile)
     arrays = _read(path, where)
     header = _header(arrays, path, where)
-    model = _build(header.get("model") or {}, custom_objects, where)
+    model = _build(header.get("model") or {}, custom_objects, where,
+                   SLACK + sum(a.nbytes for k, a in arrays.items() if k.startswith(WEIGHTS)))
 
     compiled = header.get("compile") if compile else None
     opt = loss = None
@@ -277,6 +297,12 @@ def load_model(filepath, custom_objects=None, compile=True):
     given = {k: v for k, v in arrays.items() if k != HEADER_KEY
              and (state is not None or not k.startswith(SLOTS))}
     io.check_arrays(where, expected, given)
+    resume = header.get("random_state")
+    try:
+        if resume is not None:
+            _random.checked_state(resume)
+    except ValueError as e:
+        raise ValueError(f"{where}: the random state in {path!r}: {e}") from None
 
     for p, t in table:
         assign(t, given[WEIGHTS + p])
@@ -289,8 +315,37 @@ def load_model(filepath, custom_objects=None, compile=True):
             opt.set_slot_arrays(trainable, {k[len(SLOTS):]: v for k, v in given.items()
                                             if k.startswith(SLOTS)})
             opt.iterations = int(state.get("iterations", 0))
+    model._random_state = resume       # taken up by the next fit (the global generator waits)
     return model
 
 
+def to_bytes(model) -> tuple:
+    """``(file bytes, classes by name)``: what pickling ``model`` keeps (``Model.__reduce__``):
+    the file ``save`` writes, with the classes of its layers (pickled by reference, as pickle
+    does) for ``from_bytes`` to rebuild it with."""
+    classes, todo = {}, [model]
+    while todo:
+        layer = todo.pop()
+        classes[type(layer).__name__] = type(layer)
+        todo.extend(layer._sublayers())
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, _losses.LossFunctionWrapper):
+        classes[getattr(loss.fn, "__name__", "")] = loss.fn
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.npz")
+        save_model(model, path)
+        with open(path, "rb") as f:
+            return f.read(), classes
+
+
+def from_bytes(data: bytes, classes: dict):
+    """The model ``to_bytes`` describes (``load_model`` of its file)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.npz")
+        with open(path, "wb") as f:
+            f.write(data)
+        return load_model(path, custom_objects=classes)
+
+
 __all__ = ["save_model", "load_model", "weights_in", "deserialize_layer", "model_config",
-           "FORMAT", "FORMAT_VERSION"]
+           "to_bytes", "from_bytes", "FORMAT", "FORMAT_VERSION"]

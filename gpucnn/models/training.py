@@ -15,7 +15,10 @@ so is the optimizer's flag of refused updates (``Optimizer.check_updates``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import numbers
+import threading
 
 import numpy as np
 
@@ -25,6 +28,7 @@ from gpucnn import losses as _losses
 from gpucnn import metrics as _metrics
 from gpucnn import optimizers as _optimizers
 from gpucnn import parallel
+from gpucnn import random as _random
 from gpucnn._progbar import Progbar
 from gpucnn.autograd import Tensor, no_grad
 from gpucnn.data import Batches, batch_bounds
@@ -35,6 +39,31 @@ from gpucnn.models.tracker import Tracker, results
 
 class NonFiniteLossError(FloatingPointError, ValueError):
     """The training loss became NaN or infinite."""
+
+
+_TRAINERS = threading.Lock()
+
+
+def _one_trainer(method):
+    """``method`` (fit, train_on_batch) refused with a clear error while another thread trains
+    the same model: their steps would interleave on the same weights and optimizer state."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        me = threading.current_thread()
+        with _TRAINERS:
+            owner = self.__dict__.get("_trainer")
+            if owner is not None and owner is not me:
+                raise RuntimeError(f"{method.__name__}: model '{self.name}' is being trained by "
+                                   f"thread {owner.name!r}; train a model from one thread at a "
+                                   "time (or give each thread a model of its own)")
+            self.__dict__["_trainer"] = me
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            if owner is None:
+                with _TRAINERS:
+                    self.__dict__["_trainer"] = None
+    return run
 
 
 def _allocator_tuned(ks):
@@ -105,6 +134,7 @@ class TrainingMixin(InputChecks):
         return tracker.values()
 
     # -- fit -------------------------------------------------------------------------------------------
+    @_one_trainer
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
         """Train for ``epochs`` passes over ``(x, y)``; returns a ``History`` (``.history`` holds
@@ -116,8 +146,14 @@ class TrainingMixin(InputChecks):
         callbacks = callback_list(callbacks, op)
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"{op}: epochs must be an int >= 0, got {epochs!r}")
-        if not 0.0 <= float(validation_split) < 1.0:
-            raise ValueError(f"{op}: validation_split must lie in [0, 1), got {validation_split!r}")
+        if (isinstance(validation_split, (bool, str)) or not isinstance(validation_split, numbers.Real)
+                or not 0.0 <= validation_split < 1.0):
+            raise ValueError(f"{op}: validation_split expected a number in [0, 1), received "
+                             f"{validation_split!r} ({type(validation_split).__name__})")
+        if (isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer))
+                or initial_epoch < 0):
+            raise ValueError(f"{op}: initial_epoch expected an int >= 0 (the epoch to start "
+                             f"from), received {initial_epoch!r}")
         x = data_array(x, "x", op)
         if y is None:
             raise ValueError(f"{op}: y is required (the targets of the loss)")
@@ -147,6 +183,9 @@ class TrainingMixin(InputChecks):
         xd, yd = ks.asarray(x), ks.asarray(y)
         if val is not None:
             xv, yv = ks.asarray(xv), ks.asarray(yv)
+        resume = self.__dict__.pop("_random_state", None)   # a loaded model's (load_model)
+        if resume is not None:
+            _random.set_state(resume)
         batches = Batches(xd, yd, batch_size, shuffle=shuffle)
         steps = len(batches)
         history = _callbacks.History()
@@ -154,7 +193,9 @@ class TrainingMixin(InputChecks):
             callbacks = [cb for cb in callbacks if not cb.main_rank_only]
             verbose = 0
         cbs = _callbacks.CallbackList(callbacks + [history], self,
-                                      {"epochs": epochs, "steps": steps, "verbose": verbose})
+                                      {"epochs": epochs, "steps": steps, "verbose": verbose,
+                                       "metrics": self.metrics_names + [
+                                           f"val_{n}" for n in self.metrics_names if val]})
         logits = self._fused_logits()
         tracker = Tracker(self, logits)
         batch_hooks = bool(cbs.batch_begin or cbs.batch_end)
@@ -343,6 +384,7 @@ class TrainingMixin(InputChecks):
         """``predict`` on ``x`` taken as one batch."""
         return self.predict(x, batch_size=max(len(x), 1), verbose=0)
 
+    @_one_trainer
     def train_on_batch(self, x, y, return_dict=False):
         """One optimizer step on one batch; returns the loss (and metrics) of that batch."""
         op = "train_on_batch"
