@@ -478,7 +478,7 @@ def test_readme_says_how_to_get_mnist_for_the_tests_that_need_it():
 def test_the_cuda_install_hint_is_the_readmes(monkeypatch):
     from gpucnn.kernels.cuda_set import _probe, _runtime
 
-    commands = set(re.findall(r"`(pip install -e '\.\[cuda1[23]\]')`", README))
+    commands = set(re.findall(r"`(?:\.venv/bin/)?(pip install -e '\.\[cuda1[23]\]')`", README))
     assert commands == {"pip install -e '.[cuda12]'", "pip install -e '.[cuda13]'"}, commands
     nvvm = _probe._fix_for("NvvmSupportError: libNVVM cannot be found")
     assert all(c in nvvm for c in commands), nvvm

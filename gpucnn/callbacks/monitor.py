@@ -22,6 +22,9 @@ class _Monitor(Callback):
         self.monitor = monitor
         self.mode = _mode_op(mode, monitor, type(self).__name__)
         self.min_delta = abs(float(min_delta))
+        if self.min_delta != self.min_delta:       # NaN: every comparison would say "worse"
+            raise ValueError(f"{type(self).__name__}: min_delta must be a number >= 0, got "
+                             f"{min_delta!r}")
 
     def _improved(self, current, reference) -> bool:
         if reference is None:

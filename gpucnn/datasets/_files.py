@@ -173,7 +173,9 @@ def download_to_temp(remote: RemoteFile, urls, folder: Path, progress=None) -> P
             raise ChecksumError(
                 f"download of {remote.name} refused, it is not the published file ({detail}); "
                 f"nothing was saved in {folder}")
-        raise DownloadError(f"download of {remote.name} failed ({detail})")
+        raise DownloadError(f"download of {remote.name} failed ({detail}); without a network, "
+                            f"put the file by hand at {folder / remote.name} (from "
+                            f"{urls[0] if urls else 'a mirror'}; its SHA-256 is checked)")
     finally:
         for p in created:              # no empty folder left by a failed or interrupted download
             try:

@@ -144,8 +144,8 @@ class InputChecks:
                 raise ValueError(f"{op}: labels must lie in [0, {k}) for the {k} outputs of model "
                                  f"'{self.name}', got values in [{lo}, {hi}] (first bad: y[{i}] = {yh[i]})")
             yh = yh.astype(np.int64)
-        else:
-            yh = yh.astype(self.dtype)
+        else:                      # a loss of the user's own gets integer labels as they are
+            yh = yh if kind is None and yh.dtype.kind in "biu" else yh.astype(self.dtype)
             if kind is not None:
                 if yh.shape[1:] != per and yh.shape[1:] in ((), (1,)) and per in ((), (1,)):
                     yh = yh.reshape((n,) + per)
@@ -173,9 +173,20 @@ class InputChecks:
                     "build the model after set_backend(...), or move its weights with "
                     "model.set_weights(model.get_weights())")
 
+    def _check_dtypes(self, layer, op):
+        """Every layer computes in the model's dtype (a clear error rather than a deep one)."""
+        for c in layer._sublayers():
+            if c.dtype != self.dtype:
+                raise TypeError(f"{op}: layer '{c.name}' ({type(c).__name__}) has dtype {c.dtype}, "
+                                f"model '{self.name}' computes in {self.dtype}; give the model the "
+                                f"same dtype (e.g. Sequential([...], dtype='{c.dtype}')) or drop "
+                                "the layer's")
+            self._check_dtypes(c, op)
+
     def _prepare(self, x, y, op):
         """Checked ``(x, y, output_shape)``; y is None when not given."""
         self._check_backend(op)
+        self._check_dtypes(self, op)
         x = self._prepare_x(x, op)
         if y is not None:
             yl = len(y) if not hasattr(y, "shape") else (y.shape[0] if len(y.shape) else 0)
