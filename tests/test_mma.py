@@ -221,33 +221,41 @@ def test_a_divergent_warp_raises(rng, how, why):
         run_warp(warp_kernel(divergent=how), a, b, c)
 
 
+def bf16_pack(x):
+    """(rows, 2k) float32 -> (rows, k) uint32: bf16 pairs (the top 16 bits of each value, the
+    even column in the low half), and the float64 values the pairs hold."""
+    top = np.asarray(x, np.float32).view(np.uint32) >> 16
+    packed = (top[:, 0::2] | (top[:, 1::2] << 16)).astype(np.uint32)
+    return packed, (top << 16).astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def bf16_warp_kernel(ap, btp, c, d):
+    """One warp's mma.m16n8k16 bf16 from packed A (16 x 8 pairs along k) and packed B^T
+    (8 x 8 pairs along k), by the PTX ISA layout."""
+    lane = cuda.threadIdx.x
+    g = lane >> 2
+    t = lane & 3
+    out = ptx.mma_bf16_m16n8k16(ap[g, t], ap[g + 8, t], ap[g, t + 4], ap[g + 8, t + 4],
+                                btp[g, t], btp[g, t + 4],
+                                c[g, 2 * t], c[g, 2 * t + 1], c[g + 8, 2 * t], c[g + 8, 2 * t + 1])
+    d[g, 2 * t] = out[0]
+    d[g, 2 * t + 1] = out[1]
+    d[g + 8, 2 * t] = out[2]
+    d[g + 8, 2 * t + 1] = out[3]
+
+
 @needs_sim
-def test_the_bf16_layout_table_emulates_a_bf16_product(rng):
-    """The m16n8k16 bf16 table (for the kernels that follow): registers of two bf16 each."""
+def test_the_bf16_mma_follows_its_table(rng):
+    """The m16n8k16 bf16 instruction (for the kernels that follow) from the same table."""
     a = rng.standard_normal((16, 16)).astype(np.float32)
     b = rng.standard_normal((16, 8)).astype(np.float32)
     c = rng.standard_normal((16, 8)).astype(np.float32)
-
-    def bf16(v):            # truncated to bfloat16 (the top 16 bits)
-        return (np.float32(v).view(np.uint32) >> 16) & 0xFFFF
-
-    regs = {}
-    for lane in range(32):
-        g, t = lane >> 2, lane & 3
-        ra = [bf16(a[g + 8 * (r & 1), 2 * t + 8 * (r >> 1)])
-              | bf16(a[g + 8 * (r & 1), 2 * t + 8 * (r >> 1) + 1]) << 16 for r in range(4)]
-        rb = [bf16(b[2 * t + 8 * r, g]) | bf16(b[2 * t + 8 * r + 1, g]) << 16 for r in range(2)]
-        rc = [c[g + i, 2 * t + j] for i, j in C_AT]
-        regs[lane] = tuple(int(v) for v in ra + rb) + tuple(rc)
-    out = ptx.mma_reference(ptx.MMA_BF16_M16N8K16, regs)
-    d = np.empty((16, 8))
-    for lane, vals in out.items():
-        g, t = lane >> 2, lane & 3
-        for r, (i, j) in enumerate(C_AT):
-            d[g + i, 2 * t + j] = vals[r]
-    ta = (a.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32).astype(np.float64)
-    tb = (b.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32).astype(np.float64)
-    check_close("mma_bf16_m16n8k16", d, ta @ tb + c, F32 * (np.abs(ta) @ np.abs(tb) + np.abs(c)))
+    ap, ta = bf16_pack(a)
+    btp, tbt = bf16_pack(b.T.copy())
+    d = np.full((16, 8), np.nan, np.float32)
+    cuda.jit(bf16_warp_kernel)[1, 32](ap, btp, c, d)
+    check_close("mma_bf16_m16n8k16", d, ta @ tbt.T + c,
+                F32 * (np.abs(ta) @ np.abs(tbt.T) + np.abs(c)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,7 +438,16 @@ with tempfile.TemporaryDirectory() as tmp:
                "f64": sorted(set(re.findall(r"\b[a-z]+(?:\.[a-z0-9]+)*\.f64\b", built.ptx)))}
         rec.update(Cubin(built.cubin).function_info(built.entry))
         out.append(rec)
-print("TF32-REPORT " + json.dumps(out))
+    # the bf16 mma of ptx.py, in a one-warp kernel (test_mma.bf16_warp_kernel)
+    from numba import types
+    from gpucnn.kernels.cuda_set import _launch
+    import test_mma
+    u2, f2 = _launch.arr(types.uint32, 2), _launch.arr("float32", 2)
+    spec = _launch.KernelSpec("bf16_probe", test_mma.bf16_warp_kernel, (u2, u2, f2, f2))
+    built = _cache.build(spec, cc)
+    ops = [op for _, op, _, _ in disassemble(built.cubin, built.entry, pathlib.Path(tmp))]
+    bf16 = sum(op.startswith("HMMA.16816.F32.BF16") for op in ops)
+print("TF32-REPORT " + json.dumps({"kernels": out, "bf16_hmma": bf16}))
 """
 
 
@@ -451,8 +468,13 @@ def machine_code():
 
 
 @pytest.mark.parametrize("cc", ["8.0", "9.0"])
+def test_the_bf16_mma_compiles_to_hmma(machine_code, cc):
+    assert machine_code[cc]["bf16_hmma"] == 1, machine_code[cc]["bf16_hmma"]
+
+
+@pytest.mark.parametrize("cc", ["8.0", "9.0"])
 def test_tf32_kernels_issue_hmma_without_spills(machine_code, cc):
-    recs = machine_code[cc]
+    recs = machine_code[cc]["kernels"]
     assert len(recs) == len(ct._variants())
     for r in recs:
         tile = ct.MmaTile(*r["tile"])

@@ -34,8 +34,8 @@ whose thread count is not a multiple of 32), or divergent (a lane at another cal
 that finished or waits at ``syncthreads`` while others wait here), raises RuntimeError.
 
 Adding an instruction: an ``MmaShape`` (PTX name, register counts, fragment layout, register
-decoding) gives both the intrinsic and the emulation; bf16 ``m16n8k16`` is the same table with
-two bf16 values per 32-bit register (``MMA_BF16_M16N8K16`` below lists its layout).
+decoding) gives both the intrinsic and the emulation; bf16 ``m16n8k16``
+(``mma_bf16_m16n8k16``) is the same table with two bf16 values per 32-bit register.
 """
 from __future__ import annotations
 
@@ -123,9 +123,10 @@ def _unpack_bf16x2(bits):
                  for s in (0, 16))
 
 
-#: The bf16 variant's table (layout of the PTX ISA's m16n8k16 .bf16 fragments): enough for the
-#: emulation; its intrinsic is made the same way as the TF32 one (``_mma_intrinsic``) when a
-#: kernel needs it.
+#: The bf16 variant (layout of the PTX ISA's m16n8k16 .bf16 fragments: two bf16 per register,
+#: the lower-indexed element in the low half): ``mma_bf16_m16n8k16`` below, intrinsic and
+#: emulation from this table alone. No kernel uses it yet (bf16 needs a conversion and a
+#: precision setting of its own).
 MMA_BF16_M16N8K16 = MmaShape(
     "mma_bf16_m16n8k16", "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
     16, 8, 16, 4, 2, 4, _bf16_a, _bf16_b, _acc_c, _unpack_bf16x2)
@@ -332,7 +333,7 @@ def _mma_emulated(shape: MmaShape):
                             f"{len(regs)}")
         for r in regs[:nin]:     # the intrinsic's typing rejects a float register too
             if not isinstance(r, (int, np.integer)):
-                raise TypeError(f"{shape.name}: A and B registers are uint32 (from cvt_tf32), "
+                raise TypeError(f"{shape.name}: A and B registers are uint32 (packed bits), "
                                 f"got {type(r).__name__} {r!r}")
         regs = tuple(int(r) & 0xFFFFFFFF for r in regs[:nin]) + tuple(
             np.float32(c) for c in regs[nin:])
@@ -360,7 +361,7 @@ def _mma_intrinsic(shape: MmaShape):
         if len(args) != nin + nc:
             raise NumbaTypeError(f"{shape.name}: expected {nin + nc} registers, got {len(args)}")
         if not all(isinstance(a, types.Integer) for a in args[:nin]):
-            raise NumbaTypeError(f"{shape.name}: A and B registers are uint32 (from cvt_tf32), "
+            raise NumbaTypeError(f"{shape.name}: A and B registers are uint32 (packed bits), "
                                  f"got {args[:nin]}")
         if not all(isinstance(a, types.Float) for a in args[nin:]):
             raise NumbaTypeError(f"{shape.name}: C registers are float32, got {args[nin:]}")
@@ -389,9 +390,11 @@ def _mma_intrinsic(shape: MmaShape):
 if SIMULATOR:
     cvt_tf32 = _cvt_tf32_emulated
     mma_tf32_m16n8k8 = _mma_emulated(MMA_TF32_M16N8K8)
+    mma_bf16_m16n8k16 = _mma_emulated(MMA_BF16_M16N8K16)
 else:
     cvt_tf32 = _cvt_tf32_intrinsic()
     mma_tf32_m16n8k8 = _mma_intrinsic(MMA_TF32_M16N8K8)
+    mma_bf16_m16n8k16 = _mma_intrinsic(MMA_BF16_M16N8K16)
 
 #: The emulations, importable in either mode (tests call them on simulated warps).
 EMULATED = {"cvt_tf32": _cvt_tf32_emulated,
