@@ -285,3 +285,32 @@ def test_transposed_convolution_runs_on_the_decomposed_gradient(rng, stride, pad
                                        (2, ho, wo, 5), stride, pad) + b
     check("conv2d_transpose", (stride, padding), got, want, GRAD_TOL)
     assert any(n.startswith("gemm_bwd_input_s[") for n in launched), launched
+
+
+def test_the_bench_counts_a_reduction_step_by_trip_counts():
+    """python -m gpucnn.bench.sass on a listing written here: the reduction loop is the
+    outermost loop holding a barrier; in a baseline kernel its first nested FFMA loop (the
+    full step's kk loop) counts bk times and a second one (the partial step's) not at all; in
+    an igemm2 kernel a nested loop counts once and is named in the notes."""
+    from gpucnn.bench import sass
+
+    def ins(op, target=None, label=None):
+        return (0, op, f" `({target})" if target else "", label)
+
+    listing = [ins("MOV"),                                     # before the loop: not counted
+               ins("LDG.E", label=".L_x_1"), ins("STS"), ins("BAR.SYNC"),
+               ins("LDS.128", label=".L_x_2"), ins("FFMA"), ins("FFMA"), ins("BRA", ".L_x_2"),
+               ins("FFMA", label=".L_x_3"), ins("BRA", ".L_x_3"),     # partial step
+               ins("IADD3"), ins("BAR.SYNC"), ins("BRA", ".L_x_1"),
+               ins("EXIT")]
+    listing = [(4 * i,) + t[1:] for i, t in enumerate(listing)]
+    base = sass.reduction_step(listing, 8, baseline=True)
+    # 6 instructions around the nested loops, the kk loop's 4 eight times, the partial step's 0
+    assert (base["total"], base["ffma"], base["bar"], base["ldg"]) == (6 + 8 * 4, 16, 2, 1)
+    assert base["lds"] == {"LDS.128": 8}
+    new = sass.reduction_step(listing, 8, baseline=False)
+    assert (new["total"], new["ffma"]) == (6 + 4 + 2, 3) and len(new["notes"]) == 2
+    assert sass._width("LDS.U.64") == "LDS.64" and sass._width("LDS") == "LDS.32"
+    assert sass.occupancy(128, 34816, 256) == (2, 16)
+    with pytest.raises(RuntimeError, match="no loop with a barrier"):
+        sass.reduction_step(listing[4:8], 8, baseline=True)
