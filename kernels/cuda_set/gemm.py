@@ -530,7 +530,9 @@ def spec_name(mode, tile, strided, fused):
 def _variants():
     """What the launchers use: FWD per tile; BWD_INPUT per tile, fused or not, strided only on
     the mid and narrow tiles (a strided GEMM's classes are small); BWD_WEIGHT per tile, plain
-    or fused (activation gradient + db)."""
+    or fused (activation gradient + db). 19 kernels, 3-15 s each to build on an idle core
+    (Numba's front end on the unrolled source; ptxas under 1 s): the compile tests, which build
+    every registered kernel for sm_80 and sm_90, pay that twice."""
     tiles = (TILE_WIDE, TILE_MID, TILE_NARROW)
     out = [dict(mode=FWD, tile=t, strided=False, fused=False) for t in tiles]
     out += [dict(mode=BWD_INPUT, tile=t, strided=False, fused=f) for t in tiles
