@@ -104,6 +104,7 @@ def test_a_model_pickles_through_the_npz_file_with_no_code_in_it():
     start = blob.index(b"PK\x03\x04")              # the archive save writes, as bytes
     assert b"c__builtin__" not in blob and b"builtins" not in blob
     copy = pickle.loads(blob)
+    assert copy.__dict__.get("_random_state") is None     # a copy is no resume: fit draws anew
     for w, r in zip(copy.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(w, r)
     assert copy.optimizer.iterations == model.optimizer.iterations == 2 and start > 0

@@ -339,12 +339,15 @@ def to_bytes(model) -> tuple:
 
 
 def from_bytes(data: bytes, classes: dict):
-    """The model ``to_bytes`` describes (``load_model`` of its file)."""
+    """The model ``to_bytes`` describes (``load_model`` of its file); a copy, unlike a resumed
+    model, leaves the random state where it is (its next ``fit`` draws as any model's)."""
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.npz")
         with open(path, "wb") as f:
             f.write(data)
-        return load_model(path, custom_objects=classes)
+        model = load_model(path, custom_objects=classes)
+    model._random_state = None
+    return model
 
 
 __all__ = ["save_model", "load_model", "weights_in", "deserialize_layer", "model_config",
