@@ -101,10 +101,10 @@ class MmaTile(NamedTuple):
 
 
 #: Tiles the launchers choose from (``choose_tile``): 128 x 128 with 8 warps of 64 x 32 (4 x 4
-#: mma tiles each) for wide layers, 128 x 16 with 4 warps of 32 x 16 for LeNet's 6 and 16
-#: channels; a reduction step of 8 (with 16 the wide forward kernel needs more than 255
-#: registers at sm_90 and spills). Tests pass small tiles instead (``tile=``).
-TILE_WIDE = MmaTile(128, 128, 8, 2, 4)
+#: mma tiles each) and a reduction step of 16 for wide layers (210-239 registers, no spills at
+#: sm_80 and sm_90: one block per SM), 128 x 16 with 4 warps of 32 x 16 and a step of 8 for
+#: LeNet's 6 and 16 channels. Tests pass small tiles instead (``tile=``).
+TILE_WIDE = MmaTile(128, 128, 16, 2, 4)
 TILE_NARROW = MmaTile(128, 16, 8, 4, 1)
 
 #: Split-K of the weight gradient: about this many blocks (None: four per SM), with at least
