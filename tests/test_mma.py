@@ -24,7 +24,7 @@ from numba import cuda   # a global: the simulator swaps its kernel API in by th
 
 from gpucnn.kernels import _precision
 from gpucnn.kernels import numpy_set as ns
-from gpucnn.kernels.cuda_set import _launch, ptx
+from gpucnn.kernels.cuda_set import _arrays, _launch, ptx
 from gpucnn.kernels.cuda_set import conv_tf32 as ct
 
 SIM = _launch.launch_path() == "sim"
@@ -286,11 +286,11 @@ def sim_speed():
 
     interval = sys.getswitchinterval()
     sys.setswitchinterval(simulate.SWITCH_INTERVAL)
-    _launch.POISON = True
+    _arrays.POISON = True
     try:
         yield
     finally:
-        _launch.POISON = False
+        _arrays.POISON = False
         sys.setswitchinterval(interval)
 
 
@@ -388,6 +388,48 @@ def test_precision_is_exact_by_default_and_follows_the_frameworks():
     assert _precision.get_float32_matmul_precision() == "highest"
     with pytest.raises(ValueError, match="precision must be one of"):
         _precision.set_float32_matmul_precision("tf32")
+
+
+@needs_sim
+def test_the_cuda_sets_convs_run_on_tf32_when_the_precision_allows(rng, sim_speed):
+    """The public conv functions of the cuda set (fused variants included) take the TF32 kernels
+    under ``float32_matmul_precision("high")``: their results are the TF32 kernels' own, within
+    the TF32 bound of the exact ones and not within float32's; "highest" keeps exact float32."""
+    from gpucnn.kernels import load_set
+    from gpucnn.kernels.cuda_set import simulate
+
+    C = load_set("cuda")
+    x_shape, w_shape, stride, pad = GEOMETRIES[1]
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[3]).astype(np.float32)
+    with simulate.small_launches():
+        y32 = C.conv2d_forward(x, w, b, stride, pad, "tanh")
+        dy = rng.standard_normal(y32.shape).astype(np.float32)
+        exact = [C.conv2d_forward(x, w, b, stride, pad, "linear"),
+                 C.conv2d_backward_input(dy, w, x_shape, stride, pad),
+                 C.conv2d_backward_weight(x, dy, w_shape, stride, pad)]
+        with _precision.float32_matmul_precision("high"):
+            got = [C.conv2d_forward(x, w, b, stride, pad, "linear"),
+                   C.conv2d_backward_input(dy, w, x_shape, stride, pad),
+                   C.conv2d_backward_weight(x, dy, w_shape, stride, pad)]
+            own = [ct.tf32_conv2d_forward(x, w, b, stride, pad, "linear"),
+                   ct.tf32_conv2d_backward_input(dy, w, x_shape, stride, pad),
+                   ct.tf32_conv2d_backward_weight(x, dy, w_shape, stride, pad)]
+            g = C.act_backward(dy, y32, "tanh")
+            fused_dx = C.conv2d_backward_input_act(dy, y32, "tanh", w, x_shape, stride, pad)
+            fused_dw, fused_db = C.conv2d_backward_weight_bias(x, dy, y32, "tanh", w_shape,
+                                                               stride, pad)
+            np.testing.assert_array_equal(
+                fused_dx, ct.tf32_conv2d_backward_input(g, w, x_shape, stride, pad))
+            np.testing.assert_array_equal(
+                fused_dw, ct.tf32_conv2d_backward_weight(x, g, w_shape, stride, pad))
+            np.testing.assert_allclose(fused_db, g.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+    names = ("forward", "backward_input", "backward_weight")
+    for name, a, mine, ref in zip(names, got, own, exact):
+        np.testing.assert_array_equal(a, mine, err_msg=name)
+        assert not np.allclose(a, ref, rtol=1e-6, atol=1e-6), f"{name}: not TF32"
+        np.testing.assert_allclose(a, ref, rtol=2e-2, atol=2e-2, err_msg=name)
 
 
 def test_use_tf32_follows_the_setting_and_the_dtype():

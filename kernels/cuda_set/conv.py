@@ -31,8 +31,9 @@ from numba import types
 from ._launch import (NB_FLOAT, KernelSpec, Plans, Prepared, arr, cdiv, check_rank, contig,
                       dummy, empty, float_dtype, kernel_factory, sm_count, xp, dtname)
 from ._runtime import numba_cuda as cuda
-from . import gemm
-from .activation import act_code, act_device_fns
+from .. import _precision
+from . import conv_tf32, gemm
+from .activation import act_backward, act_code, act_device_fns
 from .reduce import column_sum
 
 FWD, BWD_INPUT, BWD_WEIGHT = 0, 1, 2
@@ -484,8 +485,16 @@ _BWD_INPUT = Plans("conv2d_backward_input")
 _BWD_WEIGHT = Plans("conv2d_backward_weight")
 
 
+def _tf32(a) -> bool:
+    """Whether a float32 conv runs on the TF32 tensor cores (``conv_tf32``): the precision
+    setting allows it (``gpucnn.kernels._precision``; exact float32 by default)."""
+    return _precision.allow_tf32() and getattr(a, "dtype", None) == np.float32
+
+
 def conv2d_forward(x, w, b, stride, pad, act):
     """``y = act(conv(x, w) + b)``: x (N, H, W, Cin), w (KH, KW, Cin, Cout) -> (N, Ho, Wo, Cout)."""
+    if _tf32(x):
+        return conv_tf32.tf32_conv2d_forward(x, w, b, stride, pad, act)
     params = (stride, pad, act)
     key = _FWD.key((x, w, b), params) if _plannable() else None
     hit = _FWD.get(key)
@@ -529,12 +538,18 @@ def _forward_plan(x, w, b, stride, pad, act):
 def conv2d_backward_input(dy, w, x_shape, stride, pad):
     """dx of shape ``x_shape`` from dy (N, Ho, Wo, Cout) and w (KH, KW, Cin, Cout); also the
     transposed convolution of dy."""
+    if _tf32(dy):
+        return conv_tf32.tf32_conv2d_backward_input(dy, w, x_shape, stride, pad)
     return _backward_input("conv2d_backward_input", dy, None, "linear", w, x_shape, stride, pad)
 
 
 def conv2d_backward_input_act(dy, y, act, w, x_shape, stride, pad):
     """``conv2d_backward_input(act_backward(dy, y, act), w, ...)`` in one launch: the GEMM
-    reads the activation's gradient as it loads dy (capability ``fused_backward``)."""
+    reads the activation's gradient as it loads dy (capability ``fused_backward``). With TF32 on:
+    the activation's gradient, then the TF32 input gradient (no fused TF32 variant)."""
+    if _tf32(dy):
+        return conv_tf32.tf32_conv2d_backward_input(act_backward(dy, y, act), w, x_shape,
+                                                    stride, pad)
     return _backward_input("conv2d_backward_input_act", dy, y, act, w, x_shape, stride, pad)
 
 
@@ -600,6 +615,8 @@ def _splits(tile, rows, ncols, red):
 def conv2d_backward_weight(x, dy, w_shape, stride, pad):
     """dw of shape ``w_shape`` (KH, KW, Cin, Cout): the sum over batch and space of x patches
     times dy, reduced on the device (split-K partials, then a column sum)."""
+    if _tf32(x):
+        return conv_tf32.tf32_conv2d_backward_weight(x, dy, w_shape, stride, pad)
     return _backward_weight("conv2d_backward_weight", x, dy, None, "linear", w_shape, stride,
                             pad, False)[0]
 
@@ -608,7 +625,11 @@ def conv2d_backward_weight_bias(x, dy, y, act, w_shape, stride, pad):
     """``(dw, db)`` of ``g = act_backward(dy, y, act)`` in one pass over dy: the GEMM reads the
     activation's gradient as it loads dy, and the blocks of the first row tile also sum its
     columns into db (capability ``fused_backward``). One launch, and one column sum when the
-    reduction is split."""
+    reduction is split. With TF32 on: the activation's gradient, the TF32 weight gradient and
+    the bias gradient (no fused TF32 variant)."""
+    if _tf32(x):
+        g = act_backward(dy, y, act)
+        return conv_tf32.tf32_conv2d_backward_weight(x, g, w_shape, stride, pad), bias_grad(g)
     return _backward_weight("conv2d_backward_weight_bias", x, dy, y, act, w_shape, stride, pad,
                             True)
 

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from . import _arrays, activation, conv, dropout, gemm, optim, pool, reduce, softmax
+from . import _arrays, activation, conv, conv_tf32, dropout, gemm, optim, pool, reduce, softmax
 from ._runtime import SIMULATOR
 
 #: (module, name) -> the small value.
@@ -24,6 +24,10 @@ SMALL = {
     (gemm, "TILE_WIDE"): gemm.GTile(16, 16, 4, 8, 8),     # 4 threads, two LDS groups each way
     (gemm, "TILE_MID"): gemm.GTile(16, 8, 4, 4, 4),       # 8 threads
     (gemm, "TILE_NARROW"): gemm.GTile(16, 4, 2, 4, 4),    # 4 threads, reduction step 2
+    (conv_tf32, "TILE_WIDE"): conv_tf32.MmaTile(16, 16, 8, 1, 2),   # two warps
+    (conv_tf32, "TILE_NARROW"): conv_tf32.MmaTile(16, 8, 8, 1, 1),  # one warp
+    (conv_tf32, "TARGET_BLOCKS"): 6,
+    (conv_tf32, "MIN_SPLIT_STEPS"): 1,
     (conv, "TARGET_BLOCKS"): 6,
     (conv, "MIN_SPLIT_STEPS"): 1,
     (_arrays, "MAX_BLOCKS"): 2,
