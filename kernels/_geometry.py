@@ -59,6 +59,22 @@ def window_2d(h: int, w: int, kh: int, kw: int, sh: int, sw: int, padding: str, 
     return ho, wo, (pt, pb, pl, pr)
 
 
+def stride_pad(op: str, stride, pad) -> tuple[int, int, tuple]:
+    """``(sh, sw, (top, bottom, left, right))`` from a kernel set's ``stride`` and explicit
+    ``pad``; a TypeError for anything but two and four integers, a ValueError for a stride below
+    1 or a negative pad."""
+    try:
+        sh, sw = (int(v) for v in stride)
+        pt, pb, pl, pr = (int(v) for v in pad)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: stride must be (sh, sw) and pad (top, bottom, left, right), "
+                        f"got stride={stride!r}, pad={pad!r}") from None
+    if sh < 1 or sw < 1 or min(pt, pb, pl, pr) < 0:
+        raise ValueError(f"{op}: expected stride >= 1 and pad >= 0, got stride={stride!r}, "
+                         f"pad={pad!r}")
+    return sh, sw, (pt, pb, pl, pr)
+
+
 def padded_window_2d(op: str, h: int, w: int, kh: int, kw: int, sh: int, sw: int, pad):
     """``(ho, wo)`` of a ``kh x kw`` window at strides ``(sh, sw)`` over an ``h x w`` image
     padded by the explicit ``pad = (top, bottom, left, right)`` (as the kernel sets take it); a

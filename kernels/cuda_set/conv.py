@@ -31,7 +31,7 @@ from numba import types
 from ._launch import (NB_FLOAT, KernelSpec, Plans, Prepared, arr, cdiv, check_rank, contig,
                       dummy, empty, float_dtype, kernel_factory, sm_count, xp, dtname)
 from ._runtime import numba_cuda as cuda
-from .. import _precision
+from .. import _geometry as _geometry_rules, _precision
 from . import conv_tf32, gemm
 from .activation import act_backward, act_code, act_device_fns
 from .reduce import column_sum
@@ -437,32 +437,11 @@ def _geometry(op, stride, pad):
     key = (tuple(stride), tuple(pad))
     got = _GEOMETRY.get(key)       # a step meets the same few geometries again and again
     if got is None:
-        got = _check_geometry(op, stride, pad)
+        sh, sw, pad4 = _geometry_rules.stride_pad(op, stride, pad)
+        got = (sh, sw, *pad4)
         if len(_GEOMETRY) < 1024:
             _GEOMETRY[key] = got
     return got
-
-
-def _check_geometry(op, stride, pad):
-    try:
-        sh, sw = (int(v) for v in stride)
-        pt, pb, pl, pr = (int(v) for v in pad)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: stride must be (sh, sw) and pad (top, bottom, left, right), "
-                        f"got stride={stride!r}, pad={pad!r}") from None
-    if sh < 1 or sw < 1 or min(pt, pb, pl, pr) < 0:
-        raise ValueError(f"{op}: expected stride >= 1 and pad >= 0, got stride={stride!r}, "
-                         f"pad={pad!r}")
-    return sh, sw, pt, pb, pl, pr
-
-
-def _out_size(op, h, w, kh, kw, sh, sw, pt, pb, pl, pr):
-    ho = (h + pt + pb - kh) // sh + 1
-    wo = (w + pl + pr - kw) // sw + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(f"{op}: a {kh}x{kw} window does not fit an {h}x{w} input with padding "
-                         f"{(pt, pb, pl, pr)} (expected H + pads >= KH and W + pads >= KW)")
-    return ho, wo
 
 
 def _igemm(mode, tile, dt, mh, mw, kh, kw, sh, sw, pt, pl, act, has_bias, grid_m, grid_n,
@@ -521,7 +500,7 @@ def _forward_plan(x, w, b, stride, pad, act):
     if wcin != cin:
         raise ValueError(f"{op}: x has {cin} channels but w {tuple(w.shape)} expects {wcin}")
     sh, sw, pt, pb, pl, pr = _geometry(op, stride, pad)
-    ho, wo = _out_size(op, h, wd, kh, kw, sh, sw, pt, pb, pl, pr)
+    ho, wo = _geometry_rules.padded_window_2d(op, h, wd, kh, kw, sh, sw, (pt, pb, pl, pr))
     if b is not None:
         b = contig(b, dt)
         if b.shape != (cout,):
@@ -577,7 +556,7 @@ def _backward_input_plan(op, dy, y, act, w, x_shape, stride, pad):
     n, h, wd, cin = (int(v) for v in x_shape)
     kh, kw, wcin, cout = w.shape
     sh, sw, pt, pb, pl, pr = _geometry(op, stride, pad)
-    ho, wo = _out_size(op, h, wd, kh, kw, sh, sw, pt, pb, pl, pr)
+    ho, wo = _geometry_rules.padded_window_2d(op, h, wd, kh, kw, sh, sw, (pt, pb, pl, pr))
     if wcin != cin or tuple(dy.shape) != (n, ho, wo, cout):
         raise ValueError(f"{op}: dy {tuple(dy.shape)} and w {tuple(w.shape)} do not match "
                          f"x_shape {tuple(x_shape)} (expected dy {(n, ho, wo, cout)}, w "
@@ -667,7 +646,7 @@ def _backward_weight_plan(op, x, dy, y, act, w_shape, stride, pad, with_bias):
     kh, kw, cin, cout = (int(v) for v in w_shape)
     n, h, wd, xcin = x.shape
     sh, sw, pt, pb, pl, pr = _geometry(op, stride, pad)
-    ho, wo = _out_size(op, h, wd, kh, kw, sh, sw, pt, pb, pl, pr)
+    ho, wo = _geometry_rules.padded_window_2d(op, h, wd, kh, kw, sh, sw, (pt, pb, pl, pr))
     if xcin != cin or tuple(dy.shape) != (n, ho, wo, cout):
         raise ValueError(f"{op}: x {tuple(x.shape)} and dy {tuple(dy.shape)} do not match "
                          f"w_shape {tuple(w_shape)} (expected dy {(n, ho, wo, cout)})")

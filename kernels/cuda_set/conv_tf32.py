@@ -520,19 +520,6 @@ def _float32(op, name, a):
     return contig(a, _F32)
 
 
-def _geometry(op, stride, pad):
-    try:
-        sh, sw = (int(v) for v in stride)
-        pt, pb, pl, pr = (int(v) for v in pad)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: stride must be (sh, sw) and pad (top, bottom, left, right), "
-                        f"got stride={stride!r}, pad={pad!r}") from None
-    if sh < 1 or sw < 1 or min(pt, pb, pl, pr) < 0:
-        raise ValueError(f"{op}: expected stride >= 1 and pad >= 0, got stride={stride!r}, "
-                         f"pad={pad!r}")
-    return sh, sw, (pt, pb, pl, pr)
-
-
 def _tile(mode, ncols, tile):
     return (choose_tile(mode, ncols) if tile is None else MmaTile(*tile)).check()
 
@@ -556,7 +543,7 @@ def tf32_conv2d_forward(x, w, b, stride, pad, act, *, tile=None):
     kh, kw, wcin, cout = w.shape
     if wcin != cin:
         raise ValueError(f"{op}: x has {cin} channels but w {tuple(w.shape)} expects {wcin}")
-    sh, sw, pad4 = _geometry(op, stride, pad)
+    sh, sw, pad4 = _geometry_mod.stride_pad(op, stride, pad)
     ho, wo = _geometry_mod.padded_window_2d(op, h, wd, kh, kw, sh, sw, pad4)
     if b is not None:
         b = _float32(op, "b", b)
@@ -578,7 +565,7 @@ def tf32_conv2d_backward_input(dy, w, x_shape, stride, pad, *, tile=None):
     check_rank(op, "w", w, 4, "(KH, KW, C_in, C_out)")
     n, h, wd, cin = (int(v) for v in x_shape)
     kh, kw, wcin, cout = w.shape
-    sh, sw, pad4 = _geometry(op, stride, pad)
+    sh, sw, pad4 = _geometry_mod.stride_pad(op, stride, pad)
     ho, wo = _geometry_mod.padded_window_2d(op, h, wd, kh, kw, sh, sw, pad4)
     if wcin != cin or tuple(dy.shape) != (n, ho, wo, cout):
         raise ValueError(f"{op}: dy {tuple(dy.shape)} and w {tuple(w.shape)} do not match "
@@ -610,7 +597,7 @@ def tf32_conv2d_backward_weight(x, dy, w_shape, stride, pad, *, tile=None):
     check_rank(op, "dy", dy, 4, "(N, Ho, Wo, C_out)")
     kh, kw, cin, cout = (int(v) for v in w_shape)
     n, h, wd, xcin = x.shape
-    sh, sw, pad4 = _geometry(op, stride, pad)
+    sh, sw, pad4 = _geometry_mod.stride_pad(op, stride, pad)
     ho, wo = _geometry_mod.padded_window_2d(op, h, wd, kh, kw, sh, sw, pad4)
     if xcin != cin or tuple(dy.shape) != (n, ho, wo, cout):
         raise ValueError(f"{op}: x {tuple(x.shape)} and dy {tuple(dy.shape)} do not match "
