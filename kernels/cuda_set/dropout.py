@@ -12,9 +12,10 @@ import numpy as np
 from numba import types
 
 from .._rng import GOLDEN, M1, M2, M3, MASK32
-from ._launch import (NB_FLOAT, arr, empty, float_variants, grid_1d, kernel_factory, KernelSpec,
+from ._launch import (NB_FLOAT, arr, cdiv, empty, float_variants, kernel_factory, KernelSpec,
                       launch, dtname)
 from ._runtime import numba_cuda as cuda
+from .vector import aligned16, store4, stream_grid
 
 #: Threads per block of the grid-stride mask kernel.
 DROPOUT_BLOCK = 256
@@ -48,16 +49,26 @@ def random_u32(seed, counter, i):
 def dropout_kernel(dtype):
     dt = NB_FLOAT[np.dtype(dtype)]
 
+    def keep(seed, counter, rate, scale, i):
+        u = random_u32(seed, counter, u64(i) & _MASK)
+        return scale if types.float64(u) * (1.0 / 4294967296.0) >= rate else dt(0)
+
     def dropout_k(mask, seed, counter, rate, scale):
         """mask[i] = scale if random_u32(seed, counter, i) * 2**-32 >= rate else 0, over a flat
-        C-contiguous array, in a grid-stride loop. seed and counter are 32-bit words."""
-        for i in range(cuda.grid(1), mask.size, cuda.gridsize(1)):
-            u = random_u32(seed, counter, u64(i) & _MASK)
-            if types.float64(u) * (1.0 / 4294967296.0) >= rate:
-                mask[i] = scale
-            else:
-                mask[i] = dt(0)
+        C-contiguous array; seed and counter are 32-bit words. One write per element, by
+        128-bit stores of 4 when the mask is 16-byte aligned, then the rest one by one, in
+        grid-stride loops."""
+        chunks = mask.size // 4 if aligned16(mask) else 0
+        for c in range(cuda.grid(1), chunks, cuda.gridsize(1)):
+            i = 4 * c
+            store4(mask, i, keep_d(seed, counter, rate, scale, i),
+                   keep_d(seed, counter, rate, scale, i + 1),
+                   keep_d(seed, counter, rate, scale, i + 2),
+                   keep_d(seed, counter, rate, scale, i + 3))
+        for i in range(4 * chunks + cuda.grid(1), mask.size, cuda.gridsize(1)):
+            mask[i] = keep_d(seed, counter, rate, scale, i)
 
+    keep_d = cuda.jit(device=True, inline="always")(keep)
     return KernelSpec(f"dropout[{dtype}]", dropout_k,
                       (arr(dtype, 1), u64, u64, types.float64, NB_FLOAT[np.dtype(dtype)]))
 
@@ -76,7 +87,7 @@ def dropout_mask(shape, rate, seed, counter, dtype=np.float32):
     n = mask.size
     if n >= 2**32:
         raise ValueError(f"{op}: at most 2**32 elements, got {n}")
-    launch(dropout_kernel(dtname(dt)), grid_1d(n, DROPOUT_BLOCK), (DROPOUT_BLOCK,),
+    launch(dropout_kernel(dtname(dt)), stream_grid(cdiv(n, 4), DROPOUT_BLOCK), (DROPOUT_BLOCK,),
            mask, int(seed) & MASK32, int(counter) & MASK32, rate,
            dt.type(1.0 / (1.0 - rate)))
     return mask
