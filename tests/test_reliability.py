@@ -1,39 +1,83 @@
-"""Reliability cases of issue 17 (items 2-6), kept so that none comes back.
+"""Reliability cases, kept so that none comes back.
 
-- A layer object used twice is listed, counted, saved and updated once; its gradient is the sum
-  over its uses (one SGD step against a hand computation in float64).
-- Saves respect the destination: a symlink's target is replaced (the link stays), a FIFO,
+Issue 17:
+- (1) The worker processes of fit never hang, collide or outlive their parent: four threads train
+  four models at once, twenty times over, in a child process with a timeout; every model ends
+  with the weights it gets when trained alone, and no process is left behind. A parent killed
+  with SIGKILL in the middle of a step takes its workers with it within 2 s, even while another
+  child of it keeps copies of their pipes open (Linux's parent-death signal; the workers also
+  watch their parent's pid).
+- (2) A layer object used twice is listed, counted, saved and updated once; its gradient is the
+  sum over its uses (one SGD step against a hand computation in float64).
+- (3) Saves respect the destination: a symlink's target is replaced (the link stays), a FIFO,
   device, socket or directory is refused, a read-only file only with ``overwrite=True`` (its
   mode kept); errors name the destination, never the temporary file; weights, pictures and
   benchmark reports all go through ``gpucnn.io.write_atomic``.
-- Importing gpucnn and loading the NumPy set leave glibc's allocator alone; ``fit`` tunes it
+- (4) Importing gpucnn and loading the NumPy set leave glibc's allocator alone; ``fit`` tunes it
   while it trains and puts it back (measured: resident memory after freeing 2 MB arrays).
-- Errors name the call and the real problem (weights that are not an archive, a negative seed,
-  MNIST paths, callbacks, ragged lists, GPUCNN_NUM_THREADS).
-- A newcomer's first read: every ```python block of README.md runs as written, the README's
+- (5) Errors name the call and the real problem (weights that are not an archive, a negative
+  seed, MNIST paths, callbacks, ragged lists, GPUCNN_NUM_THREADS).
+- (6) A newcomer's first read: every ```python block of README.md runs as written, the README's
   picture table lists what the examples save, the CUDA install hint is the README's, the
   examples' --help says each default once.
+
+Issue 24:
+- (1) No update ever writes a non-finite weight. The kernels refuse such elements and flag the
+  update (tests/test_ops.py runs the rule on both sets against tests/_reference.py); here the
+  optimizer and ``fit`` on both backends (the cuda set in Numba's simulator): the error names
+  the weight and the first refused step, and the weights are those of that step, compared with
+  a run that stops there.
+- (2-5) Files. Every writer a fit uses is checked before the first step (the error names the
+  writer and the path); ``save(overwrite=True)`` replaces a read-only file as
+  ``save_weights(overwrite=True)`` does; hostile model files (a FIFO, sizes beyond the file's
+  bytes, an architecture asking for more than its arrays, a deep header, format_version < 1)
+  are refused before anything is allocated or assigned; resume in a new process is exact with
+  shuffling on, on both backends (the batch order's generator travels in the model file).
+- (6-8) A Layer subclass defining only ``call`` trains in a Sequential (its output shape found
+  by calling it on zeros, as Keras does; a failure names the layer and the method to add);
+  arguments that were accepted or failed deep now get a clear error naming the call and what
+  was expected against what was received; models pickle through the ``.npz`` file ``save``
+  writes; a second thread fitting the same model is refused; the README's commands run from
+  the shell it starts, and an offline fetch says where to put the files by hand.
 """
+import contextlib
 import errno
+import json
 import os
+import pickle
 import re
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import textwrap
+import threading
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import gpucnn
-from gpucnn import callbacks, datasets, io, layers, models, plots
+import gpucnn.functional as F
+from gpucnn import callbacks, datasets, io, layers, losses, models, optimizers, plots
 from gpucnn.bench import report
-from gpucnn.optimizers import SGD
+from gpucnn.callbacks import LearningRateScheduler
+from gpucnn.kernels import numpy_set
+from gpucnn.kernels.cuda_set import _launch, simulate
+from gpucnn.models import saving
+from gpucnn.optimizers import SGD, NonFiniteUpdateError, schedules
+from gpucnn.optimizers.optimizer import Optimizer
+from gpucnn.parallel import forked
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+needs_workers = pytest.mark.skipif(
+    not forked.available(numpy_set) or not os.path.isdir("/proc/self"),
+    reason="worker processes need Linux (fork) and /proc")
 
 
 @pytest.fixture(autouse=True)
@@ -49,12 +93,225 @@ def clean_env(**extra):
     return env
 
 
-def python(code, timeout=120, **env):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+def python(code, *argv, timeout=120, **env):
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
                           timeout=timeout, env=clean_env(**env), cwd=ROOT)
 
 
-# -- item 2: shared layers ------------------------------------------------------------------------
+def example(script, *argv, timeout=120):
+    return subprocess.run([sys.executable, str(ROOT / "examples" / script), *argv],
+                          capture_output=True, text=True, timeout=timeout, env=clean_env(),
+                          cwd=ROOT)
+
+
+def compiled(*middle, loss="sparse_categorical_crossentropy", dtype=None, seed=0):
+    """Dense 'h' (4 -> 3), the ``middle`` layers, Dense 'out' (softmax, 2 classes)."""
+    gpucnn.manual_seed(seed)
+    kw = {} if dtype is None else {"dtype": dtype}
+    model = models.Sequential([layers.Dense(3, input_shape=(4,), name="h"), *middle,
+                               layers.Dense(2, activation="softmax", name="out")], **kw)
+    model.compile("sgd", loss, metrics=["accuracy"])
+    return model
+
+
+def data(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 4)).astype(np.float32), rng.integers(0, 2, n)
+
+
+def read_only(path):
+    path.write_text("old\n")
+    path.chmod(0o444)
+    return path
+
+
+# -- issue 17, item 1: worker processes ------------------------------------------------------------
+
+COMMON = textwrap.dedent("""
+    import os
+    import sys
+
+    import numpy as np
+
+    import gpucnn
+    from gpucnn import layers, models, optimizers
+    from gpucnn.kernels import numpy_set
+    from gpucnn.parallel import step
+
+    gpucnn.set_backend("numpy")
+    numpy_set.set_num_threads(2)
+    step.PROCESS_MIN_FLOPS = 0.0            # every batch may go to worker processes
+    step.THREAD_MIN_FLOPS = 0.0             # and, where not, to the kernel threads
+
+    def children():
+        # every process whose parent is this one (zombies too: a child not reaped is left)
+        me, found = str(os.getpid()), []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if fields[1] == me:
+                    found.append(int(entry))
+        return found
+
+    def net(seed, units):
+        gpucnn.manual_seed(seed)
+        model = models.Sequential([
+            layers.Input(shape=(12, 12, 1)),
+            layers.Conv2D(4, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(units, activation="tanh"),
+            layers.Dense(3, activation="softmax"),
+        ])
+        model.compile(optimizers.SGD(0.05, momentum=0.5), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        return model
+
+    def data(seed):
+        rng = np.random.default_rng(seed)
+        return rng.standard_normal((48, 12, 12, 1)).astype(np.float32), rng.integers(0, 3, 48)
+""")
+
+THREADS = COMMON + textwrap.dedent("""
+    import threading
+
+    ROUNDS, MODELS = 20, 4
+    sets = [data(k) for k in range(MODELS)]
+
+    def train(model, k):
+        x, y = sets[k]
+        return model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
+
+    want = []                               # each model trained alone, on this thread
+    for k in range(MODELS):
+        model = net(k, 8 + k)
+        history = train(model, k)
+        want.append((model.get_weights(), history["loss"]))
+        model.release_workers()
+    assert children() == [], children()
+
+    seen = set()
+    for r in range(ROUNDS):
+        nets = [net(k, 8 + k) for k in range(MODELS)]
+        got, errors = [None] * MODELS, []
+
+        def run(k):
+            try:
+                got[k] = train(nets[k], k)
+                procs = nets[k].__dict__.get("_fit_workers")
+                if procs is not None:
+                    seen.update(w.pid for w in procs.workers)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(f"model {k}: {type(e).__name__}: {e}")
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(MODELS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        if any(t.is_alive() for t in threads):
+            print(f"HANG in round {r}", flush=True)
+            os._exit(3)
+        assert not errors, f"round {r}: {errors}"
+        for k, model in enumerate(nets):
+            weights, loss = want[k]
+            np.testing.assert_allclose(got[k]["loss"], loss, rtol=1e-5,
+                                       err_msg=f"round {r}, model {k}: loss")
+            for i, (a, b) in enumerate(zip(model.get_weights(), weights)):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5,
+                                           err_msg=f"round {r}, model {k}: weight {i}")
+        for model in nets:
+            model.release_workers()
+        left = children()
+        assert left == [], f"round {r}: processes left: {left}"
+    print("WORKERS", " ".join(str(p) for p in sorted(seen)), flush=True)
+    print("OK", flush=True)
+""")
+
+KILLED = COMMON + textwrap.dedent("""
+    from gpucnn import callbacks
+
+    numpy_set.set_num_threads(3)            # two workers, each holding pipes the other made
+    model = net(0, 256)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2048, 12, 12, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 2048)
+
+    def said(epoch, logs):
+        procs = model.__dict__.get("_fit_workers")
+        pids = [w.pid for w in procs.workers] if procs is not None else []
+        if epoch == 0:
+            # a child of the user's own, alive after the parent dies, holding a copy of every
+            # pipe end the parent had: the workers cannot count on their pipes closing
+            bystander = os.fork()
+            if bystander == 0:
+                import time
+                time.sleep(60)
+                os._exit(0)
+            print("BYSTANDER", bystander, flush=True)
+            print("WORKERS", " ".join(map(str, pids)), flush=True)
+
+    model.fit(x, y, batch_size=512, epochs=100000, verbose=0,
+              callbacks=[callbacks.LambdaCallback(on_epoch_end=said)])
+""")
+
+
+def _gone(pid) -> bool:
+    """No such process, or a zombie (dead; its new parent may not reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+@needs_workers
+def test_four_threads_train_four_models_at_once_twenty_times():
+    proc = python(THREADS, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])
+    assert proc.stdout.strip().endswith("OK")
+    pids = [int(p) for p in proc.stdout.split("WORKERS", 1)[1].split("\n", 1)[0].split()]
+    assert pids, "no round trained on worker processes: the test would prove nothing"
+    assert all(_gone(p) for p in pids), [p for p in pids if not _gone(p)]
+
+
+@needs_workers
+def test_workers_die_with_a_parent_killed_mid_step():
+    proc = subprocess.Popen([sys.executable, "-c", KILLED], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=clean_env())
+    bystander = None
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while not line.startswith("WORKERS") and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("BYSTANDER"):
+                bystander = int(line.split()[1])
+            if not line and proc.poll() is not None:
+                break
+        assert line.startswith("WORKERS"), (line, proc.stderr.read()[-3000:])
+        pids = [int(p) for p in line.split()[1:]]
+        assert pids and not any(_gone(p) for p in pids)
+        time.sleep(0.1)                          # in the middle of the next epoch's steps
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        start = time.monotonic()
+        while time.monotonic() - start < 2.0 and not all(_gone(p) for p in pids):
+            time.sleep(0.01)
+        assert all(_gone(p) for p in pids), f"workers alive 2 s after the parent died: {pids}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if bystander is not None and not _gone(bystander):
+            os.kill(bystander, signal.SIGKILL)
+
+
+# -- issue 17, item 2: shared layers -------------------------------------------------------------
 def shared_model(seed=0):
     gpucnn.manual_seed(seed)
     d = layers.Dense(3, name="d")
@@ -129,12 +386,7 @@ def test_one_sgd_step_applies_the_summed_gradient_once(how, rng):
     assert not np.allclose(w1, w - 2 * lr * dw, rtol=1e-5, atol=1e-6)     # not applied twice
 
 
-# -- item 3: saves that respect the destination ------------------------------------------------------
-def small_model(seed=0):
-    gpucnn.manual_seed(seed)
-    return models.Sequential([layers.Dense(2, input_shape=(3,), name="out")], name="small")
-
-
+# -- issue 17, item 3: saves that respect the destination ------------------------------------------
 def no_temporaries(folder):
     left = [p.name for p in Path(folder).iterdir() if p.name.startswith(".")]
     assert not left, f"temporary files left behind: {left}"
@@ -143,15 +395,15 @@ def no_temporaries(folder):
 def test_save_through_a_symlink_replaces_its_target(tmp_path):
     target = tmp_path / "checkpoints" / "best.weights.npz"
     target.parent.mkdir()
-    small_model(1).save_weights(target)
+    compiled(seed=1).save_weights(target)
     target.chmod(0o640)
     link = tmp_path / "latest.weights.npz"
     link.symlink_to(target)
-    model = small_model(2)
+    model = compiled(seed=2)
     model.save_weights(link)
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert stat.S_IMODE(target.stat().st_mode) == 0o640          # the replaced file keeps its mode
-    other = small_model(3)
+    other = compiled(seed=3)
     other.load_weights(target)
     np.testing.assert_array_equal(other.get_weights()[0], model.get_weights()[0])
     dangling = tmp_path / "new.weights.npz"
@@ -188,7 +440,7 @@ def short_dir():
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs and Unix sockets")
 def test_a_destination_that_is_not_a_regular_file_is_refused(short_dir):
-    model = small_model()
+    model = compiled()
     found = special_files(short_dir)
     for kind, path in found.items():
         before = path.lstat()
@@ -218,10 +470,10 @@ def test_a_destination_that_is_not_a_regular_file_is_refused(short_dir):
 
 def test_a_read_only_file_is_replaced_only_with_overwrite_true(tmp_path):
     path = tmp_path / "frozen.weights.npz"
-    small_model(1).save_weights(path)
+    compiled(seed=1).save_weights(path)
     path.chmod(0o444)
     good = path.read_bytes()
-    model = small_model(2)
+    model = compiled(seed=2)
     with pytest.raises(PermissionError, match=r"save_weights: will not replace .*frozen.* read-only "
                                               r"\(mode 0444\); pass overwrite=True"):
         model.save_weights(path)
@@ -246,13 +498,13 @@ def test_write_errors_name_the_destination_not_the_temporary_file(tmp_path, monk
 
     monkeypatch.setattr(np, "savez", disk_full)
     with pytest.raises(OSError) as e:
-        small_model().save_weights(path)
+        compiled().save_weights(path)
     text = str(e.value)
     assert e.value.errno == errno.ENOSPC and text.count(repr(str(path))) == 1, text
     assert "save_weights" in text and ".tmp" not in text and "No space left" in text
     monkeypatch.undo()
     with pytest.raises(FileNotFoundError, match=r"save_weights: cannot write .*nowhere.*the folder"):
-        small_model().save_weights(tmp_path / "nowhere" / "w.npz")
+        compiled().save_weights(tmp_path / "nowhere" / "w.npz")
     no_temporaries(tmp_path)
 
 
@@ -272,7 +524,7 @@ def test_pictures_and_reports_go_through_write_atomic(tmp_path):
     no_temporaries(tmp_path)
 
 
-# -- item 4: no process-wide side effect at import ---------------------------------------------------
+# -- issue 17, item 4: no process-wide side effect at import ---------------------------------------
 ALLOC_PROBE = """
 import sys
 import numpy as np
@@ -325,8 +577,7 @@ def test_importing_gpucnn_leaves_the_allocator_alone_and_fit_puts_it_back():
         pytest.skip("not glibc")
     mib = {}
     for mode in ("bare", "import", "fit", "during", "tune"):
-        r = subprocess.run([sys.executable, "-c", ALLOC_PROBE, mode], capture_output=True,
-                           text=True, timeout=120, env=clean_env(), cwd=ROOT)
+        r = python(ALLOC_PROBE, mode)
         assert r.returncode == 0, r.stderr
         mib[mode] = int(r.stdout.split()[-1])
     # 300 MiB freed: glibc gives it back, the raised thresholds keep it (1 GiB trim threshold),
@@ -335,7 +586,7 @@ def test_importing_gpucnn_leaves_the_allocator_alone_and_fit_puts_it_back():
     assert mib["bare"] < 50 and mib["import"] < 50 and mib["fit"] < 100, mib
 
 
-# -- item 5: errors that point the right way ---------------------------------------------------------
+# -- issue 17, item 5: errors that point the right way ---------------------------------------------
 @pytest.mark.parametrize("content,words", [
     (bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), "not an .npz archive"),
     (b"", "empty"),
@@ -345,7 +596,7 @@ def test_importing_gpucnn_leaves_the_allocator_alone_and_fit_puts_it_back():
 def test_loading_what_is_not_a_weights_file_says_what_it_is(tmp_path, content, words):
     path = tmp_path / "w.npz"
     path.write_bytes(content)
-    model = small_model()
+    model = compiled()
     before = model.get_weights()
     with pytest.raises(ValueError) as e:
         model.load_weights(path)
@@ -359,7 +610,7 @@ def test_an_archive_holding_objects_is_refused_without_advising_allow_pickle(tmp
     path = tmp_path / "w.npz"
     np.savez(path, **{"out/kernel": np.array([{"x": 1}], dtype=object)})
     with pytest.raises(ValueError, match="pickled Python objects, which gpucnn never loads") as e:
-        small_model().load_weights(path)
+        compiled().load_weights(path)
     assert "allow_pickle" not in str(e.value)
 
 
@@ -408,25 +659,18 @@ def test_a_failed_download_leaves_no_empty_folder(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def compiled():
-    gpucnn.manual_seed(0)
-    model = models.Sequential([layers.Dense(2, input_shape=(3,), activation="softmax")])
-    model.compile("sgd", "sparse_categorical_crossentropy")
-    return model
-
-
 def test_one_callback_not_in_a_list_is_accepted_as_keras_does():
     model = compiled()
     history = callbacks.History()
-    out = model.fit(np.ones((4, 3), np.float32), np.zeros(4), epochs=2, verbose=0,
+    out = model.fit(np.ones((4, 4), np.float32), np.zeros(4), epochs=2, verbose=0,
                     callbacks=history)
     assert len(history.history["loss"]) == 2 and history.history == out.history
     with pytest.raises(TypeError, match=r"fit: callbacks must be Callback instances; callbacks"
                                         r"\[0\] is .*History.*: pass an instance, History\(\)"):
-        model.fit(np.ones((4, 3)), np.zeros(4), verbose=0, callbacks=[callbacks.History])
+        model.fit(np.ones((4, 4)), np.zeros(4), verbose=0, callbacks=[callbacks.History])
     with pytest.raises(TypeError, match="fit: callbacks must be a list of Callback instances "
                                         r"\(or one Callback\), got int"):
-        model.fit(np.ones((4, 3)), np.zeros(4), verbose=0, callbacks=3)
+        model.fit(np.ones((4, 4)), np.zeros(4), verbose=0, callbacks=3)
 
 
 def test_a_ragged_nested_list_names_the_call_and_the_rows():
@@ -440,7 +684,7 @@ def test_a_ragged_nested_list_names_the_call_and_the_rows():
             call()
     with pytest.raises(ValueError, match=r"fit: y is a nested list .*y\[1\]\[0\] has 1 item, "
                                          r"y\[1\]\[1\] has 2 items"):
-        model.fit(np.ones((2, 3)), [[[0], [1]], [[1], [0, 1]]], verbose=0)
+        model.fit(np.ones((2, 4)), [[[0], [1]], [[1], [0, 1]]], verbose=0)
     with pytest.raises(ValueError, match=r"model 'sequential\w*' \(Sequential\): x is a nested list"):
         model(ragged)
 
@@ -455,7 +699,7 @@ def test_more_threads_than_cpus_are_clamped_with_a_warning():
             and f"using {cpus}" in r.stderr), r.stderr
 
 
-# -- item 6: a newcomer's first read -----------------------------------------------------------------
+# -- issue 17, item 6: a newcomer's first read -----------------------------------------------------
 def python_blocks():
     return re.findall(r"^```python\n(.*?)^```", README, re.S | re.M)
 
@@ -561,3 +805,436 @@ def test_a_larger_kernel_pool_leaves_the_one_another_thread_holds_usable(monkeyp
     assert held.submit(lambda: 3).result(timeout=10) == 3
     held.shutdown(wait=True)
     larger.shutdown(wait=True)
+
+
+# -- issue 24, case 1: no non-finite weight ----------------------------------------------------
+@pytest.fixture(params=["numpy", "cuda"])
+def backend(request):
+    small = simulate.small_launches() if _launch.launch_path() == "sim" else contextlib.nullcontext()
+    with small if request.param == "cuda" else contextlib.nullcontext():
+        gpucnn.set_backend(request.param)
+        try:
+            yield request.param
+        finally:
+            gpucnn.set_backend("numpy")
+
+
+def model_and_data(optimizer, seed=0):
+    gpucnn.manual_seed(seed)
+    model = models.Sequential([layers.Dense(4, activation="relu", input_shape=(3,), name="h"),
+                               layers.Dense(2, activation="softmax", name="out")])
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((16, 3)).astype(np.float32)
+    return model, x, rng.integers(0, 2, 16)
+
+
+def weights(model):
+    return [w.copy() for w in model.get_weights()]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (optimizers.SGD(np.inf), NonFiniteUpdateError),
+    lambda: (optimizers.Adam(epsilon=0.0), NonFiniteUpdateError),   # 0 / 0 at a dead unit
+    # the rate grows a millionfold a step: the loss overflows first (and says the weights are
+    # those of the step before, which is now true), the rate later (inf, not an OverflowError)
+    lambda: (optimizers.SGD(schedules.ExponentialDecay(0.1, 1, 1e6)), FloatingPointError),
+], ids=["lr-inf", "adam-epsilon-0", "exponential-decay-1e6"])
+def test_fit_never_writes_a_non_finite_weight_and_names_it(make, backend):
+    opt, error = make()
+    model, x, y = model_and_data(opt)
+    if isinstance(opt, optimizers.Adam):
+        model.layers[0].kernel.data[:, 0] = 0.0      # a unit dead on every sample: g = 0
+        model.layers[0].bias.data[0] = -1.0
+    with pytest.raises(error, match=r"the update of '(h|out)/(kernel|bias)' at optimizer step "
+                                    r"\d+ was refused|the training loss is"):
+        model.fit(x, y, batch_size=4, epochs=3, verbose=0, shuffle=False)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert schedules.ExponentialDecay(0.1, 1, 1e6)(60) == np.inf
+
+
+def test_a_scheduler_returning_inf_is_refused_before_any_weight_changes(backend):
+    model, x, y = model_and_data(optimizers.SGD(0.1))
+    before = weights(model)
+    with pytest.raises(NonFiniteUpdateError, match="optimizer step 1 was refused"):
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False,
+                  callbacks=[LearningRateScheduler(lambda epoch: np.inf)])
+    for w, b in zip(model.get_weights(), before):          # lr = inf: every element refused
+        np.testing.assert_array_equal(w, b)
+
+
+def test_on_a_device_the_flag_is_read_with_the_loss_and_names_the_first_refused_step(
+        backend, monkeypatch):
+    """With the flag read only when the loss is (a device's way), the steps after the first
+    refused one are refused too: the weights are those after step 2, as a run of two steps
+    leaves them, and the error names step 3."""
+    lr = schedules.PiecewiseConstantDecay([1], [0.05, np.inf])     # inf from the third step
+    monkeypatch.setattr(Optimizer, "_flag_on_host", lambda self: False)
+    model, x, y = model_and_data(optimizers.SGD(lr))
+    with pytest.raises(NonFiniteUpdateError, match="optimizer step 3 was refused"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    reference, _, _ = model_and_data(optimizers.SGD(0.05))
+    reference.fit(x[:8], y[:8], batch_size=4, epochs=1, verbose=0, shuffle=False)
+    for w, r in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(w, r)
+    assert model.optimizer.iterations == 4                 # every step ran, two were refused
+
+
+def test_train_on_batch_and_a_direct_update_raise_at_once(backend):
+    model, x, y = model_and_data(optimizers.SGD(np.inf))
+    with pytest.raises(NonFiniteUpdateError, match="SGD: the update of 'h/kernel' at optimizer "
+                                                   "step 1"):
+        model.train_on_batch(x, y)
+    opt = optimizers.RMSprop(0.1)
+    p = gpucnn.Tensor(np.ones(3, np.float32), requires_grad=True)
+    p.grad = gpucnn.Tensor(np.array([1.0, np.nan, 1.0], np.float32))
+    with pytest.raises(NonFiniteUpdateError, match="RMSprop: the update of 'weight 0' at "
+                                                   "optimizer step 1"):
+        opt.apply_gradients([p])
+    got = p.numpy()
+    assert got[1] == 1.0 and got[0] < 1.0 and got[2] < 1.0   # only the NaN's element kept
+
+
+@pytest.mark.parametrize("name", ["sgd_update", "adam_update", "rmsprop_update"])
+def test_an_update_without_a_flag_raises(name, backend):
+    ks = gpucnn.backend.kernels()
+    p = ks.asarray(np.ones(5, np.float32))
+    g = ks.asarray(np.array([0.1, np.inf, 0.2, 0.3, 0.4], np.float32))
+    slots = [ks.asarray(np.zeros(5, np.float32)) for _ in range(2)]
+    args = {"sgd_update": (p, g, None, 0.1, 0.0, False, 0.0),
+            "adam_update": (p, g, *slots, 0.1, 0.9, 0.999, 1e-7, 1, 0.0),
+            "rmsprop_update": (p, g, slots[0], 0.1, 0.9, 1e-7, 0.0)}[name]
+    with pytest.raises(FloatingPointError, match=f"{name}: the new weight is not finite"):
+        getattr(ks, name)(*args)
+    assert ks.to_host(p)[1] == 1.0
+
+
+# -- issue 24, case 2: writers checked before the first step ---------------------------------------
+@pytest.mark.parametrize("make,error,words", [
+    (lambda d: callbacks.ModelCheckpoint(str(d / "no" / "ckpt.npz")), FileNotFoundError,
+     "ModelCheckpoint: cannot write '.*no/ckpt.npz': the folder .* does not exist"),
+    (lambda d: callbacks.ModelCheckpoint(str(read_only(d / "ckpt.npz")), monitor="loss"),
+     PermissionError, "ModelCheckpoint: will not replace '.*ckpt.npz': it is read-only"),
+    (lambda d: callbacks.ModelCheckpoint(str(d / "ckpt-{val_accuracy:.2f}.npz")), ValueError,
+     "ModelCheckpoint: cannot format filepath '.*ckpt-{val_accuracy:.2f}.npz' with epoch and "
+     "the logs .*'accuracy'.*KeyError: 'val_accuracy'"),
+    (lambda d: callbacks.ModelCheckpoint("/sys/ckpt.npz"), PermissionError,
+     "ModelCheckpoint: cannot write '/sys/ckpt.npz': cannot create a file in its folder"),
+    (lambda d: callbacks.CSVLogger(d / "no" / "log.csv"), FileNotFoundError,
+     "CSVLogger: cannot write '.*no/log.csv': the folder .* does not exist"),
+    (lambda d: callbacks.CSVLogger(read_only(d / "log.csv")), PermissionError,
+     "CSVLogger: will not replace '.*log.csv': it is read-only"),
+], ids=["checkpoint-no-folder", "checkpoint-read-only", "checkpoint-format-key",
+        "checkpoint-folder-not-writable", "csv-no-folder", "csv-read-only"])
+def test_a_writer_that_would_fail_stops_fit_before_the_first_step(make, error, words, tmp_path):
+    model, (x, y) = compiled(), data()
+    before = model.get_weights()
+    with pytest.raises(error, match=words):
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[make(tmp_path)])
+    assert model.optimizer.iterations == 0
+    for w, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(w, b)
+
+
+def test_the_examples_check_the_picture_folder_before_training():
+    r = example("perceptron.py", "--out", "/sys/gpucnn-pictures", "--epochs", "1", "--backend",
+                "numpy")
+    assert r.returncode == 2, r.stderr
+    assert "--out /sys/gpucnn-pictures: cannot create the folder or write in it" in r.stderr
+    assert "Epoch" not in r.stdout and "Traceback" not in r.stderr
+
+
+# -- issue 24, case 3: save(overwrite=True) --------------------------------------------------------
+def test_save_with_overwrite_true_replaces_a_read_only_file_as_save_weights_does(tmp_path):
+    model = compiled()
+    for save in (model.save, model.save_weights):
+        path = read_only(tmp_path / f"{save.__name__}.npz")
+        with pytest.raises(PermissionError, match="read-only"):
+            save(path, overwrite=None)
+        save(path, overwrite=True)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o444      # replaced, its mode kept
+        probe = compiled(seed=1)
+        probe.load_weights(path)
+        for w, b in zip(probe.get_weights(), model.get_weights()):
+            np.testing.assert_array_equal(w, b)
+
+
+# -- issue 24, case 4: hostile model files ---------------------------------------------------------
+def test_load_model_refuses_a_fifo_without_opening_it(tmp_path):
+    fifo = tmp_path / "m.npz"
+    os.mkfifo(fifo)
+    held = os.open(fifo, os.O_RDWR)                # a load that opened it would read, not fail
+    try:
+        for load in (models.load_model, compiled().load_weights):
+            with pytest.raises(OSError, match=r"m.npz' is a FIFO \(named pipe\), not a"):
+                load(fifo)
+    finally:
+        os.close(held)
+
+
+def rewrite(path, change, text=lambda t: t):
+    """The model file at ``path`` rewritten with ``change(arrays, header)`` applied, and then
+    ``text`` to the header's JSON text."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(str(arrays[saving.HEADER_KEY][()]))
+    change(arrays, header)
+    arrays[saving.HEADER_KEY] = np.array(text(json.dumps(header)))
+    np.savez(path, **arrays)
+
+
+def test_an_architecture_asking_for_more_than_the_file_holds_is_refused_before_it_allocates(
+        tmp_path, monkeypatch):
+    path = tmp_path / "m.npz"
+    compiled().save(path)
+    rewrite(path, lambda a, h: h["model"]["config"]["layers"][0]["config"].update(units=10**10))
+    made = []
+    monkeypatch.setattr(np, "zeros", lambda *a, **k: made.append(a) or np.empty(0))
+    with pytest.raises(ValueError, match=r"load_model\('.*m.npz'\): layer 'h' asks for a weight "
+                                         r"'kernel' of shape \(4, 10000000000\) \(160000000000 "
+                                         r"bytes\), more than the file's arrays account for"):
+        models.load_model(path)
+    assert not made
+
+
+def test_an_entry_declaring_more_bytes_than_it_holds_is_refused_before_reading(tmp_path):
+    path = tmp_path / "m.npz"
+    compiled().save(path)
+    with zipfile.ZipFile(path) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    raw = entries["weights/h/kernel.npy"]              # the header's shape made 2e7 times larger
+    entries["weights/h/kernel.npy"] = raw.replace(b"(4, 3)", b"(80000000, 3)".ljust(6))
+    with zipfile.ZipFile(path, "w") as z:
+        for n, b in entries.items():
+            z.writestr(n, b)
+    for load in (models.load_model, compiled().load_weights):
+        with pytest.raises(ValueError, match=r"entry 'weights/h/kernel.npy' declares an array of "
+                                             r"shape \(80000000, 3\) float32 \(960000000 bytes\) "
+                                             r"but holds \d+ bytes"):
+            load(path)
+
+
+def test_a_deeply_nested_header_is_refused_without_a_recursion_error(tmp_path):
+    path = tmp_path / "m.npz"
+    compiled().save(path)
+    rewrite(path, lambda a, h: None, lambda t: t[:-1] + ', "deep": ' + "[" * 3000 + "]" * 3000
+            + "}")
+    with pytest.raises(ValueError, match="nests deeper than 64 levels"):
+        models.load_model(path)
+    compiled().save(path)
+    rewrite(path, lambda a, h: h.update(note='"[[[[ \\" {{{{' * 100))
+    models.load_model(path)                        # brackets and quotes inside strings are text
+
+
+@pytest.mark.parametrize("version", [0, -7])
+def test_a_format_version_below_1_is_refused(version, tmp_path):
+    path = tmp_path / "m.npz"
+    compiled().save(path)
+    rewrite(path, lambda a, h: h.update(format_version=version))
+    with pytest.raises(ValueError, match=rf"no valid format_version: expected an int from 1 to "
+                                         rf"1, got {version}"):
+        models.load_model(path)
+
+
+# -- issue 24, case 5: resume in a new process is exact --------------------------------------------
+RESUME = r"""
+import sys, numpy as np, gpucnn
+from gpucnn import layers, models
+backend, mode, path = sys.argv[1:]
+if backend == "cuda":
+    from gpucnn.kernels.cuda_set import simulate
+    simulate.small_launches().__enter__()
+gpucnn.set_backend(backend)
+rng = np.random.default_rng(3)
+x, y = rng.standard_normal((20, 4)).astype(np.float32), rng.integers(0, 2, 20)
+if mode == "resume":
+    model = models.load_model(path)
+    state = gpucnn.random.generator().bit_generator.state
+    model.fit(x, y, batch_size=6, epochs=3, initial_epoch=1, verbose=0)
+    assert state != gpucnn.random.generator().bit_generator.state
+else:
+    gpucnn.manual_seed(0)
+    model = models.Sequential([layers.Dense(3, activation="relu", input_shape=(4,)),
+                               layers.Dropout(0.3), layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=6, epochs=1 if mode == "first" else 3, verbose=0)
+    if mode == "first":
+        model.save(path)
+        gpucnn.manual_seed(99)                     # what the saving process does next is its own
+np.save(path + f".{mode}.npy", np.concatenate([w.ravel() for w in model.get_weights()]))
+"""
+
+
+def test_resume_in_a_new_process_is_exact_with_shuffling(backend, tmp_path):
+    path = str(tmp_path / "m.npz")
+    for mode in ("whole", "first", "resume"):
+        r = python(RESUME, backend, mode, path, timeout=300, NUMBA_ENABLE_CUDASIM="1")
+        assert r.returncode == 0, r.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(path + ".resume.npy"), np.load(path + ".whole.npy"))
+
+
+def test_load_model_leaves_the_global_generator_alone(tmp_path):
+    path = tmp_path / "m.npz"
+    compiled().save(path)
+    gpucnn.manual_seed(7)
+    state = gpucnn.random.generator().bit_generator.state
+    models.load_model(path)
+    assert gpucnn.random.generator().bit_generator.state == state
+
+
+# -- issue 24, case 6 ------------------------------------------------------------------------------
+class Squash(layers.Layer):
+    """Keras-style: ``call`` alone."""
+
+    def call(self, x, training=False):
+        return F.tanh(x)
+
+
+class NeedsData(layers.Layer):
+    def call(self, x, training=False):
+        if not np.any(x.data):
+            raise ValueError("all zeros")
+        return F.tanh(x)
+
+
+def test_a_layer_with_call_alone_trains_in_a_sequential():
+    model = compiled(Squash(name="squash"))
+    x, y = data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert model.layers[1].output_shape == (None, 3)
+    reference = compiled(layers.Activation("tanh", name="squash"))   # the same network
+    reference.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for w, r in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(w, r, rtol=1e-6)
+
+
+def test_a_layer_whose_shape_cannot_be_inferred_names_itself_and_the_method_to_add():
+    with pytest.raises(ValueError, match=r"layer 'picky' \(NeedsData\): cannot infer the "
+                                         r"output shape for input \(None, 3\) by calling the "
+                                         r"layer on zeros \(ValueError: all zeros\); define "
+                                         r"compute_output_shape\(self, input_shape\) in "
+                                         r"NeedsData"):
+        compiled(NeedsData(name="picky"))          # built from its input_shape: refused there
+
+
+# -- issue 24, case 7 ------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(validation_split="0.2"), r"validation_split expected a number in \[0, 1\), received "
+                                   r"'0.2' \(str\)"),
+    (dict(validation_split="abc"), r"validation_split expected a number in \[0, 1\), received "
+                                   r"'abc' \(str\)"),
+    (dict(initial_epoch=-3), r"initial_epoch expected an int >= 0 \(the epoch to start from\), "
+                             r"received -3"),
+], ids=["split-str", "split-abc", "initial-epoch-negative"])
+def test_fit_arguments_are_refused_with_what_was_expected(kwargs, words):
+    model = compiled()
+    with pytest.raises(ValueError, match="fit: " + words):
+        model.fit(*data(), epochs=1, verbose=0, **kwargs)
+    assert model.optimizer.iterations == 0
+
+
+def test_reduce_lr_on_plateau_refuses_a_nan_min_delta():
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau: min_delta must be a number >= 0, "
+                                         r"got nan"):
+        callbacks.ReduceLROnPlateau(min_delta=float("nan"))
+
+
+def test_a_model_pickles_through_the_npz_file_with_no_code_in_it():
+    model = compiled()
+    model.fit(*data(), batch_size=8, epochs=1, verbose=0)
+    blob = pickle.dumps(model)
+    start = blob.index(b"PK\x03\x04")              # the archive save writes, as bytes
+    assert b"c__builtin__" not in blob and b"builtins" not in blob
+    copy = pickle.loads(blob)
+    assert copy.__dict__.get("_random_state") is None     # a copy is no resume: fit draws anew
+    for w, r in zip(copy.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(w, r)
+    assert copy.optimizer.iterations == model.optimizer.iterations == 2 and start > 0
+    x, y = data()
+    np.testing.assert_array_equal(copy.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_layers_of_another_dtype_than_the_model_are_named_before_training():
+    model = compiled(layers.Dense(3, dtype="float64", name="wide"))
+    with pytest.raises(TypeError, match=r"fit: layer 'wide' \(Dense\) has dtype float64, model "
+                                        r"'sequential.*' computes in float32; give the model the "
+                                        r"same dtype"):
+        model.fit(*data(), verbose=0)
+
+
+def test_a_loss_of_ones_own_gets_integer_labels_as_they_are():
+    seen = []
+
+    def my_loss(y_true, y_pred):
+        seen.append(y_true.dtype)
+        return losses.sparse_categorical_crossentropy(y_true, y_pred)
+
+    model = compiled(loss=my_loss)
+    model.fit(*data(), batch_size=8, epochs=1, verbose=0)
+    assert seen and all(np.dtype(d).kind == "i" for d in seen), seen
+
+
+def test_a_second_thread_fitting_the_same_model_gets_a_clear_error():
+    model = compiled()
+    started, release = threading.Event(), threading.Event()
+    hold = callbacks.LambdaCallback(on_train_begin=lambda logs: (started.set(), release.wait(30)))
+    first = threading.Thread(target=lambda: model.fit(*data(), verbose=0, callbacks=[hold]),
+                             name="trainer-1")
+    first.start()
+    assert started.wait(30)
+    try:
+        for call in (lambda: model.fit(*data(), verbose=0), lambda: model.train_on_batch(*data())):
+            with pytest.raises(RuntimeError, match=r"model 'sequential.*' is being trained by "
+                                                   r"thread 'trainer-1'; train a model from one "
+                                                   r"thread at a time"):
+                call()
+    finally:
+        release.set()
+        first.join(60)
+    model.fit(*data(), verbose=0)                  # free again once the first fit is done
+
+
+def test_the_examples_refuse_a_negative_seed_in_one_line():
+    r = example("perceptron.py", "--seed", "-5", timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "argument --seed: expected an integer >= 0, got '-5'" in r.stderr
+
+
+# -- issue 24, case 8: the README's commands and the offline fetch ---------------------------------
+def readme_commands():
+    """Every shell command of the README (two words or more): the lines of its shell blocks and
+    its inline code spans, split at ``&&``, comments removed."""
+    lines, lang, prose = [], None, []
+    for ln in (ROOT / "README.md").read_text().splitlines():
+        if ln.startswith("```"):
+            lang = ln[3:].strip() if lang is None else None
+        elif lang is None:
+            prose.append(ln)
+        elif lang in ("", "sh"):
+            lines.append(ln)
+    lines += re.findall(r"`([^`]+)`", "\n".join(prose))
+    commands = [c.split("#")[0].split() for ln in lines for c in ln.split("&&")]
+    return [c for c in commands if len(c) > 1]          # a lone word is a name, not a command
+
+
+def test_every_readme_command_runs_from_the_shell_of_the_first_two():
+    tools = {"python", "pip", "pytest", "mpiexec", "mkdocs"}
+    bare = [" ".join(c) for c in readme_commands() if c[0] in tools
+            or (c[0] in {".venv/bin/mpiexec", "srun"} and "python" in c)]
+    assert not bare, f"commands that need an activated venv: {bare}"
+    assert any(c[:1] == [".venv/bin/mpiexec"] for c in readme_commands())
+    assert "about 15 minutes on 2 cores" in (ROOT / "README.md").read_text()
+
+
+def test_an_offline_fetch_says_where_to_put_the_files_by_hand(tmp_path, capsys):
+    from gpucnn.datasets import __main__ as cli
+
+    with socket.socket() as s:              # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert cli.main(["fetch", "mnist", "--split", "test", "--dir", str(tmp_path / "d"),
+                     "--mirror", f"http://127.0.0.1:{port}/"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"without a network, put the file by hand at {tmp_path / 'd'}/t10k-images-idx3-ubyte"
+            f".gz (from http://127.0.0.1:{port}/t10k-images-idx3-ubyte.gz; its SHA-256 is "
+            "checked)") in err, err
