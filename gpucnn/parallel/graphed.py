@@ -142,24 +142,18 @@ class Graphed(Whole):
 
     def _matches_eager(self, g, xb, yb) -> bool:
         """The first replay of a graph against an eager step on the same inputs."""
-        ks = self.ks
-        got = [ks.to_host(g.loss)] + [None if a is None else ks.to_host(a) for a in g.grads]
+        got = [None if a is None else self.ks.to_host(a) for a in (g.loss, *g.grads)]
         loss, _, _ = _step.forward_backward(self.model, xb, yb, self.logits, self.params, 1,
                                             False)
-        want = [ks.to_host(loss)] + [None if p.grad is None else ks.to_host(p.grad.data)
-                                     for p in self.params]
+        want = [loss] + [None if p.grad is None else p.grad.data for p in self.params]
         for i, (a, b) in enumerate(zip(got, want)):
             if (a is None) != (b is None):
                 self._turn_off(f"the graph's gradient {i} is missing against an eager step")
                 return False
-            if a is None:
-                continue
-            scale = max(float(np.abs(b).max()) if b.size else 0.0, 1e-30)
-            err = float(np.abs(a - b).max()) / scale if b.size else 0.0
-            if not err <= CHECK_RTOL:
-                self._turn_off(f"its first replay differs from an eager step (output {i}: "
-                               f"relative difference {err:.2e} > {CHECK_RTOL:.0e})")
-                return False
+        why = _difference(got, want)
+        if why is not None:
+            self._turn_off(f"its first replay differs from an eager step ({why})")
+            return False
         for p, grad in zip(self.params, g.grads):   # the eager step's gradients are the same
             p.grad = None if grad is None else Tensor._wrap(grad)
         return True

@@ -131,20 +131,6 @@ def check_settings(g, op: str, settings: dict) -> None:
                          f"which has {', '.join(f'{k}={mine.get(k)!r}' for k in bad)}")
 
 
-def _random_state() -> dict:
-    s = _random._state
-    return {"seed": s["seed"], "gen": s["gen"].bit_generator.state,
-            "dropout_seed": s["dropout_seed"], "counter": s["counter"]}
-
-
-def _set_random_state(state: dict) -> None:
-    s = _random._state
-    gen = np.random.default_rng()
-    gen.bit_generator.state = state["gen"]
-    s.update(seed=state["seed"], gen=gen, dropout_seed=state["dropout_seed"],
-             counter=state["counter"])
-
-
 def _bcast_host_arrays(g, hosts, what: str) -> None:
     """Rank 0's ``hosts`` (host arrays of the same shapes and dtypes on every rank) into every
     other rank's, in place, as one broadcast of their bytes."""
@@ -178,7 +164,7 @@ def broadcast_model(g, model, what: str) -> None:
 def broadcast_state(g, model, what: str) -> None:
     """Rank 0's random state (shuffles, dropout keys) and optimizer step count on every rank."""
     opt = getattr(model, "optimizer", None)
-    state = {"random": _random_state(),
+    state = {"random": _random.get_state(),
              "iterations": None if opt is None else int(opt.iterations)}
     data = json.dumps(state).encode()
     size = np.array([len(data)], np.int64)
@@ -190,7 +176,7 @@ def broadcast_state(g, model, what: str) -> None:
     if g.rank == 0:
         return
     state = json.loads(buf.tobytes())
-    _set_random_state(state["random"])
+    _random.set_state(state["random"])
     if opt is not None and state["iterations"] is not None:
         opt.iterations = state["iterations"]
 

@@ -41,7 +41,6 @@ from multiprocessing.connection import Pipe
 
 import numpy as np
 
-from gpucnn.autograd import Tensor
 from gpucnn.parallel import _calls
 from gpucnn.parallel import step as _step
 from gpucnn.parallel._worker import (PARENT_CHECK, SPIN_REPLY, die_with_parent, find_prctl, spin,
@@ -242,25 +241,14 @@ class WorkerSet:
             errors = [e for e in (_reply(w) for w in busy) if e is not None]
         if errors:
             raise RuntimeError("a training worker process failed:\n" + errors[0])
-        loss = mine[0] * (bounds[1] / n)
+        results = [mine + (bounds[1],)]
         for k, w in enumerate(busy, 1):
-            loss = loss + w.loss[0] * ((bounds[k + 1] - bounds[k]) / n)
-        loss = np.asarray(loss, dtype=mine[0].dtype)
-        lv = float(loss)
-        if math.isfinite(lv):
-            sink = mine[2]
-            for i, p in enumerate(self.params):
-                entry = sink.get(id(p))
-                g = None if entry is None else entry[1]
-                for w in busy:
-                    if w.has[i]:
-                        g = np.array(w.grads[i]) if g is None else np.add(g, w.grads[i])
-                p.grad = None if g is None else Tensor._wrap(g)
-        out = None
-        if self.need_out:
-            outs = [mine[1]] + [w.out[:bounds[k + 1] - bounds[k]] for k, w in enumerate(busy, 1)]
-            out = np.concatenate(outs)
-        return loss, out, lv
+            rows_k = bounds[k + 1] - bounds[k]
+            # combine keeps the first gradient it meets: a shared buffer is copied to be one
+            sink = {id(p): (p, w.grads[i] if id(p) in mine[2] else np.array(w.grads[i]))
+                    for i, p in enumerate(self.params) if w.has[i]}
+            results.append((w.loss[0], w.out[:rows_k], sink, rows_k))
+        return _step.combine(results, self.params, n, self.need_out)
 
     # -- lifetime ------------------------------------------------------------------------------
     def close(self):
@@ -275,21 +263,7 @@ class WorkerSet:
             self.workers = []
             self.model, self.params = None, []
             return
-        for w in self.workers:
-            try:
-                w.conn.send(None)
-            except (OSError, ValueError):
-                pass
-        growth = []
-        for w in self.workers:
-            try:
-                if w.conn.poll(5.0):
-                    growth.append(int(w.conn.recv()))
-            except (EOFError, OSError, TypeError, ValueError):
-                pass
-            _reap(w.pid)
-            _ends.discard(w.conn)
-            w.conn.close()
+        growth = _stop([(w.conn, w.pid) for w in self.workers], os.getpid())
         if self.workers:
             last_growth[:] = growth
         self.workers = []
@@ -367,11 +341,13 @@ def drain() -> None:
 atexit.register(drain)       # after weakref.finalize's own exit hook (registered later) runs
 
 
-def _stop(handles, owner):
+def _stop(handles, owner) -> list:
     """End workers given as ``(pipe end, pid)``, only in the process that started them,
-    ``owner`` (a fork of it must not end its parent's workers)."""
+    ``owner`` (a fork of it must not end its parent's workers); returns the growth of resident
+    memory each reported."""
+    growth = []
     if os.getpid() != owner:
-        return
+        return growth
     for conn, _ in handles:
         try:
             conn.send(None)
@@ -380,8 +356,8 @@ def _stop(handles, owner):
     for conn, pid in handles:
         try:
             if conn.poll(5.0):
-                conn.recv()
-        except (EOFError, OSError, ValueError):
+                growth.append(int(conn.recv()))
+        except (EOFError, OSError, TypeError, ValueError):
             pass
         _reap(pid)
         _ends.discard(conn)
@@ -389,6 +365,7 @@ def _stop(handles, owner):
             conn.close()
         except OSError:
             pass
+    return growth
 
 
 def _reply(w):
