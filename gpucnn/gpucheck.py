@@ -8,6 +8,8 @@ On a machine with an NVIDIA GPU it runs, each section in a fresh process of its 
               NumPy set, and the cheap CuPy launch path against Numba's own launcher (bitwise);
 ``ops``       every kernel timed with CUDA events beside PyTorch (cuDNN, fp32, TF32 off), the
               convolutions' GFLOP/s against the fp32 peak, and the conv tile sweep;
+``bandwidth`` every memory-bound kernel's floor bytes per second against a device-to-device
+              copy's, beside PyTorch's counterpart (``bench/check_bandwidth.py``);
 ``e2e``       host and device time per launch (raw path, Numba's path, CuPy, PyTorch) and a
               LeNet-5 training step in images/s beside PyTorch, with launches per step;
 ``examples``  every example script for one short epoch on the GPU (``examples.log``);
@@ -38,10 +40,11 @@ import sys
 import tempfile
 import time
 
-ORDER = ("setup", "accuracy", "ops", "e2e", "examples", "tests")
+ORDER = ("setup", "accuracy", "ops", "bandwidth", "e2e", "examples", "tests")
 
 #: Seconds each section may take at most on a GPU (the whole run has ``--budget``).
-LIMITS = {"setup": 150, "accuracy": 90, "ops": 150, "e2e": 90, "examples": 200, "tests": 240}
+LIMITS = {"setup": 150, "accuracy": 90, "ops": 150, "bandwidth": 90, "e2e": 90, "examples": 200,
+          "tests": 240}
 
 FILES = ("report.md", "report.json", "compile.log", "examples.log", "tests.log", "sections.log")
 
@@ -59,6 +62,13 @@ TABLES = {
               ("layer", "GEMM", "tile bm/bn/bk tm x tn, blocks/SM", "ms", "GFLOP/s", "speed-up",
                "rel err vs default"),
               ("{}", "{}", "{}", "{:.4f}", "{:.0f}", "{:.2f}", "{:.1e}")),
+    "bandwidth": ("Memory-bound kernels: floor bytes (inputs read once, outputs written once) "
+                  "per second against a device-to-device copy's",
+                  ("net", "layer", "op", "shape", "floor MB", "gpucnn ms", "GB/s", "% of copy",
+                   "PyTorch ms", "PyTorch % of copy", "speed vs PyTorch (>1: gpucnn faster)",
+                   "note"),
+                  ("{}", "{}", "{}", "{}", "{:.2f}", "{:.4f}", "{:.0f}", "{:.0f}", "{:.4f}",
+                   "{:.0f}", "{:.2f}", "{}")),
     "overhead": ("Launch overhead: host time per call (queued back to back) and device time per "
                  "call (many calls between one event pair)",
                  ("call", "host µs per call", "device µs per call"), ("{}", "{:.1f}", "{:.2f}")),
@@ -81,8 +91,8 @@ TABLES = {
               ("`{}`", "{}", "{:.0f}", "{}")),
 }
 SECTION_TABLES = {"setup": ("setup",), "accuracy": ("accuracy",), "ops": ("ops", "sweep"),
-                  "e2e": ("overhead", "e2e", "fit"), "examples": ("examples",),
-                  "tests": ("tests",)}
+                  "bandwidth": ("bandwidth",), "e2e": ("overhead", "e2e", "fit"),
+                  "examples": ("examples",), "tests": ("tests",)}
 
 
 # --------------------------------------------------------------------------- report

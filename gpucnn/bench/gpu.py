@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from gpucnn.bench import check_accuracy, check_e2e, check_timing
+from gpucnn.bench import check_accuracy, check_bandwidth, check_e2e, check_timing
 from gpucnn.bench.check_context import DeviceLost, setup
 
 EXAMPLES = ("perceptron", "basic_cnn", "lenet5", "alexnet", "autoencoder")
@@ -177,6 +177,7 @@ def section_tests(ctx, out_dir):
 
 
 SECTIONS = {"setup": section_setup, "accuracy": section_accuracy, "ops": section_ops,
+            "bandwidth": lambda ctx, out_dir: check_bandwidth.check_bandwidth(ctx),
             "e2e": section_e2e, "examples": section_examples, "tests": section_tests}
 
 
