@@ -162,9 +162,7 @@ def weight_shapes(layer, shape):
     return [kernel] + [(n,)] * layer.use_bias, layer.compute_output_shape(shape)
 
 
-# ---------------------------------------------------------------------------------------------
-# Compile settings
-# ---------------------------------------------------------------------------------------------
+# -- compile settings -------------------------------------------------------------------------
 
 def read_compile(c, where, custom_objects=None):
     """``(optimizer, loss, metrics)`` for ``model.compile`` from Keras 3's ``compile_config``
@@ -231,9 +229,7 @@ def write_compile(model) -> dict | None:
             "jit_compile": False}
 
 
-# ---------------------------------------------------------------------------------------------
-# Architecture, written
-# ---------------------------------------------------------------------------------------------
+# -- architecture, written --------------------------------------------------------------------
 
 def write_layer(layer) -> dict:
     """Keras 3's ``{"module", "class_name", "config", ...}`` of a gpucnn layer or Sequential."""

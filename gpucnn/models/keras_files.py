@@ -130,9 +130,7 @@ def _json_attr(f, name, where):
         raise ValueError(f"{where}: the attribute {name!r} is not valid JSON: {e}") from None
 
 
-# ---------------------------------------------------------------------------------------------
-# Where each layer's weights are
-# ---------------------------------------------------------------------------------------------
+# -- where each layer's weights are -----------------------------------------------------------
 
 def keras_paths(layers, prefix="") -> list:
     """``[(path, layer)]``: where Keras 3 keeps each layer's variables in ``model.weights.h5``
@@ -226,9 +224,7 @@ def _weights(f, fmt, model, problems):
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# The optimizer's variables
-# ---------------------------------------------------------------------------------------------
+# -- the optimizer's variables ----------------------------------------------------------------
 
 def _trainable(model):
     ids = {id(t) for t in model.trainable_weights}
@@ -297,9 +293,7 @@ def _optimizer_state(f, fmt, opt, model, problems, keras2=False):
     return (None if it is None else int(it)), (None if lr is None else float(lr)), got
 
 
-# ---------------------------------------------------------------------------------------------
-# load_model and save
-# ---------------------------------------------------------------------------------------------
+# -- load_model and save ----------------------------------------------------------------------
 
 def load_keras(path, custom_objects=None, compile=True):
     """The model of a Keras ``.keras`` or ``.h5`` file (see the module docstring); called by

@@ -49,9 +49,7 @@ WEIGHTS = "weights/"
 SLOTS = "optimizer/"
 
 
-# ---------------------------------------------------------------------------------------------
-# Architecture
-# ---------------------------------------------------------------------------------------------
+# -- architecture -----------------------------------------------------------------------------
 
 def model_config(model) -> dict:
     """``{"class_name", "config", "build_input_shape"}`` of a built model (a ValueError naming
@@ -91,9 +89,7 @@ def _build(spec, custom_objects, where, nbytes):
     return model
 
 
-# ---------------------------------------------------------------------------------------------
-# Compile settings
-# ---------------------------------------------------------------------------------------------
+# -- compile settings -------------------------------------------------------------------------
 
 def _loss_config(loss):
     if isinstance(loss, _losses.LossFunctionWrapper):
@@ -142,9 +138,7 @@ def _trainable_table(model) -> list:
     return [(path, t) for path, t in model._weight_table() if id(t) in ids]
 
 
-# ---------------------------------------------------------------------------------------------
-# Saving
-# ---------------------------------------------------------------------------------------------
+# -- saving -----------------------------------------------------------------------------------
 
 def _json_default(v):
     if isinstance(v, np.generic):
@@ -193,13 +187,7 @@ def save_model(model, filepath, overwrite=True) -> str:
                            overwrite=overwrite is True, op=op)
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------
-
-def _read(path, where) -> dict:
-    return io.read_npz(path, where, "model file")
-
+# -- loading ----------------------------------------------------------------------------------
 
 #: Weight bytes a file's architecture may ask for beyond those its arrays hold (a file that
 #: does not match is then refused by the array check, which lists every difference).
@@ -269,7 +257,7 @@ def load_model(filepath, custom_objects=None, compile=True):
     where = f"load_model({path!r})"
     if keras_files.kind(path):                         # a Keras .keras or .h5 file
         return keras_files.load_keras(path, custom_objects, compile)
-    arrays = _read(path, where)
+    arrays = io.read_npz(path, where, "model file")
     header = _header(arrays, path, where)
     model = _build(header.get("model") or {}, custom_objects, where,
                    SLACK + sum(a.nbytes for k, a in arrays.items() if k.startswith(WEIGHTS)))
