@@ -5,12 +5,13 @@ image as 1,024 red, 1,024 green and 1,024 blue bytes, each plane row by row (cha
 """
 from __future__ import annotations
 
-import os
+import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from gpucnn import io
 
 from ._files import (DataFileError, DataNotFoundError, DownloadError, RemoteFile,
                      data_dirs, download_to_temp, sha256_of)
@@ -114,7 +115,8 @@ def _obtain(missing, dirs, download, explicit):
 
 
 def _extract(archive: Path, folder: Path):
-    """Write the batches of the verified ``archive`` into ``folder``, each file atomically.
+    """Write the batches of the verified ``archive`` into ``folder``, each file atomically
+    (``gpucnn.io.write_atomic``).
 
     Only the known member names are read (never a path taken from the archive), and only as
     regular files.
@@ -129,25 +131,11 @@ def _extract(archive: Path, folder: Path):
                     raise DataFileError(f"{archive}: no {SUBFOLDER}/{name} inside") from None
                 if not member.isfile():
                     raise DataFileError(f"{archive}: {SUBFOLDER}/{name} is not a regular file")
-                _write_atomic(tar.extractfile(member), folder / name)
+                src = tar.extractfile(member)
+                io.write_atomic(folder / name, lambda out: shutil.copyfileobj(src, out, 1 << 20),
+                                overwrite=True, op="cifar10")
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataFileError(f"{archive}: cannot be unpacked ({e})") from None
-
-
-def _write_atomic(src, dest: Path):
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def read_cifar_batch(path) -> tuple[np.ndarray, np.ndarray]:
