@@ -14,7 +14,6 @@ returns the path. matplotlib is imported on first use and drives its Agg canvas 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +36,13 @@ def _figure(width, height):
 
 
 def _save(fig, path):
-    """Write ``fig`` as a PNG through ``gpucnn.io.write_atomic``: a reader never sees half a
-    picture, a symlink's target is replaced, a directory, FIFO, device or read-only file is
-    refused."""
+    """Lay ``fig`` out and write it as a PNG through ``gpucnn.io.write_atomic``: a reader never
+    sees half a picture, a symlink's target is replaced, a missing folder, a directory, FIFO,
+    device or read-only file is refused."""
     from gpucnn.io import write_atomic
 
+    fig.tight_layout()
     path = Path(path)
-    if path.parent and not path.parent.is_dir():
-        raise FileNotFoundError(f"plots: cannot write {os.fspath(path)!r}: the folder "
-                                f"{os.fspath(path.parent)!r} does not exist")
     write_atomic(path, lambda f: fig.savefig(f, format="png"), op="plots")
     return path
 
@@ -101,7 +98,6 @@ def curves(history, path, title=None):
         ax.xaxis.get_major_locator().set_params(integer=True)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -140,7 +136,6 @@ def filters(kernel, path, title="learned filters", max_filters=64):
                           vmin=-m, vmax=m, title=f"f{j}" if i == 0 else None)
     fig.suptitle(f"{title}  ({kh}x{kw}, {cin} in, {cout} out"
                  f"{', first %d shown' % n if n < cout else ''})", fontsize=10)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -182,7 +177,6 @@ def feature_maps(fmap, path, title="feature maps", image=None, max_maps=32):
                   title=str(j))
     shown = f", first {max_maps} shown" if c > max_maps and not (h == 1 and w == 1) else ""
     fig.suptitle(f"{title}  ({h}x{w}x{c}{shown})", fontsize=10)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -240,7 +234,6 @@ def confusion_matrix(y_true, y_pred, path, class_names=None, title="confusion ma
                         color="white" if m[i, j] > top / 2 else "black")
     acc = np.trace(m) / max(m.sum(), 1)
     ax.set_title(f"{title}: accuracy {100 * acc:.2f}% of {m.sum():,}", fontsize=10)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -265,7 +258,6 @@ def reconstructions(rows, path, title="denoising autoencoder", max_images=10):
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -282,5 +274,4 @@ def weights_image(w, shape, path, title="weights"):
     ax.set_yticks([])
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     return _save(fig, path)
