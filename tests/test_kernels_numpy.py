@@ -1,17 +1,27 @@
 """The NumPy kernel set beyond the op registry's table (tests/test_ops.py runs every op against
 its plain-loop reference): the guide's worked numbers, ties, NaN and infinities, numerical
 stability, errors, the dropout hash's statistics, the threads (the hand-computed optimizer steps
-are in tests/test_optim_kernels.py, with every other test of the update kernels)."""
+are in tests/test_optim_kernels.py, with every other test of the update kernels).
+
+Then the set's shape-chosen fast paths against the plain-loop references: the row-Toeplitz and
+row-gather input gradients, convolutions that are dense layers (a kernel over the whole input),
+the GEMM column pass of tiling average pools, separable max pools, kept im2col blocks, border
+classes; the algorithm names the benchmark prints; the allocator setting; and np.dot (not
+matmul) in the kernels, so that their threads overlap."""
+import contextlib
 import math
 import warnings
 
 import numpy as np
 import pytest
 
-from _reference import ref_max_pool, ref_max_pool_backward, ref_pads
+from _reference import (ref_avg_pool, ref_avg_pool_backward, ref_conv2d,
+                        ref_conv2d_backward_input, ref_conv2d_backward_weight, ref_max_pool,
+                        ref_max_pool_backward, ref_pads)
 from gpucnn.kernels import CONTRACT, load_set
 from gpucnn.kernels._rng import uniform_np
-from gpucnn.kernels.numpy_set import _parallel
+from gpucnn.kernels.numpy_set import _alloc, _im2col, _parallel, _rowgather, _toeplitz
+from gpucnn.kernels.numpy_set import pool as pool_module
 
 K = load_set("numpy")
 F32 = dict(rtol=2e-5, atol=2e-5)
@@ -321,3 +331,415 @@ def test_blas_limit_is_restored_after_nested_and_concurrent_kernels():
     for t in threads:
         t.join()
     assert [lc.get_num_threads() for lc in libs] == start
+
+
+# ================================================================ the shape-chosen fast paths
+
+# (N, H, W, C_in, KH, KW, C_out, padding): stride-1 cases for the Toeplitz input gradient
+TOEPLITZ_CASES = [
+    (2, 14, 14, 6, 5, 5, 16, "valid"),      # LeNet-5's C3
+    (3, 7, 9, 2, 3, 3, 5, "same"),          # padding cropped, Wo = 9 -> chunks of 3
+    (2, 8, 7, 3, 2, 2, 4, "same"),          # even kernel: the odd pixel bottom/right
+    (1, 5, 11, 1, 5, 3, 2, "valid"),        # Wo = 9, KW = 3
+    (2, 6, 5, 4, 3, 5, 1, "same"),          # one output channel, Wo prime
+    (1, 3, 3, 2, 5, 5, 3, "same"),          # kernel larger than the image
+]
+
+
+@pytest.fixture
+def tune():
+    """``tune(**settings)``: ``numpy_set.tuning`` (and ``threads=n``: ``num_threads``) for the
+    rest of the test."""
+    with contextlib.ExitStack() as stack:
+        def apply(threads=None, **settings):
+            if threads is not None:
+                stack.enter_context(K.num_threads(threads))
+            stack.enter_context(K.tuning(**settings))
+        yield apply
+
+
+def _dx_config(tune, method, config, tiny_blocks):
+    """Force the input-gradient ``method``; ``config`` "image-blocks" sets each setting of
+    ``tiny_blocks`` to 1 (one image a block), "two-threads" splits even tiny work."""
+    tune(dx_method=method)
+    if config == "image-blocks":
+        tune(**{name: 1 for name in tiny_blocks})
+    if config == "two-threads":
+        tune(threads=2, min_parallel_flops=0)
+    return config
+
+
+@pytest.fixture(params=["one-block", "image-blocks", "two-threads"])
+def toeplitz_config(request, tune):
+    return _dx_config(tune, "toeplitz", request.param, ["toeplitz_block_bytes"])
+
+
+def _check_stride1_input_gradient(rng, n, h, w, c, kh, kw, co, pad, algorithm):
+    """The stride-1 input gradient by ``algorithm`` against the loops: float64, then float32 from
+    a non-contiguous dy (every other channel of a wider array)."""
+    wt = rng.standard_normal((kh, kw, c, co)) / np.sqrt(kh * kw * co)
+    ho, wo = h + pad[0] + pad[1] - kh + 1, w + pad[2] + pad[3] - kw + 1
+    dy = rng.standard_normal((n, ho, wo, co))
+    assert K.conv_algorithm("input", (n, h, w, c), wt.shape, (1, 1), pad) == algorithm
+    want = ref_conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
+    got = K.conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
+    np.testing.assert_allclose(got, want, **F64)
+    wide = np.zeros((n, ho, wo, 2 * co), np.float32)
+    wide[..., ::2] = dy
+    dy32 = wide[..., ::2]
+    assert not dy32.flags.c_contiguous
+    got32 = K.conv2d_backward_input(dy32, wt.astype(np.float32), (n, h, w, c), (1, 1), pad)
+    assert got32.dtype == np.float32 and got32.flags.c_contiguous
+    np.testing.assert_allclose(got32, want, **F32)
+
+
+@pytest.mark.parametrize("case", TOEPLITZ_CASES)
+def test_toeplitz_input_gradient_matches_loops(rng, case, toeplitz_config):
+    n, h, w, c, kh, kw, co, padding = case
+    pad = ref_pads(h, w, kh, kw, 1, 1, padding)
+    _check_stride1_input_gradient(rng, n, h, w, c, kh, kw, co, pad, "toeplitz")
+
+
+def test_toeplitz_chunk_and_matrix(rng):
+    assert [_toeplitz.chunk(wo, 5) for wo in (10, 7, 9, 1, 24)] == [5, 1, 3, 1, 4]
+    w = rng.standard_normal((2, 3, 2, 4))
+    t = _toeplitz.toeplitz_matrix(w, 2).reshape(2, 4, 2, 4, 2)       # (q, o, i, b, c)
+    for q in range(2):
+        for i in range(2):
+            for b in range(4):
+                want = w[i, b - q].T if 0 <= b - q < 3 else np.zeros((4, 2))
+                np.testing.assert_array_equal(t[q, :, i, b, :], want)
+
+
+# (N, H, W, C_in, KH, KW, C_out, pad (top, bottom, left, right)): stride-1 cases for the row
+# gather, which needs dy at least as wide as dx
+ROW_GATHER_CASES = [
+    (2, 15, 15, 24, 5, 5, 64, (2, 2, 2, 2)),     # AlexNet-small's conv2
+    (3, 7, 9, 3, 3, 3, 5, (1, 1, 1, 1)),         # 3 bands of rows, 2 invalid column strips
+    (2, 8, 7, 4, 2, 4, 3, (0, 1, 1, 2)),         # even kernels, padding on one side each
+    (2, 6, 5, 2, 3, 3, 4, (1, 0, 2, 1)),         # dy wider than dx (W < Wo), uneven padding
+    (1, 3, 3, 2, 5, 5, 3, (2, 2, 2, 2)),         # kernel larger than the image: no full band
+    (2, 5, 6, 3, 1, 3, 2, (0, 0, 1, 1)),         # one kernel row: a single band
+    (3, 4, 4, 5, 3, 2, 6, (2, 2, 0, 1)),         # the most padding a gather allows
+]
+
+
+@pytest.fixture(params=["one-block", "image-blocks", "two-threads"])
+def row_gather_config(request, tune):
+    return _dx_config(tune, "rowgather", request.param,
+                      ["col_block_bytes", "col_min_rows", "wide_min_rows"])
+
+
+@pytest.mark.parametrize("case", ROW_GATHER_CASES)
+def test_row_gather_input_gradient_matches_loops(rng, case, row_gather_config):
+    _check_stride1_input_gradient(rng, *case, "row gather")
+
+
+def test_row_gather_is_chosen_for_narrow_deep_input_gradients(tune):
+    s = (1, 1)
+    same5, same3 = (2, 2, 2, 2), (1, 1, 1, 1)
+    assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), s, same5) == "row gather"
+    assert K.conv_algorithm("input", (8, 16, 16, 16), (3, 3, 16, 128), s, same3) == "row gather"
+    # shallow (3x3, 24 -> 64: depth 576), wide (32 input channels), few channels (Toeplitz)
+    assert K.conv_algorithm("input", (8, 15, 15, 24), (3, 3, 24, 64), s, same3).startswith(
+        "gather")
+    assert K.conv_algorithm("input", (8, 15, 15, 32), (5, 5, 32, 64), s, same5).startswith(
+        "gather")
+    assert K.conv_algorithm("input", (8, 15, 15, 8), (5, 5, 8, 64), s, same5) == "toeplitz"
+    # dx wider than dy (a valid convolution): a shifted read past a row would meet real values
+    assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), s, (0, 0, 0, 0)) == \
+        "gather (border classes)"
+    tune(dx_method="rowgather")
+    assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), s, (0, 0, 0, 0)) == \
+        "gather (border classes)"
+    assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), (2, 2), same5) == \
+        "scatter"
+
+
+def test_row_gather_zeroes_exactly_the_entries_no_pixel_owns():
+    # z column u of kernel column j adds to dx column u - j + left, which must lie in [0, W)
+    for wo, wd, kw, left in [(15, 15, 5, 2), (9, 7, 3, 0), (6, 6, 4, 1), (4, 2, 5, 4)]:
+        spans = {j: (lo, hi) for j, lo, hi in _rowgather._invalid(wo, wd, kw, left)}
+        for j in range(kw):
+            lo, hi = spans.get(j, (0, wo))
+            owned = [u for u in range(wo) if 0 <= u - j + left < wd]
+            assert list(range(lo, hi)) == owned, (wo, wd, kw, left, j)
+
+
+# a kernel covering the whole unpadded input (one output pixel): the dense-layer path
+@pytest.mark.parametrize("stride", [(1, 1), (2, 3)])
+@pytest.mark.parametrize("act", ["tanh", "linear"])
+def test_whole_input_kernels_are_dense_layers(rng, stride, act):
+    x = rng.standard_normal((4, 5, 6, 3))
+    w = rng.standard_normal((5, 6, 3, 7)) / 10
+    b = rng.standard_normal(7)
+    pad = (0, 0, 0, 0)
+    assert K.conv_algorithm("forward", x.shape, w.shape, stride, pad) == "dense GEMM"
+    y = K.conv2d_forward(x, w, b, stride, pad, act)
+    np.testing.assert_allclose(y, ref_conv2d(x, w, b, stride, pad, act), **F64)
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(K.conv2d_backward_input(dy, w, x.shape, stride, pad),
+                               ref_conv2d_backward_input(dy, w, x.shape, stride, pad), **F64)
+    np.testing.assert_allclose(K.conv2d_backward_weight(x, dy, w.shape, stride, pad),
+                               ref_conv2d_backward_weight(x, dy, w.shape, stride, pad), **F64)
+    # a padded or smaller kernel is not
+    assert K.conv_algorithm("forward", x.shape, w.shape, stride, (1, 0, 0, 0)) != "dense GEMM"
+
+
+Z = (0, 0, 0, 0)
+SAME3, SAME5 = (1, 1, 1, 1), (2, 2, 2, 2)
+
+
+@pytest.mark.parametrize("pass_,x,w,stride,pad,name", [
+    ("forward", (8, 32, 32, 1), (5, 5, 1, 6), (1, 1), Z, "im2col (planar blocks)"),
+    ("weight", (8, 32, 32, 3), (3, 3, 3, 24), (1, 1), Z, "im2col (planar blocks)"),
+    ("forward", (8, 14, 14, 6), (5, 5, 6, 16), (1, 1), Z, "im2col"),
+    ("forward", (8, 28, 28, 16), (3, 3, 16, 1), (1, 1), SAME3, "shifted GEMMs"),
+    ("input", (8, 14, 14, 16), (3, 3, 16, 32), (2, 2), (0, 1, 0, 1), "scatter"),
+    ("input", (8, 7, 7, 96), (3, 3, 96, 64), (1, 1), SAME3, "gather (border classes)"),
+    ("input", (8, 56, 56, 32), (3, 3, 32, 32), (1, 1), SAME3, "gather"),  # 2.4% in padding
+    ("forward", (8, 28, 28, 8), (5, 5, 8, 16), (1, 1), SAME5, "im2col"),  # 25 classes, small w
+    ("forward", (8, 28, 28, 8), (5, 5, 8, 32), (1, 1), SAME5, "im2col (border classes)"),
+    ("forward", (8, 7, 7, 64), (3, 3, 64, 96), (1, 1), SAME3, "im2col (border classes)"),
+    ("weight", (8, 15, 15, 24), (5, 5, 24, 64), (1, 1), SAME5, "im2col (border classes)"),
+    ("input", (8, 1, 1, 4), (1, 1, 4, 5), (1, 1), Z, "dense GEMM"),
+])
+def test_algorithm_names(pass_, x, w, stride, pad, name):
+    assert K.conv_algorithm(pass_, x, w, stride, pad) == name
+
+
+# tiling average pools (stride == window, no padding, sizes divisible): the GEMM column pass
+@pytest.mark.parametrize("shape,pool", [((3, 28, 28, 6), (2, 2)), ((2, 10, 10, 16), (2, 2)),
+                                        ((2, 9, 6, 3), (3, 2)), ((1, 4, 8, 1), (1, 4))])
+def test_tiling_average_pool_matches_loops(rng, shape, pool):
+    x = rng.standard_normal(shape)
+    z = (0, 0, 0, 0)
+    assert pool_module._tiling(shape, pool, pool, z)
+    y = K.avg_pool_forward(x, pool, pool, z)
+    np.testing.assert_allclose(y, ref_avg_pool(x, pool, pool, z), **F64)
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(K.avg_pool_backward(dy, shape, pool, pool, z),
+                               ref_avg_pool_backward(dy, shape, pool, pool, z), **F64)
+    y32 = K.avg_pool_forward(x.astype(np.float32), pool, pool, z)
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, ref_avg_pool(x, pool, pool, z), **F32)
+
+
+def test_non_tiling_pools_take_the_general_path():
+    z = (0, 0, 0, 0)
+    assert not pool_module._tiling((2, 7, 8, 3), (2, 2), (2, 2), z)         # 7 rows: one left
+    assert not pool_module._tiling((2, 8, 8, 3), (3, 3), (2, 2), z)         # overlapping
+    assert not pool_module._tiling((2, 8, 8, 3), (2, 2), (2, 2), (0, 1, 0, 1))
+    assert not pool_module._tiling((2, 8, 8, 64), (2, 2), (2, 2), z)        # many channels
+
+
+def test_allocator_note_says_what_was_done():
+    note = K.allocator_note()
+    assert ("M_MMAP_THRESHOLD" in note) or ("left alone" in note) or ("not glibc" in note)
+
+
+def test_allocator_opt_out(monkeypatch):
+    monkeypatch.setenv("GPUCNN_MALLOPT", "0")
+    before = _alloc._note
+    try:
+        assert _alloc.tune() == "left alone (GPUCNN_MALLOPT=0)"
+    finally:
+        _alloc._note = before
+
+
+@pytest.mark.parametrize("method", [("im2col", "gather"), ("shifted", "scatter"),
+                                    ("im2col", "toeplitz"), ("im2col", "rowgather")])
+def test_kernels_multiply_with_dot_not_matmul(rng, monkeypatch, tune, method):
+    """np.matmul on 2-D operands keeps the GIL (one outer ufunc iteration): the kernel threads
+    and the split step's parts would run one after the other. Every conv path, the pools and
+    the losses run here with np.matmul made to record its calls."""
+    calls = []
+    real = np.matmul
+    monkeypatch.setattr(np, "matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tune(forward_method=method[0], dx_method=method[1], threads=2, min_parallel_flops=0)
+    x = rng.standard_normal((4, 9, 9, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 8)).astype(np.float32)
+    for pad in ((1, 1, 1, 1), (0, 0, 0, 0)):
+        y = K.conv2d_forward(x, w, None, (1, 1), pad, "relu")
+        K.conv2d_backward_input(y, w, x.shape, (1, 1), pad)
+        K.conv2d_backward_weight(x, y, w.shape, (1, 1), pad)
+        K.conv2d_forward_keep(x, w, None, (1, 1), pad, "tanh")
+    K.avg_pool_backward(K.avg_pool_forward(x, (2, 2), (2, 2), (0, 0, 0, 0)), x.shape,
+                        (2, 2), (2, 2), (0, 0, 0, 0))
+    K.softmax_xent_forward(x.reshape(4, -1), np.arange(4))
+    assert calls == []
+
+
+# max pooling: separable maxima with the first maximum in row-major window order
+MAX_CASES = [((2, 32, 32, 5), (3, 3), (2, 2), "valid"), ((3, 7, 9, 2), (2, 3), (1, 2), "same"),
+             ((2, 6, 6, 3), (2, 2), (2, 2), "valid"), ((1, 5, 4, 2), (3, 1), (1, 1), "same"),
+             ((2, 9, 8, 1), (1, 2), (3, 2), "valid")]
+
+
+@pytest.mark.parametrize("shape,pool,stride,padding", MAX_CASES)
+@pytest.mark.parametrize("blocks", ["whole", "one-image"])
+def test_separable_max_pool_matches_loops(rng, tune, shape, pool, stride, padding, blocks):
+    if blocks == "one-image":
+        tune(pool_block_bytes=1)
+    pad = ref_pads(shape[1], shape[2], pool[0], pool[1], stride[0], stride[1], padding)
+    x = rng.integers(-3, 4, shape).astype(np.float32)        # small integers: many ties
+    want_y, want_i = ref_max_pool(x, pool, stride, pad)
+    y, idx = K.max_pool_forward(x, pool, stride, pad)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(idx, want_i)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_allclose(K.max_pool_backward(dy, idx, shape),
+                               ref_max_pool_backward(dy, want_i, shape), **F32)
+
+
+def test_max_pool_minus_infinity_windows_pick_a_real_cell():
+    x = np.full((1, 3, 3, 2), -np.inf, np.float32)
+    x[0, 2, 2, 1] = 1.0
+    pad = ref_pads(3, 3, 2, 2, 2, 2, "same")                 # padding on the bottom/right
+    y, idx = K.max_pool_forward(x, (2, 2), (2, 2), pad)
+    want_y, want_i = ref_max_pool(x, (2, 2), (2, 2), pad)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(idx, want_i)
+
+
+@pytest.mark.parametrize("shape,k,stride,padding", [((3, 9, 8, 1), 3, 1, "valid"),
+                                                     ((2, 7, 7, 5), 3, 2, "same"),
+                                                     ((2, 6, 6, 3), 1, 1, "valid")])
+def test_kept_im2col_blocks_give_the_same_kernel_gradient(rng, tune, shape, k, stride,
+                                                          padding):
+    tune(col_block_bytes=200, col_min_rows=1)      # several blocks, kept separately
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((k, k, shape[3], 4)) / 5
+    b = rng.standard_normal(4)
+    pad = ref_pads(shape[1], shape[2], k, k, stride, stride, padding)
+    y, kept = K.conv2d_forward_keep(x, w, b, (stride, stride), pad, "relu")
+    np.testing.assert_allclose(y, ref_conv2d(x, w, b, (stride, stride), pad, "relu"), **F64)
+    dy = rng.standard_normal(y.shape)
+    want = ref_conv2d_backward_weight(x, dy, w.shape, (stride, stride), pad)
+    if k > 1:                          # (a 1x1 conv's im2col is x itself)
+        assert kept is not None and len(kept) > 1
+        x[...] = np.nan                # the kept blocks, not x, feed the kernel gradient
+    got = K.conv2d_backward_weight_kept(kept, x, dy, w.shape, (stride, stride), pad)
+    np.testing.assert_allclose(got, want, **F64)
+
+
+def test_kept_blocks_only_below_the_size_limit(rng, tune):
+    x = rng.standard_normal((2, 10, 10, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    z = (0, 0, 0, 0)
+    assert K.conv2d_forward_keep(x, w, None, (1, 1), z, "linear")[1] is not None
+    tune(keep_max_bytes=2 * 8 * 8 * 27 * 4 - 1)
+    assert K.conv2d_forward_keep(x, w, None, (1, 1), z, "linear")[1] is None
+    dy = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
+    np.testing.assert_allclose(K.conv2d_backward_weight_kept(None, x, dy, w.shape, (1, 1), z),
+                               K.conv2d_backward_weight(x, dy, w.shape, (1, 1), z), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- im2col border classes
+
+@pytest.mark.parametrize("h,w,kh,kw,stride,pad", [
+    (7, 7, 3, 3, (1, 1), (1, 1, 1, 1)), (15, 15, 5, 5, (1, 1), (2, 2, 2, 2)),
+    (9, 8, 4, 2, (2, 3), (1, 2, 0, 1)), (4, 4, 5, 5, (1, 1), (2, 2, 2, 2)),
+    (2, 3, 3, 3, (1, 2), (3, 2, 3, 4)), (6, 6, 3, 3, (1, 1), (0, 0, 0, 0))])
+def test_border_classes_partition_the_output_by_real_taps(h, w, kh, kw, stride, pad):
+    """Every output pixel is in exactly one class, and its class's taps are exactly the kernel
+    taps whose input cell lies inside the image; the padding share is counted cell by cell."""
+    sh, sw = stride
+    ho = (h + pad[0] + pad[1] - kh) // sh + 1
+    wo = (w + pad[2] + pad[3] - kw) // sw + 1
+    classes, saving = _im2col.border_classes((1, h, w, 1), kh, kw, stride, pad, ho, wo)
+    seen = np.zeros((ho, wo), int)
+    padding_cells = 0
+    for p0, p1, q0, q1, i0, i1, j0, j1 in classes:
+        for p in range(p0, p1):
+            for q in range(q0, q1):
+                seen[p, q] += 1
+                real = {(i, j) for i in range(kh) for j in range(kw)
+                        if 0 <= p * sh - pad[0] + i < h and 0 <= q * sw - pad[2] + j < w}
+                assert real == {(i, j) for i in range(i0, i1) for j in range(j0, j1)}
+                padding_cells += kh * kw - len(real)
+    assert (seen == 1).all()
+    assert saving == pytest.approx(padding_cells / (ho * wo * kh * kw))
+
+
+def test_border_classes_with_windows_all_in_the_padding(rng, tune):
+    """Padding wider than the kernel: some windows read no image cell (their output is the bias,
+    through the activation, and they add nothing to the kernel gradient)."""
+    tune(border_min_saving=0.0)
+    tune(border_many_classes_min_work=0)
+    x = rng.standard_normal((2, 2, 3, 5))
+    w = rng.standard_normal((3, 3, 5, 4))
+    b = rng.standard_normal(4)
+    pad = (3, 2, 3, 4)
+    assert K.conv_algorithm("forward", x.shape, w.shape, (1, 1), pad) == "im2col (border classes)"
+    y = K.conv2d_forward(x, w, b, (1, 1), pad, "sigmoid")
+    np.testing.assert_allclose(y, ref_conv2d(x, w, b, (1, 1), pad, "sigmoid"), **F64)
+    assert np.allclose(y[:, 0, 0], 1 / (1 + np.exp(-b)))
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad),
+                               ref_conv2d_backward_weight(x, dy, w.shape, (1, 1), pad), **F64)
+
+
+def test_border_classes_match_the_plain_im2col_in_float32(rng, tune):
+    """AlexNet-small's conv3 shape, both ways, against the plain im2col path of the same set."""
+    x = rng.standard_normal((3, 7, 7, 64)).astype(np.float32)
+    w = (rng.standard_normal((3, 3, 64, 96)) / 24).astype(np.float32)
+    b = rng.standard_normal(96).astype(np.float32)
+    pad = (1, 1, 1, 1)
+    dy = rng.standard_normal((3, 7, 7, 96)).astype(np.float32)
+    got = (K.conv2d_forward(x, w, b, (1, 1), pad, "relu"),
+           K.conv2d_backward_input(dy, w, x.shape, (1, 1), pad),
+           K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad))
+    tune(border_min_saving=2.0)
+    assert K.conv_algorithm("forward", x.shape, w.shape, (1, 1), pad) == "im2col"
+    want = (K.conv2d_forward(x, w, b, (1, 1), pad, "relu"),
+            K.conv2d_backward_input(dy, w, x.shape, (1, 1), pad),
+            K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad))
+    for g, v in zip(got, want):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, v, rtol=1e-4, atol=1e-4)
+
+
+def test_border_classes_read_a_non_contiguous_input(rng, tune):
+    """A strided view as x (every other image, channels reversed) goes through the border classes
+    like a contiguous copy of it."""
+    tune(border_min_saving=0.0)
+    base = rng.standard_normal((6, 7, 7, 6))
+    x = base[::2, :, :, ::-1]
+    assert not x.flags.c_contiguous
+    w = rng.standard_normal((3, 3, 6, 5))
+    pad = (1, 1, 1, 1)
+    assert K.conv_algorithm("forward", x.shape, w.shape, (1, 1), pad) == "im2col (border classes)"
+    np.testing.assert_allclose(K.conv2d_forward(x, w, None, (1, 1), pad, "linear"),
+                               ref_conv2d(np.ascontiguousarray(x), w, None, (1, 1), pad), **F64)
+    dy = rng.standard_normal((3, 7, 7, 5))
+    np.testing.assert_allclose(K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad),
+                               ref_conv2d_backward_weight(np.ascontiguousarray(x), dy, w.shape,
+                                                          (1, 1), pad), **F64)
+
+
+def test_tuning_changes_settings_inside_the_block_only(rng):
+    from gpucnn.kernels.numpy_set.tuning import TUNING
+
+    x = rng.standard_normal((2, 6, 6, 16)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 16, 4)).astype(np.float32)
+    same = (1, 1, 1, 1)
+    chosen = K.conv_algorithm("input", x.shape, w.shape, (1, 1), same)
+    with K.tuning(dx_method="scatter", scatter_block_bytes=1):
+        assert K.conv_algorithm("input", x.shape, w.shape, (1, 1), same) == "scatter"
+        assert TUNING.scatter_block_bytes == 1
+    assert K.conv_algorithm("input", x.shape, w.shape, (1, 1), same) == chosen != "scatter"
+    assert TUNING.scatter_block_bytes == 1 << 20
+    with pytest.raises(ValueError, match="unknown setting 'col_bytes'"):
+        with K.tuning(col_bytes=1):
+            pass
+    with pytest.raises(ValueError, match="dx_method must be one of"):
+        with K.tuning(dx_method="fft"):
+            pass
+    with pytest.raises(TypeError, match="col_min_rows must be a number >= 0"):
+        with K.tuning(col_min_rows=-1):
+            pass
+    with pytest.raises(RuntimeError):
+        with K.tuning(col_min_rows=3):
+            raise RuntimeError("inside")
+    assert TUNING.col_min_rows == 256
