@@ -7,14 +7,6 @@ with the optimizer and loss of your choice, as section 7 of the guide does:
 >>> model = zoo.lenet5()                                                 # doctest: +SKIP
 >>> model.compile(optimizer=optimizers.SGD(learning_rate=0.01),          # doctest: +SKIP
 ...               loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-
-- ``perceptron(n_features)``: one neuron with a sigmoid (section 1).
-- ``basic_cnn(input_shape, classes)``: conv, ReLU, max-pooling, dense, softmax (section 3).
-- ``lenet5()``: the guide's modified LeNet-5 of section 7, layer for layer (61,706 parameters).
-- ``alexnet()``: AlexNet of section 5 (62,378,344 parameters at 227 x 227 x 3, 1,000 classes), with a
-  ``width`` knob and a small-input stem so that it also trains on 32 x 32 images in minutes.
-- ``conv_autoencoder()``: the convolutional autoencoder of section 6 (conv encoder, bottleneck,
-  ``Conv2DTranspose`` decoder, sigmoid output), trained with MSE, for example to denoise.
 """
 from __future__ import annotations
 
