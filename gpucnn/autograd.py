@@ -3,8 +3,8 @@
 A ``Tensor`` wraps an array of the active backend (a NumPy array, or a CuPy array on a GPU). Every
 differentiable op is a ``Function`` subclass with a ``forward`` on arrays and a ``backward`` that
 maps the output gradient to one gradient per input; ``Function.apply`` runs the forward and, when a
-gradient is needed and recording is on, links the output to its inputs. ``Tensor.backward`` walks
-that graph once in reverse topological order, accumulates into the ``.grad`` of the leaves, and
+gradient is needed and recording is on, links the output to its inputs. ``Tensor.backward`` runs
+the ops of that graph once, latest first, accumulates into the ``.grad`` of the leaves, and
 frees the graph as it goes.
 
 >>> import gpucnn
@@ -15,18 +15,25 @@ array([2., 4., 6.], dtype=float32)
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 
 import numpy as np
 
 from gpucnn import backend
 
-_grad_mode = threading.local()
+class _GradMode(threading.local):
+    enabled = True          # each thread starts recording; no_grad sets its own copy
+
+
+_grad_mode = _GradMode()
+_seq = itertools.count()    # recorded ops are numbered in the order they run
 
 
 def is_grad_enabled() -> bool:
     """Whether tensor operations are recorded for ``backward`` now (False inside ``no_grad``)."""
-    return getattr(_grad_mode, "enabled", True)
+    return _grad_mode.enabled
 
 
 class no_grad:
@@ -173,71 +180,59 @@ class Tensor:
     # from gpucnn._math, which defines them as Functions on top of this engine
 
 
-def _topo_order(root: Tensor):
-    """Tensors reachable from ``root`` through recorded ops, outputs before their inputs."""
-    order, seen = [], set()
-    stack = [(root, False)]
-    while stack:
-        t, done = stack.pop()
-        if done:
-            order.append(t)
-            continue
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        stack.append((t, True))
-        ctx = t._ctx
-        if ctx is not None:
-            if ctx.parents is None:
-                raise RuntimeError(
-                    "backward: the graph through this tensor was already freed by an earlier "
-                    "backward(); recompute the forward pass to differentiate again")
-            for p in ctx.parents:
-                if p.requires_grad and id(p) not in seen:
-                    stack.append((p, False))
-    order.reverse()
-    return order
+def _send(t: Tensor, g, heap, leaves) -> None:
+    """Add ``g`` to the gradient ``t`` receives: a leaf's into ``leaves[id(t)] = [t, sum]``; an op
+    output's onto its op (``ctx._grad_out``), which goes on the heap at its first gradient."""
+    ctx = t._ctx
+    if ctx is None:
+        entry = leaves.get(id(t))
+        if entry is None:
+            leaves[id(t)] = [t, g]
+        else:
+            entry[1] = entry[1] + g
+        return
+    if ctx.parents is None:
+        raise RuntimeError(
+            "backward: the graph through this tensor was already freed by an earlier "
+            "backward(); recompute the forward pass to differentiate again")
+    prev = ctx.__dict__.get("_grad_out")
+    if prev is None:
+        ctx._grad_out = g
+        heapq.heappush(heap, (-ctx._order, ctx))
+    else:
+        ctx._grad_out = prev + g
 
 
 def _run_backward(root: Tensor, g, sink=None) -> None:
     """Backpropagate ``g`` from ``root``. Leaf gradients accumulate into ``.grad``, or, when
     ``sink`` (a dict) is given, into ``sink[id(leaf)] = [leaf, array]`` and no ``.grad`` is
-    touched (so that several threads can each backpropagate a part of a batch)."""
-    order = _topo_order(root)
-    grads = {id(root): g}
-    for t in order:
-        g = grads.pop(id(t), None)
-        ctx = t._ctx
-        if ctx is None:  # a leaf
-            if g is None:
+    touched (so that several threads can each backpropagate a part of a batch).
+
+    The ops run latest first (their recording number, ``_order``): every consumer of a tensor was
+    recorded after the op that made it, so each op has its whole output gradient when it runs."""
+    leaves = {} if sink is None else sink
+    heap = []
+    _send(root, g, heap, leaves)
+    while heap:
+        ctx = heapq.heappop(heap)[1]
+        pgrads = ctx.backward(ctx._grad_out)
+        if not isinstance(pgrads, tuple):
+            pgrads = (pgrads,)
+        for p, pg in zip(ctx.parents, pgrads):
+            if pg is None or not p.requires_grad:
                 continue
-            if sink is not None:
-                entry = sink.get(id(t))
-                if entry is None:
-                    sink[id(t)] = [t, g]
-                else:
-                    entry[1] = entry[1] + g
-            elif t.grad is None:
+            if pg.shape != p.data.shape:
+                raise RuntimeError(f"{type(ctx).__name__}.backward returned a gradient of shape "
+                                   f"{tuple(pg.shape)} for an input of shape {p.shape}")
+            _send(p, pg, heap, leaves)
+        ctx.release()  # free the graph: saved arrays and inputs go
+        ctx.parents = None  # marks the node as freed
+    if sink is None:
+        for t, g in leaves.values():
+            if t.grad is None:
                 t.grad = Tensor._wrap(g)
             else:
                 t.grad.data = t.grad.data + g
-            continue
-        parents = ctx.parents
-        if g is not None:
-            pgrads = ctx.backward(g)
-            if not isinstance(pgrads, tuple):
-                pgrads = (pgrads,)
-            for p, pg in zip(parents, pgrads):
-                if pg is None or not p.requires_grad:
-                    continue
-                if tuple(pg.shape) != p.shape:
-                    raise RuntimeError(f"{type(ctx).__name__}.backward returned a gradient of shape "
-                                       f"{tuple(pg.shape)} for an input of shape {p.shape}")
-                k = id(p)
-                prev = grads.get(k)
-                grads[k] = pg if prev is None else prev + pg
-        ctx.release()  # free the graph: saved arrays and inputs go
-        ctx.parents = None  # marks the node as freed
 
 
 class Function:
@@ -266,11 +261,14 @@ class Function:
         """Run the op on tensors (``inputs``) with non-differentiable ``kwargs``."""
         fn = cls()
         out = fn.forward(*[t.data for t in inputs], **kwargs)
-        if is_grad_enabled() and any(t.requires_grad for t in inputs):
-            fn.parents = inputs
-            res = Tensor._wrap(out, True)
-            res._ctx = fn
-            return res
+        for t in inputs:
+            if t.requires_grad:
+                if _grad_mode.enabled:
+                    fn.parents, fn._order = inputs, next(_seq)
+                    res = Tensor._wrap(out, True)
+                    res._ctx = fn
+                    return res
+                break
         return Tensor._wrap(out, False)
 
 

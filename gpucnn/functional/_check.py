@@ -7,6 +7,38 @@ import numpy as np
 from gpucnn.autograd import Tensor
 
 
+def signature(tensors, params):
+    """What a call's checks depend on: the shape and dtype of each of ``tensors`` (Tensors or
+    None) and ``params`` (None, str, int or tuples of ints); None when anything else is given
+    (an array, a list, a bool, a float), so that such a call is checked in full every time."""
+    key = []
+    for t in tensors:
+        if t is None:
+            key.append(None)
+        elif type(t) is Tensor:
+            key += (t.data.shape, t.data.dtype)
+        else:
+            return None
+    for p in params:
+        kind = type(p)
+        if kind is tuple:
+            for v in p:
+                if type(v) is not int:
+                    return None
+        elif kind is not str and kind is not int and p is not None:
+            return None
+        key.append(p)
+    return tuple(key)
+
+
+def remember(table: dict, key, checked):
+    """``checked`` (what a call's checks produced), kept in ``table`` under ``key`` (from
+    ``signature``) so that the next call with that key skips the checks."""
+    if key is not None and len(table) < 4096:
+        table[key] = checked
+    return checked
+
+
 def is_int(v) -> bool:
     """A Python or NumPy integer (not a bool)."""
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))

@@ -93,24 +93,7 @@ def _activation_name(activation, op):
     return activation
 
 
-_GEOMETRY = {}
-
-
-def _conv_geometry(h, w, kh, kw, strides, padding, op):
-    """``(sh, sw, pad)`` of a conv, checked once per distinct geometry (a layer calls with the
-    same arguments every step) and then looked up."""
-    key = None
-    if type(padding) is str and (type(strides) is int or (
-            type(strides) is tuple and all(type(s) is int for s in strides))):
-        key = (h, w, kh, kw, strides, padding)      # plain ints only: True must still fail
-        hit = _GEOMETRY.get(key)
-        if hit is not None:
-            return hit
-    sh, sw = pair(strides, "strides", op)
-    _, _, pad = window_2d(h, w, kh, kw, sh, sw, check_padding(padding, op), op)
-    if key is not None and len(_GEOMETRY) < 4096:
-        _GEOMETRY[key] = (sh, sw, pad)
-    return sh, sw, pad
+_CONV2D = {}      # signature -> the checked Conv2D arguments
 
 
 def conv2d(x, w, b=None, strides=1, padding="valid", activation=None):
@@ -129,21 +112,27 @@ def conv2d(x, w, b=None, strides=1, padding="valid", activation=None):
     >>> F.conv2d(x, w, np.ones(1, np.float32)).numpy().ravel()
     array([9.], dtype=float32)
     """
-    op = "conv2d"
-    x = _check.image(x, op, "x")
-    w = _check.tensor(w, op, "w")
-    _check.rank(w, 4, op, "w", "(KH, KW, C_in, C_out)")
-    _check.same_dtype(x, w, op, "x", "w")
-    kh, kw, cin, cout = w.shape
-    if x.shape[3] != cin:
-        raise ValueError(f"{op}: input has {x.shape[3]} channels but the kernel expects {cin} "
-                         f"(x {x.shape}, w {w.shape})")
-    sh, sw, pad = _conv_geometry(x.shape[1], x.shape[2], kh, kw, strides, padding, op)
-    act = _activation_name(activation, op)
-    b = _check.bias(b, cout, x, op)
+    key = _check.signature((x, w, b), (strides, padding, activation))
+    args = _CONV2D.get(key)
+    if args is None:
+        op = "conv2d"
+        x = _check.image(x, op, "x")
+        w = _check.tensor(w, op, "w")
+        _check.rank(w, 4, op, "w", "(KH, KW, C_in, C_out)")
+        _check.same_dtype(x, w, op, "x", "w")
+        kh, kw, cin, cout = w.shape
+        if x.shape[3] != cin:
+            raise ValueError(f"{op}: input has {x.shape[3]} channels but the kernel expects "
+                             f"{cin} (x {x.shape}, w {w.shape})")
+        sh, sw = pair(strides, "strides", op)
+        _, _, pad = window_2d(x.shape[1], x.shape[2], kh, kw, sh, sw,
+                              check_padding(padding, op), op)
+        act = _activation_name(activation, op)
+        b = _check.bias(b, cout, x, op)
+        args = _check.remember(_CONV2D, key, {"stride": (sh, sw), "pad": pad, "act": act})
     inputs = (x, w) if b is None else (x, w, b)
     keep = w.requires_grad and is_grad_enabled()      # the kernel gradient will be wanted
-    return Conv2D.apply(*inputs, stride=(sh, sw), pad=pad, act=act, keep=keep)
+    return Conv2D.apply(*inputs, keep=keep, **args)
 
 
 def conv2d_transpose(x, w, b=None, strides=1, padding="valid"):

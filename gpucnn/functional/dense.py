@@ -42,6 +42,9 @@ class Dense(Function):
         return dx, dw
 
 
+_CHECKED = {}     # signature -> the checked activation name
+
+
 def dense(x, w, b=None, activation=None):
     """``act(x @ w + b)`` for ``x`` ``(N, in)``, ``w`` ``(in, out)``, ``b`` ``(out,)``.
 
@@ -49,18 +52,21 @@ def dense(x, w, b=None, activation=None):
     >>> F.dense(np.ones((1, 2), np.float32), np.ones((2, 3), np.float32)).numpy()
     array([[2., 2., 2.]], dtype=float32)
     """
-    op = "dense"
-    x = _check.tensor(x, op, "x")
-    w = _check.tensor(w, op, "w")
-    _check.rank(x, 2, op, "x", "(N, features)")
-    _check.rank(w, 2, op, "w", "(in, out)")
-    _check.floating(x, op, "x")
-    _check.same_dtype(x, w, op, "x", "w")
-    if x.shape[1] != w.shape[0]:
-        raise ValueError(f"{op}: input has {x.shape[1]} features but the kernel expects "
-                         f"{w.shape[0]} (x {x.shape}, w {w.shape})")
-    b = _check.bias(b, w.shape[1], x, op)
-    act = _activation_name(activation, op)
+    key = _check.signature((x, w, b), (activation,))
+    act = _CHECKED.get(key)
+    if act is None:
+        op = "dense"
+        x = _check.tensor(x, op, "x")
+        w = _check.tensor(w, op, "w")
+        _check.rank(x, 2, op, "x", "(N, features)")
+        _check.rank(w, 2, op, "w", "(in, out)")
+        _check.floating(x, op, "x")
+        _check.same_dtype(x, w, op, "x", "w")
+        if x.shape[1] != w.shape[0]:
+            raise ValueError(f"{op}: input has {x.shape[1]} features but the kernel expects "
+                             f"{w.shape[0]} (x {x.shape}, w {w.shape})")
+        b = _check.bias(b, w.shape[1], x, op)
+        act = _check.remember(_CHECKED, key, _activation_name(activation, op))
     inputs = (x, w) if b is None else (x, w, b)
     return Dense.apply(*inputs, act=act)
 

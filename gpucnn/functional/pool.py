@@ -28,13 +28,20 @@ class AvgPool2D(Function):
         return backend.kernels().avg_pool_backward(g, self.x_shape, self.pool, self.stride, self.pad)
 
 
+_CHECKED = {}     # signature -> the checked pool arguments
+
+
 def _geometry(x, pool_size, strides, padding, op):
-    x = _check.image(x, op, "x")
-    ph, pw = pair(pool_size, "pool_size", op)
-    sh, sw = (ph, pw) if strides is None else pair(strides, "strides", op)
-    padding = check_padding(padding, op)
-    _, _, pad = window_2d(x.shape[1], x.shape[2], ph, pw, sh, sw, padding, op)
-    return x, dict(pool=(ph, pw), stride=(sh, sw), pad=pad)
+    key = _check.signature((x,), (op, pool_size, strides, padding))
+    args = _CHECKED.get(key)
+    if args is None:
+        x = _check.image(x, op, "x")
+        ph, pw = pair(pool_size, "pool_size", op)
+        sh, sw = (ph, pw) if strides is None else pair(strides, "strides", op)
+        padding = check_padding(padding, op)
+        _, _, pad = window_2d(x.shape[1], x.shape[2], ph, pw, sh, sw, padding, op)
+        args = _check.remember(_CHECKED, key, {"pool": (ph, pw), "stride": (sh, sw), "pad": pad})
+    return x, args
 
 
 def max_pool2d(x, pool_size=2, strides=None, padding="valid"):

@@ -158,7 +158,7 @@ class Optimizer:
         list of ``(grad, param)`` pairs): clipping, weight decay and the update as the module
         docstring says; ``iterations`` then counts one more step."""
         ks = backend.kernels()
-        pairs = []
+        ps, gs = [], []
         for p in params:
             if isinstance(p, tuple):
                 g, p = p
@@ -170,18 +170,20 @@ class Optimizer:
                 if g is None:
                     continue
                 g = g.data
-            pairs.append((p, g))
-        if pairs:
+            ps.append(p)
+            gs.append(g)
+        if ps:
             lr = self.learning_rate
-            grads = self._clip([g for _, g in pairs], ks.xp)
-            groups = {}             # one multi-tensor launch per weight decay (MULTI tensors)
-            for (p, _), g in zip(pairs, grads):
-                group = groups.setdefault(self.weight_decay if self._decays(p) else 0.0, ([], []))
-                group[0].append(p)
-                group[1].append(g)
-            order = [p for ps, _ in groups.values() for p in ps]
-            self._log_names(tuple(getattr(p, "name", None) or f"weight {i}"
-                                  for i, p in enumerate(order)))
+            gs = self._clip(gs, ks.xp)
+            groups = {0.0: (ps, gs)}    # one multi-tensor launch per weight decay (MULTI tensors)
+            if self.weight_decay:
+                groups = {}
+                for p, g in zip(ps, gs):
+                    group = groups.setdefault(self.weight_decay if self._decays(p) else 0.0,
+                                              ([], []))
+                    group[0].append(p)
+                    group[1].append(g)
+            self._log_names([p for group, _ in groups.values() for p in group])
             if not isinstance(self._flag, ks.xp.ndarray):
                 self._flag = ks.xp.zeros(1, np.int64)
             tag = (self.iterations + 1) * _PER_STEP + 1
@@ -204,7 +206,8 @@ class Optimizer:
         """Whether reading the refusal flag is free (host memory): then every step reads it."""
         return isinstance(self._flag, np.ndarray)
 
-    def _log_names(self, names):
+    def _log_names(self, order):
+        names = tuple(getattr(p, "name", None) or f"weight {i}" for i, p in enumerate(order))
         if not self._names or self._names[-1][1] != names:
             self._names.append((self.iterations, names))
 

@@ -10,6 +10,7 @@ them with what Numba's own dispatcher passes, for every kernel.
 from __future__ import annotations
 
 import struct
+import sys
 
 import numpy as np
 from numba import types
@@ -151,25 +152,25 @@ def make_packer(name, argtypes):
     ``struct.pack_into``, from a function generated once per kernel (unrolled over its
     arguments: no loop, no list, a dtype identity test and a contiguity test per array). A
     slower exact check, which refuses the array with a TypeError, runs only when one fails."""
-    lines, items, env = [], [], {"pack_into": struct.pack_into, "fmt": param_format(argtypes),
-                                 "check": _check_array, "name": name, "seen": _seen}
+    lines, items = [], []
+    env = {"pack_into": struct.pack_into, "fmt": param_format(argtypes), "check": _check_array,
+           "name": name, "seen": _seen, "abi": sys.modules[__name__]}
     names = [f"a{i}" for i in range(len(argtypes))]
     for i, ty in enumerate(argtypes):
         a = names[i]
         if isinstance(ty, types.Array):
-            env[f"k{i}"] = (np.dtype(str(ty.dtype)), ty.ndim)
-            nd = ty.ndim
-            lines.append(f"    if {a}.dtype is not k{i}[0] or {a}.ndim < {nd} "
+            dt, nd = np.dtype(str(ty.dtype)), ty.ndim
+            env[f"k{i}"], env[f"d{i}"] = (dt, nd), dt
+            lines.append(f"    if {a}.dtype is not d{i} or {a}.ndim < {nd} "
                          f"or not {a}.flags.c_contiguous: check(name, k{i}, {a})")
-            lines.append(f"    p{i} = pointer({a})")
             lines.append(f"    if {a}.ndim == {nd}:\n        s{i} = {a}.shape\n"
                          f"        t{i} = {a}.strides\n    else:\n"
-                         f"        s{i}, t{i} = seen({a}.shape, {a}.itemsize, {nd})")
-            items.append(f"0, 0, {a}.size, {a}.itemsize, p{i}, *s{i}, *t{i}")
+                         f"        s{i}, t{i} = seen({a}.shape, {dt.itemsize}, {nd})")
+            # the address late-bound (abi._pointer: the CPU benchmark replaces it)
+            items.append(f"0, 0, {a}.size, {dt.itemsize}, abi._pointer({a}), *s{i}, *t{i}")
         else:
             items.append(a)
     src = (f"def pack(args, buf):\n    {', '.join(names)}, = args\n" + "\n".join(lines)
            + f"\n    pack_into(fmt, buf, 0, {', '.join(items)})\n")
-    env["pointer"] = lambda a: _pointer(a)      # late-bound: the CPU benchmark replaces it
     exec(compile(src, f"<gpucnn packer {name}>", "exec"), env)
     return env["pack"]
