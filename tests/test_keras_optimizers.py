@@ -7,6 +7,11 @@ tests/test_optimizers.py) SGD, Adam and RMSprop against the same formulas over a
 changing gradients on a tiny problem, Keras's defaults and names, lazy slots, and each optimizer
 fitting a small regression.
 
+Learning-rate schedules (ExponentialDecay, PiecewiseConstantDecay, CosineDecay with warm-up)
+against Keras's formulas written out here, used as the learning rate of optimizers (the rate of
+a step is the schedule at the number of steps done before it, weight decay included). The
+callbacks that change the learning rate are tested with the others, in tests/test_callbacks.py.
+
 The Keras step, in Keras's order: clip the gradients (clipnorm: g * c / max(|g|, c); global:
 g * c * min(1 / N, 1 / c); clipvalue: clip to [-c, c]), then p -= p * wd * lr, then the update."""
 import math
@@ -18,6 +23,7 @@ import gpucnn
 from _reference import ref_adagrad_update, ref_adam_update, ref_rmsprop_update, ref_sgd_update
 from gpucnn import layers, models, optimizers
 from gpucnn.autograd import Tensor
+from gpucnn.optimizers import schedules
 
 SHAPES = [(7,), (3, 4)]
 STEPS = 100
@@ -28,6 +34,7 @@ TOL = 1e-5
 @pytest.fixture(autouse=True)
 def _numpy_backend():
     gpucnn.set_backend("numpy")
+    gpucnn.manual_seed(0)
     yield
     gpucnn.set_backend("numpy")
 
@@ -404,44 +411,33 @@ def close(got, want):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=f"step {i + 1}")
 
 
-@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 0.0),
-                                                   (0.9, True, 0.0), (0.5, False, 0.1),
-                                                   (0.0, False, 0.05)])
-def test_sgd(problem, momentum, nesterov, wd):
-    p0, grads = problem
-    lr = 0.1
-    p, v, want = p0.copy(), np.zeros_like(p0), []
-    for g in grads:
-        ref_sgd_update(p, g, v, lr, momentum, nesterov, wd)
-        want.append(p.copy())
-    close(run(optimizers.SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=wd), p0, grads),
-          want)
+# Adam: Keras's bias corrections in the step size, epsilon added to sqrt(v) (a large epsilon tells
+# this apart from PyTorch's sqrt(v_hat) + eps); weight decay decoupled
+FEW_STEPS = [
+    ("SGD", dict(learning_rate=0.1)),
+    ("SGD", dict(learning_rate=0.1, momentum=0.9)),
+    ("SGD", dict(learning_rate=0.1, momentum=0.9, nesterov=True)),
+    ("SGD", dict(learning_rate=0.1, momentum=0.5, weight_decay=0.1)),
+    ("SGD", dict(learning_rate=0.1, weight_decay=0.05)),
+    ("Adam", dict(learning_rate=0.01, beta_1=0.8, beta_2=0.95)),
+    ("Adam", dict(learning_rate=0.01, beta_1=0.8, beta_2=0.95, epsilon=0.5)),
+    ("Adam", dict(learning_rate=0.01, beta_1=0.8, beta_2=0.95, weight_decay=0.1)),
+    ("RMSprop", dict(learning_rate=0.01, rho=0.8, epsilon=1e-3)),
+    ("RMSprop", dict(learning_rate=0.01, rho=0.8, epsilon=1e-3, weight_decay=0.1)),
+    ("RMSprop", dict(learning_rate=0.01, rho=0.8, epsilon=1e-3, momentum=0.7)),
+    ("RMSprop", dict(learning_rate=0.01, rho=0.8, epsilon=1e-3, momentum=0.7,
+                     weight_decay=0.05)),
+]
 
 
-@pytest.mark.parametrize("eps,wd", [(1e-7, 0.0), (0.5, 0.0), (1e-7, 0.1)])
-def test_adam(problem, eps, wd):
-    """Keras's Adam: the bias corrections in the step size, epsilon added to sqrt(v) (a large
-    epsilon tells this apart from PyTorch's sqrt(v_hat) + eps); weight decay decoupled."""
+@pytest.mark.parametrize("kind,cfg", FEW_STEPS, ids=[_id(c) for c in FEW_STEPS])
+def test_a_few_steps_on_a_tiny_problem(problem, kind, cfg):
     p0, grads = problem
-    lr, b1, b2 = 0.01, 0.8, 0.95
-    p, m, v, want = p0.copy(), np.zeros_like(p0), np.zeros_like(p0), []
+    p, slots, want = p0.copy(), keras_slots(kind, cfg, p0), []
     for t, g in enumerate(grads, 1):
-        ref_adam_update(p, g, m, v, lr, b1, b2, eps, t, wd)
-        want.append(p.copy())
-    close(run(optimizers.Adam(lr, beta_1=b1, beta_2=b2, epsilon=eps, weight_decay=wd), p0, grads),
-          want)
-
-
-@pytest.mark.parametrize("momentum,wd", [(0.0, 0.0), (0.0, 0.1), (0.7, 0.0), (0.7, 0.05)])
-def test_rmsprop(problem, momentum, wd):
-    p0, grads = problem
-    lr, rho, eps = 0.01, 0.8, 1e-3
-    p, s, u, want = p0.copy(), np.zeros_like(p0), np.zeros_like(p0), []
-    for g in grads:
-        ref_rmsprop_update(p, g, s, lr, rho, eps, wd, u=u, momentum=momentum)
-        want.append(p.copy())
-    close(run(optimizers.RMSprop(lr, rho=rho, momentum=momentum, epsilon=eps, weight_decay=wd),
-              p0, grads), want)
+        p = keras_step(kind, cfg, p, g, slots, t, cfg["learning_rate"])
+        want.append(p)
+    close(run(getattr(optimizers, kind)(**cfg), p0, grads), want)
 
 
 def test_keras_defaults_and_names():
@@ -490,3 +486,104 @@ def test_tiny_regression_converges(rng):
         h = m.fit(x, y, batch_size=16, epochs=15, verbose=0)
         assert h.history["loss"][-1] < 0.1 * h.history["loss"][0], (type(opt).__name__, h.history["loss"])
         assert math.isfinite(h.history["loss"][-1])
+
+
+# ------------------------------------------------------------------ the schedules
+
+def test_exponential_decay():
+    s = schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
+    for step in (0, 1, 7, 10, 25, 1000):
+        assert s(step) == pytest.approx(0.1 * 0.5 ** (step / 10), rel=1e-12)
+    st = schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5, staircase=True)
+    assert [st(k) for k in (0, 9, 10, 19, 20)] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
+
+
+def test_piecewise_constant_decay_keeps_the_value_before_on_a_boundary():
+    s = schedules.PiecewiseConstantDecay([3, 7], [1.0, 0.5, 0.1])
+    assert [s(k) for k in range(10)] == [1.0] * 4 + [0.5] * 4 + [0.1] * 2
+    with pytest.raises(ValueError, match=r"one more entry than boundaries; got 2 boundaries"):
+        schedules.PiecewiseConstantDecay([3, 7], [1.0, 0.5])
+    with pytest.raises(ValueError, match="increase strictly"):
+        schedules.PiecewiseConstantDecay([7, 3], [1.0, 0.5, 0.1])
+
+
+def test_cosine_decay_with_and_without_warmup():
+    s = schedules.CosineDecay(0.1, decay_steps=20, alpha=0.1)
+    for step in (0, 5, 10, 20, 40):
+        k = min(step, 20)
+        want = 0.1 * ((1 - 0.1) * 0.5 * (1 + math.cos(math.pi * k / 20)) + 0.1)
+        assert s(step) == pytest.approx(want, rel=1e-12)
+    w = schedules.CosineDecay(0.0, decay_steps=20, warmup_target=0.2, warmup_steps=5)
+    assert [w(k) for k in range(6)] == pytest.approx([0.0, 0.04, 0.08, 0.12, 0.16, 0.2])
+    assert w(15) == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 10 / 20)))
+    assert w(25) == pytest.approx(0.0, abs=1e-15) and w(100) == pytest.approx(0.0, abs=1e-15)
+    with pytest.raises(ValueError, match="warmup_target .* needs warmup_steps > 0"):
+        schedules.CosineDecay(0.0, 10, warmup_target=0.1)
+    with pytest.raises(ValueError, match=r"CosineDecay: decay_steps must lie in \(0.0"):
+        schedules.CosineDecay(0.1, 0)
+
+
+def test_schedule_config_round_trip_and_import_path():
+    from gpucnn.optimizers.schedules import CosineDecay   # Keras's import path
+
+    for s in (schedules.ExponentialDecay(0.1, 10, 0.9, staircase=True),
+              schedules.PiecewiseConstantDecay([2, 4], [0.3, 0.2, 0.1]),
+              CosineDecay(0.0, 20, alpha=0.05, warmup_target=0.1, warmup_steps=3)):
+        again = schedules.deserialize(schedules.serialize(s))
+        assert type(again) is type(s) and again.get_config() == s.get_config()
+        assert [again(k) for k in range(30)] == [s(k) for k in range(30)]
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'Nope'"):
+        schedules.deserialize({"class_name": "Nope", "config": {}})
+
+
+# ------------------------------------------------------------------ a schedule as a learning rate
+
+def test_sgd_with_a_schedule_uses_the_rate_at_the_steps_done(rng):
+    sched = schedules.PiecewiseConstantDecay([2, 5], [0.1, 0.01, 0.001])
+    opt = optimizers.SGD(learning_rate=sched, momentum=0.5, weight_decay=0.2)
+    p = _one_param(rng.standard_normal(4))
+    want, v = p.numpy().astype(np.float64), np.zeros(4)
+    seen = []
+    for k in range(8):
+        g = rng.standard_normal(4).astype(np.float32)
+        seen.append(opt.learning_rate)
+        p.grad = Tensor(g)
+        opt.apply_gradients([p])
+        lr = [0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001][k]
+        ref_sgd_update(want, g.astype(np.float64), v, lr, 0.5, False, 0.2)  # this step's rate
+    assert seen == [0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001]
+    np.testing.assert_allclose(p.numpy(), want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_every_optimizer_takes_a_schedule(name, rng):
+    """Each optimizer with ExponentialDecay equals it with the same rates given step by step
+    (through a float learning rate set before each step)."""
+    sched = schedules.ExponentialDecay(0.05, decay_steps=3, decay_rate=0.3)
+    a = getattr(optimizers, name)(learning_rate=sched)
+    b = getattr(optimizers, name)(learning_rate=0.05)
+    pa, pb = _one_param(rng.standard_normal(5)), None
+    pb = _one_param(pa.numpy())
+    for k in range(6):
+        g = rng.standard_normal(5).astype(np.float32)
+        b.learning_rate = sched(k)
+        pa.grad, pb.grad = Tensor(g), Tensor(g.copy())
+        a.apply_gradients([pa])
+        b.apply_gradients([pb])
+    np.testing.assert_array_equal(pa.numpy(), pb.numpy())
+    assert a.learning_rate == pytest.approx(sched(6))
+    assert a.schedule is sched and b.schedule is None
+    with pytest.raises(TypeError, match=f"{name}: this optimizer was made with the schedule"):
+        a.learning_rate = 0.1
+
+
+def test_compile_with_a_scheduled_optimizer_trains(rng):
+    x = rng.standard_normal((32, 3)).astype(np.float32)
+    y = x @ np.array([[1.0], [-2.0], [0.5]], np.float32)
+    m = models.Sequential([layers.Dense(1, input_shape=(3,))])
+    m.compile(optimizers.Adam(schedules.CosineDecay(0.0, 40, warmup_target=0.1,
+                                                    warmup_steps=8)), "mse")
+    h = m.fit(x, y, batch_size=8, epochs=12, verbose=0)
+    assert m.optimizer.iterations == 48
+    assert m.optimizer.learning_rate == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi)), abs=1e-12)
+    assert h.history["loss"][-1] < 0.2 * h.history["loss"][0]
