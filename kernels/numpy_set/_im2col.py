@@ -24,7 +24,6 @@ from .activation import epilogue as _epilogue
 from .tuning import TUNING as T
 
 
-
 def planar(c: int) -> bool:
     """Whether the im2col columns of ``c`` input channels are ordered ``(C, KH, KW)`` (the
     planar blocks) instead of ``(KH, KW, C)``."""

@@ -41,7 +41,6 @@ from ._util import strided
 from .tuning import TUNING as T
 
 
-
 def applies(h, wd, ho, wo, gpad) -> bool:
     """Whether the geometry suits the row gather: a gather padding exists and dx is no wider
     than dy (so a shifted read past a row's end only meets zeroed entries)."""

@@ -17,7 +17,6 @@ from ._util import offset_view
 from .tuning import TUNING as T
 
 
-
 def scatter_input_grad(dy, w, x_shape, stride, pad):
     """``dx`` of ``x_shape`` from dy ``(N, Ho, Wo, C_out)`` and w ``(KH, KW, C_in, C_out)``."""
     n, h, wd, c = x_shape

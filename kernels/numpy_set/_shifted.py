@@ -23,7 +23,6 @@ from .activation import epilogue
 from .tuning import TUNING as T
 
 
-
 def _blocking(x, pad, w_shape, extra_channels):
     n, h, wd, c = x.shape
     kh, kw = w_shape[:2]

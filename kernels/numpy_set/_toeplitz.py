@@ -24,7 +24,6 @@ from ._parallel import run_parts
 from .tuning import TUNING as T
 
 
-
 def chunk(wo: int, kw: int) -> int:
     """``Q``: the largest divisor of ``wo`` that is at most ``kw``."""
     return max(q for q in range(1, min(wo, kw) + 1) if wo % q == 0)

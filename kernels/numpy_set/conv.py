@@ -4,27 +4,21 @@
 
 ``xpad`` is x with ``pad = (top, bottom, left, right)`` zeros. A kernel that covers the whole
 unpadded input (LeNet-5's C5: a 5x5 kernel on a 5x5 map, one output pixel) is a dense layer: one
-GEMM each way. Otherwise these algorithms, chosen here by shape (every one for any batch, size
-and padding):
+GEMM each way. Otherwise these algorithms, chosen here by shape (each works for any batch, size
+and padding; its module says how):
 
-- im2col (``_im2col``): cache-sized blocks of the window matrix times the kernel matrix. The
-  default for the forward pass and the kernel gradient, any stride. Where much of the windows
-  reads zero padding, the output pixels are split into border classes, each an im2col GEMM over
-  only the kernel taps its windows read inside the image (AlexNet-small's 3x3 layers: 7-16%
+- im2col (``_im2col``): the forward pass and the kernel gradient, any stride; split into border
+  classes where much of the windows reads zero padding (AlexNet-small's 3x3 layers: 7-16%
   faster per op).
-- shifted GEMMs (``_shifted``): stride 1 with few output channels against the input channels:
-  one GEMM per kernel offset on contiguous row-shifted slices of the padded input, no copy.
-- scatter (``_scatter``): the input gradient for strides above 1, one GEMM per kernel offset
-  added into the strided view that offset reads. With stride 1 the input gradient is instead the
-  forward correlation of dy, padded by ``k - 1 - pad``, with the flipped, transposed kernel
-  ("gather"; measured 8-90% faster than the scatter on every stride-1 layer of the zoo but C3).
+- shifted GEMMs (``_shifted``): the same two at stride 1 when ``8 * C_out <= C_in``.
+- scatter (``_scatter``): the input gradient for strides above 1. At stride 1 the input
+  gradient is the forward correlation of dy, padded by ``k - 1 - pad``, with the flipped,
+  transposed kernel ("gather"; 8-90% faster than the scatter on every stride-1 layer of the zoo
+  but C3).
 - row gather (``_rowgather``): the stride-1 input gradient with few input channels (8 < C_in <
-  32) and a deep gather (``KH*KW*C_out >= 800``): im2col over the kernel rows only, one GEMM
-  with ``KW*C_in`` columns, then ``KW`` shifted adds (AlexNet-small's conv2: 1.24x the gather,
-  whose GEMM has only 24 columns).
-- row-Toeplitz (``_toeplitz``): the stride-1 input gradient with few input channels (LeNet-5's
-  C3: 6): one wide GEMM of dy's row chunks by a banded kernel matrix, then a few long adds
-  (1.5x faster than the scatter's 25 six-column GEMMs).
+  32) and a deep gather (``KH*KW*C_out >= 800``; AlexNet-small's conv2: 1.24x the gather).
+- row-Toeplitz (``_toeplitz``): the stride-1 input gradient with ``C_in <= 8`` and ``C_out >=
+  C_in`` (LeNet-5's C3: 1.5x the scatter).
 """
 from __future__ import annotations
 
@@ -45,7 +39,6 @@ from .tuning import TUNING as T
 
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "bias_grad",
            "conv_algorithm", "conv2d_forward_keep", "conv2d_backward_weight_kept"]
-
 
 
 def _dense(x_shape, w_shape, pad) -> bool:
@@ -159,8 +152,6 @@ def _conv_forward(x, w, b, stride, pad, act, keep):
     keep = keep and col_bytes <= T.keep_max_bytes
     kept = _forward(x, as_dtype(w, dt), b, stride, pad, act, y, keep=keep)
     return y, kept
-
-
 
 
 def conv2d_forward_keep(x, w, b, stride, pad, act):

@@ -22,7 +22,6 @@ from .tuning import TUNING as T
 __all__ = ["max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward"]
 
 
-
 def _geometry(op, x_shape, pool, stride, pad):
     _, h, w, _ = x_shape
     ph, pw = pool
@@ -194,8 +193,6 @@ def _rows(a, i, sh, ho):
 def _cols(a, j, sw, wo):
     """The ``(N, Ho, Wo, C)`` view of the columns window offset ``j`` reads at stride ``sw``."""
     return a[:, :, j:j + (wo - 1) * sw + 1:sw]
-
-
 
 
 def _tiling(x_shape, pool, stride, pad) -> bool:
