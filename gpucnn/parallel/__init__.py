@@ -7,20 +7,15 @@ totals)``; at the end ``runner.close()`` (``local.Runner`` says what these are);
 ``train_on_batch`` asks ``batch_runner``, ``evaluate`` and ``predict`` ``forward_graphs``. The
 runners:
 
-- ``graphed.Graphed``: on the CUDA set, the whole step captured once per batch shape as a CUDA
-  graph and replayed (one launch a step); eager where a graph cannot hold the step.
+- ``graphed.Graphed``: the whole step replayed as a CUDA graph (a set with ``graphs``);
 - ``local.Whole``: the whole step in this process (on the NumPy set, a large batch as parts on
-  the kernel threads). On the CUDA set, for batch-level callbacks, for one-step epochs.
-- ``forked.Forked``: the parts of each step on this process and forked worker processes of this
-  machine (Linux, NumPy set, two or more kernel threads, a model whose step may be split:
-  ``step.splittable``); no launcher needed, works in notebooks, measured faster on a small
-  CPU than threads. Worker sets outlive the call while the model stays the same.
+  the kernel threads); also where batch-level callbacks run, and for one-step epochs;
+- ``forked.Forked``: the parts of each step on this process and forked worker processes
+  (Linux, NumPy set, a model whose step may be split: ``step.splittable``);
 - ``ranks.Ranks``: each rank of an MPI job (``gpucnn.distributed.init()``) computes its share
   of every batch and the ranks add their gradients.
 
-``session(ks)`` is the context every training and inference call runs in (BLAS single-threaded
-on the NumPy set; it also tells the forked runner that a call is running on this thread).
-Nothing here imports layers, models or losses: a layer says ``per_sample``, a loss
+Every training and inference call runs inside ``session(ks)``. Nothing here imports layers, models or losses: a layer says ``per_sample``, a loss
 ``batch_mean``, a model lists the random keys of its step (``_step_keys``) and its FLOPs per
 sample (``_sample_flops``).
 """
@@ -49,9 +44,7 @@ def session(ks):
 
 
 def runner_for(model, ks, call: FitCall) -> Runner:
-    """The runner of the training call ``call`` (a ``FitCall``: the loss from the logits or
-    not, the metric partial sums of a batch, steps per epoch, the largest batch, the training
-    arrays, whether batch-level callbacks run, the settings checked equal over MPI ranks) on
+    """The runner of the training call ``call`` (a ``FitCall``: the call's settings) on
     ``model``."""
     g = group()
     if g is not None:
