@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import gpucnn
+from _reference import ref_avg_pool, ref_conv2d, ref_max_pool
 from gpucnn import layers, zoo
 
 
@@ -13,29 +14,8 @@ def _numpy_backend():
     gpucnn.manual_seed(0)
 
 
-# -- an independent forward pass: plain NumPy, loops over kernel offsets ----------------------
-def ref_conv(x, w, b, stride=1, pad=(0, 0, 0, 0)):
-    """Valid/padded cross-correlation, NHWC, kernel (KH, KW, C_in, C_out); pad = (t, b, l, r)."""
-    x = np.pad(x, ((0, 0), pad[:2], pad[2:], (0, 0)))
-    n, h, wd, _ = x.shape
-    kh, kw, _, co = w.shape
-    ho, wo = (h - kh) // stride + 1, (wd - kw) // stride + 1
-    out = np.zeros((n, ho, wo, co))
-    for i in range(kh):
-        for j in range(kw):
-            patch = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
-            out += patch @ w[i, j]
-    return out + b
-
-
-def ref_pool(x, k, s, op):
-    n, h, w, c = x.shape
-    ho, wo = (h - k) // s + 1, (w - k) // s + 1
-    out = np.empty((n, ho, wo, c))
-    for i in range(ho):
-        for j in range(wo):
-            out[:, i, j] = op(x[:, i * s:i * s + k, j * s:j * s + k], axis=(1, 2))
-    return out
+# -- an independent forward pass: the plain loops of tests/_reference.py ----------------------
+Z = (0, 0, 0, 0)
 
 
 def ref_softmax(z):
@@ -82,11 +62,11 @@ def test_lenet5_computes_tanh_convs_average_pools_and_softmax(rng):
     x = rng.random((3, 32, 32, 1)).astype(np.float32)
     got = np.asarray(model.predict(x, verbose=0))
 
-    h = np.tanh(ref_conv(x.astype(np.float64), *w["C1"]))
-    h = ref_pool(h, 2, 2, np.mean)
-    h = np.tanh(ref_conv(h, *w["C3"]))
-    h = ref_pool(h, 2, 2, np.mean)
-    h = np.tanh(ref_conv(h, *w["C5"])).reshape(3, -1)
+    h = ref_conv2d(x, *w["C1"], (1, 1), Z, "tanh")
+    h = ref_avg_pool(h, (2, 2), (2, 2), Z)
+    h = ref_conv2d(h, *w["C3"], (1, 1), Z, "tanh")
+    h = ref_avg_pool(h, (2, 2), (2, 2), Z)
+    h = ref_conv2d(h, *w["C5"], (1, 1), Z, "tanh").reshape(3, -1)
     h = np.tanh(h @ w["F6"][0] + w["F6"][1])
     want = ref_softmax(h @ w["Output"][0] + w["Output"][1])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
@@ -99,19 +79,6 @@ def test_lenet5_other_class_counts_and_larger_inputs():
     # C1 sees 3 channels, F6 sees the 2*3*120 flattened C5 maps.
     assert model.get_layer("C1").kernel.shape == (5, 5, 3, 6)
     assert model.get_layer("F6").kernel.shape == (2 * 3 * 120, 84)
-
-
-@pytest.mark.parametrize("kwargs, words", [
-    ({"input_shape": (28, 28, 1)}, ["lenet5", "32 x 32", "pad_to_32"]),
-    ({"input_shape": (32, 32)}, ["lenet5", "(height, width, channels)", "(32, 32)"]),
-    ({"classes": 1}, ["lenet5", "classes", ">= 2"]),
-    ({"input_shape": (32, 32.0, 1)}, ["lenet5", "input_shape"]),
-])
-def test_lenet5_rejects_bad_arguments(kwargs, words):
-    with pytest.raises(ValueError) as e:
-        zoo.lenet5(**kwargs)
-    for word in words:
-        assert word in str(e.value)
 
 
 # -- perceptron and basic CNN --------------------------------------------------------------
@@ -136,8 +103,8 @@ def test_basic_cnn_is_conv_relu_maxpool_dense_softmax(rng):
                              "dense": (5,), "output": (3,)}
     w = randomize(model, rng)
     x = rng.random((2, 9, 11, 2)).astype(np.float32)
-    h = np.maximum(ref_conv(x.astype(np.float64), *w["conv"]), 0)
-    h = ref_pool(h, 2, 2, np.max).reshape(2, -1)
+    h = ref_conv2d(x, *w["conv"], (1, 1), Z, "relu")
+    h = ref_max_pool(h, (2, 2), (2, 2), Z)[0].reshape(2, -1)
     h = np.maximum(h @ w["dense"][0] + w["dense"][1], 0)
     want = ref_softmax(h @ w["output"][0] + w["output"][1])
     np.testing.assert_allclose(np.asarray(model.predict(x, verbose=0)), want, rtol=1e-4,
@@ -197,20 +164,6 @@ def test_alexnet_stem_choice():
     assert forced.get_layer("conv1").kernel.shape[0] == 3
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"input_shape": (40, 40, 3), "stem": "imagenet"}, ["alexnet", "67 x 67", "stem='small'"]),
-    ({"input_shape": (14, 14, 3)}, ["alexnet", "15 x 15"]),
-    ({"dropout": 1.0}, ["alexnet", "dropout", "[0, 1)"]),
-    ({"width": 0}, ["alexnet", "width", "positive"]),
-    ({"stem": "big"}, ["alexnet", "stem", "'big'"]),
-])
-def test_alexnet_rejects_bad_arguments(kwargs, words):
-    with pytest.raises(ValueError) as e:
-        zoo.alexnet(**kwargs)
-    for word in words:
-        assert word in str(e.value)
-
-
 # -- convolutional autoencoder ---------------------------------------------------------------
 def test_conv_autoencoder_shapes_and_sigmoid_output(rng):
     model = zoo.conv_autoencoder((28, 28, 1), latent_channels=5)
@@ -224,14 +177,25 @@ def test_conv_autoencoder_shapes_and_sigmoid_output(rng):
     assert shapes(zoo.conv_autoencoder((32, 32, 3)))["output"] == (32, 32, 3)
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"input_shape": (30, 28, 1)}, ["conv_autoencoder", "multiples of 4", "(30, 28, 1)"]),
-    ({"latent_channels": 0}, ["conv_autoencoder", "latent_channels"]),
-    ({"filters": (8,)}, ["conv_autoencoder", "filters", "(8,)"]),
+@pytest.mark.parametrize("build, kwargs, words", [
+    (zoo.lenet5, {"input_shape": (28, 28, 1)}, ["lenet5", "32 x 32", "pad_to_32"]),
+    (zoo.lenet5, {"input_shape": (32, 32)}, ["lenet5", "(height, width, channels)", "(32, 32)"]),
+    (zoo.lenet5, {"classes": 1}, ["lenet5", "classes", ">= 2"]),
+    (zoo.lenet5, {"input_shape": (32, 32.0, 1)}, ["lenet5", "input_shape"]),
+    (zoo.alexnet, {"input_shape": (40, 40, 3), "stem": "imagenet"},
+     ["alexnet", "67 x 67", "stem='small'"]),
+    (zoo.alexnet, {"input_shape": (14, 14, 3)}, ["alexnet", "15 x 15"]),
+    (zoo.alexnet, {"dropout": 1.0}, ["alexnet", "dropout", "[0, 1)"]),
+    (zoo.alexnet, {"width": 0}, ["alexnet", "width", "positive"]),
+    (zoo.alexnet, {"stem": "big"}, ["alexnet", "stem", "'big'"]),
+    (zoo.conv_autoencoder, {"input_shape": (30, 28, 1)},
+     ["conv_autoencoder", "multiples of 4", "(30, 28, 1)"]),
+    (zoo.conv_autoencoder, {"latent_channels": 0}, ["conv_autoencoder", "latent_channels"]),
+    (zoo.conv_autoencoder, {"filters": (8,)}, ["conv_autoencoder", "filters", "(8,)"]),
 ])
-def test_conv_autoencoder_rejects_bad_arguments(kwargs, words):
+def test_the_builders_reject_bad_arguments(build, kwargs, words):
     with pytest.raises(ValueError) as e:
-        zoo.conv_autoencoder(**kwargs)
+        build(**kwargs)
     for word in words:
         assert word in str(e.value)
 
@@ -245,9 +209,9 @@ def test_feature_maps_are_the_outputs_after_each_conv_and_pool(rng):
     assert [(n, m.shape) for n, m in maps] == [
         ("C1", (28, 28, 6)), ("S2", (14, 14, 6)), ("C3", (10, 10, 16)), ("S4", (5, 5, 16)),
         ("C5", (1, 1, 120))]
-    c1 = np.tanh(ref_conv(image[None].astype(np.float64), *w["C1"]))
+    c1 = ref_conv2d(image[None], *w["C1"], (1, 1), Z, "tanh")
     np.testing.assert_allclose(maps[0][1], c1[0], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(maps[1][1], ref_pool(c1, 2, 2, np.mean)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(maps[1][1], ref_avg_pool(c1, (2, 2), (2, 2), Z)[0], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"feature_maps: expected one image of shape \(32, 32, 1\)"):
         zoo.feature_maps(model, image[None])
 
