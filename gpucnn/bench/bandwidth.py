@@ -49,7 +49,7 @@ class Case(NamedTuple):
     op: str
     shape: str
     floor: int
-    moved: int
+    moved: int | Callable      # or a function of the recorded launches
     how: str
     setup: Callable
     torch: Callable | None = None
@@ -82,28 +82,25 @@ def _act_cases(net, layer, shape, act):
 
 
 def colsum_moved(rows, cols, b=F32, first_read=1):
-    """Bytes of ``reduce.column_sum`` (partial sums per split of COLSUM_ROWS rows, then further
-    passes over the partials) and its launches; ``first_read`` arrays read by the first pass."""
-    from gpucnn.kernels.cuda_set import reduce as rd
-
-    moved, launches, r = 0, 0, rows
-    while r > rd.COLSUM_ROWS:
-        s = min(rd.MAX_GRID_Y, -(-r // rd.COLSUM_ROWS))
-        moved += r * cols * b * first_read + s * cols * b
-        first_read, r, launches = 1, s, launches + 1
-    return moved + r * cols * b * first_read + cols * b, launches + 1
+    """Bytes of a column sum from its recorded launches: the first pass reads ``first_read``
+    arrays of (rows, cols) and writes (S, cols) partial sums (S its grid.y), a second pass reads
+    them back; the last pass writes the (cols,) result."""
+    def moved(launches):
+        splits = launches[0][1][1] if len(launches) > 1 else 0
+        return rows * cols * b * first_read + 2 * splits * cols * b + cols * b
+    return moved
 
 
 def _bias_case(net, layer, shape):
     rows, c = _n(shape[:-1]), shape[-1]
-    moved, launches = colsum_moved(rows, c)
 
     def setup(C, alloc):
         dy = alloc(shape, "normal")
         return (lambda: C.bias_grad(dy)), {"dy": dy}
 
-    return Case(net, layer, "bias grad", str(tuple(shape)), (rows + 1) * c * F32, moved,
-                f"{launches} launch(es) of column sums (partials of {{COLSUM_ROWS}} rows)", setup,
+    return Case(net, layer, "bias grad", str(tuple(shape)), (rows + 1) * c * F32,
+                colsum_moved(rows, c), "partial sums of row splits (grid.y), then their sum",
+                setup,
                 lambda t, a: (lambda: a["dy"].sum(0)))
 
 
@@ -200,7 +197,7 @@ def _softmax_cases(net, rows, k):
 
 def _dense_cases(net, layer, rows, units, act, dropout):
     n, b = rows * units, F32
-    moved, launches = colsum_moved(rows, units, first_read=0)
+    sums = colsum_moved(rows, units, first_read=0)
     shape = (rows, units)
 
     def fused(C, alloc):
@@ -208,8 +205,8 @@ def _dense_cases(net, layer, rows, units, act, dropout):
         return (lambda: C.act_backward_bias(dy, y, act)), {}
 
     out = [Case(net, layer, f"{act} bwd + bias grad", str(shape), 3 * n * b + units * b,
-                3 * n * b + moved, f"one pass with the column sums; {launches} launch(es) in all",
-                fused)]
+                lambda launches: 3 * n * b + sums(launches),
+                "dy, y read and g written in the pass that makes the partial column sums", fused)]
     if dropout:
         def drop(C, alloc):
             return (lambda: C.dropout_mask(shape, 0.5, 1, 2, np.float32)), {}
@@ -345,6 +342,7 @@ def sass_summary(names) -> dict:
                          for _, op, _, _ in insns if op.startswith(("LDG", "STG", "RED", "ATOM")))
         smem, info = sass._shared_and_info(built.cubin, built.entry)
         out[name] = {"mem": dict(widths), "registers": info.get("registers", 0), "smem": smem,
+                     "frame": info.get("frame_bytes", 0),
                      "fp64": [op for _, op, _, _ in insns if ".F64" in op or op.startswith(
                          ("DADD", "DMUL", "DFMA", "DSETP"))]}
     return out
@@ -399,16 +397,14 @@ def table(tiny=False, batch=128) -> tuple[str, list]:
     names = sorted({k for ls in launches.values() for k, _, _ in ls})
     sass_rows = _child("--sass", False, ";".join(names))
     lines, rows = [], []
-    from gpucnn.kernels.cuda_set import reduce as rd
-
     for case in cases(tiny, batch):
         ls = launches[_key(case)]
+        moved = case.moved(ls) if callable(case.moved) else case.moved
         t = " / ".join(f"{case.floor / bw * 1e6:.1f}" for bw in HBM.values())
         lines.append(f"| {case.net} | {case.layer} | {case.op} | {case.shape} | {_mb(case.floor)} "
-                     f"| {_mb(case.moved)} | {case.moved / case.floor:.2f} | {t} | "
+                     f"| {_mb(moved)} | {moved / case.floor:.2f} | {t} | "
                      + "; ".join(_launch_text(k, g, b, sass_rows) for k, g, b in ls)
-                     + f" | {_mem_text([k for k, _, _ in ls], sass_rows)} | "
-                     + case.how.replace("{COLSUM_ROWS}", str(rd.COLSUM_ROWS)) + " |")
+                     + f" | {_mem_text([k for k, _, _ in ls], sass_rows)} | {case.how} |")
         rows.append((case, ls))
     fp64 = {k: v["fp64"] for k, v in sass_rows.items() if "float32" in k and v["fp64"]}
     return "\n".join(lines), [rows, fp64]

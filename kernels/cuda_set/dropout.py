@@ -17,8 +17,10 @@ from ._launch import (NB_FLOAT, arr, cdiv, empty, float_variants, kernel_factory
 from ._runtime import numba_cuda as cuda
 from .vector import aligned16, store4, stream_grid
 
-#: Threads per block of the grid-stride mask kernel.
+#: Threads per block of the grid-stride mask kernel, and the blocks per SM it is compiled for
+#: (at 8, 32 registers, the 64-bit hash spills).
 DROPOUT_BLOCK = 256
+DROPOUT_PER_SM = 6
 
 u64 = types.uint64
 _MASK, _GOLDEN, _M1, _M2, _M3 = (u64(v) for v in (MASK32, GOLDEN, M1, M2, M3))
@@ -70,7 +72,8 @@ def dropout_kernel(dtype):
 
     keep_d = cuda.jit(device=True, inline="always")(keep)
     return KernelSpec(f"dropout[{dtype}]", dropout_k,
-                      (arr(dtype, 1), u64, u64, types.float64, NB_FLOAT[np.dtype(dtype)]))
+                      (arr(dtype, 1), u64, u64, types.float64, NB_FLOAT[np.dtype(dtype)]),
+                      (DROPOUT_BLOCK, DROPOUT_PER_SM))
 
 
 def dropout_mask(shape, rate, seed, counter, dtype=np.float32):
@@ -87,7 +90,7 @@ def dropout_mask(shape, rate, seed, counter, dtype=np.float32):
     n = mask.size
     if n >= 2**32:
         raise ValueError(f"{op}: at most 2**32 elements, got {n}")
-    launch(dropout_kernel(dtname(dt)), stream_grid(cdiv(n, 4), DROPOUT_BLOCK), (DROPOUT_BLOCK,),
+    launch(dropout_kernel(dtname(dt)), stream_grid(cdiv(n, 4), DROPOUT_BLOCK, DROPOUT_PER_SM), (DROPOUT_BLOCK,),
            mask, int(seed) & MASK32, int(counter) & MASK32, rate,
            dt.type(1.0 / (1.0 - rate)))
     return mask

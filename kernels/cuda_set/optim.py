@@ -32,11 +32,14 @@ import numpy as np
 from numba import types
 
 from ._launch import (NB_FLOAT, KernelSpec, arr, contig, dtname, dummy, float_dtype,
-                      float_variants, grid_1d, kernel_factory, launch, to_host, xp)
+                      float_variants, kernel_factory, launch, to_host, xp)
 from ._runtime import numba_cuda as cuda
+from .vector import HALF, stream_grid
 
-#: Threads per block of the grid-stride update kernels.
+#: Threads per block of the grid-stride update kernels, and their launch bounds (``HALF``
+#: blocks per SM: one wave of ``stream_grid``).
 OPTIM_BLOCK = 256
+BOUNDS = (OPTIM_BLOCK, HALF)
 #: The refusal flag's type: one int64 in device memory, 0 until an update is refused.
 FLAG = arr("int64", 1)
 
@@ -160,7 +163,7 @@ def sgd_kernel(dtype):
             sgd_elem(p, g, v, i, lr, mu, lrwd, nesterov, use_v, use_wd, flag, tag)
 
     a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
-    return KernelSpec(f"sgd[{dtype}]", sgd_k, (a, a, a, f, f, f, n, n, n, FLAG, n))
+    return KernelSpec(f"sgd[{dtype}]", sgd_k, (a, a, a, f, f, f, n, n, n, FLAG, n), BOUNDS)
 
 
 @kernel_factory(float_variants)
@@ -178,7 +181,7 @@ def adam_kernel(dtype):
                       tag)
 
     a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
-    return KernelSpec(f"adam[{dtype}]", adam_k, (a,) * 5 + (f,) * 5 + (n, n, FLAG, n))
+    return KernelSpec(f"adam[{dtype}]", adam_k, (a,) * 5 + (f,) * 5 + (n, n, FLAG, n), BOUNDS)
 
 
 @kernel_factory(float_variants)
@@ -195,7 +198,8 @@ def rmsprop_kernel(dtype):
                          flag, tag)
 
     a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
-    return KernelSpec(f"rmsprop[{dtype}]", rmsprop_k, (a,) * 5 + (f,) * 6 + (n, n, n, FLAG, n))
+    return KernelSpec(f"rmsprop[{dtype}]", rmsprop_k, (a,) * 5 + (f,) * 6 + (n, n, n, FLAG, n),
+                      BOUNDS)
 
 
 #: Tensors one multi-tensor launch updates (their arrays and sizes are kernel parameters:
@@ -235,7 +239,7 @@ def multi_update_kernel(family: str, dtype: str):
     a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
     argtypes = ((a,) * (nk * MULTI) + (n,) * MULTI + tuple(f if c == "f" else n for c in scal)
                 + (FLAG, n))
-    return KernelSpec(f"multi_{family}[{dtype},{MULTI}]", env["multi_k"], argtypes)
+    return KernelSpec(f"multi_{family}[{dtype},{MULTI}]", env["multi_k"], argtypes, BOUNDS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +279,7 @@ def _grad(op, g, p_shape, dt):
 
 
 def _grid(n):
-    return grid_1d(n, OPTIM_BLOCK), (OPTIM_BLOCK,)
+    return stream_grid(n, OPTIM_BLOCK, HALF), (OPTIM_BLOCK,)
 
 
 def _slot(io, name, dt):

@@ -13,8 +13,9 @@ from numba import types
 
 from .._geometry import padded_window_2d
 from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype, float_variants,
-                      grid_1d, kernel_factory, KernelSpec, Plans, Prepared, xp, dtname)
+                      kernel_factory, KernelSpec, Plans, Prepared, xp, dtname)
 from ._runtime import numba_cuda as cuda
+from .vector import HALF, stream_grid
 
 #: Threads per block of the grid-stride pooling kernels (over outputs; over inputs in the
 #: average-pool backward).
@@ -64,7 +65,7 @@ def max_pool_fwd_kernel(dtype):
 
     a4 = arr(dtype, 4)
     return KernelSpec(f"max_pool_fwd[{dtype}]", max_pool_fwd_k,
-                      (a4, a4, arr(np.int32, 4)) + (i64,) * 6)
+                      (a4, a4, arr(np.int32, 4)) + (i64,) * 6, (POOL_BLOCK, HALF))
 
 
 @kernel_factory(float_variants)
@@ -80,7 +81,8 @@ def max_pool_bwd_kernel(dtype):
                 cuda.atomic.add(dx, (n, j // dx.shape[2], j % dx.shape[2], c), dy[n, oh, ow, c])
 
     a4 = arr(dtype, 4)
-    return KernelSpec(f"max_pool_bwd[{dtype}]", max_pool_bwd_k, (a4, arr(np.int32, 4), a4))
+    return KernelSpec(f"max_pool_bwd[{dtype}]", max_pool_bwd_k, (a4, arr(np.int32, 4), a4),
+                      (POOL_BLOCK, HALF))
 
 
 @kernel_factory(float_variants)
@@ -103,7 +105,8 @@ def avg_pool_fwd_kernel(dtype):
             y[n, oh, ow, c] = s / dt((h_hi - h_lo) * (w_hi - w_lo))
 
     a4 = arr(dtype, 4)
-    return KernelSpec(f"avg_pool_fwd[{dtype}]", avg_pool_fwd_k, (a4, a4) + (i64,) * 6)
+    return KernelSpec(f"avg_pool_fwd[{dtype}]", avg_pool_fwd_k, (a4, a4) + (i64,) * 6,
+                      (POOL_BLOCK, HALF))
 
 
 @kernel_factory(float_variants)
@@ -132,7 +135,8 @@ def avg_pool_bwd_kernel(dtype):
             dx[n, h, w, c] = s
 
     a4 = arr(dtype, 4)
-    return KernelSpec(f"avg_pool_bwd[{dtype}]", avg_pool_bwd_k, (a4, a4) + (i64,) * 6)
+    return KernelSpec(f"avg_pool_bwd[{dtype}]", avg_pool_bwd_k, (a4, a4) + (i64,) * 6,
+                      (POOL_BLOCK, HALF))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,8 +160,9 @@ def _geometry(op, x_shape, pool, stride, pad):
 
 
 def _plan(spec, n, arrays, geo=()):
-    """A grid-stride launch over ``n`` elements; ``arrays`` array arguments, then ``geo``."""
-    return Prepared(spec, grid_1d(n, POOL_BLOCK), (POOL_BLOCK,), (None,) * arrays + tuple(geo))
+    """A grid-stride launch over ``n`` elements (one wave of ``HALF`` blocks per SM at most);
+    ``arrays`` array arguments, then ``geo``."""
+    return Prepared(spec, stream_grid(n, POOL_BLOCK, HALF), (POOL_BLOCK,), (None,) * arrays + tuple(geo))
 
 
 _PLANS = {op: Plans(op) for op in ("max_pool_forward", "max_pool_backward", "avg_pool_forward",

@@ -9,15 +9,16 @@ import numpy as np
 from numba import types
 
 from ._launch import (NB_FLOAT, arr, cdiv, contig, empty, float_dtype, kernel_factory,
-                      KernelSpec, Plans, Prepared, xp, dtname)
+                      KernelSpec, Plans, Prepared, sm_count, xp, dtname)
 from .activation import act_code, act_device_fns
 from ._runtime import numba_cuda as cuda
+from .vector import FULL, HALF
 
-#: Block shape (columns, row lanes) of the column-sum kernel; row lanes a power of two.
+#: Block shape (columns, row lanes) of the column-sum kernels; row lanes a power of two.
 COLSUM_BLOCK = (32, 8)
-#: Rows one block reduces in the first pass; more rows than this are split over grid.y and
-#: summed by a second pass.
-COLSUM_ROWS = 1024
+#: The fewest rows a split of the first pass takes. The rows are split over grid.y into as many
+#: splits as one wave of blocks holds (``_splits``), and the partial sums summed by a second pass.
+COLSUM_ROWS = 64
 MAX_GRID_Y = 65535
 
 
@@ -78,7 +79,7 @@ def colsum_kernel(dtype, block):
         store(red, acc, out, s, c, ncols)
 
     a2 = arr(dtype, 2)
-    return KernelSpec(f"colsum[{dtype},{CB}x{RB}]", colsum_k, (a2, a2))
+    return KernelSpec(f"colsum[{dtype},{CB}x{RB}]", colsum_k, (a2, a2), (CB * RB, FULL))
 
 
 @kernel_factory(_variants)
@@ -111,16 +112,23 @@ def act_colsum_kernel(dtype, block):
 
     a2 = arr(dtype, 2)
     return KernelSpec(f"act_colsum[{dtype},{CB}x{RB}]", act_colsum_k,
-                      (a2, a2, a2, a2, types.int32))
+                      (a2, a2, a2, a2, types.int32), (CB * RB, HALF))
 
 
 _ACT_BIAS, _COLSUM = Plans("act_backward_bias"), Plans("column_sum")
 
 
+def _splits(nrows, ncols, per_sm):
+    """Splits of the first pass: at least ``COLSUM_ROWS`` rows each, and as many as one wave of
+    blocks (``per_sm`` on every SM, the kernel's launch bounds) holds beside the column blocks."""
+    wave = sm_count() * per_sm // cdiv(ncols, COLSUM_BLOCK[0])
+    return max(1, min(MAX_GRID_Y, cdiv(nrows, COLSUM_ROWS), wave))
+
+
 def act_backward_bias(dy, y, act):
     """``(g, db)``: ``g = act_backward(dy, y, act)`` of a ``(rows, C)`` gradient and its column
-    sums, in one launch (a second, plain column sum only past ``COLSUM_ROWS`` rows): a dense
-    layer's backward (capability ``fused_backward``)."""
+    sums, in one launch (and a plain column sum of its partial sums when it split the rows): a
+    dense layer's backward (capability ``fused_backward``)."""
     op = "act_backward_bias"
     key = _ACT_BIAS.key((dy, y), act)
     hit = _ACT_BIAS.get(key)
@@ -132,7 +140,7 @@ def act_backward_bias(dy, y, act):
             raise ValueError(f"{op}: dy and y must be 2-D (rows, C) of one shape, got dy "
                              f"{tuple(dy.shape)} and y {tuple(y.shape)}")
         nrows, ncols = dy.shape
-        splits = min(MAX_GRID_Y, cdiv(nrows, COLSUM_ROWS))
+        splits = _splits(nrows, ncols, HALF)
         cb, rb = COLSUM_BLOCK
         plan = Prepared(act_colsum_kernel(dtname(dt), COLSUM_BLOCK), (cdiv(ncols, cb), splits),
                         (cb, rb), (None,) * 4 + (code,))
@@ -143,7 +151,7 @@ def act_backward_bias(dy, y, act):
         return g, xp.zeros(part_shape[1:], dtype=dy.dtype)
     part = empty(part_shape, dy.dtype)
     plan(dy, y, g, part)
-    return g, (part.reshape(part_shape[1:]) if part_shape[0] == 1 else column_sum(part))
+    return g, (part if part_shape[0] == 1 else _colsum_pass(part, 1)).reshape(part_shape[1:])
 
 
 def _colsum_pass(a2, splits):
@@ -164,8 +172,7 @@ def column_sum(a2):
     nrows, ncols = a2.shape
     if nrows == 0:
         return xp.zeros((ncols,), dtype=a2.dtype)
-    while nrows > COLSUM_ROWS:
-        splits = min(MAX_GRID_Y, cdiv(nrows, COLSUM_ROWS))
+    splits = _splits(nrows, ncols, FULL)
+    if splits > 1:
         a2 = _colsum_pass(a2, splits)
-        nrows = splits
     return _colsum_pass(a2, 1).reshape(ncols)

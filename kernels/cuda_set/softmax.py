@@ -10,9 +10,10 @@ import math
 import numpy as np
 from numba import types
 
-from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype, grid_1d,
+from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype,
                       kernel_factory, KernelSpec, Plans, Prepared, dtname)
 from ._runtime import numba_cuda as cuda
+from .vector import FULL, stream_grid
 
 #: Threads per block (one block per row); a power of two. Tests shrink it for the simulator.
 SOFTMAX_BLOCK = 128
@@ -177,7 +178,8 @@ def xent_bwd_kernel(dtype):
             dz[r, j] = v * g[r]
 
     a2 = arr(dtype, 2)
-    return KernelSpec(f"xent_bwd[{dtype}]", xent_bwd_k, (a2, arr(np.int64, 1), arr(dtype, 1), a2))
+    return KernelSpec(f"xent_bwd[{dtype}]", xent_bwd_k, (a2, arr(np.int64, 1), arr(dtype, 1), a2),
+                      (XENT_BWD_BLOCK, FULL))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +294,7 @@ def softmax_xent_backward(p, labels, g):
         if g.shape != (p.shape[0],):
             raise ValueError(f"{op}: g must have shape ({p.shape[0]},), got {tuple(g.shape)}")
         plan = plans.put(key, Prepared(xent_bwd_kernel(dtname(dt)),
-                                       grid_1d(p.size, XENT_BWD_BLOCK), (XENT_BWD_BLOCK,),
+                                       stream_grid(p.size, XENT_BWD_BLOCK), (XENT_BWD_BLOCK,),
                                        (None,) * 4), (p, labels, g), None)
     dz = empty(p.shape, p.dtype)
     plan(p, labels, g, dz)

@@ -134,14 +134,16 @@ else:
     aligned16, load4, store4 = _intrinsics()
 
 
-#: Threads one SM holds at once (sm_80 and sm_90: 2048); a streaming grid fills each SM once.
-SM_THREADS = 2048
+#: Resident blocks per SM the streaming kernels are compiled for (their launch bounds cap the
+#: registers to fit): 8 of 256 threads fill an sm_80/sm_90 SM (2048 threads, 32 registers each);
+#: the pools and optimizer updates need more registers and take 4.
+FULL, HALF = 8, 4
 
 
-def stream_grid(n: int, block: int) -> tuple[int]:
+def stream_grid(n: int, block: int, per_sm: int = FULL) -> tuple[int]:
     """The grid of a grid-stride kernel over ``n`` work items: one block per ``block`` items,
-    at most one full wave (every SM holding ``SM_THREADS // block`` blocks) and at most
-    ``_arrays.MAX_BLOCKS`` (lowered by ``simulate.small_launches``). Each thread then loops; a
-    grid larger than one wave would only leave its last wave part-empty."""
-    wave = sm_count() * max(1, SM_THREADS // block)
-    return (min(cdiv(n, block), wave, _arrays.MAX_BLOCKS),)
+    at most one wave (``per_sm`` blocks on every SM, what the kernel's launch bounds guarantee
+    fit) and at most ``_arrays.MAX_BLOCKS`` (lowered by ``simulate.small_launches``). Each thread
+    then loops; more blocks than one wave would leave the last wave part-empty while the first
+    waves' SMs idle."""
+    return (min(cdiv(n, block), sm_count() * per_sm, _arrays.MAX_BLOCKS),)
