@@ -22,8 +22,8 @@ and gradients pass the ``[1e-7, 1 - 1e-7]`` clip on its bounds (see ``gpucnn.fun
 from __future__ import annotations
 
 import gpucnn.functional as F
-from gpucnn import backend
-from gpucnn.autograd import Function, Tensor, as_tensor
+from gpucnn.autograd import Tensor
+from gpucnn.functional.loss import mae as _mae
 
 
 class Loss:
@@ -110,28 +110,13 @@ class MeanSquaredError(Loss):
         return F.mse(y_true, y_pred)
 
 
-class _MAE(Function):
-    def forward(self, p, t):
-        d = p - t
-        self.sign = (d > 0).astype(p.dtype) - (d < 0).astype(p.dtype)
-        return abs(d).mean()
-
-    def backward(self, g):
-        return g * (1.0 / self.sign.size) * self.sign
-
-
 class MeanAbsoluteError(Loss):
     """The mean of ``|y_pred - y_true|`` over every element (``'mae'``)."""
     kind = "regression"
     batch_mean = True
 
     def call(self, y_true, y_pred, from_logits):
-        p = as_tensor(y_pred)
-        t = y_true.data if isinstance(y_true, Tensor) else backend.kernels().asarray(y_true)
-        if tuple(t.shape) != p.shape:
-            raise ValueError(f"mae: y_true has shape {tuple(t.shape)} but y_pred has shape {p.shape}; "
-                             "expected the same")
-        return _MAE.apply(p, t=t.astype(p.dtype, copy=False))
+        return _mae(y_true, y_pred)
 
 
 class LossFunctionWrapper(Loss):
@@ -171,7 +156,7 @@ def mean_squared_error(y_true, y_pred):
 
 def mean_absolute_error(y_true, y_pred):
     """The mean of ``|y_pred - y_true|`` as a scalar Tensor."""
-    return MeanAbsoluteError()(y_true, y_pred)
+    return _mae(y_true, y_pred)
 
 
 mse = MSE = mean_squared_error
@@ -191,7 +176,7 @@ _BY_FUNCTION = {
     mean_squared_error: MeanSquaredError, mean_absolute_error: MeanAbsoluteError,
     F.sparse_categorical_crossentropy: SparseCategoricalCrossentropy,
     F.categorical_crossentropy: CategoricalCrossentropy,
-    F.binary_crossentropy: BinaryCrossentropy, F.mse: MeanSquaredError,
+    F.binary_crossentropy: BinaryCrossentropy, F.mse: MeanSquaredError, _mae: MeanAbsoluteError,
 }
 _CLASS_NAMES = {c.__name__: c for c in set(_BY_NAME.values())}
 

@@ -125,8 +125,8 @@ class MeanSquaredError(Metric):
     needs_probabilities = True
 
     def batch_total(self, y_true, y_pred, logits):
-        d = y_pred - y_true.reshape(y_pred.shape).astype(y_pred.dtype, copy=False)
-        return (d * d).sum(), d.size
+        t = y_true.reshape(y_pred.shape).astype(y_pred.dtype, copy=False)
+        return backend.kernels().loss_forward("mse", t, y_pred)[0] * t.size, t.size
 
 
 class MeanAbsoluteError(Metric):
@@ -135,8 +135,8 @@ class MeanAbsoluteError(Metric):
     needs_probabilities = True
 
     def batch_total(self, y_true, y_pred, logits):
-        d = y_pred - y_true.reshape(y_pred.shape).astype(y_pred.dtype, copy=False)
-        return abs(d).sum(), d.size
+        t = y_true.reshape(y_pred.shape).astype(y_pred.dtype, copy=False)
+        return backend.kernels().loss_forward("mae", t, y_pred)[0] * t.size, t.size
 
 
 _BY_NAME = {

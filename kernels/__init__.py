@@ -56,6 +56,18 @@ Softmax along the last axis of a 2-D ``(rows, K)`` array
         a label outside ``[0, K)`` gives loss NaN for its row (no host check inside the kernel)
     ``softmax_xent_backward(p, labels, g)``   -> dz = (p - onehot(labels)) * g[:, None], g ``(rows,)``
 
+Losses (``loss`` in ``LOSSES``), Keras 3's: the mean over every element (mse, mae, bce,
+bce_logits) or over the rows of ``(rows, K)`` (the cross-entropies); probabilities clipped to
+``[1e-7, 1 - 1e-7]`` in their dtype, the gradient passing inside the bounds and on them; ``cce``
+divides each row by its sum before the clip, ``sparse_cce`` after it (``log(sum(pc)) -
+log(pc[label])``). The sparse ones take integer labels ``(rows,)`` as ``t`` (a label outside
+``[0, K)`` makes the mean NaN and adds no one-hot term to its row's gradient); the others a
+float ``t`` of ``p``'s shape.
+    ``loss_forward(loss, t, p)``              -> (value, a 0-d array; stats, the per-row numbers
+        the gradient needs: ``(rows, LOSS_STATS[loss])`` for the cross-entropies, else None)
+    ``loss_backward(loss, g, t, p, stats)``   -> dp, the gradient of ``g * value`` (``g`` a 0-d
+        array, read on the device)
+
 Dropout, counter-based and identical in both sets for the same ``seed`` and ``counter``
     ``dropout_mask(shape, rate, seed, counter, dtype)`` -> mask, 0 or ``1 / (1 - rate)`` per
         element; element ``i`` (C order) is kept iff ``uniform(seed, counter, i) >= rate`` where
@@ -87,6 +99,12 @@ from __future__ import annotations
 import importlib
 
 ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid")
+LOSSES = ("mse", "mae", "bce", "bce_logits", "cce", "cce_logits", "sparse_cce",
+          "sparse_cce_logits")
+#: The row losses' ``stats`` columns: cce (row sum s, sum(dq * q)), cce_logits (row max m,
+#: log(sum(exp(z - m))), sum(t)), sparse_cce (sum(pc), pc[label]), sparse_cce_logits (m,
+#: sum(exp(z - m))). The elementwise losses keep none.
+LOSS_STATS = {"cce": 2, "cce_logits": 3, "sparse_cce": 2, "sparse_cce_logits": 2}
 
 #: What every kernel set defines (the docstring above says what each does).
 CONTRACT = (
@@ -96,6 +114,7 @@ CONTRACT = (
     "act_forward", "act_backward",
     "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
     "softmax_xent_forward", "softmax_xent_backward",
+    "loss_forward", "loss_backward",
     "dropout_mask",
     "sgd_update", "adam_update", "rmsprop_update",
 )
@@ -218,5 +237,5 @@ def load_set(name: str):
     return module
 
 
-__all__ = ["ACTIVATIONS", "CONTRACT", "OPTIONAL", "check_set", "has", "load_set",
-           "register_set", "set_names", "unregister_set"]
+__all__ = ["ACTIVATIONS", "CONTRACT", "LOSSES", "LOSS_STATS", "OPTIONAL", "check_set", "has",
+           "load_set", "register_set", "set_names", "unregister_set"]

@@ -23,8 +23,8 @@ import numpy as np
 import gpucnn.functional as F
 from _reference import (ref_act, ref_adam_update, ref_avg_pool, ref_avg_pool_backward,
                         ref_conv2d, ref_conv2d_backward_input, ref_conv2d_backward_weight,
-                        ref_max_pool, ref_max_pool_backward, ref_pads, ref_rmsprop_update,
-                        ref_sgd_update, ref_updated)
+                        ref_loss, ref_loss_bounds, ref_max_pool, ref_max_pool_backward, ref_pads,
+                        ref_rmsprop_update, ref_sgd_update, ref_updated)
 from gpucnn.kernels._rng import uniform_np
 
 FWD, GRAD = 1e-5, 1e-4      # float32 relative error against the NumPy set: outputs, gradients
@@ -318,17 +318,76 @@ def _xent_bwd_ref(i):
 
 
 SOFTMAX_XENT = Op(
-    "sparse_categorical_crossentropy (from logits)",
-    "gpucnn.functional.sparse_categorical_crossentropy", "gpucnn.functional.loss.SparseCE",
+    "softmax_xent (fused kernels, no longer under a loss: the benches time them)",
+    "gpucnn.kernels.cuda_set.softmax_xent_forward", "",
     kernels={
         "softmax_xent_forward": Kernel(lambda i: (i["x"], i["labels"]), _xent_ref),
         "softmax_xent_backward": Kernel(lambda i: (i["y"], i["labels"], i["g"]), _xent_bwd_ref,
                                         GRAD),
     },
-    samples=ROW_SAMPLES,
-    grad=lambda i: (lambda x: F.sparse_categorical_crossentropy(i["labels"], x, from_logits=True),
-                    (i["x"],)),
-    extra=["tests/test_keras_losses.py", "tests/test_functional.py (losses)"])
+    samples=ROW_SAMPLES)
+
+
+# ------------------------------------------------------------------------------ losses
+
+PROBABILITIES = ("bce", "cce", "sparse_cce")
+
+
+def _loss_sample(loss, n, k, spread=False):
+    """Predictions and targets for ``loss``; ``spread``: probabilities 10**U(-9, 0) with two on
+    float32's clip bounds (inside float64's; the same numbers in both), no finite differences."""
+    def make(rng):
+        if loss in PROBABILITIES:
+            p = 10.0 ** rng.uniform(-9, 0, (n, k)) if spread else rng.uniform(0.05, 0.9, (n, k))
+            if spread:
+                p[0, 0], p[-1, -1] = ref_loss_bounds(np.float32)
+        else:
+            p = _normal(rng, n, k, scale=3.0)
+        if loss.startswith("sparse"):
+            t = rng.integers(0, k, n)
+        elif loss.startswith("cce"):
+            t = rng.dirichlet(np.ones(k), n)            # soft targets: every entry counts
+        elif loss.startswith("bce"):
+            t = rng.random((n, k)).round()
+        else:
+            t = _normal(rng, n, k)
+        value, stats, grad = ref_loss(loss, t, p)
+        return dict(loss=loss, p=p, t=t, g=np.array(rng.uniform(0.5, 2.0)), value=value,
+                    stats=stats, grad=grad)
+
+    return Sample(f"{'spread-' if spread else ''}{n}x{k}", make, True, not spread)
+
+
+def _loss_op(loss, public, fn):
+    samples = [_loss_sample(loss, n, k) for n, k in ((5, 13), (3, 1), (2, 37), (1, 4))]
+    if loss in PROBABILITIES:
+        samples.append(_loss_sample(loss, 6, 4, spread=True))
+    return Op(
+        loss, public, "gpucnn.functional.loss.Loss",
+        kernels={
+            "loss_forward": Kernel(lambda i: (i["loss"], i["t"], i["p"]),
+                                   lambda i: (np.asarray(i["value"]), i["stats"])),
+            "loss_backward": Kernel(lambda i: (i["loss"], i["g"], i["t"], i["p"], i["stats"]),
+                                    lambda i: (i["g"] * i["grad"],), GRAD),
+        },
+        samples=samples, grad=lambda i: (lambda p: fn(i["t"], p), (i["p"],)),
+        extra=["tests/test_keras_losses.py", "tests/test_functional.py (losses)"])
+
+
+LOSS_OPS = [
+    _loss_op("mse", "gpucnn.functional.mse", F.mse),
+    _loss_op("mae", "gpucnn.functional.loss.mae", F.loss.mae),
+    _loss_op("bce", "gpucnn.functional.binary_crossentropy", F.binary_crossentropy),
+    _loss_op("bce_logits", "gpucnn.functional.binary_crossentropy",
+             lambda t, p: F.binary_crossentropy(t, p, from_logits=True)),
+    _loss_op("cce", "gpucnn.functional.categorical_crossentropy", F.categorical_crossentropy),
+    _loss_op("cce_logits", "gpucnn.functional.categorical_crossentropy",
+             lambda t, p: F.categorical_crossentropy(t, p, from_logits=True)),
+    _loss_op("sparse_cce", "gpucnn.functional.sparse_categorical_crossentropy",
+             F.sparse_categorical_crossentropy),
+    _loss_op("sparse_cce_logits", "gpucnn.functional.sparse_categorical_crossentropy",
+             lambda t, p: F.sparse_categorical_crossentropy(t, p, from_logits=True)),
+]
 
 
 # ------------------------------------------------------------------------------ dropout
@@ -437,7 +496,7 @@ OPTIMIZER_UPDATES = Op(
 
 
 OPS = [CONV2D, CONV2D_TRANSPOSE, MAX_POOL, AVG_POOL, ACTIVATION, SOFTMAX, LOG_SOFTMAX,
-       SOFTMAX_XENT, DROPOUT, DENSE, OPTIMIZER_UPDATES]
+       SOFTMAX_XENT, *LOSS_OPS, DROPOUT, DENSE, OPTIMIZER_UPDATES]
 
 
 def kernel_cases(only_cuda=False, with_ref=False):

@@ -269,3 +269,65 @@ def ref_updated(update, args, in_place, flag=None):
         if bad.any() and not 0 < fl[0] < tag:
             fl[0] = tag
     return tuple(args[i] for i in in_place)
+
+
+# ------------------------------------------------------------------------------ losses
+# Keras 3's losses (on TensorFlow) in float64, row by row: probabilities clipped to the bounds
+# [1e-7, 1 - 1e-7] of ``dtype`` (the data's), the gradient passed inside the clip and on its
+# bounds; ``cce`` normalises a row before the clip, ``sparse_cce`` after it.
+
+def ref_loss_bounds(dtype):
+    """The clip bounds in ``dtype`` (``1 - 1e-7`` is 0.99999988 in float32), as floats."""
+    t = np.dtype(dtype).type
+    return float(t(1e-7)), float(t(1.0 - 1e-7))
+
+
+def ref_loss(loss, t, p, dtype=np.float64):
+    """``(mean, stats, d mean / dp)`` of a loss of the kernel contract's ``LOSSES``; ``stats``
+    the per-row numbers its ``LOSS_STATS`` names (None for the elementwise losses)."""
+    p = np.asarray(p, np.float64)
+    lo, hi = ref_loss_bounds(dtype)
+    inside = lambda a: ((a >= lo) & (a <= hi)).astype(np.float64)   # noqa: E731
+    if loss in ("mse", "mae", "bce", "bce_logits"):
+        t = np.asarray(t, np.float64)
+        d, n = p - t, p.size
+        if loss == "mse":
+            return np.mean(d * d), None, 2 * d / n
+        if loss == "mae":
+            return np.mean(np.abs(d)), None, np.sign(d) / n
+        if loss == "bce":
+            pc = np.clip(p, lo, hi)
+            return (np.mean(-(t * np.log(pc) + (1 - t) * np.log(1 - pc))), None,
+                    (-t / pc + (1 - t) / (1 - pc)) * inside(p) / n)
+        return (np.mean(np.maximum(p, 0) - p * t + np.log1p(np.exp(-np.abs(p)))), None,
+                (1 / (1 + np.exp(-p)) - t) / n)
+    values, stats, grad = [], [], np.zeros_like(p)
+    for r, x in enumerate(p):
+        if loss == "cce":
+            s = x.sum()
+            q = x / s
+            qc = np.clip(q, lo, hi)
+            dq = -t[r] / qc * inside(q)
+            values.append(-np.sum(t[r] * np.log(qc)))
+            stats.append((s, np.sum(dq * q)))
+            grad[r] = (dq - np.sum(dq * q)) / s
+        elif loss == "cce_logits":
+            m = x.max()
+            lse = math.log(np.exp(x - m).sum())
+            values.append(-np.sum(t[r] * (x - m - lse)))
+            stats.append((m, lse, t[r].sum()))
+            grad[r] = np.exp(x - m - lse) * t[r].sum() - t[r]
+        elif loss == "sparse_cce":
+            pc, lab = np.clip(x, lo, hi), t[r]
+            values.append(math.log(pc.sum()) - math.log(pc[lab]))
+            stats.append((pc.sum(), pc[lab]))
+            grad[r] = inside(x) / pc.sum()
+            grad[r, lab] -= inside(x)[lab] / pc[lab]
+        else:                                   # sparse_cce_logits
+            m, lab = x.max(), t[r]
+            s = np.exp(x - m).sum()
+            values.append(m + math.log(s) - x[lab])
+            stats.append((m, s))
+            grad[r] = np.exp(x - m) / s
+            grad[r, lab] -= 1
+    return np.mean(values), np.array(stats), grad / p.shape[0]

@@ -1,17 +1,20 @@
 """The cross-entropies on probabilities, value and gradient, against Keras 3 (on TensorFlow)
-written out here in float64: probabilities clipped to [1e-7, 1 - 1e-7] with the gradient passed
-on the bounds (TensorFlow's clip gradient), ``categorical_crossentropy`` normalising each row
-before the clip, ``sparse_categorical_crossentropy`` after it (a softmax cross-entropy of the
-clipped row's log). Inputs span 1e-9 to 1 and include values exactly on the bounds; each reference
-gradient is itself checked by finite differences. The issue's two loss rows are tests of their
-own; everything runs on both backends."""
+written out in float64 (``ref_loss`` of tests/_reference.py): probabilities clipped to
+[1e-7, 1 - 1e-7] with the gradient passed on the bounds (TensorFlow's clip gradient),
+``categorical_crossentropy`` normalising each row before the clip,
+``sparse_categorical_crossentropy`` after it (a softmax cross-entropy of the clipped row's log).
+Inputs span 1e-9 to 1 and include values exactly on the bounds; the reference gradient of every
+loss is itself checked by finite differences. The issue's two loss rows are tests of their own;
+everything runs on both backends."""
 import numpy as np
 import pytest
 
 import gpucnn
 import gpucnn.functional as F
-from gpucnn import layers, losses, models
+from _reference import ref_loss, ref_loss_bounds
+from gpucnn import layers, losses, metrics, models
 from gpucnn.autograd import Tensor
+from gpucnn.kernels import load_set
 
 BACKENDS = ["numpy", "cuda"]
 
@@ -29,47 +32,12 @@ def backend(request):
     gpucnn.set_backend("numpy")
 
 
-def bounds(dtype):
-    """Keras's clip bounds in the dtype of the data (1 - 1e-7 is 0.99999988 in float32)."""
-    t = np.dtype(dtype).type
-    return float(t(1e-7)), float(t(1.0 - 1e-7))
+bounds = ref_loss_bounds
 
 
-# ------------------------------------------------------------------ Keras 3, written out (float64)
-
-def keras_sparse(p, y, dtype):
-    lo, hi = bounds(dtype)
-    n = p.shape[0]
-    pc = np.clip(p, lo, hi)
-    mask = (p >= lo) & (p <= hi)
-    total = pc.sum(axis=1)
-    picked = pc[np.arange(n), y]
-    loss = np.mean(np.log(total) - np.log(picked))
-    grad = np.repeat((1.0 / total)[:, None], p.shape[1], axis=1)
-    grad[np.arange(n), y] -= 1.0 / picked
-    return loss, grad * mask / n
-
-
-def keras_categorical(p, t, dtype):
-    lo, hi = bounds(dtype)
-    n = p.shape[0]
-    s = p.sum(axis=1, keepdims=True)
-    q = p / s
-    qc = np.clip(q, lo, hi)
-    mask = (q >= lo) & (q <= hi)
-    loss = -np.sum(t * np.log(qc)) / n
-    dq = -t / qc * mask
-    grad = (dq - np.sum(dq * q, axis=1, keepdims=True)) / s
-    return loss, grad / n
-
-
-def keras_binary(p, t, dtype):
-    lo, hi = bounds(dtype)
-    pc = np.clip(p, lo, hi)
-    mask = (p >= lo) & (p <= hi)
-    loss = np.mean(-(t * np.log(pc) + (1 - t) * np.log(1 - pc)))
-    grad = (-t / pc + (1 - t) / (1 - pc)) * mask
-    return loss, grad / p.size
+def keras(loss, p, t, dtype):
+    """``(value, gradient)`` of Keras 3's ``loss`` (a name of ``LOSSES``)."""
+    return ref_loss(loss, t, p, dtype)[::2]
 
 
 def fd_grad(fn, p, h=1e-7):
@@ -111,7 +79,7 @@ def test_sparse_categorical_crossentropy_is_keras(backend, dtype, rng):
     p = spread_probs(rng, n, k, dtype)
     y = rng.integers(0, k, n)
     y[:3] = [0, 1, 0]                              # the labels sit on the bound entries
-    want, want_g = keras_sparse(p.astype(np.float64), y, dtype)
+    want, want_g = keras("sparse_cce", p.astype(np.float64), y, dtype)
     got, got_g = gpucnn_loss(F.sparse_categorical_crossentropy, y, p)
     assert got == pytest.approx(want, rel=TOLS[dtype]["rtol"])
     np.testing.assert_allclose(got_g, want_g, **TOLS[dtype])
@@ -123,7 +91,7 @@ def test_categorical_crossentropy_is_keras(backend, dtype, rng):
     n, k = 6, 4
     p = spread_probs(rng, n, k, dtype)
     t = rng.dirichlet(np.ones(k), n)             # soft targets: every entry counts
-    want, want_g = keras_categorical(p.astype(np.float64), t, dtype)
+    want, want_g = keras("cce", p.astype(np.float64), t, dtype)
     got, got_g = gpucnn_loss(F.categorical_crossentropy, t.astype(dtype), p)
     assert got == pytest.approx(want, rel=TOLS[dtype]["rtol"])
     np.testing.assert_allclose(got_g, want_g, **TOLS[dtype])
@@ -134,23 +102,24 @@ def test_binary_crossentropy_is_keras(backend, dtype, rng):
     p = spread_probs(rng, 5, 3, dtype)
     p[3, 2] = bounds(dtype)[1]
     t = rng.random((5, 3)).round()
-    want, want_g = keras_binary(p.astype(np.float64), t, dtype)
+    want, want_g = keras("bce", p.astype(np.float64), t, dtype)
     got, got_g = gpucnn_loss(F.binary_crossentropy, t.astype(dtype), p)
     assert got == pytest.approx(want, rel=TOLS[dtype]["rtol"])
     np.testing.assert_allclose(got_g, want_g, **TOLS[dtype])
 
 
 def test_the_reference_gradients_are_right(rng):
-    """Finite differences of the reference losses, away from the clip bounds."""
+    """Finite differences of every reference loss, away from the clip bounds."""
     p = rng.uniform(0.05, 0.9, (3, 4))
     y = np.array([0, 3, 1])
     t = rng.dirichlet(np.ones(4), 3)
     tb = rng.random((3, 4)).round()
-    for name, fn in (("sparse", lambda a: keras_sparse(a, y, np.float64)),
-                     ("categorical", lambda a: keras_categorical(a, t, np.float64)),
-                     ("binary", lambda a: keras_binary(a, tb, np.float64))):
+    for loss, target in (("sparse_cce", y), ("sparse_cce_logits", y), ("cce", t),
+                         ("cce_logits", t), ("bce", tb), ("bce_logits", tb), ("mse", t),
+                         ("mae", t)):
+        fn = lambda a: keras(loss, a, target, np.float64)   # noqa: E731
         np.testing.assert_allclose(fn(p)[1], fd_grad(lambda a: fn(a)[0], p), rtol=1e-6,
-                                   atol=1e-9, err_msg=name)
+                                   atol=1e-9, err_msg=loss)
 
 
 # ------------------------------------------------------------------ the rows of issue 14's table
@@ -181,7 +150,7 @@ def test_categorical_crossentropy_gradient_passes_at_the_clip_bounds(backend):
     p = np.array([[hi, lo, 0.0]], np.float32)            # row sum hi + lo: q on the bounds
     p[0, 1] = np.float32(lo)
     t = np.array([[0.0, 1.0, 0.0]], np.float32)
-    want, want_g = keras_categorical(p.astype(np.float64), t.astype(np.float64), np.float32)
+    want, want_g = keras("cce", p.astype(np.float64), t.astype(np.float64), np.float32)
     got, g = gpucnn_loss(F.categorical_crossentropy, t, p)
     np.testing.assert_allclose(g, want_g, rtol=1e-4)
     assert g[0, 1] != 0
@@ -197,7 +166,7 @@ def test_a_model_evaluates_the_sparse_loss_as_keras(rng):
     x = rng.standard_normal((8, 4)).astype(np.float32)
     y = rng.integers(0, 3, 8)
     p = model.predict(x, verbose=0).astype(np.float64)
-    want, _ = keras_sparse(p, y, np.float32)
+    want, _ = keras("sparse_cce", p, y, np.float32)
     assert model.evaluate(x, y, verbose=0) == pytest.approx(want, rel=1e-5)
 
 
@@ -208,3 +177,49 @@ def test_loss_config_round_trip():
         again = type(loss).from_config(loss.get_config())
         assert again.get_config() == loss.get_config() == {"name": name, "from_logits": False}
     assert losses.BinaryCrossentropy(from_logits=True).get_config()["from_logits"] is True
+
+
+def test_mse_and_mae_metrics_average_every_output_seen(backend, rng):
+    """Two batches of 3 and 1 rows: the running mean weighs each output once."""
+    a, b = rng.standard_normal((2, 2, 3, 4)).astype(np.float32)
+    for metric, f in ((metrics.MeanSquaredError(), np.square), (metrics.MeanAbsoluteError(), np.abs)):
+        metric.update_state(a[0], b[0])
+        metric.update_state(a[1, :1], b[1, :1])
+        want = np.concatenate([f(b[0] - a[0]).ravel(), f(b[1, :1] - a[1, :1]).ravel()]).mean()
+        assert metric.result() == pytest.approx(want, rel=1e-5), metric.name
+
+
+@pytest.mark.parametrize("loss", ["sparse_cce", "sparse_cce_logits"])
+@pytest.mark.parametrize("kset", ["numpy", "cuda"])
+def test_a_label_outside_the_classes_makes_the_mean_nan(kset, loss, rng,
+                                                         poisoned_small_launches):
+    """The kernels do not check labels on the host: the mean is NaN, and a row whose label is
+    out of range gets its gradient without a one-hot term."""
+    ks = load_set(kset)
+    p = rng.uniform(0.1, 0.9, (3, 4)).astype(np.float32)
+    value, stats = ks.loss_forward(loss, ks.asarray(np.array([1, 4, -1])), ks.asarray(p))
+    assert np.isnan(ks.to_host(value))
+    dp = ks.to_host(ks.loss_backward(loss, ks.asarray(np.array(1.0, np.float32)),
+                                     ks.asarray(np.array([1, 4, -1])), ks.asarray(p), stats))
+    for r, lab in enumerate([1, 0, 0]):     # rows 1, 2: the label-0 gradient less its one-hot
+        want = ref_loss(loss, np.array([lab]), p[r:r + 1].astype(np.float64))[2][0] / 3
+        if r:
+            want[0] += (1 / min(max(p[r, 0], 1e-7), 1 - 1e-7) if loss == "sparse_cce" else 1) / 3
+        np.testing.assert_allclose(dp[r], want, rtol=1e-5, err_msg=f"row {r}")
+
+
+@pytest.mark.parametrize("kset", ["numpy", "cuda"])
+@pytest.mark.parametrize("call,match", [
+    (lambda ks: ks.loss_forward("hinge", np.ones(2, np.float32), np.ones(2, np.float32)),
+     r"loss_forward: loss must be one of \('mse'"),
+    (lambda ks: ks.loss_forward("mse", np.ones(3, np.float32), np.ones(2, np.float32)),
+     r"loss_forward: t .*\(2,\).*\(3,\)"),
+    (lambda ks: ks.loss_forward("cce", np.ones((2, 3), np.float32), np.ones(6, np.float32)),
+     r"loss_forward: p .*2"),
+    (lambda ks: ks.loss_forward("sparse_cce", np.array([0, 1, 2]), np.ones((2, 3), np.float32)),
+     r"loss_forward: labels .*\(2,\).*\(3,\)"),
+])
+def test_the_loss_kernels_refuse_bad_input(kset, call, match):
+    ks = load_set(kset)
+    with pytest.raises(ValueError, match=match):
+        call(ks)

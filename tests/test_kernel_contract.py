@@ -61,7 +61,8 @@ def test_a_third_kernel_set_trains_like_the_numpy_set(tiny_set, rng):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(got_p, want_p, rtol=1e-6, atol=1e-7)
     for name in ("conv2d_forward", "conv2d_backward_weight", "max_pool_backward",
-                 "avg_pool_forward", "dropout_mask", "adam_update", "softmax_xent_forward"):
+                 "avg_pool_forward", "dropout_mask", "adam_update", "loss_forward",
+                 "loss_backward"):
         assert tiny_set.get(name, 0) > 0, name
 
 

@@ -1,6 +1,7 @@
-"""Losses in Keras argument order ``(y_true, y_pred)``, each the mean over the batch.
+"""Losses in Keras argument order ``(y_true, y_pred)``, each the mean over the batch, each on a
+forward and a backward kernel of the active kernel set (``loss_forward``, ``loss_backward``).
 
-Probabilities are clipped to ``[EPSILON, 1 - EPSILON]`` before a log, as Keras does, and the
+Probabilities are clipped to ``[1e-7, 1 - 1e-7]`` before a log, as Keras does, and the
 gradient passes the clip wherever a value lies inside it *or on a bound* (TensorFlow's clip
 gradient); the ``from_logits=True`` paths never form a probability's log and have fused, stable
 gradients. On probabilities, both categorical cross-entropies divide by the row's sum as Keras 3
@@ -15,21 +16,6 @@ import numpy as np
 from gpucnn import backend
 from gpucnn.autograd import Function, Tensor
 from gpucnn.functional import _check
-
-EPSILON = 1e-7
-
-
-def _bounds(dtype):
-    """The clip bounds in ``dtype`` (``1 - EPSILON`` rounds to 0.99999988 in float32)."""
-    t = np.dtype(dtype).type
-    return t(EPSILON), t(1.0 - EPSILON)
-
-
-def _clip(xp, a):
-    """``(clip(a, lo, hi), mask)``: the mask is 1 where the gradient passes the clip (inside
-    the bounds or on one, as TensorFlow's clip passes it), else 0."""
-    lo, hi = _bounds(a.dtype)
-    return xp.clip(a, lo, hi), ((a >= lo) & (a <= hi)).astype(a.dtype)
 
 
 def _pred(y_pred, op):
@@ -49,13 +35,17 @@ def _target(y_true, y_pred, op):
     return t.astype(y_pred.dtype, copy=False)
 
 
-class MSE(Function):
-    def forward(self, p, t):
-        self.d = p - t
-        return (self.d * self.d).mean()
+class Loss(Function):
+    """One loss of the kernel contract's ``LOSSES`` (``kind``): the kernel set's
+    ``loss_forward``, then its ``loss_backward`` from the per-row ``stats`` the forward kept."""
+
+    def forward(self, p, t, kind):
+        self.p, self.t, self.kind = p, t, kind
+        value, self.stats = backend.kernels().loss_forward(kind, t, p)
+        return value
 
     def backward(self, g):
-        return g * (2.0 / self.d.size) * self.d
+        return backend.kernels().loss_backward(self.kind, g, self.t, self.p, self.stats)
 
 
 def mse(y_true, y_pred):
@@ -66,29 +56,18 @@ def mse(y_true, y_pred):
     2.0
     """
     p = _pred(y_pred, "mse")
-    return MSE.apply(p, t=_target(y_true, p, "mse"))
+    return Loss.apply(p, t=_target(y_true, p, "mse"), kind="mse")
 
 
-class BCE(Function):
-    def forward(self, p, t, logits):
-        xp = backend.xp()
-        self.t, self.logits = t, logits
-        if logits:
-            self.s = backend.kernels().act_forward(p, "sigmoid")
-            # max(z, 0) - z t + log(1 + exp(-|z|))
-            loss = xp.maximum(p, 0) - p * t + xp.log1p(xp.exp(-xp.abs(p)))
-        else:
-            self.pc, self.inside = _clip(xp, p)
-            loss = -(t * xp.log(self.pc) + (1.0 - t) * xp.log(1.0 - self.pc))
-        return loss.mean()
+def mae(y_true, y_pred):
+    """Mean absolute error over every element.
 
-    def backward(self, g):
-        n = self.t.size
-        if self.logits:
-            return g * (1.0 / n) * (self.s - self.t)
-        pc, t = self.pc, self.t
-        # d/dp of -(t log pc + (1 - t) log(1 - pc)), through the clip (passed on the bounds)
-        return g * (1.0 / n) * ((pc - t) / (pc * (1.0 - pc))) * self.inside
+    >>> import gpucnn.functional as F
+    >>> float(F.loss.mae([[1.0, 2.0]], [[1.0, 4.0]]))
+    1.0
+    """
+    p = _pred(y_pred, "mae")
+    return Loss.apply(p, t=_target(y_true, p, "mae"), kind="mae")
 
 
 def binary_crossentropy(y_true, y_pred, from_logits=False):
@@ -97,36 +76,8 @@ def binary_crossentropy(y_true, y_pred, from_logits=False):
     to ``[1e-7, 1 - 1e-7]``; the gradient passes on the bounds, as in Keras.
     """
     p = _pred(y_pred, "binary_crossentropy")
-    return BCE.apply(p, t=_target(y_true, p, "binary_crossentropy"), logits=bool(from_logits))
-
-
-class CCE(Function):
-    """Categorical cross-entropy over the last axis of 2-D ``(N, K)`` predictions."""
-
-    def forward(self, p, t, logits):
-        xp = backend.xp()
-        ks = backend.kernels()
-        self.t, self.logits, self.n = t, logits, p.shape[0]
-        if logits:
-            self.logp = ks.log_softmax_forward(p)
-            return -(t * self.logp).sum() / self.n
-        # Keras: the row divided by its sum, then clipped
-        s = p.sum(axis=-1, keepdims=True)
-        q = p / s
-        self.p, self.s = p, s
-        self.qc, self.inside = _clip(xp, q)
-        return -(t * xp.log(self.qc)).sum() / self.n
-
-    def backward(self, g):
-        xp = backend.xp()
-        scale = g * (1.0 / self.n)
-        if self.logits:
-            tsum = self.t.sum(axis=-1, keepdims=True)
-            return scale * (xp.exp(self.logp) * tsum - self.t)
-        dq = -self.t / self.qc * self.inside
-        # q = p / s: dL/dp = (dq - sum(dq * q)) / s
-        q = self.p / self.s
-        return scale * (dq - (dq * q).sum(axis=-1, keepdims=True)) / self.s
+    return Loss.apply(p, t=_target(y_true, p, "binary_crossentropy"),
+                      kind="bce_logits" if from_logits else "bce")
 
 
 def categorical_crossentropy(y_true, y_pred, from_logits=False):
@@ -134,40 +85,7 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False):
     op = "categorical_crossentropy"
     p = _pred(y_pred, op)
     _check.rank(p, 2, op, "y_pred", "(N, classes)")
-    return CCE.apply(p, t=_target(y_true, p, op), logits=bool(from_logits))
-
-
-class SparseCE(Function):
-    def forward(self, p, labels, logits):
-        xp = backend.xp()
-        ks = backend.kernels()
-        self.labels, self.logits, self.n = labels, logits, p.shape[0]
-        if logits:
-            loss, self.prob = ks.softmax_xent_forward(p, labels)
-            return loss.mean()
-        # Keras on TensorFlow: clip the row, take its log as logits of a softmax cross-entropy:
-        # loss = log(sum(pc)) - log(pc[label]), pc = clip(p)
-        rows = xp.arange(p.shape[0])
-        self.rows = rows
-        pc, self.inside = _clip(xp, p)
-        self.total = pc.sum(axis=-1)
-        self.picked = pc[rows, labels]
-        return (xp.log(self.total) - xp.log(self.picked)).mean()
-
-    def backward(self, g):
-        xp = backend.xp()
-        scale = g * (1.0 / self.n)
-        if self.logits:
-            # one contiguous scale per row: the launcher keeps its prepared launch for it
-            rows_g = xp.ascontiguousarray(xp.broadcast_to(scale.astype(self.prob.dtype),
-                                                          (self.n,)))
-            return backend.kernels().softmax_xent_backward(self.prob, self.labels, rows_g)
-        # d/dpc_j = 1 / sum(pc) - [j == label] / pc[label], through the clip
-        dp = xp.broadcast_to((1.0 / self.total)[:, None], self.inside.shape).copy()
-        dp[self.rows, self.labels] -= 1.0 / self.picked
-        dp *= self.inside
-        dp *= scale
-        return dp
+    return Loss.apply(p, t=_target(y_true, p, op), kind="cce_logits" if from_logits else "cce")
 
 
 def _labels(y_true, n, k, op):
@@ -200,7 +118,7 @@ def _labels(y_true, n, k, op):
 def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
     """Cross-entropy of integer labels ``(N,)`` against probabilities or logits ``(N, K)``.
 
-    ``from_logits=True`` runs the fused softmax + cross-entropy kernel (stable, one pass).
+    ``from_logits=True`` runs the fused softmax + cross-entropy kernels (stable).
 
     >>> import numpy as np, gpucnn.functional as F
     >>> round(float(F.sparse_categorical_crossentropy([0], np.array([[0.0, 0.0]], np.float32),
@@ -211,4 +129,4 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
     p = _pred(y_pred, op)
     _check.rank(p, 2, op, "y_pred", "(N, classes)")
     labels = _labels(y_true, p.shape[0], p.shape[1], op)
-    return SparseCE.apply(p, labels=labels, logits=bool(from_logits))
+    return Loss.apply(p, t=labels, kind="sparse_cce_logits" if from_logits else "sparse_cce")

@@ -38,6 +38,7 @@ from .conv import (bias_grad, conv2d_backward_input, conv2d_backward_input_act,
                    conv2d_backward_weight, conv2d_backward_weight_bias, conv2d_forward)
 from ._devices import devices
 from .dropout import dropout_mask
+from .loss import loss_backward, loss_forward
 from .graphs import graph_engine
 from .optim import (adam_update, adam_update_many, rmsprop_update, rmsprop_update_many,
                     sgd_update, sgd_update_many)

@@ -13,7 +13,8 @@ import sys
 
 import numpy as np
 
-from . import _arrays, activation, conv, conv_tf32, dropout, gemm, optim, pool, reduce, softmax
+from . import (_arrays, activation, conv, conv_tf32, dropout, gemm, loss, optim, pool, reduce,
+               softmax)
 from ._runtime import SIMULATOR
 
 #: (module, name) -> the small value.
@@ -37,6 +38,8 @@ SMALL = {
     (pool, "POOL_BLOCK"): 32,
     (softmax, "SOFTMAX_BLOCK"): 8,
     (softmax, "XENT_BWD_BLOCK"): 32,
+    (loss, "LOSS_BLOCK"): 8,
+    (loss, "LOSS_BWD_BLOCK"): 32,
     (dropout, "DROPOUT_BLOCK"): 32,
     (optim, "OPTIM_BLOCK"): 32,
 }

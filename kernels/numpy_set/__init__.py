@@ -32,6 +32,7 @@ from .conv import (bias_grad, conv2d_backward_input, conv2d_backward_weight,
                    conv2d_backward_weight_kept, conv2d_forward, conv2d_forward_keep,
                    conv_algorithm)
 from .dropout import dropout_mask
+from .loss import loss_backward, loss_forward
 from .tuning import tuning
 from .optim import adam_update, rmsprop_update, sgd_update
 from .pool import avg_pool_backward, avg_pool_forward, max_pool_backward, max_pool_forward
