@@ -2,11 +2,9 @@
 ``ReduceLROnPlateau``, ``LearningRateScheduler``, ``CSVLogger``, ``TerminateOnNaN`` and
 ``LambdaCallback``.
 
-A callback overrides any of ``on_train_begin/end(logs)``, ``on_epoch_begin/end(epoch, logs)``
-and ``on_train_batch_begin/end(batch, logs)``; ``self.model`` is the model being trained.
-``logs`` at an epoch's end holds that epoch's ``loss``, metrics and ``val_*`` values. Batch-level
-hooks are only called when a callback overrides them (``fit`` then reads the running loss after
-every step, which costs a device synchronisation on a GPU).
+A callback overrides the ``on_*`` hooks of ``Callback`` it needs. Batch-level hooks are only
+called when a callback overrides them (``fit`` then reads the running loss after every step,
+which costs a device synchronisation on a GPU).
 """
 from __future__ import annotations
 

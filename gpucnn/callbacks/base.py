@@ -27,28 +27,22 @@ class Callback:
 
     def on_train_begin(self, logs=None):
         """Called once when ``fit`` starts, before the first epoch."""
-        pass
 
     def on_train_end(self, logs=None):
         """Called once when ``fit`` has finished (also when a callback stopped it early)."""
-        pass
 
     def on_epoch_begin(self, epoch, logs=None):
         """Called at the start of epoch ``epoch`` (counted from 0)."""
-        pass
 
     def on_epoch_end(self, epoch, logs=None):
         """Called after epoch ``epoch``; ``logs`` holds its loss, metrics and ``val_*`` values."""
-        pass
 
     def on_train_batch_begin(self, batch, logs=None):
         """Called before step ``batch`` (from 0) of the epoch; only if a callback overrides it."""
-        pass
 
     def on_train_batch_end(self, batch, logs=None):
         """Called after step ``batch`` with the running loss and metrics in ``logs``; only if
         a callback overrides it."""
-        pass
 
 
 def overrides(cb: Callback, hook: str) -> bool:
