@@ -27,8 +27,6 @@ def names() -> tuple:
     return ("auto",) + _kernels.set_names()
 
 
-NAMES = names()     # at import; a set added later with ``gpucnn.kernels.register_set`` counts too
-
 _state = {"name": None, "requested": None, "reason": "", "set": None}
 
 
