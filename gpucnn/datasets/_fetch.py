@@ -1,10 +1,8 @@
 """Downloading a data set ahead of time: ``python -m gpucnn.datasets fetch mnist``.
 
-Each file is downloaded to a temporary name in the target folder, checked against its published
-size and SHA-256 sum and only then renamed (``_files.fetch``): an interrupted, truncated or
-altered download leaves nothing behind. A ``.gz`` file already in the folder is kept when its
-checksum is the published one and downloaded again when it is not; an uncompressed copy (which
-has no published checksum) is kept as it is, since ``mnist()`` checks its header when it loads it.
+Each file goes through ``_files.fetch`` (checked, then renamed: nothing half-written is left). A
+``.gz`` already in the folder is downloaded again unless its checksum is the published one; an
+uncompressed copy has none and is kept, since ``mnist()`` checks its header when it loads it.
 """
 from __future__ import annotations
 
