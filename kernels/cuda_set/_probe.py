@@ -77,12 +77,6 @@ def _probe() -> tuple[bool, str, dict]:
     import numba
 
     info = {"numba": numba.__version__, "simulator": _runtime.SIMULATOR}
-    try:
-        import _runtime.numba_cuda as _nc
-
-        info["_runtime.numba_cuda"] = getattr(_nc, "__version__", "?")
-    except Exception:
-        pass
     if _runtime.numba_cuda is None:
         return False, f"numba.cuda cannot be imported ({_runtime._numba_error})", info
     if _runtime.SIMULATOR:
