@@ -35,10 +35,8 @@ def cifar10(path=None, download=True, *, split=None, normalize=True):
     """Load CIFAR-10 (binary version) as channels-last NumPy arrays.
 
     Files: ``data_batch_1.bin`` ... ``data_batch_5.bin`` (train, 50,000 images) and
-    ``test_batch.bin`` (test, 10,000 images), looked for in ``path`` when given, else in
-    ``$GPUCNN_DATA/cifar10``, ``~/.gpucnn/datasets/cifar10`` and then the user cache
-    (``~/.cache/gpucnn/datasets/cifar10`` or under ``$XDG_CACHE_HOME``), in each folder directly or
-    in its ``cifar-10-batches-bin`` subfolder (the archive's layout). A ``cifar-10-binary.tar.gz``
+    ``test_batch.bin`` (test, 10,000 images), looked for in the folders of ``gpucnn.datasets``,
+    in each directly or in its ``cifar-10-batches-bin`` subfolder (the archive's layout). A ``cifar-10-binary.tar.gz``
     lying in such a folder is used when its SHA-256 sum is the published one. When files are
     missing and ``download`` is true, that archive (163 MiB) is downloaded into the first folder,
     verified, and its batches extracted; offline a DataNotFoundError says what to put where.

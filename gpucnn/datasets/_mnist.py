@@ -38,12 +38,10 @@ def mnist(path=None, download=True, *, split=None, pad_to_32=False, normalize=Tr
     """Load MNIST as channels-last NumPy arrays.
 
     Files: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-    ``t10k-labels-idx1-ubyte``, each uncompressed or with ``.gz``. They are looked for in
-    ``path`` when given, else in ``$GPUCNN_DATA/mnist``, ``~/.gpucnn/datasets/mnist`` and the
-    user cache that ``python -m gpucnn.datasets fetch mnist`` fills (``~/.cache/gpucnn/...``).
-    When a split is missing and ``download`` is true, its two ``.gz`` files are downloaded into
-    the first of those folders and checked against their published SHA-256 sums; offline (or
-    with ``download=False``) a DataNotFoundError says which files to put where.
+    ``t10k-labels-idx1-ubyte``, each uncompressed or with ``.gz``, looked for in the folders of
+    ``gpucnn.datasets``. When a split is missing and ``download`` is true, its two ``.gz`` files
+    are downloaded into the first of those folders and checked against their published SHA-256
+    sums; offline (or with ``download=False``) a DataNotFoundError says which files to put where.
 
     Every file's IDX header is checked (magic number, 28 x 28 images, sizes against the file
     length, as many labels as images, labels 0-9): a truncated, corrupt or mislabelled file
