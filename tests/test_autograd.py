@@ -111,3 +111,9 @@ def test_numpy_returns_host_array_and_shape():
 def test_integer_tensor_cannot_require_grad():
     with pytest.raises(TypeError, match="floating"):
         gpucnn.Tensor(np.arange(3), requires_grad=True)
+
+
+def test_an_intermediate_used_by_ops_recorded_apart(rng):
+    # y feeds ops recorded before and after others: each op runs once all of its gradient is in
+    gradcheck(lambda x: (lambda y: y * y + (y + 1.0).exp() * y)(x * 2.0 + 1.0),
+              rng.standard_normal((3, 2)))

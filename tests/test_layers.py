@@ -335,3 +335,14 @@ def test_initialisation_follows_manual_seed():
     c = layers.Dense(4)
     c(np.ones((1, 3), np.float32))
     assert not np.array_equal(a.kernel.numpy(), c.kernel.numpy())
+
+
+def test_functional_checks_remembered_per_signature_still_refuse(rng):
+    x, w = Tensor(f32(rng, 1, 6, 6, 2)), Tensor(f32(rng, 3, 3, 2, 4))
+    F.conv2d(x, w, strides=1)
+    F.max_pool2d(x, 2, strides=1)
+    for call in (lambda: F.conv2d(x, w, strides=True), lambda: F.conv2d(x, w, strides=[1, 0]),
+                 lambda: F.max_pool2d(x, 2, strides=(True, 1)),
+                 lambda: F.conv2d(Tensor(np.ones((1, 6, 6, 2))), w)):
+        with pytest.raises((TypeError, ValueError), match="conv2d|max_pool2d"):
+            call()

@@ -101,17 +101,12 @@ def flatten_args(argtypes, args) -> list:
                                 f"{a.dtype} {a.ndim}-D (contiguous={a.flags.c_contiguous})")
             shape = rank_shape(a.shape, ty.ndim)
             flat += [np.uint64(0), np.uint64(0), np.int64(a.size), np.int64(a.itemsize),
-                     np.uint64(_data_ptr(a))]
+                     np.uint64(_pointer(a))]
             flat += [np.int64(s) for s in shape]
             flat += [np.int64(s) for s in c_strides(shape, a.itemsize)]
         else:
             flat.append(_scalar(ty, a))
     return flat
-
-
-def _data_ptr(a) -> int:
-    """A device array's address; a host array's for the ABI test (never launched)."""
-    return _pointer(a)
 
 
 _SLOT = {"int64": "q", "int32": "i4x", "uint64": "Q", "float32": "f4x", "float64": "d"}

@@ -30,12 +30,10 @@ import os
 import threading
 import warnings
 
-import numpy as np
 from numba import types
 
 from . import _abi, _cache, _runtime
-from ._abi import (_check_array, _pointer, _scalar, as_declared, c_strides, flat_param_types,
-                   make_packer, param_format, rank_shape)
+from ._abi import _scalar, as_declared, flat_param_types, make_packer
 # the registry and array helpers, for the op modules (which import through this module)
 from ._arrays import (FLOAT_DTYPES, MAX_BLOCKS, NB_FLOAT, asarray, cdiv, check_rank,  # noqa: F401
                       contig, dtname, dummy, empty, float_dtype, grid_1d, sm_count, to_host, xp)
@@ -102,41 +100,19 @@ class _RawKernel:
 
     def __init__(self, spec: KernelSpec, cc):
         built = _cache.get(spec, cc)
-        self.cubin, self.entry, self.source = built.cubin, built.entry, built.source
-        self.module = cp.cuda.function.Module()
-        self.module.load(self.cubin)
-        self.func = self.module.get_function(self.entry)
-        self.fptr = int(self.func.ptr)
-        self.argtypes = spec.argtypes
-        self.fmt = param_format(spec.argtypes)
+        self.module = cp.cuda.function.Module()      # kept: the function lives in it
+        self.module.load(built.cubin)
+        self.fptr = int(self.module.get_function(built.entry).ptr)
         self.slots = len(flat_param_types(spec.argtypes))
         self.buf = ctypes.create_string_buffer(8 * self.slots)
         base = ctypes.addressof(self.buf)
         self.params = (ctypes.c_void_p * max(self.slots, 1))(
             *[base + 8 * i for i in range(self.slots)])
         self.params_ptr = ctypes.addressof(self.params)
-        self.kinds = [(np.dtype(str(t.dtype)), t.ndim) if isinstance(t, types.Array)
-                      else (int if isinstance(t, types.Integer) else float)
-                      for t in spec.argtypes]
         self.name = spec.name
         self.pack = make_packer(spec.name, spec.argtypes)
         self.launch_kernel = cp.cuda.driver.launchKernel
         self.lock = threading.Lock()
-
-    def values(self, args) -> list:
-        """The flat parameter values of ``args`` (what ``flatten_args`` gives, as Python
-        numbers); a TypeError for an array of another dtype or rank than declared."""
-        vals = []
-        for kind, a in zip(self.kinds, args):
-            if type(kind) is tuple:
-                _check_array(self.name, kind, a)
-                shape = rank_shape(a.shape, kind[1])
-                vals += (0, 0, a.size, a.itemsize, _pointer(a))
-                vals += shape
-                vals += c_strides(shape, a.itemsize)
-            else:
-                vals.append(kind(a))
-        return vals
 
     def __call__(self, grid, block, args, stream_ptr):
         g = grid if len(grid) == 3 else _PAD3[len(grid)](grid)
