@@ -65,9 +65,12 @@ def _arguments(cls, config, where) -> dict:
         if key == "dtype":
             value = _dtype(value, where)
         elif key.endswith("_initializer") and isinstance(value, dict):
-            value = _initializer(value, f"{where}.{key}")
+            value = _instance(value, initializers, initializers.Initializer, "initializer",
+                              "a class of gpucnn.initializers", f"{where}.{key}")
         elif isinstance(value, dict) and key == "learning_rate":
-            value = _schedule(value, f"{where}.learning_rate")
+            value = _instance(value, _optimizers.schedules, _optimizers.LearningRateSchedule,
+                              "learning-rate schedule", "one of ExponentialDecay, "
+                              "PiecewiseConstantDecay, CosineDecay", f"{where}.learning_rate")
         if key in accepted:
             out[key] = value
         elif key not in _IGNORED and not (key in _DEFAULTS and _default(value, _DEFAULTS[key])):
@@ -78,21 +81,12 @@ def _arguments(cls, config, where) -> dict:
     return out
 
 
-def _initializer(d, where):
+def _instance(d, module, base, what, expected, where):
+    """The instance of the ``base`` class of ``module`` that Keras's ``d`` describes."""
     name = d.get("class_name")
-    cls = getattr(initializers, str(name), None)
-    if not (isinstance(cls, type) and issubclass(cls, initializers.Initializer)):
-        raise ValueError(f"{where}: unknown initializer {name!r}; expected a class of "
-                         "gpucnn.initializers")
-    return cls(**_arguments(cls, d.get("config") or {}, where))
-
-
-def _schedule(d, where):
-    name = d.get("class_name")
-    cls = getattr(_optimizers.schedules, str(name), None)
-    if not (isinstance(cls, type) and issubclass(cls, _optimizers.LearningRateSchedule)):
-        raise ValueError(f"{where}: unknown learning-rate schedule {name!r}; expected one of "
-                         "ExponentialDecay, PiecewiseConstantDecay, CosineDecay")
+    cls = getattr(module, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"{where}: unknown {what} {name!r}; expected {expected}")
     return cls(**_arguments(cls, d.get("config") or {}, where))
 
 
