@@ -141,10 +141,6 @@ def _os_error(e: OSError, message: str) -> OSError:
 
 def save_arrays(path, arrays: dict, overwrite: bool = False, op: str = "save_weights") -> str:
     """Write ``{name: array}`` to ``path`` atomically (``write_atomic``); returns the path."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{op}: cannot write {path!r}: the folder {folder!r} does not exist")
     return write_atomic(path, lambda f: np.savez(f, **{FORMAT_KEY: np.array(FORMAT_VERSION)},
                                                   **arrays), overwrite=overwrite, op=op)
 
