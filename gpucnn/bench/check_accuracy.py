@@ -79,6 +79,14 @@ def accuracy_cases(ctx):
             ("softmax_xent_backward", f"({rows}, {k})", "softmax_xent_backward",
              (p, lab, np.full(rows, 1.0 / rows, np.float32)), GRAD_TOL)]
     d = (5, 9) if ctx.tiny else (128, 4096)
+    soft, yd, yb = ctx.N.softmax_forward(r(rows, k)), r(*d), (r(*d) > 0).astype(np.float32)
+    for loss, t, y in (("sparse_cce", lab, p), ("sparse_cce_logits", lab, z), ("cce", soft, p),
+                       ("cce_logits", soft, z), ("bce", yb, ctx.N.act_forward(r(*d), "sigmoid")),
+                       ("bce_logits", yb, r(*d)), ("mse", yd, r(*d)), ("mae", yd, r(*d))):
+        _, stats = ctx.N.loss_forward(loss, t, y)
+        out += [(f"loss_forward {loss}", f"{y.shape}", "loss_forward", (loss, t, y), FWD_TOL),
+                (f"loss_backward {loss}", f"{y.shape}", "loss_backward",
+                 (loss, np.array(0.5, np.float32), t, y, stats), GRAD_TOL)]
     out.append(("dropout_mask (bit-exact)", f"{d} rate 0.5", "dropout_mask",
                 (d, 0.5, 1234, 7, np.float32), 0.0))
     n = 50 if ctx.tiny else 1 << 20
@@ -105,7 +113,7 @@ def _run_case(ctx, fn, args):
         return tuple(dev[i] for i in IN_PLACE[fn]), tuple(ref[i] for i in IN_PLACE[fn])
     if not isinstance(want, tuple):
         got, want = (got,), (want,)
-    return got, want
+    return zip(*[(g, w) for g, w in zip(got, want) if w is not None])   # a loss's absent stats
 
 
 def check_accuracy(ctx):
@@ -155,6 +163,8 @@ def _launch_path_agreement(ctx, rows):
         "conv2d_backward_weight": lambda: C.conv2d_backward_weight(
             x, C.conv2d_forward(x, w, b, (c.stride,) * 2, pad, c.act), c.w, (c.stride,) * 2, pad),
         "softmax_xent_forward": lambda: C.softmax_xent_forward(z, ctx.dev(np.arange(64) % 1000)),
+        "loss_forward": lambda: C.loss_forward("sparse_cce_logits", ctx.dev(np.arange(64) % 1000),
+                                               z),
         "dropout_mask": lambda: C.dropout_mask((256, 1000), 0.5, 99, 3, np.float32),
     }
     before = C.launch_path()
