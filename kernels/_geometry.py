@@ -16,17 +16,15 @@ PADDINGS = ("valid", "same")
 
 def pair(v, name: str, op: str) -> tuple[int, int]:
     """An int or a pair of ints, as Keras takes ``kernel_size``, ``strides`` and ``pool_size``."""
-    if isinstance(v, bool):
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
-    if isinstance(v, int):
-        v = (v, v)
+    def is_int(e):
+        return isinstance(e, int) and not isinstance(e, bool)
+
     try:
-        a, b = v
+        a, b = (v, v) if is_int(v) else v
     except (TypeError, ValueError):
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}") from None
-    for e in (a, b):
-        if isinstance(e, bool) or not isinstance(e, int):
-            raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+        a = b = None
+    if not (is_int(a) and is_int(b)):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
     if a < 1 or b < 1:
         raise ValueError(f"{op}: {name} must be >= 1, got {v!r}")
     return int(a), int(b)
