@@ -18,7 +18,8 @@ from ._runtime import numba_cuda as cuda
 from .vector import HALF, stream_grid
 
 #: Threads per block of the grid-stride pooling kernels (over outputs; over inputs in the
-#: average-pool backward).
+#: average-pool backward). Each is compiled for 4 blocks per SM (64 registers), the max-pool
+#: forward and average-pool backward for 3 (at 64 registers they spill).
 POOL_BLOCK = 256
 
 i64 = types.int64
@@ -65,7 +66,7 @@ def max_pool_fwd_kernel(dtype):
 
     a4 = arr(dtype, 4)
     return KernelSpec(f"max_pool_fwd[{dtype}]", max_pool_fwd_k,
-                      (a4, a4, arr(np.int32, 4)) + (i64,) * 6, (POOL_BLOCK, HALF))
+                      (a4, a4, arr(np.int32, 4)) + (i64,) * 6, (POOL_BLOCK, 3))
 
 
 @kernel_factory(float_variants)
@@ -136,7 +137,7 @@ def avg_pool_bwd_kernel(dtype):
 
     a4 = arr(dtype, 4)
     return KernelSpec(f"avg_pool_bwd[{dtype}]", avg_pool_bwd_k, (a4, a4) + (i64,) * 6,
-                      (POOL_BLOCK, HALF))
+                      (POOL_BLOCK, 3))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,9 +161,9 @@ def _geometry(op, x_shape, pool, stride, pad):
 
 
 def _plan(spec, n, arrays, geo=()):
-    """A grid-stride launch over ``n`` elements (one wave of ``HALF`` blocks per SM at most);
-    ``arrays`` array arguments, then ``geo``."""
-    return Prepared(spec, stream_grid(n, POOL_BLOCK, HALF), (POOL_BLOCK,), (None,) * arrays + tuple(geo))
+    """A grid-stride launch over ``n`` elements (one wave of the blocks per SM of its launch
+    bounds at most); ``arrays`` array arguments, then ``geo``."""
+    return Prepared(spec, stream_grid(n, POOL_BLOCK, spec.launch_bounds[1]), (POOL_BLOCK,), (None,) * arrays + tuple(geo))
 
 
 _PLANS = {op: Plans(op) for op in ("max_pool_forward", "max_pool_backward", "avg_pool_forward",

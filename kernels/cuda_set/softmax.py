@@ -13,12 +13,14 @@ from numba import types
 from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype,
                       kernel_factory, KernelSpec, Plans, Prepared, dtname)
 from ._runtime import numba_cuda as cuda
-from .vector import FULL, stream_grid
+from .vector import stream_grid
 
 #: Threads per block (one block per row); a power of two. Tests shrink it for the simulator.
 SOFTMAX_BLOCK = 128
-#: Threads per block of the elementwise cross-entropy backward.
+#: Threads per block of the elementwise cross-entropy backward, and its blocks per SM (at 8,
+#: 32 registers, it spills).
 XENT_BWD_BLOCK = 256
+XENT_BWD_PER_SM = 6
 MAX_GRID_X = 2**31 - 1
 
 
@@ -179,7 +181,7 @@ def xent_bwd_kernel(dtype):
 
     a2 = arr(dtype, 2)
     return KernelSpec(f"xent_bwd[{dtype}]", xent_bwd_k, (a2, arr(np.int64, 1), arr(dtype, 1), a2),
-                      (XENT_BWD_BLOCK, FULL))
+                      (XENT_BWD_BLOCK, XENT_BWD_PER_SM))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,8 +295,8 @@ def softmax_xent_backward(p, labels, g):
         g = contig(g, dt).reshape(-1)
         if g.shape != (p.shape[0],):
             raise ValueError(f"{op}: g must have shape ({p.shape[0]},), got {tuple(g.shape)}")
-        plan = plans.put(key, Prepared(xent_bwd_kernel(dtname(dt)),
-                                       stream_grid(p.size, XENT_BWD_BLOCK), (XENT_BWD_BLOCK,),
+        grid = stream_grid(p.size, XENT_BWD_BLOCK, XENT_BWD_PER_SM)
+        plan = plans.put(key, Prepared(xent_bwd_kernel(dtname(dt)), grid, (XENT_BWD_BLOCK,),
                                        (None,) * 4), (p, labels, g), None)
     dz = empty(p.shape, p.dtype)
     plan(p, labels, g, dz)
