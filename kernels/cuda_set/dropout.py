@@ -90,7 +90,7 @@ def dropout_mask(shape, rate, seed, counter, dtype=np.float32):
     n = mask.size
     if n >= 2**32:
         raise ValueError(f"{op}: at most 2**32 elements, got {n}")
-    launch(dropout_kernel(dtname(dt)), stream_grid(cdiv(n, 4), DROPOUT_BLOCK, DROPOUT_PER_SM), (DROPOUT_BLOCK,),
-           mask, int(seed) & MASK32, int(counter) & MASK32, rate,
+    launch(dropout_kernel(dtname(dt)), stream_grid(cdiv(n, 4), DROPOUT_BLOCK, DROPOUT_PER_SM),
+           (DROPOUT_BLOCK,), mask, int(seed) & MASK32, int(counter) & MASK32, rate,
            dt.type(1.0 / (1.0 - rate)))
     return mask

@@ -163,7 +163,8 @@ def _geometry(op, x_shape, pool, stride, pad):
 def _plan(spec, n, arrays, geo=()):
     """A grid-stride launch over ``n`` elements (one wave of the blocks per SM of its launch
     bounds at most); ``arrays`` array arguments, then ``geo``."""
-    return Prepared(spec, stream_grid(n, POOL_BLOCK, spec.launch_bounds[1]), (POOL_BLOCK,), (None,) * arrays + tuple(geo))
+    return Prepared(spec, stream_grid(n, POOL_BLOCK, spec.launch_bounds[1]), (POOL_BLOCK,),
+                    (None,) * arrays + tuple(geo))
 
 
 _PLANS = {op: Plans(op) for op in ("max_pool_forward", "max_pool_backward", "avg_pool_forward",
