@@ -233,29 +233,23 @@ def _xp(a):
     return numpy
 
 
-def _binary(op, rop=None):
+#: per op, ``x op c`` and ``c op x`` for a Python number ``c`` as ScalarOps: (name, c as given
+#: to it) for the left, the name for the right
+_SCALAR = {Add: (("add", lambda c: c), "add"), Sub: (("add", lambda c: -c), "rsub"),
+           Mul: (("mul", lambda c: c), "mul"), Div: (("mul", lambda c: 1.0 / c), "rdiv")}
+
+
+def _binary(op):
+    (name, given), rname = _SCALAR[op]
+
     def method(self, other):
         if isinstance(other, numbers.Number) and not isinstance(other, bool):
-            if op is Add:
-                return ScalarOp.apply(self, c=other, op="add")
-            if op is Sub:
-                return ScalarOp.apply(self, c=-other, op="add")
-            if op is Mul:
-                return ScalarOp.apply(self, c=other, op="mul")
-            if op is Div:
-                return ScalarOp.apply(self, c=1.0 / other, op="mul")
+            return ScalarOp.apply(self, c=given(other), op=name)
         return op.apply(self, as_tensor(other, self))
 
     def rmethod(self, other):
         if isinstance(other, numbers.Number) and not isinstance(other, bool):
-            if op is Add:
-                return ScalarOp.apply(self, c=other, op="add")
-            if op is Mul:
-                return ScalarOp.apply(self, c=other, op="mul")
-            if op is Sub:
-                return ScalarOp.apply(self, c=other, op="rsub")
-            if op is Div:
-                return ScalarOp.apply(self, c=other, op="rdiv")
+            return ScalarOp.apply(self, c=other, op=rname)
         return op.apply(as_tensor(other, self), self)
 
     return method, rmethod
