@@ -182,7 +182,8 @@ def test_loss_config_round_trip():
 def test_mse_and_mae_metrics_average_every_output_seen(backend, rng):
     """Two batches of 3 and 1 rows: the running mean weighs each output once."""
     a, b = rng.standard_normal((2, 2, 3, 4)).astype(np.float32)
-    for metric, f in ((metrics.MeanSquaredError(), np.square), (metrics.MeanAbsoluteError(), np.abs)):
+    for metric, f in ((metrics.MeanSquaredError(), np.square),
+                      (metrics.MeanAbsoluteError(), np.abs)):
         metric.update_state(a[0], b[0])
         metric.update_state(a[1, :1], b[1, :1])
         want = np.concatenate([f(b[0] - a[0]).ravel(), f(b[1, :1] - a[1, :1]).ravel()]).mean()

@@ -19,13 +19,14 @@ from numba import types
 
 from .. import LOSS_STATS, LOSSES
 from ._launch import (MAX_BLOCKS, NB_FLOAT, arr, check_rank, contig, dtname, dummy, empty,
-                      float_dtype, float_variants, grid_1d, kernel_factory, KernelSpec, Plans,
-                      Prepared, xp)
+                      float_dtype, float_variants, kernel_factory, KernelSpec, Plans, Prepared, xp)
 from ._runtime import numba_cuda as cuda
 from .activation import SIGMOID, act_device_fns
 from .softmax import _block_reducers, _labels
+from .vector import HALF, stream_grid
 
-#: Threads per block of the forward kernels (a power of two) and of the backward ones.
+#: Threads per block of the forward kernels (a power of two) and of the backward ones; the
+#: grid-stride ones launch at most one wave of ``HALF`` blocks per SM (their launch bounds).
 LOSS_BLOCK = 256
 LOSS_BWD_BLOCK = 256
 
@@ -101,7 +102,7 @@ def ew_fwd_kernel(dtype, block):
 
     a = arr(dtype, 1)
     return KernelSpec(f"loss_ew_fwd[{dtype},{block}]", ew_fwd_k,
-                      (a, a, a, arr(np.int32, 1), a, types.int32))
+                      (a, a, a, arr(np.int32, 1), a, types.int32), (block, HALF))
 
 
 @kernel_factory(_fwd_variants)
@@ -194,7 +195,8 @@ def ew_bwd_kernel(dtype):
             dp[i] = v
 
     a = arr(dtype, 1)
-    return KernelSpec(f"loss_ew_bwd[{dtype}]", ew_bwd_k, (a, a, a, a, types.int32, dt))
+    return KernelSpec(f"loss_ew_bwd[{dtype}]", ew_bwd_k, (a, a, a, a, types.int32, dt),
+                      (LOSS_BWD_BLOCK, HALF))
 
 
 @kernel_factory(float_variants)
@@ -235,7 +237,8 @@ def rows_bwd_kernel(dtype):
 
     a1, a2 = arr(dtype, 1), arr(dtype, 2)
     return KernelSpec(f"loss_rows_bwd[{dtype}]", rows_bwd_k,
-                      (a2, a2, arr(np.int64, 1), a2, a1, a2, types.int32, dt))
+                      (a2, a2, arr(np.int64, 1), a2, a1, a2, types.int32, dt),
+                      (LOSS_BWD_BLOCK, HALF))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +280,7 @@ def loss_forward(loss, t, p):
         p, tt, lab, dt = _inputs(op, loss, t, p)
         rows = loss in LOSS_STATS
         spec = (rows_fwd_kernel if rows else ew_fwd_kernel)(dtname(dt), LOSS_BLOCK)
-        grid = (min(p.shape[0], MAX_BLOCKS),) if rows else grid_1d(p.size, LOSS_BLOCK)
+        grid = (min(p.shape[0], MAX_BLOCKS),) if rows else stream_grid(p.size, LOSS_BLOCK, HALF)
         plan = Prepared(spec, grid, (LOSS_BLOCK,), (None,) * (7 if rows else 5) + (CODE[loss],))
         hit = _FWD.put(key, (plan, grid[0], LOSS_STATS.get(loss)),
                        (p, lab if loss.startswith("sparse") else tt), loss)
@@ -314,7 +317,8 @@ def loss_backward(loss, g, t, p, stats):
                                  f"{loss}, got {tuple(stats.shape)}")
         spec = (rows_bwd_kernel if rows else ew_bwd_kernel)(dtname(dt))
         c = (2.0 if loss == "mse" else 1.0) / max(n, 1)
-        plan = _BWD.put(key, Prepared(spec, grid_1d(p.size, LOSS_BWD_BLOCK), (LOSS_BWD_BLOCK,),
+        plan = _BWD.put(key, Prepared(spec, stream_grid(p.size, LOSS_BWD_BLOCK, HALF),
+                                      (LOSS_BWD_BLOCK,),
                                       (None,) * (6 if rows else 4) + (CODE[loss], c)),
                         (p, lab if loss.startswith("sparse") else tt, stats, g1), loss)
     else:
