@@ -1,4 +1,5 @@
-"""A small batch iterator shared by ``Model.fit`` and the examples.
+"""How the data of ``fit``, ``evaluate`` and ``predict`` reaches the kernels: batches, and the
+device memory the data may use.
 
 ``Batches(x, y, batch_size=32, shuffle=True, seed=None)`` yields ``(x_batch, y_batch)`` (or
 ``x_batch`` alone when ``y`` is None) for one pass over the data; iterating again starts a new
@@ -7,10 +8,23 @@ epoch with a new order. Arrays stay where they are: NumPy arrays give NumPy batc
 (no shuffled copy of the whole dataset: an epoch of MNIST would be 188 MB of fresh pages, and a
 batch gathered just before its step is still in cache when the step reads it); device data is
 gathered into the new order once per epoch (one gather on the device) and the batches are slices
-of it. The last batch holds the remainder unless ``drop_remainder=True``.
+of it. The last batch holds the remainder unless ``drop_remainder=True``. The order comes from
+``gpucnn.random.generator()`` (reset by ``gpucnn.manual_seed``), or from a generator of its own
+when ``seed`` is an int.
 
-The order comes from ``gpucnn.random.generator()`` (reset by ``gpucnn.manual_seed``), or from a
-generator of its own when ``seed`` is an int.
+``Feed`` puts a call's host arrays on a kernel set with the ``streams`` capability (the cuda set):
+whole, once per call, where they fit the data's share of device memory (twice their size when
+``fit`` shuffles: the epoch's gathered copy), else streamed. Streamed, the batches of an epoch are
+cut into chunks of whole batches; a chunk's rows (gathered in the epoch's order, so the batches
+are exactly those of the data held whole) are written into pinned host memory and copied to one
+of two device buffers on the set's copy stream while the steps of the chunk before run from the
+other. The host waits only before it rewrites a pinned buffer (for the copy out of it, two chunks
+back) and at the end of an epoch; the kernels wait for a chunk's copy on the device.
+``set_data_memory_limit(nbytes)`` (or ``GPUCNN_DATA_MEMORY``, bytes with an optional K, M, G or T
+suffix) caps the device memory the data may use; without it the data may use half of the
+device's free memory at the start of the call. Where not even one batch fits, the call raises
+``MemoryError`` with the bytes needed and available. The NumPy set has no such capability: its
+device is the host, and its arrays stay where they are.
 
 >>> import numpy as np
 >>> from gpucnn.data import Batches
@@ -20,23 +34,53 @@ generator of its own when ``seed`` is an int.
 """
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 
 from gpucnn import backend
 from gpucnn import random as _random
+from gpucnn.kernels import has
+
+#: The largest chunk streamed in one copy: a few milliseconds over PCIe, many steps of compute.
+CHUNK_BYTES = 256 << 20
+
+_limit = None          # set_data_memory_limit's value
+
+
+def set_data_memory_limit(nbytes) -> None:
+    """Cap the device memory the data of ``fit``, ``evaluate`` and ``predict`` may use at
+    ``nbytes`` (an int >= 0); None: ``GPUCNN_DATA_MEMORY`` if set, else half of the device's
+    free memory. Data above the cap is streamed (module docstring)."""
+    global _limit
+    if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer))
+                               or nbytes < 0):
+        raise ValueError(f"set_data_memory_limit: expected a number of bytes (an int >= 0) or "
+                         f"None, got {nbytes!r}")
+    _limit = None if nbytes is None else int(nbytes)
+
+
+def data_memory_limit():
+    """``(bytes, where the cap comes from)`` set by ``set_data_memory_limit`` or
+    ``GPUCNN_DATA_MEMORY``, or None when neither is set."""
+    if _limit is not None:
+        return _limit, "set_data_memory_limit"
+    text = os.environ.get("GPUCNN_DATA_MEMORY", "").strip()
+    if not text:
+        return None
+    m = re.fullmatch(r"(\d+)\s*([KMGT]?)(i?B)?", text, re.IGNORECASE)
+    if m is None:
+        raise ValueError(f"GPUCNN_DATA_MEMORY: expected bytes with an optional K, M, G or T "
+                         f"suffix (e.g. 536870912 or 512M), got {text!r}")
+    unit = m.group(2).upper()
+    return int(m.group(1)) << (10 * ("KMGT".index(unit) + 1) if unit else 0), "GPUCNN_DATA_MEMORY"
 
 
 def batch_bounds(n: int, batch_size: int, drop_remainder: bool = False) -> list:
     """``[(start, stop), ...]`` covering ``range(n)`` in steps of ``batch_size``."""
     stop = n - n % batch_size if drop_remainder else n
     return [(i, min(i + batch_size, n)) for i in range(0, stop, batch_size)]
-
-
-def _take(a, perm_host):
-    """``a[perm]`` with the index on the array's own device."""
-    if isinstance(a, np.ndarray):
-        return a[perm_host]
-    return a[backend.kernels().asarray(perm_host)]
 
 
 class Batches:
@@ -62,42 +106,150 @@ class Batches:
     def __len__(self) -> int:
         return len(self.bounds)
 
-    def _permutation(self):
-        gen = self._gen if self._gen is not None else _random.generator()
-        return gen.permutation(self.n)
-
-    def epoch_arrays(self):
-        """``(x, y)`` in this epoch's order (a shuffled copy, or the arrays themselves)."""
-        if not self.shuffle:
-            return self.x, self.y
-        perm = self._permutation()
-        return _take(self.x, perm), (None if self.y is None else _take(self.y, perm))
-
     def epoch_plan(self):
-        """``(x, y, order)`` for one epoch: batch ``(a, b)`` of the epoch is ``x[order[a:b]]``
-        (see ``gather``), or ``x[a:b]`` when ``order`` is None. Host arrays stay unshuffled and
-        ``order`` is this epoch's permutation; device arrays come gathered (``order`` None)."""
-        if self.shuffle and isinstance(self.x, np.ndarray):
-            return self.x, self.y, self._permutation()
-        x, y = self.epoch_arrays()
-        return x, y, None
+        """``(x, y, order)`` for one epoch: batch ``(a, b)`` of the epoch is ``x[order[a:b]]``,
+        or ``x[a:b]`` when ``order`` is None. Host arrays stay unshuffled and ``order`` is this
+        epoch's permutation; device arrays come gathered into it (``order`` None)."""
+        if not self.shuffle:
+            return self.x, self.y, None
+        perm = (self._gen if self._gen is not None else _random.generator()).permutation(self.n)
+        if isinstance(self.x, np.ndarray):
+            return self.x, self.y, perm
+        idx = backend.kernels().asarray(perm)
+        return self.x[idx], (None if self.y is None else self.y[idx]), None
 
     def __iter__(self):
         x, y, order = self.epoch_plan()
         for a, b in self.bounds:
-            xb, yb = gather(x, y, order, a, b)
-            yield xb if y is None else (xb, yb)
+            rows = slice(a, b) if order is None else order[a:b]
+            yield x[rows] if y is None else (x[rows], y[rows])
 
 
-def gather(x, y, order, a, b, out=None):
-    """Batch ``(a, b)`` of an ``epoch_plan``: ``(x rows, y rows)`` (y None stays None). With
-    ``order``, x's rows are gathered into ``out`` (a buffer of at least ``b - a`` rows of x's
-    shape and dtype) when given, else into a new array; without, they are slices (views)."""
-    if order is None:
-        return x[a:b], (None if y is None else y[a:b])
-    idx = order[a:b]
-    xb = np.take(x, idx, axis=0, out=None if out is None else out[:b - a])
-    return xb, (None if y is None else y[idx])
+def data_budget(ks) -> tuple:
+    """``(bytes, where from)``: the device memory the data of a call may use on kernel set ``ks``
+    (one with the ``streams`` capability)."""
+    limit = data_memory_limit()
+    if limit is not None:
+        return limit
+    free = ks.streams().free_bytes()
+    return free // 2, f"half of the device's {free:,} free bytes"
+
+
+def chunks(bounds, rows) -> list:
+    """Consecutive batches ``bounds`` grouped into lists spanning at most ``rows`` rows each."""
+    groups = []
+    for a, b in bounds:
+        if groups and b - groups[-1][0][0] <= rows:
+            groups[-1].append((a, b))
+        else:
+            groups.append([(a, b)])
+    return groups
+
+
+class Feed:
+    """The arrays ``x`` (and ``y``, or None) of one call ``op`` on the active kernel set, whole or
+    streamed (module docstring); ``copies`` is how many times their size they take whole (2 when
+    ``fit`` shuffles on the device), ``budget`` the ``(bytes, where from)`` they may use (default
+    ``data_budget``); ``used`` is what they take."""
+
+    def __init__(self, op, x, y, batch_size, copies=1, budget=None):
+        ks = backend.kernels()
+        self.n, self.used, self._streamer = len(x), 0, None
+        self.x, self.y = x, y
+        if not (has(ks, "streams") and isinstance(x, np.ndarray)):
+            self.x, self.y = ks.asarray(x), (None if y is None else ks.asarray(y))
+            return
+        budget, where = data_budget(ks) if budget is None else budget
+        arrays = [a for a in (x, y) if a is not None]
+        row = sum(a[:1].nbytes for a in arrays)
+        if self.n * row * copies <= budget:
+            self.x, self.y = ks.asarray(x), (None if y is None else ks.asarray(y))
+            self.used = self.n * row * copies
+            return
+        batch = min(batch_size, self.n)
+        most = -(-self.n // batch) * batch
+        for slots in (2, 1):
+            rows = min(min(CHUNK_BYTES, budget // slots) // row // batch * batch, most)
+            if rows:
+                break
+        else:
+            raise MemoryError(
+                f"{op}: one batch of {batch} samples needs {batch * row:,} bytes of device memory "
+                f"({row:,} per sample), but the data may use {budget:,} bytes ({where}); lower "
+                "batch_size, or raise the cap with gpucnn.data.set_data_memory_limit(nbytes) or "
+                "GPUCNN_DATA_MEMORY")
+        self._streamer = _Streamer(ks.streams(), arrays, rows, slots)
+        self.used = rows * row * slots
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the arrays are streamed (else held whole where the kernels run)."""
+        return self._streamer is not None
+
+    def batches(self, bounds, x=None, y=None, order=None):
+        """For each batch ``(a, b)`` of ``bounds``, what a runner's ``step`` takes:
+        ``(x[a:b], y[a:b])``, or with an ``order`` on host arrays ``(x, y, order[a:b])``
+        (``x``, ``y``, ``order``: an ``epoch_plan`` of ``self.x`` and ``self.y``, these two
+        unshuffled by default); streamed, ``(x rows, y rows)`` on the device (y None stays
+        None)."""
+        x = self.x if x is None else x
+        y = self.y if y is None else y
+        if self._streamer is not None:
+            return self._streamer.batches([a for a in (x, y) if a is not None], order, bounds,
+                                          y is None)
+        if order is None:
+            return ((x[a:b], None if y is None else y[a:b]) for a, b in bounds)
+        return ((x, y, order[a:b]) for a, b in bounds)
+
+
+class _Streamer:
+    """Host arrays streamed through ``slots`` pairs of pinned and device buffers of ``rows``
+    rows each, on the ``streams`` engine ``engine``."""
+
+    def __init__(self, engine, arrays, rows, slots):
+        self.engine, self.rows = engine, rows
+        shapes = [((rows,) + a.shape[1:], a.dtype) for a in arrays]
+        self.dev = [[engine.empty(*s) for s in shapes] for _ in range(slots)]
+        self.pin = [[engine.pinned(*s) for s in shapes] for _ in range(slots)]
+        self.copied = [None] * slots       # the last copy out of each slot's pinned buffers
+        self.released = [None] * slots     # recorded after the last step reading each slot
+
+    def _load(self, k, arrays, order, lo, hi):
+        """Chunk ``k`` (rows ``lo:hi`` of the epoch) into slot ``k % slots``."""
+        i, m = k % len(self.dev), hi - lo
+        self.engine.finish(self.copied[i])
+        for a, p in zip(arrays, self.pin[i]):
+            if order is None:
+                p[:m] = a[lo:hi]
+            else:
+                np.take(a, order[lo:hi], axis=0, out=p[:m], mode="clip")  # unbuffered
+        self.copied[i] = self.engine.upload(
+            [(d[:m], p[:m]) for d, p in zip(self.dev[i], self.pin[i])], self.released[i])
+
+    def batches(self, arrays, order, bounds, no_y):
+        groups = chunks(bounds, self.rows)
+        ahead = len(self.dev) - 1          # chunks copied ahead of the one whose steps run
+
+        def load(k):
+            self._load(k, arrays, order, groups[k][0][0], groups[k][-1][1])
+
+        try:
+            if ahead and groups:
+                load(0)
+            for k, group in enumerate(groups):
+                if k + ahead < len(groups):
+                    load(k + ahead)
+                i, lo = k % len(self.dev), group[0][0]
+                self.engine.wait(self.copied[i])
+                try:
+                    for a, b in group:
+                        out = [d[a - lo:b - lo] for d in self.dev[i]]
+                        yield (out[0], None) if no_y else tuple(out)
+                finally:
+                    self.released[i] = self.engine.record()
+        finally:                           # no copy still reads a pinned buffer
+            for ev in self.copied:
+                self.engine.finish(ev)
 
 
 def _items(v):
@@ -138,4 +290,5 @@ def as_array(a, what: str, op: str, dtype=None):
                          "every sample must have the same shape") from None
 
 
-__all__ = ["Batches", "batch_bounds", "gather", "as_array"]
+__all__ = ["Batches", "Feed", "as_array", "batch_bounds", "chunks", "data_budget",
+           "data_memory_limit", "set_data_memory_limit"]

@@ -173,6 +173,10 @@ OPTIONAL = {
     # scatter_add(a, index, values): a[index] += values in place on the set's arrays, repeated
     # indices adding up (the gradient of indexing with an array)
     "scatter_add": ("scatter_add",),
+    # data streamed to a device: streams() -> an engine with free_bytes(), pinned(shape, dtype),
+    # empty(shape, dtype), upload(pairs, after) -> event, record(), wait(event), finish(event)
+    # and read(a) (the set's to_host); cuda_set/streams.py says what each does
+    "streams": ("streams",),
 }
 
 _SETS = {"numpy": ".numpy_set", "cuda": ".cuda_set"}

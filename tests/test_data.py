@@ -1,13 +1,14 @@
-"""gpucnn.data: the batch iterator and the per-batch gather fit uses."""
+"""gpucnn.data: the batch iterator, its epoch plan and the chunks streaming groups batches in."""
 import numpy as np
 import pytest
 
-from gpucnn.data import Batches, batch_bounds, gather
+from gpucnn.data import Batches, batch_bounds, chunks
 
 
-def test_bounds_cover_the_data():
+def test_bounds_cover_the_data_and_chunks_group_them():
     assert batch_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert batch_bounds(10, 4, drop_remainder=True) == [(0, 4), (4, 8)]
+    assert chunks([(2, 5), (5, 8), (8, 11), (11, 12)], 6) == [[(2, 5), (5, 8)], [(8, 11), (11, 12)]]
 
 
 def test_shuffled_batches_are_the_seeded_permutation():
@@ -34,19 +35,10 @@ def test_unshuffled_batches_are_views():
     assert np.shares_memory(xb, x) and xb.shape == (4, 2)
 
 
-def test_plan_keeps_host_arrays_unshuffled_and_gathers_by_batch():
+def test_plan_keeps_host_arrays_unshuffled_with_the_epochs_order():
     x = np.random.default_rng(0).random((9, 2, 2), dtype=np.float32)
-    y = np.arange(9)
-    xe, ye, order = Batches(x, y, batch_size=4, seed=1).epoch_plan()
-    assert xe is x and ye is y and sorted(order) == list(range(9))
-    out = np.full((4, 2, 2), np.nan, dtype=np.float32)
-    xb, yb = gather(xe, ye, order, 4, 8, out)
-    assert np.shares_memory(xb, out)                          # into the buffer given
-    np.testing.assert_array_equal(xb, x[order[4:8]])
-    np.testing.assert_array_equal(yb, y[order[4:8]])
-    xb, yb = gather(xe, None, order, 8, 9, out)               # the remainder, no labels
-    assert yb is None and xb.shape == (1, 2, 2)
-    np.testing.assert_array_equal(xb, x[order[8:9]])
+    xe, ye, order = Batches(x, np.arange(9), batch_size=4, seed=1).epoch_plan()
+    assert xe is x and list(order) == list(np.random.default_rng(1).permutation(9))
 
 
 def test_bad_arguments_name_the_iterator():

@@ -116,9 +116,7 @@ class InputChecks:
 
     def _prepare_y(self, y, n, out_shape, op):
         """Targets as the loss wants them, checked against the model's output on the host."""
-        y = data_array(y, "y", op)
-        if y.shape[0] != n:
-            raise ValueError(f"{op}: x and y have different lengths: {n} samples in x, {y.shape[0]} in y")
+        y = data_array(y, "y", op)        # its length checked against x by _prepare
         yh = host(y)
         kind, name = self.loss.kind, self.loss.name
         per = tuple(out_shape[1:])

@@ -32,9 +32,6 @@ class Tracker:
             m._total = m._total + s
             m._count += c
 
-    def update(self, loss_data, out_data, yb, n, host_loss=None):
-        self.add(loss_data, n, host_loss, self.totals(yb, out_data) if self.metrics else None)
-
     def summed(self, g, what) -> None:
         """The sums of every rank of ``g`` in place of this rank's (loss, count, metrics)."""
         ks = backend.kernels()

@@ -3,9 +3,10 @@
 Everything that can be checked is checked once per call, on the host, before any weight changes
 (``checks``: the input shape against the model, the first layer that refuses it named, x/y
 lengths, an empty dataset, targets against the model's output, labels inside ``[0, classes)``).
-The data then moves to the active backend once, and each step works on slices of it. Who
-computes each step is ``gpucnn.parallel``'s business, the one module of it this one talks to;
-a ``fit`` call's settings travel to it as one ``parallel.FitCall``.
+The data then moves to the active backend once (``data.Feed``: on a device, whole where it fits
+the data's share of device memory, else streamed in chunks), and each step works on a batch of
+it. Who computes each step is ``gpucnn.parallel``'s business, the one module of it this one talks
+to; a ``fit`` call's settings travel to it as one ``parallel.FitCall``.
 
 A step reads nothing back from the device unless the progress bar is about to show a value, the
 epoch ends, or a callback asks for batch-level logs. The loss is checked for NaN/inf whenever it is
@@ -31,7 +32,7 @@ from gpucnn import parallel
 from gpucnn import random as _random
 from gpucnn._progbar import Progbar
 from gpucnn.autograd import Tensor, no_grad
-from gpucnn.data import Batches, batch_bounds
+from gpucnn.data import Batches, Feed, batch_bounds, data_budget
 from gpucnn.models.checks import (InputChecks, callback_list, check_batch_size, check_verbose,
                                   data_array)
 from gpucnn.models.tracker import Tracker, results
@@ -106,12 +107,14 @@ class TrainingMixin(InputChecks):
     def _loss_value(self, yb, out, logits):
         return self.loss.call(yb, out, logits or self.loss.from_logits)
 
-    def _eval_arrays(self, xd, yd, batch_size, logits, bar=None, op="evaluate"):
-        """The loss and metrics over ``(xd, yd)``; with several ranks each takes its share of
-        the rows and the sums are added (exact means for any count)."""
+    def _eval_arrays(self, feed, batch_size, logits, bar=None, op="evaluate"):
+        """The loss and metrics over the arrays of ``feed`` (a ``data.Feed``); with several
+        ranks each takes its share of the rows and the sums are added (exact means for any
+        count)."""
         tracker = Tracker(self, logits)
         g = parallel.group()
-        lo, hi = parallel.shard(g, xd.shape[0])
+        lo, hi = parallel.shard(g, feed.n)
+        bounds = [(lo + a, lo + b) for a, b in batch_bounds(hi - lo, batch_size)]
         fwd = parallel.forward_graphs(self, backend.kernels(), g)
         # the objects themselves, not their ids: a key keeps them alive, so no new loss or
         # metric can take an old one's id and be mistaken for it
@@ -123,8 +126,7 @@ class TrainingMixin(InputChecks):
             return loss.data, (tracker.totals(yb, out.data) if tracker.metrics else None)
 
         with no_grad():
-            for i, (a, b) in enumerate(batch_bounds(hi - lo, batch_size)):
-                xb, yb = xd[lo + a:lo + b], yd[lo + a:lo + b]
+            for i, ((a, b), (xb, yb)) in enumerate(zip(bounds, feed.batches(bounds))):
                 loss, totals = (batch(xb, yb) if fwd is None else fwd.run(tag, batch, xb, yb))
                 tracker.add(loss, b - a, None, totals)
                 if bar is not None and bar.due(i + 1):
@@ -180,9 +182,12 @@ class TrainingMixin(InputChecks):
             xv, yv, _ = self._prepare(val[0], val[1], f"{op} (validation data)")
 
         ks = backend.kernels()
-        xd, yd = ks.asarray(x), ks.asarray(y)
-        if val is not None:
-            xv, yv = ks.asarray(xv), ks.asarray(yv)
+        budget = data_budget(ks) if backend.has("streams") else None
+        feed = Feed(op, x, y, batch_size, 2 if shuffle else 1, budget)
+        xd, yd = feed.x, feed.y
+        if val is not None:          # the validation data gets what the training data left
+            val = Feed(f"{op} (validation data)", xv, yv, batch_size, 1,
+                       budget and (budget[0] - feed.used, budget[1]))
         resume = self.__dict__.pop("_random_state", None)   # a loaded model's (load_model)
         if resume is not None:
             _random.set_state(resume)
@@ -203,7 +208,7 @@ class TrainingMixin(InputChecks):
                   "initial_epoch": int(initial_epoch), "shuffle": bool(shuffle),
                   "x": [int(xd.shape[0]), list(xd.shape[1:]), str(xd.dtype)],
                   "y": [list(yd.shape[1:]), str(yd.dtype)],
-                  "validation": None if xv is None else [int(xv.shape[0]), list(xv.shape[1:])],
+                  "validation": None if val is None else [val.n, list(val.x.shape[1:])],
                   "backend": backend.get_backend(), "loss": repr(self.loss),
                   "optimizer": repr(self.optimizer), "metrics": self.metrics_names,
                   "weights": [list(t.shape) for t in self.weights],
@@ -212,7 +217,7 @@ class TrainingMixin(InputChecks):
             batch_size=batch_size, epochs=int(epochs), initial_epoch=int(initial_epoch),
             verbose=verbose, logits=logits, steps=steps,
             largest=max(b - a for a, b in batches.bounds), x=xd, y=yd,
-            validation=None if val is None else (xv, yv),
+            validation=val,
             totals=tracker.totals if tracker.metrics else None, metrics=len(tracker.metrics),
             batch_hooks=batch_hooks, op=op, agreed=agreed)
         # the allocator is tuned before the runner forks its workers, which inherit it
@@ -223,7 +228,7 @@ class TrainingMixin(InputChecks):
             try:
                 with parallel.quiet():
                     cbs.call("on_train_begin", None)
-                    self._fit_epochs(call, batches, cbs, ks, runner)
+                    self._fit_epochs(call, feed, batches, cbs, ks, runner)
                     cbs.call("on_train_end", None)
             except BaseException:
                 runner.close(failed=True)      # after a failure nothing of its workers is trusted
@@ -231,7 +236,7 @@ class TrainingMixin(InputChecks):
             runner.close()
         return history
 
-    def _fit_epochs(self, call, batches, cbs, ks, runner):
+    def _fit_epochs(self, call, feed, batches, cbs, ks, runner):
         """The epochs of the ``fit`` call ``call`` (a ``parallel.FitCall``)."""
         epochs = call.epochs
         for epoch in range(call.initial_epoch, epochs):
@@ -241,9 +246,10 @@ class TrainingMixin(InputChecks):
             bar = Progbar(call.steps, call.verbose)
             try:
                 with parallel.session(ks):
-                    logs = self._fit_epoch(batches, call.logits, bar, cbs, epoch, epochs, runner)
+                    logs = self._fit_epoch(feed, batches, call.logits, bar, cbs, epoch, epochs,
+                                           runner)
                     if call.validation is not None:
-                        vlogs = self._eval_arrays(*call.validation, call.batch_size, call.logits,
+                        vlogs = self._eval_arrays(call.validation, call.batch_size, call.logits,
                                                   op="fit (validation)")
                         logs.update({f"val_{k}": v for k, v in vlogs.items()})
             except BaseException:
@@ -256,21 +262,19 @@ class TrainingMixin(InputChecks):
             if self.stop_training:
                 break
 
-    def _fit_epoch(self, batches, logits, bar, cbs, epoch, epochs, runner):
+    def _fit_epoch(self, feed, batches, logits, bar, cbs, epoch, epochs, runner):
         params = self.trainable_weights
         opt = self.optimizer
         tracker = Tracker(self, logits)
-        xe, ye, order = batches.epoch_plan()      # host data: gathered batch by batch
+        plan = batches.epoch_plan()      # host data: gathered batch by batch, or streamed
         begin, end = cbs.batch_begin, cbs.batch_end
         checked = 0
         step = 0
-        for step, (a, b) in enumerate(batches.bounds, 1):
+        for step, ((a, b), args) in enumerate(zip(batches.bounds,
+                                                  feed.batches(batches.bounds, *plan)), 1):
             for cb in begin:
                 cb.on_train_batch_begin(step - 1, None)
-            if order is None:
-                loss, lv, totals = runner.step(xe[a:b], ye[a:b])
-            else:
-                loss, lv, totals = runner.step(xe, ye, order[a:b])
+            loss, lv, totals = runner.step(*args)
             if lv is not None and not math.isfinite(lv):
                 self._non_finite(lv, epoch, epochs, step, len(batches.bounds), checked, True)
             opt.apply_gradients(params)
@@ -332,13 +336,13 @@ class TrainingMixin(InputChecks):
             raise ValueError(f"{op}: y is required (the targets of the loss)")
         x, y, _ = self._prepare(x, y, op)
         ks = backend.kernels()
-        xd, yd = ks.asarray(x), ks.asarray(y)
-        g = parallel.checked_group(op, batch_size=batch_size, x=[int(xd.shape[0]), list(xd.shape[1:])])
-        lo, hi = parallel.shard(g, xd.shape[0])
+        feed = Feed(op, x, y, batch_size)
+        g = parallel.checked_group(op, batch_size=batch_size, x=[feed.n, list(x.shape[1:])])
+        lo, hi = parallel.shard(g, feed.n)
         bar = Progbar(len(batch_bounds(hi - lo, batch_size)), verbose if parallel.is_main() else 0)
         try:
             with parallel.session(ks):
-                logs = self._eval_arrays(xd, yd, batch_size, self._fused_logits(), bar)
+                logs = self._eval_arrays(feed, batch_size, self._fused_logits(), bar)
         except BaseException:
             bar.abort()
             raise
@@ -352,18 +356,17 @@ class TrainingMixin(InputChecks):
         verbose = check_verbose(verbose, op)
         x, _, out_shape = self._prepare(x, None, op)
         ks = backend.kernels()
-        xd = ks.asarray(x)
-        g = parallel.checked_group(op, batch_size=batch_size, x=[int(xd.shape[0]), list(xd.shape[1:])])
-        lo, hi = parallel.shard(g, xd.shape[0])
-        bounds = batch_bounds(hi - lo, batch_size)
+        feed = Feed(op, x, None, batch_size)
+        g = parallel.checked_group(op, batch_size=batch_size, x=[feed.n, list(x.shape[1:])])
+        lo, hi = parallel.shard(g, feed.n)
+        bounds = [(lo + a, lo + b) for a, b in batch_bounds(hi - lo, batch_size)]
         bar = Progbar(len(bounds), verbose if parallel.is_main() else 0)
         outs = []
         try:
             fwd = parallel.forward_graphs(self, backend.kernels(), g)
             batch = lambda xb: self._invoke(Tensor._wrap(xb), False, False).data  # noqa: E731
             with no_grad(), parallel.session(ks):
-                for i, (a, b) in enumerate(bounds):
-                    xb = xd[lo + a:lo + b]
+                for i, (xb, _) in enumerate(feed.batches(bounds)):
                     outs.append(batch(xb) if fwd is None
                                 else fwd.run(("predict",), batch, xb, copy=True))
                     if bar.due(i + 1):
@@ -377,7 +380,7 @@ class TrainingMixin(InputChecks):
         else:
             out = np.array(ks.to_host(ks.xp.concatenate(outs) if len(outs) > 1 else outs[0]))
         if g is not None:                  # every rank returns every row
-            out = parallel.gather_rows(g, out, xd.shape[0], lo, f"{op}: the gather of the outputs")
+            out = parallel.gather_rows(g, out, feed.n, lo, f"{op}: the gather of the outputs")
         return out                         # a copy: never a view of the model's arrays
 
     def predict_on_batch(self, x):

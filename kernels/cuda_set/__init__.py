@@ -27,7 +27,7 @@ from __future__ import annotations
 from .. import CONTRACT
 
 from ._cache import cache_dir, cache_note, fill as fill_cache
-from ._arrays import asarray, to_host, xp
+from ._arrays import asarray, xp
 from ._launch import device_cc, fell_back, launch_count, launch_path, set_launch_path
 from ._probe import probe
 from ._registry import all_kernels
@@ -40,6 +40,7 @@ from ._devices import devices
 from .dropout import dropout_mask
 from .loss import loss_backward, loss_forward
 from .graphs import graph_engine
+from .streams import streams, to_host
 from .optim import (adam_update, adam_update_many, rmsprop_update, rmsprop_update_many,
                     sgd_update, sgd_update_many)
 from .reduce import act_backward_bias
@@ -48,12 +49,12 @@ from .softmax import (log_softmax_backward, log_softmax_forward, softmax_backwar
                       softmax_xent_backward, softmax_xent_forward)
 
 CAPABILITIES = ("launches", "fused_backward", "multi_update", "graphs", "devices", "probe",
-                "compile_cache", "scatter_add")
+                "compile_cache", "scatter_add", "streams")
 
 __all__ = [
     *CONTRACT,
     "all_kernels", "fell_back", "launch_count", "launch_path", "set_launch_path",
     "conv2d_backward_input_act", "conv2d_backward_weight_bias", "act_backward_bias",
     "sgd_update_many", "adam_update_many", "rmsprop_update_many", "graph_engine", "devices",
-    "probe", "cache_dir", "cache_note", "device_cc", "fill_cache", "scatter_add",
+    "probe", "cache_dir", "cache_note", "device_cc", "fill_cache", "scatter_add", "streams",
 ]
