@@ -58,7 +58,7 @@ def _finisher(dtype: str, block: int):
         blocks = cuda.gridDim.x
         if t == 0:
             partial[cuda.blockIdx.x] = part
-            cuda.threadfence()  # the partial is visible to every block before the ticket is
+            cuda.threadfence()  # the partial is visible to every block before the ticket
             ticket[0] = cuda.atomic.add(counter, 0, 1)
         cuda.syncthreads()  # every thread reads the ticket thread 0 took
         if ticket[0] == blocks - 1:       # the last block: every partial is written
