@@ -51,6 +51,23 @@ def poisoned_small_launches():
             _arrays.POISON = False
 
 
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """The shared MNIST test split's folder (GPUCNN_MNIST_DIR, absolute): the test skips when the
+    variable is unset and fails when the folder lacks the split's two files."""
+    from pathlib import Path
+
+    folder = os.environ.get("GPUCNN_MNIST_DIR")
+    if not folder:
+        pytest.skip("GPUCNN_MNIST_DIR is not set: run `python -m gpucnn.datasets fetch mnist` and set "
+                    "it to the folder printed (CI sets it to the shared MNIST test split)")
+    folder = Path(folder).resolve()
+    stems = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+    if not all((folder / s).is_file() for s in stems):     # set but wrong: a failure
+        pytest.fail(f"GPUCNN_MNIST_DIR={folder} does not hold {stems[0]} and {stems[1]}")
+    return folder
+
+
 @pytest.fixture
 def numpy_backend():
     """The NumPy backend and seed 0 for the test, the NumPy backend after it."""

@@ -12,9 +12,6 @@
 examples/accuracy_report.py prints the same numbers over several seeds, plus the ones that do not
 fit here (the LeNet-5 example's wall time, AlexNet's training step at 227 x 227).
 """
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -35,13 +32,8 @@ def accuracy(model, x, y):
 
 
 @pytest.fixture(scope="module")
-def mnist_split():
-    d = os.environ.get("GPUCNN_MNIST_DIR")
-    if not d:
-        pytest.skip("GPUCNN_MNIST_DIR is not set: run `python -m gpucnn.datasets fetch mnist` and set "
-                    "it to the folder printed (CI sets it to the shared MNIST test split)")
-    assert Path(d).is_dir(), f"GPUCNN_MNIST_DIR={d} does not exist"
-    x, y = datasets.mnist(d, download=False, split="test", pad_to_32=True)
+def mnist_split(mnist_dir):
+    x, y = datasets.mnist(mnist_dir, download=False, split="test", pad_to_32=True)
     assert x.shape == (10_000, 32, 32, 1)
     return (x[:8000], y[:8000]), (x[8000:], y[8000:])
 

@@ -62,19 +62,6 @@ def write_mnist(folder, stems, n, rng, gz=True, labels=None):
     return images, labels
 
 
-def real_mnist_dir():
-    """The shared MNIST test split: skip when GPUCNN_MNIST_DIR is unset, fail when it is wrong."""
-    folder = os.environ.get("GPUCNN_MNIST_DIR")
-    if not folder:
-        pytest.skip("GPUCNN_MNIST_DIR is not set: run `python -m gpucnn.datasets fetch mnist` and set "
-                    "it to the folder printed (CI sets it to the shared MNIST test split)")
-    folder = Path(folder)
-    if not all((folder / (s + ".gz")).is_file() for s in MNIST_TEST):  # set but wrong: a failure
-        pytest.fail(f"GPUCNN_MNIST_DIR={folder} does not hold t10k-images-idx3-ubyte.gz and "
-                    f"t10k-labels-idx1-ubyte.gz")
-    return folder
-
-
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a URL fails the test."""
@@ -100,8 +87,8 @@ def leftovers(folder):
 
 # ----------------------------------------------------------------------------- real MNIST
 
-def test_real_mnist_test_split(no_network):
-    folder = real_mnist_dir()
+def test_real_mnist_test_split(no_network, mnist_dir):
+    folder = mnist_dir
     x, y = datasets.mnist(folder, split="test")
     assert x.shape == (10000, 28, 28, 1) and x.dtype == np.float32
     assert y.shape == (10000,) and y.dtype == np.int64
@@ -118,8 +105,8 @@ def test_real_mnist_test_split(no_network):
         np.testing.assert_allclose(x[i, :, :, 0], expected, rtol=0, atol=1e-7)
 
 
-def test_real_mnist_padding_and_uint8(no_network):
-    folder = real_mnist_dir()
+def test_real_mnist_padding_and_uint8(no_network, mnist_dir):
+    folder = mnist_dir
     x8, _ = datasets.mnist(folder, split="test", normalize=False)
     xp, _ = datasets.mnist(folder, split="test", pad_to_32=True)
     assert x8.dtype == np.uint8 and x8.max() == 255
@@ -130,8 +117,8 @@ def test_real_mnist_padding_and_uint8(no_network):
     assert not xp[:, border].any()
 
 
-def test_real_mnist_both_splits_missing_train_says_where(no_network):
-    folder = real_mnist_dir()
+def test_real_mnist_both_splits_missing_train_says_where(no_network, mnist_dir):
+    folder = mnist_dir
     with pytest.raises(DataNotFoundError) as e:
         datasets.mnist(folder, download=False)
     msg = str(e.value)
@@ -139,8 +126,8 @@ def test_real_mnist_both_splits_missing_train_says_where(no_network):
     assert str(folder) in msg and "t10k" not in msg and "\n" not in msg
 
 
-def test_real_mnist_truncated_copies_refused(tmp_path):
-    folder = real_mnist_dir()
+def test_real_mnist_truncated_copies_refused(tmp_path, mnist_dir):
+    folder = mnist_dir
     gz = (folder / "t10k-images-idx3-ubyte.gz").read_bytes()
     raw = gzip.decompress(gz)
     labels = (folder / "t10k-labels-idx1-ubyte.gz").read_bytes()

@@ -77,18 +77,9 @@ def test_example_trains_on_the_embedded_digits_and_saves_its_pictures(script, tm
     assert not (tmp_path / "runs").exists()          # --out was used, not the default
 
 
-def mnist_dir():
-    d = os.environ.get("GPUCNN_MNIST_DIR")
-    if not d:
-        pytest.skip("GPUCNN_MNIST_DIR is not set: run `python -m gpucnn.datasets fetch mnist` and set "
-                    "it to the folder printed (CI sets it to the shared MNIST test split)")
-    assert (Path(d) / "t10k-images-idx3-ubyte.gz").is_file(), f"GPUCNN_MNIST_DIR={d} has no MNIST"
-    return str(Path(d).resolve())           # the examples run from another folder
-
-
-def test_lenet5_example_on_the_mnist_test_split(tmp_path):
+def test_lenet5_example_on_the_mnist_test_split(tmp_path, mnist_dir):
     out = tmp_path / "o"
-    r = run("lenet5.py", *QUICK, "--data", mnist_dir(), "--out", out, cwd=tmp_path)
+    r = run("lenet5.py", *QUICK, "--data", mnist_dir, "--out", out, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "MNIST test split" in r.stdout and "images 0-7,999 for training" in r.stdout
     assert "test accuracy" in r.stdout

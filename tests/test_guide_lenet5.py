@@ -4,8 +4,6 @@ The block below is the guide's code as written, with only its two import lines c
 (``tensorflow.keras`` -> ``gpucnn``). Three comments that the guide's page layout wrapped onto a
 second line are joined back into one line (a wrapped comment is not valid Python).
 """
-import os
-
 import numpy as np
 import pytest
 
@@ -146,13 +144,10 @@ def test_loss_from_logits_equals_the_keras_loss_on_probabilities(rng):
     assert abs(acc - np.mean(p.argmax(1) == y)) < 1e-12
 
 
-@pytest.mark.skipif(not os.environ.get("GPUCNN_MNIST_DIR"),
-                    reason="GPUCNN_MNIST_DIR is not set: run `python -m gpucnn.datasets fetch mnist` "
-                           "and set it to the folder printed (CI sets it to the MNIST test split)")
-def test_guide_model_learns_mnist():
+def test_guide_model_learns_mnist(mnist_dir):
     from gpucnn import datasets
 
-    x, y = datasets.mnist(os.environ["GPUCNN_MNIST_DIR"], split="test", pad_to_32=True, download=False)
+    x, y = datasets.mnist(mnist_dir, split="test", pad_to_32=True, download=False)
     model = guide_model()
     history = model.fit(x[:3000], y[:3000], batch_size=32, epochs=2, verbose=0)
     assert history.history["loss"][1] < history.history["loss"][0]
