@@ -23,6 +23,7 @@ import numpy as np
 
 from gpucnn import backend
 
+
 class _GradMode(threading.local):
     enabled = True          # each thread starts recording; no_grad sets its own copy
 
