@@ -34,12 +34,13 @@ from numba import types
 from ._launch import (NB_FLOAT, KernelSpec, arr, contig, dtname, dummy, float_dtype,
                       float_variants, kernel_factory, launch, to_host, xp)
 from ._runtime import numba_cuda as cuda
-from .vector import HALF, stream_grid
+from .vector import FULL, HALF, stream_grid
 
-#: Threads per block of the grid-stride update kernels, and their launch bounds (``HALF``
-#: blocks per SM: one wave of ``stream_grid``).
+#: Threads per block of the grid-stride update kernels, and the blocks per SM each family is
+#: compiled for (its launch bounds; ``stream_grid`` launches one wave of them): SGD fits 32
+#: registers, Adam and RMSprop 64.
 OPTIM_BLOCK = 256
-BOUNDS = (OPTIM_BLOCK, HALF)
+PER_SM = {"sgd": FULL, "adam": HALF, "rmsprop": HALF}
 #: The refusal flag's type: one int64 in device memory, 0 until an update is refused.
 FLAG = arr("int64", 1)
 
@@ -163,7 +164,8 @@ def sgd_kernel(dtype):
             sgd_elem(p, g, v, i, lr, mu, lrwd, nesterov, use_v, use_wd, flag, tag)
 
     a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
-    return KernelSpec(f"sgd[{dtype}]", sgd_k, (a, a, a, f, f, f, n, n, n, FLAG, n), BOUNDS)
+    return KernelSpec(f"sgd[{dtype}]", sgd_k, (a, a, a, f, f, f, n, n, n, FLAG, n),
+                      (OPTIM_BLOCK, PER_SM["sgd"]))
 
 
 @kernel_factory(float_variants)
@@ -181,7 +183,8 @@ def adam_kernel(dtype):
                       tag)
 
     a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
-    return KernelSpec(f"adam[{dtype}]", adam_k, (a,) * 5 + (f,) * 5 + (n, n, FLAG, n), BOUNDS)
+    return KernelSpec(f"adam[{dtype}]", adam_k, (a,) * 5 + (f,) * 5 + (n, n, FLAG, n),
+                      (OPTIM_BLOCK, PER_SM["adam"]))
 
 
 @kernel_factory(float_variants)
@@ -199,7 +202,7 @@ def rmsprop_kernel(dtype):
 
     a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
     return KernelSpec(f"rmsprop[{dtype}]", rmsprop_k, (a,) * 5 + (f,) * 6 + (n, n, n, FLAG, n),
-                      BOUNDS)
+                      (OPTIM_BLOCK, PER_SM["rmsprop"]))
 
 
 #: Tensors one multi-tensor launch updates (their arrays and sizes are kernel parameters:
@@ -239,7 +242,8 @@ def multi_update_kernel(family: str, dtype: str):
     a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
     argtypes = ((a,) * (nk * MULTI) + (n,) * MULTI + tuple(f if c == "f" else n for c in scal)
                 + (FLAG, n))
-    return KernelSpec(f"multi_{family}[{dtype},{MULTI}]", env["multi_k"], argtypes, BOUNDS)
+    return KernelSpec(f"multi_{family}[{dtype},{MULTI}]", env["multi_k"], argtypes,
+                      (OPTIM_BLOCK, PER_SM[family]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,8 +282,8 @@ def _grad(op, g, p_shape, dt):
     return g.reshape(-1)
 
 
-def _grid(n):
-    return stream_grid(n, OPTIM_BLOCK, HALF), (OPTIM_BLOCK,)
+def _grid(n, family):
+    return stream_grid(n, OPTIM_BLOCK, PER_SM[family]), (OPTIM_BLOCK,)
 
 
 def _slot(io, name, dt):
@@ -309,8 +313,8 @@ def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay, flag=None, tag=1):
     dt = io.dt
     gf = _grad(op, g, p.shape, dt)
     pf, own = io.flat["p"], _own_flag(flag)
-    launch(sgd_kernel(dtname(dt)), *_grid(pf.size), pf, gf, _slot(io, "v", dt), lr, momentum, lrwd,
-           int(bool(nesterov)), int(use_v), int(lrwd != 0.0), own, int(tag))
+    launch(sgd_kernel(dtname(dt)), *_grid(pf.size, "sgd"), pf, gf, _slot(io, "v", dt), lr,
+           momentum, lrwd, int(bool(nesterov)), int(use_v), int(lrwd != 0.0), own, int(tag))
     io.done()
     _read_own(op, flag, own)
 
@@ -330,7 +334,7 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, vhat=None, f
     pf, own = io.flat["p"], _own_flag(flag)
     lrwd = lr * float(weight_decay)
     alpha = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
-    launch(adam_kernel(dtname(dt)), *_grid(pf.size), pf, gf, io.flat["m"], io.flat["v"],
+    launch(adam_kernel(dtname(dt)), *_grid(pf.size, "adam"), pf, gf, io.flat["m"], io.flat["v"],
            _slot(io, "vhat", dt), lrwd, 1.0 - beta1, 1.0 - beta2, alpha, float(eps),
            int(vhat is not None), int(lrwd != 0.0), own, int(tag))
     io.done()
@@ -352,9 +356,9 @@ def rmsprop_update(p, g, s, lr, rho, eps, weight_decay, u=None, momentum=0.0, mg
     gf = _grad(op, g, p.shape, dt)
     pf, own = io.flat["p"], _own_flag(flag)
     lrwd = lr * float(weight_decay)
-    launch(rmsprop_kernel(dtname(dt)), *_grid(pf.size), pf, gf, io.flat["s"], _slot(io, "mg", dt),
-           _slot(io, "u", dt), lr, rho, gain, momentum, float(eps), lrwd, int(mg is not None),
-           int(use_u), int(lrwd != 0.0), own, int(tag))
+    launch(rmsprop_kernel(dtname(dt)), *_grid(pf.size, "rmsprop"), pf, gf, io.flat["s"],
+           _slot(io, "mg", dt), _slot(io, "u", dt), lr, rho, gain, momentum, float(eps), lrwd,
+           int(mg is not None), int(use_u), int(lrwd != 0.0), own, int(tag))
     io.done()
     _read_own(op, flag, own)
 
@@ -403,7 +407,7 @@ def _launch_multi(op, family, groups, dt, scalars, flag, tag):
             continue
         ends += [total] * (MULTI - len(chunk))
         args = [a for arrays in chunk for a in arrays] + filler * (MULTI - len(chunk))
-        launch(spec, *_grid(total), *args, *ends, *scalars, own, int(tag) + c0)
+        launch(spec, *_grid(total, family), *args, *ends, *scalars, own, int(tag) + c0)
     _read_own(op, flag, own)
 
 
