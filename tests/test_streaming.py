@@ -11,6 +11,7 @@ for the last copy out of it is an error.
 import contextlib
 import importlib
 import inspect
+import io
 import os
 import sys
 import types
@@ -237,11 +238,21 @@ def test_a_batch_that_cannot_fit_is_an_error_with_the_bytes(cuda, rng, op):
     call()
 
 
-def test_a_fit_reads_the_device_once_per_epoch_not_per_step(fake_gpu, rng):
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_a_fit_reads_the_device_per_epoch_and_bar_redraw_not_per_step(fake_gpu, rng,
+                                                                      monkeypatch, verbose):
     """Every read goes through the engine's ``read`` (the set's ``to_host``: ``cupy.asnumpy``
-    on a GPU). The optimizer's refusal flag is told apart: in the simulator it is a NumPy array,
-    which ``Optimizer._flag_on_host`` takes for host memory and reads every step; on a GPU it
-    is read with the loss."""
+    on a GPU). A redraw of a terminal's bar reads the loss and the accuracy. The optimizer's
+    refusal flag is told apart: in the simulator it is a NumPy array, which
+    ``Optimizer._flag_on_host`` takes for host memory and reads every step; on a GPU it is read
+    with the loss."""
+    out = Terminal()
+    monkeypatch.setattr(sys, "stdout", out)
     counts = []
     for n in (12, 24):
         x, y = arrays(rng, n)
@@ -249,9 +260,13 @@ def test_a_fit_reads_the_device_once_per_epoch_not_per_step(fake_gpu, rng):
         model = tiny()
         fake_gpu.reads.clear()
         fake_gpu.host_waits = 0
-        model.fit(x, y, batch_size=3, epochs=2, verbose=0)
+        out.seek(0)
+        out.truncate()
+        model.fit(x, y, batch_size=3, epochs=2, verbose=verbose)
+        redraws = out.getvalue().count("\r") - 2 * verbose     # less each epoch's final line
+        assert redraws >= 2 * verbose                             # the last step redraws
         flag = model.optimizer._flag
-        counts.append(sum(a is not flag for a in fake_gpu.reads))
+        counts.append(sum(a is not flag for a in fake_gpu.reads) - 2 * redraws)
         # host waits (chunks of one batch here): before a pinned buffer is rewritten, and one
         # per buffer at the end of each epoch
         assert fake_gpu.host_waits <= 2 * (n // 3 + 2)
