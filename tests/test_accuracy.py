@@ -15,14 +15,10 @@ fit here (the LeNet-5 example's wall time, AlexNet's training step at 227 x 227)
 import numpy as np
 import pytest
 
-import gpucnn
 from gpucnn import datasets, optimizers, zoo
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    gpucnn.set_backend("numpy")
-    gpucnn.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("numpy_backend")
 
 
 def accuracy(model, x, y):

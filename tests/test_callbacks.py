@@ -12,15 +12,11 @@ import warnings
 import numpy as np
 import pytest
 
-import gpucnn
 from gpucnn import callbacks, layers, models, optimizers
 from gpucnn.optimizers import schedules
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    gpucnn.set_backend("numpy")
-    gpucnn.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("numpy_backend")
 
 
 class Script(callbacks.Callback):

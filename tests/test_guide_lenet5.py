@@ -66,9 +66,7 @@ SECTION_7_2 = [  # layer, type, output shape, parameters (5*5*1*6+6, 5*5*6*16+16
 ]
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    gpucnn.set_backend("numpy")
+pytestmark = pytest.mark.usefixtures("numpy_backend")
 
 
 def guide_model(seed=0):

@@ -31,12 +31,7 @@ STEPS = 100
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    gpucnn.set_backend("numpy")
-    gpucnn.manual_seed(0)
-    yield
-    gpucnn.set_backend("numpy")
+pytestmark = pytest.mark.usefixtures("numpy_backend")
 
 
 # ------------------------------------------------------------------ Keras 3, written out (float64)

@@ -80,9 +80,7 @@ needs_workers = pytest.mark.skipif(
     reason="worker processes need Linux (fork) and /proc")
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    gpucnn.set_backend("numpy")
+pytestmark = pytest.mark.usefixtures("numpy_backend")
 
 
 def clean_env(**extra):

@@ -8,10 +8,7 @@ from _reference import ref_avg_pool, ref_conv2d, ref_max_pool
 from gpucnn import layers, zoo
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    gpucnn.set_backend("numpy")
-    gpucnn.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("numpy_backend")
 
 
 # -- an independent forward pass: the plain loops of tests/_reference.py ----------------------
