@@ -10,8 +10,12 @@ On a machine with an NVIDIA GPU it runs, each section in a fresh process of its 
               convolutions' GFLOP/s against the fp32 peak, and the conv tile sweep;
 ``bandwidth`` every memory-bound kernel's floor bytes per second against a device-to-device
               copy's, beside PyTorch's counterpart (``bench/check_bandwidth.py``);
-``e2e``       host and device time per launch (raw path, Numba's path, CuPy, PyTorch) and a
-              LeNet-5 training step in images/s beside PyTorch, with launches per step;
+``e2e``       host and device time per launch (raw path, Numba's path, CuPy, PyTorch) and
+              LeNet-5 through ``fit`` (images/s, host time and launches per step) beside
+              PyTorch eager and CUDA-graphed, with the targets;
+``alexnet``   the guide's AlexNet (227 x 227 x 3) through ``fit`` at batch 128 beside PyTorch,
+              fp32 then TF32: images/s, peak device memory, the targets; the time to the first
+              step in a fresh process, kernel cache warm and cold;
 ``examples``  every example script for one short epoch on the GPU (``examples.log``);
 ``tests``     the test suite's cuda tests on the hardware, ``GPUCNN_TEST_REAL_GPU=1``
               (``tests.log``).
@@ -40,11 +44,11 @@ import sys
 import tempfile
 import time
 
-ORDER = ("setup", "accuracy", "ops", "bandwidth", "e2e", "examples", "tests")
+ORDER = ("setup", "accuracy", "ops", "bandwidth", "e2e", "alexnet", "examples", "tests")
 
 #: Seconds each section may take at most on a GPU (the whole run has ``--budget``).
-LIMITS = {"setup": 150, "accuracy": 90, "ops": 150, "bandwidth": 90, "e2e": 90, "examples": 200,
-          "tests": 240}
+LIMITS = {"setup": 150, "accuracy": 90, "ops": 150, "bandwidth": 90, "e2e": 90, "alexnet": 240,
+          "examples": 200, "tests": 240}
 
 FILES = ("report.md", "report.json", "compile.log", "examples.log", "tests.log", "sections.log")
 
@@ -72,18 +76,29 @@ TABLES = {
     "overhead": ("Launch overhead: host time per call (queued back to back) and device time per "
                  "call (many calls between one event pair)",
                  ("call", "host µs per call", "device µs per call"), ("{}", "{:.1f}", "{:.2f}")),
-    "e2e": ("End-to-end training step (`Model.train_on_batch`, SGD)",
-            ("model", "batch", "gpucnn images/s", "PyTorch images/s",
-             "speed vs PyTorch (>1: gpucnn faster)", "note"),
-            ("{}", "{}", "{:.0f}", "{:.0f}", "{:.2f}", "{}")),
     "fit": ("LeNet-5 through `fit`, CUDA graphs against eager steps: a steady-state epoch (a "
-            "second `fit`, after one that warmed up and captured; launches counted by gpucnn: a "
-            "graph launch counts as none, the update and the input copies as theirs), and "
-            "PyTorch training the same epoch eagerly and as a CUDA graph captured before the "
-            "timing; `graphs` counts what the runner really captured and replayed",
+            "second `fit`, after one of two steps that warmed up and captured; launches counted "
+            "by gpucnn: a graph launch counts as none, the update and the input copies as "
+            "theirs), and PyTorch training the same epoch from pinned host memory eagerly and "
+            "as a CUDA graph captured before the timing; `graphs` counts what the runner really "
+            "captured and replayed; the targets: `fit` (graphed) at least 2x PyTorch eager's "
+            "images/s and at least PyTorch graphed's",
             ("run", "batch", "images/s", "host CPU ms per step", "gpucnn launches per step",
-             "graphs"),
-            ("{}", "{}", "{:.0f}", "{:.3f}", "{:.1f}", "{}")),
+             "x PyTorch eager", "x PyTorch graphed", "targets", "graphs"),
+            ("{}", "{}", "{:.0f}", "{:.3f}", "{:.1f}", "{:.2f}", "{:.2f}", "{}", "{}")),
+    "alexnet": ("AlexNet at 227 x 227 x 3 (62,378,344 parameters) through `fit`, batch 128, SGD "
+                "with momentum, beside the same network in PyTorch (eager: dropout keeps "
+                "gpucnn's step out of CUDA graphs too); synthetic random images and labels, on "
+                "the device for both; peak device memory: CuPy's pool (and any graph's) grown "
+                "during the run against PyTorch's `max_memory_allocated`; targets: fp32 at "
+                "least 0.6x and TF32 at least 1x PyTorch fp32's images/s, memory at most "
+                "PyTorch's",
+                ("run", "precision", "images/s", "ms per step", "peak device MiB",
+                 "x PyTorch fp32 images/s", "x PyTorch memory", "targets", "note"),
+                ("{}", "{}", "{:.1f}", "{:.1f}", "{:.0f}", "{:.2f}", "{:.2f}", "{}", "{}")),
+    "first_step": ("AlexNet: seconds from starting a fresh process to the end of its first "
+                   "training step (batch 128, fp32; imports, CUDA context, model, data, step)",
+                   ("run", "kind", "seconds", "kernel cache"), ("{}", "{}", "{:.1f}", "{}")),
     "examples": ("Example scripts, one short epoch on the cuda backend",
                  ("script", "exit", "seconds", "pictures", "last line"),
                  ("`{}`", "{}", "{:.1f}", "{}", "{}")),
@@ -91,7 +106,8 @@ TABLES = {
               ("`{}`", "{}", "{:.0f}", "{}")),
 }
 SECTION_TABLES = {"setup": ("setup",), "accuracy": ("accuracy",), "ops": ("ops", "sweep"),
-                  "bandwidth": ("bandwidth",), "e2e": ("overhead", "e2e", "fit"),
+                  "bandwidth": ("bandwidth",), "e2e": ("overhead", "fit"),
+                  "alexnet": ("alexnet", "first_step"),
                   "examples": ("examples",), "tests": ("tests",)}
 
 
@@ -286,7 +302,7 @@ def parse_args(argv=None):
                     help="folder for the report and logs (default runs/gpucheck)")
     ap.add_argument("--sections", default=",".join(ORDER),
                     help=f"comma-separated subset of {','.join(ORDER)}")
-    ap.add_argument("--budget", type=float, default=420.0,
+    ap.add_argument("--budget", type=float, default=460.0,
                     help="seconds for the whole run; a section that would start later is skipped")
     ap.add_argument("--tiny", action="store_true",
                     help="tiny shapes and small tiles (runs in the simulator; for tests)")

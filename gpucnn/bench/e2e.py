@@ -141,7 +141,7 @@ def torch_side(tr, case):
     if case.model == "lenet5":
         net = torch_ref.lenet5(torch)
     elif case.model == "alexnet_small":
-        net = torch_ref.alexnet_small(torch)
+        net = torch_ref.alexnet(torch, 32, 10, width=0.25, dense_units=256, stem="small")
     else:
         net = torch_ref.autoencoder(torch)
     x, y = data(case.model, case.batch * case.steps)

@@ -3,7 +3,7 @@
 Each ``section_*`` function runs in its own process (started by the driver in
 ``gpucnn.gpucheck``) with a context (``check_context``: its tables, failures, device and timers)
 and calls the checks of its job: ``check_accuracy``, ``check_timing`` (ops, tile sweep),
-``check_e2e`` (launch overhead, training step, ``fit``); the setup, examples and tests sections
+``check_e2e`` (launch overhead, ``fit``, AlexNet); the setup, examples and tests sections
 are here, the last two running scripts and pytest in processes of their own.
 """
 from __future__ import annotations
@@ -74,7 +74,6 @@ def section_ops(ctx, out_dir):
 
 def section_e2e(ctx, out_dir):
     check_e2e.launch_overhead(ctx)
-    check_e2e.end_to_end(ctx)
     check_e2e.fit_steps(ctx)
 
 
@@ -178,7 +177,8 @@ def section_tests(ctx, out_dir):
 
 SECTIONS = {"setup": section_setup, "accuracy": section_accuracy, "ops": section_ops,
             "bandwidth": lambda ctx, out_dir: check_bandwidth.check_bandwidth(ctx),
-            "e2e": section_e2e, "examples": section_examples, "tests": section_tests}
+            "e2e": section_e2e, "alexnet": lambda ctx, out_dir: check_e2e.alexnet(ctx),
+            "examples": section_examples, "tests": section_tests}
 
 
 def run_section(args) -> int:

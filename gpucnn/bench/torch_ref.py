@@ -2,7 +2,7 @@
 
 Nothing here is imported unless PyTorch is installed; gpucnn does not depend on it. On the CPU
 PyTorch runs eager with ``torch.set_num_threads`` equal to gpucnn's thread count; on a GPU it uses
-cuDNN in fp32 with TF32 off (so that both sides do the same arithmetic).
+cuDNN in fp32 with TF32 off (so that both sides do the same arithmetic) unless a row says TF32.
 """
 from __future__ import annotations
 
@@ -64,28 +64,33 @@ def lenet5(torch, classes=10):
         nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, classes))
 
 
-def alexnet_small(torch, width=0.25, dense_units=256, classes=10, dropout=0.5, channels=3,
-                  side=32):
-    """``zoo.alexnet((side, side, channels), classes, width, dense_units)`` with the small stem."""
+def alexnet(torch, side=227, classes=1000, width=1.0, dense_units=None, dropout=0.5,
+            channels=3, stem="imagenet"):
+    """``zoo.alexnet((side, side, channels), classes, dropout, width, dense_units, stem)``: the
+    guide's AlexNet (62,378,344 parameters at the defaults) or, with ``stem="small"``, the 3 x 3
+    first conv for small inputs."""
     nn = torch.nn
 
     def n(f):
         return max(1, round(f * width))
 
     c1, c2, c3, c4, c5 = n(96), n(256), n(384), n(384), n(256)
-    s = side
+    dense = max(1, round(4096 * width)) if dense_units is None else dense_units
+    conv1 = nn.Conv2d(channels, c1, 11, stride=4) if stem == "imagenet" else \
+        nn.Conv2d(channels, c1, 3, padding=1)
+    s = (side - 11) // 4 + 1 if stem == "imagenet" else side
     for _ in range(3):
         s = (s - 3) // 2 + 1
     return nn.Sequential(
-        nn.Conv2d(channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        conv1, nn.ReLU(), nn.MaxPool2d(3, 2),
         nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
         nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(),
         nn.Conv2d(c3, c4, 3, padding=1), nn.ReLU(),
         nn.Conv2d(c4, c5, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
         nn.Flatten(),
-        nn.Linear(c5 * s * s, dense_units), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(dense_units, dense_units), nn.ReLU(), nn.Dropout(dropout),
-        nn.Linear(dense_units, classes))
+        nn.Linear(c5 * s * s, dense), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(dense, dense), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(dense, classes))
 
 
 def autoencoder(torch, channels=1, latent=8, filters=(16, 32)):
@@ -321,92 +326,109 @@ def gpu_adam_twin(torch, n):
     return {"step": opt.step}
 
 
-def gpu_lenet5_fit_images_per_second(torch, batch, steps, graphed=False, device="cuda"):
-    """LeNet-5 trained as ``fit`` trains it: an epoch of ``steps`` batches that start in host
-    memory, each copied to the device, SGD, the loss read once at the end. With ``graphed`` the
-    step (forward, backward, update) is captured once as a CUDA graph (``torch.cuda.graph``,
-    after warm-up steps on a side stream) and replayed with each batch copied into its static
-    input, PyTorch's fastest form of a small step. ``{"images/s", "host ms/step"}``."""
+def gpu_fit_images_per_second(torch, net, x, y, batch, graphed=False, momentum=0.0, tf32=False,
+                              device="cuda"):
+    """``net`` trained as ``fit`` trains it: an epoch over ``x, y`` (NCHW images and int64
+    labels, in pinned host memory or on the device) in batches of ``batch``, SGD (learning rate
+    0.01, ``momentum``), the loss read once at the end; a warm-up epoch first (cuDNN's choices,
+    the allocator). Host batches are copied into a static input, device batches are sliced. With
+    ``graphed`` the step (forward, backward, update) is captured once as a CUDA graph
+    (``torch.cuda.graph``, after warm-up steps on a side stream) and replayed with each batch
+    copied into its static input, PyTorch's fastest form of a small step. ``tf32`` sets
+    ``allow_tf32`` for cuDNN and matmuls during the call. Returns ``{"images/s", "host ms/step",
+    "peak MiB", "reserved MiB"}``: on a GPU the peaks of ``max_memory_allocated`` and
+    ``max_memory_reserved`` counted from before ``net`` moved to the device (NaN on the CPU)."""
+    import math
     import time
 
     F = torch.nn.functional
-    net = lenet5(torch).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    n = batch * steps
-    xh = torch.rand(n, 1, 32, 32)
-    yh = torch.randint(0, 10, (n,))
-    if device == "cuda":
-        xh, yh = xh.pin_memory(), yh.pin_memory()
-    sx = torch.empty((batch, 1, 32, 32), device=device)
-    sy = torch.empty((batch,), dtype=torch.long, device=device)
+    cuda = device == "cuda"
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    saved = [f.allow_tf32 for f in flags]
+    for f in flags:
+        f.allow_tf32 = tf32
+    try:
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = (torch.cuda.memory_allocated(), torch.cuda.memory_reserved())
+        net = net.to(device).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=momentum)
+        steps = x.shape[0] // batch
+        sx = torch.empty((batch,) + tuple(x.shape[1:]), device=device).to(
+            memory_format=torch.channels_last)
+        sy = torch.empty((batch,), dtype=torch.long, device=device)
 
-    def eager(x, y):
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    run = eager
-    if graphed:
-        sx.copy_(xh[:batch])
-        sy.copy_(yh[:batch])
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                eager(sx, sy)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        opt.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
-            static_loss = F.cross_entropy(net(sx), sy)
-            static_loss.backward()
+        def eager(xb, yb):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(xb), yb)
+            loss.backward()
             opt.step()
+            return loss
 
-        def run(x, y):
-            graph.replay()
-            return static_loss
+        run = eager
+        if graphed:
+            sx.copy_(x[:batch])
+            sy.copy_(y[:batch])
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    eager(sx, sy)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            opt.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                static_loss = F.cross_entropy(net(sx), sy)
+                static_loss.backward()
+                opt.step()
 
-    def epoch():
-        total = None
-        for i in range(steps):
-            sx.copy_(xh[i * batch:(i + 1) * batch], non_blocking=True)
-            sy.copy_(yh[i * batch:(i + 1) * batch], non_blocking=True)
-            loss = run(sx, sy).detach()
-            total = loss if total is None else total + loss
-        return float(total)          # the one read of the epoch
+            def run(xb, yb):
+                graph.replay()
+                return static_loss
 
-    epoch()                          # warm-up: cuDNN's choices, the allocator
-    t, c = time.perf_counter(), time.process_time()
-    epoch()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    wall, cpu = time.perf_counter() - t, time.process_time() - c
-    return {"images/s": n / wall, "host ms/step": 1e3 * cpu / steps}
+        copy = graphed or x.device.type != device
+
+        def epoch():
+            total = None
+            for i in range(steps):
+                xb, yb = x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
+                if copy:
+                    sx.copy_(xb, non_blocking=True)
+                    sy.copy_(yb, non_blocking=True)
+                    xb, yb = sx, sy
+                loss = run(xb, yb).detach()
+                total = loss if total is None else total + loss
+            return float(total)          # the one read of the epoch
+
+        epoch()                          # warm-up
+        t, c = time.perf_counter(), time.process_time()
+        epoch()
+        if cuda:
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        out = {"images/s": steps * batch / wall, "host ms/step": 1e3 * cpu / steps,
+               "peak MiB": math.nan, "reserved MiB": math.nan}
+        if cuda:
+            out["peak MiB"] = (torch.cuda.max_memory_allocated() - base[0]) / 2**20
+            out["reserved MiB"] = (torch.cuda.max_memory_reserved() - base[1]) / 2**20
+        return out
+    finally:
+        for f, v in zip(flags, saved):
+            f.allow_tf32 = v
 
 
-def gpu_lenet5_images_per_second(torch, batch, steps):
-    """LeNet-5 training steps (SGD, one loss read per step like ``train_on_batch``) on the GPU."""
-    import time
+def gpu_lenet5_fit(torch, batch, steps, graphed=False):
+    """LeNet-5 through ``gpu_fit_images_per_second``: ``steps`` batches of random images in
+    pinned host memory, each copied to the device, as ``fit`` copies host data."""
+    x = torch.rand(batch * steps, 1, 32, 32).pin_memory()
+    y = torch.randint(0, 10, (batch * steps,)).pin_memory()
+    return gpu_fit_images_per_second(torch, lenet5(torch), x, y, batch, graphed)
 
-    net = lenet5(torch).cuda().to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    xh = torch.rand(batch, 1, 32, 32)
-    yh = torch.randint(0, 10, (batch,))
 
-    def step():
-        x, y = xh.cuda(non_blocking=False), yh.cuda()
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    for _ in range(3):
-        step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    return {"images/s": batch * steps / (time.perf_counter() - t)}
+def gpu_alexnet_fit(torch, x, labels, batch, tf32=False, device="cuda"):
+    """The guide's AlexNet through ``gpu_fit_images_per_second`` (SGD with momentum 0.9, eager)
+    on the arrays ``x`` (NHWC, read in place as channels-last NCHW) and ``labels``."""
+    return gpu_fit_images_per_second(torch, alexnet(torch), _nchw(torch, x),
+                                     _view(torch, labels).long(), batch, momentum=0.9, tf32=tf32,
+                                     device=device)
