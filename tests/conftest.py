@@ -51,6 +51,30 @@ def poisoned_small_launches():
             _arrays.POISON = False
 
 
+@pytest.fixture
+def small_launches():
+    """In the simulator, the cuda set's small tiles and blocks for the test (the simulator runs
+    each CUDA thread as a Python thread); on a GPU, the real launches."""
+    import contextlib
+
+    from gpucnn.kernels.cuda_set import _launch, simulate as sim
+
+    with sim.small_launches() if _launch.launch_path() == "sim" else contextlib.nullcontext():
+        yield
+
+
+@pytest.fixture
+def cuda_backend(small_launches):
+    """The cuda backend for the test, with ``small_launches``; the NumPy backend after it."""
+    import gpucnn
+
+    gpucnn.set_backend("cuda")
+    try:
+        yield
+    finally:
+        gpucnn.set_backend("numpy")
+
+
 @pytest.fixture(scope="session")
 def mnist_dir():
     """The shared MNIST test split's folder (GPUCNN_MNIST_DIR, absolute): the test skips when the

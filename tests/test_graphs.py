@@ -4,7 +4,6 @@ the CUDA graph itself runs here: one capture per batch shape after an eager warm
 copied into the captured buffers, the partial last batch with its own graph, a new capture when
 the weights are replaced or a layer is frozen, the first replay checked against an eager step,
 dropout left eager, and the environment switch."""
-import contextlib
 import warnings
 
 import numpy as np
@@ -13,22 +12,9 @@ import pytest
 import gpucnn
 from gpucnn import layers, models, optimizers, parallel
 from gpucnn.kernels import load_set
-from gpucnn.kernels.cuda_set import _launch, simulate
 from gpucnn.parallel import graphed
 
 C = load_set("cuda")
-SIM = _launch.launch_path() == "sim"
-
-
-@pytest.fixture
-def cuda():
-    """The cuda backend; in the simulator with its small tiles (on a GPU: real captures)."""
-    with simulate.small_launches() if SIM else contextlib.nullcontext():
-        gpucnn.set_backend("cuda")
-        try:
-            yield
-        finally:
-            gpucnn.set_backend("numpy")
 
 
 def tiny(dropout=0.0):
@@ -62,7 +48,7 @@ def fit(model, x, y, runners, **kw):
         parallel.runner_for = real
 
 
-def test_graphed_training_equals_eager_training(cuda, rng, monkeypatch):
+def test_graphed_training_equals_eager_training(cuda_backend, rng, monkeypatch):
     x, y = data(rng)
     runners = []
     graphed_model = tiny()
@@ -82,7 +68,7 @@ def test_graphed_training_equals_eager_training(cuda, rng, monkeypatch):
     np.testing.assert_allclose(h1.history["accuracy"], h2.history["accuracy"])
 
 
-def test_a_second_fit_replays_what_the_first_captured_until_compile(cuda, rng):
+def test_a_second_fit_replays_what_the_first_captured_until_compile(cuda_backend, rng):
     """``fit`` keeps its runner with the model: the second call captures nothing and replays
     every step; compiling again (new loss and metrics objects) makes a new runner."""
     x, y = data(rng, 6)
@@ -100,7 +86,7 @@ def test_a_second_fit_replays_what_the_first_captured_until_compile(cuda, rng):
     assert new is not first and new.captures == 1 and new.replays == 1
 
 
-def test_new_batches_go_into_the_captured_buffers(cuda, rng):
+def test_new_batches_go_into_the_captured_buffers(cuda_backend, rng):
     model = tiny()
     runner = graphed.Graphed(model, False, None, 0)
     x, y = data(rng, 4)
@@ -118,7 +104,7 @@ def test_new_batches_go_into_the_captured_buffers(cuda, rng):
     assert lv is None                      # the loss is read only when it is shown
 
 
-def test_replaced_weights_or_a_frozen_layer_capture_again(cuda, rng):
+def test_replaced_weights_or_a_frozen_layer_capture_again(cuda_backend, rng):
     model = tiny()
     runner = graphed.Graphed(model, False, None, 0)
     x, y = data(rng, 4)
@@ -138,7 +124,7 @@ def test_replaced_weights_or_a_frozen_layer_capture_again(cuda, rng):
     assert runner.captures == 3 and len(runner.params) == 2
 
 
-def test_a_first_replay_that_differs_turns_graphs_off(cuda, rng, monkeypatch):
+def test_a_first_replay_that_differs_turns_graphs_off(cuda_backend, rng, monkeypatch):
     model = tiny()
     runner = graphed.Graphed(model, False, None, 0)
     x, y = data(rng, 4)
@@ -159,7 +145,7 @@ def test_a_first_replay_that_differs_turns_graphs_off(cuda, rng, monkeypatch):
         runner.step(x, y)                  # eager from now on, no second warning
 
 
-def test_a_step_that_draws_dropout_keys_stays_eager(cuda, rng):
+def test_a_step_that_draws_dropout_keys_stays_eager(cuda_backend, rng):
     runner = graphed.Graphed(tiny(dropout=0.5), False, None, 0)
     x, y = data(rng, 4)
     for _ in range(3):
@@ -173,7 +159,7 @@ def test_graphs_only_on_the_cuda_set(monkeypatch):
     assert not graphed.enabled(load_set("cuda"))
 
 
-def test_train_on_batch_keeps_its_graphs_between_calls(cuda, rng, monkeypatch):
+def test_train_on_batch_keeps_its_graphs_between_calls(cuda_backend, rng, monkeypatch):
     """train_on_batch keeps one Graphed with the model: the first call of a batch shape is
     eager, the second captures, the others replay; the weights end as eager calls leave them,
     and a recompiled model gets a new runner."""
@@ -196,7 +182,7 @@ def test_train_on_batch_keeps_its_graphs_between_calls(cuda, rng, monkeypatch):
     assert model._gpucnn_batch_runner[1] is not runner
 
 
-def test_evaluate_and_predict_replay_forward_graphs(cuda, rng, monkeypatch):
+def test_evaluate_and_predict_replay_forward_graphs(cuda_backend, rng, monkeypatch):
     """evaluate and predict capture each batch shape's forward pass once (batches of 3, 3, 1)
     and give what eager passes give; predict's rows are copies, not the graph's buffers; new
     weight arrays capture again."""
@@ -223,7 +209,7 @@ def test_evaluate_and_predict_replay_forward_graphs(cuda, rng, monkeypatch):
                                model.predict(x[:3], batch_size=3, verbose=0))
 
 
-def test_a_forward_graph_that_differs_turns_forward_graphs_off(cuda, rng, monkeypatch):
+def test_a_forward_graph_that_differs_turns_forward_graphs_off(cuda_backend, rng, monkeypatch):
     x, y = data(rng, 4)
     model = tiny()
     want = model.predict(x, verbose=0)                     # eager: the first pass of a shape

@@ -64,32 +64,22 @@ def test_one_more_step_continues_keras_training(name):
     assert diff <= 1e-5, f"{name}: after one step, largest |gpucnn - Keras| = {diff}"
 
 
-def test_on_the_cuda_backend_a_keras_file_trains_on_and_goes_back(tmp_path):
+def test_on_the_cuda_backend_a_keras_file_trains_on_and_goes_back(tmp_path, cuda_backend):
     """Loaded onto the cuda kernels (the simulator without a GPU): Keras's predictions and its
     next Adam step, then saved as .keras from the device and read back on the NumPy set."""
-    try:
-        from gpucnn.kernels import cuda_set  # noqa: F401
-
-        gpucnn.set_backend("cuda")
-    except Exception as e:  # noqa: BLE001 - the cuda set is not usable here
-        pytest.skip(f"the cuda backend is not usable here: {type(e).__name__}: {e}")
-    import contextlib
-
-    from gpucnn.kernels.cuda_set import _launch, simulate
+    from gpucnn.kernels.cuda_set import _launch
 
     assert gpucnn.get_backend() == "cuda"
     name = "basic_cnn.keras"
     x, t = PRED[f"x/{name}"], PRED[f"t/{name}"]
-    with simulate.small_launches() if _launch.launch_path() == "sim" else \
-            contextlib.nullcontext():
-        model = load_model(DATA / name)
-        assert type(model.weights[0].data).__module__.split(".")[0] == (
-            "numpy" if _launch.launch_path() == "sim" else "cupy")
-        np.testing.assert_allclose(model.predict(x, verbose=0), PRED[f"y/{name}"], atol=1e-5)
-        model.train_on_batch(x, t)
-        after = np.asarray(model.predict(x, verbose=0))
-        np.testing.assert_allclose(after, PRED[f"y1/{name}"], atol=1e-5)
-        model.save(tmp_path / name)
+    model = load_model(DATA / name)
+    assert type(model.weights[0].data).__module__.split(".")[0] == (
+        "numpy" if _launch.launch_path() == "sim" else "cupy")
+    np.testing.assert_allclose(model.predict(x, verbose=0), PRED[f"y/{name}"], atol=1e-5)
+    model.train_on_batch(x, t)
+    after = np.asarray(model.predict(x, verbose=0))
+    np.testing.assert_allclose(after, PRED[f"y1/{name}"], atol=1e-5)
+    model.save(tmp_path / name)
     gpucnn.set_backend("numpy")
     np.testing.assert_allclose(load_model(tmp_path / name).predict(x, verbose=0), after,
                                atol=1e-6)

@@ -181,23 +181,6 @@ def test_the_reference_would_catch_a_wrong_update(rng):
 # ------------------------------------------------------------------ on the cuda kernels
 
 
-@pytest.fixture
-def cuda_small():
-    try:
-        from gpucnn.kernels import cuda_set  # noqa: F401
-
-        gpucnn.set_backend("cuda")
-    except Exception as e:  # noqa: BLE001 - the cuda set is not usable here
-        pytest.skip(f"the cuda kernel set is not usable here: {type(e).__name__}: {e}")
-    from gpucnn.kernels.cuda_set import _launch, simulate
-
-    if _launch.launch_path() == "sim":
-        with simulate.small_launches():
-            yield
-    else:
-        yield
-
-
 CUDA_CASES = [
     ("SGD", dict(learning_rate=0.01, momentum=0.9, nesterov=True, weight_decay=0.05,
                  clipnorm=1.0)),
@@ -209,7 +192,7 @@ CUDA_CASES = [
 
 
 @pytest.mark.parametrize("kind,cfg", CUDA_CASES, ids=[_id(c) for c in CUDA_CASES])
-def test_cuda_backend_matches_keras_formulas(kind, cfg, cuda_small, rng):
+def test_cuda_backend_matches_keras_formulas(kind, cfg, cuda_backend, rng):
     """The fused CUDA kernels (in the simulator without a GPU), 30 steps: the simulator runs
     each CUDA thread as a Python thread."""
     got, want, p0 = run_both(kind, cfg, rng, steps=30)

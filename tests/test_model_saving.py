@@ -383,17 +383,9 @@ def test_resume_after_reload_equals_an_uninterrupted_fit(tmp_path, rng):
     resume_matches(tmp_path, x, y, build, epochs=4, half=2, batch_size=8)
 
 
-def test_resume_on_the_cuda_backend(tmp_path, rng):
+def test_resume_on_the_cuda_backend(tmp_path, rng, cuda_backend):
     """The same on the cuda kernels (the simulator without a GPU): a tiny model, 2 steps per
     epoch, stopped after one of two epochs."""
-    try:
-        from gpucnn.kernels import cuda_set  # noqa: F401
-
-        gpucnn.set_backend("cuda")
-    except Exception as e:  # noqa: BLE001 - the cuda set is not usable here
-        pytest.skip(f"the cuda backend is not usable here: {type(e).__name__}: {e}")
-    from gpucnn.kernels.cuda_set import _launch, simulate
-
     assert gpucnn.get_backend() == "cuda"
     x, y = blobs(rng, 6, shape=(4, 4, 1))
 
@@ -406,12 +398,7 @@ def test_resume_on_the_cuda_backend(tmp_path, rng):
                   "sparse_categorical_crossentropy")
         return m
 
-    small = simulate.small_launches() if _launch.launch_path() == "sim" else None
-    if small is not None:
-        with small:
-            resume_matches(tmp_path, x, y, build, epochs=2, half=1, batch_size=3)
-    else:
-        resume_matches(tmp_path, x, y, build, epochs=2, half=1, batch_size=3)
+    resume_matches(tmp_path, x, y, build, epochs=2, half=1, batch_size=3)
 
 
 # ------------------------------------------------------------------ refusals

@@ -395,30 +395,6 @@ def test_batch_logs_only_read_when_shown(compiled, rng, monkeypatch):
 
 
 # -- cuda backend in Numba's simulator ----------------------------------------------------------------------
-def _cuda_set():
-    try:
-        from gpucnn.kernels import cuda_set
-
-        gpucnn.set_backend("cuda")
-        gpucnn.set_backend("numpy")
-        return cuda_set
-    except Exception as e:  # noqa: BLE001 - any import or probe failure means: not available yet
-        pytest.skip(f"the cuda kernel set is not usable here yet: {type(e).__name__}: {e}")
-
-
-@pytest.fixture
-def small_launches():
-    """Small tiles and blocks: the simulator runs each CUDA thread as a Python thread."""
-    _cuda_set()
-    from gpucnn.kernels.cuda_set import _launch, simulate
-
-    if _launch.launch_path() == "sim":
-        with simulate.small_launches():
-            yield
-    else:
-        yield
-
-
 @pytest.mark.gpu_check
 def test_cuda_backend_matches_numpy_step_for_step(small_launches, rng):
     x, y = blobs(rng, 6, shape=(6, 6, 1))

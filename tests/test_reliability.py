@@ -40,7 +40,6 @@ Issue 24:
   writes; a second thread fitting the same model is refused; the README's commands run from
   the shell it starts, and an offline fetch says where to put the files by hand.
 """
-import contextlib
 import errno
 import json
 import os
@@ -67,7 +66,6 @@ from gpucnn import callbacks, datasets, io, layers, losses, models, optimizers, 
 from gpucnn.bench import report
 from gpucnn.callbacks import LearningRateScheduler
 from gpucnn.kernels import numpy_set
-from gpucnn.kernels.cuda_set import _launch, simulate
 from gpucnn.models import saving
 from gpucnn.optimizers import SGD, NonFiniteUpdateError, schedules
 from gpucnn.optimizers.optimizer import Optimizer
@@ -808,13 +806,9 @@ def test_a_larger_kernel_pool_leaves_the_one_another_thread_holds_usable(monkeyp
 # -- issue 24, case 1: no non-finite weight ----------------------------------------------------
 @pytest.fixture(params=["numpy", "cuda"])
 def backend(request):
-    small = simulate.small_launches() if _launch.launch_path() == "sim" else contextlib.nullcontext()
-    with small if request.param == "cuda" else contextlib.nullcontext():
-        gpucnn.set_backend(request.param)
-        try:
-            yield request.param
-        finally:
-            gpucnn.set_backend("numpy")
+    if request.param == "cuda":
+        request.getfixturevalue("cuda_backend")
+    return request.param
 
 
 def model_and_data(optimizer, seed=0):
