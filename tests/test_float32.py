@@ -84,13 +84,22 @@ def _lenet(rng, n):
     return model, x, y
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_lenet5_training_step_stays_float32(rng, threads, monkeypatch):
-    """Whole steps on one thread, and steps split over two threads (the split the worker
-    processes also run, part by part)."""
+@pytest.mark.parametrize("threads,processes", [(1, False), (2, False), (2, True)],
+                         ids=["one-thread", "two-threads", "worker-processes"])
+def test_lenet5_training_step_stays_float32(rng, threads, processes, monkeypatch):
+    """Whole steps on one thread, steps split over two threads (the split the worker processes
+    also run, part by part), and on worker processes: their buffers and the arrays the parent
+    builds from them."""
+    from gpucnn.parallel import forked
+
+    if processes and not forked.available(numpy_set):
+        pytest.skip("worker processes need Linux (fork)")
     model, x, y = _lenet(rng, 16)
-    monkeypatch.setattr(_step, "THREAD_MIN_FLOPS", 0.0)
-    monkeypatch.setattr(_step, "PROCESS_MIN_FLOPS", float("inf"))   # keep the steps traceable
+    if processes:
+        monkeypatch.setattr(_step, "PROCESS_MIN_FLOPS", 0.0)
+    else:
+        monkeypatch.setattr(_step, "THREAD_MIN_FLOPS", 0.0)
+        monkeypatch.setattr(_step, "PROCESS_MIN_FLOPS", float("inf"))   # keep steps traceable
     old = numpy_set.get_num_threads()
     numpy_set.set_num_threads(threads)
     try:
@@ -101,22 +110,3 @@ def test_lenet5_training_step_stays_float32(rng, threads, monkeypatch):
         numpy_set.set_num_threads(old)
     assert w.found == []
     assert all(t.dtype == np.float32 for t in model.weights)
-
-
-def test_lenet5_step_on_worker_processes_stays_float32(rng, monkeypatch):
-    """The worker processes' buffers and the arrays the parent builds from them."""
-    from gpucnn.parallel import forked
-
-    if not forked.available(numpy_set):
-        pytest.skip("worker processes need Linux (fork)")
-    model, x, y = _lenet(rng, 16)
-    monkeypatch.setattr(_step, "PROCESS_MIN_FLOPS", 0.0)
-    old = numpy_set.get_num_threads()
-    numpy_set.set_num_threads(2)
-    try:
-        model.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0)
-        with Float64Watcher() as w:
-            model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    finally:
-        numpy_set.set_num_threads(old)
-    assert w.found == []
