@@ -56,6 +56,8 @@ def _jsonable(v):
         return _jsonable(v.item())
     if isinstance(v, (tuple, list)):
         return [_jsonable(u) for u in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(u) for k, u in v.items()}
     return v
 
 
@@ -92,7 +94,7 @@ class Ctx:
     def dump(self):
         if not self.part:
             return
-        data = {"info": _jsonable_dict(self.info), "failures": list(self.failures),
+        data = {"info": _jsonable(self.info), "failures": list(self.failures),
                 "torch_note": self.torch_note,
                 "tables": {k: [_jsonable(list(r)) for r in v] for k, v in self.tables.items()}}
         tmp = self.part + ".tmp"
@@ -156,10 +158,6 @@ class Ctx:
         torch = self.torch
         return _timing.device_ms(fn, lambda: torch.cuda.Event(enable_timing=True),
                                  lambda a, b: a.elapsed_time(b), self.warmup, self.repeats)
-
-
-def _jsonable_dict(d):
-    return {k: _jsonable(v) if not isinstance(v, dict) else _jsonable_dict(v) for k, v in d.items()}
 
 
 def setup(args) -> Ctx:
