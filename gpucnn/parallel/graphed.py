@@ -56,6 +56,15 @@ def _engine():
     return backend.kernels().graph_engine()
 
 
+def _turn_off(runner, why):
+    """Graphs off for ``runner`` (a ``Graphed`` or ``Forward``), with a warning saying why."""
+    runner.off = why
+    runner.graphs.clear()
+    warnings.warn(f"gpucnn: CUDA graphs are off for model '{runner.model.name}': {why}; its "
+                  f"{runner.WHAT} run eagerly (GPUCNN_CUDA_GRAPHS=0 turns them off for all)",
+                  RuntimeWarning, stacklevel=3)
+
+
 class _Graph:
     __slots__ = ("graph", "x", "y", "loss", "totals", "grads", "checked")
 
@@ -68,6 +77,9 @@ class _Graph:
 class Graphed(Whole):
     """``Whole``, with each batch shape's step captured once and replayed (module docstring).
     ``captures`` counts the graphs made, ``replays`` the steps run from one."""
+
+    WHAT = "training steps"
+    _turn_off = _turn_off
 
     def __init__(self, model, logits, totals=None, steps=0):
         super().__init__(model, logits, totals, steps)
@@ -158,12 +170,6 @@ class Graphed(Whole):
             p.grad = None if grad is None else Tensor._wrap(grad)
         return True
 
-    def _turn_off(self, why):
-        self.off = why
-        self.graphs.clear()
-        _warn_off(self.model, why, "training steps")
-
-
 def kept(model, logits, totals=None, steps=0) -> Graphed:
     """``fit``'s ``Graphed`` for ``model``, kept with the model between calls: a later ``fit``
     replays the graphs an earlier one captured (a steady-state epoch costs no capture). A new
@@ -196,6 +202,9 @@ class Forward:
     against an eager call; a mismatch or a failed capture turns graphs off for the model's
     forward passes, with a warning. What a replay returns lives in the graph's buffers until
     the next replay: ``copy=True`` returns copies (for results that are kept)."""
+
+    WHAT = "forward passes (evaluate, predict)"
+    _turn_off = _turn_off
 
     def __init__(self, model):
         self.model = model
@@ -243,17 +252,6 @@ class Forward:
                 self._turn_off(f"its first replay differs from an eager pass ({why})")
                 return want
         return _copies(out) if copy else out
-
-    def _turn_off(self, why):
-        self.off = why
-        self.graphs.clear()
-        _warn_off(self.model, why, "forward passes (evaluate, predict)")
-
-
-def _warn_off(model, why, what):
-    warnings.warn(f"gpucnn: CUDA graphs are off for model '{model.name}': {why}; its {what} "
-                  "run eagerly (GPUCNN_CUDA_GRAPHS=0 turns them off for all)",
-                  RuntimeWarning, stacklevel=4)
 
 
 def _leaves(v):

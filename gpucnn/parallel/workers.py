@@ -142,14 +142,7 @@ class WorkerSet:
         """Whether every worker still runs (one may have been killed while idle)."""
         if not self.workers or not self.mine:
             return False
-        for w in self.workers:
-            try:
-                done, _ = os.waitpid(w.pid, os.WNOHANG)
-            except ChildProcessError:
-                return False
-            if done:
-                return False
-        return True
+        return not any(_ended(w.pid) for w in self.workers)
 
     @property
     def mine(self) -> bool:
@@ -373,23 +366,26 @@ def _reply(w):
     try:
         spin(w.conn, SPIN_REPLY)
         while not w.conn.poll(PARENT_CHECK):
-            done, _ = os.waitpid(w.pid, os.WNOHANG)
-            if done:
+            if _ended(w.pid):
                 raise EOFError
         return w.conn.recv()
     except (EOFError, OSError):
         return f"worker process {w.pid} ended without answering"
 
 
+def _ended(pid) -> bool:
+    """Whether worker ``pid`` has exited (reaped by this call, or before it)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] != 0
+    except ChildProcessError:                      # already reaped
+        return True
+
+
 def _reap(pid):
     """Wait (briefly) for a worker to exit, then kill it."""
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:                  # already reaped
-            return
-        if done:
+        if _ended(pid):
             return
         time.sleep(0.001)
     try:
