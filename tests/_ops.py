@@ -136,7 +136,8 @@ CONV2D = Op(
     grad=lambda i: (lambda x, w, b: F.conv2d(x, w, b, strides=i["stride"], padding=i["padding"],
                                              activation=i["act"]), (i["x"], i["w"], i["b"])),
     notes="forced algorithms and block sizes of the NumPy set: test_ops.CONV_CONFIGS",
-    extra=["tests/test_numpy_paths.py", "tests/test_kernels_cuda.py (tiles, split-K, fused)"])
+    extra=["tests/test_kernels_numpy.py (fast paths)",
+           "tests/test_kernels_cuda.py (tiles, split-K, fused)"])
 
 
 def _transpose_sample(g):
@@ -217,7 +218,7 @@ MAX_POOL = Op(
                                                           _pool_sample(POOL_GEOMETRIES[2], True)],
     grad=lambda i: (lambda x: F.max_pool2d(x, i["pool"], i["stride"], i["padding"]), (i["x"],)),
     extra=["tests/test_kernels_numpy.py (ties, NaN, wide windows)",
-           "tests/test_numpy_paths.py (separable maxima)"])
+           "tests/test_kernels_numpy.py (separable maxima)"])
 
 AVG_POOL = Op(
     "avg_pool2d", "gpucnn.functional.avg_pool2d", "gpucnn.functional.pool.AvgPool2D",
@@ -232,7 +233,7 @@ AVG_POOL = Op(
     },
     samples=[_pool_sample(g) for g in POOL_GEOMETRIES],
     grad=lambda i: (lambda x: F.avg_pool2d(x, i["pool"], i["stride"], i["padding"]), (i["x"],)),
-    extra=["tests/test_numpy_paths.py (the GEMM column pass)"])
+    extra=["tests/test_kernels_numpy.py (the GEMM column pass)"])
 
 
 # ------------------------------------------------------------------------------ activations
