@@ -226,11 +226,6 @@ def _weights(f, fmt, model, problems):
 
 # -- the optimizer's variables ----------------------------------------------------------------
 
-def _trainable(model):
-    ids = {id(t) for t in model.trainable_weights}
-    return [(path, t) for path, t in model._weight_table() if id(t) in ids]
-
-
 def slot_order(opt, trainable) -> list:
     """``[("<path>/<slot>", Tensor)]`` in the order of Keras 3's optimizer variables."""
     names = opt.slot_names()
@@ -263,7 +258,7 @@ def _h5_slots(f, opt, model, order):
 def _optimizer_state(f, fmt, opt, model, problems, keras2=False):
     """``(iterations, learning rate, {path/slot: array})`` from the file, or None (the file
     keeps no state). tf.keras 2's ``.keras`` files have no learning-rate variable."""
-    order = slot_order(opt, _trainable(model))
+    order = slot_order(opt, model._trainable_table())
     if fmt == "keras":
         found = _numbered(f.get("optimizer/vars")) or []
         has_lr = opt.schedule is None and not keras2
@@ -350,7 +345,7 @@ def load_keras(path, custom_objects=None, compile=True):
             if lr is not None and np.float32(lr) != np.float32(opt.learning_rate):
                 opt.learning_rate = lr             # changed since compile (a callback)
             if slots:
-                opt.set_slot_arrays(_trainable(model), slots)
+                opt.set_slot_arrays(model._trainable_table(), slots)
     return model
 
 
@@ -381,8 +376,8 @@ def save_keras(model, path, overwrite=False) -> str:
             g.attrs["name"] = opt.name
             head = [np.int64(opt.iterations)] + ([np.float32(opt.learning_rate)]
                                                    if opt.schedule is None else [])
-            order = slot_order(opt, _trainable(model))
-            arrays = opt.get_slot_arrays(_trainable(model))
+            order = slot_order(opt, model._trainable_table())
+            arrays = opt.get_slot_arrays(model._trainable_table())
             for i, a in enumerate(head + [arrays[k] for k, _ in order]):
                 g.create_dataset(str(i), data=a)
     meta = {"keras_version": KERAS_VERSION, "date_saved": datetime.now().strftime(

@@ -174,6 +174,11 @@ class Model(TrainingMixin, Layer):
             out.extend((path, t) for path, t, _ in c._named_weights("", seen))
         return out
 
+    def _trainable_table(self) -> list:
+        """The trainable weights of ``_weight_table`` (the optimizer's, by path)."""
+        ids = {id(t) for t in self.trainable_weights}
+        return [(path, t) for path, t in self._weight_table() if id(t) in ids]
+
     def save_weights(self, filepath, overwrite=None) -> None:
         """Write every weight to ``filepath`` as a ``.npz`` archive (see ``gpucnn.io``), atomically.
 

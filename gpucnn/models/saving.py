@@ -133,11 +133,6 @@ def _metric_from(d, custom_objects, where):
     return cls(**kwargs)
 
 
-def _trainable_table(model) -> list:
-    ids = {id(t) for t in model.trainable_weights}
-    return [(path, t) for path, t in model._weight_table() if id(t) in ids]
-
-
 # -- saving -----------------------------------------------------------------------------------
 
 def _json_default(v):
@@ -179,7 +174,7 @@ def save_model(model, filepath, overwrite=True) -> str:
             "metrics": [_metric_config(m) for m in model.compiled_metrics]}
         header["optimizer_state"] = {"iterations": int(opt.iterations),
                                      "slots": list(opt.slot_names())}
-        for key, a in opt.get_slot_arrays(_trainable_table(model)).items():
+        for key, a in opt.get_slot_arrays(model._trainable_table()).items():
             arrays[SLOTS + key] = a
     text = json.dumps(header, default=_json_default)
     arrays[HEADER_KEY] = np.array(text)
@@ -276,7 +271,7 @@ def load_model(filepath, custom_objects=None, compile=True):
 
     table = model._weight_table()
     expected = {WEIGHTS + p: (t.shape, t.dtype) for p, t in table}
-    trainable = _trainable_table(model)
+    trainable = model._trainable_table()
     state = header.get("optimizer_state") if opt is not None else None
     if state is not None:
         for p, t in trainable:
