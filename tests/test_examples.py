@@ -129,34 +129,20 @@ def assert_one_line_error(r, prog, out, *words):
     assert not Path(out).exists(), "something was written to --out before the data was checked"
 
 
-def test_unknown_backend(tmp_path):
-    out = tmp_path / "o"
-    r = run("lenet5.py", "--backend", "tpu", "--out", out, cwd=tmp_path)
-    assert_one_line_error(r, "lenet5.py", out, "--backend tpu", "'numpy'", "'cuda'")
-
-
-def test_data_folder_that_does_not_exist(tmp_path):
-    out = tmp_path / "o"
-    r = run("basic_cnn.py", "--backend", "numpy", "--data", tmp_path / "nowhere", "--out", out,
-            cwd=tmp_path)
-    assert_one_line_error(r, "basic_cnn.py", out, "nowhere", "no such folder")
-
-
-def test_data_folder_without_mnist_files(tmp_path):
+@pytest.mark.parametrize("script,args,words", [
+    ("lenet5.py", ["--backend", "tpu"], ["--backend tpu", "'numpy'", "'cuda'"]),
+    ("basic_cnn.py", ["--data", "{tmp}/nowhere"], ["nowhere", "no such folder"]),
+    ("lenet5.py", ["--data", "{tmp}/empty"],
+     ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "{tmp}/empty"]),
+    ("alexnet.py", ["--data", "{tmp}/empty"], ["data_batch_1.bin", "test_batch.bin"]),
+], ids=["unknown-backend", "data-folder-missing", "no-mnist-files", "no-cifar-files"])
+def test_bad_backend_or_data_folder(tmp_path, script, args, words):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "o"
-    r = run("lenet5.py", "--backend", "numpy", "--data", tmp_path / "empty", "--out", out,
-            cwd=tmp_path)
-    assert_one_line_error(r, "lenet5.py", out, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
-                          str(tmp_path / "empty"))
-
-
-def test_data_folder_without_cifar_files(tmp_path):
-    (tmp_path / "empty").mkdir()
-    out = tmp_path / "o"
-    r = run("alexnet.py", "--backend", "numpy", "--data", tmp_path / "empty", "--out", out,
-            cwd=tmp_path)
-    assert_one_line_error(r, "alexnet.py", out, "data_batch_1.bin", "test_batch.bin")
+    args = [a.format(tmp=tmp_path) for a in args]
+    backend = [] if "--backend" in args else ["--backend", "numpy"]
+    r = run(script, *backend, *args, "--out", out, cwd=tmp_path)
+    assert_one_line_error(r, script, out, *(w.format(tmp=tmp_path) for w in words))
 
 
 @pytest.mark.parametrize("case", ["truncated", "mislabelled", "gzip-corrupt"])
