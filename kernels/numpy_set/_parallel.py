@@ -137,8 +137,26 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _bounds(n: int, parts: int) -> list:
-    return [n * k // parts for k in range(parts + 1)]
+def _split(call, fn, n: int, parts: int) -> list:
+    """``[call(fn, lo, hi), ...]`` over ``parts`` contiguous parts of ``range(n)``: part 0 on
+    this thread, the others on the pool; every part is waited for, even after an error, and the
+    first exception is re-raised then."""
+    bounds = [n * k // parts for k in range(parts + 1)]
+    pool = _get_pool(parts - 1)
+    futures = [pool.submit(call, fn, bounds[k], bounds[k + 1]) for k in range(1, parts)]
+    try:
+        first = call(fn, bounds[0], bounds[1])
+    finally:
+        rest = []
+        for f in futures:            # wait for every part, even after an error
+            try:
+                rest.append(f.result())
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                rest.append(e)
+    for r in rest:
+        if isinstance(r, BaseException):
+            raise r
+    return [first] + rest
 
 
 @contextmanager
@@ -187,24 +205,8 @@ def data_parallel(fn, n: int, parts: int | None = None):
     parts = max(1, min(parts or get_num_threads(), n))
     if parts == 1 or getattr(_local, "serial", False):
         return [fn(0, n)]
-    bounds = _bounds(n, parts)
     with single_threaded_blas():
-        pool = _get_pool(parts - 1)
-        futures = [pool.submit(_serial_call, fn, bounds[k], bounds[k + 1])
-                   for k in range(1, parts)]
-        try:
-            first = _serial_call(fn, bounds[0], bounds[1])
-        finally:
-            rest = []
-            for f in futures:            # wait for every part, even after an error
-                try:
-                    rest.append(f.result())
-                except BaseException as e:  # noqa: BLE001 - re-raised below
-                    rest.append(e)
-        for r in rest:
-            if isinstance(r, BaseException):
-                raise r
-        return [first] + rest
+        return _split(_serial_call, fn, n, parts)
 
 
 def run_parts(fn, n: int, flops: float):
@@ -218,11 +220,4 @@ def run_parts(fn, n: int, flops: float):
     if parts <= 1 and flops < T.min_blas_limit_flops:
         return [fn(0, n)]
     with single_threaded_blas():
-        if parts <= 1:
-            return [fn(0, n)]
-        bounds = _bounds(n, parts)
-        pool = _get_pool(parts - 1)
-        futures = [pool.submit(_split_call, fn, bounds[k], bounds[k + 1])
-                   for k in range(1, parts)]
-        first = _split_call(fn, bounds[0], bounds[1])
-        return [first] + [f.result() for f in futures]
+        return [fn(0, n)] if parts <= 1 else _split(_split_call, fn, n, parts)
