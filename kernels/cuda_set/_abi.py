@@ -158,11 +158,16 @@ def make_packer(name, argtypes):
             env[f"k{i}"], env[f"d{i}"] = (dt, nd), dt
             lines.append(f"    if {a}.dtype is not d{i} or {a}.ndim < {nd} "
                          f"or not {a}.flags.c_contiguous: check(name, k{i}, {a})")
-            lines.append(f"    if {a}.ndim == {nd}:\n        s{i} = {a}.shape\n"
-                         f"        t{i} = {a}.strides\n    else:\n"
-                         f"        s{i}, t{i} = seen({a}.shape, {dt.itemsize}, {nd})")
+            lines.append(f"    n{i} = {a}.size")
+            if nd == 1:     # seen flat: shape (size,), stride itemsize (rank_shape, c_strides)
+                shape = f"n{i}, {dt.itemsize}"
+            else:
+                lines.append(f"    if {a}.ndim == {nd}:\n        s{i} = {a}.shape\n"
+                             f"        t{i} = {a}.strides\n    else:\n"
+                             f"        s{i}, t{i} = seen({a}.shape, {dt.itemsize}, {nd})")
+                shape = f"*s{i}, *t{i}"
             # the address late-bound (abi._pointer: the CPU benchmark replaces it)
-            items.append(f"0, 0, {a}.size, {dt.itemsize}, abi._pointer({a}), *s{i}, *t{i}")
+            items.append(f"0, 0, n{i}, {dt.itemsize}, abi._pointer({a}), {shape}")
         else:
             items.append(a)
     src = (f"def pack(args, buf):\n    {', '.join(names)}, = args\n" + "\n".join(lines)
