@@ -19,19 +19,10 @@ from gpucnn.layers import _activations
 from gpucnn.layers.base import Layer
 
 
-def _positive_int(v, what, owner):
-    return _check.positive_int(v, owner, what)
-
-
 def _channels_last(data_format, owner):
     if data_format not in (None, "channels_last"):
         raise ValueError(f"{owner}: only data_format='channels_last' (N, H, W, C) is supported, "
                          f"got {data_format!r}")
-
-
-def _no_dilation(dilation_rate, owner):
-    if pair(dilation_rate, "dilation_rate", owner) != (1, 1):
-        raise ValueError(f"{owner}: dilation_rate other than 1 is not supported, got {dilation_rate!r}")
 
 
 class _Conv(Layer):
@@ -39,12 +30,14 @@ class _Conv(Layer):
                  activation, use_bias, kernel_initializer, bias_initializer, **kwargs):
         super().__init__(**kwargs)
         owner = type(self).__name__
-        self.filters = _positive_int(filters, "filters", owner)
+        self.filters = _check.positive_int(filters, owner, "filters")
         self.kernel_size = pair(kernel_size, "kernel_size", owner)
         self.strides = pair(strides, "strides", owner)
         self.padding = check_padding(padding, owner)
         _channels_last(data_format, owner)
-        _no_dilation(dilation_rate, owner)
+        if pair(dilation_rate, "dilation_rate", owner) != (1, 1):
+            raise ValueError(f"{owner}: dilation_rate other than 1 is not supported, got "
+                             f"{dilation_rate!r}")
         self._act = _activations.get(activation, owner)
         self.activation = activation
         self.use_bias = bool(use_bias)

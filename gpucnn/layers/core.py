@@ -15,11 +15,11 @@ import gpucnn.functional as F
 from gpucnn import initializers
 from gpucnn import random as _random
 from gpucnn.functional import _split
+from gpucnn.functional._check import positive_int
 from gpucnn.functional._check import rate as _check_rate
 from gpucnn.functional.dense import Dropout as _DropoutFn
 from gpucnn.layers import _activations
 from gpucnn.layers.base import Layer, shape_tuple
-from gpucnn.layers.conv import _positive_int
 
 
 class Dense(Layer):
@@ -32,7 +32,7 @@ class Dense(Layer):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
-        self.units = _positive_int(units, "units", "Dense")
+        self.units = positive_int(units, "Dense", "units")
         self._act = _activations.get(activation, "Dense")
         self.activation = activation
         self.use_bias = bool(use_bias)
