@@ -33,14 +33,28 @@ needs_mpi = pytest.mark.skipif(
     reason="needs mpi4py and mpiexec: pip install -e '.[distributed]'")
 
 
-def launch(scenario, out, timeout, **env):
-    """Run the job on two ranks; ``(completed process, seconds)``."""
+def mpirun(*args, timeout, cwd=None, **env):
+    """``python *args`` on two ranks; ``(completed process, seconds)``."""
     full = dict(os.environ, **env)
     full.pop("GPUCNN_BACKEND", None)
     start = time.monotonic()
-    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, JOB, scenario, str(out)],
-                          capture_output=True, text=True, timeout=timeout, env=full)
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=full, cwd=cwd)
     return proc, time.monotonic() - start
+
+
+def launch(scenario, out, timeout, **env):
+    """Run the job on two ranks; ``(completed process, seconds)``."""
+    return mpirun(JOB, scenario, out, timeout=timeout, **env)
+
+
+def agree(r0, r1, prefix, weights):
+    """Both ranks hold the same weights under ``prefix``, those of one process (``weights``)."""
+    for i, w in enumerate(weights):
+        a, b = r0[f"{prefix}/w{i}"], r1[f"{prefix}/w{i}"]
+        np.testing.assert_array_equal(a, b, err_msg=f"{prefix}: weight {i}, rank 0 vs rank 1")
+        np.testing.assert_allclose(a, w, rtol=1e-4, atol=1e-5,
+                                   err_msg=f"{prefix}: weight {i}, two ranks vs one process")
 
 
 def ranks(out):
@@ -83,11 +97,7 @@ def test_two_ranks_train_as_one_process(trained, job, name):
     # rank 1 started from other weights (and another random state) and ends on rank 0's path
     assert not np.array_equal(r0[f"{name}/start"], r1[f"{name}/start"])
     weights, history = _alone(job, name)
-    for i, w in enumerate(weights):
-        a, b = r0[f"{name}/w{i}"], r1[f"{name}/w{i}"]
-        np.testing.assert_array_equal(a, b, err_msg=f"{name}: weight {i}, rank 0 vs rank 1")
-        np.testing.assert_allclose(a, w, rtol=1e-4, atol=1e-5,
-                                   err_msg=f"{name}: weight {i}, two ranks vs one process")
+    agree(r0, r1, name, weights)
     np.testing.assert_allclose(r0[f"{name}/loss"], history["loss"], rtol=0, atol=1e-6)
     np.testing.assert_allclose(r0[f"{name}/accuracy"], history["accuracy"], rtol=0, atol=1e-6)
     assert r0[f"{name}/loss"][1] != r0[f"{name}/loss"][0]          # it did train
@@ -103,11 +113,7 @@ def test_fit_starts_every_rank_from_rank_0s_optimizer_state(trained, job):
     model = job.resumed_adam(x, y)
     model.fit(x[:256], y[:256], batch_size=32, epochs=1, verbose=0, shuffle=False)
     model.release_workers()
-    for i, w in enumerate(model.get_weights()):
-        a, b = r0[f"resumed/w{i}"], r1[f"resumed/w{i}"]
-        np.testing.assert_array_equal(a, b, err_msg=f"weight {i}, rank 0 vs rank 1")
-        np.testing.assert_allclose(a, w, rtol=1e-4, atol=1e-5,
-                                   err_msg=f"weight {i}, two ranks vs one process")
+    agree(r0, r1, "resumed", model.get_weights())
 
 
 @needs_mpi
@@ -218,29 +224,21 @@ def test_the_gpu_path_bookkeeping_in_the_simulator(tmp_path):
 @needs_mpi
 def test_an_example_script_trains_on_two_ranks(tmp_path):
     root = os.path.dirname(HERE)
-    full = dict(os.environ)
-    full.pop("GPUCNN_BACKEND", None)
-    start = time.monotonic()
-    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable,
-                           os.path.join(root, "examples", "lenet5.py"), "--distributed",
+    proc, seconds = mpirun(os.path.join(root, "examples", "lenet5.py"), "--distributed",
                            "--backend", "numpy", "--epochs", "1", "--limit", "200",
-                           "--verbose", "2", "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=240, env=full, cwd=root)
+                           "--verbose", "2", "--out", tmp_path / "out", timeout=240, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "backend: numpy, rank 0 of 2 (MPI)" in proc.stdout, proc.stdout
     assert proc.stdout.count("test accuracy") == 1, proc.stdout        # rank 0 alone prints
     assert (tmp_path / "out" / "curves.png").is_file()
-    assert time.monotonic() - start < 120
+    assert seconds < 120
 
 
 @needs_mpi
 def test_the_gpu_check_script_runs_on_the_cpu(tmp_path):
     report = tmp_path / "check.md"
-    full = dict(os.environ)
-    full.pop("GPUCNN_BACKEND", None)
-    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "gpucnn.distributed.check",
-                           "--backend", "numpy", "--quick", "--out", str(report)],
-                          capture_output=True, text=True, timeout=240, env=full)
+    proc, _ = mpirun("-m", "gpucnn.distributed.check", "--backend", "numpy", "--quick", "--out",
+                     report, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = report.read_text()
     assert "2 rank(s), backend numpy, sums by mpi" in text
