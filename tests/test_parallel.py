@@ -1,10 +1,17 @@
-"""gpucnn.parallel: the step runners behind fit, and what layers and losses tell them.
+"""gpucnn.parallel: the step runners behind fit, and what layers and losses tell them; training
+steps split over parts of the batch.
 
 Layers say whether a training step may be split into parts of the batch by their ``per_sample``
 attribute (no list of classes), losses by ``batch_mean``; ``runner_for`` picks the runner once
 per fit; a runner refreshes its weights at each epoch; a call running on another thread keeps
-fit from forking; the MPI runner's settings check names what differs."""
+fit from forking; the MPI runner's settings check names what differs.
+
+Split steps (gpucnn.parallel: step, forked): on threads and on forked worker processes the loss
+and gradients equal those of the whole step (dropout included), fit gives the same weights,
+worker failures and a non-finite loss surface in the parent, and the workers follow a model
+changed between epochs."""
 import json
+import os
 import threading
 import warnings
 
@@ -14,14 +21,19 @@ import pytest
 import gpucnn
 from gpucnn import callbacks, layers, losses, models, optimizers, parallel
 from gpucnn.kernels import load_set, numpy_set
-from gpucnn.parallel import _calls, forked, local, ranks
+from gpucnn.models import NonFiniteLossError
+from gpucnn.parallel import _calls, _worker, forked, local, ranks, workers
 from gpucnn.parallel import step as _step
+
+PROCESSES = forked.available(numpy_set)
 
 
 @pytest.fixture(autouse=True)
-def _numpy_two_threads(monkeypatch):
+def _split_everything(monkeypatch):
+    """Two threads, and every batch big enough to split."""
     gpucnn.set_backend("numpy")
     monkeypatch.setattr(_step, "PROCESS_MIN_FLOPS", 0.0)
+    monkeypatch.setattr(_step, "THREAD_MIN_FLOPS", 0.0)
     threads = numpy_set.get_num_threads()
     numpy_set.set_num_threads(2)
     yield
@@ -273,7 +285,6 @@ def test_workers_are_replaced_when_an_epoch_callback_freezes_a_layer(monkeypatch
 def test_a_forked_child_splits_steps_over_threads_of_its_own():
     # the kernel pool's threads stay in the parent: a child made by os.fork (a user's own, or
     # multiprocessing's) that splits a step over threads must not wait for them for ever
-    import os
     import signal
     import time
 
@@ -295,3 +306,367 @@ def test_a_forked_child_splits_steps_over_threads_of_its_own():
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung on the parent's kernel threads")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# ================================================================ split steps: the net they split
+def split_net(dropout=0.3, seed=None):
+    gpucnn.manual_seed(7)
+    model = models.Sequential([
+        layers.Input(shape=(10, 10, 2)),
+        layers.Conv2D(5, 3, activation="tanh"),
+        layers.AveragePooling2D(2),
+        layers.Conv2D(6, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dense(12, activation="relu"),
+        layers.Dropout(dropout, seed=seed),
+        layers.Dense(4, activation="softmax"),
+    ])
+    model.compile(optimizers.SGD(0.05, momentum=0.5), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def split_data(rng, n):
+    return rng.standard_normal((n, 10, 10, 2)).astype(np.float32), rng.integers(0, 4, n)
+
+
+def _grads(model):
+    return [None if t.grad is None else t.grad.data.copy() for t in model.trainable_weights]
+
+
+def _reseed(model):
+    """The same dropout keys for the next step: the global stream and each layer's counter."""
+    gpucnn.manual_seed(3)
+    for layer in model.layers:
+        if isinstance(layer, layers.Dropout):
+            layer._counter = 0
+
+
+def _whole_step(model, x, y):
+    _reseed(model)
+    loss, out, lv = _step.forward_backward(model, x, y, True, model.trainable_weights, 1, True)
+    return float(loss), out.copy(), _grads(model)
+
+
+def _assert_same_step(got, want):
+    assert got[0] == pytest.approx(want[0], rel=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+    for g, w in zip(got[2], want[2]):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [2, 7, 16])
+@pytest.mark.parametrize("seed", [None, 5])
+def test_thread_split_equals_whole_step(rng, n, seed):
+    model = split_net(seed=seed)
+    x, y = split_data(rng, n)
+    want = _whole_step(model, x, y)
+    _reseed(model)
+    loss, out, lv = _step.forward_backward(model, x, y, True, model.trainable_weights, 2, True)
+    assert lv == float(loss)
+    _assert_same_step((float(loss), out, _grads(model)), want)
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+@pytest.mark.parametrize("seed", [None, 5])
+def test_process_split_equals_whole_step(rng, seed):
+    model = split_net(seed=seed)
+    x, y = split_data(rng, 9)
+    want = _whole_step(model, x, y)
+    params = model.trainable_weights
+    procs = forked.start(model, params, 9, x.shape[1:], x.dtype, (), y.dtype, (4,),
+                                  np.float32, True, True, 3)
+    try:
+        assert len(procs.workers) == 2
+        _reseed(model)
+        loss, out, _ = procs.step(x, y)
+        got = (float(loss), out, _grads(model))
+        x2, y2 = split_data(rng, 5)                  # a smaller batch through the same workers
+        want2 = _whole_step(model, x2, y2)
+        _reseed(model)
+        loss2, out2, _ = procs.step(x2, y2)
+        got2 = (float(loss2), out2, _grads(model))
+        rows = np.array([7, 0, 3, 3, 8, 1, 5])        # rows gathered by each process itself
+        want3 = _whole_step(model, x[rows], y[rows])
+        _reseed(model)
+        loss3, out3, _ = procs.step(x, y, rows)
+        got3 = (float(loss3), out3, _grads(model))
+    finally:
+        procs.close()
+    assert procs.workers == []
+    _assert_same_step(got, want)
+    _assert_same_step(got2, want2)
+    _assert_same_step(got3, want3)
+
+
+def _fit_weights(rng_seed, threads, monkeypatch, epochs=2, **kw):
+    numpy_set.set_num_threads(threads)
+    rng = np.random.default_rng(rng_seed)
+    model = split_net()
+    x, y = split_data(rng, 40)
+    gpucnn.manual_seed(11)
+    hist = model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, **kw)
+    return model.get_weights(), hist.history
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_fit_on_processes_matches_fit_on_one_core(monkeypatch):
+    steps = []
+    real_step = forked.WorkerSet.step
+
+    def counting(self, xb, yb, rows=None):
+        steps.append(xb.shape[0] if rows is None else len(rows))
+        return real_step(self, xb, yb, rows)
+
+    monkeypatch.setattr(forked.WorkerSet, "step", counting)
+    split_w, split_h = _fit_weights(1, 2, monkeypatch)
+    assert steps == [8] * 10                                # every step ran on the workers
+    whole_w, whole_h = _fit_weights(1, 1, monkeypatch)
+    for a, b in zip(split_w, whole_w):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(split_h["loss"], whole_h["loss"], rtol=1e-5)
+    assert split_h["accuracy"] == whole_h["accuracy"]
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_worker_failure_is_raised_in_the_parent_and_workers_end(rng, monkeypatch):
+    parent = os.getpid()
+    real = _step.run_part
+
+    def failing(model, x, y, lo, hi, n, logits, keys):
+        if os.getpid() != parent:
+            raise ArithmeticError("boom in the worker")
+        return real(model, x, y, lo, hi, n, logits, keys)
+
+    monkeypatch.setattr(_step, "run_part", failing)
+    model = split_net()
+    before = model.get_weights()
+    x, y = split_data(rng, 16)
+    with pytest.raises(RuntimeError, match="(?s)worker process failed.*ArithmeticError: boom"):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert "_fit_workers" not in model.__dict__
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)                   # failed at the first step
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_non_finite_loss_on_processes_stops_before_the_update(rng):
+    model = models.Sequential([layers.Input(shape=(10, 10, 2)), layers.Flatten(),
+                               layers.Dense(3)])
+    model.compile(optimizers.SGD(0.1), "mse")
+    model.set_weights([np.full((200, 3), 1e30, np.float32), np.zeros(3, np.float32)])
+    before = model.get_weights()
+    x = np.abs(rng.standard_normal((16, 10, 10, 2))).astype(np.float32) + 1
+    with pytest.raises(NonFiniteLossError, match="loss is inf at epoch 1/1, step 1/2"):
+        model.fit(x, np.zeros((16, 3), np.float32), batch_size=8, verbose=0)
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
+class _Freeze(callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.layers[0].trainable = False
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_workers_follow_a_layer_frozen_between_epochs(rng):
+    model = split_net()
+    x, y = split_data(rng, 32)
+    started = []
+    real_init = forked.WorkerSet.__init__
+
+    def init(self, *a, **k):
+        started.append(1)
+        real_init(self, *a, **k)
+
+    forked.WorkerSet.__init__ = init
+    try:
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[_Freeze()])
+        frozen = [w.copy() for w in model.layers[0].get_weights()]
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    finally:
+        forked.WorkerSet.__init__ = real_init
+    assert len(started) == 2                      # one set of workers per fit call
+    for a, b in zip(model.layers[0].get_weights(), frozen):
+        np.testing.assert_array_equal(a, b)       # the frozen layer did not move in the workers
+
+
+def test_steps_that_must_not_split_stay_whole(rng):
+    model = split_net()
+    assert _step.parts_for(numpy_set, _step.sample_flops(model), 8) == 2
+    assert _step.parts_for(numpy_set, _step.sample_flops(model), 1) == 1
+    custom = split_net()
+    custom.compile("sgd", lambda t, p: (p * p).mean())        # not known to be a batch mean
+    assert _step.sample_flops(custom) is None
+
+    class Odd(layers.Layer):
+        def call(self, x, training=False):
+            return x - x.mean()                                  # mixes the samples
+
+    odd = models.Sequential([layers.Input(shape=(4,)), Odd(), layers.Dense(2)])
+    odd.compile("sgd", "mse")
+    assert _step.sample_flops(odd) is None
+    from gpucnn.kernels import load_set
+
+    assert _step.parts_for(load_set("cuda"), 1e9, 64) == 1       # no split off the NumPy set
+
+
+def _pid_alive(pid):
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == 0
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_workers_outlive_fit_one_set_per_process(rng):
+    import gc
+
+    x, y = split_data(rng, 32)
+    a, b = split_net(), split_net()
+    gpucnn.manual_seed(1)
+    a.fit(x, y, batch_size=8, verbose=0)
+    first = a._fit_workers
+    pids = [w.pid for w in first.workers]
+    assert first.alive and all(_pid_alive(p) for p in pids)
+    a.fit(x, y, batch_size=8, verbose=0)
+    assert a._fit_workers is first                     # the same model: the same workers
+    b.fit(x, y, batch_size=8, verbose=0)
+    assert not first.alive and not any(_pid_alive(p) for p in pids)      # one set at most
+    # a, trained again after b took the workers: new ones, and the same weights as on one core
+    a.compile(optimizers.SGD(0.05, momentum=0.5), "sparse_categorical_crossentropy",
+              metrics=["accuracy"])
+    start = a.get_weights()
+    gpucnn.manual_seed(2)
+    a.fit(x, y, batch_size=8, verbose=0)
+    assert a._fit_workers is not first and a._fit_workers.alive
+    c = split_net()
+    c.set_weights(start)
+    numpy_set.set_num_threads(1)
+    gpucnn.manual_seed(2)
+    c.fit(x, y, batch_size=8, verbose=0)
+    numpy_set.set_num_threads(2)
+    for p, q in zip(a.get_weights(), c.get_weights()):
+        np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5)
+    live = [w.pid for w in a._fit_workers.workers]
+    del a, first
+    gc.collect()
+    assert workers._pending                               # queued by the finalizer, no I/O
+    forked.drain()                                       # (the next fit does this too)
+    assert not any(_pid_alive(p) for p in live)           # gone with their model
+
+
+def _trained_on_workers(rng):
+    """``(x, y, model)``: a small model after one fit, its worker processes kept."""
+    x, y = split_data(rng, 32)
+    model = split_net()
+    model.fit(x, y, batch_size=8, verbose=0)
+    assert model._fit_workers.alive
+    return x, y, model
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not PROCESSES or not os.path.isdir("/proc/self"),
+                    reason="worker processes need Linux (fork) and /proc")
+def test_idle_workers_poll_briefly_then_sleep(rng):
+    # between steps a worker polls for the next one (no wake-up latency), but only for
+    # SPIN_NEXT seconds: kept between fit calls, it must not burn a core
+    import time
+
+    x, y, a = _trained_on_workers(rng)
+    pid = a._fit_workers.workers[0].pid
+    time.sleep(_worker.SPIN_NEXT + 0.1)
+    c0 = _cpu_seconds(pid)
+    time.sleep(0.5)
+    assert _cpu_seconds(pid) - c0 < 0.05
+    a._stop_workers()
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_a_fork_of_the_user_process_leaves_the_workers_alone(rng):
+    # a user's own fork inherits the worker set (and its exit-time finalizer); when that child
+    # ends it, or the child's copy of the model goes, the parent's workers must go on serving
+    x, y, a = _trained_on_workers(rng)
+    procs = a._fit_workers
+    pids = [w.pid for w in procs.workers]
+    child = os.fork()
+    if child == 0:
+        try:
+            procs._finalizer()                 # what the child's exit would run
+            procs.close()
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert all(_pid_alive(p) for p in pids)
+    # a fork that trains the inherited model starts workers of its own, never the parent's
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            a.fit(x, y, batch_size=8, verbose=0)
+            mine = a._fit_workers
+            code = 0 if (mine is not procs and mine.alive
+                         and not set(w.pid for w in mine.workers) & set(pids)) else 3
+            mine.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert all(_pid_alive(p) for p in pids)
+    a.fit(x, y, batch_size=8, verbose=0)                  # the same workers still answer
+    assert a._fit_workers is procs and procs.alive
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_a_model_with_workers_deep_copies_and_releases_them(rng):
+    import copy
+
+    x, y, a = _trained_on_workers(rng)
+    procs = a._fit_workers
+    b = copy.deepcopy(a)                                   # the copy gets no workers
+    assert b.__dict__.get("_fit_workers") is None and procs.alive
+    for p, q in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(p, q)
+    b.fit(x, y, batch_size=8, verbose=0)                  # trains on workers of its own
+    assert b._fit_workers is not procs
+    pids = [w.pid for w in b._fit_workers.workers]
+    b.release_workers()
+    assert b.__dict__.get("_fit_workers") is None
+    assert not any(_pid_alive(p) for p in pids)
+    b.release_workers()                                    # twice is fine
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_a_worker_killed_while_idle_is_replaced(rng):
+    import signal
+    import time
+
+    x, y, a = _trained_on_workers(rng)
+    first = a._fit_workers
+    os.kill(first.workers[0].pid, signal.SIGKILL)
+    time.sleep(0.2)
+    a.fit(x, y, batch_size=8, verbose=0)                  # no broken pipe: new workers
+    assert a._fit_workers is not first and a._fit_workers.alive
+    a.release_workers()
+
+
+@pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
+def test_workers_of_a_collected_model_end_when_the_next_fit_starts_workers(rng):
+    import gc
+
+    x, y, a = _trained_on_workers(rng)
+    live = [w.pid for w in a._fit_workers.workers]
+    del a
+    gc.collect()
+    b = split_net()
+    b.fit(x, y, batch_size=8, verbose=0)
+    assert not any(_pid_alive(p) for p in live) and not workers._pending
+    b.release_workers()
