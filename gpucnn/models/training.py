@@ -33,8 +33,7 @@ from gpucnn import random as _random
 from gpucnn._progbar import Progbar
 from gpucnn.autograd import Tensor, no_grad
 from gpucnn.data import Batches, Feed, batch_bounds, data_budget
-from gpucnn.models.checks import (InputChecks, callback_list, check_batch_size, check_verbose,
-                                  data_array)
+from gpucnn.models.checks import InputChecks, callback_list, check_batch_size, check_verbose
 from gpucnn.models.tracker import Tracker, results
 
 
@@ -156,18 +155,14 @@ class TrainingMixin(InputChecks):
                 or initial_epoch < 0):
             raise ValueError(f"{op}: initial_epoch expected an int >= 0 (the epoch to start "
                              f"from), received {initial_epoch!r}")
-        x = data_array(x, "x", op)
         if y is None:
             raise ValueError(f"{op}: y is required (the targets of the loss)")
-        y = data_array(y, "y", op)
-        if y.shape[0] != x.shape[0]:
-            raise ValueError(f"{op}: x and y have different lengths: {x.shape[0]} samples in x, "
-                             f"{y.shape[0]} in y")
+        x, y, _ = self._prepare(x, y, op)     # before the split: all of it checked
         val = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError(f"{op}: validation_data must be a pair (x_val, y_val)")
-            val = validation_data
+            val = self._prepare(*validation_data, f"{op} (validation data)")[:2]
         elif validation_split:
             split = int(x.shape[0] * (1.0 - float(validation_split)))
             if split == 0 or split == x.shape[0]:
@@ -176,17 +171,13 @@ class TrainingMixin(InputChecks):
                                  f"{x.shape[0]}; both must be at least 1")
             val = (x[split:], y[split:])
             x, y = x[:split], y[:split]
-        x, y, _ = self._prepare(x, y, op)
-        xv = yv = None
-        if val is not None:
-            xv, yv, _ = self._prepare(val[0], val[1], f"{op} (validation data)")
 
         ks = backend.kernels()
         budget = data_budget(ks) if backend.has("streams") else None
         feed = Feed(op, x, y, batch_size, 2 if shuffle else 1, budget)
         xd, yd = feed.x, feed.y
         if val is not None:          # the validation data gets what the training data left
-            val = Feed(f"{op} (validation data)", xv, yv, batch_size, 1,
+            val = Feed(f"{op} (validation data)", *val, batch_size, 1,
                        budget and (budget[0] - feed.used, budget[1]))
         resume = self.__dict__.pop("_random_state", None)   # a loaded model's (load_model)
         if resume is not None:
