@@ -123,7 +123,9 @@ def test_registry_lists_every_kernel_family():
         "loss_ew_fwd", "loss_rows_fwd", "loss_ew_bwd", "loss_rows_bwd",
         "dropout", "sgd", "adam", "rmsprop", "multi_sgd", "multi_adam", "multi_rmsprop",
         "gemm_fwd", "gemm_bwd_input", "gemm_bwd_input_f", "gemm_bwd_input_s",
-        "gemm_bwd_input_sf", "gemm_bwd_weight", "gemm_bwd_weight_f",
+        "gemm_bwd_input_sf", "gemm_bwd_input_v", "gemm_bwd_input_vf", "gemm_bwd_input_vs",
+        "gemm_bwd_input_vsf", "gemm_bwd_weight", "gemm_bwd_weight_f", "gemm_bwd_weight_v",
+        "gemm_bwd_weight_vf",
         "tf32_fwd", "tf32_bwd_input", "tf32_bwd_input_s", "tf32_bwd_weight"}
     for spec in _registry.all_kernels():
         assert all(isinstance(t, (types.Array, types.Number)) for t in spec.argtypes), spec.name

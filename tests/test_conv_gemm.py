@@ -108,19 +108,25 @@ def test_every_mode_matches_plain_loops(rng, g, tile_name, launched, monkeypatch
     gy = _act_grad(dy64, y64, act)
     tag = f"{tile_name} {tile} geometry {g}"
     strided = st != (1, 1)
+    # the input gradient reads 4 channels per load where C_out allows, on the wide and narrow
+    # tiles whose step has groups of 4 (of the simulator's small tiles: the wide one)
+    v = "v" if g[6] % 4 == 0 and tile_name != "TILE_MID" and gemm.vec_tile(tile) else ""
+    vw = "_v" if g[6] % 4 == 0 and tile_name == "TILE_WIDE" else ""   # the weight gradient's
     cases = [
         ("conv2d_forward(+bias, act)", "gemm_fwd[", lambda: C.conv2d_forward(x, wt, b, st, pad, act),
          R.ref_conv2d(x64, w64, b.astype(np.float64), st, pad, act), FWD_TOL),
         ("conv2d_forward(no bias)", "gemm_fwd[", lambda: C.conv2d_forward(x, wt, None, st, pad,
                                                                         "linear"),
          R.ref_conv2d(x64, w64, None, st, pad), FWD_TOL),
-        ("conv2d_backward_input", "gemm_bwd_input" + ("_s[" if strided else "["),
+        ("conv2d_backward_input", "gemm_bwd_input" + (f"_{v}s[" if strided else
+                                                     f"_{v}[" if v else "["),
          lambda: C.conv2d_backward_input(dy, wt, x.shape, st, pad),
          R.ref_conv2d_backward_input(dy64, w64, x.shape, st, pad), GRAD_TOL),
-        ("conv2d_backward_input_act", "gemm_bwd_input" + ("_sf[" if strided else "_f["),
+        ("conv2d_backward_input_act", "gemm_bwd_input" + (f"_{v}sf[" if strided else
+                                                         f"_{v}f["),
          lambda: C.conv2d_backward_input_act(dy, y, act, wt, x.shape, st, pad),
          R.ref_conv2d_backward_input(gy, w64, x.shape, st, pad), GRAD_TOL),
-        ("conv2d_backward_weight", "gemm_bwd_weight[",
+        ("conv2d_backward_weight", f"gemm_bwd_weight{vw}[",
          lambda: C.conv2d_backward_weight(x, dy, wt.shape, st, pad),
          R.ref_conv2d_backward_weight(x64, dy64, wt.shape, st, pad), GRAD_TOL),
     ]
@@ -135,7 +141,46 @@ def test_every_mode_matches_plain_loops(rng, g, tile_name, launched, monkeypatch
     check("conv2d_backward_weight_bias: dw", tag, dw,
           R.ref_conv2d_backward_weight(x64, gy, wt.shape, st, pad), GRAD_TOL)
     check("conv2d_backward_weight_bias: db", tag, db, gy.sum(axis=(0, 1, 2)), GRAD_TOL)
-    assert [n for n in launched if "gemm" in n][0].startswith("gemm_bwd_weight_f["), launched
+    assert [n for n in launched if "gemm" in n][0].startswith(f"gemm_bwd_weight{vw or '_'}f["), \
+        launched
+
+
+@pytest.mark.usefixtures("poisoned_small_launches")
+@pytest.mark.parametrize("stride", [(1, 1), (2, 2)])
+def test_input_gradient_vector_loads(rng, stride, launched, monkeypatch):
+    """BWD_INPUT's vector variants (dy, y and w read 4 channels per 128-bit load) on a tile
+    shaped like the narrow one, whose w tile has fewer groups of 4 than threads (the first
+    threads load, the others stage nothing), with C_out = 8 (two groups per tap), plain and
+    fused, against the plain loops; without the override a C_out of 6 takes the mid tile."""
+    if not SIM:
+        pytest.skip("small forced tiles are for the simulator")
+    g = (2, 7, 6, 3, 3, 3, 8, stride, "same", "tanh")
+    x, wt, b, dy, y, pad = _inputs(rng, g)
+    w64, dy64 = wt.astype(np.float64), dy.astype(np.float64)
+    gy = _act_grad(dy64, y.astype(np.float64), "tanh")
+    tile = gemm.GTile(32, 4, 4, 4, 4)
+    assert gemm.vec_tile(tile) and tile.bn * tile.bk // 4 < tile.threads
+    monkeypatch.setattr(gemm, "TILE_OVERRIDE", {gemm.BWD_INPUT: tile})
+    s = "s" if stride != (1, 1) else ""
+    for op, call, want, name in (
+            ("conv2d_backward_input", lambda: C.conv2d_backward_input(dy, wt, x.shape, stride,
+                                                                      pad), dy64, f"_v{s}["),
+            ("conv2d_backward_input_act", lambda: C.conv2d_backward_input_act(
+                dy, y, "tanh", wt, x.shape, stride, pad), gy, f"_v{s}f[")):
+        del launched[:]
+        check(op, g, call(), R.ref_conv2d_backward_input(want, w64, x.shape, stride, pad),
+              GRAD_TOL)
+        assert launched == [f"gemm_bwd_input{name}float32,32x4x4/4x4/1]"], launched
+    monkeypatch.setattr(gemm, "TILE_OVERRIDE", {})
+    g = (1, 5, 5, 3, 3, 3, 6, stride, "same", "relu")
+    x, wt, b, dy, y, pad = _inputs(rng, g)
+    del launched[:]
+    check("conv2d_backward_input", g, C.conv2d_backward_input(dy, wt, x.shape, stride, pad),
+          R.ref_conv2d_backward_input(dy.astype(np.float64), wt.astype(np.float64), x.shape,
+                                      stride, pad), GRAD_TOL)
+    t = gemm.TILE_MID
+    assert launched == [f"gemm_bwd_input{'_s' if s else ''}[float32,{t.bm}x{t.bn}x{t.bk}/"
+                        f"{t.tm}x{t.tn}/{t.min_blocks}]"], launched
 
 
 @pytest.mark.usefixtures("poisoned_small_launches")
@@ -216,7 +261,7 @@ import json, sys
 from gpucnn.bench import sass
 from gpucnn.kernels.cuda_set import gemm, conv
 t_mid, t_narrow = gemm.TILE_MID, gemm.TILE_NARROW
-specs = [(gemm.gemm_kernel(gemm.BWD_INPUT, t, True, f), "igemm2", tuple(t[:5]))
+specs = [(gemm.gemm_kernel(gemm.BWD_INPUT, t, True, f, t == t_narrow), "igemm2", tuple(t[:5]))
          for t in (t_mid, t_narrow) for f in (False, True)]
 specs.append((conv.igemm_kernel(conv.BWD_INPUT, conv.TILE_NARROW, "float32"), "baseline",
               tuple(conv.TILE_NARROW[:5])))
@@ -250,10 +295,9 @@ def test_decomposed_strided_gradient_machine_code(sass_report):
         assert r["calls"] == [], (r["name"], r["calls"])
         assert r["frame"] == 0 and r["fp64"] == [], r
         assert set(r["lds"]) == {"LDS.128"}, (r["name"], r["lds"])
-        # regression floors under docs/instruction-mix.md (59.6-63.5% mid, 51.6% narrow, 43.8%
-        # narrow fused): the baseline's strided gradient spends 6% of its step on FFMA
-        floor = 40.0 if r["name"].startswith("gemm_bwd_input_sf[") else 50.0
-        assert r["share"] >= floor, (r["name"], r["ffma"], r["total"])
+        # the target, met in docs/instruction-mix.md: the baseline's strided gradient spends
+        # 6% of its step on FFMA
+        assert r["share"] >= 50.0, (r["name"], r["ffma"], r["total"])
     base = [r for r in sass_report if r["family"] == "baseline"][0]
     assert base["calls"], "the detector finds no call in the baseline: it cannot fail"
     assert "LDS.32" in base["lds"]
@@ -291,7 +335,8 @@ def test_the_bench_counts_a_reduction_step_by_trip_counts():
     """python -m gpucnn.bench.sass on a listing written here: the reduction loop is the
     outermost loop holding a barrier; in a baseline kernel its first nested FFMA loop (the
     full step's kk loop) counts bk times and a second one (the partial step's) not at all; in
-    an igemm2 kernel a nested loop counts once and is named in the notes."""
+    an igemm2 kernel a nested loop counts once and is named in the notes; HMMA (the TF32
+    kernels' math) is counted beside FFMA."""
     from gpucnn.bench import sass
 
     def ins(op, target=None, label=None):
@@ -310,6 +355,12 @@ def test_the_bench_counts_a_reduction_step_by_trip_counts():
     assert base["lds"] == {"LDS.128": 8}
     new = sass.reduction_step(listing, 8, baseline=False)
     assert (new["total"], new["ffma"]) == (6 + 4 + 2, 3) and len(new["notes"]) == 2
+    tf32 = listing[:4] + [ins("HMMA.1688.F32.TF32"), ins("HMMA.1688.F32.TF32")] + listing[4:]
+    tf32 = [(4 * i,) + t[1:] for i, t in enumerate(tf32)]
+    got = sass.reduction_step(tf32, 8, baseline=False)
+    assert (got["hmma"], got["ffma"], got["total"]) == (2, 3, 6 + 4 + 2 + 2)
+    assert sass.threads_of("tf32", (128, 128, 16, 2, 4)) == 256
+    assert sass.threads_of("igemm2", (128, 16, 8, 8, 4)) == 64
     assert sass._width("LDS.U.64") == "LDS.64" and sass._width("LDS") == "LDS.32"
     assert sass.occupancy(128, 34816, 256) == (2, 16)
     with pytest.raises(RuntimeError, match="no loop with a barrier"):

@@ -350,8 +350,8 @@ def test_tf32_backward_weight(rng, sim_speed, monkeypatch, tile, geo):
     y_shape = ns.conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), None, stride, pad,
                                 "linear").shape
     dy = rng.standard_normal(y_shape).astype(np.float32)
-    splits = ct._splits(tile, int(np.prod(w_shape[:3])), w_shape[3],
-                        int(np.prod(y_shape[:3])))
+    splits = ct.split_k(tile, int(np.prod(w_shape[:3])), w_shape[3],
+                        int(np.prod(y_shape[:3])), 6, 1)
     if geo == 0:
         assert splits[0] > 1, f"geometry 0 should split the reduction, got {splits}"
     got = ct.tf32_conv2d_backward_weight(x, dy, w_shape, stride, pad, tile=tile)

@@ -34,6 +34,7 @@ from ._runtime import numba_cuda as cuda
 from .. import _geometry as _geometry_rules, _precision
 from . import conv_tf32, gemm
 from .activation import act_backward, act_code, act_device_fns
+from .conv_tf32 import advance_digits, digits, split_k
 from .reduce import column_sum
 
 FWD, BWD_INPUT, BWD_WEIGHT = 0, 1, 2
@@ -86,7 +87,6 @@ TILE_WIDE_DW = Tile(64, 64, 8, 4, 4)
 #: reduction steps of ``bk`` per split.
 TARGET_BLOCKS = None
 MIN_SPLIT_STEPS = 4
-MAX_GRID_YZ = 65535
 
 
 #: Further tiles, per mode, that ``python -m gpucnn.gpucheck`` times against the defaults on a
@@ -225,33 +225,19 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
         wr_ci = i64(0)
         if MODE == BWD_WEIGHT:
             m = m0 + a_mm
-            wr_ci = m % cin
-            wr_kx = (m // cin) % kw
-            wr_ky = m // (cin * kw)
+            wr_ci, wr_kx, wr_ky = digits(m, cin, kw)
             if m >= mrows:
                 wr_ky = -(1 << 40)   # off every image: loads read zero
-            d_c = BK % mw
-            d_x = (BK // mw) % mh
-            d_y = BK // (mw * mh)
+            d_c, d_x, d_y = digits(BK, mw, mh)
             for i in range(A_LOADS):
-                r = kbeg + tid // BM + i * A_RED_STEP
-                row_w[i] = r % mw
-                row_h[i] = (r // mw) % mh
-                row_n[i] = r // (mw * mh)
+                row_w[i], row_h[i], row_n[i] = digits(kbeg + tid // BM + i * A_RED_STEP, mw, mh)
         else:
-            k = kbeg + a_kk
-            kc = k % crad
-            kx = (k // crad) % kw
-            ky = k // (crad * kw)
-            d_c = BK % crad
-            d_x = (BK // crad) % kw
-            d_y = BK // (crad * kw)
+            kc, kx, ky = digits(kbeg + a_kk, crad, kw)
+            d_c, d_x, d_y = digits(BK, crad, kw)
             for i in range(A_LOADS):
                 m = m0 + tid // BK + i * A_ROW_STEP
-                q = m % mw
-                t = m // mw
-                p = t % mh
-                row_n[i] = t // mh if m < mrows else -1
+                q, p, n = digits(m, mw, mh)
+                row_n[i] = n if m < mrows else -1
                 if MODE == FWD:
                     row_h[i] = p * sh - pt   # top-left corner of the window in x
                     row_w[i] = q * sw - pl
@@ -340,29 +326,11 @@ def igemm_kernel(mode: int, tile: Tile, dtype: str):
 
             # --- advance the reduction coordinates by BK (one carry per digit at most) ------
             if MODE == BWD_WEIGHT:
-                for i in range(A_LOADS):
-                    w_ = row_w[i] + d_c
-                    h_ = row_h[i] + d_x
-                    n_ = row_n[i] + d_y
-                    if w_ >= mw:
-                        w_ -= mw
-                        h_ += 1
-                    if h_ >= mh:
-                        h_ -= mh
-                        n_ += 1
-                    row_w[i] = w_
-                    row_h[i] = h_
-                    row_n[i] = n_
+                for i in range(A_LOADS):     # (n, oh, ow) in the radix (., Ho, Wo)
+                    row_w[i], row_h[i], row_n[i] = advance_digits(
+                        row_w[i], row_h[i], row_n[i], d_c, d_x, d_y, mw, mh)
             else:
-                kc += d_c
-                kx += d_x
-                ky += d_y
-                if kc >= crad:
-                    kc -= crad
-                    kx += 1
-                if kx >= kw:
-                    kx -= kw
-                    ky += 1
+                kc, kx, ky = advance_digits(kc, kx, ky, d_c, d_x, d_y, crad, kw)
 
         # --- epilogue: one global write per output ------------------------------------------
         for i in range(TM):
@@ -542,6 +510,8 @@ def _backward_input(op, dy, y, act, w, x_shape, stride, pad):
     plan, dx_shape, fused = hit
     dt = dy.dtype
     dx = empty(dx_shape, dt)
+    if xp is not np:     # gemm's vector loads: 16-byte aligned data (a view may not be)
+        dy, w, y = (a if a is None or a.data.ptr % 16 == 0 else a.copy() for a in (dy, w, y))
     plan(dy, w, dummy(dt), y if fused else dummy(dt, 4), dummy(dt, 2), dx)
     return dx
 
@@ -581,16 +551,6 @@ def _act_output(op, y, dy, code):
     return y
 
 
-def _splits(tile, rows, ncols, red):
-    """Split-K count and chunk (a multiple of bk) for the weight gradient."""
-    tiles = cdiv(rows, tile.bm) * cdiv(ncols, tile.bn)
-    max_splits = max(1, cdiv(red, tile.bk * MIN_SPLIT_STEPS))
-    target = TARGET_BLOCKS if TARGET_BLOCKS is not None else 4 * sm_count()
-    splits = max(1, min(cdiv(target, tiles), max_splits, MAX_GRID_YZ))
-    chunk = cdiv(cdiv(red, splits), tile.bk) * tile.bk
-    return cdiv(red, chunk), chunk
-
-
 def conv2d_backward_weight(x, dy, w_shape, stride, pad):
     """dw of shape ``w_shape`` (KH, KW, Cin, Cout): the sum over batch and space of x patches
     times dy, reduced on the device (split-K partials, then a column sum)."""
@@ -613,6 +573,19 @@ def conv2d_backward_weight_bias(x, dy, y, act, w_shape, stride, pad):
                             True)
 
 
+_ZEROS4: dict = {}
+
+
+def _zeros4(dt):
+    """What a fused weight gradient without an activation reads as y (at offset 0, 4 floats for
+    gemm's 128-bit loads; 2-D for the baseline's signature): zeros, for which its formula
+    gives dy."""
+    key = (np.dtype(dt).str, -1 if xp is np else xp.cuda.runtime.getDevice())
+    if key not in _ZEROS4:
+        _ZEROS4[key] = xp.zeros((1, 4), dt)
+    return _ZEROS4[key]
+
+
 def _backward_weight(op, x, dy, y, act, w_shape, stride, pad, with_bias):
     params = (op, act, w_shape, stride, pad)
     key = _BWD_WEIGHT.key((x, dy, y), params) if _plannable() else None
@@ -627,7 +600,7 @@ def _backward_weight(op, x, dy, y, act, w_shape, stride, pad, with_bias):
         return xp.zeros(w_shape, dtype=dt), (xp.zeros(w_shape[3:], dt) if with_bias else None)
     splits, rows, cout = part_shape
     part = empty(part_shape, dt)
-    plan(x, dy, dummy(dt), dummy(dt, 4), y if fused else dummy(dt, 2), part)
+    plan(x, dy, dummy(dt), dummy(dt, 4), y if fused else _zeros4(dt), part)
     total = part[0] if splits == 1 else column_sum(part.reshape(splits, rows * cout)).reshape(
         rows, cout)
     krows = rows - (1 if with_bias else 0)
@@ -658,7 +631,7 @@ def _backward_weight_plan(op, x, dy, y, act, w_shape, stride, pad, with_bias):
     new = _use_gemm(dt, x.size, dy.size, 4 * sm_count() * (krows + 1) * cout)
     tile = gemm.choose_tile(gemm.BWD_WEIGHT, krows, cout) if new else choose_tile(BWD_WEIGHT,
                                                                                   cout)
-    splits, chunk = _splits(tile, krows, cout, red)
+    splits, chunk = split_k(tile, krows, cout, red, TARGET_BLOCKS, MIN_SPLIT_STEPS)
     rows = krows + (1 if with_bias else 0)
     if new:
         plan = gemm.prepare(gemm.BWD_WEIGHT, (n, h, wd, cin, ho, wo, cout, kh, kw, sh, sw, pt,

@@ -114,6 +114,30 @@ MIN_SPLIT_STEPS = 4
 MAX_GRID_YZ = 65535
 
 
+@cuda.jit(device=True, inline="always")
+def digits(k, r0, r1):
+    """``k`` written in the mixed radix ``(., r1, r0)``: ``(k % r0, (k // r0) % r1, k // (r0 *
+    r1))``, fastest digit first."""
+    return k % r0, (k // r0) % r1, k // (r0 * r1)
+
+
+@cuda.jit(device=True, inline="always")
+def advance_digits(kc, kx, ky, d_c, d_x, d_y, crad, kw):
+    """A reduction index ``(ky, kx, kc)``, digits of the mixed radix ``(., kw, crad)``, moved on
+    by a step ``(d_y, d_x, d_c)`` written in the same radix: one carry per digit at most, no
+    division (the loaders of this module and of ``conv``)."""
+    kc += d_c
+    kx += d_x
+    ky += d_y
+    if kc >= crad:
+        kc -= crad
+        kx += 1
+    if kx >= kw:
+        kx -= kw
+        ky += 1
+    return kc, kx, ky
+
+
 def choose_tile(mode: int, ncols: int) -> MmaTile:
     """The tile of a GEMM with ``ncols`` output columns (channels)."""
     return TILE_NARROW if ncols <= TILE_NARROW.bn else TILE_WIDE
@@ -225,27 +249,22 @@ def tf32_kernel(mode: int, tile: MmaTile, strided: bool = False):
             return kc - (ky * ww + kx) * cc
         return (ky * ww + kx) * cc + kc
 
-    @cuda.jit(device=True, inline="always")
-    def store_a(As, base, tid, a_pre):
-        for i in range(A_LOADS):
-            if A_KMAJOR:
-                x = tid // BK + i * K_STEP
-                k = tid % BK
-            else:
-                x = tid % BM
-                k = tid // BM + i * A_STEP
-            As[U64(base + x * A_SX + k * A_SK)] = a_pre[i]
+    def storer(LOADS, KMAJOR, BX, STEP, SX, SK):
+        """The registers -> shared store of a tile (A or B) with those constants."""
+        @cuda.jit(device=True, inline="always")
+        def store(Ts, base, tid, pre):
+            for i in range(LOADS):
+                if KMAJOR:
+                    x = tid // BK + i * K_STEP
+                    k = tid % BK
+                else:
+                    x = tid % BX
+                    k = tid // BX + i * STEP
+                Ts[U64(base + x * SX + k * SK)] = pre[i]
+        return store
 
-    @cuda.jit(device=True, inline="always")
-    def store_b(Bs, base, tid, b_pre):
-        for i in range(B_LOADS):
-            if B_KMAJOR:
-                x = tid // BK + i * K_STEP
-                k = tid % BK
-            else:
-                x = tid % BN
-                k = tid // BN + i * B_STEP
-            Bs[U64(base + x * B_SX + k * B_SK)] = b_pre[i]
+    store_a = storer(A_LOADS, A_KMAJOR, BM, A_STEP, A_SX, A_SK)
+    store_b = storer(B_LOADS, B_KMAJOR, BN, B_STEP, B_SX, B_SK)
 
     @cuda.jit(device=True, inline="always")
     def warp_product(As, Bs, a_at, b_at, acc, afr, bfr):
@@ -384,42 +403,33 @@ def tf32_kernel(mode: int, tile: MmaTile, strided: bool = False):
         w_off = i64(0)
         if MODE == BWD_WEIGHT:
             m = m0 + tid % BM
-            wr_ci = m % cin
-            wr_kx = (m // cin) % kw - pl
-            wr_ky = m // (cin * kw) - pt
+            wr_ci, wr_kx, wr_ky = digits(m, cin, kw)
+            wr_kx -= pl
+            wr_ky -= pt
             w_off = (wr_ky * ww + wr_kx) * cc + wr_ci   # the dw row's part of a flat offset
             if m >= mrows:
                 wr_ky = i64(-(1 << 40))   # off every image: loads read zero
             # a step of BK reduction indices (n, oh, ow), in (row_h, row_w, row_b) units: the
             # window's top row oh * sh, its left column ow * sw, the flat offset of its corner
-            d_c = (BK % mw) * sw
-            d_x = ((BK // mw) % mh) * sh
-            d_b = d_c * cc + (d_x * ww + (BK // (mw * mh)) * hh * ww) * cc
+            d_c, d_x, d_y = digits(BK, mw, mh)
+            d_c *= sw
+            d_x *= sh
+            d_b = d_c * cc + (d_x * ww + d_y * hh * ww) * cc
             w_end = mw * sw
             h_end = mh * sh
             w_carry = (sh * ww - w_end) * cc      # ow wraps: one row of windows down
             h_carry = (hh - h_end) * ww * cc      # oh wraps: the next image
             for i in range(A_LOADS):
-                r = kbeg + kk + i * A_STEP
-                q = r % mw
-                p = (r // mw) % mh
-                n = r // (mw * mh)
+                q, p, n = digits(kbeg + kk + i * A_STEP, mw, mh)
                 row_w[i] = q * sw
                 row_h[i] = p * sh
                 row_b[i] = ((n * hh + p * sh) * ww + q * sw) * cc
         else:
-            k = kbeg + kk
-            kc = k % crad
-            kx = (k // crad) % kw
-            ky = k // (crad * kw)
-            d_c = BK % crad
-            d_x = (BK // crad) % kw
-            d_y = BK // (crad * kw)
+            kc, kx, ky = digits(kbeg + kk, crad, kw)
+            d_c, d_x, d_y = digits(BK, crad, kw)
             for i in range(A_LOADS):
                 m = m0 + tid // BK + i * K_STEP
-                q = m % mw
-                p = (m // mw) % mh
-                n = m // (mw * mh)
+                q, p, n = digits(m, mw, mh)
                 if MODE == FWD:
                     h_ = p * sh - pt         # top-left corner of the window in x
                     w_ = q * sw - pl
@@ -467,15 +477,7 @@ def tf32_kernel(mode: int, tile: MmaTile, strided: bool = False):
                         row_h[i] = h_
                         row_b[i] = b_
                 else:
-                    kc += d_c
-                    kx += d_x
-                    ky += d_y
-                    if kc >= crad:
-                        kc -= crad
-                        kx += 1
-                    if kx >= kw:
-                        kx -= kw
-                        ky += 1
+                    kc, kx, ky = advance_digits(kc, kx, ky, d_c, d_x, d_y, crad, kw)
                 k0 = kbeg + (step + 1) * BK
                 # the next step's tiles, in flight while the warps multiply this one's
                 load_a(src, k0, kend, kk, row_n, row_h, row_w, row_b,
@@ -578,11 +580,13 @@ def tf32_conv2d_backward_input(dy, w, x_shape, stride, pad, *, tile=None):
     return dx
 
 
-def _splits(tile, rows, ncols, red):
-    """Split-K count and chunk (a multiple of bk) for the weight gradient."""
+def split_k(tile, rows, ncols, red, target_blocks, min_steps):
+    """Split-K count and chunk (a multiple of bk) of a weight gradient: about ``target_blocks``
+    blocks (None: four per SM), at least ``min_steps`` steps of bk per split (this module's and
+    ``conv``'s ``TARGET_BLOCKS`` and ``MIN_SPLIT_STEPS``)."""
     tiles = cdiv(rows, tile.bm) * cdiv(ncols, tile.bn)
-    max_splits = max(1, cdiv(red, tile.bk * MIN_SPLIT_STEPS))
-    target = TARGET_BLOCKS if TARGET_BLOCKS is not None else 4 * sm_count()
+    max_splits = max(1, cdiv(red, tile.bk * min_steps))
+    target = target_blocks if target_blocks is not None else 4 * sm_count()
     splits = max(1, min(cdiv(target, tiles), max_splits, MAX_GRID_YZ))
     chunk = cdiv(cdiv(red, splits), tile.bk) * tile.bk
     return cdiv(red, chunk), chunk
@@ -606,7 +610,7 @@ def tf32_conv2d_backward_weight(x, dy, w_shape, stride, pad, *, tile=None):
     if red == 0:
         return xp.zeros((kh, kw, cin, cout), dtype=_F32)
     tile = _tile(BWD_WEIGHT, cout, tile)
-    splits, chunk = _splits(tile, krows, cout, red)
+    splits, chunk = split_k(tile, krows, cout, red, TARGET_BLOCKS, MIN_SPLIT_STEPS)
     part = empty((splits, krows, cout), _F32)
     _launch(BWD_WEIGHT, tile, krows, cout, splits, (x, dy, dummy(_F32), part),
             (*x.shape, ho, wo, kh, kw, sh, sw, pad4[0], pad4[2], 0, 0, chunk))

@@ -27,6 +27,9 @@ launcher refuses arrays of 2**31 elements or more), indices unsigned (no negativ
 the shared tiles are k-major (``As[k][m]``, rows padded by 4 words: conflict-free stores,
 16-byte aligned rows), and a thread's rows are ``tm/4`` groups of 4 consecutive ones, so each
 group is one 128-bit shared load (LDS.128). Every output is written once, after the reduction.
+BWD_INPUT's variants on the wide and narrow tiles (tag ``v``) read dy, y and w 4 channels per
+128-bit global load (``ptx.ldg_f32x4``): C_out a multiple of 4 and the arrays 16-byte aligned
+(the launcher copies a view that is not); any other C_out takes the mid tile's scalar loads.
 
 float32 only: the float64 conv runs on the baseline kernels of ``conv`` (gradient checks).
 """
@@ -42,6 +45,7 @@ from ._launch import KernelSpec, Prepared, arr, kernel_factory, sm_count
 from ._runtime import SIMULATOR
 from ._runtime import numba_cuda as cuda
 from .activation import RELU, SIGMOID, TANH, act_device_fns
+from .ptx import ldg_f32x4
 
 FWD, BWD_INPUT, BWD_WEIGHT = 0, 1, 2
 MODE_NAMES = ("fwd", "bwd_input", "bwd_weight")
@@ -125,6 +129,16 @@ def _lane_rows(t: GTile, x: int):
     return [(udiv("tid", t.bk), i * (nt // t.bk)) for i in range(x * t.bk // nt)]
 
 
+def _vec_groups(t: GTile, x: int):
+    """The vector pattern over a ``bk x x`` tile (BWD_INPUT's ``vec`` variants): a thread's lane
+    is the 4 consecutive k from ``4 * (tid % (bk/4))``, its groups' tile columns
+    ``tid // (bk/4) + i * (nt // (bk/4))``; ``(groups, guarded)``: with fewer groups than
+    threads, only the first threads take one (``tid < x * bk / 4``)."""
+    nt, q = t.threads, t.bk // 4
+    return ([(udiv("tid", q), i * (nt // q)) for i in range(max(x * q // nt, 1))],
+            x * q < nt)
+
+
 def _col_rows(t: GTile, x: int):
     """The column pattern over a ``bk x x`` tile (consecutive threads, consecutive columns):
     element i of a thread at ``(krow, col) = (tid // x + ki, tid % x + ci)``."""
@@ -145,7 +159,9 @@ def setup(s: _Src, mode, t: GTile, strided):
         s("M = NB * HO * WO", "NCOL = CO", "kbeg = 0", "kend = KH * KW * C")
     elif mode == BWD_WEIGHT:
         s("M = KH * KW * C", "NCOL = CO", "split = I(cuda.blockIdx.z)",
-          "kbeg = split * CHUNK", "kend = min(NB * HO * WO, kbeg + CHUNK)")
+          "kbeg = split * CHUNK", "kend = NB * HO * WO", "klim = kbeg + CHUNK",
+          "if klim < kend:   # 32-bit (min() of Numba's widened sums is 64-bit)",
+          "    kend = klim")
     else:
         if strided:
             s("z = I(cuda.blockIdx.z)", f"py = {udiv('z', 'SW')}", f"px = {umod('z', 'SW')}",
@@ -169,16 +185,18 @@ def setup(s: _Src, mode, t: GTile, strided):
         s("if m0 >= M:", "    return   # the whole block: no barrier is reached")
 
 
-def loader_a(s: _Src, mode, t: GTile, fused, phase):
+def loader_a(s: _Src, mode, t: GTile, fused, vec, phase):
     """The A tile (BK x BM): ``phase`` 'init' (per-row gathers, once per tile), 'load' (the
-    step's global loads into registers va_i), 'advance' (the thread's reduction digits by BK)."""
+    step's global loads into registers va_i, or va_i_e with ``vec``: 128-bit loads of 4
+    consecutive channels), 'advance' (the thread's reduction digits by BK)."""
     if mode == BWD_WEIGHT:
         return _loader_a_weight(s, t, phase)
-    rows = _lane_rows(t, t.bm)
+    rows = _vec_groups(t, t.bm)[0] if vec else _lane_rows(t, t.bm)
+    lanes = 4 if vec else 1
     # k digits (ky, kx, kc) in the radix (KW-or-sub, CIN-or-CO), the thread's lane
     rad, kwv, khv = ("C", "KW", "KH") if mode == FWD else ("CO", "kqxd", "kqy")
     if phase == "init":
-        s(f"lane = {umod('tid', t.bk)}",
+        s(f"lane = {umod('tid', t.bk // 4)} * 4" if vec else f"lane = {umod('tid', t.bk)}",
           "k = kbeg + lane",
           f"kc = {umod('k', rad)}", f"kt = {udiv('k', rad)}",
           f"kx = {umod('kt', kwv)}", f"ky = {udiv('kt', kwv)}",
@@ -207,27 +225,31 @@ def loader_a(s: _Src, mode, t: GTile, fused, phase):
             s("ko = kc - (ky * WO + kx) * CO")
             test = "(U(hb{i} - ky) < U(HO)) & (U(wb{i} - kx) < U(WO))"
         for i in range(len(rows)):
-            s(f"va{i} = zero", f"if kin & {test.format(i=i)}:")
-            if fused:
-                s(f"    o = U(ro{i} + ko)", f"    va{i} = src[o]")
-                s.ind += 1
-                act_grad(s, f"va{i}", "o", mode)
-                s.ind -= 1
-            else:
-                s(f"    va{i} = src[U(ro{i} + ko)]")
+            va = [f"va{i}_{e}" for e in range(4)] if vec else [f"va{i}"]
+            s(*(f"{v} = zero" for v in va))
+            with s.block(f"if kin & {test.format(i=i)}:"):
+                s(f"o = U(ro{i} + ko)")
+                s(f"{', '.join(va)} = ldg4(src, o)" if vec else f"{va[0]} = src[o]")
+                if fused:
+                    ys = [f"yv{e}" for e in range(len(va))]
+                    s(f"{', '.join(ys)} = ldg4(yact, o)" if vec else "yv0 = yact[o]")
+                    for v, y in zip(va, ys):
+                        act_grad(s, v, y)
     elif phase == "advance":
         s("kc += dc", "kx += dx", "ky += dy",
           f"if kc >= {rad}:", f"    kc -= {rad}", "    kx += 1",
           f"if kx >= {kwv}:", f"    kx -= {kwv}", "    ky += 1")
     elif phase == "store":
         for i, (base, off) in enumerate(rows):
-            s(f"As[sw_a + S({off})] = va{i}")
+            for e in range(lanes):
+                s(f"As[sw_a + S({e * (t.bm + PAD) + off})] = va{i}{f'_{e}' if vec else ''}")
     elif phase == "store_init":
         s(f"sw_a = S(lane) * S({t.bm + PAD}) + S({rows[0][0]})")
 
 
 def _loader_a_weight(s: _Src, t: GTile, phase):
-    """BWD_WEIGHT's A tile: x patches. A thread stages one reduction row (n, oh, ow), advanced by
+    """BWD_WEIGHT's A tile: x patches. A thread stages one reduction row (n, oh, ow), kept as its
+    window's corner ``(ohs0, ows0) = (oh * sh, ow * sw)`` and flat offset ``xb0`` and advanced by
     BK per step with one carry per digit, for ``bm * bk / threads`` columns (ky, kx, ci) whose
     gather offsets are computed once per tile; consecutive threads take consecutive columns."""
     tpr = t.threads // t.bk                  # threads per reduction row
@@ -241,20 +263,24 @@ def _loader_a_weight(s: _Src, t: GTile, phase):
               "if m >= M:", f"    eky{j} = H   # never inside the image")
         s(f"dw_ = {umod(t.bk, 'WO')}", f"dt_ = {udiv(t.bk, 'WO')}",
           f"dh_ = {umod('dt_', 'HO')}", f"dn_ = {udiv('dt_', 'HO')} * H",
-          f"r = kbeg + {udiv('tid', tpr)}", f"kla = kend - {udiv('tid', tpr)}",
-          f"ow0 = {umod('r', 'WO')}", "rt = " + udiv("r", "WO"),
-          f"oh0 = {umod('rt', 'HO')}", f"nb0 = {udiv('rt', 'HO')} * H")
+          f"r = kbeg + {udiv('tid', tpr)}", f"kal = kend - r   # the row is in range: kal > 0",
+          f"ows0 = {umod('r', 'WO')} * SW", "rt = " + udiv("r", "WO"),
+          f"ohs0 = {umod('rt', 'HO')} * SH", f"xb0 = (({udiv('rt', 'HO')} * H + ohs0) * W + "
+          "ows0) * C",
+          "dws = dw_ * SW", "dhs = dh_ * SH", "dxb = ((dn_ + dhs) * W + dws) * C",
+          "wend = WO * SW", "hend = HO * SH",
+          "wcy = (SH * W - wend) * C   # ow wraps: one row of windows down",
+          "hcy = (H - hend) * W * C    # oh wraps: the next image")
     elif phase == "load":
-        s("ohs0 = oh0 * SH", "ows0 = ow0 * SW", "xb0 = ((nb0 + ohs0) * W + ows0) * C",
-          "kv = k0 < kla")
+        s("kv = kal > 0")
         for j in range(len(cols)):
             s(f"va{j} = zero",
               f"if kv & (U(ohs0 + eky{j}) < U(H)) & (U(ows0 + ekx{j}) < U(W)):",
               f"    va{j} = src[U(xb0 + rp{j})]")
     elif phase == "advance":
-        s("ow0 += dw_", "oh0 += dh_", "nb0 += dn_",
-          "if ow0 >= WO:", "    ow0 -= WO", "    oh0 += 1",
-          "if oh0 >= HO:", "    oh0 -= HO", "    nb0 += H")
+        s(f"kal -= {t.bk}", "ows0 += dws", "ohs0 += dhs", "xb0 += dxb",
+          "if ows0 >= wend:", "    ows0 -= wend", "    ohs0 += SH", "    xb0 += wcy",
+          "if ohs0 >= hend:", "    ohs0 -= hend", "    xb0 += hcy")
     elif phase == "store_init":
         s(f"sw_a = S({udiv('tid', tpr)}) * S({t.bm + PAD}) + S({umod('tid', tpr)})")
     elif phase == "store":
@@ -275,67 +301,82 @@ def act_grad_setup(s: _Src, mode):
       f"if ACT == {SIGMOID}:", "    g0 = zero", "    g1 = f32(1)", "    g2 = f32(-1)")
 
 
-def act_grad(s: _Src, v: str, o: str, mode):
-    """``v`` times the activation's gradient read at flat offset ``o`` of the forward output."""
-    s(f"yv = yact[{o} & ym]" if mode == BWD_WEIGHT else f"yv = yact[{o}]",
-      f"{v} = {v} * ((g2 * yv + g1) * yv + g0) if (yv > zero) | norelu else zero")
+def act_grad(s: _Src, v: str, y: str):
+    """``v`` times the activation's gradient at ``y``, the forward output."""
+    s(f"{v} = {v} * ((g2 * {y} + g1) * {y} + g0) if ({y} > zero) | norelu else zero")
 
 
-def loader_b(s: _Src, mode, t: GTile, fused, db, phase):
+def loader_b(s: _Src, mode, t: GTile, fused, db, vec, phase):
     """The B tile (BK x BN): the kernel (FWD: rows k, columns c_out; BWD_INPUT: the sub-kernel
     read along c_out, the k-lane pattern) or dy (BWD_WEIGHT, with the fused activation gradient
     and the bias gradient's column sums)."""
     bnp = t.bn + PAD
     if mode == BWD_INPUT:
-        rows = _lane_rows(t, t.bn)
+        rows, guarded = _vec_groups(t, t.bn) if vec else (_lane_rows(t, t.bn), False)
+        vb = [[f"vb{i}_{e}" for e in range(4)] if vec else [f"vb{i}"] for i in range(len(rows))]
         if phase == "init":
             for i, (base, off) in enumerate(rows):
-                s(f"ci = n0 + {base} + {off}", f"cv{i} = ci < C", f"bo{i} = ci * CO")
+                s(f"ci = n0 + {base} + {off}", f"bo{i} = ci * CO",
+                  f"cv{i} = (ci < C) & (tid < {t.bn * t.bk // 4})" if guarded else
+                  f"cv{i} = ci < C")
         elif phase == "load":
             s("kb = ((py + SHv * ky) * KW + px + SWv * kx) * C * CO + kc")
-            for i in range(len(rows)):
-                s(f"vb{i} = zero", f"if kin & cv{i}:", f"    vb{i} = wmat[U(kb + bo{i})]")
+            for i, v in enumerate(vb):
+                s(*(f"{x} = zero" for x in v), f"if kin & cv{i}:",
+                  f"    {', '.join(v)} = ldg4(wmat, U(kb + bo{i}))" if vec else
+                  f"    {v[0]} = wmat[U(kb + bo{i})]")
         elif phase == "store_init":
             s(f"sw_b = S(lane) * S({bnp}) + S({rows[0][0]})")
         elif phase == "store":
-            for i, (_, off) in enumerate(rows):
-                s(f"Bs[sw_b + S({off})] = vb{i}")
+            if guarded:      # the other threads' columns lie past the tile
+                s(f"if tid < {t.bn * t.bk // 4}:")
+            s.ind += guarded
+            for (_, off), v in zip(rows, vb):
+                for e, x in enumerate(v):
+                    s(f"Bs[sw_b + S({e * bnp + off})] = {x}")
+            s.ind -= guarded
         return
-    rows = _col_rows(t, t.bn)
+    # the column pattern (scalar: element i at row tb + kr_i, column tid % bn + c_i), or with
+    # ``vec`` (BWD_WEIGHT) groups of 4 columns: group i at row tb + kr_i, columns bc .. bc + 3
+    if vec:
+        q = t.bn // 4
+        rows = [(i * (t.threads // q), 0) for i in range(max(t.bk * q // t.threads, 1))]
+        tb, col, width = udiv("tid", q), f"{umod('tid', q)} * 4", 4
+    else:
+        rows, tb, col, width = _col_rows(t, t.bn), udiv("tid", t.bn), umod("tid", t.bn), 1
+    vb = [[f"vb{i}_{e}" for e in range(4)] if vec else [f"vb{i}"] for i in range(len(rows))]
     if phase == "init":
+        s(f"kbl = kend - kbeg - {tb}   # rows left below the thread's first: kr_i < kbl")
         for i, (kr, c) in enumerate(rows):
-            s(f"bc = n0 + {umod('tid', t.bn)} + {c}", f"cv{i} = bc < CO",
-              f"bo{i} = ({udiv('tid', t.bn)} + {kr}) * CO + bc",
-              f"kl{i} = kend - ({udiv('tid', t.bn)} + {kr})   # row in range: k0 < kl")
-            if db:
-                s(f"dbs{i} = zero")
-        if mode == BWD_WEIGHT:
-            s("kco = kbeg * CO")
-        else:
-            s("kco = 0")
+            s(f"bc = n0 + {col} + {c}", f"cv{i} = bc < CO", f"bo{i} = ({tb} + {kr}) * CO + bc")
+        s("kco = kbeg * CO" if mode == BWD_WEIGHT else "kco = 0")
         if db:
+            s(*(f"dbs{e} = zero" for e in range(width)) if vec else
+              (f"dbs{i} = zero" for i in range(len(rows))))
             s("with_db = cuda.blockIdx.x == 0")
     elif phase == "load":
         for i, (kr, c) in enumerate(rows):
-            s(f"vb{i} = zero", f"if cv{i} & (k0 < kl{i}):")
-            if fused:
-                s(f"    o = U(bo{i} + kco)", f"    vb{i} = wmat[o]")
-                s.ind += 1
-                act_grad(s, f"vb{i}", "o", mode)
-                s.ind -= 1
-            else:
-                s(f"    vb{i} = wmat[U(bo{i} + kco)]")
+            s(*(f"{v} = zero" for v in vb[i]))
+            with s.block(f"if cv{i} & ({kr} < kbl):"):
+                s(f"o = U(bo{i} + kco)")
+                s(f"{', '.join(vb[i])} = ldg4(wmat, o)" if vec else f"{vb[i][0]} = wmat[o]")
+                if fused:
+                    ys = [f"yv{e}" for e in range(width)]
+                    s(f"{', '.join(ys)} = ldg4(yact, o & ym)" if vec else "yv0 = yact[o & ym]")
+                    for v, y in zip(vb[i], ys):
+                        act_grad(s, v, y)
         if db:
             with s.block("if with_db:"):
-                for i in range(len(rows)):
-                    s(f"dbs{i} += vb{i}")
+                for i, v in enumerate(vb):   # vec: a thread's groups share their 4 columns
+                    s(*(f"dbs{e if vec else i} += {x}" for e, x in enumerate(v)))
     elif phase == "advance":
-        s(f"kco += {t.bk} * CO")
+        s(f"kco += {t.bk} * CO", f"kbl -= {t.bk}")
     elif phase == "store_init":
-        s(f"sw_b = S({udiv('tid', t.bn)}) * S({bnp}) + S({umod('tid', t.bn)})")
+        s(f"sw_b = S({tb}) * S({bnp}) + S({col})")
     elif phase == "store":
-        for i, (kr, c) in enumerate(rows):
-            s(f"Bs[sw_b + S({kr * bnp + c})] = vb{i}")
+        for (kr, c), v in zip(rows, vb):
+            for e, x in enumerate(v):
+                s(f"Bs[sw_b + S({kr * bnp + c + e})] = {x}")
 
 
 def tile_product(s: _Src, t: GTile):
@@ -355,12 +396,12 @@ def tile_product(s: _Src, t: GTile):
                 s(f"c{i}_{j} += a{i} * b{j}")
 
 
-def mainloop(s: _Src, mode, t: GTile, fused, db):
+def mainloop(s: _Src, mode, t: GTile, fused, db, vec):
     """Prologue (stage step 0 into buffer 0), then per step: the next step's global loads into
     registers, the tile product on the current buffer, the registers stored into the other
     buffer, one barrier."""
-    A = lambda ph: loader_a(s, mode, t, fused, ph)   # noqa: E731
-    B = lambda ph: loader_b(s, mode, t, fused, db, ph)   # noqa: E731
+    A = lambda ph: loader_a(s, mode, t, fused, vec, ph)   # noqa: E731
+    B = lambda ph: loader_b(s, mode, t, fused, db, vec, ph)   # noqa: E731
     sa, sb = t.bk * (t.bm + PAD), t.bk * (t.bn + PAD)
     if fused:
         act_grad_setup(s, mode)
@@ -372,7 +413,6 @@ def mainloop(s: _Src, mode, t: GTile, fused, db):
     for i in range(t.tm):
         for j in range(t.tn):
             s(f"c{i}_{j} = zero")
-    s("k0 = kbeg")
     A("load")
     B("load")
     A("store")
@@ -384,7 +424,6 @@ def mainloop(s: _Src, mode, t: GTile, fused, db):
     with s.block("while left > 0:   # int32 count: no 64-bit induction variable"):
         s("left -= 1", "more = left > 0")
         with s.block("if more:"):
-            s(f"k0 += {t.bk}")
             A("advance")
             B("advance")
             A("load")
@@ -400,7 +439,7 @@ def mainloop(s: _Src, mode, t: GTile, fused, db):
         s("cuda.syncthreads()  # the other buffer is staged, and this one read by all")
 
 
-def epilogue(s: _Src, mode, t: GTile, db):
+def epilogue(s: _Src, mode, t: GTile, db, vec):
     """One global write per output: FWD adds the bias and applies the activation; BWD_INPUT
     maps class rows back to dx pixels; BWD_WEIGHT writes its split's partial (and db row)."""
     ga, gb = t.tm // 4, t.tn // 4
@@ -424,7 +463,7 @@ def epilogue(s: _Src, mode, t: GTile, db):
                 with s.block("if c < NCOL:"):
                     s(f"out[U(orow + c)] = c{i}_{j}")
     if db:
-        _db_sums(s, t)
+        _db_sums(s, t, vec)
 
 
 def _act_row(s: _Src, t: GTile, i: int):
@@ -445,19 +484,24 @@ def _act_row(s: _Src, t: GTile, i: int):
                   "    v += bias[U(c)]", "out[U(orow + c)] = act_fwd(v, ACT)")
 
 
-def _db_sums(s: _Src, t: GTile):
+def _db_sums(s: _Src, t: GTile, vec):
     """BWD_WEIGHT with the bias: the first row tile's blocks sum their staged dy columns (kept
-    per thread in dbs_i) through shared memory, in a fixed order, into the split's db row."""
-    nt = t.threads
-    rows = _col_rows(t, t.bn)
+    per thread in dbs_i, with ``vec`` dbs_e of its columns bc + e) through shared memory, in a
+    fixed order, into the split's db row."""
+    nt, q = t.threads, t.bn // 4
+    sums = 4 if vec else len(_col_rows(t, t.bn))
     with s.block("if with_db:"):
-        for i in range(len(rows)):
+        for i in range(sums):
             s(f"Ds[S({i * nt}) + S(tid)] = dbs{i}")
     s("cuda.syncthreads()  # every thread's column sums are in Ds")
     for part in range(-(-t.bn // nt)):       # column col of the tile: thread col % nt
         with s.block(f"if with_db & (tid + {part * nt} < {t.bn}):"):
             s("tot = zero", f"col = tid + {part * nt}")
-            for i, (_, c) in enumerate(rows):
+            if vec:       # threads with tid % q == col // 4 hold column col as their e = col % 4
+                s(f"e4 = {umod('col', 4)} * {nt} + {udiv('col', 4)}")
+                for r in range(nt // q):
+                    s(f"tot += Ds[S(e4) + S({r * q})]")
+            for i, (_, c) in enumerate([] if vec else _col_rows(t, t.bn)):
                 for r in range(max(1, nt // t.bn)):
                     s(f"tt = col - {c} + {r * t.bn}",
                       f"if (tt >= 0) & (tt < {nt}):", f"    tot += Ds[S({i * nt}) + S(tt)]")
@@ -471,10 +515,11 @@ ARGS = ("src, wmat, bias, ysrc, ymat, out, NB, H, W, C, HO, WO, CO, KH, KW, SH, 
         "CHUNK")
 
 
-def generate(mode: int, tile: GTile, strided: bool, fused: bool) -> str:
+def generate(mode: int, tile: GTile, strided: bool, fused: bool, vec: bool = False) -> str:
     """The kernel's source (see the module docstring). ``strided``: BWD_INPUT with stride > 1
     (residue classes on blockIdx.z); ``fused``: the activation's gradient read with dy (BWD
-    modes; in BWD_WEIGHT also db)."""
+    modes; in BWD_WEIGHT also db); ``vec``: BWD_INPUT's dy, y and w read 4 channels per 128-bit
+    load (``ptx.ldg_f32x4``; C_out a multiple of 4, the arrays 16-byte aligned)."""
     t = tile
     db = fused and mode == BWD_WEIGHT
     s = _Src()
@@ -483,17 +528,17 @@ def generate(mode: int, tile: GTile, strided: bool, fused: bool) -> str:
     s(f"As = cuda.shared.array({2 * sa}, f32{align})",
       f"Bs = cuda.shared.array({2 * sb}, f32{align})")
     if db:
-        s(f"Ds = cuda.shared.array({len(_col_rows(t, t.bn)) * t.threads}, f32)")
+        s(f"Ds = cuda.shared.array({(4 if vec else len(_col_rows(t, t.bn))) * t.threads}, f32)")
     s("zero = f32(0)", "yact = ymat" if mode == BWD_WEIGHT else "yact = ysrc")
     setup(s, mode, t, strided)
-    mainloop(s, mode, t, fused, db)
-    epilogue(s, mode, t, db)
+    mainloop(s, mode, t, fused, db, vec)
+    epilogue(s, mode, t, db, vec)
     return f"def kernel({ARGS}):\n" + "\n".join(_int32(ln) for ln in s.lines) + "\n"
 
 
 _INT_VAR = re.compile(r"^(\s*)(k0|k|kc|kx|ky|kt|lane|m|mt|ow|oh|nn|qx|qy|ko|kb|kco|kr0|ohs|ows|"
                       r"dc|dt_|dx|dy|dw_|dh_|dn_|bc|ci|wc|r|rt|orow|c|col|tt|M|NCOL|kbeg|kend|"
-                      r"nsteps|left|kla|split|z|py|px|SHv|SWv|qy0|qx0|qyn|qxn|kqy|kqx|kqyd|kqxd|tid|tx|ty|"
+                      r"nsteps|left|kal|kbl|e4|klim|dws|dhs|dxb|wend|hend|wcy|hcy|split|z|py|px|SHv|SWv|qy0|qx0|qyn|qxn|kqy|kqx|kqyd|kqxd|tid|tx|ty|"
                       r"m0|n0|ty4|tx4|(?:hb|wb|ro|bo|ow|oh|nb|eky|ekx|rp|ohs|ows|xb|kl)\d+)"
                       r" (=|\+=|-=) (.+?)(\s+#.*)?$")
 
@@ -520,41 +565,46 @@ def _int_helpers():
     return types.int32, types.uint32, types.uint64
 
 
-def spec_name(mode, tile, strided, fused):
+def spec_name(mode, tile, strided, fused, vec=False):
     t = tile
-    tags = ("s" if strided else "") + ("f" if fused else "")
+    tags = ("v" if vec else "") + ("s" if strided else "") + ("f" if fused else "")
     return (f"gemm_{MODE_NAMES[mode]}{'_' + tags if tags else ''}[float32,"
             f"{t.bm}x{t.bn}x{t.bk}/{t.tm}x{t.tn}/{t.min_blocks}]")
 
 
 def _variants():
     """What the launchers use: FWD per tile; BWD_INPUT per tile, fused or not, strided only on
-    the mid and narrow tiles (a strided GEMM's classes are small); BWD_WEIGHT per tile, plain
-    or fused (activation gradient + db). 19 kernels, 3-15 s each to build on an idle core
-    (Numba's front end on the unrolled source; ptxas under 1 s): the compile tests, which build
-    every registered kernel for sm_80 and sm_90, pay that twice."""
+    the mid and narrow tiles (a strided GEMM's classes are small), with vector loads on the
+    wide and narrow tiles (``vectorized``: the mid tile takes every C_out that is not a
+    multiple of 4); BWD_WEIGHT per tile, plain or fused (activation gradient + db), with vector
+    loads of dy on the wide tile. 19 kernels, 3-15 s each to build on an idle core (Numba's
+    front end on the unrolled source; ptxas under 1 s): the compile tests, which build every
+    registered kernel for sm_80 and sm_90, pay that twice."""
     tiles = (TILE_WIDE, TILE_MID, TILE_NARROW)
     out = [dict(mode=FWD, tile=t, strided=False, fused=False) for t in tiles]
-    out += [dict(mode=BWD_INPUT, tile=t, strided=False, fused=f) for t in tiles
-            for f in (False, True)]
-    out += [dict(mode=BWD_INPUT, tile=t, strided=True, fused=f) for t in (TILE_MID, TILE_NARROW)
-            for f in (False, True)]
-    out += [dict(mode=BWD_WEIGHT, tile=t, strided=False, fused=f) for t in tiles
-            for f in (False, True)]
+    out += [dict(mode=BWD_INPUT, tile=t, strided=st, fused=f, vec=vectorized(BWD_INPUT, t, 4))
+            for st in (False, True) for t in tiles for f in (False, True)
+            if t != TILE_WIDE or not st]
+    out += [dict(mode=BWD_WEIGHT, tile=t, strided=False, fused=f,
+                 vec=vectorized(BWD_WEIGHT, t, 4)) for t in tiles for f in (False, True)]
     return out
 
 
 @kernel_factory(_variants)
-def gemm_kernel(mode: int, tile: GTile, strided: bool, fused: bool):
+def gemm_kernel(mode: int, tile: GTile, strided: bool, fused: bool, vec: bool = False):
     tile = GTile(*tile).check()
     strided = bool(strided) and mode == BWD_INPUT
     fused = bool(fused) and mode != FWD
-    name = spec_name(mode, tile, strided, fused)
-    src = generate(mode, tile, strided, fused)
+    vec = bool(vec) and mode != FWD
+    if vec and not vec_tile(tile, mode):
+        raise ValueError(f"gemm tile {tile}: no vector variant of {MODE_NAMES[mode]} (see "
+                         "vec_tile)")
+    name = spec_name(mode, tile, strided, fused, vec)
+    src = generate(mode, tile, strided, fused, vec)
     act_fwd, _ = act_device_fns("float32")
     I, U, S = _int_helpers()
     env = {"cuda": cuda, "f32": types.float32, "I": I, "U": U, "S": S, "act_fwd": act_fwd,
-           "min": min, "max": max}
+           "min": min, "max": max, "ldg4": ldg_f32x4}
     filename = f"<gpucnn {name}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     exec(compile(src, filename, "exec"), env)
@@ -571,19 +621,45 @@ def gemm_kernel(mode: int, tile: GTile, strided: bool, fused: bool):
 TILE_OVERRIDE: dict = {}
 
 
-def choose_tile(mode: int, m: int, n: int, strided: bool = False) -> GTile:
+def vec_tile(t: GTile, mode: int = BWD_INPUT) -> bool:
+    """Whether the tile has the vector pattern of ``mode``: BWD_INPUT's ``_vec_groups`` along
+    the reduction, BWD_WEIGHT's groups of 4 columns of dy (a whole number per thread)."""
+    if mode == BWD_WEIGHT:
+        return t.bn % 4 == 0 and t.threads % (t.bn // 4) == 0 and (
+            t.bk * t.bn // 4) % t.threads == 0
+    q = t.bk // 4
+    return t.bk % 4 == 0 and t.threads % q == 0 and t.bm * q >= t.threads and (
+        t.bm * q % t.threads == 0) and (t.bn * q % t.threads == 0 or t.bn * q < t.threads)
+
+
+def vectorized(mode: int, tile: GTile, co: int) -> bool:
+    """Whether the launch reads 4 channels per load (C_out a multiple of 4): BWD_INPUT's dy, y
+    and w on the wide and narrow tiles, BWD_WEIGHT's dy and y on the wide tile. The mid tile
+    (and the narrow weight gradient, whose dy tile is 2 elements a thread) load scalars."""
+    if co % 4:
+        return False
+    if mode == BWD_INPUT:
+        return tile != TILE_MID and vec_tile(tile)
+    return mode == BWD_WEIGHT and tile == TILE_WIDE and vec_tile(tile, mode)
+
+
+def choose_tile(mode: int, m: int, n: int, strided: bool = False, co: int = 4) -> GTile:
     """The tile of an ``m x n`` GEMM: narrow for 16 columns or fewer; the wide 128x128 tile
     when it still fills about three quarters of the SMs (split-K fills the weight gradient's
-    grid: there it needs 128 rows and columns); the mid tile otherwise, and for the strided
-    input gradient (its residue classes are small GEMMs)."""
+    grid: there it needs 128 rows and columns); the mid tile otherwise, for the strided
+    input gradient (its residue classes are small GEMMs), and for an input gradient whose
+    reduction channels ``co`` are not a multiple of 4 (no vector loads; nor the wide tile of
+    the weight gradient)."""
     if mode in TILE_OVERRIDE:
         return TILE_OVERRIDE[mode]
+    if mode == BWD_INPUT and co % 4:
+        return TILE_MID
     if n <= TILE_NARROW.bn:
         return TILE_NARROW
     if strided:
         return TILE_MID
-    if mode == BWD_WEIGHT:
-        wide = m >= TILE_WIDE.bm and n >= TILE_WIDE.bn
+    if mode == BWD_WEIGHT:      # (its wide tile's loads are vectors: 4 | C_out)
+        wide = m >= TILE_WIDE.bm and n >= TILE_WIDE.bn and co % 4 == 0
     else:
         wide = -(-m // TILE_WIDE.bm) * -(-n // TILE_WIDE.bn) >= (3 * sm_count()) // 4
     return TILE_WIDE if wide else TILE_MID
@@ -606,8 +682,8 @@ def prepare(mode, geo, act, has_bias, fused, tile=None, splits=1, chunk=0):
         m, ncol, z = n * -(-h // sh) * -(-w // sw), c, sh * sw
     else:
         m, ncol, z = kh * kw * c, co, splits
-    tile = tile or choose_tile(mode, m, ncol, strided)
-    spec = gemm_kernel(mode, tile, strided, fused)
+    tile = tile or choose_tile(mode, m, ncol, strided, co)
+    spec = gemm_kernel(mode, tile, strided, fused, vectorized(mode, tile, co))
     return Prepared(spec, (-(-m // tile.bm), -(-ncol // tile.bn), z), (tile.threads,),
                     (None,) * 6 + (n, h, w, c, ho, wo, co, kh, kw, sh, sw, pt, pl, act,
                                    has_bias, chunk))

@@ -11,6 +11,10 @@ LLVM-IR extension API is replaced (numba-cuda-mlir), this file is the one to por
 ``cvt_tf32(x)``
     ``cvt.rna.tf32.f32``: float32 -> a ``uint32`` register holding ``x`` rounded to TF32
     (10 explicit mantissa bits, round to nearest, ties away from zero; low 13 bits zero).
+``ldg_f32x4(a, o)``
+    ``ld.global.nc.v4.f32``: elements ``o .. o+3`` of the float32 array ``a`` (seen flat) in
+    one 128-bit load, as a 4-tuple. ``o`` must be a multiple of 4 and ``a``'s data 16-byte
+    aligned (the emulation refuses an unaligned ``o``); read-only data only (``.nc``).
 ``mma_tf32_m16n8k8(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)``
     ``mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32``: one warp computes
     ``D (16x8) = A (16x8) @ B (8x8) + C``; each lane passes its fragment registers (A and B as
@@ -321,6 +325,48 @@ def _cvt_tf32_intrinsic():
 
 
 # ---------------------------------------------------------------------------------------------
+# ld.global.nc.v4.f32
+# ---------------------------------------------------------------------------------------------
+
+def _ldg_f32x4_emulated(a, o):
+    o = int(o)
+    if o % 4:
+        raise ValueError(f"ldg_f32x4: offset {o} is not a multiple of 4 (a 128-bit load)")
+    return tuple(np.float32(a[o + i]) for i in range(4))
+
+
+def _ldg_f32x4_intrinsic():
+    from llvmlite import ir
+    from numba import types
+    from numba.core.errors import NumbaTypeError
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def ldg_f32x4(typingctx, a, o):
+        if not (isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 1
+                and isinstance(o, types.Integer)):
+            raise NumbaTypeError(f"ldg_f32x4: expected a 1-D float32 array and an integer "
+                                 f"offset, got {a}, {o}")
+        sig = types.UniTuple(types.float32, 4)(a, o)
+
+        def codegen(context, builder, sig, args):
+            f32, i64 = ir.FloatType(), ir.IntType(64)
+            data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            off = (builder.sext if sig.args[1].signed else builder.zext)(args[1], i64)
+            addr = builder.ptrtoint(builder.gep(data, [off]), i64)
+            fnty = ir.FunctionType(ir.LiteralStructType([f32] * 4), [i64])
+            asm = ir.InlineAsm(fnty, "ld.global.nc.v4.f32 {$0, $1, $2, $3}, [$4];",
+                               "=f,=f,=f,=f,l")
+            res = builder.call(asm, [addr])
+            return context.make_tuple(builder, sig.return_type,
+                                      [builder.extract_value(res, i) for i in range(4)])
+
+        return sig, codegen
+
+    return ldg_f32x4
+
+
+# ---------------------------------------------------------------------------------------------
 # mma.sync
 # ---------------------------------------------------------------------------------------------
 
@@ -389,14 +435,16 @@ def _mma_intrinsic(shape: MmaShape):
 
 if SIMULATOR:
     cvt_tf32 = _cvt_tf32_emulated
+    ldg_f32x4 = _ldg_f32x4_emulated
     mma_tf32_m16n8k8 = _mma_emulated(MMA_TF32_M16N8K8)
     mma_bf16_m16n8k16 = _mma_emulated(MMA_BF16_M16N8K16)
 else:
     cvt_tf32 = _cvt_tf32_intrinsic()
+    ldg_f32x4 = _ldg_f32x4_intrinsic()
     mma_tf32_m16n8k8 = _mma_intrinsic(MMA_TF32_M16N8K8)
     mma_bf16_m16n8k16 = _mma_intrinsic(MMA_BF16_M16N8K16)
 
 #: The emulations, importable in either mode (tests call them on simulated warps).
-EMULATED = {"cvt_tf32": _cvt_tf32_emulated,
+EMULATED = {"cvt_tf32": _cvt_tf32_emulated, "ldg_f32x4": _ldg_f32x4_emulated,
             "mma_tf32_m16n8k8": _mma_emulated(MMA_TF32_M16N8K8),
             "mma_bf16_m16n8k16": _mma_emulated(MMA_BF16_M16N8K16)}
