@@ -31,10 +31,6 @@ def check_batch_size(b, op):
     return int(b)
 
 
-def host(a):
-    return a if isinstance(a, np.ndarray) else backend.kernels().to_host(a)
-
-
 def data_array(a, what, op):
     """``a`` (array, Tensor or nested list) as an array with a batch axis (host or device)."""
     if isinstance(a, Tensor):
@@ -117,7 +113,7 @@ class InputChecks:
     def _prepare_y(self, y, n, out_shape, op):
         """Targets as the loss wants them, checked against the model's output on the host."""
         y = data_array(y, "y", op)        # its length checked against x by _prepare
-        yh = host(y)
+        yh = backend.kernels().to_host(y)
         kind, name = self.loss.kind, self.loss.name
         per = tuple(out_shape[1:])
         if kind == "sparse":
@@ -198,4 +194,4 @@ class InputChecks:
 
 
 __all__ = ["InputChecks", "callback_list", "check_batch_size", "check_verbose", "data_array",
-           "first_non_finite", "host"]
+           "first_non_finite"]
