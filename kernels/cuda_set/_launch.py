@@ -221,7 +221,14 @@ def launch(spec: KernelSpec, grid, block, *args):
     kern[grid, block, _numba_stream()](*wrapped)
 
 
-_SECOND = object()       # a Prepared called once on a device: the next call prepares its raw launch
+class _Once:
+    """Falsy: a Prepared called once on a device (the next call prepares its raw launch)."""
+
+    def __bool__(self):
+        return False
+
+
+_SECOND = _Once()
 
 
 class Prepared:
@@ -259,14 +266,14 @@ class Prepared:
         if _state["path"] == "raw":
             dev = cp.cuda.runtime.getDevice()
             fire = self.raw.get(dev)
+            if fire:                    # the raw launch (it counts itself)
+                return fire(*arrays)
             if fire is None:            # a first call: a plan made for one call stops here
                 self.raw[dev] = _SECOND
             elif fire is _SECOND:       # called again: worth its own buffer and function
                 fire = self.raw[dev] = self._raw_fire(arrays)
-            if fire and fire is not _SECOND:
-                fire(*arrays)
-                _state["launches"] += 1
-                return
+                if fire:
+                    return fire(*arrays)
         launch(self.spec, self.grid, self.block, *self.args(arrays))
 
     def _raw_fire(self, arrays):
@@ -298,10 +305,11 @@ class Prepared:
         names = ", ".join(f"a{i}" for i in range(len(writes)))
         src = (f"def fire({names}):\n    with lock:\n" + "\n".join(writes)
                + f"\n        launch_kernel(fptr, {g[0]}, {g[1]}, {g[2]}, {b[0]}, {b[1]}, {b[2]}, "
-               "0, stream().ptr, params_ptr, 0)\n")
+               "0, stream().ptr, params_ptr, 0)\n    state['launches'] += 1\n")
         env = {"slots": slots, "params": params, "params_ptr": ctypes.addressof(params),
                "lock": threading.Lock(), "pointer": _abi._pointer, "fptr": k.fptr,
-               "launch_kernel": k.launch_kernel, "stream": cp.cuda.get_current_stream}
+               "launch_kernel": k.launch_kernel, "stream": cp.cuda.get_current_stream,
+               "state": _state}
         exec(compile(src, f"<gpucnn launch {self.spec.name}>", "exec"), env)
         return env["fire"]
 
