@@ -296,3 +296,53 @@ def test_cuda_leaves_g_and_absent_slots_alone(C, rng):
     np.testing.assert_array_equal(C.to_host(pc)[1::2], p[1::2])
     np.testing.assert_array_equal(C.to_host(gc), g)
     assert np.isnan(C.to_host(uc)).all()
+
+
+@pytest.mark.parametrize("family", ["sgd", "adam", "rmsprop"])
+def test_cuda_multi_tensor_any_alignment_and_refusals(C, family, rng):
+    """Tensors of 13, 8 and 16 elements in one multi-tensor launch, the 8 a view one float into
+    its buffers (not 16-byte aligned), a NaN gradient in the middle of the 16 (its neighbours
+    updated, the element and its slots kept): against the NumPy set's one-tensor updates, and
+    the flag holding the NaN's tag."""
+    sizes, tag = (13, 8, 16), 5
+    npos = [[f(rng, n, dtype=np.float32)] + [np.abs(f(rng, n, dtype=np.float32))
+                                             for _ in range(2)] for n in sizes]   # p; v, s >= 0
+    grads = [f(rng, n, dtype=np.float32) for n in sizes]
+    grads[2][6] = np.nan
+    pos = []
+    for nt in npos:
+        n = nt[0].size
+        if n == 8:                       # one float into a fresh buffer: misaligned views
+            bufs = [C.xp.zeros(n + 1, np.float32) for _ in nt]
+            for b, a in zip(bufs, nt):
+                b[1:] = C.asarray(a)
+            pos.append([b[1:] for b in bufs])
+        else:
+            pos.append([C.asarray(a.copy()) for a in nt])
+    if C.launch_path() == "sim":
+        assert pos[1][0].__array_interface__["data"][0] % 16 != 0
+        assert pos[2][0].__array_interface__["data"][0] % 16 == 0
+    flag, nflag = C.xp.zeros(1, np.int64), np.zeros(1, np.int64)
+    gd = [C.asarray(g) for g in grads]
+    for k, nt in enumerate(npos):
+        if family == "sgd":
+            N.sgd_update(nt[0], grads[k], nt[1], 0.05, 0.9, True, 0.01, flag=nflag, tag=tag + k)
+        elif family == "adam":
+            N.adam_update(nt[0], grads[k], nt[1], nt[2], 0.01, 0.8, 0.95, 1e-3, 2, 0.01,
+                          flag=nflag, tag=tag + k)
+        else:
+            N.rmsprop_update(nt[0], grads[k], nt[1], 0.01, 0.9, 1e-7, 0.01, u=nt[2],
+                             momentum=0.5, flag=nflag, tag=tag + k)
+    if family == "sgd":
+        C.sgd_update_many([t[0] for t in pos], gd, [t[1] for t in pos], 0.05, 0.9, True, 0.01,
+                          flag=flag, tag=tag)
+    elif family == "adam":
+        C.adam_update_many([t[0] for t in pos], gd, [t[1] for t in pos], [t[2] for t in pos],
+                           0.01, 0.8, 0.95, 1e-3, 2, 0.01, flag=flag, tag=tag)
+    else:
+        C.rmsprop_update_many([t[0] for t in pos], gd, [t[1] for t in pos], 0.01, 0.9, 1e-7,
+                              0.01, us=[t[2] for t in pos], momentum=0.5, flag=flag, tag=tag)
+    assert int(C.to_host(flag)[0]) == int(nflag[0]) == tag + 2
+    used = 2 if family == "sgd" else 3
+    for k, (t, nt) in enumerate(zip(pos, npos)):
+        _close(C, t[:used], nt[:used], f"{family} tensor {k}", np.float32)
