@@ -36,8 +36,6 @@ from gpucnn.optimizers.algorithms import SGD, Adagrad, Adam, AdamW, RMSprop
 from gpucnn.optimizers.optimizer import NonFiniteUpdateError, Optimizer
 from gpucnn.optimizers.schedules import (CosineDecay, ExponentialDecay, LearningRateSchedule,
                                          PiecewiseConstantDecay)
-from gpucnn.optimizers.schedules import deserialize as deserialize_schedule
-from gpucnn.optimizers.schedules import serialize as serialize_schedule
 
 _BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}
 _CLASSES = {c.__name__: c for c in _BY_NAME.values()}
