@@ -1,6 +1,7 @@
 """The ops section of the GPU check (``python -m gpucnn.gpucheck``): every kernel timed with
 CUDA events beside PyTorch (cuDNN, fp32, TF32 off), the convolutions' GFLOP/s against the fp32
-peak (again on the baseline conv kernels), and the conv tile sweep.
+peak (again on the baseline conv kernels, and on gpucnn's TF32 kernels beside cuDNN with TF32
+off and on), and the conv tile sweep.
 """
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ from gpucnn.bench import shapes, torch_ref
 from gpucnn.bench.check_accuracy import GRAD_TOL, rel_err
 from gpucnn.bench.check_context import torch_twins
 
+#: A TF32 conv's result against the fp32 one (``rel_err``: the largest error over the largest
+#: output). TF32 rounds each operand by up to 2**-11 relatively: about 1e-3 at these sizes.
+TF32_TOL = 1e-2
+
 def time_ops(ctx):
     """Rows (net, layer, op, shape, ours ms, GFLOP/s, % peak, torch ms, ratio)."""
     convs, pools = shapes.gpu_layers(ctx.tiny)
     rows = ctx.table("ops")
 
-    def add(net, layer, op, shape, ours_fn, flops=None, torch_fn=None):
+    def add(net, layer, op, shape, ours_fn, flops=None, torch_fn=None, ms=None):
+        """One row; ``ms``: ours already timed (a second reference for the same call)."""
         try:
-            ms = ctx.median_ms(ours_fn)
+            ms = ctx.median_ms(ours_fn) if ms is None else ms
         except Exception as e:  # noqa: BLE001
             ctx.fail(f"timing {net} {layer} {op}: {type(e).__name__}: {e}")
             ms = math.nan
@@ -37,6 +43,7 @@ def time_ops(ctx):
                      tms / ms if tms == tms and ms == ms and ms > 0 else math.nan))
         print(f"  [2] {net:8s} {layer:6s} {op:22s} {ms:9.3f} ms"
               + (f"  torch {tms:9.3f} ms" if tms == tms else ""), flush=True)
+        return ms
 
     for c in convs:
         with ctx.case(f"timing {c.net} {c.name}"):
@@ -56,27 +63,15 @@ def _time_conv(ctx, add, c):
                    ctx.dev(ctx.rand(c.filters)), ctx.dev(ctx.rand(*ys)))
     shape = f"x{c.x} k{c.k} s{c.stride} {c.padding} -> {ys}"
     t = torch_twins(ctx, torch_ref.gpu_conv_twins, x, w, b, dy, st, pad, c.act, c.filters)
-    add(c.net, c.name, f"conv fwd+bias+{c.act}", shape,
-        lambda: C.conv2d_forward(x, w, b, st, pad, c.act), c.flops(), t.get("fwd"))
-    add(c.net, c.name, "conv bwd input", shape,
-        lambda: C.conv2d_backward_input(dy, w, c.x, st, pad), c.flops(), t.get("bwd_input"))
-    add(c.net, c.name, "conv bwd weight", shape,
-        lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad), c.flops(), t.get("bwd_weight"))
-    add(c.net, c.name, "bias grad", f"dy{ys}", lambda: C.bias_grad(dy), None, t.get("bias"))
+    # a strided input gradient runs decomposed by residue class (gemm.py): its rows say so
     calls = ((f"conv fwd+bias+{c.act}", lambda: C.conv2d_forward(x, w, b, st, pad, c.act), "fwd"),
-             ("conv bwd input", lambda: C.conv2d_backward_input(dy, w, c.x, st, pad),
-              "bwd_input"),
+             ("conv bwd input" + (" (decomposed)" if c.stride > 1 else ""),
+              lambda: C.conv2d_backward_input(dy, w, c.x, st, pad), "bwd_input"),
              ("conv bwd weight", lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad),
               "bwd_weight"))
-    _time_conv_baseline(ctx, add, c, shape, calls, t)
-
-
-def _time_conv_baseline(ctx, add, c, shape, calls, t):
-    """The rows above again on the baseline conv kernels (``conv.set_conv_kernels``), in the
-    same run: the igemm2 kernels' speed-up is the ratio of two rows of one table. Each baseline
-    result is checked against igemm2's first (fewer repeats: it is the reference point)."""
-    from gpucnn.kernels.cuda_set import conv as cv
-
+    for label, fn, key in calls:
+        add(c.net, c.name, label, shape, fn, c.flops(), t.get(key))
+    add(c.net, c.name, "bias grad", f"dy{ys}", lambda: C.bias_grad(dy), None, t.get("bias"))
     new = {}
     for label, fn, _ in calls:
         try:
@@ -84,6 +79,53 @@ def _time_conv_baseline(ctx, add, c, shape, calls, t):
         except Exception as e:  # noqa: BLE001
             ctx.fail(f"{c.net} {c.name} {label} (igemm2): {type(e).__name__}: {e}")
             ctx.check_device()
+    _time_conv_baseline(ctx, add, c, shape, calls, t, new)
+    _time_conv_tf32(ctx, add, c, shape, calls, t, new)
+
+
+def _plain(label):
+    """A row's label for kernels that do not decompose the strided input gradient."""
+    return label.replace(" (decomposed)", "")
+
+
+def _time_conv_tf32(ctx, add, c, shape, calls, t, new):
+    """The conv calls on gpucnn's TF32 kernels (``float32_matmul_precision("high")``): a row
+    ``[tf32]`` beside cuDNN with TF32 off (the fp32 rows' reference) and a row ``[tf32 vs
+    cuDNN tf32]`` beside cuDNN with TF32 on, from one timing of ours. Each result is checked
+    against the fp32 one (``TF32_TOL``)."""
+    from gpucnn.kernels import _precision
+
+    torch = ctx.torch
+    for label, fn, key in calls:
+        with _precision.float32_matmul_precision("high"):
+            try:
+                err = rel_err(ctx, fn(), new[label]) if label in new else 0.0
+            except Exception as e:  # noqa: BLE001
+                err = math.nan
+                print(f"  [2] tf32 {c.name} {label}: {type(e).__name__}: {e}", flush=True)
+                ctx.check_device()
+            if not err <= TF32_TOL:
+                ctx.fail(f"{c.net} {c.name} {label}: TF32 and fp32 differ by {err:.2e} "
+                         f"(expected <= {TF32_TOL:.0e})")
+            ms = add(c.net, c.name, f"{_plain(label)} [tf32]", shape, fn, c.flops(), t.get(key))
+        if torch is None:
+            continue
+        before = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = True
+        try:
+            add(c.net, c.name, f"{_plain(label)} [tf32 vs cuDNN tf32]", shape, fn, c.flops(),
+                t.get(key), ms=ms)
+        finally:
+            torch.backends.cudnn.allow_tf32 = before
+
+
+def _time_conv_baseline(ctx, add, c, shape, calls, t, new):
+    """The rows above again on the baseline conv kernels (``conv.set_conv_kernels``), in the
+    same run: the igemm2 kernels' speed-up is the ratio of two rows of one table. Each baseline
+    result is checked against igemm2's first (``new``; fewer repeats: it is the reference
+    point)."""
+    from gpucnn.kernels.cuda_set import conv as cv
+
     before, repeats = cv.set_conv_kernels("baseline"), ctx.repeats
     ctx.repeats = max(5, repeats // 4) if ctx.gpu else repeats
     try:
@@ -96,7 +138,7 @@ def _time_conv_baseline(ctx, add, c, shape, calls, t):
                 ctx.check_device()
             if not err <= GRAD_TOL:
                 ctx.fail(f"{c.net} {c.name} {label}: baseline and igemm2 differ by {err:.2e}")
-            add(c.net, c.name, f"{label} [baseline]", shape, fn, c.flops(), t.get(key))
+            add(c.net, c.name, f"{_plain(label)} [baseline]", shape, fn, c.flops(), t.get(key))
     finally:
         cv.set_conv_kernels(before)
         ctx.repeats = repeats

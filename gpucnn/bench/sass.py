@@ -1,5 +1,6 @@
 """The instruction mix of the float32 conv kernels, read from their machine code (no GPU):
-``python -m gpucnn.bench.sass [--out docs/instruction-mix.md] [--only NAME-SUBSTRING]``.
+``python -m gpucnn.bench.sass [--out docs/instruction-mix.md] [--only NAME-SUBSTRING]
+[--family baseline|igemm2|tf32]``.
 
 Each kernel is built the way gpucnn builds what runs (``_cache.build``: Numba's PTX for
 ``sm_90``, assembled by Numba's linker), disassembled with ``nvdisasm`` (pip package
@@ -11,8 +12,8 @@ and flagged). A branch inside the step that skips code (the baseline's partial-s
 gemm kernels' ``if more``) is counted as taken the way a full step in the middle of the
 reduction takes it: the baseline's partial-step loop is left out, everything else is in.
 
-Printed per kernel: instructions per step, FFMA and their share, shared loads by width, global
-loads, barriers, registers, stack frame (spills), and occupancy (resident blocks and warps per
+Printed per kernel: instructions per step, its math instructions (FFMA; HMMA in the TF32
+kernels) and their share, shared loads by width, global loads, barriers, registers, stack frame (spills), and occupancy (resident blocks and warps per
 SM of an sm_90 from registers, shared memory and threads). ``--out`` writes the table as
 Markdown with the command, date and versions.
 """
@@ -125,6 +126,7 @@ def reduction_step(insns, bk: int, baseline: bool) -> dict:
     total = sum(counts.values())
     lds = {k: v for k, v in counts.items() if k.startswith("LDS")}
     return {"total": total, "ffma": counts.get("FFMA", 0), "lds": lds,
+            "hmma": sum(v for k, v in counts.items() if k.startswith("HMMA")),
             "ldg": sum(v for k, v in counts.items() if k.startswith("LDG")),
             "bar": sum(v for k, v in counts.items() if k.startswith("BAR")),
             "nested": len(top), "notes": notes}
@@ -149,26 +151,31 @@ def occupancy(regs: int, smem: int, threads: int) -> tuple[int, int]:
     return blocks, blocks * warps
 
 
+FAMILIES = {"igemm_": "baseline", "gemm_": "igemm2", "tf32_": "tf32"}
+
+
 def conv_specs():
-    """``[(spec, family, tile)]``: the float32 conv kernels of both families."""
-    from gpucnn.kernels.cuda_set import _launch, conv, gemm
+    """``[(spec, family, tile)]``: the float32 conv kernels of the three families."""
+    from gpucnn.kernels.cuda_set import _launch, conv, conv_tf32, gemm
 
     out = []
     for spec in _launch.all_kernels():
-        if "float32" not in spec.name:
-            continue
-        if spec.name.startswith("igemm_"):
-            tile = _tile_of(spec.name)
-            out.append((spec, "baseline", tile))
-        elif spec.name.startswith("gemm_"):
-            out.append((spec, "igemm2", _tile_of(spec.name)))
-    del conv, gemm
+        family = next((f for p, f in FAMILIES.items() if spec.name.startswith(p)), None)
+        if family and "float32" in spec.name:
+            out.append((spec, family, _tile_of(spec.name)))
+    del conv, conv_tf32, gemm
     return out
 
 
 def _tile_of(name: str) -> tuple:
+    """``(bm, bn, bk, tm, tn)`` of a SIMT kernel, ``(bm, bn, bk, wm, wn)`` (warps) of a TF32 one."""
     m = re.search(r"(\d+)x(\d+)x(\d+)/(\d+)x(\d+)", name)
     return tuple(int(v) for v in m.groups())
+
+
+def threads_of(family: str, tile: tuple) -> int:
+    return 32 * tile[3] * tile[4] if family == "tf32" else (tile[0] // tile[3]) * (tile[1] //
+                                                                                   tile[4])
 
 
 def _shared_and_info(cubin: bytes, entry: str):
@@ -222,11 +229,11 @@ def analyse(spec, family, tile, cc=(9, 0), tmpdir=None) -> dict:
     insns = disassemble(built.cubin, built.entry, tmpdir)
     step = reduction_step(insns, tile[2], family == "baseline")
     smem, info = _shared_and_info(built.cubin, built.entry)
-    threads = (tile[0] // tile[3]) * (tile[1] // tile[4])
-    blocks, warps = occupancy(info.get("registers", 0), smem, threads)
+    blocks, warps = occupancy(info.get("registers", 0), smem, threads_of(family, tile))
     allops = Counter(op for _, op, _, _ in insns)
-    return {"name": spec.name, "family": family, "tile": tile, **step,
-            "share": 100.0 * step["ffma"] / max(step["total"], 1),
+    math = "HMMA" if family == "tf32" else "FFMA"
+    return {"name": spec.name, "family": family, "tile": tile, **step, "math": math,
+            "share": 100.0 * step[math.lower()] / max(step["total"], 1),
             "registers": info.get("registers"), "frame": info.get("frame_bytes", 0),
             "smem": smem, "blocks": blocks, "warps": warps,
             "fp64": sorted(op for op in allops if ".F64" in op or op.startswith("D")
@@ -238,8 +245,9 @@ def analyse(spec, family, tile, cc=(9, 0), tmpdir=None) -> dict:
 
 def _row(r) -> str:
     lds = ", ".join(f"{v} {k}" for k, v in sorted(r["lds"].items()))
-    flag = "" if r["family"] == "baseline" else (" ok" if r["share"] >= TARGET_ALL else " LOW")
-    return (f"| {r['name']} | {r['total']} | {r['ffma']} | {r['share']:.1f}%{flag} | {lds} | "
+    flag = "" if r["family"] != "igemm2" else (" ok" if r["share"] >= TARGET_ALL else " LOW")
+    return (f"| {r['name']} | {r['total']} | {r[r['math'].lower()]} {r['math']} | "
+            f"{r['share']:.1f}%{flag} | {lds} | "
             f"{r['ldg']} | {r['bar']} | {r['registers']} | {r['frame']} | "
             f"{r['blocks']} / {r['warps']} | {r['build_s']:.1f} |")
 
@@ -247,7 +255,12 @@ def _row(r) -> str:
 NOTES = """Reading the table:
 
 - "igemm2" kernels are ``gemm_*`` (kernels/cuda_set/gemm.py), the baseline ``igemm_*``
-  (kernels/cuda_set/conv.py, still selectable with ``conv.set_conv_kernels("baseline")``).
+  (kernels/cuda_set/conv.py, still selectable with ``conv.set_conv_kernels("baseline")``), the
+  TF32 kernels ``tf32_*`` (kernels/cuda_set/conv_tf32.py, with TF32 allowed).
+- The TF32 kernels' math is HMMA (``HMMA.1688.F32.TF32``: one m16n8k8 product per warp, 1,024
+  multiply-adds, 32 per thread), counted and shared out like FFMA: a step of ``bk`` does
+  ``bk * bm * bn / (8 * threads)`` of them per thread. Their share is not comparable with a
+  SIMT kernel's: each HMMA stands for 32 FFMA.
 - A step of the baseline is its ``kk`` loop counted ``bk`` times plus the staging around it; its
   partial last step's loop is left out. A step of igemm2 is straight-line code.
 - The fused variants (``_f``, ``_sf``) count 2 FFMA per staged element of their activation
@@ -255,12 +268,16 @@ NOTES = """Reading the table:
 - Each staged element of the left operand feeds ``bn`` columns, so a tile's FFMA per staged
   element is at most ``bm * bn / (bm + bn)``: 64 for 128x128, 32 for 64x64, 14 for the narrow
   128x16. The narrow tile's share is bounded by that: staging one gathered element with its
-  two range checks costs about 9 instructions.
+  two range checks costs about 9 instructions, a fused one about 19 (y loaded beside dy).
+- The ``_v`` variants read 4 channels per 128-bit global load (LDG.E.128: one range check, one
+  address and one load per 4 elements): the input gradient's dy, y and w on the wide and narrow
+  tiles, the weight gradient's dy and y on the wide tile, where C_out is a multiple of 4 (the
+  mid tile, with scalar loads, takes the rest).
 - Occupancy is what registers, static shared memory and threads allow on an sm_90 SM; the
   wide tile runs one 256-thread block per SM by design (its launch bounds)."""
 
 
-HEADER = ("| kernel | instructions / step | FFMA | FFMA share | shared loads | global loads | "
+HEADER = ("| kernel | instructions / step | FFMA or HMMA | share | shared loads | global loads | "
           "barriers | registers | stack bytes | blocks / warps per SM | build s |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
 
@@ -279,12 +296,22 @@ def versions() -> str:
 
 def verdict(rows) -> list[str]:
     """The targets, kernel by kernel."""
+    fmt = lambda rs: ", ".join(f"{r['name']} {r['share']:.1f}%" for r in rs) or "none"  # noqa
+    out = []
+    tf32 = [r for r in rows if r["family"] == "tf32"]
+    if tf32:
+        per = [r["total"] / r["hmma"] for r in tf32 if r["hmma"]]
+        out.append("- TF32 kernels, HMMA in every reduction step: "
+                   + ("yes" if len(per) == len(tf32) else "not in " + fmt(
+                       [r for r in tf32 if not r["hmma"]]))
+                   + (f" ({min(per):.0f}-{max(per):.0f} instructions per HMMA)" if per else "")
+                   + "; stack frames: " + (", ".join(f"{r['name']} {r['frame']} B" for r in tf32
+                                                     if r["frame"]) or "none"))
     new = [r for r in rows if r["family"] == "igemm2"]
     if not new:
-        return []
+        return out
     widest = max(new, key=lambda r: (r["tile"][3] * r["tile"][4], r["tile"][0] * r["tile"][1]))
     wide = [r for r in new if r["tile"] == widest["tile"]]
-    fmt = lambda rs: ", ".join(f"{r['name']} {r['share']:.1f}%" for r in rs) or "none"  # noqa
     low = [r for r in new if r["share"] < TARGET_ALL]
     calls = [f"{r['name']}: {', '.join(r['calls'])}" for r in new if r["calls"]]
     return [f"- Widest SIMT tile ({'x'.join(map(str, widest['tile'][:3]))}, "
@@ -298,7 +325,7 @@ def verdict(rows) -> list[str]:
             + (", ".join(f"{r['name']} {r['frame']} B" for r in new if r["frame"]) or "none"),
             "- Calls in igemm2 kernels (outside the reduction loop; the float division of the "
             "forward epilogue's sigmoid): "
-            + ("; ".join(calls) or "none")]
+            + ("; ".join(calls) or "none")] + out
 
 
 def main(argv=None) -> int:
@@ -306,7 +333,7 @@ def main(argv=None) -> int:
         "\n\n")[0])
     ap.add_argument("--out", help="write the table as Markdown to this file")
     ap.add_argument("--only", help="kernels whose name contains this")
-    ap.add_argument("--family", choices=("baseline", "igemm2"), help="one kernel family")
+    ap.add_argument("--family", choices=tuple(FAMILIES.values()), help="one kernel family")
     args = ap.parse_args(argv)
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
