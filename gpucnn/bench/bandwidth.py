@@ -13,8 +13,10 @@ AlexNet (227 x 227, both at batch 128, read off the zoo's models) gets a row wit
 - its launches, the grid of each against the 132 SMs of an H100/H200 (blocks, and waves: the
   blocks over what all SMs hold at once, from the registers and threads of its sm_90 cubin), read
   off the real launchers (run in Numba's simulator with the launches recorded, not executed);
-- its global loads and stores by width in the sm_90 SASS (built the way ``gpucnn.bench.sass``
-  builds, disassembled with nvdisasm): ``LDG.E.128`` are 128-bit vector loads, ``LDG.E`` 32-bit.
+- its global memory instructions by kind and width in the sm_90 SASS (built the way
+  ``gpucnn.bench.sass`` builds, disassembled with nvdisasm; the ``.E`` is dropped): ``LDG.128``
+  and ``STG.128`` are 128-bit vector accesses, ``LDG`` and ``STG`` 32-bit ones, ``ATOMG`` atomics;
+  the counts are instructions in the code, not executions.
 
 ``cases(tiny)`` is shared with the GPU check's bandwidth section (``check_bandwidth``), which
 times the same calls on hardware.
@@ -387,7 +389,9 @@ def _mem_text(kernels, sass_rows):
     parts = []
     for k in dict.fromkeys(kernels):
         m = sass_rows.get(k, {}).get("mem", {})
-        parts.append(f"{k}: " + ", ".join(f"{v} {op}" for op, v in sorted(m.items())))
+        frame = sass_rows.get(k, {}).get("frame", 0)
+        parts.append(f"{k}: " + ", ".join(f"{v} {op}" for op, v in sorted(m.items()))
+                     + (f", {frame} B stack" if frame else ""))
     return "; ".join(parts)
 
 
@@ -408,6 +412,29 @@ def table(tiny=False, batch=128) -> tuple[str, list]:
         rows.append((case, ls))
     fp64 = {k: v["fp64"] for k, v in sass_rows.items() if "float32" in k and v["fp64"]}
     return "\n".join(lines), [rows, fp64]
+
+
+NOTES = """Reading the table, and what is not at the floor yet:
+
+- "requested / floor" above 1 is re-reading, not necessarily DRAM traffic: a pool's window
+  loads overlap (3x3 stride 2: each input read by up to 4 windows, 2.25 on average) and a
+  softmax row (4 KB at K = 1000) is re-read from L1. The max-pool backward's excess is real: a
+  memset of dx (xp.zeros, its own launch, not listed) and an atomic read-modify-write per dy. A
+  gather without either (and fused with the activation's backward, which reads the same dx)
+  needs the pool geometry, which the contract's ``max_pool_backward(dy, idx, x_shape)`` does
+  not carry.
+- Waves: every grid-stride kernel launches at most one wave of the blocks per SM its launch
+  bounds guarantee (``vector.stream_grid``); the resident column counts what the registers of
+  the sm_90 cubin allow, so a kernel whose registers leave room for more blocks than its bounds
+  shows a wave below 1. Column sums split the rows to fill one wave. Softmax and the fused
+  cross-entropy forward still launch one 128-thread block per row: 128 rows fill under a tenth
+  of a wave.
+- 128-bit accesses: the activations (forward and backward) and the dropout mask; the pools,
+  softmax, column sums and optimizer updates load 32 bits per thread (coalesced across the
+  warp). A chunk-of-4 optimizer update with 128-bit accesses was written, but Numba's compile of
+  it took minutes per kernel, so it is not in.
+- Float64 in a float32 kernel: only dropout's keep test, float64 by contract (bit-identical masks
+  with the NumPy set)."""
 
 
 def main(argv=None) -> int:
@@ -441,7 +468,7 @@ def main(argv=None) -> int:
             f"# Bytes of the memory-bound kernels (sm_90, no GPU)\n\nCommand: `{cmd}`; "
             f"{datetime.date.today().isoformat()}; numba {numba.__version__}, numba-cuda "
             f"{_cache.numba_cuda_version()}.\n\n" + __doc__.split("\n\n", 1)[1].strip()
-            + "\n\n" + text + "\n\n- " + note + "\n")
+            + "\n\n" + text + "\n\n- " + note + "\n\n" + NOTES + "\n")
     return 0
 
 
