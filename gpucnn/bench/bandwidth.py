@@ -103,7 +103,7 @@ def _bias_case(net, layer, shape):
     return Case(net, layer, "bias grad", str(tuple(shape)), (rows + 1) * c * F32,
                 colsum_moved(rows, c), "partial sums of row splits (grid.y), then their sum",
                 setup,
-                lambda t, a: (lambda: a["dy"].sum(0)))
+                lambda t, a: (lambda: a["dy"].sum((0, 1, 2))))
 
 
 def _pool_cases(net, layer, kind, x, k, s, pad):
@@ -257,13 +257,17 @@ def cases(tiny: bool = False, batch: int = 128) -> list[Case]:
                 + _softmax_cases("tiny", 3, 5)
                 + _dense_cases("tiny", "fc", 3, 6, "relu", True)
                 + _optim_cases("tiny", [(5, 3), (3,)]))
-    import os as _os
-
-    _os.environ.setdefault("GPUCNN_BACKEND", "numpy")    # the zoo builds its weights on the CPU
     from gpucnn import layers, zoo
 
+    saved = os.environ.get("GPUCNN_BACKEND")
+    os.environ.setdefault("GPUCNN_BACKEND", "numpy")    # the zoo builds its weights on the CPU
+    try:
+        models = (("LeNet-5", zoo.lenet5()), ("AlexNet", zoo.alexnet()))
+    finally:
+        if saved is None:
+            os.environ.pop("GPUCNN_BACKEND", None)
     out = []
-    for net, model in (("LeNet-5", zoo.lenet5()), ("AlexNet", zoo.alexnet())):
+    for net, model in models:
         for layer in model.layers:
             hwc = tuple(int(v) for v in layer.input_shape[1:])
             act = getattr(layer, "activation", None)
