@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import _reference
-from gpucnn.bench import bandwidth
+from gpucnn.bench import bandwidth, membound
 from gpucnn.kernels.cuda_set import _arrays, activation, dropout, reduce, simulate, vector
 
 VECTOR_KERNELS = ("act_fwd[float32]", "act_bwd[float32]", "act_fwd[float64]", "dropout[float32]")
@@ -93,7 +93,7 @@ def test_every_case_of_the_table_launches_within_one_wave():
     bounds = {s.name: s.launch_bounds for s in _launch.all_kernels()}
     recorded = {r["key"]: r["launches"] for r in bandwidth.record_launches(batch=8)}
     capped = 0
-    for case in bandwidth.cases(batch=8):
+    for case in membound.cases(batch=8):
         launches = recorded[bandwidth._key(case)]
         assert launches, case.op
         moved = case.moved(launches) if callable(case.moved) else case.moved

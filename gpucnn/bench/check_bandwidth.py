@@ -1,5 +1,5 @@
 """The bandwidth section of the GPU check (``python -m gpucnn.gpucheck``): each memory-bound
-kernel of ``bandwidth.cases`` (LeNet-5 and AlexNet at batch 128) timed with CUDA events, its
+kernel of ``membound.cases`` (LeNet-5 and AlexNet at batch 128) timed with CUDA events, its
 floor bytes (each input read once, each output written once) over its time as bytes per second,
 against the device's measured bandwidth: a device-to-device copy (``cudaMemcpyAsync`` through
 CuPy) of 2 x 256 MB. PyTorch's counterpart, where it has one, is timed on the same arrays and
@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from gpucnn.bench import bandwidth
+from gpucnn.bench import membound
 
 #: Floats in each buffer of the copy that measures the device's bandwidth (256 MB).
 COPY_FLOATS = 64 * 2**20
@@ -49,7 +49,7 @@ def check_bandwidth(ctx, batch=128):
     size = f"2 x {4 * (1024 if ctx.tiny else COPY_FLOATS) / 1e6:.0f} MB"
     rows.append(("device", "copy", "device-to-device copy", size,
                  None, None, copy / 1e9, 100.0, None, None, None, "the reference"))
-    for case in bandwidth.cases(ctx.tiny, batch):
+    for case in membound.cases(ctx.tiny, batch):
         with ctx.case(f"bandwidth {case.net} {case.layer} {case.op}"):
             _time(ctx, rows, case, copy, l2)
     return rows

@@ -1,0 +1,261 @@
+"""The memory-bound calls of the cuda set at the shapes of the guide's LeNet-5 and of AlexNet,
+each with the bytes it must move (its floor) and the bytes its kernels as written request: the
+rows of the bytes table (``gpucnn.bench.bandwidth``) and of the GPU check's bandwidth section
+(``gpucnn.bench.check_bandwidth``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+F32 = 4
+
+
+class Case(NamedTuple):
+    """One memory-bound call: ``setup(C, alloc)`` makes its inputs with ``alloc(shape, kind)``
+    (kind "normal", "positive", or ("labels", K)) and returns ``(call, arrays)``; ``torch(torch,
+    arrays)`` PyTorch's counterpart (None where PyTorch has none)."""
+
+    net: str
+    layer: str
+    op: str
+    shape: str
+    floor: int
+    moved: int | Callable      # or a function of the recorded launches
+    how: str
+    setup: Callable
+    torch: Callable | None = None
+
+
+def _n(shape):
+    return int(np.prod(shape))
+
+
+def _act_cases(net, layer, shape, act):
+    n, b = _n(shape), F32
+
+    def fwd(C, alloc):
+        x = alloc(shape, "normal")
+        return (lambda: C.act_forward(x, act)), {"x": x}
+
+    def bwd(C, alloc):
+        dy, y = alloc(shape, "normal"), alloc(shape, "normal")
+        return (lambda: C.act_backward(dy, y, act)), {"dy": dy, "y": y}
+
+    tf = {"relu": lambda t, a: (lambda x=a["x"]: t.relu(x)),
+          "tanh": lambda t, a: (lambda x=a["x"]: t.tanh(x))}.get(act)
+    tb = (lambda t, a: (lambda: t.ops.aten.threshold_backward(a["dy"], a["y"], 0))) \
+        if act == "relu" else (lambda t, a: (lambda: t.ops.aten.tanh_backward(a["dy"], a["y"])))
+    s = str(tuple(shape))
+    return [Case(net, layer, f"{act} fwd", s, 2 * n * b, 2 * n * b, "x read, y written once",
+                 fwd, tf),
+            Case(net, layer, f"{act} bwd", s, 3 * n * b, 3 * n * b, "dy, y read, dx written once",
+                 bwd, tb)]
+
+
+def colsum_moved(rows, cols, b=F32, first_read=1):
+    """Bytes of a column sum from its recorded launches: the first pass reads ``first_read``
+    arrays of (rows, cols) and writes (S, cols) partial sums (S its grid.y), a second pass reads
+    them back; the last pass writes the (cols,) result."""
+    def moved(launches):
+        splits = launches[0][1][1] if len(launches) > 1 else 0
+        return rows * cols * b * first_read + 2 * splits * cols * b + cols * b
+    return moved
+
+
+def _bias_case(net, layer, shape):
+    rows, c = _n(shape[:-1]), shape[-1]
+
+    def setup(C, alloc):
+        dy = alloc(shape, "normal")
+        return (lambda: C.bias_grad(dy)), {"dy": dy}
+
+    return Case(net, layer, "bias grad", str(tuple(shape)), (rows + 1) * c * F32,
+                colsum_moved(rows, c), "partial sums of row splits (grid.y), then their sum",
+                setup,
+                lambda t, a: (lambda: a["dy"].sum((0, 1, 2))))
+
+
+def _pool_cases(net, layer, kind, x, k, s, pad):
+    from gpucnn.kernels._geometry import window_2d
+
+    ho, wo, pad4 = window_2d(x[1], x[2], k, k, s, s, pad)
+    y = (x[0], ho, wo, x[3])
+    nx, ny, b = _n(x), _n(y), F32
+    geo = ((k, k), (s, s), pad4)
+    sx, win = f"{tuple(x)} {k}x{k}/{s}", ny * k * k * b
+
+    def nchw(t, a):
+        return a.permute(0, 3, 1, 2)
+
+    if kind == "max":
+        def fwd(C, alloc):
+            xa = alloc(x, "normal")
+            return (lambda: C.max_pool_forward(xa, *geo)), {"x": xa}
+
+        def bwd(C, alloc):
+            xa, dy = alloc(x, "normal"), alloc(y, "normal")
+            _, idx = C.max_pool_forward(xa, *geo)
+            return (lambda: C.max_pool_backward(dy, idx, x)), {"x": xa, "dy": dy}
+
+        def tfwd(t, a):
+            xt = nchw(t, a["x"])
+            return lambda: t.nn.functional.max_pool2d(xt, k, s)
+
+        def tbwd(t, a):
+            xt, dyt = nchw(t, a["x"]), nchw(t, a["dy"])
+            _, idx = t.nn.functional.max_pool2d(xt, k, s, return_indices=True)
+            return lambda: t.ops.aten.max_pool2d_with_indices_backward(
+                dyt, xt, [k, k], [s, s], [0, 0], [1, 1], False, idx)
+
+        return [Case(net, layer, "max pool fwd", sx, (nx + ny) * b + 4 * ny, win + ny * (b + 4),
+                     f"{k * k} window loads per output, y and idx written", fwd, tfwd),
+                Case(net, layer, "max pool bwd", sx, ny * (b + 4) + nx * b,
+                     nx * b + ny * (b + 4) + 2 * ny * b,
+                     "dx zeroed (a memset), dy and idx read, an atomic add per dy", bwd, tbwd)]
+
+    def afwd(C, alloc):
+        xa = alloc(x, "normal")
+        return (lambda: C.avg_pool_forward(xa, *geo)), {"x": xa}
+
+    def abwd(C, alloc):
+        dy = alloc(y, "normal")
+        return (lambda: C.avg_pool_backward(dy, x, *geo)), {"dy": dy}
+
+    def tafwd(t, a):
+        xt = nchw(t, a["x"])
+        return lambda: t.nn.functional.avg_pool2d(xt, k, s)
+
+    return [Case(net, layer, "avg pool fwd", sx, (nx + ny) * b, win + ny * b,
+                 f"{k * k} window loads per output", afwd, tafwd),
+            Case(net, layer, "avg pool bwd", sx, (nx + ny) * b, win + nx * b,
+                 "a gather: every dy read once per cell of its window", abwd)]
+
+
+def _softmax_cases(net, rows, k):
+    n, b = rows * k, F32
+    shape = f"({rows}, {k})"
+
+    def sm(C, alloc):
+        z = alloc((rows, k), "normal")
+        return (lambda: C.softmax_forward(z)), {"z": z}
+
+    def xf(C, alloc):
+        z, lab = alloc((rows, k), "normal"), alloc((rows,), ("labels", k))
+        return (lambda: C.softmax_xent_forward(z, lab)), {"z": z, "labels": lab}
+
+    def xb(C, alloc):
+        z, lab = alloc((rows, k), "normal"), alloc((rows,), ("labels", k))
+        g = alloc((rows,), "positive")
+        _, p = C.softmax_xent_forward(z, lab)
+        return (lambda: C.softmax_xent_backward(p, lab, g)), {}
+
+    def sb(C, alloc):
+        dy, y = alloc((rows, k), "normal"), alloc((rows, k), "positive")
+        return (lambda: C.softmax_backward(dy, y)), {}
+
+    return [Case(net, "output", "softmax fwd", shape, 2 * n * b, 4 * n * b,
+                 "3 passes over x (max, sum, write) and y written", sm,
+                 lambda t, a: (lambda: t.softmax(a["z"], 1))),
+            Case(net, "output", "softmax bwd", shape, 3 * n * b, 5 * n * b,
+                 "2 passes over dy and y, dx written", sb),
+            Case(net, "output", "softmax xent fwd", shape, 2 * n * b + rows * (8 + b),
+                 4 * n * b + rows * (8 + 2 * b), "3 passes over z, p and the loss written", xf,
+                 lambda t, a: (lambda: t.nn.functional.cross_entropy(a["z"], a["labels"],
+                                                                      reduction="none"))),
+            Case(net, "output", "softmax xent bwd", shape, 2 * n * b + rows * (8 + b),
+                 n * (3 * b + 8), "p read, dz written, a label and g[r] per element", xb)]
+
+
+def _dense_cases(net, layer, rows, units, act, dropout):
+    n, b = rows * units, F32
+    sums = colsum_moved(rows, units, first_read=0)
+    shape = (rows, units)
+
+    def fused(C, alloc):
+        dy, y = alloc(shape, "normal"), alloc(shape, "normal")
+        return (lambda: C.act_backward_bias(dy, y, act)), {}
+
+    out = [Case(net, layer, f"{act} bwd + bias grad", str(shape), 3 * n * b + units * b,
+                lambda launches: 3 * n * b + sums(launches),
+                "dy, y read and g written in the pass that makes the partial column sums", fused)]
+    if dropout:
+        def drop(C, alloc):
+            return (lambda: C.dropout_mask(shape, 0.5, 1, 2, np.float32)), {}
+
+        out.append(Case(net, f"{layer} dropout", "dropout mask", str(shape), n * b, n * b,
+                        "mask written once", drop))
+    return out
+
+
+def _optim_cases(net, shapes_):
+    n, t, b = sum(_n(s) for s in shapes_), len(shapes_), F32
+
+    def setup(family):
+        def make(C, alloc):
+            ps = [alloc(s, "normal") for s in shapes_]
+            gs = [alloc(s, "normal") for s in shapes_]
+            ms = [alloc(s, "normal") for s in shapes_]
+            vs = [alloc(s, "positive") for s in shapes_]
+            flag = C.xp.zeros(1, dtype=np.int64)     # read by the caller, never here
+            if family == "adam":
+                return (lambda: C.adam_update_many(ps, gs, ms, vs, 1e-4, 0.9, 0.999, 1e-7, 10,
+                                                   0.0, flag=flag)), {"n": n}
+            return (lambda: C.sgd_update_many(ps, gs, ms, 1e-4, 0.9, False, 0.0,
+                                              flag=flag)), {"n": n}
+        return make
+
+    def tadam(t_, a):
+        from gpucnn.bench import torch_ref
+
+        return torch_ref.gpu_adam_twin(t_, a["n"])["step"]
+
+    shape = f"{t} tensors, {n} values"
+    return [Case(net, "all weights", "adam update (multi-tensor)", shape, 7 * n * b, 7 * n * b,
+                 "p, g, m, v read; p, m, v written", setup("adam"), tadam),
+            Case(net, "all weights", "sgd momentum (multi-tensor)", shape, 5 * n * b, 5 * n * b,
+                 "p, g, v read; p, v written", setup("sgd"))]
+
+
+def cases(tiny: bool = False, batch: int = 128) -> list[Case]:
+    """The rows: tiny stand-ins (for the simulator) or LeNet-5 and AlexNet at ``batch``."""
+    if tiny:
+        return (_act_cases("tiny", "conv", (2, 5, 5, 4), "relu")
+                + [_bias_case("tiny", "conv", (2, 5, 5, 6))]
+                + _pool_cases("tiny", "pool", "max", (1, 5, 5, 4), 3, 2, "valid")
+                + _pool_cases("tiny", "pool", "avg", (2, 4, 4, 3), 2, 2, "valid")
+                + _softmax_cases("tiny", 3, 5)
+                + _dense_cases("tiny", "fc", 3, 6, "relu", True)
+                + _optim_cases("tiny", [(5, 3), (3,)]))
+    from gpucnn import layers, zoo
+
+    saved = os.environ.get("GPUCNN_BACKEND")
+    os.environ.setdefault("GPUCNN_BACKEND", "numpy")    # the zoo builds its weights on the CPU
+    try:
+        models = (("LeNet-5", zoo.lenet5()), ("AlexNet", zoo.alexnet()))
+    finally:
+        if saved is None:
+            os.environ.pop("GPUCNN_BACKEND", None)
+    out = []
+    for net, model in models:
+        for layer in model.layers:
+            hwc = tuple(int(v) for v in layer.input_shape[1:])
+            act = getattr(layer, "activation", None)
+            act = act if isinstance(act, str) else getattr(act, "__name__", None)
+            if isinstance(layer, layers.Conv2D):
+                ys = (batch,) + tuple(int(v) for v in layer.output_shape[1:])
+                out += _act_cases(net, layer.name, ys, act) + [_bias_case(net, layer.name, ys)]
+            elif isinstance(layer, (layers.MaxPooling2D, layers.AveragePooling2D)):
+                kind = "max" if isinstance(layer, layers.MaxPooling2D) else "avg"
+                out += _pool_cases(net, layer.name, kind, (batch,) + hwc,
+                                   int(layer.pool_size[0]), int(layer.strides[0]), layer.padding)
+            elif isinstance(layer, layers.Dense) and act == "softmax":
+                out += _softmax_cases(net, batch, int(layer.units))
+            elif isinstance(layer, layers.Dense):
+                nxt = model.layers[model.layers.index(layer) + 1]
+                out += _dense_cases(net, layer.name, batch, int(layer.units), act,
+                                    isinstance(nxt, layers.Dropout))
+        out += _optim_cases(net, [tuple(int(v) for v in w.shape) for w in model.trainable_weights])
+    return out
