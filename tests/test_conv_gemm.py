@@ -183,6 +183,21 @@ def test_input_gradient_vector_loads(rng, stride, launched, monkeypatch):
                         f"{t.tm}x{t.tn}/{t.min_blocks}]"], launched
 
 
+def test_unaligned_views_are_copied_for_the_vector_loads(monkeypatch):
+    """On CuPy, an array whose data does not start on 16 bytes (a view) is copied before a
+    gemm launch whose 128-bit loads would fault on it; an aligned one and None pass as they are."""
+    class View:
+        def __init__(self, ptr):
+            self.data = type("Memory", (), {"ptr": ptr})()
+
+        def copy(self):
+            return "a copy"
+
+    monkeypatch.setattr(conv, "xp", object())   # not NumPy: device arrays
+    aligned, view = View(4096), View(4100)
+    assert conv._aligned(aligned, view, None) == (aligned, "a copy", None)
+
+
 @pytest.mark.usefixtures("poisoned_small_launches")
 def test_linear_bias_gradient_reads_no_activation_output(rng, launched):
     """conv2d_backward_weight_bias with act='linear' passes no y: the fused kernel must not

@@ -510,8 +510,7 @@ def _backward_input(op, dy, y, act, w, x_shape, stride, pad):
     plan, dx_shape, fused = hit
     dt = dy.dtype
     dx = empty(dx_shape, dt)
-    if xp is not np:     # gemm's vector loads: 16-byte aligned data (a view may not be)
-        dy, w, y = (a if a is None or a.data.ptr % 16 == 0 else a.copy() for a in (dy, w, y))
+    dy, w, y = _aligned(dy, w, y)
     plan(dy, w, dummy(dt), y if fused else dummy(dt, 4), dummy(dt, 2), dx)
     return dx
 
@@ -573,6 +572,14 @@ def conv2d_backward_weight_bias(x, dy, y, act, w_shape, stride, pad):
                             True)
 
 
+def _aligned(*arrays):
+    """The arrays, each copied if its data does not start on 16 bytes (gemm's vector loads; the
+    pool's allocations always do, a view may not)."""
+    if xp is np:
+        return arrays
+    return tuple(a if a is None or a.data.ptr % 16 == 0 else a.copy() for a in arrays)
+
+
 _ZEROS4: dict = {}
 
 
@@ -600,6 +607,7 @@ def _backward_weight(op, x, dy, y, act, w_shape, stride, pad, with_bias):
         return xp.zeros(w_shape, dtype=dt), (xp.zeros(w_shape[3:], dt) if with_bias else None)
     splits, rows, cout = part_shape
     part = empty(part_shape, dt)
+    dy, y = _aligned(dy, y)
     plan(x, dy, dummy(dt), dummy(dt, 4), y if fused else _zeros4(dt), part)
     total = part[0] if splits == 1 else column_sum(part.reshape(splits, rows * cout)).reshape(
         rows, cout)
