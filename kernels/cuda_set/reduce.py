@@ -17,8 +17,10 @@ from .vector import FULL, HALF
 #: Block shape (columns, row lanes) of the column-sum kernels; row lanes a power of two.
 COLSUM_BLOCK = (32, 8)
 #: The fewest rows a split of the first pass takes. The rows are split over grid.y into as many
-#: splits as one wave of blocks holds (``_splits``), and the partial sums summed by a second pass.
-COLSUM_ROWS = 64
+#: splits as one wave of blocks holds (``_splits``), and the partial sums summed by a second pass;
+#: under ``8 * COLSUM_ROWS`` rows one pass sums them (a second launch costs more than it saves:
+#: LeNet-5's split-K partials of 100 and 523 rows stay one launch).
+COLSUM_ROWS = 256
 MAX_GRID_Y = 65535
 
 
@@ -121,6 +123,8 @@ _ACT_BIAS, _COLSUM = Plans("act_backward_bias"), Plans("column_sum")
 def _splits(nrows, ncols, per_sm):
     """Splits of the first pass: at least ``COLSUM_ROWS`` rows each, and as many as one wave of
     blocks (``per_sm`` on every SM, the kernel's launch bounds) holds beside the column blocks."""
+    if nrows < 8 * COLSUM_ROWS:
+        return 1
     wave = sm_count() * per_sm // cdiv(ncols, COLSUM_BLOCK[0])
     return max(1, min(MAX_GRID_Y, cdiv(nrows, COLSUM_ROWS), wave))
 
