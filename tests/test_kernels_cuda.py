@@ -138,6 +138,18 @@ def test_dropout_mask_is_the_shared_hash(rng):
     assert not np.array_equal(mask, other)
 
 
+def test_dropout_keeps_an_element_whose_uniform_equals_the_rate_exactly(rng):
+    """The device compares integers (u >= ceil(rate * 2**32)): at a rate equal to one element's
+    u * 2**-32 that element is kept, at the next float64 above it dropped, as in float64."""
+    from gpucnn.kernels._rng import random_u32_np
+
+    seed, counter = int(rng.integers(2**32)), 7
+    u = int(random_u32_np(seed, counter, np.arange(5, dtype=np.uint64))[3])
+    for rate, kept in ((u * 2.0**-32, True), (np.nextafter(u * 2.0**-32, 1.0), False)):
+        mask = C.to_host(C.dropout_mask((5,), rate, seed, counter, np.float32))
+        assert (mask[3] != 0) == kept, (rate, u)
+
+
 def test_empty_batch_launches_nothing():
     y = C.conv2d_forward(np.ones((0, 4, 4, 1), np.float32), np.ones((3, 3, 1, 2), np.float32),
                          None, (1, 1), (0, 0, 0, 0), "relu")

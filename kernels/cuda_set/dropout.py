@@ -2,7 +2,8 @@
 
 The device hash works on uint64 values holding 32-bit words and masks after every multiply,
 exactly like ``_rng.random_u32_np``: the mask is bit-identical to the NumPy set's for the same
-``seed`` and ``counter``. The keep test ``u * 2**-32 >= rate`` is done in float64 on both sides.
+``seed`` and ``counter``. The keep test ``u * 2**-32 >= rate`` is done as ``u >= ceil(rate * 2**32)``
+on the device (exact: both products are exact in float64), so the kernel has no float64.
 """
 from __future__ import annotations
 
@@ -51,28 +52,28 @@ def random_u32(seed, counter, i):
 def dropout_kernel(dtype):
     dt = NB_FLOAT[np.dtype(dtype)]
 
-    def keep(seed, counter, rate, scale, i):
+    def keep(seed, counter, threshold, scale, i):
         u = random_u32(seed, counter, u64(i) & _MASK)
-        return scale if types.float64(u) * (1.0 / 4294967296.0) >= rate else dt(0)
+        return scale if u >= threshold else dt(0)
 
-    def dropout_k(mask, seed, counter, rate, scale):
-        """mask[i] = scale if random_u32(seed, counter, i) * 2**-32 >= rate else 0, over a flat
+    def dropout_k(mask, seed, counter, threshold, scale):
+        """mask[i] = scale if random_u32(seed, counter, i) >= threshold else 0, over a flat
         C-contiguous array; seed and counter are 32-bit words. One write per element, by
         128-bit stores of 4 when the mask is 16-byte aligned, then the rest one by one, in
         grid-stride loops."""
         chunks = mask.size // 4 if aligned16(mask) else 0
         for c in range(cuda.grid(1), chunks, cuda.gridsize(1)):
             i = 4 * c
-            store4(mask, i, keep_d(seed, counter, rate, scale, i),
-                   keep_d(seed, counter, rate, scale, i + 1),
-                   keep_d(seed, counter, rate, scale, i + 2),
-                   keep_d(seed, counter, rate, scale, i + 3))
+            store4(mask, i, keep_d(seed, counter, threshold, scale, i),
+                   keep_d(seed, counter, threshold, scale, i + 1),
+                   keep_d(seed, counter, threshold, scale, i + 2),
+                   keep_d(seed, counter, threshold, scale, i + 3))
         for i in range(4 * chunks + cuda.grid(1), mask.size, cuda.gridsize(1)):
-            mask[i] = keep_d(seed, counter, rate, scale, i)
+            mask[i] = keep_d(seed, counter, threshold, scale, i)
 
     keep_d = cuda.jit(device=True, inline="always")(keep)
     return KernelSpec(f"dropout[{dtype}]", dropout_k,
-                      (arr(dtype, 1), u64, u64, types.float64, NB_FLOAT[np.dtype(dtype)]),
+                      (arr(dtype, 1), u64, u64, u64, NB_FLOAT[np.dtype(dtype)]),
                       (DROPOUT_BLOCK, DROPOUT_PER_SM))
 
 
@@ -91,6 +92,7 @@ def dropout_mask(shape, rate, seed, counter, dtype=np.float32):
     if n >= 2**32:
         raise ValueError(f"{op}: at most 2**32 elements, got {n}")
     launch(dropout_kernel(dtname(dt)), stream_grid(cdiv(n, 4), DROPOUT_BLOCK, DROPOUT_PER_SM),
-           (DROPOUT_BLOCK,), mask, int(seed) & MASK32, int(counter) & MASK32, rate,
+           (DROPOUT_BLOCK,), mask, int(seed) & MASK32, int(counter) & MASK32,
+           math.ceil(rate * 2.0**32),
            dt.type(1.0 / (1.0 - rate)))
     return mask
