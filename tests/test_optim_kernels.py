@@ -346,3 +346,116 @@ def test_cuda_multi_tensor_any_alignment_and_refusals(C, family, rng):
     used = 2 if family == "sgd" else 3
     for k, (t, nt) in enumerate(zip(pos, npos)):
         _close(C, t[:used], nt[:used], f"{family} tensor {k}", np.float32)
+
+
+@pytest.mark.parametrize("family", ["sgd", "adam", "rmsprop"])
+def test_cuda_multi_tensor_repeated_steps_use_the_plan_and_stay_numpy(C, family, rng):
+    """Steps of one multi-tensor update as an optimizer makes them (the same weights and slots,
+    new gradient arrays, a learning rate and step that change): the prepared launch (kept from
+    the second step) matches the NumPy set's one-tensor updates each step; a weight replaced by
+    a new array is updated (not the old one), and a bad gradient after the plan exists still
+    gets the checked path's error."""
+    from gpucnn.kernels.cuda_set import optim
+
+    shapes = [(3, 5), (4,), (2, 3, 2)]
+    nw = [[f(rng, *s, dtype=np.float32)] + [np.abs(f(rng, *s, dtype=np.float32))
+                                            for _ in range(2)] for s in shapes]
+    cw = [[C.asarray(a.copy()) for a in t] for t in nw]
+    flag, nflag = C.xp.zeros(1, np.int64), np.zeros(1, np.int64)
+
+    def step(k):
+        lr = 0.01 * (k + 1)
+        grads = [f(rng, *s, dtype=np.float32) for s in shapes]
+        for i, (t, g) in enumerate(zip(nw, grads)):
+            if family == "sgd":
+                N.sgd_update(t[0], g, t[1], lr, 0.9, False, 0.01, flag=nflag, tag=1 + i)
+            elif family == "adam":
+                N.adam_update(t[0], g, t[1], t[2], lr, 0.8, 0.95, 1e-3, k + 1, 0.01,
+                              flag=nflag, tag=1 + i)
+            else:
+                N.rmsprop_update(t[0], g, t[1], lr, 0.9, 1e-7, 0.01, u=t[2], momentum=0.5,
+                                 flag=nflag, tag=1 + i)
+        gd = [C.asarray(g) for g in grads]
+        ps, s1, s2 = ([t[j] for t in cw] for j in range(3))
+        if family == "sgd":
+            C.sgd_update_many(ps, gd, s1, lr, 0.9, False, 0.01, flag=flag, tag=1)
+        elif family == "adam":
+            C.adam_update_many(ps, gd, s1, s2, lr, 0.8, 0.95, 1e-3, k + 1, 0.01, flag=flag,
+                               tag=1)
+        else:
+            C.rmsprop_update_many(ps, gd, s1, lr, 0.9, 1e-7, 0.01, us=s2, momentum=0.5,
+                                  flag=flag, tag=1)
+        used = 2 if family == "sgd" else 3
+        for i, (t, n) in enumerate(zip(cw, nw)):
+            _close(C, t[:used], n[:used], f"{family} step {k} tensor {i}", np.float32)
+
+    optim._MULTI_PLANS.table.clear()
+    for k in range(3):
+        step(k)
+    assert len(optim._MULTI_PLANS.table) == 1
+    plan = next(iter(optim._MULTI_PLANS.table.values()))
+    old = cw[1][0]
+    cw[1][0] = C.asarray(C.to_host(old).copy())        # a new weight array, the same values
+    kept = C.to_host(old).copy()
+    for k in range(3, 5):
+        step(k)
+    np.testing.assert_array_equal(C.to_host(old), kept)
+    assert next(iter(optim._MULTI_PLANS.table.values())) is not plan
+    assert int(C.to_host(flag)[0]) == int(nflag[0]) == 0
+    bad = [C.asarray(f(rng, *s, dtype=np.float32)) for s in shapes]
+    bad[2] = C.xp.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match=f"{family}_update_many: tensor 2: g must be a "
+                                         "C-contiguous float32 array of p's shape"):
+        ps, s1, s2 = ([t[j] for t in cw] for j in range(3))
+        if family == "sgd":
+            C.sgd_update_many(ps, bad, s1, 0.01, 0.9, False, 0.01, flag=flag)
+        elif family == "adam":
+            C.adam_update_many(ps, bad, s1, s2, 0.01, 0.8, 0.95, 1e-3, 9, 0.01, flag=flag)
+        else:
+            C.rmsprop_update_many(ps, bad, s1, 0.01, 0.9, 1e-7, 0.01, us=s2, momentum=0.5,
+                                  flag=flag)
+
+
+def test_a_bound_launch_writes_the_live_arrays_and_scalars_of_each_call(monkeypatch, tmp_path):
+    """The multi-tensor update's prepared raw launch (``_launch.Bound``) over a fake CuPy: each
+    call writes the new gradients' addresses and the new scalars (floats and the int64 tag) into
+    a buffer filled once, and the driver gets the full flat list Numba's ABI wants for all the
+    arguments, the bound weights and slots included."""
+    import struct
+
+    from test_raw_launch import FakeArray, FakeCuPy
+
+    from gpucnn.kernels.cuda_set import _abi, _cache, _launch, optim
+
+    fake = FakeCuPy()
+    monkeypatch.setattr(_launch, "cp", fake)
+    monkeypatch.setattr(_cache, "build", lambda spec, cc: _cache.Built(b"\x7fELF", "entry", 0.5))
+    monkeypatch.setitem(_launch._state, "path", "raw")
+    monkeypatch.setattr(_launch, "_raw_cache", {})
+    monkeypatch.setenv("GPUCNN_CACHE_DIR", str(tmp_path / "kernels"))
+    spec = optim.multi_update_kernel("adam", "float32")
+    fake.slots = len(_abi.flat_param_types(spec.argtypes))
+    nk, m = 5, optim.MULTI
+    sizes = [3, 4, 5]
+    arrays = [FakeArray(np.zeros(sizes[t] if t < 3 else 1, np.float32))
+              for t in range(m) for _ in range(nk)]
+    ends = [3, 7, 12] + [12] * (m - 3)
+    live = [t * nk + 1 for t in range(3)] + list(range(nk * m + m, len(spec.argtypes)))
+
+    def full(grads, scalars, tag):
+        args = list(arrays) + ends + list(scalars) + [FakeArray(np.zeros(1, np.int64)), tag]
+        for t, g in enumerate(grads):
+            args[t * nk + 1] = g
+        return args
+
+    first = full([arrays[t * nk + 1] for t in range(3)], (0.1, 0.2, 0.3, 0.4, 0.5, 1, 0), 1)
+    plan = _launch.Bound(spec, (1,), (256,), first, live)
+    for k in range(4):      # the first through launch(), then the prepared buffer
+        grads = [FakeArray(np.zeros(n, np.float32)) for n in sizes]
+        args = full(grads, (0.5 / (k + 1), 0.2, 0.3 + k, 0.25 * k, 1e-7, k % 2, 1), 1000 + k)
+        plan(*[args[i] for i in live])
+        *_, raw = fake.launches[-1]
+        got = list(struct.unpack(_abi.param_format(spec.argtypes), raw))
+        want = [v.item() for v in _abi.flatten_args(spec.argtypes, args)]
+        assert got == pytest.approx(want, rel=1e-7), k
+    assert callable(plan.raw[0]) and len(fake.launches) == 4

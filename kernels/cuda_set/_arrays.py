@@ -112,18 +112,30 @@ def sm_count() -> int:
     return _sm_count(cp.cuda.runtime.getDevice())
 
 
-_dummies: dict = {}
+_dummies: dict = {}     # (dtype as given, ndim, device) -> the array (the launchers' hot path)
+_dummies_by_str: dict = {}   # (dtype.str, ndim, device) -> the array, one per real dtype
 
 
 def dummy(dtype, ndim: int = 1):
     """A one-element array of ``dtype`` and rank ``ndim`` standing for an absent optional
     argument (no bias, no momentum slot); allocated once per dtype, rank and device, never read
-    by the kernels."""
+    by the kernels. A repeated call is one dict look-up keyed on the dtype as given (a dtype
+    object or a name: each spelling gets its own entry for the same array)."""
     dev = cp.cuda.runtime.getDevice() if xp is not np else -1
-    key = (np.dtype(dtype).str, ndim, dev)
-    a = _dummies.get(key)
+    key = (dtype, ndim, dev)
+    try:
+        return _dummies[key]
+    except (KeyError, TypeError):
+        pass
+    canon = (np.dtype(dtype).str, ndim, dev)
+    a = _dummies_by_str.get(canon)
     if a is None:
-        a = _dummies[key] = xp.zeros((1,) * ndim, dtype=dtype)
+        a = _dummies_by_str[canon] = xp.zeros((1,) * ndim, dtype=dtype)
+    try:
+        if len(_dummies) < 256:
+            _dummies[key] = a
+    except TypeError:       # an unhashable dtype spelling: only the canonical entry
+        pass
     return a
 
 

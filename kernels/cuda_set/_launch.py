@@ -295,23 +295,51 @@ class Prepared:
         k.pack(self.args(arrays), slots)
         params = (ctypes.c_void_p * max(k.slots, 1))(
             *[ctypes.addressof(slots) + 8 * i for i in range(k.slots)])
-        writes, at = [], 0
-        for t in self.spec.argtypes:
-            if isinstance(t, types.Array):
-                writes.append(f"        slots[{at + 4}] = pointer(a{len(writes)})")
-                at += 5 + 2 * t.ndim
-            else:
-                at += 1
-        names = ", ".join(f"a{i}" for i in range(len(writes)))
-        src = (f"def fire({names}):\n    with lock:\n" + "\n".join(writes)
-               + f"\n        launch_kernel(fptr, {g[0]}, {g[1]}, {g[2]}, {b[0]}, {b[1]}, {b[2]}, "
-               "0, stream().ptr, params_ptr, 0)\n    state['launches'] += 1\n")
         env = {"slots": slots, "params": params, "params_ptr": ctypes.addressof(params),
                "lock": threading.Lock(), "pointer": _abi._pointer, "fptr": k.fptr,
                "launch_kernel": k.launch_kernel, "stream": cp.cuda.get_current_stream,
                "state": _state}
+        writes, at, live = [], 0, set(self.array_pos)
+        for i, t in enumerate(self.spec.argtypes):
+            n = len(writes)
+            if isinstance(t, types.Array):
+                if i in live:
+                    writes.append(f"        slots[{at + 4}] = pointer(a{n})")
+                at += 5 + 2 * t.ndim
+                continue
+            if i in live:           # a scalar passed by every call (Bound): its slot, typed
+                env[f"v{n}"] = _SCALAR_VIEW[str(t)].from_buffer(slots, 8 * at)
+                writes.append(f"        v{n}.value = a{n}")
+            at += 1
+        names = ", ".join(f"a{i}" for i in range(len(writes)))
+        src = (f"def fire({names}):\n    with lock:\n" + "\n".join(writes)
+               + f"\n        launch_kernel(fptr, {g[0]}, {g[1]}, {g[2]}, {b[0]}, {b[1]}, {b[2]}, "
+               "0, stream().ptr, params_ptr, 0)\n    state['launches'] += 1\n")
         exec(compile(src, f"<gpucnn launch {self.spec.name}>", "exec"), env)
         return env["fire"]
+
+
+#: A scalar slot of a prepared buffer seen as its kernel type (``Bound``'s per-call scalars).
+_SCALAR_VIEW = {"int64": ctypes.c_int64, "int32": ctypes.c_int32, "uint64": ctypes.c_uint64,
+                "float32": ctypes.c_float, "float64": ctypes.c_double}
+
+
+class Bound(Prepared):
+    """A ``Prepared`` launch whose fixed arguments include arrays: ``args`` are the first call's
+    full arguments, and each call passes only the arguments at positions ``live`` (arrays or
+    scalars, in the kernel's order); the rest, arrays too, stay as bound (kept by reference, so
+    their addresses stay valid). On the raw path a launch writes the live arrays' addresses and
+    the live scalars' values into the plan's buffer and calls the driver. For a launch whose
+    arrays mostly stay the same objects from call to call (an optimizer's weights and slots,
+    where only the gradients are new each step), with scalars that change (a step count, a
+    learning rate)."""
+
+    __slots__ = ()
+
+    def __init__(self, spec: KernelSpec, grid, block, args, live):
+        super().__init__(spec, grid, block, args)
+        self.array_pos = tuple(live)
+        self.template = [None if i in self.array_pos else a for i, a in enumerate(args)]
 
 
 _ALL_PLANS: list = []

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 
 import numpy as np
 from numba import types
 
-from ._launch import (NB_FLOAT, KernelSpec, arr, contig, dtname, dummy, float_dtype,
-                      float_variants, kernel_factory, launch, to_host, xp)
+from ._launch import (NB_FLOAT, Bound, KernelSpec, Plans, arr, contig, dtname, dummy,
+                      float_dtype, float_variants, kernel_factory, launch, to_host, xp)
 from ._runtime import numba_cuda as cuda
 from .vector import FULL, HALF, stream_grid
 
@@ -390,24 +391,85 @@ def _multi_arrays(op, groups, names):
     return out, dt
 
 
-def _launch_multi(op, family, groups, dt, scalars, flag, tag):
-    """Launch ``multi_update_kernel`` over ``groups`` (per tensor, its flat arrays), MULTI
-    tensors a launch, tensor ``t`` tagged ``tag + t``."""
+#: The multi-tensor launches prepared so far (``_MultiPlan``), keyed by family, tensor count,
+#: slot presence and the first weight's ``id`` (a look-up hint only: a plan holds its weights
+#: and slots by reference, which fixes their shapes and dtype, and is used only while a call
+#: passes those same objects). At most ``_MULTI_PLANS_MAX`` plans, then the table starts over.
+_MULTI_PLANS = Plans("multi_update")
+_MULTI_PLANS_MAX = 32
+
+
+class _MultiPlan:
+    """The prepared launches of one multi-tensor update: ``fixed`` the weights and present slots
+    they were bound to (identity-checked each call), ``shapes`` the weights' shapes (what each
+    call's gradients must have), ``chunks`` one ``Bound`` per MULTI tensors (its live arguments:
+    the gradients, the scalars, the flag and the tag)."""
+
+    __slots__ = ("fixed", "shapes", "dt", "chunks")
+
+    def __init__(self, family, groups, dt, scalars, fixed):
+        nk = FAMILIES[family][0]
+        spec = multi_update_kernel(family, dtname(dt))
+        filler = [dummy(dt)] * nk
+        self.fixed, self.dt = fixed, dt
+        self.shapes = tuple(arrays[0].shape for arrays in groups)
+        self.chunks = []
+        for c0 in range(0, len(groups), MULTI):
+            chunk = groups[c0:c0 + MULTI]
+            ends, total = [], 0
+            for arrays in chunk:
+                total += arrays[0].size
+                ends.append(total)
+            if total == 0:
+                continue
+            ends += [total] * (MULTI - len(chunk))
+            args = ([a for arrays in chunk for a in arrays] + filler * (MULTI - len(chunk))
+                    + ends + list(scalars) + [None, 0])
+            n = len(args)
+            live = ([t * nk + 1 for t in range(len(chunk))]
+                    + list(range(n - 2 - len(scalars), n)))
+            self.chunks.append((c0, len(chunk), Bound(spec, *_grid(total, family), args, live)))
+
+    def __call__(self, gs, scalars, own, tag):
+        for c0, n, plan in self.chunks:
+            plan(*gs[c0:c0 + n], *scalars, own, tag + c0)
+
+
+def _run_multi(op, family, ps, gs, slots, names, scalars, flag, tag):
+    """The multi-tensor update of ``ps`` with gradients ``gs`` and slot lists ``slots`` (in
+    ``names[2:]`` order, None for an absent slot kind): through the prepared launches when this
+    call passes the very weights and slots a plan was made with and gradients of their shapes
+    (C-contiguous arrays of this set, of the dtype), else checked (``_multi_arrays``: every error message)
+    and launched, a plan made from it when every array went on as it came."""
     own = _own_flag(flag)
-    nk = FAMILIES[family][0]
-    spec = multi_update_kernel(family, dtname(dt))
-    filler = [dummy(dt)] * nk
-    for c0 in range(0, len(groups), MULTI):
-        chunk = groups[c0:c0 + MULTI]
-        ends, total = [], 0
-        for arrays in chunk:
-            total += arrays[0].size
-            ends.append(total)
-        if total == 0:
-            continue
-        ends += [total] * (MULTI - len(chunk))
-        args = [a for arrays in chunk for a in arrays] + filler * (MULTI - len(chunk))
-        launch(spec, *_grid(total, family), *args, *ends, *scalars, own, int(tag) + c0)
+    tag = int(tag)
+    fixed = list(ps)
+    for lst in slots:
+        if lst is not None:
+            fixed += lst
+    key = (family, len(ps), tuple(lst is not None for lst in slots), id(ps[0]) if ps else 0)
+    plan = _MULTI_PLANS.table.get(key)
+    if plan is not None and len(gs) == len(ps) and all(map(operator.is_, fixed, plan.fixed)):
+        nd, dt = xp.ndarray, plan.dt
+        for g, shape in zip(gs, plan.shapes):
+            if not (type(g) is nd and g.dtype is dt and g.shape == shape
+                    and g.flags.c_contiguous):
+                break
+        else:
+            plan(gs, scalars, own, tag)
+            _read_own(op, flag, own)
+            return
+    present = [lst if lst is not None else [None] * len(ps) for lst in slots]
+    groups, dt = _multi_arrays(op, list(zip(ps, gs, *present)), names)
+    plan = _MultiPlan(family, groups, dt, scalars, fixed)
+    plan(gs if all(arrays[1] is g for arrays, g in zip(groups, gs))
+         else [arrays[1] for arrays in groups], scalars, own, tag)
+    nd = xp.ndarray
+    if (all(type(a) is nd for a in fixed) and all(type(g) is nd for g in gs)
+            and all(arrays[1] is g for arrays, g in zip(groups, gs))):
+        if len(_MULTI_PLANS.table) >= _MULTI_PLANS_MAX:
+            _MULTI_PLANS.table.clear()
+        _MULTI_PLANS.table[key] = plan
     _read_own(op, flag, own)
 
 
@@ -419,10 +481,8 @@ def sgd_update_many(ps, gs, vs, lr, momentum, nesterov, weight_decay, flag=None,
     use_v = momentum != 0.0
     if use_v and (vs is None or any(v is None for v in vs)):
         raise ValueError(f"{op}: vs expected an array per tensor when momentum != 0")
-    vs = vs if use_v else [None] * len(ps)
-    groups, dt = _multi_arrays(op, list(zip(ps, gs, vs)), ("p", "g", "v"))
-    _launch_multi(op, "sgd", groups, dt, (lr, momentum, lrwd, int(bool(nesterov)), int(use_v),
-                                          int(lrwd != 0.0)), flag, tag)
+    _run_multi(op, "sgd", ps, gs, (list(vs) if use_v else None,), ("p", "g", "v"),
+               (lr, momentum, lrwd, int(bool(nesterov)), int(use_v), int(lrwd != 0.0)), flag, tag)
 
 
 def adam_update_many(ps, gs, ms, vs, lr, beta1, beta2, eps, t, weight_decay, vhats=None,
@@ -432,13 +492,12 @@ def adam_update_many(ps, gs, ms, vs, lr, beta1, beta2, eps, t, weight_decay, vha
     lr, beta1, beta2, t = float(lr), float(beta1), float(beta2), int(t)
     if t < 1:
         raise ValueError(f"{op}: t expected the 1-based step >= 1, got {t}")
-    vhats = vhats if vhats is not None else [None] * len(ps)
-    groups, dt = _multi_arrays(op, list(zip(ps, gs, ms, vs, vhats)), ("p", "g", "m", "v", "vhat"))
+    vhats = list(vhats) if vhats is not None and vhats[0] is not None else None
     lrwd = lr * float(weight_decay)
     alpha = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
-    _launch_multi(op, "adam", groups, dt, (lrwd, 1.0 - beta1, 1.0 - beta2, alpha, float(eps),
-                                           int(vhats[0] is not None), int(lrwd != 0.0)),
-                  flag, tag)
+    _run_multi(op, "adam", ps, gs, (list(ms), list(vs), vhats), ("p", "g", "m", "v", "vhat"),
+               (lrwd, 1.0 - beta1, 1.0 - beta2, alpha, float(eps), int(vhats is not None),
+                int(lrwd != 0.0)), flag, tag)
 
 
 def rmsprop_update_many(ps, gs, ss, lr, rho, eps, weight_decay, us=None, momentum=0.0,
@@ -450,10 +509,9 @@ def rmsprop_update_many(ps, gs, ss, lr, rho, eps, weight_decay, us=None, momentu
     use_u = momentum != 0.0
     if use_u and (us is None or any(u is None for u in us)):
         raise ValueError(f"{op}: us expected an array per tensor when momentum != 0")
-    us = us if use_u else [None] * len(ps)
-    mgs = mgs if mgs is not None else [None] * len(ps)
-    groups, dt = _multi_arrays(op, list(zip(ps, gs, ss, mgs, us)), ("p", "g", "s", "mg", "u"))
+    us = list(us) if use_u else None
+    mgs = list(mgs) if mgs is not None and mgs[0] is not None else None
     lrwd = lr * float(weight_decay)
-    _launch_multi(op, "rmsprop", groups, dt, (lr, rho, gain, momentum, float(eps), lrwd,
-                                              int(mgs[0] is not None), int(use_u),
-                                              int(lrwd != 0.0)), flag, tag)
+    _run_multi(op, "rmsprop", ps, gs, (list(ss), mgs, us), ("p", "g", "s", "mg", "u"),
+               (lr, rho, gain, momentum, float(eps), lrwd, int(mgs is not None), int(use_u),
+                int(lrwd != 0.0)), flag, tag)
