@@ -243,6 +243,129 @@ def test_lenet5_forward_and_backward_batch_2(rng):
         assert rel_err(got[name], w) < tol, name
 
 
+# ---------------------------------------------------------------- pools: the 4-channel variant
+
+POOL_GEOMETRIES = [((3, 3), (2, 2), (0, 0, 0, 0)), ((2, 2), (2, 2), (0, 1, 0, 1)),
+                   ((3, 3), (1, 1), (1, 1, 1, 1)), ((2, 3), (1, 2), (1, 0, 2, 1))]
+
+
+def _pool_runs(x, dy_of, geo):
+    """The three vectorisable pools of the given set at ``x`` (max forward's y and idx, avg
+    forward, avg backward of ``dy_of(y shape)``) on set ``K``: a function of the set."""
+    def run(K, xin):
+        y, idx = K.max_pool_forward(xin, *geo)
+        a = K.avg_pool_forward(xin, *geo)
+        dx = K.avg_pool_backward(_to_set(dy_of(a.shape)) if K is C else dy_of(a.shape),
+                                 x.shape, *geo)
+        return [C.to_host(v) if K is C else v for v in (y, idx, a, dx)]
+    return run
+
+
+def _picked(monkeypatch):
+    """The spec names of the plans the pool launchers pick, recorded."""
+    from gpucnn.kernels.cuda_set import pool
+
+    names, pick = [], pool._pick
+
+    def spy(plans, a):
+        plan = pick(plans, a)
+        names.append(plan.spec.name)
+        return plan
+
+    monkeypatch.setattr(pool, "_pick", spy)
+    return names
+
+
+@pytest.mark.parametrize("geo", POOL_GEOMETRIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c", [4, 8, 3, 6])
+def test_pool_vector_and_scalar_variants_agree(c, dtype, geo, rng, monkeypatch):
+    """C % 4 == 0 takes the 4-channel variant (128-bit loads), other C the scalar one. The max
+    pool equals the NumPy set exactly (a NaN in x included: its window's y is NaN, its idx the
+    window's first real cell), the averages within FWD (the NumPy set sums in another order);
+    the vector variant's results equal the scalar variant's bit for bit."""
+    from gpucnn.kernels.cuda_set import pool
+
+    x = rng.standard_normal((2, 7, 6, c)).astype(dtype)
+    x[1, 3, 2, c - 1] = np.nan
+    dy = rng.standard_normal((2, 8, 8, c)).astype(dtype)
+    run = _pool_runs(x, lambda s: dy[:, :s[1], :s[2]].copy(), geo)
+    names = _picked(monkeypatch)
+    got = run(C, _to_set(x))
+    assert names and all(n.endswith(",v4]") == (c % 4 == 0) for n in names), names
+    want = run(N, x)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    for g, w in zip(got[2:], want[2:]):
+        ok = ~np.isnan(w)
+        assert np.array_equal(np.isnan(g), ~ok) and rel_err(g[ok], w[ok]) < FWD
+    monkeypatch.setattr(pool, "_on16", lambda a: False)      # the scalar variant everywhere
+    names.clear()
+    scalar = run(C, _to_set(x))
+    assert not any(n.endswith(",v4]") for n in names), names
+    for g, s in zip(got, scalar):
+        np.testing.assert_array_equal(g, s)
+
+
+def test_pool_misaligned_input_takes_the_scalar_variant(rng, monkeypatch):
+    """A C-contiguous view starting 4 bytes into a buffer (C % 4 == 0): the scalar variant, the
+    same results; the aligned array the vector one (the emulated 128-bit loads fault on a
+    misaligned address, so the vector variant could not run on it)."""
+    geo = POOL_GEOMETRIES[0]
+    x = rng.standard_normal((2, 7, 6, 8)).astype(np.float32)
+    base = _to_set(np.zeros(x.size + 1, np.float32))
+    view = base[1:].reshape(x.shape)
+    view[...] = _to_set(x)
+    names = _picked(monkeypatch)
+    y_v, idx_v = C.max_pool_forward(view, *geo)
+    a_v = C.avg_pool_forward(view, *geo)
+    dy = _to_set(np.zeros(a_v.size + 1, np.float32))[1:].reshape(a_v.shape)
+    dy[...] = _to_set(rng.standard_normal(a_v.shape).astype(np.float32))
+    dx_v = C.avg_pool_backward(dy, x.shape, *geo)
+    assert names == ["max_pool_fwd[float32]", "avg_pool_fwd[float32]", "avg_pool_bwd[float32]"]
+    names.clear()
+    y, idx = C.max_pool_forward(_to_set(x), *geo)
+    dx = C.avg_pool_backward(dy.copy(), x.shape, *geo)
+    assert names == ["max_pool_fwd[float32,v4]", "avg_pool_bwd[float32,v4]"]
+    for g, w in ((y_v, y), (idx_v, idx), (dx_v, dx)):
+        np.testing.assert_array_equal(C.to_host(g), C.to_host(w))
+    assert rel_err(a_v, N.avg_pool_forward(x, *geo)) < FWD
+
+
+POOL_VECTOR_KERNELS = tuple(f"{k}[{d},v4]" for d in ("float32", "float64")
+                            for k in ("max_pool_fwd", "avg_pool_fwd", "avg_pool_bwd"))
+
+
+@pytest.fixture(scope="module")
+def pool_sass():
+    """The sm_90 SASS summary of the pools' 4-channel variants, built with Numba's real compiler
+    in a process without the simulator (as tests/test_bandwidth.py builds the activations')."""
+    from gpucnn.bench import bandwidth
+
+    return bandwidth._child("--sass", False, ";".join(POOL_VECTOR_KERNELS))
+
+
+@pytest.mark.parametrize("name", POOL_VECTOR_KERNELS)
+def test_pool_vector_variants_load_and_store_128_bits(pool_sass, name):
+    """Every load of x (dy) is an LDG.E.128, y (dx) is stored by STG.E.128 (the max-pool's int32
+    idx by 32-bit stores); no spills, and the float32 variants fit their launch bounds with no
+    float64 instruction."""
+    from gpucnn.kernels.cuda_set import pool
+
+    r = pool_sass[name]
+    mem = r["mem"]
+    assert mem.get("LDG.128", 0) >= 1 and mem.get("STG.128", 0) >= 1, mem
+    assert "LDG" not in mem, mem
+    assert r["frame"] == 0, f"{name} spills {r['frame']} bytes"
+    if "float32" in name:
+        family, dtype = name.split("[")[0], "float32"
+        spec = {"max_pool_fwd": pool.max_pool_fwd_kernel, "avg_pool_fwd": pool.avg_pool_fwd_kernel,
+                "avg_pool_bwd": pool.avg_pool_bwd_kernel}[family](dtype, vec=True)
+        assert spec.name == name
+        assert r["registers"] <= 65536 // (spec.launch_bounds[1] * pool.POOL_BLOCK), r
+        assert r["fp64"] == [], r["fp64"]
+
+
 # ---------------------------------------------------------------- fused backward (cuda only)
 # The "fused_backward" capability against the contract functions it stands for, composed on the
 # NumPy set: act_backward, then the conv gradients and the bias gradient.
