@@ -51,10 +51,6 @@ Softmax along the last axis of a 2-D ``(rows, K)`` array
     ``softmax_backward(dy, y)``               -> dx = y * (dy - sum(dy * y))
     ``log_softmax_forward(x)``                -> y
     ``log_softmax_backward(dy, y)``           -> dx = dy - exp(y) * sum(dy)
-    ``softmax_xent_forward(z, labels)``       -> (loss ``(rows,)``, p ``(rows, K)``): fused
-        softmax + cross-entropy for integer labels; loss_i = logsumexp(z_i) - z_i[labels_i];
-        a label outside ``[0, K)`` gives loss NaN for its row (no host check inside the kernel)
-    ``softmax_xent_backward(p, labels, g)``   -> dz = (p - onehot(labels)) * g[:, None], g ``(rows,)``
 
 Losses (``loss`` in ``LOSSES``), Keras 3's: the mean over every element (mse, mae, bce,
 bce_logits) or over the rows of ``(rows, K)`` (the cross-entropies); probabilities clipped to
@@ -113,7 +109,6 @@ CONTRACT = (
     "max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward",
     "act_forward", "act_backward",
     "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
-    "softmax_xent_forward", "softmax_xent_backward",
     "loss_forward", "loss_backward",
     "dropout_mask",
     "sgd_update", "adam_update", "rmsprop_update",

@@ -275,9 +275,7 @@ def _softmax(x):
 def _rows_sample(rows, k, scale=4.0):
     def make(rng):
         x = _normal(rng, rows, k, scale=scale)
-        labels = rng.integers(0, k, rows)
-        return dict(x=x, y=_softmax(x), ly=np.log(_softmax(x)), dy=_normal(rng, rows, k),
-                    labels=labels, g=rng.random(rows))
+        return dict(x=x, y=_softmax(x), ly=np.log(_softmax(x)), dy=_normal(rng, rows, k))
 
     return Sample(f"{rows}x{k}", make, True, True)
 
@@ -306,27 +304,6 @@ LOG_SOFTMAX = Op(
     },
     samples=ROW_SAMPLES,
     grad=lambda i: (lambda x: F.log_softmax(x, axis=-1), (i["x"],)))
-
-
-def _xent_ref(i):
-    rows = np.arange(len(i["labels"]))
-    return (-np.log(i["y"][rows, i["labels"]]), i["y"])
-
-
-def _xent_bwd_ref(i):
-    onehot = np.eye(i["y"].shape[1])[i["labels"]]
-    return ((i["y"] - onehot) * i["g"][:, None],)
-
-
-SOFTMAX_XENT = Op(
-    "softmax_xent (fused kernels, no longer under a loss: the benches time them)",
-    "gpucnn.kernels.cuda_set.softmax_xent_forward", "",
-    kernels={
-        "softmax_xent_forward": Kernel(lambda i: (i["x"], i["labels"]), _xent_ref),
-        "softmax_xent_backward": Kernel(lambda i: (i["y"], i["labels"], i["g"]), _xent_bwd_ref,
-                                        GRAD),
-    },
-    samples=ROW_SAMPLES)
 
 
 # ------------------------------------------------------------------------------ losses
@@ -497,7 +474,7 @@ OPTIMIZER_UPDATES = Op(
 
 
 OPS = [CONV2D, CONV2D_TRANSPOSE, MAX_POOL, AVG_POOL, ACTIVATION, SOFTMAX, LOG_SOFTMAX,
-       SOFTMAX_XENT, *LOSS_OPS, DROPOUT, DENSE, OPTIMIZER_UPDATES]
+       *LOSS_OPS, DROPOUT, DENSE, OPTIMIZER_UPDATES]
 
 
 def kernel_cases(only_cuda=False, with_ref=False):

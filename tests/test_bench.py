@@ -55,7 +55,7 @@ def test_quick_report_has_every_case(quick_run):
     for want in ("C1 forward (+bias, tanh)", "C3 input gradient", "C3 kernel gradient",
                  "S2 avg pool forward", "S4 avg pool backward", "pool1 max pool backward",
                  "conv2 input gradient", "dec1 transposed conv forward",
-                 "Output softmax + cross-entropy backward", "output forward (+bias, sigmoid)"):
+                 "Output sparse CE from logits backward", "output forward (+bias, sigmoid)"):
         assert want in names
     kernels = {r[3] for r in ops}
     assert {"toeplitz", "im2col", "dense GEMM", "scatter"} <= kernels

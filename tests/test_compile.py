@@ -119,7 +119,7 @@ def test_registry_lists_every_kernel_family():
     assert names == {
         "igemm_fwd", "igemm_bwd_input", "igemm_bwd_weight", "colsum", "act_colsum",
         "max_pool_fwd", "max_pool_bwd", "avg_pool_fwd", "avg_pool_bwd",
-        "act_fwd", "act_bwd", "softmax_fwd", "softmax_bwd", "xent_fwd", "xent_bwd",
+        "act_fwd", "act_bwd", "softmax_fwd", "softmax_bwd",
         "loss_ew_fwd", "loss_rows_fwd", "loss_ew_bwd", "loss_rows_bwd",
         "dropout", "sgd", "adam", "rmsprop", "multi_sgd", "multi_adam", "multi_rmsprop",
         "gemm_fwd", "gemm_bwd_input", "gemm_bwd_input_f", "gemm_bwd_input_s",

@@ -181,9 +181,10 @@ NOTES = """Reading the table, and what is not at the floor yet:
 - Waves: every grid-stride kernel launches at most one wave of the blocks per SM its launch
   bounds guarantee (``vector.stream_grid``); the resident column counts what the registers of
   the sm_90 cubin allow, so a kernel whose registers leave room for more blocks than its bounds
-  shows a wave below 1. Column sums split the rows to fill one wave. Softmax and the fused
-  cross-entropy forward still launch one 128-thread block per row: 128 rows fill under a tenth
-  of a wave.
+  shows a wave below 1. Column sums split the rows to fill one wave. Softmax still launches one
+  128-thread block per row: 128 rows fill under a tenth of a wave. The row losses' forward
+  (sparse CE from logits) is one 256-thread block per row too (fewer resident per SM: its wave
+  column).
 - 128-bit accesses: the activations (forward and backward) and the dropout mask; the pools,
   softmax, column sums and optimizer updates load 32 bits per thread (coalesced across the
   warp). A chunk-of-4 optimizer update with 128-bit accesses was written, but Numba's compile of

@@ -74,10 +74,7 @@ def accuracy_cases(ctx):
             ("softmax_backward", f"({rows}, {k})", "softmax_backward", (r(rows, k), p), GRAD_TOL),
             ("log_softmax_forward", f"({rows}, {k})", "log_softmax_forward", (z,), FWD_TOL),
             ("log_softmax_backward", f"({rows}, {k})", "log_softmax_backward",
-             (r(rows, k), ctx.N.log_softmax_forward(z)), GRAD_TOL),
-            ("softmax_xent_forward", f"({rows}, {k})", "softmax_xent_forward", (z, lab), FWD_TOL),
-            ("softmax_xent_backward", f"({rows}, {k})", "softmax_xent_backward",
-             (p, lab, np.full(rows, 1.0 / rows, np.float32)), GRAD_TOL)]
+             (r(rows, k), ctx.N.log_softmax_forward(z)), GRAD_TOL)]
     d = (5, 9) if ctx.tiny else (128, 4096)
     soft, yd, yb = ctx.N.softmax_forward(r(rows, k)), r(*d), (r(*d) > 0).astype(np.float32)
     for loss, t, y in (("sparse_cce", lab, p), ("sparse_cce_logits", lab, z), ("cce", soft, p),
@@ -162,7 +159,6 @@ def _launch_path_agreement(ctx, rows):
         "conv2d_forward": lambda: C.conv2d_forward(x, w, b, (c.stride,) * 2, pad, c.act),
         "conv2d_backward_weight": lambda: C.conv2d_backward_weight(
             x, C.conv2d_forward(x, w, b, (c.stride,) * 2, pad, c.act), c.w, (c.stride,) * 2, pad),
-        "softmax_xent_forward": lambda: C.softmax_xent_forward(z, ctx.dev(np.arange(64) % 1000)),
         "loss_forward": lambda: C.loss_forward("sparse_cce_logits", ctx.dev(np.arange(64) % 1000),
                                                z),
         "dropout_mask": lambda: C.dropout_mask((256, 1000), 0.5, 99, 3, np.float32),

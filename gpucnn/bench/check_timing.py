@@ -173,13 +173,13 @@ def _time_rows(ctx, add):
         with ctx.case(f"timing {net} softmax"):
             z = ctx.dev(ctx.rand(rows_, k))
             lab = ctx.dev(ctx.rng.integers(0, k, rows_))
-            loss, p = C.softmax_xent_forward(z, lab)
-            g = ctx.dev(np.full(rows_, 1.0 / rows_, np.float32))
+            _, stats = C.loss_forward("sparse_cce_logits", lab, z)
+            g = ctx.dev(np.array(1.0, np.float32))
             t = torch_twins(ctx, torch_ref.gpu_softmax_twins, z, lab)
-            add(net, "output", "softmax xent fwd", f"({rows_}, {k})",
-                lambda: C.softmax_xent_forward(z, lab), None, t.get("xent"))
-            add(net, "output", "softmax xent bwd", f"({rows_}, {k})",
-                lambda: C.softmax_xent_backward(p, lab, g), None, None)
+            add(net, "output", "sparse CE from logits fwd", f"({rows_}, {k})",
+                lambda: C.loss_forward("sparse_cce_logits", lab, z), None, t.get("xent"))
+            add(net, "output", "sparse CE from logits bwd", f"({rows_}, {k})",
+                lambda: C.loss_backward("sparse_cce_logits", g, lab, z, stats), None, None)
             add(net, "output", "softmax fwd", f"({rows_}, {k})", lambda: C.softmax_forward(z),
                 None, t.get("softmax"))
     e = (2, 5, 5, 4) if ctx.tiny else (32, 55, 55, 96)

@@ -27,7 +27,7 @@ _CHILD = r"""
 import json, statistics, sys, time, types
 sys.modules["cupy"] = None                      # no CuPy: outputs are NumPy arrays
 import numpy as np
-from gpucnn.kernels.cuda_set import _abi, _cache, _launch, activation, conv, pool, reduce, softmax
+from gpucnn.kernels.cuda_set import _abi, _cache, _launch, activation, conv, loss, pool, reduce
 
 
 class Function:
@@ -84,8 +84,9 @@ f = lambda *s: rng.standard_normal(s).astype(np.float32)
 x1, tiny = f(1), f(8)
 x3, w3, b3, dy3 = f(32, 14, 14, 6), f(5, 5, 6, 16), f(16), f(32, 10, 10, 16)
 xp, dyp = f(32, 28, 28, 6), f(32, 14, 14, 6)
-z, lab, g32, d84 = f(32, 10), np.arange(32) % 10, f(32), f(32, 84)
+z, lab, g0, d84 = f(32, 10), np.arange(32) % 10, np.array(1.0, np.float32), f(32, 84)
 z1, s, v = (0, 0, 0, 0), (1, 1), (2, 2)
+_, stats = loss.loss_forward("sparse_cce_logits", lab, z)
 n0 = _launch.launch_count()
 rows = [
     ("act_forward (1 element)", "elementwise", lambda: activation.act_forward(x1, "tanh")),
@@ -97,16 +98,16 @@ rows = [
      lambda: conv.conv2d_backward_input(dy3, w3, x3.shape, s, z1)),
     ("avg_pool_forward (S2)", "elementwise",
      lambda: pool.avg_pool_forward(xp, v, v, z1)),
-    ("softmax_xent_forward (32 x 10)", "elementwise",
-     lambda: softmax.softmax_xent_forward(z, lab)),
+    ("loss_forward sparse CE from logits (32 x 10)", "elementwise",
+     lambda: loss.loss_forward("sparse_cce_logits", lab, z)),
     ("conv2d_backward_weight_bias (C3, tanh fused)", "conv",
      lambda: conv.conv2d_backward_weight_bias(x3, dy3, dy3, "tanh", w3.shape, s, z1)),
     ("avg_pool_backward (S2)", "elementwise",
      lambda: pool.avg_pool_backward(dyp, xp.shape, v, v, z1)),
     ("act_backward_bias (32 x 84, tanh)", "elementwise",
      lambda: reduce.act_backward_bias(d84, d84, "tanh")),
-    ("softmax_xent_backward (32 x 10)", "elementwise",
-     lambda: softmax.softmax_xent_backward(z, lab, g32)),
+    ("loss_backward sparse CE from logits (32 x 10)", "elementwise",
+     lambda: loss.loss_backward("sparse_cce_logits", g0, lab, z, stats)),
 ]
 # a whole LeNet-5 training step on the cuda set (autograd, layers, optimizer, launches), the
 # GPU's work left out: what a step costs the host when it is not replayed as a CUDA graph

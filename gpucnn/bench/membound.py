@@ -144,13 +144,13 @@ def _softmax_cases(net, rows, k):
 
     def xf(C, alloc):
         z, lab = alloc((rows, k), "normal"), alloc((rows,), ("labels", k))
-        return (lambda: C.softmax_xent_forward(z, lab)), {"z": z, "labels": lab}
+        return (lambda: C.loss_forward("sparse_cce_logits", lab, z)), {"z": z, "labels": lab}
 
     def xb(C, alloc):
         z, lab = alloc((rows, k), "normal"), alloc((rows,), ("labels", k))
-        g = alloc((rows,), "positive")
-        _, p = C.softmax_xent_forward(z, lab)
-        return (lambda: C.softmax_xent_backward(p, lab, g)), {}
+        g = alloc((), "positive")
+        _, stats = C.loss_forward("sparse_cce_logits", lab, z)
+        return (lambda: C.loss_backward("sparse_cce_logits", g, lab, z, stats)), {}
 
     def sb(C, alloc):
         dy, y = alloc((rows, k), "normal"), alloc((rows, k), "positive")
@@ -161,12 +161,12 @@ def _softmax_cases(net, rows, k):
                  lambda t, a: (lambda: t.softmax(a["z"], 1))),
             Case(net, "output", "softmax bwd", shape, 3 * n * b, 5 * n * b,
                  "2 passes over dy and y, dx written", sb),
-            Case(net, "output", "softmax xent fwd", shape, 2 * n * b + rows * (8 + b),
-                 4 * n * b + rows * (8 + 2 * b), "3 passes over z, p and the loss written", xf,
-                 lambda t, a: (lambda: t.nn.functional.cross_entropy(a["z"], a["labels"],
-                                                                      reduction="none"))),
-            Case(net, "output", "softmax xent bwd", shape, 2 * n * b + rows * (8 + b),
-                 n * (3 * b + 8), "p read, dz written, a label and g[r] per element", xb)]
+            Case(net, "output", "sparse CE from logits fwd", shape, n * b + rows * (8 + 2 * b),
+                 2 * n * b + rows * (8 + 3 * b),
+                 "2 passes over z (max, sum), z[label] and the 2 stats per row", xf,
+                 lambda t, a: (lambda: t.nn.functional.cross_entropy(a["z"], a["labels"]))),
+            Case(net, "output", "sparse CE from logits bwd", shape, 2 * n * b + rows * (8 + 2 * b),
+                 n * (4 * b + 8), "z read, dz written, a label and 2 stats per element", xb)]
 
 
 def _dense_cases(net, layer, rows, units, act, dropout):

@@ -135,17 +135,17 @@ def _xent_cases(ks, tr, rng, net, n, spec):
     z = rng.standard_normal((n, k), dtype=np.float32)
     labels = rng.integers(0, k, n).astype(np.int64)
     zd, ld = ks.asarray(z), ks.asarray(labels)
-    _, p = ks.softmax_xent_forward(zd, ld)
-    g = ks.asarray(np.full(n, 1.0 / n, dtype=np.float32))
+    _, stats = ks.loss_forward("sparse_cce_logits", ld, zd)
+    g = ks.asarray(np.array(1.0, dtype=np.float32))
     t_f = t_b = None
     if tr is not None:
         t_f, t_b = torch_ref.xent_ops(tr.torch, tr.device, z, labels)
     flops = 5.0 * n * k
     shape = f"{n}x{k}"
-    return [OpCase(net, f"{name} softmax + cross-entropy forward", shape, flops,
-                   lambda: ks.softmax_xent_forward(zd, ld), t_f),
-            OpCase(net, f"{name} softmax + cross-entropy backward", shape, flops,
-                   lambda: ks.softmax_xent_backward(p, ld, g), t_b)]
+    return [OpCase(net, f"{name} sparse CE from logits forward", shape, flops,
+                   lambda: ks.loss_forward("sparse_cce_logits", ld, zd), t_f),
+            OpCase(net, f"{name} sparse CE from logits backward", shape, flops,
+                   lambda: ks.loss_backward("sparse_cce_logits", g, ld, zd, stats), t_b)]
 
 
 def cases(tr=None, batch_scale=1.0, nets=None, seed=0):

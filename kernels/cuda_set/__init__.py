@@ -45,8 +45,7 @@ from .optim import (adam_update, adam_update_many, rmsprop_update, rmsprop_updat
                     sgd_update, sgd_update_many)
 from .reduce import act_backward_bias
 from .pool import avg_pool_backward, avg_pool_forward, max_pool_backward, max_pool_forward
-from .softmax import (log_softmax_backward, log_softmax_forward, softmax_backward, softmax_forward,
-                      softmax_xent_backward, softmax_xent_forward)
+from .softmax import log_softmax_backward, log_softmax_forward, softmax_backward, softmax_forward
 
 CAPABILITIES = ("launches", "fused_backward", "multi_update", "graphs", "devices", "probe",
                 "compile_cache", "scatter_add", "streams")

@@ -37,7 +37,6 @@ SMALL = {
     (reduce, "COLSUM_ROWS"): 16,
     (pool, "POOL_BLOCK"): 32,
     (softmax, "SOFTMAX_BLOCK"): 8,
-    (softmax, "XENT_BWD_BLOCK"): 32,
     (loss, "LOSS_BLOCK"): 8,
     (loss, "LOSS_BWD_BLOCK"): 32,
     (dropout, "DROPOUT_BLOCK"): 32,

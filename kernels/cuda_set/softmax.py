@@ -1,6 +1,6 @@
-"""Softmax and log-softmax along the last axis of ``(rows, K)``, and the fused softmax +
-cross-entropy for integer labels. One block per row; the row's max and sum are block-level tree
-reductions in shared memory (max-subtracted: no overflow for large logits).
+"""Softmax and log-softmax along the last axis of ``(rows, K)``, and the block reducers and label
+check that the row losses of ``loss`` share. One block per row; the row's max and sum are
+block-level tree reductions in shared memory (max-subtracted: no overflow for large logits).
 """
 from __future__ import annotations
 
@@ -13,14 +13,9 @@ from numba import types
 from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype,
                       kernel_factory, KernelSpec, Plans, Prepared, dtname)
 from ._runtime import numba_cuda as cuda
-from .vector import stream_grid
 
 #: Threads per block (one block per row); a power of two. Tests shrink it for the simulator.
 SOFTMAX_BLOCK = 128
-#: Threads per block of the elementwise cross-entropy backward, and its blocks per SM (at 8,
-#: 32 registers, it spills).
-XENT_BWD_BLOCK = 256
-XENT_BWD_PER_SM = 6
 MAX_GRID_X = 2**31 - 1
 
 
@@ -132,58 +127,6 @@ def softmax_bwd_kernel(dtype, block):
     return KernelSpec(f"softmax_bwd[{dtype},{block}]", softmax_bwd_k, (a2, a2, a2, types.int64))
 
 
-@kernel_factory(_variants)
-def xent_fwd_kernel(dtype, block):
-    dt = NB_FLOAT[np.dtype(dtype)]
-    _, _, row_max_sum = _block_reducers(dtype, block)
-
-    def xent_fwd_k(z, labels, loss, p):
-        """Row r = blockIdx.x of logits z (rows, K), labels (rows,) int64: p = softmax(z[r]),
-        loss[r] = logsumexp(z[r]) - z[r, label], NaN for a label outside [0, K)."""
-        red = cuda.shared.array(block, dt)
-        r = cuda.blockIdx.x
-        t = cuda.threadIdx.x
-        k = z.shape[1]
-        m, s = row_max_sum(red, z, r, t)
-        for j in range(t, k, block):
-            p[r, j] = dt(math.exp(z[r, j] - m)) / s
-        if t == 0:
-            lab = labels[r]
-            if lab >= 0 and lab < k:
-                loss[r] = m + dt(math.log(s)) - z[r, lab]
-            else:
-                loss[r] = dt(math.nan)
-
-    a2 = arr(dtype, 2)
-    return KernelSpec(f"xent_fwd[{dtype},{block}]", xent_fwd_k,
-                      (a2, arr(np.int64, 1), arr(dtype, 1), a2))
-
-
-def _bwd_variants():
-    return [{"dtype": d} for d in ("float32", "float64")]
-
-
-@kernel_factory(_bwd_variants)
-def xent_bwd_kernel(dtype):
-    dt = NB_FLOAT[np.dtype(dtype)]
-
-    def xent_bwd_k(p, labels, g, dz):
-        """dz[r, j] = (p[r, j] - [j == labels[r]]) * g[r]; p, dz (rows, K) viewed flat, one
-        thread per element."""
-        for i in range(cuda.grid(1), dz.size, cuda.gridsize(1)):
-            k = dz.shape[1]
-            r = i // k
-            j = i % k
-            v = p[r, j]
-            if labels[r] == j:
-                v -= dt(1)
-            dz[r, j] = v * g[r]
-
-    a2 = arr(dtype, 2)
-    return KernelSpec(f"xent_bwd[{dtype}]", xent_bwd_k, (a2, arr(np.int64, 1), arr(dtype, 1), a2),
-                      (XENT_BWD_BLOCK, XENT_BWD_PER_SM))
-
-
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
@@ -204,8 +147,7 @@ def _row_plan(spec, rows, *scalars):
 
 
 _PLANS = {op: Plans(op) for op in ("softmax_forward", "log_softmax_forward", "softmax_backward",
-                                   "log_softmax_backward", "softmax_xent_forward",
-                                   "softmax_xent_backward")}
+                                   "log_softmax_backward")}
 
 
 def _softmax(op, x, log):
@@ -264,40 +206,3 @@ def _labels(op, labels, rows):
     if lab.shape != (rows,):
         raise ValueError(f"{op}: labels must have shape ({rows},), got {tuple(lab.shape)}")
     return contig(lab, np.int64)
-
-
-def softmax_xent_forward(z, labels):
-    """``(loss (rows,), p (rows, K))``: fused softmax + cross-entropy of integer labels."""
-    op = "softmax_xent_forward"
-    plans = _PLANS[op]
-    key = plans.key((z, labels), None)
-    plan = plans.get(key)
-    if plan is None:
-        z, dt = _rows(op, z, "z")
-        labels = _labels(op, labels, z.shape[0])
-        plan = plans.put(key, _row_plan(xent_fwd_kernel(dtname(dt), SOFTMAX_BLOCK), z.shape[0]),
-                         (z, labels), None)
-    loss = empty(z.shape[:1], z.dtype)
-    p = empty(z.shape, z.dtype)
-    plan(z, labels, loss, p)
-    return loss, p
-
-
-def softmax_xent_backward(p, labels, g):
-    """``dz = (p - onehot(labels)) * g[:, None]``."""
-    op = "softmax_xent_backward"
-    plans = _PLANS[op]
-    key = plans.key((p, labels, g), None)
-    plan = plans.get(key)
-    if plan is None:
-        p, dt = _rows(op, p, "p")
-        labels = _labels(op, labels, p.shape[0])
-        g = contig(g, dt).reshape(-1)
-        if g.shape != (p.shape[0],):
-            raise ValueError(f"{op}: g must have shape ({p.shape[0]},), got {tuple(g.shape)}")
-        grid = stream_grid(p.size, XENT_BWD_BLOCK, XENT_BWD_PER_SM)
-        plan = plans.put(key, Prepared(xent_bwd_kernel(dtname(dt)), grid, (XENT_BWD_BLOCK,),
-                                       (None,) * 4), (p, labels, g), None)
-    dz = empty(p.shape, p.dtype)
-    plan(p, labels, g, dz)
-    return dz

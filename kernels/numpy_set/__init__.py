@@ -36,8 +36,7 @@ from .loss import loss_backward, loss_forward
 from .tuning import tuning
 from .optim import adam_update, rmsprop_update, sgd_update
 from .pool import avg_pool_backward, avg_pool_forward, max_pool_backward, max_pool_forward
-from .softmax import (log_softmax_backward, log_softmax_forward, softmax_backward,
-                      softmax_forward, softmax_xent_backward, softmax_xent_forward)
+from .softmax import log_softmax_backward, log_softmax_forward, softmax_backward, softmax_forward
 
 xp = numpy
 CAPABILITIES = ("threads", "split_steps", "conv_keep", "conv_algorithm", "allocator")

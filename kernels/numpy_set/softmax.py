@@ -1,4 +1,4 @@
-"""Softmax, log-softmax and fused softmax + cross-entropy along the last axis of ``(rows, K)``.
+"""Softmax and log-softmax along the last axis of ``(rows, K)``.
 
 Every forward subtracts the row maximum first, so logits of any finite magnitude give no
 overflow: ``softmax(x) = exp(x - m) / sum(exp(x - m))``, ``log_softmax(x) = x - m - log(sum(exp(x - m)))``.
@@ -9,8 +9,7 @@ import numpy as np
 
 from ._util import check_float, check_ndim, fail
 
-__all__ = ["softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
-           "softmax_xent_forward", "softmax_xent_backward"]
+__all__ = ["softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward"]
 
 
 def _check_pair(op, a, b, names=("dy", "y")):
@@ -56,49 +55,3 @@ def log_softmax_backward(dy, y):
     dx *= -dy.sum(axis=1, keepdims=True)
     dx += dy
     return dx
-
-
-def _labels(op, labels, rows, k):
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"{op}: labels must be integers, got dtype {labels.dtype}")
-    if labels.shape != (rows,):
-        fail(op, "labels shape", (rows,), labels.shape)
-    valid = labels < k
-    if labels.dtype.kind == "i":
-        valid &= labels >= 0
-    return np.where(valid, labels, 0), valid
-
-
-def softmax_xent_forward(z, labels):
-    """``(loss, p)`` for logits z ``(rows, K)`` and integer labels ``(rows,)``:
-    ``loss[r] = logsumexp(z[r]) - z[r, labels[r]]`` (NaN where the label is outside [0, K)),
-    ``p = softmax(z)``."""
-    op = "softmax_xent_forward"
-    p = _shifted(op, z)
-    rows, k = p.shape
-    lab, valid = _labels(op, labels, rows, k)
-    picked = p[np.arange(rows), lab]
-    np.exp(p, out=p)
-    s = p.sum(axis=1)
-    loss = np.log(s)
-    loss -= picked
-    loss[~valid] = np.nan
-    p /= s[:, None]
-    return loss, p
-
-
-def softmax_xent_backward(p, labels, g):
-    """``dz = (p - onehot(labels)) * g[:, None]``; an out-of-range label has an all-zero one-hot."""
-    op = "softmax_xent_backward"
-    check_float(op, "p", p)
-    check_ndim(op, "p", p, 2, "(rows, K)")
-    rows, k = p.shape
-    g = np.asarray(g, dtype=p.dtype)
-    if g.shape != (rows,):
-        fail(op, "g shape", (rows,), g.shape)
-    lab, valid = _labels(op, labels, rows, k)
-    dz = p * g[:, None]
-    r = np.flatnonzero(valid)
-    dz[r, lab[r]] -= g[r]
-    return dz
