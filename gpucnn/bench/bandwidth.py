@@ -185,12 +185,13 @@ NOTES = """Reading the table, and what is not at the floor yet:
   128-thread block per row: 128 rows fill under a tenth of a wave. The row losses' forward
   (sparse CE from logits) is one 256-thread block per row too (fewer resident per SM: its wave
   column).
-- 128-bit accesses: the activations (forward and backward) and the dropout mask; the pools,
-  softmax, column sums and optimizer updates load 32 bits per thread (coalesced across the
-  warp). A chunk-of-4 optimizer update with 128-bit accesses was written, but Numba's compile of
+- 128-bit accesses: the activations (forward and backward), the dropout mask, and the pools'
+  forward and the average pool's backward where C % 4 == 0 (their ``v4`` variants; the max
+  pool's int32 indices are still stored 32 bits at a time); softmax, column sums and optimizer
+  updates load 32 bits per thread (coalesced across the warp). A chunk-of-4 optimizer update with 128-bit accesses was written, but Numba's compile of
   it took minutes per kernel, so it is not in.
-- Float64 in a float32 kernel: only dropout's keep test, float64 by contract (bit-identical masks
-  with the NumPy set)."""
+- Float64 in a float32 kernel: none (dropout's keep test compares integers, ``u >=
+  ceil(rate * 2**32)``, exactly the NumPy set's float64 test)."""
 
 
 def main(argv=None) -> int:
