@@ -1215,7 +1215,7 @@ def test_every_readme_command_runs_from_the_shell_of_the_first_two():
             or (c[0] in {".venv/bin/mpiexec", "srun"} and "python" in c)]
     assert not bare, f"commands that need an activated venv: {bare}"
     assert any(c[:1] == [".venv/bin/mpiexec"] for c in readme_commands())
-    assert "about 15 minutes on 2 cores" in (ROOT / "README.md").read_text()
+    assert "about 20 minutes on 2 cores" in (ROOT / "README.md").read_text()
 
 
 def test_an_offline_fetch_says_where_to_put_the_files_by_hand(tmp_path, capsys):
