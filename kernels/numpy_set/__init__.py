@@ -24,7 +24,7 @@ import warnings
 
 import numpy
 
-from . import _alloc
+from . import _alloc, _parallel
 from ._parallel import (data_parallel, get_num_threads, num_threads, serial_kernels,
                         set_num_threads, single_threaded_blas)
 from .activation import act_backward, act_forward
@@ -48,10 +48,7 @@ def _clamp_env_threads() -> None:
     """``GPUCNN_NUM_THREADS`` above the CPUs this process may use is clamped to them, with a
     warning (64 on 2 CPUs would split every step over 64 threads and fork 63 workers)."""
     env = os.environ.get("GPUCNN_NUM_THREADS", "").strip()
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        cpus = os.cpu_count() or 1
+    cpus = _parallel.cpus()
     if env and get_num_threads() > cpus:
         warnings.warn(f"GPUCNN_NUM_THREADS={env} is more than the {cpus} CPU"
                       f"{'s' if cpus != 1 else ''} this process may use; using {cpus}",

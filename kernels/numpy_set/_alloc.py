@@ -117,9 +117,8 @@ def tune() -> str:
     """Raise glibc's mmap and trim thresholds for the rest of the process (opt-in; ``fit``
     raises them only while it trains); returns what was done, in words."""
     global _note, _forever
-    why = _left_alone()
-    if why is not None:
-        _note = why
+    _note = _left_alone()
+    if _note is not None:
         return _note
     with _lock:
         _forever = _set(MMAP_THRESHOLD, TRIM_THRESHOLD)
@@ -130,9 +129,7 @@ def tune() -> str:
 
 def note() -> str:
     """What is done to the allocator, in words (the benchmark prints it)."""
-    if _note is not None:
-        return _note
-    why = _left_alone()
+    why = _note or _left_alone()
     if why is not None:
         return why
     return (f"glibc {_glibc()[0]} mallopt while fit trains: {_thresholds()} (freed blocks reused "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 from .tuning import TUNING as T
@@ -39,21 +39,25 @@ _pool = None
 _pool_size = 0
 
 
+def cpus() -> int:
+    """The CPUs this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
 def _default_threads() -> int:
     env = os.environ.get("GPUCNN_NUM_THREADS", "").strip()
     if env:
         try:
             n = int(env)
         except ValueError:
-            raise ValueError(f"GPUCNN_NUM_THREADS must be a positive integer, got {env!r}") from None
+            n = 0
         if n < 1:
             raise ValueError(f"GPUCNN_NUM_THREADS must be a positive integer, got {env!r}")
         return n
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8))
+    return max(1, min(cpus(), 8))
 
 
 _num_threads = _default_threads()
@@ -97,8 +101,7 @@ def single_threaded_blas():
     global _depth, _limiter
     with _lock:
         if _depth == 0:
-            libs = _blas_libs()
-            _limiter = [(lc, lc.get_num_threads()) for lc in libs]
+            _limiter = [(lc, lc.get_num_threads()) for lc in _blas_libs()]
             for lc, _ in _limiter:
                 lc.set_num_threads(1)
         _depth += 1
@@ -147,16 +150,8 @@ def _split(call, fn, n: int, parts: int) -> list:
     try:
         first = call(fn, bounds[0], bounds[1])
     finally:
-        rest = []
-        for f in futures:            # wait for every part, even after an error
-            try:
-                rest.append(f.result())
-            except BaseException as e:  # noqa: BLE001 - re-raised below
-                rest.append(e)
-    for r in rest:
-        if isinstance(r, BaseException):
-            raise r
-    return [first] + rest
+        wait(futures)                # every part, even after an error
+    return [first] + [f.result() for f in futures]
 
 
 @contextmanager

@@ -86,8 +86,7 @@ def shifted_weight_grad(x, dy, w_shape, pad):
                 dw[i, j] += tmp
         return dw
 
-    parts = run_parts(part, x.shape[0], 2.0 * x.shape[0] * per * kh * kw * c * co)
-    dw = parts[0]
-    for other in parts[1:]:
+    dw, *others = run_parts(part, x.shape[0], 2.0 * x.shape[0] * per * kh * kw * c * co)
+    for other in others:
         dw += other
     return dw

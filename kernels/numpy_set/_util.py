@@ -32,14 +32,9 @@ def pad_hw(x, pad, value=0.0):
         return x
     n, h, w, c = x.shape
     out = np.empty((n, h + pt + pb, w + pl + pr, c), dtype=x.dtype)
-    if pt:
-        out[:, :pt] = value
-    if pb:
-        out[:, h + pt:] = value
-    if pl:
-        out[:, pt:h + pt, :pl] = value
-    if pr:
-        out[:, pt:h + pt, w + pl:] = value
+    for border in (np.s_[:, :pt], np.s_[:, h + pt:], np.s_[:, pt:h + pt, :pl],
+                   np.s_[:, pt:h + pt, w + pl:]):        # an empty border is an empty slice
+        out[border] = value
     out[:, pt:h + pt, pl:w + pl] = x
     return out
 

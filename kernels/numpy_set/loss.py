@@ -106,8 +106,7 @@ def loss_backward(loss, g, t, p, stats):
     n = p.shape[0] if loss in STATS else p.size
     scale = g * (1.0 / n)
     if loss == "mse":
-        d = p - t
-        return g * (2.0 / n) * d
+        return g * (2.0 / n) * (p - t)
     if loss == "mae":
         d = p - t
         return scale * ((d > 0).astype(p.dtype) - (d < 0).astype(p.dtype))

@@ -56,9 +56,6 @@ class Tuning:
         for name, (default, _) in FIELDS.items():
             setattr(self, name, default)
 
-    def as_dict(self) -> dict:
-        return {name: getattr(self, name) for name in FIELDS}
-
 
 TUNING = Tuning()
 _lock = threading.Lock()
