@@ -35,6 +35,7 @@ from gpucnn.datasets import _cifar, _fetch, _files, _mnist
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_TEST = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 MNIST_TRAIN = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+TEST_GZ = sorted(s + ".gz" for s in MNIST_TEST)
 # Per-digit counts of the real test split, from ../shared/data/mnist/README.md.
 REAL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 HOW_TO_GET = ("run `python -m gpucnn.datasets fetch mnist --split test` and set GPUCNN_MNIST_DIR "
@@ -88,8 +89,7 @@ def leftovers(folder):
 # ----------------------------------------------------------------------------- real MNIST
 
 def test_real_mnist_test_split(no_network, mnist_dir):
-    folder = mnist_dir
-    x, y = datasets.mnist(folder, split="test")
+    x, y = datasets.mnist(mnist_dir, split="test")
     assert x.shape == (10000, 28, 28, 1) and x.dtype == np.float32
     assert y.shape == (10000,) and y.dtype == np.int64
     assert np.bincount(y, minlength=10).tolist() == REAL_COUNTS
@@ -97,7 +97,7 @@ def test_real_mnist_test_split(no_network, mnist_dir):
     assert x.min() == 0.0 and x.max() == 1.0
     assert 0.10 < x.mean() < 0.16                               # MNIST's mean intensity ~0.13
     # pixels against a plain parse of the decompressed file
-    with gzip.open(folder / "t10k-images-idx3-ubyte.gz") as f:
+    with gzip.open(mnist_dir / "t10k-images-idx3-ubyte.gz") as f:
         raw = f.read()
     for i in (0, 4321, 9999):
         start = 16 + i * 784
@@ -106,9 +106,8 @@ def test_real_mnist_test_split(no_network, mnist_dir):
 
 
 def test_real_mnist_padding_and_uint8(no_network, mnist_dir):
-    folder = mnist_dir
-    x8, _ = datasets.mnist(folder, split="test", normalize=False)
-    xp, _ = datasets.mnist(folder, split="test", pad_to_32=True)
+    x8, _ = datasets.mnist(mnist_dir, split="test", normalize=False)
+    xp, _ = datasets.mnist(mnist_dir, split="test", pad_to_32=True)
     assert x8.dtype == np.uint8 and x8.max() == 255
     assert xp.shape == (10000, 32, 32, 1)
     np.testing.assert_array_equal(xp[:, 2:30, 2:30], x8 / np.float32(255))
@@ -118,19 +117,17 @@ def test_real_mnist_padding_and_uint8(no_network, mnist_dir):
 
 
 def test_real_mnist_both_splits_missing_train_says_where(no_network, mnist_dir):
-    folder = mnist_dir
     with pytest.raises(DataNotFoundError) as e:
-        datasets.mnist(folder, download=False)
+        datasets.mnist(mnist_dir, download=False)
     msg = str(e.value)
     assert "train-images-idx3-ubyte.gz" in msg and "train-labels-idx1-ubyte.gz" in msg
-    assert str(folder) in msg and "t10k" not in msg and "\n" not in msg
+    assert str(mnist_dir) in msg and "t10k" not in msg and "\n" not in msg
 
 
 def test_real_mnist_truncated_copies_refused(tmp_path, mnist_dir):
-    folder = mnist_dir
-    gz = (folder / "t10k-images-idx3-ubyte.gz").read_bytes()
+    gz = (mnist_dir / "t10k-images-idx3-ubyte.gz").read_bytes()
     raw = gzip.decompress(gz)
-    labels = (folder / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    labels = (mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()
     cases = {
         "raw_cut": (MNIST_TEST[0], raw[: len(raw) - 784]),          # one image short
         "gz_of_cut": (MNIST_TEST[0] + ".gz", gzip.compress(raw[:5000])),
@@ -178,27 +175,23 @@ def test_mnist_wrong_magic_refused(tmp_path, rng):
         datasets.mnist(tmp_path, split="test", download=False)
 
 
-@pytest.mark.parametrize("case", ["short", "long", "header", "dims", "count", "label"])
-def test_mnist_bad_files_refused(tmp_path, rng, case):
-    images = rng.integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=6, dtype=np.uint8)
-    img, lbl = idx_bytes(images, 2051), idx_bytes(labels, 2049)
-    bad, pattern = {
-        "short": ("images", img[:-1]),
-        "long": ("images", img + b"\x00"),
-        "header": ("labels", lbl[:6]),
-        "dims": ("images", idx_bytes(images[:, :, :27], 2051)),
-        "count": ("labels", idx_bytes(labels[:5], 2049)),
-        "label": ("labels", idx_bytes(np.r_[labels[:5], 10], 2049)),
-    }[case], {
-        "short": r"t10k-images.*truncated", "long": r"t10k-images.*extra bytes",
-        "header": r"t10k-labels.*truncated", "dims": r"t10k-images.*\(N, 28, 28\)",
-        "count": r"t10k-labels.*5 labels for the 6 images", "label": r"t10k-labels.*label 10",
+@pytest.mark.parametrize("case,pattern", [
+    ("short", r"t10k-images.*truncated"), ("long", r"t10k-images.*extra bytes"),
+    ("header", r"t10k-labels.*truncated"), ("dims", r"t10k-images.*\(N, 28, 28\)"),
+    ("count", r"t10k-labels.*5 labels for the 6 images"), ("label", r"t10k-labels.*label 10"),
+], ids=["short", "long", "header", "dims", "count", "label"])
+def test_mnist_bad_files_refused(tmp_path, rng, case, pattern):
+    images, labels = write_mnist(tmp_path, MNIST_TEST, 6, rng, gz=False)
+    img, lbl = (tmp_path / s for s in MNIST_TEST)
+    path, blob = {
+        "short": (img, img.read_bytes()[:-1]),
+        "long": (img, img.read_bytes() + b"\x00"),
+        "header": (lbl, lbl.read_bytes()[:6]),
+        "dims": (img, idx_bytes(images[:, :, :27], 2051)),
+        "count": (lbl, idx_bytes(labels[:5], 2049)),
+        "label": (lbl, idx_bytes(np.r_[labels[:5], 10], 2049)),
     }[case]
-    files = {"images": img, "labels": lbl}
-    files[bad[0]] = bad[1]
-    (tmp_path / MNIST_TEST[0]).write_bytes(files["images"])
-    (tmp_path / MNIST_TEST[1]).write_bytes(files["labels"])
+    path.write_bytes(blob)
     with pytest.raises(DataFileError, match=pattern):
         datasets.mnist(tmp_path, split="test", download=False)
 
@@ -226,18 +219,21 @@ def test_mnist_offline_message(tmp_path, home, monkeypatch):
         datasets.mnist(tmp_path / "empty", download=False, split="test")
 
 
-def serve_mnist(server, rng, monkeypatch, n=5, break_sha=False):
-    """Gzip IDX files in ``server`` (a file:// mirror) and their checksums in MNIST_REMOTE."""
-    images, labels = write_mnist(server, MNIST_TEST, n, rng)
-    remote = dict(_mnist.MNIST_REMOTE)
-    for stem in MNIST_TEST:
-        blob = (server / (stem + ".gz")).read_bytes()
-        sha = hashlib.sha256(blob).hexdigest()
-        if break_sha and stem == MNIST_TEST[0]:
-            sha = sha[::-1]
-        remote[stem] = _files.RemoteFile(stem + ".gz", sha, len(blob))
-    monkeypatch.setattr(_mnist, "MNIST_REMOTE", remote)
-    return images, labels
+def publish(monkeypatch, folder, stems):
+    """Make the files in ``folder`` the 'published' ones: their SHA-256 and size in MNIST_REMOTE."""
+    for stem in stems:
+        blob = (folder / (stem + ".gz")).read_bytes()
+        monkeypatch.setitem(_mnist.MNIST_REMOTE, stem, _files.RemoteFile(
+            stem + ".gz", hashlib.sha256(blob).hexdigest(), len(blob)))
+
+
+def serve_mnist(server, rng, monkeypatch, n=5, stems=MNIST_TEST):
+    """Random gzip IDX files of ``stems`` in the folder ``server``, published (``publish``), and
+    ``server`` the only (file://) mirror of ``datasets.mnist``; returns (images, labels)."""
+    out = write_mnist(server, stems, n, rng)
+    publish(monkeypatch, server, stems)
+    monkeypatch.setattr(_mnist, "MNIST_MIRRORS", (server.as_uri() + "/",))
+    return out
 
 
 def test_mnist_download_verified_and_atomic(tmp_path, rng, monkeypatch):
@@ -248,12 +244,13 @@ def test_mnist_download_verified_and_atomic(tmp_path, rng, monkeypatch):
     x, y = datasets.mnist(target, split="test")
     np.testing.assert_allclose(x[..., 0], images / 255.0, rtol=0, atol=1e-7)
     assert y.tolist() == labels.tolist()
-    assert sorted(p.name for p in target.iterdir()) == sorted(s + ".gz" for s in MNIST_TEST)
+    assert contents(target) == TEST_GZ
 
 
 def test_mnist_download_bad_checksum_refused(tmp_path, rng, monkeypatch):
-    serve_mnist(tmp_path / "server", rng, monkeypatch, break_sha=True)
-    monkeypatch.setattr(_mnist, "MNIST_MIRRORS", ((tmp_path / "server").as_uri() + "/",))
+    serve_mnist(tmp_path / "server", rng, monkeypatch)
+    r = _mnist.MNIST_REMOTE[MNIST_TEST[0]]
+    monkeypatch.setitem(_mnist.MNIST_REMOTE, MNIST_TEST[0], r._replace(sha256=r.sha256[::-1]))
     target = tmp_path / "target"
     with pytest.raises(ChecksumError, match="t10k-images-idx3-ubyte.gz.*SHA-256"):
         datasets.mnist(target, split="test")
@@ -262,11 +259,8 @@ def test_mnist_download_bad_checksum_refused(tmp_path, rng, monkeypatch):
 
 def test_mnist_download_size_mismatch_refused(tmp_path, rng, monkeypatch):
     serve_mnist(tmp_path / "server", rng, monkeypatch)
-    remote = dict(_mnist.MNIST_REMOTE)
-    r = remote[MNIST_TEST[1]]
-    remote[MNIST_TEST[1]] = r._replace(size=r.size - 1)  # the mirror sends one byte more
-    monkeypatch.setattr(_mnist, "MNIST_REMOTE", remote)
-    monkeypatch.setattr(_mnist, "MNIST_MIRRORS", ((tmp_path / "server").as_uri() + "/",))
+    r = _mnist.MNIST_REMOTE[MNIST_TEST[1]]         # the mirror sends one byte more
+    monkeypatch.setitem(_mnist.MNIST_REMOTE, MNIST_TEST[1], r._replace(size=r.size - 1))
     with pytest.raises(ChecksumError, match="more than the expected"):
         datasets.mnist(tmp_path / "target", split="test")
     assert leftovers(tmp_path / "target") == []
@@ -293,7 +287,6 @@ def test_mnist_interrupted_download_leaves_nothing(tmp_path, rng, monkeypatch, e
 
 def test_mnist_only_downloads_what_is_missing(tmp_path, rng, monkeypatch):
     images, labels = serve_mnist(tmp_path / "server", rng, monkeypatch)
-    monkeypatch.setattr(_mnist, "MNIST_MIRRORS", ((tmp_path / "server").as_uri() + "/",))
     target = tmp_path / "target"
     target.mkdir()
     (target / MNIST_TEST[0]).write_bytes(idx_bytes(images, 2051))   # images already there, raw
@@ -551,17 +544,10 @@ def mirror(tmp_path):
     m.close()
 
 
-def serve_split(mirror, stems, n, rng):
-    """A random split of ``n`` images as two gzip IDX files on the mirror; returns the arrays."""
-    return write_mnist(mirror.folder, stems, n, rng)
-
-
-def publish(monkeypatch, mirror, stems):
-    """Make the mirror's files the 'published' ones: their SHA-256 and size in MNIST_REMOTE."""
-    for stem in stems:
-        blob = (mirror.folder / (stem + ".gz")).read_bytes()
-        monkeypatch.setitem(_mnist.MNIST_REMOTE, stem, _files.RemoteFile(
-            stem + ".gz", hashlib.sha256(blob).hexdigest(), len(blob)))
+def fetch_test(target, *mirrors):
+    """``python -m gpucnn.datasets fetch mnist --split test --dir target --mirror ...``."""
+    return cli.main(["fetch", "mnist", "--split", "test", "--dir", str(target),
+                     *[a for m in mirrors for a in ("--mirror", m)]])
 
 
 def contents(folder):
@@ -578,9 +564,8 @@ def one_error_line(err):
 # ----------------------------------------------------------------------------- downloads
 
 def test_fetch_into_the_user_cache_then_mnist_finds_it(mirror, home, rng, monkeypatch, capsys):
-    train = serve_split(mirror, MNIST_TRAIN, 7, rng)
-    test = serve_split(mirror, MNIST_TEST, 4, rng)
-    publish(monkeypatch, mirror, MNIST_TRAIN + MNIST_TEST)
+    train = serve_mnist(mirror.folder, rng, monkeypatch, 7, MNIST_TRAIN)
+    test = serve_mnist(mirror.folder, rng, monkeypatch, 4)
 
     assert cli.main(["fetch", "mnist", "--mirror", mirror.url]) == 0
     out, err = capsys.readouterr()
@@ -594,32 +579,25 @@ def test_fetch_into_the_user_cache_then_mnist_finds_it(mirror, home, rng, monkey
     assert leftovers(folder) == []
 
     (xtr, ytr), (xte, yte) = datasets.mnist(download=False, normalize=False)  # default lookup
-    np.testing.assert_array_equal(xtr[..., 0], train[0])
-    np.testing.assert_array_equal(ytr, train[1])
-    np.testing.assert_array_equal(xte[..., 0], test[0])
-    np.testing.assert_array_equal(yte, test[1])
+    for got, want in zip((xtr[..., 0], ytr, xte[..., 0], yte), (*train, *test)):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_fetch_one_split_into_dir(mirror, tmp_path, rng, monkeypatch, capsys):
-    serve_split(mirror, MNIST_TEST, 3, rng)
-    publish(monkeypatch, mirror, MNIST_TEST)
+    serve_mnist(mirror.folder, rng, monkeypatch, 3)
     target = tmp_path / "new" / "mnist"
-    assert cli.main(["fetch", "mnist", "--split", "test", "--dir", str(target),
-                     "--mirror", mirror.url.rstrip("/")]) == 0
-    assert sorted(p.name for p in target.iterdir()) == sorted(s + ".gz" for s in MNIST_TEST)
-    assert sorted(mirror.requests) == sorted(s + ".gz" for s in MNIST_TEST)
+    assert fetch_test(target, mirror.url.rstrip("/")) == 0
+    assert contents(target) == TEST_GZ
+    assert sorted(mirror.requests) == TEST_GZ
     assert f"gpucnn.datasets.mnist({str(target)!r})" in capsys.readouterr().out
 
 
 def test_verified_files_stay_and_altered_ones_are_replaced(mirror, tmp_path, rng, monkeypatch,
                                                            capsys):
-    serve_split(mirror, MNIST_TEST, 3, rng)
-    publish(monkeypatch, mirror, MNIST_TEST)
-    argv = ["fetch", "mnist", "--split", "test", "--dir", str(tmp_path / "d"), "--mirror",
-            mirror.url]
-    assert cli.main(argv) == 0
+    serve_mnist(mirror.folder, rng, monkeypatch, 3)
+    assert fetch_test(tmp_path / "d", mirror.url) == 0
     mirror.requests.clear()
-    assert cli.main(argv) == 0
+    assert fetch_test(tmp_path / "d", mirror.url) == 0
     assert mirror.requests == []                              # both already verified
     assert capsys.readouterr().out.count("present  t10k-") == 2
 
@@ -627,7 +605,7 @@ def test_verified_files_stay_and_altered_ones_are_replaced(mirror, tmp_path, rng
     blob = bytearray(labels.read_bytes())
     blob[-1] ^= 0xFF
     labels.write_bytes(bytes(blob))
-    assert cli.main(argv) == 0
+    assert fetch_test(tmp_path / "d", mirror.url) == 0
     assert mirror.requests == [MNIST_TEST[1] + ".gz"]
     assert labels.read_bytes() == (mirror.folder / (MNIST_TEST[1] + ".gz")).read_bytes()
     assert "is not the published file" in capsys.readouterr().err
@@ -635,15 +613,13 @@ def test_verified_files_stay_and_altered_ones_are_replaced(mirror, tmp_path, rng
 
 def test_wrong_checksum_is_refused_and_nothing_is_saved(mirror, tmp_path, rng, monkeypatch,
                                                         capsys):
-    serve_split(mirror, MNIST_TEST, 3, rng)
-    publish(monkeypatch, mirror, MNIST_TEST)
+    serve_mnist(mirror.folder, rng, monkeypatch, 3)
     served = mirror.folder / (MNIST_TEST[0] + ".gz")
     blob = bytearray(served.read_bytes())
     blob[len(blob) // 2] ^= 0x01                                # same size, other bytes
     served.write_bytes(bytes(blob))
     target = tmp_path / "d"
-    assert cli.main(["fetch", "mnist", "--split", "test", "--dir", str(target),
-                     "--mirror", mirror.url]) == 1
+    assert fetch_test(target, mirror.url) == 1
     line = one_error_line(capsys.readouterr().err)
     expected = _mnist.MNIST_REMOTE[MNIST_TEST[0]].sha256
     received = hashlib.sha256(bytes(blob)).hexdigest()
@@ -652,37 +628,32 @@ def test_wrong_checksum_is_refused_and_nothing_is_saved(mirror, tmp_path, rng, m
 
 
 def test_interrupted_download_leaves_nothing(mirror, tmp_path, rng, monkeypatch, capsys):
-    serve_split(mirror, MNIST_TEST, 50, rng)
-    publish(monkeypatch, mirror, MNIST_TEST)
+    serve_mnist(mirror.folder, rng, monkeypatch, 50)
     mirror.httpd.cut.add(MNIST_TEST[0] + ".gz")
     target = tmp_path / "d"
-    assert cli.main(["fetch", "mnist", "--split", "test", "--dir", str(target),
-                     "--mirror", mirror.url]) == 1
+    assert fetch_test(target, mirror.url) == 1
     line = one_error_line(capsys.readouterr().err)
     assert f"download of {MNIST_TEST[0]}.gz failed" in line and mirror.url in line
     assert contents(target) == []
 
 
 def test_second_mirror_is_used_when_the_first_fails(mirror, tmp_path, rng, monkeypatch):
-    serve_split(mirror, MNIST_TEST, 3, rng)
-    publish(monkeypatch, mirror, MNIST_TEST)
+    serve_mnist(mirror.folder, rng, monkeypatch, 3)
     empty = Mirror(tmp_path / "empty")
     empty.folder.mkdir()
     try:
-        assert cli.main(["fetch", "mnist", "--split", "test", "--dir", str(tmp_path / "d"),
-                         "--mirror", empty.url, "--mirror", mirror.url]) == 0
+        assert fetch_test(tmp_path / "d", empty.url, mirror.url) == 0
     finally:
         empty.close()
-    assert sorted(empty.requests) == sorted(s + ".gz" for s in MNIST_TEST)      # 404 there
-    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(s + ".gz" for s in MNIST_TEST)
+    assert sorted(empty.requests) == TEST_GZ      # 404 there
+    assert contents(tmp_path / "d") == TEST_GZ
 
 
 def test_unreachable_mirror_is_one_clear_line(tmp_path, capsys):
     with socket.socket() as s:              # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    assert cli.main(["fetch", "mnist", "--split", "test", "--dir", str(tmp_path / "d"),
-                     "--mirror", f"http://127.0.0.1:{port}/"]) == 1
+    assert fetch_test(tmp_path / "d", f"http://127.0.0.1:{port}/") == 1
     line = one_error_line(capsys.readouterr().err)
     assert f"download of {MNIST_TEST[0]}.gz failed" in line and f"127.0.0.1:{port}" in line
     assert leftovers(tmp_path) == []
@@ -701,18 +672,12 @@ def test_usage_errors(tmp_path, capsys):
 
 
 def test_progress_bar_redraws_on_a_terminal_and_writes_one_line_elsewhere():
-    class Stream:
+    class Stream(io.StringIO):
         def __init__(self, tty):
-            self.tty, self.text = tty, ""
+            super().__init__()
+            self.isatty = lambda: tty
 
-        def isatty(self):
-            return self.tty
-
-        def write(self, s):
-            self.text += s
-
-        def flush(self):
-            pass
+        text = property(io.StringIO.getvalue)
 
     log = Stream(tty=False)
     bar = _fetch.ProgressBar("f.gz", log, width=10)
