@@ -27,7 +27,7 @@ __all__ = ["perceptron", "basic_cnn", "lenet5", "alexnet", "conv_autoencoder", "
 ALEXNET_MIN_IMAGENET_SIDE = 67
 
 
-_is_int = _check.is_int
+_positive_int = _check.positive_int
 
 
 def _shape(input_shape, rank, op):
@@ -37,14 +37,11 @@ def _shape(input_shape, rank, op):
     except TypeError:
         shape = None
     if (shape is None or len(shape) != rank
-            or not all(_is_int(d) and d > 0 for d in shape)):
+            or not all(_check.is_int(d) and d > 0 for d in shape)):
         want = "(height, width, channels)" if rank == 3 else "(n_features,)"
         raise ValueError(f"{op}: input_shape must be {rank} positive ints {want}, "
                          f"got {input_shape!r}")
     return tuple(int(d) for d in shape)
-
-
-_positive_int = _check.positive_int
 
 
 def perceptron(n_features):
@@ -122,14 +119,11 @@ def lenet5(input_shape=(32, 32, 1), classes=10):
                          f"datasets.mnist(pad_to_32=True))")
     return models.Sequential([
         layers.Input(shape=(h, w, c)),
-        layers.Conv2D(filters=6, kernel_size=(5, 5), strides=(1, 1), activation="tanh",
-                      padding="valid", name="C1"),
+        layers.Conv2D(filters=6, kernel_size=(5, 5), activation="tanh", name="C1"),
         layers.AveragePooling2D(pool_size=(2, 2), strides=(2, 2), name="S2"),
-        layers.Conv2D(filters=16, kernel_size=(5, 5), strides=(1, 1), activation="tanh",
-                      padding="valid", name="C3"),
+        layers.Conv2D(filters=16, kernel_size=(5, 5), activation="tanh", name="C3"),
         layers.AveragePooling2D(pool_size=(2, 2), strides=(2, 2), name="S4"),
-        layers.Conv2D(filters=120, kernel_size=(5, 5), strides=(1, 1), activation="tanh",
-                      padding="valid", name="C5"),
+        layers.Conv2D(filters=120, kernel_size=(5, 5), activation="tanh", name="C5"),
         layers.Flatten(name="Flatten"),
         layers.Dense(units=84, activation="tanh", name="F6"),
         layers.Dense(units=classes, activation="softmax", name="Output"),
@@ -199,15 +193,10 @@ def alexnet(input_shape=(227, 227, 3), classes=1000, dropout=0.5, width=1.0, den
     def n(filters):
         return max(1, round(filters * width))
 
-    if stem == "imagenet":
-        conv1 = layers.Conv2D(n(96), (11, 11), strides=(4, 4), padding="valid",
-                              activation="relu", name="conv1")
-    else:
-        conv1 = layers.Conv2D(n(96), (3, 3), strides=(1, 1), padding="same",
-                              activation="relu", name="conv1")
+    k, s, padding = ((11, 11), (4, 4), "valid") if stem == "imagenet" else ((3, 3), (1, 1), "same")
     return models.Sequential([
         layers.Input(shape=(h, w, c)),
-        conv1,
+        layers.Conv2D(n(96), k, strides=s, padding=padding, activation="relu", name="conv1"),
         layers.MaxPooling2D(pool_size=(3, 3), strides=(2, 2), name="pool1"),
         layers.Conv2D(n(256), (5, 5), padding="same", activation="relu", name="conv2"),
         layers.MaxPooling2D(pool_size=(3, 3), strides=(2, 2), name="pool2"),

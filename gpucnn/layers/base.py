@@ -49,6 +49,11 @@ def shape_tuple(shape, what: str, owner: str) -> tuple:
     return out
 
 
+def once(layers) -> list:
+    """Each of ``layers`` once, in order of first appearance (a layer may be used twice)."""
+    return list({id(layer): layer for layer in layers}.values())
+
+
 def fmt_shape(shape) -> str:
     inner = ", ".join("None" if s is None else str(s) for s in shape)
     return f"({inner},)" if len(shape) == 1 else f"({inner})"
@@ -152,13 +157,8 @@ class Layer:
             t.name = f"{name}/{short}"
 
     def _sublayers(self) -> list:
-        out, seen = [], set()
-        for v in self._children.values():
-            for layer in (v if isinstance(v, (list, tuple)) else (v,)):
-                if id(layer) not in seen:
-                    seen.add(id(layer))
-                    out.append(layer)
-        return out
+        return once(la for v in self._children.values()
+                    for la in (v if isinstance(v, (list, tuple)) else (v,)))
 
     # -- weights ----------------------------------------------------------------------------
     def add_weight(self, shape=None, initializer="glorot_uniform", dtype=None, trainable=True,

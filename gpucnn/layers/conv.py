@@ -12,20 +12,12 @@ from __future__ import annotations
 import math
 
 import gpucnn.functional as F
-from gpucnn import initializers
 from gpucnn.functional import _check
 from gpucnn.kernels._geometry import check_padding, pair, transpose_out_1d, window_2d
-from gpucnn.layers import _activations
-from gpucnn.layers.base import Layer
+from gpucnn.layers.core import _Activated, _channels_last
 
 
-def _channels_last(data_format, owner):
-    if data_format not in (None, "channels_last"):
-        raise ValueError(f"{owner}: only data_format='channels_last' (N, H, W, C) is supported, "
-                         f"got {data_format!r}")
-
-
-class _Conv(Layer):
+class _Conv(_Activated):
     def __init__(self, filters, kernel_size, strides, padding, data_format, dilation_rate,
                  activation, use_bias, kernel_initializer, bias_initializer, **kwargs):
         super().__init__(**kwargs)
@@ -38,21 +30,12 @@ class _Conv(Layer):
         if pair(dilation_rate, "dilation_rate", owner) != (1, 1):
             raise ValueError(f"{owner}: dilation_rate other than 1 is not supported, got "
                              f"{dilation_rate!r}")
-        self._act = _activations.get(activation, owner)
-        self.activation = activation
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel = None
-        self.bias = None
+        self._set_kernel_args(activation, use_bias, kernel_initializer, bias_initializer)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters,
                 "kernel_size": list(self.kernel_size), "strides": list(self.strides),
-                "padding": self.padding, "activation": self._activation_config(),
-                "use_bias": self.use_bias,
-                "kernel_initializer": self._initializer_config("kernel_initializer"),
-                "bias_initializer": self._initializer_config("bias_initializer")}
+                "padding": self.padding, **self._kernel_config()}
 
     def _check_input(self, shape):
         if len(shape) != 4:
@@ -60,13 +43,8 @@ class _Conv(Layer):
         if self.kernel is not None and shape[3] != self._c_in():
             self._expect(f"(batch, height, width, {self._c_in()}): {self._c_in()} channels", shape)
 
-    def _final_activation(self):
-        return self._act.name
-
-    @property
-    def per_sample(self) -> bool:
-        """True with a named activation (a function of your own might mix the samples)."""
-        return self._act.name in _activations.NAMES
+    def build(self, input_shape):
+        self._build_kernel(self._kernel_shape(*self.kernel_size, input_shape[-1]), self.filters)
 
     def _sample_flops(self) -> float:
         if self.kernel is None:
@@ -90,12 +68,8 @@ class Conv2D(_Conv):
     def _c_in(self):
         return self.kernel.shape[2]
 
-    def build(self, input_shape):
-        kh, kw = self.kernel_size
-        self.kernel = self.add_weight((kh, kw, input_shape[-1], self.filters),
-                                      self.kernel_initializer, name="kernel")
-        if self.use_bias:
-            self.bias = self.add_weight((self.filters,), self.bias_initializer, name="bias")
+    def _kernel_shape(self, kh, kw, c_in):
+        return (kh, kw, c_in, self.filters)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 4 or None in input_shape[1:3]:
@@ -105,9 +79,8 @@ class Conv2D(_Conv):
         return (input_shape[0], ho, wo, self.filters)
 
     def call(self, x, training=False):
-        y = F.conv2d(x, self.kernel, self.bias, self.strides, self.padding, self._act.fused)
-        after = self._act.after
-        return y if after is None else after(y)
+        return self._after(F.conv2d(x, self.kernel, self.bias, self.strides, self.padding,
+                                    self._act.fused))
 
     def _call_logits(self, x, training):
         return F.conv2d(x, self.kernel, self.bias, self.strides, self.padding)
@@ -135,12 +108,8 @@ class Conv2DTranspose(_Conv):
     def _c_in(self):
         return self.kernel.shape[3]
 
-    def build(self, input_shape):
-        kh, kw = self.kernel_size
-        self.kernel = self.add_weight((kh, kw, self.filters, input_shape[-1]),
-                                      self.kernel_initializer, name="kernel")
-        if self.use_bias:
-            self.bias = self.add_weight((self.filters,), self.bias_initializer, name="bias")
+    def _kernel_shape(self, kh, kw, c_in):
+        return (kh, kw, self.filters, c_in)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 4 or None in input_shape[1:3]:

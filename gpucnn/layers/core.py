@@ -22,7 +22,53 @@ from gpucnn.layers import _activations
 from gpucnn.layers.base import Layer, shape_tuple
 
 
-class Dense(Layer):
+def _channels_last(data_format, owner):
+    if data_format not in (None, "channels_last"):
+        raise ValueError(f"{owner}: only data_format='channels_last' (N, H, W, C) is supported, "
+                         f"got {data_format!r}")
+
+
+class _Activated(Layer):
+    """A layer with an ``activation`` (``Activation``) and, for ``Dense`` and the convolutions,
+    a kernel, an optional bias and their initializers."""
+
+    def _set_activation(self, activation):
+        self._act = _activations.get(activation, type(self).__name__)
+        self.activation = activation
+
+    def _set_kernel_args(self, activation, use_bias, kernel_initializer, bias_initializer):
+        self._set_activation(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel = None
+        self.bias = None
+
+    def _kernel_config(self):
+        return {"activation": self._activation_config(), "use_bias": self.use_bias,
+                "kernel_initializer": self._initializer_config("kernel_initializer"),
+                "bias_initializer": self._initializer_config("bias_initializer")}
+
+    def _build_kernel(self, shape, units):
+        self.kernel = self.add_weight(shape, self.kernel_initializer, name="kernel")
+        if self.use_bias:
+            self.bias = self.add_weight((units,), self.bias_initializer, name="bias")
+
+    def _after(self, y):
+        """The activation's part that runs after a kernel (softmax, a callable), if any."""
+        after = self._act.after
+        return y if after is None else after(y)
+
+    def _final_activation(self):
+        return self._act.name
+
+    @property
+    def per_sample(self) -> bool:
+        """True with a named activation (a function of your own might mix the samples)."""
+        return self._act.name in _activations.NAMES
+
+
+class Dense(_Activated):
     """Fully connected: ``activation(x @ kernel + bias)`` on ``(batch, features)`` inputs.
 
     Kernel ``(features, units)``, bias ``(units,)``. ``relu``/``tanh``/``sigmoid`` are fused;
@@ -33,19 +79,10 @@ class Dense(Layer):
                  bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
         self.units = positive_int(units, "Dense", "units")
-        self._act = _activations.get(activation, "Dense")
-        self.activation = activation
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel = None
-        self.bias = None
+        self._set_kernel_args(activation, use_bias, kernel_initializer, bias_initializer)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units,
-                "activation": self._activation_config(), "use_bias": self.use_bias,
-                "kernel_initializer": self._initializer_config("kernel_initializer"),
-                "bias_initializer": self._initializer_config("bias_initializer")}
+        return {**super().get_config(), "units": self.units, **self._kernel_config()}
 
     def _check_input(self, shape):
         if len(shape) != 2:
@@ -55,29 +92,16 @@ class Dense(Layer):
             self._expect(f"(batch, {self.kernel.shape[0]})", shape)
 
     def build(self, input_shape):
-        self.kernel = self.add_weight((input_shape[-1], self.units), self.kernel_initializer,
-                                      name="kernel")
-        if self.use_bias:
-            self.bias = self.add_weight((self.units,), self.bias_initializer, name="bias")
+        self._build_kernel((input_shape[-1], self.units), self.units)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.units)
 
     def call(self, x, training=False):
-        y = F.dense(x, self.kernel, self.bias, self._act.fused)
-        after = self._act.after
-        return y if after is None else after(y)
+        return self._after(F.dense(x, self.kernel, self.bias, self._act.fused))
 
     def _call_logits(self, x, training):
         return F.dense(x, self.kernel, self.bias)
-
-    def _final_activation(self):
-        return self._act.name
-
-    @property
-    def per_sample(self) -> bool:
-        """True with a named activation (a function of your own might mix the samples)."""
-        return self._act.name in _activations.NAMES
 
     def _sample_flops(self) -> float:
         return 0.0 if self.kernel is None else 2.0 * self.kernel.size
@@ -90,8 +114,7 @@ class Flatten(Layer):
 
     def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)
-        if data_format not in (None, "channels_last"):
-            raise ValueError(f"Flatten: only data_format='channels_last' is supported, got {data_format!r}")
+        _channels_last(data_format, "Flatten")
 
     def compute_output_shape(self, input_shape):
         rest = input_shape[1:]
@@ -146,13 +169,12 @@ class Dropout(Layer):
         return counter
 
 
-class Activation(Layer):
+class Activation(_Activated):
     """Applies an activation: a name (``relu``, ``tanh``, ``sigmoid``, ``softmax``, ...) or a callable."""
 
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
-        self._act = _activations.get(activation, "Activation")
-        self.activation = activation
+        self._set_activation(activation)
 
     def get_config(self):
         return {**super().get_config(), "activation": self._activation_config()}
@@ -165,14 +187,6 @@ class Activation(Layer):
 
     def _call_logits(self, x, training):
         return x
-
-    def _final_activation(self):
-        return self._act.name
-
-    @property
-    def per_sample(self) -> bool:
-        """True with a named activation (a function of your own might mix the samples)."""
-        return self._act.name in _activations.NAMES
 
 
 class Reshape(Layer):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import gpucnn.functional as F
 from gpucnn.kernels._geometry import check_padding, pair, window_2d
 from gpucnn.layers.base import Layer
-from gpucnn.layers.conv import _channels_last
+from gpucnn.layers.core import _channels_last
 
 
 class _Pool(Layer):

@@ -173,8 +173,7 @@ def read_compile(c, where, custom_objects=None):
         if not (isinstance(cls, type) and issubclass(cls, _optimizers.Optimizer)):
             raise ValueError(f"{where}: optimizer {name!r} is not supported; gpucnn has SGD, Adam,"
                              " AdamW, RMSprop and Adagrad (or load with compile=False)")
-        config = {k: v for k, v in (d.get("config") or {}).items()}
-        opt = cls(**_arguments(cls, config, f"{where}.optimizer ({name})"))
+        opt = cls(**_arguments(cls, dict(d.get("config") or {}), f"{where}.optimizer ({name})"))
     loss = c.get("loss")
     if isinstance(loss, dict):
         cls = getattr(_losses, str(loss.get("class_name")), None)

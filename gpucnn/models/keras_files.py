@@ -25,6 +25,7 @@ weight is assigned.
 """
 from __future__ import annotations
 
+import contextlib
 import io as _io
 import json
 import os
@@ -64,6 +65,18 @@ def kind(path) -> str | None:
         if head[30:30 + n].decode("latin-1") in KERAS_MEMBERS:
             return "keras"
     return None
+
+
+@contextlib.contextmanager
+def random_state_kept():
+    """Building a model draws initial weights from gpucnn's generator; a loaded model replaces
+    them, so the generator is put back as it was (a resumed ``fit`` shuffles as it would have)."""
+    gen = _random.generator()
+    state = gen.bit_generator.state
+    try:
+        yield
+    finally:
+        gen.bit_generator.state = state
 
 
 def _h5py(where):
@@ -317,15 +330,11 @@ def load_keras(path, custom_objects=None, compile=True):
             raise ValueError(f"{where}: the file's model is a single layer "
                              f"({spec.get('class_name')}), not a Sequential model")
         _precheck(pending, f, fmt, where)
-        gen = _random.generator()
-        state = gen.bit_generator.state          # a loaded model's weights are not drawn
-        try:
+        with random_state_kept():                # a loaded model's weights are not drawn
             model = pending.assemble()
             shape = (spec.get("config") or {}).get("build_input_shape")
             if not model.built and shape:
                 model.build(tuple(shape))
-        finally:
-            gen.bit_generator.state = state
         problems = []
         weights = _weights(f, fmt, model, problems)
         opt = loss = None

@@ -190,13 +190,17 @@ class Model(TrainingMixin, Layer):
 
         if overwrite is False and os.path.exists(filepath):
             raise FileExistsError(f"save_weights: {os.fspath(filepath)!r} exists and overwrite=False")
+        io.save_arrays(filepath, self._host_weights("save_weights"), overwrite=overwrite is True)
+
+    def _host_weights(self, op, prefix="") -> dict:
+        """``{prefix + path: host array}`` of every weight (an error when two share a path)."""
         ks = backend.kernels()
         table = self._weight_table()
-        arrays = {path: ks.to_host(t.data) for path, t in table}
+        arrays = {prefix + path: ks.to_host(t.data) for path, t in table}
         if len(arrays) != len(table):
-            raise ValueError(f"save_weights: model '{self.name}' has weights with the same path; "
-                             "give its layers unique names")
-        io.save_arrays(filepath, arrays, overwrite=overwrite is True)
+            raise ValueError(f"{op}: model '{self.name}' has weights with the same path; give its "
+                             "layers unique names")
+        return arrays
 
     def load_weights(self, filepath) -> None:
         """Read weights saved by ``save_weights`` (or the weights of a whole model written by

@@ -27,7 +27,6 @@ file.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -59,23 +58,11 @@ def model_config(model) -> dict:
             "build_input_shape": None if shape is None else list(shape)}
 
 
-@contextlib.contextmanager
-def _random_state_kept():
-    """Building a model draws initial weights from gpucnn's generator; a loaded model replaces
-    them, so the generator is put back as it was (a resumed ``fit`` shuffles as it would have)."""
-    gen = _random.generator()
-    state = gen.bit_generator.state
-    try:
-        yield
-    finally:
-        gen.bit_generator.state = state
-
-
 def _build(spec, custom_objects, where, nbytes):
     """The model ``spec`` describes, its weights charged to the ``nbytes`` the file holds."""
     name = spec.get("class_name")
     cls = model_class(name, custom_objects, where)
-    with _random_state_kept(), weight_budget(nbytes, where):
+    with keras_files.random_state_kept(), weight_budget(nbytes, where):
         try:
             model = cls.from_config(dict(spec.get("config") or {}), custom_objects)
         except (TypeError, ValueError) as e:
@@ -155,14 +142,7 @@ def save_model(model, filepath, overwrite=True) -> str:
         raise FileNotFoundError(f"{op}: the folder {folder!r} does not exist")
     if path.endswith(".keras"):                        # Keras 3's format (keras_files)
         return keras_files.save_keras(model, path, overwrite=overwrite is True)
-    from gpucnn import backend
-
-    ks = backend.kernels()
-    table = model._weight_table()
-    arrays = {WEIGHTS + p: np.array(ks.to_host(t.data), copy=True) for p, t in table}
-    if len(arrays) != len(table):
-        raise ValueError(f"{op}: model '{model.name}' has weights with the same path; give its "
-                         "layers unique names")
+    arrays = {k: np.array(a, copy=True) for k, a in model._host_weights(op, WEIGHTS).items()}
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model_config(model),
               "compile": None, "optimizer_state": None,
               "random_state": _random.get_state()}

@@ -12,7 +12,7 @@
 """
 from __future__ import annotations
 
-from gpucnn.layers.base import Layer, fmt_shape
+from gpucnn.layers.base import Layer, fmt_shape, once
 from gpucnn.layers.core import InputLayer
 from gpucnn.layers.registry import deserialize_layer, register_model
 from gpucnn.models.model import Model
@@ -48,12 +48,7 @@ class Sequential(Model):
 
     def _sublayers(self) -> list:
         """Each layer once, in order of first use (``layers`` lists a layer used twice twice)."""
-        out, seen = [], set()
-        for layer in self._layers:
-            if id(layer) not in seen:
-                seen.add(id(layer))
-                out.append(layer)
-        return out
+        return once(self._layers)
 
     def add(self, layer) -> None:
         """Append a layer (an instance such as ``layers.Dense(10)``)."""
@@ -133,11 +128,9 @@ class Sequential(Model):
         return x
 
     def _call_logits(self, x, training):
-        layers = self._layers
-        last = len(layers) - 1
-        for i in range(last):
-            x = layers[i]._invoke(x, training, False)
-        return layers[last]._invoke(x, training, True)
+        for layer in self._layers[:-1]:
+            x = layer._invoke(x, training, False)
+        return self._layers[-1]._invoke(x, training, True)
 
     def _final_activation(self):
         return self._layers[-1]._final_activation() if self._layers else None
