@@ -95,8 +95,8 @@ def test_new_batches_go_into_the_captured_buffers(cuda_backend, rng):
     (g,) = runner.graphs.values()
     x2, y2 = data(rng, 4)
     loss, lv, _ = runner.step(x2, y2)
-    np.testing.assert_array_equal(C.to_host(g.x), x2)
-    np.testing.assert_array_equal(C.to_host(g.y), y2)
+    np.testing.assert_array_equal(C.to_host(g.inputs[0]), x2)
+    np.testing.assert_array_equal(C.to_host(g.inputs[1]), y2)
     eager = graphed.Graphed(model, False, None, 0)
     eager.off = "for the test"
     want, _, _ = eager.step(x2, y2)
@@ -134,7 +134,7 @@ def test_a_first_replay_that_differs_turns_graphs_off(cuda_backend, rng, monkeyp
     def corrupt(graph):                    # a replay that writes a wrong gradient
         real(graph)
         for g in runner.graphs.values():
-            g.grads[0][...] += 1.0
+            g.out[3][0][...] += 1.0
 
     monkeypatch.setattr(runner.engine, "launch", corrupt)
     with pytest.warns(RuntimeWarning, match="CUDA graphs are off.*differs from an eager step"):
@@ -219,7 +219,7 @@ def test_a_forward_graph_that_differs_turns_forward_graphs_off(cuda_backend, rng
     def corrupt(graph):
         real(graph)
         for g in fwd.graphs.values():
-            g[2][...] += 1.0
+            g.out[...] += 1.0
 
     monkeypatch.setattr(fwd.engine, "launch", corrupt)
     with pytest.warns(RuntimeWarning, match="differs from an eager pass.*forward passes"):

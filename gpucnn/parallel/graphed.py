@@ -51,124 +51,104 @@ def enabled(ks) -> bool:
     return has(ks, "graphs") and os.environ.get("GPUCNN_CUDA_GRAPHS", "1") not in ("0", "")
 
 
-def _engine():
-    """The kernel set's graph engine: capture, launch and copy (``gpucnn.kernels``)."""
-    return backend.kernels().graph_engine()
-
-
-def _turn_off(runner, why):
-    """Graphs off for ``runner`` (a ``Graphed`` or ``Forward``), with a warning saying why."""
-    runner.off = why
-    runner.graphs.clear()
-    warnings.warn(f"gpucnn: CUDA graphs are off for model '{runner.model.name}': {why}; its "
-                  f"{runner.WHAT} run eagerly (GPUCNN_CUDA_GRAPHS=0 turns them off for all)",
-                  RuntimeWarning, stacklevel=3)
-
-
 class _Graph:
-    __slots__ = ("graph", "x", "y", "loss", "totals", "grads", "checked")
+    __slots__ = ("graph", "inputs", "out", "checked")
 
-    def __init__(self, graph, x, y, loss, totals, grads):
-        self.graph, self.x, self.y = graph, x, y
-        self.loss, self.totals, self.grads = loss, totals, grads
-        self.checked = False
+    def __init__(self, graph, inputs, out):
+        self.graph, self.inputs, self.out, self.checked = graph, inputs, out, False
 
 
-class Graphed(Whole):
-    """``Whole``, with each batch shape's step captured once and replayed (module docstring).
-    ``captures`` counts the graphs made, ``replays`` the steps run from one."""
+class _Replayer:
+    """What ``Graphed`` and ``Forward`` share: a graph per fingerprint of the call (``_key``),
+    captured on the second call with it (the first runs eagerly: kernels loaded, plans made) and
+    replayed from then on, its first replay checked against an eager call. ``captures`` counts
+    the graphs made, ``replays`` the calls run from one; ``off`` says why graphs are off."""
 
-    WHAT = "training steps"
-    _turn_off = _turn_off
+    WHAT = CAPTURE = EAGER = ""
+
+    def _start(self, off=None):
+        self.engine = backend.kernels().graph_engine()    # capture, launch and copy
+        self.graphs: dict = {}
+        self.warm: set = set()
+        self.captures = 0
+        self.replays = 0
+        self.off = off
+
+    def _turn_off(self, why):
+        """Graphs off, with a warning saying why."""
+        self.off = why
+        self.graphs.clear()
+        warnings.warn(f"gpucnn: CUDA graphs are off for model '{self.model.name}': {why}; its "
+                      f"{self.WHAT} run eagerly (GPUCNN_CUDA_GRAPHS=0 turns them off for all)",
+                      RuntimeWarning, stacklevel=4)
+
+    @staticmethod
+    def _key(tag, inputs, tensors):
+        return (tag, tuple((tuple(a.shape), str(a.dtype)) for a in inputs),
+                tuple((id(p), _address(p.data), tuple(p.shape)) for p in tensors))
+
+    def _replay(self, key, fn, inputs):
+        """``(fn(*inputs), replayed)``: run eagerly, or from the graph of ``key`` (each call's
+        inputs copied into the captured buffers; then ``replayed`` is True)."""
+        if self.off is not None:
+            return fn(*inputs), False
+        g = self.graphs.get(key)
+        if g is None:
+            if key not in self.warm:              # eager first: kernels loaded, plans made
+                self.warm.add(key)
+                return fn(*inputs), False
+            statics = [backend.xp().empty_like(a) for a in inputs]
+            for s, a in zip(statics, inputs):
+                self.engine.copy(s, a)
+            try:
+                graph, out = self.engine.capture(lambda: fn(*statics))
+            except Exception as e:  # noqa: BLE001 - any capture failure: eager from now on
+                self._turn_off(f"capturing {self.CAPTURE} failed ({type(e).__name__}: {e})")
+                return fn(*inputs), False
+            g = self.graphs[key] = _Graph(graph, statics, out)
+            self.captures += 1
+        for s, a in zip(g.inputs, inputs):
+            self.engine.copy(s, a)
+        self.engine.launch(g.graph)
+        self.replays += 1
+        if not g.checked:
+            g.checked = True
+            want = fn(*inputs)
+            why = _difference(g.out, want)
+            if why is not None:
+                self._turn_off(f"its first replay differs from an eager {self.EAGER} ({why})")
+                return want, False
+        return g.out, True
+
+
+class Graphed(_Replayer, Whole):
+    """``Whole``, with each batch shape's step captured once and replayed (module docstring):
+    the forward and backward pass and the metric partial sums; a replay's gradients are the
+    graph's buffers."""
+
+    WHAT, CAPTURE, EAGER = "training steps", "the step", "step"
 
     def __init__(self, model, logits, totals=None, steps=0):
         super().__init__(model, logits, totals, steps)
-        self.engine = _engine()
-        self.graphs = {}
-        self.warm = set()
-        self.captures = 0
-        self.replays = 0
-        self.off = None if not model._draws_keys() else (
-            "the step draws random keys (dropout): they would be frozen into the graph")
-
-    def _fingerprint(self, xb, yb):
-        return (tuple(xb.shape), str(xb.dtype), tuple(yb.shape), str(yb.dtype), self.logits,
-                self.model.loss, self.totals is not None,
-                tuple((id(p), _address(p.data), tuple(p.shape)) for p in self.params))
+        self._start(None if not model._draws_keys() else (
+            "the step draws random keys (dropout): they would be frozen into the graph"))
 
     def step(self, x, y, rows=None):
         self._tick()
         xb, yb = self._gather(x, y, rows)
-        if self.off is not None:
-            return self._eager(xb, yb)
-        key = self._fingerprint(xb, yb)
-        g = self.graphs.get(key)
-        if g is None:
-            if key not in self.warm:              # eager first: kernels loaded, slots made
-                self.warm.add(key)
-                return self._eager(xb, yb)
-            g = self._capture(key, xb, yb)
-            if g is None:
-                return self._eager(xb, yb)
-        self.engine.copy(g.x, xb)
-        self.engine.copy(g.y, yb)
-        self.engine.launch(g.graph)
-        self.replays += 1
-        for p, grad in zip(self.params, g.grads):
+        key = self._key((self.logits, self.model.loss, self.totals is not None), (xb, yb),
+                        self.params)
+        (loss, lv, totals, grads), replayed = self._replay(key, self._eager, (xb, yb))
+        for p, grad in zip(self.params, grads):
             p.grad = None if grad is None else Tensor._wrap(grad)
-        if not g.checked:
-            g.checked = True
-            if not self._matches_eager(g, xb, yb):
-                return self._eager(xb, yb)
-        return g.loss, None, g.totals
+        return loss, None if replayed else lv, totals
 
     def _eager(self, xb, yb):
         loss, out, lv = _step.forward_backward(self.model, xb, yb, self.logits, self.params, 1,
                                                self.totals is not None)
-        return loss, lv, self._totals(yb, out)
+        grads = [None if p.grad is None else p.grad.data for p in self.params]
+        return loss, lv, self._totals(yb, out), grads
 
-    def _capture(self, key, xb, yb):
-        xp = backend.xp()
-        xs, ys = xp.empty_like(xb), xp.empty_like(yb)
-        self.engine.copy(xs, xb)
-        self.engine.copy(ys, yb)
-
-        def run():
-            loss, out, _ = _step.forward_backward(self.model, xs, ys, self.logits, self.params,
-                                                  1, self.totals is not None)
-            totals = self._totals(ys, out)
-            grads = [None if p.grad is None else p.grad.data for p in self.params]
-            return loss, totals, grads
-
-        try:
-            graph, (loss, totals, grads) = self.engine.capture(run)
-        except Exception as e:  # noqa: BLE001 - any capture failure: eager steps from now on
-            self._turn_off(f"capturing the step failed ({type(e).__name__}: {e})")
-            return None
-        for p in self.params:               # the capture's gradients belong to the graph
-            p.grad = None
-        g = _Graph(graph, xs, ys, loss, totals, grads)
-        self.graphs[key] = g
-        self.captures += 1
-        return g
-
-    def _matches_eager(self, g, xb, yb) -> bool:
-        """The first replay of a graph against an eager step on the same inputs."""
-        got = [None if a is None else self.ks.to_host(a) for a in (g.loss, *g.grads)]
-        loss, _, _ = _step.forward_backward(self.model, xb, yb, self.logits, self.params, 1,
-                                            False)
-        want = [loss] + [None if p.grad is None else p.grad.data for p in self.params]
-        for i, (a, b) in enumerate(zip(got, want)):
-            if (a is None) != (b is None):
-                self._turn_off(f"the graph's gradient {i} is missing against an eager step")
-                return False
-        why = _difference(got, want)
-        if why is not None:
-            self._turn_off(f"its first replay differs from an eager step ({why})")
-            return False
-        for p, grad in zip(self.params, g.grads):   # the eager step's gradients are the same
-            p.grad = None if grad is None else Tensor._wrap(grad)
-        return True
 
 def kept(model, logits, totals=None, steps=0) -> Graphed:
     """``fit``'s ``Graphed`` for ``model``, kept with the model between calls: a later ``fit``
@@ -192,73 +172,33 @@ def kept_runner(model):
     return None if held is None else held[1]
 
 
-class Forward:
+class Forward(_Replayer):
     """The forward passes of ``evaluate`` and ``predict`` replayed as CUDA graphs, as
     ``Graphed`` does for training steps: ``run(tag, fn, *inputs)`` returns ``fn(*inputs)``,
     eagerly the first time a ``tag`` and input shapes are seen, from a graph captured on the
-    second and replayed from then on (each call's inputs copied into the captured buffers).
-    ``tag`` names what the graph captured besides the weights (the op, the loss, the metrics);
-    a change of the weights' arrays captures again. The first replay of every graph is checked
-    against an eager call; a mismatch or a failed capture turns graphs off for the model's
-    forward passes, with a warning. What a replay returns lives in the graph's buffers until
-    the next replay: ``copy=True`` returns copies (for results that are kept)."""
+    second and replayed from then on. ``tag`` names what the graph captured besides the weights
+    (the op, the loss, the metrics); a change of the weights' arrays captures again. A mismatch
+    of the first replay or a failed capture turns graphs off for the model's forward passes,
+    with a warning. What a replay returns lives in the graph's buffers until the next replay:
+    ``copy=True`` returns copies (for results that are kept)."""
 
     WHAT = "forward passes (evaluate, predict)"
-    _turn_off = _turn_off
+    CAPTURE, EAGER = "a forward pass", "pass"
 
     def __init__(self, model):
         self.model = model
-        self.engine = _engine()
-        self.graphs: dict = {}
-        self.warm: set = set()
-        self.captures = 0
-        self.replays = 0
-        self.off = None
-
-    def _fingerprint(self, tag, inputs):
-        return (tag, tuple((tuple(a.shape), str(a.dtype)) for a in inputs),
-                tuple((id(p), _address(p.data), tuple(p.shape)) for p in self.model.weights))
+        self._start()
 
     def run(self, tag, fn, *inputs, copy=False):
-        if self.off is not None:
-            return fn(*inputs)
-        key = self._fingerprint(tag, inputs)
-        g = self.graphs.get(key)
-        if g is None:
-            if key not in self.warm:              # eager first: kernels loaded, plans made
-                self.warm.add(key)
-                return fn(*inputs)
-            xp = backend.xp()
-            statics = [xp.empty_like(a) for a in inputs]
-            for s, a in zip(statics, inputs):
-                self.engine.copy(s, a)
-            try:
-                graph, out = self.engine.capture(lambda: fn(*statics))
-            except Exception as e:  # noqa: BLE001 - any capture failure: eager from now on
-                self._turn_off(f"capturing a forward pass failed ({type(e).__name__}: {e})")
-                return fn(*inputs)
-            g = self.graphs[key] = [graph, statics, out, False]
-            self.captures += 1
-        graph, statics, out, checked = g
-        for s, a in zip(statics, inputs):
-            self.engine.copy(s, a)
-        self.engine.launch(graph)
-        self.replays += 1
-        if not checked:
-            g[3] = True
-            want = fn(*inputs)
-            why = _difference(out, want)
-            if why is not None:
-                self._turn_off(f"its first replay differs from an eager pass ({why})")
-                return want
-        return _copies(out) if copy else out
+        out, replayed = self._replay(self._key(tag, inputs, self.model.weights), fn, inputs)
+        return _copies(out) if copy and replayed else out
 
 
 def _leaves(v):
-    """The arrays of nested tuples and lists, in order (None and Python numbers skipped)."""
+    """The arrays and Nones of nested tuples and lists, in order (Python numbers skipped)."""
     if isinstance(v, (tuple, list)):
         return [a for u in v for a in _leaves(u)]
-    return [v] if hasattr(v, "shape") else []
+    return [v] if v is None or hasattr(v, "shape") else []
 
 
 def _difference(got, want):
@@ -269,6 +209,10 @@ def _difference(got, want):
     if len(a_all) != len(b_all):
         return f"{len(a_all)} outputs against {len(b_all)}"
     for i, (a, b) in enumerate(zip(a_all, b_all)):
+        if a is None or b is None:
+            if (a is None) != (b is None):
+                return f"output {i} is missing in {'the graph' if a is None else 'the eager run'}"
+            continue
         a, b = np.asarray(ks.to_host(a), np.float64), np.asarray(ks.to_host(b), np.float64)
         if a.shape != b.shape:
             return f"output {i}: shape {a.shape} against {b.shape}"
