@@ -164,10 +164,8 @@ def test_the_reference_would_catch_a_wrong_update(rng):
     got, want, p0 = run_both("Adam", dict(learning_rate=0.01, epsilon=1e-3),
                              np.random.default_rng(3))
     rng2 = np.random.default_rng(3)
-    p = [rng2.standard_normal(s) for s in SHAPES]
-    p = [a.astype(np.float32).astype(np.float64) for a in p]
-    m = [np.zeros(s) for s in SHAPES]
-    v = [np.zeros(s) for s in SHAPES]
+    p = [rng2.standard_normal(s).astype(np.float32).astype(np.float64) for s in SHAPES]
+    m, v = ([np.zeros(s) for s in SHAPES] for _ in range(2))
     for t in range(1, STEPS + 1):
         gs = [g.astype(np.float64) for g in spread_gradients(rng2, SHAPES)]
         for i, g in enumerate(gs):
@@ -366,29 +364,6 @@ def test_clipping_leaves_the_gradients_of_the_parameters_alone(rng):
 
 # ------------------------------------------------------------------ a few steps on a tiny problem
 
-def run(opt, p0, grads):
-    """Apply ``opt`` to one parameter for each gradient in turn; the parameter after each step."""
-    p = Tensor(p0.astype(np.float32), requires_grad=True)
-    out = []
-    for g in grads:
-        p.grad = Tensor(g.astype(np.float32))
-        opt.apply_gradients([p])
-        out.append(p.numpy().astype(np.float64))
-    return out
-
-
-@pytest.fixture
-def problem(rng):
-    p0 = rng.standard_normal(5)
-    grads = [rng.standard_normal(5) for _ in range(4)]
-    return p0, grads
-
-
-def close(got, want):
-    for i, (a, b) in enumerate(zip(got, want)):
-        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=f"step {i + 1}")
-
-
 # Adam: Keras's bias corrections in the step size, epsilon added to sqrt(v) (a large epsilon tells
 # this apart from PyTorch's sqrt(v_hat) + eps); weight decay decoupled
 FEW_STEPS = [
@@ -409,13 +384,18 @@ FEW_STEPS = [
 
 
 @pytest.mark.parametrize("kind,cfg", FEW_STEPS, ids=[_id(c) for c in FEW_STEPS])
-def test_a_few_steps_on_a_tiny_problem(problem, kind, cfg):
-    p0, grads = problem
-    p, slots, want = p0.copy(), keras_slots(kind, cfg, p0), []
+def test_a_few_steps_on_a_tiny_problem(rng, kind, cfg):
+    """Four steps on one parameter, each against Keras's formula from the same start."""
+    p0 = rng.standard_normal(5)
+    grads = [rng.standard_normal(5) for _ in range(4)]
+    want, slots, opt = p0.copy(), keras_slots(kind, cfg, p0), getattr(optimizers, kind)(**cfg)
+    p = _one_param(p0)
     for t, g in enumerate(grads, 1):
-        p = keras_step(kind, cfg, p, g, slots, t, cfg["learning_rate"])
-        want.append(p)
-    close(run(getattr(optimizers, kind)(**cfg), p0, grads), want)
+        want = keras_step(kind, cfg, want, g, slots, t, cfg["learning_rate"])
+        p.grad = Tensor(g.astype(np.float32))
+        opt.apply_gradients([p])
+        np.testing.assert_allclose(p.numpy().astype(np.float64), want, rtol=2e-5, atol=2e-6,
+                                   err_msg=f"step {t}")
 
 
 def test_keras_defaults_and_names():
@@ -540,7 +520,7 @@ def test_every_optimizer_takes_a_schedule(name, rng):
     sched = schedules.ExponentialDecay(0.05, decay_steps=3, decay_rate=0.3)
     a = getattr(optimizers, name)(learning_rate=sched)
     b = getattr(optimizers, name)(learning_rate=0.05)
-    pa, pb = _one_param(rng.standard_normal(5)), None
+    pa = _one_param(rng.standard_normal(5))
     pb = _one_param(pa.numpy())
     for k in range(6):
         g = rng.standard_normal(5).astype(np.float32)
