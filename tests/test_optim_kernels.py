@@ -1,6 +1,6 @@
 """The fused optimizer kernels (``sgd_update``, ``adam_update``, ``rmsprop_update``) on their
 own, every option on: the NumPy set against Keras 3's formulas (``tests/_reference.py``) in
-float64, and in float32 and float64 over a few hand-computed steps; and the cuda set (in Numba's
+float64 and float32 over a few steps; and the cuda set (in Numba's
 simulator without a GPU) against the NumPy set, with poisoned absent slots, a parameter that is
 not contiguous, float64, and the errors."""
 import itertools
@@ -10,11 +10,14 @@ import pytest
 
 from _reference import ref_adam_update, ref_rmsprop_update, ref_sgd_update
 from gpucnn.kernels import load_set
+from test_raw_launch import FakeArray, gpu  # noqa: F401 (the fake CuPy's fixture)
 
 N = load_set("numpy")
 SHAPE = (7, 10)      # 70 elements: more than the simulator's grid of 2 x 32 threads
 STEPS = 3
 F64 = dict(rtol=1e-12, atol=1e-14)
+F32 = dict(rtol=2e-5, atol=2e-5)
+DTYPES = [np.float64, np.float32]
 
 
 def f(rng, *shape, dtype=np.float64, scale=1.0):
@@ -22,66 +25,86 @@ def f(rng, *shape, dtype=np.float64, scale=1.0):
 
 
 def flat(*arrays):
-    return [None if a is None else a.reshape(-1).copy() for a in arrays]
+    return [None if a is None else a.astype(np.float64).reshape(-1) for a in arrays]
+
+
+def _tol(dtype):
+    return F64 if dtype == np.float64 else F32
 
 
 # ------------------------------------------------------------------ NumPy set against the formulas
+# In float64 and float32 (the dtype kept, g read only), a few steps each.
 
 SGD_OPTS = list(itertools.product([0.0, 0.9], [False, True], [0.0, 0.05]))
 
 
-@pytest.mark.parametrize("mu,nesterov,wd", SGD_OPTS)
-def test_numpy_sgd_is_keras(mu, nesterov, wd, rng):
-    p, v = f(rng, *SHAPE), f(rng, *SHAPE, scale=0.1)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mu,nesterov,wd", SGD_OPTS + [(0.8, True, 0.01)])
+def test_numpy_sgd_is_keras(mu, nesterov, wd, dtype, rng):
+    p, v = f(rng, *SHAPE, dtype=dtype), f(rng, *SHAPE, dtype=dtype, scale=0.1)
     rp, rv = flat(p, v)
+    lr = np.float64(0.05)                                 # a NumPy scalar must not upcast p
     for _ in range(STEPS):
-        g = f(rng, *SHAPE)
+        g = f(rng, *SHAPE, dtype=dtype)
         g0 = g.copy()
-        N.sgd_update(p, g, v if mu else None, 0.05, mu, nesterov, wd)
-        ref_sgd_update(rp, g.reshape(-1), rv, 0.05, mu, nesterov, wd)
+        N.sgd_update(p, g, v if mu else None, lr, mu, nesterov, wd)
+        ref_sgd_update(rp, *flat(g), rv, 0.05, mu, nesterov, wd)
         np.testing.assert_array_equal(g, g0)
-    np.testing.assert_allclose(p.reshape(-1), rp, **F64)
+    assert p.dtype == dtype and v.dtype == dtype
+    np.testing.assert_allclose(p.reshape(-1), rp, **_tol(dtype))
     if mu:
-        np.testing.assert_allclose(v.reshape(-1), rv, **F64)
+        np.testing.assert_allclose(v.reshape(-1), rv, **_tol(dtype))
 
 
 ADAM_OPTS = list(itertools.product([False, True], [0.0, 0.1]))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("amsgrad,wd", ADAM_OPTS)
-def test_numpy_adam_is_keras(amsgrad, wd, rng):
-    p = f(rng, *SHAPE)
-    m, v = np.zeros(SHAPE), np.zeros(SHAPE)
-    vhat = np.zeros(SHAPE) if amsgrad else None
+def test_numpy_adam_is_keras(amsgrad, wd, dtype, rng):
+    p = f(rng, *SHAPE, dtype=dtype)
+    m, v = np.zeros(SHAPE, dtype), np.zeros(SHAPE, dtype)
+    vhat = np.zeros(SHAPE, dtype) if amsgrad else None
     rp, rm, rv, rvh = flat(p, m, v, vhat)
     for t in range(1, STEPS + 2):
-        g = f(rng, *SHAPE, scale=10.0 ** (2 - 2 * t))       # shrinking: amsgrad's max matters
+        g = f(rng, *SHAPE, dtype=dtype, scale=10.0 ** (2 - 2 * t))  # shrinking: amsgrad's max
+        g0 = g.copy()
         N.adam_update(p, g, m, v, 0.01, 0.8, 0.95, 1e-3, t, wd, vhat=vhat)
-        ref_adam_update(rp, g.reshape(-1), rm, rv, 0.01, 0.8, 0.95, 1e-3, t, wd, vhat=rvh)
+        ref_adam_update(rp, *flat(g), rm, rv, 0.01, 0.8, 0.95, 1e-3, t, wd, vhat=rvh)
+        np.testing.assert_array_equal(g, g0)
+    assert p.dtype == m.dtype == v.dtype == dtype
     for got, want in ((p, rp), (m, rm), (v, rv)) + (((vhat, rvh),) if amsgrad else ()):
-        np.testing.assert_allclose(got.reshape(-1), want, **F64)
+        np.testing.assert_allclose(got.reshape(-1), want, **_tol(dtype))
     if amsgrad:
         assert np.all(vhat >= v) and np.any(vhat > v)
+    with pytest.raises(ValueError, match="adam_update.*t"):
+        N.adam_update(p, g, m, v, 0.01, 0.8, 0.95, 1e-3, 0, wd)
 
 
 RMS_OPTS = list(itertools.product([0.0, 0.9], [False, True], [0.0, 0.05]))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mu,centered,wd", RMS_OPTS)
-def test_numpy_rmsprop_is_keras(mu, centered, wd, rng):
-    p = f(rng, *SHAPE)
-    s = np.abs(f(rng, *SHAPE))
-    u = f(rng, *SHAPE, scale=0.01) if mu else None
-    mg = f(rng, *SHAPE, scale=0.01) if centered else None
+def test_numpy_rmsprop_is_keras(mu, centered, wd, dtype, rng):
+    p = f(rng, *SHAPE, dtype=dtype)
+    s = np.abs(f(rng, *SHAPE, dtype=dtype))
+    u = f(rng, *SHAPE, dtype=dtype, scale=0.01) if mu else None
+    mg = f(rng, *SHAPE, dtype=dtype, scale=0.01) if centered else None
     rp, rs, ru, rmg = flat(p, s, u, mg)
     for _ in range(STEPS):
-        g = f(rng, *SHAPE)
+        g = f(rng, *SHAPE, dtype=dtype)
+        g0 = g.copy()
         N.rmsprop_update(p, g, s, 0.01, 0.9, 1e-7, wd, u=u, momentum=mu, mg=mg)
-        ref_rmsprop_update(rp, g.reshape(-1), rs, 0.01, 0.9, 1e-7, wd, u=ru, momentum=mu, mg=rmg,
+        ref_rmsprop_update(rp, *flat(g), rs, 0.01, 0.9, 1e-7, wd, u=ru, momentum=mu, mg=rmg,
                            gain=0.1)
+        np.testing.assert_array_equal(g, g0)
+    assert {a.dtype for a in (p, s, u, mg) if a is not None} == {np.dtype(dtype)}
     for got, want in ((p, rp), (s, rs), (u, ru), (mg, rmg)):
         if got is not None:
-            np.testing.assert_allclose(got.reshape(-1), want, **F64)
+            np.testing.assert_allclose(got.reshape(-1), want, **_tol(dtype))
+    with pytest.raises(ValueError, match="rmsprop_update.*s shape"):
+        N.rmsprop_update(p, g, s[:2], 0.01, 0.9, 1e-7, wd)
 
 
 def test_numpy_adagrad_is_rmsprop_with_rho_and_gain_one(rng):
@@ -103,75 +126,6 @@ def test_numpy_float32_stays_float32(rng):
     s, u, mg = (np.zeros(5, np.float32) for _ in range(3))
     N.rmsprop_update(p, g, s, 0.01, 0.9, 1e-7, 0.1, u=u, momentum=0.5, mg=mg)
     assert {a.dtype for a in (p, m, v, vh, s, u, mg)} == {np.dtype(np.float32)}
-
-
-# ------------------------------------------------------------------ NumPy set, steps by hand
-
-F32 = dict(rtol=2e-5, atol=2e-5)
-BY_HAND_F64 = dict(rtol=1e-10, atol=1e-10)
-
-
-def _arrays(rng, dtype, n=5):
-    return [rng.standard_normal(n).astype(dtype) for _ in range(4)]
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 0.0),
-                                                  (0.9, True, 0.0), (0.8, True, 0.01),
-                                                  (0.0, False, 0.1)])
-def test_sgd_update_by_hand(rng, dtype, momentum, nesterov, wd):
-    p, g, v, _ = _arrays(rng, dtype)
-    p0, g0, v0 = p.astype(float), g.copy(), v.astype(float)
-    lr = np.float64(0.05)                                 # a NumPy scalar must not upcast p
-    for _ in range(2):
-        N.sgd_update(p, g, v if momentum else None, lr, momentum, nesterov, wd)
-        ref_sgd_update(p0, g0.astype(float), v0, 0.05, momentum, nesterov, wd)
-    tol = BY_HAND_F64 if dtype == np.float64 else F32
-    assert p.dtype == dtype and v.dtype == dtype
-    np.testing.assert_allclose(p, p0, **tol)
-    if momentum:
-        np.testing.assert_allclose(v, v0, **tol)
-    np.testing.assert_array_equal(g, g0)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("wd", [0.0, 0.01])
-def test_adam_update_by_hand(rng, dtype, wd):
-    p, g, _, _ = _arrays(rng, dtype)
-    m, v = np.zeros_like(p), np.zeros_like(p)
-    p0, g0 = p.astype(float), g.copy()
-    m0, v0 = np.zeros(p.size), np.zeros(p.size)
-    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-7
-    for t in (1, 2, 3):
-        N.adam_update(p, g, m, v, lr, b1, b2, eps, t, wd)
-        ref_adam_update(p0, g0.astype(float), m0, v0, lr, b1, b2, eps, t, wd)
-    tol = BY_HAND_F64 if dtype == np.float64 else F32
-    assert p.dtype == m.dtype == v.dtype == dtype
-    np.testing.assert_allclose(p, p0, **tol)
-    np.testing.assert_allclose(m, m0, **tol)
-    np.testing.assert_allclose(v, v0, **tol)
-    np.testing.assert_array_equal(g, g0)
-    with pytest.raises(ValueError, match="adam_update.*t"):
-        N.adam_update(p, g, m, v, lr, b1, b2, eps, 0, wd)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("wd", [0.0, 0.05])
-def test_rmsprop_update_by_hand(rng, dtype, wd):
-    p, g, _, _ = _arrays(rng, dtype)
-    s = np.abs(rng.standard_normal(p.size)).astype(dtype)
-    p0, g0, s0 = p.astype(float), g.copy(), s.astype(float)
-    lr, rho, eps = 0.01, 0.9, 1e-7
-    for _ in range(2):
-        N.rmsprop_update(p, g, s, lr, rho, eps, wd)
-        ref_rmsprop_update(p0, g0.astype(float), s0, lr, rho, eps, wd)
-    tol = BY_HAND_F64 if dtype == np.float64 else F32
-    assert p.dtype == s.dtype == dtype
-    np.testing.assert_allclose(p, p0, **tol)
-    np.testing.assert_allclose(s, s0, **tol)
-    np.testing.assert_array_equal(g, g0)
-    with pytest.raises(ValueError, match="rmsprop_update.*s shape"):
-        N.rmsprop_update(p, g, s[:2], lr, rho, eps, wd)
 
 
 @pytest.mark.parametrize("call,err,match", [
@@ -298,13 +252,35 @@ def test_cuda_leaves_g_and_absent_slots_alone(C, rng):
     assert np.isnan(C.to_host(uc)).all()
 
 
+def _one(K, family, t, g, lr, step, nesterov=False, **flags):
+    """The one-tensor update of ``family`` on ``t`` (p and two slots: SGD's v; Adam's m, v;
+    RMSprop's s, u with momentum 0.5), the multi-tensor tests' hyperparameters."""
+    if family == "sgd":
+        K.sgd_update(t[0], g, t[1], lr, 0.9, nesterov, 0.01, **flags)
+    elif family == "adam":
+        K.adam_update(t[0], g, t[1], t[2], lr, 0.8, 0.95, 1e-3, step, 0.01, **flags)
+    else:
+        K.rmsprop_update(t[0], g, t[1], lr, 0.9, 1e-7, 0.01, u=t[2], momentum=0.5, **flags)
+
+
+def _many(K, family, ts, gs, lr, step, nesterov=False, **flags):
+    """``_one`` of every tensor of ``ts`` in one multi-tensor call."""
+    ps, s1, s2 = ([t[j] for t in ts] for j in range(3))
+    if family == "sgd":
+        K.sgd_update_many(ps, gs, s1, lr, 0.9, nesterov, 0.01, **flags)
+    elif family == "adam":
+        K.adam_update_many(ps, gs, s1, s2, lr, 0.8, 0.95, 1e-3, step, 0.01, **flags)
+    else:
+        K.rmsprop_update_many(ps, gs, s1, lr, 0.9, 1e-7, 0.01, us=s2, momentum=0.5, **flags)
+
+
 @pytest.mark.parametrize("family", ["sgd", "adam", "rmsprop"])
 def test_cuda_multi_tensor_any_alignment_and_refusals(C, family, rng):
     """Tensors of 13, 8 and 16 elements in one multi-tensor launch, the 8 a view one float into
     its buffers (not 16-byte aligned), a NaN gradient in the middle of the 16 (its neighbours
     updated, the element and its slots kept): against the NumPy set's one-tensor updates, and
     the flag holding the NaN's tag."""
-    sizes, tag = (13, 8, 16), 5
+    sizes, tag, lr = (13, 8, 16), 5, 0.05 if family == "sgd" else 0.01
     npos = [[f(rng, n, dtype=np.float32)] + [np.abs(f(rng, n, dtype=np.float32))
                                              for _ in range(2)] for n in sizes]   # p; v, s >= 0
     grads = [f(rng, n, dtype=np.float32) for n in sizes]
@@ -323,25 +299,9 @@ def test_cuda_multi_tensor_any_alignment_and_refusals(C, family, rng):
         assert pos[1][0].__array_interface__["data"][0] % 16 != 0
         assert pos[2][0].__array_interface__["data"][0] % 16 == 0
     flag, nflag = C.xp.zeros(1, np.int64), np.zeros(1, np.int64)
-    gd = [C.asarray(g) for g in grads]
     for k, nt in enumerate(npos):
-        if family == "sgd":
-            N.sgd_update(nt[0], grads[k], nt[1], 0.05, 0.9, True, 0.01, flag=nflag, tag=tag + k)
-        elif family == "adam":
-            N.adam_update(nt[0], grads[k], nt[1], nt[2], 0.01, 0.8, 0.95, 1e-3, 2, 0.01,
-                          flag=nflag, tag=tag + k)
-        else:
-            N.rmsprop_update(nt[0], grads[k], nt[1], 0.01, 0.9, 1e-7, 0.01, u=nt[2],
-                             momentum=0.5, flag=nflag, tag=tag + k)
-    if family == "sgd":
-        C.sgd_update_many([t[0] for t in pos], gd, [t[1] for t in pos], 0.05, 0.9, True, 0.01,
-                          flag=flag, tag=tag)
-    elif family == "adam":
-        C.adam_update_many([t[0] for t in pos], gd, [t[1] for t in pos], [t[2] for t in pos],
-                           0.01, 0.8, 0.95, 1e-3, 2, 0.01, flag=flag, tag=tag)
-    else:
-        C.rmsprop_update_many([t[0] for t in pos], gd, [t[1] for t in pos], 0.01, 0.9, 1e-7,
-                              0.01, us=[t[2] for t in pos], momentum=0.5, flag=flag, tag=tag)
+        _one(N, family, nt, grads[k], lr, 2, True, flag=nflag, tag=tag + k)
+    _many(C, family, pos, [C.asarray(g) for g in grads], lr, 2, True, flag=flag, tag=tag)
     assert int(C.to_host(flag)[0]) == int(nflag[0]) == tag + 2
     used = 2 if family == "sgd" else 3
     for k, (t, nt) in enumerate(zip(pos, npos)):
@@ -367,24 +327,8 @@ def test_cuda_multi_tensor_repeated_steps_use_the_plan_and_stay_numpy(C, family,
         lr = 0.01 * (k + 1)
         grads = [f(rng, *s, dtype=np.float32) for s in shapes]
         for i, (t, g) in enumerate(zip(nw, grads)):
-            if family == "sgd":
-                N.sgd_update(t[0], g, t[1], lr, 0.9, False, 0.01, flag=nflag, tag=1 + i)
-            elif family == "adam":
-                N.adam_update(t[0], g, t[1], t[2], lr, 0.8, 0.95, 1e-3, k + 1, 0.01,
-                              flag=nflag, tag=1 + i)
-            else:
-                N.rmsprop_update(t[0], g, t[1], lr, 0.9, 1e-7, 0.01, u=t[2], momentum=0.5,
-                                 flag=nflag, tag=1 + i)
-        gd = [C.asarray(g) for g in grads]
-        ps, s1, s2 = ([t[j] for t in cw] for j in range(3))
-        if family == "sgd":
-            C.sgd_update_many(ps, gd, s1, lr, 0.9, False, 0.01, flag=flag, tag=1)
-        elif family == "adam":
-            C.adam_update_many(ps, gd, s1, s2, lr, 0.8, 0.95, 1e-3, k + 1, 0.01, flag=flag,
-                               tag=1)
-        else:
-            C.rmsprop_update_many(ps, gd, s1, lr, 0.9, 1e-7, 0.01, us=s2, momentum=0.5,
-                                  flag=flag, tag=1)
+            _one(N, family, t, g, lr, k + 1, flag=nflag, tag=1 + i)
+        _many(C, family, cw, [C.asarray(g) for g in grads], lr, k + 1, flag=flag, tag=1)
         used = 2 if family == "sgd" else 3
         for i, (t, n) in enumerate(zip(cw, nw)):
             _close(C, t[:used], n[:used], f"{family} step {k} tensor {i}", np.float32)
@@ -406,35 +350,20 @@ def test_cuda_multi_tensor_repeated_steps_use_the_plan_and_stay_numpy(C, family,
     bad[2] = C.xp.zeros((3, 4), np.float32)
     with pytest.raises(ValueError, match=f"{family}_update_many: tensor 2: g must be a "
                                          "C-contiguous float32 array of p's shape"):
-        ps, s1, s2 = ([t[j] for t in cw] for j in range(3))
-        if family == "sgd":
-            C.sgd_update_many(ps, bad, s1, 0.01, 0.9, False, 0.01, flag=flag)
-        elif family == "adam":
-            C.adam_update_many(ps, bad, s1, s2, 0.01, 0.8, 0.95, 1e-3, 9, 0.01, flag=flag)
-        else:
-            C.rmsprop_update_many(ps, bad, s1, 0.01, 0.9, 1e-7, 0.01, us=s2, momentum=0.5,
-                                  flag=flag)
+        _many(C, family, cw, bad, 0.01, 9, flag=flag)
 
 
-def test_a_bound_launch_writes_the_live_arrays_and_scalars_of_each_call(monkeypatch, tmp_path):
+def test_a_bound_launch_writes_the_live_arrays_and_scalars_of_each_call(gpu):
     """The multi-tensor update's prepared raw launch (``_launch.Bound``) over a fake CuPy: each
     call writes the new gradients' addresses and the new scalars (floats and the int64 tag) into
     a buffer filled once, and the driver gets the full flat list Numba's ABI wants for all the
     arguments, the bound weights and slots included."""
     import struct
 
-    from test_raw_launch import FakeArray, FakeCuPy
+    from gpucnn.kernels.cuda_set import _abi, _launch, optim
 
-    from gpucnn.kernels.cuda_set import _abi, _cache, _launch, optim
-
-    fake = FakeCuPy()
-    monkeypatch.setattr(_launch, "cp", fake)
-    monkeypatch.setattr(_cache, "build", lambda spec, cc: _cache.Built(b"\x7fELF", "entry", 0.5))
-    monkeypatch.setitem(_launch._state, "path", "raw")
-    monkeypatch.setattr(_launch, "_raw_cache", {})
-    monkeypatch.setenv("GPUCNN_CACHE_DIR", str(tmp_path / "kernels"))
     spec = optim.multi_update_kernel("adam", "float32")
-    fake.slots = len(_abi.flat_param_types(spec.argtypes))
+    gpu.slots = len(_abi.flat_param_types(spec.argtypes))
     nk, m = 5, optim.MULTI
     sizes = [3, 4, 5]
     arrays = [FakeArray(np.zeros(sizes[t] if t < 3 else 1, np.float32))
@@ -454,8 +383,8 @@ def test_a_bound_launch_writes_the_live_arrays_and_scalars_of_each_call(monkeypa
         grads = [FakeArray(np.zeros(n, np.float32)) for n in sizes]
         args = full(grads, (0.5 / (k + 1), 0.2, 0.3 + k, 0.25 * k, 1e-7, k % 2, 1), 1000 + k)
         plan(*[args[i] for i in live])
-        *_, raw = fake.launches[-1]
+        *_, raw = gpu.launches[-1]
         got = list(struct.unpack(_abi.param_format(spec.argtypes), raw))
         want = [v.item() for v in _abi.flatten_args(spec.argtypes, args)]
         assert got == pytest.approx(want, rel=1e-7), k
-    assert callable(plan.raw[0]) and len(fake.launches) == 4
+    assert callable(plan.raw[0]) and len(gpu.launches) == 4
