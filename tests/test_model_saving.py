@@ -9,6 +9,7 @@ writes; a fit stopped halfway, reloaded and continued ends with the very weights
 uninterrupted fit (numpy backend, and cuda in the simulator); files with an unknown layer type, a
 newer format version, or missing or extra arrays are refused with the file named and nothing
 changed; ``ModelCheckpoint`` saves the whole model."""
+import contextlib
 import json
 import os
 import zipfile
@@ -53,9 +54,20 @@ def same(a, b):
 
 
 def slots_of(model):
-    ids = {id(t) for t in model.trainable_weights}
-    table = [(p, t) for p, t in model._weight_table() if id(t) in ids]
-    return model.optimizer.get_slot_arrays(table)
+    return model.optimizer.get_slot_arrays(model._trainable_table())
+
+
+def arrays_of(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+@contextlib.contextmanager
+def unchanged(model):
+    """The block (a refused call) leaves the weights of ``model`` as they were."""
+    before = model.get_weights()
+    yield
+    assert same(model.get_weights(), before)
 
 
 # ------------------------------------------------------------------ weights files
@@ -100,14 +112,12 @@ def test_the_file_is_a_plain_npz_of_named_arrays(saved_weights):
 def test_mismatched_shapes_are_listed_and_nothing_changes(saved_weights):
     _, path = saved_weights
     other = cnn(3, filters=5, units=2)
-    before = other.get_weights()
-    with pytest.raises(ValueError) as e:
+    with unchanged(other), pytest.raises(ValueError) as e:
         other.load_weights(path)
     msg = str(e.value)
     assert "nothing was loaded" in msg and "4 mismatches" in msg
     assert "shape of C1/kernel: model (3, 3, 1, 5), file (3, 3, 1, 4)" in msg
     assert "shape of Output/bias: model (2,), file (3,)" in msg
-    assert same(other.get_weights(), before)
 
 
 def test_missing_and_unexpected_names_are_listed(saved_weights, tmp_path):
@@ -116,28 +126,23 @@ def test_missing_and_unexpected_names_are_listed(saved_weights, tmp_path):
     arrays["C9/kernel"] = np.zeros((2, 2), np.float32)
     path = tmp_path / "partial.npz"
     np.savez(path, **arrays)
-    before = model.get_weights()
-    with pytest.raises(ValueError) as e:
+    with unchanged(model), pytest.raises(ValueError) as e:
         model.load_weights(path)
-    msg = str(e.value)
     for part in ("missing from the file: C1/bias (4,)", "missing from the file: Output/kernel",
                  "not in the model: C9/kernel (2, 2)"):
-        assert part in msg
-    assert same(model.get_weights(), before)
+        assert part in str(e.value)
 
 
 def test_wrong_dtype_is_refused(saved_weights, tmp_path):
     model, path = saved_weights
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = arrays_of(path)
     arrays["Output/bias"] = arrays["Output/bias"].astype(np.float64)
     bad = tmp_path / "f64.npz"
     np.savez(bad, **arrays)
     other = cnn(4)
-    before = other.get_weights()
-    with pytest.raises(ValueError, match="dtype of Output/bias: model float32, file float64"):
+    with unchanged(other), pytest.raises(ValueError, match="dtype of Output/bias: model float32, "
+                                                           "file float64"):
         other.load_weights(bad)
-    assert same(other.get_weights(), before)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "pickle", "single_array"])
@@ -161,10 +166,9 @@ def test_damaged_files_are_refused_and_nothing_changes(saved_weights, tmp_path, 
         np.save(bad.with_suffix(".npy"), np.zeros(3))
         os.replace(bad.with_suffix(".npy"), bad)
     other = cnn(5)
-    before = other.get_weights()
-    with pytest.raises(ValueError, match="load_weights: cannot read .* as a gpucnn weights file"):
+    with unchanged(other), pytest.raises(ValueError, match="load_weights: cannot read .* as a "
+                                                           "gpucnn weights file"):
         other.load_weights(bad)
-    assert same(other.get_weights(), before)
 
 
 def test_missing_file():
@@ -235,14 +239,14 @@ def test_get_and_set_weights(rng):
     b.set_weights(a.get_weights())
     x = rng.standard_normal((2, 8, 8, 1)).astype(np.float32)
     np.testing.assert_array_equal(a.predict(x, verbose=0), b.predict(x, verbose=0))
-    before = b.get_weights()
     bad = a.get_weights()
     bad[2] = np.zeros((35, 3), np.float32)
-    with pytest.raises(ValueError, match=r"weight 2 \(Output/kernel\): model \(36, 3\), given \(35, 3\)"):
-        b.set_weights(bad)
-    with pytest.raises(ValueError, match="has 4 weights, got 3"):
-        b.set_weights(bad[:3])
-    assert same(b.get_weights(), before)
+    with unchanged(b):
+        with pytest.raises(ValueError, match=r"weight 2 \(Output/kernel\): model \(36, 3\), "
+                                             r"given \(35, 3\)"):
+            b.set_weights(bad)
+        with pytest.raises(ValueError, match="has 4 weights, got 3"):
+            b.set_weights(bad[:3])
 
 
 # ------------------------------------------------------------------ whole-model round trip
@@ -279,8 +283,7 @@ def test_the_file_is_plain_npy_arrays_without_pickle(tmp_path, rng):
     m.save(path)
     with zipfile.ZipFile(path) as z:
         assert all(n.endswith(".npy") for n in z.namelist())
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = arrays_of(path)
     assert all(a.dtype != object for a in arrays.values())
     header = json.loads(str(arrays["__gpucnn_model__"][()]))
     assert header["format"] == "gpucnn.model" and header["format_version"] == 1
@@ -416,8 +419,7 @@ def saved(tmp_path, rng):
 
 def rewrite(path, change):
     """Write ``change(arrays, header)``'s result back (arrays and header as the test edits)."""
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = arrays_of(path)
     header = json.loads(str(arrays.pop("__gpucnn_model__")[()]))
     change(arrays, header)
     arrays["__gpucnn_model__"] = np.array(json.dumps(header))
@@ -449,10 +451,8 @@ def test_a_file_that_does_not_match_is_refused(saved, change, match, weights):
         models.load_model(path)
     assert f"load_model({str(path)!r})" in str(err.value)
     if weights:                                        # the weights: load_weights refuses too
-        before = m.get_weights()
-        with pytest.raises(ValueError, match="nothing was loaded"):
+        with unchanged(m), pytest.raises(ValueError, match="nothing was loaded"):
             m.load_weights(path)
-        assert same(m.get_weights(), before)
 
 
 def test_weights_only_and_foreign_files_are_refused(saved, tmp_path):

@@ -1,9 +1,7 @@
 """``compile``, ``fit``, ``evaluate``, ``predict`` and the ``*_on_batch`` methods of ``Model``.
 
 Everything that can be checked is checked once per call, on the host, before any weight changes
-(``checks``: the input shape against the model, the first layer that refuses it named, x/y
-lengths, an empty dataset, targets against the model's output, labels inside ``[0, classes)``).
-The data then moves to the active backend once (``data.Feed``: on a device, whole where it fits
+(``checks``). The data then moves to the active backend once (``data.Feed``: on a device, whole where it fits
 the data's share of device memory, else streamed in chunks), and each step works on a batch of
 it. Who computes each step is ``gpucnn.parallel``'s business, the one module of it this one talks
 to; a ``fit`` call's settings travel to it as one ``parallel.FitCall``.
@@ -64,12 +62,6 @@ def _one_trainer(method):
                 with _TRAINERS:
                     self.__dict__["_trainer"] = None
     return run
-
-
-def _allocator_tuned(ks):
-    """The C allocator tuned for training while ``fit`` runs, where the kernel set offers it
-    (NumPy: freed blocks kept for the next step, put back after; see its ``_alloc``)."""
-    return ks.allocator_tuned() if backend.has("allocator") else contextlib.nullcontext()
 
 
 class TrainingMixin(InputChecks):
@@ -211,8 +203,10 @@ class TrainingMixin(InputChecks):
             validation=val,
             totals=tracker.totals if tracker.metrics else None, metrics=len(tracker.metrics),
             batch_hooks=batch_hooks, op=op, agreed=agreed)
-        # the allocator is tuned before the runner forks its workers, which inherit it
-        with _allocator_tuned(ks):
+        # the C allocator tuned for training while fit runs, where the kernel set offers it
+        # (NumPy: freed blocks kept for the next step, put back after; see its _alloc), before
+        # the runner forks its workers, which inherit it
+        with ks.allocator_tuned() if backend.has("allocator") else contextlib.nullcontext():
             runner = parallel.runner_for(self, ks, call)
             self.stop_training = False
             self.history = history
