@@ -10,9 +10,13 @@ Split steps (gpucnn.parallel: step, forked): on threads and on forked worker pro
 and gradients equal those of the whole step (dropout included), fit gives the same weights,
 worker failures and a non-finite loss surface in the parent, and the workers follow a model
 changed between epochs."""
+import copy
+import gc
 import json
 import os
+import signal
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -57,6 +61,20 @@ def net(seed=3):
 def data(n=24, seed=0):
     rng = np.random.default_rng(seed)
     return rng.standard_normal((n, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, n)
+
+
+def spy(monkeypatch, owner, name, calls):
+    """``owner.name`` as it was, appending ``(name, arguments, result)`` to ``calls`` when it
+    returns."""
+    real = getattr(owner, name)
+
+    def spied(*a, **k):
+        out = real(*a, **k)
+        calls.append((name, a, out))
+        return out
+
+    monkeypatch.setattr(owner, name, spied)
+    return calls
 
 
 @pytest.mark.parametrize("layer, expected", [
@@ -120,21 +138,15 @@ def test_nested_sequential_keys_and_flops():
 def test_runner_for_picks_a_runner_once_per_fit(monkeypatch):
     model = net()
     x, y = data()
-    picked = []
-    real = parallel.runner_for
-
-    def spy(*a, **k):
-        picked.append(real(*a, **k))
-        return picked[-1]
-
-    monkeypatch.setattr(parallel, "runner_for", spy)
+    calls = spy(monkeypatch, parallel, "runner_for", [])
     model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    picked = [c[2] for c in calls]
     assert len(picked) == 1 and type(picked[0]) is forked.Forked and picked[0]._closed
     hook = callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: None)
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[hook])
-    assert type(picked[-1]) is local.Whole                 # batch hooks: no worker processes
+    assert type(calls[-1][2]) is local.Whole               # batch hooks: no worker processes
     model.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0)
-    assert type(picked[-1]) is local.Whole                 # one step an epoch
+    assert type(calls[-1][2]) is local.Whole               # one step an epoch
     model.release_workers()
     assert not forked.available(load_set("cuda"))          # device memory: no fork
 
@@ -163,15 +175,11 @@ def test_a_layer_frozen_after_an_epoch_stays_put(threads):
 def test_the_forked_runner_runs_small_batches_whole(monkeypatch):
     model = net()
     x, y = data(20)
-    whole, split = [], []
-    real_whole, real_set = local.Whole._whole, forked.WorkerSet.step
-    monkeypatch.setattr(local.Whole, "_whole",
-                        lambda self, *a: whole.append(1) or real_whole(self, *a))
-    monkeypatch.setattr(forked.WorkerSet, "step",
-                        lambda self, *a: split.append(1) or real_set(self, *a))
+    calls = spy(monkeypatch, local.Whole, "_whole", [])
+    spy(monkeypatch, forked.WorkerSet, "step", calls)
     monkeypatch.setattr(_step, "PROCESS_MIN_FLOPS", 5.0 * _step.sample_flops(model))
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)     # 8, 8, 4 rows
-    assert split == [1, 1] and whole == [1]
+    assert [c[0] for c in calls] == ["step", "step", "_whole"]
     model.release_workers()
 
 
@@ -264,48 +272,43 @@ def test_the_settings_check_names_what_differs():
 def test_workers_are_replaced_when_an_epoch_callback_freezes_a_layer(monkeypatch):
     model = net()
     x, y = data()
-    made, split = [], []
-    real_init, real_step = forked.WorkerSet.__init__, forked.WorkerSet.step
-    monkeypatch.setattr(forked.WorkerSet, "__init__",
-                        lambda self, *a: made.append(1) or real_init(self, *a))
-    monkeypatch.setattr(forked.WorkerSet, "step",
-                        lambda self, *a: split.append(len(made)) or real_step(self, *a))
-
-    def freeze(epoch, logs):
-        if epoch == 0:
-            model.get_layer("conv").trainable = False
-
-    model.fit(x, y, batch_size=8, epochs=2, verbose=0,
-              callbacks=[callbacks.LambdaCallback(on_epoch_end=freeze)])
-    assert split == [1, 1, 1, 2, 2, 2]          # epoch 2 on a second set, forked for the change
+    calls = spy(monkeypatch, forked.WorkerSet, "__init__", [])
+    spy(monkeypatch, forked.WorkerSet, "step", calls)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[_Freeze()])    # the conv layer
+    # epoch 2 on a second set, forked for the change
+    assert [c[0] for c in calls] == ["__init__"] + ["step"] * 3 + ["__init__"] + ["step"] * 3
     assert model._fit_workers.alive
     model.release_workers()
+
+
+def _in_child(fn):
+    """The exit code of a forked child that runs ``fn()`` (0 when it returns true); None when
+    it hangs for 30 s (it is killed)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if fn() else 3
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
 
 
 def test_a_forked_child_splits_steps_over_threads_of_its_own():
     # the kernel pool's threads stay in the parent: a child made by os.fork (a user's own, or
     # multiprocessing's) that splits a step over threads must not wait for them for ever
-    import signal
-    import time
-
     assert numpy_set.data_parallel(lambda lo, hi: hi - lo, 10, 2) == [5, 5]    # pool started
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = 0 if numpy_set.data_parallel(lambda lo, hi: hi - lo, 10, 2) == [5, 5] else 2
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 30
-    done = 0
-    while not done and time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.01)
-    if not done:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child hung on the parent's kernel threads")
-    assert os.waitstatus_to_exitcode(status) == 0
+    code = _in_child(lambda: numpy_set.data_parallel(lambda lo, hi: hi - lo, 10, 2) == [5, 5])
+    assert code is not None, "the forked child hung on the parent's kernel threads"
+    assert code == 0
 
 
 # ================================================================ split steps: the net they split
@@ -373,56 +376,42 @@ def test_thread_split_equals_whole_step(rng, n, seed):
 def test_process_split_equals_whole_step(rng, seed):
     model = split_net(seed=seed)
     x, y = split_data(rng, 9)
-    want = _whole_step(model, x, y)
-    params = model.trainable_weights
-    procs = forked.start(model, params, 9, x.shape[1:], x.dtype, (), y.dtype, (4,),
-                                  np.float32, True, True, 3)
+    cases = [(x, y, None), (*split_data(rng, 5), None),   # a smaller batch, the same workers
+             (x, y, np.array([7, 0, 3, 3, 8, 1, 5]))]       # rows gathered by each process
+    procs = forked.start(model, model.trainable_weights, 9, x.shape[1:], x.dtype, (), y.dtype,
+                         (4,), np.float32, True, True, 3)
+    got, want = [], []
     try:
         assert len(procs.workers) == 2
-        _reseed(model)
-        loss, out, _ = procs.step(x, y)
-        got = (float(loss), out, _grads(model))
-        x2, y2 = split_data(rng, 5)                  # a smaller batch through the same workers
-        want2 = _whole_step(model, x2, y2)
-        _reseed(model)
-        loss2, out2, _ = procs.step(x2, y2)
-        got2 = (float(loss2), out2, _grads(model))
-        rows = np.array([7, 0, 3, 3, 8, 1, 5])        # rows gathered by each process itself
-        want3 = _whole_step(model, x[rows], y[rows])
-        _reseed(model)
-        loss3, out3, _ = procs.step(x, y, rows)
-        got3 = (float(loss3), out3, _grads(model))
+        for xc, yc, rows in cases:
+            picked = slice(None) if rows is None else rows
+            want.append(_whole_step(model, xc[picked], yc[picked]))
+            _reseed(model)
+            loss, out, _ = procs.step(xc, yc, rows)
+            got.append((float(loss), out, _grads(model)))
     finally:
         procs.close()
     assert procs.workers == []
-    _assert_same_step(got, want)
-    _assert_same_step(got2, want2)
-    _assert_same_step(got3, want3)
+    for g, w in zip(got, want):
+        _assert_same_step(g, w)
 
 
-def _fit_weights(rng_seed, threads, monkeypatch, epochs=2, **kw):
+def _fit_weights(threads):
     numpy_set.set_num_threads(threads)
-    rng = np.random.default_rng(rng_seed)
     model = split_net()
-    x, y = split_data(rng, 40)
+    x, y = split_data(np.random.default_rng(1), 40)
     gpucnn.manual_seed(11)
-    hist = model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, **kw)
+    hist = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     return model.get_weights(), hist.history
 
 
 @pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
 def test_fit_on_processes_matches_fit_on_one_core(monkeypatch):
-    steps = []
-    real_step = forked.WorkerSet.step
-
-    def counting(self, xb, yb, rows=None):
-        steps.append(xb.shape[0] if rows is None else len(rows))
-        return real_step(self, xb, yb, rows)
-
-    monkeypatch.setattr(forked.WorkerSet, "step", counting)
-    split_w, split_h = _fit_weights(1, 2, monkeypatch)
-    assert steps == [8] * 10                                # every step ran on the workers
-    whole_w, whole_h = _fit_weights(1, 1, monkeypatch)
+    calls = spy(monkeypatch, forked.WorkerSet, "step", [])
+    split_w, split_h = _fit_weights(2)
+    rows = [c[1][1].shape[0] if c[1][3] is None else len(c[1][3]) for c in calls]
+    assert rows == [8] * 10                                 # every step ran on the workers
+    whole_w, whole_h = _fit_weights(1)
     for a, b in zip(split_w, whole_w):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(split_h["loss"], whole_h["loss"], rtol=1e-5)
@@ -471,23 +460,13 @@ class _Freeze(callbacks.Callback):
 
 
 @pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
-def test_workers_follow_a_layer_frozen_between_epochs(rng):
+def test_workers_follow_a_layer_frozen_between_epochs(rng, monkeypatch):
     model = split_net()
     x, y = split_data(rng, 32)
-    started = []
-    real_init = forked.WorkerSet.__init__
-
-    def init(self, *a, **k):
-        started.append(1)
-        real_init(self, *a, **k)
-
-    forked.WorkerSet.__init__ = init
-    try:
-        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[_Freeze()])
-        frozen = [w.copy() for w in model.layers[0].get_weights()]
-        model.fit(x, y, batch_size=8, epochs=2, verbose=0)
-    finally:
-        forked.WorkerSet.__init__ = real_init
+    started = spy(monkeypatch, forked.WorkerSet, "__init__", [])
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[_Freeze()])
+    frozen = [w.copy() for w in model.layers[0].get_weights()]
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     assert len(started) == 2                      # one set of workers per fit call
     for a, b in zip(model.layers[0].get_weights(), frozen):
         np.testing.assert_array_equal(a, b)       # the frozen layer did not move in the workers
@@ -508,34 +487,22 @@ def test_steps_that_must_not_split_stay_whole(rng):
     odd = models.Sequential([layers.Input(shape=(4,)), Odd(), layers.Dense(2)])
     odd.compile("sgd", "mse")
     assert _step.sample_flops(odd) is None
-    from gpucnn.kernels import load_set
-
     assert _step.parts_for(load_set("cuda"), 1e9, 64) == 1       # no split off the NumPy set
-
-
-def _pid_alive(pid):
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return False
-    return done == 0
 
 
 @pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
 def test_workers_outlive_fit_one_set_per_process(rng):
-    import gc
-
     x, y = split_data(rng, 32)
     a, b = split_net(), split_net()
     gpucnn.manual_seed(1)
     a.fit(x, y, batch_size=8, verbose=0)
     first = a._fit_workers
     pids = [w.pid for w in first.workers]
-    assert first.alive and all(_pid_alive(p) for p in pids)
+    assert first.alive and not any(workers._ended(p) for p in pids)
     a.fit(x, y, batch_size=8, verbose=0)
     assert a._fit_workers is first                     # the same model: the same workers
     b.fit(x, y, batch_size=8, verbose=0)
-    assert not first.alive and not any(_pid_alive(p) for p in pids)      # one set at most
+    assert not first.alive and all(workers._ended(p) for p in pids)      # one set at most
     # a, trained again after b took the workers: new ones, and the same weights as on one core
     a.compile(optimizers.SGD(0.05, momentum=0.5), "sparse_categorical_crossentropy",
               metrics=["accuracy"])
@@ -556,7 +523,7 @@ def test_workers_outlive_fit_one_set_per_process(rng):
     gc.collect()
     assert workers._pending                               # queued by the finalizer, no I/O
     forked.drain()                                       # (the next fit does this too)
-    assert not any(_pid_alive(p) for p in live)           # gone with their model
+    assert all(workers._ended(p) for p in live)           # gone with their model
 
 
 def _trained_on_workers(rng):
@@ -579,8 +546,6 @@ def _cpu_seconds(pid):
 def test_idle_workers_poll_briefly_then_sleep(rng):
     # between steps a worker polls for the next one (no wake-up latency), but only for
     # SPIN_NEXT seconds: kept between fit calls, it must not burn a core
-    import time
-
     x, y, a = _trained_on_workers(rng)
     pid = a._fit_workers.workers[0].pid
     time.sleep(_worker.SPIN_NEXT + 0.1)
@@ -597,38 +562,29 @@ def test_a_fork_of_the_user_process_leaves_the_workers_alone(rng):
     x, y, a = _trained_on_workers(rng)
     procs = a._fit_workers
     pids = [w.pid for w in procs.workers]
-    child = os.fork()
-    if child == 0:
-        try:
-            procs._finalizer()                 # what the child's exit would run
-            procs.close()
-        finally:
-            os._exit(0)
-    os.waitpid(child, 0)
-    assert all(_pid_alive(p) for p in pids)
+    def end_them():
+        procs._finalizer()                     # what the child's exit would run
+        procs.close()
+        return True
+
+    def train_alone():
+        a.fit(x, y, batch_size=8, verbose=0)
+        mine = a._fit_workers
+        ok = mine is not procs and mine.alive and not set(w.pid for w in mine.workers) & set(pids)
+        mine.close()
+        return ok
+
+    _in_child(end_them)
+    assert not any(workers._ended(p) for p in pids)
     # a fork that trains the inherited model starts workers of its own, never the parent's
-    child = os.fork()
-    if child == 0:
-        code = 1
-        try:
-            a.fit(x, y, batch_size=8, verbose=0)
-            mine = a._fit_workers
-            code = 0 if (mine is not procs and mine.alive
-                         and not set(w.pid for w in mine.workers) & set(pids)) else 3
-            mine.close()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(child, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert all(_pid_alive(p) for p in pids)
+    assert _in_child(train_alone) == 0
+    assert not any(workers._ended(p) for p in pids)
     a.fit(x, y, batch_size=8, verbose=0)                  # the same workers still answer
     assert a._fit_workers is procs and procs.alive
 
 
 @pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
 def test_a_model_with_workers_deep_copies_and_releases_them(rng):
-    import copy
-
     x, y, a = _trained_on_workers(rng)
     procs = a._fit_workers
     b = copy.deepcopy(a)                                   # the copy gets no workers
@@ -640,15 +596,12 @@ def test_a_model_with_workers_deep_copies_and_releases_them(rng):
     pids = [w.pid for w in b._fit_workers.workers]
     b.release_workers()
     assert b.__dict__.get("_fit_workers") is None
-    assert not any(_pid_alive(p) for p in pids)
+    assert all(workers._ended(p) for p in pids)
     b.release_workers()                                    # twice is fine
 
 
 @pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
 def test_a_worker_killed_while_idle_is_replaced(rng):
-    import signal
-    import time
-
     x, y, a = _trained_on_workers(rng)
     first = a._fit_workers
     os.kill(first.workers[0].pid, signal.SIGKILL)
@@ -660,13 +613,11 @@ def test_a_worker_killed_while_idle_is_replaced(rng):
 
 @pytest.mark.skipif(not PROCESSES, reason="worker processes need Linux (fork)")
 def test_workers_of_a_collected_model_end_when_the_next_fit_starts_workers(rng):
-    import gc
-
     x, y, a = _trained_on_workers(rng)
     live = [w.pid for w in a._fit_workers.workers]
     del a
     gc.collect()
     b = split_net()
     b.fit(x, y, batch_size=8, verbose=0)
-    assert not any(_pid_alive(p) for p in live) and not workers._pending
+    assert all(workers._ended(p) for p in live) and not workers._pending
     b.release_workers()
