@@ -511,9 +511,7 @@ def test_pictures_and_reports_go_through_write_atomic(tmp_path):
     link.symlink_to(target)
     plots.curves({"loss": [1.0, 0.5]}, link)
     assert link.is_symlink() and target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    out = tmp_path / "report.md"
-    out.write_text("old\n")
-    out.chmod(0o444)
+    out = read_only(tmp_path / "report.md")
     with pytest.raises(PermissionError, match="read-only"):
         report.write_atomic(str(out), "new\n")
     assert out.read_text() == "old\n"
@@ -696,12 +694,8 @@ def test_more_threads_than_cpus_are_clamped_with_a_warning():
 
 
 # -- issue 17, item 6: a newcomer's first read -----------------------------------------------------
-def python_blocks():
-    return re.findall(r"^```python\n(.*?)^```", README, re.S | re.M)
-
-
 def test_readme_python_blocks_run_as_written(tmp_path):
-    blocks = python_blocks()
+    blocks = re.findall(r"^```python\n(.*?)^```", README, re.S | re.M)
     assert len(blocks) >= 2 and any("x_train" in b for b in blocks)
     for i, code in enumerate(blocks):
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -763,16 +757,12 @@ def test_readme_picture_table_lists_what_the_examples_save(tmp_path):
                                               "in the README but not saved:", unsaved)
 
 
-def example_help(script):
-    return subprocess.Popen([sys.executable, str(ROOT / "examples" / script), "--help"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=clean_env(COLUMNS="200"))
-
-
 def test_examples_help_documents_each_option_and_says_each_default_once():
     scripts = ["perceptron.py", "basic_cnn.py", "lenet5.py", "alexnet.py", "autoencoder.py",
                "accuracy_report.py"]
-    procs = {s: example_help(s) for s in scripts}
+    procs = {s: subprocess.Popen([sys.executable, str(ROOT / "examples" / s), "--help"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=clean_env(COLUMNS="200")) for s in scripts}
     for script, p in procs.items():
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
@@ -821,10 +811,6 @@ def model_and_data(optimizer, seed=0):
     return model, x, rng.integers(0, 2, 16)
 
 
-def weights(model):
-    return [w.copy() for w in model.get_weights()]
-
-
 @pytest.mark.parametrize("make", [
     lambda: (optimizers.SGD(np.inf), NonFiniteUpdateError),
     lambda: (optimizers.Adam(epsilon=0.0), NonFiniteUpdateError),   # 0 / 0 at a dead unit
@@ -847,7 +833,7 @@ def test_fit_never_writes_a_non_finite_weight_and_names_it(make, backend):
 
 def test_a_scheduler_returning_inf_is_refused_before_any_weight_changes(backend):
     model, x, y = model_and_data(optimizers.SGD(0.1))
-    before = weights(model)
+    before = [w.copy() for w in model.get_weights()]
     with pytest.raises(NonFiniteUpdateError, match="optimizer step 1 was refused"):
         model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False,
                   callbacks=[LearningRateScheduler(lambda epoch: np.inf)])
@@ -964,22 +950,25 @@ def test_load_model_refuses_a_fifo_without_opening_it(tmp_path):
         os.close(held)
 
 
-def rewrite(path, change, text=lambda t: t):
-    """The model file at ``path`` rewritten with ``change(arrays, header)`` applied, and then
-    ``text`` to the header's JSON text."""
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files}
-    header = json.loads(str(arrays[saving.HEADER_KEY][()]))
-    change(arrays, header)
-    arrays[saving.HEADER_KEY] = np.array(text(json.dumps(header)))
-    np.savez(path, **arrays)
+def saved(tmp_path, change=None, text=lambda t: t):
+    """``compiled()`` saved at ``tmp_path / "m.npz"``, returned; with ``change``, the file then
+    rewritten with ``change(header)`` applied, and then ``text`` to the header's JSON text."""
+    path = tmp_path / "m.npz"
+    compiled().save(path)
+    if change is not None:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        header = json.loads(str(arrays[saving.HEADER_KEY][()]))
+        change(header)
+        arrays[saving.HEADER_KEY] = np.array(text(json.dumps(header)))
+        np.savez(path, **arrays)
+    return path
 
 
 def test_an_architecture_asking_for_more_than_the_file_holds_is_refused_before_it_allocates(
         tmp_path, monkeypatch):
-    path = tmp_path / "m.npz"
-    compiled().save(path)
-    rewrite(path, lambda a, h: h["model"]["config"]["layers"][0]["config"].update(units=10**10))
+    path = saved(tmp_path, lambda h: h["model"]["config"]["layers"][0]["config"].update(
+        units=10**10))
     made = []
     monkeypatch.setattr(np, "zeros", lambda *a, **k: made.append(a) or np.empty(0))
     with pytest.raises(ValueError, match=r"load_model\('.*m.npz'\): layer 'h' asks for a weight "
@@ -990,8 +979,7 @@ def test_an_architecture_asking_for_more_than_the_file_holds_is_refused_before_i
 
 
 def test_an_entry_declaring_more_bytes_than_it_holds_is_refused_before_reading(tmp_path):
-    path = tmp_path / "m.npz"
-    compiled().save(path)
+    path = saved(tmp_path)
     with zipfile.ZipFile(path) as z:
         entries = {n: z.read(n) for n in z.namelist()}
     raw = entries["weights/h/kernel.npy"]              # the header's shape made 2e7 times larger
@@ -1007,22 +995,17 @@ def test_an_entry_declaring_more_bytes_than_it_holds_is_refused_before_reading(t
 
 
 def test_a_deeply_nested_header_is_refused_without_a_recursion_error(tmp_path):
-    path = tmp_path / "m.npz"
-    compiled().save(path)
-    rewrite(path, lambda a, h: None, lambda t: t[:-1] + ', "deep": ' + "[" * 3000 + "]" * 3000
-            + "}")
+    path = saved(tmp_path, lambda h: None, lambda t: t[:-1] + ', "deep": ' + "[" * 3000
+                 + "]" * 3000 + "}")
     with pytest.raises(ValueError, match="nests deeper than 64 levels"):
         models.load_model(path)
-    compiled().save(path)
-    rewrite(path, lambda a, h: h.update(note='"[[[[ \\" {{{{' * 100))
-    models.load_model(path)                        # brackets and quotes inside strings are text
+    models.load_model(saved(tmp_path, lambda h: h.update(note='"[[[[ \\" {{{{' * 100)))
+    # brackets and quotes inside strings are text
 
 
 @pytest.mark.parametrize("version", [0, -7])
 def test_a_format_version_below_1_is_refused(version, tmp_path):
-    path = tmp_path / "m.npz"
-    compiled().save(path)
-    rewrite(path, lambda a, h: h.update(format_version=version))
+    path = saved(tmp_path, lambda h: h.update(format_version=version))
     with pytest.raises(ValueError, match=rf"no valid format_version: expected an int from 1 to "
                                          rf"1, got {version}"):
         models.load_model(path)
@@ -1066,8 +1049,7 @@ def test_resume_in_a_new_process_is_exact_with_shuffling(backend, tmp_path):
 
 
 def test_load_model_leaves_the_global_generator_alone(tmp_path):
-    path = tmp_path / "m.npz"
-    compiled().save(path)
+    path = saved(tmp_path)
     gpucnn.manual_seed(7)
     state = gpucnn.random.generator().bit_generator.state
     models.load_model(path)
