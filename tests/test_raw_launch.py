@@ -201,20 +201,17 @@ def test_the_cache_key_covers_what_decides_the_code(gpu):
     assert fields["source"] == _cache.source_hash() and len(fields["source"]) == 64
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped", "foreign", "not-ours"])
+DAMAGE = {"truncated": lambda data: data[:-3],
+          "flipped": lambda data: data[:-1] + bytes([data[-1] ^ 1]),
+          "foreign": lambda data: data.replace(b'"sm_90"', b'"sm_80"'),
+          "not-ours": lambda data: b"#!/bin/sh\nrm -rf /\n"}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_or_foreign_entry_is_rebuilt_not_loaded(gpu, monkeypatch, capsys, damage):
     launch_tanh()
     path = _cache.entry_path(SPEC, (9, 0))
-    data = path.read_bytes()
-    if damage == "truncated":
-        data = data[:-3]
-    elif damage == "flipped":
-        data = data[:-1] + bytes([data[-1] ^ 1])
-    elif damage == "foreign":
-        data = data.replace(b'"sm_90"', b'"sm_80"')
-    else:
-        data = b"#!/bin/sh\nrm -rf /\n"
-    path.write_bytes(data)
+    path.write_bytes(DAMAGE[damage](path.read_bytes()))
     monkeypatch.setattr(_launch, "_raw_cache", {})
     launch_tanh()
     assert len(gpu.builds) == 2                           # rebuilt, and the bad bytes never loaded
@@ -349,27 +346,35 @@ def test_a_second_process_finds_every_kernel_in_the_cache(tmp_path):
     assert [p for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 
 
+def _draw(spec, rng):
+    """Random shapes of a kernel's array arguments and values of its scalars, by position."""
+    from numba import types
+
+    shapes, scalars = {}, {}
+    for i, t in enumerate(spec.argtypes):
+        if isinstance(t, types.Array):
+            shapes[i] = tuple(int(v) for v in rng.integers(1, 4, t.ndim))
+        elif isinstance(t, types.Integer):
+            scalars[i] = int(rng.integers(-5 if t.signed else 0, 50))
+        else:
+            scalars[i] = float(rng.standard_normal())
+    return shapes, scalars
+
+
+def _args(spec, shapes, scalars, array=np.zeros, lead=()):
+    return [array(lead + shapes[i], str(t.dtype)) if i in shapes else scalars[i]
+            for i, t in enumerate(spec.argtypes)]
+
+
 def test_every_kernels_packer_writes_what_flatten_args_gives(rng):
     """The generated packer (one struct.pack_into a launch) against the reference flattening,
     which tests/test_compile.py holds to Numba's own dispatcher and the cubins: every registered
     kernel, arrays of the declared rank and of one rank more."""
-    from numba import types
-
     for spec in _registry.all_kernels():
         pack = _abi.make_packer(spec.name, spec.argtypes)
         fmt = _abi.param_format(spec.argtypes)
-        for extra_axis in (False, True):
-            args = []
-            for i, t in enumerate(spec.argtypes):
-                if isinstance(t, types.Array):
-                    shape = tuple(int(v) for v in rng.integers(1, 4, t.ndim))
-                    if extra_axis:
-                        shape = (2,) + shape
-                    args.append(np.zeros(shape, dtype=str(t.dtype)))
-                elif isinstance(t, types.Integer):
-                    args.append(int(rng.integers(-5 if t.signed else 0, 50)))
-                else:
-                    args.append(float(rng.standard_normal()))
+        for lead in ((), (2,)):
+            args = _args(spec, *_draw(spec, rng), lead=lead)
             buf = ctypes.create_string_buffer(struct.calcsize(fmt))
             pack(args, buf)
             want = [v.item() for v in _abi.flatten_args(spec.argtypes, args)]
@@ -401,26 +406,15 @@ def test_every_kernels_prepared_launch_writes_only_the_new_addresses(gpu, rng):
     """For every registered kernel: a plan made from one call's arguments, then called with
     other arrays of the same shapes, hands the driver the full flat list of those arrays (the
     address written at the right slot of each array's block, whatever its rank)."""
-    from numba import types
+    def fake(shape, dtype):
+        return FakeArray(np.zeros(shape, dtype))
 
     for spec in _registry.all_kernels():
         gpu.slots = len(_abi.flat_param_types(spec.argtypes))
-        shapes, scalars = {}, {}
-        for i, t in enumerate(spec.argtypes):
-            if isinstance(t, types.Array):
-                shapes[i] = tuple(int(v) for v in rng.integers(1, 4, t.ndim))
-            elif isinstance(t, types.Integer):
-                scalars[i] = int(rng.integers(-5 if t.signed else 0, 50))
-            else:
-                scalars[i] = float(rng.standard_normal())
-
-        def call_args():
-            return [FakeArray(np.zeros(shapes[i], str(t.dtype))) if i in shapes else scalars[i]
-                    for i, t in enumerate(spec.argtypes)]
-
-        plan = _launch.Prepared(spec, (1,), (32,), call_args())
+        shapes, scalars = _draw(spec, rng)
+        plan = _launch.Prepared(spec, (1,), (32,), _args(spec, shapes, scalars, fake))
         for _ in range(3):      # the first through launch(), then the prepared buffer
-            args = call_args()
+            args = _args(spec, shapes, scalars, fake)
             plan(*[a for i, a in enumerate(args) if i in shapes])
             *_, raw = gpu.launches[-1]
             want = [v.item() for v in _abi.flatten_args(spec.argtypes, args)]
