@@ -426,41 +426,32 @@ def _bad(rng, *shape):
     return g
 
 
-def _optim(rng, g, fl, tag, sgd_v=None):
-    """The three updates' arguments (flag and tag last) with gradients ``g(rng, shape)``."""
+def _optim(rng, g, fl, tag, sgd_v=None, plain=False):
+    """The three updates' arguments (flag and tag last) with gradients ``g(rng, shape)``;
+    ``plain``: no weight decay, no Nesterov, Adam's first step."""
+    wd = (0.0, 0.0) if plain else (1e-2, 1e-3)
     return dict(
-        sgd=(_p(rng, 4, 9), g(rng, 4, 9), sgd_v, 0.05, 0.0 if sgd_v is None else 0.9, True, 1e-2,
-             _flag(fl), tag),
+        sgd=(_p(rng, 4, 9), g(rng, 4, 9), sgd_v, 0.05, 0.0 if sgd_v is None else 0.9, not plain,
+             wd[0], _flag(fl), tag),
         adam=(_p(rng, 3, 7), g(rng, 3, 7), 0.1 * _p(rng, 3, 7), rng.random((3, 7)), 1e-2, 0.9,
-              0.999, 1e-7, 7, 1e-2, None, _flag(fl), tag),
-        rmsprop=(_p(rng, 5, 6), g(rng, 5, 6), rng.random((5, 6)), 1e-2, 0.9, 1e-7, 1e-3, None,
+              0.999, 1e-7, 1 if plain else 7, wd[0], None, _flag(fl), tag),
+        rmsprop=(_p(rng, 5, 6), g(rng, 5, 6), rng.random((5, 6)), 1e-2, 0.9, 1e-7, wd[1], None,
                  0.0, None, None, _flag(fl), tag))
+
+
+def _update(slots, ref, in_place):
+    """The Kernel of an update whose arguments are the sample's ``slots`` entry."""
+    return Kernel(lambda i: i[slots], lambda i: ref_updated(ref, i[slots], in_place, in_place[-1]),
+                  FWD, in_place, "tests/test_keras_optimizers.py, tests/test_optim_kernels.py")
 
 
 OPTIMIZER_UPDATES = Op(
     "optimizer updates", "gpucnn.optimizers.Optimizer.apply_gradients", "",
-    kernels={
-        "sgd_update": Kernel(lambda i: i["sgd"],
-                             lambda i: ref_updated(ref_sgd_update, i["sgd"], (0, 2, 7), 7), FWD,
-                             (0, 2, 7),
-                             "tests/test_keras_optimizers.py, tests/test_optim_kernels.py"),
-        "adam_update": Kernel(lambda i: i["adam"],
-                              lambda i: ref_updated(ref_adam_update, i["adam"], (0, 2, 3, 11), 11),
-                              FWD, (0, 2, 3, 11),
-                              "tests/test_keras_optimizers.py, tests/test_optim_kernels.py"),
-        "rmsprop_update": Kernel(lambda i: i["rmsprop"],
-                                 lambda i: ref_updated(ref_rmsprop_update, i["rmsprop"], (0, 2, 11),
-                                                       11),
-                                 FWD, (0, 2, 11),
-                                 "tests/test_keras_optimizers.py, tests/test_optim_kernels.py"),
-    },
+    kernels={"sgd_update": _update("sgd", ref_sgd_update, (0, 2, 7)),
+             "adam_update": _update("adam", ref_adam_update, (0, 2, 3, 11)),
+             "rmsprop_update": _update("rmsprop", ref_rmsprop_update, (0, 2, 11))},
     samples=[
-        _optim_sample("plain", lambda rng: dict(
-            sgd=(_p(rng, 4, 9), _p(rng, 4, 9), None, 0.05, 0.0, False, 0.0, _flag(), 1),
-            adam=(_p(rng, 3, 7), _p(rng, 3, 7), 0.1 * _p(rng, 3, 7), rng.random((3, 7)), 1e-2,
-                  0.9, 0.999, 1e-7, 1, 0.0, None, _flag(), 1),
-            rmsprop=(_p(rng, 5, 6), _p(rng, 5, 6), rng.random((5, 6)), 1e-2, 0.9, 1e-7, 0.0,
-                     None, 0.0, None, None, _flag(), 1))),
+        _optim_sample("plain", lambda rng: _optim(rng, _p, 0, 1, plain=True)),
         _optim_sample("momentum-weight-decay",
                       lambda rng: _optim(rng, _p, 0, 1, sgd_v=_p(rng, 4, 9))),
         # the contract's check: non-finite gradients refused element by element (the flag

@@ -48,14 +48,12 @@ def ref_conv2d(x, w, b, stride, pad, act="linear"):
     ho = ref_out_size(h, kh, stride[0], pad[0], pad[1])
     wo = ref_out_size(wd, kw, stride[1], pad[2], pad[3])
     y = np.zeros((n, ho, wo, co))
-    for s in range(n):
-        for p in range(ho):
-            for q in range(wo):
-                acc = np.zeros(co) if b is None else np.array(b, np.float64)
-                for i, j, r, c in _cells(h, wd, p, q, kh, kw, *stride, pad):
-                    for ci in range(x.shape[3]):
-                        acc = acc + x[s, r, c, ci] * w[i, j, ci]
-                y[s, p, q] = acc
+    for s, p, q in np.ndindex(n, ho, wo):
+        acc = np.zeros(co) if b is None else np.array(b, np.float64)
+        for i, j, r, c in _cells(h, wd, p, q, kh, kw, *stride, pad):
+            for ci in range(x.shape[3]):
+                acc = acc + x[s, r, c, ci] * w[i, j, ci]
+        y[s, p, q] = acc
     return ref_act(y, act)
 
 
@@ -64,11 +62,9 @@ def ref_conv2d_backward_input(dy, w, x_shape, stride, pad):
     n, h, wd, _ = x_shape
     kh, kw, _, _ = w.shape
     dx = np.zeros(x_shape)
-    for s in range(n):
-        for p in range(dy.shape[1]):
-            for q in range(dy.shape[2]):
-                for i, j, r, c in _cells(h, wd, p, q, kh, kw, *stride, pad):
-                    dx[s, r, c] += w[i, j] @ dy[s, p, q]
+    for s, p, q in np.ndindex(n, *dy.shape[1:3]):
+        for i, j, r, c in _cells(h, wd, p, q, kh, kw, *stride, pad):
+            dx[s, r, c] += w[i, j] @ dy[s, p, q]
     return dx
 
 
@@ -77,11 +73,9 @@ def ref_conv2d_backward_weight(x, dy, w_shape, stride, pad):
     n, h, wd, _ = x.shape
     kh, kw, _, _ = w_shape
     dw = np.zeros(w_shape)
-    for s in range(n):
-        for p in range(dy.shape[1]):
-            for q in range(dy.shape[2]):
-                for i, j, r, c in _cells(h, wd, p, q, kh, kw, *stride, pad):
-                    dw[i, j] += np.outer(x[s, r, c], dy[s, p, q])
+    for s, p, q in np.ndindex(n, *dy.shape[1:3]):
+        for i, j, r, c in _cells(h, wd, p, q, kh, kw, *stride, pad):
+            dw[i, j] += np.outer(x[s, r, c], dy[s, p, q])
     return dw
 
 
@@ -92,23 +86,18 @@ def _pool_loop(x, pool, stride, pad, reduce):
     wo = ref_out_size(w, pool[1], stride[1], pad[2], pad[3])
     out = np.zeros((n, ho, wo, ch))
     idx = np.zeros((n, ho, wo, ch), np.int64)
-    for s in range(n):
-        for p in range(ho):
-            for q in range(wo):
-                cells = [(r, c) for _, _, r, c in _cells(h, w, p, q, *pool, *stride, pad)]
-                for k in range(ch):
-                    out[s, p, q, k], idx[s, p, q, k] = reduce([x[s, r, c, k] for r, c in cells],
-                                                              [r * w + c for r, c in cells])
+    for s, p, q in np.ndindex(n, ho, wo):
+        cells = [(r, c) for _, _, r, c in _cells(h, w, p, q, *pool, *stride, pad)]
+        for k in range(ch):
+            out[s, p, q, k], idx[s, p, q, k] = reduce([x[s, r, c, k] for r, c in cells],
+                                                      [r * w + c for r, c in cells])
     return out, idx
 
 
 def _first_max(values, flat):
     if any(v != v for v in values):      # a NaN: the window gives NaN and its first real cell
         return float("nan"), flat[0]
-    best = 0
-    for t in range(1, len(values)):
-        if values[t] > values[best]:
-            best = t
+    best = max(range(len(values)), key=values.__getitem__)     # the first of equal maxima
     return values[best], flat[best]
 
 

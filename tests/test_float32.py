@@ -15,7 +15,6 @@ import threading
 import numpy as np
 import pytest
 
-import gpucnn
 from gpucnn import zoo, optimizers
 from gpucnn.kernels import numpy_set
 from gpucnn.parallel import step as _step
@@ -74,8 +73,6 @@ def test_the_watcher_catches_an_upcast():
 
 
 def _lenet(rng, n):
-    gpucnn.set_backend("numpy")
-    gpucnn.manual_seed(0)
     model = zoo.lenet5()
     model.compile(optimizer=optimizers.SGD(learning_rate=0.01),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -86,7 +83,7 @@ def _lenet(rng, n):
 
 @pytest.mark.parametrize("threads,processes", [(1, False), (2, False), (2, True)],
                          ids=["one-thread", "two-threads", "worker-processes"])
-def test_lenet5_training_step_stays_float32(rng, threads, processes, monkeypatch):
+def test_lenet5_training_step_stays_float32(rng, threads, processes, monkeypatch, numpy_backend):
     """Whole steps on one thread, steps split over two threads (the split the worker processes
     also run, part by part), and on worker processes: their buffers and the arrays the parent
     builds from them."""
@@ -100,13 +97,9 @@ def test_lenet5_training_step_stays_float32(rng, threads, processes, monkeypatch
     else:
         monkeypatch.setattr(_step, "THREAD_MIN_FLOPS", 0.0)
         monkeypatch.setattr(_step, "PROCESS_MIN_FLOPS", float("inf"))   # keep steps traceable
-    old = numpy_set.get_num_threads()
-    numpy_set.set_num_threads(threads)
-    try:
+    with numpy_set.num_threads(threads):
         model.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0)        # build, warm up
         with Float64Watcher() as w:
             model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    finally:
-        numpy_set.set_num_threads(old)
     assert w.found == []
     assert all(t.dtype == np.float32 for t in model.weights)

@@ -28,8 +28,27 @@ F32 = dict(rtol=2e-5, atol=2e-5)
 F64 = dict(rtol=1e-10, atol=1e-10)
 
 
-def _pads(x_shape, k, stride, padding):
-    return ref_pads(x_shape[1], x_shape[2], k[0], k[1], stride[0], stride[1], padding)
+def _max_pool_matches(x, pool, stride, pad):
+    """``K.max_pool_forward`` equal to the loops' ``(y, idx)``, which it returns."""
+    y, idx = K.max_pool_forward(x, pool, stride, pad)
+    want_y, want_idx = ref_max_pool(x, pool, stride, pad)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(idx, want_idx)
+    return y, idx
+
+
+def _conv_matches(rng, x, w, b, stride, pad, act, input_grad=True):
+    """The forward, the input gradient (unless not ``input_grad``) and the kernel gradient of a
+    random dy against the loops in float64; returns y."""
+    y = K.conv2d_forward(x, w, b, stride, pad, act)
+    np.testing.assert_allclose(y, ref_conv2d(x, w, b, stride, pad, act), **F64)
+    dy = rng.standard_normal(y.shape)
+    if input_grad:
+        np.testing.assert_allclose(K.conv2d_backward_input(dy, w, x.shape, stride, pad),
+                                   ref_conv2d_backward_input(dy, w, x.shape, stride, pad), **F64)
+    np.testing.assert_allclose(K.conv2d_backward_weight(x, dy, w.shape, stride, pad),
+                               ref_conv2d_backward_weight(x, dy, w.shape, stride, pad), **F64)
+    return y
 
 
 # ---------------------------------------------------------------- contract and array module
@@ -69,7 +88,7 @@ def test_transposed_conv_is_the_adjoint(rng, stride, padding, k):
     """<conv(x), z> == <x, backward_input(z)>: backward_input is the transposed convolution."""
     x = rng.standard_normal((2, 9, 8, 3))
     w = rng.standard_normal((*k, 3, 5))
-    pad = _pads(x.shape, k, stride, padding)
+    pad = ref_pads(9, 8, *k, *stride, padding)
     y = K.conv2d_forward(x, w, None, stride, pad, "linear")
     z = rng.standard_normal(y.shape)
     t = K.conv2d_backward_input(z, w, x.shape, stride, pad)
@@ -107,10 +126,7 @@ def test_conv2d_shape_errors_name_the_function(rng):
 
 def test_max_pool_ties_keep_the_first_cell_and_overlaps_accumulate(rng):
     x = rng.integers(0, 3, size=(2, 9, 9, 2)).astype(np.float32)   # many ties
-    y, idx = K.max_pool_forward(x, (3, 3), (2, 2), (0, 0, 0, 0))
-    want_y, want_idx = ref_max_pool(x, (3, 3), (2, 2), (0, 0, 0, 0))
-    np.testing.assert_array_equal(y, want_y)
-    np.testing.assert_array_equal(idx, want_idx)
+    y, idx = _max_pool_matches(x, (3, 3), (2, 2), (0, 0, 0, 0))
     dx = K.max_pool_backward(np.ones_like(y), idx, x.shape)
     assert dx.max() > 1                                  # a shared winner collected several
     np.testing.assert_array_equal(dx, ref_max_pool_backward(np.ones(y.shape), idx, x.shape))
@@ -120,10 +136,7 @@ def test_max_pool_ties_keep_the_first_cell_and_overlaps_accumulate(rng):
                                                 ((1, 260, 3, 1), (2, 2), (1, 1))])
 def test_max_pool_wide_windows_and_images(rng, shape, pool, stride):
     x = rng.integers(0, 2, size=shape).astype(np.float32)            # ties everywhere
-    y, idx = K.max_pool_forward(x, pool, stride, (0, 0, 0, 0))
-    want_y, want_idx = ref_max_pool(x, pool, stride, (0, 0, 0, 0))
-    np.testing.assert_array_equal(y, want_y)
-    np.testing.assert_array_equal(idx, want_idx)
+    _max_pool_matches(x, pool, stride, (0, 0, 0, 0))
 
 
 def test_max_pool_nan_window_gives_nan_and_its_first_real_cell(rng):
@@ -148,10 +161,7 @@ def test_max_pool_padding_never_wins(rng):
     x = -np.abs(rng.standard_normal((1, 5, 5, 2))) - 1.0   # all negative, padding is -inf
     x[0, 0, :, 0] = -np.inf                                  # a whole window of real -inf cells
     x[0, :, 0, 0] = -np.inf
-    y, idx = K.max_pool_forward(x, (3, 3), (2, 2), (1, 1, 1, 1))
-    want_y, want_idx = ref_max_pool(x, (3, 3), (2, 2), (1, 1, 1, 1))
-    np.testing.assert_array_equal(y, want_y)
-    np.testing.assert_array_equal(idx, want_idx)
+    y, idx = _max_pool_matches(x, (3, 3), (2, 2), (1, 1, 1, 1))
     assert idx.min() >= 0 and idx.max() < 25
     assert np.isfinite(K.avg_pool_forward(x[..., 1:], (3, 3), (2, 2), (1, 1, 1, 1))).all()
 
@@ -465,13 +475,7 @@ def test_whole_input_kernels_are_dense_layers(rng, stride, act):
     b = rng.standard_normal(7)
     pad = (0, 0, 0, 0)
     assert K.conv_algorithm("forward", x.shape, w.shape, stride, pad) == "dense GEMM"
-    y = K.conv2d_forward(x, w, b, stride, pad, act)
-    np.testing.assert_allclose(y, ref_conv2d(x, w, b, stride, pad, act), **F64)
-    dy = rng.standard_normal(y.shape)
-    np.testing.assert_allclose(K.conv2d_backward_input(dy, w, x.shape, stride, pad),
-                               ref_conv2d_backward_input(dy, w, x.shape, stride, pad), **F64)
-    np.testing.assert_allclose(K.conv2d_backward_weight(x, dy, w.shape, stride, pad),
-                               ref_conv2d_backward_weight(x, dy, w.shape, stride, pad), **F64)
+    _conv_matches(rng, x, w, b, stride, pad, act)
     # a padded or smaller kernel is not
     assert K.conv_algorithm("forward", x.shape, w.shape, stride, (1, 0, 0, 0)) != "dense GEMM"
 
@@ -573,23 +577,17 @@ def test_separable_max_pool_matches_loops(rng, tune, shape, pool, stride, paddin
         tune(pool_block_bytes=1)
     pad = ref_pads(shape[1], shape[2], pool[0], pool[1], stride[0], stride[1], padding)
     x = rng.integers(-3, 4, shape).astype(np.float32)        # small integers: many ties
-    want_y, want_i = ref_max_pool(x, pool, stride, pad)
-    y, idx = K.max_pool_forward(x, pool, stride, pad)
-    np.testing.assert_array_equal(y, want_y)
-    np.testing.assert_array_equal(idx, want_i)
+    y, idx = _max_pool_matches(x, pool, stride, pad)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     np.testing.assert_allclose(K.max_pool_backward(dy, idx, shape),
-                               ref_max_pool_backward(dy, want_i, shape), **F32)
+                               ref_max_pool_backward(dy, idx, shape), **F32)
 
 
 def test_max_pool_minus_infinity_windows_pick_a_real_cell():
     x = np.full((1, 3, 3, 2), -np.inf, np.float32)
     x[0, 2, 2, 1] = 1.0
     pad = ref_pads(3, 3, 2, 2, 2, 2, "same")                 # padding on the bottom/right
-    y, idx = K.max_pool_forward(x, (2, 2), (2, 2), pad)
-    want_y, want_i = ref_max_pool(x, (2, 2), (2, 2), pad)
-    np.testing.assert_array_equal(y, want_y)
-    np.testing.assert_array_equal(idx, want_i)
+    _max_pool_matches(x, (2, 2), (2, 2), pad)
 
 
 @pytest.mark.parametrize("shape,k,stride,padding", [((3, 9, 8, 1), 3, 1, "valid"),
@@ -662,12 +660,8 @@ def test_border_classes_with_windows_all_in_the_padding(rng, tune):
     b = rng.standard_normal(4)
     pad = (3, 2, 3, 4)
     assert K.conv_algorithm("forward", x.shape, w.shape, (1, 1), pad) == "im2col (border classes)"
-    y = K.conv2d_forward(x, w, b, (1, 1), pad, "sigmoid")
-    np.testing.assert_allclose(y, ref_conv2d(x, w, b, (1, 1), pad, "sigmoid"), **F64)
+    y = _conv_matches(rng, x, w, b, (1, 1), pad, "sigmoid", input_grad=False)
     assert np.allclose(y[:, 0, 0], 1 / (1 + np.exp(-b)))
-    dy = rng.standard_normal(y.shape)
-    np.testing.assert_allclose(K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad),
-                               ref_conv2d_backward_weight(x, dy, w.shape, (1, 1), pad), **F64)
 
 
 def test_border_classes_match_the_plain_im2col_in_float32(rng, tune):
@@ -677,15 +671,15 @@ def test_border_classes_match_the_plain_im2col_in_float32(rng, tune):
     b = rng.standard_normal(96).astype(np.float32)
     pad = (1, 1, 1, 1)
     dy = rng.standard_normal((3, 7, 7, 96)).astype(np.float32)
-    got = (K.conv2d_forward(x, w, b, (1, 1), pad, "relu"),
-           K.conv2d_backward_input(dy, w, x.shape, (1, 1), pad),
-           K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad))
+
+    def passes():
+        return (K.conv2d_forward(x, w, b, (1, 1), pad, "relu"),
+                K.conv2d_backward_input(dy, w, x.shape, (1, 1), pad),
+                K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad))
+    got = passes()
     tune(border_min_saving=2.0)
     assert K.conv_algorithm("forward", x.shape, w.shape, (1, 1), pad) == "im2col"
-    want = (K.conv2d_forward(x, w, b, (1, 1), pad, "relu"),
-            K.conv2d_backward_input(dy, w, x.shape, (1, 1), pad),
-            K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad))
-    for g, v in zip(got, want):
+    for g, v in zip(got, passes()):
         assert g.dtype == np.float32
         np.testing.assert_allclose(g, v, rtol=1e-4, atol=1e-4)
 
@@ -700,12 +694,7 @@ def test_border_classes_read_a_non_contiguous_input(rng, tune):
     w = rng.standard_normal((3, 3, 6, 5))
     pad = (1, 1, 1, 1)
     assert K.conv_algorithm("forward", x.shape, w.shape, (1, 1), pad) == "im2col (border classes)"
-    np.testing.assert_allclose(K.conv2d_forward(x, w, None, (1, 1), pad, "linear"),
-                               ref_conv2d(np.ascontiguousarray(x), w, None, (1, 1), pad), **F64)
-    dy = rng.standard_normal((3, 7, 7, 5))
-    np.testing.assert_allclose(K.conv2d_backward_weight(x, dy, w.shape, (1, 1), pad),
-                               ref_conv2d_backward_weight(np.ascontiguousarray(x), dy, w.shape,
-                                                          (1, 1), pad), **F64)
+    _conv_matches(rng, x, w, None, (1, 1), pad, "linear", input_grad=False)   # the view itself
 
 
 def test_tuning_changes_settings_inside_the_block_only(rng):
