@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gpucnn
-from gpucnn import layers, models, optimizers, parallel
+from gpucnn import layers, models, optimizers
 from gpucnn.kernels import load_set
 from gpucnn.parallel import graphed
 
@@ -33,35 +33,33 @@ def data(rng, n=7):
     return rng.random((n, 5, 5, 1)).astype(np.float32), rng.integers(0, 3, n)
 
 
-def fit(model, x, y, runners, **kw):
-    real = parallel.runner_for
+def fit(model, x, y, **kw):
+    """``model.fit`` in order, silently: its history, and the ``Graphed`` kept with the model
+    (None where the steps ran eagerly)."""
+    return model.fit(x, y, verbose=0, shuffle=False, **kw), graphed.kept_runner(model)
 
-    def spy(*a, **k):
-        r = real(*a, **k)
-        runners.append(r)
-        return r
 
-    parallel.runner_for = spy
-    try:
-        return model.fit(x, y, verbose=0, shuffle=False, **kw)
-    finally:
-        parallel.runner_for = real
+def stepped(rng, model, steps=3):
+    """A ``Graphed`` of ``model`` after ``steps`` steps of one batch of 4 (the first eager, the
+    second captured, the others replayed), and that batch."""
+    runner = graphed.Graphed(model, False, None, 0)
+    x, y = data(rng, 4)
+    for _ in range(steps):
+        runner.step(x, y)
+    return runner, x, y
 
 
 def test_graphed_training_equals_eager_training(cuda_backend, rng, monkeypatch):
     x, y = data(rng)
-    runners = []
     graphed_model = tiny()
-    h1 = fit(graphed_model, x, y, runners, batch_size=3, epochs=3)
-    (r,) = runners
+    h1, r = fit(graphed_model, x, y, batch_size=3, epochs=3)
     assert isinstance(r, graphed.Graphed) and r.off is None
     # batches of 3, 3 and 1: two shapes, each eager once, then captured once and replayed
     assert r.captures == 2 and r.replays == 9 - 2 - 2 + 2
     monkeypatch.setenv("GPUCNN_CUDA_GRAPHS", "0")
-    eager_runners = []
     eager_model = tiny()
-    h2 = fit(eager_model, x, y, eager_runners, batch_size=3, epochs=3)
-    assert not isinstance(eager_runners[0], graphed.Graphed)
+    h2, eager_runner = fit(eager_model, x, y, batch_size=3, epochs=3)
+    assert eager_runner is None
     for a, b in zip(graphed_model.get_weights(), eager_model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h1.history["loss"], h2.history["loss"], rtol=1e-5)
@@ -73,25 +71,19 @@ def test_a_second_fit_replays_what_the_first_captured_until_compile(cuda_backend
     every step; compiling again (new loss and metrics objects) makes a new runner."""
     x, y = data(rng, 6)
     model = tiny()
-    runners = []
-    fit(model, x, y, runners, batch_size=3, epochs=2)            # 4 steps of one shape: eager,
-    assert runners[0].captures == 1 and runners[0].replays == 3  # then captured and replayed
-    fit(model, x, y, runners, batch_size=3, epochs=1)
-    first, second = runners
-    assert second is first is graphed.kept_runner(model)
+    _, first = fit(model, x, y, batch_size=3, epochs=2)          # 4 steps of one shape: eager,
+    assert first.captures == 1 and first.replays == 3            # then captured and replayed
+    _, second = fit(model, x, y, batch_size=3, epochs=1)
+    assert second is first
     assert first.captures == 1 and first.replays == 3 + 2
     model.compile(optimizers.SGD(0.1), "sparse_categorical_crossentropy", ["accuracy"])
-    fit(model, x, y, runners, batch_size=3, epochs=1)
-    new = runners[2]                                             # warms up and captures anew
+    _, new = fit(model, x, y, batch_size=3, epochs=1)            # warms up and captures anew
     assert new is not first and new.captures == 1 and new.replays == 1
 
 
 def test_new_batches_go_into_the_captured_buffers(cuda_backend, rng):
     model = tiny()
-    runner = graphed.Graphed(model, False, None, 0)
-    x, y = data(rng, 4)
-    for _ in range(3):
-        runner.step(x, y)
+    runner, x, y = stepped(rng, model)
     (g,) = runner.graphs.values()
     x2, y2 = data(rng, 4)
     loss, lv, _ = runner.step(x2, y2)
@@ -106,10 +98,7 @@ def test_new_batches_go_into_the_captured_buffers(cuda_backend, rng):
 
 def test_replaced_weights_or_a_frozen_layer_capture_again(cuda_backend, rng):
     model = tiny()
-    runner = graphed.Graphed(model, False, None, 0)
-    x, y = data(rng, 4)
-    for _ in range(3):
-        runner.step(x, y)
+    runner, x, y = stepped(rng, model)
     assert runner.captures == 1
     model.set_weights([w * 0.5 for w in model.get_weights()])   # in place: the same arrays
     runner.step(x, y)
@@ -125,10 +114,7 @@ def test_replaced_weights_or_a_frozen_layer_capture_again(cuda_backend, rng):
 
 
 def test_a_first_replay_that_differs_turns_graphs_off(cuda_backend, rng, monkeypatch):
-    model = tiny()
-    runner = graphed.Graphed(model, False, None, 0)
-    x, y = data(rng, 4)
-    runner.step(x, y)
+    runner, x, y = stepped(rng, tiny(), 1)
     real = runner.engine.launch
 
     def corrupt(graph):                    # a replay that writes a wrong gradient
@@ -146,10 +132,7 @@ def test_a_first_replay_that_differs_turns_graphs_off(cuda_backend, rng, monkeyp
 
 
 def test_a_step_that_draws_dropout_keys_stays_eager(cuda_backend, rng):
-    runner = graphed.Graphed(tiny(dropout=0.5), False, None, 0)
-    x, y = data(rng, 4)
-    for _ in range(3):
-        runner.step(x, y)
+    runner, _, _ = stepped(rng, tiny(dropout=0.5))
     assert runner.captures == 0 and "dropout" in runner.off
 
 
