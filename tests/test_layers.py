@@ -12,10 +12,7 @@ from gpucnn import initializers, layers, models
 from gpucnn.autograd import Tensor
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    gpucnn.set_backend("numpy")
-    gpucnn.manual_seed(1234)
+pytestmark = pytest.mark.usefixtures("numpy_backend")
 
 
 def f32(rng, *shape):
@@ -198,8 +195,7 @@ def test_dropout_masks_follow_manual_seed(rng):
     a = [layers.Dropout(0.5)(x, training=True).numpy() for _ in range(2)]
     gpucnn.manual_seed(7)
     b = [layers.Dropout(0.5)(x, training=True).numpy() for _ in range(2)]
-    np.testing.assert_array_equal(a[0], b[0])
-    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a[0], a[1])
     seeded = layers.Dropout(0.5, seed=3)
     c = [seeded(x, training=True).numpy() for _ in range(2)]
@@ -271,21 +267,19 @@ def test_window_larger_than_input_is_named(rng):
         layers.Conv2D(8, 5, name="C5")(f32(rng, 1, 4, 4, 2))
 
 
-def test_bad_layer_arguments():
-    with pytest.raises(ValueError, match="filters"):
-        layers.Conv2D(0, 3)
-    with pytest.raises(ValueError, match="padding"):
-        layers.Conv2D(2, 3, padding="full")
-    with pytest.raises(ValueError, match="unknown activation 'swishy'"):
-        layers.Dense(2, activation="swishy")
-    with pytest.raises(ValueError, match="rate"):
-        layers.Dropout(1.0)
-    with pytest.raises(ValueError, match="channels_last"):
-        layers.MaxPooling2D(data_format="channels_first")
-    with pytest.raises(ValueError, match="unknown initializer"):
-        layers.Dense(2, kernel_initializer="glorot_uniformish")
-    with pytest.raises(TypeError, match="class Dense"):
-        models.Sequential([layers.Dense])
+@pytest.mark.parametrize("make,error,match", [
+    (lambda: layers.Conv2D(0, 3), ValueError, "filters"),
+    (lambda: layers.Conv2D(2, 3, padding="full"), ValueError, "padding"),
+    (lambda: layers.Dense(2, activation="swishy"), ValueError, "unknown activation 'swishy'"),
+    (lambda: layers.Dropout(1.0), ValueError, "rate"),
+    (lambda: layers.MaxPooling2D(data_format="channels_first"), ValueError, "channels_last"),
+    (lambda: layers.Dense(2, kernel_initializer="glorot_uniformish"), ValueError,
+     "unknown initializer"),
+    (lambda: models.Sequential([layers.Dense]), TypeError, "class Dense"),
+])
+def test_bad_layer_arguments(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
 
 
 def test_inputs_are_cast_to_the_layer_dtype(rng):
@@ -325,16 +319,16 @@ def test_initializers_follow_keras_formulas():
 
 
 def test_initialisation_follows_manual_seed():
+    def kernel():
+        layer = layers.Dense(4)
+        layer(np.ones((1, 3), np.float32))
+        return layer.kernel.numpy()
+
     gpucnn.manual_seed(5)
-    a = layers.Dense(4)
-    a(np.ones((1, 3), np.float32))
+    a = kernel()
     gpucnn.manual_seed(5)
-    b = layers.Dense(4)
-    b(np.ones((1, 3), np.float32))
-    np.testing.assert_array_equal(a.kernel.numpy(), b.kernel.numpy())
-    c = layers.Dense(4)
-    c(np.ones((1, 3), np.float32))
-    assert not np.array_equal(a.kernel.numpy(), c.kernel.numpy())
+    np.testing.assert_array_equal(kernel(), a)
+    assert not np.array_equal(kernel(), a)
 
 
 def test_functional_checks_remembered_per_signature_still_refuse(rng):

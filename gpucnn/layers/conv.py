@@ -40,11 +40,15 @@ class _Conv(_Activated):
     def _check_input(self, shape):
         if len(shape) != 4:
             self._expect("(batch, height, width, channels) (rank 4, channels last)", shape)
-        if self.kernel is not None and shape[3] != self._c_in():
-            self._expect(f"(batch, height, width, {self._c_in()}): {self._c_in()} channels", shape)
+        c_in = None if self.kernel is None else self.kernel.shape[self._c_axis]
+        if c_in is not None and shape[3] != c_in:
+            self._expect(f"(batch, height, width, {c_in}): {c_in} channels", shape)
 
     def build(self, input_shape):
-        self._build_kernel(self._kernel_shape(*self.kernel_size, input_shape[-1]), self.filters)
+        """Kernel ``(KH, KW, C_in, filters)``, or ``(KH, KW, filters, C_in)`` transposed."""
+        shape = [*self.kernel_size, self.filters]
+        shape.insert(self._c_axis, input_shape[-1])
+        self._build_kernel(tuple(shape), self.filters)
 
     def _sample_flops(self) -> float:
         if self.kernel is None:
@@ -65,11 +69,7 @@ class Conv2D(_Conv):
         super().__init__(filters, kernel_size, strides, padding, data_format, dilation_rate,
                          activation, use_bias, kernel_initializer, bias_initializer, **kwargs)
 
-    def _c_in(self):
-        return self.kernel.shape[2]
-
-    def _kernel_shape(self, kh, kw, c_in):
-        return (kh, kw, c_in, self.filters)
+    _c_axis = 2                   # the kernel's input-channel axis
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 4 or None in input_shape[1:3]:
@@ -105,11 +105,7 @@ class Conv2DTranspose(_Conv):
         if output_padding is not None:
             raise ValueError(f"Conv2DTranspose: output_padding is not supported, got {output_padding!r}")
 
-    def _c_in(self):
-        return self.kernel.shape[3]
-
-    def _kernel_shape(self, kh, kw, c_in):
-        return (kh, kw, self.filters, c_in)
+    _c_axis = 3
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 4 or None in input_shape[1:3]:
