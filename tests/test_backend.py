@@ -24,8 +24,8 @@ from gpucnn.kernels import numpy_set
 def _run(code, **env):
     e = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "GPUCNN_BACKEND")}
     e.update(env)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120)
-    return r
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e,
+                          timeout=120)
 
 
 def _has_gpu():

@@ -13,13 +13,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _source_modules():
-    mods = set()
-    for top, prefix in (("gpucnn", "gpucnn"), ("kernels", "gpucnn/kernels")):
-        for p in (ROOT / top).rglob("*.py"):
-            if "__pycache__" in p.parts:
-                continue
-            mods.add(f"{prefix}/{p.relative_to(ROOT / top).as_posix()}")
-    return mods
+    return {f"{prefix}/{p.relative_to(ROOT / top).as_posix()}"
+            for top, prefix in (("gpucnn", "gpucnn"), ("kernels", "gpucnn/kernels"))
+            for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts}
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +30,8 @@ def wheel(tmp_path_factory):
 
 
 def test_wheel_maps_kernels_into_gpucnn(wheel):
-    assert "gpucnn/kernels/__init__.py" in wheel
-    assert "gpucnn/kernels/numpy_set/__init__.py" in wheel
-    assert "gpucnn/kernels/cuda_set/__init__.py" in wheel
+    for package in ("", "numpy_set/", "cuda_set/"):
+        assert f"gpucnn/kernels/{package}__init__.py" in wheel
     assert not [n for n in wheel if n.startswith("kernels/")], "a bare top-level kernels package"
 
 
