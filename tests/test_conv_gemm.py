@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 import _reference as R
+from _ops import _act_derivative      # act'(y) from the definitions (independent of both sets)
 from gpucnn.kernels import load_set
 from gpucnn.kernels.cuda_set import _launch, conv, gemm
 
@@ -44,13 +45,6 @@ GEOMETRIES = [
     (1, 4, 4, 2, 5, 5, 2, (1, 1), "same", "relu"),       # kernel larger than the image
 ]
 TILES = ("TILE_WIDE", "TILE_MID", "TILE_NARROW")
-
-
-def _act_grad(dy, y, act):
-    """dy * act'(y) written out from the derivatives' definitions (independent of both sets)."""
-    d = {"linear": np.ones_like(y), "relu": (y > 0).astype(np.float64), "tanh": 1.0 - y * y,
-         "sigmoid": y * (1.0 - y)}[act]
-    return dy * d
 
 
 def check(op, where, got, want, tol):
@@ -105,7 +99,7 @@ def test_every_mode_matches_plain_loops(rng, g, tile_name, launched, monkeypatch
     x, wt, b, dy, y, pad = _inputs(rng, g)
     st, act = g[7], g[9]
     x64, w64, dy64, y64 = (a.astype(np.float64) for a in (x, wt, dy, y))
-    gy = _act_grad(dy64, y64, act)
+    gy = dy64 * _act_derivative(y64, act)
     tag = f"{tile_name} {tile} geometry {g}"
     strided = st != (1, 1)
     # the input gradient reads 4 channels per load where C_out allows, on the wide and narrow
@@ -157,7 +151,7 @@ def test_input_gradient_vector_loads(rng, stride, launched, monkeypatch):
     g = (2, 7, 6, 3, 3, 3, 8, stride, "same", "tanh")
     x, wt, b, dy, y, pad = _inputs(rng, g)
     w64, dy64 = wt.astype(np.float64), dy.astype(np.float64)
-    gy = _act_grad(dy64, y.astype(np.float64), "tanh")
+    gy = dy64 * _act_derivative(y.astype(np.float64), "tanh")
     tile = gemm.GTile(32, 4, 4, 4, 4)
     assert gemm.vec_tile(tile) and tile.bn * tile.bk // 4 < tile.threads
     monkeypatch.setattr(gemm, "TILE_OVERRIDE", {gemm.BWD_INPUT: tile})

@@ -37,19 +37,18 @@ F32 = 2.0 ** -24         # float32's unit roundoff
 # The NumPy TF32 reference
 # ---------------------------------------------------------------------------------------------
 
-def tf32_round(a):
+def tf32_round(a, half=0.5):
     """float32 values rounded to TF32 (11 significant bits, to nearest, ties away from zero),
-    computed from the mantissa and exponent in float64."""
+    computed from the mantissa and exponent in float64; ``half=0``: truncated instead."""
     m, e = np.frexp(np.asarray(a, dtype=np.float64))       # |m| in [0.5, 1)
-    q = np.sign(m) * np.floor(np.abs(m) * 2.0 ** 11 + 0.5)  # 11 bits, ties away from zero
+    q = np.sign(m) * np.floor(np.abs(m) * 2.0 ** 11 + half)  # 11 bits, ties away from zero
     return np.ldexp(q, e - 11)
 
 
 def tf32_truncate(a):
     """float32 values with their low 13 mantissa bits dropped (what the tensor cores read from
     a register that was not converted)."""
-    m, e = np.frexp(np.asarray(a, dtype=np.float64))
-    return np.ldexp(np.sign(m) * np.floor(np.abs(m) * 2.0 ** 11), e - 11)
+    return tf32_round(a, 0.0)
 
 
 def tf32_bound(abs_a_abs_b, k):
@@ -135,11 +134,8 @@ def warp_kernel(order=tuple(range(10)), convert=True, divergent=None):
     return k
 
 
-def warp_inputs(rng):
-    a = rng.standard_normal((16, 8)).astype(np.float32)
-    b = rng.standard_normal((8, 8)).astype(np.float32)
-    c = rng.standard_normal((16, 8)).astype(np.float32)
-    return a, b, c
+def warp_inputs(rng, shapes=((16, 8), (8, 8), (16, 8))):
+    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
 
 
 def run_warp(kernel, a, b, c, threads=32):
@@ -247,9 +243,7 @@ def bf16_warp_kernel(ap, btp, c, d):
 @needs_sim
 def test_the_bf16_mma_follows_its_table(rng):
     """The m16n8k16 bf16 instruction (for the kernels that follow) from the same table."""
-    a = rng.standard_normal((16, 16)).astype(np.float32)
-    b = rng.standard_normal((16, 8)).astype(np.float32)
-    c = rng.standard_normal((16, 8)).astype(np.float32)
+    a, b, c = warp_inputs(rng, ((16, 16), (16, 8), (16, 8)))
     ap, ta = bf16_pack(a)
     btp, tbt = bf16_pack(b.T.copy())
     d = np.full((16, 8), np.nan, np.float32)
