@@ -12,11 +12,12 @@ class MaxPool2D(Function):
 
     def forward(self, x, pool=(2, 2), stride=(2, 2), pad=(0, 0, 0, 0)):
         y, self.idx = backend.kernels().max_pool_forward(x, pool, stride, pad)
-        self.x_shape = x.shape
+        self.x_shape, self.pool, self.stride, self.pad = x.shape, pool, stride, pad
         return y
 
     def backward(self, g):
-        return backend.kernels().max_pool_backward(g, self.idx, self.x_shape)
+        return backend.kernels().max_pool_backward(g, self.idx, self.x_shape, self.pool,
+                                                   self.stride, self.pad)
 
 
 class AvgPool2D(Function):

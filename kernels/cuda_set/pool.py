@@ -1,15 +1,15 @@
 """Max and average pooling, forward and backward, NHWC, Keras ``same``/``valid`` semantics.
 
 Padded cells never win a max and are not counted in a mean. Windows may overlap (AlexNet's 3x3
-stride 2): max-pool backward scatters with atomic adds; average-pool backward gathers, each dx
-cell summing over the windows that cover it (no atomics).
+stride 2): both backwards gather, each dx cell summing over the windows that cover it (no
+atomics, no memset); the max-pool's takes the dy of the windows its cell won.
 
-The max- and average-pool forward and the average-pool backward have a second compiled variant
-(``vec=True``, named ``...[dtype,v4]``) in which a thread works on 4 neighbouring channels with
-128-bit loads and stores (``vector.load4``/``store4``; the max-pool's int32 idx is stored as 4
-scalars). The launcher picks it when C % 4 == 0 and the input's data starts on 16 bytes (the
-outputs are fresh allocations, so they do); the scalar variant otherwise. Both do the same
-arithmetic per element in the same order: their results are identical.
+Every pool kernel has a second compiled variant (``vec=True``, named ``...[dtype,v4]``) in
+which a thread works on 4 neighbouring channels with 128-bit loads and stores
+(``vector.load4``/``store4``; the max-pool's int32 idx is stored and loaded as 4 scalars). The
+launcher picks it when C % 4 == 0 and the input's data starts on 16 bytes (the outputs are
+fresh allocations, so they do); the scalar variant otherwise. Both do the same arithmetic per
+element in the same order: their results are identical.
 """
 from __future__ import annotations
 
@@ -19,15 +19,16 @@ import numpy as np
 from numba import types
 
 from .._geometry import padded_window_2d
-from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype, float_variants,
+from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype,
                       kernel_factory, KernelSpec, Plans, Prepared, xp, dtname)
-from ._runtime import numba_cuda as cuda
+from ._runtime import numba_cuda as cuda, scatter_add
 from .vector import HALF, load4, store4, stream_grid
 
 #: Threads per block of the grid-stride pooling kernels (over outputs; over inputs in the
-#: average-pool backward). Each is compiled for 4 blocks per SM (64 registers), the max-pool
-#: forward and average-pool backward for 3 (at 64 registers they spill); the float64 4-channel
-#: average pools one fewer (3 forward, 2 backward).
+#: backwards). Each is compiled for 4 blocks per SM (64 registers), the max-pool forward, the
+#: average-pool backward and the max-pool backward's 4-channel variant for 3 (at 64 registers
+#: they spill); the float64 4-channel ones but the max-pool forward one fewer (3 avg forward,
+#: 2 backward).
 POOL_BLOCK = 256
 
 i64 = types.int64
@@ -142,21 +143,68 @@ def _max_pool_fwd_v4(dtype, dt):
                       (a1, a1, arr(np.int32, 1)) + (i64,) * 11, (POOL_BLOCK, 3))
 
 
-@kernel_factory(float_variants)
-def max_pool_bwd_kernel(dtype):
-    def max_pool_bwd_k(dy, idx, dx):
-        """dx[n, j // W, j % W, c] += dy[n, oh, ow, c] with j = idx[n, oh, ow, c], for every
-        output; dx (N, H, W, C) zeroed by the launcher. One thread per output; atomic adds,
-        since overlapping windows may share a winner."""
-        for i in range(cuda.grid(1), dy.size, cuda.gridsize(1)):
-            n, oh, ow, c = nhwc_index(i, dy)
-            j = idx[n, oh, ow, c]
-            if j >= 0:
-                cuda.atomic.add(dx, (n, j // dx.shape[2], j % dx.shape[2], c), dy[n, oh, ow, c])
+@kernel_factory(_variants)
+def max_pool_bwd_kernel(dtype, vec=False):
+    dt = NB_FLOAT[np.dtype(dtype)]
+    if vec:
+        return _max_pool_bwd_v4(dtype, dt)
+
+    def max_pool_bwd_k(dy, idx, dx, ph, pw, sh, sw, pt, pl):
+        """dx[n, h, w, c] = sum of dy[n, oh, ow, c] over the windows (oh, ow) covering (h, w)
+        whose winner idx[n, oh, ow, c] is h * W + w, in row-major window order. dy and idx (N,
+        Ho, Wo, C), dx (N, H, W, C); a grid-stride loop over dx, a gather: no atomics, no
+        memset, one global write each; dy read only where the cell won."""
+        for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+            n, h, w, c = nhwc_index(i, dx)
+            here = h * dx.shape[2] + w
+            s = dt(0)
+            for oh in range(max(0, (h + pt - ph + sh) // sh), min(dy.shape[1] - 1,
+                                                                   (h + pt) // sh) + 1):
+                for ow in range(max(0, (w + pl - pw + sw) // sw), min(dy.shape[2] - 1,
+                                                                       (w + pl) // sw) + 1):
+                    if idx[n, oh, ow, c] == here:
+                        s += dy[n, oh, ow, c]
+            dx[n, h, w, c] = s
 
     a4 = arr(dtype, 4)
-    return KernelSpec(f"max_pool_bwd[{dtype}]", max_pool_bwd_k, (a4, arr(np.int32, 4), a4),
-                      (POOL_BLOCK, HALF))
+    return KernelSpec(f"max_pool_bwd[{dtype}]", max_pool_bwd_k,
+                      (a4, arr(np.int32, 4), a4) + (i64,) * 6, (POOL_BLOCK, HALF))
+
+
+def _max_pool_bwd_v4(dtype, dt):
+    def max_pool_bwd_v4_k(dy, idx, dx, hh, ww, cc, ho, wo, ph, pw, sh, sw, pt, pl):
+        """``max_pool_bwd_k`` on 4 channels per thread: dy, idx (N, ho, wo, cc) and dx (N, hh,
+        ww, cc) flat, cc % 4 == 0, dy and dx 16-byte aligned; per covering window 4 idx loads
+        and, where one of the 4 cells won, a 128-bit load of dy; one 128-bit store."""
+        q = cc // 4
+        for i in range(cuda.grid(1), dx.size // 4, cuda.gridsize(1)):
+            n, h, w, c = chunk_index(i, q, ww, hh)
+            here = h * ww + w
+            s0 = s1 = s2 = s3 = dt(0)
+            for oh in range(max(0, (h + pt - ph + sh) // sh), min(ho - 1, (h + pt) // sh) + 1):
+                for ow in range(max(0, (w + pl - pw + sw) // sw), min(wo - 1,
+                                                                       (w + pl) // sw) + 1):
+                    o = ((n * ho + oh) * wo + ow) * cc + c
+                    k0 = idx[o] == here
+                    k1 = idx[o + 1] == here
+                    k2 = idx[o + 2] == here
+                    k3 = idx[o + 3] == here
+                    if k0 or k1 or k2 or k3:
+                        g = load4(dy, o)
+                        if k0:
+                            s0 += g[0]
+                        if k1:
+                            s1 += g[1]
+                        if k2:
+                            s2 += g[2]
+                        if k3:
+                            s3 += g[3]
+            store4(dx, 4 * i, s0, s1, s2, s3)
+
+    a1 = arr(dtype, 1)
+    return KernelSpec(_name("max_pool_bwd", dtype, True), max_pool_bwd_v4_k,
+                      (a1, arr(np.int32, 1), a1) + (i64,) * 11,
+                      (POOL_BLOCK, 3 if dtype == "float32" else 2))
 
 
 @kernel_factory(_variants)
@@ -347,6 +395,31 @@ def _forward(op, factory, arrays, x, pool, stride, pad):
     return _pick(hit[0], x), hit[1], x
 
 
+def _backward(op, factory, dy, idx, x_shape, pool, stride, pad):
+    """``(plans, x_shape, dy, idx)`` of a pool's backward over dx (``idx`` None for the
+    average), prepared once per input shape and geometry as ``_forward``'s."""
+    plans, params = _PLANS[op], (x_shape, pool, stride, pad)
+    ins = (dy,) if idx is None else (dy, idx)
+    key = plans.key(ins, params)
+    hit = plans.get(key)
+    if hit is None:
+        dt = float_dtype(op, dy)
+        dy = contig(dy, dt)
+        idx = None if idx is None else contig(idx, np.int32)
+        check_rank(op, "dy", dy, 4, "(N, Ho, Wo, C)")
+        x_shape = tuple(int(v) for v in x_shape)
+        if len(x_shape) != 4:
+            raise ValueError(f"{op}: x_shape must be (N, H, W, C), got {x_shape}")
+        ho, wo, geo = _geometry(op, x_shape, pool, stride, pad)
+        n, h, w, c = x_shape
+        if tuple(dy.shape) != (n, ho, wo, c) or idx is not None and idx.shape != dy.shape:
+            raise ValueError(f"{op}: dy {tuple(dy.shape)} (and idx, if given) must have shape "
+                             f"{(n, ho, wo, c)} for x_shape {x_shape}")
+        hit = plans.put(key, (_plans(factory, dt, n * h * w * c, c, len(ins) + 1,
+                                     (h, w, c, ho, wo), geo), x_shape), ins, params)
+    return hit[0], hit[1], dy, idx
+
+
 def max_pool_forward(x, pool, stride, pad):
     """``(y, idx)``: the window maxima and the flat ``h * W + w`` of each winner (int32)."""
     plan, y_shape, x = _forward("max_pool_forward", max_pool_fwd_kernel, 3, x, pool, stride, pad)
@@ -356,28 +429,32 @@ def max_pool_forward(x, pool, stride, pad):
     return y, idx
 
 
-def max_pool_backward(dy, idx, x_shape):
-    """dx of shape ``x_shape``: each dy routed to its window's winner (accumulating)."""
-    op = "max_pool_backward"
-    plans = _PLANS[op]
-    key = plans.key((dy, idx), x_shape)
-    hit = plans.get(key)
-    if hit is None:
-        dt = float_dtype(op, dy)
-        dy = contig(dy, dt)
-        idx = contig(idx, np.int32)
-        check_rank(op, "dy", dy, 4, "(N, Ho, Wo, C)")
-        x_shape = tuple(int(v) for v in x_shape)
-        if dy.shape != idx.shape or len(x_shape) != 4 or x_shape[0] != dy.shape[0] \
-                or x_shape[3] != dy.shape[3]:
-            raise ValueError(f"{op}: dy {tuple(dy.shape)}, idx {tuple(idx.shape)} and x_shape "
-                             f"{x_shape} do not match (expected equal dy/idx shapes with x's N "
-                             "and C)")
-        hit = plans.put(key, (_plan(max_pool_bwd_kernel(dtname(dt)), dy.size, 3), x_shape),
-                        (dy, idx), x_shape)
-    plan, x_shape = hit
-    dx = xp.zeros(x_shape, dtype=dy.dtype)
-    plan(dy, idx, dx)
+def max_pool_backward(dy, idx, x_shape, pool=None, stride=None, pad=None):
+    """dx of shape ``x_shape``: each dy routed to its window's winner (accumulating). With the
+    forward's geometry a gather over the windows covering each cell; without it (``pool``
+    None) the winners are scattered with atomic adds into a zeroed dx."""
+    if pool is None:
+        return _scatter_winners("max_pool_backward", dy, idx, x_shape)
+    plans, x_shape, dy, idx = _backward("max_pool_backward", max_pool_bwd_kernel, dy, idx,
+                                        x_shape, pool, stride, pad)
+    dx = empty(x_shape, dy.dtype)
+    _pick(plans, dy)(dy, idx, dx)
+    return dx
+
+
+def _scatter_winners(op, dy, idx, x_shape):
+    """``max_pool_backward`` without the geometry: dy added at the flat winners of a zeroed dx
+    (the ``scatter_add`` capability)."""
+    dy = contig(dy, float_dtype(op, dy))
+    n, h, w, c = (int(v) for v in x_shape)
+    if tuple(idx.shape) != tuple(dy.shape) or dy.ndim != 4 or dy.shape[0] != n \
+            or dy.shape[3] != c:
+        raise ValueError(f"{op}: dy {tuple(dy.shape)}, idx {tuple(idx.shape)} and x_shape "
+                         f"{(n, h, w, c)} do not match (expected equal dy/idx shapes with x's N "
+                         "and C)")
+    dx = xp.zeros((n, h, w, c), dtype=dy.dtype)
+    img = xp.arange(n, dtype=np.int64).reshape(n, 1, 1, 1) * (h * w)
+    scatter_add(dx.reshape(-1), ((idx + img) * c + xp.arange(c)).reshape(-1), dy.reshape(-1))
     return dx
 
 
@@ -391,25 +468,8 @@ def avg_pool_forward(x, pool, stride, pad):
 
 def avg_pool_backward(dy, x_shape, pool, stride, pad):
     """dx of shape ``x_shape``: each dy spread evenly over its window's real cells."""
-    op = "avg_pool_backward"
-    plans, params = _PLANS[op], (x_shape, pool, stride, pad)
-    key = plans.key((dy,), params)
-    hit = plans.get(key)
-    if hit is None:
-        dt = float_dtype(op, dy)
-        dy = contig(dy, dt)
-        check_rank(op, "dy", dy, 4, "(N, Ho, Wo, C)")
-        x_shape = tuple(int(v) for v in x_shape)
-        if len(x_shape) != 4:
-            raise ValueError(f"{op}: x_shape must be (N, H, W, C), got {x_shape}")
-        ho, wo, geo = _geometry(op, x_shape, pool, stride, pad)
-        if tuple(dy.shape) != (x_shape[0], ho, wo, x_shape[3]):
-            raise ValueError(f"{op}: dy has shape {tuple(dy.shape)}, expected "
-                             f"{(x_shape[0], ho, wo, x_shape[3])} for x_shape {x_shape}")
-        n, h, w, c = x_shape
-        hit = plans.put(key, (_plans(avg_pool_bwd_kernel, dt, n * h * w * c, c, 2,
-                                     (h, w, c, ho, wo), geo), x_shape), (dy,), params)
-    plans, x_shape = hit
+    plans, x_shape, dy, _ = _backward("avg_pool_backward", avg_pool_bwd_kernel, dy, None,
+                                      x_shape, pool, stride, pad)
     dx = empty(x_shape, dy.dtype)
     _pick(plans, dy)(dy, dx)
     return dx

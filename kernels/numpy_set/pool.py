@@ -150,9 +150,10 @@ def max_pool_forward(x, pool, stride, pad):
     return y, idx
 
 
-def max_pool_backward(dy, idx, x_shape):
+def max_pool_backward(dy, idx, x_shape, pool=None, stride=None, pad=None):
     """``dx`` of shape ``x_shape``: each ``dy`` element added to the input cell ``idx`` names
-    (windows may overlap, so one cell may collect several)."""
+    (windows may overlap, so one cell may collect several), in row-major window order. The
+    geometry is not needed here (the contract passes it for the cuda set's gather)."""
     op = "max_pool_backward"
     check_float(op, "dy", dy)
     check_ndim(op, "dy", dy, 4, "(N, Ho, Wo, C)")

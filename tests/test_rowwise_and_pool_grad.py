@@ -1,0 +1,153 @@
+"""The cuda set's max-pool backward (a gather over the windows covering each cell) and its
+row-wise kernels (softmax, the row losses), in Numba's CUDA simulator (or on a GPU with
+GPUCNN_TEST_REAL_GPU=1) against the NumPy set and against plain loops written here.
+
+Max-pool backward: overlapping (AlexNet's 3x3 stride 2) and padded windows, ties (the gradient
+goes to the first maximum in row-major window order, the forward's and Keras's rule), the
+scalar and the 4-channel variant, and the call without the geometry. Every output is poisoned
+with NaN before a kernel writes it.
+"""
+
+import numpy as np
+import pytest
+
+from gpucnn.kernels import load_set
+from gpucnn.kernels._geometry import window_2d
+from gpucnn.kernels.cuda_set import pool as cuda_pool
+
+C = load_set("cuda")
+N = load_set("numpy")
+
+pytestmark = pytest.mark.usefixtures("poisoned_small_launches")
+
+
+def host(a):
+    return C.to_host(a)
+
+
+# ------------------------------------------------------------------------ max-pool backward
+
+def loop_max_pool(x, pool, stride, pad):
+    """``(y, idx, dx_of)``: the window maxima over real cells, the flat ``h * W + w`` of the
+    first maximum in row-major window order, and ``dx_of(dy)``, each dy added at its winner."""
+    n, h, w, c = x.shape
+    (ph, pw), (sh, sw), (pt, pb, pl, pr) = pool, stride, pad
+    ho, wo = (h + pt + pb - ph) // sh + 1, (w + pl + pr - pw) // sw + 1
+    y = np.empty((n, ho, wo, c), x.dtype)
+    idx = np.empty((n, ho, wo, c), np.int64)
+    for s, p, q, k in np.ndindex(n, ho, wo, c):
+        best = None
+        for i in range(ph):
+            for j in range(pw):
+                r, col = p * sh - pt + i, q * sw - pl + j
+                if 0 <= r < h and 0 <= col < w and (best is None or x[s, r, col, k] > best):
+                    best, idx[s, p, q, k] = x[s, r, col, k], r * w + col
+        y[s, p, q, k] = best
+
+    def dx_of(dy):
+        dx = np.zeros(x.shape, np.float64)
+        for s, p, q, k in np.ndindex(*dy.shape):
+            dx[s, idx[s, p, q, k] // w, idx[s, p, q, k] % w, k] += dy[s, p, q, k]
+        return dx
+
+    return y, idx, dx_of
+
+
+# (pool, stride, padding): AlexNet's overlapping 3x3/2, LeNet's tiling 2x2/2, padded ones with
+# even and uneven windows, a stride wider than the window
+POOLS = [((3, 3), (2, 2), "valid"), ((3, 3), (2, 2), "same"), ((2, 2), (2, 2), "valid"),
+         ((2, 2), (2, 2), "same"), ((3, 3), (1, 1), "same"), ((2, 3), (1, 2), "same"),
+         ((4, 4), (3, 3), "same"), ((1, 2), (3, 1), "valid")]
+
+
+def _geometry(shape, pool, stride, padding):
+    _, _, pad = window_2d(shape[1], shape[2], *pool, *stride, padding)
+    return pool, stride, pad
+
+
+def _tied(rng, shape, dtype):
+    """Small integers (many equal maxima in a window), one planted maximum per image on a cell
+    that overlapping windows share."""
+    x = rng.integers(-2, 3, size=shape).astype(dtype)
+    x[:, min(2, shape[1] - 1), min(2, shape[2] - 1), :] = 9
+    return x
+
+
+@pytest.mark.parametrize("c", [3, 4, 8])
+@pytest.mark.parametrize("pool,stride,padding", POOLS,
+                         ids=[f"p{p[0]}{p[1]}-s{s[0]}{s[1]}-{m}" for p, s, m in POOLS])
+def test_max_pool_backward_gathers_what_a_plain_loop_scatters(pool, stride, padding, c, rng):
+    """Ties included: the scalar (C=3) and 4-channel (C % 4 == 0) variants equal the NumPy set
+    bit for bit and a plain loop within float32 rounding."""
+    shape = (2, 9, 7, c)
+    geo = _geometry(shape, pool, stride, padding)
+    for x in (_tied(rng, shape, np.float32), rng.standard_normal(shape).astype(np.float32)):
+        y, idx, dx_of = loop_max_pool(x, *geo)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        y_c, idx_c = C.max_pool_forward(C.asarray(x), *geo)
+        np.testing.assert_array_equal(host(idx_c), idx)
+        np.testing.assert_array_equal(host(y_c), y)
+        got = host(C.max_pool_backward(C.asarray(dy), idx_c, shape, *geo))
+        want = N.max_pool_backward(dy, idx.astype(np.int32), shape, *geo)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_allclose(got, dx_of(dy), rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_backward_overlapping_winner_collects_every_window(rng):
+    """AlexNet's 3x3 stride 2: the cell (2, 2) is the maximum of the four windows that share it
+    and gets the sum of their four dy; its neighbours get nothing from them."""
+    shape = (1, 5, 5, 4)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 2, 2, :] = 10
+    dy = rng.standard_normal((1, 2, 2, 4)).astype(np.float32)
+    geo = ((3, 3), (2, 2), (0, 0, 0, 0))
+    _, idx = C.max_pool_forward(C.asarray(x), *geo)
+    dx = host(C.max_pool_backward(C.asarray(dy), idx, shape, *geo))
+    np.testing.assert_allclose(dx[0, 2, 2], dy[0].sum(axis=(0, 1)), rtol=1e-6)
+    assert np.count_nonzero(dx) == 4
+
+
+@pytest.mark.parametrize("c", [2, 4])
+def test_max_pool_backward_float64_and_without_geometry(c, rng):
+    """float64 through both variants; without the geometry the cuda set scatters and agrees."""
+    shape = (3, 8, 6, c)
+    geo = _geometry(shape, (3, 3), (2, 2), "same")
+    x = _tied(rng, shape, np.float64)
+    _, idx, dx_of = loop_max_pool(x, *geo)
+    dy = rng.standard_normal(idx.shape)
+    _, idx_c = C.max_pool_forward(C.asarray(x), *geo)
+    got = host(C.max_pool_backward(C.asarray(dy), idx_c, shape, *geo))
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, dx_of(dy), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(host(C.max_pool_backward(C.asarray(dy), idx_c, shape)), got)
+
+
+def test_max_pool_backward_picks_the_vector_variant_when_aligned(rng, monkeypatch):
+    names, pick = [], cuda_pool._pick
+
+    def spy(plans, a):
+        plan = pick(plans, a)
+        names.append(plan.spec.name)
+        return plan
+
+    monkeypatch.setattr(cuda_pool, "_pick", spy)
+    geo = ((3, 3), (2, 2), (0, 0, 0, 0))
+    x = rng.standard_normal((1, 7, 7, 8)).astype(np.float32)
+    _, idx = C.max_pool_forward(C.asarray(x), *geo)
+    dy = rng.standard_normal((1, 3, 3, 8)).astype(np.float32)
+    vec = host(C.max_pool_backward(C.asarray(dy), idx, x.shape, *geo))
+    base = C.asarray(np.zeros(dy.size + 1, np.float32))
+    view = base[1:].reshape(dy.shape)                 # data 4 bytes off 16: the scalar variant
+    view[...] = C.asarray(dy)
+    scalar = host(C.max_pool_backward(view, idx, x.shape, *geo))
+    assert [n for n in names if n.startswith("max_pool_bwd")] == [
+        "max_pool_bwd[float32,v4]", "max_pool_bwd[float32]"]
+    np.testing.assert_array_equal(vec, scalar)
+
+
+def test_max_pool_backward_refuses_a_mismatched_dy(rng):
+    geo = ((2, 2), (2, 2), (0, 0, 0, 0))
+    dy = np.ones((1, 2, 2, 3), np.float32)
+    idx = np.zeros((1, 2, 2, 3), np.int32)
+    with pytest.raises(ValueError, match=r"max_pool_backward: dy \(1, 2, 2, 3\)"):
+        C.max_pool_backward(C.asarray(dy), C.asarray(idx), (1, 6, 4, 3), *geo)
