@@ -63,11 +63,13 @@ def _grid(n, max_cols):
 
 
 def _tile(ax, img, cmap="gray", vmin=None, vmax=None, title=None):
-    ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    """``img`` drawn on ``ax`` without ticks; returns the image (for a colour bar)."""
+    im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if title is not None:
         ax.set_title(title, fontsize=8)
+    return im
 
 
 def curves(history, path, title=None):
@@ -112,28 +114,23 @@ def filters(kernel, path, title="learned filters", max_filters=64):
     k = _array(kernel, "filters", "kernel", 4).astype(np.float64)
     kh, kw, cin, cout = k.shape
     n = min(cout, max_filters)
-    if cin == 3:
+    m = float(np.abs(k).max()) or 1.0
+    if cin in (1, 3):
         lo, hi = k.min(), k.max()
         rgb = (k - lo) / (hi - lo) if hi > lo else np.full_like(k, 0.5)
+        grey = {"vmin": -m, "vmax": m} if cin == 1 else {}
         rows, cols = _grid(n, 8)
         fig = _figure(1.2 * cols, 1.3 * rows + 0.5)
         for j in range(n):
-            _tile(fig.add_subplot(rows, cols, j + 1), rgb[:, :, :, j], title=str(j))
+            _tile(fig.add_subplot(rows, cols, j + 1), rgb[..., j] if cin == 3 else k[:, :, 0, j],
+                  title=str(j), **grey)
     else:
-        m = float(np.abs(k).max()) or 1.0
-        if cin == 1:
-            rows, cols = _grid(n, 8)
-            fig = _figure(1.2 * cols, 1.3 * rows + 0.5)
-            for j in range(n):
-                _tile(fig.add_subplot(rows, cols, j + 1), k[:, :, 0, j], vmin=-m, vmax=m,
-                      title=str(j))
-        else:
-            rows, cols = min(cin, 8), min(n, 16)
-            fig = _figure(0.8 * cols + 0.6, 0.85 * rows + 0.6)
-            for i in range(rows):
-                for j in range(cols):
-                    _tile(fig.add_subplot(rows, cols, i * cols + j + 1), k[:, :, i, j],
-                          vmin=-m, vmax=m, title=f"f{j}" if i == 0 else None)
+        rows, cols = min(cin, 8), min(n, 16)
+        fig = _figure(0.8 * cols + 0.6, 0.85 * rows + 0.6)
+        for i in range(rows):
+            for j in range(cols):
+                _tile(fig.add_subplot(rows, cols, i * cols + j + 1), k[:, :, i, j],
+                      vmin=-m, vmax=m, title=f"f{j}" if i == 0 else None)
     fig.suptitle(f"{title}  ({kh}x{kw}, {cin} in, {cout} out"
                  f"{', first %d shown' % n if n < cout else ''})", fontsize=10)
     return _save(fig, path)
@@ -160,11 +157,8 @@ def feature_maps(fmap, path, title="feature maps", image=None, max_maps=32):
         else:
             ax = fig.add_subplot(1, 1, 1)
         m = float(np.abs(strip).max()) or 1.0
-        im = ax.imshow(strip.reshape(-1, cols), cmap="coolwarm", vmin=-m, vmax=m,
-                       interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(f"{c} activations of size 1x1 (rows of {cols})", fontsize=8)
+        im = _tile(ax, strip.reshape(-1, cols), cmap="coolwarm", vmin=-m, vmax=m,
+                   title=f"{c} activations of size 1x1 (rows of {cols})")
         fig.colorbar(im, ax=ax, fraction=0.03)
     else:
         n = min(c, max_maps)
@@ -269,9 +263,7 @@ def weights_image(w, shape, path, title="weights"):
     m = float(np.abs(a).max()) or 1.0
     fig = _figure(3.6, 3.2)
     ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(a.reshape(shape), cmap="coolwarm", vmin=-m, vmax=m, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    im = _tile(ax, a.reshape(shape), cmap="coolwarm", vmin=-m, vmax=m)
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
