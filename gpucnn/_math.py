@@ -4,6 +4,7 @@ undoes broadcasting. Written once over the array module of the data (NumPy or Cu
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 from gpucnn import backend
@@ -140,10 +141,7 @@ class Sum(Function):
         self.shape, self.axes, self.keepdims = x.shape, _axes(axis, x.ndim), keepdims
         self.scale = None
         if mean:
-            n = 1
-            for a in self.axes:
-                n *= x.shape[a]
-            self.scale = 1.0 / max(n, 1)
+            self.scale = 1.0 / max(math.prod(x.shape[a] for a in self.axes), 1)
             return x.mean(axis=axis, keepdims=keepdims)
         return x.sum(axis=axis, keepdims=keepdims)
 
@@ -155,8 +153,7 @@ class Sum(Function):
             g = g.reshape(shape)
         if self.scale is not None:
             g = g * self.scale
-        xp = _xp(g)
-        return xp.broadcast_to(g, self.shape)
+        return _xp(g).broadcast_to(g, self.shape)
 
 
 class Reshape(Function):
@@ -176,10 +173,8 @@ class Transpose(Function):
     def backward(self, g):
         if self.axes is None:
             return g.transpose()
-        inv = [0] * len(self.axes)
-        for i, a in enumerate(self.axes):
-            inv[a] = i
-        return g.transpose(inv)
+        n = len(self.axes)                      # the inverse permutation (axes may be < 0)
+        return g.transpose(sorted(range(n), key=lambda i: self.axes[i] % n))
 
 
 class Exp(Function):
@@ -274,22 +269,17 @@ def attach(T):
     T.sum = lambda a, axis=None, keepdims=False: Sum.apply(a, axis=axis, keepdims=keepdims)
     T.mean = lambda a, axis=None, keepdims=False: Sum.apply(a, axis=axis, keepdims=keepdims, mean=True)
 
-    def reshape(a, *shape):
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return Reshape.apply(a, shape=shape)
-
-    def transpose(a, *axes):
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
-        return Transpose.apply(a, axes=axes or None)
-
-    T.reshape = reshape
-    T.transpose = transpose
+    T.reshape = lambda a, *shape: Reshape.apply(a, shape=_one_or_many(shape))
+    T.transpose = lambda a, *axes: Transpose.apply(a, axes=_one_or_many(axes) or None)
     T.T = property(lambda a: Transpose.apply(a, axes=None))
     T.exp = lambda a: Exp.apply(a)
     T.log = lambda a: Log.apply(a)
     T.__getitem__ = lambda a, index: GetItem.apply(a, index=_check_index(index))
+
+
+def _one_or_many(args):
+    """``f(2, 3)`` and ``f((2, 3))`` alike: the arguments as one tuple."""
+    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
 
 
 def _check_index(index):
