@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import gpucnn
+from test_models import blobs
 
 # ---- the guide, section 7 (imports changed) ------------------------------------------------------
 from gpucnn import layers, models  
@@ -107,12 +108,8 @@ def test_summary_table(capsys):
     assert "Total params: 61,706" in capsys.readouterr().out
 
 
-def class_blobs(rng, n, noise=0.6):
-    """Images whose class is a fixed random 32x32 pattern, plus noise: learnable in a few steps."""
-    templates = rng.standard_normal((10, 32, 32, 1)).astype(np.float32)
-    y = rng.integers(0, 10, n)
-    x = templates[y] + noise * rng.standard_normal((n, 32, 32, 1)).astype(np.float32)
-    return x, y
+def class_blobs(rng, n):
+    return blobs(rng, n, classes=10, shape=(32, 32, 1), noise=0.6)
 
 
 def test_fit_a_few_steps_lowers_the_loss(rng):

@@ -22,6 +22,7 @@ import gpucnn.functional as F
 from gpucnn import callbacks, layers, models, optimizers
 from gpucnn import io as wio
 from gpucnn.optimizers import schedules
+from test_models import blobs, same_weights as same
 
 
 pytestmark = pytest.mark.usefixtures("numpy_backend")
@@ -38,19 +39,9 @@ def small_cnn(input_shape=(8, 8, 1), dropout=0.0):
     return models.Sequential(stack, name="small")
 
 
-def blobs(rng, n, shape=(8, 8, 1)):
-    templates = rng.standard_normal((3,) + shape).astype(np.float32)
-    y = rng.integers(0, 3, n)
-    return templates[y] + 0.5 * rng.standard_normal((n,) + shape).astype(np.float32), y
-
-
 def adam():
     return optimizers.Adam(schedules.ExponentialDecay(0.02, decay_steps=3, decay_rate=0.7),
                            amsgrad=True, weight_decay=0.01, clipnorm=2.0)
-
-
-def same(a, b):
-    return len(a) == len(b) and all(np.array_equal(p, q) for p, q in zip(a, b))
 
 
 def slots_of(model):
