@@ -283,27 +283,19 @@ def _rows_sample(rows, k, scale=4.0):
 ROW_SAMPLES = [_rows_sample(5, 13), _rows_sample(3, 1), _rows_sample(2, 37)]   # K below, at and
                                                                                 # above a block
 
-SOFTMAX = Op(
-    "softmax", "gpucnn.functional.softmax", "gpucnn.functional.activation._Rows",
-    kernels={
-        "softmax_forward": Kernel(lambda i: (i["x"],), lambda i: (i["y"],)),
-        "softmax_backward": Kernel(lambda i: (i["dy"], i["y"]),
-                                   lambda i: (i["y"] * (i["dy"] - (i["dy"] * i["y"]).sum(
-                                       1, keepdims=True)),), GRAD),
-    },
-    samples=ROW_SAMPLES,
-    grad=lambda i: (lambda x: F.softmax(x, axis=-1), (i["x"],)))
+def _rows_op(name, y, dx):
+    """``name`` (softmax or log_softmax) of ``gpucnn.functional``: the forward's output is the
+    sample's ``y`` entry, the backward's ``dx(dy, y)``."""
+    return Op(name, f"gpucnn.functional.{name}", "gpucnn.functional.activation._Rows",
+              kernels={f"{name}_forward": Kernel(lambda i: (i["x"],), lambda i: (i[y],)),
+                       f"{name}_backward": Kernel(lambda i: (i["dy"], i[y]),
+                                                  lambda i: (dx(i["dy"], i[y]),), GRAD)},
+              samples=ROW_SAMPLES,
+              grad=lambda i: (lambda x: getattr(F, name)(x, axis=-1), (i["x"],)))
 
-LOG_SOFTMAX = Op(
-    "log_softmax", "gpucnn.functional.log_softmax", "gpucnn.functional.activation._Rows",
-    kernels={
-        "log_softmax_forward": Kernel(lambda i: (i["x"],), lambda i: (i["ly"],)),
-        "log_softmax_backward": Kernel(lambda i: (i["dy"], i["ly"]),
-                                       lambda i: (i["dy"] - np.exp(i["ly"]) * i["dy"].sum(
-                                           1, keepdims=True),), GRAD),
-    },
-    samples=ROW_SAMPLES,
-    grad=lambda i: (lambda x: F.log_softmax(x, axis=-1), (i["x"],)))
+
+SOFTMAX = _rows_op("softmax", "y", lambda dy, y: y * (dy - (dy * y).sum(1, keepdims=True)))
+LOG_SOFTMAX = _rows_op("log_softmax", "ly", lambda dy, y: dy - np.exp(y) * dy.sum(1, keepdims=True))
 
 
 # ------------------------------------------------------------------------------ losses

@@ -709,15 +709,13 @@ def test_tuning_changes_settings_inside_the_block_only(rng):
         assert TUNING.scatter_block_bytes == 1
     assert K.conv_algorithm("input", x.shape, w.shape, (1, 1), same) == chosen != "scatter"
     assert TUNING.scatter_block_bytes == 1 << 20
-    with pytest.raises(ValueError, match="unknown setting 'col_bytes'"):
-        with K.tuning(col_bytes=1):
-            pass
-    with pytest.raises(ValueError, match="dx_method must be one of"):
-        with K.tuning(dx_method="fft"):
-            pass
-    with pytest.raises(TypeError, match="col_min_rows must be a number >= 0"):
-        with K.tuning(col_min_rows=-1):
-            pass
+    for error, match, bad in [(ValueError, "unknown setting 'col_bytes'", dict(col_bytes=1)),
+                              (ValueError, "dx_method must be one of", dict(dx_method="fft")),
+                              (TypeError, "col_min_rows must be a number >= 0",
+                               dict(col_min_rows=-1))]:
+        with pytest.raises(error, match=match):
+            with K.tuning(**bad):
+                pass
     with pytest.raises(RuntimeError):
         with K.tuning(col_min_rows=3):
             raise RuntimeError("inside")
