@@ -6,6 +6,7 @@ dimensions, then the values in C order. MNIST uses type 0x08 (unsigned byte): im
 """
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -42,9 +43,7 @@ def parse_idx(data: bytes, source, magic: int | None = None) -> np.ndarray:
                             f"(truncated)")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(_TYPES[data[2]])
-    count = 1
-    for d in dims:
-        count *= d
+    count = math.prod(dims)
     expected = header + count * dtype.itemsize
     if len(data) != expected:
         state = "truncated" if len(data) < expected else "corrupt: extra bytes after the data"
