@@ -160,18 +160,10 @@ class Optimizer:
         ks = backend.kernels()
         ps, gs = [], []
         for p in params:
-            if isinstance(p, tuple):
-                g, p = p
-                if g is None:
-                    continue
-                g = g.data if isinstance(g, Tensor) else ks.asarray(g)
-            else:
-                g = p.grad
-                if g is None:
-                    continue
-                g = g.data
-            ps.append(p)
-            gs.append(g)
+            g, p = p if isinstance(p, tuple) else (p.grad, p)
+            if g is not None:
+                ps.append(p)
+                gs.append(g.data if isinstance(g, Tensor) else ks.asarray(g))
         if ps:
             lr = self.learning_rate
             gs = self._clip(gs, ks.xp)
