@@ -399,21 +399,13 @@ DENSE = Op(
 
 # ------------------------------------------------------------------------------ optimizers
 
-def _optim_sample(tag, make):
-    return Sample(tag, make, True, False)
-
-
-def _p(rng, *shape):
-    return _normal(rng, *shape)
-
-
 def _flag(v=0):
     return np.array([v], np.int64)
 
 
 def _bad(rng, *shape):
     """A gradient with a NaN and both infinities among finite values."""
-    g = _p(rng, *shape)
+    g = _normal(rng, *shape)
     g.flat[[1, 4, -1]] = np.nan, np.inf, -np.inf
     return g
 
@@ -423,11 +415,11 @@ def _optim(rng, g, fl, tag, sgd_v=None, plain=False):
     ``plain``: no weight decay, no Nesterov, Adam's first step."""
     wd = (0.0, 0.0) if plain else (1e-2, 1e-3)
     return dict(
-        sgd=(_p(rng, 4, 9), g(rng, 4, 9), sgd_v, 0.05, 0.0 if sgd_v is None else 0.9, not plain,
-             wd[0], _flag(fl), tag),
-        adam=(_p(rng, 3, 7), g(rng, 3, 7), 0.1 * _p(rng, 3, 7), rng.random((3, 7)), 1e-2, 0.9,
-              0.999, 1e-7, 1 if plain else 7, wd[0], None, _flag(fl), tag),
-        rmsprop=(_p(rng, 5, 6), g(rng, 5, 6), rng.random((5, 6)), 1e-2, 0.9, 1e-7, wd[1], None,
+        sgd=(_normal(rng, 4, 9), g(rng, 4, 9), sgd_v, 0.05, 0.0 if sgd_v is None else 0.9,
+             not plain, wd[0], _flag(fl), tag),
+        adam=(_normal(rng, 3, 7), g(rng, 3, 7), 0.1 * _normal(rng, 3, 7), rng.random((3, 7)),
+              1e-2, 0.9, 0.999, 1e-7, 1 if plain else 7, wd[0], None, _flag(fl), tag),
+        rmsprop=(_normal(rng, 5, 6), g(rng, 5, 6), rng.random((5, 6)), 1e-2, 0.9, 1e-7, wd[1], None,
                  0.0, None, None, _flag(fl), tag))
 
 
@@ -443,14 +435,14 @@ OPTIMIZER_UPDATES = Op(
              "adam_update": _update("adam", ref_adam_update, (0, 2, 3, 11)),
              "rmsprop_update": _update("rmsprop", ref_rmsprop_update, (0, 2, 11))},
     samples=[
-        _optim_sample("plain", lambda rng: _optim(rng, _p, 0, 1, plain=True)),
-        _optim_sample("momentum-weight-decay",
-                      lambda rng: _optim(rng, _p, 0, 1, sgd_v=_p(rng, 4, 9))),
+        Sample("plain", lambda rng: _optim(rng, _normal, 0, 1, plain=True), True, False),
+        Sample("momentum-weight-decay",
+               lambda rng: _optim(rng, _normal, 0, 1, sgd_v=_normal(rng, 4, 9)), True, False),
         # the contract's check: non-finite gradients refused element by element (the flag
         # takes the tag: 4 replaces a later 9), and an update after a refused one left alone
-        _optim_sample("non-finite-gradients-refused",
-                      lambda rng: _optim(rng, _bad, 9, 4, sgd_v=_p(rng, 4, 9))),
-        _optim_sample("after-a-refused-update", lambda rng: _optim(rng, _p, 3, 7)),
+        Sample("non-finite-gradients-refused",
+               lambda rng: _optim(rng, _bad, 9, 4, sgd_v=_normal(rng, 4, 9)), True, False),
+        Sample("after-a-refused-update", lambda rng: _optim(rng, _normal, 3, 7), True, False),
     ],
     notes="SGD, Adam, AdamW, RMSprop and Adagrad (on the RMSprop kernel) of gpucnn.optimizers",
     extra=["tests/test_keras_optimizers.py", "tests/test_optim_kernels.py"])

@@ -358,20 +358,18 @@ def tune():
         yield apply
 
 
-def _dx_config(tune, method, config, tiny_blocks):
-    """Force the input-gradient ``method``; ``config`` "image-blocks" sets each setting of
-    ``tiny_blocks`` to 1 (one image a block), "two-threads" splits even tiny work."""
-    tune(dx_method=method)
-    if config == "image-blocks":
-        tune(**{name: 1 for name in tiny_blocks})
-    if config == "two-threads":
-        tune(threads=2, min_parallel_flops=0)
-    return config
-
-
 @pytest.fixture(params=["one-block", "image-blocks", "two-threads"])
-def toeplitz_config(request, tune):
-    return _dx_config(tune, "toeplitz", request.param, ["toeplitz_block_bytes"])
+def dx_config(request, tune):
+    """``dx_config(method, tiny_blocks)``: force the input-gradient ``method``; the param
+    "image-blocks" sets each setting of ``tiny_blocks`` to 1 (one image a block), "two-threads"
+    splits even tiny work."""
+    def apply(method, tiny_blocks):
+        tune(dx_method=method)
+        if request.param == "image-blocks":
+            tune(**{name: 1 for name in tiny_blocks})
+        if request.param == "two-threads":
+            tune(threads=2, min_parallel_flops=0)
+    return apply
 
 
 def _check_stride1_input_gradient(rng, n, h, w, c, kh, kw, co, pad, algorithm):
@@ -394,7 +392,8 @@ def _check_stride1_input_gradient(rng, n, h, w, c, kh, kw, co, pad, algorithm):
 
 
 @pytest.mark.parametrize("case", TOEPLITZ_CASES)
-def test_toeplitz_input_gradient_matches_loops(rng, case, toeplitz_config):
+def test_toeplitz_input_gradient_matches_loops(rng, case, dx_config):
+    dx_config("toeplitz", ["toeplitz_block_bytes"])
     n, h, w, c, kh, kw, co, padding = case
     pad = ref_pads(h, w, kh, kw, 1, 1, padding)
     _check_stride1_input_gradient(rng, n, h, w, c, kh, kw, co, pad, "toeplitz")
@@ -424,14 +423,9 @@ ROW_GATHER_CASES = [
 ]
 
 
-@pytest.fixture(params=["one-block", "image-blocks", "two-threads"])
-def row_gather_config(request, tune):
-    return _dx_config(tune, "rowgather", request.param,
-                      ["col_block_bytes", "col_min_rows", "wide_min_rows"])
-
-
 @pytest.mark.parametrize("case", ROW_GATHER_CASES)
-def test_row_gather_input_gradient_matches_loops(rng, case, row_gather_config):
+def test_row_gather_input_gradient_matches_loops(rng, case, dx_config):
+    dx_config("rowgather", ["col_block_bytes", "col_min_rows", "wide_min_rows"])
     _check_stride1_input_gradient(rng, *case, "row gather")
 
 
