@@ -46,17 +46,18 @@ def test_contract_complete_and_array_module():
         assert C.xp is np
 
 
+def f64(rng, *shape):
+    return f32(rng, *shape).astype(np.float64)
+
+
 @pytest.mark.parametrize("fn,build", [
-    ("conv2d_forward", lambda rng: (f32(rng, 2, 6, 5, 3).astype(np.float64),
-                                    f32(rng, 3, 2, 3, 4).astype(np.float64), None,
-                                    (2, 1), (1, 1, 0, 1), "tanh")),
-    ("conv2d_backward_weight", lambda rng: (f32(rng, 1, 5, 5, 2).astype(np.float64),
-                                            f32(rng, 1, 3, 3, 3).astype(np.float64),
+    ("conv2d_forward", lambda rng: (f64(rng, 2, 6, 5, 3), f64(rng, 3, 2, 3, 4), None, (2, 1),
+                                    (1, 1, 0, 1), "tanh")),
+    ("conv2d_backward_weight", lambda rng: (f64(rng, 1, 5, 5, 2), f64(rng, 1, 3, 3, 3),
                                             (3, 3, 2, 3), (1, 1), (0, 0, 0, 0))),
-    ("loss_forward", lambda rng: ("sparse_cce_logits", np.array([1, 0, 9]),
-                                  f32(rng, 3, 10).astype(np.float64))),
-    ("avg_pool_backward", lambda rng: (f32(rng, 1, 2, 2, 2).astype(np.float64), (1, 5, 5, 2),
-                                       (3, 3), (2, 2), (0, 0, 0, 0))),
+    ("loss_forward", lambda rng: ("sparse_cce_logits", np.array([1, 0, 9]), f64(rng, 3, 10))),
+    ("avg_pool_backward", lambda rng: (f64(rng, 1, 2, 2, 2), (1, 5, 5, 2), (3, 3), (2, 2),
+                                       (0, 0, 0, 0))),
 ])
 def test_float64(fn, build, rng):
     args = build(rng)
@@ -187,18 +188,12 @@ def test_full_size_tiles(mode, rng, monkeypatch):
     x, wt, b = f32(rng, 1, 6, 5, 3), f32(rng, 3, 3, 3, 5), f32(rng, 5)
     pad, st = (1, 1, 1, 1), (1, 1)
     dy = f32(rng, 1, 6, 5, 5)
+    run = {conv.FWD: lambda K: K.conv2d_forward(x, wt, b, st, pad, "sigmoid"),
+           conv.BWD_INPUT: lambda K: K.conv2d_backward_input(dy, wt, x.shape, st, pad),
+           conv.BWD_WEIGHT: lambda K: K.conv2d_backward_weight(x, dy, wt.shape, st, pad)}[mode]
     for tile in HW_TILES + conv.CANDIDATE_TILES[mode]:
         monkeypatch.setattr(conv, "TILE_OVERRIDE", {mode: tile})
-        if mode == conv.FWD:
-            got, want = (C.conv2d_forward(x, wt, b, st, pad, "sigmoid"),
-                         N.conv2d_forward(x, wt, b, st, pad, "sigmoid"))
-        elif mode == conv.BWD_INPUT:
-            got, want = (C.conv2d_backward_input(dy, wt, x.shape, st, pad),
-                         N.conv2d_backward_input(dy, wt, x.shape, st, pad))
-        else:
-            got, want = (C.conv2d_backward_weight(x, dy, wt.shape, st, pad),
-                         N.conv2d_backward_weight(x, dy, wt.shape, st, pad))
-        assert rel_err(got, want) < GRAD, tile
+        assert rel_err(run(C), run(N)) < GRAD, tile
 
 
 def _lenet5_pass(K, x, params, labels):
@@ -389,13 +384,11 @@ def test_fused_conv_backward_matches_the_composition(xs, k, stride, padding, act
     y = N.conv2d_forward(x, w, None, stride, pad, act)
     dy = f32(rng, *y.shape)
     g = N.act_backward(dy, y, act) if act != "linear" else dy
-    yy = y if act != "linear" else None
-    dx = C.conv2d_backward_input_act(C.asarray(dy), C.asarray(yy) if yy is not None else None,
-                                     act, C.asarray(w), xs, stride, pad)
+    yy = _to_set(y) if act != "linear" else None
+    dx = C.conv2d_backward_input_act(C.asarray(dy), yy, act, C.asarray(w), xs, stride, pad)
     assert rel_err(dx, N.conv2d_backward_input(g, w, xs, stride, pad)) < GRAD
-    dw, db = C.conv2d_backward_weight_bias(C.asarray(x), C.asarray(dy),
-                                           C.asarray(yy) if yy is not None else None, act,
-                                           w.shape, stride, pad)
+    dw, db = C.conv2d_backward_weight_bias(C.asarray(x), C.asarray(dy), yy, act, w.shape, stride,
+                                           pad)
     assert rel_err(dw, N.conv2d_backward_weight(x, g, w.shape, stride, pad)) < GRAD
     assert rel_err(db, N.bias_grad(g)) < GRAD
 
@@ -439,21 +432,17 @@ def test_multi_tensor_updates_match_one_update_a_tensor(family, slots, kwargs, r
         vs = [t[2] for t in dev] if len(slots) == 3 else None
         C.sgd_update_many([t[0] for t in dev], [t[1] for t in dev], vs, **kwargs)
         for t in host:
-            N.sgd_update(t[0], t[1], t[2] if len(t) == 3 else None, kwargs["lr"],
-                         kwargs["momentum"], kwargs["nesterov"], kwargs["weight_decay"])
+            N.sgd_update(t[0], t[1], t[2] if len(t) == 3 else None, **kwargs)
     elif family == "adam":
         C.adam_update_many(*[[t[i] for t in dev] for i in range(4)], **kwargs,
                            vhats=[t[4] for t in dev])
         for t in host:
-            N.adam_update(*t[:4], kwargs["lr"], kwargs["beta1"], kwargs["beta2"], kwargs["eps"],
-                          kwargs["t"], kwargs["weight_decay"], vhat=t[4])
+            N.adam_update(*t[:4], **kwargs, vhat=t[4])
     else:
         C.rmsprop_update_many(*[[t[i] for t in dev] for i in range(3)], **kwargs,
                               mgs=[t[3] for t in dev], us=[t[4] for t in dev])
         for t in host:
-            N.rmsprop_update(*t[:3], kwargs["lr"], kwargs["rho"], kwargs["eps"],
-                             kwargs["weight_decay"], u=t[4], momentum=kwargs["momentum"],
-                             mg=t[3])
+            N.rmsprop_update(*t[:3], **kwargs, u=t[4], mg=t[3])
     assert C.launch_count() - before == 2                      # 12 + 3 tensors
     for d, h in zip(dev, host):
         for a, b in zip(d, h):
