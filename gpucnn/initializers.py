@@ -68,11 +68,8 @@ class Initializer:
 
         names = [n for n, prm in inspect.signature(type(self).__init__).parameters.items()
                  if n != "self" and prm.kind not in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD)]
-        config = {}
-        for n in names:
-            v = getattr(self, n)
-            config[n] = int(v) if isinstance(v, np.integer) else v
-        return config
+        values = {n: getattr(self, n) for n in names}
+        return {n: int(v) if isinstance(v, np.integer) else v for n, v in values.items()}
 
     @classmethod
     def from_config(cls, config):
@@ -217,12 +214,9 @@ class LecunUniform(VarianceScaling):
 
 
 def _snake(name: str) -> str:
-    out = []
-    for i, ch in enumerate(name):
-        if ch.isupper() and i and not name[i - 1].isupper():
-            out.append("_")
-        out.append(ch.lower())
-    return "".join(out)
+    """``HeNormal`` -> ``he_normal``: a ``_`` before each capital that follows a small letter."""
+    return "".join("_" + ch.lower() if ch.isupper() and i and not name[i - 1].isupper()
+                   else ch.lower() for i, ch in enumerate(name))
 
 
 _NAMES = {_snake(c.__name__): c for c in (

@@ -227,10 +227,8 @@ def _not_npz(head: bytes) -> str:
 def check_arrays(owner: str, expected: dict, arrays: dict) -> None:
     """Raise ValueError listing every difference between ``expected`` ``{name: (shape, dtype)}``
     and the ``arrays`` read; nothing is assigned by this function."""
-    problems = []
-    for name in expected:
-        if name not in arrays:
-            problems.append(f"missing from the file: {name} {expected[name][0]}")
+    problems = [f"missing from the file: {name} {expected[name][0]}" for name in expected
+                if name not in arrays]
     for name, a in arrays.items():
         if name not in expected:
             problems.append(f"not in the model: {name} {tuple(a.shape)}")

@@ -63,12 +63,9 @@ class Loss:
 
 
 def _default_name(cls_name):
-    out = []
-    for i, ch in enumerate(cls_name):
-        if ch.isupper() and i:
-            out.append("_")
-        out.append(ch.lower())
-    return "".join(out)
+    """``MeanSquaredError`` -> ``mean_squared_error``: a ``_`` before each capital but the first."""
+    return "".join("_" + ch.lower() if ch.isupper() and i else ch.lower()
+                   for i, ch in enumerate(cls_name))
 
 
 class SparseCategoricalCrossentropy(Loss):
