@@ -10,13 +10,10 @@ import gpucnn
 import gpucnn.functional as F
 from gpucnn import initializers, layers, models
 from gpucnn.autograd import Tensor
+from test_models import f32
 
 
 pytestmark = pytest.mark.usefixtures("numpy_backend")
-
-
-def f32(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
 
 
 def against_functional(layer, fn, x, rng, training=False, rtol=1e-5, atol=1e-6):
