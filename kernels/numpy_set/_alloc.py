@@ -60,10 +60,8 @@ def _glibc():
             _libc = False
         else:
             get_version.restype = ctypes.c_char_p
-            mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-            mallopt.restype = ctypes.c_int
+            mallopt.argtypes = [ctypes.c_int, ctypes.c_int]      # both return ctypes' default int
             trim.argtypes = [ctypes.c_size_t]
-            trim.restype = ctypes.c_int
             _libc = (get_version().decode(), mallopt, trim)
     return _libc or None
 

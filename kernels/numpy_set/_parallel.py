@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from .tuning import TUNING as T
 
@@ -140,15 +140,15 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _split(call, fn, n: int, parts: int) -> list:
-    """``[call(fn, lo, hi), ...]`` over ``parts`` contiguous parts of ``range(n)``: part 0 on
-    this thread, the others on the pool; every part is waited for, even after an error, and the
-    first exception is re-raised then."""
+def _split(fn, n: int, parts: int, serial: bool) -> list:
+    """``[fn(lo, hi), ...]`` over ``parts`` contiguous parts of ``range(n)`` (each inside
+    ``serial_kernels`` when ``serial``): part 0 on this thread, the others on the pool; every
+    part is waited for, even after an error, and the first exception is re-raised then."""
     bounds = [n * k // parts for k in range(parts + 1)]
     pool = _get_pool(parts - 1)
-    futures = [pool.submit(call, fn, bounds[k], bounds[k + 1]) for k in range(1, parts)]
+    futures = [pool.submit(_part, fn, bounds[k], bounds[k + 1], serial) for k in range(1, parts)]
     try:
-        first = call(fn, bounds[0], bounds[1])
+        first = _part(fn, bounds[0], bounds[1], serial)
     finally:
         wait(futures)                # every part, even after an error
     return [first] + [f.result() for f in futures]
@@ -171,13 +171,8 @@ def serial_kernels():
     return _thread_flag("serial")
 
 
-def _serial_call(fn, lo, hi):
-    with serial_kernels(), _thread_flag("split"):
-        return fn(lo, hi)
-
-
-def _split_call(fn, lo, hi):
-    with _thread_flag("split"):
+def _part(fn, lo, hi, serial):
+    with serial_kernels() if serial else nullcontext(), _thread_flag("split"):
         return fn(lo, hi)
 
 
@@ -201,7 +196,7 @@ def data_parallel(fn, n: int, parts: int | None = None):
     if parts == 1 or getattr(_local, "serial", False):
         return [fn(0, n)]
     with single_threaded_blas():
-        return _split(_serial_call, fn, n, parts)
+        return _split(fn, n, parts, serial=True)
 
 
 def run_parts(fn, n: int, flops: float):
@@ -215,4 +210,4 @@ def run_parts(fn, n: int, flops: float):
     if parts <= 1 and flops < T.min_blas_limit_flops:
         return [fn(0, n)]
     with single_threaded_blas():
-        return [fn(0, n)] if parts <= 1 else _split(_split_call, fn, n, parts)
+        return [fn(0, n)] if parts <= 1 else _split(fn, n, parts, serial=False)
