@@ -173,8 +173,7 @@ def test_reduce_lr_on_plateau_follows_keras(data):
     rop = callbacks.ReduceLROnPlateau(monitor="score", factor=0.5, patience=2, cooldown=1,
                                       min_lr=0.02, min_delta=1e-3)
     m = model(0.1)
-    h = m.fit(*data, batch_size=8, epochs=len(values), verbose=0,
-              callbacks=[Script(values), rop])
+    h = fit(m, data, [Script(values), rop], len(values))
     assert h.history["learning_rate"] == pytest.approx(
         [0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.025, 0.02, 0.02])
     assert m.optimizer.learning_rate == pytest.approx(0.02)
@@ -201,8 +200,7 @@ def test_learning_rate_scheduler_sets_the_rate_of_each_epoch(data):
     seen = []
     probe = callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs: seen.append(m.optimizer.learning_rate))
-    h = m.fit(*data, batch_size=8, epochs=4, verbose=0,
-              callbacks=[callbacks.LearningRateScheduler(schedule), probe])
+    h = fit(m, data, [callbacks.LearningRateScheduler(schedule), probe], 4)
     assert calls == [(0, 0.08), (1, 0.08), (2, 0.08), (3, 0.04)]
     assert seen == pytest.approx([0.08, 0.08, 0.04, 0.02])
     assert h.history["learning_rate"] == pytest.approx([0.08, 0.08, 0.04, 0.02])
@@ -216,9 +214,9 @@ def test_learning_rate_scheduler_sets_the_rate_of_each_epoch(data):
                     callbacks=[callbacks.LearningRateScheduler(lambda e, lr: "fast")])
 
 
-def read_csv(path):
+def read_csv(path, delimiter=","):
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.reader(f))
+        return list(csv.reader(f, delimiter=delimiter))
 
 
 def test_csv_logger_rows_append_and_atomic_rewrites(data, tmp_path):
@@ -269,7 +267,6 @@ def test_csv_logger_separator_and_missing_values(data, tmp_path):
 
     model(0.1).fit(*data, batch_size=8, epochs=2, verbose=0,
                 callbacks=[Once(), callbacks.CSVLogger(path, separator="\t")])
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
+    rows = read_csv(path, delimiter="\t")
     assert rows[0] == ["epoch", "extra", "loss"]
     assert rows[1][1] == "[1, 2]" and rows[2][1] == "NA"
