@@ -131,14 +131,23 @@ def refuse():
     distributed.barrier()
 
 
+def small():
+    """The data and the model of the ``gpu`` scenario."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((24, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 24)
+    gpucnn.manual_seed(4)
+    model = models.Sequential([layers.Input(shape=(6,)), layers.Dense(5, activation="tanh"),
+                               layers.Dense(3, activation="softmax")])
+    model.compile(optimizers.SGD(0.1), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return x, y, model
+
+
 def gpu(out):
     from gpucnn.distributed import _gpu
     from gpucnn.kernels.cuda_set import simulate
 
     simulate.lock_shared_arrays()
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((24, 6)).astype(np.float32)
-    y = rng.integers(0, 3, 24)
     saved = {}
     rank = None
     gpucnn.set_backend("cuda")
@@ -148,11 +157,7 @@ def gpu(out):
         distributed.init()
         info = distributed.info()
         rank = info["rank"]
-        gpucnn.manual_seed(4)
-        model = models.Sequential([layers.Input(shape=(6,)), layers.Dense(5, activation="tanh"),
-                                   layers.Dense(3, activation="softmax")])
-        model.compile(optimizers.SGD(0.1), "sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        x, y, model = small()
         with simulate.small_launches():
             h = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
             total = distributed.allreduce(gpucnn.backend.xp().full(4, distributed.rank() + 1.0,

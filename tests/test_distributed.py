@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 
 import gpucnn
+from gpucnn import distributed
+from gpucnn.distributed import _mpi
+from gpucnn.distributed._mpi import NcclSum
 from gpucnn.kernels import numpy_set
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -142,26 +145,17 @@ def test_only_rank_0_writes_checkpoints_and_prints(trained):
 
 
 @needs_mpi
-def test_a_rank_that_raises_ends_the_job(tmp_path):
-    proc, seconds = launch("raise", tmp_path, 60)
-    assert proc.returncode != 0 and seconds < 10, (proc.returncode, seconds)
-    assert "[rank 1/2] ArithmeticError: boom on rank 1" in proc.stderr, proc.stderr[-2000:]
-    assert "finished" not in proc.stdout
-
-
-@needs_mpi
-def test_a_rank_that_hangs_ends_the_job_at_the_deadline(tmp_path):
-    proc, seconds = launch("hang", tmp_path, 60, GPUCNN_DIST_TIMEOUT="5")
-    assert proc.returncode != 0 and 5 <= seconds < 15, (proc.returncode, seconds)
-    assert "[rank 0/2]" in proc.stderr and "did not answer within 5 s" in proc.stderr, \
-        proc.stderr[-2000:]
-    assert "epoch 1, step 3" in proc.stderr
-
-
-@needs_mpi
-def test_a_rank_killed_ends_the_job(tmp_path):
-    proc, seconds = launch("kill", tmp_path, 60)
-    assert proc.returncode != 0 and seconds < 10, (proc.returncode, seconds)
+@pytest.mark.parametrize("how, env, within, said", [
+    ("raise", {}, (0, 10), ["[rank 1/2] ArithmeticError: boom on rank 1"]),
+    ("hang", {"GPUCNN_DIST_TIMEOUT": "5"}, (5, 15),      # at the deadline
+     ["[rank 0/2]", "did not answer within 5 s", "epoch 1, step 3"]),
+    ("kill", {}, (0, 10), []),
+])
+def test_a_rank_that_raises_hangs_or_is_killed_ends_the_job(tmp_path, how, env, within, said):
+    proc, seconds = launch(how, tmp_path, 60, **env)
+    assert proc.returncode != 0 and within[0] <= seconds < within[1], (proc.returncode, seconds)
+    for text in said:
+        assert text in proc.stderr, proc.stderr[-2000:]
     assert "finished" not in proc.stdout
 
 
@@ -178,7 +172,7 @@ def test_mismatched_settings_and_a_non_finite_loss_raise_on_both_ranks(tmp_path)
 
 
 @needs_mpi
-def test_the_gpu_path_bookkeeping_in_the_simulator(tmp_path):
+def test_the_gpu_path_bookkeeping_in_the_simulator(tmp_path, job):
     proc, _ = launch("gpu", tmp_path, 240, NUMBA_ENABLE_CUDASIM="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = ranks(tmp_path)
@@ -198,15 +192,7 @@ def test_the_gpu_path_bookkeeping_in_the_simulator(tmp_path):
         np.testing.assert_array_equal(r0[f"{key}/allreduce"], np.full(4, 3.0, np.float32))
     # the same weights as one process on the NumPy backend
     gpucnn.set_backend("numpy")
-    from gpucnn import layers, models, optimizers
-
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((24, 6)).astype(np.float32)
-    y = rng.integers(0, 3, 24)
-    gpucnn.manual_seed(4)
-    model = models.Sequential([layers.Input(shape=(6,)), layers.Dense(5, activation="tanh"),
-                               layers.Dense(3, activation="softmax")])
-    model.compile(optimizers.SGD(0.1), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y, model = job.small()
     threads = numpy_set.get_num_threads()
     numpy_set.set_num_threads(1)
     try:
@@ -249,9 +235,6 @@ def test_the_gpu_check_script_runs_on_the_cpu(tmp_path):
 
 
 def test_before_init_a_process_is_a_job_of_one_and_bad_settings_are_refused(monkeypatch):
-    from gpucnn import distributed
-    from gpucnn.distributed import _mpi
-
     assert (distributed.rank(), distributed.size(), distributed.local_rank()) == (0, 1, 0)
     assert distributed.is_main() and distributed.info()["transport"] == "none"
     with pytest.raises(RuntimeError, match=r"call gpucnn.distributed.init\(\) first"):
@@ -298,8 +281,6 @@ class OneRank:
 def test_the_nccl_id_travels_as_the_bytes_cupy_14_makes_and_takes():
     """CuPy 14's ``get_unique_id()`` returns 128 bytes and ``NcclCommunicator`` takes bytes: the
     id rank 0 made is broadcast as 128 uint8 and handed over as the same bytes."""
-    from gpucnn.distributed._mpi import NcclSum
-
     comms = []
     nccl = _fakes.FakeNccl(on_comm=comms.append)
     g = OneRank()
@@ -316,8 +297,6 @@ def test_the_nccl_id_travels_as_the_bytes_cupy_14_makes_and_takes():
 
 
 def test_a_peer_lost_while_joining_nccl_or_at_the_first_sum_ends_the_job_at_the_deadline():
-    from gpucnn.distributed._mpi import NcclSum
-
     class Stuck(_fakes.FakeComm):
         block_init = True
 
@@ -340,8 +319,6 @@ def test_a_peer_lost_while_joining_nccl_or_at_the_first_sum_ends_the_job_at_the_
 
 
 def test_an_asynchronous_nccl_error_is_raised_while_a_sum_is_awaited():
-    from gpucnn.distributed._mpi import NcclSum
-
     class Failing(_fakes.FakeComm):
         def allReduce(self, *args):
             pass
@@ -367,8 +344,6 @@ def test_an_asynchronous_nccl_error_is_raised_while_a_sum_is_awaited():
 ])
 def test_two_ranks_on_one_gpu_go_to_nccl_only_where_its_version_honours_the_setting(
         monkeypatch, env, version, want):
-    from gpucnn import distributed
-
     if env is None:
         monkeypatch.delenv("NCCL_MULTI_RANK_GPU_ENABLE", raising=False)
     else:

@@ -8,7 +8,6 @@ when an event recorded after them is waited for. A batch used before its chunk's
 waited for then gives wrong rows; a pinned buffer given to a copy again before the host waited
 for the last copy out of it is an error.
 """
-import contextlib
 import importlib
 import inspect
 import io
@@ -23,7 +22,7 @@ import pytest
 import gpucnn
 from gpucnn import data, layers, models, optimizers
 from gpucnn.kernels import has, load_set
-from gpucnn.kernels.cuda_set import _launch, simulate
+from gpucnn.kernels.cuda_set import _launch
 
 streams_mod = importlib.import_module("gpucnn.kernels.cuda_set.streams")  # the function shadows it
 
@@ -134,19 +133,14 @@ def test_the_fake_takes_the_real_parameter_names():
         assert got == [n for n, _ in real_parameters(f.mirrors)], f.__qualname__
 
 
-@pytest.fixture
-def cuda():
-    with simulate.small_launches() if SIM else contextlib.nullcontext():
-        gpucnn.set_backend("cuda")
-        try:
-            yield
-        finally:
-            gpucnn.set_backend("numpy")
-            data.set_data_memory_limit(None)
+@pytest.fixture(autouse=True)
+def _no_cap():
+    yield
+    data.set_data_memory_limit(None)
 
 
 @pytest.fixture
-def gpu_engine(cuda, monkeypatch):
+def gpu_engine(cuda_backend, monkeypatch):
     """The GPU engine: over ``FakeCuPy`` in the simulator (returned), CuPy's own on a GPU."""
     if SIM:
         fake = FakeCuPy()
@@ -174,7 +168,8 @@ def row_bytes(x, y):
 
 @pytest.mark.parametrize("engine", ["set's own", "device"])
 @pytest.mark.parametrize("slots", [1, 2])
-def test_streamed_batches_are_the_rows_of_the_epochs_order(request, cuda, rng, engine, slots):
+def test_streamed_batches_are_the_rows_of_the_epochs_order(request, cuda_backend, rng, engine,
+                                                            slots):
     if engine == "device":
         request.getfixturevalue("gpu_engine")
     host = gpucnn.backend.kernels().to_host
@@ -234,7 +229,7 @@ def test_data_above_half_the_free_device_memory_is_streamed(fake_gpu, rng):
 
 
 @pytest.mark.parametrize("op", ["fit", "evaluate", "predict"])
-def test_a_batch_that_cannot_fit_is_an_error_with_the_bytes(cuda, rng, op):
+def test_a_batch_that_cannot_fit_is_an_error_with_the_bytes(cuda_backend, rng, op):
     x, y = arrays(rng, 10)
     model = tiny()
     need = 4 * (row_bytes(x, y) if op != "predict" else x.dtype.itemsize * 6)
@@ -288,11 +283,8 @@ def test_the_numpy_set_has_no_streams_and_ignores_the_cap(rng, numpy_backend):
     assert not has(load_set("numpy"), "streams") and has(load_set("cuda"), "streams")
     x, y = arrays(rng, 6)
     data.set_data_memory_limit(1)
-    try:
-        feed = data.Feed("fit", x, y, 2)
-        assert not feed.streamed and feed.x is x
-    finally:
-        data.set_data_memory_limit(None)
+    feed = data.Feed("fit", x, y, 2)
+    assert not feed.streamed and feed.x is x
 
 
 def test_the_cap_from_the_environment(monkeypatch):
@@ -303,6 +295,5 @@ def test_the_cap_from_the_environment(monkeypatch):
         data.data_memory_limit()
     data.set_data_memory_limit(5)
     assert data.data_memory_limit() == (5, "set_data_memory_limit")
-    data.set_data_memory_limit(None)
     with pytest.raises(ValueError, match=r"set_data_memory_limit: expected .* got -1"):
         data.set_data_memory_limit(-1)
