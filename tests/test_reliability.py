@@ -65,6 +65,8 @@ import gpucnn.functional as F
 from gpucnn import callbacks, datasets, io, layers, losses, models, optimizers, plots
 from gpucnn.bench import report
 from gpucnn.callbacks import LearningRateScheduler
+from gpucnn.datasets import __main__ as cli
+from gpucnn.datasets import _files, _mnist
 from gpucnn.kernels import numpy_set
 from gpucnn.models import saving
 from gpucnn.optimizers import SGD, NonFiniteUpdateError, schedules
@@ -635,14 +637,11 @@ def test_mnist_folder_with_only_the_images_asks_for_the_labels(tmp_path):
 
 
 def test_a_failed_download_leaves_no_empty_folder(tmp_path, monkeypatch):
-    from gpucnn.datasets import _mnist
-
     monkeypatch.setattr(_mnist, "MNIST_MIRRORS", ("http://127.0.0.1:9/",))   # nothing listens
     target = tmp_path / "new" / "mnist"
     with pytest.raises(datasets.DataNotFoundError, match="not downloaded"):
         datasets.mnist(target, split="test")
     assert not (tmp_path / "new").exists()
-    from gpucnn.datasets import _files
 
     def interrupted(url, timeout):
         raise KeyboardInterrupt
@@ -1201,8 +1200,6 @@ def test_every_readme_command_runs_from_the_shell_of_the_first_two():
 
 
 def test_an_offline_fetch_says_where_to_put_the_files_by_hand(tmp_path, capsys):
-    from gpucnn.datasets import __main__ as cli
-
     with socket.socket() as s:              # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
