@@ -115,37 +115,31 @@ def act_bwd_kernel(dtype):
 _FWD, _BWD = Plans("act_forward"), Plans("act_backward")
 
 
+def _elementwise(op, plans, kernel, arrays, act):
+    """A new output from ``kernel`` over ``arrays`` (of one shape, any rank: the kernel sees
+    the flat contiguous arrays), through a plan of ``plans``."""
+    key = plans.key(arrays, act)
+    plan = plans.get(key)
+    if plan is None:
+        code = act_code(op, act)
+        dt = float_dtype(op, arrays[0])
+        arrays = tuple(contig(a, dt) for a in arrays)
+        if len(arrays) == 2 and arrays[0].shape != arrays[1].shape:
+            raise ValueError(f"{op}: dy {tuple(arrays[0].shape)} and y {tuple(arrays[1].shape)} "
+                             "must have the same shape")
+        grid = stream_grid(cdiv(arrays[0].size, 4), EW_BLOCK, EW_PER_SM)
+        plan = plans.put(key, Prepared(kernel(dtname(dt)), grid, (EW_BLOCK,),
+                                       (*arrays, None, code)), arrays, act)
+    out = empty(arrays[0].shape, arrays[0].dtype)
+    plan(*arrays, out)
+    return out
+
+
 def act_forward(x, act):
     """``act(x)`` elementwise, any shape."""
-    key = _FWD.key((x,), act)
-    plan = _FWD.get(key)
-    if plan is None:
-        code = act_code("act_forward", act)
-        dt = float_dtype("act_forward", x)
-        x = contig(x, dt)
-        grid = stream_grid(cdiv(x.size, 4), EW_BLOCK, EW_PER_SM)
-        plan = _FWD.put(key, Prepared(act_fwd_kernel(dtname(dt)), grid, (EW_BLOCK,),
-                                      (x, None, code)), (x,), act)
-    y = empty(x.shape, x.dtype)
-    plan(x, y)          # any rank: the kernel sees the flat contiguous arrays
-    return y
+    return _elementwise("act_forward", _FWD, act_fwd_kernel, (x,), act)
 
 
 def act_backward(dy, y, act):
     """The gradient of ``act`` from its forward output ``y``: ``dx = act'(y) * dy``."""
-    key = _BWD.key((dy, y), act)
-    plan = _BWD.get(key)
-    if plan is None:
-        code = act_code("act_backward", act)
-        dt = float_dtype("act_backward", dy)
-        dy = contig(dy, dt)
-        y = contig(y, dt)
-        if dy.shape != y.shape:
-            raise ValueError(f"act_backward: dy {tuple(dy.shape)} and y {tuple(y.shape)} must "
-                             "have the same shape")
-        grid = stream_grid(cdiv(dy.size, 4), EW_BLOCK, EW_PER_SM)
-        plan = _BWD.put(key, Prepared(act_bwd_kernel(dtname(dt)), grid, (EW_BLOCK,),
-                                      (dy, y, None, code)), (dy, y), act)
-    dx = empty(dy.shape, dy.dtype)
-    plan(dy, y, dx)
-    return dx
+    return _elementwise("act_backward", _BWD, act_bwd_kernel, (dy, y), act)
