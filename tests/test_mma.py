@@ -299,61 +299,47 @@ def assert_rounds_to_tf32(op, got, want, abs_ab):
 
 @needs_sim
 @pytest.mark.parametrize("tile, geo", CASES, ids=CASE_IDS)
-def test_tf32_forward(rng, sim_speed, tile, geo):
+@pytest.mark.parametrize("mode", ["forward", "backward_input", "backward_weight"])
+def test_tf32_conv(rng, sim_speed, monkeypatch, tile, geo, mode):
+    """Each mode within the TF32 bound of the NumPy set in float64, and rounding to TF32; the
+    kernel gradient split over the reduction too (several blocks along z, then the column sum)."""
     x_shape, w_shape, stride, pad = GEOMETRIES[geo]
     x = rng.standard_normal(x_shape).astype(np.float32)
-    w = rng.standard_normal(w_shape).astype(np.float32)
-    b = rng.standard_normal(w_shape[3]).astype(np.float32)
-    k = int(np.prod(w_shape[:3]))
-    abs_ab = ns.conv2d_forward(*f64(np.abs(x), np.abs(w)), None, stride, pad, "linear")
-    for act, bias in (("linear", b), ("relu", None), ("tanh", b), ("sigmoid", b)):
-        got = ct.tf32_conv2d_forward(x, w, bias, stride, pad, act, tile=tile)
-        want = ns.conv2d_forward(*f64(x, w), None if bias is None else f64(bias)[0], stride,
-                                 pad, act)
-        # the activations are 1-Lipschitz: the bound of the sum holds after them
-        check_close(f"tf32_conv2d_forward[{act}]", got, want,
-                    tf32_bound(abs_ab, k) + 2 * F32 * np.abs(want))
-        if act == "linear":
-            assert_rounds_to_tf32("tf32_conv2d_forward", got, want, abs_ab)
-
-
-@needs_sim
-@pytest.mark.parametrize("tile, geo", CASES, ids=CASE_IDS)
-def test_tf32_backward_input(rng, sim_speed, tile, geo):
-    x_shape, w_shape, stride, pad = GEOMETRIES[geo]
     w = rng.standard_normal(w_shape).astype(np.float32)
     y_shape = ns.conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), None, stride, pad,
                                 "linear").shape
     dy = rng.standard_normal(y_shape).astype(np.float32)
-    got = ct.tf32_conv2d_backward_input(dy, w, x_shape, stride, pad, tile=tile)
-    want = ns.conv2d_backward_input(*f64(dy, w), x_shape, stride, pad)
-    abs_ab = ns.conv2d_backward_input(*f64(np.abs(dy), np.abs(w)), x_shape, stride, pad)
-    k = w_shape[0] * w_shape[1] * w_shape[3]
-    check_close("tf32_conv2d_backward_input", got, want, tf32_bound(abs_ab, k))
-    assert_rounds_to_tf32("tf32_conv2d_backward_input", got, want, abs_ab)
-
-
-@needs_sim
-@pytest.mark.parametrize("tile, geo", CASES, ids=CASE_IDS)
-def test_tf32_backward_weight(rng, sim_speed, monkeypatch, tile, geo):
-    """Split over the reduction too (several blocks along z, then the column sum)."""
-    monkeypatch.setattr(ct, "TARGET_BLOCKS", 6)
-    monkeypatch.setattr(ct, "MIN_SPLIT_STEPS", 1)
-    x_shape, w_shape, stride, pad = GEOMETRIES[geo]
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    y_shape = ns.conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), None, stride, pad,
-                                "linear").shape
-    dy = rng.standard_normal(y_shape).astype(np.float32)
-    splits = ct.split_k(tile, int(np.prod(w_shape[:3])), w_shape[3],
-                        int(np.prod(y_shape[:3])), 6, 1)
-    if geo == 0:
-        assert splits[0] > 1, f"geometry 0 should split the reduction, got {splits}"
-    got = ct.tf32_conv2d_backward_weight(x, dy, w_shape, stride, pad, tile=tile)
-    want = ns.conv2d_backward_weight(*f64(x, dy), w_shape, stride, pad)
-    abs_ab = ns.conv2d_backward_weight(*f64(np.abs(x), np.abs(dy)), w_shape, stride, pad)
-    k = int(np.prod(y_shape[:3]))
-    check_close("tf32_conv2d_backward_weight", got, want, tf32_bound(abs_ab, k))
-    assert_rounds_to_tf32("tf32_conv2d_backward_weight", got, want, abs_ab)
+    if mode == "forward":
+        b = rng.standard_normal(w_shape[3]).astype(np.float32)
+        k = int(np.prod(w_shape[:3]))
+        abs_ab = ns.conv2d_forward(*f64(np.abs(x), np.abs(w)), None, stride, pad, "linear")
+        for act, bias in (("linear", b), ("relu", None), ("tanh", b), ("sigmoid", b)):
+            got = ct.tf32_conv2d_forward(x, w, bias, stride, pad, act, tile=tile)
+            want = ns.conv2d_forward(*f64(x, w), None if bias is None else f64(bias)[0], stride,
+                                     pad, act)
+            # the activations are 1-Lipschitz: the bound of the sum holds after them
+            check_close(f"tf32_conv2d_forward[{act}]", got, want,
+                        tf32_bound(abs_ab, k) + 2 * F32 * np.abs(want))
+            if act == "linear":
+                assert_rounds_to_tf32("tf32_conv2d_forward", got, want, abs_ab)
+        return
+    if mode == "backward_input":
+        got = ct.tf32_conv2d_backward_input(dy, w, x_shape, stride, pad, tile=tile)
+        want = ns.conv2d_backward_input(*f64(dy, w), x_shape, stride, pad)
+        abs_ab = ns.conv2d_backward_input(*f64(np.abs(dy), np.abs(w)), x_shape, stride, pad)
+        k = w_shape[0] * w_shape[1] * w_shape[3]
+    else:
+        monkeypatch.setattr(ct, "TARGET_BLOCKS", 6)
+        monkeypatch.setattr(ct, "MIN_SPLIT_STEPS", 1)
+        k = int(np.prod(y_shape[:3]))
+        splits = ct.split_k(tile, int(np.prod(w_shape[:3])), w_shape[3], k, 6, 1)
+        if geo == 0:
+            assert splits[0] > 1, f"geometry 0 should split the reduction, got {splits}"
+        got = ct.tf32_conv2d_backward_weight(x, dy, w_shape, stride, pad, tile=tile)
+        want = ns.conv2d_backward_weight(*f64(x, dy), w_shape, stride, pad)
+        abs_ab = ns.conv2d_backward_weight(*f64(np.abs(x), np.abs(dy)), w_shape, stride, pad)
+    check_close(f"tf32_conv2d_{mode}", got, want, tf32_bound(abs_ab, k))
+    assert_rounds_to_tf32(f"tf32_conv2d_{mode}", got, want, abs_ab)
 
 
 def test_tf32_launchers_refuse_what_they_cannot_do():
