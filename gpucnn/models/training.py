@@ -1,10 +1,10 @@
 """``compile``, ``fit``, ``evaluate``, ``predict`` and the ``*_on_batch`` methods of ``Model``.
 
 Everything that can be checked is checked once per call, on the host, before any weight changes
-(``checks``). The data then moves to the active backend once (``data.Feed``: on a device, whole where it fits
-the data's share of device memory, else streamed in chunks), and each step works on a batch of
-it. Who computes each step is ``gpucnn.parallel``'s business, the one module of it this one talks
-to; a ``fit`` call's settings travel to it as one ``parallel.FitCall``.
+(``checks``). The data then moves to the active backend once (``data.Feed``: on a device, whole
+where it fits the data's share of device memory, else streamed in chunks), and each step works on
+a batch of it. Who computes each step is ``gpucnn.parallel``'s business, the one module of it
+this one talks to; a ``fit`` call's settings travel to it as one ``parallel.FitCall``.
 
 A step reads nothing back from the device unless the progress bar is about to show a value, the
 epoch ends, or a callback asks for batch-level logs. The loss is checked for NaN/inf whenever it is
