@@ -167,19 +167,18 @@ def test_missing_file():
         cnn(0).load_weights("/nonexistent/dir/w.npz")
 
 
+def half_a_file(f, *args, **kwargs):
+    """``np.savez`` failing halfway through (a full disk)."""
+    f.write(b"PK\x03\x04 half a file")
+    raise OSError("disk full (simulated)")
+
+
 def test_atomic_write_keeps_the_old_checkpoint_on_failure(saved_weights, monkeypatch):
     model, path = saved_weights
     good = path.read_bytes()
-    real_savez = np.savez
-
-    def crash(f, *a, **k):
-        f.write(b"PK\x03\x04 half a file")
-        raise OSError("disk full (simulated)")
-
-    monkeypatch.setattr(np, "savez", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with monkeypatch.context() as patch, pytest.raises(OSError, match="disk full"):
+        patch.setattr(np, "savez", half_a_file)
         cnn(9).save_weights(path)
-    monkeypatch.setattr(np, "savez", real_savez)
     assert path.read_bytes() == good
     assert sorted(os.listdir(path.parent)) == [path.name], "the temporary file was left behind"
 
@@ -469,15 +468,9 @@ def test_a_failed_save_leaves_the_old_file(saved, tmp_path, monkeypatch):
         odd.save(path)
     with pytest.raises(FileExistsError, match="overwrite=False"):
         m.save(path, overwrite=False)
-
-    def broken(f, *args, **kwargs):
-        f.write(b"PK half an archive")
-        raise OSError("disk full")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(np, "savez", broken)
-        with pytest.raises(OSError, match="disk full"):
-            m.save(path)
+    with monkeypatch.context() as patch, pytest.raises(OSError, match="disk full"):
+        patch.setattr(np, "savez", half_a_file)
+        m.save(path)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m.npz"]
     with pytest.raises(ValueError, match="has not been built"):
