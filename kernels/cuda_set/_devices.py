@@ -28,27 +28,28 @@ def nccl_wheel() -> tuple[str, str]:
     return "nvidia-nccl-cu12", "distributed-cuda"
 
 
+def _cupy():
+    import cupy
+
+    return cupy
+
+
 class Devices:
-    """CuPy's devices, streams, events and NCCL."""
+    """CuPy's devices, streams, events and NCCL (CuPy imported at the first use)."""
 
     def device_count(self) -> int:
         """GPUs this process sees (0 without CuPy or a driver); creates no CUDA context."""
         try:
-            import cupy
-            return int(cupy.cuda.runtime.getDeviceCount())
+            return int(_cupy().cuda.runtime.getDeviceCount())
         except Exception:  # noqa: BLE001 - any failure means: no GPU to use here
             return 0
 
     def use_device(self, index: int) -> None:
         """Make GPU ``index`` this process's current device."""
-        import cupy
-
-        cupy.cuda.Device(index).use()
+        _cupy().cuda.Device(index).use()
 
     def current_device(self) -> int:
-        import cupy
-
-        return int(cupy.cuda.Device().id)
+        return int(_cupy().cuda.Device().id)
 
     def nccl(self):
         """``(module, None)`` when NCCL can run, else ``(None, the reason)``."""
@@ -68,14 +69,11 @@ class Devices:
 
     def stream(self) -> int:
         """The handle of the current stream (where gpucnn's kernels run)."""
-        import cupy
-
-        return int(cupy.cuda.get_current_stream().ptr)
+        return int(_cupy().cuda.get_current_stream().ptr)
 
     def record_event(self):
         """An event recorded on the current stream."""
-        import cupy
-
+        cupy = _cupy()
         ev = cupy.cuda.Event(block=False, disable_timing=True)
         ev.record(cupy.cuda.get_current_stream())
         return ev
@@ -85,9 +83,7 @@ class Devices:
 
     def synchronize(self) -> None:
         """Wait for the current stream's work (for timings)."""
-        import cupy
-
-        cupy.cuda.get_current_stream().synchronize()
+        _cupy().cuda.get_current_stream().synchronize()
 
 
 _devices = Devices()

@@ -65,12 +65,10 @@ def probe() -> tuple[bool, str, dict]:
     """``(ok, reason, info)`` for the cuda backend on this machine. On a GPU the whole chain is
     proven once per process (a kernel compiled or loaded from the cache, launched, read back);
     the verdict is cached."""
-    if "result" in _verdict:
-        ok, why, info = _verdict["result"]
-        return ok, why, dict(info)
-    result = _probe()
-    _verdict["result"] = result
-    return result[0], result[1], dict(result[2])
+    if "result" not in _verdict:
+        _verdict["result"] = _probe()
+    ok, why, info = _verdict["result"]
+    return ok, why, dict(info)
 
 
 def _probe() -> tuple[bool, str, dict]:

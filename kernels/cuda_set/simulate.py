@@ -71,7 +71,6 @@ def lock_shared_arrays():
     store: a thread switch between the two gives some threads a private "shared" array, and the
     kernel a wrong result (seen in the test suite and in gpucheck's tiny run). The same
     allocation, done under a lock, so that simulated kernels are deterministic."""
-    import sys
     import threading
 
     from numba.cuda.simulator import kernelapi
