@@ -104,24 +104,6 @@ def test_conv2d_float32_stays_float32_with_mixed_inputs(rng):
     assert K.conv2d_backward_input(y, w, x.shape, (1, 1), (1, 1, 1, 1)).dtype == np.float32
 
 
-def test_conv2d_shape_errors_name_the_function(rng):
-    x = rng.standard_normal((1, 5, 5, 3))
-    with pytest.raises(ValueError, match="conv2d_forward.*input channels"):
-        K.conv2d_forward(x, rng.standard_normal((3, 3, 2, 4)), None, (1, 1), (0, 0, 0, 0), "relu")
-    with pytest.raises(ValueError, match="conv2d_forward"):
-        K.conv2d_forward(x, rng.standard_normal((6, 6, 3, 4)), None, (1, 1), (0, 0, 0, 0), "relu")
-    with pytest.raises(ValueError, match="conv2d_forward.*b of shape"):
-        K.conv2d_forward(x, rng.standard_normal((3, 3, 3, 4)), np.ones(3), (1, 1), (0, 0, 0, 0),
-                         "relu")
-    with pytest.raises(ValueError, match="conv2d_backward_weight.*dy shape"):
-        K.conv2d_backward_weight(x, np.ones((1, 2, 2, 4)), (3, 3, 3, 4), (1, 1), (0, 0, 0, 0))
-    with pytest.raises(ValueError, match="conv2d_forward.*'gelu'"):
-        K.conv2d_forward(x, rng.standard_normal((3, 3, 3, 4)), None, (1, 1), (0, 0, 0, 0), "gelu")
-    with pytest.raises(ValueError, match="conv2d_backward_input"):
-        K.conv2d_backward_input(np.ones((1, 3, 3, 5)), rng.standard_normal((3, 3, 3, 4)),
-                                x.shape, (1, 1), (0, 0, 0, 0))
-
-
 # ---------------------------------------------------------------- pooling
 
 def test_max_pool_ties_keep_the_first_cell_and_overlaps_accumulate(rng):
@@ -168,13 +150,6 @@ def test_guide_pooling_2x2_examples():
     np.testing.assert_allclose(a[0, :, :, 0], [[3.5, 2.0], [2.0, 2.5]])
 
 
-def test_pool_errors_name_the_function():
-    with pytest.raises(ValueError, match="max_pool_forward.*padding"):
-        K.max_pool_forward(np.ones((1, 4, 4, 1)), (2, 2), (1, 1), (2, 0, 0, 0))
-    with pytest.raises(ValueError, match="avg_pool_backward.*dy shape"):
-        K.avg_pool_backward(np.ones((1, 3, 3, 1)), (1, 4, 4, 1), (2, 2), (2, 2), (0, 0, 0, 0))
-
-
 # ---------------------------------------------------------------- activations
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -207,11 +182,6 @@ def test_sigmoid_is_stable_in_both_tails():
         assert math.isclose(got, 1 / (1 + math.exp(-float(v))), rel_tol=1e-6)
 
 
-def test_activation_rejects_unknown_name():
-    with pytest.raises(ValueError, match="act_forward.*'swish'"):
-        K.act_forward(np.ones(3), "swish")
-
-
 # ---------------------------------------------------------------- softmax family
 
 def _direct_softmax(x):
@@ -236,13 +206,6 @@ def test_softmax_and_log_softmax_forward(rng):
     assert s.dtype == ls.dtype == loss.dtype == stats.dtype == np.float32
 
 
-def test_softmax_and_loss_errors_name_the_function():
-    with pytest.raises(ValueError, match="softmax_forward.*2 dimensions"):
-        K.softmax_forward(np.ones(4))
-    with pytest.raises(TypeError, match="loss_forward.*labels"):
-        K.loss_forward("sparse_cce_logits", np.array([0.0, 1.0]), np.ones((2, 3)))
-
-
 # ---------------------------------------------------------------- dropout
 
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.8])
@@ -263,6 +226,39 @@ def test_dropout_mask_rate_zero_and_errors():
     np.testing.assert_array_equal(K.dropout_mask((3, 4), 0.0, 1, 2, np.float32), np.ones((3, 4)))
     with pytest.raises(ValueError, match="dropout_mask.*rate"):
         K.dropout_mask((3,), 1.0, 1, 2, np.float32)
+
+
+# ---------------------------------------------------------------- errors
+
+X, Z = np.ones((1, 5, 5, 3)), (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("error,match,call", [
+    (ValueError, "conv2d_forward.*input channels",
+     lambda: K.conv2d_forward(X, np.ones((3, 3, 2, 4)), None, (1, 1), Z, "relu")),
+    (ValueError, "conv2d_forward",
+     lambda: K.conv2d_forward(X, np.ones((6, 6, 3, 4)), None, (1, 1), Z, "relu")),
+    (ValueError, "conv2d_forward.*b of shape",
+     lambda: K.conv2d_forward(X, np.ones((3, 3, 3, 4)), np.ones(3), (1, 1), Z, "relu")),
+    (ValueError, "conv2d_backward_weight.*dy shape",
+     lambda: K.conv2d_backward_weight(X, np.ones((1, 2, 2, 4)), (3, 3, 3, 4), (1, 1), Z)),
+    (ValueError, "conv2d_forward.*'gelu'",
+     lambda: K.conv2d_forward(X, np.ones((3, 3, 3, 4)), None, (1, 1), Z, "gelu")),
+    (ValueError, "conv2d_backward_input",
+     lambda: K.conv2d_backward_input(np.ones((1, 3, 3, 5)), np.ones((3, 3, 3, 4)), X.shape,
+                                     (1, 1), Z)),
+    (ValueError, "max_pool_forward.*padding",
+     lambda: K.max_pool_forward(np.ones((1, 4, 4, 1)), (2, 2), (1, 1), (2, 0, 0, 0))),
+    (ValueError, "avg_pool_backward.*dy shape",
+     lambda: K.avg_pool_backward(np.ones((1, 3, 3, 1)), (1, 4, 4, 1), (2, 2), (2, 2), Z)),
+    (ValueError, "act_forward.*'swish'", lambda: K.act_forward(np.ones(3), "swish")),
+    (ValueError, "softmax_forward.*2 dimensions", lambda: K.softmax_forward(np.ones(4))),
+    (TypeError, "loss_forward.*labels",
+     lambda: K.loss_forward("sparse_cce_logits", np.array([0.0, 1.0]), np.ones((2, 3)))),
+])
+def test_errors_name_the_function(error, match, call):
+    with pytest.raises(error, match=match):
+        call()
 
 
 # ---------------------------------------------------------------- threads
@@ -467,7 +463,6 @@ def test_whole_input_kernels_are_dense_layers(rng, stride, act):
     assert K.conv_algorithm("forward", x.shape, w.shape, stride, (1, 0, 0, 0)) != "dense GEMM"
 
 
-Z = (0, 0, 0, 0)
 SAME3, SAME5 = (1, 1, 1, 1), (2, 2, 2, 2)
 
 
