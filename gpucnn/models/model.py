@@ -25,10 +25,45 @@ import inspect
 
 from gpucnn import backend, io
 from gpucnn.autograd import Tensor, no_grad
-from gpucnn.layers.base import Layer, assign
+from gpucnn.layers.base import Layer, assign, fmt_shape
 from gpucnn.layers.registry import register_model
-from gpucnn.models import summary as _summary
 from gpucnn.models.training import TrainingMixin
+
+
+def _cells(fields, positions):
+    line, start = "", 0
+    for i, (text, end) in enumerate(zip(fields, positions)):
+        cell = (" " if i == 0 else "") + str(text)
+        width = end - start
+        line += cell.ljust(width) if len(cell) < width else cell + " "
+        start = len(line) if len(line) > end else end
+    return line.rstrip()
+
+
+def _summary_lines(model, line_length=None, positions=None) -> list:
+    """``model.summary()``: the Keras table of layers, output shapes and parameter counts."""
+    line_length = line_length or 65
+    positions = positions or [0.45, 0.85, 1.0]
+    if positions[-1] <= 1:
+        positions = [int(line_length * p) for p in positions]
+    lines = [f'Model: "{model.name}"', "_" * line_length,
+             _cells(["Layer (type)", "Output Shape", "Param #"], positions), "=" * line_length]
+    shown = set()
+    for layer in model.layers:
+        shape = "?" if layer.output_shape is None else fmt_shape(layer.output_shape)
+        params = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
+        if id(layer) in shown:              # a layer used again: its weights are counted once
+            params = "0 (shared)"
+        shown.add(id(layer))
+        lines.append(_cells([f"{layer.name} ({type(layer).__name__})", shape, params], positions))
+    trainable = sum(t.size for t in model.trainable_weights)
+    frozen = sum(t.size for t in model.non_trainable_weights)
+    lines += ["=" * line_length,
+              f"Total params: {trainable + frozen:,}",
+              f"Trainable params: {trainable:,}",
+              f"Non-trainable params: {frozen:,}",
+              "_" * line_length]
+    return lines
 
 
 class Model(TrainingMixin, Layer):
@@ -123,7 +158,7 @@ class Model(TrainingMixin, Layer):
         when ``print_fn`` is given, None otherwise (Keras prints and returns nothing).
         """
         self._require_built("summary()")
-        lines = _summary.summary_lines(self, line_length, positions)
+        lines = _summary_lines(self, line_length, positions)
         if print_fn is None:
             print("\n".join(lines))
             return None
