@@ -326,23 +326,18 @@ def nan_after(calls):
     return loss
 
 
-def test_non_finite_loss_at_the_first_step_changes_nothing(rng):
+@pytest.mark.parametrize("calls,epochs,match", [    # NaN at the first step: nothing changes
+    (0, 2, r"loss is nan at epoch 1/2, step 1/3; training stopped before this step's update"),
+    (3 + 2, 4, r"epoch 2/4, step 3/3")])
+def test_non_finite_loss_names_epoch_and_step(calls, epochs, match, rng):
     model = small_cnn()
-    model.compile(optimizers.SGD(0.1), nan_after(0))
+    model.compile(optimizers.SGD(0.1), nan_after(calls))
     before = model.get_weights()
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 1/2, step 1/3; training stopped "
-                                                 r"before this step's update"):
-        model.fit(f32(rng, 20, 8, 8, 1), f32(rng, 20, 3), batch_size=8, epochs=2, verbose=0)
-    assert_untouched(model, before)
-
-
-def test_non_finite_loss_later_names_epoch_and_step(rng):
-    model = small_cnn()
-    model.compile(optimizers.SGD(0.1), nan_after(3 + 2))
-    with pytest.raises(NonFiniteLossError, match=r"epoch 2/4, step 3/3"):
-        model.fit(f32(rng, 20, 8, 8, 1), f32(rng, 20, 3), batch_size=8, epochs=4, verbose=0)
-    assert model.optimizer.iterations == 5
+    with pytest.raises(NonFiniteLossError, match=match):
+        model.fit(f32(rng, 20, 8, 8, 1), f32(rng, 20, 3), batch_size=8, epochs=epochs, verbose=0)
+    assert model.optimizer.iterations == calls
     assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert same_weights(model.get_weights(), before) == (calls == 0)
 
 
 # -- progress output ------------------------------------------------------------------------------------
