@@ -285,30 +285,32 @@ def test_row_rmsprop_weight_decay_is_decoupled(rng):
 # ------------------------------------------------------------------ arguments and state
 
 
-def test_keras_defaults_slot_names_and_config_round_trip():
-    expect = {
-        "SGD": ({"learning_rate": 0.01, "momentum": 0.0, "nesterov": False}, ()),
-        "Adam": ({"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
-                  "amsgrad": False}, ("momentum", "velocity")),
-        "AdamW": ({"learning_rate": 0.001, "weight_decay": 0.004}, ("momentum", "velocity")),
-        "RMSprop": ({"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7,
-                     "centered": False}, ("velocity",)),
-        "Adagrad": ({"learning_rate": 0.001, "initial_accumulator_value": 0.1,
-                     "epsilon": 1e-7}, ("accumulator",)),
-    }
-    for name, (defaults, slots) in expect.items():
-        opt = optimizers.get(name.lower())
-        assert type(opt).__name__ == name
-        config = opt.get_config()
-        for k, v in defaults.items():
-            assert config[k] == v, (name, k, config[k])
-        assert opt.slot_names() == slots, name
-        again = optimizers.deserialize(optimizers.serialize(opt))
-        assert type(again) is type(opt) and again.get_config() == config
-    assert optimizers.Adam(amsgrad=True).slot_names() == ("momentum", "velocity", "velocity_hat")
-    assert optimizers.RMSprop(momentum=0.5, centered=True).slot_names() == (
-        "velocity", "momentum", "average_gradient")
-    assert optimizers.SGD(momentum=0.9).slot_names() == ("momentum",)
+@pytest.mark.parametrize("name,defaults,slots,other", [
+    ("SGD", {"learning_rate": 0.01, "momentum": 0.0, "nesterov": False}, (),
+     (dict(momentum=0.9), ("momentum",))),
+    ("Adam", {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+              "amsgrad": False}, ("momentum", "velocity"),
+     (dict(amsgrad=True), ("momentum", "velocity", "velocity_hat"))),
+    ("AdamW", {"learning_rate": 0.001, "weight_decay": 0.004}, ("momentum", "velocity"), None),
+    ("RMSprop", {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7,
+                 "centered": False}, ("velocity",),
+     (dict(momentum=0.5, centered=True), ("velocity", "momentum", "average_gradient"))),
+    ("Adagrad", {"learning_rate": 0.001, "initial_accumulator_value": 0.1, "epsilon": 1e-7},
+     ("accumulator",), None),
+])
+def test_keras_defaults_slot_names_and_config_round_trip(name, defaults, slots, other):
+    """Keras's defaults (attributes and config) and slot names, by name in any case; ``other``:
+    arguments that add slots, and the slots then."""
+    opt = optimizers.get(name.lower())
+    assert type(opt) is getattr(optimizers, name) and type(optimizers.get(name)) is type(opt)
+    config = opt.get_config()
+    for k, v in defaults.items():
+        assert config[k] == v and getattr(opt, k) == v, (name, k, config[k])
+    assert opt.slot_names() == slots, name
+    again = optimizers.deserialize(optimizers.serialize(opt))
+    assert type(again) is type(opt) and again.get_config() == config
+    if other is not None:
+        assert type(opt)(**other[0]).slot_names() == other[1]
 
 
 def test_bad_arguments_name_the_optimizer():
@@ -324,6 +326,12 @@ def test_bad_arguments_name_the_optimizer():
         optimizers.Adagrad(epsilon="small")
     with pytest.raises(ValueError, match="unknown optimizer 'Nadam'"):
         optimizers.deserialize({"class_name": "Nadam", "config": {}})
+    with pytest.raises(ValueError, match="unknown optimizer 'adamw2'"):
+        optimizers.get("adamw2")
+    with pytest.raises(ValueError, match="learning_rate"):
+        optimizers.SGD(learning_rate=-1.0)
+    with pytest.raises(ValueError, match="momentum"):
+        optimizers.SGD(momentum=1.5)
 
 
 def test_exclude_from_weight_decay_by_name_and_by_tensor():
@@ -398,21 +406,9 @@ def test_a_few_steps_on_a_tiny_problem(rng, kind, cfg):
                                    err_msg=f"step {t}")
 
 
-def test_keras_defaults_and_names():
-    sgd = optimizers.get("sgd")
-    assert (type(sgd), sgd.learning_rate, sgd.momentum, sgd.nesterov) == (optimizers.SGD, 0.01, 0.0, False)
-    adam = optimizers.get("adam")
-    assert (adam.learning_rate, adam.beta_1, adam.beta_2, adam.epsilon) == (0.001, 0.9, 0.999, 1e-7)
-    rms = optimizers.get("RMSprop")
-    assert (rms.learning_rate, rms.rho, rms.epsilon) == (0.001, 0.9, 1e-7)
+def test_the_guides_line():
     SGD = optimizers.SGD(learning_rate=0.01)  # the guide's line
     assert SGD.learning_rate == 0.01
-    with pytest.raises(ValueError, match="unknown optimizer 'adamw2'"):
-        optimizers.get("adamw2")
-    with pytest.raises(ValueError, match="learning_rate"):
-        optimizers.SGD(learning_rate=-1.0)
-    with pytest.raises(ValueError, match="momentum"):
-        optimizers.SGD(momentum=1.5)
 
 
 def test_slots_are_lazy_per_parameter_and_updates_in_place(rng):
