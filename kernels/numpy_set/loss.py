@@ -77,10 +77,9 @@ def loss_forward(loss, t, p):
         value = -(t * logp).sum() / n
         stats = np.concatenate([m, lse, t.sum(axis=-1, keepdims=True)], axis=1)
     elif loss == "sparse_cce":     # clipped, then log(sum(pc)) - log(pc[label])
-        rows = np.arange(n)
         pc, _ = _clip(p)
         total = pc.sum(axis=-1)
-        picked = np.where(valid, pc[rows, t], np.nan).astype(p.dtype)
+        picked = np.where(valid, pc[np.arange(n), t], np.nan).astype(p.dtype)
         value = (np.log(total) - np.log(picked)).mean()
         stats = np.stack([total, picked], axis=1)
     else:                          # sparse_cce_logits: logsumexp(z) - z[label]
