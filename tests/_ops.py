@@ -454,16 +454,9 @@ OPS = [CONV2D, CONV2D_TRANSPOSE, MAX_POOL, AVG_POOL, ACTIVATION, SOFTMAX, LOG_SO
 
 def kernel_cases(only_cuda=False, with_ref=False):
     """``[(id, op, kernel name, Kernel, Sample)]`` over the registry."""
-    out = []
-    for op in OPS:
-        for name, k in op.kernels.items():
-            if with_ref and k.ref is None:
-                continue
-            for s in op.samples:
-                if only_cuda and not s.cuda:
-                    continue
-                out.append((f"{op.name.split()[0]}-{name}-{s.id}", op, name, k, s))
-    return out
+    return [(f"{op.name.split()[0]}-{name}-{s.id}", op, name, k, s) for op in OPS
+            for name, k in op.kernels.items() if k.ref is not None or not with_ref
+            for s in op.samples if s.cuda or not only_cuda]
 
 
 def grad_cases():
