@@ -170,8 +170,7 @@ def test_input_gradient_vector_loads(rng, stride, launched, monkeypatch):
     x, wt, b, dy, y, pad = _inputs(rng, g)
     del launched[:]
     check("conv2d_backward_input", g, C.conv2d_backward_input(dy, wt, x.shape, stride, pad),
-          R.ref_conv2d_backward_input(dy.astype(np.float64), wt.astype(np.float64), x.shape,
-                                      stride, pad), GRAD_TOL)
+          R.ref_conv2d_backward_input(dy, wt, x.shape, stride, pad), GRAD_TOL)   # (in float64)
     t = gemm.TILE_MID
     assert launched == [f"gemm_bwd_input{'_s' if s else ''}[float32,{t.bm}x{t.bn}x{t.bk}/"
                         f"{t.tm}x{t.tn}/{t.min_blocks}]"], launched
@@ -209,8 +208,7 @@ def test_linear_bias_gradient_reads_no_activation_output(rng, launched):
 @pytest.mark.usefixtures("poisoned_small_launches")
 def test_baseline_stays_selectable_and_float64_uses_it(rng, launched):
     x, wt, b, dy, y, pad = _inputs(rng, GEOMETRIES[0])
-    want = R.ref_conv2d(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64),
-                        (1, 1), pad, "relu")
+    want = R.ref_conv2d(x, wt, b, (1, 1), pad, "relu")          # the loops run in float64
     before = conv.set_conv_kernels("igemm2")
     try:
         check("conv2d_forward (igemm2)", "", C.conv2d_forward(x, wt, b, (1, 1), pad, "relu"),
@@ -334,8 +332,7 @@ def test_transposed_convolution_runs_on_the_decomposed_gradient(rng, stride, pad
     ho = 3 * sh if padding == "same" else 2 * sh + max(3, sh)
     wo = 4 * sw if padding == "same" else 3 * sw + max(2, sw)
     pad = R.ref_pads(ho, wo, 3, 2, sh, sw, padding)
-    want = R.ref_conv2d_backward_input(x.astype(np.float64), w.astype(np.float64),
-                                       (2, ho, wo, 5), stride, pad) + b
+    want = R.ref_conv2d_backward_input(x, w, (2, ho, wo, 5), stride, pad) + b    # float64
     check("conv2d_transpose", (stride, padding), got, want, GRAD_TOL)
     assert any(n.startswith("gemm_bwd_input_s[") for n in launched), launched
 
