@@ -28,12 +28,9 @@ def _run(code, **env):
                           timeout=120)
 
 
-def _has_gpu():
-    r = _run("import gpucnn.kernels.cuda_set._runtime as r; print(r.probe()[0])")
-    return r.stdout.strip() == "True"
-
-
-GPU = _has_gpu()
+# whether a fresh process (the simulator off) sees a usable NVIDIA GPU
+GPU = _run("import gpucnn.kernels.cuda_set._runtime as r; print(r.probe()[0])").stdout.strip() \
+    == "True"
 
 
 @pytest.mark.skipif(GPU, reason="this machine has a usable NVIDIA GPU")
