@@ -87,7 +87,8 @@ class Batches:
     """Batches of ``x`` (and ``y``) for one epoch per iteration; see the module docstring."""
 
     def __init__(self, x, y=None, batch_size=32, shuffle=True, seed=None, drop_remainder=False):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                or batch_size < 1):
             raise ValueError(f"Batches: batch_size must be a positive int, got {batch_size!r}")
         n = len(x)
         if y is not None and len(y) != n:

@@ -15,8 +15,8 @@ runners:
 - ``ranks.Ranks``: each rank of an MPI job (``gpucnn.distributed.init()``) computes its share
   of every batch and the ranks add their gradients.
 
-Every training and inference call runs inside ``session(ks)``. Nothing here imports layers, models or losses: a layer says ``per_sample``, a loss
-``batch_mean``, a model lists the random keys of its step (``_step_keys``) and its FLOPs per
+Every training and inference call runs inside ``session(ks)``. Nothing here imports layers,
+models or losses: a layer says ``per_sample``, a loss ``batch_mean``, a model lists the random keys of its step (``_step_keys``) and its FLOPs per
 sample (``_sample_flops``).
 """
 from __future__ import annotations
@@ -35,12 +35,9 @@ def session(ks):
     thread, and on the NumPy set BLAS is single-threaded (the kernels split work over their own
     threads; OpenBLAS's threads would otherwise wake for the dense layers' products and keep
     spinning on the cores the kernels use)."""
-    with _calls.open_call():
-        if has(ks, "threads"):
-            with ks.single_threaded_blas():
-                yield
-        else:
-            yield
+    blas = ks.single_threaded_blas() if has(ks, "threads") else contextlib.nullcontext()
+    with _calls.open_call(), blas:
+        yield
 
 
 def runner_for(model, ks, call: FitCall) -> Runner:
@@ -48,16 +45,14 @@ def runner_for(model, ks, call: FitCall) -> Runner:
     ``model``."""
     g = group()
     if g is not None:
-        return ranks.Ranks(g, model, call.logits, call.totals, call.steps, call.metrics, call.op,
-                           dict(call.agreed))
+        return ranks.Ranks(g, model, call)
     ranks.warn_if_launched(call.op)
     if graphed.enabled(ks):
         return graphed.kept(model, call.logits, call.totals, call.steps)
     if (call.batch_hooks or call.steps < 2 or call.x is None or not forked.available(ks)
             or model.output_shape is None or step.sample_flops(model) is None):
         return Whole(model, call.logits, call.totals, call.steps)
-    return forked.Forked(model, call.logits, call.totals, call.steps, call.largest, call.x,
-                         call.y, model.output_shape)
+    return forked.Forked(model, call)
 
 
 def batch_runner(model, ks, logits, totals) -> Runner:

@@ -41,6 +41,17 @@ def spin(conn, seconds) -> None:
         pass
 
 
+def receive(conn, seconds, gone):
+    """``conn``'s next message, polled for ``seconds`` first (``spin``); while blocked after
+    that, ``gone()`` is asked every ``PARENT_CHECK`` seconds whether the other side has ended
+    (then EOFError)."""
+    spin(conn, seconds)
+    while not conn.poll(PARENT_CHECK):
+        if gone():
+            raise EOFError
+    return conn.recv()
+
+
 _prctl = []          # [libc's prctl] once looked up (in the parent: no loader call after fork)
 
 
@@ -74,15 +85,6 @@ def _status_kb(field):
     return None
 
 
-def _next(conn, parent):
-    """The worker's next message, or None when the parent has gone (checked while blocked)."""
-    spin(conn, SPIN_NEXT)
-    while not conn.poll(PARENT_CHECK):
-        if os.getppid() != parent:
-            raise EOFError
-    return conn.recv()
-
-
 def worker_loop(conn, parent, model, params, logits, need_out, x, y, out, loss, has,
                  grads) -> int:
     """The worker: run the parts the parent sends until it sends None (or goes away); on None it
@@ -95,7 +97,7 @@ def worker_loop(conn, parent, model, params, logits, need_out, x, y, out, loss, 
     with ks.single_threaded_blas():
         while True:
             try:
-                msg = _next(conn, parent)
+                msg = receive(conn, SPIN_NEXT, lambda: os.getppid() != parent)
             except (EOFError, OSError):
                 return 0
             if msg is None:
@@ -126,5 +128,5 @@ def worker_loop(conn, parent, model, params, logits, need_out, x, y, out, loss, 
                     return 1
 
 
-__all__ = ["PARENT_CHECK", "SPIN_NEXT", "SPIN_REPLY", "die_with_parent", "find_prctl", "spin",
-           "worker_loop"]
+__all__ = ["PARENT_CHECK", "SPIN_NEXT", "SPIN_REPLY", "die_with_parent", "find_prctl", "receive",
+           "spin", "worker_loop"]

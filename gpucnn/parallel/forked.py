@@ -35,10 +35,11 @@ class Forked(Whole):
     batch is large enough (``step.PROCESS_MIN_FLOPS``) runs on a ``WorkerSet``; other steps, or
     every step when no set may serve this call, run whole (``Whole``)."""
 
-    def __init__(self, model, logits, totals, steps, largest, x, y, out_shape):
-        super().__init__(model, logits, totals, steps)
-        self.config = (largest, tuple(x.shape[1:]), x.dtype, tuple(y.shape[1:]), y.dtype,
-                       tuple(out_shape[1:]), model.dtype)
+    def __init__(self, model, call):
+        super().__init__(model, call.logits, call.totals, call.steps)
+        x, y = call.x, call.y
+        self.config = (call.largest, tuple(x.shape[1:]), x.dtype, tuple(y.shape[1:]), y.dtype,
+                       tuple(model.output_shape[1:]), model.dtype)
         self.procs = None
         try:
             self._acquire()

@@ -236,11 +236,12 @@ class Ranks(Runner):
     docstring). Made, it has checked the settings and given every rank rank 0's weights,
     optimizer step and random state."""
 
-    def __init__(self, g, model, logits, totals, steps, metrics, op, settings):
-        super().__init__(model, logits, totals, steps)
-        self.group, self.metrics, self.op = g, int(metrics), op
+    def __init__(self, g, model, call):
+        super().__init__(model, call.logits, call.totals, call.steps)
+        self.group, self.metrics, self.op = g, int(call.metrics), call.op
+        op = call.op
         try:
-            check_settings(g, op, settings)
+            check_settings(g, op, dict(call.agreed))
             broadcast_model(g, model, f"{op}: the broadcast of rank 0's weights")
             broadcast_state(g, model, f"{op}: the broadcast of rank 0's random state")
             broadcast_slots(g, model, f"{op}: the broadcast of rank 0's optimizer state")

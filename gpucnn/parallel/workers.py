@@ -43,8 +43,7 @@ import numpy as np
 
 from gpucnn.parallel import _calls
 from gpucnn.parallel import step as _step
-from gpucnn.parallel._worker import (PARENT_CHECK, SPIN_REPLY, die_with_parent, find_prctl, spin,
-                                     worker_loop)
+from gpucnn.parallel._worker import SPIN_REPLY, die_with_parent, find_prctl, receive, worker_loop
 
 _ALIGN = 64
 
@@ -71,8 +70,8 @@ class _Shared:
 class _Worker:
     """The parent's handle of one worker: its pipe end, pid and shared buffers."""
 
-    def __init__(self, conn, pid, bufs):
-        self.conn, self.pid = conn, pid
+    def __init__(self, conn, pid, bufs, shared):
+        self.conn, self.pid, self.shared = conn, pid, shared       # shared: keeps the mapping
         self.x, self.y, self.out, self.loss, self.has, self.grads = bufs
 
 
@@ -197,9 +196,7 @@ class WorkerSet:
                 os._exit(code)
         child_end.close()
         _ends.add(parent_end)
-        worker = _Worker(parent_end, pid, bufs)
-        worker.shared = shared
-        return worker
+        return _Worker(parent_end, pid, bufs, shared)
 
     # -- one step ------------------------------------------------------------------------------
     def step(self, xb, yb, rows=None):
@@ -250,15 +247,12 @@ class WorkerSet:
         if finalizer is not None:
             finalizer.detach()
         _sets.discard(self)
-        if getattr(self, "_owner", os.getpid()) != os.getpid():
-            # a fork of the process that started them (a user's own os.fork or
-            # multiprocessing): the workers belong to the parent, which keeps using them
-            self.workers = []
-            self.model, self.params = None, []
-            return
-        growth = _stop([(w.conn, w.pid) for w in self.workers], os.getpid())
-        if self.workers:
-            last_growth[:] = growth
+        # in a fork of the process that started them (a user's own os.fork or multiprocessing)
+        # the workers belong to the parent, which keeps using them: they are only forgotten
+        if getattr(self, "_owner", os.getpid()) == os.getpid():
+            growth = _stop([(w.conn, w.pid) for w in self.workers])
+            if self.workers:
+                last_growth[:] = growth
         self.workers = []
         self.model, self.params = None, []        # nothing keeps the model alive any more
 
@@ -325,7 +319,7 @@ def drain() -> None:
     while _pending:
         handles = list(_pending)
         del _pending[:len(handles)]
-        _stop(handles, os.getpid())
+        _stop(handles)
     for procs in list(_sets):
         if procs.mine and procs.lessee is None and not procs.thread.is_alive():
             procs.close()
@@ -334,13 +328,10 @@ def drain() -> None:
 atexit.register(drain)       # after weakref.finalize's own exit hook (registered later) runs
 
 
-def _stop(handles, owner) -> list:
-    """End workers given as ``(pipe end, pid)``, only in the process that started them,
-    ``owner`` (a fork of it must not end its parent's workers); returns the growth of resident
-    memory each reported."""
+def _stop(handles) -> list:
+    """End workers given as ``(pipe end, pid)`` (of this process: ``_defer`` and ``close`` ask);
+    returns the growth of resident memory each reported."""
     growth = []
-    if os.getpid() != owner:
-        return growth
     for conn, _ in handles:
         try:
             conn.send(None)
@@ -364,11 +355,7 @@ def _stop(handles, owner) -> list:
 def _reply(w):
     """Wait for a worker's answer to its step: None, or the text of its exception."""
     try:
-        spin(w.conn, SPIN_REPLY)
-        while not w.conn.poll(PARENT_CHECK):
-            if _ended(w.pid):
-                raise EOFError
-        return w.conn.recv()
+        return receive(w.conn, SPIN_REPLY, lambda: _ended(w.pid))
     except (EOFError, OSError):
         return f"worker process {w.pid} ended without answering"
 
