@@ -211,17 +211,9 @@ class FakeComm:
         MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM)
         self.sums += 1
 
-    @mirrors(_comm_method("check_async_error"))
-    def check_async_error(self):
-        pass
 
-    @mirrors(_comm_method("destroy"))
-    def destroy(self):
-        pass
-
-    @mirrors(_comm_method("abort"))
-    def abort(self):
-        pass
+for _name in ("check_async_error", "destroy", "abort"):      # no-ops on the fake communicator
+    setattr(FakeComm, _name, mirrors(_comm_method(_name))(lambda self: None))
 
 
 class FakeGpu:
