@@ -201,20 +201,14 @@ def test_a_float_register_is_refused(rng):
         k[1, 32](np.zeros(32, np.float32))
 
 
+@pytest.mark.parametrize("how, threads, why", [
+    (None, 24, "partial warp: the block has 24 threads"),
+    ("exit", 32, "lane 5 finished the kernel"), ("site", 32, "divergent warp 0")])
 @needs_sim
-def test_a_partial_warp_raises(rng):
-    a, b, c = warp_inputs(rng)
-    with pytest.raises(ptx.WarpError, match="partial warp: the block has 24 threads"):
-        run_warp(warp_kernel(), a, b, c, threads=24)
-
-
-@pytest.mark.parametrize("how, why", [("exit", "lane 5 finished the kernel"),
-                                      ("site", "divergent warp 0")])
-@needs_sim
-def test_a_divergent_warp_raises(rng, how, why):
+def test_a_partial_or_divergent_warp_raises(rng, how, threads, why):
     a, b, c = warp_inputs(rng)
     with pytest.raises(ptx.WarpError, match=why):
-        run_warp(warp_kernel(divergent=how), a, b, c)
+        run_warp(warp_kernel(divergent=how), a, b, c, threads=threads)
 
 
 def bf16_pack(x):
