@@ -409,29 +409,6 @@ class Layer:
                 config[key] = found.from_config(value.get("config") or {})
         return cls(**config)
 
-    def _activation_config(self):
-        """The name of the layer's activation, for ``get_config`` (a custom function cannot be
-        written)."""
-        from gpucnn.layers import _activations
-
-        act, names = self._act, _activations.NAMES
-        if act.name not in names or act.after not in (None, _activations._AFTER.get(act.name)):
-            raise ValueError(f"layer '{self.name}' ({type(self).__name__}): its activation "
-                             f"{self.activation!r} is a custom function, which a model file cannot "
-                             f"hold; use one of {names}, or keep the architecture in code "
-                             "and save the weights alone (save_weights)")
-        return act.name
-
-    def _initializer_config(self, attr):
-        """``{"class_name": ..., "config": ...}`` of the initializer in ``attr``, for
-        ``get_config``."""
-        init = getattr(self, attr)
-        if not isinstance(init, initializers.Initializer):
-            raise ValueError(f"layer '{self.name}' ({type(self).__name__}): its {attr} {init!r} is "
-                             "a function, which a model file cannot hold; use an initializer of "
-                             "gpucnn.initializers, or save the weights alone (save_weights)")
-        return {"class_name": type(init).__name__, "config": init.get_config()}
-
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r} built={self.built}>"
 

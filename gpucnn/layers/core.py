@@ -22,6 +22,12 @@ from gpucnn.layers import _activations
 from gpucnn.layers.base import Layer, shape_tuple
 
 
+def fits(declared, shape) -> bool:
+    """Whether ``shape`` (batch axis first) has the ``declared`` sample shape (None: any size)."""
+    rest = tuple(shape[1:])
+    return len(rest) == len(declared) and all(d is None or d == s for d, s in zip(declared, rest))
+
+
 def _channels_last(data_format, owner):
     if data_format not in (None, "channels_last"):
         raise ValueError(f"{owner}: only data_format='channels_last' (N, H, W, C) is supported, "
@@ -44,10 +50,30 @@ class _Activated(Layer):
         self.kernel = None
         self.bias = None
 
+    def _activation_config(self):
+        """The name of the layer's activation, for ``get_config`` (a custom function cannot be
+        written)."""
+        act, names = self._act, _activations.NAMES
+        if act.name not in names or act.after not in (None, _activations._AFTER.get(act.name)):
+            raise ValueError(f"layer '{self.name}' ({type(self).__name__}): its activation "
+                             f"{self.activation!r} is a custom function, which a model file cannot "
+                             f"hold; use one of {names}, or keep the architecture in code "
+                             "and save the weights alone (save_weights)")
+        return act.name
+
     def _kernel_config(self):
-        return {"activation": self._activation_config(), "use_bias": self.use_bias,
-                "kernel_initializer": self._initializer_config("kernel_initializer"),
-                "bias_initializer": self._initializer_config("bias_initializer")}
+        """The activation, ``use_bias`` and each initializer as ``{"class_name": ..., "config":
+        ...}``, for ``get_config``."""
+        config = {"activation": self._activation_config(), "use_bias": self.use_bias}
+        for attr in ("kernel_initializer", "bias_initializer"):
+            init = getattr(self, attr)
+            if not isinstance(init, initializers.Initializer):
+                raise ValueError(f"layer '{self.name}' ({type(self).__name__}): its {attr} "
+                                 f"{init!r} is a function, which a model file cannot hold; use an "
+                                 "initializer of gpucnn.initializers, or save the weights alone "
+                                 "(save_weights)")
+            config[attr] = {"class_name": type(init).__name__, "config": init.get_config()}
+        return config
 
     def _build_kernel(self, shape, units):
         self.kernel = self.add_weight(shape, self.kernel_initializer, name="kernel")
@@ -251,9 +277,7 @@ class InputLayer(Layer):
         return {**super().get_config(), "batch_size": self.batch_size}
 
     def _check_input(self, shape):
-        if tuple(shape[1:]) != self._declared and not (
-                len(shape) - 1 == len(self._declared)
-                and all(d is None or d == s for d, s in zip(self._declared, shape[1:]))):
+        if not fits(self._declared, shape):
             self._expect(str((None,) + self._declared), shape)
 
     def compute_output_shape(self, input_shape):

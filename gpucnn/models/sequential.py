@@ -13,14 +13,9 @@
 from __future__ import annotations
 
 from gpucnn.layers.base import Layer, fmt_shape, once
-from gpucnn.layers.core import InputLayer
+from gpucnn.layers.core import InputLayer, fits
 from gpucnn.layers.registry import deserialize_layer, register_model
 from gpucnn.models.model import Model
-
-
-def _fits(declared, shape) -> bool:
-    rest = tuple(shape[1:])
-    return len(rest) == len(declared) and all(d is None or d == s for d, s in zip(declared, rest))
 
 
 @register_model
@@ -98,7 +93,7 @@ class Sequential(Model):
     def _check_input(self, shape):
         if not self._layers:
             raise ValueError("the model has no layers; add some with model.add(layer)")
-        if self._declared is not None and not _fits(self._declared, shape):
+        if self._declared is not None and not fits(self._declared, shape):
             first = self._layers[0]
             raise ValueError(f"expected input shape {fmt_shape((None,) + self._declared)} (the input "
                              f"shape of its first layer '{first.name}' ({type(first).__name__})), "
