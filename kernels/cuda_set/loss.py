@@ -1,13 +1,14 @@
 """The losses of ``LOSSES`` (see ``gpucnn.kernels``): one launch for the forward, one for the
 backward.
 
-A forward block sums its share (a grid-stride loop over the elements, or its rows, one row at a
-time with the threads striding along it) with the shared tree of ``softmax._block_reducers``,
-writes the sum to ``partial[block]`` and takes a ticket from ``counter`` (a fresh zero per
-call); the block with the last ticket adds the partials in their order and writes the mean. No
-float atomics: the value depends on the grid alone. A backward is a grid-stride loop, one write
-per element, from the per-row ``stats`` its forward wrote. Clip bounds ``[1e-7, 1 - 1e-7]`` in
-the dtype; the gradient passes inside them and on them.
+A forward block sums its share (a grid-stride loop over the elements, or its rows: one row at a
+time with the threads striding along it, or, for rows of at most ``softmax.SHORT_ROW``, several
+at once, a group of threads a row reading it once into shared memory) with the shared trees of
+``softmax._reducers``, writes the sum to ``partial[block]`` and takes a ticket from ``counter``
+(a fresh zero per call); the block with the last ticket adds the partials in their order and
+writes the mean. No float atomics: the value depends on the grid alone. A backward is a
+grid-stride loop, one write per element, from the per-row ``stats`` its forward wrote. Clip
+bounds ``[1e-7, 1 - 1e-7]`` in the dtype; the gradient passes inside them and on them.
 """
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ import numpy as np
 from numba import types
 
 from .. import LOSS_STATS, LOSSES
-from ._launch import (MAX_BLOCKS, NB_FLOAT, arr, check_rank, contig, dtname, dummy, empty,
+from ._launch import (MAX_BLOCKS, NB_FLOAT, arr, cdiv, check_rank, contig, dtname, dummy, empty,
                       float_dtype, float_variants, kernel_factory, KernelSpec, Plans, Prepared, xp)
 from ._runtime import numba_cuda as cuda
 from .activation import SIGMOID, act_device_fns
-from .softmax import _block_reducers, _labels
+from .softmax import SHORT_ROW, _block_reducers, _labels, _reducers, group_size
 from .vector import HALF, stream_grid
 
 #: Threads per block of the forward kernels (a power of two) and of the backward ones; the
@@ -38,6 +39,11 @@ CODE = {name: i % 4 for i, name in enumerate(LOSSES)}
 
 def _fwd_variants():
     return [{"dtype": d, "block": LOSS_BLOCK} for d in ("float32", "float64")]
+
+
+def _rows_variants():
+    g = group_size(LOSS_BLOCK)
+    return _fwd_variants() + [dict(v, group=g, kmax=SHORT_ROW) for v in _fwd_variants()]
 
 
 def _bounds(dtype):
@@ -105,10 +111,12 @@ def ew_fwd_kernel(dtype, block):
                       (a, a, a, arr(np.int32, 1), a, types.int32), (block, HALF))
 
 
-@kernel_factory(_fwd_variants)
-def rows_fwd_kernel(dtype, block):
+@kernel_factory(_rows_variants)
+def rows_fwd_kernel(dtype, block, group=0, kmax=0):
     dt = NB_FLOAT[np.dtype(dtype)]
     lo, hi = _bounds(dtype)
+    if group:
+        return _rows_group_fwd(dtype, dt, lo, hi, block, group, kmax)
     _, block_sum, row_max_sum = _block_reducers(dtype, block)
     finish = _finisher(dtype, block)
 
@@ -167,6 +175,88 @@ def rows_fwd_kernel(dtype, block):
 
     a1, a2 = arr(dtype, 1), arr(dtype, 2)
     return KernelSpec(f"loss_rows_fwd[{dtype},{block}]", rows_fwd_k,
+                      (a2, a2, arr(np.int64, 1), a1, arr(np.int32, 1), a1, a2, types.int32))
+
+
+def _rows_group_fwd(dtype, dt, lo, hi, block, group, kmax):
+    per = block // group
+    cells = per * kmax                       # the block's rows, in shared memory
+    tree_max, tree_sum = _reducers(dtype, group)
+    _, block_sum, _ = _block_reducers(dtype, block)
+    finish = _finisher(dtype, block)
+
+    def rows_group_fwd_k(p, t, labels, partial, counter, out, stats, code):
+        """``rows_fwd_k`` on short rows (K <= kmax): a group of threads per row, the block's
+        ``per`` rows side by side (rows b * per + t // group, then a grid stride). p read once
+        from global memory (the row's max or sum), into the thread's own cells of ``row`` in
+        shared memory, which the other passes read; t read once; p[r, label] once."""
+        red = cuda.shared.array(block, dt)
+        row = cuda.shared.array(cells, dt)
+        ticket = cuda.shared.array(1, types.int32)
+        tid = cuda.threadIdx.x
+        lane = tid % group
+        at = (tid // group) * kmax           # row[at + j]: column j of this thread's row
+        logits = code == CCE_LOGITS or code == SPARSE_LOGITS
+        acc = dt(0)                          # the group's rows, in its lane 0
+        for r in range(cuda.blockIdx.x * per + tid // group, p.shape[0] + tid // group,
+                       cuda.gridDim.x * per):
+            live = r < p.shape[0]            # the same trip count in every thread of a block
+            k = p.shape[1] if live else 0
+            lab = labels[r] if live and code >= SPARSE else 0
+            a = dt(-math.inf) if logits else dt(0)
+            for j in range(lane, k, group):
+                x = p[r, j]
+                row[at + j] = x
+                if logits:
+                    if x > a:
+                        a = x
+                else:
+                    a += min(max(x, dt(lo)), dt(hi)) if code == SPARSE else x
+            m = tree_max(red, tid, a) if logits else tree_sum(red, tid, a)
+            inside = lab >= 0 and lab < p.shape[1]
+            if code == SPARSE:           # m = sum(pc), b = pc[label]
+                b = min(max(p[r, lab], dt(lo)), dt(hi)) if live and inside else dt(math.nan)
+                v = dt(math.log(m)) - dt(math.log(b)) if live else dt(0)
+            elif code == CCE:            # m = the row sum s, b = sum(dq * q)
+                a = dt(0)
+                d = dt(0)
+                for j in range(lane, k, group):
+                    q = row[at + j] / m
+                    qc = min(max(q, dt(lo)), dt(hi))
+                    a -= t[r, j] * dt(math.log(qc))
+                    if q >= dt(lo) and q <= dt(hi):
+                        d += -t[r, j] / qc * q
+                v = tree_sum(red, tid, a)
+                b = tree_sum(red, tid, d)
+            else:                        # m = the row max, s = sum(exp(z - m))
+                s = dt(0)
+                for j in range(lane, k, group):
+                    s += dt(math.exp(row[at + j] - m))
+                s = tree_sum(red, tid, s)
+                if code == SPARSE_LOGITS:
+                    b = s
+                    v = dt(math.nan)
+                    if live and inside:
+                        v = dt(math.log(s)) - (p[r, lab] - m)
+                else:
+                    b = dt(math.log(s)) if live else dt(0)
+                    a = dt(0)
+                    ts = dt(0)
+                    for j in range(lane, k, group):
+                        a -= t[r, j] * ((row[at + j] - m) - b)
+                        ts += t[r, j]
+                    v = tree_sum(red, tid, a)
+                    ts = tree_sum(red, tid, ts)
+                    if live and lane == 0:
+                        stats[r, 2] = ts
+            if live and lane == 0:
+                stats[r, 0] = m
+                stats[r, 1] = b
+                acc += v
+        finish(red, ticket, tid, block_sum(red, tid, acc), partial, counter, out, p.shape[0])
+
+    a1, a2 = arr(dtype, 1), arr(dtype, 2)
+    return KernelSpec(f"loss_rows_fwd[{dtype},{block},g{group},k{kmax}]", rows_group_fwd_k,
                       (a2, a2, arr(np.int64, 1), a1, arr(np.int32, 1), a1, a2, types.int32))
 
 
@@ -279,8 +369,13 @@ def loss_forward(loss, t, p):
     if hit is None:
         p, tt, lab, dt = _inputs(op, loss, t, p)
         rows = loss in LOSS_STATS
-        spec = (rows_fwd_kernel if rows else ew_fwd_kernel)(dtname(dt), LOSS_BLOCK)
-        grid = (min(p.shape[0], MAX_BLOCKS),) if rows else stream_grid(p.size, LOSS_BLOCK, HALF)
+        if rows:
+            g = group_size(LOSS_BLOCK) if p.shape[1] <= SHORT_ROW else 0
+            spec = rows_fwd_kernel(dtname(dt), LOSS_BLOCK, g, SHORT_ROW if g else 0)
+            grid = (min(cdiv(p.shape[0], LOSS_BLOCK // g if g else 1), MAX_BLOCKS),)
+        else:
+            spec = ew_fwd_kernel(dtname(dt), LOSS_BLOCK)
+            grid = stream_grid(p.size, LOSS_BLOCK, HALF)
         plan = Prepared(spec, grid, (LOSS_BLOCK,), (None,) * (7 if rows else 5) + (CODE[loss],))
         hit = _FWD.put(key, (plan, grid[0], LOSS_STATS.get(loss)),
                        (p, lab if loss.startswith("sparse") else tt), loss)

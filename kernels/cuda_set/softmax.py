@@ -1,6 +1,8 @@
-"""Softmax and log-softmax along the last axis of ``(rows, K)``, and the block reducers and label
-check that the row losses of ``loss`` share. One block per row; the row's max and sum are
-block-level tree reductions in shared memory (max-subtracted: no overflow for large logits).
+"""Softmax and log-softmax along the last axis of ``(rows, K)``, and the reducers and label
+check that the row losses of ``loss`` share. A row's max and sum are tree reductions in shared
+memory (max-subtracted: no overflow for large logits). Short rows (K <= ``SHORT_ROW``) take the
+row-group forward: a group of threads per row, several rows per block, the row read from global
+memory once into shared memory; longer ones one block per row, three passes over the row.
 """
 from __future__ import annotations
 
@@ -10,17 +12,74 @@ import math
 import numpy as np
 from numba import types
 
-from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype,
+from ._launch import (NB_FLOAT, arr, cdiv, check_rank, contig, empty, float_dtype,
                       kernel_factory, KernelSpec, Plans, Prepared, dtname)
 from ._runtime import numba_cuda as cuda
 
-#: Threads per block (one block per row); a power of two. Tests shrink it for the simulator.
+#: Threads per block (one block per long row); a power of two. Tests shrink it for the simulator.
 SOFTMAX_BLOCK = 128
 MAX_GRID_X = 2**31 - 1
+#: Rows of at most ``SHORT_ROW`` columns take the row-group kernels (here and in ``loss``): a
+#: group of ``group_size(block)`` threads per row, the block's rows side by side.
+SHORT_ROW = 256
+ROW_GROUP = 32
+
+
+def group_size(block: int) -> int:
+    """Threads per row of a row-group kernel of ``block`` threads: ``ROW_GROUP``, and at most
+    half the block (so that a block holds 2 rows at least)."""
+    return min(ROW_GROUP, block // 2)
 
 
 def _variants():
     return [{"dtype": d, "block": SOFTMAX_BLOCK} for d in ("float32", "float64")]
+
+
+def _fwd_variants():
+    g = group_size(SOFTMAX_BLOCK)
+    return _variants() + [dict(v, group=g, kmax=SHORT_ROW) for v in _variants()]
+
+
+@functools.lru_cache(maxsize=None)
+def _reducers(dtype: str, width: int):
+    """``(tree_max, tree_sum)``: device functions ``f(red, t, v)`` reducing one value per thread
+    over the ``width`` consecutive threads of t's group (``t // width``; all of the block when
+    ``width`` is the block size), the result to each of them. ``red`` is a shared array of one
+    entry per thread; every thread of the block must call (they hold ``syncthreads``)."""
+    if width & (width - 1):
+        raise ValueError(f"softmax: block and group sizes must be powers of two, got {width}")
+
+    @cuda.jit(device=True, inline="always")
+    def tree_max(red, t, v):
+        lane = t % width
+        red[t] = v
+        cuda.syncthreads()  # every thread's value is in `red` before the tree reads it
+        step = width // 2
+        while step > 0:
+            if lane < step and red[t + step] > red[t]:
+                red[t] = red[t + step]
+            cuda.syncthreads()  # this tree level is complete before the next one reads it
+            step //= 2
+        r = red[t - lane]
+        cuda.syncthreads()  # everyone has read its group's result before `red` is reused
+        return r
+
+    @cuda.jit(device=True, inline="always")
+    def tree_sum(red, t, v):
+        lane = t % width
+        red[t] = v
+        cuda.syncthreads()  # every thread's value is in `red` before the tree reads it
+        step = width // 2
+        while step > 0:
+            if lane < step:
+                red[t] += red[t + step]
+            cuda.syncthreads()  # this tree level is complete before the next one reads it
+            step //= 2
+        r = red[t - lane]
+        cuda.syncthreads()  # everyone has read its group's result before `red` is reused
+        return r
+
+    return tree_max, tree_sum
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,36 +87,7 @@ def _block_reducers(dtype: str, block: int):
     """Device functions reducing one value per thread over the block (result to every thread),
     and the row maximum and exponential sum built on them that softmax and cross-entropy share."""
     dt = NB_FLOAT[np.dtype(dtype)]
-    if block & (block - 1):
-        raise ValueError(f"softmax: block size must be a power of two, got {block}")
-
-    @cuda.jit(device=True, inline="always")
-    def block_max(red, t, v):
-        red[t] = v
-        cuda.syncthreads()  # every thread's value is in `red` before the tree reads it
-        step = block // 2
-        while step > 0:
-            if t < step and red[t + step] > red[t]:
-                red[t] = red[t + step]
-            cuda.syncthreads()  # this tree level is complete before the next one reads it
-            step //= 2
-        r = red[0]
-        cuda.syncthreads()  # everyone has read red[0] before `red` is reused
-        return r
-
-    @cuda.jit(device=True, inline="always")
-    def block_sum(red, t, v):
-        red[t] = v
-        cuda.syncthreads()  # every thread's value is in `red` before the tree reads it
-        step = block // 2
-        while step > 0:
-            if t < step:
-                red[t] += red[t + step]
-            cuda.syncthreads()  # this tree level is complete before the next one reads it
-            step //= 2
-        r = red[0]
-        cuda.syncthreads()  # everyone has read red[0] before `red` is reused
-        return r
+    block_max, block_sum = _reducers(dtype, block)
 
     @cuda.jit(device=True, inline="always")
     def row_max_sum(red, x, r, t):
@@ -76,9 +106,11 @@ def _block_reducers(dtype: str, block: int):
     return block_max, block_sum, row_max_sum
 
 
-@kernel_factory(_variants)
-def softmax_fwd_kernel(dtype, block):
+@kernel_factory(_fwd_variants)
+def softmax_fwd_kernel(dtype, block, group=0, kmax=0):
     dt = NB_FLOAT[np.dtype(dtype)]
+    if group:
+        return _softmax_rows(dtype, dt, block, group, kmax)
     _, _, row_max_sum = _block_reducers(dtype, block)
 
     def softmax_fwd_k(x, y, log):
@@ -99,6 +131,48 @@ def softmax_fwd_kernel(dtype, block):
 
     a2 = arr(dtype, 2)
     return KernelSpec(f"softmax_fwd[{dtype},{block}]", softmax_fwd_k, (a2, a2, types.int64))
+
+
+def _softmax_rows(dtype, dt, block, group, kmax):
+    per = block // group
+    cells = per * kmax                       # the block's rows, in shared memory
+    tree_max, tree_sum = _reducers(dtype, group)
+
+    def softmax_rows_k(x, y, log):
+        """``softmax_fwd_k`` on short rows (K <= kmax): row blockIdx.x * per + t // group, a
+        group of threads striding along it. x read once, into the thread's own cells of
+        ``row`` in shared memory (the max), which then hold exp(x - m) for softmax (the sum);
+        one write per output. Rows past the end (the last block) read and write nothing."""
+        red = cuda.shared.array(block, dt)
+        row = cuda.shared.array(cells, dt)
+        t = cuda.threadIdx.x
+        lane = t % group
+        at = (t // group) * kmax            # row[at + j]: column j of this thread's row
+        r = cuda.blockIdx.x * per + t // group
+        live = r < x.shape[0]
+        k = x.shape[1] if live else 0
+        m = dt(-math.inf)
+        for j in range(lane, k, group):
+            v = x[r, j]
+            row[at + j] = v
+            if v > m:
+                m = v
+        m = tree_max(red, t, m)
+        s = dt(0)
+        for j in range(lane, k, group):
+            e = dt(math.exp(row[at + j] - m))
+            s += e
+            if log == 0:
+                row[at + j] = e
+        s = tree_sum(red, t, s)
+        if log != 0 and live:
+            s = m + dt(math.log(s))             # log-softmax subtracts the log-sum-exp
+        for j in range(lane, k, group):
+            y[r, j] = row[at + j] - s if log != 0 else row[at + j] / s
+
+    a2 = arr(dtype, 2)
+    return KernelSpec(f"softmax_fwd[{dtype},{block},g{group},k{kmax}]", softmax_rows_k,
+                      (a2, a2, types.int64))
 
 
 @kernel_factory(_variants)
@@ -138,12 +212,13 @@ def _rows(op, x, name="x"):
     return x, dt
 
 
-def _row_plan(spec, rows, *scalars):
-    """A launch of one block per row; its arrays first, then ``scalars``."""
-    if rows > MAX_GRID_X:  # pragma: no cover - 2**31 rows
+def _row_plan(spec, rows, *scalars, per=1):
+    """A launch of one block per ``per`` rows; its arrays first, then ``scalars``."""
+    blocks = cdiv(rows, per)
+    if blocks > MAX_GRID_X:  # pragma: no cover - 2**31 rows
         raise ValueError(f"{spec.name}: {rows} rows exceed the grid limit {MAX_GRID_X}")
     arrays = sum(isinstance(t, types.Array) for t in spec.argtypes)
-    return Prepared(spec, (rows,), (SOFTMAX_BLOCK,), (None,) * arrays + scalars)
+    return Prepared(spec, (blocks,), (SOFTMAX_BLOCK,), (None,) * arrays + scalars)
 
 
 _PLANS = {op: Plans(op) for op in ("softmax_forward", "log_softmax_forward", "softmax_backward",
@@ -156,8 +231,10 @@ def _softmax(op, x, log):
     plan = plans.get(key)
     if plan is None:
         x, dt = _rows(op, x)
-        plan = plans.put(key, _row_plan(softmax_fwd_kernel(dtname(dt), SOFTMAX_BLOCK),
-                                        x.shape[0], log), (x,), None)
+        g = group_size(SOFTMAX_BLOCK) if x.shape[1] <= SHORT_ROW else 0
+        spec = softmax_fwd_kernel(dtname(dt), SOFTMAX_BLOCK, g, SHORT_ROW if g else 0)
+        plan = plans.put(key, _row_plan(spec, x.shape[0], log,
+                                        per=SOFTMAX_BLOCK // g if g else 1), (x,), None)
     y = empty(x.shape, x.dtype)
     plan(x, y)
     return y
