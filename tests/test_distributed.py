@@ -72,9 +72,11 @@ def trained(tmp_path_factory):
     return out, proc, ranks(out)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def job():
-    """The job script as a module, for building the same models in this process."""
+    """The job script as a module, for building the same models in this process (on the NumPy
+    backend)."""
+    gpucnn.set_backend("numpy")
     spec = importlib.util.spec_from_file_location("_distributed_job", JOB)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -83,7 +85,6 @@ def job():
 
 def _alone(job, name):
     """Weights and history of the case trained by one process (rank 0's seeds)."""
-    gpucnn.set_backend("numpy")
     opt, batch, dropout = job.CASES[name]
     x, y = job.data()
     model = job.lenet(opt(), 100, dropout)
@@ -111,7 +112,6 @@ def test_fit_starts_every_rank_from_rank_0s_optimizer_state(trained, job):
     """Rank 1's Adam moments were overwritten before the second fit; the ranks still end on
     the weights of one process that fitted twice."""
     _, _, (r0, r1) = trained
-    gpucnn.set_backend("numpy")
     x, y = job.data()
     model = job.resumed_adam(x, y)
     model.fit(x[:256], y[:256], batch_size=32, epochs=1, verbose=0, shuffle=False)
@@ -122,7 +122,6 @@ def test_fit_starts_every_rank_from_rank_0s_optimizer_state(trained, job):
 @needs_mpi
 def test_evaluate_and_predict_on_an_odd_count_equal_one_process(trained, job):
     _, _, (r0, r1) = trained
-    gpucnn.set_backend("numpy")
     x, y = job.data()
     model = job.lenet(gpucnn.optimizers.SGD(0.05), 100)
     want = np.array(model.evaluate(x[:999], y[:999], batch_size=64, verbose=0))
@@ -190,8 +189,7 @@ def test_the_gpu_path_bookkeeping_in_the_simulator(tmp_path, job):
     assert "rank 1: transport mpi (host), device 1" in proc.stdout
     for key in ("nccl", "host"):
         np.testing.assert_array_equal(r0[f"{key}/allreduce"], np.full(4, 3.0, np.float32))
-    # the same weights as one process on the NumPy backend
-    gpucnn.set_backend("numpy")
+    # the same weights as one process on the NumPy backend (the job fixture's)
     x, y, model = job.small()
     threads = numpy_set.get_num_threads()
     numpy_set.set_num_threads(1)

@@ -562,6 +562,7 @@ def test_a_fork_of_the_user_process_leaves_the_workers_alone(rng):
     x, y, a = _trained_on_workers(rng)
     procs = a._fit_workers
     pids = [w.pid for w in procs.workers]
+
     def end_them():
         procs._finalizer()                     # what the child's exit would run
         procs.close()

@@ -190,20 +190,17 @@ def _group():
 
 def rank() -> int:
     """This process's rank in the job (0 before ``init()``)."""
-    g = _state["group"]
-    return 0 if g is None else g.rank
+    return getattr(_state["group"], "rank", 0)
 
 
 def size() -> int:
     """The number of ranks in the job (1 before ``init()``)."""
-    g = _state["group"]
-    return 1 if g is None else g.size
+    return getattr(_state["group"], "size", 1)
 
 
 def local_rank() -> int:
     """This process's rank among the ranks of its machine (0 before ``init()``)."""
-    g = _state["group"]
-    return 0 if g is None else g.local_rank
+    return getattr(_state["group"], "local_rank", 0)
 
 
 def is_main() -> bool:
@@ -243,8 +240,8 @@ def info() -> dict:
     """Rank, size, local rank, the GPU this process uses (or None) and how sums travel."""
     g = _state["group"]
     return {"rank": rank(), "size": size(), "local_rank": local_rank(),
-            "local_size": 1 if g is None else g.local_size, "device": _state["device"],
-            "transport": _transport(g), "timeout": None if g is None else g.timeout}
+            "local_size": getattr(g, "local_size", 1), "device": _state["device"],
+            "transport": _transport(g), "timeout": getattr(g, "timeout", None)}
 
 
 def _transport(g) -> str:

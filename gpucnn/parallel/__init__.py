@@ -61,13 +61,7 @@ def batch_runner(model, ks, logits, totals) -> Runner:
     a ``Whole`` for this call."""
     if not graphed.enabled(ks):
         return Whole(model, logits, totals)
-    key = (logits, model.loss, tuple(model.compiled_metrics))
-    kept = model.__dict__.get("_gpucnn_batch_runner")
-    if kept is None or kept[0] != key:
-        kept = model.__dict__["_gpucnn_batch_runner"] = (
-            key, graphed.Graphed(model, logits, totals))
-        return kept[1]
-    return kept[1].reopen()
+    return graphed.kept(model, logits, totals, slot="_gpucnn_batch_runner")
 
 
 def forward_graphs(model, ks, g):

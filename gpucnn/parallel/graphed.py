@@ -150,16 +150,16 @@ class Graphed(_Replayer, Whole):
         return loss, lv, self._totals(yb, out), grads
 
 
-def kept(model, logits, totals=None, steps=0) -> Graphed:
-    """``fit``'s ``Graphed`` for ``model``, kept with the model between calls: a later ``fit``
-    replays the graphs an earlier one captured (a steady-state epoch costs no capture). A new
-    output mode, loss or compiled metrics (``compile`` makes new ones) makes a new runner;
-    ``kept_runner(model)`` returns the one held."""
+def kept(model, logits, totals=None, steps=0, slot="_gpucnn_graphed") -> Graphed:
+    """``fit``'s ``Graphed`` for ``model`` (``train_on_batch``'s under another ``slot``), kept
+    with the model between calls: a later call replays the graphs an earlier one captured (a
+    steady-state epoch costs no capture). A new output mode, loss or compiled metrics
+    (``compile`` makes new ones) makes a new runner; ``kept_runner(model)`` returns ``fit``'s."""
     key = (logits, model.loss, tuple(getattr(model, "compiled_metrics", ())), totals is None)
-    held = model.__dict__.get("_gpucnn_graphed")
+    held = model.__dict__.get(slot)
     if held is None or held[0] != key:
-        model.__dict__["_gpucnn_graphed"] = (key, Graphed(model, logits, totals, steps))
-        return model.__dict__["_gpucnn_graphed"][1]
+        held = model.__dict__[slot] = (key, Graphed(model, logits, totals, steps))
+        return held[1]
     runner = held[1]
     runner.totals, runner.steps, runner._count = totals, int(steps), 0
     return runner.reopen()
