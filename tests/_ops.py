@@ -68,10 +68,6 @@ def _normal(rng, *shape, scale=1.0):
     return scale * rng.standard_normal(shape)
 
 
-def _pads(x_shape, k, stride, padding):
-    return ref_pads(x_shape[1], x_shape[2], k[0], k[1], stride[0], stride[1], padding)
-
-
 # ------------------------------------------------------------------------------ convolution
 
 # (N, H, W, C_in, KH, KW, C_out, stride, padding, act, in the simulator, in the gradient check)
@@ -105,7 +101,7 @@ def _conv_sample(g):
     def make(rng):
         x = _normal(rng, n, h, w, c)
         wt = _normal(rng, kh, kw, c, co, scale=1 / math.sqrt(kh * kw * c))
-        pad = _pads(x.shape, (kh, kw), stride, padding)
+        pad = ref_pads(h, w, kh, kw, *stride, padding)
         ho = (h + pad[0] + pad[1] - kh) // stride[0] + 1
         wo = (w + pad[2] + pad[3] - kw) // stride[1] + 1
         return dict(x=x, w=wt, b=_normal(rng, co), stride=stride, pad=pad, padding=padding,
@@ -193,7 +189,7 @@ def _pool_sample(g, ties=False):
             x[0, :, 0, -1] = -np.inf
         else:
             x = _normal(rng, *shape)
-        pad = _pads(shape, pool, stride, padding)
+        pad = ref_pads(*shape[1:3], *pool, *stride, padding)
         ho = (shape[1] + pad[0] + pad[1] - pool[0]) // stride[0] + 1
         wo = (shape[2] + pad[2] + pad[3] - pool[1]) // stride[1] + 1
         y, idx = ref_max_pool(x, pool, stride, pad)
