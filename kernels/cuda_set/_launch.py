@@ -127,9 +127,8 @@ _PAD3 = {1: lambda t: (t[0], 1, 1), 2: lambda t: (t[0], t[1], 1)}
 
 _raw_cache: dict = {}
 
-#: ``{kernel name: "ExceptionType: message"}``: kernels that could not be loaded through CuPy
-#: and went to Numba's launcher instead (``backend_info()`` lists them). With ``STRICT`` (tests,
-#: ``python -m gpucnn.gpucheck``, ``GPUCNN_STRICT_LAUNCH=1``) such a kernel is an error instead.
+#: ``{kernel name: "ExceptionType: message"}``: kernels not loadable through CuPy, run by Numba's
+#: launcher instead (``backend_info()`` lists them; with ``STRICT``, an error: module docstring).
 FELL_BACK: dict = {}
 
 STRICT = os.environ.get("GPUCNN_STRICT_LAUNCH", "") not in ("", "0")
@@ -232,16 +231,14 @@ _SECOND = _Once()
 
 
 class Prepared:
-    """One kernel's launch prepared once for one set of argument shapes (the launchers keep them
-    in ``Plans``, keyed by what decides the launch: shapes, dtypes, op parameters). A call passes
-    only the array arguments, in the kernel's order; the scalars, grid and block were fixed by
-    the first. On the raw path the plan has its own parameter buffer, filled once with every
-    slot (``make_packer``), so that a launch writes only the arrays' device addresses and calls
-    the driver: a few microseconds. That buffer and its function are made on the second call
-    (the first goes through ``launch``): a plan that a launcher could not keep, made for one
-    call, costs no more than ``launch``. The arrays must have the shapes and dtypes the plan was made
-    for (its key guarantees that). The other paths rebuild the full argument list and go through
-    ``launch``."""
+    """One kernel's launch prepared for one set of argument shapes and dtypes, which every call's
+    arrays must have (launchers keep plans in ``Plans``, keyed by shapes, dtypes and op
+    parameters). A call passes only the array arguments, in the kernel's order; the scalars, grid
+    and block are fixed. On the raw path, from the second call on (the first goes through
+    ``launch``: a plan made for one call costs no more), the plan has its own parameter buffer,
+    filled once with every slot (``make_packer``): a launch writes the arrays' device addresses
+    and calls the driver, a few microseconds. The other paths rebuild the full argument list and
+    go through ``launch``."""
 
     __slots__ = ("spec", "grid", "block", "template", "array_pos", "raw")
 
@@ -277,12 +274,11 @@ class Prepared:
         launch(self.spec, self.grid, self.block, *self.args(arrays))
 
     def _raw_fire(self, arrays):
-        """``fire(*arrays)``: the raw launch of this plan, generated once per plan and device
-        (unrolled: one address written per array into the plan's own parameter buffer, filled
-        once from a first call's arguments by ``make_packer``; the address is slot 4 of each
-        array's block in Numba's ABI), then the driver's launch. False where the plan is not
-        launched raw (an empty grid, or a kernel that cannot be loaded through CuPy: ``launch``
-        then falls back, once, with its warning)."""
+        """``fire(*arrays)``: the raw launch of this plan, generated once per plan and device:
+        each array's address written (slot 4 of its block in Numba's ABI) into the plan's own
+        buffer, filled once by ``make_packer``, then the driver's launch. False where the plan
+        is not launched raw (an empty grid, or a kernel CuPy cannot load: ``launch`` then falls
+        back, once, with its warning)."""
         if min(self.grid) <= 0:
             return False
         try:
@@ -325,14 +321,12 @@ _SCALAR_VIEW = {"int64": ctypes.c_int64, "int32": ctypes.c_int32, "uint64": ctyp
 
 
 class Bound(Prepared):
-    """A ``Prepared`` launch whose fixed arguments include arrays: ``args`` are the first call's
-    full arguments, and each call passes only the arguments at positions ``live`` (arrays or
-    scalars, in the kernel's order); the rest, arrays too, stay as bound (kept by reference, so
-    their addresses stay valid). On the raw path a launch writes the live arrays' addresses and
-    the live scalars' values into the plan's buffer and calls the driver. For a launch whose
-    arrays mostly stay the same objects from call to call (an optimizer's weights and slots,
-    where only the gradients are new each step), with scalars that change (a step count, a
-    learning rate)."""
+    """A ``Prepared`` launch whose fixed arguments include arrays (kept by reference, so their
+    addresses stay valid): ``args`` are the first call's full arguments, and each call passes
+    only those at positions ``live`` (arrays or scalars, in the kernel's order), whose addresses
+    and values a raw launch writes into the plan's buffer. For arrays that mostly stay the same
+    from call to call (an optimizer's weights and slots; only the gradients are new each step)
+    with scalars that change (a step count, a learning rate)."""
 
     __slots__ = ()
 
