@@ -16,8 +16,8 @@ runners:
   of every batch and the ranks add their gradients.
 
 Every training and inference call runs inside ``session(ks)``. Nothing here imports layers,
-models or losses: a layer says ``per_sample``, a loss ``batch_mean``, a model lists the random keys of its step (``_step_keys``) and its FLOPs per
-sample (``_sample_flops``).
+models or losses: a layer says ``per_sample``, a loss ``batch_mean``, a model lists the random
+keys of its step (``_step_keys``) and its FLOPs per sample (``_sample_flops``).
 """
 from __future__ import annotations
 

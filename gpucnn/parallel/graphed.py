@@ -8,8 +8,8 @@ sums) of a batch shape once eagerly, captures them once into a CUDA graph on a s
 new batch into the captured input buffers and launches the graph: one launch a step instead of
 twenty. The optimizer's update runs after it, eagerly (its learning rate and step change every
 step; ``multi_update`` makes it one launch). ``fit`` and ``train_on_batch`` each keep one with
-the model between calls (``kept``), so a second ``fit`` replays what the first captured. ``Forward`` does the same for the
-forward passes of ``evaluate`` and ``predict``.
+the model between calls (``kept``), so a second ``fit`` replays what the first captured.
+``Forward`` does the same for the forward passes of ``evaluate`` and ``predict``.
 
 A graph belongs to one batch shape (the last, partial batch of an epoch gets its own) and to
 what it captured: the model's weight arrays (their addresses), which weights are trainable, the
