@@ -124,10 +124,12 @@ class WorkerSet:
         self.workers = []
         self._own = None                      # this process's gather buffers (x, y)
         self._owner = os.getpid()
+        specs = [((share,) + tuple(x_tail), x_dtype), ((share,) + tuple(y_tail), y_dtype),
+                 ((share,) + tuple(out_tail), out_dtype), ((1,), out_dtype),
+                 ((len(params),), np.uint8)] + [(p.shape, p.dtype) for p in params]
         try:
             for _ in range(parts - 1):
-                self.workers.append(self._spawn(share, x_tail, x_dtype, y_tail, y_dtype,
-                                                out_tail, out_dtype))
+                self.workers.append(self._spawn(specs))
         except BaseException:
             self.close()
             raise
@@ -162,11 +164,8 @@ class WorkerSet:
         raise TypeError("the worker processes of fit cannot be pickled; call "
                         "model.release_workers() first")
 
-    def _spawn(self, share, x_tail, x_dtype, y_tail, y_dtype, out_tail, out_dtype):
-        specs = [((share,) + tuple(x_tail), x_dtype), ((share,) + tuple(y_tail), y_dtype),
-                 ((share,) + tuple(out_tail), out_dtype), ((1,), out_dtype),
-                 ((len(self.params),), np.uint8)]
-        specs += [(p.shape, p.dtype) for p in self.params]
+    def _spawn(self, specs):
+        """A worker with buffers of ``specs`` (x, y, outputs, loss, gradient flags, gradients)."""
         shared = _Shared(specs)
         bufs = shared.arrays[:5] + [shared.arrays[5:]]
         parent_end, child_end = Pipe()
