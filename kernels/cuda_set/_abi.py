@@ -96,9 +96,7 @@ def flatten_args(argtypes, args) -> list:
     flat = []
     for ty, a in zip(argtypes, args):
         if isinstance(ty, types.Array):
-            if a.dtype != np.dtype(str(ty.dtype)) or a.ndim < ty.ndim or not a.flags.c_contiguous:
-                raise TypeError(f"kernel argument: expected a C-contiguous {ty}, got "
-                                f"{a.dtype} {a.ndim}-D (contiguous={a.flags.c_contiguous})")
+            _check_array("kernel argument", (np.dtype(str(ty.dtype)), ty.ndim), a)
             shape = rank_shape(a.shape, ty.ndim)
             flat += [np.uint64(0), np.uint64(0), np.int64(a.size), np.int64(a.itemsize),
                      np.uint64(_pointer(a))]
