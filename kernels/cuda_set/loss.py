@@ -23,7 +23,7 @@ from ._launch import (MAX_BLOCKS, NB_FLOAT, arr, cdiv, check_rank, contig, dtnam
                       float_dtype, float_variants, kernel_factory, KernelSpec, Plans, Prepared, xp)
 from ._runtime import numba_cuda as cuda
 from .activation import SIGMOID, act_device_fns
-from .softmax import SHORT_ROW, _block_reducers, _labels, _reducers, group_size
+from .softmax import SHORT_ROW, _labels, _reducers, group_size
 from .vector import HALF, stream_grid
 
 #: Threads per block of the forward kernels (a power of two) and of the backward ones; the
@@ -57,7 +57,7 @@ def _finisher(dtype: str, block: int):
     sum ``part`` and takes a ticket; the block holding the last one writes ``out[0]`` = the sum of
     ``partial`` over ``count``."""
     dt = NB_FLOAT[np.dtype(dtype)]
-    _, block_sum, _ = _block_reducers(dtype, block)
+    _, block_sum = _reducers(dtype, block)
 
     @cuda.jit(device=True, inline="always")
     def finish(red, ticket, t, part, partial, counter, out, count):
@@ -82,7 +82,7 @@ def _finisher(dtype: str, block: int):
 def ew_fwd_kernel(dtype, block):
     dt = NB_FLOAT[np.dtype(dtype)]
     lo, hi = _bounds(dtype)
-    _, block_sum, _ = _block_reducers(dtype, block)
+    _, block_sum = _reducers(dtype, block)
     finish = _finisher(dtype, block)
 
     def ew_fwd_k(p, t, partial, counter, out, code):
@@ -113,100 +113,42 @@ def ew_fwd_kernel(dtype, block):
 
 @kernel_factory(_rows_variants)
 def rows_fwd_kernel(dtype, block, group=0, kmax=0):
+    """``group`` threads a row (0: the block); ``kmax`` > 0: rows of at most ``kmax`` columns,
+    kept in shared memory (read from global memory once)."""
     dt = NB_FLOAT[np.dtype(dtype)]
     lo, hi = _bounds(dtype)
-    if group:
-        return _rows_group_fwd(dtype, dt, lo, hi, block, group, kmax)
-    _, block_sum, row_max_sum = _block_reducers(dtype, block)
+    width = group or block
+    per = block // width                     # rows a block at a time
+    cells = per * kmax if kmax else 1        # the block's rows in shared memory, if kept
+    tree_max, tree_sum = _reducers(dtype, width)
+    _, block_sum = _reducers(dtype, block)
     finish = _finisher(dtype, block)
 
     def rows_fwd_k(p, t, labels, partial, counter, out, stats, code):
         """out[0] = the mean over the rows of p (rows, K) of its cross-entropy against t (rows,
         K) or labels (rows,) int64 (the other a dummy), and stats[r] as ``LOSS_STATS`` says.
-        Block b takes rows b, b + grid, ...; its threads stride along a row (coalesced)."""
-        red = cuda.shared.array(block, dt)
-        ticket = cuda.shared.array(1, types.int32)
-        tid = cuda.threadIdx.x
-        k = p.shape[1]
-        acc = dt(0)                      # the block's rows, in every thread
-        for r in range(cuda.blockIdx.x, p.shape[0], cuda.gridDim.x):
-            lab = labels[r] if code >= SPARSE else 0
-            if code == CCE_LOGITS or code == SPARSE_LOGITS:
-                m, s = row_max_sum(red, p, r, tid)
-                if code == SPARSE_LOGITS:
-                    v = dt(math.log(s)) - (p[r, lab] - m) if lab >= 0 and lab < k else dt(math.nan)
-                    b = s
-                else:
-                    b = dt(math.log(s))
-                    a = dt(0)
-                    ts = dt(0)
-                    for j in range(tid, k, block):
-                        a -= t[r, j] * ((p[r, j] - m) - b)
-                        ts += t[r, j]
-                    v = block_sum(red, tid, a)
-                    ts = block_sum(red, tid, ts)
-                    if tid == 0:
-                        stats[r, 2] = ts
-            else:
-                a = dt(0)
-                for j in range(tid, k, block):
-                    a += min(max(p[r, j], dt(lo)), dt(hi)) if code == SPARSE else p[r, j]
-                m = block_sum(red, tid, a)        # sum(pc) (sparse) or the row sum s (cce)
-                if code == SPARSE:
-                    b = min(max(p[r, lab], dt(lo)), dt(hi)) if lab >= 0 and lab < k \
-                        else dt(math.nan)
-                    v = dt(math.log(m)) - dt(math.log(b))
-                else:
-                    a = dt(0)
-                    d = dt(0)
-                    for j in range(tid, k, block):
-                        q = p[r, j] / m
-                        qc = min(max(q, dt(lo)), dt(hi))
-                        a -= t[r, j] * dt(math.log(qc))
-                        if q >= dt(lo) and q <= dt(hi):
-                            d += -t[r, j] / qc * q
-                    v = block_sum(red, tid, a)
-                    b = block_sum(red, tid, d)
-            if tid == 0:
-                stats[r, 0] = m
-                stats[r, 1] = b
-            acc += v
-        finish(red, ticket, tid, acc, partial, counter, out, p.shape[0])
-
-    a1, a2 = arr(dtype, 1), arr(dtype, 2)
-    return KernelSpec(f"loss_rows_fwd[{dtype},{block}]", rows_fwd_k,
-                      (a2, a2, arr(np.int64, 1), a1, arr(np.int32, 1), a1, a2, types.int32))
-
-
-def _rows_group_fwd(dtype, dt, lo, hi, block, group, kmax):
-    per = block // group
-    cells = per * kmax                       # the block's rows, in shared memory
-    tree_max, tree_sum = _reducers(dtype, group)
-    _, block_sum, _ = _block_reducers(dtype, block)
-    finish = _finisher(dtype, block)
-
-    def rows_group_fwd_k(p, t, labels, partial, counter, out, stats, code):
-        """``rows_fwd_k`` on short rows (K <= kmax): a group of threads per row, the block's
-        ``per`` rows side by side (rows b * per + t // group, then a grid stride). p read once
-        from global memory (the row's max or sum), into the thread's own cells of ``row`` in
-        shared memory, which the other passes read; t read once; p[r, label] once."""
+        A block takes ``per`` rows side by side (rows b * per + t // width, then a grid
+        stride), each row's threads striding along it (coalesced). With kmax, p is read from
+        global memory once (the row's max or sum), into the thread's own cells of ``row``,
+        which the other passes read; else each pass reads p. t and p[r, label] read once."""
         red = cuda.shared.array(block, dt)
         row = cuda.shared.array(cells, dt)
         ticket = cuda.shared.array(1, types.int32)
         tid = cuda.threadIdx.x
-        lane = tid % group
-        at = (tid // group) * kmax           # row[at + j]: column j of this thread's row
+        lane = tid % width
+        at = (tid // width) * kmax           # row[at + j]: column j of this thread's row
         logits = code == CCE_LOGITS or code == SPARSE_LOGITS
-        acc = dt(0)                          # the group's rows, in its lane 0
-        for r in range(cuda.blockIdx.x * per + tid // group, p.shape[0] + tid // group,
+        acc = dt(0)                          # the row's threads' rows, in its lane 0
+        for r in range(cuda.blockIdx.x * per + tid // width, p.shape[0] + tid // width,
                        cuda.gridDim.x * per):
             live = r < p.shape[0]            # the same trip count in every thread of a block
             k = p.shape[1] if live else 0
             lab = labels[r] if live and code >= SPARSE else 0
             a = dt(-math.inf) if logits else dt(0)
-            for j in range(lane, k, group):
+            for j in range(lane, k, width):
                 x = p[r, j]
-                row[at + j] = x
+                if kmax:
+                    row[at + j] = x
                 if logits:
                     if x > a:
                         a = x
@@ -220,8 +162,8 @@ def _rows_group_fwd(dtype, dt, lo, hi, block, group, kmax):
             elif code == CCE:            # m = the row sum s, b = sum(dq * q)
                 a = dt(0)
                 d = dt(0)
-                for j in range(lane, k, group):
-                    q = row[at + j] / m
+                for j in range(lane, k, width):
+                    q = (row[at + j] if kmax else p[r, j]) / m
                     qc = min(max(q, dt(lo)), dt(hi))
                     a -= t[r, j] * dt(math.log(qc))
                     if q >= dt(lo) and q <= dt(hi):
@@ -230,8 +172,8 @@ def _rows_group_fwd(dtype, dt, lo, hi, block, group, kmax):
                 b = tree_sum(red, tid, d)
             else:                        # m = the row max, s = sum(exp(z - m))
                 s = dt(0)
-                for j in range(lane, k, group):
-                    s += dt(math.exp(row[at + j] - m))
+                for j in range(lane, k, width):
+                    s += dt(math.exp((row[at + j] if kmax else p[r, j]) - m))
                 s = tree_sum(red, tid, s)
                 if code == SPARSE_LOGITS:
                     b = s
@@ -242,8 +184,8 @@ def _rows_group_fwd(dtype, dt, lo, hi, block, group, kmax):
                     b = dt(math.log(s)) if live else dt(0)
                     a = dt(0)
                     ts = dt(0)
-                    for j in range(lane, k, group):
-                        a -= t[r, j] * ((row[at + j] - m) - b)
+                    for j in range(lane, k, width):
+                        a -= t[r, j] * (((row[at + j] if kmax else p[r, j]) - m) - b)
                         ts += t[r, j]
                     v = tree_sum(red, tid, a)
                     ts = tree_sum(red, tid, ts)
@@ -256,7 +198,8 @@ def _rows_group_fwd(dtype, dt, lo, hi, block, group, kmax):
         finish(red, ticket, tid, block_sum(red, tid, acc), partial, counter, out, p.shape[0])
 
     a1, a2 = arr(dtype, 1), arr(dtype, 2)
-    return KernelSpec(f"loss_rows_fwd[{dtype},{block},g{group},k{kmax}]", rows_group_fwd_k,
+    name = f"{dtype},{block},g{group},k{kmax}" if group else f"{dtype},{block}"
+    return KernelSpec(f"loss_rows_fwd[{name}]", rows_fwd_k,
                       (a2, a2, arr(np.int64, 1), a1, arr(np.int32, 1), a1, a2, types.int32))
 
 

@@ -82,103 +82,62 @@ def _reducers(dtype: str, width: int):
     return tree_max, tree_sum
 
 
-@functools.lru_cache(maxsize=None)
-def _block_reducers(dtype: str, block: int):
-    """Device functions reducing one value per thread over the block (result to every thread),
-    and the row maximum and exponential sum built on them that softmax and cross-entropy share."""
-    dt = NB_FLOAT[np.dtype(dtype)]
-    block_max, block_sum = _reducers(dtype, block)
-
-    @cuda.jit(device=True, inline="always")
-    def row_max_sum(red, x, r, t):
-        """``(m, s)`` of row ``r`` of ``x``: its maximum and ``sum(exp(x[r] - m))``, the threads of
-        the block striding over the row (coalesced); both results in every thread."""
-        m = dt(-math.inf)
-        for j in range(t, x.shape[1], block):
-            if x[r, j] > m:
-                m = x[r, j]
-        m = block_max(red, t, m)
-        s = dt(0)
-        for j in range(t, x.shape[1], block):
-            s += dt(math.exp(x[r, j] - m))
-        return m, block_sum(red, t, s)
-
-    return block_max, block_sum, row_max_sum
-
-
 @kernel_factory(_fwd_variants)
 def softmax_fwd_kernel(dtype, block, group=0, kmax=0):
+    """``group`` threads a row (0: the block, one row a block); ``kmax`` > 0: rows of at most
+    ``kmax`` columns, kept in shared memory (read from global memory once)."""
     dt = NB_FLOAT[np.dtype(dtype)]
-    if group:
-        return _softmax_rows(dtype, dt, block, group, kmax)
-    _, _, row_max_sum = _block_reducers(dtype, block)
+    width = group or block
+    per = block // width                     # rows a block
+    cells = per * kmax if kmax else 1        # the block's rows in shared memory, if kept
+    tree_max, tree_sum = _reducers(dtype, width)
 
     def softmax_fwd_k(x, y, log):
-        """Row r = blockIdx.x of x (rows, K): y = softmax(x[r]) (log=0) or log_softmax (log=1).
-        Threads stride over the row (coalesced); three passes over x, one write per output."""
-        red = cuda.shared.array(block, dt)
-        r = cuda.blockIdx.x
-        t = cuda.threadIdx.x
-        k = x.shape[1]
-        m, s = row_max_sum(red, x, r, t)
-        if log != 0:
-            lse = m + dt(math.log(s))
-            for j in range(t, k, block):
-                y[r, j] = x[r, j] - lse
-        else:
-            for j in range(t, k, block):
-                y[r, j] = dt(math.exp(x[r, j] - m)) / s
-
-    a2 = arr(dtype, 2)
-    return KernelSpec(f"softmax_fwd[{dtype},{block}]", softmax_fwd_k, (a2, a2, types.int64))
-
-
-def _softmax_rows(dtype, dt, block, group, kmax):
-    per = block // group
-    cells = per * kmax                       # the block's rows, in shared memory
-    tree_max, tree_sum = _reducers(dtype, group)
-
-    def softmax_rows_k(x, y, log):
-        """``softmax_fwd_k`` on short rows (K <= kmax): row blockIdx.x * per + t // group, a
-        group of threads striding along it. x read once, into the thread's own cells of
-        ``row`` in shared memory (the max), which then hold exp(x - m) for softmax (the sum);
-        one write per output. Rows past the end (the last block) read and write nothing."""
+        """Row blockIdx.x * per + t // width of x (rows, K): y = softmax(x[r]) (log=0) or
+        log_softmax (log=1), the row's threads striding along it (coalesced). With kmax, x is
+        read once, into the thread's own cells of ``row`` (the max pass), which then hold
+        exp(x - m) for softmax (the sum pass); else three passes over x. One write per output;
+        rows past the end (in the last block) read and write nothing."""
         red = cuda.shared.array(block, dt)
         row = cuda.shared.array(cells, dt)
         t = cuda.threadIdx.x
-        lane = t % group
-        at = (t // group) * kmax            # row[at + j]: column j of this thread's row
-        r = cuda.blockIdx.x * per + t // group
+        lane = t % width
+        at = (t // width) * kmax            # row[at + j]: column j of this thread's row
+        r = cuda.blockIdx.x * per + t // width
         live = r < x.shape[0]
         k = x.shape[1] if live else 0
         m = dt(-math.inf)
-        for j in range(lane, k, group):
+        for j in range(lane, k, width):
             v = x[r, j]
-            row[at + j] = v
+            if kmax:
+                row[at + j] = v
             if v > m:
                 m = v
         m = tree_max(red, t, m)
         s = dt(0)
-        for j in range(lane, k, group):
-            e = dt(math.exp(row[at + j] - m))
+        for j in range(lane, k, width):
+            e = dt(math.exp((row[at + j] if kmax else x[r, j]) - m))
             s += e
-            if log == 0:
+            if kmax and log == 0:
                 row[at + j] = e
         s = tree_sum(red, t, s)
         if log != 0 and live:
             s = m + dt(math.log(s))             # log-softmax subtracts the log-sum-exp
-        for j in range(lane, k, group):
-            y[r, j] = row[at + j] - s if log != 0 else row[at + j] / s
+        for j in range(lane, k, width):
+            if log != 0:
+                y[r, j] = (row[at + j] if kmax else x[r, j]) - s
+            else:
+                y[r, j] = (row[at + j] if kmax else dt(math.exp(x[r, j] - m))) / s
 
     a2 = arr(dtype, 2)
-    return KernelSpec(f"softmax_fwd[{dtype},{block},g{group},k{kmax}]", softmax_rows_k,
-                      (a2, a2, types.int64))
+    name = f"{dtype},{block},g{group},k{kmax}" if group else f"{dtype},{block}"
+    return KernelSpec(f"softmax_fwd[{name}]", softmax_fwd_k, (a2, a2, types.int64))
 
 
 @kernel_factory(_variants)
 def softmax_bwd_kernel(dtype, block):
     dt = NB_FLOAT[np.dtype(dtype)]
-    _, block_sum, _ = _block_reducers(dtype, block)
+    _, block_sum = _reducers(dtype, block)
 
     def softmax_bwd_k(dy, y, dx, log):
         """Row r = blockIdx.x: softmax (log=0) dx = y * (dy - sum(dy * y));
