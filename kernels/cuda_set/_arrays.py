@@ -40,11 +40,6 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def grid_1d(n: int, block: int) -> tuple[int]:
-    """The grid of a grid-stride kernel over ``n`` elements (0 blocks: nothing to launch)."""
-    return (min(cdiv(n, block), MAX_BLOCKS),)
-
-
 def asarray(a, dtype=None):
     """An array of this set (``a`` itself when it already is one with that dtype)."""
     if isinstance(a, xp.ndarray) and (dtype is None or a.dtype == np.dtype(dtype)):
