@@ -43,15 +43,6 @@ from ._runtime import SIMULATOR, cp
 from ._runtime import numba_cuda as cuda
 
 
-def _default_path() -> str:
-    if SIMULATOR:
-        return "sim"
-    want = os.environ.get("GPUCNN_CUDA_LAUNCH", "raw").strip().lower() or "raw"
-    if want not in ("raw", "numba"):
-        raise ValueError(f"GPUCNN_CUDA_LAUNCH must be 'raw' or 'numba', got {want!r}")
-    return want
-
-
 _state = {"path": None, "launches": 0}
 
 _lock = threading.Lock()
@@ -60,7 +51,10 @@ _lock = threading.Lock()
 def launch_path() -> str:
     """'sim', 'raw' or 'numba': how kernels are launched in this process."""
     if _state["path"] is None:
-        _state["path"] = _default_path()
+        want = os.environ.get("GPUCNN_CUDA_LAUNCH", "raw").strip().lower() or "raw"
+        if want not in ("raw", "numba") and not SIMULATOR:
+            raise ValueError(f"GPUCNN_CUDA_LAUNCH must be 'raw' or 'numba', got {want!r}")
+        _state["path"] = "sim" if SIMULATOR else want
     return _state["path"]
 
 
