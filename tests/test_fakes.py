@@ -24,13 +24,11 @@ from cupy.cuda import nccl  # noqa: E402
 
 
 def _fake_classes():
-    import test_raw_launch
+    from test_raw_launch import FakeCuPy, ProbeCuPy
 
-    launched = []
-    cap = _fakes.capture_cupy(launched)
-    return [_fakes.FakeComm, cap.Stream, cap.Graph, test_raw_launch.FakeCuPy.Module,
-            test_raw_launch.FakeCuPy.Driver, test_raw_launch.FakeCuPy.Runtime,
-            test_raw_launch.ProbeCuPy]
+    cap = _fakes.capture_cupy([])
+    return [_fakes.FakeComm, cap.Stream, cap.Graph, FakeCuPy.Module, FakeCuPy.Driver,
+            FakeCuPy.Runtime, ProbeCuPy]
 
 
 @pytest.mark.parametrize("cls", _fake_classes(), ids=lambda c: c.__qualname__)
@@ -136,12 +134,9 @@ def test_a_real_capture_keeps_its_memory_pool_as_long_as_the_graph():
 def test_the_raw_launch_fakes_stand_for_the_real_driver_and_runtime():
     from cupy.cuda import driver, function, runtime
 
-    import test_raw_launch
+    from test_raw_launch import FakeCuPy
 
-    assert _fakes.mirrored_methods(test_raw_launch.FakeCuPy.Driver)["launchKernel"] is \
-        driver.launchKernel
-    assert _fakes.mirrored_methods(test_raw_launch.FakeCuPy.Module)["load"] is \
-        function.Module.load
-    assert set(_fakes.mirrored_methods(test_raw_launch.FakeCuPy.Runtime)) == {
-        "getDevice", "getDeviceProperties"}
+    assert _fakes.mirrored_methods(FakeCuPy.Driver)["launchKernel"] is driver.launchKernel
+    assert _fakes.mirrored_methods(FakeCuPy.Module)["load"] is function.Module.load
+    assert set(_fakes.mirrored_methods(FakeCuPy.Runtime)) == {"getDevice", "getDeviceProperties"}
     assert runtime.getDevice and runtime.getDeviceProperties
