@@ -6,6 +6,7 @@ rows of the bytes table (``gpucnn.bench.bandwidth``) and of the GPU check's band
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -33,17 +34,20 @@ def _n(shape):
     return int(np.prod(shape))
 
 
+def _setup(call, **specs):
+    """A ``Case.setup``: the inputs ``specs`` (name -> (shape, kind)) made in order with
+    ``alloc``, then ``(lambda: call(C, **inputs), inputs)``."""
+    def setup(C, alloc):
+        a = {k: alloc(shape, kind) for k, (shape, kind) in specs.items()}
+        return (lambda: call(C, **a)), a
+    return setup
+
+
 def _act_cases(net, layer, shape, act):
     n, b = _n(shape), F32
-
-    def fwd(C, alloc):
-        x = alloc(shape, "normal")
-        return (lambda: C.act_forward(x, act)), {"x": x}
-
-    def bwd(C, alloc):
-        dy, y = alloc(shape, "normal"), alloc(shape, "normal")
-        return (lambda: C.act_backward(dy, y, act)), {"dy": dy, "y": y}
-
+    fwd = _setup(lambda C, x: C.act_forward(x, act), x=(shape, "normal"))
+    bwd = _setup(lambda C, dy, y: C.act_backward(dy, y, act), dy=(shape, "normal"),
+                 y=(shape, "normal"))
     tf = {"relu": lambda t, a: (lambda x=a["x"]: t.relu(x)),
           "tanh": lambda t, a: (lambda x=a["x"]: t.tanh(x))}.get(act)
     tb = (lambda t, a: (lambda: t.ops.aten.threshold_backward(a["dy"], a["y"], 0))) \
@@ -67,14 +71,9 @@ def colsum_moved(rows, cols, b=F32, first_read=1):
 
 def _bias_case(net, layer, shape):
     rows, c = _n(shape[:-1]), shape[-1]
-
-    def setup(C, alloc):
-        dy = alloc(shape, "normal")
-        return (lambda: C.bias_grad(dy)), {"dy": dy}
-
     return Case(net, layer, "bias grad", str(tuple(shape)), (rows + 1) * c * F32,
                 colsum_moved(rows, c), "partial sums of row splits (grid.y), then their sum",
-                setup,
+                _setup(lambda C, dy: C.bias_grad(dy), dy=(shape, "normal")),
                 lambda t, a: (lambda: a["dy"].sum((0, 1, 2))))
 
 
@@ -87,64 +86,41 @@ def _pool_cases(net, layer, kind, x, k, s, pad):
     geo = ((k, k), (s, s), pad4)
     sx, win = f"{tuple(x)} {k}x{k}/{s}", ny * k * k * b
 
-    def nchw(t, a):
+    def nchw(a):
         return a.permute(0, 3, 1, 2)
 
     if kind == "max":
-        def fwd(C, alloc):
-            xa = alloc(x, "normal")
-            return (lambda: C.max_pool_forward(xa, *geo)), {"x": xa}
-
         def bwd(C, alloc):
             xa, dy = alloc(x, "normal"), alloc(y, "normal")
             _, idx = C.max_pool_forward(xa, *geo)
             return (lambda: C.max_pool_backward(dy, idx, x)), {"x": xa, "dy": dy}
 
-        def tfwd(t, a):
-            xt = nchw(t, a["x"])
-            return lambda: t.nn.functional.max_pool2d(xt, k, s)
-
         def tbwd(t, a):
-            xt, dyt = nchw(t, a["x"]), nchw(t, a["dy"])
+            xt, dyt = nchw(a["x"]), nchw(a["dy"])
             _, idx = t.nn.functional.max_pool2d(xt, k, s, return_indices=True)
             return lambda: t.ops.aten.max_pool2d_with_indices_backward(
                 dyt, xt, [k, k], [s, s], [0, 0], [1, 1], False, idx)
 
         return [Case(net, layer, "max pool fwd", sx, (nx + ny) * b + 4 * ny, win + ny * (b + 4),
-                     f"{k * k} window loads per output, y and idx written", fwd, tfwd),
+                     f"{k * k} window loads per output, y and idx written",
+                     _setup(lambda C, x: C.max_pool_forward(x, *geo), x=(x, "normal")),
+                     lambda t, a: partial(t.nn.functional.max_pool2d, nchw(a["x"]), k, s)),
                 Case(net, layer, "max pool bwd", sx, ny * (b + 4) + nx * b,
                      nx * b + ny * (b + 4) + 2 * ny * b,
                      "dx zeroed (a memset), dy and idx read, an atomic add per dy", bwd, tbwd)]
-
-    def afwd(C, alloc):
-        xa = alloc(x, "normal")
-        return (lambda: C.avg_pool_forward(xa, *geo)), {"x": xa}
-
-    def abwd(C, alloc):
-        dy = alloc(y, "normal")
-        return (lambda: C.avg_pool_backward(dy, x, *geo)), {"dy": dy}
-
-    def tafwd(t, a):
-        xt = nchw(t, a["x"])
-        return lambda: t.nn.functional.avg_pool2d(xt, k, s)
-
     return [Case(net, layer, "avg pool fwd", sx, (nx + ny) * b, win + ny * b,
-                 f"{k * k} window loads per output", afwd, tafwd),
+                 f"{k * k} window loads per output",
+                 _setup(lambda C, x: C.avg_pool_forward(x, *geo), x=(x, "normal")),
+                 lambda t, a: partial(t.nn.functional.avg_pool2d, nchw(a["x"]), k, s)),
             Case(net, layer, "avg pool bwd", sx, (nx + ny) * b, win + nx * b,
-                 "a gather: every dy read once per cell of its window", abwd)]
+                 "a gather: every dy read once per cell of its window",
+                 _setup(lambda C, dy: C.avg_pool_backward(dy, x, *geo), dy=(y, "normal")))]
 
 
 def _softmax_cases(net, rows, k):
     n, b = rows * k, F32
     shape = f"({rows}, {k})"
-
-    def sm(C, alloc):
-        z = alloc((rows, k), "normal")
-        return (lambda: C.softmax_forward(z)), {"z": z}
-
-    def xf(C, alloc):
-        z, lab = alloc((rows, k), "normal"), alloc((rows,), ("labels", k))
-        return (lambda: C.loss_forward("sparse_cce_logits", lab, z)), {"z": z, "labels": lab}
+    z, lab = ((rows, k), "normal"), ((rows,), ("labels", k))
 
     def xb(C, alloc):
         z, lab = alloc((rows, k), "normal"), alloc((rows,), ("labels", k))
@@ -152,18 +128,19 @@ def _softmax_cases(net, rows, k):
         _, stats = C.loss_forward("sparse_cce_logits", lab, z)
         return (lambda: C.loss_backward("sparse_cce_logits", g, lab, z, stats)), {}
 
-    def sb(C, alloc):
-        dy, y = alloc((rows, k), "normal"), alloc((rows, k), "positive")
-        return (lambda: C.softmax_backward(dy, y)), {}
-
     return [Case(net, "output", "softmax fwd", shape, 2 * n * b, 4 * n * b,
-                 "3 passes over x (max, sum, write) and y written", sm,
+                 "3 passes over x (max, sum, write) and y written",
+                 _setup(lambda C, z: C.softmax_forward(z), z=z),
                  lambda t, a: (lambda: t.softmax(a["z"], 1))),
             Case(net, "output", "softmax bwd", shape, 3 * n * b, 5 * n * b,
-                 "2 passes over dy and y, dx written", sb),
+                 "2 passes over dy and y, dx written",
+                 _setup(lambda C, dy, y: C.softmax_backward(dy, y), dy=z,
+                        y=((rows, k), "positive"))),
             Case(net, "output", "sparse CE from logits fwd", shape, n * b + rows * (8 + 2 * b),
                  2 * n * b + rows * (8 + 3 * b),
-                 "2 passes over z (max, sum), z[label] and the 2 stats per row", xf,
+                 "2 passes over z (max, sum), z[label] and the 2 stats per row",
+                 _setup(lambda C, z, labels: C.loss_forward("sparse_cce_logits", labels, z), z=z,
+                        labels=lab),
                  lambda t, a: (lambda: t.nn.functional.cross_entropy(a["z"], a["labels"]))),
             Case(net, "output", "sparse CE from logits bwd", shape, 2 * n * b + rows * (8 + 2 * b),
                  n * (4 * b + 8), "z read, dz written, a label and 2 stats per element", xb)]
@@ -173,20 +150,15 @@ def _dense_cases(net, layer, rows, units, act, dropout):
     n, b = rows * units, F32
     sums = colsum_moved(rows, units, first_read=0)
     shape = (rows, units)
-
-    def fused(C, alloc):
-        dy, y = alloc(shape, "normal"), alloc(shape, "normal")
-        return (lambda: C.act_backward_bias(dy, y, act)), {}
-
     out = [Case(net, layer, f"{act} bwd + bias grad", str(shape), 3 * n * b + units * b,
                 lambda launches: 3 * n * b + sums(launches),
-                "dy, y read and g written in the pass that makes the partial column sums", fused)]
+                "dy, y read and g written in the pass that makes the partial column sums",
+                _setup(lambda C, dy, y: C.act_backward_bias(dy, y, act), dy=(shape, "normal"),
+                       y=(shape, "normal")))]
     if dropout:
-        def drop(C, alloc):
-            return (lambda: C.dropout_mask(shape, 0.5, 1, 2, np.float32)), {}
-
         out.append(Case(net, f"{layer} dropout", "dropout mask", str(shape), n * b, n * b,
-                        "mask written once", drop))
+                        "mask written once",
+                        _setup(lambda C: C.dropout_mask(shape, 0.5, 1, 2, np.float32))))
     return out
 
 
