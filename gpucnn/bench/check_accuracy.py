@@ -51,16 +51,12 @@ def accuracy_cases(ctx):
         ys, pad = p.geometry()
         geo = ((p.k, p.k), (p.stride, p.stride), pad)
         tag, shp = f"{p.net} {p.name}", f"x{p.x} {p.k}x{p.k}/{p.stride}"
-        if p.kind == "max":
-            xv = r(*p.x)
-            _, idx = ctx.N.max_pool_forward(xv, *geo)
-            out += [(f"{tag} max_pool_forward", shp, "max_pool_forward", (xv, *geo), FWD_TOL),
-                    (f"{tag} max_pool_backward", shp, "max_pool_backward", (r(*ys), idx, p.x),
-                     GRAD_TOL)]
-        else:
-            out += [(f"{tag} avg_pool_forward", shp, "avg_pool_forward", (r(*p.x), *geo), FWD_TOL),
-                    (f"{tag} avg_pool_backward", shp, "avg_pool_backward", (r(*ys), p.x, *geo),
-                     GRAD_TOL)]
+        xv, dy = r(*p.x), r(*ys)
+        back = (dy, ctx.N.max_pool_forward(xv, *geo)[1], p.x) if p.kind == "max" else \
+            (dy, p.x, *geo)
+        fwd, bwd = f"{p.kind}_pool_forward", f"{p.kind}_pool_backward"
+        out += [(f"{tag} {fwd}", shp, fwd, (xv, *geo), FWD_TOL),
+                (f"{tag} {bwd}", shp, bwd, back, GRAD_TOL)]
     rows, k = (4, 7) if ctx.tiny else (128, 1000)
     e = (3, 5, 7) if ctx.tiny else (32, 55, 55, 96)
     z = r(rows, k, scale=3.0)

@@ -139,6 +139,17 @@ class Ctx:
             self.fail(f"{label}: {type(e).__name__}: {e}")
             self.check_device()
 
+    @contextlib.contextmanager
+    def fewer_repeats(self):
+        """A quarter of the timed rounds (at least 5) on a GPU, for rows that are extra
+        information or a reference point."""
+        repeats = self.repeats
+        self.repeats = max(5, repeats // 4) if self.gpu else repeats
+        try:
+            yield
+        finally:
+            self.repeats = repeats
+
     def median_ms(self, fn):
         """Median milliseconds per call. On a GPU: ``reps`` calls between one CUDA event pair
         (device time per call, not host launch gaps), over ``repeats`` rounds."""

@@ -88,6 +88,17 @@ def _plain(label):
     return label.replace(" (decomposed)", "")
 
 
+def _err(ctx, family, c, label, fn, new):
+    """``fn()``'s relative error against igemm2's fp32 result ``new[label]`` (0 where there is
+    none; NaN, said and the device checked, when ``fn`` raises)."""
+    try:
+        return rel_err(ctx, fn(), new[label]) if label in new else 0.0
+    except Exception as e:  # noqa: BLE001
+        print(f"  [2] {family} {c.name} {label}: {type(e).__name__}: {e}", flush=True)
+        ctx.check_device()
+        return math.nan
+
+
 def _time_conv_tf32(ctx, add, c, shape, calls, t, new):
     """The conv calls on gpucnn's TF32 kernels (``float32_matmul_precision("high")``): a row
     ``[tf32]`` beside cuDNN with TF32 off (the fp32 rows' reference) and a row ``[tf32 vs
@@ -98,12 +109,7 @@ def _time_conv_tf32(ctx, add, c, shape, calls, t, new):
     torch = ctx.torch
     for label, fn, key in calls:
         with _precision.float32_matmul_precision("high"):
-            try:
-                err = rel_err(ctx, fn(), new[label]) if label in new else 0.0
-            except Exception as e:  # noqa: BLE001
-                err = math.nan
-                print(f"  [2] tf32 {c.name} {label}: {type(e).__name__}: {e}", flush=True)
-                ctx.check_device()
+            err = _err(ctx, "tf32", c, label, fn, new)
             if not err <= TF32_TOL:
                 ctx.fail(f"{c.net} {c.name} {label}: TF32 and fp32 differ by {err:.2e} "
                          f"(expected <= {TF32_TOL:.0e})")
@@ -126,22 +132,18 @@ def _time_conv_baseline(ctx, add, c, shape, calls, t, new):
     point)."""
     from gpucnn.kernels.cuda_set import conv as cv
 
-    before, repeats = cv.set_conv_kernels("baseline"), ctx.repeats
-    ctx.repeats = max(5, repeats // 4) if ctx.gpu else repeats
+    before = cv.set_conv_kernels("baseline")
     try:
-        for label, fn, key in calls:
-            try:
-                err = rel_err(ctx, fn(), new[label]) if label in new else 0.0
-            except Exception as e:  # noqa: BLE001
-                err = math.nan
-                print(f"  [2] baseline {c.name} {label}: {type(e).__name__}: {e}", flush=True)
-                ctx.check_device()
-            if not err <= GRAD_TOL:
-                ctx.fail(f"{c.net} {c.name} {label}: baseline and igemm2 differ by {err:.2e}")
-            add(c.net, c.name, f"{_plain(label)} [baseline]", shape, fn, c.flops(), t.get(key))
+        with ctx.fewer_repeats():
+            for label, fn, key in calls:
+                err = _err(ctx, "baseline", c, label, fn, new)
+                if not err <= GRAD_TOL:
+                    ctx.fail(f"{c.net} {c.name} {label}: baseline and igemm2 differ by "
+                             f"{err:.2e}")
+                add(c.net, c.name, f"{_plain(label)} [baseline]", shape, fn, c.flops(),
+                    t.get(key))
     finally:
         cv.set_conv_kernels(before)
-        ctx.repeats = repeats
 
 
 def _time_pool(ctx, add, p):
@@ -153,15 +155,11 @@ def _time_pool(ctx, add, p):
     t = torch_twins(ctx, torch_ref.gpu_pool_twins, p.kind, x, dy, p.k, p.stride)
     if p.kind == "max":
         _, idx = C.max_pool_forward(x, *geo)
-        add(p.net, p.name, "max pool fwd", shape, lambda: C.max_pool_forward(x, *geo),
-            None, t.get("fwd"))
-        add(p.net, p.name, "max pool bwd", shape,
-            lambda: C.max_pool_backward(dy, idx, p.x), None, t.get("bwd"))
+        fns = (lambda: C.max_pool_forward(x, *geo), lambda: C.max_pool_backward(dy, idx, p.x))
     else:
-        add(p.net, p.name, "avg pool fwd", shape, lambda: C.avg_pool_forward(x, *geo),
-            None, t.get("fwd"))
-        add(p.net, p.name, "avg pool bwd", shape,
-            lambda: C.avg_pool_backward(dy, p.x, *geo), None, t.get("bwd"))
+        fns = (lambda: C.avg_pool_forward(x, *geo), lambda: C.avg_pool_backward(dy, p.x, *geo))
+    for way, fn in zip(("fwd", "bwd"), fns):
+        add(p.net, p.name, f"{p.kind} pool {way}", shape, fn, None, t.get(way))
 
 
 def _time_rows(ctx, add):
@@ -215,13 +213,9 @@ def tile_sweep(ctx):
     if not ctx.tiny:
         chosen = [c for c in chosen if c.name in ("conv1", "conv2", "conv4")]
     rows = ctx.table("sweep")
-    repeats = ctx.repeats
-    ctx.repeats = max(5, repeats // 4) if ctx.gpu else repeats   # extra information: fewer runs
-    try:
+    with ctx.fewer_repeats():                   # extra information: fewer runs
         for c in chosen:
             _sweep_layer(ctx, cv, c, rows)
-    finally:
-        ctx.repeats = repeats
     return rows
 
 
