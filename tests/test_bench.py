@@ -87,7 +87,7 @@ def test_bad_options_are_refused():
 
 
 def test_model_names_match_the_cases():
-    from gpucnn.bench import __main__ as bench_main, e2e, ops
+    from gpucnn.bench import __main__ as bench_main, ops
 
     assert bench_main.MODEL_NAMES == tuple(e2e.MODELS)
     assert [e2e.LABELS[m] for m in bench_main.MODEL_NAMES] == [net[0] for net in ops.nets()]
@@ -243,8 +243,6 @@ def test_a_running_childs_cpu_time_is_ours_not_foreign():
 def test_device_timing_runs_many_short_calls_between_one_event_pair():
     """The GPU check's timing, with events that read a fake clock advanced by the calls: a
     call of 0.05 ms is timed in rounds of 20 calls (a 1 ms round), and the result is per call."""
-    from gpucnn.bench import _timing
-
     clock = {"t": 0.0, "calls": 0}
 
     class Event:

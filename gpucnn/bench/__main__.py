@@ -120,6 +120,10 @@ def main(argv=None) -> int:
                    f"batches over {threads} thread(s); PyTorch: {threads} intra-op thread(s)")
     print("\n".join(out), flush=True)
 
+    def emit(lines):
+        print("\n".join(lines), flush=True)
+        out.extend(lines)
+
     warm = 1 if args.quick else 2
     if args.only != "e2e":
         _log("per-op timings ...")
@@ -133,8 +137,7 @@ def main(argv=None) -> int:
         section += ["", "GFLOP/s counts each op's nominal products, the same count for both "
                         "sides, including the products with zero padding that an algorithm may "
                         "skip (gpucnn's border classes do)."]
-        print("\n".join(section), flush=True)
-        out += section
+        emit(section)
     if args.only != "ops":
         _log("end-to-end timings ...")
         cases = e2e.default_cases(args.quick)
@@ -159,18 +162,14 @@ def main(argv=None) -> int:
             section += ["", "## Peak memory of training (host: growth of the resident set over "
                             "3 steps in a fresh process; GPU: CuPy pool / PyTorch allocator)", ""]
             section += report.memory_table(mem_cases)
-        print("\n".join(section), flush=True)
-        out += section
+        emit(section)
     from gpucnn.bench import _timing
 
     out_note = (f"Samples measured again because other processes kept more than "
                 f"{_timing.MAX_FOREIGN:.0%} of the CPUs busy: {_timing.discarded[0]}")
-    print("\n" + out_note, flush=True)
-    out += ["", out_note]
-    libs = ["", "## Libraries loaded at the end of the run (threadpoolctl)", ""]
-    libs += [f"- {line}" for line in report.blas_lines()]
-    print("\n".join(libs), flush=True)
-    out += libs
+    emit(["", out_note])
+    emit(["", "## Libraries loaded at the end of the run (threadpoolctl)", ""]
+         + [f"- {line}" for line in report.blas_lines()])
     if args.out:
         report.write_atomic(args.out, "\n".join(out) + "\n")
         _log(f"wrote {args.out}")

@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpucnn.bench import _timing, torch_ref
+from gpucnn.bench import _timing, shapes, torch_ref
 
 MODELS = {
-    # name: (input shape, optimizer, loss, accuracy metric)
+    # name: (input shape, optimizer, loss, accuracy metric); built by shapes.NETWORKS
     "lenet5": ((32, 32, 1), "sgd", "sparse", True),
     "alexnet_small": ((32, 32, 3), "sgd_momentum", "sparse", True),
     "autoencoder": ((28, 28, 1), "adam", "mse", False),
 }
-LABELS = {"lenet5": "LeNet-5", "alexnet_small": "AlexNet-small", "autoencoder": "Autoencoder"}
+LABELS = {name: shapes.NETWORKS[name][0] for name in MODELS}
 
 
 @dataclass
@@ -73,15 +73,10 @@ def default_cases(quick: bool):
 
 # ------------------------------------------------------------------------------------- gpucnn
 def gpucnn_model(name):
-    from gpucnn import optimizers, zoo
+    from gpucnn import optimizers
 
-    shape, opt, loss, acc = MODELS[name]
-    if name == "lenet5":
-        model = zoo.lenet5()
-    elif name == "alexnet_small":
-        model = zoo.alexnet(shape, 10, width=0.25, dense_units=256)
-    else:
-        model = zoo.conv_autoencoder(shape)
+    _, opt, loss, acc = MODELS[name]
+    model = shapes.NETWORKS[name][2]()
     optimizer = {"sgd": lambda: optimizers.SGD(learning_rate=0.01),
                  "sgd_momentum": lambda: optimizers.SGD(learning_rate=0.01, momentum=0.9),
                  "adam": lambda: optimizers.Adam(learning_rate=1e-3)}[opt]()
@@ -135,15 +130,13 @@ def gpucnn_side(case):
 
 
 def torch_side(tr, case):
-    shape, opt, loss, acc = MODELS[case.model]
+    _, opt, loss, acc = MODELS[case.model]
     torch = tr.torch
     torch.manual_seed(0)
-    if case.model == "lenet5":
-        net = torch_ref.lenet5(torch)
-    elif case.model == "alexnet_small":
-        net = torch_ref.alexnet(torch, 32, 10, width=0.25, dense_units=256, stem="small")
-    else:
-        net = torch_ref.autoencoder(torch)
+    net = {"lenet5": lambda: torch_ref.lenet5(torch),
+           "alexnet_small": lambda: torch_ref.alexnet(torch, 32, 10, width=0.25, dense_units=256,
+                                                      stem="small"),
+           "autoencoder": lambda: torch_ref.autoencoder(torch)}[case.model]()
     x, y = data(case.model, case.batch * case.steps)
     trainer = torch_ref.Trainer(torch, net, x, y, case.batch, opt, loss, tr.device, acc)
     if case.kind == "predict":

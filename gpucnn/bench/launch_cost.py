@@ -1,4 +1,4 @@
-"""Host time of one cuda-set call, measured on the CPU: ``python -m gpucnn.bench --only launch``.
+"""Host time of one cuda-set call, measured on the CPU: ``python -m gpucnn.bench.launch_cost``.
 
 What a GPU step pays on the host for each kernel is gpucnn's own Python (argument checks, the
 output allocation, the launch plan, the packed parameters) plus the driver's launch. This
@@ -169,13 +169,10 @@ def table(rows) -> list:
            "", "| call | launches | µs per call | µs per launch | target per launch |",
            "|---|---:|---:|---:|---|"]
     for label, kind, launches, us in rows:
-        per = us / max(launches, 1)
-        if kind not in TARGETS:         # a whole step: no per-launch target
-            out.append(f"| {label} | {launches} | {us:.1f} | {per:.1f} | - |")
-            continue
-        target = TARGETS[kind]
-        out.append(f"| {label} | {launches} | {us:.1f} | {per:.1f} | <= {target:g} µs: "
-                   f"{'met' if per <= target else 'NOT met'} |")
+        per, verdict = us / max(launches, 1), "-"     # a whole step: no per-launch target
+        if kind in TARGETS:
+            verdict = f"<= {TARGETS[kind]:g} µs: {'met' if per <= TARGETS[kind] else 'NOT met'}"
+        out.append(f"| {label} | {launches} | {us:.1f} | {per:.1f} | {verdict} |")
     return out
 
 

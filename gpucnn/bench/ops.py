@@ -48,30 +48,25 @@ def _algo(ks, what, *args):
 
 def _conv_cases(ks, tr, rng, net, n, spec):
     name, (h, w, c), k, co, s, padding, act, kind, *_ = spec
-    xp_ = ks.asarray
-    ho, wo, pad = window_2d(h, w, k, k, s, s, padding)
+    ys, pad = spec._replace(n=n).geometry()
     x = rng.random((n, h, w, c), dtype=np.float32)
     wt = (rng.standard_normal((k, k, c, co), dtype=np.float32) * 0.1)
     b = rng.standard_normal(co, dtype=np.float32) * 0.1
-    dy = rng.standard_normal((n, ho, wo, co), dtype=np.float32)
-    xd, wd, bd, dyd = xp_(x), xp_(wt), xp_(b), xp_(dy)
-    stride = (s, s)
-    flops = 2.0 * n * ho * wo * k * k * c * co
+    dy = rng.standard_normal(ys, dtype=np.float32)
+    xd, wd, bd, dyd = (ks.asarray(a) for a in (x, wt, b, dy))
+    stride, act_name = (s, s), act or "linear"
     shape = f"{n}x{h}x{w}x{c} * {k}x{k}x{c}x{co} /{s} {padding}"
     torch_fns = (None, None, None) if tr is None else torch_ref.conv_ops(
         tr.torch, tr.device, x, wt, b, stride, pad, act)
-    act_name = act or "linear"
-    out = [OpCase(net, f"{name} forward (+bias, {act_name})", shape, flops,
-                  lambda: ks.conv2d_forward(xd, wd, bd, stride, pad, act_name), torch_fns[0],
-                  _algo(ks, "forward", x.shape, wt.shape, stride, pad))]
-    if kind != "first":
-        out.append(OpCase(net, f"{name} input gradient", shape, flops,
-                          lambda: ks.conv2d_backward_input(dyd, wd, x.shape, stride, pad),
-                          torch_fns[1], _algo(ks, "input", x.shape, wt.shape, stride, pad)))
-    out.append(OpCase(net, f"{name} kernel gradient", shape, flops,
-                      lambda: ks.conv2d_backward_weight(xd, dyd, wt.shape, stride, pad),
-                      torch_fns[2], _algo(ks, "weight", x.shape, wt.shape, stride, pad)))
-    return out
+    calls = [(f"forward (+bias, {act_name})", "forward",
+              lambda: ks.conv2d_forward(xd, wd, bd, stride, pad, act_name), torch_fns[0]),
+             ("input gradient", "input",
+              lambda: ks.conv2d_backward_input(dyd, wd, x.shape, stride, pad), torch_fns[1]),
+             ("kernel gradient", "weight",
+              lambda: ks.conv2d_backward_weight(xd, dyd, wt.shape, stride, pad), torch_fns[2])]
+    return [OpCase(net, f"{name} {op}", shape, spec._replace(n=n).flops(), fn, t_fn,
+                   _algo(ks, what, x.shape, wt.shape, stride, pad))
+            for op, what, fn, t_fn in calls if what != "input" or kind != "first"]
 
 
 def _transpose_cases(ks, tr, rng, net, n, spec):
@@ -125,9 +120,8 @@ def _pool_cases(ks, tr, rng, net, n, spec):
     else:
         fwd = lambda: ks.avg_pool_forward(xd, pool, stride, pad)  # noqa: E731
         bwd = lambda: ks.avg_pool_backward(dyd, x.shape, pool, stride, pad)  # noqa: E731
-    label = "max" if kind == "max" else "avg"
-    return [OpCase(net, f"{name} {label} pool forward", shape, flops, fwd, t_f),
-            OpCase(net, f"{name} {label} pool backward", shape, flops, bwd, t_b)]
+    return [OpCase(net, f"{name} {kind} pool forward", shape, flops, fwd, t_f),
+            OpCase(net, f"{name} {kind} pool backward", shape, flops, bwd, t_b)]
 
 
 def _xent_cases(ks, tr, rng, net, n, spec):

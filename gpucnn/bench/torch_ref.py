@@ -108,13 +108,11 @@ def autoencoder(torch, channels=1, latent=8, filters=(16, 32)):
 
 
 def optimizer(torch, params, name):
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=0.01)
-    if name == "sgd_momentum":
-        return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    if name not in ("sgd", "sgd_momentum", "adam"):
+        raise ValueError(f"unknown optimizer {name!r}")
     if name == "adam":
         return torch.optim.Adam(params, lr=1e-3, eps=1e-7)
-    raise ValueError(f"unknown optimizer {name!r}")
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9 if name == "sgd_momentum" else 0)
 
 
 class Trainer:
@@ -175,18 +173,15 @@ def conv_ops(torch, device, x, w, b, stride, pad4, act):
     bt = None if b is None else torch.from_numpy(b).to(device)
     pt, pb, pl, pr = pad4
     sym = (pt == pb and pl == pr)
-    y = F.conv2d(F.pad(xt, (pl, pr, pt, pb)) if not sym else xt, wt, bt, stride,
-                 (pt, pl) if sym else 0)
-    dy = torch.randn_like(y)
+    xs = xt if sym else F.pad(xt, (pl, pr, pt, pb))
+    psym = (pt, pl) if sym else 0
+    dy = torch.randn_like(F.conv2d(xs, wt, bt, stride, psym))
     fn = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}.get(act)
 
     def forward():
         xin = xt if sym else F.pad(xt, (pl, pr, pt, pb))
-        out = F.conv2d(xin, wt, bt, stride, (pt, pl) if sym else 0)
+        out = F.conv2d(xin, wt, bt, stride, psym)
         return fn(out) if fn is not None else out
-
-    xs = xt if sym else F.pad(xt, (pl, pr, pt, pb))
-    psym = (pt, pl) if sym else 0
 
     def dx():
         return torch.nn.grad.conv2d_input(xs.shape, wt, dy, stride, psym)
@@ -209,10 +204,7 @@ def conv_transpose_op(torch, device, x, w, stride, out_hw, pad4):
     oph = out_hw[0] - ((h - 1) * stride[0] - 2 * pt + kh)
     opw = out_hw[1] - ((wd - 1) * stride[1] - 2 * pl + kw)
 
-    def forward():
-        return F.conv_transpose2d(xt, wt, None, stride, (pt, pl), (oph, opw))
-
-    return forward
+    return lambda: F.conv_transpose2d(xt, wt, None, stride, (pt, pl), (oph, opw))
 
 
 def pool_ops(torch, device, x, kind, pool, stride):
