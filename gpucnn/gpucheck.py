@@ -35,6 +35,7 @@ how the tests run it without a GPU). ``docs/gpu.md`` gives the command for a GPU
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -155,16 +156,13 @@ def markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def _write(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _save(out_dir, report):
-    _write(os.path.join(out_dir, "report.json"), json.dumps(report, indent=1))
-    _write(os.path.join(out_dir, "report.md"), markdown(report))
+    from gpucnn.io import write_atomic
+
+    for name, text in (("report.json", json.dumps(report, indent=1)),
+                       ("report.md", markdown(report))):
+        write_atomic(os.path.join(out_dir, name), lambda f, t=text: f.write(t.encode()),
+                     op="gpucheck")
 
 
 def _commit():
@@ -183,11 +181,7 @@ def _child_cmd(args, section, part):
     cmd = [sys.executable, "-m", "gpucnn.gpucheck", "--section", section, "--part", part,
            "--out", args.out, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
            "--seed", str(args.seed)]
-    if args.tiny:
-        cmd.append("--tiny")
-    if args.no_torch:
-        cmd.append("--no-torch")
-    return cmd
+    return cmd + ["--tiny"] * args.tiny + ["--no-torch"] * args.no_torch
 
 
 def _fault_for(section):
@@ -221,10 +215,8 @@ def _run_child(args, section, part, log, limit):
 def drive(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     for name in FILES[2:]:          # logs of an earlier run in this folder
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(args.out, name))
-        except FileNotFoundError:
-            pass
     sections = [s for s in ORDER if s in args.sections]
     report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": "python -m gpucnn.gpucheck " + " ".join(args.argv),
