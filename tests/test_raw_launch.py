@@ -106,13 +106,11 @@ def gpu(monkeypatch, tmp_path):
         fake.builds.append((spec.name, tuple(cc)))
         return _cache.Built(b"\x7fELF-cubin-of-" + spec.name.encode(), "entry_" + spec.name, 0.5)
 
-    monkeypatch.setattr(_launch, "cp", fake)
+    for name, value in (("cp", fake), ("_raw_cache", {}), ("FELL_BACK", {}), ("_failed", {}),
+                        ("STRICT", False)):
+        monkeypatch.setattr(_launch, name, value)
     monkeypatch.setattr(_cache, "build", build)
     monkeypatch.setitem(_launch._state, "path", "raw")
-    monkeypatch.setattr(_launch, "_raw_cache", {})
-    monkeypatch.setattr(_launch, "FELL_BACK", {})
-    monkeypatch.setattr(_launch, "_failed", {})
-    monkeypatch.setattr(_launch, "STRICT", False)
     monkeypatch.setenv("GPUCNN_CACHE_DIR", str(tmp_path / "kernels"))
     return fake
 
