@@ -51,8 +51,7 @@ def ref_conv2d(x, w, b, stride, pad, act="linear"):
     for s, p, q in np.ndindex(n, ho, wo):
         acc = np.zeros(co) if b is None else np.array(b, np.float64)
         for i, j, r, c in _cells(h, wd, p, q, kh, kw, *stride, pad):
-            for ci in range(x.shape[3]):
-                acc = acc + x[s, r, c, ci] * w[i, j, ci]
+            acc = acc + x[s, r, c] @ w[i, j]
         y[s, p, q] = acc
     return ref_act(y, act)
 
