@@ -50,11 +50,9 @@ CONV_KERNELS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weig
 def numpy_config(name):
     settings = dict(CONV_CONFIGS[name])
     threads = settings.pop("threads", None)
-    with contextlib.ExitStack() as stack:
-        if threads:
-            stack.enter_context(N.num_threads(threads))
-            settings["min_parallel_flops"] = 0
-        stack.enter_context(N.tuning(**settings))
+    if threads:
+        settings["min_parallel_flops"] = 0
+    with N.num_threads(threads or N.get_num_threads()), N.tuning(**settings):
         yield
 
 
