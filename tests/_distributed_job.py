@@ -144,7 +144,6 @@ def small():
 
 
 def gpu(out):
-    from gpucnn.distributed import _gpu
     from gpucnn.kernels.cuda_set import simulate
 
     simulate.lock_shared_arrays()
@@ -153,7 +152,7 @@ def gpu(out):
     gpucnn.set_backend("cuda")
     for with_nccl in (True, False):
         fake = FakeGpu(with_nccl)
-        _gpu.GPU = fake
+        distributed._state["gpu"] = fake
         distributed.init()
         info = distributed.info()
         rank = info["rank"]

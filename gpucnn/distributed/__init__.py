@@ -52,11 +52,10 @@ import numpy as np
 from gpucnn import backend as _backend
 from gpucnn import parallel
 from gpucnn.kernels import has, load_set
-from gpucnn.distributed import _gpu
 from gpucnn.distributed._mpi import Group, HostSum, NcclSum, timeout_from_env
 from gpucnn.parallel import ranks as _ranks
 
-_state = {"group": None, "hook": None, "device": None}
+_state = {"group": None, "hook": None, "device": None, "gpu": None}
 
 
 def init(backend: str | None = None, timeout: float | None = None) -> None:
@@ -91,7 +90,7 @@ def init(backend: str | None = None, timeout: float | None = None) -> None:
             f"({e}); install it with pip install 'gpucnn[distributed]' (mpi4py and MPICH), or "
             "build mpi4py against your cluster's MPI (see the README)") from None
     g = Group(MPI, MPI.COMM_WORLD, timeout if timeout is not None else timeout_from_env())
-    gpu = _gpu.gpu()
+    gpu = _gpus()
     count = gpu.device_count() if _may_use_gpu(backend) else 0
     if count > 0:
         _state["device"] = g.local_rank % count
@@ -107,6 +106,31 @@ def init(backend: str | None = None, timeout: float | None = None) -> None:
         sys.excepthook = _abort_on_exception
     if backend is not None:
         _backend.set_backend(backend)
+
+
+class _NoDevices:
+    """No GPU here: ``device_count()`` is 0, so nothing else is asked."""
+
+    def device_count(self) -> int:
+        return 0
+
+    def synchronize(self) -> None:
+        pass
+
+
+def _gpus():
+    """The GPUs as the kernel set offers them (its ``devices`` capability: device count and
+    choice, NCCL, the stream NCCL runs on, events), asked of the cuda set the first time and
+    kept in ``_state["gpu"]``, where tests put another object with the same methods. Where no
+    kernel set offers devices (or the cuda set cannot be loaded) the answer sees no GPU
+    (``_NoDevices``), and the ranks sum through MPI on the host."""
+    if _state["gpu"] is None:
+        try:
+            ks = load_set("cuda")
+        except Exception:  # noqa: BLE001 - a set that cannot load offers no devices
+            ks = None
+        _state["gpu"] = ks.devices() if ks is not None and has(ks, "devices") else _NoDevices()
+    return _state["gpu"]
 
 
 def _may_use_gpu(backend) -> bool:

@@ -25,7 +25,6 @@ import numpy as np
 
 import gpucnn
 from gpucnn import distributed, optimizers, zoo
-from gpucnn.distributed import _gpu
 
 LENET_PARAMS = 61_706
 ALEXNET_PARAMS = 62_378_344
@@ -33,7 +32,7 @@ ALEXNET_PARAMS = 62_378_344
 
 def _sync():
     if gpucnn.get_backend() == "cuda" and gpucnn.backend.xp().__name__ == "cupy":
-        _gpu.gpu().synchronize()
+        distributed._gpus().synchronize()
 
 
 def _timed(fn, warmup: int, repeats: int) -> float:
