@@ -24,13 +24,8 @@ from gpucnn.kernels import numpy_set
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOB = os.path.join(HERE, "_distributed_job.py")
 
-
-def _mpiexec():
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
-
-
-MPIEXEC = _mpiexec()
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")     # the venv's, else PATH's
+MPIEXEC = MPIEXEC if os.access(MPIEXEC, os.X_OK) else shutil.which("mpiexec")
 needs_mpi = pytest.mark.skipif(
     MPIEXEC is None or importlib.util.find_spec("mpi4py") is None,
     reason="needs mpi4py and mpiexec: pip install -e '.[distributed]'")
@@ -44,11 +39,6 @@ def mpirun(*args, timeout, cwd=None, **env):
     proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=full, cwd=cwd)
     return proc, time.monotonic() - start
-
-
-def launch(scenario, out, timeout, **env):
-    """Run the job on two ranks; ``(completed process, seconds)``."""
-    return mpirun(JOB, scenario, out, timeout=timeout, **env)
 
 
 def agree(r0, r1, prefix, weights):
@@ -67,7 +57,7 @@ def ranks(out):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
-    proc, _ = launch("train", out, 240)
+    proc, _ = mpirun(JOB, "train", out, timeout=240)
     assert proc.returncode == 0, f"mpiexec exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
     return out, proc, ranks(out)
 
@@ -151,7 +141,7 @@ def test_only_rank_0_writes_checkpoints_and_prints(trained):
     ("kill", {}, (0, 10), []),
 ])
 def test_a_rank_that_raises_hangs_or_is_killed_ends_the_job(tmp_path, how, env, within, said):
-    proc, seconds = launch(how, tmp_path, 60, **env)
+    proc, seconds = mpirun(JOB, how, tmp_path, timeout=60, **env)
     assert proc.returncode != 0 and within[0] <= seconds < within[1], (proc.returncode, seconds)
     for text in said:
         assert text in proc.stderr, proc.stderr[-2000:]
@@ -160,7 +150,7 @@ def test_a_rank_that_raises_hangs_or_is_killed_ends_the_job(tmp_path, how, env, 
 
 @needs_mpi
 def test_mismatched_settings_and_a_non_finite_loss_raise_on_both_ranks(tmp_path):
-    proc, _ = launch("refuse", tmp_path, 120)
+    proc, _ = mpirun(JOB, "refuse", tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for r in (0, 1):
         assert (f"rank {r} raised ValueError: fit: the 2 ranks were called with different "
@@ -172,7 +162,7 @@ def test_mismatched_settings_and_a_non_finite_loss_raise_on_both_ranks(tmp_path)
 
 @needs_mpi
 def test_the_gpu_path_bookkeeping_in_the_simulator(tmp_path, job):
-    proc, _ = launch("gpu", tmp_path, 240, NUMBA_ENABLE_CUDASIM="1")
+    proc, _ = mpirun(JOB, "gpu", tmp_path, timeout=240, NUMBA_ENABLE_CUDASIM="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = ranks(tmp_path)
     # a GPU per local rank
