@@ -81,17 +81,13 @@ def run_part(model, x, y, lo, hi, n, logits, keys, serial=True):
     backward into a sink; with ``serial`` every kernel runs on this thread alone. Returns
     ``(loss, output, sink)``, the unweighted loss and the leaf gradients ``{id: [leaf, array]}``."""
     ks = backend.kernels()
-    shared = _split.Shared(keys)
-    with _serial(ks, serial), _split.batch_part(lo, hi, n, shared):
+    one = ks.serial_kernels() if serial and has(ks, "threads") else contextlib.nullcontext()
+    with one, _split.batch_part(lo, hi, n, _split.Shared(keys)):
         out = model._invoke(Tensor._wrap(x[:hi - lo]), True, logits)
         loss = model._loss_value(y[:hi - lo], out, logits)
         sink = {}
         _run_backward(loss, backend.xp().full((), (hi - lo) / n, dtype=loss.data.dtype), sink)
     return loss.data, out.data, sink
-
-
-def _serial(ks, serial):
-    return ks.serial_kernels() if serial and has(ks, "threads") else contextlib.nullcontext()
 
 
 def forward_backward(model, xb, yb, logits, params, parts, need_out):
@@ -120,10 +116,7 @@ def forward_backward(model, xb, yb, logits, params, parts, need_out):
 def combine(results, params, n, need_out):
     """The step's loss, gradients (into ``.grad`` when the loss is finite) and output from the
     parts' ``(loss, output, sink, rows)``."""
-    loss = results[0][0] * (results[0][3] / n)
-    for r in results[1:]:
-        loss = loss + r[0] * (r[3] / n)
-    loss = np.asarray(loss, dtype=results[0][0].dtype)
+    loss = np.asarray(sum(r[0] * (r[3] / n) for r in results), dtype=results[0][0].dtype)
     lv = float(loss)
     if math.isfinite(lv):
         for p in params:
