@@ -239,8 +239,7 @@ def barrier() -> None:
 
 def broadcast_weights(model) -> None:
     """Give every rank rank 0's weights of ``model`` (``fit`` does this by itself)."""
-    g = _group()
-    _ranks.broadcast_model(g, model, "broadcast_weights()")
+    _ranks.broadcast_model(_group(), model, "broadcast_weights()")
 
 
 def allreduce(array):
