@@ -81,10 +81,7 @@ class Ctx:
     rng: object = None
 
     def table(self, name) -> LiveRows:
-        rows = self.tables.get(name)
-        if rows is None:
-            rows = self.tables[name] = LiveRows(self)
-        return rows
+        return self.tables.setdefault(name, LiveRows(self))
 
     def fail(self, msg):
         self.failures.append(msg)

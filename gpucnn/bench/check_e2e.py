@@ -5,8 +5,14 @@ and without beside PyTorch eager and graphed (``fit_steps``), and the guide's Al
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+import json
 import math
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -204,8 +210,6 @@ def alexnet(ctx):
     peak device memory and the ``ALEXNET_TARGETS`` verdicts; then the time to the first step in
     fresh processes (``first_step_rows``). The data are random images made once, on the device
     for both sides, so that host copies are not timed."""
-    import gc
-
     import gpucnn
     from gpucnn import backend
     from gpucnn.parallel import graphed
@@ -269,11 +273,6 @@ def first_step_rows(ctx):
     gpucnn with the kernel cache the setup section filled (warm) and with an empty one (cold:
     the process compiles every kernel the step needs), and PyTorch (cuDNN picks its algorithms
     in every new process; there is no cache to warm)."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
-
     rows = ctx.table("first_step")
     runs = [("gpucnn fit", "warm"), ("gpucnn fit", "cold")]
     if ctx.torch is not None:
@@ -306,8 +305,6 @@ def first_step_rows(ctx):
 def _first_step(side, tiny):
     """The body of a first-step process (``first_step_rows``): one AlexNet training step at the
     check's batch; prints the wall-clock time at its end as JSON."""
-    import json
-
     rng = np.random.default_rng(0)
     if side == "torch":
         import torch
@@ -323,8 +320,6 @@ def _first_step(side, tiny):
         opt.step()
         float(loss)
     else:
-        import contextlib
-
         import gpucnn
 
         gpucnn.set_backend("cuda")
@@ -344,8 +339,6 @@ def _first_step(side, tiny):
 
 
 if __name__ == "__main__":
-    import sys
-
     if len(sys.argv) in (3, 4) and sys.argv[1] == "--first-step" and \
             sys.argv[2] in ("gpucnn", "torch") and sys.argv[3:] in ([], ["--tiny"]):
         _first_step(sys.argv[2], len(sys.argv) == 4)

@@ -20,10 +20,12 @@ memory measurement of one side as JSON (the benchmark starts it that way).
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import subprocess
 import sys
+import tracemalloc
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -191,8 +193,6 @@ def measure_memory_here(model_name, batch, side, threads, backend_name, steps=3)
         torch = torch_ref.setup("cpu", threads)
         tr = torch_ref.TorchSide(torch, "cpu")
         run = torch_side(tr, case)
-    import gc
-
     gc.collect()
     reset = _reset_peak()
     rss0 = _status_kb("VmRSS")
@@ -205,8 +205,6 @@ def measure_memory_here(model_name, batch, side, threads, backend_name, steps=3)
         workers = [g for g in forked.last_growth if g >= 0]
         out["workers"] = len(workers)
         out["rss"] += sum(workers)            # the worker processes' own growth
-        import tracemalloc
-
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         run()

@@ -8,10 +8,13 @@ are here, the last two running scripts and pytest in processes of their own.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 
 import numpy as np
 
@@ -112,8 +115,6 @@ def _run_logged(cmd, log, env, timeout, cwd):
 
 def section_examples(ctx, out_dir):
     """Every example script for one short epoch on the cuda backend (log: examples.log)."""
-    import tempfile
-
     rows = ctx.table("examples")
     root = repo_root()
     if root is None:
@@ -184,8 +185,6 @@ SECTIONS = {"setup": section_setup, "accuracy": section_accuracy, "ops": section
 def run_section(args) -> int:
     """The body of one section's process: 0 when it found nothing wrong, 1 otherwise, 3 when
     the device was lost."""
-    import contextlib
-
     ctx = setup(args)
     print(f"gpucheck [{args.section}]: {ctx.info.get('device', '?')}, launch path "
           f"{ctx.C.launch_path()}", flush=True)
@@ -204,8 +203,6 @@ def run_section(args) -> int:
         ctx.fail(f"section {args.section} ended early: {e}")
         return 3
     except Exception as e:  # noqa: BLE001 - the section's own code failed: say where
-        import traceback
-
         traceback.print_exc()
         ctx.fail(f"section {args.section} stopped: {type(e).__name__}: {e}")
         return 1

@@ -167,10 +167,8 @@ def _optim_cases(net, shapes_):
 
     def setup(family):
         def make(C, alloc):
-            ps = [alloc(s, "normal") for s in shapes_]
-            gs = [alloc(s, "normal") for s in shapes_]
-            ms = [alloc(s, "normal") for s in shapes_]
-            vs = [alloc(s, "positive") for s in shapes_]
+            ps, gs, ms, vs = ([alloc(s, kind) for s in shapes_]
+                              for kind in ("normal", "normal", "normal", "positive"))
             flag = C.xp.zeros(1, dtype=np.int64)     # read by the caller, never here
             if family == "adam":
                 return (lambda: C.adam_update_many(ps, gs, ms, vs, 1e-4, 0.9, 0.999, 1e-7, 10,

@@ -24,6 +24,8 @@ import datetime
 import os
 import pathlib
 import re
+import shutil
+import struct
 import subprocess
 import sys
 from collections import Counter
@@ -40,8 +42,6 @@ _TARGET = re.compile(r"`\((\.L_x_\d+)\)")
 
 def nvdisasm_path() -> str:
     """nvdisasm from the ``nvidia-cuda-nvdisasm`` wheel (any CUDA major), else from PATH."""
-    import shutil
-
     try:
         import nvidia
 
@@ -180,8 +180,6 @@ def threads_of(family: str, tile: tuple) -> int:
 
 def _shared_and_info(cubin: bytes, entry: str):
     """(static shared bytes, {registers, frame_bytes}) from the cubin's sections."""
-    import struct
-
     data = cubin
     shoff = struct.unpack_from("<Q", data, 0x28)[0]
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
@@ -197,8 +195,6 @@ def _shared_and_info(cubin: bytes, entry: str):
 
 
 def _function_info(data, raw, name, entry) -> dict:
-    import struct
-
     secs = {name(nm): data[off:off + size] for nm, _t, _f, _a, off, size in raw}
     strtab, symtab = secs.get(".strtab", b""), secs.get(".symtab", b"")
     syms = []

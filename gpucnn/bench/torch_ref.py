@@ -7,6 +7,8 @@ cuDNN in fp32 with TF32 off (so that both sides do the same arithmetic) unless a
 from __future__ import annotations
 
 import importlib.util
+import math
+import time
 from dataclasses import dataclass
 
 
@@ -330,9 +332,6 @@ def gpu_fit_images_per_second(torch, net, x, y, batch, graphed=False, momentum=0
     ``allow_tf32`` for cuDNN and matmuls during the call. Returns ``{"images/s", "host ms/step",
     "peak MiB", "reserved MiB"}``: on a GPU the peaks of ``max_memory_allocated`` and
     ``max_memory_reserved`` counted from before ``net`` moved to the device (NaN on the CPU)."""
-    import math
-    import time
-
     F = torch.nn.functional
     cuda = device == "cuda"
     flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
