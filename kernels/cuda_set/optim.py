@@ -26,6 +26,7 @@ reads it back at once (a synchronisation), raising FloatingPointError.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import operator
 
@@ -153,57 +154,42 @@ def element_updates(dtype: str):
 FAMILIES = {"sgd": (3, "fffnnn"), "adam": (5, "fffffnn"), "rmsprop": (5, "ffffffnnn")}
 
 
-@kernel_factory(float_variants)
-def sgd_kernel(dtype):
-    sgd_elem = element_updates(dtype)["sgd"]
+def _variants():
+    return [{"family": f, "dtype": d} for f in FAMILIES for d in ("float32", "float64")]
 
-    def sgd_k(p, g, v, lr, mu, lrwd, nesterov, use_v, use_wd, flag, tag):
-        """In place on flat p (and v when use_v); g read only. One thread per element."""
-        if refused_before(flag, tag):
-            return
-        for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-            sgd_elem(p, g, v, i, lr, mu, lrwd, nesterov, use_v, use_wd, flag, tag)
 
+def _argtypes(family, dtype, arrays, ints):
     a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
-    return KernelSpec(f"sgd[{dtype}]", sgd_k, (a, a, a, f, f, f, n, n, n, FLAG, n),
-                      (OPTIM_BLOCK, PER_SM["sgd"]))
+    return ((a,) * arrays + (n,) * ints + tuple(f if c == "f" else n for c in FAMILIES[family][1])
+            + (FLAG, n))
 
 
-@kernel_factory(float_variants)
-def adam_kernel(dtype):
-    adam_elem = element_updates(dtype)["adam"]
-
-    def adam_k(p, g, m, v, vhat, lrwd, omb1, omb2, alpha, eps, use_vhat, use_wd, flag, tag):
-        """In place on flat p, m, v (and vhat when use_vhat): lrwd = lr * weight_decay,
-        omb1 = 1 - b1, omb2 = 1 - b2, alpha = lr * sqrt(1 - b2^t) / (1 - b1^t). One thread
-        per element."""
-        if refused_before(flag, tag):
-            return
-        for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-            adam_elem(p, g, m, v, vhat, i, lrwd, omb1, omb2, alpha, eps, use_vhat, use_wd, flag,
-                      tag)
-
-    a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
-    return KernelSpec(f"adam[{dtype}]", adam_k, (a,) * 5 + (f,) * 5 + (n, n, FLAG, n),
-                      (OPTIM_BLOCK, PER_SM["adam"]))
+def _compiled(family, dtype, name, lines):
+    env = {"cuda": cuda, "elem": element_updates(dtype)[family], "refused_before": refused_before}
+    exec(compile("\n".join(lines) + "\n", f"<gpucnn {name} {family}>", "exec"), env)
+    return env[name]
 
 
-@kernel_factory(float_variants)
-def rmsprop_kernel(dtype):
-    rmsprop_elem = element_updates(dtype)["rmsprop"]
-
-    def rmsprop_k(p, g, s, mg, u, lr, rho, gain, mu, eps, lrwd, use_mg, use_u, use_wd, flag, tag):
-        """In place on flat p and s (mg when use_mg: centered; u when use_u: momentum).
-        One thread per element."""
-        if refused_before(flag, tag):
-            return
-        for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
-            rmsprop_elem(p, g, s, mg, u, i, lr, rho, gain, mu, eps, lrwd, use_mg, use_u, use_wd,
-                         flag, tag)
-
-    a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
-    return KernelSpec(f"rmsprop[{dtype}]", rmsprop_k, (a,) * 5 + (f,) * 6 + (n, n, n, FLAG, n),
-                      (OPTIM_BLOCK, PER_SM["rmsprop"]))
+@kernel_factory(_variants)
+def update_kernel(family: str, dtype: str):
+    """The one-tensor update of ``family``, in place on flat arrays, one thread per element (a
+    grid-stride loop): ``k(arrays..., scalars..., flag, tag)`` with the arrays and scalars of
+    ``element_updates``' ``*_elem`` (SGD p, g, v, then lr, mu, lrwd, nesterov, use_v, use_wd;
+    Adam p, g, m, v, vhat, then lrwd, omb1 = 1 - b1, omb2 = 1 - b2, alpha = lr * sqrt(1 - b2^t)
+    / (1 - b1^t), eps, use_vhat, use_wd; RMSprop p, g, s, mg, u, then lr, rho, gain, mu, eps,
+    lrwd, use_mg (centered), use_u (momentum), use_wd); g is read only, a slot is touched only
+    when its flag says so."""
+    nk, scal = FAMILIES[family]
+    args = ", ".join([f"a{k}" for k in range(nk)])
+    scalars = ", ".join(f"s{j}" for j in range(len(scal)))
+    kern = _compiled(family, dtype, f"{family}_k", [
+        f"def {family}_k({args}, {scalars}, flag, tag):",
+        "    if refused_before(flag, tag):",
+        "        return",
+        "    for i in range(cuda.grid(1), a0.size, cuda.gridsize(1)):",
+        f"        elem({args}, i, {scalars}, flag, tag)"])
+    return KernelSpec(f"{family}[{dtype}]", kern, _argtypes(family, dtype, nk, 0),
+                      (OPTIM_BLOCK, PER_SM[family]))
 
 
 #: Tensors one multi-tensor launch updates (their arrays and sizes are kernel parameters:
@@ -211,11 +197,7 @@ def rmsprop_kernel(dtype):
 MULTI = 12
 
 
-def _multi_variants():
-    return [{"family": f, "dtype": d} for f in FAMILIES for d in ("float32", "float64")]
-
-
-@kernel_factory(_multi_variants)
+@kernel_factory(_variants)
 def multi_update_kernel(family: str, dtype: str):
     """One launch updating up to ``MULTI`` tensors of an optimizer family: tensor t's arrays are
     parameters ``a{t}_{k}`` and its elements the flat indices ``[e{t-1}, e{t})`` of a grid-stride
@@ -223,7 +205,6 @@ def multi_update_kernel(family: str, dtype: str):
     the total). The source is generated once per family: Numba kernels take a fixed list of
     arrays, and an ``if`` chain picks the tensor an index falls in."""
     nk, scal = FAMILIES[family]
-    elem = element_updates(dtype)[family]
     arrays = [[f"a{t}_{k}" for k in range(nk)] for t in range(MULTI)]
     ends = [f"e{t}" for t in range(MULTI)]
     scalars = [f"s{j}" for j in range(len(scal))]
@@ -238,57 +219,17 @@ def multi_update_kernel(family: str, dtype: str):
         lines.append(f"        {head} i < e{t}:")
         lines.append(f"            elem({', '.join(arrays[t])}, {start}, {', '.join(scalars)}, "
                      f"flag, tag + {t})")
-    env = {"cuda": cuda, "elem": elem, "refused_before": refused_before}
-    exec(compile("\n".join(lines) + "\n", f"<gpucnn multi-tensor {family}>", "exec"), env)
-    a, f, n = arr(dtype, 1), NB_FLOAT[np.dtype(dtype)], types.int64
-    argtypes = ((a,) * (nk * MULTI) + (n,) * MULTI + tuple(f if c == "f" else n for c in scal)
-                + (FLAG, n))
-    return KernelSpec(f"multi_{family}[{dtype},{MULTI}]", env["multi_k"], argtypes,
-                      (OPTIM_BLOCK, PER_SM[family]))
+    return KernelSpec(f"multi_{family}[{dtype},{MULTI}]",
+                      _compiled(family, dtype, "multi_k", lines),
+                      _argtypes(family, dtype, nk * MULTI, MULTI), (OPTIM_BLOCK, PER_SM[family]))
 
 
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
-class _InPlace:
-    """Flat contiguous views of the in-place arrays, copied back at the end when a view was
-    not possible (a non-contiguous parameter)."""
-
-    def __init__(self, op, p, **slots):
-        self.dt = float_dtype(op, p)
-        self.pairs = []
-        self.flat = {}
-        for name, a in (("p", p), *slots.items()):
-            if a is None:
-                continue
-            if tuple(a.shape) != tuple(p.shape) or a.dtype != self.dt:
-                raise ValueError(f"{op}: {name} must match p ({tuple(p.shape)}, {self.dt}), got "
-                                 f"{tuple(a.shape)}, {a.dtype}")
-            c = a if (a.flags.c_contiguous and isinstance(a, xp.ndarray)) else contig(a)
-            self.pairs.append((a, c))
-            self.flat[name] = c.reshape(-1)
-
-    def done(self):
-        for a, c in self.pairs:
-            if c is not a:
-                a[...] = c if isinstance(a, type(c)) else to_host(c)
-
-
-def _grad(op, g, p_shape, dt):
-    g = contig(g, dt)
-    if tuple(g.shape) != tuple(p_shape):
-        raise ValueError(f"{op}: g must have the shape of p {tuple(p_shape)}, got "
-                         f"{tuple(g.shape)}")
-    return g.reshape(-1)
-
-
 def _grid(n, family):
     return stream_grid(n, OPTIM_BLOCK, PER_SM[family]), (OPTIM_BLOCK,)
-
-
-def _slot(io, name, dt):
-    return io.flat[name] if name in io.flat else dummy(dt)
 
 
 def _own_flag(flag):
@@ -303,21 +244,67 @@ def _read_own(op, flag, own):
                                  "were left as they were")
 
 
+def _sgd_scalars(lr, momentum, nesterov, weight_decay):
+    """The SGD kernels' scalars (``use_v``, the fifth, is ``momentum != 0``)."""
+    lr, momentum, lrwd = float(lr), float(momentum), float(lr) * float(weight_decay)
+    return lr, momentum, lrwd, int(bool(nesterov)), int(momentum != 0.0), int(lrwd != 0.0)
+
+
+def _adam_scalars(op, lr, beta1, beta2, eps, t, weight_decay, amsgrad):
+    lr, beta1, beta2, t = float(lr), float(beta1), float(beta2), int(t)
+    if t < 1:
+        raise ValueError(f"{op}: t expected the 1-based step >= 1, got {t}")
+    lrwd = lr * float(weight_decay)
+    alpha = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+    return lrwd, 1.0 - beta1, 1.0 - beta2, alpha, float(eps), int(amsgrad), int(lrwd != 0.0)
+
+
+def _rmsprop_scalars(lr, rho, eps, weight_decay, momentum, gain, centered):
+    """The RMSprop kernels' scalars (``use_u``, the eighth, is ``momentum != 0``)."""
+    lr, rho, momentum = float(lr), float(rho), float(momentum)
+    gain = 1.0 - rho if gain is None else float(gain)
+    lrwd = lr * float(weight_decay)
+    return (lr, rho, gain, momentum, float(eps), lrwd, int(centered), int(momentum != 0.0),
+            int(lrwd != 0.0))
+
+
+def _run_one(op, family, p, g, slots, optional, scalars, flag, tag):
+    """The one-tensor update of ``p`` with ``slots`` (name -> array, in the kernel's order;
+    those in ``optional`` may be None, then a dummy goes in their place), on flat contiguous
+    views of the in-place arrays, copied back at the end when a view was not possible (a
+    non-contiguous parameter)."""
+    dt = float_dtype(op, p)
+    pairs, flat = [], {}
+    for name, a in (("p", p), *slots.items()):
+        if a is None:
+            continue
+        if tuple(a.shape) != tuple(p.shape) or a.dtype != dt:
+            raise ValueError(f"{op}: {name} must match p ({tuple(p.shape)}, {dt}), got "
+                             f"{tuple(a.shape)}, {a.dtype}")
+        c = a if (a.flags.c_contiguous and isinstance(a, xp.ndarray)) else contig(a)
+        pairs.append((a, c))
+        flat[name] = c.reshape(-1)
+    g = contig(g, dt)
+    if tuple(g.shape) != tuple(p.shape):
+        raise ValueError(f"{op}: g must have the shape of p {tuple(p.shape)}, got "
+                         f"{tuple(g.shape)}")
+    own = _own_flag(flag)
+    arrays = [flat[n] if n in flat or n not in optional else dummy(dt) for n in slots]
+    launch(update_kernel(family, dtname(dt)), *_grid(flat["p"].size, family), flat["p"],
+           g.reshape(-1), *arrays, *scalars, own, int(tag))
+    for a, c in pairs:
+        if c is not a:
+            a[...] = c if isinstance(a, type(c)) else to_host(c)
+    _read_own(op, flag, own)
+
+
 def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay, flag=None, tag=1):
     """SGD as Keras 3 writes it (decoupled weight decay), in place on ``p`` and ``v``."""
-    op = "sgd_update"
-    lr, momentum, lrwd = float(lr), float(momentum), float(lr) * float(weight_decay)
-    if momentum != 0.0 and v is None:
-        raise ValueError(f"{op}: v expected an array when momentum != 0, got None")
-    use_v = momentum != 0.0
-    io = _InPlace(op, p, v=v if use_v else None)
-    dt = io.dt
-    gf = _grad(op, g, p.shape, dt)
-    pf, own = io.flat["p"], _own_flag(flag)
-    launch(sgd_kernel(dtname(dt)), *_grid(pf.size, "sgd"), pf, gf, _slot(io, "v", dt), lr,
-           momentum, lrwd, int(bool(nesterov)), int(use_v), int(lrwd != 0.0), own, int(tag))
-    io.done()
-    _read_own(op, flag, own)
+    scalars = _sgd_scalars(lr, momentum, nesterov, weight_decay)
+    if scalars[4] and v is None:
+        raise ValueError("sgd_update: v expected an array when momentum != 0, got None")
+    _run_one("sgd_update", "sgd", p, g, {"v": v if scalars[4] else None}, ("v",), scalars,
+             flag, tag)
 
 
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, vhat=None, flag=None,
@@ -325,43 +312,19 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay, vhat=None, f
     """Adam as Keras 3 writes it (amsgrad when ``vhat`` is given), in place on ``p``, ``m``,
     ``v`` (and ``vhat``)."""
     op = "adam_update"
-    lr, beta1, beta2 = float(lr), float(beta1), float(beta2)
-    t = int(t)
-    if t < 1:
-        raise ValueError(f"{op}: t expected the 1-based step >= 1, got {t}")
-    io = _InPlace(op, p, m=m, v=v, vhat=vhat)
-    dt = io.dt
-    gf = _grad(op, g, p.shape, dt)
-    pf, own = io.flat["p"], _own_flag(flag)
-    lrwd = lr * float(weight_decay)
-    alpha = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
-    launch(adam_kernel(dtname(dt)), *_grid(pf.size, "adam"), pf, gf, io.flat["m"], io.flat["v"],
-           _slot(io, "vhat", dt), lrwd, 1.0 - beta1, 1.0 - beta2, alpha, float(eps),
-           int(vhat is not None), int(lrwd != 0.0), own, int(tag))
-    io.done()
-    _read_own(op, flag, own)
+    scalars = _adam_scalars(op, lr, beta1, beta2, eps, t, weight_decay, vhat is not None)
+    _run_one(op, "adam", p, g, {"m": m, "v": v, "vhat": vhat}, ("vhat",), scalars, flag, tag)
 
 
 def rmsprop_update(p, g, s, lr, rho, eps, weight_decay, u=None, momentum=0.0, mg=None,
                    gain=None, flag=None, tag=1):
     """RMSprop as Keras 3 writes it (momentum with ``u``, centered with ``mg``; Adagrad with
     ``rho = gain = 1``), in place on ``p``, ``s`` (and ``u``, ``mg``)."""
-    op = "rmsprop_update"
-    lr, rho, momentum = float(lr), float(rho), float(momentum)
-    gain = 1.0 - rho if gain is None else float(gain)
-    if momentum != 0.0 and u is None:
-        raise ValueError(f"{op}: u expected an array when momentum != 0, got None")
-    use_u = momentum != 0.0
-    io = _InPlace(op, p, s=s, mg=mg, u=u if use_u else None)
-    dt = io.dt
-    gf = _grad(op, g, p.shape, dt)
-    pf, own = io.flat["p"], _own_flag(flag)
-    lrwd = lr * float(weight_decay)
-    launch(rmsprop_kernel(dtname(dt)), *_grid(pf.size, "rmsprop"), pf, gf, io.flat["s"],
-           _slot(io, "mg", dt), _slot(io, "u", dt), lr, rho, gain, momentum, float(eps), lrwd,
-           int(mg is not None), int(use_u), int(lrwd != 0.0), own, int(tag))
-    io.done()
-    _read_own(op, flag, own)
+    scalars = _rmsprop_scalars(lr, rho, eps, weight_decay, momentum, gain, mg is not None)
+    if scalars[7] and u is None:
+        raise ValueError("rmsprop_update: u expected an array when momentum != 0, got None")
+    slots = {"s": s, "mg": mg, "u": u if scalars[7] else None}
+    _run_one("rmsprop_update", "rmsprop", p, g, slots, ("mg", "u"), scalars, flag, tag)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,10 +379,8 @@ class _MultiPlan:
         self.chunks = []
         for c0 in range(0, len(groups), MULTI):
             chunk = groups[c0:c0 + MULTI]
-            ends, total = [], 0
-            for arrays in chunk:
-                total += arrays[0].size
-                ends.append(total)
+            ends = list(itertools.accumulate(arrays[0].size for arrays in chunk))
+            total = ends[-1]
             if total == 0:
                 continue
             ends += [total] * (MULTI - len(chunk))
@@ -439,14 +400,11 @@ def _run_multi(op, family, ps, gs, slots, names, scalars, flag, tag):
     """The multi-tensor update of ``ps`` with gradients ``gs`` and slot lists ``slots`` (in
     ``names[2:]`` order, None for an absent slot kind): through the prepared launches when this
     call passes the very weights and slots a plan was made with and gradients of their shapes
-    (C-contiguous arrays of this set, of the dtype), else checked (``_multi_arrays``: every error message)
-    and launched, a plan made from it when every array went on as it came."""
+    (C-contiguous arrays of this set, of the dtype), else checked (``_multi_arrays``: every
+    error message) and launched, a plan made from it when every array went on as it came."""
     own = _own_flag(flag)
     tag = int(tag)
-    fixed = list(ps)
-    for lst in slots:
-        if lst is not None:
-            fixed += lst
+    fixed = list(ps) + [a for lst in slots if lst is not None for a in lst]
     key = (family, len(ps), tuple(lst is not None for lst in slots), id(ps[0]) if ps else 0)
     plan = _MULTI_PLANS.table.get(key)
     if plan is not None and len(gs) == len(ps) and all(map(operator.is_, fixed, plan.fixed)):
@@ -462,8 +420,7 @@ def _run_multi(op, family, ps, gs, slots, names, scalars, flag, tag):
     present = [lst if lst is not None else [None] * len(ps) for lst in slots]
     groups, dt = _multi_arrays(op, list(zip(ps, gs, *present)), names)
     plan = _MultiPlan(family, groups, dt, scalars, fixed)
-    plan(gs if all(arrays[1] is g for arrays, g in zip(groups, gs))
-         else [arrays[1] for arrays in groups], scalars, own, tag)
+    plan([arrays[1] for arrays in groups], scalars, own, tag)
     nd = xp.ndarray
     if (all(type(a) is nd for a in fixed) and all(type(g) is nd for g in gs)
             and all(arrays[1] is g for arrays, g in zip(groups, gs))):
@@ -477,41 +434,33 @@ def sgd_update_many(ps, gs, vs, lr, momentum, nesterov, weight_decay, flag=None,
     """``sgd_update`` of every tensor of ``ps`` (gradients ``gs``, momentum slots ``vs`` or
     None) with the same hyperparameters, MULTI tensors a launch."""
     op = "sgd_update_many"
-    lr, momentum, lrwd = float(lr), float(momentum), float(lr) * float(weight_decay)
-    use_v = momentum != 0.0
+    scalars = _sgd_scalars(lr, momentum, nesterov, weight_decay)
+    use_v = bool(scalars[4])
     if use_v and (vs is None or any(v is None for v in vs)):
         raise ValueError(f"{op}: vs expected an array per tensor when momentum != 0")
-    _run_multi(op, "sgd", ps, gs, (list(vs) if use_v else None,), ("p", "g", "v"),
-               (lr, momentum, lrwd, int(bool(nesterov)), int(use_v), int(lrwd != 0.0)), flag, tag)
+    _run_multi(op, "sgd", ps, gs, (list(vs) if use_v else None,), ("p", "g", "v"), scalars,
+               flag, tag)
 
 
 def adam_update_many(ps, gs, ms, vs, lr, beta1, beta2, eps, t, weight_decay, vhats=None,
                      flag=None, tag=1):
     """``adam_update`` of every tensor, MULTI tensors a launch."""
     op = "adam_update_many"
-    lr, beta1, beta2, t = float(lr), float(beta1), float(beta2), int(t)
-    if t < 1:
-        raise ValueError(f"{op}: t expected the 1-based step >= 1, got {t}")
     vhats = list(vhats) if vhats is not None and vhats[0] is not None else None
-    lrwd = lr * float(weight_decay)
-    alpha = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+    scalars = _adam_scalars(op, lr, beta1, beta2, eps, t, weight_decay, vhats is not None)
     _run_multi(op, "adam", ps, gs, (list(ms), list(vs), vhats), ("p", "g", "m", "v", "vhat"),
-               (lrwd, 1.0 - beta1, 1.0 - beta2, alpha, float(eps), int(vhats is not None),
-                int(lrwd != 0.0)), flag, tag)
+               scalars, flag, tag)
 
 
 def rmsprop_update_many(ps, gs, ss, lr, rho, eps, weight_decay, us=None, momentum=0.0,
                         mgs=None, gain=None, flag=None, tag=1):
     """``rmsprop_update`` of every tensor, MULTI tensors a launch."""
     op = "rmsprop_update_many"
-    lr, rho, momentum = float(lr), float(rho), float(momentum)
-    gain = 1.0 - rho if gain is None else float(gain)
-    use_u = momentum != 0.0
+    use_u = float(momentum) != 0.0
     if use_u and (us is None or any(u is None for u in us)):
         raise ValueError(f"{op}: us expected an array per tensor when momentum != 0")
     us = list(us) if use_u else None
     mgs = list(mgs) if mgs is not None and mgs[0] is not None else None
-    lrwd = lr * float(weight_decay)
-    _run_multi(op, "rmsprop", ps, gs, (list(ss), mgs, us), ("p", "g", "s", "mg", "u"),
-               (lr, rho, gain, momentum, float(eps), lrwd, int(mgs is not None), int(use_u),
-                int(lrwd != 0.0)), flag, tag)
+    scalars = _rmsprop_scalars(lr, rho, eps, weight_decay, momentum, gain, mgs is not None)
+    _run_multi(op, "rmsprop", ps, gs, (list(ss), mgs, us), ("p", "g", "s", "mg", "u"), scalars,
+               flag, tag)
