@@ -52,7 +52,8 @@ def random_u32(seed, counter, i):
 def dropout_kernel(dtype):
     dt = NB_FLOAT[np.dtype(dtype)]
 
-    def keep(seed, counter, threshold, scale, i):
+    @cuda.jit(device=True, inline="always")
+    def keep_d(seed, counter, threshold, scale, i):
         u = random_u32(seed, counter, u64(i) & _MASK)
         return scale if u >= threshold else dt(0)
 
@@ -71,7 +72,6 @@ def dropout_kernel(dtype):
         for i in range(4 * chunks + cuda.grid(1), mask.size, cuda.gridsize(1)):
             mask[i] = keep_d(seed, counter, threshold, scale, i)
 
-    keep_d = cuda.jit(device=True, inline="always")(keep)
     return KernelSpec(f"dropout[{dtype}]", dropout_k,
                       (arr(dtype, 1), u64, u64, u64, NB_FLOAT[np.dtype(dtype)]),
                       (DROPOUT_BLOCK, DROPOUT_PER_SM))
