@@ -190,11 +190,6 @@ _rounds: dict = {}
 _rounds_lock = threading.Lock()
 
 
-def _block_threads(th) -> int:
-    x, y, z = th._manager._block_dim
-    return x * y * z
-
-
 def _warp_peers(th, warp):
     """The simulated threads of ``th``'s block in warp ``warp``, by lane."""
     out = {}
@@ -222,7 +217,8 @@ def warp_exchange(op: str, regs: tuple, compute: Callable) -> tuple:
         raise WarpError(f"{op}: called outside a simulated kernel")
     tid = th.thread_id
     warp, lane = divmod(tid, WARP)
-    nthreads = _block_threads(th)
+    x, y, z = th._manager._block_dim
+    nthreads = x * y * z
     if (warp + 1) * WARP > nthreads:
         raise WarpError(f"{op}: partial warp: the block has {nthreads} threads, so warp {warp} "
                         f"has {nthreads - warp * WARP} lanes; expected all {WARP} (a block of a "
@@ -302,12 +298,7 @@ def _cvt_tf32_emulated(x):
     return np.uint32(tf32_round_bits(np.float32(x)))
 
 
-def _cvt_tf32_intrinsic():
-    from llvmlite import ir
-    from numba import types
-    from numba.core.errors import NumbaTypeError
-    from numba.cuda.extending import intrinsic
-
+def _cvt_tf32_intrinsic(ir, types, NumbaTypeError, intrinsic):
     @intrinsic
     def cvt_tf32(typingctx, x):
         if not isinstance(x, types.Float):
@@ -335,12 +326,7 @@ def _ldg_f32x4_emulated(a, o):
     return tuple(np.float32(a[o + i]) for i in range(4))
 
 
-def _ldg_f32x4_intrinsic():
-    from llvmlite import ir
-    from numba import types
-    from numba.core.errors import NumbaTypeError
-    from numba.cuda.extending import intrinsic
-
+def _ldg_f32x4_intrinsic(ir, types, NumbaTypeError, intrinsic):
     @intrinsic
     def ldg_f32x4(typingctx, a, o):
         if not (isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 1
@@ -390,12 +376,7 @@ def _mma_emulated(shape: MmaShape):
     return mma
 
 
-def _mma_intrinsic(shape: MmaShape):
-    from llvmlite import ir
-    from numba import types
-    from numba.core.errors import NumbaTypeError
-    from numba.cuda.extending import intrinsic
-
+def _mma_intrinsic(shape: MmaShape, ir, types, NumbaTypeError, intrinsic):
     nin, nc = shape.a_regs + shape.b_regs, shape.c_regs
     ops = lambda first, count: ",".join(f"${i}" for i in range(first, first + count))  # noqa
     asm_text = (f"{shape.ptx} {{{ops(0, nc)}}}, {{{ops(nc, shape.a_regs)}}}, "
@@ -433,18 +414,24 @@ def _mma_intrinsic(shape: MmaShape):
     return intrinsic(mma)
 
 
-if SIMULATOR:
-    cvt_tf32 = _cvt_tf32_emulated
-    ldg_f32x4 = _ldg_f32x4_emulated
-    mma_tf32_m16n8k8 = _mma_emulated(MMA_TF32_M16N8K8)
-    mma_bf16_m16n8k16 = _mma_emulated(MMA_BF16_M16N8K16)
-else:
-    cvt_tf32 = _cvt_tf32_intrinsic()
-    ldg_f32x4 = _ldg_f32x4_intrinsic()
-    mma_tf32_m16n8k8 = _mma_intrinsic(MMA_TF32_M16N8K8)
-    mma_bf16_m16n8k16 = _mma_intrinsic(MMA_BF16_M16N8K16)
+def _intrinsics():
+    """The intrinsics, built with what they all import (only off the simulator)."""
+    from llvmlite import ir
+    from numba import types
+    from numba.core.errors import NumbaTypeError
+    from numba.cuda.extending import intrinsic
+
+    tools = (ir, types, NumbaTypeError, intrinsic)
+    return {"cvt_tf32": _cvt_tf32_intrinsic(*tools), "ldg_f32x4": _ldg_f32x4_intrinsic(*tools),
+            "mma_tf32_m16n8k8": _mma_intrinsic(MMA_TF32_M16N8K8, *tools),
+            "mma_bf16_m16n8k16": _mma_intrinsic(MMA_BF16_M16N8K16, *tools)}
+
 
 #: The emulations, importable in either mode (tests call them on simulated warps).
 EMULATED = {"cvt_tf32": _cvt_tf32_emulated, "ldg_f32x4": _ldg_f32x4_emulated,
             "mma_tf32_m16n8k8": _mma_emulated(MMA_TF32_M16N8K8),
             "mma_bf16_m16n8k16": _mma_emulated(MMA_BF16_M16N8K16)}
+
+_USED = EMULATED if SIMULATOR else _intrinsics()
+cvt_tf32, ldg_f32x4 = _USED["cvt_tf32"], _USED["ldg_f32x4"]
+mma_tf32_m16n8k8, mma_bf16_m16n8k16 = _USED["mma_tf32_m16n8k8"], _USED["mma_bf16_m16n8k16"]
