@@ -82,15 +82,9 @@ for spec in _registry.all_kernels():
     rec["sm"] = cub.sm
     rec["cubin_params"] = cub.params(built.entry)
     rec.update(cub.function_info(built.entry))
-    host, k = [], 0
-    for t in spec.argtypes:
-        k += 1
-        if isinstance(t, types.Array):
-            host.append(np.zeros(tuple(range(2, 2 + t.ndim)), dtype=str(t.dtype)))
-        elif isinstance(t, types.Integer):
-            host.append(3 + k)
-        else:
-            host.append(0.5 + k)
+    host = [np.zeros(tuple(range(2, 2 + t.ndim)), dtype=str(t.dtype))
+            if isinstance(t, types.Array) else 3 + k if isinstance(t, types.Integer) else 0.5 + k
+            for k, t in enumerate(spec.argtypes, 1)]
     rec["numba_args"] = numba_args(spec, host)
     rec["raw_args"] = raw_args(spec, host)
     out.append(rec)
