@@ -7,7 +7,8 @@ import pytest
 
 import _reference
 from gpucnn.bench import bandwidth, membound
-from gpucnn.kernels.cuda_set import _arrays, activation, dropout, reduce, simulate, vector
+from gpucnn.kernels import cuda_set as C
+from gpucnn.kernels.cuda_set import _arrays, _launch, activation, dropout, reduce, simulate, vector
 
 VECTOR_KERNELS = ("act_fwd[float32]", "act_bwd[float32]", "act_fwd[float64]", "dropout[float32]")
 
@@ -42,8 +43,6 @@ def test_float32_kernels_fit_their_launch_bounds_without_float64(sass, name):
 def test_any_alignment_gives_the_reference(offset, act, rng):
     """Views starting 4 * offset bytes into an aligned buffer: offset 0 takes the vector path,
     the others the scalar one; 4k+3 elements leave a scalar tail either way."""
-    from gpucnn.kernels import cuda_set as C
-
     base = rng.standard_normal(64 + offset).astype(np.float32)
     x = base[offset:offset + 4 * 11 + 3]
     dy = rng.standard_normal(base.size).astype(np.float32)[offset:offset + x.size]
@@ -88,8 +87,6 @@ def test_every_case_of_the_table_launches_within_one_wave():
     """The bytes table's cases (LeNet-5 and AlexNet at batch 8: AlexNet's big tensors need
     several waves of blocks), their launches recorded off the real launchers: each grid is at
     most one wave of its kernel's launch bounds, and no case requests less than its floor."""
-    from gpucnn.kernels.cuda_set import _launch
-
     bounds = {s.name: s.launch_bounds for s in _launch.all_kernels()}
     recorded = {r["key"]: r["launches"] for r in bandwidth.record_launches(batch=8)}
     capped = 0

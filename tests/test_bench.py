@@ -5,12 +5,14 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from gpucnn.bench import _timing, e2e, report
-from gpucnn.bench.__main__ import parse_args
+from gpucnn import zoo
+from gpucnn.bench import _timing, e2e, launch_cost, ops, report, shapes
+from gpucnn.bench.__main__ import MODEL_NAMES, parse_args
 
 
 @pytest.fixture(scope="module")
@@ -87,17 +89,13 @@ def test_bad_options_are_refused():
 
 
 def test_model_names_match_the_cases():
-    from gpucnn.bench import __main__ as bench_main, ops
-
-    assert bench_main.MODEL_NAMES == tuple(e2e.MODELS)
-    assert [e2e.LABELS[m] for m in bench_main.MODEL_NAMES] == [net[0] for net in ops.nets()]
+    assert MODEL_NAMES == tuple(e2e.MODELS)
+    assert [e2e.LABELS[m] for m in MODEL_NAMES] == [net[0] for net in ops.nets()]
 
 
 def test_benchmark_shapes_are_the_guides_networks():
     """The shapes come from the zoo's models; here against the sizes the guide gives for LeNet-5
     and AlexNet (section 5 and 7), and a stride-2 transposed conv doubling the autoencoder's maps."""
-    from gpucnn.bench import shapes
-
     label, batch, rows = shapes.net_table("lenet5")
     assert (label, batch) == ("LeNet-5", 128)
     assert [(r.name, r.hwc, r.k, r.filters, r.stride, r.kind) for r in rows] == [
@@ -132,8 +130,6 @@ def test_models_option_runs_only_those(tmp_path):
 
 def test_lenet5_flops_per_step():
     """Counted by hand from the guide's table: multiply-adds of each layer, times 2."""
-    from gpucnn import zoo
-
     model = zoo.lenet5()
     fwd = {"C1": 28 * 28 * 5 * 5 * 1 * 6, "C3": 10 * 10 * 5 * 5 * 6 * 16,
            "C5": 1 * 1 * 5 * 5 * 16 * 120, "F6": 120 * 84, "Output": 84 * 10}
@@ -217,8 +213,6 @@ def test_samples_of_a_loaded_machine_are_measured_again(monkeypatch):
 def test_a_running_childs_cpu_time_is_ours_not_foreign():
     # fit's worker processes outlive the timed call: their CPU time must not read as another
     # tenant's load (os.times counts a child only once it has been reaped)
-    import time
-
     before = _timing._busy()
     pid = os.fork()
     if pid == 0:                                   # the child: burn 0.3 s of CPU, then wait
@@ -266,7 +260,6 @@ def test_launch_cost_rows_count_the_launches_of_each_call_and_of_a_step():
     faked): each call launches what it should (one kernel; the kernel gradient with its bias
     sum two), and a LeNet-5 SGD step on that path makes the 20 launches the simulator counts.
     Times are reported, not judged here."""
-    from gpucnn.bench import launch_cost
     rows = launch_cost.measure()
     launches = {label.split(" (")[0]: n for label, _, n, _ in rows}
     assert launches.pop("LeNet-5 training step") == 20

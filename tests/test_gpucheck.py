@@ -12,7 +12,9 @@ import sys
 import numpy as np
 import pytest
 
+import gpucnn
 from gpucnn import gpucheck
+from gpucnn.bench import check_e2e, shapes, torch_ref
 from gpucnn.kernels import CONTRACT
 
 
@@ -104,8 +106,6 @@ def test_alexnet_rows_train_in_both_precisions_and_time_the_first_step(tiny_run)
 
 
 def test_verdicts_and_ratios():
-    from gpucnn.bench import check_e2e
-
     nan = float("nan")
     assert check_e2e._ratio(3.0, 1.5) == 2.0
     assert check_e2e._ratio(3.0, nan) != check_e2e._ratio(3.0, nan)
@@ -118,9 +118,6 @@ def test_the_checked_alexnet_is_the_guides_on_both_sides():
     """What the AlexNet rows train at full size: the guide's 62,378,344 parameters (test_zoo
     derives the count layer by layer) in gpucnn, built on the NumPy backend and not trained, and
     in its PyTorch twin."""
-    import gpucnn
-    from gpucnn.bench import check_e2e, torch_ref
-
     before = gpucnn.get_backend()
     gpucnn.set_backend("numpy")
     try:
@@ -136,8 +133,6 @@ def test_pytorch_fit_twin_trains_on_nhwc_arrays_read_in_place(monkeypatch):
     """The PyTorch side of the AlexNet rows, on the CPU: the NHWC arrays are read through DLPack
     as channels-last NCHW (no copy), sliced per batch, and the net trains (its weights move)."""
     torch = pytest.importorskip("torch")
-    from gpucnn.bench import torch_ref
-
     real, built = torch_ref.alexnet, []
 
     def small(t):          # the guide's network at 15 x 15, 3 classes
@@ -198,8 +193,6 @@ def test_a_failing_section_does_not_stop_the_others(tmp_path, section):
 
 
 def test_full_size_layers_are_the_zoo_networks():
-    from gpucnn.bench import shapes
-
     convs, pools = shapes.gpu_layers(tiny=False)
     assert [(c.net, c.name, c.x, c.k, c.filters, c.stride) for c in convs] == [
         ("lenet", "C1", (128, 32, 32, 1), 5, 6, 1), ("lenet", "C3", (128, 14, 14, 6), 5, 16, 1),
