@@ -27,6 +27,7 @@ from gpucnn import backend
 NCCL_ID_BYTES = 128   # ncclUniqueId, as cupy.cuda.nccl.get_unique_id() returns it
 SPIN = 0.005          # seconds a wait polls before it starts sleeping between polls
 NAP = 0.0005
+ABORT_GRACE = 0.5     # seconds between a rank's last words and MPI_Abort
 
 
 def timeout_from_env() -> float:
@@ -84,6 +85,9 @@ class Group:
         self.abort(1)
 
     def abort(self, code: int = 1) -> None:
+        # what this rank wrote to stderr reaches the launcher through its forwarding process,
+        # which MPI_Abort may kill first: give the last lines a moment to go through
+        time.sleep(ABORT_GRACE)
         self.comm.Abort(code)
 
     # -- collectives ---------------------------------------------------------------------------
