@@ -38,10 +38,9 @@ Pooling (``pad`` cells never win a max and are not counted in a mean)
         flat index ``h * W + w`` of the winning input cell in its ``(n, :, :, c)`` plane: the
         first maximum in row-major window order; a window with a NaN gives NaN and its first
         real cell
-    ``max_pool_backward(dy, idx, x_shape, pool=None, stride=None, pad=None)`` -> dx: each dy
-        added to its window's winner, in row-major window order (windows may overlap); the
-        geometry is the forward's that gave ``idx`` (a set may gather with it; without it the
-        cuda set scatters with atomic adds)
+    ``max_pool_backward(dy, idx, x_shape, pool, stride, pad)`` -> dx: each dy added to its
+        window's winner, in row-major window order (windows may overlap); the geometry is the
+        forward's that gave ``idx`` (the cuda set gathers over the windows covering each cell)
     ``avg_pool_forward(x, pool, stride, pad)``      -> y
     ``avg_pool_backward(dy, x_shape, pool, stride, pad)`` -> dx
 

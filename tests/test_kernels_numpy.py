@@ -109,7 +109,7 @@ def test_conv2d_float32_stays_float32_with_mixed_inputs(rng):
 def test_max_pool_ties_keep_the_first_cell_and_overlaps_accumulate(rng):
     x = rng.integers(0, 3, size=(2, 9, 9, 2)).astype(np.float32)   # many ties
     y, idx = _max_pool_matches(x, (3, 3), (2, 2), (0, 0, 0, 0))
-    dx = K.max_pool_backward(np.ones_like(y), idx, x.shape)
+    dx = K.max_pool_backward(np.ones_like(y), idx, x.shape, (3, 3), (2, 2), (0, 0, 0, 0))
     assert dx.max() > 1                                  # a shared winner collected several
     np.testing.assert_array_equal(dx, ref_max_pool_backward(np.ones(y.shape), idx, x.shape))
 
@@ -128,7 +128,8 @@ def test_max_pool_nan_window_gives_nan_and_its_first_real_cell(rng):
     x[1, 6, 6, 2] = np.nan
     y, idx = K.max_pool_forward(x, (3, 3), (2, 2), (1, 1, 1, 1))      # 4 x 4 windows
     assert np.isnan(y[1, 3, 3, 2]) and idx[1, 3, 3, 2] == 5 * 7 + 5
-    dx = K.max_pool_backward(np.ones_like(y), idx, x.shape)          # every index in range
+    dx = K.max_pool_backward(np.ones_like(y), idx, x.shape, (3, 3), (2, 2), (1, 1, 1, 1))
+    # every index in range
     assert dx.sum() == y.size
 
 
@@ -563,7 +564,7 @@ def test_separable_max_pool_matches_loops(rng, tune, shape, pool, stride, paddin
     x = rng.integers(-3, 4, shape).astype(np.float32)        # small integers: many ties
     y, idx = _max_pool_matches(x, pool, stride, pad)
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    np.testing.assert_allclose(K.max_pool_backward(dy, idx, shape),
+    np.testing.assert_allclose(K.max_pool_backward(dy, idx, shape, pool, stride, pad),
                                ref_max_pool_backward(dy, idx, shape), **F32)
 
 

@@ -173,18 +173,18 @@ NOTES = """Reading the table, and what is not at the floor yet:
 
 - "requested / floor" above 1 is re-reading, not necessarily DRAM traffic: a pool's window
   loads overlap (3x3 stride 2: each input read by up to 4 windows, 2.25 on average) and a
-  softmax row (4 KB at K = 1000) is re-read from L1. The max-pool backward's excess is real: a
-  memset of dx (xp.zeros, its own launch, not listed) and an atomic read-modify-write per dy. A
-  gather without either (and fused with the activation's backward, which reads the same dx)
-  needs the pool geometry, which the contract's ``max_pool_backward(dy, idx, x_shape)`` does
-  not carry.
+  softmax row (4 KB at K = 1000) is re-read from L1. The max-pool backward is a gather (the
+  contract passes it the pool geometry): each dx cell reads the indices of the windows covering
+  it (4 bytes for each of a window's k x k cells, re-read like the forward's window loads) and dy
+  where it won, and writes once; no memset, no atomics. Fusing it with the activation's
+  backward, which reads the same dx, is not done.
 - Waves: every grid-stride kernel launches at most one wave of the blocks per SM its launch
   bounds guarantee (``vector.stream_grid``); the resident column counts what the registers of
   the sm_90 cubin allow, so a kernel whose registers leave room for more blocks than its bounds
-  shows a wave below 1. Column sums split the rows to fill one wave. Softmax still launches one
-  128-thread block per row: 128 rows fill under a tenth of a wave. The row losses' forward
-  (sparse CE from logits) is one 256-thread block per row too (fewer resident per SM: its wave
-  column).
+  shows a wave below 1. Column sums split the rows to fill one wave. Rows of at most 256
+  columns (``softmax.SHORT_ROW``) go 4 to a 128-thread softmax block and 8 to a 256-thread block
+  of the row losses' forward, a group of 32 threads a row; longer rows (AlexNet's 1000 classes)
+  still take one block per row, so 128 of them fill under a tenth of a wave.
 - 128-bit accesses: the activations (forward and backward), the dropout mask, and the pools'
   forward and the average pool's backward where C % 4 == 0 (their ``v4`` variants; the max
   pool's int32 indices are still stored 32 bits at a time); softmax, column sums and optimizer

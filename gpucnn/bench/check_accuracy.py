@@ -52,7 +52,7 @@ def accuracy_cases(ctx):
         geo = ((p.k, p.k), (p.stride, p.stride), pad)
         tag, shp = f"{p.net} {p.name}", f"x{p.x} {p.k}x{p.k}/{p.stride}"
         xv, dy = r(*p.x), r(*ys)
-        back = (dy, ctx.N.max_pool_forward(xv, *geo)[1], p.x) if p.kind == "max" else \
+        back = (dy, ctx.N.max_pool_forward(xv, *geo)[1], p.x, *geo) if p.kind == "max" else \
             (dy, p.x, *geo)
         fwd, bwd = f"{p.kind}_pool_forward", f"{p.kind}_pool_backward"
         out += [(f"{tag} {fwd}", shp, fwd, (xv, *geo), FWD_TOL),

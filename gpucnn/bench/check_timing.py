@@ -155,7 +155,7 @@ def _time_pool(ctx, add, p):
     t = torch_twins(ctx, torch_ref.gpu_pool_twins, p.kind, x, dy, p.k, p.stride)
     if p.kind == "max":
         _, idx = C.max_pool_forward(x, *geo)
-        fns = (lambda: C.max_pool_forward(x, *geo), lambda: C.max_pool_backward(dy, idx, p.x))
+        fns = (lambda: C.max_pool_forward(x, *geo), lambda: C.max_pool_backward(dy, idx, p.x, *geo))
     else:
         fns = (lambda: C.avg_pool_forward(x, *geo), lambda: C.avg_pool_backward(dy, p.x, *geo))
     for way, fn in zip(("fwd", "bwd"), fns):

@@ -11,6 +11,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from gpucnn.kernels.cuda_set.softmax import SHORT_ROW
+
 F32 = 4
 
 
@@ -93,7 +95,7 @@ def _pool_cases(net, layer, kind, x, k, s, pad):
         def bwd(C, alloc):
             xa, dy = alloc(x, "normal"), alloc(y, "normal")
             _, idx = C.max_pool_forward(xa, *geo)
-            return (lambda: C.max_pool_backward(dy, idx, x)), {"x": xa, "dy": dy}
+            return (lambda: C.max_pool_backward(dy, idx, x, *geo)), {"x": xa, "dy": dy}
 
         def tbwd(t, a):
             xt, dyt = nchw(a["x"]), nchw(a["dy"])
@@ -106,8 +108,9 @@ def _pool_cases(net, layer, kind, x, k, s, pad):
                      _setup(lambda C, x: C.max_pool_forward(x, *geo), x=(x, "normal")),
                      lambda t, a: partial(t.nn.functional.max_pool2d, nchw(a["x"]), k, s)),
                 Case(net, layer, "max pool bwd", sx, ny * (b + 4) + nx * b,
-                     nx * b + ny * (b + 4) + 2 * ny * b,
-                     "dx zeroed (a memset), dy and idx read, an atomic add per dy", bwd, tbwd)]
+                     nx * b + ny * (4 * k * k + b),
+                     "a gather: dx written once, each window's idx read by each of its cells, "
+                     "dy by its winner", bwd, tbwd)]
     return [Case(net, layer, "avg pool fwd", sx, (nx + ny) * b, win + ny * b,
                  f"{k * k} window loads per output",
                  _setup(lambda C, x: C.avg_pool_forward(x, *geo), x=(x, "normal")),
@@ -119,6 +122,7 @@ def _pool_cases(net, layer, kind, x, k, s, pad):
 
 def _softmax_cases(net, rows, k):
     n, b = rows * k, F32
+    short = k <= SHORT_ROW      # a row group's shared memory holds the row: one read of it
     shape = f"({rows}, {k})"
     z, lab = ((rows, k), "normal"), ((rows,), ("labels", k))
 
@@ -128,7 +132,8 @@ def _softmax_cases(net, rows, k):
         _, stats = C.loss_forward("sparse_cce_logits", lab, z)
         return (lambda: C.loss_backward("sparse_cce_logits", g, lab, z, stats)), {}
 
-    return [Case(net, "output", "softmax fwd", shape, 2 * n * b, 4 * n * b,
+    return [Case(net, "output", "softmax fwd", shape, 2 * n * b, (2 if short else 4) * n * b,
+                 "x read once into shared memory, y written" if short else
                  "3 passes over x (max, sum, write) and y written",
                  _setup(lambda C, z: C.softmax_forward(z), z=z),
                  lambda t, a: (lambda: t.softmax(a["z"], 1))),
@@ -137,8 +142,9 @@ def _softmax_cases(net, rows, k):
                  _setup(lambda C, dy, y: C.softmax_backward(dy, y), dy=z,
                         y=((rows, k), "positive"))),
             Case(net, "output", "sparse CE from logits fwd", shape, n * b + rows * (8 + 2 * b),
-                 2 * n * b + rows * (8 + 3 * b),
-                 "2 passes over z (max, sum), z[label] and the 2 stats per row",
+                 (1 if short else 2) * n * b + rows * (8 + 3 * b),
+                 "z read once into shared memory, z[label] and the 2 stats per row" if short
+                 else "2 passes over z (max, sum), z[label] and the 2 stats per row",
                  _setup(lambda C, z, labels: C.loss_forward("sparse_cce_logits", labels, z), z=z,
                         labels=lab),
                  lambda t, a: (lambda: t.nn.functional.cross_entropy(a["z"], a["labels"]))),

@@ -116,7 +116,7 @@ def _pool_cases(ks, tr, rng, net, n, spec):
     if kind == "max":
         _, idx = ks.max_pool_forward(xd, pool, stride, pad)
         fwd = lambda: ks.max_pool_forward(xd, pool, stride, pad)  # noqa: E731
-        bwd = lambda: ks.max_pool_backward(dyd, idx, x.shape)  # noqa: E731
+        bwd = lambda: ks.max_pool_backward(dyd, idx, x.shape, pool, stride, pad)  # noqa: E731
     else:
         fwd = lambda: ks.avg_pool_forward(xd, pool, stride, pad)  # noqa: E731
         bwd = lambda: ks.avg_pool_backward(dyd, x.shape, pool, stride, pad)  # noqa: E731

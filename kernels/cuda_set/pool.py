@@ -21,7 +21,7 @@ from numba import types
 from .._geometry import padded_window_2d
 from ._launch import (NB_FLOAT, arr, check_rank, contig, empty, float_dtype,
                       kernel_factory, KernelSpec, Plans, Prepared, xp, dtname)
-from ._runtime import numba_cuda as cuda, scatter_add
+from ._runtime import numba_cuda as cuda
 from .vector import HALF, load4, store4, stream_grid
 
 #: Threads per block of the grid-stride pooling kernels (over outputs; over inputs in the
@@ -429,32 +429,13 @@ def max_pool_forward(x, pool, stride, pad):
     return y, idx
 
 
-def max_pool_backward(dy, idx, x_shape, pool=None, stride=None, pad=None):
-    """dx of shape ``x_shape``: each dy routed to its window's winner (accumulating). With the
-    forward's geometry a gather over the windows covering each cell; without it (``pool``
-    None) the winners are scattered with atomic adds into a zeroed dx."""
-    if pool is None:
-        return _scatter_winners("max_pool_backward", dy, idx, x_shape)
+def max_pool_backward(dy, idx, x_shape, pool, stride, pad):
+    """dx of shape ``x_shape``: each dy routed to its window's winner (accumulating), as a
+    gather over the windows (the forward's geometry) covering each cell: dx written once."""
     plans, x_shape, dy, idx = _backward("max_pool_backward", max_pool_bwd_kernel, dy, idx,
                                         x_shape, pool, stride, pad)
     dx = empty(x_shape, dy.dtype)
     _pick(plans, dy)(dy, idx, dx)
-    return dx
-
-
-def _scatter_winners(op, dy, idx, x_shape):
-    """``max_pool_backward`` without the geometry: dy added at the flat winners of a zeroed dx
-    (the ``scatter_add`` capability)."""
-    dy = contig(dy, float_dtype(op, dy))
-    n, h, w, c = (int(v) for v in x_shape)
-    if tuple(idx.shape) != tuple(dy.shape) or dy.ndim != 4 or dy.shape[0] != n \
-            or dy.shape[3] != c:
-        raise ValueError(f"{op}: dy {tuple(dy.shape)}, idx {tuple(idx.shape)} and x_shape "
-                         f"{(n, h, w, c)} do not match (expected equal dy/idx shapes with x's N "
-                         "and C)")
-    dx = xp.zeros((n, h, w, c), dtype=dy.dtype)
-    img = xp.arange(n, dtype=np.int64).reshape(n, 1, 1, 1) * (h * w)
-    scatter_add(dx.reshape(-1), ((idx + img) * c + xp.arange(c)).reshape(-1), dy.reshape(-1))
     return dx
 
 

@@ -150,7 +150,7 @@ def max_pool_forward(x, pool, stride, pad):
     return y, idx
 
 
-def max_pool_backward(dy, idx, x_shape, pool=None, stride=None, pad=None):
+def max_pool_backward(dy, idx, x_shape, pool, stride, pad):
     """``dx`` of shape ``x_shape``: each ``dy`` element added to the input cell ``idx`` names
     (windows may overlap, so one cell may collect several), in row-major window order. The
     geometry is not needed here (the contract passes it for the cuda set's gather)."""
