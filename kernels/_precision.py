@@ -11,8 +11,10 @@ The setting follows the frameworks a user of gpucnn knows:
 
 ``"medium"`` is accepted as in PyTorch (it allows bfloat16 there); gpucnn has no bfloat16
 kernels yet and runs TF32 for it. Only the cuda kernel set on a GPU (and its simulator) acts
-on the setting, and only for float32 convolutions; the NumPy set always computes in float32 /
-float64 with BLAS. float64 is never affected.
+on the setting, and only for float32 convolutions (with the dense layers small enough to run
+as 1x1 convolutions, ``gpucnn.functional.dense.CONV_MAX_MACS``; larger ones stay on CuPy's
+matmul, exact float32); the NumPy set always computes in float32 / float64 with BLAS. float64
+is never affected.
 
 What TF32 costs in accuracy: each operand is rounded to 10 explicit mantissa bits (relative
 error ``u = 2**-11``), products are exact and accumulated in float32. An output reducing ``K``

@@ -258,11 +258,11 @@ def test_device_timing_runs_many_short_calls_between_one_event_pair():
 def test_launch_cost_rows_count_the_launches_of_each_call_and_of_a_step():
     """The host-time benchmark of the cuda set runs without a GPU (raw launch path, driver
     faked): each call launches what it should (one kernel; the kernel gradient with its bias
-    sum two), and a LeNet-5 SGD step on that path makes the 20 launches the simulator counts.
+    sum two), and a LeNet-5 SGD step on that path makes the 23 launches the simulator counts.
     Times are reported, not judged here."""
     rows = launch_cost.measure()
     launches = {label.split(" (")[0]: n for label, _, n, _ in rows}
-    assert launches.pop("LeNet-5 training step") == 20
+    assert launches.pop("LeNet-5 training step") == 23
     assert launches.pop("conv2d_backward_weight_bias") == 2
     assert set(launches.values()) == {1}
     assert all(us > 0 for *_, us in rows)

@@ -2,6 +2,8 @@
 op's gradient against finite differences): ops composed (ReLU then pooling, a shared output,
 softmax along other axes), the losses, the transposed convolution's sizes and adjoint, the
 guide's worked examples, and the errors for bad input."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -77,6 +79,76 @@ def test_dense_flatten_gradients(rng):
     gradcheck(lambda x, w, b: F.dense(F.flatten(x), w, b, activation="tanh"),
               rng.standard_normal((3, 2, 2, 2)), rng.standard_normal((8, 5)), rng.standard_normal(5))
     gradcheck(lambda x, w: F.dense(x, w), rng.standard_normal((1, 4)), rng.standard_normal((4, 3)))
+
+
+_ACTS = {"linear": (lambda z: z, lambda y: np.ones_like(y)),
+         "relu": (lambda z: np.maximum(z, 0), lambda y: (y > 0).astype(y.dtype)),
+         "tanh": (np.tanh, lambda y: 1 - y * y),
+         "sigmoid": (lambda z: 1 / (1 + np.exp(-z)), lambda y: y * (1 - y))}
+
+
+@pytest.mark.parametrize("act", sorted(_ACTS))
+@pytest.mark.parametrize("path", ["conv", "matmul"])
+@pytest.mark.parametrize("bias,x_grad", [(True, True), (False, True), (True, False)])
+def test_dense_on_the_cuda_set_against_plain_formulas(act, path, bias, x_grad, cuda_backend,
+                                                      monkeypatch, rng):
+    # small layers run as 1x1 convolutions of the set's kernels (bias and activation in the
+    # epilogue, fused gradients); layers above CONV_MAX_MACS on the array module's matmul
+    dense_mod = sys.modules["gpucnn.functional.dense"]
+    if path == "matmul":
+        monkeypatch.setattr(dense_mod, "CONV_MAX_MACS", 0)
+    ran = []
+    conv_forward = dense_mod.DenseConv.forward
+    monkeypatch.setattr(dense_mod.DenseConv, "forward",
+                        lambda self, *a, **k: ran.append(1) or conv_forward(self, *a, **k))
+    x = rng.standard_normal((7, 13)).astype(np.float32)
+    w = (rng.standard_normal((13, 6)) / 4).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    r = rng.standard_normal((7, 6)).astype(np.float32)
+    tx, tw = gpucnn.Tensor(x, requires_grad=x_grad), gpucnn.Tensor(w, requires_grad=True)
+    tb = gpucnn.Tensor(b, requires_grad=True) if bias else None
+    out = F.dense(tx, tw, tb, activation=None if act == "linear" else act)
+    (out * gpucnn.Tensor(r)).sum().backward()
+    assert len(ran) == (path == "conv")
+    f, df = _ACTS[act]
+    x64, w64, b64, r64 = (a.astype(np.float64) for a in (x, w, b, r))
+    y = f(x64 @ w64 + (b64 if bias else 0))
+    dz = r64 * df(y)
+    np.testing.assert_allclose(out.numpy(), y, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(tw.grad.numpy(), x64.T @ dz, rtol=2e-5, atol=2e-5)
+    if x_grad:
+        np.testing.assert_allclose(tx.grad.numpy(), dz @ w64.T, rtol=2e-5, atol=2e-5)
+    else:
+        assert tx.grad is None
+    if bias:
+        np.testing.assert_allclose(tb.grad.numpy(), dz.sum(0), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("act", ["linear", "relu"])
+def test_dense_fused_gradients_with_tf32_allowed(act, cuda_backend, rng):
+    # the TF32 kernels have no fused activation gradient: a linear layer's has none to apply
+    from gpucnn.kernels import _precision
+    x = rng.standard_normal((5, 16)).astype(np.float32)
+    w = (rng.standard_normal((16, 8)) / 4).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    r = rng.standard_normal((5, 8)).astype(np.float32)
+    tx, tw, tb = (gpucnn.Tensor(a, requires_grad=True) for a in (x, w, b))
+    with _precision.float32_matmul_precision("high"):
+        out = F.dense(tx, tw, tb, activation=None if act == "linear" else act)
+        (out * gpucnn.Tensor(r)).sum().backward()
+    f, df = _ACTS[act]
+    y = f(x.astype(np.float64) @ w + b)
+    dz = r * df(y)
+    tol = dict(rtol=1e-2, atol=1e-2)        # operands rounded to 10 mantissa bits
+    np.testing.assert_allclose(out.numpy(), y, **tol)
+    np.testing.assert_allclose(tw.grad.numpy(), x.T @ dz, **tol)
+    np.testing.assert_allclose(tx.grad.numpy(), dz @ w.T, **tol)
+    np.testing.assert_allclose(tb.grad.numpy(), dz.sum(0), **tol)
+
+
+def test_dense_gradients_on_the_cuda_set_in_float64(cuda_backend, rng):
+    gradcheck(lambda x, w, b: F.dense(x, w, b, activation="sigmoid"),
+              rng.standard_normal((3, 5)), rng.standard_normal((5, 4)), rng.standard_normal(4))
 
 
 def test_dropout_is_identity_in_inference_and_scales_in_training():

@@ -171,7 +171,7 @@ FAULTS = {"setup": ("setup=act_fwd[float64]", "e2e"),
           "accuracy": ("accuracy=sticky:gemm_fwd", "e2e"),
           "ops": ("ops=act_fwd", "e2e"),
           "e2e": ("e2e=sticky:act_fwd", "setup"),
-          "examples": ("examples=act_fwd", "e2e"),
+          "examples": ("examples=gemm_fwd", "e2e"),
           "tests": ("tests=act_fwd", "e2e")}
 
 

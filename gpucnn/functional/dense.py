@@ -5,8 +5,37 @@ from gpucnn import backend
 from gpucnn import random as _random
 from gpucnn.autograd import Function
 from gpucnn.functional import _check, _split
-from gpucnn.functional.conv import _activation_name
+from gpucnn.functional.conv import Conv2D, _activation_name
 from gpucnn.kernels import has
+
+#: The largest dense layer (batch x in x out multiply-adds) that a set with fused conv gradients
+#: (capability ``fused_backward``) runs as a 1x1 convolution of its own kernels. Below it the
+#: host's cost per launch outweighs the GPU's work, and the conv kernels take the bias, the
+#: activation and both their gradients in two launches a pass where the array module's matmul
+#: (cuBLAS on CuPy) needs a launch for each. Above it the GEMM is the work, and cuBLAS, which
+#: splits a long reduction and tunes its tiles per size, is the better engine. With TF32
+#: allowed (``set_float32_matmul_precision``), the small layers run on the TF32 conv kernels.
+CONV_MAX_MACS = 1 << 25
+
+
+class DenseConv(Conv2D):
+    """``Dense`` as a 1x1 convolution of a 1x1 image: ``x`` (N, in) is seen as (N, 1, 1, in) and
+    ``w`` (in, out) as (1, 1, in, out), so the conv kernels' epilogue adds the bias and applies
+    the activation, and their fused gradients read the activation's gradient."""
+
+    def forward(self, x, w, b=None, act="linear"):
+        n, k = x.shape
+        m = w.shape[1]
+        y = super().forward(x.reshape(n, 1, 1, k), w.reshape(1, 1, k, m), b, (1, 1),
+                            (0, 0, 0, 0), act)
+        return y.reshape(n, m)
+
+    def backward(self, g):
+        grads = super().backward(g.reshape(g.shape[0], 1, 1, g.shape[1]))
+        dx, dw = grads[0], grads[1]
+        dx = None if dx is None else dx.reshape(dx.shape[0], dx.shape[3])
+        dw = None if dw is None else dw.reshape(dw.shape[2], dw.shape[3])
+        return (dx, dw) + tuple(grads[2:])
 
 
 class Dense(Function):
@@ -68,6 +97,9 @@ def dense(x, w, b=None, activation=None):
         b = _check.bias(b, w.shape[1], x, op)
         act = _check.remember(_CHECKED, key, _activation_name(activation, op))
     inputs = (x, w) if b is None else (x, w, b)
+    ks = backend.kernels()
+    if has(ks, "fused_backward") and x.shape[0] * w.shape[0] * w.shape[1] <= CONV_MAX_MACS:
+        return DenseConv.apply(*inputs, act=act)
     return Dense.apply(*inputs, act=act)
 
 

@@ -4,17 +4,21 @@ On a GPU the arrays are CuPy arrays and every kernel launches on CuPy's current 
 host synchronisation; under ``NUMBA_ENABLE_CUDASIM=1`` the same kernels run in Numba's simulator
 on NumPy arrays (``simulate.small_launches()`` gives them simulator-sized tiles).
 
-- ``conv``: one tiled implicit-GEMM kernel factory for the forward pass (bias and activation in
-  the epilogue), the input gradient (= transposed convolution) and the weight gradient (split-K
-  partials reduced by ``reduce.column_sum``, no atomics); shared-memory A/B tiles, a register
-  block per thread, tile sizes as parameters.
+- ``conv``: the conv launchers and the baseline implicit-GEMM kernels (float64, and float32
+  where ``GPUCNN_CONV_KERNELS=baseline``); ``gemm``: the float32 SIMT kernels generated from
+  their tile parameters. Forward pass (bias and activation in the epilogue), input gradient
+  (= transposed convolution) and weight gradient (split-K partials reduced by
+  ``reduce.column_sum``, no atomics); small dense layers run on them as 1x1 convolutions.
 - ``conv_tf32``: the same three GEMMs on TF32 tensor cores (``mma.sync`` through ``ptx``, the
   one module that builds LLVM IR), opt-in by ``gpucnn.kernels._precision``.
-- ``pool``, ``activation``, ``softmax`` (one block per row, tree reductions; fused softmax +
-  cross-entropy), ``dropout`` (the ``_rng`` hash on the device, bit-identical masks), ``optim``
-  (fused SGD/Adam/RMSprop updates): grid-stride kernels.
-- ``_launch``: the kernel registry (every kernel is made by a registered factory with explicit
-  Numba signatures: the PTX test compiles them all) and the launch paths: on a GPU the cubin
+- ``pool`` (the max pool's backward a gather), ``activation``, ``softmax`` and ``loss`` (rows
+  of at most ``softmax.SHORT_ROW`` columns a 32-thread group each, several to a block, longer
+  ones a block each; shared-memory tree reductions), ``dropout`` (the ``_rng`` hash on the
+  device, bit-identical masks), ``optim`` (fused SGD/Adam/RMSprop updates, one tensor or many a
+  launch): grid-stride kernels.
+- ``_registry``: the kernel registry (every kernel is made by a registered factory with
+  explicit Numba signatures: the PTX test compiles them all); ``_launch``: the launch paths:
+  on a GPU the cubin
   Numba compiles is loaded into CuPy once and launched through CuPy's launcher with the
   arguments flattened to Numba's kernel ABI (a few microseconds of host time per launch instead
   of Numba's ~200); ``GPUCNN_CUDA_LAUNCH=numba`` uses Numba's own launcher instead.

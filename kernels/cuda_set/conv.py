@@ -495,8 +495,8 @@ def conv2d_backward_input_act(dy, y, act, w, x_shape, stride, pad):
     reads the activation's gradient as it loads dy (capability ``fused_backward``). With TF32 on:
     the activation's gradient, then the TF32 input gradient (no fused TF32 variant)."""
     if _tf32(dy):
-        return conv_tf32.tf32_conv2d_backward_input(act_backward(dy, y, act), w, x_shape,
-                                                    stride, pad)
+        g = dy if act == "linear" else act_backward(dy, y, act)
+        return conv_tf32.tf32_conv2d_backward_input(g, w, x_shape, stride, pad)
     return _backward_input("conv2d_backward_input_act", dy, y, act, w, x_shape, stride, pad)
 
 
@@ -566,7 +566,7 @@ def conv2d_backward_weight_bias(x, dy, y, act, w_shape, stride, pad):
     reduction is split. With TF32 on: the activation's gradient, the TF32 weight gradient and
     the bias gradient (no fused TF32 variant)."""
     if _tf32(x):
-        g = act_backward(dy, y, act)
+        g = dy if act == "linear" else act_backward(dy, y, act)
         return conv_tf32.tf32_conv2d_backward_weight(x, g, w_shape, stride, pad), bias_grad(g)
     return _backward_weight("conv2d_backward_weight_bias", x, dy, y, act, w_shape, stride, pad,
                             True)
