@@ -196,7 +196,7 @@ def _send(t: Tensor, g, heap, leaves) -> None:
         raise RuntimeError(
             "backward: the graph through this tensor was already freed by an earlier "
             "backward(); recompute the forward pass to differentiate again")
-    prev = ctx.__dict__.get("_grad_out")
+    prev = ctx._grad_out
     if prev is None:
         ctx._grad_out = g
         heapq.heappush(heap, (-ctx._order, ctx))
@@ -213,9 +213,10 @@ def _run_backward(root: Tensor, g, sink=None) -> None:
     recorded after the op that made it, so each op has its whole output gradient when it runs."""
     leaves = {} if sink is None else sink
     heap = []
+    pop = heapq.heappop
     _send(root, g, heap, leaves)
     while heap:
-        ctx = heapq.heappop(heap)[1]
+        ctx = pop(heap)[1]
         pgrads = ctx.backward(ctx._grad_out)
         if not isinstance(pgrads, tuple):
             pgrads = (pgrads,)
@@ -244,6 +245,7 @@ class Function:
     """
 
     parents = ()
+    _grad_out = None    # the output's gradient, summed while backward runs
 
     def forward(self, *arrays):  # pragma: no cover - abstract
         """The output array from the input arrays; keep on ``self`` what ``backward`` needs."""

@@ -146,6 +146,20 @@ def test_dense_fused_gradients_with_tf32_allowed(act, cuda_backend, rng):
     np.testing.assert_allclose(tb.grad.numpy(), dz.sum(0), **tol)
 
 
+@pytest.mark.parametrize("labels,ok", [([0, 2, 1], True), ([0, -1, 1], False), ([0, 3, 1], False),
+                                       (np.array([0, 2, 1], ">i8"), True),
+                                       (np.array([0, 2**56, 1], ">i8"), False),
+                                       (np.array([0, 255, 1], np.uint8), False),
+                                       (np.array([0, -128, 1], np.int8), False)])
+def test_sparse_labels_are_range_checked_in_any_integer_dtype(labels, ok):
+    z = np.zeros((3, 3), np.float32)
+    if ok:
+        assert float(F.sparse_categorical_crossentropy(labels, z, from_logits=True)) > 0
+    else:
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\) for 3 classes"):
+            F.sparse_categorical_crossentropy(labels, z, from_logits=True)
+
+
 def test_dense_gradients_on_the_cuda_set_in_float64(cuda_backend, rng):
     gradcheck(lambda x, w, b: F.dense(x, w, b, activation="sigmoid"),
               rng.standard_normal((3, 5)), rng.standard_normal((5, 4)), rng.standard_normal(4))

@@ -107,7 +107,9 @@ def _labels(y_true, n, k, op):
     if lab.ndim != 1 or lab.shape[0] != n:
         raise ValueError(f"{op}: labels must have shape ({n},) to match y_pred's batch, got "
                          f"{tuple(lab.shape)}")
-    if isinstance(lab, np.ndarray) and lab.size:
+    # one pass: seen unsigned, a negative label is larger than any class count
+    if isinstance(lab, np.ndarray) and lab.size and (not lab.dtype.isnative or int(
+            lab.view(f"u{lab.dtype.itemsize}").max()) >= k):
         lo, hi = int(lab.min()), int(lab.max())
         if lo < 0 or hi >= k:
             raise ValueError(f"{op}: labels must lie in [0, {k}) for {k} classes, got values in "

@@ -47,7 +47,7 @@ class Optimizer:
         self._no_decay_ids = set()
         self._no_decay_names = ()
         self._flag = None     # the kernel set's refusal flag (an int64 array of one element)
-        self._names = []      # [(first step, weight names in launch order)] since the last read
+        self._names = []      # [(first step, weights in launch order, their ids)] to the read
         self._guard = {}
 
     # -- learning rate ---------------------------------------------------------------------------
@@ -199,9 +199,10 @@ class Optimizer:
         return isinstance(self._flag, np.ndarray)
 
     def _log_names(self, order):
-        names = tuple(getattr(p, "name", None) or f"weight {i}" for i, p in enumerate(order))
-        if not self._names or self._names[-1][1] != names:
-            self._names.append((self.iterations, names))
+        # the weights, named only when an update was refused; a new entry when the order changes
+        ids = tuple(map(id, order))
+        if not self._names or self._names[-1][2] != ids:
+            self._names.append((self.iterations, tuple(order), ids))
 
     def check_updates(self, op=None) -> None:
         """Raise ``NonFiniteUpdateError`` when an update since the last check was refused (the
@@ -217,8 +218,10 @@ class Optimizer:
         if not tag:
             return
         step, pos = divmod(tag, _PER_STEP)
-        seen = [n for first, n in names if first < step]
-        name = seen[-1][pos - 1] if seen and pos <= len(seen[-1]) else f"tag {tag}"
+        seen = [ps for first, ps, _ in names if first < step]
+        name = f"tag {tag}"
+        if seen and pos <= len(seen[-1]):
+            name = getattr(seen[-1][pos - 1], "name", None) or f"weight {pos - 1}"
         raise NonFiniteUpdateError(
             f"{op or type(self).__name__}: the update of {name!r} at optimizer step {step} was "
             "refused: its gradient or new value is not finite there, so those elements kept "
