@@ -223,7 +223,12 @@ def gather_rows(g, part, n: int, lo: int, what: str) -> np.ndarray:
 
 def any_rank(flag: bool, what: str) -> bool:
     """``flag`` OR-ed over the ranks (``flag`` itself without a group)."""
-    return bool(sum_host(group(), [1.0 if flag else 0.0], what)[0] > 0)
+    g = group()
+    if g is None:
+        return bool(flag)
+    a = np.array([1.0 if flag else 0.0])
+    g.allreduce_host_(a, what)
+    return bool(a[0] > 0)
 
 
 class Ranks(Runner):
