@@ -1,10 +1,10 @@
 """The cuda set's max-pool backward (a gather over the windows covering each cell) and its
 row-wise kernels (softmax, the row losses), in Numba's CUDA simulator (or on a GPU with
-GPUCNN_TEST_REAL_GPU=1) against the NumPy set and against plain loops written here.
+GPUCNN_TEST_REAL_GPU=1) against the NumPy set and against the plain loops of _reference.
 
 Max-pool backward: overlapping (AlexNet's 3x3 stride 2) and padded windows, ties (the gradient
 goes to the first maximum in row-major window order, the forward's and Keras's rule), the
-scalar and the 4-channel variant, and the call without the geometry. Row kernels: the
+scalar and the 4-channel variant, and the geometry a required argument. Row kernels: the
 row-group kernels of short rows (several rows a block, masked tails) and the block-per-row
 ones past ``SHORT_ROW``, for softmax, log-softmax and every row loss. Every output is poisoned
 with NaN before a kernel writes it.
@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 import _reference
+from test_kernels_cuda import _picked
 from gpucnn.kernels import load_set
 from gpucnn.kernels._geometry import window_2d
-from gpucnn.kernels.cuda_set import loss as cuda_loss, pool as cuda_pool, softmax
+from gpucnn.kernels.cuda_set import loss as cuda_loss, softmax
 
 C = load_set("cuda")
 N = load_set("numpy")
@@ -30,32 +31,6 @@ def host(a):
 
 
 # ------------------------------------------------------------------------ max-pool backward
-
-def loop_max_pool(x, pool, stride, pad):
-    """``(y, idx, dx_of)``: the window maxima over real cells, the flat ``h * W + w`` of the
-    first maximum in row-major window order, and ``dx_of(dy)``, each dy added at its winner."""
-    n, h, w, c = x.shape
-    (ph, pw), (sh, sw), (pt, pb, pl, pr) = pool, stride, pad
-    ho, wo = (h + pt + pb - ph) // sh + 1, (w + pl + pr - pw) // sw + 1
-    y = np.empty((n, ho, wo, c), x.dtype)
-    idx = np.empty((n, ho, wo, c), np.int64)
-    for s, p, q, k in np.ndindex(n, ho, wo, c):
-        best = None
-        for i in range(ph):
-            for j in range(pw):
-                r, col = p * sh - pt + i, q * sw - pl + j
-                if 0 <= r < h and 0 <= col < w and (best is None or x[s, r, col, k] > best):
-                    best, idx[s, p, q, k] = x[s, r, col, k], r * w + col
-        y[s, p, q, k] = best
-
-    def dx_of(dy):
-        dx = np.zeros(x.shape, np.float64)
-        for s, p, q, k in np.ndindex(*dy.shape):
-            dx[s, idx[s, p, q, k] // w, idx[s, p, q, k] % w, k] += dy[s, p, q, k]
-        return dx
-
-    return y, idx, dx_of
-
 
 # (pool, stride, padding): AlexNet's overlapping 3x3/2, LeNet's tiling 2x2/2, padded ones with
 # even and uneven windows, a stride wider than the window
@@ -86,7 +61,7 @@ def test_max_pool_backward_gathers_what_a_plain_loop_scatters(pool, stride, padd
     shape = (2, 9, 7, c)
     geo = _geometry(shape, pool, stride, padding)
     for x in (_tied(rng, shape, np.float32), rng.standard_normal(shape).astype(np.float32)):
-        y, idx, dx_of = loop_max_pool(x, *geo)
+        y, idx = _reference.ref_max_pool(x, *geo)
         dy = rng.standard_normal(y.shape).astype(np.float32)
         y_c, idx_c = C.max_pool_forward(C.asarray(x), *geo)
         np.testing.assert_array_equal(host(idx_c), idx)
@@ -94,7 +69,8 @@ def test_max_pool_backward_gathers_what_a_plain_loop_scatters(pool, stride, padd
         got = host(C.max_pool_backward(C.asarray(dy), idx_c, shape, *geo))
         want = N.max_pool_backward(dy, idx.astype(np.int32), shape, *geo)
         np.testing.assert_array_equal(got, want)
-        np.testing.assert_allclose(got, dx_of(dy), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got, _reference.ref_max_pool_backward(dy, idx, shape),
+                                   rtol=1e-6, atol=1e-6)
 
 
 def test_max_pool_backward_overlapping_winner_collects_every_window(rng):
@@ -117,25 +93,19 @@ def test_max_pool_backward_float64_and_the_geometry_required(c, rng):
     shape = (3, 8, 6, c)
     geo = _geometry(shape, (3, 3), (2, 2), "same")
     x = _tied(rng, shape, np.float64)
-    _, idx, dx_of = loop_max_pool(x, *geo)
+    _, idx = _reference.ref_max_pool(x, *geo)
     dy = rng.standard_normal(idx.shape)
     _, idx_c = C.max_pool_forward(C.asarray(x), *geo)
     got = host(C.max_pool_backward(C.asarray(dy), idx_c, shape, *geo))
     assert got.dtype == np.float64
-    np.testing.assert_allclose(got, dx_of(dy), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got, _reference.ref_max_pool_backward(dy, idx, shape),
+                               rtol=1e-12, atol=1e-12)
     with pytest.raises(TypeError, match="pool"):
         C.max_pool_backward(C.asarray(dy), idx_c, shape)
 
 
 def test_max_pool_backward_picks_the_vector_variant_when_aligned(rng, monkeypatch):
-    names, pick = [], cuda_pool._pick
-
-    def spy(plans, a):
-        plan = pick(plans, a)
-        names.append(plan.spec.name)
-        return plan
-
-    monkeypatch.setattr(cuda_pool, "_pick", spy)
+    names = _picked(monkeypatch)
     geo = ((3, 3), (2, 2), (0, 0, 0, 0))
     x = rng.standard_normal((1, 7, 7, 8)).astype(np.float32)
     _, idx = C.max_pool_forward(C.asarray(x), *geo)
