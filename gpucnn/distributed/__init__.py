@@ -16,28 +16,14 @@ between GPUs. gpucnn adds no transport of its own::
 
     $ mpiexec -n 2 python train.py
 
-With ``size() > 1``, ``fit``, ``evaluate`` and ``predict`` work across the ranks:
-
-- ``fit`` first checks that every rank was called with the same settings (a mismatch is a
-  ValueError on every rank) and gives every rank rank 0's weights, optimizer step count and
-  random state. ``batch_size`` is the global batch: every rank shuffles alike and takes its
-  contiguous share of each batch (shares differ by one row at most); one in-place sum per step
-  of one flat buffer adds the gradients, the weighted loss and the metric partial sums, and
-  every rank applies the same update. Callbacks run on every rank with the same logs; only rank
-  0 prints, draws and writes (``ModelCheckpoint``, ``CSVLogger``); ``stop_training`` is the OR
-  over the ranks; a non-finite loss raises on every rank at the same step.
-- ``evaluate`` and validation: each rank takes its share of the samples and the sums are added,
-  so the means are exact for any count. ``predict``: each rank predicts its share and every rank
-  returns all the rows. ``train_on_batch`` trains each rank on its own batch, without
-  collectives.
-- Every collective has a deadline, ``GPUCNN_DIST_TIMEOUT`` seconds (default 300): a rank that
-  hangs or dies ends the job with a message naming the rank and the step, never a job that
-  waits for good; an exception on one rank prints ``[rank r/R]`` and its traceback and ends the
-  job (``MPI_Abort``).
-- On GPUs: rank ``r`` uses the GPU of its local rank (its rank among the ranks of its machine);
-  gradients are summed by NCCL in device memory, or through host memory by MPI when NCCL is
-  not installed (``pip install gpucnn[distributed-cuda]``) or would refuse (two ranks on one
-  GPU). On the NumPy backend each rank's kernels get the machine's cores divided by its ranks.
+With ``size() > 1``, ``fit``, ``evaluate`` and ``predict`` work across the ranks: ``fit``
+checks that every rank was called alike and starts them from rank 0's weights, optimizer and
+random state; ``batch_size`` is the global batch, each rank computing its contiguous share and
+one in-place sum a step adding the gradients, loss and metric sums; only rank 0 prints, draws
+and writes. Every collective has a deadline (``GPUCNN_DIST_TIMEOUT`` seconds, default 300),
+and an exception on one rank ends the job (``MPI_Abort``). On GPUs NCCL sums in device memory
+(MPI through host memory where NCCL is missing or refuses). docs/distributed.md says what each
+call does across ranks, how failures end the job, and the GPU path in full.
 
 ``python -m gpucnn.distributed.check`` measures a machine with GPUs (run it under mpiexec).
 """
