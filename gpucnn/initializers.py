@@ -173,44 +173,27 @@ class VarianceScaling(Initializer):
                 f"distribution={self.distribution!r})")
 
 
-class GlorotUniform(VarianceScaling):
-    """Uniform on ``[-l, l]``, ``l = sqrt(6 / (fan_in + fan_out))`` (the Keras default kernel init)."""
-
+def _preset(name, scale, mode, distribution, doc):
+    """A ``VarianceScaling`` of fixed settings that takes only ``seed`` (Keras's named ones)."""
     def __init__(self, seed=None):
-        super().__init__(1.0, "fan_avg", "uniform", seed)
+        VarianceScaling.__init__(self, scale, mode, distribution, seed)
+
+    return type(name, (VarianceScaling,), {"__init__": __init__, "__doc__": doc,
+                                           "__module__": __name__})
 
 
-class GlorotNormal(VarianceScaling):
-    """Truncated normal with ``std = sqrt(2 / (fan_in + fan_out))``."""
-
-    def __init__(self, seed=None):
-        super().__init__(1.0, "fan_avg", "truncated_normal", seed)
-
-
-class HeNormal(VarianceScaling):
-    """Truncated normal with ``std = sqrt(2 / fan_in)`` (for ReLU networks)."""
-
-    def __init__(self, seed=None):
-        super().__init__(2.0, "fan_in", "truncated_normal", seed)
-
-
-class HeUniform(VarianceScaling):
-    """Uniform on ``[-l, l]``, ``l = sqrt(6 / fan_in)``."""
-
-    def __init__(self, seed=None):
-        super().__init__(2.0, "fan_in", "uniform", seed)
-
-
-class LecunNormal(VarianceScaling):
-    """Truncated normal with variance ``1 / fan_in``."""
-    def __init__(self, seed=None):
-        super().__init__(1.0, "fan_in", "truncated_normal", seed)
-
-
-class LecunUniform(VarianceScaling):
-    """Uniform on ``[-l, l]``, ``l = sqrt(3 / fan_in)``."""
-    def __init__(self, seed=None):
-        super().__init__(1.0, "fan_in", "uniform", seed)
+GlorotUniform = _preset("GlorotUniform", 1.0, "fan_avg", "uniform", "Uniform on ``[-l, l]``, "
+                        "``l = sqrt(6 / (fan_in + fan_out))`` (the Keras default kernel init).")
+GlorotNormal = _preset("GlorotNormal", 1.0, "fan_avg", "truncated_normal",
+                       "Truncated normal with ``std = sqrt(2 / (fan_in + fan_out))``.")
+HeNormal = _preset("HeNormal", 2.0, "fan_in", "truncated_normal",
+                   "Truncated normal with ``std = sqrt(2 / fan_in)`` (for ReLU networks).")
+HeUniform = _preset("HeUniform", 2.0, "fan_in", "uniform",
+                    "Uniform on ``[-l, l]``, ``l = sqrt(6 / fan_in)``.")
+LecunNormal = _preset("LecunNormal", 1.0, "fan_in", "truncated_normal",
+                      "Truncated normal with variance ``1 / fan_in``.")
+LecunUniform = _preset("LecunUniform", 1.0, "fan_in", "uniform",
+                       "Uniform on ``[-l, l]``, ``l = sqrt(3 / fan_in)``.")
 
 
 def _snake(name: str) -> str:

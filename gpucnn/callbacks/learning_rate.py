@@ -33,22 +33,17 @@ class ReduceLROnPlateau(_Monitor):
         owner = "ReduceLROnPlateau"
         if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 0 < factor < 1:
             raise ValueError(f"{owner}: factor must lie in (0, 1), got {factor!r}")
-        for name, v in (("patience", patience), ("cooldown", cooldown)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{owner}: {name} must be an int >= 0, got {v!r}")
+        self.patience = self._count(patience, "patience")
+        self.cooldown = self._count(cooldown, "cooldown")
         if isinstance(min_lr, bool) or not isinstance(min_lr, numbers.Real) or min_lr < 0:
             raise ValueError(f"{owner}: min_lr must be a number >= 0, got {min_lr!r}")
-        self.factor, self.patience, self.verbose = float(factor), patience, verbose
-        self.cooldown, self.min_lr = cooldown, float(min_lr)
+        self.factor, self.verbose, self.min_lr = float(factor), verbose, float(min_lr)
         self._reset()
 
     def _reset(self):
         self.wait = 0
         self.cooldown_counter = 0
         self.best = None
-
-    def on_train_begin(self, logs=None):
-        self._reset()
 
     def in_cooldown(self) -> bool:
         """Whether the cooldown after the last reduction is still running (no new reduction yet)."""

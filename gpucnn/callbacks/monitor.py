@@ -26,6 +26,14 @@ class _Monitor(Callback):
             raise ValueError(f"{type(self).__name__}: min_delta must be a number >= 0, got "
                              f"{min_delta!r}")
 
+    def _count(self, v, name):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{type(self).__name__}: {name} must be an int >= 0, got {v!r}")
+        return v
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
     def _improved(self, current, reference) -> bool:
         if reference is None:
             return True
@@ -53,9 +61,7 @@ class EarlyStopping(_Monitor):
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto",
                  baseline=None, restore_best_weights=False, start_from_epoch=0):
         super().__init__(monitor, mode, min_delta)
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
-        self.patience = patience
+        self.patience = self._count(patience, "patience")
         self.verbose = verbose
         self.baseline = baseline
         self.restore_best_weights = bool(restore_best_weights)
@@ -68,9 +74,6 @@ class EarlyStopping(_Monitor):
         self.best = None
         self.best_epoch = 0
         self.best_weights = None
-
-    def on_train_begin(self, logs=None):
-        self._reset()
 
     def on_epoch_end(self, epoch, logs=None):
         current = self._current(logs)
