@@ -32,100 +32,71 @@ def _tol(dtype):
     return F64 if dtype == np.float64 else F32
 
 
+# ------------------------------------------------------------------ every option of the updates
+# (family, options): SGD (momentum, nesterov, weight decay), Adam (amsgrad, weight decay),
+# RMSprop (momentum, centered, weight decay)
+
+CASES = ([("sgd", o) for o in itertools.product([0.0, 0.9], [False, True], [0.0, 0.05])]
+         + [("adam", o) for o in itertools.product([False, True], [0.0, 0.1])]
+         + [("rmsprop", o) for o in itertools.product([0.0, 0.9], [False, True], [0.0, 0.05])])
+
+
+def _state(rng, family, opts, dtype):
+    """p and the slots of ``family`` (None where ``opts`` leave one out): SGD's v; Adam's m, v,
+    vhat (zeros); RMSprop's s >= 0, u, mg."""
+    p = f(rng, *SHAPE, dtype=dtype)
+    if family == "sgd":
+        return [p, f(rng, *SHAPE, dtype=dtype, scale=0.1) if opts[0] else None]
+    if family == "adam":
+        return [p, np.zeros(SHAPE, dtype), np.zeros(SHAPE, dtype),
+                np.zeros(SHAPE, dtype) if opts[0] else None]
+    return [p, np.abs(f(rng, *SHAPE, dtype=dtype))] + [
+        f(rng, *SHAPE, dtype=dtype, scale=0.01) if on else None for on in opts[:2]]
+
+
+def _grads(rng, family, dtype):
+    """``(t, g)`` of each step: 3 steps; Adam 4, its gradients shrinking (amsgrad's max)."""
+    if family == "adam":
+        return [(t, f(rng, *SHAPE, dtype=dtype, scale=10.0 ** (2 - 2 * t)))
+                for t in range(1, STEPS + 2)]
+    return [(t, f(rng, *SHAPE, dtype=dtype)) for t in range(1, STEPS + 1)]
+
+
+def _update(K, family, s, g, t, opts):
+    """Step ``t`` of ``family`` with ``opts`` in place on ``s`` by set ``K``, or by the formulas
+    of ``_reference`` (``K`` None: RMSprop's gain 0.1 given). The learning rate and weight decay
+    are NumPy float64 scalars: they must not upcast a float32 p."""
+    lr, wd = np.float64(0.05 if family == "sgd" else 0.01), np.float64(opts[-1])
+    if family == "sgd":
+        (ref_sgd_update if K is None else K.sgd_update)(s[0], g, s[1], lr, opts[0], opts[1], wd)
+    elif family == "adam":
+        (ref_adam_update if K is None else K.adam_update)(s[0], g, s[1], s[2], lr, 0.8, 0.95,
+                                                          1e-3, t, wd, vhat=s[3])
+    else:
+        gain = {"gain": 0.1} if K is None else {}
+        (ref_rmsprop_update if K is None else K.rmsprop_update)(
+            s[0], g, s[1], lr, 0.9, 1e-7, wd, u=s[2], momentum=opts[0], mg=s[3], **gain)
+
+
 # ------------------------------------------------------------------ NumPy set against the formulas
 # In float64 and float32 (the dtype kept, g read only), a few steps each.
 
-SGD_OPTS = list(itertools.product([0.0, 0.9], [False, True], [0.0, 0.05]))
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mu,nesterov,wd", SGD_OPTS + [(0.8, True, 0.01)])
-def test_numpy_sgd_is_keras(mu, nesterov, wd, dtype, rng):
-    p, v = f(rng, *SHAPE, dtype=dtype), f(rng, *SHAPE, dtype=dtype, scale=0.1)
-    rp, rv = flat(p, v)
-    lr = np.float64(0.05)                                 # a NumPy scalar must not upcast p
-    for _ in range(STEPS):
-        g = f(rng, *SHAPE, dtype=dtype)
+@pytest.mark.parametrize("family,opts", CASES + [("sgd", (0.8, True, 0.01))])
+def test_numpy_update_is_keras(family, opts, dtype, rng):
+    s = _state(rng, family, opts, dtype)
+    ref = flat(*s)
+    for t, g in _grads(rng, family, dtype):
         g0 = g.copy()
-        N.sgd_update(p, g, v if mu else None, lr, mu, nesterov, wd)
-        ref_sgd_update(rp, *flat(g), rv, 0.05, mu, nesterov, wd)
+        _update(N, family, s, g, t, opts)
+        _update(None, family, ref, *flat(g), t, opts)
         np.testing.assert_array_equal(g, g0)
-    assert p.dtype == dtype and v.dtype == dtype
-    np.testing.assert_allclose(p.reshape(-1), rp, **_tol(dtype))
-    if mu:
-        np.testing.assert_allclose(v.reshape(-1), rv, **_tol(dtype))
-
-
-ADAM_OPTS = list(itertools.product([False, True], [0.0, 0.1]))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("amsgrad,wd", ADAM_OPTS)
-def test_numpy_adam_is_keras(amsgrad, wd, dtype, rng):
-    p = f(rng, *SHAPE, dtype=dtype)
-    m, v = np.zeros(SHAPE, dtype), np.zeros(SHAPE, dtype)
-    vhat = np.zeros(SHAPE, dtype) if amsgrad else None
-    rp, rm, rv, rvh = flat(p, m, v, vhat)
-    for t in range(1, STEPS + 2):
-        g = f(rng, *SHAPE, dtype=dtype, scale=10.0 ** (2 - 2 * t))  # shrinking: amsgrad's max
-        g0 = g.copy()
-        N.adam_update(p, g, m, v, 0.01, 0.8, 0.95, 1e-3, t, wd, vhat=vhat)
-        ref_adam_update(rp, *flat(g), rm, rv, 0.01, 0.8, 0.95, 1e-3, t, wd, vhat=rvh)
-        np.testing.assert_array_equal(g, g0)
-    assert p.dtype == m.dtype == v.dtype == dtype
-    for got, want in ((p, rp), (m, rm), (v, rv)) + (((vhat, rvh),) if amsgrad else ()):
-        np.testing.assert_allclose(got.reshape(-1), want, **_tol(dtype))
-    if amsgrad:
-        assert np.all(vhat >= v) and np.any(vhat > v)
-    with pytest.raises(ValueError, match="adam_update.*t"):
-        N.adam_update(p, g, m, v, 0.01, 0.8, 0.95, 1e-3, 0, wd)
-
-
-RMS_OPTS = list(itertools.product([0.0, 0.9], [False, True], [0.0, 0.05]))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mu,centered,wd", RMS_OPTS)
-def test_numpy_rmsprop_is_keras(mu, centered, wd, dtype, rng):
-    p = f(rng, *SHAPE, dtype=dtype)
-    s = np.abs(f(rng, *SHAPE, dtype=dtype))
-    u = f(rng, *SHAPE, dtype=dtype, scale=0.01) if mu else None
-    mg = f(rng, *SHAPE, dtype=dtype, scale=0.01) if centered else None
-    rp, rs, ru, rmg = flat(p, s, u, mg)
-    for _ in range(STEPS):
-        g = f(rng, *SHAPE, dtype=dtype)
-        g0 = g.copy()
-        N.rmsprop_update(p, g, s, 0.01, 0.9, 1e-7, wd, u=u, momentum=mu, mg=mg)
-        ref_rmsprop_update(rp, *flat(g), rs, 0.01, 0.9, 1e-7, wd, u=ru, momentum=mu, mg=rmg,
-                           gain=0.1)
-        np.testing.assert_array_equal(g, g0)
-    assert {a.dtype for a in (p, s, u, mg) if a is not None} == {np.dtype(dtype)}
-    for got, want in ((p, rp), (s, rs), (u, ru), (mg, rmg)):
+    assert {a.dtype for a in s if a is not None} == {np.dtype(dtype)}
+    for got, want in zip(s, ref):
         if got is not None:
             np.testing.assert_allclose(got.reshape(-1), want, **_tol(dtype))
-    with pytest.raises(ValueError, match="rmsprop_update.*s shape"):
-        N.rmsprop_update(p, g, s[:2], 0.01, 0.9, 1e-7, wd)
-
-
-def test_numpy_adagrad_is_rmsprop_with_rho_and_gain_one(rng):
-    p = f(rng, *SHAPE)
-    a = np.full(SHAPE, 0.1)
-    rp, ra = flat(p, a)
-    for _ in range(STEPS):
-        g = f(rng, *SHAPE)
-        N.rmsprop_update(p, g, a, 0.1, 1.0, 1e-7, 0.01, gain=1.0)
-        ref_rmsprop_update(rp, g.reshape(-1), ra, 0.1, 1.0, 1e-7, 0.01, gain=1.0)
-    np.testing.assert_allclose(p.reshape(-1), rp, **F64)
-    np.testing.assert_allclose(a.reshape(-1), ra, **F64)
-
-
-def test_numpy_float32_stays_float32(rng):
-    p, g = f(rng, 5, dtype=np.float32), f(rng, 5, dtype=np.float32)
-    m, v, vh = (np.zeros(5, np.float32) for _ in range(3))
-    N.adam_update(p, g, m, v, np.float64(0.01), 0.9, 0.999, 1e-7, 1, np.float64(0.1), vhat=vh)
-    s, u, mg = (np.zeros(5, np.float32) for _ in range(3))
-    N.rmsprop_update(p, g, s, 0.01, 0.9, 1e-7, 0.1, u=u, momentum=0.5, mg=mg)
-    assert {a.dtype for a in (p, m, v, vh, s, u, mg)} == {np.dtype(np.float32)}
+    if family == "adam" and opts[0]:
+        assert np.all(s[3] >= s[2]) and np.any(s[3] > s[2])
 
 
 @pytest.mark.parametrize("call,err,match", [
@@ -139,6 +110,8 @@ def test_numpy_float32_stays_float32(rng):
      ValueError, r"adam_update: vhat .*\(4,\).*\(3,\)"),
     (lambda K, a: K.rmsprop_update(a(), a(), a(), 0.1, 0.9, 1e-7, 0.0, mg=a(2)), ValueError,
      r"rmsprop_update: mg .*\(4,\).*\(2,\)"),
+    (lambda K, a: K.rmsprop_update(a(), a(), a(2), 0.1, 0.9, 1e-7, 0.05), ValueError,
+     r"rmsprop_update: s .*\(4,\).*\(2,\)"),
 ])
 @pytest.mark.parametrize("kset", ["numpy", "cuda"])
 def test_bad_arguments_name_the_op(kset, call, err, match):
@@ -187,49 +160,26 @@ def _close(C, got, want, what, dtype):
             np.testing.assert_allclose(C.to_host(a), b, err_msg=f"{what}: array {i}", **tol)
 
 
-@pytest.mark.parametrize("mu,nesterov,wd", SGD_OPTS)
-def test_cuda_sgd_matches_numpy(C, mu, nesterov, wd, rng):
-    (pc, vc), (pn, vn) = _both(C, [f(rng, *SHAPE, dtype=np.float32),
-                                   f(rng, *SHAPE, dtype=np.float32, scale=0.1) if mu else None])
-    for _ in range(STEPS):
-        g = f(rng, *SHAPE, dtype=np.float32)
-        C.sgd_update(pc, C.asarray(g), vc, 0.05, mu, nesterov, wd)
-        N.sgd_update(pn, g, vn, 0.05, mu, nesterov, wd)
-    _close(C, [pc, vc], [pn, vn], f"sgd mu={mu} nesterov={nesterov} wd={wd}", np.float32)
+@pytest.mark.parametrize("family,opts", CASES)
+def test_cuda_update_matches_numpy(C, family, opts, rng):
+    cs, ns = _both(C, _state(rng, family, opts, np.float32))
+    for t, g in _grads(rng, family, np.float32):
+        _update(C, family, cs, C.asarray(g), t, opts)
+        _update(N, family, ns, g, t, opts)
+    _close(C, cs, ns, f"{family} {opts}", np.float32)
 
 
-@pytest.mark.parametrize("amsgrad,wd", ADAM_OPTS)
-def test_cuda_adam_matches_numpy(C, amsgrad, wd, rng):
-    z = np.zeros(SHAPE, np.float32)
-    (pc, mc, vc, hc), (pn, mn, vn, hn) = _both(C, [f(rng, *SHAPE, dtype=np.float32), z, z,
-                                                   z if amsgrad else None])
-    for t in range(1, STEPS + 2):
-        g = f(rng, *SHAPE, dtype=np.float32, scale=10.0 ** (2 - 2 * t))
-        C.adam_update(pc, C.asarray(g), mc, vc, 0.01, 0.8, 0.95, 1e-3, t, wd, vhat=hc)
-        N.adam_update(pn, g, mn, vn, 0.01, 0.8, 0.95, 1e-3, t, wd, vhat=hn)
-    _close(C, [pc, mc, vc, hc], [pn, mn, vn, hn], f"adam amsgrad={amsgrad} wd={wd}", np.float32)
-
-
-@pytest.mark.parametrize("mu,centered,wd", RMS_OPTS)
-def test_cuda_rmsprop_matches_numpy(C, mu, centered, wd, rng):
-    arrays = [f(rng, *SHAPE, dtype=np.float32), np.abs(f(rng, *SHAPE, dtype=np.float32)),
-              f(rng, *SHAPE, dtype=np.float32, scale=0.01) if mu else None,
-              f(rng, *SHAPE, dtype=np.float32, scale=0.01) if centered else None]
-    (pc, sc, uc, mc), (pn, sn, un, mn) = _both(C, arrays)
-    for _ in range(STEPS):
-        g = f(rng, *SHAPE, dtype=np.float32)
-        C.rmsprop_update(pc, C.asarray(g), sc, 0.01, 0.9, 1e-7, wd, u=uc, momentum=mu, mg=mc)
-        N.rmsprop_update(pn, g, sn, 0.01, 0.9, 1e-7, wd, u=un, momentum=mu, mg=mn)
-    _close(C, [pc, sc, uc, mc], [pn, sn, un, mn], f"rmsprop mu={mu} centered={centered} wd={wd}",
-           np.float32)
-
-
-def test_cuda_adagrad_and_float64_match_numpy(C, rng):
+def test_adagrad_is_rmsprop_with_rho_and_gain_one(C, rng):
+    """In float64: the NumPy set against the formula, the cuda set against the NumPy set."""
     (pc, ac), (pn, an) = _both(C, [f(rng, *SHAPE), np.full(SHAPE, 0.1)])
+    rp, ra = flat(pn, an)
     for _ in range(STEPS):
         g = f(rng, *SHAPE)
         C.rmsprop_update(pc, C.asarray(g), ac, 0.1, 1.0, 1e-7, 0.01, gain=1.0)
         N.rmsprop_update(pn, g, an, 0.1, 1.0, 1e-7, 0.01, gain=1.0)
+        ref_rmsprop_update(rp, g.reshape(-1), ra, 0.1, 1.0, 1e-7, 0.01, gain=1.0)
+    np.testing.assert_allclose(pn.reshape(-1), rp, **F64)
+    np.testing.assert_allclose(an.reshape(-1), ra, **F64)
     _close(C, [pc, ac], [pn, an], "adagrad float64", np.float64)
     assert C.to_host(pc).dtype == np.float64
 
