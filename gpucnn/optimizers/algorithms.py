@@ -16,6 +16,8 @@ class SGD(Optimizer):
     Slot: ``momentum`` (the velocity v; only when momentum > 0).
     """
 
+    _config_keys = ("momentum", "nesterov")
+
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None,
                  clipnorm=None, clipvalue=None, global_clipnorm=None, name=None):
         super().__init__(learning_rate, weight_decay, clipnorm, clipvalue, global_clipnorm, name)
@@ -34,9 +36,6 @@ class SGD(Optimizer):
         ks.sgd_update_many([p.data for p in ps], gs, vs, lr, self.momentum, self.nesterov, wd,
                            **self._guard)
 
-    def get_config(self):
-        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
-
 
 class Adam(Optimizer):
     """Adam, Keras 3's formula (``t`` = the step, from 1)::
@@ -50,6 +49,8 @@ class Adam(Optimizer):
     ``eps`` equals this one with ``epsilon = eps * sqrt(1 - beta_2^t)``).
     Slots: ``momentum`` (m), ``velocity`` (v), ``velocity_hat`` (amsgrad).
     """
+
+    _config_keys = ("beta_1", "beta_2", "epsilon", "amsgrad")
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                  amsgrad=False, weight_decay=None, clipnorm=None, clipvalue=None,
@@ -79,10 +80,6 @@ class Adam(Optimizer):
                             vhats=[s[2] for s in slots] if self.amsgrad else None,
                             **self._guard)
 
-    def get_config(self):
-        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
-                "epsilon": self.epsilon, "amsgrad": self.amsgrad}
-
 
 class AdamW(Adam):
     """Adam with decoupled weight decay on by default (Keras's ``AdamW``: ``weight_decay``
@@ -110,6 +107,8 @@ class RMSprop(Optimizer):
     Slots: ``velocity`` (v), ``momentum`` (u, when momentum > 0), ``average_gradient`` (mg,
     centered).
     """
+
+    _config_keys = ("rho", "momentum", "epsilon", "centered")
 
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
@@ -140,10 +139,6 @@ class RMSprop(Optimizer):
         ks.rmsprop_update_many([p.data for p in ps], gs, vs, lr, self.rho, self.epsilon, wd,
                                us=us, momentum=self.momentum, mgs=mgs, **self._guard)
 
-    def get_config(self):
-        return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
-                "epsilon": self.epsilon, "centered": self.centered}
-
 
 class Adagrad(Optimizer):
     """Adagrad, Keras 3's formula::
@@ -153,6 +148,8 @@ class Adagrad(Optimizer):
     It runs on the RMSprop kernel with ``rho = 1`` and a gain of 1 on ``g^2``.
     Slot: ``accumulator`` (a).
     """
+
+    _config_keys = ("initial_accumulator_value", "epsilon")
 
     def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7,
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
@@ -172,11 +169,6 @@ class Adagrad(Optimizer):
     def _update_many(self, ks, ps, gs, lr, wd):
         ks.rmsprop_update_many([p.data for p in ps], gs, [self._slot_arrays(p)[0] for p in ps],
                                lr, 1.0, self.epsilon, wd, gain=1.0, **self._guard)
-
-    def get_config(self):
-        return {**super().get_config(),
-                "initial_accumulator_value": self.initial_accumulator_value,
-                "epsilon": self.epsilon}
 
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]

@@ -261,6 +261,10 @@ class Optimizer:
         raise NotImplementedError
 
     # -- configuration -----------------------------------------------------------------------------
+    #: The subclass's own settings, attributes of its constructor arguments' names, that
+    #: ``get_config`` adds after the common ones.
+    _config_keys = ()
+
     def get_config(self) -> dict:
         """The settings (``learning_rate`` and the rest) as a dict, without the step counter."""
         lr = self._learning_rate
@@ -268,7 +272,8 @@ class Optimizer:
                 "learning_rate": schedules.serialize(lr) if isinstance(lr, LearningRateSchedule)
                 else lr,
                 "weight_decay": self.weight_decay, "clipnorm": self.clipnorm,
-                "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm}
+                "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm,
+                **{k: getattr(self, k) for k in self._config_keys}}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
