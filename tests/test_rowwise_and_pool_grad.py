@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import _reference
-from test_kernels_cuda import _picked
 from gpucnn.kernels import load_set
 from gpucnn.kernels._geometry import window_2d
 from gpucnn.kernels.cuda_set import loss as cuda_loss, softmax
@@ -102,30 +101,6 @@ def test_max_pool_backward_float64_and_the_geometry_required(c, rng):
                                rtol=1e-12, atol=1e-12)
     with pytest.raises(TypeError, match="pool"):
         C.max_pool_backward(C.asarray(dy), idx_c, shape)
-
-
-def test_max_pool_backward_picks_the_vector_variant_when_aligned(rng, monkeypatch):
-    names = _picked(monkeypatch)
-    geo = ((3, 3), (2, 2), (0, 0, 0, 0))
-    x = rng.standard_normal((1, 7, 7, 8)).astype(np.float32)
-    _, idx = C.max_pool_forward(C.asarray(x), *geo)
-    dy = rng.standard_normal((1, 3, 3, 8)).astype(np.float32)
-    vec = host(C.max_pool_backward(C.asarray(dy), idx, x.shape, *geo))
-    base = C.asarray(np.zeros(dy.size + 1, np.float32))
-    view = base[1:].reshape(dy.shape)                 # data 4 bytes off 16: the scalar variant
-    view[...] = C.asarray(dy)
-    scalar = host(C.max_pool_backward(view, idx, x.shape, *geo))
-    assert [n for n in names if n.startswith("max_pool_bwd")] == [
-        "max_pool_bwd[float32,v4]", "max_pool_bwd[float32]"]
-    np.testing.assert_array_equal(vec, scalar)
-
-
-def test_max_pool_backward_refuses_a_mismatched_dy(rng):
-    geo = ((2, 2), (2, 2), (0, 0, 0, 0))
-    dy = np.ones((1, 2, 2, 3), np.float32)
-    idx = np.zeros((1, 2, 2, 3), np.int32)
-    with pytest.raises(ValueError, match=r"max_pool_backward: dy \(1, 2, 2, 3\)"):
-        C.max_pool_backward(C.asarray(dy), C.asarray(idx), (1, 6, 4, 3), *geo)
 
 
 # ------------------------------------------------------------------------ row-wise kernels
