@@ -140,6 +140,10 @@ def test_max_pool_padding_never_wins(rng):
     y, idx = _max_pool_matches(x, (3, 3), (2, 2), (1, 1, 1, 1))
     assert idx.min() >= 0 and idx.max() < 25
     assert np.isfinite(K.avg_pool_forward(x[..., 1:], (3, 3), (2, 2), (1, 1, 1, 1))).all()
+    # windows of -inf cells and padding (bottom/right) pick a real cell
+    x = np.full((1, 3, 3, 2), -np.inf, np.float32)
+    x[0, 2, 2, 1] = 1.0
+    _max_pool_matches(x, (2, 2), (2, 2), ref_pads(3, 3, 2, 2, 2, 2, "same"))
 
 
 def test_guide_pooling_2x2_examples():
@@ -348,47 +352,6 @@ def tune():
         yield apply
 
 
-@pytest.fixture(params=["one-block", "image-blocks", "two-threads"])
-def dx_config(request, tune):
-    """``dx_config(method, tiny_blocks)``: force the input-gradient ``method``; the param
-    "image-blocks" sets each setting of ``tiny_blocks`` to 1 (one image a block), "two-threads"
-    splits even tiny work."""
-    def apply(method, tiny_blocks):
-        tune(dx_method=method)
-        if request.param == "image-blocks":
-            tune(**{name: 1 for name in tiny_blocks})
-        if request.param == "two-threads":
-            tune(threads=2, min_parallel_flops=0)
-    return apply
-
-
-def _check_stride1_input_gradient(rng, n, h, w, c, kh, kw, co, pad, algorithm):
-    """The stride-1 input gradient by ``algorithm`` against the loops: float64, then float32 from
-    a non-contiguous dy (every other channel of a wider array)."""
-    wt = rng.standard_normal((kh, kw, c, co)) / np.sqrt(kh * kw * co)
-    ho, wo = h + pad[0] + pad[1] - kh + 1, w + pad[2] + pad[3] - kw + 1
-    dy = rng.standard_normal((n, ho, wo, co))
-    assert K.conv_algorithm("input", (n, h, w, c), wt.shape, (1, 1), pad) == algorithm
-    want = ref_conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
-    got = K.conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
-    np.testing.assert_allclose(got, want, **F64)
-    wide = np.zeros((n, ho, wo, 2 * co), np.float32)
-    wide[..., ::2] = dy
-    dy32 = wide[..., ::2]
-    assert not dy32.flags.c_contiguous
-    got32 = K.conv2d_backward_input(dy32, wt.astype(np.float32), (n, h, w, c), (1, 1), pad)
-    assert got32.dtype == np.float32 and got32.flags.c_contiguous
-    np.testing.assert_allclose(got32, want, **F32)
-
-
-@pytest.mark.parametrize("case", TOEPLITZ_CASES)
-def test_toeplitz_input_gradient_matches_loops(rng, case, dx_config):
-    dx_config("toeplitz", ["toeplitz_block_bytes"])
-    n, h, w, c, kh, kw, co, padding = case
-    pad = ref_pads(h, w, kh, kw, 1, 1, padding)
-    _check_stride1_input_gradient(rng, n, h, w, c, kh, kw, co, pad, "toeplitz")
-
-
 def test_toeplitz_chunk_and_matrix(rng):
     assert [_toeplitz.chunk(wo, 5) for wo in (10, 7, 9, 1, 24)] == [5, 1, 3, 1, 4]
     w = rng.standard_normal((2, 3, 2, 4))
@@ -413,31 +376,41 @@ ROW_GATHER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", ROW_GATHER_CASES)
-def test_row_gather_input_gradient_matches_loops(rng, case, dx_config):
-    dx_config("rowgather", ["col_block_bytes", "col_min_rows", "wide_min_rows"])
-    _check_stride1_input_gradient(rng, *case, "row gather")
+# dx_method -> (its algorithm's name, the settings that make its blocks one image each)
+STRIDE1_DX = {"toeplitz": ("toeplitz", ["toeplitz_block_bytes"]),
+              "rowgather": ("row gather", ["col_block_bytes", "col_min_rows", "wide_min_rows"])}
 
 
-def test_row_gather_is_chosen_for_narrow_deep_input_gradients(tune):
-    s = (1, 1)
-    same5, same3 = (2, 2, 2, 2), (1, 1, 1, 1)
-    assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), s, same5) == "row gather"
-    assert K.conv_algorithm("input", (8, 16, 16, 16), (3, 3, 16, 128), s, same3) == "row gather"
-    # shallow (3x3, 24 -> 64: depth 576), wide (32 input channels), few channels (Toeplitz)
-    assert K.conv_algorithm("input", (8, 15, 15, 24), (3, 3, 24, 64), s, same3).startswith(
-        "gather")
-    assert K.conv_algorithm("input", (8, 15, 15, 32), (5, 5, 32, 64), s, same5).startswith(
-        "gather")
-    assert K.conv_algorithm("input", (8, 15, 15, 8), (5, 5, 8, 64), s, same5) == "toeplitz"
-    # dx wider than dy (a valid convolution): a shifted read past a row would meet real values
-    assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), s, (0, 0, 0, 0)) == \
-        "gather (border classes)"
-    tune(dx_method="rowgather")
-    assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), s, (0, 0, 0, 0)) == \
-        "gather (border classes)"
-    assert K.conv_algorithm("input", (8, 15, 15, 24), (5, 5, 24, 64), (2, 2), same5) == \
-        "scatter"
+@pytest.mark.parametrize("method,case", [("toeplitz", c) for c in TOEPLITZ_CASES]
+                         + [("rowgather", c) for c in ROW_GATHER_CASES])
+@pytest.mark.parametrize("blocks", ["one-block", "image-blocks", "two-threads"])
+def test_stride1_input_gradients_match_loops(rng, tune, method, case, blocks):
+    """The Toeplitz and row-gather input gradients, forced, against the loops: float64, then
+    float32 from a non-contiguous dy (every other channel of a wider array); "image-blocks"
+    makes each block one image, "two-threads" splits even tiny work."""
+    algorithm, tiny_blocks = STRIDE1_DX[method]
+    tune(dx_method=method)
+    if blocks == "image-blocks":
+        tune(**{name: 1 for name in tiny_blocks})
+    if blocks == "two-threads":
+        tune(threads=2, min_parallel_flops=0)
+    n, h, w, c, kh, kw, co, pad = case
+    if isinstance(pad, str):
+        pad = ref_pads(h, w, kh, kw, 1, 1, pad)
+    wt = rng.standard_normal((kh, kw, c, co)) / np.sqrt(kh * kw * co)
+    ho, wo = h + pad[0] + pad[1] - kh + 1, w + pad[2] + pad[3] - kw + 1
+    dy = rng.standard_normal((n, ho, wo, co))
+    assert K.conv_algorithm("input", (n, h, w, c), wt.shape, (1, 1), pad) == algorithm
+    want = ref_conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
+    got = K.conv2d_backward_input(dy, wt, (n, h, w, c), (1, 1), pad)
+    np.testing.assert_allclose(got, want, **F64)
+    wide = np.zeros((n, ho, wo, 2 * co), np.float32)
+    wide[..., ::2] = dy
+    dy32 = wide[..., ::2]
+    assert not dy32.flags.c_contiguous
+    got32 = K.conv2d_backward_input(dy32, wt.astype(np.float32), (n, h, w, c), (1, 1), pad)
+    assert got32.dtype == np.float32 and got32.flags.c_contiguous
+    np.testing.assert_allclose(got32, want, **F32)
 
 
 def test_row_gather_zeroes_exactly_the_entries_no_pixel_owns():
@@ -464,10 +437,8 @@ def test_whole_input_kernels_are_dense_layers(rng, stride, act):
     assert K.conv_algorithm("forward", x.shape, w.shape, stride, (1, 0, 0, 0)) != "dense GEMM"
 
 
-SAME3, SAME5 = (1, 1, 1, 1), (2, 2, 2, 2)
-
-
-@pytest.mark.parametrize("pass_,x,w,stride,pad,name", [
+SAME3, SAME5, S1 = (1, 1, 1, 1), (2, 2, 2, 2), (1, 1)
+ALGORITHMS = [
     ("forward", (8, 32, 32, 1), (5, 5, 1, 6), (1, 1), Z, "im2col (planar blocks)"),
     ("weight", (8, 32, 32, 3), (3, 3, 3, 24), (1, 1), Z, "im2col (planar blocks)"),
     ("forward", (8, 14, 14, 6), (5, 5, 6, 16), (1, 1), Z, "im2col"),
@@ -480,42 +451,54 @@ SAME3, SAME5 = (1, 1, 1, 1), (2, 2, 2, 2)
     ("forward", (8, 7, 7, 64), (3, 3, 64, 96), (1, 1), SAME3, "im2col (border classes)"),
     ("weight", (8, 15, 15, 24), (5, 5, 24, 64), (1, 1), SAME5, "im2col (border classes)"),
     ("input", (8, 1, 1, 4), (1, 1, 4, 5), (1, 1), Z, "dense GEMM"),
-])
-def test_algorithm_names(pass_, x, w, stride, pad, name):
+    # the row gather: few input channels and a deep gather (KH*KW*C_out >= 800)
+    ("input", (8, 15, 15, 24), (5, 5, 24, 64), S1, SAME5, "row gather"),
+    ("input", (8, 16, 16, 16), (3, 3, 16, 128), S1, SAME3, "row gather"),
+    # shallow (3x3, 24 -> 64: depth 576), wide (32 input channels), few channels (Toeplitz)
+    ("input", (8, 15, 15, 24), (3, 3, 24, 64), S1, SAME3, "gather (border classes)"),
+    ("input", (8, 15, 15, 32), (5, 5, 32, 64), S1, SAME5, "gather (border classes)"),
+    ("input", (8, 15, 15, 8), (5, 5, 8, 64), S1, SAME5, "toeplitz"),
+    # dx wider than dy (a valid convolution): a shifted read past a row would meet real values
+    ("input", (8, 15, 15, 24), (5, 5, 24, 64), S1, Z, "gather (border classes)"),
+]
+
+
+@pytest.mark.parametrize("pass_,x,w,stride,pad,name,settings", [r + ({},) for r in ALGORITHMS] + [
+    # the row gather forced where it does not apply: the gather, and the scatter at stride 2
+    ("input", (8, 15, 15, 24), (5, 5, 24, 64), S1, Z, "gather (border classes)",
+     dict(dx_method="rowgather")),
+    ("input", (8, 15, 15, 24), (5, 5, 24, 64), (2, 2), SAME5, "scatter",
+     dict(dx_method="rowgather"))])
+def test_algorithm_names(tune, pass_, x, w, stride, pad, name, settings):
+    tune(**settings)
     assert K.conv_algorithm(pass_, x, w, stride, pad) == name
 
 
-# tiling average pools (stride == window, no padding, sizes divisible): the GEMM column pass
-@pytest.mark.parametrize("shape,pool", [((3, 28, 28, 6), (2, 2)), ((2, 10, 10, 16), (2, 2)),
-                                        ((2, 9, 6, 3), (3, 2)), ((1, 4, 8, 1), (1, 4))])
-def test_tiling_average_pool_matches_loops(rng, shape, pool):
+# average pools that tile the image (stride == window, no padding, sizes divisible, few
+# channels) take the GEMM column pass, the others the general path
+@pytest.mark.parametrize("shape,pool,stride,pad,tiles", [
+    ((3, 28, 28, 6), (2, 2), (2, 2), Z, True), ((2, 10, 10, 16), (2, 2), (2, 2), Z, True),
+    ((2, 9, 6, 3), (3, 2), (3, 2), Z, True), ((1, 4, 8, 1), (1, 4), (1, 4), Z, True),
+    ((2, 7, 8, 3), (2, 2), (2, 2), Z, False),                   # 7 rows: one left
+    ((2, 8, 8, 3), (3, 3), (2, 2), Z, False),                   # overlapping
+    ((2, 8, 8, 3), (2, 2), (2, 2), (0, 1, 0, 1), False),
+    ((2, 8, 8, 64), (2, 2), (2, 2), Z, False)])                 # many channels
+def test_average_pool_paths_match_loops(rng, shape, pool, stride, pad, tiles):
     x = rng.standard_normal(shape)
-    z = (0, 0, 0, 0)
-    assert pool_module._tiling(shape, pool, pool, z)
-    y = K.avg_pool_forward(x, pool, pool, z)
-    np.testing.assert_allclose(y, ref_avg_pool(x, pool, pool, z), **F64)
+    assert pool_module._tiling(shape, pool, stride, pad) == tiles
+    y = K.avg_pool_forward(x, pool, stride, pad)
+    np.testing.assert_allclose(y, ref_avg_pool(x, pool, stride, pad), **F64)
     dy = rng.standard_normal(y.shape)
-    np.testing.assert_allclose(K.avg_pool_backward(dy, shape, pool, pool, z),
-                               ref_avg_pool_backward(dy, shape, pool, pool, z), **F64)
-    y32 = K.avg_pool_forward(x.astype(np.float32), pool, pool, z)
+    np.testing.assert_allclose(K.avg_pool_backward(dy, shape, pool, stride, pad),
+                               ref_avg_pool_backward(dy, shape, pool, stride, pad), **F64)
+    y32 = K.avg_pool_forward(x.astype(np.float32), pool, stride, pad)
     assert y32.dtype == np.float32
-    np.testing.assert_allclose(y32, ref_avg_pool(x, pool, pool, z), **F32)
+    np.testing.assert_allclose(y32, ref_avg_pool(x, pool, stride, pad), **F32)
 
 
-def test_non_tiling_pools_take_the_general_path():
-    z = (0, 0, 0, 0)
-    assert not pool_module._tiling((2, 7, 8, 3), (2, 2), (2, 2), z)         # 7 rows: one left
-    assert not pool_module._tiling((2, 8, 8, 3), (3, 3), (2, 2), z)         # overlapping
-    assert not pool_module._tiling((2, 8, 8, 3), (2, 2), (2, 2), (0, 1, 0, 1))
-    assert not pool_module._tiling((2, 8, 8, 64), (2, 2), (2, 2), z)        # many channels
-
-
-def test_allocator_note_says_what_was_done():
+def test_allocator_note_and_opt_out(monkeypatch):
     note = K.allocator_note()
     assert ("M_MMAP_THRESHOLD" in note) or ("left alone" in note) or ("not glibc" in note)
-
-
-def test_allocator_opt_out(monkeypatch):
     monkeypatch.setenv("GPUCNN_MALLOPT", "0")
     before = _alloc._note
     try:
@@ -566,13 +549,6 @@ def test_separable_max_pool_matches_loops(rng, tune, shape, pool, stride, paddin
     dy = rng.standard_normal(y.shape).astype(np.float32)
     np.testing.assert_allclose(K.max_pool_backward(dy, idx, shape, pool, stride, pad),
                                ref_max_pool_backward(dy, idx, shape), **F32)
-
-
-def test_max_pool_minus_infinity_windows_pick_a_real_cell():
-    x = np.full((1, 3, 3, 2), -np.inf, np.float32)
-    x[0, 2, 2, 1] = 1.0
-    pad = ref_pads(3, 3, 2, 2, 2, 2, "same")                 # padding on the bottom/right
-    _max_pool_matches(x, (2, 2), (2, 2), pad)
 
 
 @pytest.mark.parametrize("shape,k,stride,padding", [((3, 9, 8, 1), 3, 1, "valid"),
@@ -638,8 +614,7 @@ def test_border_classes_partition_the_output_by_real_taps(h, w, kh, kw, stride, 
 def test_border_classes_with_windows_all_in_the_padding(rng, tune):
     """Padding wider than the kernel: some windows read no image cell (their output is the bias,
     through the activation, and they add nothing to the kernel gradient)."""
-    tune(border_min_saving=0.0)
-    tune(border_many_classes_min_work=0)
+    tune(border_min_saving=0.0, border_many_classes_min_work=0)
     x = rng.standard_normal((2, 2, 3, 5))
     w = rng.standard_normal((3, 3, 5, 4))
     b = rng.standard_normal(4)
