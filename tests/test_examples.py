@@ -135,8 +135,10 @@ def assert_one_line_error(r, prog, out, *words):
     ("lenet5.py", ["--data", "{tmp}/empty"],
      ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "{tmp}/empty"]),
     ("alexnet.py", ["--data", "{tmp}/empty"], ["data_batch_1.bin", "test_batch.bin"]),
-], ids=["unknown-backend", "data-folder-missing", "no-mnist-files", "no-cifar-files"])
-def test_bad_backend_or_data_folder(tmp_path, script, args, words):
+    ("perceptron.py", ["--epochs", "0"], ["--epochs", "positive integer", "--help"]),
+], ids=["unknown-backend", "data-folder-missing", "no-mnist-files", "no-cifar-files",
+        "epochs-0"])
+def test_bad_backend_data_folder_or_option_value(tmp_path, script, args, words):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "o"
     args = [a.format(tmp=tmp_path) for a in args]
@@ -166,8 +168,3 @@ def test_bad_mnist_files(tmp_path, case):
     r = run("autoencoder.py", "--backend", "numpy", "--data", data, "--out", out, cwd=tmp_path)
     assert_one_line_error(r, "autoencoder.py", out, f"--data {data}", *words)
 
-
-def test_bad_option_values_are_one_line_usage_errors(tmp_path):
-    out = tmp_path / "o"
-    r = run("perceptron.py", "--epochs", "0", "--out", out, cwd=tmp_path)
-    assert_one_line_error(r, "perceptron.py", out, "--epochs", "positive integer", "--help")
