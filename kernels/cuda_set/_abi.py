@@ -9,6 +9,7 @@ them with what Numba's own dispatcher passes, for every kernel.
 """
 from __future__ import annotations
 
+import ctypes
 import struct
 import sys
 
@@ -21,25 +22,28 @@ def _scalar(ty, v):
     return np.dtype(str(ty)).type(v)
 
 
-def flat_param_types(argtypes) -> list[str]:
-    """The kernel's PTX parameter list as Numba lowers it (the ABI the raw path fills in).
+#: Per scalar kernel type: its PTX parameter type, its slot in the parameter buffer's ``struct``
+#: format (8 bytes, a 4-byte value padded) and the ctypes type of that slot (``Bound``'s scalars).
+SCALARS = {"int64": ("u64", "q", ctypes.c_int64), "int32": ("u32", "i4x", ctypes.c_int32),
+           "uint64": ("u64", "Q", ctypes.c_uint64), "float32": ("f32", "f4x", ctypes.c_float),
+           "float64": ("f64", "d", ctypes.c_double)}
 
-    An array argument becomes ``meminfo, parent, nitems, itemsize, data, shape[ndim],
-    strides[ndim]`` (pointers and int64s, strides in bytes); a scalar is passed by value.
-    Returns PTX parameter types ('u64', 'u32', 'f32', 'f64').
-    """
+
+def scalar_kind(ty) -> tuple:
+    """``SCALARS`` of a scalar kernel argument type."""
+    try:
+        return SCALARS[str(ty)]
+    except KeyError:  # pragma: no cover - the set only uses arrays, these ints and floats
+        raise NotImplementedError(f"kernel argument type {ty}") from None
+
+
+def flat_param_types(argtypes) -> list[str]:
+    """The kernel's PTX parameter types ('u64', 'u32', 'f32', 'f64') as Numba lowers them (the
+    ABI the raw path fills in): an array is ``meminfo, parent, nitems, itemsize, data,
+    shape[ndim], strides[ndim]`` (pointers and int64s, strides in bytes), a scalar its value."""
     out = []
     for ty in argtypes:
-        if isinstance(ty, types.Array):
-            out += ["u64"] * (5 + 2 * ty.ndim)
-        elif isinstance(ty, types.Integer):
-            out.append("u64" if ty.bitwidth == 64 else "u32")
-        elif ty == types.float32:
-            out.append("f32")
-        elif ty == types.float64:
-            out.append("f64")
-        else:  # pragma: no cover - the set only uses arrays, ints and floats
-            raise NotImplementedError(f"kernel argument type {ty}")
+        out += ["u64"] * (5 + 2 * ty.ndim) if isinstance(ty, types.Array) else [scalar_kind(ty)[0]]
     return out
 
 
@@ -107,19 +111,11 @@ def flatten_args(argtypes, args) -> list:
     return flat
 
 
-_SLOT = {"int64": "q", "int32": "i4x", "uint64": "Q", "float32": "f4x", "float64": "d"}
-
-
 def param_format(argtypes) -> str:
     """The ``struct`` format of the raw path's parameter buffer: one 8-byte slot per flat
-    parameter (``flat_param_types``), 4-byte values padded, little-endian."""
-    out = ["<"]
-    for ty in argtypes:
-        if isinstance(ty, types.Array):
-            out.append("QQqqQ" + "q" * (2 * ty.ndim))
-        else:
-            out.append(_SLOT[str(ty)])
-    return "".join(out)
+    parameter (``flat_param_types``), little-endian."""
+    return "<" + "".join("QQqqQ" + "q" * (2 * ty.ndim) if isinstance(ty, types.Array)
+                         else scalar_kind(ty)[1] for ty in argtypes)
 
 
 def _pointer(a) -> int:

@@ -1,26 +1,20 @@
-"""The launch paths of the cuda set, and the door its op modules import through.
+"""The launch paths of the cuda set, and the door its op modules import the registry
+(``_registry``), the array helpers (``_arrays``) and the launches through. Numba's argument ABI
+for the raw path is in ``_abi``.
 
-The op modules take what they need to define and launch kernels from here: the registry
-(``_registry``), the array helpers (``_arrays``) and the launches. Numba's argument ABI for the
-raw path is in ``_abi``.
-
-Three launch paths, chosen once per process:
+Three launch paths, chosen once per process; none synchronises the host:
 
 - ``sim``: Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), NumPy arrays.
-- ``raw`` (default on a GPU): the kernel's cubin comes from the disk cache of ``_cache`` (built
-  there once per machine by Numba's compiler: PTX for the device's ``sm_XY``, no LTO), is loaded
-  with CuPy (``cupy.cuda.function.Module``) and launched through CuPy's launcher on CuPy's
-  current stream with the arguments flattened by hand to Numba's kernel ABI. This costs a few
-  microseconds of host time per launch instead of Numba's ~200 (numba issue 3003). A kernel
-  that cannot be loaded so goes to Numba's launcher with a warning and is listed in
-  ``FELL_BACK``; with ``STRICT`` (``GPUCNN_STRICT_LAUNCH=1``, the tests, the GPU check) that is
-  an error instead.
-- ``numba``: Numba's own dispatcher with the explicit signature, arrays wrapped with
+- ``raw`` (default on a GPU): the kernel's cubin from ``_cache``'s disk cache (built there once
+  per machine by Numba's compiler: PTX for the device's ``sm_XY``, no LTO), loaded with CuPy
+  (``cupy.cuda.function.Module``) and launched through CuPy's launcher on CuPy's current stream,
+  the arguments flattened by hand to Numba's kernel ABI: a few microseconds of host time per
+  launch instead of Numba's ~200 (numba issue 3003). A kernel that cannot be loaded so goes to
+  Numba's launcher with a warning and is listed in ``FELL_BACK``; with ``STRICT``
+  (``GPUCNN_STRICT_LAUNCH=1``, the tests, the GPU check) that is an error instead.
+- ``numba`` (``GPUCNN_CUDA_LAUNCH=numba``: a cross-check of ``raw``, used by ``python -m
+  gpucnn.gpucheck``): Numba's dispatcher with the explicit signature, arrays wrapped with
   ``cuda.as_cuda_array(sync=False)``, on an external stream wrapping CuPy's current stream.
-  ``GPUCNN_CUDA_LAUNCH=numba`` selects it (a cross-check of the ``raw`` path, used by
-  ``python -m gpucnn.gpucheck``).
-
-No path synchronises the host.
 """
 from __future__ import annotations
 
@@ -85,12 +79,11 @@ def _numba_kernel(spec: KernelSpec):
 
 
 class _RawKernel:
-    """A kernel's cubin (from the disk cache, ``_cache``) loaded into CuPy and launched with
-    ``cuLaunchKernel`` through CuPy's driver binding. The parameters go through one buffer laid
-    out once per kernel (an 8-byte slot per flat parameter of Numba's ABI, and an array of
-    pointers to the slots): a launch writes the values with one ``struct.pack_into`` and makes
-    one driver call. The driver copies the parameters at the launch, so the buffer is reused
-    (under a lock: one launch at a time writes it)."""
+    """A kernel's cubin (``_cache``) loaded into CuPy, launched with ``cuLaunchKernel`` through
+    CuPy's driver binding. Its parameter buffer is laid out once (an 8-byte slot per flat
+    parameter of Numba's ABI, and an array of pointers to the slots): a launch writes it with one
+    ``struct.pack_into`` and makes one driver call. The driver copies the parameters at the
+    launch, so the buffer is reused (under a lock: one launch at a time writes it)."""
 
     def __init__(self, spec: KernelSpec, cc):
         built = _cache.get(spec, cc)
@@ -225,24 +218,24 @@ _SECOND = _Once()
 
 
 class Prepared:
-    """One kernel's launch prepared for one set of argument shapes and dtypes, which every call's
-    arrays must have (launchers keep plans in ``Plans``, keyed by shapes, dtypes and op
-    parameters). A call passes only the array arguments, in the kernel's order; the scalars, grid
-    and block are fixed. On the raw path, from the second call on (the first goes through
-    ``launch``: a plan made for one call costs no more), the plan has its own parameter buffer,
-    filled once with every slot (``make_packer``): a launch writes the arrays' device addresses
-    and calls the driver, a few microseconds. The other paths rebuild the full argument list and
-    go through ``launch``."""
+    """One kernel's launch prepared for the argument shapes and dtypes every call's arrays must
+    have (kept in ``Plans``, keyed by those and the op's parameters). A call passes only the
+    arrays, in the kernel's order; scalars, grid and block are fixed. On the raw path, from the
+    second call on (the first goes through ``launch``: a plan made for one call costs no more),
+    the plan has its own parameter buffer, filled once (``make_packer``): a launch writes the
+    arrays' addresses and calls the driver, a few microseconds. The other paths rebuild the full
+    argument list and go through ``launch``."""
 
     __slots__ = ("spec", "grid", "block", "template", "array_pos", "raw")
 
-    def __init__(self, spec: KernelSpec, grid, block, args):
+    def __init__(self, spec: KernelSpec, grid, block, args, live=None):
         if len(args) != len(spec.argtypes):
             raise TypeError(f"{spec.name}: {len(spec.argtypes)} arguments expected, got "
                             f"{len(args)}")
         self.spec, self.grid, self.block = spec, tuple(grid), tuple(block)
-        self.array_pos = tuple(i for i, t in enumerate(spec.argtypes)
-                               if isinstance(t, types.Array))
+        if live is None:        # the arrays (a ``Bound`` names its positions)
+            live = [i for i, t in enumerate(spec.argtypes) if isinstance(t, types.Array)]
+        self.array_pos = tuple(live)
         # the scalars stay; the arrays are not kept (a plan outlives the arrays it was made from)
         self.template = [None if i in self.array_pos else a for i, a in enumerate(args)]
         self.raw: dict = {}           # device -> the raw launch state (or None: not raw there)
@@ -298,7 +291,7 @@ class Prepared:
                 at += 5 + 2 * t.ndim
                 continue
             if i in live:           # a scalar passed by every call (Bound): its slot, typed
-                env[f"v{n}"] = _SCALAR_VIEW[str(t)].from_buffer(slots, 8 * at)
+                env[f"v{n}"] = _abi.scalar_kind(t)[2].from_buffer(slots, 8 * at)
                 writes.append(f"        v{n}.value = a{n}")
             at += 1
         names = ", ".join(f"a{i}" for i in range(len(writes)))
@@ -309,45 +302,33 @@ class Prepared:
         return env["fire"]
 
 
-#: A scalar slot of a prepared buffer seen as its kernel type (``Bound``'s per-call scalars).
-_SCALAR_VIEW = {"int64": ctypes.c_int64, "int32": ctypes.c_int32, "uint64": ctypes.c_uint64,
-                "float32": ctypes.c_float, "float64": ctypes.c_double}
-
-
 class Bound(Prepared):
     """A ``Prepared`` launch whose fixed arguments include arrays (kept by reference, so their
-    addresses stay valid): ``args`` are the first call's full arguments, and each call passes
-    only those at positions ``live`` (arrays or scalars, in the kernel's order), whose addresses
-    and values a raw launch writes into the plan's buffer. For arrays that mostly stay the same
-    from call to call (an optimizer's weights and slots; only the gradients are new each step)
-    with scalars that change (a step count, a learning rate)."""
+    addresses stay valid): ``args`` are the first call's full arguments; each call passes only
+    those at positions ``live`` (arrays or scalars, in the kernel's order), written into the
+    plan's buffer by a raw launch. For arrays that mostly stay (an optimizer's weights and
+    slots; the gradients are new each step) with scalars that change (a step, a learning rate)."""
 
     __slots__ = ()
-
-    def __init__(self, spec: KernelSpec, grid, block, args, live):
-        super().__init__(spec, grid, block, args)
-        self.array_pos = tuple(live)
-        self.template = [None if i in self.array_pos else a for i, a in enumerate(args)]
 
 
 _ALL_PLANS: list = []
 
 
 def clear_plans():
-    """Forget every prepared launch. Plans hold the block sizes and tiles of the moment they
-    were made; a change of a module's tuning constant (``EW_BLOCK``, ``SOFTMAX_BLOCK``, ...)
-    takes effect for shapes already seen after this. (The conv's ``TILE_OVERRIDE`` and
-    ``TARGET_BLOCKS`` need nothing: while set, the conv launchers do not use plans.)"""
+    """Forget every prepared launch (plans keep the block sizes and tiles they were made with),
+    so that a changed tuning constant (``EW_BLOCK``, ``SOFTMAX_BLOCK``, ...) reaches shapes
+    already seen (the conv's ``TILE_OVERRIDE`` and ``TARGET_BLOCKS`` need nothing: while set,
+    the conv launchers use no plans)."""
     for p in _ALL_PLANS:
         p.table.clear()
 
 
 class Plans:
-    """The prepared launches of one launcher, keyed by what decides them. ``key(arrays,
-    params)`` is None unless every array is a C-contiguous array of this set (None entries
-    allowed); such calls, and those whose params are not hashable, take the launcher's checked
-    path every time. A launcher looks its key up first; on a miss it checks and converts its arguments,
-    prepares the launch and ``put``s it."""
+    """The prepared launches of one launcher, keyed by what decides them. A launcher looks its
+    ``key(arrays, params)`` up first; on a miss it checks and converts its arguments, prepares
+    the launch and ``put``s it. The key is None unless every array is a C-contiguous array of
+    this set (None entries allowed): such calls, and unhashable params, take the checked path."""
 
     __slots__ = ("op", "table")
 
