@@ -2,6 +2,7 @@
 op's gradient against finite differences): ops composed (ReLU then pooling, a shared output,
 softmax along other axes), the losses, the transposed convolution's sizes and adjoint, the
 guide's worked examples, and the errors for bad input."""
+import contextlib
 import sys
 
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 import gpucnn
 import gpucnn.functional as F
 from _gradcheck import gradcheck
+from _ops import _act_derivative
+from _reference import ref_act
 
 
 @pytest.fixture(autouse=True)
@@ -81,13 +84,34 @@ def test_dense_flatten_gradients(rng):
     gradcheck(lambda x, w: F.dense(x, w), rng.standard_normal((1, 4)), rng.standard_normal((4, 3)))
 
 
-_ACTS = {"linear": (lambda z: z, lambda y: np.ones_like(y)),
-         "relu": (lambda z: np.maximum(z, 0), lambda y: (y > 0).astype(y.dtype)),
-         "tanh": (np.tanh, lambda y: 1 - y * y),
-         "sigmoid": (lambda z: 1 / (1 + np.exp(-z)), lambda y: y * (1 - y))}
+def _dense_against_formulas(rng, act, shape, bias=True, x_grad=True, tol=2e-5, within=None):
+    """``F.dense`` of float32 ``x`` ``(n, k)`` and ``w`` ``(k, m)`` (``shape``), forward and
+    gradients (inside the context ``within``), against the float64 formulas."""
+    n, k, m = shape
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    w = (rng.standard_normal((k, m)) / 4).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    r = rng.standard_normal((n, m)).astype(np.float32)
+    tx, tw = gpucnn.Tensor(x, requires_grad=x_grad), gpucnn.Tensor(w, requires_grad=True)
+    tb = gpucnn.Tensor(b, requires_grad=True) if bias else None
+    with within or contextlib.nullcontext():
+        out = F.dense(tx, tw, tb, activation=None if act == "linear" else act)
+        (out * gpucnn.Tensor(r)).sum().backward()
+    x64, w64, b64, r64 = (a.astype(np.float64) for a in (x, w, b, r))
+    y = ref_act(x64 @ w64 + (b64 if bias else 0), act)
+    dz = r64 * _act_derivative(y, act)
+    tol = dict(rtol=tol, atol=tol)
+    np.testing.assert_allclose(out.numpy(), y, **tol)
+    np.testing.assert_allclose(tw.grad.numpy(), x64.T @ dz, **tol)
+    if x_grad:
+        np.testing.assert_allclose(tx.grad.numpy(), dz @ w64.T, **tol)
+    else:
+        assert tx.grad is None
+    if bias:
+        np.testing.assert_allclose(tb.grad.numpy(), dz.sum(0), **tol)
 
 
-@pytest.mark.parametrize("act", sorted(_ACTS))
+@pytest.mark.parametrize("act", ["linear", "relu", "sigmoid", "tanh"])
 @pytest.mark.parametrize("path", ["conv", "matmul"])
 @pytest.mark.parametrize("bias,x_grad", [(True, True), (False, True), (True, False)])
 def test_dense_on_the_cuda_set_against_plain_formulas(act, path, bias, x_grad, cuda_backend,
@@ -101,49 +125,17 @@ def test_dense_on_the_cuda_set_against_plain_formulas(act, path, bias, x_grad, c
     conv_forward = dense_mod.DenseConv.forward
     monkeypatch.setattr(dense_mod.DenseConv, "forward",
                         lambda self, *a, **k: ran.append(1) or conv_forward(self, *a, **k))
-    x = rng.standard_normal((7, 13)).astype(np.float32)
-    w = (rng.standard_normal((13, 6)) / 4).astype(np.float32)
-    b = rng.standard_normal(6).astype(np.float32)
-    r = rng.standard_normal((7, 6)).astype(np.float32)
-    tx, tw = gpucnn.Tensor(x, requires_grad=x_grad), gpucnn.Tensor(w, requires_grad=True)
-    tb = gpucnn.Tensor(b, requires_grad=True) if bias else None
-    out = F.dense(tx, tw, tb, activation=None if act == "linear" else act)
-    (out * gpucnn.Tensor(r)).sum().backward()
+    _dense_against_formulas(rng, act, (7, 13, 6), bias, x_grad)
     assert len(ran) == (path == "conv")
-    f, df = _ACTS[act]
-    x64, w64, b64, r64 = (a.astype(np.float64) for a in (x, w, b, r))
-    y = f(x64 @ w64 + (b64 if bias else 0))
-    dz = r64 * df(y)
-    np.testing.assert_allclose(out.numpy(), y, rtol=2e-5, atol=2e-5)
-    np.testing.assert_allclose(tw.grad.numpy(), x64.T @ dz, rtol=2e-5, atol=2e-5)
-    if x_grad:
-        np.testing.assert_allclose(tx.grad.numpy(), dz @ w64.T, rtol=2e-5, atol=2e-5)
-    else:
-        assert tx.grad is None
-    if bias:
-        np.testing.assert_allclose(tb.grad.numpy(), dz.sum(0), rtol=2e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize("act", ["linear", "relu"])
 def test_dense_fused_gradients_with_tf32_allowed(act, cuda_backend, rng):
     # the TF32 kernels have no fused activation gradient: a linear layer's has none to apply
     from gpucnn.kernels import _precision
-    x = rng.standard_normal((5, 16)).astype(np.float32)
-    w = (rng.standard_normal((16, 8)) / 4).astype(np.float32)
-    b = rng.standard_normal(8).astype(np.float32)
-    r = rng.standard_normal((5, 8)).astype(np.float32)
-    tx, tw, tb = (gpucnn.Tensor(a, requires_grad=True) for a in (x, w, b))
-    with _precision.float32_matmul_precision("high"):
-        out = F.dense(tx, tw, tb, activation=None if act == "linear" else act)
-        (out * gpucnn.Tensor(r)).sum().backward()
-    f, df = _ACTS[act]
-    y = f(x.astype(np.float64) @ w + b)
-    dz = r * df(y)
-    tol = dict(rtol=1e-2, atol=1e-2)        # operands rounded to 10 mantissa bits
-    np.testing.assert_allclose(out.numpy(), y, **tol)
-    np.testing.assert_allclose(tw.grad.numpy(), x.T @ dz, **tol)
-    np.testing.assert_allclose(tx.grad.numpy(), dz @ w.T, **tol)
-    np.testing.assert_allclose(tb.grad.numpy(), dz.sum(0), **tol)
+    # operands rounded to 10 mantissa bits
+    _dense_against_formulas(rng, act, (5, 16, 8), tol=1e-2,
+                            within=_precision.float32_matmul_precision("high"))
 
 
 @pytest.mark.parametrize("labels,ok", [([0, 2, 1], True), ([0, -1, 1], False), ([0, 3, 1], False),
@@ -225,14 +217,9 @@ def test_softmax_and_losses_are_stable_for_huge_logits():
 
 # -- the guide's worked examples ---------------------------------------------------------------
 
-def test_guide_figure6_convolution_gives_9():
-    x = np.array([[1, 2], [0, 7]], np.float32).reshape(1, 2, 2, 1)
-    w = np.array([[1, 0], [0, 1]], np.float32).reshape(2, 2, 1, 1)
-    assert F.conv2d(x, w, np.ones(1, np.float32)).numpy().item() == 9.0
-
-
-def test_guide_figure7_relu_on_a_feature_map():
-    # a 3x3 image convolved with the 2x2 kernel of Figure 6 (bias 1), then ReLU
+def test_guide_figures_6_7_convolution_then_relu():
+    # a 3x3 image convolved with the 2x2 kernel of Figure 6 (bias 1), then ReLU; its top-left
+    # window is Figure 6's patch [[1, 2], [0, 7]], which gives 9
     x = np.array([[1, 2, -3], [0, 7, -5], [-4, -6, 1]], np.float32).reshape(1, 3, 3, 1)
     w = np.array([[1, 0], [0, 1]], np.float32).reshape(2, 2, 1, 1)
     z = F.conv2d(x, w, np.ones(1, np.float32)).numpy()[0, :, :, 0]
