@@ -52,49 +52,33 @@ def same(a, b):
     return all(np.array_equal(p, q) for p, q in zip(a, b))
 
 
-def test_early_stopping_patience(data):
-    script = Script([5, 4, 3, 3.5, 3.2, 3.1, 1, 0])
-    es = callbacks.EarlyStopping(monitor="score", patience=2)
-    h = fit(model(), data, [script, es], 8)
-    assert h.epoch == [0, 1, 2, 3, 4]  # best at epoch 2, two epochs without improvement
-    assert es.stopped_epoch == 4 and es.best == 3 and es.best_epoch == 2
+@pytest.mark.parametrize("values,kwargs,epochs,best,best_epoch", [
+    ([5, 4, 3, 3.5, 3.2, 3.1, 1, 0], dict(patience=2), 5, 3, 2),  # then 2 epochs not better
+    # +0.05 counts; +0.01 and +0.02 (not above min_delta) do not
+    ([0.50, 0.55, 0.56, 0.57, 0.58, 0.9], dict(mode="max", min_delta=0.02, patience=2), 4,
+     0.55, 1),
+    # improvements that do not beat the baseline do not reset the wait (Keras 3)
+    ([2.0, 1.5, 1.6, 1.7, 0.5], dict(baseline=1.0, patience=2), 3, 1.5, 1),
+    ([2.0, 1.5, 1.6, 1.7, 0.5], dict(patience=2), 4, 1.5, 1),
+], ids=["patience", "min_delta-max", "baseline", "no-baseline"])
+def test_early_stopping(data, values, kwargs, epochs, best, best_epoch):
+    es = callbacks.EarlyStopping(monitor="score", **kwargs)
+    h = fit(model(), data, [Script(values), es], len(values))
+    assert h.epoch == list(range(epochs))
+    assert es.stopped_epoch == epochs - 1 and es.best == best and es.best_epoch == best_epoch
 
 
-def test_early_stopping_min_delta_and_max_mode(data):
-    script = Script([0.50, 0.55, 0.56, 0.57, 0.58, 0.9])
-    es = callbacks.EarlyStopping(monitor="score", mode="max", min_delta=0.02, patience=2)
-    h = fit(model(), data, [script, es], 6)
-    assert h.epoch == [0, 1, 2, 3]  # +0.05 counts; +0.01 and +0.02 (not above min_delta) do not
-    assert es.best == 0.55
-    auto = callbacks.EarlyStopping(monitor="val_accuracy")
-    assert auto.mode == "max" and callbacks.EarlyStopping().mode == "min"
-
-
-def test_early_stopping_baseline(data):
-    """Improvements that do not beat the baseline do not reset the wait (Keras 3)."""
-    values = [2.0, 1.5, 1.6, 1.7, 0.5]
-    es = callbacks.EarlyStopping(monitor="score", baseline=1.0, patience=2)
-    assert fit(model(), data, [Script(values), es], 5).epoch == [0, 1, 2]
-    es = callbacks.EarlyStopping(monitor="score", patience=2)
-    assert fit(model(), data, [Script(values), es], 5).epoch == [0, 1, 2, 3]
-
-
-def test_restore_best_weights(data):
-    script = Script([3.0, 1.0, 2.0, 2.5, 2.6, 0.1])
-    es = callbacks.EarlyStopping(monitor="score", patience=2, restore_best_weights=True)
+@pytest.mark.parametrize("values,patience,epochs", [
+    ([3.0, 1.0, 2.0, 2.5, 2.6, 0.1], 2, 4),               # stopped early
+    ([3.0, 1.0, 2.0], 5, 3)])                             # never stopped
+def test_restore_best_weights(data, values, patience, epochs):
+    script = Script(values)
+    es = callbacks.EarlyStopping(monitor="score", patience=patience, restore_best_weights=True)
     m = model()
-    h = fit(m, data, [script, es], 6)
-    assert h.epoch == [0, 1, 2, 3]
+    h = fit(m, data, [script, es], len(values))
+    assert h.epoch == list(range(epochs))
     assert same(m.get_weights(), script.weights[1])
-    assert not same(script.weights[3], script.weights[1])
-
-
-def test_restore_best_weights_without_early_stop(data):
-    script = Script([3.0, 1.0, 2.0])
-    m = model()
-    fit(m, data, [script, callbacks.EarlyStopping(monitor="score", patience=5,
-                                                  restore_best_weights=True)], 3)
-    assert same(m.get_weights(), script.weights[1])
+    assert not same(script.weights[-1], script.weights[1])
 
 
 def test_missing_monitor_warns_and_keeps_training(data):
@@ -103,6 +87,8 @@ def test_missing_monitor_warns_and_keeps_training(data):
         h = fit(model(), data, [callbacks.EarlyStopping(monitor="val_loss", patience=0)], 3)
     assert h.epoch == [0, 1, 2]
     assert any("'val_loss' is not in the logs" in str(x.message) for x in w)
+    auto = callbacks.EarlyStopping(monitor="val_accuracy")
+    assert auto.mode == "max" and callbacks.EarlyStopping().mode == "min"
 
 
 def test_model_checkpoint_save_best_only(data, tmp_path):
@@ -265,8 +251,7 @@ def test_csv_logger_separator_and_missing_values(data, tmp_path):
             if epoch == 0:
                 logs["extra"] = [1, 2]
 
-    model(0.1).fit(*data, batch_size=8, epochs=2, verbose=0,
-                callbacks=[Once(), callbacks.CSVLogger(path, separator="\t")])
+    fit(model(0.1), data, [Once(), callbacks.CSVLogger(path, separator="\t")], 2)
     rows = read_csv(path, delimiter="\t")
     assert rows[0] == ["epoch", "extra", "loss"]
     assert rows[1][1] == "[1, 2]" and rows[2][1] == "NA"
