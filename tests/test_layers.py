@@ -164,11 +164,6 @@ def test_flatten_reshape_activation_against_functional(rng):
     assert layers.Flatten().compute_output_shape((None, 4, 5, 2)) == (None, 40)
 
 
-def test_reshape_refuses_a_size_it_cannot_make(rng):
-    with pytest.raises(ValueError, match=r"layer 'reshape' \(Reshape\).*7 values.*received \(2, 3, 4\)"):
-        layers.Reshape((7, -1))(f32(rng, 2, 3, 4))
-
-
 def test_dropout_only_in_training(rng):
     layer = layers.Dropout(0.4)
     x = np.abs(f32(rng, 64, 50)) + 0.5
@@ -239,29 +234,28 @@ def test_sequential_with_input_shape_builds_at_construction():
     assert m2.built and m2.output_shape == (None, 8, 8, 4) and len(m2.layers) == 1
 
 
-def test_wrong_channels_names_the_layer_with_expected_and_received(rng):
-    C1 = layers.Conv2D(6, 5, name="C1")
-    C1(f32(rng, 1, 32, 32, 1))
-    with pytest.raises(ValueError, match=r"layer 'C1' \(Conv2D\): expected input shape "
-                                         r"\(batch, height, width, 1\).*received \(2, 32, 32, 3\)"):
-        C1(f32(rng, 2, 32, 32, 3))
-    with pytest.raises(ValueError, match=r"layer 'C1' \(Conv2D\).*rank 4.*received \(2, 32\)"):
-        C1(f32(rng, 2, 32))
-
-
-def test_dense_on_images_suggests_flatten(rng):
-    with pytest.raises(ValueError, match=r"layer 'F6' \(Dense\).*Flatten.*received \(2, 5, 5, 16\)"):
-        layers.Dense(84, name="F6")(f32(rng, 2, 5, 5, 16))
-    d = layers.Dense(3, name="d")
-    d(f32(rng, 2, 4))
-    with pytest.raises(ValueError, match=r"layer 'd' \(Dense\): expected input shape \(batch, 4\), "
-                                         r"received \(2, 5\)"):
-        d(f32(rng, 2, 5))
-
-
-def test_window_larger_than_input_is_named(rng):
-    with pytest.raises(ValueError, match=r"layer 'C5' \(Conv2D\).*window 5.*H=4"):
-        layers.Conv2D(8, 5, name="C5")(f32(rng, 1, 4, 4, 2))
+@pytest.mark.parametrize("make,first,bad,match", [
+    (lambda: layers.Conv2D(6, 5, name="C1"), (1, 32, 32, 1), (2, 32, 32, 3),
+     r"layer 'C1' \(Conv2D\): expected input shape \(batch, height, width, 1\).*"
+     r"received \(2, 32, 32, 3\)"),
+    (lambda: layers.Conv2D(6, 5, name="C1"), (1, 32, 32, 1), (2, 32),
+     r"layer 'C1' \(Conv2D\).*rank 4.*received \(2, 32\)"),
+    (lambda: layers.Dense(84, name="F6"), None, (2, 5, 5, 16),
+     r"layer 'F6' \(Dense\).*Flatten.*received \(2, 5, 5, 16\)"),
+    (lambda: layers.Dense(3, name="d"), (2, 4), (2, 5),
+     r"layer 'd' \(Dense\): expected input shape \(batch, 4\), received \(2, 5\)"),
+    (lambda: layers.Conv2D(8, 5, name="C5"), None, (1, 4, 4, 2),
+     r"layer 'C5' \(Conv2D\).*window 5.*H=4"),
+    (lambda: layers.Reshape((7, -1)), None, (2, 3, 4),
+     r"layer 'reshape' \(Reshape\).*7 values.*received \(2, 3, 4\)"),
+], ids=["channels", "rank", "images-into-dense", "features", "window", "reshape"])
+def test_bad_input_names_the_layer_with_expected_and_received(make, first, bad, match, rng):
+    """After an accepted input of shape ``first`` (None: none), an input of shape ``bad``."""
+    layer = make()
+    if first is not None:
+        layer(f32(rng, *first))
+    with pytest.raises(ValueError, match=match):
+        layer(f32(rng, *bad))
 
 
 @pytest.mark.parametrize("make,error,match", [
