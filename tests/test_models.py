@@ -57,7 +57,6 @@ def test_fit_on_a_learnable_problem_gets_it_right(rng):
     model = small_cnn()
     model.compile(optimizers.Adam(0.01), "sparse_categorical_crossentropy", ["accuracy"])
     x, y = blobs(rng, 96)
-    xv, yv = blobs(np.random.default_rng(1), 30)
     h = model.fit(x, y, batch_size=16, epochs=6, validation_data=(x[:30], y[:30]), verbose=0)
     assert h.history["loss"][-1] < 0.5 * h.history["loss"][0]
     assert h.history["accuracy"][-1] > 0.9
@@ -240,22 +239,64 @@ def compiled(rng):
     return model
 
 
-def assert_untouched(model, before):
-    assert same_weights(model.get_weights(), before), "a failed call changed the weights"
-    assert model.optimizer.iterations == 0
+SHAPE_MSG = (r"model 'small' \(Sequential\): expected input shape \(None, 8, 8, 1\) \(the input "
+             r"shape of its first layer 'C1' \(Conv2D\)\), received \(5, 6, 6, 1\)")
 
 
-def test_input_shape_mismatch_names_the_first_layer(compiled, rng):
+def x_with(rng, n, *cells):
+    """``n`` samples of shape (8, 8, 1), each ``(index, value)`` of ``cells`` set in them."""
+    x = f32(rng, n, 8, 8, 1)
+    for index, value in cells:
+        x[index] = value
+    return x
+
+
+def labels(*values):
+    return np.array(values)
+
+
+# (method, its arguments from rng, keyword arguments, the error)
+BAD_CALLS = [
+    ("fit", lambda r: (f32(r, 5, 6, 6, 1), np.zeros(5, np.int64)), {}, "fit: " + SHAPE_MSG),
+    ("predict", lambda r: (f32(r, 5, 6, 6, 1),), {}, "predict: " + SHAPE_MSG),
+    ("evaluate", lambda r: (f32(r, 5, 8, 8, 2), np.zeros(5, np.int64)), {},
+     r"received \(5, 8, 8, 2\)"),
+    ("fit", lambda r: (x_with(r, 6), labels(0, 1, 2, 1, 3, 0)), {},
+     r"labels must lie in \[0, 3\) for the 3 outputs of model 'small', got values in \[0, 3\] "
+     r"\(first bad: y\[4\] = 3\)"),
+    ("evaluate", lambda r: (x_with(r, 6), labels(0, 1, 2, -1, 0, 0)), {},
+     r"got values in \[-1, 2\]"),
+    ("fit", lambda r: (x_with(r, 6), labels(0, 1, 0.5, 1, 0, 0)), {}, "non-integer"),
+    ("fit", lambda r: (x_with(r, 6), np.eye(3)[[0, 1, 2, 0, 1, 2]]), {},
+     "one-hot rows: use loss='categorical_crossentropy'"),
+    ("fit", lambda r: (x_with(r, 6), np.zeros(5, np.int64)), {},
+     "fit: x and y have different lengths: 6 samples in x, 5 in y"),
+    ("fit", lambda r: (x_with(r, 0), np.zeros(0, np.int64)), {},
+     r"fit: the dataset is empty \(x has 0 samples"),
+    ("predict", lambda r: (x_with(r, 0),), {}, "predict: the dataset is empty"),
+    ("evaluate", lambda r: (x_with(r, 3), np.zeros(4, np.int64)), {},
+     "evaluate: x and y have different lengths"),
+    ("fit", lambda r: (x_with(r, 1), labels(0)), {"validation_split": 0.5}, "validation_split"),
+    ("fit", lambda r: (x_with(r, 4, ((2, 3, 3, 0), np.nan)), np.zeros(4, np.int64)), {},
+     r"x holds NaN or infinite values \(first at index \(2, 3, 3, 0\)\)"),
+    # +inf and -inf: their sum is NaN, still found
+    ("predict", lambda r: (x_with(r, 4, ((0, 0, 0, 0), -np.inf), ((1, 0, 0, 0), np.inf)),), {},
+     r"first at index \(0, 0, 0, 0\)"),
+    ("fit", lambda r: (x_with(r, 4), np.zeros(4, np.int64)),
+     {"validation_data": (x_with(np.random.default_rng(0), 2), labels(0, 7))},
+     r"fit \(validation data\): labels must lie in"),
+]
+
+
+@pytest.mark.parametrize("method,args,kwargs,match", BAD_CALLS)
+def test_bad_input_is_refused_before_anything_changes(compiled, rng, method, args, kwargs, match):
     before = compiled.get_weights()
-    msg = (r"model 'small' \(Sequential\): expected input shape \(None, 8, 8, 1\) \(the input shape "
-           r"of its first layer 'C1' \(Conv2D\)\), received \(5, 6, 6, 1\)")
-    with pytest.raises(ValueError, match="fit: " + msg):
-        compiled.fit(f32(rng, 5, 6, 6, 1), np.zeros(5, np.int64), verbose=0)
-    with pytest.raises(ValueError, match="predict: " + msg):
-        compiled.predict(f32(rng, 5, 6, 6, 1), verbose=0)
-    with pytest.raises(ValueError, match=r"received \(5, 8, 8, 2\)"):
-        compiled.evaluate(f32(rng, 5, 8, 8, 2), np.zeros(5, np.int64), verbose=0)
-    assert_untouched(compiled, before)
+    with pytest.raises(ValueError, match=match):
+        getattr(compiled, method)(*args(rng), verbose=0, **kwargs)
+    assert same_weights(compiled.get_weights(), before), "a failed call changed the weights"
+    assert compiled.optimizer.iterations == 0
+    big = np.full((4, 8, 8, 1), 3e38, np.float32)     # every value finite, their sum overflows
+    assert compiled.predict(big, verbose=0).shape == (4, 3)
 
 
 def test_model_built_from_data_names_the_layer_that_fails(rng):
@@ -268,50 +309,6 @@ def test_model_built_from_data_names_the_layer_that_fails(rng):
     with pytest.raises(ValueError, match=r"layer 'A' \(Conv2D\): expected input shape "
                                          r"\(batch, height, width, 1\)"):
         model.predict(f32(rng, 4, 9, 9, 3), verbose=0)
-
-
-def test_labels_outside_the_classes(compiled, rng):
-    before = compiled.get_weights()
-    x = f32(rng, 6, 8, 8, 1)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\) for the 3 outputs of model "
-                                         r"'small', got values in \[0, 3\] \(first bad: y\[4\] = 3\)"):
-        compiled.fit(x, np.array([0, 1, 2, 1, 3, 0]), verbose=0)
-    with pytest.raises(ValueError, match=r"got values in \[-1, 2\]"):
-        compiled.evaluate(x, np.array([0, 1, 2, -1, 0, 0]), verbose=0)
-    with pytest.raises(ValueError, match="non-integer"):
-        compiled.fit(x, np.array([0, 1, 0.5, 1, 0, 0]), verbose=0)
-    with pytest.raises(ValueError, match="one-hot rows: use loss='categorical_crossentropy'"):
-        compiled.fit(x, np.eye(3)[[0, 1, 2, 0, 1, 2]], verbose=0)
-    assert_untouched(compiled, before)
-
-
-def test_length_mismatch_and_empty_data(compiled, rng):
-    before = compiled.get_weights()
-    with pytest.raises(ValueError, match="fit: x and y have different lengths: 6 samples in x, 5 in y"):
-        compiled.fit(f32(rng, 6, 8, 8, 1), np.zeros(5, np.int64), verbose=0)
-    with pytest.raises(ValueError, match=r"fit: the dataset is empty \(x has 0 samples"):
-        compiled.fit(np.zeros((0, 8, 8, 1), np.float32), np.zeros(0, np.int64), verbose=0)
-    with pytest.raises(ValueError, match="predict: the dataset is empty"):
-        compiled.predict(np.zeros((0, 8, 8, 1), np.float32), verbose=0)
-    with pytest.raises(ValueError, match="evaluate: x and y have different lengths"):
-        compiled.evaluate(f32(rng, 3, 8, 8, 1), np.zeros(4, np.int64), verbose=0)
-    with pytest.raises(ValueError, match="validation_split"):
-        compiled.fit(f32(rng, 1, 8, 8, 1), np.zeros(1, np.int64), validation_split=0.5, verbose=0)
-    x = f32(rng, 4, 8, 8, 1)
-    x[2, 3, 3, 0] = np.nan
-    with pytest.raises(ValueError, match=r"x holds NaN or infinite values \(first at index \(2, 3, 3, 0\)\)"):
-        compiled.fit(x, np.zeros(4, np.int64), verbose=0)
-    x[2, 3, 3, 0] = 1.0
-    x[0, 0, 0, 0] = -np.inf
-    x[1, 0, 0, 0] = np.inf                 # +inf and -inf: their sum is NaN, still found
-    with pytest.raises(ValueError, match=r"first at index \(0, 0, 0, 0\)"):
-        compiled.predict(x, verbose=0)
-    big = np.full((4, 8, 8, 1), 3e38, np.float32)     # every value finite, their sum overflows
-    assert compiled.predict(big, verbose=0).shape == (4, 3)
-    with pytest.raises(ValueError, match=r"fit \(validation data\): labels must lie in"):
-        compiled.fit(f32(rng, 4, 8, 8, 1), np.zeros(4, np.int64),
-                     validation_data=(f32(rng, 2, 8, 8, 1), np.array([0, 7])), verbose=0)
-    assert_untouched(compiled, before)
 
 
 def nan_after(calls):
