@@ -20,6 +20,11 @@ def check_ndim(op: str, name: str, a, ndim: int, layout: str) -> None:
         fail(op, f"{name} of shape {layout}", f"{ndim} dimensions", f"shape {tuple(a.shape)}")
 
 
+def check_array(op: str, name: str, a, ndim: int, layout: str) -> None:
+    check_float(op, name, a)
+    check_ndim(op, name, a, ndim, layout)
+
+
 def as_dtype(a, dtype):
     """``a`` as a C-contiguous array of ``dtype`` (no copy when it already is one)."""
     return np.ascontiguousarray(a, dtype=dtype)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ACTIVATIONS
 from .._geometry import padded_window_2d
 from ._im2col import im2col_forward, im2col_weight_grad, planar, use_border_classes
 from ._rowgather import row_gather_input_grad
@@ -32,8 +31,8 @@ from ._rowgather import applies as row_gather_applies
 from ._scatter import scatter_input_grad
 from ._shifted import shifted_forward, shifted_weight_grad
 from ._toeplitz import toeplitz_input_grad
-from ._util import as_dtype, check_float, check_ndim, fail
-from .activation import act_inplace
+from ._util import as_dtype, check_array, check_float, check_ndim, fail
+from .activation import _check_act, act_inplace
 
 from .tuning import TUNING as T
 
@@ -46,26 +45,25 @@ def _dense(x_shape, w_shape, pad) -> bool:
     return T.dense and not any(pad) and tuple(x_shape[1:3]) == tuple(w_shape[:2])
 
 
-def _dx_method(x_shape, w_shape, ho, wo, stride, pad) -> str:
+def _dx_method(x_shape, w_shape, ho, wo, stride, pad):
+    """``(method, gather padding of dy or None)`` of the input gradient."""
     _, h, wd, c = x_shape
     kh, kw, _, co = w_shape
     if tuple(stride) != (1, 1):
-        return "scatter"
+        return "scatter", None
     gpad = _gather_pad(h, wd, kh, kw, ho, wo, pad)
+    fallback = "gather" if gpad is not None else "scatter"
     if T.dx_method is not None:
-        if T.dx_method == "rowgather" and not row_gather_applies(h, wd, ho, wo, gpad):
-            return "gather" if gpad is not None else "scatter"
-        if T.dx_method == "gather" and gpad is None:
-            return "scatter"
-        return T.dx_method
+        if T.dx_method == "gather" or (T.dx_method == "rowgather"
+                                       and not row_gather_applies(h, wd, ho, wo, gpad)):
+            return fallback, gpad
+        return T.dx_method, gpad
     if c <= 8 and co >= c:
-        return "toeplitz"
+        return "toeplitz", gpad
     if (c < T.row_gather_max_c and kh * kw * co >= T.row_gather_min_k
             and row_gather_applies(h, wd, ho, wo, gpad)):
-        return "rowgather"
-    if gpad is not None:
-        return "gather"
-    return "scatter"
+        return "rowgather", gpad
+    return fallback, gpad
 
 
 def conv_algorithm(what: str, x_shape, w_shape, stride, pad) -> str:
@@ -76,9 +74,8 @@ def conv_algorithm(what: str, x_shape, w_shape, stride, pad) -> str:
     ho, wo = _geometry("conv_algorithm", x_shape, w_shape, stride, pad)
     kh, kw, c, co = w_shape
     if what == "input":
-        method = _dx_method(x_shape, w_shape, ho, wo, stride, pad)
+        method, gpad = _dx_method(x_shape, w_shape, ho, wo, stride, pad)
         if method == "gather":
-            gpad = _gather_pad(x_shape[1], x_shape[2], kh, kw, ho, wo, pad)
             wf_shape = (kh, kw, co, c)
             if not _shifted((1, 1), co, c) and use_border_classes(
                     (x_shape[0], ho, wo, co), wf_shape, (1, 1), gpad, x_shape[1], x_shape[2]):
@@ -134,11 +131,9 @@ def conv2d_forward(x, w, b, stride, pad, act):
 
 def _conv_forward(x, w, b, stride, pad, act, keep):
     op = "conv2d_forward"
-    check_float(op, "x", x)
-    check_ndim(op, "x", x, 4, "(N, H, W, C)")
+    check_array(op, "x", x, 4, "(N, H, W, C)")
     check_ndim(op, "w", w, 4, "(KH, KW, C_in, C_out)")
-    if act not in ACTIVATIONS:
-        raise ValueError(f"{op}: act expected one of {ACTIVATIONS}, got {act!r}")
+    _check_act(op, act)
     ho, wo = _geometry(op, x.shape, w.shape, stride, pad)
     co = w.shape[3]
     dt = x.dtype
@@ -173,8 +168,7 @@ def conv2d_backward_weight(x, dy, w_shape, stride, pad):
     """``dw[i, j, c, o] = sum_{n, p, q} xpad[n, p*sh + i, q*sw + j, c] * dy[n, p, q, o]``, of
     shape ``w_shape``, in x's dtype."""
     op = "conv2d_backward_weight"
-    check_float(op, "x", x)
-    check_ndim(op, "x", x, 4, "(N, H, W, C)")
+    check_array(op, "x", x, 4, "(N, H, W, C)")
     check_ndim(op, "dy", dy, 4, "(N, Ho, Wo, C_out)")
     w_shape = tuple(int(s) for s in w_shape)
     ho, wo = _geometry(op, x.shape, w_shape, stride, pad)
@@ -206,8 +200,7 @@ def conv2d_backward_input(dy, w, x_shape, stride, pad):
     the padding cropped. Input cells no window reads get zero. Also the transposed convolution
     of ``dy`` (output size ``x_shape``)."""
     op = "conv2d_backward_input"
-    check_float(op, "dy", dy)
-    check_ndim(op, "dy", dy, 4, "(N, Ho, Wo, C_out)")
+    check_array(op, "dy", dy, 4, "(N, Ho, Wo, C_out)")
     check_ndim(op, "w", w, 4, "(KH, KW, C_in, C_out)")
     n, h, wd, c = (int(s) for s in x_shape)
     kh, kw, ci, co = w.shape
@@ -220,13 +213,12 @@ def conv2d_backward_input(dy, w, x_shape, stride, pad):
     dy = as_dtype(dy, dt)
     if _dense((n, h, wd, c), w.shape, pad):
         return np.dot(dy.reshape(n, co), w.reshape(-1, co).T).reshape(n, h, wd, c)
-    method = _dx_method((n, h, wd, c), w.shape, ho, wo, stride, pad)
+    method, gpad = _dx_method((n, h, wd, c), w.shape, ho, wo, stride, pad)
     if method == "toeplitz":
         return toeplitz_input_grad(dy, w, (n, h, wd, c), pad)
     if method == "rowgather":
-        return row_gather_input_grad(dy, w, (n, h, wd, c), _gather_pad(h, wd, kh, kw, ho, wo, pad))
+        return row_gather_input_grad(dy, w, (n, h, wd, c), gpad)
     if method == "gather":
-        gpad = _gather_pad(h, wd, kh, kw, ho, wo, pad)
         wf = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2))   # (KH, KW, C_out, C_in)
         dx = np.empty((n, h, wd, c), dtype=dt)
         _forward(dy, wf, None, (1, 1), gpad, "linear", dx)

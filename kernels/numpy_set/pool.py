@@ -15,7 +15,7 @@ import numpy as np
 
 from .._geometry import padded_window_2d
 from ._parallel import run_parts
-from ._util import check_float, check_ndim, fail, offset_view, pad_hw
+from ._util import check_array, fail, offset_view, pad_hw
 
 from .tuning import TUNING as T
 
@@ -51,6 +51,12 @@ def _first_cells(size, k, s, before, out):
     return first, np.minimum(start + k, size) - first
 
 
+def _taps(a, axis, i, s, out):
+    """The view of ``a`` along ``axis`` (1: rows, 2: columns) that window offset ``i`` reads at
+    stride ``s`` for ``out`` output positions."""
+    return a[(slice(None),) * axis + (slice(i, i + (out - 1) * s + 1, s),)]
+
+
 def _window_max(xp, ph, pw, sh, sw, ho, wo, y, w):
     """Window maxima of the padded block ``xp`` ``(k, Hp, Wp, C)`` into ``y``; returns per window
     the offset ``i * w + j`` (``w``: the unpadded width) of its first maximum in row-major
@@ -70,7 +76,7 @@ def _window_max(xp, ph, pw, sh, sw, ho, wo, y, w):
     bt = np.uint8 if last < 255 else np.uint16 if last < 65535 else np.uint32
     none = bt(np.iinfo(bt).max)                       # a column whose maximum is not M
     rows = xp.reshape(k, -1, wp * c)
-    views = [rows[:, i:i + (ho - 1) * sh + 1:sh] for i in range(ph)]       # (k, ho, Wp*C)
+    views = [_taps(rows, 1, i, sh, ho) for i in range(ph)]                 # (k, ho, Wp*C)
     if ph == 1:
         colmax = views[0]
         first = np.zeros(colmax.shape, dtype=bt)
@@ -120,8 +126,7 @@ def max_pool_forward(x, pool, stride, pad):
     """``(y, idx)`` for x ``(N, H, W, C)``: y the window maxima ``(N, Ho, Wo, C)``; idx int32, the
     flat index ``h * W + w`` of each winning input cell in its ``(n, :, :, c)`` plane."""
     op = "max_pool_forward"
-    check_float(op, "x", x)
-    check_ndim(op, "x", x, 4, "(N, H, W, C)")
+    check_array(op, "x", x, 4, "(N, H, W, C)")
     ho, wo = _geometry(op, x.shape, pool, stride, pad)
     n, h, w, c = x.shape
     ph, pw = pool
@@ -155,8 +160,7 @@ def max_pool_backward(dy, idx, x_shape, pool, stride, pad):
     (windows may overlap, so one cell may collect several), in row-major window order. The
     geometry is not needed here (the contract passes it for the cuda set's gather)."""
     op = "max_pool_backward"
-    check_float(op, "dy", dy)
-    check_ndim(op, "dy", dy, 4, "(N, Ho, Wo, C)")
+    check_array(op, "dy", dy, 4, "(N, Ho, Wo, C)")
     n, h, w, c = (int(s) for s in x_shape)
     if idx.shape != dy.shape or dy.shape[0] != n or dy.shape[3] != c:
         fail(op, "idx and dy of one shape (N, Ho, Wo, C) matching x_shape",
@@ -184,16 +188,6 @@ def _inv_counts(x_shape, pool, stride, pad, ho, wo, dtype):
     _, ch = _first_cells(h, pool[0], stride[0], pad[0], ho)
     _, cw = _first_cells(w, pool[1], stride[1], pad[2], wo)
     return (1.0 / (ch[:, None] * cw[None, :])).astype(dtype)[:, :, None]
-
-
-def _rows(a, i, sh, ho):
-    """The ``(N, Ho, W, C)`` view of the rows window offset ``i`` reads at row stride ``sh``."""
-    return a[:, i:i + (ho - 1) * sh + 1:sh]
-
-
-def _cols(a, j, sw, wo):
-    """The ``(N, Ho, Wo, C)`` view of the columns window offset ``j`` reads at stride ``sw``."""
-    return a[:, :, j:j + (wo - 1) * sw + 1:sw]
 
 
 def _tiling(x_shape, pool, stride, pad) -> bool:
@@ -250,8 +244,7 @@ def avg_pool_forward(x, pool, stride, pad):
     The window rows are summed first (whole image rows: long contiguous runs), then the
     columns of that ``(N, Ho, W, C)`` sum, then each window is scaled by ``1 / count``."""
     op = "avg_pool_forward"
-    check_float(op, "x", x)
-    check_ndim(op, "x", x, 4, "(N, H, W, C)")
+    check_array(op, "x", x, 4, "(N, H, W, C)")
     ho, wo = _geometry(op, x.shape, pool, stride, pad)
     ph, pw = pool
     sh, sw = stride
@@ -262,18 +255,18 @@ def avg_pool_forward(x, pool, stride, pad):
 
     def block(n0, n1):
         xp = pad_hw(x[n0:n1], pad, 0.0)
-        rows = _rows(xp, 0, sh, ho)
+        rows = _taps(xp, 1, 0, sh, ho)
         if ph > 1:
-            rows = rows + _rows(xp, 1, sh, ho)
+            rows = rows + _taps(xp, 1, 1, sh, ho)
             for i in range(2, ph):
-                rows += _rows(xp, i, sh, ho)
+                rows += _taps(xp, 1, i, sh, ho)
         yb = y[n0:n1]
         if pw > 1:
-            np.add(_cols(rows, 0, sw, wo), _cols(rows, 1, sw, wo), out=yb)
+            np.add(_taps(rows, 2, 0, sw, wo), _taps(rows, 2, 1, sw, wo), out=yb)
         else:
-            np.copyto(yb, _cols(rows, 0, sw, wo))
+            np.copyto(yb, _taps(rows, 2, 0, sw, wo))
         for j in range(2, pw):
-            yb += _cols(rows, j, sw, wo)
+            yb += _taps(rows, 2, j, sw, wo)
         yb *= inv
 
     _over_blocks(x.shape, x.itemsize, y.size * (ph + pw) * 2.0, block)
@@ -284,8 +277,7 @@ def avg_pool_backward(dy, x_shape, pool, stride, pad):
     """``dx`` of shape ``x_shape``: each ``dy / count`` spread over the real cells of its window,
     one strided add (or copy, where the windows tile the image) per window offset."""
     op = "avg_pool_backward"
-    check_float(op, "dy", dy)
-    check_ndim(op, "dy", dy, 4, "(N, Ho, Wo, C)")
+    check_array(op, "dy", dy, 4, "(N, Ho, Wo, C)")
     x_shape = tuple(int(s) for s in x_shape)
     ho, wo = _geometry(op, x_shape, pool, stride, pad)
     n, h, w, c = x_shape

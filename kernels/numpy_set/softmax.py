@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._util import check_float, check_ndim, fail
+from ._util import check_array, fail
 
 __all__ = ["softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward"]
 
 
 def _check_pair(op, a, b, names=("dy", "y")):
-    check_float(op, names[0], a)
-    check_ndim(op, names[0], a, 2, "(rows, K)")
+    check_array(op, names[0], a, 2, "(rows, K)")
     if b.shape != a.shape:
         fail(op, f"{names[1]} shape (that of {names[0]})", a.shape, tuple(b.shape))
 
 
 def _shifted(op, x):
-    check_float(op, "x", x)
-    check_ndim(op, "x", x, 2, "(rows, K)")
+    check_array(op, "x", x, 2, "(rows, K)")
     return np.subtract(x, x.max(axis=1, keepdims=True))
 
 
