@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import types
 import warnings
 
 import numpy as np
@@ -42,12 +43,6 @@ class FakeCuPy:
 
     ndarray = FakeArray
 
-    class Function:
-        def __init__(self, fake, name):
-            self.name = name
-            self.ptr = 0x1000 + len(fake.functions)
-            fake.functions[self.ptr] = name
-
     class Module:
         fake = None                       # the FakeCuPy of the test (set by its __init__)
 
@@ -59,7 +54,9 @@ class FakeCuPy:
 
         @_fakes.mirrors(function.Module.get_function)
         def get_function(self, name):
-            return FakeCuPy.Function(self.fake, name)
+            ptr = 0x1000 + len(self.fake.functions)
+            self.fake.functions[ptr] = name
+            return types.SimpleNamespace(ptr=ptr)
 
     class Driver:
         fake = None
@@ -132,62 +129,49 @@ def unpack(raw, spec=SPEC):
     return list(struct.unpack(_abi.param_format(spec.argtypes), raw))
 
 
-def test_first_launch_builds_stores_loads_and_launches(gpu, tmp_path):
-    x, y = launch_tanh()
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 4)])
+def test_first_launch_builds_stores_loads_and_launches(gpu, tmp_path, monkeypatch, shape):
+    """An elementwise kernel declares 1-D arrays: a (2, 3, 4) array goes as its 24 elements,
+    shape (24,) and stride 4 bytes, the same slots Numba would get for ``a.reshape(-1)``. The
+    loaded module is kept, and a new process reads the cache instead of compiling."""
+    x, y = launch_tanh(shape=shape)
+    n = x.size
     assert gpu.builds == [(SPEC.name, (9, 0))]
     (path,) = (tmp_path / "kernels").glob("*.cubin")
     assert SPEC.name.split("[")[0] in path.name and "sm_90" in path.name
     assert gpu.loads == [b"\x7fELF-cubin-of-" + SPEC.name.encode()]
     (name, grid, block, stream, raw), = gpu.launches
     assert (name, grid, block, stream) == ("entry_" + SPEC.name, (1, 1, 1), (32, 1, 1), 77)
-    want = [0, 0, 5, 4, x.data.ptr, 5, 4, 0, 0, 5, 4, y.data.ptr, 5, 4, 2]
+    want = [0, 0, n, 4, x.data.ptr, n, 4, 0, 0, n, 4, y.data.ptr, n, 4, 2]
     assert unpack(raw) == want
     assert want == [v.item() for v in _abi.flatten_args(SPEC.argtypes, [x, y, 2])]
     launch_tanh()                                       # the loaded module is kept
     assert len(gpu.builds) == 1 and len(gpu.loads) == 1 and len(gpu.launches) == 2
-
-
-def test_a_higher_rank_array_is_seen_flat_without_a_reshape(gpu):
-    """An elementwise kernel declares 1-D arrays: a (2, 3, 4) array goes as its 24 elements,
-    shape (24,) and stride 4 bytes, the same slots Numba would get for ``a.reshape(-1)``."""
-    x, y = launch_tanh(shape=(2, 3, 4))
-    (*_, raw), = gpu.launches
-    assert unpack(raw) == [0, 0, 24, 4, x.data.ptr, 24, 4, 0, 0, 24, 4, y.data.ptr, 24, 4, 2]
+    monkeypatch.setattr(_launch, "_raw_cache", {})     # what a new process starts with
+    launch_tanh()
+    assert len(gpu.builds) == 1 and gpu.loads[0] == gpu.loads[1]
     assert _abi.rank_shape((2, 3, 4, 5), 2) == (24, 5)
     assert _abi.c_strides((24, 5), 4) == (20, 4)
     with pytest.raises(TypeError, match="cannot be seen with 3 axes"):
         _abi.rank_shape((4, 5), 3)
 
 
-def test_a_wrong_dtype_is_refused_before_the_launch(gpu):
-    x = FakeArray(np.zeros(4, np.float64))
-    with pytest.raises(TypeError, match=r"act_fwd\[float32\]: expected a C-contiguous 1-D "
-                                        r"float32 array, got float64"):
-        _launch.launch(SPEC, (1,), (32,), x, x, 2)
-    assert gpu.launches == []
-
-
-@pytest.mark.parametrize("view", [lambda a: a[::2], lambda a: a.reshape(4, 4).T])
-def test_a_strided_view_is_refused_before_the_launch(gpu, view):
+@pytest.mark.parametrize("a, got", [
+    (np.zeros(4, np.float64), r"float64 1-D \(C-contiguous: True"),
+    (np.zeros(16, np.float32)[::2], r"float32 1-D \(C-contiguous: False"),
+    (np.zeros((4, 4), np.float32).T, r"float32 2-D \(C-contiguous: False")])
+def test_a_wrong_dtype_or_a_strided_view_is_refused_before_the_launch(gpu, a, got):
     """The kernels index by shape: a view with strides of its own would be read wrongly, so the
     packer refuses it (a view of the declared rank as well as one of a higher rank)."""
-    x = FakeArray(np.zeros(16, np.float32))
-    x.a = view(x.a)
-    y = FakeArray(np.zeros(x.a.shape, np.float32))
+    x, y = FakeArray(a), FakeArray(np.zeros(a.shape, np.float32))
+    x.a = a                                             # as it is, not made C-contiguous
     with pytest.raises(TypeError, match=r"act_fwd\[float32\]: expected a C-contiguous 1-D "
-                                        r"float32 array, got float32 \d-D \(C-contiguous: False"):
+                                        r"float32 array, got " + got):
         _launch.launch(SPEC, (1,), (32,), x, y, 2)
     pack = _abi.make_packer("act_fwd[float32]", SPEC.argtypes)
-    with pytest.raises(TypeError, match="C-contiguous: False"):
+    with pytest.raises(TypeError, match=got):
         pack((x, y, 2), bytearray(8 * 64))
     assert gpu.launches == []
-
-
-def test_a_new_process_reads_the_cache_instead_of_compiling(gpu, monkeypatch):
-    launch_tanh()
-    monkeypatch.setattr(_launch, "_raw_cache", {})     # what a new process starts with
-    launch_tanh()
-    assert len(gpu.builds) == 1 and gpu.loads[0] == gpu.loads[1]
 
 
 def test_the_cache_key_covers_what_decides_the_code(gpu):
@@ -293,25 +277,22 @@ class ProbeCuPy:
         return a
 
 
-def test_the_probe_names_a_missing_compiler_and_the_fix(monkeypatch):
-    def act_forward(x, act):
-        raise RuntimeError("NvvmSupportError: libNVVM cannot be found. Do `conda install "
-                           "cudatoolkit`")
+def _nvvm_missing(x, act):
+    raise RuntimeError("NvvmSupportError: libNVVM cannot be found. Do `conda install "
+                       "cudatoolkit`")
 
+
+@pytest.mark.parametrize("act_forward, want", [
+    (_nvvm_missing, ["libNVVM cannot be found", "gpucnn[cuda12]", "gpucnn[cuda13]", "CUDA_HOME",
+                     "python -m gpucnn.cache fill"]),
+    (lambda x, act: x, ["wrong numbers"])], ids=["no-compiler", "identity-not-tanh"])
+def test_the_probe_names_what_failed_and_the_fix(monkeypatch, act_forward, want):
     monkeypatch.setattr(_runtime, "cp", ProbeCuPy())
     monkeypatch.setattr(activation, "act_forward", act_forward)
     info = {}
     ok, why = _probe._prove_chain(info)
-    assert not ok and "libNVVM cannot be found" in why
-    assert "gpucnn[cuda12]" in why and "gpucnn[cuda13]" in why and "CUDA_HOME" in why
-    assert "python -m gpucnn.cache fill" in why and "Traceback" in info["probe_traceback"]
-
-
-def test_the_probe_rejects_a_kernel_that_returns_wrong_numbers(monkeypatch):
-    monkeypatch.setattr(_runtime, "cp", ProbeCuPy())
-    monkeypatch.setattr(activation, "act_forward", lambda x, act: x)      # identity, not tanh
-    ok, why = _probe._prove_chain({})
-    assert not ok and "wrong numbers" in why
+    assert not ok and all(w in why for w in want), why
+    assert ("Traceback" in info.get("probe_traceback", "")) == (act_forward is _nvvm_missing)
 
 
 def test_the_probe_verdict_is_computed_once(monkeypatch):
@@ -364,20 +345,34 @@ def _args(spec, shapes, scalars, array=np.zeros, lead=()):
             for i, t in enumerate(spec.argtypes)]
 
 
-def test_every_kernels_packer_writes_what_flatten_args_gives(rng):
-    """The generated packer (one struct.pack_into a launch) against the reference flattening,
-    which tests/test_compile.py holds to Numba's own dispatcher and the cubins: every registered
-    kernel, arrays of the declared rank and of one rank more."""
+def test_every_kernels_packer_and_prepared_launch_write_what_flatten_args_gives(gpu, rng):
+    """Against the reference flattening, which tests/test_compile.py holds to Numba's own
+    dispatcher and the cubins, for every registered kernel and arrays of the declared rank and of
+    one rank more: the generated packer (one struct.pack_into a launch), and a plan made from one
+    call's arguments, then called with other arrays of the same shapes, which hands the driver
+    the full flat list of those arrays (the address written at the right slot of each array's
+    block, whatever its rank)."""
+    def fake(shape, dtype):
+        return FakeArray(np.zeros(shape, dtype))
+
     for spec in _registry.all_kernels():
         pack = _abi.make_packer(spec.name, spec.argtypes)
         fmt = _abi.param_format(spec.argtypes)
+        gpu.slots = len(_abi.flat_param_types(spec.argtypes))
         for lead in ((), (2,)):
-            args = _args(spec, *_draw(spec, rng), lead=lead)
+            shapes, scalars = _draw(spec, rng)
+            args = _args(spec, shapes, scalars, lead=lead)
             buf = ctypes.create_string_buffer(struct.calcsize(fmt))
             pack(args, buf)
             want = [v.item() for v in _abi.flatten_args(spec.argtypes, args)]
-            got = list(struct.unpack(fmt, buf.raw))
-            assert got == pytest.approx(want, rel=1e-7), spec.name
+            assert list(struct.unpack(fmt, buf.raw)) == pytest.approx(want, rel=1e-7), spec.name
+            plan = _launch.Prepared(spec, (1,), (32,), _args(spec, shapes, scalars, fake, lead))
+            for _ in range(3):      # the first through launch(), then the prepared buffer
+                args = _args(spec, shapes, scalars, fake, lead)
+                plan(*[a for i, a in enumerate(args) if i in shapes])
+                *_, raw = gpu.launches[-1]
+                want = [v.item() for v in _abi.flatten_args(spec.argtypes, args)]
+                assert unpack(raw, spec) == pytest.approx(want, rel=1e-7), spec.name
 
 
 def test_a_prepared_launch_writes_what_flatten_args_gives_for_each_call(gpu):
@@ -398,25 +393,6 @@ def test_a_prepared_launch_writes_what_flatten_args_gives_for_each_call(gpu):
     assert once.raw[0] is _launch._SECOND and len(gpu.launches) == 4
     with pytest.raises(TypeError, match="3 arguments expected, got 2"):
         _launch.Prepared(SPEC, (1,), (32,), (x, None))
-
-
-def test_every_kernels_prepared_launch_writes_only_the_new_addresses(gpu, rng):
-    """For every registered kernel: a plan made from one call's arguments, then called with
-    other arrays of the same shapes, hands the driver the full flat list of those arrays (the
-    address written at the right slot of each array's block, whatever its rank)."""
-    def fake(shape, dtype):
-        return FakeArray(np.zeros(shape, dtype))
-
-    for spec in _registry.all_kernels():
-        gpu.slots = len(_abi.flat_param_types(spec.argtypes))
-        shapes, scalars = _draw(spec, rng)
-        plan = _launch.Prepared(spec, (1,), (32,), _args(spec, shapes, scalars, fake))
-        for _ in range(3):      # the first through launch(), then the prepared buffer
-            args = _args(spec, shapes, scalars, fake)
-            plan(*[a for i, a in enumerate(args) if i in shapes])
-            *_, raw = gpu.launches[-1]
-            want = [v.item() for v in _abi.flatten_args(spec.argtypes, args)]
-            assert unpack(raw, spec) == pytest.approx(want, rel=1e-7), spec.name
 
 
 def test_plans_are_kept_only_for_arrays_passed_on_as_they_came(monkeypatch):
