@@ -25,11 +25,15 @@ from ._runtime import numba_cuda as cuda
 from .vector import HALF, load4, store4, stream_grid
 
 #: Threads per block of the grid-stride pooling kernels (over outputs; over inputs in the
-#: backwards). Each is compiled for 4 blocks per SM (64 registers), the max-pool forward, the
-#: average-pool backward and the max-pool backward's 4-channel variant for 3 (at 64 registers
-#: they spill); the float64 4-channel ones but the max-pool forward one fewer (3 avg forward,
-#: 2 backward).
+#: backwards).
 POOL_BLOCK = 256
+#: Blocks per SM each kernel is compiled for (its launch bounds): (scalar, float32 4-channel,
+#: float64 4-channel). 4 (64 registers) but where that spills: the max-pool forward, the
+#: average-pool backward and the max-pool backward's 4-channel variant take 3; the float64
+#: 4-channel ones but the max-pool forward one fewer (3 avg forward; 2 backward, which spill at
+#: 3, 85 registers).
+PER_SM = {"max_pool_fwd": (3, 3, 3), "max_pool_bwd": (HALF, 3, 2),
+          "avg_pool_fwd": (HALF, HALF, 3), "avg_pool_bwd": (3, 3, 2)}
 
 i64 = types.int64
 
@@ -40,6 +44,16 @@ def _variants():
 
 def _name(base, dtype, vec):
     return f"{base}[{dtype},v4]" if vec else f"{base}[{dtype}]"
+
+
+def _spec(base, dtype, vec, kern, kinds):
+    """The KernelSpec of variant ``vec`` of pool kernel ``base`` (``kern``): its arrays of
+    ``kinds`` ("f" the dtype, "i" int32; 4-D, or flat with ``vec``), then the int64 geometry
+    (after the sizes with ``vec``), at ``PER_SM[base]`` blocks per SM."""
+    arrays = tuple(arr(dtype if k == "f" else np.int32, 1 if vec else 4) for k in kinds)
+    per_sm = PER_SM[base][(2 if dtype == "float64" else 1) if vec else 0]
+    return KernelSpec(_name(base, dtype, vec), kern, arrays + (i64,) * (11 if vec else 6),
+                      (POOL_BLOCK, per_sm))
 
 
 @cuda.jit(device=True, inline="always")
@@ -54,17 +68,6 @@ def chunk_index(i, q, wo, ho):
 
 
 @cuda.jit(device=True, inline="always")
-def max_step(v, best, best_at, here, first_at):
-    """The max-pool forward's update of one channel's ``(best, best_at)`` by the value ``v`` at
-    the flat cell ``here`` (the scalar kernel's loop body)."""
-    if v != v:
-        return v, first_at
-    if best_at < 0 or v > best:
-        return v, here
-    return best, best_at
-
-
-@cuda.jit(device=True, inline="always")
 def nhwc_index(i, a):
     """``(n, h, w, c)`` of the flat (C-order) index ``i`` of the 4-D array ``a``: the output (or
     input) element a thread of a grid-stride loop works on, channels fastest."""
@@ -75,11 +78,35 @@ def nhwc_index(i, a):
     return t // a.shape[1], t % a.shape[1], w, c
 
 
+@cuda.jit(device=True, inline="always")
+def window(o, s, p, k, n):
+    """``(lo, hi)``: the real cells ``[lo, hi)`` along one axis (``n`` cells) of window ``o``
+    (size ``k``, stride ``s``, padding ``p`` before)."""
+    a0 = o * s - p
+    return max(a0, 0), min(a0 + k, n)
+
+
+@cuda.jit(device=True, inline="always")
+def covering(a, s, p, k, n):
+    """``(lo, hi)``: the windows ``[lo, hi)`` (of ``n``) covering cell ``a`` along one axis,
+    those with o*s - p <= a <= o*s - p + k - 1."""
+    return max(0, (a + p - k + s) // s), min(n - 1, (a + p) // s) + 1
+
+
+@cuda.jit(device=True, inline="always")
+def max_step(v, best, best_at, here, first_at):
+    """The max-pool forward's update of one channel's ``(best, best_at)`` by the value ``v`` at
+    the flat cell ``here``; a NaN wins and sets ``first_at`` (no later v > best holds)."""
+    if v != v:
+        return v, first_at
+    if best_at < 0 or v > best:
+        return v, here
+    return best, best_at
+
+
 @kernel_factory(_variants)
 def max_pool_fwd_kernel(dtype, vec=False):
     dt = NB_FLOAT[np.dtype(dtype)]
-    if vec:
-        return _max_pool_fwd_v4(dtype, dt)
 
     def max_pool_fwd_k(x, y, idx, ph, pw, sh, sw, pt, pl):
         """y[n, oh, ow, c] = max over the window's real cells of x; idx the flat h * W + w of
@@ -88,29 +115,18 @@ def max_pool_fwd_kernel(dtype, vec=False):
         on consecutive channels (coalesced)."""
         for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             n, oh, ow, c = nhwc_index(i, y)
-            h0 = oh * sh - pt
-            w0 = ow * sw - pl
+            h_lo, h_hi = window(oh, sh, pt, ph, x.shape[1])
+            w_lo, w_hi = window(ow, sw, pl, pw, x.shape[2])
             best = dt(-math.inf)
             best_at = -1
-            first_at = max(h0, 0) * x.shape[2] + max(w0, 0)
-            for a in range(max(h0, 0), min(h0 + ph, x.shape[1])):
-                for b in range(max(w0, 0), min(w0 + pw, x.shape[2])):
-                    v = x[n, a, b, c]
-                    if v != v:                  # NaN: no later v > best holds any more
-                        best = v
-                        best_at = first_at
-                    elif best_at < 0 or v > best:
-                        best = v
-                        best_at = a * x.shape[2] + b
+            first_at = h_lo * x.shape[2] + w_lo
+            for a in range(h_lo, h_hi):
+                for b in range(w_lo, w_hi):
+                    best, best_at = max_step(x[n, a, b, c], best, best_at, a * x.shape[2] + b,
+                                             first_at)
             y[n, oh, ow, c] = best
             idx[n, oh, ow, c] = best_at
 
-    a4 = arr(dtype, 4)
-    return KernelSpec(f"max_pool_fwd[{dtype}]", max_pool_fwd_k,
-                      (a4, a4, arr(np.int32, 4)) + (i64,) * 6, (POOL_BLOCK, 3))
-
-
-def _max_pool_fwd_v4(dtype, dt):
     def max_pool_fwd_v4_k(x, y, idx, hh, ww, cc, ho, wo, ph, pw, sh, sw, pt, pl):
         """``max_pool_fwd_k`` on 4 channels per thread: x, y and idx flat (x (N, hh, ww, cc),
         y and idx (N, ho, wo, cc), cc % 4 == 0, x and y 16-byte aligned); one 128-bit load per
@@ -118,13 +134,13 @@ def _max_pool_fwd_v4(dtype, dt):
         q = cc // 4
         for i in range(cuda.grid(1), y.size // 4, cuda.gridsize(1)):
             n, oh, ow, c = chunk_index(i, q, wo, ho)
-            h0 = oh * sh - pt
-            w0 = ow * sw - pl
+            h_lo, h_hi = window(oh, sh, pt, ph, hh)
+            w_lo, w_hi = window(ow, sw, pl, pw, ww)
             b0 = b1 = b2 = b3 = dt(-math.inf)
             a0 = a1 = a2 = a3 = -1
-            first_at = max(h0, 0) * ww + max(w0, 0)
-            for a in range(max(h0, 0), min(h0 + ph, hh)):
-                for b in range(max(w0, 0), min(w0 + pw, ww)):
+            first_at = h_lo * ww + w_lo
+            for a in range(h_lo, h_hi):
+                for b in range(w_lo, w_hi):
                     here = a * ww + b
                     v = load4(x, ((n * hh + a) * ww + b) * cc + c)
                     b0, a0 = max_step(v[0], b0, a0, here, first_at)
@@ -138,16 +154,13 @@ def _max_pool_fwd_v4(dtype, dt):
             idx[o + 2] = a2
             idx[o + 3] = a3
 
-    a1 = arr(dtype, 1)
-    return KernelSpec(_name("max_pool_fwd", dtype, True), max_pool_fwd_v4_k,
-                      (a1, a1, arr(np.int32, 1)) + (i64,) * 11, (POOL_BLOCK, 3))
+    return _spec("max_pool_fwd", dtype, vec, max_pool_fwd_v4_k if vec else max_pool_fwd_k,
+                 "ffi")
 
 
 @kernel_factory(_variants)
 def max_pool_bwd_kernel(dtype, vec=False):
     dt = NB_FLOAT[np.dtype(dtype)]
-    if vec:
-        return _max_pool_bwd_v4(dtype, dt)
 
     def max_pool_bwd_k(dy, idx, dx, ph, pw, sh, sw, pt, pl):
         """dx[n, h, w, c] = sum of dy[n, oh, ow, c] over the windows (oh, ow) covering (h, w)
@@ -157,21 +170,15 @@ def max_pool_bwd_kernel(dtype, vec=False):
         for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
             n, h, w, c = nhwc_index(i, dx)
             here = h * dx.shape[2] + w
+            oh_lo, oh_hi = covering(h, sh, pt, ph, dy.shape[1])
+            ow_lo, ow_hi = covering(w, sw, pl, pw, dy.shape[2])
             s = dt(0)
-            for oh in range(max(0, (h + pt - ph + sh) // sh), min(dy.shape[1] - 1,
-                                                                   (h + pt) // sh) + 1):
-                for ow in range(max(0, (w + pl - pw + sw) // sw), min(dy.shape[2] - 1,
-                                                                       (w + pl) // sw) + 1):
+            for oh in range(oh_lo, oh_hi):
+                for ow in range(ow_lo, ow_hi):
                     if idx[n, oh, ow, c] == here:
                         s += dy[n, oh, ow, c]
             dx[n, h, w, c] = s
 
-    a4 = arr(dtype, 4)
-    return KernelSpec(f"max_pool_bwd[{dtype}]", max_pool_bwd_k,
-                      (a4, arr(np.int32, 4), a4) + (i64,) * 6, (POOL_BLOCK, HALF))
-
-
-def _max_pool_bwd_v4(dtype, dt):
     def max_pool_bwd_v4_k(dy, idx, dx, hh, ww, cc, ho, wo, ph, pw, sh, sw, pt, pl):
         """``max_pool_bwd_k`` on 4 channels per thread: dy, idx (N, ho, wo, cc) and dx (N, hh,
         ww, cc) flat, cc % 4 == 0, dy and dx 16-byte aligned; per covering window 4 idx loads
@@ -180,10 +187,11 @@ def _max_pool_bwd_v4(dtype, dt):
         for i in range(cuda.grid(1), dx.size // 4, cuda.gridsize(1)):
             n, h, w, c = chunk_index(i, q, ww, hh)
             here = h * ww + w
+            oh_lo, oh_hi = covering(h, sh, pt, ph, ho)
+            ow_lo, ow_hi = covering(w, sw, pl, pw, wo)
             s0 = s1 = s2 = s3 = dt(0)
-            for oh in range(max(0, (h + pt - ph + sh) // sh), min(ho - 1, (h + pt) // sh) + 1):
-                for ow in range(max(0, (w + pl - pw + sw) // sw), min(wo - 1,
-                                                                       (w + pl) // sw) + 1):
+            for oh in range(oh_lo, oh_hi):
+                for ow in range(ow_lo, ow_hi):
                     o = ((n * ho + oh) * wo + ow) * cc + c
                     k0 = idx[o] == here
                     k1 = idx[o + 1] == here
@@ -201,49 +209,35 @@ def _max_pool_bwd_v4(dtype, dt):
                             s3 += g[3]
             store4(dx, 4 * i, s0, s1, s2, s3)
 
-    a1 = arr(dtype, 1)
-    return KernelSpec(_name("max_pool_bwd", dtype, True), max_pool_bwd_v4_k,
-                      (a1, arr(np.int32, 1), a1) + (i64,) * 11,
-                      (POOL_BLOCK, 3 if dtype == "float32" else 2))
+    return _spec("max_pool_bwd", dtype, vec, max_pool_bwd_v4_k if vec else max_pool_bwd_k,
+                 "fif")
 
 
 @kernel_factory(_variants)
 def avg_pool_fwd_kernel(dtype, vec=False):
     dt = NB_FLOAT[np.dtype(dtype)]
-    if vec:
-        return _avg_pool_fwd_v4(dtype, dt)
 
     def avg_pool_fwd_k(x, y, ph, pw, sh, sw, pt, pl):
         """y[n, oh, ow, c] = mean of x over the window's real cells (padding not counted).
         x (N, H, W, C), y (N, Ho, Wo, C); a grid-stride loop over outputs."""
         for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
             n, oh, ow, c = nhwc_index(i, y)
-            h0 = oh * sh - pt
-            w0 = ow * sw - pl
-            h_lo, h_hi = max(h0, 0), min(h0 + ph, x.shape[1])
-            w_lo, w_hi = max(w0, 0), min(w0 + pw, x.shape[2])
+            h_lo, h_hi = window(oh, sh, pt, ph, x.shape[1])
+            w_lo, w_hi = window(ow, sw, pl, pw, x.shape[2])
             s = dt(0)
             for a in range(h_lo, h_hi):
                 for b in range(w_lo, w_hi):
                     s += x[n, a, b, c]
             y[n, oh, ow, c] = s / dt((h_hi - h_lo) * (w_hi - w_lo))
 
-    a4 = arr(dtype, 4)
-    return KernelSpec(f"avg_pool_fwd[{dtype}]", avg_pool_fwd_k, (a4, a4) + (i64,) * 6,
-                      (POOL_BLOCK, HALF))
-
-
-def _avg_pool_fwd_v4(dtype, dt):
     def avg_pool_fwd_v4_k(x, y, hh, ww, cc, ho, wo, ph, pw, sh, sw, pt, pl):
         """``avg_pool_fwd_k`` on 4 channels per thread, flat arrays as ``max_pool_fwd_v4_k``:
         one 128-bit load per window cell, one 128-bit store."""
         q = cc // 4
         for i in range(cuda.grid(1), y.size // 4, cuda.gridsize(1)):
             n, oh, ow, c = chunk_index(i, q, wo, ho)
-            h0 = oh * sh - pt
-            w0 = ow * sw - pl
-            h_lo, h_hi = max(h0, 0), min(h0 + ph, hh)
-            w_lo, w_hi = max(w0, 0), min(w0 + pw, ww)
+            h_lo, h_hi = window(oh, sh, pt, ph, hh)
+            w_lo, w_hi = window(ow, sw, pl, pw, ww)
             s0 = s1 = s2 = s3 = dt(0)
             for a in range(h_lo, h_hi):
                 for b in range(w_lo, w_hi):
@@ -255,17 +249,13 @@ def _avg_pool_fwd_v4(dtype, dt):
             m = dt((h_hi - h_lo) * (w_hi - w_lo))
             store4(y, 4 * i, s0 / m, s1 / m, s2 / m, s3 / m)
 
-    a1 = arr(dtype, 1)
-    # float64 at 4 blocks per SM (64 registers) spills: 3
-    return KernelSpec(_name("avg_pool_fwd", dtype, True), avg_pool_fwd_v4_k,
-                      (a1, a1) + (i64,) * 11, (POOL_BLOCK, HALF if dtype == "float32" else 3))
+    return _spec("avg_pool_fwd", dtype, vec, avg_pool_fwd_v4_k if vec else avg_pool_fwd_k,
+                 "ff")
 
 
 @kernel_factory(_variants)
 def avg_pool_bwd_kernel(dtype, vec=False):
     dt = NB_FLOAT[np.dtype(dtype)]
-    if vec:
-        return _avg_pool_bwd_v4(dtype, dt)
 
     def avg_pool_bwd_k(dy, dx, ph, pw, sh, sw, pt, pl):
         """dx[n, h, w, c] = sum over the windows (oh, ow) covering (h, w) of dy / count(oh, ow).
@@ -273,27 +263,16 @@ def avg_pool_bwd_kernel(dtype, vec=False):
         one global write each."""
         for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
             n, h, w, c = nhwc_index(i, dx)
-            # windows oh with oh*sh - pt <= h <= oh*sh - pt + ph - 1
-            oh_lo = max(0, (h + pt - ph + sh) // sh)
-            oh_hi = min(dy.shape[1] - 1, (h + pt) // sh)
-            ow_lo = max(0, (w + pl - pw + sw) // sw)
-            ow_hi = min(dy.shape[2] - 1, (w + pl) // sw)
+            oh_lo, oh_hi = covering(h, sh, pt, ph, dy.shape[1])
+            ow_lo, ow_hi = covering(w, sw, pl, pw, dy.shape[2])
             s = dt(0)
-            for oh in range(oh_lo, oh_hi + 1):
-                h0 = oh * sh - pt
-                nh = min(h0 + ph, dx.shape[1]) - max(h0, 0)
-                for ow in range(ow_lo, ow_hi + 1):
-                    w0 = ow * sw - pl
-                    nw = min(w0 + pw, dx.shape[2]) - max(w0, 0)
-                    s += dy[n, oh, ow, c] / dt(nh * nw)
+            for oh in range(oh_lo, oh_hi):
+                h_lo, h_hi = window(oh, sh, pt, ph, dx.shape[1])
+                for ow in range(ow_lo, ow_hi):
+                    w_lo, w_hi = window(ow, sw, pl, pw, dx.shape[2])
+                    s += dy[n, oh, ow, c] / dt((h_hi - h_lo) * (w_hi - w_lo))
             dx[n, h, w, c] = s
 
-    a4 = arr(dtype, 4)
-    return KernelSpec(f"avg_pool_bwd[{dtype}]", avg_pool_bwd_k, (a4, a4) + (i64,) * 6,
-                      (POOL_BLOCK, 3))
-
-
-def _avg_pool_bwd_v4(dtype, dt):
     def avg_pool_bwd_v4_k(dy, dx, hh, ww, cc, ho, wo, ph, pw, sh, sw, pt, pl):
         """``avg_pool_bwd_k`` on 4 channels per thread: dy (N, ho, wo, cc) and dx (N, hh, ww,
         cc) flat, cc % 4 == 0, both 16-byte aligned; a 128-bit load per covering window, one
@@ -301,17 +280,14 @@ def _avg_pool_bwd_v4(dtype, dt):
         q = cc // 4
         for i in range(cuda.grid(1), dx.size // 4, cuda.gridsize(1)):
             n, h, w, c = chunk_index(i, q, ww, hh)
-            oh_lo = max(0, (h + pt - ph + sh) // sh)
-            oh_hi = min(ho - 1, (h + pt) // sh)
-            ow_lo = max(0, (w + pl - pw + sw) // sw)
-            ow_hi = min(wo - 1, (w + pl) // sw)
+            oh_lo, oh_hi = covering(h, sh, pt, ph, ho)
+            ow_lo, ow_hi = covering(w, sw, pl, pw, wo)
             s0 = s1 = s2 = s3 = dt(0)
-            for oh in range(oh_lo, oh_hi + 1):
-                h0 = oh * sh - pt
-                nh = min(h0 + ph, hh) - max(h0, 0)
-                for ow in range(ow_lo, ow_hi + 1):
-                    w0 = ow * sw - pl
-                    m = dt(nh * (min(w0 + pw, ww) - max(w0, 0)))
+            for oh in range(oh_lo, oh_hi):
+                h_lo, h_hi = window(oh, sh, pt, ph, hh)
+                for ow in range(ow_lo, ow_hi):
+                    w_lo, w_hi = window(ow, sw, pl, pw, ww)
+                    m = dt((h_hi - h_lo) * (w_hi - w_lo))
                     g = load4(dy, ((n * ho + oh) * wo + ow) * cc + c)
                     s0 += g[0] / m
                     s1 += g[1] / m
@@ -319,10 +295,8 @@ def _avg_pool_bwd_v4(dtype, dt):
                     s3 += g[3] / m
             store4(dx, 4 * i, s0, s1, s2, s3)
 
-    a1 = arr(dtype, 1)
-    # float64 at 3 blocks per SM (85 registers) spills: 2
-    return KernelSpec(_name("avg_pool_bwd", dtype, True), avg_pool_bwd_v4_k,
-                      (a1, a1) + (i64,) * 11, (POOL_BLOCK, 3 if dtype == "float32" else 2))
+    return _spec("avg_pool_bwd", dtype, vec, avg_pool_bwd_v4_k if vec else avg_pool_bwd_k,
+                 "ff")
 
 
 # ---------------------------------------------------------------------------------------------
