@@ -5,12 +5,9 @@ Format: one array per weight, named by its path in the model (``"C1/kernel"``, `
 Files are read with ``allow_pickle=False``: loading never runs code from the file. Any ``.npz``
 reader (NumPy, or a zip tool and a ``.npy`` reader) can open them.
 
-Writes are atomic: the archive goes to a temporary file in the destination's folder, is flushed
-to disk, then renamed over the destination (``os.replace``); on any failure the temporary file is
-removed and an existing checkpoint is left untouched. A symlink is followed (the file it leads to
-is replaced, the link stays); a directory, FIFO, device or socket at the destination is refused,
-and so is a read-only file unless ``overwrite=True``. Every file gpucnn writes (weights, benchmark
-reports, pictures) goes through ``write_atomic``.
+Every file gpucnn writes (weights, benchmark reports, pictures) goes through ``write_atomic``:
+atomic (renamed over the destination with ``os.replace``, so a failure leaves an existing
+checkpoint untouched) and respecting the destination, as its docstring says.
 """
 from __future__ import annotations
 

@@ -1,15 +1,10 @@
 """Pictures of training and of what a network learned, saved as PNG files.
 
-Each function draws one figure from NumPy arrays (or a ``History``), writes it to ``path`` and
-returns the path. matplotlib is imported on first use and drives its Agg canvas directly (no
-``pyplot``, no global backend switch, no window), so this works on servers and inside tests.
-
-- ``curves(history, path)``: loss and metric curves per epoch, training and validation.
-- ``filters(kernel, path)``: the learned filters of a conv layer, ``(KH, KW, C_in, C_out)``.
-- ``feature_maps(fmap, path)``: the maps one image produces after a layer, ``(H, W, C)``.
-- ``confusion_matrix(y_true, y_pred, path)``: counts of true against predicted classes.
-- ``reconstructions(rows, path)``: rows of images, e.g. input / noisy input / reconstruction.
-- ``weights_image(w, shape, path)``: the weights of one neuron laid out as an image.
+Each function (``curves``, ``filters``, ``feature_maps``, ``confusion_matrix``,
+``reconstructions``, ``weights_image``) draws one figure from NumPy arrays (or a ``History``),
+writes it to ``path`` and returns the path. matplotlib is imported on first use and drives its
+Agg canvas directly (no ``pyplot``, no global backend switch, no window), so this works on
+servers and inside tests.
 """
 from __future__ import annotations
 
@@ -176,9 +171,7 @@ def feature_maps(fmap, path, title="feature maps", image=None, max_maps=32):
 
 def _image(img):
     a = np.asarray(img, dtype=np.float64)
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim == 3 and a.shape[-1] != 3:
+    if a.ndim == 3 and a.shape[-1] != 3:            # one channel (or not RGB): the first
         a = a[..., 0]
     if a.ndim == 3:
         lo, hi = a.min(), a.max()

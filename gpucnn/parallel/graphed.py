@@ -174,12 +174,10 @@ def kept_runner(model):
 
 class Forward(_Replayer):
     """The forward passes of ``evaluate`` and ``predict`` replayed as CUDA graphs, as
-    ``Graphed`` does for training steps: ``run(tag, fn, *inputs)`` returns ``fn(*inputs)``,
-    eagerly the first time a ``tag`` and input shapes are seen, from a graph captured on the
-    second and replayed from then on. ``tag`` names what the graph captured besides the weights
-    (the op, the loss, the metrics); a change of the weights' arrays captures again. A mismatch
-    of the first replay or a failed capture turns graphs off for the model's forward passes,
-    with a warning. What a replay returns lives in the graph's buffers until the next replay:
+    ``Graphed`` does for training steps (``_Replayer``; turned off, with a warning, for these
+    passes alone): ``run(tag, fn, *inputs)`` returns ``fn(*inputs)``; ``tag`` names what the
+    graph captured besides the weights (the op, the loss, the metrics), whose arrays changing
+    captures again. What a replay returns lives in the graph's buffers until the next replay:
     ``copy=True`` returns copies (for results that are kept)."""
 
     WHAT = "forward passes (evaluate, predict)"
