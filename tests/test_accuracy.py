@@ -34,32 +34,25 @@ def mnist_split(mnist_dir):
     return (x[:8000], y[:8000]), (x[8000:], y[8000:])
 
 
-@pytest.mark.parametrize("opt, least", [
-    (lambda: optimizers.Adam(learning_rate=1e-3), 0.965),
-    (lambda: optimizers.SGD(learning_rate=0.01), 0.925),
-], ids=["adam", "sgd"])
-def test_lenet5_on_the_mnist_split(mnist_split, opt, least):
-    (x_train, y_train), (x_test, y_test) = mnist_split
+@pytest.fixture(scope="module")
+def digits32():
+    x, y = datasets.digits(32)
+    split = datasets.split(x, y, 0.2, seed=0)
+    assert len(split[1][0]) == 359
+    return split
+
+
+@pytest.mark.parametrize("data, opt, least", [
+    ("mnist_split", lambda: optimizers.Adam(learning_rate=1e-3), 0.965),
+    ("mnist_split", lambda: optimizers.SGD(learning_rate=0.01), 0.925),
+    ("digits32", lambda: optimizers.Adam(learning_rate=1e-3), 0.95),
+], ids=["adam", "sgd", "digits-held-out-fifth"])
+def test_lenet5(request, data, opt, least):
+    (x_train, y_train), (x_test, y_test) = request.getfixturevalue(data)
     model = zoo.lenet5()
     model.compile(optimizer=opt(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_train, y_train, batch_size=32, epochs=10, verbose=0)
     assert accuracy(model, x_test, y_test) >= least
-
-
-@pytest.fixture(scope="module")
-def digits32():
-    x, y = datasets.digits(32)
-    return datasets.split(x, y, 0.2, seed=0)
-
-
-def test_lenet5_on_the_digits_held_out_fifth(digits32):
-    (x_train, y_train), (x_test, y_test) = digits32
-    assert len(x_test) == 359
-    model = zoo.lenet5()
-    model.compile(optimizer=optimizers.Adam(learning_rate=1e-3),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x_train, y_train, batch_size=32, epochs=10, verbose=0)
-    assert accuracy(model, x_test, y_test) >= 0.95
 
 
 def test_perceptron_separates_zeros_and_ones():
