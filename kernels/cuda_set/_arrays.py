@@ -12,8 +12,7 @@ from numba import types
 
 from ._runtime import SIMULATOR, cp
 
-#: The array module outputs live in: NumPy in the simulator (and when CuPy is missing, so
-#: that the set can be imported to compile PTX on a machine without a GPU), CuPy on a GPU.
+#: The array module outputs live in (see the module docstring).
 xp = cp if (cp is not None and not SIMULATOR) else np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -49,13 +48,6 @@ def asarray(a, dtype=None):
             a = cp.asnumpy(a)
         return np.asarray(a, dtype=dtype)
     return cp.asarray(a, dtype=dtype)
-
-
-def to_host(a):
-    """A NumPy array (copies from the device when needed)."""
-    if cp is not None and isinstance(a, cp.ndarray):
-        return cp.asnumpy(a)
-    return np.asarray(a)
 
 
 _F32, _F64 = FLOAT_DTYPES

@@ -30,11 +30,12 @@ from . import _abi, _cache, _runtime
 from ._abi import _scalar, as_declared, flat_param_types, make_packer
 # the registry and array helpers, for the op modules (which import through this module)
 from ._arrays import (FLOAT_DTYPES, MAX_BLOCKS, NB_FLOAT, asarray, cdiv, check_rank,  # noqa: F401
-                      contig, dtname, dummy, empty, float_dtype, sm_count, to_host, xp)
+                      contig, dtname, dummy, empty, float_dtype, sm_count, xp)
 from ._registry import (KernelSpec, all_kernels, arr, float_variants,  # noqa: F401
                         kernel_factory)
 from ._runtime import SIMULATOR, cp
 from ._runtime import numba_cuda as cuda
+from .streams import to_host  # noqa: F401 (the one read-back: streams().read)
 
 
 _state = {"path": None, "launches": 0}
