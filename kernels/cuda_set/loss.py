@@ -23,7 +23,7 @@ from ._launch import (MAX_BLOCKS, NB_FLOAT, arr, cdiv, check_rank, contig, dtnam
                       float_dtype, float_variants, kernel_factory, KernelSpec, Plans, Prepared, xp)
 from ._runtime import numba_cuda as cuda
 from .activation import SIGMOID, act_device_fns
-from .softmax import SHORT_ROW, _labels, _reducers, group_size
+from .softmax import _labels, _reducers, row_spec, row_variants
 from .vector import HALF, stream_grid
 
 #: Threads per block of the forward kernels (a power of two) and of the backward ones; the
@@ -35,15 +35,6 @@ LOSS_BWD_BLOCK = 256
 MSE, MAE, BCE, BCE_LOGITS = range(4)
 CCE, CCE_LOGITS, SPARSE, SPARSE_LOGITS = range(4)
 CODE = {name: i % 4 for i, name in enumerate(LOSSES)}
-
-
-def _fwd_variants():
-    return [{"dtype": d, "block": LOSS_BLOCK} for d in ("float32", "float64")]
-
-
-def _rows_variants():
-    g = group_size(LOSS_BLOCK)
-    return _fwd_variants() + [dict(v, group=g, kmax=SHORT_ROW) for v in _fwd_variants()]
 
 
 def _bounds(dtype):
@@ -78,7 +69,7 @@ def _finisher(dtype: str, block: int):
     return finish
 
 
-@kernel_factory(_fwd_variants)
+@kernel_factory(lambda: row_variants(LOSS_BLOCK, groups=False))
 def ew_fwd_kernel(dtype, block):
     dt = NB_FLOAT[np.dtype(dtype)]
     lo, hi = _bounds(dtype)
@@ -111,7 +102,7 @@ def ew_fwd_kernel(dtype, block):
                       (a, a, a, arr(np.int32, 1), a, types.int32), (block, HALF))
 
 
-@kernel_factory(_rows_variants)
+@kernel_factory(lambda: row_variants(LOSS_BLOCK))
 def rows_fwd_kernel(dtype, block, group=0, kmax=0):
     """``group`` threads a row (0: the block); ``kmax`` > 0: rows of at most ``kmax`` columns,
     kept in shared memory (read from global memory once)."""
@@ -313,9 +304,8 @@ def loss_forward(loss, t, p):
         p, tt, lab, dt = _inputs(op, loss, t, p)
         rows = loss in LOSS_STATS
         if rows:
-            g = group_size(LOSS_BLOCK) if p.shape[1] <= SHORT_ROW else 0
-            spec = rows_fwd_kernel(dtname(dt), LOSS_BLOCK, g, SHORT_ROW if g else 0)
-            grid = (min(cdiv(p.shape[0], LOSS_BLOCK // g if g else 1), MAX_BLOCKS),)
+            spec, per = row_spec(rows_fwd_kernel, dt, LOSS_BLOCK, p.shape[1])
+            grid = (min(cdiv(p.shape[0], per), MAX_BLOCKS),)
         else:
             spec = ew_fwd_kernel(dtname(dt), LOSS_BLOCK)
             grid = stream_grid(p.size, LOSS_BLOCK, HALF)

@@ -31,13 +31,19 @@ def group_size(block: int) -> int:
     return min(ROW_GROUP, block // 2)
 
 
-def _variants():
-    return [{"dtype": d, "block": SOFTMAX_BLOCK} for d in ("float32", "float64")]
+def row_variants(block: int, groups: bool = True) -> list:
+    """The launchers' variants of a kernel of ``block`` threads: in each dtype, and with
+    ``groups`` its row-group ones too (``group_size(block)`` threads a row, ``SHORT_ROW``)."""
+    one = [{"dtype": d, "block": block} for d in ("float32", "float64")]
+    return one + ([dict(v, group=group_size(block), kmax=SHORT_ROW) for v in one] if groups
+                  else [])
 
 
-def _fwd_variants():
-    g = group_size(SOFTMAX_BLOCK)
-    return _variants() + [dict(v, group=g, kmax=SHORT_ROW) for v in _variants()]
+def row_spec(factory, dt, block: int, k: int):
+    """``(spec, rows a block)`` of ``factory``'s kernel of ``block`` threads for rows of ``k``
+    columns: the row-group kernel when k <= ``SHORT_ROW``, else one row a block at a time."""
+    g = group_size(block) if k <= SHORT_ROW else 0
+    return factory(dtname(dt), block, g, SHORT_ROW if g else 0), block // g if g else 1
 
 
 @functools.lru_cache(maxsize=None)
@@ -82,7 +88,7 @@ def _reducers(dtype: str, width: int):
     return tree_max, tree_sum
 
 
-@kernel_factory(_fwd_variants)
+@kernel_factory(lambda: row_variants(SOFTMAX_BLOCK))
 def softmax_fwd_kernel(dtype, block, group=0, kmax=0):
     """``group`` threads a row (0: the block, one row a block); ``kmax`` > 0: rows of at most
     ``kmax`` columns, kept in shared memory (read from global memory once)."""
@@ -134,7 +140,7 @@ def softmax_fwd_kernel(dtype, block, group=0, kmax=0):
     return KernelSpec(f"softmax_fwd[{name}]", softmax_fwd_k, (a2, a2, types.int64))
 
 
-@kernel_factory(_variants)
+@kernel_factory(lambda: row_variants(SOFTMAX_BLOCK, groups=False))
 def softmax_bwd_kernel(dtype, block):
     dt = NB_FLOAT[np.dtype(dtype)]
     _, block_sum = _reducers(dtype, block)
@@ -190,10 +196,8 @@ def _softmax(op, x, log):
     plan = plans.get(key)
     if plan is None:
         x, dt = _rows(op, x)
-        g = group_size(SOFTMAX_BLOCK) if x.shape[1] <= SHORT_ROW else 0
-        spec = softmax_fwd_kernel(dtname(dt), SOFTMAX_BLOCK, g, SHORT_ROW if g else 0)
-        plan = plans.put(key, _row_plan(spec, x.shape[0], log,
-                                        per=SOFTMAX_BLOCK // g if g else 1), (x,), None)
+        spec, per = row_spec(softmax_fwd_kernel, dt, SOFTMAX_BLOCK, x.shape[1])
+        plan = plans.put(key, _row_plan(spec, x.shape[0], log, per=per), (x,), None)
     y = empty(x.shape, x.dtype)
     plan(x, y)
     return y
