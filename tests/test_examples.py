@@ -123,7 +123,7 @@ def assert_one_line_error(r, prog, out, *words):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith(f"{prog}: error: "), lines[0]
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.stderr and "Epoch" not in r.stdout      # refused before training
     for word in words:
         assert word in lines[0], (word, lines[0])
     assert not Path(out).exists(), "something was written to --out before the data was checked"
@@ -136,14 +136,17 @@ def assert_one_line_error(r, prog, out, *words):
      ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "{tmp}/empty"]),
     ("alexnet.py", ["--data", "{tmp}/empty"], ["data_batch_1.bin", "test_batch.bin"]),
     ("perceptron.py", ["--epochs", "0"], ["--epochs", "positive integer", "--help"]),
+    ("perceptron.py", ["--seed", "-5"], ["argument --seed: expected an integer >= 0, got '-5'"]),
+    ("perceptron.py", ["--out", "/sys/gpucnn-pictures", "--epochs", "1"],       # after the --out
+     ["--out /sys/gpucnn-pictures: cannot create the folder or write in it"]),  # below: it wins
 ], ids=["unknown-backend", "data-folder-missing", "no-mnist-files", "no-cifar-files",
-        "epochs-0"])
+        "epochs-0", "seed-negative", "out-not-writable"])
 def test_bad_backend_data_folder_or_option_value(tmp_path, script, args, words):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "o"
     args = [a.format(tmp=tmp_path) for a in args]
     backend = [] if "--backend" in args else ["--backend", "numpy"]
-    r = run(script, *backend, *args, "--out", out, cwd=tmp_path)
+    r = run(script, *backend, "--out", out, *args, cwd=tmp_path)
     assert_one_line_error(r, script, out, *(w.format(tmp=tmp_path) for w in words))
 
 
