@@ -30,16 +30,14 @@ ALEXNET_MIN_IMAGENET_SIDE = 67
 _positive_int = _check.positive_int
 
 
-def _shape(input_shape, rank, op):
-    """``input_shape`` as a tuple of ``rank`` positive ints, or a ValueError saying what was wrong."""
+def _shape(input_shape, op):
+    """``input_shape`` as 3 positive ints ``(height, width, channels)``, or a ValueError."""
     try:
         shape = tuple(input_shape)
     except TypeError:
         shape = None
-    if (shape is None or len(shape) != rank
-            or not all(_check.is_int(d) and d > 0 for d in shape)):
-        want = "(height, width, channels)" if rank == 3 else "(n_features,)"
-        raise ValueError(f"{op}: input_shape must be {rank} positive ints {want}, "
+    if shape is None or len(shape) != 3 or not all(_check.is_int(d) and d > 0 for d in shape):
+        raise ValueError(f"{op}: input_shape must be 3 positive ints (height, width, channels), "
                          f"got {input_shape!r}")
     return tuple(int(d) for d in shape)
 
@@ -69,7 +67,7 @@ def basic_cnn(input_shape=(32, 32, 1), classes=10, filters=8, kernel_size=3, uni
     ``flatten``, ``dense``, ``output``.
     """
     op = "basic_cnn"
-    h, w, c = _shape(input_shape, 3, op)
+    h, w, c = _shape(input_shape, op)
     classes = _positive_int(classes, op, "classes", 2)
     filters = _positive_int(filters, op, "filters")
     kernel_size = _positive_int(kernel_size, op, "kernel_size")
@@ -111,7 +109,7 @@ def lenet5(input_shape=(32, 32, 1), classes=10):
     61706
     """
     op = "lenet5"
-    h, w, c = _shape(input_shape, 3, op)
+    h, w, c = _shape(input_shape, op)
     classes = _positive_int(classes, op, "classes", 2)
     if min(h, w) < 32:
         raise ValueError(f"{op}: input_shape {input_shape!r} is too small; the guide's LeNet-5 "
@@ -169,7 +167,7 @@ def alexnet(input_shape=(227, 227, 3), classes=1000, dropout=0.5, width=1.0, den
         stem: ``"auto"``, ``"imagenet"`` or ``"small"``.
     """
     op = "alexnet"
-    h, w, c = _shape(input_shape, 3, op)
+    h, w, c = _shape(input_shape, op)
     classes = _positive_int(classes, op, "classes", 2)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) \
             or not 0 <= dropout < 1:
@@ -228,7 +226,7 @@ def conv_autoencoder(input_shape=(28, 28, 1), latent_channels=8, filters=(16, 32
     Height and width must be multiples of 4 (28 x 28 MNIST, 32 x 32 digits).
     """
     op = "conv_autoencoder"
-    h, w, c = _shape(input_shape, 3, op)
+    h, w, c = _shape(input_shape, op)
     if h % 4 or w % 4:
         raise ValueError(f"{op}: height and width must be multiples of 4 (two stride-2 convs "
                          f"down and two stride-2 transposed convs up), got {input_shape!r}")
