@@ -7,7 +7,7 @@ makes for the device's compute capability (``compile_ptx``, no link-time optimis
 compute capability is then given, and ``python -m gpucnn.cache fill --cc 9.0`` fills the cache
 ahead of time for another machine (which then needs no NVVM at all).
 
-One file per kernel, ``<name>-<key>.cubin``, in ``cache_dir()`` (``GPUCNN_CACHE_DIR``, else
+One file per kernel, ``<name>-sm_XY-<key>.cubin``, in ``cache_dir()`` (``GPUCNN_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/gpucnn/kernels``, else ``~/.cache/gpucnn/kernels``). The key hashes what
 decides the machine code: the kernel's name (with its compile-time parameters), its argument
 types and launch bounds, the compute capability, numba-cuda's version and the source of the
@@ -18,6 +18,7 @@ rebuilt, never loaded.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -156,10 +157,8 @@ def write(path: pathlib.Path, fields: dict, built: Built) -> None:
             f.write(blob)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 

@@ -42,8 +42,7 @@ def _fix_for(error: str) -> str:
 
 
 def _prove_chain(info: dict) -> tuple[bool, str]:
-    """Compile (or load from the kernel cache) one real kernel, launch it through the launch
-    path this process uses, read the result back and check it."""
+    """The chain of the module docstring, proven with the tanh kernel."""
     x = np.array([-3.0, -0.5, 0.0, 0.25, 2.0], np.float32)
     try:
         got = _runtime.cp.asnumpy(activation.act_forward(_runtime.cp.asarray(x), "tanh"))
@@ -62,9 +61,8 @@ def _prove_chain(info: dict) -> tuple[bool, str]:
 
 
 def probe() -> tuple[bool, str, dict]:
-    """``(ok, reason, info)`` for the cuda backend on this machine. On a GPU the whole chain is
-    proven once per process (a kernel compiled or loaded from the cache, launched, read back);
-    the verdict is cached."""
+    """``(ok, reason, info)`` for the cuda backend on this machine (the verdict of the module
+    docstring, cached)."""
     if "result" not in _verdict:
         _verdict["result"] = _probe()
     ok, why, info = _verdict["result"]
