@@ -64,10 +64,12 @@ class _Rows(Function):
         return xp.moveaxis(d2.reshape(self.mshape), -1, self.axis)
 
 
-def _axis(x, axis, op):
+def _rows(x, axis, op, log):
+    x = _check.tensor(x, op, "x")
+    _check.floating(x, op, "x")
     if not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
         raise ValueError(f"{op}: axis must be an int in [-{x.ndim}, {x.ndim}), got {axis!r}")
-    return axis % x.ndim
+    return _Rows.apply(x, axis=axis % x.ndim, log=log)
 
 
 def softmax(x, axis=-1):
@@ -77,13 +79,9 @@ def softmax(x, axis=-1):
     >>> F.softmax([[0.0, 0.0]]).numpy()
     array([[0.5, 0.5]], dtype=float32)
     """
-    x = _check.tensor(x, "softmax", "x")
-    _check.floating(x, "softmax", "x")
-    return _Rows.apply(x, axis=_axis(x, axis, "softmax"), log=False)
+    return _rows(x, axis, "softmax", False)
 
 
 def log_softmax(x, axis=-1):
     """``x - logsumexp(x)`` along ``axis``, stable for logits of 1e4."""
-    x = _check.tensor(x, "log_softmax", "x")
-    _check.floating(x, "log_softmax", "x")
-    return _Rows.apply(x, axis=_axis(x, axis, "log_softmax"), log=True)
+    return _rows(x, axis, "log_softmax", True)

@@ -41,7 +41,6 @@ class Conv2D(Function):
             return dx, dw, ks.bias_grad(g) if self.parents[2].requires_grad else None
         return dx, dw
 
-
     def _fused_backward(self, ks, g):
         """The activation's gradient read inside the conv gradients, the bias gradient summed
         by the kernel-gradient pass: two launches (three with a split reduction) where the

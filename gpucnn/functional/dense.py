@@ -118,12 +118,10 @@ class Dropout(Function):
 
     def forward(self, x, rate=0.5, seed=0, counter=0):
         part = _split.current()
-        if part is None or x.shape[0] != part.hi - part.lo:
-            self.mask = backend.kernels().dropout_mask(x.shape, rate, seed, counter, x.dtype)
-        else:
-            full = (part.n,) + tuple(x.shape[1:])
-            self.mask = backend.kernels().dropout_mask(full, rate, seed, counter, x.dtype)[
-                part.lo:part.hi]
+        whole = part is None or x.shape[0] != part.hi - part.lo
+        shape = x.shape if whole else (part.n,) + tuple(x.shape[1:])
+        mask = backend.kernels().dropout_mask(shape, rate, seed, counter, x.dtype)
+        self.mask = mask if whole else mask[part.lo:part.hi]
         return x * self.mask
 
     def backward(self, g):
