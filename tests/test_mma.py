@@ -362,6 +362,9 @@ def test_precision_is_exact_by_default_and_follows_the_frameworks():
     assert _precision.get_float32_matmul_precision() == "highest"
     with pytest.raises(ValueError, match="precision must be one of"):
         _precision.set_float32_matmul_precision("tf32")
+    assert not ct.use_tf32(np.float32)       # use_tf32 follows the setting and the dtype
+    with _precision.float32_matmul_precision("high"):
+        assert ct.use_tf32(np.float32) and not ct.use_tf32(np.float64)
 
 
 @needs_sim
@@ -377,19 +380,18 @@ def test_the_cuda_sets_convs_run_on_tf32_when_the_precision_allows(rng, sim_spee
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
     b = rng.standard_normal(w_shape[3]).astype(np.float32)
+    def convs(K, prefix=""):
+        """The three linear convs of set or module ``K`` (``prefix``: the TF32 launchers')."""
+        return [getattr(K, prefix + "conv2d_forward")(x, w, b, stride, pad, "linear"),
+                getattr(K, prefix + "conv2d_backward_input")(dy, w, x_shape, stride, pad),
+                getattr(K, prefix + "conv2d_backward_weight")(x, dy, w_shape, stride, pad)]
+
     with simulate.small_launches():
         y32 = C.conv2d_forward(x, w, b, stride, pad, "tanh")
         dy = rng.standard_normal(y32.shape).astype(np.float32)
-        exact = [C.conv2d_forward(x, w, b, stride, pad, "linear"),
-                 C.conv2d_backward_input(dy, w, x_shape, stride, pad),
-                 C.conv2d_backward_weight(x, dy, w_shape, stride, pad)]
+        exact = convs(C)
         with _precision.float32_matmul_precision("high"):
-            got = [C.conv2d_forward(x, w, b, stride, pad, "linear"),
-                   C.conv2d_backward_input(dy, w, x_shape, stride, pad),
-                   C.conv2d_backward_weight(x, dy, w_shape, stride, pad)]
-            own = [ct.tf32_conv2d_forward(x, w, b, stride, pad, "linear"),
-                   ct.tf32_conv2d_backward_input(dy, w, x_shape, stride, pad),
-                   ct.tf32_conv2d_backward_weight(x, dy, w_shape, stride, pad)]
+            got, own = convs(C), convs(ct, "tf32_")
             g = C.act_backward(dy, y32, "tanh")
             fused_dx = C.conv2d_backward_input_act(dy, y32, "tanh", w, x_shape, stride, pad)
             fused_dw, fused_db = C.conv2d_backward_weight_bias(x, dy, y32, "tanh", w_shape,
@@ -404,12 +406,6 @@ def test_the_cuda_sets_convs_run_on_tf32_when_the_precision_allows(rng, sim_spee
         np.testing.assert_array_equal(a, mine, err_msg=name)
         assert not np.allclose(a, ref, rtol=1e-6, atol=1e-6), f"{name}: not TF32"
         np.testing.assert_allclose(a, ref, rtol=2e-2, atol=2e-2, err_msg=name)
-
-
-def test_use_tf32_follows_the_setting_and_the_dtype():
-    assert not ct.use_tf32(np.float32)
-    with _precision.float32_matmul_precision("high"):
-        assert ct.use_tf32(np.float32) and not ct.use_tf32(np.float64)
 
 
 def test_backend_reports_and_sets_the_precision():
