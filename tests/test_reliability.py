@@ -462,24 +462,31 @@ def test_a_destination_that_is_not_a_regular_file_is_refused(short_dir):
     no_temporaries(short_dir)
 
 
-def test_a_read_only_file_is_replaced_only_with_overwrite_true(tmp_path):
+@pytest.mark.parametrize("method", ["save_weights", "save"])     # save: issue 24, case 3
+def test_a_read_only_file_is_replaced_only_with_overwrite_true(tmp_path, method):
     path = tmp_path / "frozen.weights.npz"
-    compiled(seed=1).save_weights(path)
+    getattr(compiled(seed=1), method)(path)
     path.chmod(0o444)
     good = path.read_bytes()
     model = compiled(seed=2)
-    with pytest.raises(PermissionError, match=r"save_weights: will not replace .*frozen.* read-only "
+    save = getattr(model, method)
+    with pytest.raises(PermissionError, match=rf"{method}: will not replace .*frozen.* read-only "
                                               r"\(mode 0444\); pass overwrite=True"):
-        model.save_weights(path)
+        save(path, overwrite=None)                 # save_weights' default
     assert path.read_bytes() == good and stat.S_IMODE(path.stat().st_mode) == 0o444
     with pytest.raises(FileExistsError):
-        model.save_weights(path, overwrite=False)
-    model.save_weights(path, overwrite=True)
+        save(path, overwrite=False)
+    save(path, overwrite=True)
     assert path.read_bytes() != good and stat.S_IMODE(path.stat().st_mode) == 0o444
-    with pytest.raises(PermissionError, match="read-only"):
-        io.write_atomic(path, lambda f: f.write(b"x"))
-    io.write_atomic(path, lambda f: f.write(b"x"), overwrite=True)
-    assert path.read_bytes() == b"x" and stat.S_IMODE(path.stat().st_mode) == 0o444
+    probe = compiled(seed=1)
+    probe.load_weights(path)
+    for w, b in zip(probe.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(w, b)
+    if method == "save_weights":
+        with pytest.raises(PermissionError, match="read-only"):
+            io.write_atomic(path, lambda f: f.write(b"x"))
+        io.write_atomic(path, lambda f: f.write(b"x"), overwrite=True)
+        assert path.read_bytes() == b"x" and stat.S_IMODE(path.stat().st_mode) == 0o444
     no_temporaries(tmp_path)
 
 
@@ -891,21 +898,6 @@ def test_a_writer_that_would_fail_stops_fit_before_the_first_step(make, error, w
     assert model.optimizer.iterations == 0
     for w, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(w, b)
-
-
-# -- issue 24, case 3: save(overwrite=True) --------------------------------------------------------
-def test_save_with_overwrite_true_replaces_a_read_only_file_as_save_weights_does(tmp_path):
-    model = compiled()
-    for save in (model.save, model.save_weights):
-        path = read_only(tmp_path / f"{save.__name__}.npz")
-        with pytest.raises(PermissionError, match="read-only"):
-            save(path, overwrite=None)
-        save(path, overwrite=True)
-        assert stat.S_IMODE(path.stat().st_mode) == 0o444      # replaced, its mode kept
-        probe = compiled(seed=1)
-        probe.load_weights(path)
-        for w, b in zip(probe.get_weights(), model.get_weights()):
-            np.testing.assert_array_equal(w, b)
 
 
 # -- issue 24, case 4: hostile model files ---------------------------------------------------------
