@@ -29,7 +29,7 @@ def _run(code, **env):
 
 
 # whether a fresh process (the simulator off) sees a usable NVIDIA GPU
-GPU = _run("import gpucnn.kernels.cuda_set._runtime as r; print(r.probe()[0])").stdout.strip() \
+GPU = _run("import gpucnn.kernels.cuda_set._probe as p; print(p.probe()[0])").stdout.strip() \
     == "True"
 
 
@@ -149,6 +149,7 @@ def test_a_set_that_breaks_the_contract_is_refused():
 
 
 def test_capabilities_are_declared_and_asked_for_by_name():
+    """Among them what the tools need of the cuda set."""
     assert kernels.has(numpy_set, "split_steps") and kernels.has(numpy_set, "threads")
     cuda_set = kernels.load_set("cuda")
     assert kernels.has(cuda_set, "launches") and not kernels.has(cuda_set, "split_steps")
@@ -156,10 +157,6 @@ def test_capabilities_are_declared_and_asked_for_by_name():
         kernels.has(numpy_set, "gpu")
     for mod in (numpy_set, cuda_set):
         kernels.check_set(mod.__name__, mod)
-
-
-def test_what_the_tools_need_of_the_cuda_set_are_capabilities():
-    cuda_set = kernels.load_set("cuda")
     for cap in ("probe", "compile_cache", "scatter_add"):
         assert kernels.has(cuda_set, cap) and not kernels.has(numpy_set, cap)
     ok, why, info = cuda_set.probe()
