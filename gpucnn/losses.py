@@ -131,19 +131,12 @@ class LossFunctionWrapper(Loss):
         return out if out.size == 1 and out.ndim == 0 else out.mean()
 
 
-def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
-    """Mean cross-entropy of integer labels ``(N,)`` and probabilities (or logits) ``(N, K)``."""
-    return F.sparse_categorical_crossentropy(y_true, y_pred, from_logits=from_logits)
-
-
-def categorical_crossentropy(y_true, y_pred, from_logits=False):
-    """Mean cross-entropy of one-hot targets and probabilities (or logits), both ``(N, K)``."""
-    return F.categorical_crossentropy(y_true, y_pred, from_logits=from_logits)
-
-
-def binary_crossentropy(y_true, y_pred, from_logits=False):
-    """The mean binary cross-entropy of targets in [0, 1] against probabilities (or logits)."""
-    return F.binary_crossentropy(y_true, y_pred, from_logits=from_logits)
+sparse_categorical_crossentropy = F.sparse_categorical_crossentropy
+"""Mean cross-entropy of integer labels ``(N,)`` and probabilities (or logits) ``(N, K)``."""
+categorical_crossentropy = F.categorical_crossentropy
+"""Mean cross-entropy of one-hot targets and probabilities (or logits), both ``(N, K)``."""
+binary_crossentropy = F.binary_crossentropy
+"""The mean binary cross-entropy of targets in [0, 1] against probabilities (or logits)."""
 
 
 def mean_squared_error(y_true, y_pred):
@@ -171,9 +164,7 @@ _BY_FUNCTION = {
     categorical_crossentropy: CategoricalCrossentropy,
     binary_crossentropy: BinaryCrossentropy,
     mean_squared_error: MeanSquaredError, mean_absolute_error: MeanAbsoluteError,
-    F.sparse_categorical_crossentropy: SparseCategoricalCrossentropy,
-    F.categorical_crossentropy: CategoricalCrossentropy,
-    F.binary_crossentropy: BinaryCrossentropy, F.mse: MeanSquaredError, _mae: MeanAbsoluteError,
+    F.mse: MeanSquaredError, _mae: MeanAbsoluteError,
 }
 _CLASS_NAMES = {c.__name__: c for c in set(_BY_NAME.values())}
 
