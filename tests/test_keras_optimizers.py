@@ -335,12 +335,9 @@ def test_bad_arguments_name_the_optimizer():
 
 
 def test_exclude_from_weight_decay_by_name_and_by_tensor():
-    a = _one_param([1.0, 2.0])
-    a.name = "dense/kernel"
-    b = _one_param([1.0])
-    b.name = "dense/bias"
-    c = _one_param([4.0])
-    c.name = "other/kernel"
+    a, b, c = (_one_param(v) for v in ([1.0, 2.0], [1.0], [4.0]))
+    for t, name in zip((a, b, c), ("dense/kernel", "dense/bias", "other/kernel")):
+        t.name = name
     opt = optimizers.SGD(0.1, weight_decay=0.5)
     opt.exclude_from_weight_decay(var_list=[c], var_names=["bias"])
     for t in (a, b, c):

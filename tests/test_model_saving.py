@@ -86,8 +86,7 @@ def test_round_trip_gives_identical_predictions(saved_weights, rng):
     assert not np.array_equal(other.predict(x, verbose=0), model.predict(x, verbose=0))
     other.load_weights(path)
     np.testing.assert_array_equal(other.predict(x, verbose=0), model.predict(x, verbose=0))
-    for a, b in zip(other.get_weights(), model.get_weights()):
-        np.testing.assert_array_equal(a, b)
+    assert same(other.get_weights(), model.get_weights())
 
 
 def test_the_file_is_a_plain_npz_of_named_arrays(saved_weights):
