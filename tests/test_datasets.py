@@ -564,29 +564,23 @@ def test_fetch_into_the_user_cache_then_mnist_finds_it(mirror, home, rng, monkey
         np.testing.assert_array_equal(got, want)
 
 
-def test_fetch_one_split_into_dir(mirror, tmp_path, rng, monkeypatch, capsys):
-    serve_mnist(mirror.folder, rng, monkeypatch, 3)
-    target = tmp_path / "new" / "mnist"
-    assert fetch_test(target, mirror.url.rstrip("/")) == 0
-    assert contents(target) == TEST_GZ
-    assert sorted(mirror.requests) == TEST_GZ
-    assert f"gpucnn.datasets.mnist({str(target)!r})" in capsys.readouterr().out
-
-
 def test_verified_files_stay_and_altered_ones_are_replaced(mirror, tmp_path, rng, monkeypatch,
                                                            capsys):
     serve_mnist(mirror.folder, rng, monkeypatch, 3)
-    assert fetch_test(tmp_path / "d", mirror.url) == 0
+    target = tmp_path / "new" / "mnist"
+    assert fetch_test(target, mirror.url.rstrip("/")) == 0      # one split, into a new folder
+    assert contents(target) == TEST_GZ and sorted(mirror.requests) == TEST_GZ
+    assert f"gpucnn.datasets.mnist({str(target)!r})" in capsys.readouterr().out
     mirror.requests.clear()
-    assert fetch_test(tmp_path / "d", mirror.url) == 0
+    assert fetch_test(target, mirror.url) == 0
     assert mirror.requests == []                              # both already verified
     assert capsys.readouterr().out.count("present  t10k-") == 2
 
-    labels = tmp_path / "d" / (MNIST_TEST[1] + ".gz")
+    labels = target / (MNIST_TEST[1] + ".gz")
     blob = bytearray(labels.read_bytes())
     blob[-1] ^= 0xFF
     labels.write_bytes(bytes(blob))
-    assert fetch_test(tmp_path / "d", mirror.url) == 0
+    assert fetch_test(target, mirror.url) == 0
     assert mirror.requests == [MNIST_TEST[1] + ".gz"]
     assert labels.read_bytes() == (mirror.folder / (MNIST_TEST[1] + ".gz")).read_bytes()
     assert "is not the published file" in capsys.readouterr().err
