@@ -1,8 +1,8 @@
 """The cuda kernel set beyond the op registry's table (tests/test_ops.py runs every contract
 function against the NumPy set, which is itself held to plain loops): float64, errors, in-place
 updates of views, split-K partitions, the dropout hash, empty batches, random and full-size
-geometries, the capabilities only this set offers (fused backward, multi-tensor updates), and a
-LeNet-5 pass. In Numba's CUDA simulator, or on a GPU with GPUCNN_TEST_REAL_GPU=1; every output
+geometries, the capabilities only this set offers (fused backward; the multi-tensor updates are
+tests/test_optim_kernels.py's), and a LeNet-5 pass. In Numba's CUDA simulator, or on a GPU with GPUCNN_TEST_REAL_GPU=1; every output
 is poisoned with NaN before the kernel writes it.
 """
 
@@ -403,49 +403,3 @@ def test_fused_dense_activation_and_bias_gradient(rows, act, rng):
     g, db = C.act_backward_bias(C.asarray(dy), C.asarray(y), act)
     want = N.act_backward(dy, y, act)
     assert rel_err(g, want) < FWD and rel_err(db, N.bias_grad(want)) < GRAD
-
-
-# ---------------------------------------------------------------- multi-tensor updates
-def _tensors(rng, shapes, slots):
-    scale = {"nonneg": 1.0, "small": 0.01}
-    return [[np.abs(f32(rng, *s)) + 1.0 if k == "nonneg" else
-             (scale.get(k, 1.0) * f32(rng, *s)).astype(np.float32) for k in slots]
-            for s in shapes]
-
-
-MULTI_SHAPES = [(5, 3), (7,), (2, 2, 3), (1,), (4, 4)] * 3       # 15 tensors: two launches
-
-
-@pytest.mark.parametrize("family,slots,kwargs", [
-    ("sgd", ["p", "g", "v"], dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)),
-    ("sgd", ["p", "g"], dict(lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0)),
-    ("adam", ["p", "g", "m", "nonneg", "nonneg"],
-     dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7, t=5, weight_decay=0.0)),
-    ("rmsprop", ["p", "g", "nonneg", "small", "p"],
-     dict(lr=1e-3, rho=0.9, eps=1e-7, weight_decay=1e-3, momentum=0.5)),
-], ids=["sgd-nesterov-wd", "sgd-plain", "adam-amsgrad", "rmsprop-centered-momentum"])
-def test_multi_tensor_updates_match_one_update_a_tensor(family, slots, kwargs, rng):
-    """One launch per 12 tensors gives what the one-tensor update gives each tensor."""
-    tensors = _tensors(rng, MULTI_SHAPES, slots)
-    dev = [[C.asarray(a.copy()) for a in t] for t in tensors]
-    host = [[a.copy() for a in t] for t in tensors]
-    before = C.launch_count()
-    if family == "sgd":
-        vs = [t[2] for t in dev] if len(slots) == 3 else None
-        C.sgd_update_many([t[0] for t in dev], [t[1] for t in dev], vs, **kwargs)
-        for t in host:
-            N.sgd_update(t[0], t[1], t[2] if len(t) == 3 else None, **kwargs)
-    elif family == "adam":
-        C.adam_update_many(*[[t[i] for t in dev] for i in range(4)], **kwargs,
-                           vhats=[t[4] for t in dev])
-        for t in host:
-            N.adam_update(*t[:4], **kwargs, vhat=t[4])
-    else:
-        C.rmsprop_update_many(*[[t[i] for t in dev] for i in range(3)], **kwargs,
-                              mgs=[t[3] for t in dev], us=[t[4] for t in dev])
-        for t in host:
-            N.rmsprop_update(*t[:3], **kwargs, u=t[4], mg=t[3])
-    assert C.launch_count() - before == 2                      # 12 + 3 tensors
-    for d, h in zip(dev, host):
-        for a, b in zip(d, h):
-            assert rel_err(a, b) < FWD

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from _reference import ref_adam_update, ref_rmsprop_update, ref_sgd_update
+from _reference import ref_adam_update, ref_rmsprop_update, ref_sgd_update, rel_err
 from gpucnn.kernels import load_set
 from test_raw_launch import FakeArray, gpu  # noqa: F401 (the fake CuPy's fixture)
 
@@ -41,41 +41,60 @@ CASES = ([("sgd", o) for o in itertools.product([0.0, 0.9], [False, True], [0.0,
          + [("rmsprop", o) for o in itertools.product([0.0, 0.9], [False, True], [0.0, 0.05])])
 
 
-def _state(rng, family, opts, dtype):
+def _state(rng, family, opts, dtype, shape=SHAPE):
     """p and the slots of ``family`` (None where ``opts`` leave one out): SGD's v; Adam's m, v,
     vhat (zeros); RMSprop's s >= 0, u, mg."""
-    p = f(rng, *SHAPE, dtype=dtype)
+    p = f(rng, *shape, dtype=dtype)
     if family == "sgd":
-        return [p, f(rng, *SHAPE, dtype=dtype, scale=0.1) if opts[0] else None]
+        return [p, f(rng, *shape, dtype=dtype, scale=0.1) if opts[0] else None]
     if family == "adam":
-        return [p, np.zeros(SHAPE, dtype), np.zeros(SHAPE, dtype),
-                np.zeros(SHAPE, dtype) if opts[0] else None]
-    return [p, np.abs(f(rng, *SHAPE, dtype=dtype))] + [
-        f(rng, *SHAPE, dtype=dtype, scale=0.01) if on else None for on in opts[:2]]
+        return [p, np.zeros(shape, dtype), np.zeros(shape, dtype),
+                np.zeros(shape, dtype) if opts[0] else None]
+    return [p, np.abs(f(rng, *shape, dtype=dtype))] + [
+        f(rng, *shape, dtype=dtype, scale=0.01) if on else None for on in opts[:2]]
 
 
-def _grads(rng, family, dtype):
+def _grads(rng, family, dtype, shape=SHAPE):
     """``(t, g)`` of each step: 3 steps; Adam 4, its gradients shrinking (amsgrad's max)."""
     if family == "adam":
-        return [(t, f(rng, *SHAPE, dtype=dtype, scale=10.0 ** (2 - 2 * t)))
+        return [(t, f(rng, *shape, dtype=dtype, scale=10.0 ** (2 - 2 * t)))
                 for t in range(1, STEPS + 2)]
-    return [(t, f(rng, *SHAPE, dtype=dtype)) for t in range(1, STEPS + 1)]
+    return [(t, f(rng, *shape, dtype=dtype)) for t in range(1, STEPS + 1)]
 
 
-def _update(K, family, s, g, t, opts):
-    """Step ``t`` of ``family`` with ``opts`` in place on ``s`` by set ``K``, or by the formulas
-    of ``_reference`` (``K`` None: RMSprop's gain 0.1 given). The learning rate and weight decay
-    are NumPy float64 scalars: they must not upcast a float32 p."""
-    lr, wd = np.float64(0.05 if family == "sgd" else 0.01), np.float64(opts[-1])
+def _hyper(family, opts, lr):
+    """The learning rate (0.05 for SGD, else 0.01, unless given) and weight decay, as NumPy
+    float64 scalars: they must not upcast a float32 p."""
+    return np.float64(lr or (0.05 if family == "sgd" else 0.01)), np.float64(opts[-1])
+
+
+def _update(K, family, s, g, t, opts, lr=None, **flags):
+    """Step ``t`` of ``family`` with ``opts`` in place on ``s`` by set ``K`` (``flags``: its flag
+    and tag), or by the formulas of ``_reference`` (``K`` None: RMSprop's gain 0.1 given)."""
+    lr, wd = _hyper(family, opts, lr)
     if family == "sgd":
-        (ref_sgd_update if K is None else K.sgd_update)(s[0], g, s[1], lr, opts[0], opts[1], wd)
+        (ref_sgd_update if K is None else K.sgd_update)(s[0], g, s[1], lr, opts[0], opts[1], wd,
+                                                        **flags)
     elif family == "adam":
         (ref_adam_update if K is None else K.adam_update)(s[0], g, s[1], s[2], lr, 0.8, 0.95,
-                                                          1e-3, t, wd, vhat=s[3])
+                                                          1e-3, t, wd, vhat=s[3], **flags)
     else:
         gain = {"gain": 0.1} if K is None else {}
         (ref_rmsprop_update if K is None else K.rmsprop_update)(
-            s[0], g, s[1], lr, 0.9, 1e-7, wd, u=s[2], momentum=opts[0], mg=s[3], **gain)
+            s[0], g, s[1], lr, 0.9, 1e-7, wd, u=s[2], momentum=opts[0], mg=s[3], **gain, **flags)
+
+
+def _update_many(K, family, ss, gs, t, opts, lr=None, **flags):
+    """``_update`` of every state of ``ss`` (gradients ``gs``) in one multi-tensor call."""
+    lr, wd = _hyper(family, opts, lr)
+    a = [None if ss[0][j] is None else [s[j] for s in ss] for j in range(len(ss[0]))]
+    if family == "sgd":
+        K.sgd_update_many(a[0], gs, a[1], lr, opts[0], opts[1], wd, **flags)
+    elif family == "adam":
+        K.adam_update_many(a[0], gs, a[1], a[2], lr, 0.8, 0.95, 1e-3, t, wd, vhats=a[3], **flags)
+    else:
+        K.rmsprop_update_many(a[0], gs, a[1], lr, 0.9, 1e-7, wd, us=a[2], momentum=opts[0],
+                              mgs=a[3], **flags)
 
 
 # ------------------------------------------------------------------ NumPy set against the formulas
@@ -202,26 +221,41 @@ def test_cuda_leaves_g_and_absent_slots_alone(C, rng):
     assert np.isnan(C.to_host(uc)).all()
 
 
-def _one(K, family, t, g, lr, step, nesterov=False, **flags):
-    """The one-tensor update of ``family`` on ``t`` (p and two slots: SGD's v; Adam's m, v;
-    RMSprop's s, u with momentum 0.5), the multi-tensor tests' hyperparameters."""
-    if family == "sgd":
-        K.sgd_update(t[0], g, t[1], lr, 0.9, nesterov, 0.01, **flags)
-    elif family == "adam":
-        K.adam_update(t[0], g, t[1], t[2], lr, 0.8, 0.95, 1e-3, step, 0.01, **flags)
-    else:
-        K.rmsprop_update(t[0], g, t[1], lr, 0.9, 1e-7, 0.01, u=t[2], momentum=0.5, **flags)
+def _multi_opts(family, nesterov=False):
+    """The multi-tensor tests' options: SGD with momentum 0.9, RMSprop with 0.5; decay 0.01."""
+    return {"sgd": (0.9, nesterov, 0.01), "adam": (False, 0.01), "rmsprop": (0.5, False, 0.01)}[
+        family]
 
 
-def _many(K, family, ts, gs, lr, step, nesterov=False, **flags):
-    """``_one`` of every tensor of ``ts`` in one multi-tensor call."""
-    ps, s1, s2 = ([t[j] for t in ts] for j in range(3))
-    if family == "sgd":
-        K.sgd_update_many(ps, gs, s1, lr, 0.9, nesterov, 0.01, **flags)
-    elif family == "adam":
-        K.adam_update_many(ps, gs, s1, s2, lr, 0.8, 0.95, 1e-3, step, 0.01, **flags)
-    else:
-        K.rmsprop_update_many(ps, gs, s1, lr, 0.9, 1e-7, 0.01, us=s2, momentum=0.5, **flags)
+def _misaligned(C, a):
+    """``a`` on the cuda set one float into a fresh buffer: a view not 16-byte aligned."""
+    buf = C.xp.zeros(a.size + 1, a.dtype)
+    buf[1:] = C.asarray(a)
+    return buf[1:]
+
+
+MULTI_SHAPES = [(5, 3), (7,), (2, 2, 3), (1,), (4, 4)] * 3       # 15 tensors: two launches
+
+
+@pytest.mark.parametrize("family,opts", [
+    ("sgd", (0.9, True, 1e-2)), ("sgd", (0.0, False, 0.0)), ("adam", (True, 0.0)),
+    ("rmsprop", (0.5, True, 1e-3))],
+    ids=["sgd-nesterov-wd", "sgd-plain", "adam-amsgrad", "rmsprop-centered-momentum"])
+def test_cuda_multi_tensor_updates_match_one_update_a_tensor(C, family, opts, rng):
+    """One launch per 12 tensors gives what the one-tensor update gives each tensor, at each
+    step of ``_grads`` (Adam's shrinking gradients: amsgrad's max)."""
+    dev, host = zip(*(_both(C, _state(rng, family, opts, np.float32, s)) for s in MULTI_SHAPES))
+    for step in zip(*(_grads(rng, family, np.float32, s) for s in MULTI_SHAPES)):
+        t, gs = step[0][0], [g for _, g in step]
+        gd, before = [C.asarray(g.copy()) for g in gs], C.launch_count()
+        _update_many(C, family, dev, gd, t, opts)
+        assert C.launch_count() - before == 2                      # 12 + 3 tensors
+        for h, g, d in zip(host, gs, gd):
+            _update(N, family, h, g, t, opts)
+            np.testing.assert_array_equal(C.to_host(d), g)         # g read only
+    for d, h in zip(dev, host):
+        for a, b in zip(d, h):
+            assert b is None or rel_err(C.to_host(a), b) < 1e-5
 
 
 @pytest.mark.parametrize("family", ["sgd", "adam", "rmsprop"])
@@ -230,32 +264,22 @@ def test_cuda_multi_tensor_any_alignment_and_refusals(C, family, rng):
     its buffers (not 16-byte aligned), a NaN gradient in the middle of the 16 (its neighbours
     updated, the element and its slots kept): against the NumPy set's one-tensor updates, and
     the flag holding the NaN's tag."""
-    sizes, tag, lr = (13, 8, 16), 5, 0.05 if family == "sgd" else 0.01
-    npos = [[f(rng, n, dtype=np.float32)] + [np.abs(f(rng, n, dtype=np.float32))
-                                             for _ in range(2)] for n in sizes]   # p; v, s >= 0
+    sizes, tag, opts = (13, 8, 16), 5, _multi_opts(family, nesterov=True)
+    npos = [_state(rng, family, opts, np.float32, (n,)) for n in sizes]
     grads = [f(rng, n, dtype=np.float32) for n in sizes]
     grads[2][6] = np.nan
-    pos = []
-    for nt in npos:
-        n = nt[0].size
-        if n == 8:                       # one float into a fresh buffer: misaligned views
-            bufs = [C.xp.zeros(n + 1, np.float32) for _ in nt]
-            for b, a in zip(bufs, nt):
-                b[1:] = C.asarray(a)
-            pos.append([b[1:] for b in bufs])
-        else:
-            pos.append([C.asarray(a.copy()) for a in nt])
+    pos = [[None if a is None else _misaligned(C, a) if n == 8 else C.asarray(a.copy())
+            for a in nt] for n, nt in zip(sizes, npos)]
     if C.launch_path() == "sim":
         assert pos[1][0].__array_interface__["data"][0] % 16 != 0
         assert pos[2][0].__array_interface__["data"][0] % 16 == 0
     flag, nflag = C.xp.zeros(1, np.int64), np.zeros(1, np.int64)
     for k, nt in enumerate(npos):
-        _one(N, family, nt, grads[k], lr, 2, True, flag=nflag, tag=tag + k)
-    _many(C, family, pos, [C.asarray(g) for g in grads], lr, 2, True, flag=flag, tag=tag)
+        _update(N, family, nt, grads[k], 2, opts, flag=nflag, tag=tag + k)
+    _update_many(C, family, pos, [C.asarray(g) for g in grads], 2, opts, flag=flag, tag=tag)
     assert int(C.to_host(flag)[0]) == int(nflag[0]) == tag + 2
-    used = 2 if family == "sgd" else 3
     for k, (t, nt) in enumerate(zip(pos, npos)):
-        _close(C, t[:used], nt[:used], f"{family} tensor {k}", np.float32)
+        _close(C, t, nt, f"{family} tensor {k}", np.float32)
 
 
 @pytest.mark.parametrize("family", ["sgd", "adam", "rmsprop"])
@@ -267,21 +291,20 @@ def test_cuda_multi_tensor_repeated_steps_use_the_plan_and_stay_numpy(C, family,
     gets the checked path's error."""
     from gpucnn.kernels.cuda_set import optim
 
-    shapes = [(3, 5), (4,), (2, 3, 2)]
-    nw = [[f(rng, *s, dtype=np.float32)] + [np.abs(f(rng, *s, dtype=np.float32))
-                                            for _ in range(2)] for s in shapes]
-    cw = [[C.asarray(a.copy()) for a in t] for t in nw]
+    shapes, opts = [(3, 5), (4,), (2, 3, 2)], _multi_opts(family)
+    nw = [_state(rng, family, opts, np.float32, s) for s in shapes]
+    cw = [_both(C, t)[0] for t in nw]
     flag, nflag = C.xp.zeros(1, np.int64), np.zeros(1, np.int64)
 
     def step(k):
         lr = 0.01 * (k + 1)
         grads = [f(rng, *s, dtype=np.float32) for s in shapes]
         for i, (t, g) in enumerate(zip(nw, grads)):
-            _one(N, family, t, g, lr, k + 1, flag=nflag, tag=1 + i)
-        _many(C, family, cw, [C.asarray(g) for g in grads], lr, k + 1, flag=flag, tag=1)
-        used = 2 if family == "sgd" else 3
+            _update(N, family, t, g, k + 1, opts, lr, flag=nflag, tag=1 + i)
+        _update_many(C, family, cw, [C.asarray(g) for g in grads], k + 1, opts, lr, flag=flag,
+                     tag=1)
         for i, (t, n) in enumerate(zip(cw, nw)):
-            _close(C, t[:used], n[:used], f"{family} step {k} tensor {i}", np.float32)
+            _close(C, t, n, f"{family} step {k} tensor {i}", np.float32)
 
     optim._MULTI_PLANS.table.clear()
     for k in range(3):
@@ -300,7 +323,7 @@ def test_cuda_multi_tensor_repeated_steps_use_the_plan_and_stay_numpy(C, family,
     bad[2] = C.xp.zeros((3, 4), np.float32)
     with pytest.raises(ValueError, match=f"{family}_update_many: tensor 2: g must be a "
                                          "C-contiguous float32 array of p's shape"):
-        _many(C, family, cw, bad, 0.01, 9, flag=flag)
+        _update_many(C, family, cw, bad, 9, opts, 0.01, flag=flag)
 
 
 def test_a_bound_launch_writes_the_live_arrays_and_scalars_of_each_call(gpu):
