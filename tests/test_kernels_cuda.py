@@ -1,9 +1,9 @@
 """The cuda kernel set beyond the op registry's table (tests/test_ops.py runs every contract
-function against the NumPy set, which is itself held to plain loops): float64, errors, in-place
-updates of views, split-K partitions, the dropout hash, empty batches, random and full-size
-geometries, the capabilities only this set offers (fused backward; the multi-tensor updates are
-tests/test_optim_kernels.py's), and a LeNet-5 pass. In Numba's CUDA simulator, or on a GPU with GPUCNN_TEST_REAL_GPU=1; every output
-is poisoned with NaN before the kernel writes it.
+function against the NumPy set, which is itself held to plain loops): float64, errors, split-K
+partitions, the dropout hash, empty batches, random and full-size geometries, the capabilities
+only this set offers (fused backward; the multi-tensor updates and in-place updates of views are
+tests/test_optim_kernels.py's), and a LeNet-5 pass. In Numba's CUDA simulator, or on a GPU with
+GPUCNN_TEST_REAL_GPU=1; every output is poisoned with NaN before the kernel writes it.
 """
 
 import numpy as np
@@ -100,15 +100,6 @@ def test_float64(fn, build, rng):
 def test_bad_input_names_the_op(call, err, match):
     with pytest.raises(err, match=match):
         call()
-
-
-def test_in_place_update_of_a_non_contiguous_parameter(rng):
-    p = f32(rng, 6, 4)
-    g = f32(rng, 3, 4)
-    view_c, view_n = C.asarray(p.copy())[::2], p.copy()[::2]
-    C.sgd_update(view_c, g, None, 0.1, 0.0, False, 0.0)
-    N.sgd_update(view_n, g, None, 0.1, 0.0, False, 0.0)
-    assert rel_err(view_c, view_n) < FWD
 
 
 def test_weight_gradient_split_k_partitions(rng, monkeypatch):

@@ -205,7 +205,7 @@ def test_adagrad_is_rmsprop_with_rho_and_gain_one(C, rng):
 
 def test_cuda_leaves_g_and_absent_slots_alone(C, rng):
     """g is read only; with momentum 0 a given u is neither read nor written (NaN stays NaN),
-    and a non-contiguous parameter is updated in place through its view."""
+    and a non-contiguous parameter is updated in place through its view (RMSprop, then SGD)."""
     p = f(rng, 8, 6, dtype=np.float32)
     g = f(rng, 4, 6, dtype=np.float32)
     s = np.abs(f(rng, 4, 6, dtype=np.float32))
@@ -215,6 +215,8 @@ def test_cuda_leaves_g_and_absent_slots_alone(C, rng):
     sn = s.copy()
     C.rmsprop_update(view_c, gc, sc, 0.01, 0.9, 1e-7, 0.1, u=uc, momentum=0.0)
     N.rmsprop_update(view_n, g, sn, 0.01, 0.9, 1e-7, 0.1)
+    C.sgd_update(view_c, gc, None, 0.1, 0.0, False, 0.0)
+    N.sgd_update(view_n, g, None, 0.1, 0.0, False, 0.0)
     np.testing.assert_allclose(C.to_host(pc)[::2], view_n, rtol=2e-6, atol=1e-7)
     np.testing.assert_array_equal(C.to_host(pc)[1::2], p[1::2])
     np.testing.assert_array_equal(C.to_host(gc), g)
