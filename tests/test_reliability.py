@@ -97,13 +97,16 @@ def python(code, *argv, timeout=120, **env):
                           timeout=timeout, env=clean_env(**env), cwd=ROOT)
 
 
-def compiled(*middle, loss="sparse_categorical_crossentropy", dtype=None, seed=0):
-    """Dense 'h' (4 -> 3), the ``middle`` layers, Dense 'out' (softmax, 2 classes)."""
+def compiled(*middle, loss="sparse_categorical_crossentropy", dtype=None, seed=0, opt="sgd",
+             activation=None):
+    """Dense 'h' (4 -> 3, ``activation``), the ``middle`` layers, Dense 'out' (softmax, 2
+    classes), compiled with the optimizer ``opt``."""
     gpucnn.manual_seed(seed)
     kw = {} if dtype is None else {"dtype": dtype}
-    model = models.Sequential([layers.Dense(3, input_shape=(4,), name="h"), *middle,
+    model = models.Sequential([layers.Dense(3, activation=activation, input_shape=(4,), name="h"),
+                               *middle,
                                layers.Dense(2, activation="softmax", name="out")], **kw)
-    model.compile("sgd", loss, metrics=["accuracy"])
+    model.compile(opt, loss, metrics=["accuracy"])
     return model
 
 
@@ -787,16 +790,6 @@ def backend(request):
     return request.param
 
 
-def model_and_data(optimizer, seed=0):
-    gpucnn.manual_seed(seed)
-    model = models.Sequential([layers.Dense(4, activation="relu", input_shape=(3,), name="h"),
-                               layers.Dense(2, activation="softmax", name="out")])
-    model.compile(optimizer, "sparse_categorical_crossentropy")
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((16, 3)).astype(np.float32)
-    return model, x, rng.integers(0, 2, 16)
-
-
 @pytest.mark.parametrize("make", [
     lambda: (optimizers.SGD(np.inf), NonFiniteUpdateError),
     lambda: (optimizers.Adam(epsilon=0.0), NonFiniteUpdateError),   # 0 / 0 at a dead unit
@@ -806,7 +799,7 @@ def model_and_data(optimizer, seed=0):
 ], ids=["lr-inf", "adam-epsilon-0", "exponential-decay-1e6"])
 def test_fit_never_writes_a_non_finite_weight_and_names_it(make, backend):
     opt, error = make()
-    model, x, y = model_and_data(opt)
+    model, (x, y) = compiled(opt=opt, activation="relu"), data()
     if isinstance(opt, optimizers.Adam):
         model.layers[0].kernel.data[:, 0] = 0.0      # a unit dead on every sample: g = 0
         model.layers[0].bias.data[0] = -1.0
@@ -818,7 +811,7 @@ def test_fit_never_writes_a_non_finite_weight_and_names_it(make, backend):
 
 
 def test_a_scheduler_returning_inf_is_refused_before_any_weight_changes(backend):
-    model, x, y = model_and_data(optimizers.SGD(0.1))
+    model, (x, y) = compiled(opt=optimizers.SGD(0.1), activation="relu"), data()
     before = [w.copy() for w in model.get_weights()]
     with pytest.raises(NonFiniteUpdateError, match="optimizer step 1 was refused"):
         model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False,
@@ -834,10 +827,10 @@ def test_on_a_device_the_flag_is_read_with_the_loss_and_names_the_first_refused_
     leaves them, and the error names step 3."""
     lr = schedules.PiecewiseConstantDecay([1], [0.05, np.inf])     # inf from the third step
     monkeypatch.setattr(Optimizer, "_flag_on_host", lambda self: False)
-    model, x, y = model_and_data(optimizers.SGD(lr))
+    model, (x, y) = compiled(opt=optimizers.SGD(lr), activation="relu"), data()
     with pytest.raises(NonFiniteUpdateError, match="optimizer step 3 was refused"):
         model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
-    reference, _, _ = model_and_data(optimizers.SGD(0.05))
+    reference = compiled(opt=optimizers.SGD(0.05), activation="relu")
     reference.fit(x[:8], y[:8], batch_size=4, epochs=1, verbose=0, shuffle=False)
     for w, r in zip(model.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(w, r)
@@ -845,7 +838,7 @@ def test_on_a_device_the_flag_is_read_with_the_loss_and_names_the_first_refused_
 
 
 def test_train_on_batch_and_a_direct_update_raise_at_once(backend):
-    model, x, y = model_and_data(optimizers.SGD(np.inf))
+    model, (x, y) = compiled(opt=optimizers.SGD(np.inf), activation="relu"), data()
     with pytest.raises(NonFiniteUpdateError, match="SGD: the update of 'h/kernel' at optimizer "
                                                    "step 1"):
         model.train_on_batch(x, y)
