@@ -173,14 +173,10 @@ class FakeNccl:
         return comm
 
 
-def _nccl_communicator():
-    try:
-        return nccl_module().NcclCommunicator
-    except ImportError:                    # pragma: no cover - test_fakes fails then
-        return None
-
-
-_COMM = _nccl_communicator()
+try:
+    _COMM = nccl_module().NcclCommunicator
+except ImportError:                        # pragma: no cover - test_fakes fails then
+    _COMM = None
 
 
 def _comm_method(name):
