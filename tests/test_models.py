@@ -102,13 +102,6 @@ def test_dropout_changes_training_passes_only(rng):
     assert not np.allclose(model(x, training=True).numpy(), p)
 
 
-def test_predict_in_batches_matches_one_pass(rng):
-    model = small_cnn()
-    x = f32(rng, 11, 8, 8, 1)
-    np.testing.assert_allclose(model.predict(x, batch_size=4, verbose=0), model(x).numpy(),
-                               rtol=1e-6, atol=1e-7)
-
-
 @pytest.mark.parametrize("loss,activation,accuracy", [
     ("categorical_crossentropy", "softmax", metrics.CategoricalAccuracy),
     ("binary_crossentropy", "sigmoid", metrics.BinaryAccuracy),

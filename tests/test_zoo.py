@@ -81,12 +81,6 @@ def test_perceptron_is_the_sigmoid_of_a_weighted_sum(rng):
     np.testing.assert_allclose(np.asarray(model.predict(x, verbose=0)), want, rtol=1e-5)
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5, True, None])
-def test_perceptron_rejects_bad_feature_counts(bad):
-    with pytest.raises(ValueError, match="perceptron: n_features"):
-        zoo.perceptron(bad)
-
-
 def test_basic_cnn_is_conv_relu_maxpool_dense_softmax(rng):
     model = zoo.basic_cnn(input_shape=(9, 11, 2), classes=3, filters=4, kernel_size=3, units=5)
     assert shapes(model) == {"conv": (7, 9, 4), "pool": (3, 4, 4), "flatten": (48,),
@@ -168,6 +162,8 @@ def test_conv_autoencoder_shapes_and_sigmoid_output(rng):
 
 
 @pytest.mark.parametrize("build, kwargs, words", [
+    *[(zoo.perceptron, {"n_features": bad}, ["perceptron: n_features"])
+      for bad in (0, -3, 2.5, True, None)],
     (zoo.lenet5, {"input_shape": (28, 28, 1)}, ["lenet5", "32 x 32", "pad_to_32"]),
     (zoo.lenet5, {"input_shape": (32, 32)}, ["lenet5", "(height, width, channels)", "(32, 32)"]),
     (zoo.lenet5, {"classes": 1}, ["lenet5", "classes", ">= 2"]),
