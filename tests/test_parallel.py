@@ -44,23 +44,27 @@ def _split_everything(monkeypatch):
     numpy_set.set_num_threads(threads)
 
 
-def net(seed=3):
-    gpucnn.manual_seed(seed)
+def split_net(dropout=0.3, seed=None):
+    """The net the tests split and fit (no Dropout layer with ``dropout=0``)."""
+    gpucnn.manual_seed(7)
     model = models.Sequential([
-        layers.Input(shape=(8, 8, 1)),
-        layers.Conv2D(3, 3, activation="relu", name="conv"),
+        layers.Input(shape=(10, 10, 2)),
+        layers.Conv2D(5, 3, activation="tanh", name="conv"),
+        layers.AveragePooling2D(2),
+        layers.Conv2D(6, 3, padding="same", activation="relu"),
         layers.MaxPooling2D(2),
         layers.Flatten(),
-        layers.Dense(6, activation="tanh", name="hidden"),
-        layers.Dense(3, activation="softmax", name="out"),
+        layers.Dense(12, activation="relu", name="hidden"),
+        *([layers.Dropout(dropout, seed=seed)] if dropout else []),
+        layers.Dense(4, activation="softmax"),
     ])
-    model.compile(optimizers.SGD(0.1), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizers.SGD(0.05, momentum=0.5), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
     return model
 
 
-def data(n=24, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, n)
+def split_data(rng, n):
+    return rng.standard_normal((n, 10, 10, 2)).astype(np.float32), rng.integers(0, 4, n)
 
 
 def spy(monkeypatch, owner, name, calls):
@@ -135,9 +139,9 @@ def test_nested_sequential_keys_and_flops():
     assert model._step_keys()[0] == 1
 
 
-def test_runner_for_picks_a_runner_once_per_fit(monkeypatch):
-    model = net()
-    x, y = data()
+def test_runner_for_picks_a_runner_once_per_fit(monkeypatch, rng):
+    model = split_net(0)
+    x, y = split_data(rng, 24)
     calls = spy(monkeypatch, parallel, "runner_for", [])
     model.fit(x, y, batch_size=8, epochs=3, verbose=0)
     picked = [c[2] for c in calls]
@@ -152,10 +156,10 @@ def test_runner_for_picks_a_runner_once_per_fit(monkeypatch):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_a_layer_frozen_after_an_epoch_stays_put(threads, monkeypatch):
+def test_a_layer_frozen_after_an_epoch_stays_put(threads, monkeypatch, rng):
     numpy_set.set_num_threads(threads)
-    model = net()
-    x, y = data()
+    model = split_net(0)
+    x, y = split_data(rng, 24)
     seen = {}
     calls = spy(monkeypatch, forked.WorkerSet, "__init__", [])
     spy(monkeypatch, forked.WorkerSet, "step", calls)
@@ -177,9 +181,9 @@ def test_a_layer_frozen_after_an_epoch_stays_put(threads, monkeypatch):
     model.release_workers()
 
 
-def test_the_forked_runner_runs_small_batches_whole(monkeypatch):
-    model = net()
-    x, y = data(20)
+def test_the_forked_runner_runs_small_batches_whole(monkeypatch, rng):
+    model = split_net(0)
+    x, y = split_data(rng, 20)
     calls = spy(monkeypatch, local.Whole, "_whole", [])
     spy(monkeypatch, forked.WorkerSet, "step", calls)
     monkeypatch.setattr(_step, "PROCESS_MIN_FLOPS", 5.0 * _step.sample_flops(model))
@@ -188,9 +192,9 @@ def test_the_forked_runner_runs_small_batches_whole(monkeypatch):
     model.release_workers()
 
 
-def test_no_fork_while_another_thread_is_in_a_call():
-    model = net()
-    x, y = data()
+def test_no_fork_while_another_thread_is_in_a_call(rng):
+    model = split_net(0)
+    x, y = split_data(rng, 24)
     inside, leave = threading.Event(), threading.Event()
 
     def other():
@@ -211,18 +215,18 @@ def test_no_fork_while_another_thread_is_in_a_call():
         leave.set()
         t.join(30)
     assert _calls.others() == 0
-    want = net().fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history
+    want = split_net(0).fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     assert model.history.history["loss"] == pytest.approx(want["loss"], rel=1e-5)
     assert model.__dict__.get("_fit_workers") is not None    # alone again: workers
     model.release_workers()
 
 
-def test_fit_under_an_mpi_launcher_without_init_warns(monkeypatch):
+def test_fit_under_an_mpi_launcher_without_init_warns(monkeypatch, rng):
     monkeypatch.setenv("PMI_SIZE", "2")
     monkeypatch.setattr(ranks, "_warned", [])
-    model = net()
-    x, y = data()
+    model = split_net(0)
+    x, y = split_data(rng, 24)
     with pytest.warns(RuntimeWarning, match="one of 2 started by an MPI launcher.*"
                                             "gpucnn.distributed.init"):
         model.fit(x, y, batch_size=8, epochs=1, verbose=0)
@@ -304,29 +308,7 @@ def test_a_forked_child_splits_steps_over_threads_of_its_own():
     assert code == 0
 
 
-# ================================================================ split steps: the net they split
-def split_net(dropout=0.3, seed=None):
-    gpucnn.manual_seed(7)
-    model = models.Sequential([
-        layers.Input(shape=(10, 10, 2)),
-        layers.Conv2D(5, 3, activation="tanh"),
-        layers.AveragePooling2D(2),
-        layers.Conv2D(6, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Flatten(),
-        layers.Dense(12, activation="relu"),
-        layers.Dropout(dropout, seed=seed),
-        layers.Dense(4, activation="softmax"),
-    ])
-    model.compile(optimizers.SGD(0.05, momentum=0.5), "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    return model
-
-
-def split_data(rng, n):
-    return rng.standard_normal((n, 10, 10, 2)).astype(np.float32), rng.integers(0, 4, n)
-
-
+# ================================================================ split steps
 def _grads(model):
     return [None if t.grad is None else t.grad.data.copy() for t in model.trainable_weights]
 
