@@ -166,16 +166,10 @@ def broadcast_state(g, model, what: str) -> None:
     opt = getattr(model, "optimizer", None)
     state = {"random": _random.get_state(),
              "iterations": None if opt is None else int(opt.iterations)}
-    data = json.dumps(state).encode()
-    size = np.array([len(data)], np.int64)
-    g.bcast_host_(size, what)
-    buf = np.zeros(int(size[0]), np.uint8)
-    if g.rank == 0:
-        buf[:] = np.frombuffer(data, np.uint8)
-    g.bcast_host_(buf, what)
+    sent = _gather_bytes(g, json.dumps(state).encode(), what)[0]      # rank 0's
     if g.rank == 0:
         return
-    state = json.loads(buf.tobytes())
+    state = json.loads(sent)
     _random.set_state(state["random"])
     if opt is not None and state["iterations"] is not None:
         opt.iterations = state["iterations"]
@@ -226,9 +220,7 @@ def any_rank(flag: bool, what: str) -> bool:
     g = group()
     if g is None:
         return bool(flag)
-    a = np.array([1.0 if flag else 0.0])
-    g.allreduce_host_(a, what)
-    return bool(a[0] > 0)
+    return bool(sum_host(g, [1.0 if flag else 0.0], what)[0] > 0)
 
 
 class Ranks(Runner):
