@@ -67,9 +67,7 @@ def to_host(a):
     return numpy.asarray(a)
 
 
-def asarray(a):
-    """An array of this set (NumPy) from any array-like; no copy when ``a`` already is one."""
-    return to_host(a)
+asarray = to_host   # an array of this set (NumPy) from any array-like; no copy of a NumPy one
 
 
 __all__ = [

@@ -235,9 +235,8 @@ def _border_weight_grad(x, dy, w_shape, stride, pad):
 
 def im2col_forward(x, w, stride, pad, y, b, act, keep=False):
     """``y = act(conv(x, w) + b)`` into ``y`` ``(N, Ho, Wo, C_out)``, batch parts on the kernel
-    threads; the bias is added as a contiguous tiled block (no broadcast loop over short rows).
-    With ``keep`` the im2col blocks are returned, ``[(rows, col), ...]`` over the whole batch,
-    for ``im2col_weight_grad`` (else None)."""
+    threads (bias and activation: ``activation.epilogue``). With ``keep``, returns the im2col
+    blocks ``[(rows, col), ...]`` over the whole batch for ``im2col_weight_grad``; else None."""
     n, _, _, c = x.shape
     kh, kw, _, co = w.shape
     _, ho, wo, _ = y.shape
