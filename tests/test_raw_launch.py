@@ -115,12 +115,10 @@ def gpu(monkeypatch, tmp_path):
 SPEC = activation.act_fwd_kernel(dtype="float32")
 
 
-def launch_tanh(n=5, shape=None):
-    shape = shape or (n,)
+def launch_tanh(shape=(5,)):
     x = FakeArray(np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape))
     y = FakeArray(np.empty(shape, np.float32))
-    gpu = _launch.cp
-    gpu.slots = len(_abi.flat_param_types(SPEC.argtypes))
+    _launch.cp.slots = len(_abi.flat_param_types(SPEC.argtypes))
     _launch.launch(SPEC, (1,), (32,), x, y, 2)
     return x, y
 
@@ -134,7 +132,7 @@ def test_first_launch_builds_stores_loads_and_launches(gpu, tmp_path, monkeypatc
     """An elementwise kernel declares 1-D arrays: a (2, 3, 4) array goes as its 24 elements,
     shape (24,) and stride 4 bytes, the same slots Numba would get for ``a.reshape(-1)``. The
     loaded module is kept, and a new process reads the cache instead of compiling."""
-    x, y = launch_tanh(shape=shape)
+    x, y = launch_tanh(shape)
     n = x.size
     assert gpu.builds == [(SPEC.name, (9, 0))]
     (path,) = (tmp_path / "kernels").glob("*.cubin")
