@@ -13,18 +13,11 @@ of it. The last batch holds the remainder unless ``drop_remainder=True``. The or
 when ``seed`` is an int.
 
 ``Feed`` puts a call's host arrays on a kernel set with the ``streams`` capability (the cuda set):
-whole, once per call, where they fit the data's share of device memory (twice their size when
-``fit`` shuffles: the epoch's gathered copy), else streamed. Streamed, the batches of an epoch are
-cut into chunks of whole batches; a chunk's rows (gathered in the epoch's order, so the batches
-are exactly those of the data held whole) are written into pinned host memory and copied to one
-of two device buffers on the set's copy stream while the steps of the chunk before run from the
-other. The host waits only before it rewrites a pinned buffer (for the copy out of it, two chunks
-back) and at the end of an epoch; the kernels wait for a chunk's copy on the device.
-``set_data_memory_limit(nbytes)`` (or ``GPUCNN_DATA_MEMORY``, bytes with an optional K, M, G or T
-suffix) caps the device memory the data may use; without it the data may use half of the
-device's free memory at the start of the call. Where not even one batch fits, the call raises
-``MemoryError`` with the bytes needed and available. The NumPy set has no such capability: its
-device is the host, and its arrays stay where they are.
+whole, once per call, where they fit the data's share of device memory (``set_data_memory_limit``
+or ``GPUCNN_DATA_MEMORY``, else half the free memory), else streamed in chunks of whole batches
+through pinned host memory and two device buffers on the set's copy stream, the kernels waiting
+for a chunk's copy on the device. docs/data.md ("Data larger than the GPU") says when the host
+waits, what counts twice and what is raised. The NumPy set has no such capability.
 
 >>> import numpy as np
 >>> from gpucnn.data import Batches
