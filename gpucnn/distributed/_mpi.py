@@ -1,13 +1,8 @@
 """The ranks of an MPI job as ``gpucnn.parallel.ranks`` uses them: rank, size, and collectives
-that end the job when the other ranks do not answer in time.
-
-Every collective is MPI's non-blocking one (``Iallreduce``, ``Ibcast``, ``Ibarrier``) polled
-against a deadline, ``GPUCNN_DIST_TIMEOUT`` seconds (default 300). Past it, the rank prints what
-it waited for and where (``[rank 1/2] ... fit, epoch 1 of this call, step 3 ...``) and calls
-``MPI_Abort``, which ends every process of the job: a hung or dead rank never leaves the others
-waiting for good. The first milliseconds of a wait poll without sleeping (a step's sum arrives
-within a fraction of a millisecond once every rank is there); then the rank sleeps half a
-millisecond between polls.
+(MPI's non-blocking ``Iallreduce``, ``Ibcast``, ``Ibarrier``) polled against a deadline,
+``GPUCNN_DIST_TIMEOUT`` seconds (default 300), past which the rank says what it waited for and
+where (``[rank 1/2] ... fit, epoch 1 of this call, step 3 ...``) and ends every process of the
+job (``MPI_Abort``); docs/distributed.md ("Failures and deadlines") tells the whole of it.
 
 On the CUDA backend device arrays are summed by NCCL on the GPUs (``NcclSum``, its communicator
 made at the first sum from an id that rank 0 makes and MPI broadcasts), or through host memory
@@ -26,7 +21,7 @@ from gpucnn import backend
 
 NCCL_ID_BYTES = 128   # ncclUniqueId, as cupy.cuda.nccl.get_unique_id() returns it
 SPIN = 0.005          # seconds a wait polls before it starts sleeping between polls
-NAP = 0.0005
+NAP = 0.0005         # then between polls (a step's sum comes within a fraction of a ms)
 ABORT_GRACE = 0.5     # seconds between a rank's last words and MPI_Abort
 
 
