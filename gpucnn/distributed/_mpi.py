@@ -21,7 +21,7 @@ from gpucnn import backend
 
 NCCL_ID_BYTES = 128   # ncclUniqueId, as cupy.cuda.nccl.get_unique_id() returns it
 SPIN = 0.005          # seconds a wait polls before it starts sleeping between polls
-NAP = 0.0005         # then between polls (a step's sum comes within a fraction of a ms)
+NAP = 0.0005          # then between polls (a step's sum comes within a fraction of a ms)
 ABORT_GRACE = 0.5     # seconds between a rank's last words and MPI_Abort
 
 
