@@ -47,10 +47,6 @@ def perceptron(n_features):
 
     One ``Dense(1, activation="sigmoid")`` neuron on ``n_features`` inputs (``n_features + 1``
     parameters); train it with ``binary_crossentropy`` on 0/1 labels.
-
-    >>> model = perceptron(64)                                  # doctest: +SKIP
-    >>> model.count_params()                                    # doctest: +SKIP
-    65
     """
     n = _positive_int(n_features, "perceptron", "n_features")
     return models.Sequential([
@@ -104,9 +100,6 @@ def lenet5(input_shape=(32, 32, 1), classes=10):
 
     61,706 parameters at the default 32 x 32 x 1 input and 10 classes. Other input sizes work as
     long as C5 still gets at least a 5 x 5 map (inputs of 32 x 32 or more).
-
-    >>> lenet5().count_params()                                 # doctest: +SKIP
-    61706
     """
     op = "lenet5"
     h, w, c = _shape(input_shape, op)
