@@ -16,12 +16,11 @@ on NumPy arrays (``simulate.small_launches()`` gives them simulator-sized tiles)
   ones a block each; shared-memory tree reductions), ``dropout`` (the ``_rng`` hash on the
   device, bit-identical masks), ``optim`` (fused SGD/Adam/RMSprop updates, one tensor or many a
   launch): grid-stride kernels.
-- ``_registry``: the kernel registry (every kernel is made by a registered factory with
-  explicit Numba signatures: the PTX test compiles them all); ``_launch``: the launch paths:
-  on a GPU the cubin
-  Numba compiles is loaded into CuPy once and launched through CuPy's launcher with the
-  arguments flattened to Numba's kernel ABI (a few microseconds of host time per launch instead
-  of Numba's ~200); ``GPUCNN_CUDA_LAUNCH=numba`` uses Numba's own launcher instead.
+- ``_registry``: every kernel made by a registered factory with explicit Numba signatures (the
+  PTX test compiles them all); ``_launch``: the launch paths (on a GPU Numba's cubin loaded into
+  CuPy once and launched through CuPy's launcher, the arguments flattened to Numba's kernel ABI:
+  a few microseconds of host time a launch instead of Numba's ~200; ``GPUCNN_CUDA_LAUNCH=numba``:
+  Numba's own launcher).
 
 Dtypes: float32 and float64 (each kernel is compiled for both); any other dtype is a
 TypeError. Layouts and signatures: the contract in ``gpucnn.kernels``.

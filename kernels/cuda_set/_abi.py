@@ -38,9 +38,8 @@ def scalar_kind(ty) -> tuple:
 
 
 def flat_param_types(argtypes) -> list[str]:
-    """The kernel's PTX parameter types ('u64', 'u32', 'f32', 'f64') as Numba lowers them (the
-    ABI the raw path fills in): an array is ``meminfo, parent, nitems, itemsize, data,
-    shape[ndim], strides[ndim]`` (pointers and int64s, strides in bytes), a scalar its value."""
+    """The kernel's PTX parameter types ('u64', 'u32', 'f32', 'f64'), as Numba lowers them (the
+    module docstring: pointers and int64s for an array, strides in bytes)."""
     out = []
     for ty in argtypes:
         out += ["u64"] * (5 + 2 * ty.ndim) if isinstance(ty, types.Array) else [scalar_kind(ty)[0]]
@@ -104,8 +103,7 @@ def flatten_args(argtypes, args) -> list:
             shape = rank_shape(a.shape, ty.ndim)
             flat += [np.uint64(0), np.uint64(0), np.int64(a.size), np.int64(a.itemsize),
                      np.uint64(_pointer(a))]
-            flat += [np.int64(s) for s in shape]
-            flat += [np.int64(s) for s in c_strides(shape, a.itemsize)]
+            flat += [np.int64(s) for s in (*shape, *c_strides(shape, a.itemsize))]
         else:
             flat.append(_scalar(ty, a))
     return flat

@@ -97,7 +97,6 @@ class _RawKernel:
         self.params = (ctypes.c_void_p * max(self.slots, 1))(
             *[base + 8 * i for i in range(self.slots)])
         self.params_ptr = ctypes.addressof(self.params)
-        self.name = spec.name
         self.pack = make_packer(spec.name, spec.argtypes)
         self.launch_kernel = cp.cuda.driver.launchKernel
         self.lock = threading.Lock()
