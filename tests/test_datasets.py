@@ -210,19 +210,15 @@ def test_mnist_offline_message(tmp_path, home, monkeypatch):
         datasets.mnist(tmp_path / "empty", download=False, split="test")
 
 
-def publish(monkeypatch, folder, stems):
-    """Make the files in ``folder`` the 'published' ones: their SHA-256 and size in MNIST_REMOTE."""
+def serve_mnist(server, rng, monkeypatch, n=5, stems=MNIST_TEST):
+    """Random gzip IDX files of ``stems`` in the folder ``server``, made the 'published' ones
+    (their SHA-256 and size in MNIST_REMOTE), and ``server`` the only (file://) mirror of
+    ``datasets.mnist``; returns (images, labels)."""
+    out = write_mnist(server, stems, n, rng)
     for stem in stems:
-        blob = (folder / (stem + ".gz")).read_bytes()
+        blob = (server / (stem + ".gz")).read_bytes()
         monkeypatch.setitem(_mnist.MNIST_REMOTE, stem, _files.RemoteFile(
             stem + ".gz", hashlib.sha256(blob).hexdigest(), len(blob)))
-
-
-def serve_mnist(server, rng, monkeypatch, n=5, stems=MNIST_TEST):
-    """Random gzip IDX files of ``stems`` in the folder ``server``, published (``publish``), and
-    ``server`` the only (file://) mirror of ``datasets.mnist``; returns (images, labels)."""
-    out = write_mnist(server, stems, n, rng)
-    publish(monkeypatch, server, stems)
     monkeypatch.setattr(_mnist, "MNIST_MIRRORS", (server.as_uri() + "/",))
     return out
 
