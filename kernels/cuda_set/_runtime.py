@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
 
 def _import_cuda_array_support():
     """numba-cuda 0.30 and older register an overload of ``np.row_stack``, which NumPy 2.5
@@ -21,8 +24,6 @@ def _import_cuda_array_support():
     ``AttributeError: module 'numpy' has no attribute 'row_stack'`` (seen on an H200 machine with
     numba-cuda 0.30.4 and NumPy 2.5.2). Import that module once here with the alias present, then
     remove the alias again, so that NumPy stays as the user has it."""
-    import numpy as np
-
     if hasattr(np, "row_stack"):
         return
     np.row_stack = np.vstack
@@ -37,7 +38,7 @@ def _import_cuda_array_support():
 try:
     from numba import cuda as numba_cuda
     _numba_error = None
-    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0"):
+    if not SIMULATOR:
         _import_cuda_array_support()
 except Exception as e:  # pragma: no cover - numba is a hard dependency
     numba_cuda = None
@@ -61,6 +62,4 @@ def scatter_add(a, index, values) -> None:
 
         cupyx.scatter_add(a, index, values)
     else:
-        import numpy as np
-
         np.add.at(a, index, values)
