@@ -116,9 +116,8 @@ CONTRACT = (
     "sgd_update", "adam_update", "rmsprop_update",
 )
 
-#: What a kernel set may offer beyond the contract, by capability: a set lists the names of the
-#: ones it has in ``CAPABILITIES`` and then defines every function named here. Code above the
-#: kernels asks ``has(kset, name)`` and never probes a set for attributes.
+#: The optional capabilities and the functions of each (the module docstring says how a set
+#: offers them); code above the kernels asks ``has(kset, name)``, never probes a set for them.
 OPTIONAL = {
     # the set runs on the host, its kernels split work over threads of their own
     "threads": ("set_num_threads", "get_num_threads", "num_threads", "serial_kernels",
