@@ -24,11 +24,11 @@ from cupy.cuda import nccl  # noqa: E402
 
 
 def _fake_classes():
-    from test_raw_launch import FakeCuPy, ProbeCuPy
+    from test_raw_launch import FakeCuPy
 
     cap = _fakes.capture_cupy([])
     return [_fakes.FakeComm, cap.Stream, cap.Graph, FakeCuPy.Module, FakeCuPy.Driver,
-            FakeCuPy.Runtime, ProbeCuPy]
+            FakeCuPy.Runtime, FakeCuPy]
 
 
 @pytest.mark.parametrize("cls", _fake_classes(), ids=lambda c: c.__qualname__)

@@ -39,9 +39,18 @@ class FakeArray:
 class FakeCuPy:
     """Records module loads and ``cuLaunchKernel`` calls; a launch reads the parameter buffer
     the kernel's pointer array points at (``slots`` 8-byte values) as the driver would. Its
-    module, driver and runtime methods mirror CuPy's (tests/test_fakes.py)."""
+    module, driver and runtime methods mirror CuPy's (tests/test_fakes.py), as do its array
+    transfers (for the probe: the arrays stay as they are)."""
 
     ndarray = FakeArray
+
+    @_fakes.mirrors(cupy.asarray)
+    def asarray(self, a, dtype=None, order=None, *, copy=None, blocking=False):
+        return a
+
+    @_fakes.mirrors(cupy.asnumpy)
+    def asnumpy(self, a, stream=None, order="C", out=None, *, blocking=True):
+        return a
 
     class Module:
         fake = None                       # the FakeCuPy of the test (set by its __init__)
@@ -260,21 +269,6 @@ def test_a_kernel_numba_cannot_compile_fails_fast_the_second_time(gpu, monkeypat
 
 # --------------------------------------------------------------------------- the probe
 
-class ProbeCuPy:
-    """CuPy's array transfers for the probe, without a device (mirrors cupy.asarray/asnumpy)."""
-
-    def __init__(self, result=None, error=None):
-        self.result, self.error = result, error
-
-    @_fakes.mirrors(cupy.asarray)
-    def asarray(self, a, dtype=None, order=None, *, copy=None, blocking=False):
-        return a
-
-    @_fakes.mirrors(cupy.asnumpy)
-    def asnumpy(self, a, stream=None, order="C", out=None, *, blocking=True):
-        return a
-
-
 def _nvvm_missing(x, act):
     raise RuntimeError("NvvmSupportError: libNVVM cannot be found. Do `conda install "
                        "cudatoolkit`")
@@ -285,7 +279,7 @@ def _nvvm_missing(x, act):
                      "python -m gpucnn.cache fill"]),
     (lambda x, act: x, ["wrong numbers"])], ids=["no-compiler", "identity-not-tanh"])
 def test_the_probe_names_what_failed_and_the_fix(monkeypatch, act_forward, want):
-    monkeypatch.setattr(_runtime, "cp", ProbeCuPy())
+    monkeypatch.setattr(_runtime, "cp", FakeCuPy())
     monkeypatch.setattr(activation, "act_forward", act_forward)
     info = {}
     ok, why = _probe._prove_chain(info)
