@@ -47,19 +47,16 @@ def _parse_cc(text: str) -> tuple[int, int]:
     return major, minor
 
 
-def _device_cc(kset) -> tuple[int, int]:
-    try:
-        return kset.device_cc()
-    except RuntimeError as e:
-        raise SystemExit(f"gpucnn.cache: {e}; give it with --cc, for example --cc 9.0 for an "
-                         "H100 or H200") from None
-
-
 def fill(cc=None, jobs=None, rebuild=False):
     """Compile every kernel for ``cc`` (default: this machine's GPU) into the cache; returns the
     per-kernel results of the cuda set's ``fill_cache``."""
     kset = _cached_set()
-    return kset.fill_cache(cc or _device_cc(kset), jobs=jobs, rebuild=rebuild)
+    try:
+        cc = cc or kset.device_cc()
+    except RuntimeError as e:
+        raise SystemExit(f"gpucnn.cache: {e}; give it with --cc, for example --cc 9.0 for an "
+                         "H100 or H200") from None
+    return kset.fill_cache(cc, jobs=jobs, rebuild=rebuild)
 
 
 def main(argv=None) -> int:
