@@ -94,11 +94,10 @@ class FakeCuPy:
         self.load_error = None
         module = type("Module", (FakeCuPy.Module,), {"fake": self})
         drv = type("Driver", (FakeCuPy.Driver,), {"fake": self})()
-        stream = type("S", (), {"ptr": 77})()
-        self.cuda = type("C", (), {
-            "runtime": FakeCuPy.Runtime(), "function": type("F", (), {"Module": module}),
-            "get_current_stream": staticmethod(lambda device_id=-1: stream),
-            "driver": drv})
+        stream = types.SimpleNamespace(ptr=77)
+        self.cuda = types.SimpleNamespace(
+            runtime=FakeCuPy.Runtime(), function=types.SimpleNamespace(Module=module),
+            get_current_stream=lambda device_id=-1: stream, driver=drv)
 
 
 @pytest.fixture
