@@ -18,6 +18,7 @@ h5py = pytest.importorskip("h5py", reason="h5py is in the test extra (pip instal
 import gpucnn  # noqa: E402
 from gpucnn import datasets, layers, losses, models, optimizers, zoo  # noqa: E402
 from gpucnn.models import keras_files, load_model  # noqa: E402
+from test_models import TwoDense  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("numpy_backend")
 
@@ -212,17 +213,9 @@ def test_a_keras_file_is_told_by_content_not_name(tmp_path):
 
 
 def test_only_sequential_models_of_keras_layers_are_written(tmp_path):
-    class Net(models.Model):
-        def __init__(self, name=None):
-            super().__init__(name=name)
-            self.d = layers.Dense(2)
-
-        def call(self, x, training=False):
-            return self.d(x)
-
-    net = Net()
+    net = TwoDense()
     net.build((None, 3))
-    with pytest.raises(ValueError, match="Sequential model.*is a Net"):
+    with pytest.raises(ValueError, match="Sequential model.*is a TwoDense"):
         net.save(tmp_path / "net.keras")
     assert not (tmp_path / "net.keras").exists()
 

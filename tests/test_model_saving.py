@@ -194,16 +194,19 @@ def test_save_replaces_an_existing_file(saved_weights, rng):
         model.save_weights(path, overwrite=False)
 
 
+class Pair(models.Model):
+    """A Model subclass of two nested Sequentials (``name`` is its one constructor argument)."""
+
+    def __init__(self, name="pair"):
+        super().__init__(name=name)
+        self.encoder = models.Sequential([layers.Dense(4, activation="relu")], name="encoder")
+        self.decoder = models.Sequential([layers.Dense(3)], name="decoder")
+
+    def call(self, x, training=False):
+        return self.decoder(self.encoder(x, training), training)
+
+
 def test_nested_model_weights_round_trip(tmp_path, rng):
-    class Pair(models.Model):
-        def __init__(self):
-            super().__init__(name="pair")
-            self.encoder = models.Sequential([layers.Dense(4, activation="relu")], name="encoder")
-            self.decoder = models.Sequential([layers.Dense(3)], name="decoder")
-
-        def call(self, x, training=False):
-            return self.decoder(self.encoder(x))
-
     gpucnn.manual_seed(0)
     a = Pair()
     a.build((None, 5))
@@ -284,22 +287,14 @@ def test_the_file_is_plain_npy_arrays_without_pickle(tmp_path, rng):
 
 
 def test_uncompiled_and_subclassed_models(tmp_path, rng):
-    class Net(models.Model):
-        def __init__(self, name=None):
-            super().__init__(name=name)
-            self.body = models.Sequential([layers.Dense(4, activation="tanh"), layers.Dense(2)],
-                                          name="body")
-
-        def call(self, x, training=False):
-            return self.body(x, training)
-
     x = rng.standard_normal((5, 3)).astype(np.float32)
-    net = Net(name="net")
+    net = Pair(name="net")
     net(x)
     net.save(tmp_path / "net.npz")
-    with pytest.raises(ValueError, match=r"unknown model type 'Net'.*custom_objects=\{'Net': Net\}"):
+    with pytest.raises(ValueError, match=r"unknown model type 'Pair'.*"
+                                         r"custom_objects=\{'Pair': Pair\}"):
         models.load_model(tmp_path / "net.npz")
-    back = models.load_model(tmp_path / "net.npz", custom_objects={"Net": Net})
+    back = models.load_model(tmp_path / "net.npz", custom_objects={"Pair": Pair})
     assert back.name == "net" and back.optimizer is None
     np.testing.assert_array_equal(back.predict(x, verbose=0), net.predict(x, verbose=0))
 
