@@ -212,6 +212,11 @@ def _run_child(args, section, part, log, limit):
     return rc, time.perf_counter() - t
 
 
+#: A section's status by the exit status of its process (``gpu.run_section``).
+STATUS = {0: "ok", 2: "the cuda backend cannot run here",
+          3: "ended by a sticky device error; rows so far kept"}
+
+
 def drive(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     for name in FILES[2:]:          # logs of an earlier run in this folder
@@ -244,19 +249,13 @@ def drive(args) -> int:
             except (OSError, ValueError):
                 data = {"tables": {}, "failures": [], "info": {}}
             fails = list(data.get("failures", []))
+            status = STATUS.get(rc, f"failed (exit {rc})")
+            unusable = unusable or rc == 2
             if rc == "timeout":
                 status = f"stopped at its time limit ({limit:.0f} s); rows so far kept"
                 fails.append(status)
-            elif rc == 0:
-                status = "ok"
-            elif rc == 2:
-                status, unusable = "the cuda backend cannot run here", True
-            elif rc == 3:
-                status = "ended by a sticky device error; rows so far kept"
-            else:
-                status = f"failed (exit {rc})"
-                if not fails:
-                    fails.append(f"the section's process exited with {rc} (see sections.log)")
+            elif rc not in STATUS and not fails:
+                fails.append(f"the section's process exited with {rc} (see sections.log)")
             if fails and status == "ok":
                 status = "failed"
             report["sections"][name] = {"status": status, "seconds": sec, "failures": fails,

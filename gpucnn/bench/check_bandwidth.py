@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from gpucnn.bench import membound
+from gpucnn.bench.check_context import ratio
 
 #: Floats in each buffer of the copy that measures the device's bandwidth (256 MB).
 COPY_FLOATS = 64 * 2**20
@@ -58,19 +59,14 @@ def check_bandwidth(ctx, batch=128):
 def _time(ctx, rows, case, copy, l2):
     call, arrays = case.setup(ctx.C, _alloc(ctx))
     ms = ctx.median_ms(call)
-    tms = math.nan
-    if ctx.torch is not None and case.torch is not None:
-        try:
-            views = {k: ctx.torch.from_dlpack(v) if hasattr(v, "__dlpack__") else v
-                     for k, v in arrays.items()}
-            tms = ctx.torch_ms(case.torch(ctx.torch, views))
-        except Exception as e:  # noqa: BLE001 - a PyTorch problem only loses the comparison
-            print(f"  [bw] torch {case.op}: {type(e).__name__}: {e}", flush=True)
+    tms = math.nan if case.torch is None else ctx.torch_try(
+        f"[bw] torch {case.op}", lambda: ctx.torch_ms(case.torch(ctx.torch, {
+            k: ctx.torch.from_dlpack(v) if hasattr(v, "__dlpack__") else v
+            for k, v in arrays.items()})))
     gbs = case.floor / (ms * 1e-3) / 1e9
-    tgbs = case.floor / (tms * 1e-3) / 1e9 if tms == tms else math.nan
+    tgbs = ratio(case.floor, tms * 1e-3) / 1e9
     note = "fits in L2: not an HBM figure" if case.floor < 2 * l2 else ""
     rows.append((case.net, case.layer, case.op, case.shape, case.floor / 1e6, ms, gbs,
-                 100.0 * gbs * 1e9 / copy, tms, 100.0 * tgbs * 1e9 / copy if tgbs == tgbs
-                 else math.nan, tms / ms if tms == tms and ms > 0 else math.nan, note))
+                 100.0 * gbs * 1e9 / copy, tms, 100.0 * tgbs * 1e9 / copy, ratio(tms, ms), note))
     print(f"  [bw] {case.net:8s} {case.layer:10s} {case.op:28s} {ms:9.4f} ms "
           f"{gbs:8.1f} GB/s" + (f"  torch {tms:9.4f} ms" if tms == tms else ""), flush=True)

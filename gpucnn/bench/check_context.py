@@ -15,7 +15,6 @@ median device time per call; the host time of one call is measured apart (``laun
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpucnn.bench import _timing
+from gpucnn.bench import _timing, torch_ref
 
 #: fp32 FMA lanes per SM by compute capability (major, minor); peak = SMs x lanes x 2 x clock.
 FP32_LANES = {(6, 0): 64, (7, 0): 64, (7, 2): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128,
@@ -68,6 +67,7 @@ class Ctx:
     warmup: int
     use_torch: bool
     part: str = ""            # the section's part file (JSON), rewritten as rows come in
+    out: str = ""             # --out: the folder of the logs
     fault: str = ""           # a kernel name made to raise (the check's own test)
     C: object = None          # the cuda set
     N: object = None          # the numpy set
@@ -125,16 +125,36 @@ class Ctx:
             raise DeviceLost(f"the device stopped working: {type(e).__name__}: {e}") from None
 
     @contextlib.contextmanager
-    def case(self, label):
-        """Run a group of cases: an error is a failure of ``label``, and the section goes on
-        unless the device is lost."""
+    def case(self, label, quiet=False):
+        """Run a group of cases: an error is a failure of ``label`` (with ``quiet`` only
+        printed), and the section goes on unless the device is lost."""
         try:
             yield
         except DeviceLost:
             raise
         except Exception as e:  # noqa: BLE001 - report and go on
-            self.fail(f"{label}: {type(e).__name__}: {e}")
+            if quiet:
+                print(f"  {label}: {type(e).__name__}: {e}", flush=True)
+            else:
+                self.fail(f"{label}: {type(e).__name__}: {e}")
             self.check_device()
+
+    def attempt(self, label, fn, quiet=False, default=math.nan):
+        """``fn()``, or ``default`` after an error (handled as ``case`` handles it)."""
+        with self.case(label, quiet):
+            return fn()
+        return default
+
+    def torch_try(self, label, fn, default=math.nan):
+        """``fn()`` on the PyTorch side, or ``default`` without PyTorch or after an error (a
+        PyTorch problem only loses the comparison: printed, not a failure)."""
+        if self.torch is None:
+            return default
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001
+            print(f"  {label}: {type(e).__name__}: {e}", flush=True)
+            return default
 
     @contextlib.contextmanager
     def fewer_repeats(self):
@@ -173,7 +193,7 @@ def setup(args) -> Ctx:
     from gpucnn.kernels.cuda_set import _launch
 
     ctx = Ctx(tiny=args.tiny, repeats=args.repeats, warmup=args.warmup, use_torch=not args.no_torch,
-              part=args.part or "", fault=args.fault or "")
+              part=args.part or "", fault=args.fault or "", out=args.out)
     _launch.STRICT = True        # a kernel falling back to Numba's launcher is a failure here
     if ctx.fault:
         inject_fault(ctx.fault)
@@ -193,12 +213,9 @@ def setup(args) -> Ctx:
         ctx.info.update(_device_info(ctx.cp))
     if ctx.use_torch and ctx.gpu:
         try:
-            torch = importlib.import_module("torch")
+            torch = torch_ref.setup("cuda", 1)
             if not torch.cuda.is_available():
                 raise RuntimeError("torch.cuda.is_available() is False")
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
             ctx.torch = torch
             ctx.info["torch"] = (f"{torch.__version__} (cuDNN {torch.backends.cudnn.version()}, "
                                  "fp32, TF32 off, channels-last)")
@@ -258,10 +275,22 @@ def _device_info(cp):
 def torch_twins(ctx, build, *args) -> dict:
     """``build(torch, *args)`` (``torch_ref.gpu_*``): the PyTorch twins of our calls; {} without
     PyTorch or on failure."""
-    if ctx.torch is None:
-        return {}
-    try:
-        return build(ctx.torch, *args)
-    except Exception as e:  # noqa: BLE001 - a PyTorch problem only loses the comparison
-        print(f"  [3] PyTorch twin {build.__name__}: {type(e).__name__}: {e}", flush=True)
-        return {}
+    return ctx.torch_try(f"[3] PyTorch twin {build.__name__}", lambda: build(ctx.torch, *args),
+                         {})
+
+
+def ratio(a, b):
+    """``a / b``, NaN where either is NaN or ``b`` is not positive."""
+    return a / b if a == a and b == b and b > 0 else math.nan
+
+
+def tiny_launches(tiny, simulator):
+    """Inside ``with``: a ``--tiny`` run's small launches (``simulate.small_launches``; with
+    ``simulator`` also ``lock_shared_arrays``), nothing otherwise."""
+    if not tiny:
+        return contextlib.nullcontext()
+    from gpucnn.kernels.cuda_set import simulate
+
+    if simulator:
+        simulate.lock_shared_arrays()
+    return simulate.small_launches()

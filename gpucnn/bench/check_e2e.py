@@ -5,7 +5,6 @@ and without beside PyTorch eager and graphed (``fit_steps``), and the guide's Al
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import math
@@ -14,11 +13,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from unittest import mock
 
 import numpy as np
 
 from gpucnn.bench import torch_ref
-from gpucnn.bench.check_context import torch_twins
+from gpucnn.bench.check_context import ratio, tiny_launches, torch_twins
+
 
 def launch_overhead(ctx):
     """Per call of a 1-element kernel: host microseconds (calls queued back to back, no sync)
@@ -42,13 +43,12 @@ def launch_overhead(ctx):
     rows = ctx.table("overhead")
 
     def add(label, fn, device_ms=None):
-        try:
-            host = host_us(fn)
-            dev = 1e3 * (device_ms or ctx.median_ms)(fn)
-        except Exception as e:  # noqa: BLE001
-            ctx.fail(f"launch overhead {label}: {type(e).__name__}: {e}")
-            ctx.check_device()
+        got = ctx.attempt(f"launch overhead {label}",
+                          lambda: (host_us(fn), 1e3 * (device_ms or ctx.median_ms)(fn)),
+                          default=None)
+        if got is None:
             return
+        host, dev = got
         rows.append((label, host, dev))
         print(f"  [5] {label:48s} host {host:8.1f} us/call, device {dev:8.2f} us/call",
               flush=True)
@@ -76,10 +76,6 @@ FIT_TARGETS = {"eager": 2.0, "graphed": 1.0}
 #: AlexNet at 227 x 227: gpucnn's images/s at least these multiples of PyTorch's in fp32 (cuDNN,
 #: TF32 off), by gpucnn's precision; peak device memory at most PyTorch's.
 ALEXNET_TARGETS = {"fp32": 0.6, "TF32": 1.0}
-
-
-def _ratio(a, b):
-    return a / b if a == a and b == b and b > 0 else math.nan
 
 
 def _verdict(ratio, want, what):
@@ -124,7 +120,6 @@ def fit_steps(ctx):
     rows = ctx.table("fit")
     batches = (2,) if ctx.tiny else (32, 128, 512)
     before = gpucnn.get_backend()
-    saved = os.environ.get("GPUCNN_CUDA_GRAPHS")
     try:
         gpucnn.set_backend("cuda")
         for batch in batches:
@@ -141,8 +136,8 @@ def fit_steps(ctx):
                     print(f"  [fit] batch {batch} PyTorch {how}: {got['images/s']:.0f} "
                           "images/s", flush=True)
             for graphs in ("1", "0"):
-                with ctx.case(f"fit LeNet-5 batch {batch} graphs={graphs}"):
-                    os.environ["GPUCNN_CUDA_GRAPHS"] = graphs
+                with ctx.case(f"fit LeNet-5 batch {batch} graphs={graphs}"), \
+                        mock.patch.dict(os.environ, GPUCNN_CUDA_GRAPHS=graphs):
                     if ctx.tiny:
                         model = zoo.basic_cnn(input_shape=(8, 8, 1), classes=3, filters=2,
                                               kernel_size=3, units=4)
@@ -154,11 +149,11 @@ def fit_steps(ctx):
                     x = ctx.rng.random((batch * steps,) + shape).astype(np.float32)
                     y = ctx.rng.integers(0, classes, batch * steps)
                     ips, cpu, launches, caps, reps, _ = _timed_fit(ctx, model, x, y, batch)
-                    ratio = {how: _ratio(ips, theirs.get(how, math.nan)) for how in FIT_TARGETS}
-                    verdict = "; ".join(_verdict(ratio[how], want, f"PyTorch {how}")
+                    ratios = {how: ratio(ips, theirs.get(how, math.nan)) for how in FIT_TARGETS}
+                    verdict = "; ".join(_verdict(ratios[how], want, f"PyTorch {how}")
                                         for how, want in FIT_TARGETS.items())
                     rows.append((f"LeNet-5 fit, {'graphs' if graphs == '1' else 'eager'}", batch,
-                                 ips, cpu, launches, ratio["eager"], ratio["graphed"],
+                                 ips, cpu, launches, ratios["eager"], ratios["graphed"],
                                  verdict if graphs == "1" else "—",
                                  f"{caps} captures, {reps} of {steps} steps replayed"))
                     print(f"  [fit] batch {batch} graphs={graphs}: {ips:.0f} images/s, "
@@ -166,10 +161,6 @@ def fit_steps(ctx):
                           f"{steps} steps replayed from a graph ({caps} captured in the timed "
                           f"epoch); {verdict}", flush=True)
     finally:
-        if saved is None:
-            os.environ.pop("GPUCNN_CUDA_GRAPHS", None)
-        else:
-            os.environ["GPUCNN_CUDA_GRAPHS"] = saved
         gpucnn.set_backend(before)
 
 
@@ -211,12 +202,12 @@ def alexnet(ctx):
     fresh processes (``first_step_rows``). The data are random images made once, on the device
     for both sides, so that host copies are not timed."""
     import gpucnn
-    from gpucnn import backend
+    from gpucnn.kernels import _precision
     from gpucnn.parallel import graphed
 
     rows = ctx.table("alexnet")
     batch, steps = (2, 1) if ctx.tiny else (128, 12)
-    before, precision = gpucnn.get_backend(), backend.get_float32_matmul_precision()
+    before = gpucnn.get_backend()
     try:
         gpucnn.set_backend("cuda")
         _, shape, classes = alexnet_model(ctx.tiny)
@@ -233,11 +224,11 @@ def alexnet(ctx):
                 ctx.torch.cuda.empty_cache()
                 rows.append(("PyTorch (cuDNN)", prec, theirs["images/s"],
                              1e3 * batch / theirs["images/s"], theirs["peak MiB"],
-                             _ratio(theirs["images/s"], ref.get("fp32", math.nan)), math.nan, "—",
+                             ratio(theirs["images/s"], ref.get("fp32", math.nan)), math.nan, "—",
                              f"eager; max_memory_allocated (reserved "
                              f"{theirs['reserved MiB']:.0f} MiB)"))
-            with ctx.case(f"AlexNet fit {prec}"):
-                backend.set_float32_matmul_precision("high" if prec == "TF32" else "highest")
+            with ctx.case(f"AlexNet fit {prec}"), \
+                    _precision.float32_matmul_precision("high" if prec == "TF32" else "highest"):
                 gc.collect()
                 if ctx.gpu:
                     ctx.cp.get_default_memory_pool().free_all_blocks()
@@ -245,8 +236,8 @@ def alexnet(ctx):
                 model = alexnet_model(ctx.tiny)[0]
                 ips, _, launches, caps, reps, _ = _timed_fit(ctx, model, x, labels, batch)
                 mib = (_device_bytes(ctx, model) - base) / 2**20
-                speed = _ratio(ips, ref.get("fp32", math.nan))
-                memory = _ratio(mib, theirs.get("peak MiB", math.nan))
+                speed = ratio(ips, ref.get("fp32", math.nan))
+                memory = ratio(mib, theirs.get("peak MiB", math.nan))
                 verdict = (_verdict(speed, ALEXNET_TARGETS[prec], "images/s vs PyTorch fp32")
                            + "; " + ("memory: no PyTorch figure" if memory != memory else
                                      f"memory <= 1x: {'met' if memory <= 1 else 'NOT met'}"))
@@ -258,7 +249,6 @@ def alexnet(ctx):
                       flush=True)
                 del model
     finally:
-        backend.set_float32_matmul_precision(precision)
         gpucnn.set_backend(before)
     first_step_rows(ctx)
 
@@ -307,10 +297,7 @@ def _first_step(side, tiny):
     check's batch; prints the wall-clock time at its end as JSON."""
     rng = np.random.default_rng(0)
     if side == "torch":
-        import torch
-
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        torch = torch_ref.setup("cuda", 1)
         x = torch.from_numpy(rng.random((128, 227, 227, 3), dtype=np.float32)).cuda()
         y = torch.from_numpy(rng.integers(0, 1000, 128)).cuda()
         net = torch_ref.alexnet(torch).cuda().to(memory_format=torch.channels_last)
@@ -323,14 +310,8 @@ def _first_step(side, tiny):
         import gpucnn
 
         gpucnn.set_backend("cuda")
-        small = contextlib.nullcontext()
-        if tiny:                     # as the sections run in the simulator (bench/gpu.py)
-            from gpucnn.kernels.cuda_set import simulate
-
-            small = simulate.small_launches()
-            if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-                simulate.lock_shared_arrays()
-        with small:
+        # as the sections run in the simulator (bench/gpu.py)
+        with tiny_launches(tiny, os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"):
             model, shape, classes = alexnet_model(tiny)
             batch = 2 if tiny else 128
             x = rng.random((batch,) + shape, dtype=np.float32)

@@ -5,13 +5,14 @@ off and on), and the conv tile sweep.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 
 from gpucnn.bench import shapes, torch_ref
 from gpucnn.bench.check_accuracy import GRAD_TOL, rel_err
-from gpucnn.bench.check_context import torch_twins
+from gpucnn.bench.check_context import ratio, torch_twins
 
 #: A TF32 conv's result against the fp32 one (``rel_err``: the largest error over the largest
 #: output). TF32 rounds each operand by up to 2**-11 relatively: about 1e-3 at these sizes.
@@ -24,23 +25,13 @@ def time_ops(ctx):
 
     def add(net, layer, op, shape, ours_fn, flops=None, torch_fn=None, ms=None):
         """One row; ``ms``: ours already timed (a second reference for the same call)."""
-        try:
-            ms = ctx.median_ms(ours_fn) if ms is None else ms
-        except Exception as e:  # noqa: BLE001
-            ctx.fail(f"timing {net} {layer} {op}: {type(e).__name__}: {e}")
-            ms = math.nan
-            ctx.check_device()
-        tms = math.nan
-        if ctx.torch is not None and torch_fn is not None:
-            try:
-                tms = ctx.torch_ms(torch_fn)
-            except Exception as e:  # noqa: BLE001 - a missing torch op is not our failure
-                print(f"  [3] torch {net} {layer} {op}: {type(e).__name__}: {e}", flush=True)
-        gflops = flops / (ms * 1e6) if flops and ms == ms and ms > 0 else math.nan
-        peak = ctx.info.get("fp32_peak_gflops")
-        pct = 100.0 * gflops / peak if peak and gflops == gflops else math.nan
-        rows.append((net, layer, op, shape, ms, gflops, pct, tms,
-                     tms / ms if tms == tms and ms == ms and ms > 0 else math.nan))
+        if ms is None:
+            ms = ctx.attempt(f"timing {net} {layer} {op}", lambda: ctx.median_ms(ours_fn))
+        tms = math.nan if torch_fn is None else ctx.torch_try(
+            f"[3] torch {net} {layer} {op}", lambda: ctx.torch_ms(torch_fn))
+        gflops = ratio(flops or math.nan, ms * 1e6)
+        pct = 100.0 * ratio(gflops, ctx.info.get("fp32_peak_gflops") or math.nan)
+        rows.append((net, layer, op, shape, ms, gflops, pct, tms, ratio(tms, ms)))
         print(f"  [2] {net:8s} {layer:6s} {op:22s} {ms:9.3f} ms"
               + (f"  torch {tms:9.3f} ms" if tms == tms else ""), flush=True)
         return ms
@@ -55,32 +46,38 @@ def time_ops(ctx):
     return rows
 
 
-def _time_conv(ctx, add, c):
+def _conv_calls(ctx, c):
+    """``(x, w, b, dy, output shape, pad)`` of conv row ``c`` made on the device, and its
+    ``(forward, input gradient, weight gradient)`` calls."""
     C = ctx.C
     ys, pad = c.geometry()
     st = (c.stride, c.stride)
     x, w, b, dy = (ctx.dev(ctx.rand(*c.x)), ctx.dev(ctx.rand(*c.w, scale=0.1)),
                    ctx.dev(ctx.rand(c.filters)), ctx.dev(ctx.rand(*ys)))
+    return (x, w, b, dy, ys, pad), (lambda: C.conv2d_forward(x, w, b, st, pad, c.act),
+                                    lambda: C.conv2d_backward_input(dy, w, c.x, st, pad),
+                                    lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad))
+
+
+def _time_conv(ctx, add, c):
+    (x, w, b, dy, ys, pad), fns = _conv_calls(ctx, c)
     shape = f"x{c.x} k{c.k} s{c.stride} {c.padding} -> {ys}"
-    t = torch_twins(ctx, torch_ref.gpu_conv_twins, x, w, b, dy, st, pad, c.act, c.filters)
+    t = torch_twins(ctx, torch_ref.gpu_conv_twins, x, w, b, dy, (c.stride,) * 2, pad, c.act,
+                    c.filters)
     # a strided input gradient runs decomposed by residue class (gemm.py): its rows say so
-    calls = ((f"conv fwd+bias+{c.act}", lambda: C.conv2d_forward(x, w, b, st, pad, c.act), "fwd"),
-             ("conv bwd input" + (" (decomposed)" if c.stride > 1 else ""),
-              lambda: C.conv2d_backward_input(dy, w, c.x, st, pad), "bwd_input"),
-             ("conv bwd weight", lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad),
-              "bwd_weight"))
+    calls = tuple(zip((f"conv fwd+bias+{c.act}",
+                       "conv bwd input" + (" (decomposed)" if c.stride > 1 else ""),
+                       "conv bwd weight"), fns, ("fwd", "bwd_input", "bwd_weight")))
     for label, fn, key in calls:
         add(c.net, c.name, label, shape, fn, c.flops(), t.get(key))
-    add(c.net, c.name, "bias grad", f"dy{ys}", lambda: C.bias_grad(dy), None, t.get("bias"))
+    add(c.net, c.name, "bias grad", f"dy{ys}", lambda: ctx.C.bias_grad(dy), None, t.get("bias"))
     new = {}
     for label, fn, _ in calls:
-        try:
-            new[label] = ctx.host(fn())
-        except Exception as e:  # noqa: BLE001
-            ctx.fail(f"{c.net} {c.name} {label} (igemm2): {type(e).__name__}: {e}")
-            ctx.check_device()
-    _time_conv_baseline(ctx, add, c, shape, calls, t, new)
-    _time_conv_tf32(ctx, add, c, shape, calls, t, new)
+        got = ctx.attempt(f"{c.net} {c.name} {label} (igemm2)", lambda: ctx.host(fn()),
+                          default=None)
+        if got is not None:
+            new[label] = got
+    _time_conv_variants(ctx, add, c, shape, calls, t, new)
 
 
 def _plain(label):
@@ -91,59 +88,51 @@ def _plain(label):
 def _err(ctx, family, c, label, fn, new):
     """``fn()``'s relative error against igemm2's fp32 result ``new[label]`` (0 where there is
     none; NaN, said and the device checked, when ``fn`` raises)."""
-    try:
-        return rel_err(ctx, fn(), new[label]) if label in new else 0.0
-    except Exception as e:  # noqa: BLE001
-        print(f"  [2] {family} {c.name} {label}: {type(e).__name__}: {e}", flush=True)
-        ctx.check_device()
-        return math.nan
+    return ctx.attempt(f"[2] {family} {c.name} {label}",
+                       lambda: rel_err(ctx, fn(), new[label]) if label in new else 0.0, quiet=True)
 
 
-def _time_conv_tf32(ctx, add, c, shape, calls, t, new):
-    """The conv calls on gpucnn's TF32 kernels (``float32_matmul_precision("high")``): a row
-    ``[tf32]`` beside cuDNN with TF32 off (the fp32 rows' reference) and a row ``[tf32 vs
-    cuDNN tf32]`` beside cuDNN with TF32 on, from one timing of ours. Each result is checked
-    against the fp32 one (``TF32_TOL``)."""
+def _time_conv_variants(ctx, add, c, shape, calls, t, new):
+    """The conv calls again in the same run, each result first checked against igemm2's fp32
+    one (``new``): on the baseline conv kernels (``conv.set_conv_kernels``; within ``GRAD_TOL``,
+    fewer repeats: it is the reference point), so that the igemm2 kernels' speed-up is the ratio
+    of two rows of one table; then on gpucnn's TF32 kernels (``float32_matmul_precision("high")``;
+    within ``TF32_TOL``): a row ``[tf32]`` beside cuDNN with TF32 off (the fp32 rows'
+    reference) and a row ``[tf32 vs cuDNN tf32]`` beside cuDNN with TF32 on, from one timing of
+    ours."""
     from gpucnn.kernels import _precision
-
-    torch = ctx.torch
-    for label, fn, key in calls:
-        with _precision.float32_matmul_precision("high"):
-            err = _err(ctx, "tf32", c, label, fn, new)
-            if not err <= TF32_TOL:
-                ctx.fail(f"{c.net} {c.name} {label}: TF32 and fp32 differ by {err:.2e} "
-                         f"(expected <= {TF32_TOL:.0e})")
-            ms = add(c.net, c.name, f"{_plain(label)} [tf32]", shape, fn, c.flops(), t.get(key))
-        if torch is None:
-            continue
-        before = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = True
-        try:
-            add(c.net, c.name, f"{_plain(label)} [tf32 vs cuDNN tf32]", shape, fn, c.flops(),
-                t.get(key), ms=ms)
-        finally:
-            torch.backends.cudnn.allow_tf32 = before
-
-
-def _time_conv_baseline(ctx, add, c, shape, calls, t, new):
-    """The rows above again on the baseline conv kernels (``conv.set_conv_kernels``), in the
-    same run: the igemm2 kernels' speed-up is the ratio of two rows of one table. Each baseline
-    result is checked against igemm2's first (``new``; fewer repeats: it is the reference
-    point)."""
     from gpucnn.kernels.cuda_set import conv as cv
 
-    before = cv.set_conv_kernels("baseline")
-    try:
-        with ctx.fewer_repeats():
-            for label, fn, key in calls:
-                err = _err(ctx, "baseline", c, label, fn, new)
-                if not err <= GRAD_TOL:
-                    ctx.fail(f"{c.net} {c.name} {label}: baseline and igemm2 differ by "
-                             f"{err:.2e}")
-                add(c.net, c.name, f"{_plain(label)} [baseline]", shape, fn, c.flops(),
-                    t.get(key))
-    finally:
-        cv.set_conv_kernels(before)
+    @contextlib.contextmanager
+    def baseline():
+        before = cv.set_conv_kernels("baseline")
+        try:
+            with ctx.fewer_repeats():
+                yield
+        finally:
+            cv.set_conv_kernels(before)
+
+    torch = ctx.torch
+    for family, kernels, tol, what in (
+            ("baseline", baseline, GRAD_TOL, "baseline and igemm2 differ by {:.2e}"),
+            ("tf32", lambda: _precision.float32_matmul_precision("high"), TF32_TOL,
+             f"TF32 and fp32 differ by {{:.2e}} (expected <= {TF32_TOL:.0e})")):
+        for label, fn, key in calls:
+            with kernels():
+                err = _err(ctx, family, c, label, fn, new)
+                if not err <= tol:
+                    ctx.fail(f"{c.net} {c.name} {label}: " + what.format(err))
+                ms = add(c.net, c.name, f"{_plain(label)} [{family}]", shape, fn, c.flops(),
+                         t.get(key))
+            if family == "baseline" or torch is None:
+                continue
+            before = torch.backends.cudnn.allow_tf32
+            torch.backends.cudnn.allow_tf32 = True
+            try:
+                add(c.net, c.name, f"{_plain(label)} [tf32 vs cuDNN tf32]", shape, fn, c.flops(),
+                    t.get(key), ms=ms)
+            finally:
+                torch.backends.cudnn.allow_tf32 = before
 
 
 def _time_pool(ctx, add, p):
@@ -220,24 +209,16 @@ def tile_sweep(ctx):
 
 
 def _sweep_layer(ctx, cv, c, rows):
-    C = ctx.C
-    ys, pad = c.geometry()
-    st = (c.stride, c.stride)
-    x, w, b, dy = (ctx.dev(ctx.rand(*c.x)), ctx.dev(ctx.rand(*c.w, scale=0.1)),
-                   ctx.dev(ctx.rand(c.filters)), ctx.dev(ctx.rand(*ys)))
-    calls = {cv.FWD: (c.filters, lambda: C.conv2d_forward(x, w, b, st, pad, c.act)),
-             cv.BWD_INPUT: (c.x[3], lambda: C.conv2d_backward_input(dy, w, c.x, st, pad)),
-             cv.BWD_WEIGHT: (c.filters, lambda: C.conv2d_backward_weight(x, dy, c.w, st, pad))}
+    _, (fwd, bwd_input, bwd_weight) = _conv_calls(ctx, c)
+    calls = {cv.FWD: (c.filters, fwd), cv.BWD_INPUT: (c.x[3], bwd_input),
+             cv.BWD_WEIGHT: (c.filters, bwd_weight)}
     if c.stride > 1 and not ctx.tiny:
         del calls[cv.BWD_INPUT]   # the first layer's input gradient: never needed, very slow
     for mode, (ncols, call) in calls.items():
         default = cv.choose_tile(mode, ncols)
-        try:
-            want = ctx.host(call())
-        except Exception as e:  # noqa: BLE001
-            ctx.fail(f"tile sweep {c.name} {cv.MODE_NAMES[mode]}: the default tile failed: "
-                     f"{type(e).__name__}: {e}")
-            ctx.check_device()
+        want = ctx.attempt(f"tile sweep {c.name} {cv.MODE_NAMES[mode]}: the default tile failed",
+                           lambda: ctx.host(call()), default=None)
+        if want is None:
             continue
         base = math.nan
         tiles = (default,) + tuple(t for t in ([] if ctx.tiny else cv.CANDIDATE_TILES[mode])
@@ -245,12 +226,9 @@ def _sweep_layer(ctx, cv, c, rows):
         for tile in tiles:
             cv.TILE_OVERRIDE = {mode: tile}
             try:
-                err = rel_err(ctx, call(), want)
-                ms = ctx.median_ms(call)
-            except Exception as e:  # noqa: BLE001
-                err, ms = math.nan, math.nan
-                print(f"  [4] tile {tile}: {type(e).__name__}: {e}", flush=True)
-                ctx.check_device()
+                err, ms = ctx.attempt(f"[4] tile {tile}", lambda: (rel_err(ctx, call(), want),
+                                                                    ctx.median_ms(call)),
+                                      quiet=True, default=(math.nan, math.nan))
             finally:
                 cv.TILE_OVERRIDE = {}
             if tile == default:
@@ -260,8 +238,7 @@ def _sweep_layer(ctx, cv, c, rows):
                          f"rel err {err:.2e} against the default tile")
             label = "/".join(map(str, tile[:3])) + f" {tile.tm}x{tile.tn} " \
                 f"b{tile.min_blocks}" + (" (default)" if tile == default else "")
-            gf = c.flops() / (ms * 1e6) if ms == ms and ms > 0 else math.nan
-            rows.append((f"{c.net} {c.name}", cv.MODE_NAMES[mode], label, ms, gf,
-                         base / ms if ms == ms and ms > 0 else math.nan, err))
+            rows.append((f"{c.net} {c.name}", cv.MODE_NAMES[mode], label, ms,
+                         ratio(c.flops(), ms * 1e6), ratio(base, ms), err))
             print(f"  [4] {c.name} {cv.MODE_NAMES[mode]:10s} {label:28s} {ms:9.3f} ms",
                   flush=True)

@@ -1,14 +1,13 @@
 """The sections of the real-GPU check (``python -m gpucnn.gpucheck``; see that module).
 
-Each ``section_*`` function runs in its own process (started by the driver in
-``gpucnn.gpucheck``) with a context (``check_context``: its tables, failures, device and timers)
-and calls the checks of its job: ``check_accuracy``, ``check_timing`` (ops, tile sweep),
-``check_e2e`` (launch overhead, ``fit``, AlexNet); the setup, examples and tests sections
-are here, the last two running scripts and pytest in processes of their own.
+Each section runs in its own process (started by the driver in ``gpucnn.gpucheck``) with a
+context (``check_context``: its tables, failures, device and timers) and calls the checks of
+its job (``SECTIONS``): ``check_accuracy``, ``check_timing`` (ops, tile sweep),
+``check_bandwidth``, ``check_e2e`` (launch overhead, ``fit``, AlexNet); the setup, examples
+and tests sections are here, the last two running scripts and pytest in processes of their own.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import traceback
 import numpy as np
 
 from gpucnn.bench import check_accuracy, check_bandwidth, check_e2e, check_timing
-from gpucnn.bench.check_context import DeviceLost, setup
+from gpucnn.bench.check_context import DeviceLost, setup, tiny_launches
 
 EXAMPLES = ("perceptron", "basic_cnn", "lenet5", "alexnet", "autoencoder")
 #: The tests section runs these files whole, then every test marked ``gpu_check``
@@ -29,15 +28,18 @@ TEST_FILES = ("tests/test_ops.py", "tests/test_kernels_cuda.py", "tests/test_gra
 TEST_MARKER = "gpu_check"
 
 
-def repo_root():
-    """The source checkout gpucnn runs from (examples/ and tests/ beside gpucnn/), or None."""
+def repo_root(ctx, what):
+    """The source checkout gpucnn runs from (examples/ and tests/ beside gpucnn/), or None
+    after a failure of ``what`` (the section that needs it)."""
     import gpucnn
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(gpucnn.__file__)))
-    return root if os.path.isdir(os.path.join(root, "examples")) else None
+    if os.path.isdir(os.path.join(root, "examples")):
+        return root
+    ctx.fail(f"{what}: no {what}/ folder beside gpucnn (run from a source checkout)")
 
 
-def section_setup(ctx, out_dir):
+def section_setup(ctx):
     """The device and library versions, then every kernel compiled (or found) in the cache by
     several processes at once; its log goes to ``compile.log``."""
     rows = ctx.table("setup")
@@ -52,7 +54,7 @@ def section_setup(ctx, out_dir):
     names = None
     if ctx.tiny:    # the PTX test compiles every kernel; the check's own test needs two
         names = [s.name for s in ctx.C.all_kernels()[:2]]
-    log_path = os.path.join(out_dir, "compile.log")
+    log_path = os.path.join(ctx.out, "compile.log")
     with open(log_path, "w", encoding="utf-8") as log:
         res = ctx.C.fill_cache(cc, names=names, out=log)
     ok = [n for n, (_, _, err) in res.items() if not err]
@@ -64,20 +66,6 @@ def section_setup(ctx, out_dir):
     for n, (_, _, err) in res.items():
         if err:
             ctx.fail(f"compile {n}: {err}")
-
-
-def section_accuracy(ctx, out_dir):
-    check_accuracy.check_accuracy(ctx)
-
-
-def section_ops(ctx, out_dir):
-    check_timing.time_ops(ctx)
-    check_timing.tile_sweep(ctx)
-
-
-def section_e2e(ctx, out_dir):
-    check_e2e.launch_overhead(ctx)
-    check_e2e.fit_steps(ctx)
 
 
 #: Runs a script or pytest in a process of its own with the section's fault injected first.
@@ -113,18 +101,17 @@ def _run_logged(cmd, log, env, timeout, cwd):
     return rc, time.perf_counter() - t, lines
 
 
-def section_examples(ctx, out_dir):
+def section_examples(ctx):
     """Every example script for one short epoch on the cuda backend (log: examples.log)."""
     rows = ctx.table("examples")
-    root = repo_root()
+    root = repo_root(ctx, "examples")
     if root is None:
-        ctx.fail("examples: no examples/ folder beside gpucnn (run from a source checkout)")
         return
     env = dict(os.environ, MPLBACKEND="Agg", GPUCNN_STRICT_LAUNCH="1",
                GPUCNN_SECTION_FAULT=ctx.fault)
     names = ("perceptron",) if ctx.tiny else EXAMPLES
     limit = "8" if ctx.tiny else "512"
-    with open(os.path.join(out_dir, "examples.log"), "a", encoding="utf-8") as log, \
+    with open(os.path.join(ctx.out, "examples.log"), "a", encoding="utf-8") as log, \
             tempfile.TemporaryDirectory() as tmp:
         for name in names:
             cmd = [sys.executable, "-c", _WRAP, os.path.join(root, "examples", f"{name}.py"),
@@ -144,13 +131,12 @@ def section_examples(ctx, out_dir):
                 ctx.fail(f"examples/{name}.py exited with {rc}: {last[:200]}")
 
 
-def section_tests(ctx, out_dir):
+def section_tests(ctx):
     """The test suite's cuda tests on the device (``GPUCNN_TEST_REAL_GPU=1``; log: tests.log):
     ``TEST_FILES`` whole, then the tests marked ``TEST_MARKER``, in a pytest run each."""
     rows = ctx.table("tests")
-    root = repo_root()
+    root = repo_root(ctx, "tests")
     if root is None:
-        ctx.fail("tests: no tests/ folder beside gpucnn (run from a source checkout)")
         return
     env = dict(os.environ, GPUCNN_STRICT_LAUNCH="1", GPUCNN_SECTION_FAULT=ctx.fault)
     if ctx.gpu:
@@ -160,7 +146,7 @@ def section_tests(ctx, out_dir):
     if ctx.tiny:
         selections = [[TEST_FILES[0], "-k", "cuda and act_forward and relu"]]
     t0 = time.perf_counter()
-    with open(os.path.join(out_dir, "tests.log"), "a", encoding="utf-8") as log:
+    with open(os.path.join(ctx.out, "tests.log"), "a", encoding="utf-8") as log:
         for selection in selections:
             cmd = [sys.executable, "-c", _WRAP, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                    *selection]
@@ -176,10 +162,13 @@ def section_tests(ctx, out_dir):
                          f"first error: {first[:300]}")
 
 
-SECTIONS = {"setup": section_setup, "accuracy": section_accuracy, "ops": section_ops,
-            "bandwidth": lambda ctx, out_dir: check_bandwidth.check_bandwidth(ctx),
-            "e2e": section_e2e, "alexnet": lambda ctx, out_dir: check_e2e.alexnet(ctx),
-            "examples": section_examples, "tests": section_tests}
+#: The checks each section runs, in order.
+SECTIONS = {"setup": (section_setup,), "accuracy": (check_accuracy.check_accuracy,),
+            "ops": (check_timing.time_ops, check_timing.tile_sweep),
+            "bandwidth": (check_bandwidth.check_bandwidth,),
+            "e2e": (check_e2e.launch_overhead, check_e2e.fit_steps),
+            "alexnet": (check_e2e.alexnet,), "examples": (section_examples,),
+            "tests": (section_tests,)}
 
 
 def run_section(args) -> int:
@@ -189,16 +178,10 @@ def run_section(args) -> int:
     print(f"gpucheck [{args.section}]: {ctx.info.get('device', '?')}, launch path "
           f"{ctx.C.launch_path()}", flush=True)
     ctx.dump()
-    cm = contextlib.nullcontext()
-    if args.tiny:
-        from gpucnn.kernels.cuda_set import simulate
-
-        cm = simulate.small_launches()
-        if not ctx.gpu:
-            simulate.lock_shared_arrays()
     try:
-        with cm:
-            SECTIONS[args.section](ctx, args.out)
+        with tiny_launches(args.tiny, not ctx.gpu):
+            for check in SECTIONS[args.section]:
+                check(ctx)
     except DeviceLost as e:
         ctx.fail(f"section {args.section} ended early: {e}")
         return 3
