@@ -14,6 +14,7 @@ import pytest
 
 from gpucnn import callbacks, layers, models, optimizers
 from gpucnn.optimizers import schedules
+from test_models import same_weights as same
 
 
 pytestmark = pytest.mark.usefixtures("numpy_backend")
@@ -46,10 +47,6 @@ def model(lr=0.05, opt=None):
 
 def fit(m, data, cbs, epochs):
     return m.fit(*data, batch_size=8, epochs=epochs, callbacks=cbs, verbose=0)
-
-
-def same(a, b):
-    return all(np.array_equal(p, q) for p, q in zip(a, b))
 
 
 @pytest.mark.parametrize("values,kwargs,epochs,best,best_epoch", [
