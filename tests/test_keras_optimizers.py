@@ -11,9 +11,7 @@ Learning-rate schedules (ExponentialDecay, PiecewiseConstantDecay, CosineDecay w
 against Keras's formulas written out here, used as the learning rate of optimizers (the rate of
 a step is the schedule at the number of steps done before it, weight decay included). The
 callbacks that change the learning rate are tested with the others, in tests/test_callbacks.py.
-
-The Keras step, in Keras's order: clip the gradients (clipnorm: g * c / max(|g|, c); global:
-g * c * min(1 / N, 1 / c); clipvalue: clip to [-c, c]), then p -= p * wd * lr, then the update."""
+The Keras step (clipping, decoupled decay, update, in Keras's order) is keras_clip and keras_step."""
 import math
 
 import numpy as np
