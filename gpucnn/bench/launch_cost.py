@@ -9,8 +9,8 @@ attribute read), and the driver's ``cuLaunchKernel`` is a no-op. The time is the
 single calls, each timed alone, so that a call the machine's other work interrupts is one slow
 sample rather than a slower average; and as a shared machine also has slower stretches of whole
 seconds, the calls run in 7 rounds over all rows in turn (3,000 calls a round; 200 for a whole
-training step) and each row reports its quietest round. The
-kernels themselves are never compiled: a fake cubin stands in. On a GPU, ``python -m gpucnn.gpucheck`` measures the real
+training step) and each row reports its quietest round. The kernels themselves are never
+compiled: a fake cubin stands in. On a GPU, ``python -m gpucnn.gpucheck`` measures the real
 per-launch time beside it.
 """
 from __future__ import annotations
@@ -60,8 +60,7 @@ ROUNDS = 7
 
 
 def per_call_us(fn, calls):
-    # the median over `calls` single calls, each timed alone (the timer's own cost taken off):
-    # a call that the machine's other work interrupts is one slow sample, not a slower mean
+    # the median of single calls (see the module docstring), the timer's own cost taken off
     clock = time.perf_counter_ns
     for _ in range(20):
         fn()
@@ -141,8 +140,7 @@ for label, kind, fn in rows:
     before = _launch.launch_count()
     fn()
     launches.append(_launch.launch_count() - before)
-# rounds over all rows in turn; per row, the median call of its quietest round (on a shared
-# machine whole seconds run slower, and every row sees them alike)
+# per row, the median call of its quietest round: a slow stretch of seconds hits every row alike
 best = [float("inf")] * len(rows)
 for _ in range(ROUNDS):
     for i, (label, kind, fn) in enumerate(rows):

@@ -11,6 +11,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from gpucnn.bench import torch_ref
 from gpucnn.kernels.cuda_set.softmax import SHORT_ROW
 
 F32 = 4
@@ -97,12 +98,6 @@ def _pool_cases(net, layer, kind, x, k, s, pad):
             _, idx = C.max_pool_forward(xa, *geo)
             return (lambda: C.max_pool_backward(dy, idx, x, *geo)), {"x": xa, "dy": dy}
 
-        def tbwd(t, a):
-            xt, dyt = nchw(a["x"]), nchw(a["dy"])
-            _, idx = t.nn.functional.max_pool2d(xt, k, s, return_indices=True)
-            return lambda: t.ops.aten.max_pool2d_with_indices_backward(
-                dyt, xt, [k, k], [s, s], [0, 0], [1, 1], False, idx)
-
         return [Case(net, layer, "max pool fwd", sx, (nx + ny) * b + 4 * ny, win + ny * (b + 4),
                      f"{k * k} window loads per output, y and idx written",
                      _setup(lambda C, x: C.max_pool_forward(x, *geo), x=(x, "normal")),
@@ -110,7 +105,8 @@ def _pool_cases(net, layer, kind, x, k, s, pad):
                 Case(net, layer, "max pool bwd", sx, ny * (b + 4) + nx * b,
                      nx * b + ny * (4 * k * k + b),
                      "a gather: dx written once, each window's idx read by each of its cells, "
-                     "dy by its winner", bwd, tbwd)]
+                     "dy by its winner", bwd, lambda t, a: torch_ref.gpu_pool_twins(
+                         t, "max", a["x"], a["dy"], k, s)["bwd"])]
     return [Case(net, layer, "avg pool fwd", sx, (nx + ny) * b, win + ny * b,
                  f"{k * k} window loads per output",
                  _setup(lambda C, x: C.avg_pool_forward(x, *geo), x=(x, "normal")),
@@ -183,14 +179,10 @@ def _optim_cases(net, shapes_):
                                               flag=flag)), {"n": n}
         return make
 
-    def tadam(t_, a):
-        from gpucnn.bench import torch_ref
-
-        return torch_ref.gpu_adam_twin(t_, a["n"])["step"]
-
     shape = f"{t} tensors, {n} values"
     return [Case(net, "all weights", "adam update (multi-tensor)", shape, 7 * n * b, 7 * n * b,
-                 "p, g, m, v read; p, m, v written", setup("adam"), tadam),
+                 "p, g, m, v read; p, m, v written", setup("adam"),
+                 lambda t_, a: torch_ref.gpu_adam_twin(t_, a["n"])["step"]),
             Case(net, "all weights", "sgd momentum (multi-tensor)", shape, 5 * n * b, 5 * n * b,
                  "p, g, v read; p, v written", setup("sgd"))]
 

@@ -29,12 +29,6 @@ def setup(device: str, threads: int):
     return torch
 
 
-def sync(torch, device):
-    if device == "cpu":
-        return lambda: None
-    return torch.cuda.synchronize
-
-
 @dataclass
 class TorchSide:
     """PyTorch and the device it runs on (``cpu`` or ``cuda``)."""
@@ -44,7 +38,7 @@ class TorchSide:
 
     @property
     def sync(self):
-        return sync(self.torch, self.device)
+        return (lambda: None) if self.device == "cpu" else self.torch.cuda.synchronize
 
 
 def info(torch) -> str:
@@ -209,38 +203,34 @@ def conv_transpose_op(torch, device, x, w, stride, out_hw, pad4):
     return lambda: F.conv_transpose2d(xt, wt, None, stride, (pt, pl), (oph, opw))
 
 
+def _forward_backward(torch, f, leaf, seed_like=False):
+    """``(forward, backward)`` closures of ``f()``, a function of the tensor ``leaf``: the
+    forward under ``no_grad``, the backward alone (autograd's recorded forward is redone outside
+    the timed region) from a random output gradient with ``seed_like``, else none."""
+    y = f()
+    dy = torch.randn_like(y) if seed_like else None
+
+    def forward():
+        with torch.no_grad():
+            return f()
+
+    def backward():
+        return torch.autograd.grad(y, leaf, dy, retain_graph=True)[0]
+
+    return forward, backward
+
+
 def pool_ops(torch, device, x, kind, pool, stride):
     F = torch.nn.functional
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device).requires_grad_(True)
     f = F.max_pool2d if kind == "max" else F.avg_pool2d
-    y = f(xt, pool, stride)
-    dy = torch.randn_like(y)
-
-    def forward():
-        with torch.no_grad():
-            return f(xt, pool, stride)
-
-    def backward():
-        # the backward alone: autograd's recorded forward is redone outside the timed region
-        return torch.autograd.grad(y, xt, dy, retain_graph=True)[0]
-
-    return forward, backward
+    return _forward_backward(torch, lambda: f(xt, pool, stride), xt, seed_like=True)
 
 
 def xent_ops(torch, device, z, labels):
-    F = torch.nn.functional
     zt = torch.from_numpy(z).to(device).requires_grad_(True)
     lt = torch.from_numpy(labels.astype("int64")).to(device)
-    loss = F.cross_entropy(zt, lt)
-
-    def forward():
-        with torch.no_grad():
-            return F.cross_entropy(zt, lt)
-
-    def backward():
-        return torch.autograd.grad(loss, zt, retain_graph=True)[0]
-
-    return forward, backward
+    return _forward_backward(torch, lambda: torch.nn.functional.cross_entropy(zt, lt), zt)
 
 
 # ------------------------------------------------------------------ twins on a GPU (zero copy)
