@@ -95,7 +95,8 @@ def test_model_names_match_the_cases():
 
 def test_benchmark_shapes_are_the_guides_networks():
     """The shapes come from the zoo's models; here against the sizes the guide gives for LeNet-5
-    and AlexNet (section 5 and 7), and a stride-2 transposed conv doubling the autoencoder's maps."""
+    and AlexNet (section 5 and 7), and a stride-2 transposed conv doubling the autoencoder's maps.
+    The GPU check's layers (``gpu_layers``) are the conv and pool rows of both networks."""
     label, batch, rows = shapes.net_table("lenet5")
     assert (label, batch) == ("LeNet-5", 128)
     assert [(r.name, r.hwc, r.k, r.filters, r.stride, r.kind) for r in rows] == [
@@ -104,11 +105,18 @@ def test_benchmark_shapes_are_the_guides_networks():
         ("C5", (5, 5, 16), 5, 120, 1, "conv"), ("Output", (10,), None, None, None, "xent")]
     _, batch, rows = shapes.net_table("alexnet")
     assert batch == 32
-    assert [(r.name, r.hwc[:2], r.k, r.stride) for r in rows if r.kind != "xent"] == [
-        ("conv1", (227, 227), 11, 4), ("pool1", (55, 55), 3, 2), ("conv2", (27, 27), 5, 1),
-        ("pool2", (27, 27), 3, 2), ("conv3", (13, 13), 3, 1), ("conv4", (13, 13), 3, 1),
-        ("conv5", (13, 13), 3, 1), ("pool5", (13, 13), 3, 2)]
-    assert [r.filters for r in rows if r.kind in ("first", "conv")] == [96, 256, 384, 384, 256]
+    assert [(r.name, r.hwc, r.k, r.filters, r.stride, r.kind) for r in rows][:-1] == [
+        ("conv1", (227, 227, 3), 11, 96, 4, "first"), ("pool1", (55, 55, 96), 3, None, 2, "max"),
+        ("conv2", (27, 27, 96), 5, 256, 1, "conv"), ("pool2", (27, 27, 256), 3, None, 2, "max"),
+        ("conv3", (13, 13, 256), 3, 384, 1, "conv"), ("conv4", (13, 13, 384), 3, 384, 1, "conv"),
+        ("conv5", (13, 13, 384), 3, 256, 1, "conv"), ("pool5", (13, 13, 256), 3, None, 2, "max")]
+    # the GPU check's layers: the conv and pool rows above, with their network and batch
+    convs, pools = shapes.gpu_layers(tiny=False)
+    found = {"lenet": shapes.net_table("lenet5")[2], "alexnet": rows}
+    assert [(r.net, r.n, r[:6], r.kind) for r in convs + pools] == [
+        (net, n, r[:6], r.kind) for kinds in (("first", "conv"), ("avg", "max"))
+        for net, n in (("lenet", 128), ("alexnet", 32)) for r in found[net] if r.kind in kinds]
+    assert [c.act for c in convs] == ["tanh"] * 3 + ["relu"] * 5
     _, _, rows = shapes.net_table("autoencoder")
     dec = [r for r in rows if r.kind == "transpose"]
     assert [(r.hwc, r.stride) for r in dec] == [((7, 7, 8), 2), ((14, 14, 32), 2)]
@@ -140,12 +148,9 @@ def test_lenet5_flops_per_step():
 
 
 def test_e2e_table_ratio_and_targets():
-    fast = e2e.E2ECase("lenet5", "train", 32, 4, 1.5)
-    fast.results, fast.flops = {"gpucnn": 0.001, "torch": 0.002}, 1e9
-    slow = e2e.E2ECase("lenet5", "train", 128, 4, 1.5)
-    slow.results, slow.flops = {"gpucnn": 0.004, "torch": 0.005}, 1e9
-    alone = e2e.E2ECase("lenet5", "predict", 512, 4)
-    alone.results = {"gpucnn": 0.01}
+    fast = e2e.E2ECase("lenet5", "train", 32, 4, 1.5, 1e9, {"gpucnn": 0.001, "torch": 0.002})
+    slow = e2e.E2ECase("lenet5", "train", 128, 4, 1.5, 1e9, {"gpucnn": 0.004, "torch": 0.005})
+    alone = e2e.E2ECase("lenet5", "predict", 512, 4, results={"gpucnn": 0.01})
     rows = report.e2e_table([fast, slow, alone], with_targets=True)[2:]
     assert rows[0].split("|")[2:5] == [" 32 ", " 32,000 ", " 1.000 "]
     assert "| 1000.0 |" in rows[0] and "| 2.00x | >= 1.5x: met |" in rows[0]

@@ -14,7 +14,7 @@ import pytest
 
 import gpucnn
 from gpucnn import gpucheck
-from gpucnn.bench import check_e2e, shapes, torch_ref
+from gpucnn.bench import check_e2e, torch_ref
 from gpucnn.kernels import CONTRACT
 
 
@@ -191,19 +191,3 @@ def test_a_failing_section_does_not_stop_the_others(tmp_path, section):
     for name in ("report.md", "report.json", "sections.log"):
         assert (out / name).exists()
 
-
-def test_full_size_layers_are_the_zoo_networks():
-    convs, pools = shapes.gpu_layers(tiny=False)
-    assert [(c.net, c.name, c.x, c.k, c.filters, c.stride) for c in convs] == [
-        ("lenet", "C1", (128, 32, 32, 1), 5, 6, 1), ("lenet", "C3", (128, 14, 14, 6), 5, 16, 1),
-        ("lenet", "C5", (128, 5, 5, 16), 5, 120, 1),
-        ("alexnet", "conv1", (32, 227, 227, 3), 11, 96, 4),
-        ("alexnet", "conv2", (32, 27, 27, 96), 5, 256, 1),
-        ("alexnet", "conv3", (32, 13, 13, 256), 3, 384, 1),
-        ("alexnet", "conv4", (32, 13, 13, 384), 3, 384, 1),
-        ("alexnet", "conv5", (32, 13, 13, 384), 3, 256, 1)]
-    assert [c.act for c in convs] == ["tanh"] * 3 + ["relu"] * 5
-    assert [(p.name, p.kind, p.x[1:], p.k, p.stride) for p in pools] == [
-        ("S2", "avg", (28, 28, 6), 2, 2), ("S4", "avg", (10, 10, 16), 2, 2),
-        ("pool1", "max", (55, 55, 96), 3, 2), ("pool2", "max", (27, 27, 256), 3, 2),
-        ("pool5", "max", (13, 13, 256), 3, 2)]
