@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gpucnn import zoo
-from gpucnn.bench import _timing, e2e, launch_cost, ops, report, shapes
+from gpucnn.bench import _timing, e2e, launch_cost, report, shapes
 from gpucnn.bench.__main__ import MODEL_NAMES, parse_args
 
 
@@ -90,7 +90,7 @@ def test_bad_options_are_refused():
 
 def test_model_names_match_the_cases():
     assert MODEL_NAMES == tuple(e2e.MODELS)
-    assert [e2e.LABELS[m] for m in MODEL_NAMES] == [net[0] for net in ops.nets()]
+    assert [e2e.LABELS[m] for m in MODEL_NAMES] == [shapes.net_table(m)[0] for m in MODEL_NAMES]
 
 
 def test_benchmark_shapes_are_the_guides_networks():

@@ -127,9 +127,8 @@ def main(argv=None) -> int:
     warm = 1 if args.quick else 2
     if args.only != "e2e":
         _log("per-op timings ...")
-        nets = ops.nets(MODEL_NAMES if args.models is None else
-                        [name for name in MODEL_NAMES if name in args.models])
-        cases = ops.cases(tr, batch_scale=(4 / 128) if args.quick else 1.0, nets=nets)
+        cases = ops.cases([m for m in MODEL_NAMES if args.models is None or m in args.models], tr,
+                          batch_scale=(4 / 128) if args.quick else 1.0)
         ops.run(cases, gsync, tsync, warm, args.repeats or (2 if args.quick else None),
                 budget=0.25, lead=0.0 if args.quick else None)
         section = ["", "## Per op (median of interleaved repeats; ratio = PyTorch time / gpucnn "

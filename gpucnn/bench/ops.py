@@ -19,17 +19,6 @@ from gpucnn.bench import _timing, shapes, torch_ref
 from gpucnn.kernels import has
 from gpucnn.kernels._geometry import transpose_out_1d, window_2d
 
-#: The networks of the CPU benchmark, in order (``shapes.NETWORKS`` keys).
-CPU_NETWORKS = ("lenet5", "alexnet_small", "autoencoder")
-
-
-def nets(names=CPU_NETWORKS):
-    """``[(label, batch, rows)]`` of the zoo networks ``names``: the layer shapes read off the
-    zoo's models (``shapes.rows``); a row is ``(name, input HWC, kernel, filters, stride,
-    padding, activation, kind)``."""
-    return [shapes.net_table(n) for n in names]
-
-
 @dataclass
 class OpCase:
     net: str
@@ -142,13 +131,14 @@ def _xent_cases(ks, tr, rng, net, n, spec):
                    lambda: ks.loss_backward("sparse_cce_logits", g, ld, zd, stats), t_b)]
 
 
-def cases(tr=None, batch_scale=1.0, nets=None, seed=0):
-    """Every op case of ``nets`` on the active backend (batch sizes times ``batch_scale``);
-    ``tr`` (a ``TorchSide`` or None) adds the PyTorch closures."""
+def cases(names, tr=None, batch_scale=1.0, seed=0):
+    """Every op case of the zoo networks ``names`` (``shapes.NETWORKS`` keys; their layer rows
+    read off the zoo's models by ``shapes.net_table``) on the active backend (batch sizes times
+    ``batch_scale``); ``tr`` (a ``TorchSide`` or None) adds the PyTorch closures."""
     ks = backend.kernels()
     rng = np.random.default_rng(seed)
     out = []
-    for net, n, specs in (globals()["nets"]() if nets is None else nets):
+    for net, n, specs in map(shapes.net_table, names):
         n = max(1, int(round(n * batch_scale)))
         for spec in specs:
             kind = spec.kind
