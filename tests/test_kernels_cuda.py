@@ -346,9 +346,7 @@ def test_pool_vector_variants_load_and_store_128_bits(pool_sass, name):
     assert "LDG" not in mem, mem
     assert r["frame"] == 0, f"{name} spills {r['frame']} bytes"
     if "float32" in name:
-        family, dtype = name.split("[")[0], "float32"
-        spec = {"max_pool_fwd": pool.max_pool_fwd_kernel, "avg_pool_fwd": pool.avg_pool_fwd_kernel,
-                "avg_pool_bwd": pool.avg_pool_bwd_kernel}[family](dtype, vec=True)
+        spec = getattr(pool, name.split("[")[0] + "_kernel")("float32", vec=True)
         assert spec.name == name
         assert r["registers"] <= 65536 // (spec.launch_bounds[1] * pool.POOL_BLOCK), r
         assert r["fp64"] == [], r["fp64"]
