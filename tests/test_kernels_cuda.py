@@ -91,6 +91,9 @@ def test_float64(fn, build, rng):
                                  np.zeros((1, 2, 2, 3), np.int32), (1, 6, 4, 3), (2, 2), (2, 2),
                                  (0, 0, 0, 0)),
      ValueError, r"max_pool_backward: dy \(1, 2, 2, 3\)"),
+    (lambda: C.max_pool_backward(np.ones((1, 2, 2, 3), np.float32),       # the geometry required
+                                 np.zeros((1, 2, 2, 3), np.int32), (1, 4, 4, 3)),
+     TypeError, "pool"),
     (lambda: C.conv2d_forward(np.ones((1, 3, 3, 1), np.float16),
                               np.ones((3, 3, 1, 1), np.float16), None, (1, 1), (0, 0, 0, 0),
                               "linear"),
@@ -233,14 +236,14 @@ POOL_GEOMETRIES = [((3, 3), (2, 2), (0, 0, 0, 0)), ((2, 2), (2, 2), (0, 1, 0, 1)
 
 
 def _pool_runs(x, dy_of, geo):
-    """The three vectorisable pools of the given set at ``x`` (max forward's y and idx, avg
-    forward, avg backward of ``dy_of(y shape)``) on set ``K``: a function of the set."""
+    """The pools of a set at ``x``: max forward's y and idx, max backward, avg forward, avg
+    backward (the backwards of ``dy_of(y shape)``), as a function of the set ``K``."""
     def run(K, xin):
         y, idx = K.max_pool_forward(xin, *geo)
-        a = K.avg_pool_forward(xin, *geo)
-        dx = K.avg_pool_backward(_to_set(dy_of(a.shape)) if K is C else dy_of(a.shape),
-                                 x.shape, *geo)
-        return [C.to_host(v) if K is C else v for v in (y, idx, a, dx)]
+        dy = _to_set(dy_of(y.shape)) if K is C else dy_of(y.shape)
+        out = (y, idx, K.max_pool_backward(dy, idx, x.shape, *geo), K.avg_pool_forward(xin, *geo),
+               K.avg_pool_backward(dy, x.shape, *geo))
+        return [C.to_host(v) if K is C else v for v in out]
     return run
 
 
@@ -264,9 +267,10 @@ def _picked(monkeypatch):
 @pytest.mark.parametrize("c", [4, 8, 3, 6])
 def test_pool_vector_and_scalar_variants_agree(c, dtype, geo, rng, monkeypatch):
     """C % 4 == 0 takes the 4-channel variant (128-bit loads), other C the scalar one. The max
-    pool equals the NumPy set exactly (a NaN in x included: its window's y is NaN, its idx the
-    window's first real cell), the averages within FWD (the NumPy set sums in another order);
-    the vector variant's results equal the scalar variant's bit for bit."""
+    pool (y, idx, the backward's dx, in the dtype) equals the NumPy set exactly (a NaN in x
+    included: its window's y is NaN, its idx the window's first real cell), the averages within
+    FWD (the NumPy set sums in another order); the vector variant's results equal the scalar
+    variant's bit for bit."""
     from gpucnn.kernels.cuda_set import pool
 
     x = rng.standard_normal((2, 7, 6, c)).astype(dtype)
@@ -277,9 +281,10 @@ def test_pool_vector_and_scalar_variants_agree(c, dtype, geo, rng, monkeypatch):
     got = run(C, _to_set(x))
     assert names and all(n.endswith(",v4]") == (c % 4 == 0) for n in names), names
     want = run(N, x)
-    np.testing.assert_array_equal(got[0], want[0])
-    np.testing.assert_array_equal(got[1], want[1])
-    for g, w in zip(got[2:], want[2:]):
+    assert got[2].dtype == dtype
+    for g, w in zip(got[:3], want[:3]):
+        np.testing.assert_array_equal(g, w)
+    for g, w in zip(got[3:], want[3:]):
         ok = ~np.isnan(w)
         assert np.array_equal(np.isnan(g), ~ok) and rel_err(g[ok], w[ok]) < FWD
     monkeypatch.setattr(pool, "_on16", lambda a: False)      # the scalar variant everywhere

@@ -4,10 +4,10 @@ GPUCNN_TEST_REAL_GPU=1) against the NumPy set and against the plain loops of _re
 
 Max-pool backward: overlapping (AlexNet's 3x3 stride 2) and padded windows, ties (the gradient
 goes to the first maximum in row-major window order, the forward's and Keras's rule), the
-scalar and the 4-channel variant, and the geometry a required argument. Row kernels: the
-row-group kernels of short rows (several rows a block, masked tails) and the block-per-row
-ones past ``SHORT_ROW``, for softmax, log-softmax and every row loss. Every output is poisoned
-with NaN before a kernel writes it.
+scalar and the 4-channel variant (float64 and the required geometry: test_kernels_cuda.py).
+Row kernels: the row-group kernels of short rows (several rows a block, masked tails) and the
+block-per-row ones past ``SHORT_ROW``, for softmax, log-softmax and every row loss. Every
+output is poisoned with NaN before a kernel writes it.
 """
 
 import numpy as np
@@ -84,23 +84,6 @@ def test_max_pool_backward_overlapping_winner_collects_every_window(rng):
     dx = host(C.max_pool_backward(C.asarray(dy), idx, shape, *geo))
     np.testing.assert_allclose(dx[0, 2, 2], dy[0].sum(axis=(0, 1)), rtol=1e-6)
     assert np.count_nonzero(dx) == 4
-
-
-@pytest.mark.parametrize("c", [2, 4])
-def test_max_pool_backward_float64_and_the_geometry_required(c, rng):
-    """float64 through both variants; the geometry is a required argument of the contract."""
-    shape = (3, 8, 6, c)
-    geo = _geometry(shape, (3, 3), (2, 2), "same")
-    x = _tied(rng, shape, np.float64)
-    _, idx = _reference.ref_max_pool(x, *geo)
-    dy = rng.standard_normal(idx.shape)
-    _, idx_c = C.max_pool_forward(C.asarray(x), *geo)
-    got = host(C.max_pool_backward(C.asarray(dy), idx_c, shape, *geo))
-    assert got.dtype == np.float64
-    np.testing.assert_allclose(got, _reference.ref_max_pool_backward(dy, idx, shape),
-                               rtol=1e-12, atol=1e-12)
-    with pytest.raises(TypeError, match="pool"):
-        C.max_pool_backward(C.asarray(dy), idx_c, shape)
 
 
 # ------------------------------------------------------------------------ row-wise kernels
