@@ -30,7 +30,7 @@ def time_ops(ctx):
         tms = math.nan if torch_fn is None else ctx.torch_try(
             f"[3] torch {net} {layer} {op}", lambda: ctx.torch_ms(torch_fn))
         gflops = ratio(flops or math.nan, ms * 1e6)
-        pct = 100.0 * ratio(gflops, ctx.info.get("fp32_peak_gflops") or math.nan)
+        pct = ratio(100.0 * gflops, ctx.info.get("fp32_peak_gflops") or math.nan)
         rows.append((net, layer, op, shape, ms, gflops, pct, tms, ratio(tms, ms)))
         print(f"  [2] {net:8s} {layer:6s} {op:22s} {ms:9.3f} ms"
               + (f"  torch {tms:9.3f} ms" if tms == tms else ""), flush=True)
