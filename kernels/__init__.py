@@ -173,6 +173,10 @@ OPTIONAL = {
     # empty(shape, dtype), upload(pairs, after) -> event, record(), wait(event), finish(event)
     # and read(a) (the set's to_host); cuda_set/streams.py says what each does
     "streams": ("streams",),
+    # what measurement tools (gpucnn.bench, the GPU check) need of the set's kernels beyond the
+    # contract: instruments() -> an object with kernels(), build(spec, cc), launches_through(wrap),
+    # small_launches(simulator), conv_kernels(name), ... (cuda_set/_instruments.py lists them)
+    "instruments": ("instruments",),
 }
 
 _SETS = {"numpy": ".numpy_set", "cuda": ".cuda_set"}

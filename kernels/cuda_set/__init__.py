@@ -51,7 +51,15 @@ from .pool import avg_pool_backward, avg_pool_forward, max_pool_backward, max_po
 from .softmax import log_softmax_backward, log_softmax_forward, softmax_backward, softmax_forward
 
 CAPABILITIES = ("launches", "fused_backward", "multi_update", "graphs", "devices", "probe",
-                "compile_cache", "scatter_add", "streams")
+                "compile_cache", "scatter_add", "streams", "instruments")
+
+
+def instruments():
+    """What the measurement tools need beyond the contract (``_instruments``); imported when
+    first asked for."""
+    from . import _instruments
+
+    return _instruments
 
 __all__ = [
     *CONTRACT,
@@ -59,4 +67,5 @@ __all__ = [
     "conv2d_backward_input_act", "conv2d_backward_weight_bias", "act_backward_bias",
     "sgd_update_many", "adam_update_many", "rmsprop_update_many", "graph_engine", "devices",
     "probe", "cache_dir", "cache_note", "device_cc", "fill_cache", "scatter_add", "streams",
+    "instruments",
 ]
