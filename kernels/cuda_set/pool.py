@@ -96,7 +96,7 @@ def covering(a, s, p, k, n):
 @cuda.jit(device=True, inline="always")
 def max_step(v, best, best_at, here, first_at):
     """The max-pool forward's update of one channel's ``(best, best_at)`` by the value ``v`` at
-    the flat cell ``here``; a NaN wins and sets ``first_at`` (no later v > best holds)."""
+    the flat cell ``here`` (the scalar kernel's loop body)."""
     if v != v:
         return v, first_at
     if best_at < 0 or v > best:
@@ -122,8 +122,13 @@ def max_pool_fwd_kernel(dtype, vec=False):
             first_at = h_lo * x.shape[2] + w_lo
             for a in range(h_lo, h_hi):
                 for b in range(w_lo, w_hi):
-                    best, best_at = max_step(x[n, a, b, c], best, best_at, a * x.shape[2] + b,
-                                             first_at)
+                    v = x[n, a, b, c]
+                    if v != v:                  # NaN: no later v > best holds any more
+                        best = v
+                        best_at = first_at
+                    elif best_at < 0 or v > best:
+                        best = v
+                        best_at = a * x.shape[2] + b
             y[n, oh, ow, c] = best
             idx[n, oh, ow, c] = best_at
 
@@ -171,9 +176,9 @@ def max_pool_bwd_kernel(dtype, vec=False):
             n, h, w, c = nhwc_index(i, dx)
             here = h * dx.shape[2] + w
             oh_lo, oh_hi = covering(h, sh, pt, ph, dy.shape[1])
-            ow_lo, ow_hi = covering(w, sw, pl, pw, dy.shape[2])
             s = dt(0)
             for oh in range(oh_lo, oh_hi):
+                ow_lo, ow_hi = covering(w, sw, pl, pw, dy.shape[2])
                 for ow in range(ow_lo, ow_hi):
                     if idx[n, oh, ow, c] == here:
                         s += dy[n, oh, ow, c]
@@ -188,9 +193,9 @@ def max_pool_bwd_kernel(dtype, vec=False):
             n, h, w, c = chunk_index(i, q, ww, hh)
             here = h * ww + w
             oh_lo, oh_hi = covering(h, sh, pt, ph, ho)
-            ow_lo, ow_hi = covering(w, sw, pl, pw, wo)
             s0 = s1 = s2 = s3 = dt(0)
             for oh in range(oh_lo, oh_hi):
+                ow_lo, ow_hi = covering(w, sw, pl, pw, wo)
                 for ow in range(ow_lo, ow_hi):
                     o = ((n * ho + oh) * wo + ow) * cc + c
                     k0 = idx[o] == here
