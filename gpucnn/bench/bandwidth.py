@@ -35,6 +35,7 @@ from collections import Counter
 import numpy as np
 
 from gpucnn.bench.membound import cases
+from gpucnn.kernels import load_set
 
 #: HBM bandwidth (bytes/s) of the lent GPUs, from NVIDIA's data sheets; SMs of both.
 HBM = {"H100 SXM": 3.35e12, "H200": 4.8e12}
@@ -46,30 +47,19 @@ SMS = 132
 def record_launches(tiny=False, batch=128) -> list[dict]:
     """Each case's launches ``[(kernel, grid, block)]``, read off the real launchers run in
     Numba's simulator with every launch recorded instead of run (NUMBA_ENABLE_CUDASIM=1)."""
-    import gpucnn.kernels.cuda_set as C
-    from gpucnn.kernels.cuda_set import _launch
-
+    C = load_set("cuda")
     seen = []
 
-    def fake(spec, grid, block, *args):
+    def record(real, spec, grid, block, *args):
         seen.append((spec.name, [int(g) for g in grid], [int(v) for v in block]))
 
-    real = _launch.launch
-    mods = [m for m in list(sys.modules.values())
-            if getattr(m, "__name__", "").startswith("gpucnn.kernels.cuda_set.")
-            and getattr(m, "launch", None) is real]
-    for m in mods:
-        m.launch = fake
     rows = []
-    try:
+    with C.instruments().launches_through(record):
         for case in cases(tiny, batch):
             call, _ = case.setup(C, lambda shape, kind: _blank(shape, kind))
             seen.clear()
             call()
             rows.append({"key": _key(case), "launches": list(seen)})
-    finally:
-        for m in mods:
-            m.launch = real
     return rows
 
 
@@ -88,13 +78,13 @@ def sass_summary(names) -> dict:
     """Per kernel name: its global loads/stores by width, registers and resident blocks per
     sm_90 SM, from the cubin ``_cache.build`` makes for sm_90 (no GPU, no simulator)."""
     from gpucnn.bench import sass
-    from gpucnn.kernels.cuda_set import _cache, _launch
 
-    specs = {s.name: s for s in _launch.all_kernels()}
+    tools = load_set("cuda").instruments()
+    specs = {s.name: s for s in tools.kernels()}
     tmp = pathlib.Path(os.environ.get("TMPDIR", "/tmp"))
     out = {}
     for name in names:
-        built = _cache.build(specs[name], (9, 0))
+        built = tools.build(specs[name], (9, 0))
         insns = sass.disassemble(built.cubin, built.entry, tmp)
         widths = Counter(op.replace(".E", "").replace(".CONSTANT", "").replace(".STRONG.GPU", "")
                          for _, op, _, _ in insns if op.startswith(("LDG", "STG", "RED", "ATOM")))
@@ -218,13 +208,12 @@ def main(argv=None) -> int:
     if args.out:
         import numba
 
-        from gpucnn.kernels.cuda_set import _cache
-
+        nc = load_set("cuda").instruments().numba_cuda_version()
         cmd = "python -m gpucnn.bench.bandwidth" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
         pathlib.Path(args.out).write_text(
             f"# Bytes of the memory-bound kernels (sm_90, no GPU)\n\nCommand: `{cmd}`; "
             f"{datetime.date.today().isoformat()}; numba {numba.__version__}, numba-cuda "
-            f"{_cache.numba_cuda_version()}.\n\n" + __doc__.split("\n\n", 1)[1].strip()
+            f"{nc}.\n\n" + __doc__.split("\n\n", 1)[1].strip()
             + "\n\n" + text + "\n\n- " + note + "\n\n" + NOTES + "\n")
     return 0
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gpucnn.bench import _timing, torch_ref
+from gpucnn.kernels import load_set
 
 #: fp32 FMA lanes per SM by compute capability (major, minor); peak = SMs x lanes x 2 x clock.
 FP32_LANES = {(6, 0): 64, (7, 0): 64, (7, 2): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128,
@@ -189,12 +190,9 @@ class Ctx:
 
 
 def setup(args) -> Ctx:
-    from gpucnn.kernels import load_set
-    from gpucnn.kernels.cuda_set import _launch
-
     ctx = Ctx(tiny=args.tiny, repeats=args.repeats, warmup=args.warmup, use_torch=not args.no_torch,
               part=args.part or "", fault=args.fault or "", out=args.out)
-    _launch.STRICT = True        # a kernel falling back to Numba's launcher is a failure here
+    load_set("cuda").instruments().strict()   # a kernel on Numba's launcher is a failure here
     if ctx.fault:
         inject_fault(ctx.fault)
     ok, why, info = load_set("cuda").probe()
@@ -232,13 +230,10 @@ def inject_fault(fault: str):
     """Make every launch of a kernel whose name starts with ``fault`` raise (``sticky:NAME``:
     and make the device look lost afterwards), and the compiling of such a kernel fail, to test
     that the check survives it (``GPUCNN_GPUCHECK_FAULT``; tests/test_gpucheck.py)."""
-    from gpucnn.kernels.cuda_set import _launch as launch_mod
-
     sticky = fault.startswith("sticky:")
     prefix = fault.split(":", 1)[1] if sticky else fault
-    real = launch_mod.launch
 
-    def launch(spec, grid, block, *args):
+    def launch(real, spec, grid, block, *args):
         if spec.name.startswith(prefix):
             if sticky:
                 Ctx.check_device = _lost
@@ -246,11 +241,7 @@ def inject_fault(fault: str):
         return real(spec, grid, block, *args)
 
     os.environ["GPUCNN_CACHE_FAULT"] = prefix     # read by the cache's compiler processes
-    launch_mod.launch = launch
-    for mod in list(sys.modules.values()):   # the launchers imported launch by name
-        if getattr(mod, "__name__", "").startswith("gpucnn.kernels.cuda_set.") and \
-                getattr(mod, "launch", None) is real:
-            mod.launch = launch
+    load_set("cuda").instruments().through(launch)     # for the rest of the process
 
 
 def _lost(self):
@@ -289,8 +280,4 @@ def tiny_launches(tiny, simulator):
     ``simulator`` also ``lock_shared_arrays``), nothing otherwise."""
     if not tiny:
         return contextlib.nullcontext()
-    from gpucnn.kernels.cuda_set import simulate
-
-    if simulator:
-        simulate.lock_shared_arrays()
-    return simulate.small_launches()
+    return load_set("cuda").instruments().small_launches(simulator)

@@ -101,16 +101,11 @@ def _time_conv_variants(ctx, add, c, shape, calls, t, new):
     reference) and a row ``[tf32 vs cuDNN tf32]`` beside cuDNN with TF32 on, from one timing of
     ours."""
     from gpucnn.kernels import _precision
-    from gpucnn.kernels.cuda_set import conv as cv
 
     @contextlib.contextmanager
     def baseline():
-        before = cv.set_conv_kernels("baseline")
-        try:
-            with ctx.fewer_repeats():
-                yield
-        finally:
-            cv.set_conv_kernels(before)
+        with ctx.C.instruments().conv_kernels("baseline"), ctx.fewer_repeats():
+            yield
 
     torch = ctx.torch
     for family, kernels, tol, what in (
@@ -195,8 +190,7 @@ def _time_rows(ctx, add):
 def tile_sweep(ctx):
     """The conv tiles of ``conv.CANDIDATE_TILES`` against the default choice, per GEMM mode, on
     the AlexNet layers (checked against the default tile's result, then timed)."""
-    from gpucnn.kernels.cuda_set import conv as cv
-
+    cv = ctx.C.instruments()
     convs, _ = shapes.gpu_layers(ctx.tiny)
     chosen = [c for c in convs if c.net == "alexnet"]
     if not ctx.tiny:
@@ -210,10 +204,11 @@ def tile_sweep(ctx):
 
 def _sweep_layer(ctx, cv, c, rows):
     _, (fwd, bwd_input, bwd_weight) = _conv_calls(ctx, c)
-    calls = {cv.FWD: (c.filters, fwd), cv.BWD_INPUT: (c.x[3], bwd_input),
-             cv.BWD_WEIGHT: (c.filters, bwd_weight)}
+    fwd_mode, bwd_input_mode, bwd_weight_mode = cv.CONV_MODES
+    calls = {fwd_mode: (c.filters, fwd), bwd_input_mode: (c.x[3], bwd_input),
+             bwd_weight_mode: (c.filters, bwd_weight)}
     if c.stride > 1 and not ctx.tiny:
-        del calls[cv.BWD_INPUT]   # the first layer's input gradient: never needed, very slow
+        del calls[bwd_input_mode]   # the first layer's input gradient: never needed, very slow
     for mode, (ncols, call) in calls.items():
         default = cv.choose_tile(mode, ncols)
         want = ctx.attempt(f"tile sweep {c.name} {cv.MODE_NAMES[mode]}: the default tile failed",
@@ -224,13 +219,10 @@ def _sweep_layer(ctx, cv, c, rows):
         tiles = (default,) + tuple(t for t in ([] if ctx.tiny else cv.CANDIDATE_TILES[mode])
                                    if t != default)
         for tile in tiles:
-            cv.TILE_OVERRIDE = {mode: tile}
-            try:
+            with cv.tile(mode, tile):
                 err, ms = ctx.attempt(f"[4] tile {tile}", lambda: (rel_err(ctx, call(), want),
                                                                     ctx.median_ms(call)),
                                       quiet=True, default=(math.nan, math.nan))
-            finally:
-                cv.TILE_OVERRIDE = {}
             if tile == default:
                 base = ms
             if not err <= GRAD_TOL:

@@ -53,7 +53,7 @@ def section_setup(ctx):
     cc = ctx.C.device_cc() if ctx.gpu else (9, 0)
     names = None
     if ctx.tiny:    # the PTX test compiles every kernel; the check's own test needs two
-        names = [s.name for s in ctx.C.all_kernels()[:2]]
+        names = [s.name for s in ctx.C.instruments().kernels()[:2]]
     log_path = os.path.join(ctx.out, "compile.log")
     with open(log_path, "w", encoding="utf-8") as log:
         res = ctx.C.fill_cache(cc, names=names, out=log)

@@ -24,36 +24,13 @@ import sys
 TARGETS = {"conv": 8.0, "elementwise": 4.0}
 
 _CHILD = r"""
-import json, statistics, sys, time, types
+import json, statistics, sys, time
 sys.modules["cupy"] = None                      # no CuPy: outputs are NumPy arrays
 import numpy as np
-from gpucnn.kernels.cuda_set import _abi, _cache, _launch, activation, conv, loss, pool, reduce
+from gpucnn.kernels import load_set
 
-
-class Function:
-    ptr = 1
-
-
-class Module:
-    def load(self, data):
-        pass
-
-    def get_function(self, name):
-        return Function()
-
-
-stream = types.SimpleNamespace(ptr=0)
-_launch.cp = types.SimpleNamespace(
-    ndarray=np.ndarray,
-    cuda=types.SimpleNamespace(
-        runtime=types.SimpleNamespace(getDevice=lambda: 0,
-                                      getDeviceProperties=lambda d: {"major": 9, "minor": 0}),
-        function=types.SimpleNamespace(Module=Module),
-        get_current_stream=lambda: stream,
-        driver=types.SimpleNamespace(launchKernel=lambda *a: None)))
-_launch._state["path"] = "raw"
-_abi._pointer = lambda a: 4096
-_cache.get = lambda spec, cc: _cache.Built(b"\x7fELF", "entry", source="fake")
+C = load_set("cuda")
+C.instruments().fake_device()     # the raw launch path; the driver's launch does nothing
 
 
 ROUNDS = 7
@@ -85,28 +62,28 @@ x3, w3, b3, dy3 = f(32, 14, 14, 6), f(5, 5, 6, 16), f(16), f(32, 10, 10, 16)
 xp, dyp = f(32, 28, 28, 6), f(32, 14, 14, 6)
 z, lab, g0, d84 = f(32, 10), np.arange(32) % 10, np.array(1.0, np.float32), f(32, 84)
 z1, s, v = (0, 0, 0, 0), (1, 1), (2, 2)
-_, stats = loss.loss_forward("sparse_cce_logits", lab, z)
-n0 = _launch.launch_count()
+_, stats = C.loss_forward("sparse_cce_logits", lab, z)
+n0 = C.launch_count()
 rows = [
-    ("act_forward (1 element)", "elementwise", lambda: activation.act_forward(x1, "tanh")),
+    ("act_forward (1 element)", "elementwise", lambda: C.act_forward(x1, "tanh")),
     ("act_backward (8 elements)", "elementwise",
-     lambda: activation.act_backward(tiny, tiny, "tanh")),
+     lambda: C.act_backward(tiny, tiny, "tanh")),
     ("conv2d_forward (LeNet-5 C3, batch 32)", "conv",
-     lambda: conv.conv2d_forward(x3, w3, b3, s, z1, "tanh")),
+     lambda: C.conv2d_forward(x3, w3, b3, s, z1, "tanh")),
     ("conv2d_backward_input (C3)", "conv",
-     lambda: conv.conv2d_backward_input(dy3, w3, x3.shape, s, z1)),
+     lambda: C.conv2d_backward_input(dy3, w3, x3.shape, s, z1)),
     ("avg_pool_forward (S2)", "elementwise",
-     lambda: pool.avg_pool_forward(xp, v, v, z1)),
+     lambda: C.avg_pool_forward(xp, v, v, z1)),
     ("loss_forward sparse CE from logits (32 x 10)", "elementwise",
-     lambda: loss.loss_forward("sparse_cce_logits", lab, z)),
+     lambda: C.loss_forward("sparse_cce_logits", lab, z)),
     ("conv2d_backward_weight_bias (C3, tanh fused)", "conv",
-     lambda: conv.conv2d_backward_weight_bias(x3, dy3, dy3, "tanh", w3.shape, s, z1)),
+     lambda: C.conv2d_backward_weight_bias(x3, dy3, dy3, "tanh", w3.shape, s, z1)),
     ("avg_pool_backward (S2)", "elementwise",
-     lambda: pool.avg_pool_backward(dyp, xp.shape, v, v, z1)),
+     lambda: C.avg_pool_backward(dyp, xp.shape, v, v, z1)),
     ("act_backward_bias (32 x 84, tanh)", "elementwise",
-     lambda: reduce.act_backward_bias(d84, d84, "tanh")),
+     lambda: C.act_backward_bias(d84, d84, "tanh")),
     ("loss_backward sparse CE from logits (32 x 10)", "elementwise",
-     lambda: loss.loss_backward("sparse_cce_logits", g0, lab, z, stats)),
+     lambda: C.loss_backward("sparse_cce_logits", g0, lab, z, stats)),
 ]
 # a whole LeNet-5 training step on the cuda set (autograd, layers, optimizer, launches), the
 # GPU's work left out: what a step costs the host when it is not replayed as a CUDA graph
@@ -137,9 +114,9 @@ rows.append(("LeNet-5 training step (batch 32, SGD), eager", "step", train_step)
 launches = []
 for label, kind, fn in rows:
     fn()
-    before = _launch.launch_count()
+    before = C.launch_count()
     fn()
-    launches.append(_launch.launch_count() - before)
+    launches.append(C.launch_count() - before)
 # per row, the median call of its quietest round: a slow stretch of seconds hits every row alike
 best = [float("inf")] * len(rows)
 for _ in range(ROUNDS):

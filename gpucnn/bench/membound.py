@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from gpucnn.bench import torch_ref
-from gpucnn.kernels.cuda_set.softmax import SHORT_ROW
+from gpucnn.kernels import load_set
 
 F32 = 4
 
@@ -118,7 +118,8 @@ def _pool_cases(net, layer, kind, x, k, s, pad):
 
 def _softmax_cases(net, rows, k):
     n, b = rows * k, F32
-    short = k <= SHORT_ROW      # a row group's shared memory holds the row: one read of it
+    # a row group's shared memory holds the row: one read of it
+    short = k <= load_set("cuda").instruments().SHORT_ROW
     shape = f"({rows}, {k})"
     z, lab = ((rows, k), "normal"), ((rows,), ("labels", k))
 

@@ -30,6 +30,8 @@ import subprocess
 import sys
 from collections import Counter
 
+from gpucnn.kernels import load_set
+
 #: Hopper (sm_90) per-SM limits for the occupancy column.
 SM90 = {"regs": 65536, "smem": 228 * 1024, "threads": 2048, "blocks": 32, "reg_unit": 256,
         "smem_reserved": 1024}
@@ -156,14 +158,11 @@ FAMILIES = {"igemm_": "baseline", "gemm_": "igemm2", "tf32_": "tf32"}
 
 def conv_specs():
     """``[(spec, family, tile)]``: the float32 conv kernels of the three families."""
-    from gpucnn.kernels.cuda_set import _launch, conv, conv_tf32, gemm
-
     out = []
-    for spec in _launch.all_kernels():
+    for spec in load_set("cuda").instruments().kernels():
         family = next((f for p, f in FAMILIES.items() if spec.name.startswith(p)), None)
         if family and "float32" in spec.name:
             out.append((spec, family, _tile_of(spec.name)))
-    del conv, conv_tf32, gemm
     return out
 
 
@@ -218,10 +217,8 @@ def _function_info(data, raw, name, entry) -> dict:
 
 
 def analyse(spec, family, tile, cc=(9, 0), tmpdir=None) -> dict:
-    from gpucnn.kernels.cuda_set import _cache
-
     tmpdir = pathlib.Path(tmpdir or os.environ.get("TMPDIR", "/tmp"))
-    built = _cache.build(spec, cc)
+    built = load_set("cuda").instruments().build(spec, cc)
     insns = disassemble(built.cubin, built.entry, tmpdir)
     step = reduction_step(insns, tile[2], family == "baseline")
     smem, info = _shared_and_info(built.cubin, built.entry)
@@ -281,12 +278,11 @@ HEADER = ("| kernel | instructions / step | FFMA or HMMA | share | shared loads 
 def versions() -> str:
     import numba
 
-    from gpucnn.kernels.cuda_set import _cache
-
     nvd = nvdisasm_path()
     v = subprocess.run([nvd, "--version"], capture_output=True, text=True).stdout.strip()
     v = v.splitlines()[-1] if v else "?"
-    return (f"numba {numba.__version__}, numba-cuda {_cache.numba_cuda_version()}, "
+    nc = load_set("cuda").instruments().numba_cuda_version()
+    return (f"numba {numba.__version__}, numba-cuda {nc}, "
             f"nvdisasm {v}, Python {sys.version.split()[0]}")
 
 
