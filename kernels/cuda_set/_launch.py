@@ -29,7 +29,7 @@ from numba import types
 from . import _abi, _cache, _runtime
 from ._abi import _scalar, as_declared, flat_param_types, make_packer
 # the registry and array helpers, for the op modules (which import through this module)
-from ._arrays import (FLOAT_DTYPES, MAX_BLOCKS, NB_FLOAT, asarray, cdiv, check_rank,  # noqa: F401
+from ._arrays import (FLOAT_DTYPES, NB_FLOAT, asarray, cdiv, check_rank,  # noqa: F401
                       contig, dtname, dummy, empty, float_dtype, sm_count, xp)
 from ._registry import (KernelSpec, all_kernels, arr, float_variants,  # noqa: F401
                         kernel_factory)

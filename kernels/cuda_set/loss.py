@@ -19,7 +19,8 @@ import numpy as np
 from numba import types
 
 from .. import LOSS_STATS, LOSSES
-from ._launch import (MAX_BLOCKS, NB_FLOAT, arr, cdiv, check_rank, contig, dtname, dummy, empty,
+from . import _arrays
+from ._launch import (NB_FLOAT, arr, cdiv, check_rank, contig, dtname, dummy, empty,
                       float_dtype, float_variants, kernel_factory, KernelSpec, Plans, Prepared, xp)
 from ._runtime import numba_cuda as cuda
 from .activation import SIGMOID, act_device_fns
@@ -305,7 +306,7 @@ def loss_forward(loss, t, p):
         rows = loss in LOSS_STATS
         if rows:
             spec, per = row_spec(rows_fwd_kernel, dt, LOSS_BLOCK, p.shape[1])
-            grid = (min(cdiv(p.shape[0], per), MAX_BLOCKS),)
+            grid = (min(cdiv(p.shape[0], per), _arrays.MAX_BLOCKS),)   # small_launches lowers it
         else:
             spec = ew_fwd_kernel(dtname(dt), LOSS_BLOCK)
             grid = stream_grid(p.size, LOSS_BLOCK, HALF)
