@@ -526,6 +526,36 @@ def test_pictures_and_reports_go_through_write_atomic(tmp_path):
     no_temporaries(tmp_path)
 
 
+#: Every place in gpucnn/ that opens a file for writing other than through gpucnn.io.write_atomic,
+#: and why it may: (file, what it writes).
+DIRECT_WRITERS = {
+    ("gpucnn/models/saving.py", "a copy's bytes into a private temporary folder"),
+    ("gpucnn/datasets/_files.py", "a download into its temporary file, renamed when verified"),
+    ("gpucnn/parallel/ranks.py", "os.devnull"),
+    ("gpucnn/bench/e2e.py", "/proc/self/clear_refs"),
+    ("gpucnn/bench/gpu.py", "the compile log, streamed while the kernels build"),
+    ("gpucnn/bench/check_context.py", "a section's results, to a .tmp file then os.replace"),
+    ("gpucnn/bench/sass.py", "a cubin for nvdisasm, to a file of its own process id"),
+}
+WRITE_CALL = re.compile(
+    r"""open\([^)]*["'][wax]b?["']|\.write_(text|bytes)\(|fdopen\([^)]*["'][wax]""")
+
+
+def test_every_file_gpucnn_writes_goes_through_write_atomic_or_is_listed():
+    root = Path(__file__).resolve().parent.parent
+    found = set()
+    for path in sorted((root / "gpucnn").rglob("*.py")):
+        rel = str(path.relative_to(root))
+        if WRITE_CALL.search(path.read_text()):
+            found.add(rel)
+    listed = {rel for rel, _ in DIRECT_WRITERS}
+    assert found <= listed, f"writes without gpucnn.io.write_atomic: {sorted(found - listed)}"
+    assert listed <= found, f"listed but no longer writing directly: {sorted(listed - found)}"
+    assert WRITE_CALL.search('pathlib.Path(out).write_text(text)')
+    assert WRITE_CALL.search('with open(args.out, "w") as f:')
+    assert not WRITE_CALL.search('with open(path, "rb") as f:')
+
+
 # -- issue 17, item 4: no process-wide side effect at import ---------------------------------------
 ALLOC_PROBE = """
 import sys

@@ -208,13 +208,15 @@ def main(argv=None) -> int:
     if args.out:
         import numba
 
+        from gpucnn.io import write_atomic
+
         nc = load_set("cuda").instruments().numba_cuda_version()
         cmd = "python -m gpucnn.bench.bandwidth" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
-        pathlib.Path(args.out).write_text(
-            f"# Bytes of the memory-bound kernels (sm_90, no GPU)\n\nCommand: `{cmd}`; "
-            f"{datetime.date.today().isoformat()}; numba {numba.__version__}, numba-cuda "
-            f"{nc}.\n\n" + __doc__.split("\n\n", 1)[1].strip()
-            + "\n\n" + text + "\n\n- " + note + "\n\n" + NOTES + "\n")
+        doc = (f"# Bytes of the memory-bound kernels (sm_90, no GPU)\n\nCommand: `{cmd}`; "
+               f"{datetime.date.today().isoformat()}; numba {numba.__version__}, numba-cuda "
+               f"{nc}.\n\n" + __doc__.split("\n\n", 1)[1].strip()
+               + "\n\n" + text + "\n\n- " + note + "\n\n" + NOTES + "\n")
+        write_atomic(args.out, lambda f: f.write(doc), "w", op="gpucnn.bench.bandwidth --out")
     return 0
 
 

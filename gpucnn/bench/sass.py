@@ -349,7 +349,9 @@ def main(argv=None) -> int:
                 + (__doc__.split("\n\n", 1)[1].strip() + "\n\n")
                 + HEADER + "\n" + "\n".join(_row(r) for r in rows) + "\n\n"
                 + "\n".join(lines) + "\n\n" + NOTES + "\n")
-        pathlib.Path(args.out).write_text(text)
+        from gpucnn.io import write_atomic
+
+        write_atomic(args.out, lambda f: f.write(text), "w", op="gpucnn.bench.sass --out")
     return 0
 
 

@@ -141,8 +141,10 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text, flush=True)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+        from gpucnn.io import write_atomic
+
+        write_atomic(args.out, lambda f: f.write(text + "\n"), "w",
+                     op="gpucnn.distributed.check --out")
     return 0
 
 
